@@ -1,0 +1,76 @@
+"""qadom's exception hierarchy.
+
+Every error qadom raises on purpose derives from :class:`QadomError`, so one ``except`` catches them
+all. Each class also derives from the builtin exception that a Python user would expect for the same
+situation (``ValueError`` for a bad argument, ``KeyError`` for a missing key, ``TimeoutError``...), so
+code written against the builtin names keeps working.
+
+Who is at fault is part of the name:
+
+* :class:`UsageError` and its subclasses: the *local caller* passed something invalid. Nothing was
+  sent and nothing was stored.
+* :class:`ProtocolError`: a *remote peer* (or a corrupted datagram) broke the wire protocol.
+* :class:`RemoteError`: a remote peer understood the request and refused it (it says why).
+* :class:`NotFoundError`, :class:`OperationTimeout`, :class:`PeerClosedError`: the state of the
+  network or of the peer object.
+"""
+
+from __future__ import annotations
+
+
+class QadomError(Exception):
+    """The root of every exception qadom raises on purpose."""
+
+
+class UsageError(QadomError):
+    """The caller used the API wrongly; nothing was sent and nothing was stored."""
+
+
+class InvalidArgument(UsageError, ValueError):
+    """An argument has the right type but a value out of range (a key >= 2**256, a negative port)."""
+
+
+class ValueTooLarge(InvalidArgument):
+    """A value is larger than the configured maximum (8192 bytes by default)."""
+
+
+class InvalidType(UsageError, TypeError):
+    """An argument has the wrong type (a ``str`` where ``bytes`` are required, a ``bool`` as a key)."""
+
+
+class PeerClosedError(UsageError, RuntimeError):
+    """The peer is not started yet, or has been closed."""
+
+
+class ProtocolError(QadomError):
+    """Bytes from the network that are not a valid qadom message, or a reply that breaks the rules.
+
+    Decoding arbitrary bytes raises this class and nothing else.
+    """
+
+
+class RemoteError(QadomError):
+    """A remote peer refused a request with an error reply.
+
+    ``code`` is one of the numeric codes in :class:`qadom.messages.ErrorCode`.
+    """
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"remote refused ({code}): {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class NotFoundError(QadomError, KeyError):
+    """No reachable peer holds the requested key."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message, quotes and all
+        return str(self.args[0]) if self.args else "not found"
+
+
+class OperationTimeout(QadomError, TimeoutError):
+    """An operation did not complete within its deadline."""
+
+
+class NoPeersError(QadomError, ConnectionError):
+    """A bootstrap reached none of the given addresses."""

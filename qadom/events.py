@@ -1,0 +1,59 @@
+"""Structured lookup events, emitted by the core (on real sockets and in the simulator alike).
+
+Subscribe with :meth:`qadom.node.Node.add_listener`. Every event carries the lookup's id, unique per
+node, and the core's time ``now``. For one lookup the order is: one :class:`LookupStarted`, then
+:class:`LookupRequest`, :class:`LookupReply` and :class:`LookupTimeout` events as they happen, then
+one :class:`LookupFinished`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .contact import Contact
+
+
+@dataclass(frozen=True, slots=True)
+class LookupEvent:
+    lookup_id: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class LookupStarted(LookupEvent):
+    target: int
+    kind: str  # "node", "value" or "search"
+    initial: tuple[Contact, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LookupRequest(LookupEvent):
+    contact: Contact
+    distance: int  # XOR distance from contact to the target
+    round: int
+
+
+@dataclass(frozen=True, slots=True)
+class LookupReply(LookupEvent):
+    contact: Contact
+    closer: tuple[Contact, ...]  # the contacts it named that the lookup had not seen
+    found_value: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LookupTimeout(LookupEvent):
+    contact: Contact
+    final: bool  # False: first attempt stalled, slot freed; True: the request failed for good
+
+
+@dataclass(frozen=True, slots=True)
+class LookupFinished(LookupEvent):
+    target: int
+    kind: str
+    found_value: bool
+    closest: tuple[Contact, ...]
+    rounds: int
+    requests: int
+    replies: int
+    failures: int
+    duration: float

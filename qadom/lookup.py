@@ -1,0 +1,167 @@
+"""The iterative lookup as a pure state machine (Kademlia paper, section 2.3).
+
+A :class:`Lookup` decides *whom to ask next*; it sends nothing and knows nothing of messages or time.
+Its driver (:mod:`qadom.node`) reports each outcome: :meth:`~Lookup.on_reply` with the contacts the
+peer named, :meth:`~Lookup.on_stall` when a first attempt timed out (the slot is freed at once, the
+request may still be answered), :meth:`~Lookup.on_failure` when the request failed for good.
+
+Rules, as the paper has them with the "keep alpha in flight" refinement:
+
+* Candidates are ordered by XOR distance to the target. Only the ``k`` closest candidates that have
+  not failed are eligible to be asked.
+* At most ``alpha`` requests are in flight (stalled requests do not count).
+* The lookup has *converged* when each of the ``k`` closest non-failed candidates has answered;
+  failed candidates drop out and the next ones move up. It also ends when no candidate is left.
+* A candidate's *round* is one more than the round of the peer that named it (initial contacts are
+  round 1); the lookup's round count is the highest round asked. Rounds are what the paper's
+  O(log n) bound counts.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from enum import Enum
+
+from .contact import Contact
+
+
+class State(Enum):
+    WAITING = "waiting"  # known, not asked yet
+    IN_FLIGHT = "in_flight"  # asked, counts toward alpha
+    STALLED = "stalled"  # asked, first attempt timed out; does not count toward alpha
+    ANSWERED = "answered"
+    FAILED = "failed"
+
+
+class Candidate:
+    __slots__ = ("contact", "distance", "round", "state")
+
+    def __init__(self, contact: Contact, distance: int, round_: int) -> None:
+        self.contact = contact
+        self.distance = distance
+        self.round = round_
+        self.state = State.WAITING
+
+    def __lt__(self, other: Candidate) -> bool:
+        return self.distance < other.distance
+
+
+class Lookup:
+    """The state of one iterative lookup for ``target``."""
+
+    def __init__(self, target: int, k: int, alpha: int, initial: Iterable[Contact], *,
+                 own_id: int | None = None,
+                 skip: Callable[[Contact], bool] | None = None) -> None:
+        self.target = target
+        self.k = k
+        self.alpha = alpha
+        self.own_id = own_id
+        self._skip = skip
+        self._order: list[Candidate] = []
+        self._by_id: dict[int, Candidate] = {}
+        self.in_flight = 0
+        self.stopped = False
+        self.requests = 0
+        self.replies = 0
+        self.failures = 0
+        self.rounds = 0
+        self._add(initial, 1)
+
+    # ------------------------------------------------------------------ inputs
+
+    def next_requests(self) -> list[Candidate]:
+        """The candidates to ask now (marked in flight). Empty when alpha are in flight or none
+        is eligible. Call after every input."""
+        if self.stopped:
+            return []
+        chosen: list[Candidate] = []
+        eligible = 0
+        for cand in self._order:
+            if self.in_flight >= self.alpha or eligible >= self.k:
+                break
+            if cand.state is State.FAILED:
+                continue
+            eligible += 1
+            if cand.state is State.WAITING:
+                cand.state = State.IN_FLIGHT
+                self.in_flight += 1
+                self.requests += 1
+                self.rounds = max(self.rounds, cand.round)
+                chosen.append(cand)
+        return chosen
+
+    def on_reply(self, contact: Contact, named: Iterable[Contact]) -> list[Contact]:
+        """``contact`` answered and named ``named``; returns the contacts that were new."""
+        cand = self._by_id.get(contact.id)
+        if cand is None or cand.state in (State.ANSWERED, State.FAILED, State.WAITING):
+            return []
+        if cand.state is State.IN_FLIGHT:
+            self.in_flight -= 1
+        cand.state = State.ANSWERED
+        self.replies += 1
+        return self._add(named, cand.round + 1)
+
+    def on_stall(self, contact: Contact) -> None:
+        """The first attempt to ``contact`` timed out: free its slot for the next candidate."""
+        cand = self._by_id.get(contact.id)
+        if cand is not None and cand.state is State.IN_FLIGHT:
+            cand.state = State.STALLED
+            self.in_flight -= 1
+
+    def on_failure(self, contact: Contact) -> None:
+        """The request to ``contact`` failed for good (timeout, error, or a lie)."""
+        cand = self._by_id.get(contact.id)
+        if cand is None or cand.state in (State.FAILED, State.WAITING):
+            return
+        if cand.state is State.IN_FLIGHT:
+            self.in_flight -= 1
+        cand.state = State.FAILED
+        self.failures += 1
+
+    def stop(self) -> None:
+        """End the lookup early (a value was found); nothing more will be asked."""
+        self.stopped = True
+
+    # ------------------------------------------------------------------ outputs
+
+    @property
+    def finished(self) -> bool:
+        """True when stopped, or when the k closest non-failed candidates have all answered."""
+        if self.stopped:
+            return True
+        eligible = 0
+        for cand in self._order:
+            if cand.state is State.FAILED:
+                continue
+            if cand.state is not State.ANSWERED:
+                return False
+            eligible += 1
+            if eligible >= self.k:
+                break
+        return True
+
+    def closest(self, count: int | None = None) -> list[Contact]:
+        """The closest candidates that answered, closest first (the lookup's result)."""
+        limit = self.k if count is None else count
+        answered = [c.contact for c in self._order if c.state is State.ANSWERED]
+        return answered[:limit]
+
+    def candidates(self) -> list[Candidate]:
+        """Every candidate seen, closest first (for views and tests)."""
+        return list(self._order)
+
+    # ------------------------------------------------------------------ internals
+
+    def _add(self, contacts: Iterable[Contact], round_: int) -> list[Contact]:
+        added = []
+        for contact in contacts:
+            if contact.id in self._by_id or contact.id == self.own_id:
+                continue
+            if self._skip is not None and self._skip(contact):
+                continue
+            cand = Candidate(contact, contact.id ^ self.target, round_)
+            self._by_id[contact.id] = cand
+            bisect.insort(self._order, cand)
+            added.append(contact)
+        return added

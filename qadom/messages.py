@@ -1,0 +1,208 @@
+"""The wire messages: typed, immutable objects, one class per request and reply.
+
+Every message travels in an :class:`Envelope` (version, message code, request id, sender id). The
+byte layout lives in :mod:`qadom.codec`; docs/PROTOCOL.md describes both for other implementers.
+Request codes are 1-63, reply codes 64-127; a reply carries the request id of the request it
+answers.
+
+Each class lists its wire fields in ``FIELDS`` as ``(attribute, kind)`` pairs, in wire order; the
+codec encodes and checks every field from that table, so adding an RPC means adding one class here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import ClassVar
+
+from .contact import Contact
+
+PROTOCOL_VERSION = 1
+
+
+class Kind(IntEnum):
+    """Field kinds understood by the codec (see docs/PROTOCOL.md, 'Field kinds')."""
+
+    ID = 1  # 32-byte big-endian byte string <-> int in [0, 2**256)
+    OPT_ID = 2  # ID or null
+    VALUE = 3  # byte string of at most max_value_size bytes
+    BOOL = 4
+    UINT16 = 5
+    TEXT = 6  # UTF-8 text of at most 256 characters
+    CONTACTS = 7  # array of at most k_max [id, host, port] triples
+    IDS = 8  # array of IDs
+
+
+class ErrorCode(IntEnum):
+    """Why a request was refused (the ``code`` of an :class:`Error` reply)."""
+
+    BAD_REQUEST = 1  # the request was understood but its contents are invalid
+    KEY_MISMATCH = 2  # a value whose hash is not the key
+    STORAGE_FULL = 3  # a quota is exhausted; nothing was stored
+    RATE_LIMITED = 4  # the sender asks too often
+    UNSUPPORTED = 5  # a request this node does not serve
+    INTERNAL = 6  # the node failed to handle a valid request
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base class of every request and reply."""
+
+    CODE: ClassVar[int]
+    FIELDS: ClassVar[tuple[tuple[str, Kind], ...]] = ()
+    IS_REQUEST: ClassVar[bool]
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Are you alive? Answered by :class:`Pong`. Also how a node learns an address's id."""
+
+    CODE = 1
+    IS_REQUEST = True
+
+
+@dataclass(frozen=True, slots=True)
+class FindNode(Message):
+    """The k contacts closest to ``target`` that the receiver knows. Answered by :class:`Nodes`."""
+
+    CODE = 2
+    IS_REQUEST = True
+    FIELDS = (("target", Kind.ID),)
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class FindValue(Message):
+    """The value stored under ``key``, else the k closest contacts (:class:`Value` or
+    :class:`Nodes`)."""
+
+    CODE = 3
+    IS_REQUEST = True
+    FIELDS = (("key", Kind.ID),)
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class Store(Message):
+    """Store ``value`` under its SHA-256 key. Answered by :class:`Stored` or :class:`Error`."""
+
+    CODE = 4
+    IS_REQUEST = True
+    FIELDS = (("value", Kind.VALUE),)
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Append(Message):
+    """Add ``value`` to the multimap set under ``key``. Answered by :class:`Stored`."""
+
+    CODE = 5
+    IS_REQUEST = True
+    FIELDS = (("key", Kind.ID), ("value", Kind.ID))
+    key: int
+    value: int
+
+
+@dataclass(frozen=True, slots=True)
+class Search(Message):
+    """One page of the multimap set under ``key``: the values greater than ``after`` (all when
+    null), in increasing order. Answered by :class:`Entries`."""
+
+    CODE = 6
+    IS_REQUEST = True
+    FIELDS = (("key", Kind.ID), ("after", Kind.OPT_ID))
+    key: int
+    after: int | None = None
+
+
+# ----------------------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    """Reply to :class:`Ping`; the envelope's sender field carries the id."""
+
+    CODE = 64
+    IS_REQUEST = False
+
+
+@dataclass(frozen=True, slots=True)
+class Nodes(Message):
+    """Up to k contacts, closest to the requested target first."""
+
+    CODE = 65
+    IS_REQUEST = False
+    FIELDS = (("nodes", Kind.CONTACTS),)
+    nodes: tuple[Contact, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Value(Message):
+    """The value held under the requested key."""
+
+    CODE = 66
+    IS_REQUEST = False
+    FIELDS = (("value", Kind.VALUE),)
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stored(Message):
+    """The write was accepted (and, for durable stores, committed)."""
+
+    CODE = 67
+    IS_REQUEST = False
+
+
+@dataclass(frozen=True, slots=True)
+class Entries(Message):
+    """A page of multimap values in increasing order, whether more follow, and the k closest
+    contacts to the key (so a search is also a lookup)."""
+
+    CODE = 68
+    IS_REQUEST = False
+    FIELDS = (("values", Kind.IDS), ("more", Kind.BOOL), ("nodes", Kind.CONTACTS))
+    values: tuple[int, ...]
+    more: bool
+    nodes: tuple[Contact, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """The request was refused; ``code`` is an :class:`ErrorCode`."""
+
+    CODE = 127
+    IS_REQUEST = False
+    FIELDS = (("code", Kind.UINT16), ("reason", Kind.TEXT))
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One datagram: a message, the request id that pairs a reply with its request, and the
+    sender's node id (null for a client that does not want to enter routing tables)."""
+
+    rpc_id: int
+    sender: int | None
+    message: Message
+
+
+MESSAGE_TYPES: dict[int, type[Message]] = {}
+
+
+def register(cls: type[Message]) -> type[Message]:
+    """Make ``cls`` known to the codec. Codes are unique; requests 1-63, replies 64-127."""
+    code = cls.CODE
+    if code in MESSAGE_TYPES or not (1 <= code <= 63 if cls.IS_REQUEST else 64 <= code <= 127):
+        raise ValueError(f"bad or duplicate message code {code} for {cls.__name__}")
+    MESSAGE_TYPES[code] = cls
+    return cls
+
+
+for _cls in (Ping, FindNode, FindValue, Store, Append, Search, Pong, Nodes, Value, Stored,
+             Entries, Error):
+    register(_cls)

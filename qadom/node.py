@@ -1,0 +1,713 @@
+"""The sans-IO Kademlia node: every protocol rule of qadom, and no I/O at all.
+
+A :class:`Node` is driven from outside, in the style of aioquic's ``QuicConnection``:
+
+* inputs: :meth:`Node.datagram_received` (bytes, source address, ``now``) and
+  :meth:`Node.handle_timer` (``now``), plus the operations (:meth:`Node.get`, :meth:`Node.set`, ...)
+  which take ``now`` and return a :class:`~qadom.call.Call`;
+* outputs: :meth:`Node.datagrams_to_send` (drain after every input) and :meth:`Node.get_timer` (the
+  next time :meth:`handle_timer` must be called).
+
+Time and randomness come in (``now`` arguments, an injected ``random.Random``), so the asyncio
+adapter on real sockets and the simulator on a virtual clock drive the very same code.
+
+Guarantees:
+
+* :meth:`datagram_received` never raises. A datagram that does not decode is dropped and counted
+  (``stats["malformed"]``); a reply that matches no request sent to that address is dropped and
+  counted (``stats["unexpected"]``).
+* A contact enters the routing table only after it answered one of our requests from its address.
+* Every request ends: it is answered, or fails after ``1 + rpc_retries`` attempts; every operation
+  completes within ``operation_timeout``.
+* A value is accepted from the network only if its SHA-256 is the key asked for; a peer that
+  answers with anything else leaves the routing table and is not asked again for a while.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from functools import partial
+from heapq import heappop, heappush
+from typing import Any, TypeVar
+
+from .call import Call
+from .codec import Codec
+from .config import Config
+from .contact import Address, Contact
+from .errors import (
+    InvalidArgument,
+    InvalidType,
+    NoPeersError,
+    NotFoundError,
+    OperationTimeout,
+    ProtocolError,
+    ValueTooLarge,
+)
+from .events import (
+    LookupEvent,
+    LookupFinished,
+    LookupReply,
+    LookupRequest,
+    LookupStarted,
+    LookupTimeout,
+)
+from .ids import check_id, key_for, random_id, random_id_in
+from .lookup import Lookup
+from .messages import (
+    Append,
+    Entries,
+    Envelope,
+    Error,
+    ErrorCode,
+    FindNode,
+    FindValue,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    Search,
+    Store,
+    Stored,
+    Value,
+)
+from .routing import RoutingTable
+from .storage import MemoryStore
+from .storage import Store as StoreBackend
+
+log = logging.getLogger("qadom")
+
+T = TypeVar("T")
+ReplyCallback = Callable[[Envelope | None, float], None]
+Handler = Callable[[Any, int | None, Address, float], Message]
+# A lookup's per-reply rule: the contacts the reply names, or None when the reply is unusable.
+OnMessage = Callable[[Contact, Message, Lookup, float], Iterable[Contact] | None]
+
+
+class _Request:
+    """One outstanding request of ours."""
+
+    __slots__ = ("address", "attempts", "data", "expect_id", "on_reply", "on_stall", "rpc_id",
+                 "sent_at")
+
+    def __init__(self, rpc_id: int, address: Address, data: bytes, expect_id: int | None,
+                 on_reply: ReplyCallback, on_stall: Callable[[float], None] | None,
+                 now: float) -> None:
+        self.rpc_id = rpc_id
+        self.address = address
+        self.data = data
+        self.expect_id = expect_id
+        self.on_reply = on_reply
+        self.on_stall = on_stall
+        self.attempts = 1
+        self.sent_at = now
+
+
+class Node:
+    """One Kademlia node's protocol state. See the module docstring for how to drive it.
+
+    ``stats`` counts: ``datagrams_in/out``, ``bytes_in/out``, ``malformed`` (undecodable
+    datagrams), ``unexpected`` (replies to no request of ours from that address), ``requests_in``,
+    ``requests_out``, ``retries``, ``timeouts`` (requests failed for good), ``wrong_id`` (replies
+    from an id other than the one asked), ``liars`` (contacts dropped for a false answer),
+    ``internal_errors`` (bugs caught at the boundary; always 0 in a healthy node).
+    """
+
+    def __init__(self, *, config: Config | None = None, rng: random.Random | None = None,
+                 node_id: int | None = None, store: StoreBackend | None = None,
+                 now: float = 0.0, client_only: bool = False) -> None:
+        self.config = config or Config()
+        self.rng = rng or random.Random()
+        self.id = check_id(node_id, "node_id") if node_id is not None else random_id(self.rng)
+        self.store: StoreBackend = store if store is not None else MemoryStore()
+        self.codec = Codec(self.config)
+        self.table = RoutingTable(self.id, self.config.k, self.config.replacement_cache_size,
+                                  self.config.stale_failures, now)
+        self.stats: Counter[str] = Counter()
+        self.client_only = client_only
+        self._sender = None if client_only else self.id
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._timers: list[tuple[float, int, Callable[[float], None]]] = []
+        self._timer_seq = 0
+        self._pending: dict[int, _Request] = {}
+        self._dead: dict[Address, float] = {}
+        self._verifying: dict[Address, float] = {}
+        self._listeners: list[Callable[[LookupEvent], None]] = []
+        self._lookup_seq = 0
+        self._srtt: float | None = None
+        self._rttvar = 0.0
+        self._handlers: dict[type[Message], Handler] = {
+            Ping: self._handle_ping,
+            FindNode: self._handle_find_node,
+            FindValue: self._handle_find_value,
+            Store: self._handle_store,
+            Append: self._handle_append,
+            Search: self._handle_search,
+        }
+        self._schedule(now + self.config.maintenance_interval, self._maintain)
+
+    # ================================================================== I/O interface
+
+    def datagram_received(self, data: bytes, address: Address, now: float) -> None:
+        """Feed one datagram received from ``address``. Never raises."""
+        self.stats["datagrams_in"] += 1
+        self.stats["bytes_in"] += len(data)
+        try:
+            envelope = self.codec.decode(data)
+        except ProtocolError:
+            self.stats["malformed"] += 1
+            return
+        try:
+            if envelope.message.IS_REQUEST:
+                self._on_request(envelope, address, now)
+            else:
+                self._on_reply(envelope, address, now)
+        except Exception:  # a bug must not take the node down; it is logged and counted
+            self.stats["internal_errors"] += 1
+            log.exception("internal error handling a datagram from %s", address)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        """Take the datagrams queued since the last call, oldest first."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` must next be called (None: no timer pending)."""
+        return self._timers[0][0] if self._timers else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer due at ``now``. Never raises."""
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heappop(self._timers)
+            try:
+                fn(now)
+            except Exception:
+                self.stats["internal_errors"] += 1
+                log.exception("internal error in a timer")
+
+    def add_listener(self, fn: Callable[[LookupEvent], None]) -> Callable[[], None]:
+        """Call ``fn`` with every lookup event; returns a function that unsubscribes it."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
+    def register_handler(self, message_type: type[Message], handler: Handler) -> None:
+        """Serve requests of ``message_type``: ``handler(message, sender_id, address, now)``
+        returns the reply message."""
+        self._handlers[message_type] = handler
+
+    # ================================================================== operations
+
+    def ping(self, address: Address, now: float) -> Call[Contact]:
+        """Ask ``address`` for its id; resolves to the contact (now in the routing table)."""
+        call: Call[Contact] = self._new_call("ping", now)
+
+        def on_reply(envelope: Envelope | None, now: float) -> None:
+            if envelope is None or envelope.sender is None:
+                call.fail(OperationTimeout(f"no answer from {address[0]}:{address[1]}"))
+            else:
+                call.resolve(Contact(envelope.sender, address))
+
+        self.request(address, Ping(), now, on_reply=on_reply)
+        return call
+
+    def bootstrap(self, addresses: Iterable[Address], now: float) -> Call[int]:
+        """Join as the paper says (section 2.3): contact the known addresses, look up our own id,
+        then refresh every bucket farther than our closest neighbour. Resolves to the number of
+        contacts in the table; fails with NoPeersError if no address answered."""
+        call: Call[int] = self._new_call("bootstrap", now)
+        targets = list(dict.fromkeys(addresses))
+        if not targets:
+            call.fail(InvalidArgument("bootstrap needs at least one address"))
+            return call
+        remaining = [len(targets)]
+        answered = [0]
+
+        def after_refresh(now: float) -> None:
+            call.resolve(len(self.table))
+
+        def after_self_lookup(_: list[Contact], now: float) -> None:
+            far = [b for b in self.table.buckets if not b.covers(self.id)]
+            self._refresh(far, now, after_refresh)
+
+        def on_pong(envelope: Envelope | None, now: float) -> None:
+            remaining[0] -= 1
+            if envelope is not None and envelope.sender is not None:
+                answered[0] += 1
+            if remaining[0] == 0:
+                if not answered[0]:
+                    call.fail(NoPeersError("no bootstrap address answered"))
+                else:
+                    self._find_nodes(self.id, now, after_self_lookup)
+
+        for address in targets:
+            self.request(address, Ping(), now, on_reply=on_pong)
+        return call
+
+    def find_nodes(self, target: int, now: float) -> Call[list[Contact]]:
+        """The k closest live contacts to ``target`` in the network (an iterative lookup)."""
+        check_id(target, "target")
+        call: Call[list[Contact]] = self._new_call("find_nodes", now)
+        self._find_nodes(target, now, lambda closest, now: call.resolve(closest), call)
+        return call
+
+    def get(self, key: int, now: float) -> Call[bytes]:
+        """The value whose SHA-256 is ``key``, from our store or the network; fails with
+        NotFoundError when no peer reached has it."""
+        check_id(key)
+        call: Call[bytes] = self._new_call("get", now)
+        local = self.store.get_value(key)
+        if local is not None:
+            call.resolve(local)
+            return call
+        found: list[bytes] = []
+
+        def on_message(contact: Contact, message: Message, lookup: Lookup,
+                       now: float) -> Iterable[Contact] | None:
+            if isinstance(message, Value):
+                if key_for(message.value) != key:
+                    self._punish(contact, now)
+                    return None
+                found.append(message.value)
+                lookup.stop()
+                return ()
+            return message.nodes if isinstance(message, Nodes) else None
+
+        def on_finish(lookup: Lookup, now: float) -> None:
+            if found:
+                call.resolve(found[0])
+            else:
+                call.fail(NotFoundError(f"no peer reached holds key {key}"))
+
+        self._lookup(key, "value", FindValue(key), now, on_message, on_finish, call)
+        return call
+
+    def set(self, value: bytes, now: float) -> Call[int]:
+        """Store ``value`` here and at the k closest peers to its key; resolves to the key."""
+        self._check_value(value)
+        key = key_for(value)
+        self.store.put_value(key, value, now)
+        call: Call[int] = self._new_call("set", now)
+        self._replicate(key, Store(value), now, lambda stored, now: call.resolve(key), call)
+        return call
+
+    def append(self, key: int, value: int, now: float) -> Call[None]:
+        """Add ``value`` to the multimap set under ``key``, here and at the k closest peers."""
+        check_id(key)
+        check_id(value, "value")
+        self.store.add_entry(key, value, now)
+        call: Call[None] = self._new_call("append", now)
+        self._replicate(key, Append(key, value), now, lambda stored, now: call.resolve(None), call)
+        return call
+
+    def search(self, key: int, now: float) -> Call[set[int]]:
+        """The union of the multimap sets under ``key`` held here and by the k closest peers (and
+        any peer met on the way); an empty set when none."""
+        check_id(key)
+        call: Call[set[int]] = self._new_call("search", now)
+        results = self._local_entries(key)
+        more: dict[int, int] = {}  # contact id -> last value of its first page, when more follow
+
+        def on_message(contact: Contact, message: Message, lookup: Lookup,
+                       now: float) -> Iterable[Contact] | None:
+            if not isinstance(message, Entries):
+                return None
+            results.update(message.values)
+            if message.more and message.values:
+                more[contact.id] = message.values[-1]
+            return message.nodes
+
+        def on_finish(lookup: Lookup, now: float) -> None:
+            paging = [c for c in lookup.closest() if c.id in more]
+            if not paging:
+                call.resolve(results)
+                return
+            left = [len(paging)]
+
+            def one_done(now: float) -> None:
+                left[0] -= 1
+                if left[0] == 0:
+                    call.resolve(results)
+
+            for contact in paging:
+                self._fetch_pages(contact, key, more[contact.id], results, 1, now, one_done)
+
+        self._lookup(key, "search", Search(key, None), now, on_message, on_finish, call)
+        return call
+
+    def refresh(self, now: float, *, all_buckets: bool = False) -> Call[None]:
+        """Refresh buckets with no lookup for ``refresh_interval`` (every bucket with
+        ``all_buckets``) by looking up a random id in each one's range (section 2.3)."""
+        call: Call[None] = self._new_call("refresh", now)
+        buckets = (self.table.buckets if all_buckets
+                   else self.table.stale_buckets(now, self.config.refresh_interval))
+        self._refresh(list(buckets), now, lambda now: call.resolve(None))
+        return call
+
+    # ================================================================== RPC layer
+
+    def request(self, address: Address, message: Message, now: float, *,
+                expect_id: int | None = None, on_reply: ReplyCallback | None = None,
+                on_stall: Callable[[float], None] | None = None) -> int:
+        """Send ``message`` to ``address`` and track it until answered or failed.
+
+        ``on_reply(envelope, now)`` runs once: with the reply envelope, or with None when every
+        attempt timed out or the answer came from another id than ``expect_id``. ``on_stall(now)``
+        runs when the first attempt times out and a retry goes out.
+        """
+        rpc_id = self.rng.getrandbits(64)
+        while rpc_id in self._pending:
+            rpc_id = self.rng.getrandbits(64)
+        data = self.codec.encode(Envelope(rpc_id, self._sender, message))
+        req = _Request(rpc_id, address, data, expect_id, on_reply or _ignore_reply, on_stall, now)
+        self._pending[rpc_id] = req
+        self.stats["requests_out"] += 1
+        self._send(data, address)
+        self._schedule(now + self.rpc_timeout, partial(self._on_request_timer, rpc_id, 1))
+        return rpc_id
+
+    @property
+    def rpc_timeout(self) -> float:
+        """The current per-attempt timeout: 4 x the smoothed RTT estimate (RFC 6298 style)."""
+        cfg = self.config
+        if self._srtt is None:
+            return cfg.rpc_timeout
+        return min(cfg.rpc_timeout_max, max(cfg.rpc_timeout_min, self._srtt + 4 * self._rttvar))
+
+    def _on_request_timer(self, rpc_id: int, attempt: int, now: float) -> None:
+        req = self._pending.get(rpc_id)
+        if req is None or req.attempts != attempt:
+            return
+        if req.attempts <= self.config.rpc_retries:
+            req.attempts += 1
+            self.stats["retries"] += 1
+            self._send(req.data, req.address)
+            self._schedule(now + self.rpc_timeout,
+                           partial(self._on_request_timer, rpc_id, req.attempts))
+            if req.on_stall is not None and req.attempts == 2:
+                req.on_stall(now)
+            return
+        del self._pending[rpc_id]
+        self.stats["timeouts"] += 1
+        self._contact_failed(req.address, req.expect_id, now)
+        req.on_reply(None, now)
+
+    def _on_reply(self, envelope: Envelope, address: Address, now: float) -> None:
+        req = self._pending.get(envelope.rpc_id)
+        if req is None or req.address != address:
+            self.stats["unexpected"] += 1
+            return
+        del self._pending[envelope.rpc_id]
+        if req.attempts == 1:  # Karn's rule: only unambiguous samples
+            self._sample_rtt(now - req.sent_at)
+        sender = envelope.sender
+        if req.expect_id is not None and sender != req.expect_id:
+            # The address now answers for another id: the contact we had is gone.
+            self.stats["wrong_id"] += 1
+            known = self.table.get(req.expect_id)
+            if known is not None and known.address == address:
+                self.table.remove(req.expect_id)
+            if sender is not None:
+                self._saw(Contact(sender, address), now)
+            req.on_reply(None, now)
+            return
+        if sender is not None:
+            self._saw(Contact(sender, address), now)
+        req.on_reply(envelope, now)
+
+    def _on_request(self, envelope: Envelope, address: Address, now: float) -> None:
+        self.stats["requests_in"] += 1
+        sender = envelope.sender
+        if sender is not None and sender != self.id:
+            self._note_requester(sender, address, now)
+        handler = self._handlers.get(type(envelope.message))
+        if handler is None:
+            reply: Message = Error(ErrorCode.UNSUPPORTED, "request not served here")
+        else:
+            try:
+                reply = handler(envelope.message, sender, address, now)
+            except Exception:
+                self.stats["internal_errors"] += 1
+                log.exception("internal error serving %s", type(envelope.message).__name__)
+                reply = Error(ErrorCode.INTERNAL, "internal error")
+        self._send(self.codec.encode(Envelope(envelope.rpc_id, self._sender, reply)), address)
+
+    def _note_requester(self, sender: int, address: Address, now: float) -> None:
+        """A request came from ``sender``: refresh it if known, else ping it to verify it."""
+        known = self.table.get(sender)
+        if known is not None:
+            if known.address == address:
+                self._saw(known, now)
+            return
+        if self._verifying.get(address, -1e300) + self.config.verify_interval > now:
+            return
+        if len(self._verifying) >= self.config.max_verifying:
+            return
+        self._verifying[address] = now
+        self.request(address, Ping(), now, expect_id=sender)
+
+    def _saw(self, contact: Contact, now: float) -> None:
+        """``contact`` answered us: update the table, pinging an old contact if a bucket is full."""
+        self._dead.pop(contact.address, None)
+        to_ping = self.table.seen(contact)
+        if to_ping is not None:
+            self.request(to_ping.address, Ping(), now, expect_id=to_ping.id)
+
+    def _contact_failed(self, address: Address, node_id: int | None, now: float) -> None:
+        self._dead[address] = now + self.config.dead_backoff
+        if node_id is not None:
+            known = self.table.get(node_id)
+            if known is not None and known.address == address:
+                self.table.failed(node_id)
+
+    def _punish(self, contact: Contact, now: float) -> None:
+        """``contact`` gave a false answer: drop it and do not ask it again for a while."""
+        self.stats["liars"] += 1
+        self.table.remove(contact.id)
+        self._dead[contact.address] = now + self.config.dead_backoff
+
+    def _sample_rtt(self, sample: float) -> None:
+        if self._srtt is None:
+            self._srtt, self._rttvar = sample, sample / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
+            self._srtt = 0.875 * self._srtt + 0.125 * sample
+
+    def _send(self, data: bytes, address: Address) -> None:
+        self.stats["datagrams_out"] += 1
+        self.stats["bytes_out"] += len(data)
+        self._outbox.append((data, address))
+
+    def _schedule(self, deadline: float, fn: Callable[[float], None]) -> None:
+        self._timer_seq += 1
+        heappush(self._timers, (deadline, self._timer_seq, fn))
+
+    # ================================================================== request handlers
+
+    def _handle_ping(self, message: Ping, sender: int | None, address: Address,
+                     now: float) -> Message:
+        return Pong()
+
+    def _handle_find_node(self, message: FindNode, sender: int | None, address: Address,
+                          now: float) -> Message:
+        return Nodes(tuple(self.table.closest(message.target, self.config.k, exclude=sender)))
+
+    def _handle_find_value(self, message: FindValue, sender: int | None, address: Address,
+                           now: float) -> Message:
+        value = self.store.get_value(message.key)
+        if value is not None:
+            return Value(value)
+        return Nodes(tuple(self.table.closest(message.key, self.config.k, exclude=sender)))
+
+    def _handle_store(self, message: Store, sender: int | None, address: Address,
+                      now: float) -> Message:
+        self.store.put_value(key_for(message.value), message.value, now)
+        return Stored()
+
+    def _handle_append(self, message: Append, sender: int | None, address: Address,
+                       now: float) -> Message:
+        self.store.add_entry(message.key, message.value, now)
+        return Stored()
+
+    def _handle_search(self, message: Search, sender: int | None, address: Address,
+                       now: float) -> Message:
+        values, more = self.store.entries_after(message.key, message.after,
+                                                self.config.search_page_size)
+        nodes = () if message.after is not None else tuple(
+            self.table.closest(message.key, self.config.k, exclude=sender))
+        return Entries(tuple(values), more, nodes)
+
+    # ================================================================== operation internals
+
+    def _new_call(self, name: str, now: float) -> Call[Any]:
+        """A call that fails with OperationTimeout if still pending at the operation deadline."""
+        call: Call[Any] = Call(name)
+        limit = self.config.operation_timeout
+
+        def expire(now: float) -> None:
+            call.fail(OperationTimeout(f"{name} did not complete within {limit} s"))
+
+        self._schedule(now + limit, expire)
+        return call
+
+    def _lookup(self, target: int, kind: str, message: Message, now: float,
+                on_message: OnMessage, on_finish: Callable[[Lookup, float], None],
+                call: Call[Any] | None = None) -> None:
+        """Run one iterative lookup for ``target`` asking ``message`` of each peer.
+
+        ``on_message`` interprets each reply (see :data:`OnMessage`); ``on_finish`` runs once when
+        the lookup has converged or was stopped. If ``call`` completes first (its deadline), the
+        lookup stops asking.
+        """
+        cfg = self.config
+        self._lookup_seq += 1
+        lookup_id = self._lookup_seq
+        dead = self._dead
+        lookup = Lookup(target, cfg.k, cfg.alpha, self.table.closest(target, cfg.k),
+                        own_id=self.id, skip=lambda c: dead.get(c.address, 0.0) > now)
+        self.table.touch(target, now)
+        started = now
+        finished = False
+        emit = self._emit if self._listeners else None
+        if emit:
+            emit(LookupStarted(lookup_id, now, target, kind,
+                               tuple(c.contact for c in lookup.candidates())))
+
+        def pump(now: float) -> None:
+            nonlocal finished
+            if finished:
+                return
+            if call is not None and call.done:
+                lookup.stop()
+            for cand in lookup.next_requests():
+                contact = cand.contact
+                if emit:
+                    emit(LookupRequest(lookup_id, now, contact, contact.id ^ target, cand.round))
+                self.request(contact.address, message, now, expect_id=contact.id,
+                             on_reply=partial(on_reply, contact),
+                             on_stall=partial(on_stall, contact))
+            if lookup.finished:
+                finished = True
+                if emit:
+                    emit(LookupFinished(lookup_id, now, target, kind, lookup.stopped,
+                                        tuple(lookup.closest()), lookup.rounds, lookup.requests,
+                                        lookup.replies, lookup.failures, now - started))
+                on_finish(lookup, now)
+
+        def on_reply(contact: Contact, envelope: Envelope | None, now: float) -> None:
+            if finished:
+                return
+            if envelope is None or isinstance(envelope.message, Error):
+                lookup.on_failure(contact)
+                if emit and envelope is None:
+                    emit(LookupTimeout(lookup_id, now, contact, True))
+            else:
+                named = on_message(contact, envelope.message, lookup, now)
+                if named is None:
+                    lookup.on_failure(contact)
+                else:
+                    new = lookup.on_reply(contact, named)
+                    if emit:
+                        emit(LookupReply(lookup_id, now, contact, tuple(new), lookup.stopped))
+            pump(now)
+
+        def on_stall(contact: Contact, now: float) -> None:
+            if finished:
+                return
+            lookup.on_stall(contact)
+            if emit:
+                emit(LookupTimeout(lookup_id, now, contact, False))
+            pump(now)
+
+        pump(now)
+
+    def _find_nodes(self, target: int, now: float,
+                    then: Callable[[list[Contact], float], None],
+                    call: Call[Any] | None = None) -> None:
+        def on_message(contact: Contact, message: Message, lookup: Lookup,
+                       now: float) -> Iterable[Contact] | None:
+            return message.nodes if isinstance(message, Nodes) else None
+
+        self._lookup(target, "node", FindNode(target), now, on_message,
+                     lambda lookup, now: then(lookup.closest(), now), call)
+
+    def _replicate(self, key: int, message: Message, now: float,
+                   then: Callable[[int, float], None], call: Call[Any]) -> None:
+        """Look up the k closest to ``key`` and send ``message`` to each; ``then(acks, now)``."""
+
+        def send_all(closest: list[Contact], now: float) -> None:
+            if not closest:
+                then(0, now)
+                return
+            left = [len(closest)]
+            acks = [0]
+
+            def on_ack(envelope: Envelope | None, now: float) -> None:
+                left[0] -= 1
+                if envelope is not None and isinstance(envelope.message, Stored):
+                    acks[0] += 1
+                if left[0] == 0:
+                    self.stats["replicas_acked"] += acks[0]
+                    then(acks[0], now)
+
+            for contact in closest:
+                self.request(contact.address, message, now, expect_id=contact.id, on_reply=on_ack)
+
+        self._find_nodes(key, now, send_all, call)
+
+    def _fetch_pages(self, contact: Contact, key: int, after: int, results: set[int],
+                     pages: int, now: float, done: Callable[[float], None]) -> None:
+        """Fetch the search pages of ``contact`` after ``after`` one at a time into ``results``."""
+        if pages >= self.config.max_search_pages:
+            done(now)
+            return
+
+        def on_page(envelope: Envelope | None, now: float) -> None:
+            message = None if envelope is None else envelope.message
+            if not isinstance(message, Entries):
+                done(now)
+                return
+            values = [v for v in message.values if v > after]  # a page must move forward
+            results.update(values)
+            if message.more and values:
+                self._fetch_pages(contact, key, max(values), results, pages + 1, now, done)
+            else:
+                done(now)
+
+        self.request(contact.address, Search(key, after), now, expect_id=contact.id,
+                     on_reply=on_page)
+
+    def _refresh(self, buckets: list[Any], now: float,
+                 then: Callable[[float], None]) -> None:
+        if not buckets or not len(self.table):
+            then(now)
+            return
+        left = [len(buckets)]
+
+        def one_done(_: list[Contact], now: float) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                then(now)
+
+        for bucket in buckets:
+            self._find_nodes(random_id_in(self.rng, bucket.lo, bucket.hi), now, one_done)
+
+    def _local_entries(self, key: int) -> set[int]:
+        results: set[int] = set()
+        after: int | None = None
+        while True:
+            values, more = self.store.entries_after(key, after, 4096)
+            results.update(values)
+            if not more or not values:
+                return results
+            after = values[-1]
+
+    def _maintain(self, now: float) -> None:
+        """Periodic upkeep: refresh stale buckets, forget expired bookkeeping."""
+        self._schedule(now + self.config.maintenance_interval, self._maintain)
+        for address in [a for a, until in self._dead.items() if until <= now]:
+            del self._dead[address]
+        horizon = now - self.config.verify_interval
+        for address in [a for a, at in self._verifying.items() if at <= horizon]:
+            del self._verifying[address]
+        if len(self.table):
+            stale = self.table.stale_buckets(now, self.config.refresh_interval)
+            if stale:
+                self._refresh(stale, now, lambda now: None)
+
+    def _emit(self, event: LookupEvent) -> None:
+        for fn in list(self._listeners):
+            fn(event)
+
+    def _check_value(self, value: object) -> bytes:
+        if not isinstance(value, bytes):
+            raise InvalidType(f"value must be bytes, not {type(value).__name__}")
+        if len(value) > self.config.max_value_size:
+            raise ValueTooLarge(
+                f"value of {len(value)} bytes exceeds the {self.config.max_value_size}-byte limit")
+        return value
+
+
+def _ignore_reply(envelope: Envelope | None, now: float) -> None:
+    return None

@@ -1,0 +1,255 @@
+"""The :class:`Peer` facade: qadom's public API on a real UDP socket.
+
+```python
+from qadom import Peer
+
+async with Peer(host="127.0.0.1", port=0) as peer:
+    await peer.bootstrap([("127.0.0.1", 9999)])
+    key = await peer.set(b"sudo python")
+    assert await peer.get(key) == b"sudo python"
+```
+
+Arguments are checked before anything is sent or stored: a bad one raises a subclass of
+:class:`~qadom.errors.UsageError` that is also the builtin ``ValueError`` or ``TypeError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+from .call import Call
+from .config import Config
+from .contact import Address, Contact
+from .errors import InvalidArgument, InvalidType, PeerClosedError
+from .events import LookupEvent
+from .ids import check_id, random_id
+from .node import Node
+from .routing import RoutingTable
+from .storage import Store
+from .transport import NodeProtocol
+
+T = TypeVar("T")
+_MISSING: Any = object()
+
+
+class Peer:
+    """One qadom peer: a :class:`~qadom.node.Node` served on a UDP socket by asyncio.
+
+    Nothing happens on construction; :meth:`start` binds the socket (``port=0`` picks a free
+    port; read it back from :attr:`address`). Every coroutine method raises
+    :class:`~qadom.errors.PeerClosedError` before :meth:`start` and after :meth:`close`.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, config: Config | None = None,
+                 node_id: int | None = None, store: Store | None = None,
+                 rng: random.Random | None = None, client_only: bool = False) -> None:
+        if not isinstance(host, str):
+            raise InvalidType("host must be a str")
+        _check_port(port)
+        self.host = host
+        self.port = port
+        self.config = config or Config()
+        self._rng = rng or random.Random()
+        self._node_id = check_id(node_id, "node_id") if node_id is not None else random_id(
+            self._rng)
+        self._store = store
+        self._client_only = client_only
+        self._node: Node | None = None
+        self._protocol: NodeProtocol | None = None
+        self._futures: set[asyncio.Future[Any]] = set()
+        self._closed = False
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        """Bind the UDP socket and start serving."""
+        if self._closed:
+            raise PeerClosedError("this peer was closed; make a new one")
+        if self._protocol is not None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def make_node(now: float) -> Node:
+            return Node(config=self.config, rng=self._rng, node_id=self._node_id,
+                        store=self._store, now=now, client_only=self._client_only)
+
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: NodeProtocol(make_node, loop), local_addr=(self.host, self.port),
+            family=family)
+        self._protocol = protocol
+        self._node = protocol.node
+        sockname = transport.get_extra_info("sockname")
+        self.address: Address = (sockname[0], sockname[1])
+        protocol.flush()
+
+    async def close(self) -> None:
+        """Stop serving and close the socket; pending operations fail with PeerClosedError."""
+        self._closed = True
+        protocol, self._protocol = self._protocol, None
+        if protocol is not None and protocol.transport is not None:
+            protocol.transport.close()
+        for future in list(self._futures):
+            if not future.done():
+                future.set_exception(PeerClosedError("the peer was closed"))
+        self._futures.clear()
+        await asyncio.sleep(0)  # let the transport's connection_lost run
+
+    async def __aenter__(self) -> Peer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def id(self) -> int:
+        """This peer's 256-bit node id."""
+        return self._node_id
+
+    @property
+    def node(self) -> Node:
+        """The protocol core (routing table, store, stats); for inspection."""
+        if self._node is None:
+            raise PeerClosedError("the peer is not started")
+        return self._node
+
+    @property
+    def routing_table(self) -> RoutingTable:
+        return self.node.table
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self.node.stats)
+
+    @property
+    def running(self) -> bool:
+        return self._protocol is not None
+
+    def add_listener(self, fn: Any) -> Any:
+        """Receive every :class:`~qadom.events.LookupEvent`; returns an unsubscribe function."""
+        listener: Any = fn
+        return self.node.add_listener(listener)
+
+    def contact(self) -> Contact:
+        """This peer as a contact (id and bound address)."""
+        return Contact(self.id, self.address)
+
+    # ------------------------------------------------------------------ the API
+
+    async def bootstrap(self, addresses: Iterable[tuple[str, int]]) -> int:
+        """Join the network through any of ``addresses``: ping them, look up our own id and
+        refresh our buckets (paper section 2.3). Returns the routing table's size. Raises
+        NoPeersError when none answers. Host names are resolved first."""
+        protocol = self._running()
+        resolved = [await self._resolve(address) for address in _check_addresses(addresses)]
+        return await self._run(protocol.node.bootstrap(resolved, protocol.now()))
+
+    async def ping(self, address: tuple[str, int]) -> Contact:
+        """The contact answering at ``address`` (OperationTimeout if nobody does)."""
+        protocol = self._running()
+        (checked,) = _check_addresses([address])
+        resolved = await self._resolve(checked)
+        return await self._run(protocol.node.ping(resolved, protocol.now()))
+
+    async def set(self, value: bytes) -> int:
+        """Store ``value`` (bytes, at most 8192) here and at the k closest peers; returns its key,
+        the SHA-256 of the value as an int."""
+        protocol = self._running()
+        return await self._run(protocol.node.set(value, protocol.now()))
+
+    async def get(self, key: int) -> bytes:
+        """The value stored under ``key``; raises KeyError (NotFoundError) when no peer has it."""
+        protocol = self._running()
+        return await self._run(protocol.node.get(key, protocol.now()))
+
+    async def append(self, key: int, value: int) -> None:
+        """Add ``value`` to the set stored under ``key`` (both ints in [0, 2**256))."""
+        protocol = self._running()
+        await self._run(protocol.node.append(key, value, protocol.now()))
+
+    async def search(self, key: int) -> set[int]:
+        """Every value appended under ``key`` that the k closest peers hold; empty when none."""
+        protocol = self._running()
+        return await self._run(protocol.node.search(key, protocol.now()))
+
+    async def key(self, key: int, value: int = _MISSING) -> Any:
+        """``key(key, value)`` appends, ``key(key)`` searches: the spelling of qadom's original
+        README."""
+        if value is _MISSING:
+            return await self.search(key)
+        return await self.append(key, value)
+
+    async def find_nodes(self, target: int) -> list[Contact]:
+        """The k closest contacts to ``target`` in the network."""
+        protocol = self._running()
+        return await self._run(protocol.node.find_nodes(target, protocol.now()))
+
+    async def refresh(self, *, all_buckets: bool = False) -> None:
+        """Refresh stale buckets now (all of them with ``all_buckets``)."""
+        protocol = self._running()
+        await self._run(protocol.node.refresh(protocol.now(), all_buckets=all_buckets))
+
+    # ------------------------------------------------------------------ internals
+
+    def _running(self) -> NodeProtocol:
+        if self._protocol is None:
+            raise PeerClosedError("the peer is closed" if self._closed else
+                                  "the peer is not started: await peer.start() first")
+        return self._protocol
+
+    async def _run(self, call: Call[T]) -> T:
+        protocol = self._running()
+        future = protocol.wrap(call)
+        self._futures.add(future)
+        try:
+            return await future
+        finally:
+            self._futures.discard(future)
+
+    async def _resolve(self, address: Address) -> Address:
+        host, port = address
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        try:
+            infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot resolve {host!r}: {exc}") from None
+        sockaddr = infos[0][4]
+        return (str(sockaddr[0]), int(sockaddr[1]))
+
+    def __repr__(self) -> str:
+        where = f"{self.address[0]}:{self.address[1]}" if self.running else "not started"
+        return f"<Peer {self.id:064x}"[:14] + f"… {where}>"
+
+
+def _check_port(port: object) -> int:
+    if not isinstance(port, int) or isinstance(port, bool):
+        raise InvalidType("port must be an int")
+    if not 0 <= port < 65536:
+        raise InvalidArgument(f"port must be in [0, 65535], got {port}")
+    return port
+
+
+def _check_addresses(addresses: Iterable[tuple[str, int]]) -> list[Address]:
+    if isinstance(addresses, (str, bytes)):
+        raise InvalidType("addresses must be a list of (host, port) pairs")
+    checked: list[Address] = []
+    for item in addresses:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise InvalidType(f"address must be a (host, port) pair, not {item!r}")
+        host, port = item
+        if not isinstance(host, str) or not host:
+            raise InvalidType("host must be a non-empty str")
+        checked.append((host, _check_port(port)))
+    if not checked:
+        raise InvalidArgument("need at least one address")
+    return checked

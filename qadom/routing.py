@@ -1,0 +1,246 @@
+"""The k-bucket routing table (Kademlia paper, sections 2.2, 2.4 and 4.2).
+
+The table is a list of buckets that partition the id space into contiguous ranges ``[lo, hi)``; it
+starts as one bucket covering everything. Each bucket holds at most ``k`` contacts in
+least-recently-seen order (oldest first) plus a bounded *replacement cache* of verified contacts
+waiting for a slot.
+
+Invariants (checked by :meth:`RoutingTable.check_invariants` in the tests):
+
+* the buckets' ranges are disjoint, sorted, and cover ``[0, 2**256)`` exactly;
+* every range has a power-of-two width and is aligned to it (it is a subtree of the id trie);
+* a contact sits in the one bucket whose range holds its id, at most once in the whole table, and
+  never has our own id;
+* no bucket holds more than ``k`` contacts, nor more than ``replacement_cache_size`` replacements.
+
+Only contacts that have *answered us from their address* may be passed to :meth:`seen`; the table
+does not check that, the caller (:mod:`qadom.node`) does. When a bucket is full, :meth:`seen` splits
+it if it may (it covers our own id, or the paper's relaxed rule: the newcomer would be among our k
+closest contacts) and otherwise parks the newcomer in the replacement cache and names the bucket's
+least-recently-seen contact, which the caller pings and evicts only if it does not answer
+(ping-before-evict: old contacts that stay up are preferred, section 2.2).
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+
+from .contact import Contact
+from .ids import ID_SPACE
+
+
+class Bucket:
+    """One k-bucket: contacts with ids in ``[lo, hi)``, least recently seen first."""
+
+    __slots__ = ("contacts", "failures", "hi", "last_lookup", "lo", "pinging", "replacements")
+
+    def __init__(self, lo: int, hi: int, last_lookup: float) -> None:
+        self.lo = lo
+        self.hi = hi
+        self.contacts: OrderedDict[int, Contact] = OrderedDict()
+        self.replacements: OrderedDict[int, Contact] = OrderedDict()
+        self.failures: dict[int, int] = {}
+        self.last_lookup = last_lookup
+        self.pinging: int | None = None  # id of the contact under ping-before-evict, if any
+
+    def covers(self, node_id: int) -> bool:
+        return self.lo <= node_id < self.hi
+
+    @property
+    def depth(self) -> int:
+        """How many leading bits all ids of this bucket share."""
+        return 256 - (self.hi - self.lo).bit_length() + 1
+
+    def least_recently_seen(self) -> Contact:
+        return next(iter(self.contacts.values()))
+
+    def __len__(self) -> int:
+        return len(self.contacts)
+
+    def __repr__(self) -> str:
+        return f"<Bucket depth={self.depth} contacts={len(self.contacts)}>"
+
+
+class RoutingTable:
+    """The k-bucket table of the node whose id is ``own_id``. Pure: time is passed in."""
+
+    def __init__(self, own_id: int, k: int = 20, replacement_cache_size: int = 20,
+                 stale_failures: int = 3, now: float = 0.0) -> None:
+        self.own_id = own_id
+        self.k = k
+        self.replacement_cache_size = replacement_cache_size
+        self.stale_failures = stale_failures
+        self.buckets: list[Bucket] = [Bucket(0, ID_SPACE, now)]
+        self._los: list[int] = [0]
+        self._size = 0
+
+    # ------------------------------------------------------------------ queries
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[Contact]:
+        for bucket in self.buckets:
+            yield from bucket.contacts.values()
+
+    def __contains__(self, node_id: object) -> bool:
+        return isinstance(node_id, int) and node_id in self.bucket_for(node_id).contacts
+
+    def get(self, node_id: int) -> Contact | None:
+        return self.bucket_for(node_id).contacts.get(node_id)
+
+    def bucket_for(self, node_id: int) -> Bucket:
+        return self.buckets[bisect.bisect_right(self._los, node_id) - 1]
+
+    def closest(self, target: int, count: int, exclude: int | None = None) -> list[Contact]:
+        """The ``count`` contacts closest to ``target`` by XOR, closest first."""
+        candidates: Iterable[Contact] = self
+        if exclude is not None:
+            candidates = (c for c in self if c.id != exclude)
+        return heapq.nsmallest(count, candidates, key=lambda c: c.id ^ target)
+
+    def stale_buckets(self, now: float, interval: float) -> list[Bucket]:
+        """Buckets with no lookup into their range for ``interval`` seconds (section 2.3)."""
+        return [b for b in self.buckets if now - b.last_lookup >= interval]
+
+    # ------------------------------------------------------------------ updates
+
+    def touch(self, target: int, now: float) -> None:
+        """Record a lookup for ``target``: its bucket needs no refresh for a while."""
+        self.bucket_for(target).last_lookup = now
+
+    def seen(self, contact: Contact) -> Contact | None:
+        """Record that ``contact`` answered us. Returns a contact to ping, or None.
+
+        The contact is added (or moved to the most-recently-seen end). When its bucket is full and
+        may not split, the contact goes to the replacement cache and the return value is the
+        bucket's least-recently-seen contact, which the caller should ping, then report with
+        :meth:`seen` (it answered) or :meth:`failed` (it did not). Only one such ping per bucket is
+        asked for at a time. A contact whose id is known at another address is ignored: the known
+        one keeps its place until it fails.
+        """
+        if contact.id == self.own_id:
+            return None
+        while True:
+            bucket = self.bucket_for(contact.id)
+            known = bucket.contacts.get(contact.id)
+            if known is not None:
+                if known.address == contact.address:
+                    bucket.contacts.move_to_end(contact.id)
+                    bucket.failures.pop(contact.id, None)
+                    if bucket.pinging == contact.id:
+                        bucket.pinging = None
+                return None
+            if len(bucket.contacts) < self.k:
+                bucket.replacements.pop(contact.id, None)
+                bucket.contacts[contact.id] = contact
+                self._size += 1
+                return None
+            if self._may_split(bucket, contact.id):
+                self._split(bucket)
+                continue
+            self._add_replacement(bucket, contact)
+            if bucket.pinging is None:
+                oldest = bucket.least_recently_seen()
+                bucket.pinging = oldest.id
+                return oldest
+            return None
+
+    def failed(self, node_id: int) -> bool:
+        """Record that ``node_id`` did not answer a request. Returns True if it was removed.
+
+        It is removed at once when a replacement waits (which takes its place), or after
+        ``stale_failures`` consecutive failures otherwise (section 4.1).
+        """
+        bucket = self.bucket_for(node_id)
+        bucket.replacements.pop(node_id, None)
+        if node_id not in bucket.contacts:
+            return False
+        if bucket.pinging == node_id:
+            bucket.pinging = None
+        count = bucket.failures.get(node_id, 0) + 1
+        if bucket.replacements or count >= self.stale_failures:
+            self.remove(node_id)
+            return True
+        bucket.failures[node_id] = count
+        return False
+
+    def remove(self, node_id: int) -> None:
+        """Drop ``node_id`` (a failed or lying contact) and promote the newest replacement."""
+        bucket = self.bucket_for(node_id)
+        bucket.replacements.pop(node_id, None)
+        if bucket.contacts.pop(node_id, None) is None:
+            return
+        self._size -= 1
+        bucket.failures.pop(node_id, None)
+        if bucket.pinging == node_id:
+            bucket.pinging = None
+        if bucket.replacements:
+            _, newest = bucket.replacements.popitem(last=True)
+            bucket.contacts[newest.id] = newest
+            self._size += 1
+
+    # ------------------------------------------------------------------ internals
+
+    def _add_replacement(self, bucket: Bucket, contact: Contact) -> None:
+        if self.replacement_cache_size == 0:
+            return
+        bucket.replacements.pop(contact.id, None)
+        bucket.replacements[contact.id] = contact
+        while len(bucket.replacements) > self.replacement_cache_size:
+            bucket.replacements.popitem(last=False)
+
+    def _may_split(self, bucket: Bucket, new_id: int) -> bool:
+        if bucket.hi - bucket.lo < 2:
+            return False
+        if bucket.covers(self.own_id):
+            return True
+        # Relaxed splitting (section 4.2): keep every contact of the subtree that holds our k
+        # closest neighbours, so the table knows our own neighbourhood exactly.
+        new_distance = new_id ^ self.own_id
+        closer = 0
+        for contact in self:
+            if contact.id ^ self.own_id < new_distance:
+                closer += 1
+                if closer >= self.k:
+                    return False
+        return True
+
+    def _split(self, bucket: Bucket) -> None:
+        mid = (bucket.lo + bucket.hi) // 2
+        low = Bucket(bucket.lo, mid, bucket.last_lookup)
+        high = Bucket(mid, bucket.hi, bucket.last_lookup)
+        for node_id, contact in bucket.contacts.items():
+            (low if node_id < mid else high).contacts[node_id] = contact
+        for node_id, contact in bucket.replacements.items():
+            (low if node_id < mid else high).replacements[node_id] = contact
+        for node_id, count in bucket.failures.items():
+            (low if node_id < mid else high).failures[node_id] = count
+        index = self.buckets.index(bucket)
+        self.buckets[index:index + 1] = [low, high]
+        self._los[index:index + 1] = [low.lo, high.lo]
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if any invariant in the module docstring is broken."""
+        expected_lo = 0
+        total = 0
+        seen_ids: set[int] = set()
+        for bucket, lo in zip(self.buckets, self._los, strict=True):
+            width = bucket.hi - bucket.lo
+            assert bucket.lo == lo == expected_lo, "buckets must tile the id space"
+            assert width > 0 and width & (width - 1) == 0, "width must be a power of two"
+            assert bucket.lo % width == 0, "bucket must be aligned to its width"
+            assert len(bucket.contacts) <= self.k
+            assert len(bucket.replacements) <= self.replacement_cache_size
+            for node_id, contact in bucket.contacts.items():
+                assert contact.id == node_id and bucket.covers(node_id)
+                assert node_id != self.own_id and node_id not in seen_ids
+                seen_ids.add(node_id)
+            for node_id in bucket.replacements:
+                assert bucket.covers(node_id) and node_id not in bucket.contacts
+            total += len(bucket.contacts)
+            expected_lo = bucket.hi
+        assert expected_lo == ID_SPACE and total == self._size

@@ -1,0 +1,102 @@
+"""The asyncio adapter: the only code between the sans-IO :class:`~qadom.node.Node` and a socket.
+
+:class:`NodeProtocol` feeds received datagrams and the loop's clock into the node, sends what the
+node queues, keeps one timer armed at the node's next deadline, and turns the node's
+:class:`~qadom.call.Call` objects into asyncio futures. It holds no protocol rule of its own.
+
+The node's clock is the loop's monotonic clock shifted to Unix time at start, so intervals are
+immune to wall-clock jumps while stored timestamps stay meaningful across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar, cast
+
+from .call import Call
+from .node import Node
+
+T = TypeVar("T")
+
+
+class NodeProtocol(asyncio.DatagramProtocol):
+    """Runs one :class:`Node` on one UDP socket. ``make_node(now)`` builds the node on this
+    adapter's clock."""
+
+    def __init__(self, make_node: Callable[[float], Node],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.DatagramTransport | None = None
+        self._offset = time.time() - loop.time()
+        self.node = make_node(self.now())
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def now(self) -> float:
+        """The node's clock: monotonic, in Unix seconds."""
+        return self.loop.time() + self._offset
+
+    # ------------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        host, port = addr[0], addr[1]
+        self.node.datagram_received(data, (str(host), int(port)), self.now())  # type: ignore[call-overload]
+        self.flush()
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable...) surface here; the request's timeout handles them.
+        self.node.stats["socket_errors"] += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # ------------------------------------------------------------------ driving the node
+
+    def flush(self) -> None:
+        """Send every queued datagram and re-arm the timer; call after every input to the node."""
+        out = self.node.datagrams_to_send()
+        transport = self.transport
+        if transport is None:
+            return
+        for data, address in out:
+            transport.sendto(data, address)
+        deadline = self.node.get_timer()
+        if deadline is None:
+            return
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_at(deadline - self._offset, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        # The loop may run a timer a clock tick early; never hand the node a time before it.
+        self.node.handle_timer(max(self.now(), self._timer_at))
+        self.flush()
+
+    def wrap(self, call: Call[T]) -> asyncio.Future[T]:
+        """An asyncio future that completes with ``call``; flushes what starting it queued."""
+        future: asyncio.Future[T] = self.loop.create_future()
+
+        def done(call: Call[T]) -> None:
+            if future.done():
+                return
+            error = call.exception()
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(call.result())
+
+        call.add_done_callback(done)
+        self.flush()
+        return future
