@@ -127,6 +127,7 @@ class Node:
                                   self.config.stale_failures, now)
         self.stats: Counter[str] = Counter()
         self.client_only = client_only
+        self.address: Address | None = None  # where we are reachable, set by the adapter
         self._sender = None if client_only else self.id
         self._outbox: list[tuple[bytes, Address]] = []
         self._timers: list[tuple[float, int, Callable[[float], None]]] = []
@@ -201,7 +202,7 @@ class Node:
 
     def ping(self, address: Address, now: float) -> Call[Contact]:
         """Ask ``address`` for its id; resolves to the contact (now in the routing table)."""
-        call: Call[Contact] = self._new_call("ping", now)
+        call: Call[Contact] = self.new_call("ping", now)
 
         def on_reply(envelope: Envelope | None, now: float) -> None:
             if envelope is None or envelope.sender is None:
@@ -216,7 +217,7 @@ class Node:
         """Join as the paper says (section 2.3): contact the known addresses, look up our own id,
         then refresh every bucket farther than our closest neighbour. Resolves to the number of
         contacts in the table; fails with NoPeersError if no address answered."""
-        call: Call[int] = self._new_call("bootstrap", now)
+        call: Call[int] = self.new_call("bootstrap", now)
         targets = list(dict.fromkeys(addresses))
         if not targets:
             call.fail(InvalidArgument("bootstrap needs at least one address"))
@@ -239,7 +240,7 @@ class Node:
                 if not answered[0]:
                     call.fail(NoPeersError("no bootstrap address answered"))
                 else:
-                    self._find_nodes(self.id, now, after_self_lookup)
+                    self.find_closest(self.id, now, after_self_lookup)
 
         for address in targets:
             self.request(address, Ping(), now, on_reply=on_pong)
@@ -248,15 +249,15 @@ class Node:
     def find_nodes(self, target: int, now: float) -> Call[list[Contact]]:
         """The k closest live contacts to ``target`` in the network (an iterative lookup)."""
         check_id(target, "target")
-        call: Call[list[Contact]] = self._new_call("find_nodes", now)
-        self._find_nodes(target, now, lambda closest, now: call.resolve(closest), call)
+        call: Call[list[Contact]] = self.new_call("find_nodes", now)
+        self.find_closest(target, now, lambda closest, now: call.resolve(closest), call)
         return call
 
     def get(self, key: int, now: float) -> Call[bytes]:
         """The value whose SHA-256 is ``key``, from our store or the network; fails with
         NotFoundError when no peer reached has it."""
         check_id(key)
-        call: Call[bytes] = self._new_call("get", now)
+        call: Call[bytes] = self.new_call("get", now)
         local = self.store.get_value(key)
         if local is not None:
             call.resolve(local)
@@ -267,7 +268,7 @@ class Node:
                        now: float) -> Iterable[Contact] | None:
             if isinstance(message, Value):
                 if key_for(message.value) != key:
-                    self._punish(contact, now)
+                    self.punish(contact, now)
                     return None
                 found.append(message.value)
                 lookup.stop()
@@ -280,16 +281,16 @@ class Node:
             else:
                 call.fail(NotFoundError(f"no peer reached holds key {key}"))
 
-        self._lookup(key, "value", FindValue(key), now, on_message, on_finish, call)
+        self.run_lookup(key, "value", FindValue(key), now, on_message, on_finish, call)
         return call
 
     def set(self, value: bytes, now: float) -> Call[int]:
         """Store ``value`` here and at the k closest peers to its key; resolves to the key."""
-        self._check_value(value)
+        self.check_value(value)
         key = key_for(value)
         self.store.put_value(key, value, now)
-        call: Call[int] = self._new_call("set", now)
-        self._replicate(key, Store(value), now, lambda stored, now: call.resolve(key), call)
+        call: Call[int] = self.new_call("set", now)
+        self.replicate(key, Store(value), now, lambda stored, now: call.resolve(key), call)
         return call
 
     def append(self, key: int, value: int, now: float) -> Call[None]:
@@ -297,15 +298,15 @@ class Node:
         check_id(key)
         check_id(value, "value")
         self.store.add_entry(key, value, now)
-        call: Call[None] = self._new_call("append", now)
-        self._replicate(key, Append(key, value), now, lambda stored, now: call.resolve(None), call)
+        call: Call[None] = self.new_call("append", now)
+        self.replicate(key, Append(key, value), now, lambda stored, now: call.resolve(None), call)
         return call
 
     def search(self, key: int, now: float) -> Call[set[int]]:
         """The union of the multimap sets under ``key`` held here and by the k closest peers (and
         any peer met on the way); an empty set when none."""
         check_id(key)
-        call: Call[set[int]] = self._new_call("search", now)
+        call: Call[set[int]] = self.new_call("search", now)
         results = self._local_entries(key)
         more: dict[int, int] = {}  # contact id -> last value of its first page, when more follow
 
@@ -333,13 +334,13 @@ class Node:
             for contact in paging:
                 self._fetch_pages(contact, key, more[contact.id], results, 1, now, one_done)
 
-        self._lookup(key, "search", Search(key, None), now, on_message, on_finish, call)
+        self.run_lookup(key, "search", Search(key, None), now, on_message, on_finish, call)
         return call
 
     def refresh(self, now: float, *, all_buckets: bool = False) -> Call[None]:
         """Refresh buckets with no lookup for ``refresh_interval`` (every bucket with
         ``all_buckets``) by looking up a random id in each one's range (section 2.3)."""
-        call: Call[None] = self._new_call("refresh", now)
+        call: Call[None] = self.new_call("refresh", now)
         buckets = (self.table.buckets if all_buckets
                    else self.table.stale_buckets(now, self.config.refresh_interval))
         self._refresh(list(buckets), now, lambda now: call.resolve(None))
@@ -461,7 +462,7 @@ class Node:
             if known is not None and known.address == address:
                 self.table.failed(node_id)
 
-    def _punish(self, contact: Contact, now: float) -> None:
+    def punish(self, contact: Contact, now: float) -> None:
         """``contact`` gave a false answer: drop it and do not ask it again for a while."""
         self.stats["liars"] += 1
         self.table.remove(contact.id)
@@ -518,9 +519,11 @@ class Node:
             self.table.closest(message.key, self.config.k, exclude=sender))
         return Entries(tuple(values), more, nodes)
 
-    # ================================================================== operation internals
+    # ================================================================== service API
+    # What extensions (namespaces, publish/subscribe, HTTP records) build their operations from:
+    # deadline-bounded calls, iterative lookups, replication to the k closest, punishing liars.
 
-    def _new_call(self, name: str, now: float) -> Call[Any]:
+    def new_call(self, name: str, now: float) -> Call[Any]:
         """A call that fails with OperationTimeout if still pending at the operation deadline."""
         call: Call[Any] = Call(name)
         limit = self.config.operation_timeout
@@ -531,7 +534,7 @@ class Node:
         self._schedule(now + limit, expire)
         return call
 
-    def _lookup(self, target: int, kind: str, message: Message, now: float,
+    def run_lookup(self, target: int, kind: str, message: Message, now: float,
                 on_message: OnMessage, on_finish: Callable[[Lookup, float], None],
                 call: Call[Any] | None = None) -> None:
         """Run one iterative lookup for ``target`` asking ``message`` of each peer.
@@ -602,17 +605,17 @@ class Node:
 
         pump(now)
 
-    def _find_nodes(self, target: int, now: float,
+    def find_closest(self, target: int, now: float,
                     then: Callable[[list[Contact], float], None],
                     call: Call[Any] | None = None) -> None:
         def on_message(contact: Contact, message: Message, lookup: Lookup,
                        now: float) -> Iterable[Contact] | None:
             return message.nodes if isinstance(message, Nodes) else None
 
-        self._lookup(target, "node", FindNode(target), now, on_message,
+        self.run_lookup(target, "node", FindNode(target), now, on_message,
                      lambda lookup, now: then(lookup.closest(), now), call)
 
-    def _replicate(self, key: int, message: Message, now: float,
+    def replicate(self, key: int, message: Message, now: float,
                    then: Callable[[int, float], None], call: Call[Any]) -> None:
         """Look up the k closest to ``key`` and send ``message`` to each; ``then(acks, now)``."""
 
@@ -634,7 +637,7 @@ class Node:
             for contact in closest:
                 self.request(contact.address, message, now, expect_id=contact.id, on_reply=on_ack)
 
-        self._find_nodes(key, now, send_all, call)
+        self.find_closest(key, now, send_all, call)
 
     def _fetch_pages(self, contact: Contact, key: int, after: int, results: set[int],
                      pages: int, now: float, done: Callable[[float], None]) -> None:
@@ -671,7 +674,7 @@ class Node:
                 then(now)
 
         for bucket in buckets:
-            self._find_nodes(random_id_in(self.rng, bucket.lo, bucket.hi), now, one_done)
+            self.find_closest(random_id_in(self.rng, bucket.lo, bucket.hi), now, one_done)
 
     def _local_entries(self, key: int) -> set[int]:
         results: set[int] = set()
@@ -700,7 +703,7 @@ class Node:
         for fn in list(self._listeners):
             fn(event)
 
-    def _check_value(self, value: object) -> bytes:
+    def check_value(self, value: object) -> bytes:
         if not isinstance(value, bytes):
             raise InvalidType(f"value must be bytes, not {type(value).__name__}")
         if len(value) > self.config.max_value_size:

@@ -86,6 +86,7 @@ class Peer:
         self._node = protocol.node
         sockname = transport.get_extra_info("sockname")
         self.address: Address = (sockname[0], sockname[1])
+        protocol.node.address = self.address
         protocol.flush()
 
     async def close(self) -> None:

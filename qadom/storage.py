@@ -27,6 +27,16 @@ class Store(Protocol):
         whether more follow."""
         ...
 
+    def get_record(self, kind: str, key: int) -> bytes | None:
+        """The record of ``kind`` (a service's name, e.g. ``"namespace"``) stored under ``key``."""
+        ...
+
+    def put_record(self, kind: str, key: int, data: bytes, now: float) -> None:
+        """Store (or replace) one service record. Services check their own rules first."""
+        ...
+
+    def delete_record(self, kind: str, key: int) -> None: ...
+
     def stats(self) -> dict[str, int]: ...
 
 
@@ -36,6 +46,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._values: dict[int, bytes] = {}
         self._entries: dict[int, list[int]] = {}
+        self._records: dict[tuple[str, int], bytes] = {}
         self._value_bytes = 0
         self._entry_count = 0
 
@@ -63,8 +74,18 @@ class MemoryStore:
         page = values[start:start + limit]
         return page, start + limit < len(values)
 
+    def get_record(self, kind: str, key: int) -> bytes | None:
+        return self._records.get((kind, key))
+
+    def put_record(self, kind: str, key: int, data: bytes, now: float) -> None:
+        self._records[(kind, key)] = data
+
+    def delete_record(self, kind: str, key: int) -> None:
+        self._records.pop((kind, key), None)
+
     def stats(self) -> dict[str, int]:
         return {
+            "records": len(self._records),
             "values": len(self._values),
             "value_bytes": self._value_bytes,
             "entry_keys": len(self._entries),
