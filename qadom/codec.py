@@ -31,6 +31,7 @@ MAX_RPC_ID = (1 << 64) - 1
 MAX_TEXT = 256
 MAX_CONTACTS = 64  # more than any k in use; a reply naming more is refused
 MAX_HOST = 45  # the longest textual IPv6 address
+MAX_SHORT_BYTES = 64  # an ed25519 signature, the longest fixed-size field
 
 
 def _id_in(raw: object) -> int:
@@ -78,6 +79,8 @@ class Codec:
             Kind.TEXT: self._text_in,
             Kind.CONTACTS: self._contacts_in,
             Kind.IDS: self._ids_in,
+            Kind.UINT64: self._uint64_in,
+            Kind.SHORT_BYTES: self._short_bytes_in,
         }
 
     # ------------------------------------------------------------------ encoding
@@ -118,7 +121,8 @@ class Codec:
         cls = MESSAGE_TYPES[code]
         if type(fields) is not list or len(fields) != len(cls.FIELDS):
             raise ProtocolError(f"{cls.__name__} takes {len(cls.FIELDS)} fields")
-        values = [self._decoders[kind](item) for (_, kind), item in zip(cls.FIELDS, fields)]
+        values = [self._decoders[kind](item)
+                  for (_, kind), item in zip(cls.FIELDS, fields, strict=True)]
         try:
             message: Message = cls(*values)
         except Exception as exc:  # a message class may check cross-field rules in __post_init__
@@ -153,6 +157,18 @@ class Codec:
         if type(raw) is not list or len(raw) > MAX_CONTACTS:
             raise ProtocolError(f"expected an array of at most {MAX_CONTACTS} contacts")
         return tuple(_contact_in(item) for item in raw)
+
+    @staticmethod
+    def _uint64_in(raw: object) -> int:
+        if type(raw) is not int or not 0 <= raw <= MAX_RPC_ID:
+            raise ProtocolError("expected an unsigned 64-bit integer")
+        return raw
+
+    @staticmethod
+    def _short_bytes_in(raw: object) -> bytes:
+        if type(raw) is not bytes or len(raw) > MAX_SHORT_BYTES:
+            raise ProtocolError(f"expected a byte string of at most {MAX_SHORT_BYTES} bytes")
+        return raw
 
     def _ids_in(self, raw: object) -> tuple[int, ...]:
         if type(raw) is not list or len(raw) > self.max_ids:

@@ -89,6 +89,80 @@ class Config:
     """How often a node checks for stale buckets and forgets old bookkeeping. Finer than any
     interval it serves, coarse enough to cost nothing."""
 
+    # --- HTTP helper (qadom.http) and its signed /dht records (qadom.dhtrecords) ---
+    http_max_body_size: int = 16384
+    """Largest HTTP request body accepted (413 above it): a full 8 KiB value, or a /dht write whose
+    text fills a record, even when JSON escaping inflates it; small enough that a client cannot make
+    the helper buffer much memory per request."""
+
+    http_sse_keepalive: float = 15.0
+    """Seconds between comment lines on an idle Server-Sent Events stream, so that proxies and
+    clients keep the connection open and a vanished client is noticed."""
+
+    http_max_subscriptions: int = 64
+    """Server-Sent Events streams open at once; each holds a subscription, so a client cannot open
+    them without bound (503 beyond it)."""
+
+    http_shutdown_timeout: float = 2.0
+    """How long closing the helper waits for requests in progress before it cuts them; streams
+    never end by themselves, so this bounds every shutdown."""
+
+    dht_max_key_size: int = 512
+    """Longest /dht key, in UTF-8 bytes. Every write and record carries its key (the signature
+    covers it), so it must stay a small part of a datagram."""
+
+    dht_max_record_size: int = 8192
+    """Largest encoded /dht record (all its entries), so a whole record travels in one reply
+    datagram, like a value; at most ``max_value_size``."""
+
+    # --- publish/subscribe (qadom.pubsub) ---
+    pubsub_lease: float = 60.0
+    """Lease a subscriber asks of each relay (the k closest peers to the topic). A relay that dies
+    is replaced at the next renewal, so delivery through it stops for at most one lease; a minute
+    costs a few datagrams per topic per relay per minute."""
+
+    pubsub_max_lease: float = 600.0
+    """Longest lease a relay grants: a subscriber that vanished without unsubscribing stops
+    costing its relays forwards after at most ten minutes."""
+
+    pubsub_renewals: int = 3
+    """Renewals per lease (every lease / 3): two renewals in a row may be lost before a lease
+    lapses, and a dead relay is noticed and replaced within a third of a lease."""
+
+    pubsub_max_subscribers: int = 1000
+    """Subscribers one relay keeps per topic; each publish costs the relay one datagram per
+    subscriber, so this bounds what one message can make it send."""
+
+    pubsub_max_topics: int = 10_000
+    """Topics one relay keeps subscribers for; bounds its memory against subscriptions to many
+    random keys."""
+
+    pubsub_rate: float = 100.0
+    """Messages per second one sender may publish through one relay (a token bucket)."""
+
+    pubsub_burst: int = 200
+    """Messages a sender may publish back to back before ``pubsub_rate`` applies: short bursts
+    pass, a sustained flood is refused with RATE_LIMITED."""
+
+    pubsub_max_senders: int = 10_000
+    """Senders whose rate a relay tracks at once (least recently seen forgotten first)."""
+
+    pubsub_reorder_timeout: float = 0.5
+    """How long a subscriber holds messages behind a gap in one publisher's sequence, waiting for
+    the missing one (a copy from another relay, or a retry after ``rpc_timeout_min``), before it
+    gives the gap up and delivers what follows."""
+
+    pubsub_reorder_buffer: int = 256
+    """Messages held behind a gap per publisher; past this the gap is given up at once."""
+
+    pubsub_max_publishers: int = 1024
+    """Publishers whose sequence a subscriber tracks per topic (for duplicates and order); the
+    least recently heard is forgotten first."""
+
+    pubsub_queue_size: int = 10_000
+    """Messages a Peer subscription buffers for a consumer that does not keep up; past this new
+    messages are dropped and counted (``stats["pubsub_dropped"]``)."""
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -97,7 +171,7 @@ class Config:
         if self.k < 1 or self.alpha < 1:
             raise InvalidArgument("k and alpha must be at least 1")
         if self.replacement_cache_size < 0 or self.stale_failures < 1 or self.rpc_retries < 0:
-            raise InvalidArgument("replacement_cache_size, stale_failures, rpc_retries out of range")
+            raise InvalidArgument("replacement cache, stale_failures or rpc_retries out of range")
         if not 0 < self.rpc_timeout_min <= self.rpc_timeout <= self.rpc_timeout_max:
             raise InvalidArgument("need 0 < rpc_timeout_min <= rpc_timeout <= rpc_timeout_max")
         if self.max_value_size < 1 or self.max_datagram_size < self.max_value_size + 256:
@@ -108,3 +182,15 @@ class Config:
             raise InvalidArgument("search_page_size does not fit in max_datagram_size")
         if min(self.operation_timeout, self.refresh_interval, self.maintenance_interval) <= 0:
             raise InvalidArgument("operation_timeout and the intervals must be positive")
+        if not 0 < self.dht_max_record_size <= self.max_value_size or self.dht_max_key_size < 1:
+            raise InvalidArgument("need 0 < dht_max_record_size <= max_value_size, dht_max_key_size"
+                                  " >= 1")
+        if self.http_max_body_size < self.max_value_size or self.http_max_subscriptions < 0 or min(
+                self.http_sse_keepalive, self.http_shutdown_timeout) <= 0:
+            raise InvalidArgument("http_max_body_size must hold a value; http intervals positive")
+        if min(self.pubsub_lease, self.pubsub_max_lease, self.pubsub_rate,
+               self.pubsub_reorder_timeout) <= 0 or min(
+                self.pubsub_renewals, self.pubsub_max_subscribers, self.pubsub_max_topics,
+                self.pubsub_burst, self.pubsub_max_senders, self.pubsub_reorder_buffer,
+                self.pubsub_max_publishers, self.pubsub_queue_size) < 1:
+            raise InvalidArgument("pubsub times and rates must be positive, its bounds at least 1")

@@ -1,9 +1,9 @@
 """qadom's exception hierarchy.
 
-Every error qadom raises on purpose derives from :class:`QadomError`, so one ``except`` catches them
-all. Each class also derives from the builtin exception that a Python user would expect for the same
-situation (``ValueError`` for a bad argument, ``KeyError`` for a missing key, ``TimeoutError``...), so
-code written against the builtin names keeps working.
+Every error qadom raises on purpose derives from :class:`QadomError`, so one ``except`` catches
+them all. Each class also derives from the builtin exception that a Python user would expect for
+the same situation (``ValueError`` for a bad argument, ``KeyError`` for a missing key,
+``TimeoutError``...), so code written against the builtin names keeps working.
 
 Who is at fault is part of the name:
 
@@ -27,7 +27,7 @@ class UsageError(QadomError):
 
 
 class InvalidArgument(UsageError, ValueError):
-    """An argument has the right type but a value out of range (a key >= 2**256, a negative port)."""
+    """An argument has the right type but a value out of range (a key >= 2**256, a bad port)."""
 
 
 class ValueTooLarge(InvalidArgument):
@@ -35,11 +35,16 @@ class ValueTooLarge(InvalidArgument):
 
 
 class InvalidType(UsageError, TypeError):
-    """An argument has the wrong type (a ``str`` where ``bytes`` are required, a ``bool`` as a key)."""
+    """An argument has the wrong type (``str`` where ``bytes`` are required, ``bool`` as a key)."""
 
 
 class PeerClosedError(UsageError, RuntimeError):
     """The peer is not started yet, or has been closed."""
+
+
+class LoopRunningError(UsageError, RuntimeError):
+    """A blocking helper was called where its event loop is already running (a Jupyter cell, a
+    coroutine): nothing was started; write ``await`` instead."""
 
 
 class ProtocolError(QadomError):
@@ -74,3 +79,49 @@ class OperationTimeout(QadomError, TimeoutError):
 
 class NoPeersError(QadomError, ConnectionError):
     """A bootstrap reached none of the given addresses."""
+
+
+# --- signed records (the /dht records of qadom.dhtrecords) ---
+
+
+class InvalidField(InvalidArgument):
+    """One field of a structured request (a JSON body) is missing or invalid; ``field`` names it
+    (dotted for nested fields, e.g. ``authorization.sign``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Unauthorized(QadomError, PermissionError):
+    """A signed write was refused: its signature does not verify, it has already expired, or the
+    record it would replace belongs to another key. Nothing was stored."""
+
+
+# --- signed namespaces (qadom.namespace) and publish/subscribe (qadom.pubsub) ---
+
+
+class BadSignature(InvalidArgument):
+    """A namespace record's signature does not verify with its public key over the documented
+    signed bytes (or the public key is not a valid ed25519 key). Nothing was sent or stored."""
+
+
+class StaleSequence(QadomError, ValueError):
+    """A namespace write was refused because a replica holds a newer record (a higher ``seq``) or
+    a different value under the same ``seq``; the stored record was kept. ``current`` is the
+    ``seq`` held, when known."""
+
+    def __init__(self, message: str, current: int | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class TooManySubscribers(RemoteError):
+    """Every relay asked refused a subscription: the topic already has the maximum number of
+    subscribers there (``Config.pubsub_max_subscribers``)."""
+
+
+class RateLimited(RemoteError):
+    """Every relay asked refused a publish: this sender exceeded its message rate there
+    (``Config.pubsub_rate`` messages per second, bursts of ``Config.pubsub_burst``)."""

@@ -2,9 +2,8 @@
 
 Node ids and keys share one space: integers in ``[0, 2**256)``. A value's key is the SHA-256 of its
 bytes read as a big-endian integer, so a key names exactly one value and any holder's answer can be
-checked. Distance is XOR, which is symmetric, satisfies the triangle inequality and is unidirectional:
-for any point and distance there is exactly one point at that distance.
-"""
+checked. Distance is XOR, which is symmetric, satisfies the triangle inequality and is
+unidirectional: for any point and distance there is exactly one point at that distance."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The iterative lookup as a pure state machine (Kademlia paper, section 2.3).
 
-A :class:`Lookup` decides *whom to ask next*; it sends nothing and knows nothing of messages or time.
+A :class:`Lookup` decides *whom to ask next*; it sends nothing and knows nothing of messages or
+time.
 Its driver (:mod:`qadom.node`) reports each outcome: :meth:`~Lookup.on_reply` with the contacts the
 peer named, :meth:`~Lookup.on_stall` when a first attempt timed out (the slot is freed at once, the
 request may still be answered), :meth:`~Lookup.on_failure` when the request failed for good.

@@ -31,6 +31,8 @@ class Kind(IntEnum):
     TEXT = 6  # UTF-8 text of at most 256 characters
     CONTACTS = 7  # array of at most k_max [id, host, port] triples
     IDS = 8  # array of IDs
+    UINT64 = 9  # unsigned integer below 2**64 (sequence numbers, stream ids, milliseconds)
+    SHORT_BYTES = 10  # byte string of at most 64 bytes (public keys, signatures)
 
 
 class ErrorCode(IntEnum):
@@ -42,6 +44,10 @@ class ErrorCode(IntEnum):
     RATE_LIMITED = 4  # the sender asks too often
     UNSUPPORTED = 5  # a request this node does not serve
     INTERNAL = 6  # the node failed to handle a valid request
+    BAD_SIGNATURE = 7  # a signed record whose signature does not verify; nothing was stored
+    STALE_SEQUENCE = 8  # a record older than, or conflicting with, the stored one; kept that
+    TOO_MANY_SUBSCRIBERS = 9  # the topic has the maximum number of subscribers at this peer
+    NOT_SUBSCRIBED = 10  # a delivery for a topic the receiver does not subscribe to
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import builtins
 import logging
 import random
 from collections import Counter
@@ -302,11 +303,11 @@ class Node:
         self.replicate(key, Append(key, value), now, lambda stored, now: call.resolve(None), call)
         return call
 
-    def search(self, key: int, now: float) -> Call[set[int]]:
+    def search(self, key: int, now: float) -> Call[builtins.set[int]]:
         """The union of the multimap sets under ``key`` held here and by the k closest peers (and
         any peer met on the way); an empty set when none."""
         check_id(key)
-        call: Call[set[int]] = self.new_call("search", now)
+        call: Call[builtins.set[int]] = self.new_call("search", now)
         results = self._local_entries(key)
         more: dict[int, int] = {}  # contact id -> last value of its first page, when more follow
 
@@ -639,7 +640,7 @@ class Node:
 
         self.find_closest(key, now, send_all, call)
 
-    def _fetch_pages(self, contact: Contact, key: int, after: int, results: set[int],
+    def _fetch_pages(self, contact: Contact, key: int, after: int, results: builtins.set[int],
                      pages: int, now: float, done: Callable[[float], None]) -> None:
         """Fetch the search pages of ``contact`` after ``after`` one at a time into ``results``."""
         if pages >= self.config.max_search_pages:
@@ -676,8 +677,8 @@ class Node:
         for bucket in buckets:
             self.find_closest(random_id_in(self.rng, bucket.lo, bucket.hi), now, one_done)
 
-    def _local_entries(self, key: int) -> set[int]:
-        results: set[int] = set()
+    def _local_entries(self, key: int) -> builtins.set[int]:
+        results: builtins.set[int] = set()
         after: int | None = None
         while True:
             values, more = self.store.entries_after(key, after, 4096)

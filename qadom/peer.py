@@ -16,6 +16,7 @@ Arguments are checked before anything is sent or stored: a bad one raises a subc
 from __future__ import annotations
 
 import asyncio
+import builtins
 import random
 import socket
 from collections.abc import Iterable
@@ -26,7 +27,6 @@ from .call import Call
 from .config import Config
 from .contact import Address, Contact
 from .errors import InvalidArgument, InvalidType, PeerClosedError
-from .events import LookupEvent
 from .ids import check_id, random_id
 from .node import Node
 from .routing import RoutingTable
@@ -177,7 +177,7 @@ class Peer:
         protocol = self._running()
         await self._run(protocol.node.append(key, value, protocol.now()))
 
-    async def search(self, key: int) -> set[int]:
+    async def search(self, key: int) -> builtins.set[int]:
         """Every value appended under ``key`` that the k closest peers hold; empty when none."""
         protocol = self._running()
         return await self._run(protocol.node.search(key, protocol.now()))

@@ -1,52 +1,192 @@
 """A network simulator: many real :class:`~qadom.node.Node` objects on a virtual clock.
 
-The simulator delivers the very datagrams the nodes produce (encoded and decoded by the real codec)
-over a virtual network with a latency distribution and optional loss, all drawn from one seeded
-``random.Random``: the same seed gives the same run, event for event. Virtual time jumps from one
-event to the next, so hours of protocol time cost only the work done in them.
+The simulator runs the real protocol core, not a model of it: every node is a
+:class:`~qadom.node.Node`, and every datagram it sends is the real encoded bytes, delivered to the
+destination's real decoder. Only the wire and the clock are simulated:
+
+* a **virtual network** with a latency distribution (uniform ``(min, max)`` or any function of the
+  random generator), a **loss** rate, **duplication** (a second copy with its own delay) and
+  **reordering** (a datagram held back by an extra delay, so later ones overtake it);
+* a **virtual clock** that jumps from one event to the next, so hours of protocol time cost only
+  the work done in them;
+* a **churn schedule**: nodes leaving (they stop sending and receiving, without notice) and new
+  nodes joining through the real bootstrap, at virtual times drawn from the same seed.
+
+Guarantee: every random choice (node ids, request ids, delays, losses, churn times and victims)
+comes from one ``random.Random(seed)``, and nothing depends on wall time, object addresses or
+hash order, so the same seed and the same calls give the same run, datagram for datagram, in any
+process.
+
+Measurements: :meth:`SimNetwork.lookup` runs one iterative lookup and returns a
+:class:`LookupReport` (rounds, messages, virtual latency, and whether the true closest live nodes
+were found, computed from the simulator's global view); :meth:`SimNetwork.table_fill` reports
+each node's routing table.
+
+Building large networks: joining nodes one by one through the real bootstrap costs about twenty
+lookups per join. :meth:`SimNetwork.build` instead fills every routing table directly through the
+real :meth:`~qadom.routing.RoutingTable.seen` rules from the true membership, as if each contact
+shown had answered; see its docstring for exactly what that does and does not exercise.
 
 Simulated addresses are ``127.x.y.z:4000`` strings; nothing here opens a socket.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import heapq
 import random
-from collections.abc import Callable
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .call import Call
 from .config import Config
-from .contact import Address
+from .contact import Address, Contact
+from .errors import InvalidArgument
+from .events import LookupEvent, LookupFinished, LookupStarted
+from .ids import ID_BITS, check_id
 from .node import Node
 
 T = TypeVar("T")
 
+Latency = tuple[float, float] | Callable[[random.Random], float]
+"""One-way delay of a datagram: ``(min, max)`` seconds drawn uniformly, or a function that draws
+one delay from the simulator's generator (see :func:`lognormal_latency`)."""
+
 _DELIVER = 0
 _TIMER = 1
+_CHURN = 2
+
+
+def lognormal_latency(median: float, sigma: float = 0.5,
+                      cap: float = 1.0) -> Callable[[random.Random], float]:
+    """A long-tailed delay distribution (as measured on wide-area paths): log-normal with the
+    given median, capped at ``cap`` seconds."""
+    if median <= 0 or sigma < 0 or cap < median:
+        raise InvalidArgument("need median > 0, sigma >= 0 and cap >= median")
+
+    def draw(rng: random.Random) -> float:
+        return min(cap, rng.lognormvariate(0.0, sigma) * median)
+
+    return draw
+
+
+@dataclass(frozen=True, slots=True)
+class LookupReport:
+    """What one simulated lookup did, and whether it found the truth.
+
+    ``messages`` counts the datagrams the origin sent and received while the lookup ran: its
+    requests, retries and the replies, plus the verification pings its requests provoked (each
+    peer asked for the first time pings the origin back before adding it to its table). The
+    further pings those verifications set off between other nodes are not counted here; they show
+    in :meth:`SimNetwork.stats`.
+    ``true_closest`` and ``closest_found`` compare the lookup's result with the ``expected`` closest
+    live nodes to the target (the origin excluded), known from the simulator's global view.
+    """
+
+    origin: Address
+    target: int
+    ok: bool  # the operation completed without an error
+    rounds: int
+    requests: int  # lookup requests sent (first attempts)
+    replies: int
+    failures: int  # requests that failed for good
+    messages: int
+    latency: float  # virtual seconds from start to finish
+    true_closest: bool  # the single closest live node is in the result
+    closest_found: int  # how many of the expected closest live nodes are in the result
+    expected: int  # min(k, live nodes other than the origin)
+
+    @property
+    def exact(self) -> bool:
+        """The result holds all of the true k closest live nodes."""
+        return self.closest_found == self.expected
+
+
+@dataclass(frozen=True, slots=True)
+class TableFill:
+    """One node's routing table. ``neighbours`` is how many of the true k closest live nodes to
+    the node's own id its table holds (``expected`` of them exist)."""
+
+    address: Address
+    contacts: int
+    buckets: int
+    replacements: int
+    dead: int  # contacts in the table that have left the network
+    neighbours: int
+    expected: int
+
+
+def summarize(reports: Sequence[LookupReport]) -> dict[str, float]:
+    """Aggregate lookup reports: success rates, and median / 95th percentile / max of rounds,
+    messages and latency."""
+    if not reports:
+        return {"lookups": 0}
+    n = len(reports)
+    out: dict[str, float] = {
+        "lookups": n,
+        "ok": sum(r.ok for r in reports) / n,
+        "true_closest": sum(r.true_closest for r in reports) / n,
+        "exact_k": sum(r.exact for r in reports) / n,
+        "closest_found_mean": statistics.fmean(
+            r.closest_found / r.expected if r.expected else 1.0 for r in reports),
+    }
+    for name in ("rounds", "messages", "requests", "latency"):
+        values = sorted(float(getattr(r, name)) for r in reports)
+        out[f"{name}_p50"] = percentile(values, 50)
+        out[f"{name}_p95"] = percentile(values, 95)
+        out[f"{name}_max"] = values[-1]
+    return out
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """The ``pct`` percentile of already sorted values (nearest rank)."""
+    if not sorted_values:
+        raise InvalidArgument("percentile of nothing")
+    rank = max(1, -(-len(sorted_values) * pct // 100))
+    return sorted_values[int(rank) - 1]
 
 
 class SimNetwork:
     """Nodes, a virtual clock and a virtual network, all driven by one seed.
 
-    ``latency`` is the (min, max) one-way delay in seconds, drawn uniformly per datagram;
-    ``loss`` the probability that a datagram is dropped. Both can be changed between steps.
+    ``latency`` is the one-way delay (see :data:`Latency`); ``loss`` the probability that a
+    datagram is dropped; ``duplicate`` the probability that it is delivered twice (the copy with
+    its own delay); ``reorder`` the probability that it is held back by an extra uniform delay of
+    up to ``reorder_delay`` seconds. All can be changed between steps. With ``trace``, every
+    network and churn event is appended to :attr:`trace` (for determinism checks and replay).
     """
 
     def __init__(self, seed: int = 0, *, config: Config | None = None,
-                 latency: tuple[float, float] = (0.01, 0.05), loss: float = 0.0) -> None:
+                 latency: Latency = (0.01, 0.05), loss: float = 0.0, duplicate: float = 0.0,
+                 reorder: float = 0.0, reorder_delay: float = 0.1, trace: bool = False) -> None:
+        for name, p in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder)):
+            if not 0.0 <= p <= 1.0:
+                raise InvalidArgument(f"{name} must be a probability in [0, 1]")
         self.rng = random.Random(seed)
         self.config = config or Config()
         self.latency = latency
         self.loss = loss
+        self.duplicate = duplicate
+        self.reorder = reorder
+        self.reorder_delay = reorder_delay
         self.now = 0.0
         self.nodes: dict[Address, Node] = {}
         self.down: set[Address] = set()
+        self.sent = 0  # datagrams put on the network (duplicates counted once)
         self.delivered = 0
-        self.dropped = 0
+        self.dropped = 0  # lost on the wire, or sent to / from a node that left
+        self.duplicated = 0
+        self.trace: list[tuple[Any, ...]] | None = [] if trace else None
+        self.churn_log: list[tuple[float, str, Address]] = []
+        self.joins: list[Call[int]] = []  # bootstrap calls of nodes joined by the churn schedule
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = 0
         self._armed: dict[Address, float] = {}
+        self._live_ids: list[int] = []  # sorted ids of the nodes on the network
+        self._by_id: dict[int, Node] = {}
 
     # ------------------------------------------------------------------ building
 
@@ -56,8 +196,12 @@ class SimNetwork:
         address = (f"127.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}", 4000)
         node = Node(config=config or self.config, rng=random.Random(self.rng.getrandbits(64)),
                     node_id=node_id, now=self.now)
+        if node.id in self._by_id:
+            raise InvalidArgument(f"node id {node.id:x} is already on the network")
         node.address = address
         self.nodes[address] = node
+        self._by_id[node.id] = node
+        bisect.insort(self._live_ids, node.id)
         self._after_input(address, node)
         return node
 
@@ -66,10 +210,11 @@ class SimNetwork:
         return node.address
 
     def add_nodes(self, count: int, *, bootstrap: bool = True) -> list[Node]:
-        """Add ``count`` nodes; with ``bootstrap`` each joins through a random earlier node."""
+        """Add ``count`` nodes; with ``bootstrap`` each joins for real (ping, lookup of its own
+        id, bucket refresh) through a random live node, one after the other."""
         added = []
         for _ in range(count):
-            existing = list(self.nodes)
+            existing = self.live_addresses()
             node = self.add_node()
             added.append(node)
             if bootstrap and existing:
@@ -77,9 +222,108 @@ class SimNetwork:
                                         [existing[self.rng.randrange(len(existing))]]))
         return added
 
+    def build(self, count: int, *, joins: int = 0) -> list[Node]:
+        """Build a network of ``count`` nodes quickly, then let ``joins`` more join for real.
+
+        What it does: it creates ``count`` nodes and, for each one, shows its real
+        :class:`~qadom.routing.RoutingTable` contacts drawn from the true membership and passes
+        each to the real :meth:`~qadom.routing.RoutingTable.seen`, so bucket splitting (including
+        the relaxed rule of section 4.2), bucket capacity and the replacement cache behave exactly
+        as in a running node. From every range of ids at a given XOR prefix distance, the node is
+        shown, in random order, *all* members where its bucket may still split (fewer than ``k``
+        nodes are closer) and otherwise up to ``k + replacement_cache_size`` random members
+        (more could not fit); nearest ranges first. When :meth:`seen` asks to ping the
+        least-recently-seen contact, that contact is taken to have answered.
+
+        What it skips: no datagram is exchanged while filling, so the stats stay at zero, no
+        request-verification or ping-before-evict traffic happens, and the order in which a real
+        node meets its contacts (by lookups) is replaced by a random one. Each table is what a
+        node that has heard from the whole network would hold, which is the steady state joins
+        and bucket refreshes converge to. The ``joins`` nodes added afterwards go through the real
+        bootstrap (:meth:`add_nodes`), so the join path is exercised at full size too.
+
+        The network must be empty.
+        """
+        if self.nodes:
+            raise InvalidArgument("build() needs an empty network; use add_nodes() to grow one")
+        if count < 1 or joins < 0:
+            raise InvalidArgument("need count >= 1 and joins >= 0")
+        built = [self.add_node() for _ in range(count)]
+        contacts = {n.id: Contact(n.id, self.address_of(n)) for n in built}
+        ids = list(self._live_ids)
+        for node in built:
+            self._fill_table(node, ids, contacts)
+        self.add_nodes(joins)
+        return built
+
+    def _fill_table(self, node: Node, ids: list[int], contacts: dict[int, Contact]) -> None:
+        table = node.table
+        own = node.id
+        k = table.k
+        shown = k + table.replacement_cache_size
+        # ranges[d]: the index span in ``ids`` of the nodes sharing exactly d leading bits with us
+        ranges: list[tuple[int, int]] = []
+        for depth in range(ID_BITS):
+            shift = ID_BITS - 1 - depth
+            sibling = ((own >> shift) ^ 1) << shift
+            ranges.append((bisect.bisect_left(ids, sibling),
+                           bisect.bisect_left(ids, sibling + (1 << shift))))
+            subtree = (own >> shift) << shift
+            if (bisect.bisect_left(ids, subtree + (1 << shift))
+                    - bisect.bisect_left(ids, subtree)) <= 1:
+                break  # nobody else shares depth + 1 bits with us
+        closer = 0
+        rng = self.rng
+        for lo, hi in reversed(ranges):
+            size = hi - lo
+            if closer < k or size <= shown:
+                members = list(range(lo, hi))
+                rng.shuffle(members)
+            else:
+                members = rng.sample(range(lo, hi), shown)
+            for index in members:
+                to_ping = table.seen(contacts[ids[index]])
+                if to_ping is not None:
+                    table.seen(to_ping)  # it answered the ping: it stays, the newcomer waits
+            closer += size
+
     def remove(self, node: Node) -> None:
         """Take ``node`` off the network for good: it neither sends nor receives again."""
-        self.down.add(self.address_of(node))
+        address = self.address_of(node)
+        if address in self.down:
+            return
+        self.down.add(address)
+        index = bisect.bisect_left(self._live_ids, node.id)
+        if index < len(self._live_ids) and self._live_ids[index] == node.id:
+            del self._live_ids[index]
+        self._log("leave", address)
+
+    def leave(self, count: int, *, keep: Iterable[Node] = ()) -> list[Node]:
+        """Take ``count`` random live nodes off the network now (never those in ``keep``)."""
+        kept = {n.id for n in keep}
+        pool = [i for i in self._live_ids if i not in kept]
+        if count > len(pool):
+            raise InvalidArgument(f"only {len(pool)} nodes may leave, not {count}")
+        gone = [self._by_id[i] for i in self.rng.sample(pool, count)]
+        for node in gone:
+            self.remove(node)
+        return gone
+
+    def churn(self, *, leave: int = 0, join: int = 0, start: float | None = None,
+              duration: float = 60.0) -> None:
+        """Schedule ``leave`` departures and ``join`` arrivals at random virtual times in
+        ``[start, start + duration)`` (start: now). A leaving node is drawn among the live nodes
+        when its time comes; a joining node bootstraps through a random live node, and its
+        bootstrap call is appended to :attr:`joins`. They happen as :meth:`run_for` or
+        :meth:`run_call` reach their times."""
+        if leave < 0 or join < 0 or duration < 0:
+            raise InvalidArgument("leave, join and duration must not be negative")
+        begin = self.now if start is None else start
+        if begin < self.now:
+            raise InvalidArgument("churn cannot be scheduled in the past")
+        for kind, count in (("leave", leave), ("join", join)):
+            for _ in range(count):
+                self._push(begin + self.rng.random() * duration, _CHURN, kind)
 
     # ------------------------------------------------------------------ driving
 
@@ -94,25 +338,32 @@ class SimNetwork:
         if not self._events:
             return False
         when, _, kind, payload = heapq.heappop(self._events)
-        self.now = max(self.now, when)
+        if when > self.now:
+            self.now = when
         if kind == _DELIVER:
             data, source, destination = payload
             node = self.nodes.get(destination)
             if node is None or destination in self.down:
                 self.dropped += 1
+                if self.trace is not None:
+                    self.trace.append((when, "lost", source, destination, len(data)))
                 return True
             self.delivered += 1
+            if self.trace is not None:
+                self.trace.append((when, "deliver", source, destination, data))
             node.datagram_received(data, source, self.now)
             self._after_input(destination, node)
-        else:
+        elif kind == _TIMER:
             address = payload
             if self._armed.get(address) != when:
                 return True  # superseded by an earlier arming
             del self._armed[address]
-            node = self.nodes[address]
             if address not in self.down:
+                node = self.nodes[address]
                 node.handle_timer(self.now)
                 self._after_input(address, node)
+        else:
+            self._churn_event(payload)
         return True
 
     def run_call(self, call: Call[T], *, timeout: float | None = None) -> T:
@@ -132,21 +383,174 @@ class SimNetwork:
             self.step()
         self.now = until
 
+    # ------------------------------------------------------------------ measuring
+
+    def live_nodes(self) -> list[Node]:
+        """The nodes on the network, in id order."""
+        return [self._by_id[i] for i in self._live_ids]
+
+    def live_addresses(self) -> list[Address]:
+        return [self.address_of(self._by_id[i]) for i in self._live_ids]
+
+    def true_closest(self, target: int, count: int, *, exclude: int | None = None) -> list[int]:
+        """The ids of the ``count`` live nodes closest to ``target`` by XOR, closest first."""
+        ids = self._live_ids
+        need = count + (1 if exclude is not None else 0)
+        # The smallest aligned subtree around the target holding enough ids holds the closest
+        # ones: every id inside it is closer than every id outside.
+        lo, hi = 0, len(ids)
+        for depth in range(1, ID_BITS + 1):
+            shift = ID_BITS - depth
+            prefix = (target >> shift) << shift
+            a = bisect.bisect_left(ids, prefix, lo, hi)
+            b = bisect.bisect_left(ids, prefix + (1 << shift), lo, hi)
+            if b - a < need:
+                break
+            lo, hi = a, b
+        pool = (i for i in ids[lo:hi] if i != exclude)
+        return heapq.nsmallest(count, pool, key=target.__xor__)
+
+    def lookup(self, node: Node, target: int) -> LookupReport:
+        """Run one node lookup (``find_nodes``) from ``node`` to completion and report it."""
+        check_id(target, "target")
+        events: list[LookupEvent] = []
+        unsubscribe = node.add_listener(events.append)
+        traffic_before = node.stats["datagrams_in"] + node.stats["datagrams_out"]
+        started = self.now
+        try:
+            call = self.call(node, node.find_nodes, target)
+            lookup_id = next((e.lookup_id for e in events
+                              if isinstance(e, LookupStarted) and e.target == target), None)
+            with contextlib.suppress(Exception):  # the report records the failure
+                self.run_call(call)
+        finally:
+            unsubscribe()
+        finished = next((e for e in events if isinstance(e, LookupFinished)
+                         and e.lookup_id == lookup_id), None)
+        k = self.config.k
+        truth = self.true_closest(target, k, exclude=node.id)
+        found = {c.id for c in finished.closest} if finished else set()
+        return LookupReport(
+            origin=self.address_of(node), target=target,
+            ok=call.done and call.exception() is None,
+            rounds=finished.rounds if finished else 0,
+            requests=finished.requests if finished else 0,
+            replies=finished.replies if finished else 0,
+            failures=finished.failures if finished else 0,
+            messages=node.stats["datagrams_in"] + node.stats["datagrams_out"] - traffic_before,
+            latency=(finished.now if finished else self.now) - started,
+            true_closest=bool(truth) and truth[0] in found,
+            closest_found=sum(1 for i in truth if i in found),
+            expected=len(truth),
+        )
+
+    def lookups(self, count: int, *, gap: float = 0.0) -> list[LookupReport]:
+        """``count`` lookups of random ids from random live nodes, one after the other, with
+        ``gap`` virtual seconds of network time between them (churn events happen there)."""
+        reports = []
+        for _ in range(count):
+            if not self._live_ids:
+                break
+            origin = self._by_id[self.rng.choice(self._live_ids)]
+            reports.append(self.lookup(origin, self.rng.getrandbits(ID_BITS)))
+            if gap:
+                self.run_for(gap)
+        return reports
+
+    def table_fill(self, node: Node) -> TableFill:
+        """The state of ``node``'s routing table, compared with the true membership."""
+        table = node.table
+        k = self.config.k
+        truth = self.true_closest(node.id, k, exclude=node.id)
+        down = self.down
+        contacts = list(table)
+        return TableFill(
+            address=self.address_of(node),
+            contacts=len(contacts),
+            buckets=len(table.buckets),
+            replacements=sum(len(b.replacements) for b in table.buckets),
+            dead=sum(1 for c in contacts if c.address in down),
+            neighbours=sum(1 for i in truth if i in table),
+            expected=len(truth),
+        )
+
+    def fill_summary(self) -> dict[str, float]:
+        """Routing-table fill over the live nodes: median and extremes of contacts and buckets,
+        the mean share of dead contacts, and the share of true neighbours known."""
+        fills = [self.table_fill(n) for n in self.live_nodes()]
+        if not fills:
+            return {"nodes": 0}
+        contacts = sorted(f.contacts for f in fills)
+        buckets = sorted(f.buckets for f in fills)
+        return {
+            "nodes": len(fills),
+            "contacts_min": contacts[0],
+            "contacts_p50": percentile(contacts, 50),
+            "contacts_max": contacts[-1],
+            "buckets_p50": percentile(buckets, 50),
+            "dead_share": sum(f.dead for f in fills) / max(1, sum(contacts)),
+            "neighbours_known": sum(f.neighbours for f in fills)
+            / max(1, sum(f.expected for f in fills)),
+        }
+
+    def stats(self) -> dict[str, int]:
+        """Network counters and the sum of every node's own counters."""
+        total: dict[str, int] = {"sent": self.sent, "delivered": self.delivered,
+                                 "dropped": self.dropped, "duplicated": self.duplicated,
+                                 "live": len(self._live_ids), "left": len(self.down)}
+        for node in self.nodes.values():
+            for name, value in node.stats.items():
+                total[f"node.{name}"] = total.get(f"node.{name}", 0) + value
+        return total
+
     # ------------------------------------------------------------------ internals
 
+    def _delay(self) -> float:
+        latency = self.latency
+        rng = self.rng
+        delay = latency(rng) if callable(latency) else rng.uniform(latency[0], latency[1])
+        if self.reorder and rng.random() < self.reorder:
+            delay += rng.random() * self.reorder_delay
+        return delay
+
     def _after_input(self, address: Address, node: Node) -> None:
-        down = address in self.down
-        for data, destination in node.datagrams_to_send():
-            if down or self.rng.random() < self.loss:
-                self.dropped += 1
-                continue
-            low, high = self.latency
-            self._push(self.now + self.rng.uniform(low, high), _DELIVER,
-                       (data, address, destination))
+        out = node.datagrams_to_send()
+        if out:
+            down = address in self.down
+            rng = self.rng
+            for data, destination in out:
+                self.sent += 1
+                if down or (self.loss and rng.random() < self.loss):
+                    self.dropped += 1
+                    if self.trace is not None:
+                        self.trace.append((self.now, "drop", address, destination, len(data)))
+                    continue
+                payload = (data, address, destination)
+                self._push(self.now + self._delay(), _DELIVER, payload)
+                if self.duplicate and rng.random() < self.duplicate:
+                    self.duplicated += 1
+                    self._push(self.now + self._delay(), _DELIVER, payload)
         deadline = node.get_timer()
         if deadline is not None and deadline < self._armed.get(address, float("inf")):
             self._armed[address] = deadline
             self._push(deadline, _TIMER, address)
+
+    def _churn_event(self, kind: str) -> None:
+        if kind == "leave":
+            if self._live_ids:
+                self.remove(self._by_id[self.rng.choice(self._live_ids)])
+            return
+        existing = self.live_addresses()
+        node = self.add_node()
+        self._log("join", self.address_of(node))
+        if existing:
+            via = existing[self.rng.randrange(len(existing))]
+            self.joins.append(self.call(node, node.bootstrap, [via]))
+
+    def _log(self, kind: str, address: Address) -> None:
+        self.churn_log.append((self.now, kind, address))
+        if self.trace is not None:
+            self.trace.append((self.now, kind, address))
 
     def _push(self, when: float, kind: int, payload: Any) -> None:
         self._seq += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from .call import Call
 from .node import Node
@@ -43,9 +43,9 @@ class NodeProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
-        host, port = addr[0], addr[1]
-        self.node.datagram_received(data, (str(host), int(port)), self.now())  # type: ignore[call-overload]
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
+        # IPv6 sockets report (host, port, flowinfo, scope_id); the node keys peers by (host, port).
+        self.node.datagram_received(data, (str(addr[0]), int(addr[1])), self.now())
         self.flush()
 
     def error_received(self, exc: Exception) -> None:

@@ -1,0 +1,43 @@
+"""Shared test helpers: networks of real peers on 127.0.0.1 (port 0), bounded waits.
+
+Import them with `from helpers import ...` (pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from qadom import Config, Peer
+
+# Loopback is fast; these keep a dead peer's cost small without mistaking a busy loop for a
+# dead peer (the machine running the suite may be loaded).
+FAST = Config(rpc_timeout=0.5, rpc_timeout_min=0.25, rpc_timeout_max=1.0, operation_timeout=20.0)
+
+
+@asynccontextmanager
+async def udp_network(count: int, *, config: Config = FAST, seed: int = 0,
+                      ) -> AsyncIterator[list[Peer]]:
+    """``count`` started peers on 127.0.0.1, each joined through the first; all closed after."""
+    rng = random.Random(seed)
+    peers = [Peer("127.0.0.1", 0, config=config, rng=random.Random(rng.getrandbits(64)))
+             for _ in range(count)]
+    try:
+        for peer in peers:
+            await peer.start()
+        for peer in peers[1:]:
+            await asyncio.wait_for(peer.bootstrap([peers[0].address]), 30)
+        yield peers
+    finally:
+        for peer in peers:
+            await peer.close()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
+                     poll: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Wait (bounded) until ``predicate()`` holds, checking after each loop turn."""
+    async def loop() -> None:
+        while not predicate():
+            await (poll() if poll else asyncio.sleep(0.01))
+    await asyncio.wait_for(loop(), timeout)

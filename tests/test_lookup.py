@@ -1,0 +1,77 @@
+"""The iterative lookup state machine, without any network."""
+
+from __future__ import annotations
+
+from qadom.contact import Contact
+from qadom.lookup import Lookup, State
+
+
+def c(node_id: int) -> Contact:
+    return Contact(node_id, ("127.0.0.1", node_id + 1))
+
+
+def test_keeps_alpha_in_flight_closest_first() -> None:
+    lookup = Lookup(0, k=3, alpha=2, initial=[c(8), c(1), c(4), c(2)])
+    first = lookup.next_requests()
+    assert [x.contact.id for x in first] == [1, 2]
+    assert lookup.next_requests() == []  # alpha in flight
+    lookup.on_reply(c(1), [c(3)])
+    assert [x.contact.id for x in lookup.next_requests()] == [3]
+    assert lookup.rounds == 2
+
+
+def test_stall_frees_the_slot_at_once_and_failure_lets_the_next_move_up() -> None:
+    lookup = Lookup(0, k=2, alpha=1, initial=[c(1), c(2), c(3)])
+    assert [x.contact.id for x in lookup.next_requests()] == [1]
+    lookup.on_stall(c(1))
+    assert [x.contact.id for x in lookup.next_requests()] == [2]  # slot freed
+    lookup.on_reply(c(2), [])
+    assert lookup.next_requests() == []  # 1 is still a k-closest candidate, stalled
+    assert not lookup.finished
+    lookup.on_failure(c(1))
+    assert [x.contact.id for x in lookup.next_requests()] == [3]  # 3 moves into the k closest
+    lookup.on_reply(c(3), [])
+    assert lookup.finished
+    assert [x.id for x in lookup.closest()] == [2, 3]
+
+
+def test_late_answer_from_a_stalled_peer_counts() -> None:
+    lookup = Lookup(0, k=1, alpha=1, initial=[c(1)])
+    lookup.next_requests()
+    lookup.on_stall(c(1))
+    lookup.on_reply(c(1), [])
+    assert lookup.finished and [x.id for x in lookup.closest()] == [1]
+
+
+def test_only_the_k_closest_are_asked_and_farther_ones_never_block() -> None:
+    lookup = Lookup(0, k=2, alpha=3, initial=[c(1), c(2), c(50), c(60)])
+    assert {x.contact.id for x in lookup.next_requests()} == {1, 2}
+    lookup.on_reply(c(1), [])
+    lookup.on_reply(c(2), [])
+    assert lookup.finished
+    unasked = {x.contact.id for x in lookup.candidates() if x.state is State.WAITING}
+    assert unasked == {50, 60}
+
+
+def test_ignores_own_id_duplicates_and_skipped() -> None:
+    lookup = Lookup(0, k=5, alpha=5, initial=[c(1)], own_id=7, skip=lambda x: x.id == 9)
+    lookup.next_requests()
+    new = lookup.on_reply(c(1), [c(7), c(1), c(9), c(3), c(3)])
+    assert new == [c(3)]
+
+
+def test_empty_lookup_is_finished_and_stop_ends_early() -> None:
+    assert Lookup(0, k=3, alpha=3, initial=[]).finished
+    lookup = Lookup(0, k=3, alpha=3, initial=[c(1), c(2)])
+    lookup.next_requests()
+    lookup.stop()
+    assert lookup.finished and lookup.next_requests() == []
+
+
+def test_replies_from_unknown_or_repeated_are_ignored() -> None:
+    lookup = Lookup(0, k=3, alpha=1, initial=[c(1), c(2)])
+    lookup.next_requests()
+    assert lookup.on_reply(c(2), [c(5)]) == []  # 2 was never asked
+    lookup.on_reply(c(1), [])
+    assert lookup.on_reply(c(1), [c(6)]) == []  # second answer ignored
+    assert lookup.replies == 1

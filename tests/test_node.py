@@ -1,0 +1,214 @@
+"""The sans-IO node driven on a virtual clock: RPC rules, verification, liars, paging, events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from qadom import Config, NoPeersError, NotFoundError
+from qadom.codec import Codec
+from qadom.contact import Address, Contact
+from qadom.errors import InvalidArgument, InvalidType, OperationTimeout, ValueTooLarge
+from qadom.events import LookupEvent, LookupFinished, LookupReply, LookupRequest, LookupStarted
+from qadom.ids import key_for
+from qadom.messages import Envelope, FindValue, Ping, Pong, Value
+from qadom.node import Node
+from qadom.sim import SimNetwork
+
+CONFIG = Config()
+
+
+def network(count: int, seed: int = 1, **kwargs: object) -> tuple[SimNetwork, list[Node]]:
+    net = SimNetwork(seed=seed, **kwargs)  # type: ignore[arg-type]
+    return net, net.add_nodes(count)
+
+
+def record_sizes(nodes: list[Node]) -> list[int]:
+    """Wrap each node's outbox so the test sees every datagram's size."""
+    sizes: list[int] = []
+    for node in nodes:
+        original: Callable[[], list[tuple[bytes, Address]]] = node.datagrams_to_send
+
+        def wrapped(original: Callable[[], list[tuple[bytes, Address]]] = original,
+                    ) -> list[tuple[bytes, Address]]:
+            out = original()
+            sizes.extend(len(data) for data, _ in out)
+            return out
+
+        node.datagrams_to_send = wrapped  # type: ignore[method-assign]
+    return sizes
+
+
+def test_malformed_datagrams_are_dropped_counted_and_the_node_still_answers() -> None:
+    net, (a, b) = network(2)
+    before = dict(a.stats)
+    for junk in (b"", b"\xff", b"\x85\x01\x01\x01\x01\x01", b"x" * 20000, bytes(range(256))):
+        a.datagram_received(junk, ("127.9.9.9", 1), net.now)
+    assert a.stats["malformed"] == before.get("malformed", 0) + 5
+    assert a.stats["internal_errors"] == 0
+    assert net.run_call(net.call(b, b.ping, net.address_of(a))).id == a.id
+
+
+def test_unexpected_replies_are_counted_and_ignored() -> None:
+    net, (a, b) = network(2)
+    codec = Codec(CONFIG)
+    a.datagram_received(codec.encode(Envelope(12345, b.id, Pong())), net.address_of(b), net.now)
+    assert a.stats["unexpected"] == 1
+    # A reply with the right request id but from another address is not accepted either.
+    rpc_id = a.request(net.address_of(b), Ping(), net.now)
+    a.datagram_received(codec.encode(Envelope(rpc_id, b.id, Pong())), ("127.9.9.9", 1), net.now)
+    assert a.stats["unexpected"] == 2
+
+
+def test_requests_retry_then_fail_in_bounded_time() -> None:
+    net, (a, b) = network(2)
+    net.remove(b)
+    outcome: list[object] = []
+    start = net.now
+    a.request(net.address_of(b), Ping(), net.now, expect_id=b.id,
+              on_reply=lambda env, now: outcome.append((env, now)))
+    net.run_for(10)
+    assert len(outcome) == 1
+    envelope, when = outcome[0]  # type: ignore[misc]
+    assert envelope is None
+    assert when - start <= (1 + CONFIG.rpc_retries) * CONFIG.rpc_timeout_max + 1e-9
+    assert a.stats["retries"] >= 1 and a.stats["timeouts"] >= 1
+
+
+def test_contact_enters_table_only_after_answering() -> None:
+    net = SimNetwork(seed=3)
+    a, b = net.add_node(), net.add_node()
+    # b asks a something; a has never heard from b.
+    b.request(net.address_of(a), Ping(), net.now)
+    net.step()  # deliver b's request to a (and nothing more)
+    assert b.id not in a.table
+    net.run_for(5)  # a pings b, b answers
+    assert b.id in a.table
+
+
+def test_spoofed_sender_never_enters_the_table() -> None:
+    net = SimNetwork(seed=2)
+    a, b = net.add_node(), net.add_node()  # a has never heard of b
+    codec = Codec(CONFIG)
+    spoofed = 0xABC
+    a.datagram_received(codec.encode(Envelope(1, spoofed, Ping())), net.address_of(b), net.now)
+    net.call(a, lambda now: None)  # flush a's outbox into the network
+    net.run_for(5)
+    assert spoofed not in a.table and b.id in a.table
+    assert a.stats["wrong_id"] == 1
+
+
+def test_get_refuses_a_wrong_value_and_drops_the_liar() -> None:
+    net, nodes = network(30, seed=5)
+    value = b"the truth"
+    key = key_for(value)
+    writer = nodes[1]
+    net.run_call(net.call(writer, writer.set, value))
+    # The liar is the node closest to the key; a reader with alpha = 1 asks it first.
+    liar = min((n for n in nodes if n is not writer), key=lambda n: n.id ^ key)
+    liar.register_handler(FindValue, lambda message, sender, address, now: Value(b"lies"))
+    reader = net.add_node(config=replace(CONFIG, alpha=1))
+    net.run_call(net.call(reader, reader.bootstrap, [net.address_of(nodes[0])]))
+    reader.table.seen(Contact(liar.id, net.address_of(liar)))
+    assert reader.table.closest(key, 1)[0].id == liar.id
+    assert net.run_call(net.call(reader, reader.get, key)) == value
+    assert reader.stats["liars"] == 1 and liar.id not in reader.table
+
+
+def test_missing_key_is_not_found_in_bounded_time_with_dead_peers() -> None:
+    net, nodes = network(40, seed=6)
+    for dead in nodes[10:15]:
+        net.remove(dead)
+    start = net.now
+    with pytest.raises(NotFoundError) as info:
+        net.run_call(net.call(nodes[0], nodes[0].get, 12345))
+    assert isinstance(info.value, KeyError)
+    assert net.now - start < CONFIG.operation_timeout
+
+
+def test_search_of_thousands_pages_and_no_datagram_exceeds_the_limit() -> None:
+    net, nodes = network(25, seed=7)
+    sizes = record_sizes(nodes)
+    reader = nodes[9]
+    holder = min((n for n in nodes if n is not reader), key=lambda n: n.id ^ 99)
+    for value in range(3000):
+        holder.store.add_entry(99, value * 7919, net.now)
+    found = net.run_call(net.call(reader, reader.search, 99))
+    assert found == {value * 7919 for value in range(3000)}
+    assert sizes and max(sizes) <= CONFIG.max_datagram_size
+    assert sum(1 for s in sizes if s > 3000) >= 3000 // CONFIG.search_page_size
+
+
+def test_search_collects_from_every_replica_across_pages() -> None:
+    net, nodes = network(25, seed=8)
+    for i in range(500):
+        net.run_call(net.call(nodes[i % 5], nodes[i % 5].append, 4242, i))
+    assert net.run_call(net.call(nodes[20], nodes[20].search, 4242)) == set(range(500))
+    assert net.run_call(net.call(nodes[21], nodes[21].search, 4243)) == set()
+
+
+def test_full_size_values_travel_and_oversize_is_refused_before_storing() -> None:
+    net, nodes = network(10, seed=9)
+    big = bytes(range(256)) * 32
+    assert len(big) == 8192
+    key = net.run_call(net.call(nodes[1], nodes[1].set, big))
+    nodes[1].store = type(nodes[1].store)()  # forget locally; must come from the network
+    assert net.run_call(net.call(nodes[7], nodes[7].get, key)) == big
+    before = nodes[2].store.stats()
+    with pytest.raises(ValueTooLarge):
+        nodes[2].set(big + b"x", net.now)
+    with pytest.raises(InvalidType):
+        nodes[2].set("text", net.now)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        nodes[2].get(-1, net.now)
+    assert nodes[2].store.stats() == before
+
+
+def test_bootstrap_to_nobody_fails_clearly() -> None:
+    net = SimNetwork(seed=10)
+    node = net.add_node()
+    with pytest.raises(NoPeersError):
+        net.run_call(net.call(node, node.bootstrap, [("127.200.0.1", 4000)]))
+
+
+def test_operations_end_at_their_deadline() -> None:
+    config = Config(operation_timeout=3.0, rpc_timeout=10.0, rpc_timeout_min=10.0,
+                    rpc_timeout_max=10.0)
+    net = SimNetwork(seed=11, config=config)
+    a, b = net.add_node(), net.add_node()
+    net.run_call(net.call(b, b.bootstrap, [net.address_of(a)]))
+    net.latency = (5.0, 5.0)  # every answer now arrives after the deadline
+    with pytest.raises(OperationTimeout):
+        net.run_call(net.call(b, b.find_nodes, 5))
+
+
+def test_lookup_events_tell_the_whole_story() -> None:
+    net, nodes = network(60, seed=12)
+    events: list[LookupEvent] = []
+    nodes[0].add_listener(events.append)
+    target = 2**255 + 12345
+    result = net.run_call(net.call(nodes[0], nodes[0].find_nodes, target))
+    assert isinstance(events[0], LookupStarted) and isinstance(events[-1], LookupFinished)
+    requests = [e for e in events if isinstance(e, LookupRequest)]
+    replies = [e for e in events if isinstance(e, LookupReply)]
+    finished = events[-1]
+    assert finished.requests == len(requests) and finished.replies == len(replies)
+    assert [c.id for c in finished.closest] == [c.id for c in result]
+    assert all(e.distance == e.contact.id ^ target for e in requests)
+    assert finished.rounds == max(e.round for e in requests)
+    truth = sorted((n.id for n in nodes[1:]), key=lambda i: i ^ target)[:20]
+    assert [c.id for c in result] == truth
+
+
+def test_datagram_handling_never_raises_on_handler_bugs() -> None:
+    net, (a, b) = network(2)
+
+    def broken(message: object, sender: object, address: object, now: float) -> Pong:
+        raise RuntimeError("bug")
+
+    a.register_handler(Ping, broken)
+    call = net.call(b, b.ping, net.address_of(a))
+    net.run_for(5)
+    assert call.done and a.stats["internal_errors"] == 1

@@ -1,0 +1,144 @@
+"""The k-bucket routing table: invariants, ping-before-evict, replacements, splitting."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qadom.contact import Contact
+from qadom.ids import ID_SPACE
+from qadom.routing import RoutingTable
+
+
+def contact(node_id: int, port: int = 1) -> Contact:
+    return Contact(node_id, ("127.0.0.1", port))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, ID_SPACE - 1),
+       st.lists(st.tuples(st.sampled_from(["seen", "failed", "remove"]),
+                          st.integers(0, ID_SPACE - 1)), max_size=400),
+       st.integers(1, 8))
+def test_invariants_under_random_operations(own: int, ops: list[tuple[str, int]],
+                                            k: int) -> None:
+    table = RoutingTable(own, k=k, replacement_cache_size=3, stale_failures=2)
+    known: list[int] = []
+    for op, node_id in ops:
+        if op != "seen" and known:
+            node_id = known[node_id % len(known)]
+        if op == "seen":
+            table.seen(contact(node_id))
+            known.append(node_id)
+        elif op == "failed":
+            table.failed(node_id)
+        else:
+            table.remove(node_id)
+        table.check_invariants()
+    assert own not in table
+
+
+def test_contacts_are_kept_least_recently_seen_first() -> None:
+    table = RoutingTable(0, k=20)
+    for i in range(1, 6):
+        table.seen(contact(ID_SPACE - i))
+    table.seen(contact(ID_SPACE - 1))  # seen again: moves to the end
+    order = [c.id for c in table.bucket_for(ID_SPACE - 1).contacts.values()]
+    assert order[-1] == ID_SPACE - 1 and order[0] == ID_SPACE - 2
+
+
+def test_full_far_bucket_pings_oldest_and_keeps_it_if_alive() -> None:
+    own = 0
+    table = RoutingTable(own, k=4, replacement_cache_size=4)
+    far = [ID_SPACE - 1 - i for i in range(4)]  # all in the top half: never split (not ours)
+    for node_id in far:
+        assert table.seen(contact(node_id)) is None
+    # Fill our own half so relaxed splitting cannot apply to the far bucket.
+    for node_id in range(1, 5):
+        table.seen(contact(node_id))
+    newcomer = contact(ID_SPACE - 100)
+    to_ping = table.seen(newcomer)
+    assert to_ping is not None and to_ping.id == far[0]  # least recently seen
+    assert newcomer.id not in table
+    assert newcomer.id in table.bucket_for(newcomer.id).replacements
+    # A second newcomer while the ping is outstanding asks for no second ping.
+    assert table.seen(contact(ID_SPACE - 101)) is None
+    # The old contact answers: it stays (moved to the end), the newcomers wait.
+    table.seen(to_ping)
+    bucket = table.bucket_for(far[0])
+    assert list(bucket.contacts)[-1] == far[0] and newcomer.id not in table
+    table.check_invariants()
+
+
+def test_full_far_bucket_evicts_oldest_if_dead() -> None:
+    table = RoutingTable(0, k=4, replacement_cache_size=4)
+    for node_id in range(1, 5):
+        table.seen(contact(node_id))
+    far = [ID_SPACE - 1 - i for i in range(4)]
+    for node_id in far:
+        table.seen(contact(node_id))
+    newcomer = contact(ID_SPACE - 100)
+    to_ping = table.seen(newcomer)
+    assert to_ping is not None
+    assert table.failed(to_ping.id) is True  # a replacement waits, so one failure evicts
+    assert to_ping.id not in table and newcomer.id in table
+    table.check_invariants()
+
+
+def test_failures_without_replacement_evict_after_stale_limit() -> None:
+    table = RoutingTable(0, k=4, stale_failures=3)
+    table.seen(contact(7))
+    assert table.failed(7) is False and table.failed(7) is False
+    assert 7 in table
+    assert table.failed(7) is True and 7 not in table
+
+
+def test_answer_resets_failure_count() -> None:
+    table = RoutingTable(0, k=4, stale_failures=2)
+    table.seen(contact(7))
+    table.failed(7)
+    table.seen(contact(7))
+    assert table.failed(7) is False and 7 in table
+
+
+def test_known_id_at_new_address_is_ignored() -> None:
+    table = RoutingTable(0, k=4)
+    table.seen(contact(7, port=1))
+    table.seen(contact(7, port=2))
+    got = table.get(7)
+    assert got is not None and got.address == ("127.0.0.1", 1)
+
+
+def test_table_knows_its_k_closest_exactly() -> None:
+    """Relaxed splitting (section 4.2): all of our k nearest neighbours are kept."""
+    rng = random.Random(5)
+    own = rng.getrandbits(256)
+    others = [rng.getrandbits(256) for _ in range(3000)]
+    # Many ids share a long prefix with us, to crowd the buckets next to ours.
+    others += [own ^ rng.getrandbits(200) for _ in range(300)]
+    table = RoutingTable(own, k=20)
+    for node_id in others:
+        table.seen(contact(node_id))
+    table.check_invariants()
+    expected = sorted(others, key=lambda i: i ^ own)[:20]
+    assert [c.id for c in table.closest(own, 20)] == expected
+
+
+def test_closest_orders_by_xor_and_excludes() -> None:
+    table = RoutingTable(0, k=20)
+    for node_id in (1, 2, 3, 8, 9):
+        table.seen(contact(node_id))
+    assert [c.id for c in table.closest(8, 3)] == [8, 9, 1]
+    assert [c.id for c in table.closest(8, 3, exclude=8)] == [9, 1, 2]
+
+
+def test_stale_buckets_and_touch() -> None:
+    table = RoutingTable(0, k=2, now=0.0)
+    for node_id in (1, 2, 3, ID_SPACE - 1):
+        table.seen(contact(node_id))
+    assert len(table.buckets) > 1
+    assert table.stale_buckets(3600.0, 3600.0) == table.buckets
+    table.touch(ID_SPACE - 1, 3000.0)
+    stale = table.stale_buckets(3600.0, 3600.0)
+    assert table.bucket_for(ID_SPACE - 1) not in stale and len(stale) == len(table.buckets) - 1
