@@ -85,6 +85,47 @@ class Config:
     """A bucket that saw no lookup for this long is refreshed with a lookup of a random id in its
     range (paper section 2.3: one hour)."""
 
+    # --- storage timing (paper section 2.5) ---
+    expire_time: float = 86400.0
+    """Lifetime of a stored item: 24 hours after its original publication, as in the paper. The
+    lifetime travels with each STORE as a TTL, so storers' republishing never extends it; only
+    the original publisher's republish does."""
+
+    republish_interval: float = 3600.0
+    """Storers republish each item to the k closest every hour (section 2.5), which repairs the
+    replica set after churn; an item received by republish within the hour is skipped."""
+
+    publisher_republish_interval: float = 86400.0
+    """The original publisher republishes its items every 24 hours until it forgets them, which
+    renews their lifetime everywhere."""
+
+    republish_batch: int = 200
+    """Items republished per maintenance tick at most, so a node holding many items spreads its
+    republishing over several ticks instead of sending one burst."""
+
+    cache_min_lifetime: float = 60.0
+    """Cached copies whose computed lifetime (24 h halved for each node between the cache and the
+    key) falls below this are not sent: they would expire before helping anyone."""
+
+    # --- storage quotas ---
+    max_store_bytes: int = 256 * 1024 * 1024
+    """Bytes one node stores for the network: 32 768 full-size values, far more than its share
+    of a network of any size, and affordable on a laptop."""
+
+    max_store_items: int = 1_000_000
+    """Items (values and multimap entries) one node stores; bounds index memory."""
+
+    max_bytes_per_source: int = 16 * 1024 * 1024
+    """Bytes one sending host may make us store, so that one host cannot fill a node alone."""
+
+    max_items_per_source: int = 100_000
+    """Items one sending host may make us store."""
+
+    sqlite_synchronous: str = "NORMAL"
+    """SQLite's synchronous mode for a data dir. In WAL mode NORMAL makes every commit survive a
+    killed process (what qadom promises before acknowledging a write); FULL also survives power
+    loss at the cost of an fsync per write."""
+
     maintenance_interval: float = 60.0
     """How often a node checks for stale buckets and forgets old bookkeeping. Finer than any
     interval it serves, coarse enough to cost nothing."""

@@ -66,6 +66,11 @@ class RemoteError(QadomError):
         self.reason = reason
 
 
+class StorageFull(QadomError):
+    """A store refused an item because a quota (total, or per sending host) is exhausted; nothing
+    stored changed. Remote peers report it as an ERROR reply with code STORAGE_FULL."""
+
+
 class NotFoundError(QadomError, KeyError):
     """No reachable peer holds the requested key."""
 

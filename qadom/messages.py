@@ -93,23 +93,29 @@ class FindValue(Message):
 
 @dataclass(frozen=True, slots=True)
 class Store(Message):
-    """Store ``value`` under its SHA-256 key. Answered by :class:`Stored` or :class:`Error`."""
+    """Store ``value`` under its SHA-256 key for ``ttl`` seconds; ``cache`` marks a copy cached
+    along a lookup path (kept, never republished). Answered by :class:`Stored` or
+    :class:`Error`."""
 
     CODE = 4
     IS_REQUEST = True
-    FIELDS = (("value", Kind.VALUE),)
+    FIELDS = (("value", Kind.VALUE), ("ttl", Kind.UINT64), ("cache", Kind.BOOL))
     value: bytes
+    ttl: int = 86400
+    cache: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Append(Message):
-    """Add ``value`` to the multimap set under ``key``. Answered by :class:`Stored`."""
+    """Add ``value`` to the multimap set under ``key`` for ``ttl`` seconds. Answered by
+    :class:`Stored` or :class:`Error`."""
 
     CODE = 5
     IS_REQUEST = True
-    FIELDS = (("key", Kind.ID), ("value", Kind.ID))
+    FIELDS = (("key", Kind.ID), ("value", Kind.ID), ("ttl", Kind.UINT64))
     key: int
     value: int
+    ttl: int = 86400
 
 
 @dataclass(frozen=True, slots=True)

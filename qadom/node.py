@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import builtins
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import partial
 from heapq import heappop, heappush
 from typing import Any, TypeVar
@@ -38,6 +40,7 @@ from .call import Call
 from .codec import Codec
 from .config import Config
 from .contact import Address, Contact
+from .dhtrecords import DhtRecordService
 from .errors import (
     InvalidArgument,
     InvalidType,
@@ -45,6 +48,7 @@ from .errors import (
     NotFoundError,
     OperationTimeout,
     ProtocolError,
+    StorageFull,
     ValueTooLarge,
 )
 from .events import (
@@ -56,6 +60,7 @@ from .events import (
     LookupTimeout,
 )
 from .ids import check_id, key_for, random_id, random_id_in
+from .info import InfoService
 from .lookup import Lookup
 from .messages import (
     Append,
@@ -74,8 +79,10 @@ from .messages import (
     Stored,
     Value,
 )
+from .namespace import NamespaceService
+from .pubsub import PubSubService
 from .routing import RoutingTable
-from .storage import MemoryStore
+from .storage import NEVER, MemoryStore, Meta
 from .storage import Store as StoreBackend
 
 log = logging.getLogger("qadom")
@@ -122,7 +129,7 @@ class Node:
         self.config = config or Config()
         self.rng = rng or random.Random()
         self.id = check_id(node_id, "node_id") if node_id is not None else random_id(self.rng)
-        self.store: StoreBackend = store if store is not None else MemoryStore()
+        self.store: StoreBackend = store if store is not None else MemoryStore(self.config)
         self.codec = Codec(self.config)
         self.table = RoutingTable(self.id, self.config.k, self.config.replacement_cache_size,
                                   self.config.stale_failures, now)
@@ -148,6 +155,10 @@ class Node:
             Append: self._handle_append,
             Search: self._handle_search,
         }
+        self.dht_records = DhtRecordService(self)  # signed /dht records (qadom.dhtrecords)
+        self.namespace = NamespaceService(self)  # signed namespaces (qadom.namespace)
+        self.pubsub = PubSubService(self)  # publish/subscribe (qadom.pubsub)
+        self.info = InfoService(self, now)  # the operator's INFO summary (qadom.info)
         self._schedule(now + self.config.maintenance_interval, self._maintain)
 
     # ================================================================== I/O interface
@@ -198,6 +209,11 @@ class Node:
         """Serve requests of ``message_type``: ``handler(message, sender_id, address, now)``
         returns the reply message."""
         self._handlers[message_type] = handler
+
+    def schedule(self, deadline: float, fn: Callable[[float], None]) -> None:
+        """Run ``fn(now)`` from :meth:`handle_timer` once ``deadline`` is reached (services'
+        timers). Timers cannot be cancelled: a service ignores one it no longer needs."""
+        self._schedule(deadline, fn)
 
     # ================================================================== operations
 
@@ -259,11 +275,12 @@ class Node:
         NotFoundError when no peer reached has it."""
         check_id(key)
         call: Call[bytes] = self.new_call("get", now)
-        local = self.store.get_value(key)
+        local = self.store.get_value(key, now)
         if local is not None:
             call.resolve(local)
             return call
         found: list[bytes] = []
+        without: list[Contact] = []  # peers that answered without the value
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
                        now: float) -> Iterable[Contact] | None:
@@ -274,11 +291,15 @@ class Node:
                 found.append(message.value)
                 lookup.stop()
                 return ()
-            return message.nodes if isinstance(message, Nodes) else None
+            if isinstance(message, Nodes):
+                without.append(contact)
+                return message.nodes
+            return None
 
         def on_finish(lookup: Lookup, now: float) -> None:
             if found:
                 call.resolve(found[0])
+                self._cache_on_path(key, found[0], without, lookup, now)
             else:
                 call.fail(NotFoundError(f"no peer reached holds key {key}"))
 
@@ -289,19 +310,31 @@ class Node:
         """Store ``value`` here and at the k closest peers to its key; resolves to the key."""
         self.check_value(value)
         key = key_for(value)
-        self.store.put_value(key, value, now)
+        cfg = self.config
+        self.store.put_value(key, value, Meta(
+            now + cfg.expire_time, now + cfg.publisher_republish_interval, original=True))
         call: Call[int] = self.new_call("set", now)
-        self.replicate(key, Store(value), now, lambda stored, now: call.resolve(key), call)
+        self.replicate(key, Store(value, int(cfg.expire_time)), now,
+                       lambda stored, now: call.resolve(key), call)
         return call
 
     def append(self, key: int, value: int, now: float) -> Call[None]:
         """Add ``value`` to the multimap set under ``key``, here and at the k closest peers."""
         check_id(key)
         check_id(value, "value")
-        self.store.add_entry(key, value, now)
+        cfg = self.config
+        self.store.add_entry(key, value, Meta(
+            now + cfg.expire_time, now + cfg.publisher_republish_interval, original=True))
         call: Call[None] = self.new_call("append", now)
-        self.replicate(key, Append(key, value), now, lambda stored, now: call.resolve(None), call)
+        self.replicate(key, Append(key, value, int(cfg.expire_time)), now,
+                       lambda stored, now: call.resolve(None), call)
         return call
+
+    def forget(self, key: int) -> bool:
+        """Stop republishing ``key`` as its original publisher; our copies and the network's
+        then expire ``expire_time`` after the last republish. True if we had published it."""
+        check_id(key)
+        return self.store.forget(key)
 
     def search(self, key: int, now: float) -> Call[builtins.set[int]]:
         """The union of the multimap sets under ``key`` held here and by the k closest peers (and
@@ -497,20 +530,55 @@ class Node:
 
     def _handle_find_value(self, message: FindValue, sender: int | None, address: Address,
                            now: float) -> Message:
-        value = self.store.get_value(message.key)
+        value = self.store.get_value(message.key, now)
         if value is not None:
             return Value(value)
         return Nodes(tuple(self.table.closest(message.key, self.config.k, exclude=sender)))
 
     def _handle_store(self, message: Store, sender: int | None, address: Address,
                       now: float) -> Message:
-        self.store.put_value(key_for(message.value), message.value, now)
+        key = key_for(message.value)
+        old = self.store.value_meta(key)
+        meta = self._received_meta(old, message.ttl, message.cache, address, now)
+        if meta is None:
+            return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
+        if old is not None and old.original:
+            return Stored()  # we publish it ourselves; our schedule rules
+        try:
+            self.store.put_value(key, message.value, meta)
+        except StorageFull as exc:
+            return Error(ErrorCode.STORAGE_FULL, str(exc))
         return Stored()
 
     def _handle_append(self, message: Append, sender: int | None, address: Address,
                        now: float) -> Message:
-        self.store.add_entry(message.key, message.value, now)
+        old = self.store.entry_meta(message.key, message.value)
+        meta = self._received_meta(old, message.ttl, False, address, now)
+        if meta is None:
+            return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
+        if old is not None and old.original:
+            return Stored()
+        try:
+            self.store.add_entry(message.key, message.value, meta)
+        except StorageFull as exc:
+            return Error(ErrorCode.STORAGE_FULL, str(exc))
         return Stored()
+
+    def _received_meta(self, old: Meta | None, ttl: int, cache: bool, address: Address,
+                       now: float) -> Meta | None:
+        """Bookkeeping for an item a peer sent us (section 2.5). Its lifetime is the TTL it
+        carries, capped at ``expire_time`` and never shortened by a later store; receiving it
+        counts as this hour's republish, so our own republish moves an hour later."""
+        if ttl <= 0:
+            return None
+        cfg = self.config
+        expires = now + min(float(ttl), cfg.expire_time)
+        cached = cache and (old is None or old.cached)
+        republish_at = NEVER if cached else now + cfg.republish_interval
+        if old is not None:
+            expires = max(expires, old.expires)
+        return Meta(expires, republish_at, False, cached,
+                    old.source if old is not None else address[0])
 
     def _handle_search(self, message: Search, sender: int | None, address: Address,
                        now: float) -> Message:
@@ -617,7 +685,7 @@ class Node:
                      lambda lookup, now: then(lookup.closest(), now), call)
 
     def replicate(self, key: int, message: Message, now: float,
-                   then: Callable[[int, float], None], call: Call[Any]) -> None:
+                  then: Callable[[int, float], None], call: Call[Any] | None = None) -> None:
         """Look up the k closest to ``key`` and send ``message`` to each; ``then(acks, now)``."""
 
         def send_all(closest: list[Contact], now: float) -> None:
@@ -688,8 +756,12 @@ class Node:
             after = values[-1]
 
     def _maintain(self, now: float) -> None:
-        """Periodic upkeep: refresh stale buckets, forget expired bookkeeping."""
+        """Periodic upkeep: expire and republish stored items, refresh stale buckets, save the
+        routing table, forget expired bookkeeping."""
         self._schedule(now + self.config.maintenance_interval, self._maintain)
+        self.stats["expired"] += self.store.expire(now)
+        self._republish(now)
+        self.store.save_contacts(self.table)
         for address in [a for a, until in self._dead.items() if until <= now]:
             del self._dead[address]
         horizon = now - self.config.verify_interval
@@ -699,6 +771,46 @@ class Node:
             stale = self.table.stale_buckets(now, self.config.refresh_interval)
             if stale:
                 self._refresh(stale, now, lambda now: None)
+
+    def _republish(self, now: float) -> None:
+        """Send every item whose time has come to the k closest (section 2.5): our own items
+        with a fresh lifetime every ``publisher_republish_interval``, items we store for others
+        with what is left of theirs every ``republish_interval``."""
+        cfg = self.config
+        for due in self.store.due(now, cfg.republish_batch):
+            meta = due.meta
+            if meta.original:
+                ttl = cfg.expire_time
+                meta = replace(meta, expires=now + ttl,
+                               republish_at=now + cfg.publisher_republish_interval)
+            else:
+                ttl = meta.expires - now
+                meta = replace(meta, republish_at=now + cfg.republish_interval
+                               if ttl >= 1 else NEVER)
+            message: Message
+            if isinstance(due.item, bytes):
+                self.store.put_value(due.key, due.item, meta)
+                message = Store(due.item, int(ttl))
+            else:
+                self.store.add_entry(due.key, due.item, meta)
+                message = Append(due.key, due.item, int(ttl))
+            if ttl >= 1:
+                self.stats["republished"] += 1
+                self.replicate(due.key, message, now, _ignore_acks)
+
+    def _cache_on_path(self, key: int, value: bytes, without: list[Contact], lookup: Lookup,
+                       now: float) -> None:
+        """Cache a found value at the closest peer on the lookup path that did not have it
+        (section 2.3), for 24 h halved once for each peer closer to the key than it."""
+        if not without:
+            return
+        target = min(without, key=lambda c: c.id ^ key)
+        between = sum(1 for cand in lookup.candidates() if cand.distance < target.id ^ key)
+        lifetime = math.ldexp(self.config.expire_time, -between)
+        if lifetime >= self.config.cache_min_lifetime:
+            self.stats["cached_sent"] += 1
+            self.request(target.address, Store(value, int(lifetime), cache=True), now,
+                         expect_id=target.id)
 
     def _emit(self, event: LookupEvent) -> None:
         for fn in list(self._listeners):
@@ -714,4 +826,8 @@ class Node:
 
 
 def _ignore_reply(envelope: Envelope | None, now: float) -> None:
+    return None
+
+
+def _ignore_acks(acks: int, now: float) -> None:
     return None

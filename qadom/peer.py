@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import os
 import random
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -27,10 +29,13 @@ from .call import Call
 from .config import Config
 from .contact import Address, Contact
 from .errors import InvalidArgument, InvalidType, PeerClosedError
-from .ids import check_id, random_id
+from .ids import check_id, id_from_bytes, id_to_bytes, random_id
+from .namespace import NamespaceRecord, check_public_key
 from .node import Node
 from .routing import RoutingTable
+from .sqlite_store import SqliteStore
 from .storage import Store
+from .subscription import Subscription
 from .transport import NodeProtocol
 
 T = TypeVar("T")
@@ -47,6 +52,7 @@ class Peer:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, config: Config | None = None,
                  node_id: int | None = None, store: Store | None = None,
+                 data_dir: str | os.PathLike[str] | None = None,
                  rng: random.Random | None = None, client_only: bool = False) -> None:
         if not isinstance(host, str):
             raise InvalidType("host must be a str")
@@ -55,13 +61,18 @@ class Peer:
         self.port = port
         self.config = config or Config()
         self._rng = rng or random.Random()
+        self._fixed_id = node_id is not None
         self._node_id = check_id(node_id, "node_id") if node_id is not None else random_id(
             self._rng)
+        if store is not None and data_dir is not None:
+            raise InvalidArgument("give a store or a data_dir, not both")
         self._store = store
+        self.data_dir = Path(data_dir) if data_dir is not None else None
         self._client_only = client_only
         self._node: Node | None = None
         self._protocol: NodeProtocol | None = None
         self._futures: set[asyncio.Future[Any]] = set()
+        self._subscriptions: set[Subscription] = set()
         self._closed = False
 
     # ------------------------------------------------------------------ life cycle
@@ -73,6 +84,9 @@ class Peer:
         if self._protocol is not None:
             return
         loop = asyncio.get_running_loop()
+
+        if self.data_dir is not None and self._store is None:
+            self._store = self._open_data_dir(self.data_dir)
 
         def make_node(now: float) -> Node:
             return Node(config=self.config, rng=self._rng, node_id=self._node_id,
@@ -95,10 +109,15 @@ class Peer:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+        if protocol is not None and self.data_dir is not None:
+            protocol.node.store.save_contacts(protocol.node.table)
+            protocol.node.store.close()
         for future in list(self._futures):
             if not future.done():
                 future.set_exception(PeerClosedError("the peer was closed"))
         self._futures.clear()
+        for subscription in list(self._subscriptions):
+            subscription._peer_closed()
         await asyncio.sleep(0)  # let the transport's connection_lost run
 
     async def __aenter__(self) -> Peer:
@@ -146,11 +165,19 @@ class Peer:
 
     # ------------------------------------------------------------------ the API
 
-    async def bootstrap(self, addresses: Iterable[tuple[str, int]]) -> int:
+    async def bootstrap(self, addresses: Iterable[tuple[str, int]] | None = None) -> int:
         """Join the network through any of ``addresses``: ping them, look up our own id and
         refresh our buckets (paper section 2.3). Returns the routing table's size. Raises
-        NoPeersError when none answers. Host names are resolved first."""
+        NoPeersError when none answers. Host names are resolved first.
+
+        Without ``addresses``, rejoin through the contacts saved in the store (a peer restarted
+        with the same ``data_dir``); InvalidArgument if none were saved."""
         protocol = self._running()
+        if addresses is None:
+            saved = [c.address for c in protocol.node.store.load_contacts()]
+            if not saved:
+                raise InvalidArgument("no saved contacts to rejoin from; give addresses")
+            return await self._run(protocol.node.bootstrap(saved, protocol.now()))
         resolved = [await self._resolve(address) for address in _check_addresses(addresses)]
         return await self._run(protocol.node.bootstrap(resolved, protocol.now()))
 
@@ -189,6 +216,15 @@ class Peer:
             return await self.search(key)
         return await self.append(key, value)
 
+    def forget(self, key: int) -> bool:
+        """Stop republishing ``key`` (a value or multimap entries we published); it then
+        expires everywhere ``expire_time`` after our last republish. True if it was ours."""
+        return self._running().node.forget(key)
+
+    def saved_contacts(self) -> list[Contact]:
+        """The contacts a durable store saved for a restart (empty without a data dir)."""
+        return self.node.store.load_contacts()
+
     async def find_nodes(self, target: int) -> list[Contact]:
         """The k closest contacts to ``target`` in the network."""
         protocol = self._running()
@@ -199,7 +235,66 @@ class Peer:
         protocol = self._running()
         await self._run(protocol.node.refresh(protocol.now(), all_buckets=all_buckets))
 
+    async def run_service(self, start: Callable[[Node, float], Call[T]]) -> T:
+        """Run one operation of a Node service (``node.dht_records``...): ``start(node, now)``
+        begins it and returns its Call, awaited like any Peer operation. Front ends reach
+        services that have no Peer method of their own this way."""
+        protocol = self._running()
+        return await self._run(start(protocol.node, protocol.now()))
+
+    # ------------------------------------------------------------------ namespaces, pubsub
+
+    async def namespace_set(self, public_key: bytes, signature: bytes, key: int, value: bytes,
+                            seq: int = 0) -> int:
+        """Store version ``seq`` of ``key`` in the namespace of ``public_key`` (32 bytes), signed
+        with ``signature`` (64 bytes, ed25519 over :func:`qadom.namespace.signing_bytes`); value
+        bytes of at most 8192, seq an int in [0, 2**63). Returns how many replicas stored it.
+        Raises BadSignature (nothing sent) or StaleSequence (a newer version is stored)."""
+        protocol = self._running()
+        record = NamespaceRecord.checked(public_key, key, seq, value, signature,
+                                         max_value_size=self.config.max_value_size)
+        return await self._run(protocol.node.namespace.set(record, protocol.now()))
+
+    async def namespace_get(self, public_key: bytes, key: int) -> bytes:
+        """The newest value of ``key`` in the namespace of ``public_key``; KeyError
+        (NotFoundError) when none."""
+        return (await self.namespace_get_record(public_key, key)).value
+
+    async def namespace_get_record(self, public_key: bytes, key: int) -> NamespaceRecord:
+        """The newest signed record of ``key`` (value, seq and signature); KeyError when none."""
+        protocol = self._running()
+        check_public_key(public_key)
+        check_id(key)
+        return await self._run(protocol.node.namespace.get(public_key, key, protocol.now()))
+
+    async def publish(self, key: int, value: bytes) -> int:
+        """Send ``value`` (bytes, at most 8192) to the subscribers of topic ``key``; returns how
+        many relays accepted it. Raises RateLimited when every relay refused for our rate."""
+        protocol = self._running()
+        return await self._run(protocol.node.pubsub.publish(key, value, protocol.now()))
+
+    def subscribe(self, key: int) -> Subscription:
+        """``async with peer.subscribe(key) as messages: async for value in messages: ...``;
+        leaving the block (or cancelling) unsubscribes. See
+        :class:`~qadom.subscription.Subscription`."""
+        self._running()
+        return Subscription(self, check_id(key))
+
     # ------------------------------------------------------------------ internals
+
+    def _open_data_dir(self, data_dir: Path) -> Store:
+        """Open the SQLite store in ``data_dir`` and adopt the node id saved there (or save
+        ours): a peer restarted with the same data dir is the same node."""
+        store = SqliteStore(data_dir / "qadom.sqlite3", self.config)
+        saved = store.get_meta("node_id")
+        if saved is None:
+            store.set_meta("node_id", id_to_bytes(self._node_id))
+        elif self._fixed_id and id_from_bytes(saved) != self._node_id:
+            store.close()
+            raise InvalidArgument(f"{data_dir} belongs to node {id_from_bytes(saved)}")
+        else:
+            self._node_id = id_from_bytes(saved)
+        return store
 
     def _running(self) -> NodeProtocol:
         if self._protocol is None:

@@ -1,30 +1,149 @@
-"""Where a node keeps what it stores for the network: values by key, and multimap sets.
+"""Where a node keeps what it stores for the network, and the rules for keeping it.
 
-:class:`Store` is the interface the core talks to; :class:`MemoryStore` is the default
-implementation. Guarantee of every implementation: a write that returns has been applied (and, for a
-durable store, committed) in full; a write that raises changed nothing.
+Two kinds of items: *values* (bytes under their SHA-256 key) and *entries* (ints in the multimap
+set under a key). Each carries :class:`Meta`: when it expires, when this node must next republish
+it, whether we are its original publisher, whether it is only a cached copy, and which host sent it
+(for per-address quotas). Services (namespaces, /dht records) keep opaque *records* by kind and key.
+A durable store also keeps the routing table's contacts and the node's identity (``meta`` blobs).
+
+:class:`Store` is the interface the core talks to; :class:`MemoryStore` is the default and
+:class:`qadom.sqlite_store.SqliteStore` the durable one. Guarantees of every implementation:
+
+* a write that returns has been applied in full (and, for a durable store, committed); a write
+  that raises (:class:`~qadom.errors.StorageFull`) changed nothing;
+* an expired item is never returned once :meth:`Store.expire` has run past its expiry, and
+  :meth:`Store.get_value` with ``now`` never returns an expired value;
+* quotas (:class:`Quotas`) hold at every moment.
+
+Eviction rule: a full store *refuses* new items rather than evicting stored ones, because an item
+held as one of the k replicas is a promise to the network. Only expired items and cached copies
+(which the network can always rebuild) make room: when a write would exceed the total quota,
+expired items go first, then cached copies, soonest-expiring first.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Protocol
+
+from .config import Config
+from .contact import Contact
+from .errors import StorageFull
+
+ENTRY_SIZE = 32
+"""Bytes a multimap entry counts for in quotas (its 256-bit value)."""
+
+NEVER = float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """The bookkeeping of one stored item."""
+
+    expires: float
+    """When the item stops being served (original items never expire while published)."""
+    republish_at: float = NEVER
+    """When this node must next republish the item to the k closest (NEVER: not at all)."""
+    original: bool = False
+    """We published it: republish every ``publisher_republish_interval`` until forgotten."""
+    cached: bool = False
+    """A cached copy along a lookup path: never republished, first to be evicted."""
+    source: str = ""
+    """Host of the peer that sent it, for per-address quotas; "" when stored locally."""
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """An item whose republish time has come: a value (bytes) or an entry (int)."""
+
+    key: int
+    item: bytes | int
+    meta: Meta
+
+
+class Quotas:
+    """Bytes and items stored, in total and per sending host, against the configured limits."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.total_bytes = 0
+        self.total_items = 0
+        self._by_source: dict[str, list[int]] = {}
+
+    def check(self, source: str, size: int, *, freeable: int = 0) -> None:
+        """Raise StorageFull unless one more item of ``size`` bytes fits (``freeable`` bytes of
+        evictable items may be counted as free)."""
+        cfg = self.config
+        if self.total_items + 1 > cfg.max_store_items or (
+                self.total_bytes + size - freeable > cfg.max_store_bytes):
+            raise StorageFull("this node's storage is full")
+        if source:
+            used = self._by_source.get(source, [0, 0])
+            if used[0] + size > cfg.max_bytes_per_source or used[1] + 1 > cfg.max_items_per_source:
+                raise StorageFull(f"storage quota for {source} is exhausted")
+
+    def add(self, source: str, size: int) -> None:
+        self.load(source, size, 1)
+
+    def remove(self, source: str, size: int) -> None:
+        self.unload(source, size, 1)
+
+    def load(self, source: str, size: int, items: int) -> None:
+        """Account for ``items`` items of ``size`` bytes in all, already stored."""
+        self.total_bytes += size
+        self.total_items += items
+        if source:
+            used = self._by_source.setdefault(source, [0, 0])
+            used[0] += size
+            used[1] += items
+
+    def unload(self, source: str, size: int, items: int) -> None:
+        """Stop accounting for ``items`` items of ``size`` bytes in all."""
+        self.total_bytes -= size
+        self.total_items -= items
+        if source:
+            used = self._by_source[source]
+            used[0] -= size
+            used[1] -= items
+            if used[1] <= 0:
+                del self._by_source[source]
 
 
 class Store(Protocol):
-    """What the protocol core needs from storage."""
+    """What the protocol core needs from storage (see the module docstring for guarantees)."""
 
-    def get_value(self, key: int) -> bytes | None: ...
+    def get_value(self, key: int, now: float | None = None) -> bytes | None: ...
 
-    def put_value(self, key: int, value: bytes, now: float) -> None: ...
+    def value_meta(self, key: int) -> Meta | None: ...
 
-    def add_entry(self, key: int, value: int, now: float) -> bool:
-        """Add ``value`` to the set under ``key``; False if it was already there."""
+    def put_value(self, key: int, value: bytes, meta: Meta) -> None:
+        """Store or update a value; raises StorageFull (changing nothing) when over quota."""
+        ...
+
+    def entry_meta(self, key: int, value: int) -> Meta | None: ...
+
+    def add_entry(self, key: int, value: int, meta: Meta) -> bool:
+        """Add or update an entry; True if it was new. Raises StorageFull when over quota."""
         ...
 
     def entries_after(self, key: int, after: int | None, limit: int) -> tuple[list[int], bool]:
         """Up to ``limit`` values of the set under ``key`` greater than ``after``, ascending, and
         whether more follow."""
+        ...
+
+    def due(self, now: float, limit: int) -> list[Due]:
+        """Up to ``limit`` items whose republish time is at or before ``now``."""
+        ...
+
+    def expire(self, now: float) -> int:
+        """Drop every item expired at ``now`` (original items excepted); returns how many."""
+        ...
+
+    def forget(self, key: int) -> bool:
+        """Stop republishing ``key`` as its original publisher (values and entries); the items
+        then expire as any other. True if anything was ours."""
         ...
 
     def get_record(self, kind: str, key: int) -> bytes | None:
@@ -37,42 +156,120 @@ class Store(Protocol):
 
     def delete_record(self, kind: str, key: int) -> None: ...
 
+    def save_contacts(self, contacts: Iterable[Contact]) -> None:
+        """Replace the saved routing-table contacts (a durable store keeps them for a restart)."""
+        ...
+
+    def load_contacts(self) -> list[Contact]: ...
+
+    def get_meta(self, name: str) -> bytes | None:
+        """A node-level blob (identity, keys) saved under ``name``."""
+        ...
+
+    def set_meta(self, name: str, data: bytes) -> None: ...
+
     def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 class MemoryStore:
     """A :class:`Store` in process memory; everything is lost when the process ends."""
 
-    def __init__(self) -> None:
-        self._values: dict[int, bytes] = {}
-        self._entries: dict[int, list[int]] = {}
+    def __init__(self, config: Config | None = None) -> None:
+        self.quotas = Quotas(config or Config())
+        self._values: dict[int, tuple[bytes, Meta]] = {}
+        self._sets: dict[int, list[int]] = {}
+        self._entries: dict[tuple[int, int], Meta] = {}
         self._records: dict[tuple[str, int], bytes] = {}
-        self._value_bytes = 0
-        self._entry_count = 0
+        self._contacts: list[Contact] = []
+        self._meta: dict[str, bytes] = {}
 
-    def get_value(self, key: int) -> bytes | None:
-        return self._values.get(key)
+    # ------------------------------------------------------------------ values
 
-    def put_value(self, key: int, value: bytes, now: float) -> None:
+    def get_value(self, key: int, now: float | None = None) -> bytes | None:
+        held = self._values.get(key)
+        if held is None or (now is not None and _expired(held[1], now)):
+            return None
+        return held[0]
+
+    def value_meta(self, key: int) -> Meta | None:
+        held = self._values.get(key)
+        return None if held is None else held[1]
+
+    def put_value(self, key: int, value: bytes, meta: Meta) -> None:
         old = self._values.get(key)
         if old is None:
-            self._value_bytes += len(value)
-        self._values[key] = value
+            self._make_room(meta.source, len(value), meta.cached)
+            self.quotas.add(meta.source, len(value))
+        elif old[1].source != meta.source:
+            self.quotas.remove(old[1].source, len(value))
+            self.quotas.add(meta.source, len(value))
+        self._values[key] = (value, meta)
 
-    def add_entry(self, key: int, value: int, now: float) -> bool:
-        values = self._entries.setdefault(key, [])
-        index = bisect.bisect_left(values, value)
-        if index < len(values) and values[index] == value:
+    # ------------------------------------------------------------------ entries
+
+    def entry_meta(self, key: int, value: int) -> Meta | None:
+        return self._entries.get((key, value))
+
+    def add_entry(self, key: int, value: int, meta: Meta) -> bool:
+        old = self._entries.get((key, value))
+        if old is not None:
+            if old.source != meta.source:
+                self.quotas.remove(old.source, ENTRY_SIZE)
+                self.quotas.add(meta.source, ENTRY_SIZE)
+            self._entries[(key, value)] = meta
             return False
-        values.insert(index, value)
-        self._entry_count += 1
+        self._make_room(meta.source, ENTRY_SIZE, meta.cached)
+        self.quotas.add(meta.source, ENTRY_SIZE)
+        self._entries[(key, value)] = meta
+        bisect.insort(self._sets.setdefault(key, []), value)
         return True
 
     def entries_after(self, key: int, after: int | None, limit: int) -> tuple[list[int], bool]:
-        values = self._entries.get(key, [])
+        values = self._sets.get(key, [])
         start = 0 if after is None else bisect.bisect_right(values, after)
-        page = values[start:start + limit]
-        return page, start + limit < len(values)
+        return values[start:start + limit], start + limit < len(values)
+
+    # ------------------------------------------------------------------ schedule
+
+    def due(self, now: float, limit: int) -> list[Due]:
+        found: list[Due] = []
+        for key, (value, meta) in self._values.items():
+            if meta.republish_at <= now:
+                found.append(Due(key, value, meta))
+                if len(found) >= limit:
+                    return found
+        for (key, item), meta in self._entries.items():
+            if meta.republish_at <= now:
+                found.append(Due(key, item, meta))
+                if len(found) >= limit:
+                    break
+        return found
+
+    def expire(self, now: float) -> int:
+        dead_values = [k for k, (_, m) in self._values.items() if _expired(m, now)]
+        for key in dead_values:
+            self._drop_value(key)
+        dead_entries = [ke for ke, m in self._entries.items() if _expired(m, now)]
+        for key, value in dead_entries:
+            self._drop_entry(key, value)
+        return len(dead_values) + len(dead_entries)
+
+    def forget(self, key: int) -> bool:
+        mine = False
+        held = self._values.get(key)
+        if held is not None and held[1].original:
+            self._values[key] = (held[0], replace(held[1], original=False, republish_at=NEVER))
+            mine = True
+        for value in self._sets.get(key, []):
+            meta = self._entries[(key, value)]
+            if meta.original:
+                self._entries[(key, value)] = replace(meta, original=False, republish_at=NEVER)
+                mine = True
+        return mine
+
+    # ------------------------------------------------------------------ records, contacts, meta
 
     def get_record(self, kind: str, key: int) -> bytes | None:
         return self._records.get((kind, key))
@@ -83,11 +280,69 @@ class MemoryStore:
     def delete_record(self, kind: str, key: int) -> None:
         self._records.pop((kind, key), None)
 
+    def save_contacts(self, contacts: Iterable[Contact]) -> None:
+        self._contacts = list(contacts)
+
+    def load_contacts(self) -> list[Contact]:
+        return list(self._contacts)
+
+    def get_meta(self, name: str) -> bytes | None:
+        return self._meta.get(name)
+
+    def set_meta(self, name: str, data: bytes) -> None:
+        self._meta[name] = data
+
     def stats(self) -> dict[str, int]:
         return {
-            "records": len(self._records),
             "values": len(self._values),
-            "value_bytes": self._value_bytes,
-            "entry_keys": len(self._entries),
-            "entries": self._entry_count,
+            "value_bytes": sum(len(v) for v, _ in self._values.values()),
+            "entry_keys": len(self._sets),
+            "entries": len(self._entries),
+            "records": len(self._records),
+            "stored_bytes": self.quotas.total_bytes,
         }
+
+    def close(self) -> None:
+        return None
+
+    def values(self) -> Iterator[tuple[int, bytes, Meta]]:
+        """Every stored value with its key and bookkeeping (for inspection and tests)."""
+        for key, (value, meta) in self._values.items():
+            yield key, value, meta
+
+    # ------------------------------------------------------------------ internals
+
+    def _make_room(self, source: str, size: int, cached: bool) -> None:
+        """Check quotas for a new item, evicting cached copies if that alone makes it fit."""
+        try:
+            self.quotas.check(source, size)
+            return
+        except StorageFull:
+            if cached:
+                raise
+        victims = sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached)
+        freeable = sum(len(self._values[k][0]) for _, k in victims)
+        self.quotas.check(source, size, freeable=freeable)  # raises if even that is not enough
+        for _, key in victims:
+            self._drop_value(key)
+            try:
+                self.quotas.check(source, size)
+                return
+            except StorageFull:
+                continue
+
+    def _drop_value(self, key: int) -> None:
+        value, meta = self._values.pop(key)
+        self.quotas.remove(meta.source, len(value))
+
+    def _drop_entry(self, key: int, value: int) -> None:
+        meta = self._entries.pop((key, value))
+        self.quotas.remove(meta.source, ENTRY_SIZE)
+        values = self._sets[key]
+        del values[bisect.bisect_left(values, value)]
+        if not values:
+            del self._sets[key]
+
+
+def _expired(meta: Meta, now: float) -> bool:
+    return not meta.original and meta.expires <= now

@@ -16,6 +16,7 @@ from qadom.ids import key_for
 from qadom.messages import Envelope, FindValue, Ping, Pong, Value
 from qadom.node import Node
 from qadom.sim import SimNetwork
+from qadom.storage import Meta
 
 CONFIG = Config()
 
@@ -134,7 +135,7 @@ def test_search_of_thousands_pages_and_no_datagram_exceeds_the_limit() -> None:
     reader = nodes[9]
     holder = min((n for n in nodes if n is not reader), key=lambda n: n.id ^ 99)
     for value in range(3000):
-        holder.store.add_entry(99, value * 7919, net.now)
+        holder.store.add_entry(99, value * 7919, Meta(expires=net.now + 3600))
     found = net.run_call(net.call(reader, reader.search, 99))
     assert found == {value * 7919 for value in range(3000)}
     assert sizes and max(sizes) <= CONFIG.max_datagram_size

@@ -1,0 +1,249 @@
+"""The durable :class:`~qadom.storage.Store`: one SQLite database (stdlib ``sqlite3``, WAL mode).
+
+It holds values and multimap entries with their bookkeeping, service records (namespaces, /dht
+records), the routing table's contacts and the node's identity. Every write runs in its own
+transaction and is committed before the method returns, so the core acknowledges a STORE to the
+network only once it would survive the process being killed (``Config.sqlite_synchronous``).
+
+Ids are stored as 32-byte big-endian blobs, whose byte order is their numeric order, so multimap
+pages are index range scans.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from .config import Config
+from .contact import Contact
+from .errors import InvalidArgument, StorageFull
+from .ids import id_from_bytes, id_to_bytes
+from .storage import ENTRY_SIZE, NEVER, Due, Meta, Quotas
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS vals (
+    key BLOB PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL,
+    republish_at REAL NOT NULL, original INTEGER NOT NULL, cached INTEGER NOT NULL,
+    source TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS vals_republish ON vals (republish_at);
+CREATE INDEX IF NOT EXISTS vals_expires ON vals (expires);
+CREATE TABLE IF NOT EXISTS entries (
+    key BLOB NOT NULL, value BLOB NOT NULL, expires REAL NOT NULL,
+    republish_at REAL NOT NULL, original INTEGER NOT NULL, cached INTEGER NOT NULL,
+    source TEXT NOT NULL, PRIMARY KEY (key, value));
+CREATE INDEX IF NOT EXISTS entries_republish ON entries (republish_at);
+CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
+CREATE TABLE IF NOT EXISTS records (
+    kind TEXT NOT NULL, key BLOB NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, key));
+CREATE TABLE IF NOT EXISTS contacts (
+    id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+"""
+
+_META_COLUMNS = "expires, republish_at, original, cached, source"
+
+
+def _meta(row: tuple[float, float, int, int, str]) -> Meta:
+    expires, republish_at, original, cached, source = row
+    return Meta(expires, republish_at, bool(original), bool(cached), source)
+
+
+def _meta_params(meta: Meta) -> tuple[float, float, int, int, str]:
+    return (meta.expires, meta.republish_at, int(meta.original), int(meta.cached), meta.source)
+
+
+class SqliteStore:
+    """A :class:`~qadom.storage.Store` in the SQLite file ``path`` (created if missing)."""
+
+    def __init__(self, path: str | Path, config: Config | None = None) -> None:
+        self.config = config or Config()
+        if self.config.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise InvalidArgument("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
+        self._db.executescript(SCHEMA)
+        self.quotas = Quotas(self.config)
+        for table, size in (("vals", "length(value)"), ("entries", str(ENTRY_SIZE))):
+            for source, size_sum, count in self._db.execute(
+                    f"SELECT source, SUM({size}), COUNT(*) FROM {table} GROUP BY source"):
+                self.quotas.load(source, int(size_sum), int(count))
+
+    def _write(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        """One statement in its own committed transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            return self._db.execute(sql, params)
+
+    # ------------------------------------------------------------------ values
+
+    def get_value(self, key: int, now: float | None = None) -> bytes | None:
+        row = self._db.execute("SELECT value, expires, original FROM vals WHERE key = ?",
+                               (id_to_bytes(key),)).fetchone()
+        if row is None:
+            return None
+        value, expires, original = row
+        if now is not None and not original and expires <= now:
+            return None
+        return bytes(value)
+
+    def value_meta(self, key: int) -> Meta | None:
+        row = self._db.execute(f"SELECT {_META_COLUMNS} FROM vals WHERE key = ?",
+                               (id_to_bytes(key),)).fetchone()
+        return None if row is None else _meta(row)
+
+    def put_value(self, key: int, value: bytes, meta: Meta) -> None:
+        old = self.value_meta(key)
+        if old is None:
+            self._make_room(meta.source, len(value), meta.cached)
+        self._write(f"INSERT OR REPLACE INTO vals (key, value, {_META_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (id_to_bytes(key), value, *_meta_params(meta)))
+        if old is not None:
+            self.quotas.remove(old.source, len(value))
+        self.quotas.add(meta.source, len(value))
+
+    # ------------------------------------------------------------------ entries
+
+    def entry_meta(self, key: int, value: int) -> Meta | None:
+        row = self._db.execute(f"SELECT {_META_COLUMNS} FROM entries WHERE key = ? AND value = ?",
+                               (id_to_bytes(key), id_to_bytes(value))).fetchone()
+        return None if row is None else _meta(row)
+
+    def add_entry(self, key: int, value: int, meta: Meta) -> bool:
+        old = self.entry_meta(key, value)
+        if old is None:
+            self._make_room(meta.source, ENTRY_SIZE, meta.cached)
+        self._write(f"INSERT OR REPLACE INTO entries (key, value, {_META_COLUMNS}) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (id_to_bytes(key), id_to_bytes(value), *_meta_params(meta)))
+        if old is not None:
+            self.quotas.remove(old.source, ENTRY_SIZE)
+        self.quotas.add(meta.source, ENTRY_SIZE)
+        return old is None
+
+    def entries_after(self, key: int, after: int | None, limit: int) -> tuple[list[int], bool]:
+        low = b"" if after is None else id_to_bytes(after)
+        rows = self._db.execute(
+            "SELECT value FROM entries WHERE key = ? AND value > ? ORDER BY value LIMIT ?",
+            (id_to_bytes(key), low, limit + 1)).fetchall()
+        values = [id_from_bytes(bytes(row[0])) for row in rows[:limit]]
+        return values, len(rows) > limit
+
+    # ------------------------------------------------------------------ schedule
+
+    def due(self, now: float, limit: int) -> list[Due]:
+        found = [Due(id_from_bytes(bytes(key)), bytes(value), _meta(rest))
+                 for key, value, *rest in self._db.execute(
+                     f"SELECT key, value, {_META_COLUMNS} FROM vals WHERE republish_at <= ? "
+                     "LIMIT ?", (now, limit))]
+        if len(found) < limit:
+            found += [Due(id_from_bytes(bytes(key)), id_from_bytes(bytes(value)), _meta(rest))
+                      for key, value, *rest in self._db.execute(
+                          f"SELECT key, value, {_META_COLUMNS} FROM entries "
+                          "WHERE republish_at <= ? LIMIT ?", (now, limit - len(found)))]
+        return found
+
+    def expire(self, now: float) -> int:
+        dropped = 0
+        with self._db:
+            self._db.execute("BEGIN")
+            for source, size_sum, count in self._db.execute(
+                    "SELECT source, SUM(length(value)), COUNT(*) FROM vals "
+                    "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
+                self.quotas.unload(source, int(size_sum), int(count))
+                dropped += int(count)
+            for source, count in self._db.execute(
+                    "SELECT source, COUNT(*) FROM entries "
+                    "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
+                self.quotas.unload(source, int(count) * ENTRY_SIZE, int(count))
+                dropped += int(count)
+            self._db.execute("DELETE FROM vals WHERE original = 0 AND expires <= ?", (now,))
+            self._db.execute("DELETE FROM entries WHERE original = 0 AND expires <= ?", (now,))
+        return dropped
+
+    def forget(self, key: int) -> bool:
+        raw = id_to_bytes(key)
+        with self._db:
+            self._db.execute("BEGIN")
+            changed = self._db.execute(
+                "UPDATE vals SET original = 0, republish_at = ? WHERE key = ? AND original = 1",
+                (NEVER, raw)).rowcount
+            changed += self._db.execute(
+                "UPDATE entries SET original = 0, republish_at = ? WHERE key = ? AND original = 1",
+                (NEVER, raw)).rowcount
+        return changed > 0
+
+    # ------------------------------------------------------------------ records, contacts, meta
+
+    def get_record(self, kind: str, key: int) -> bytes | None:
+        row = self._db.execute("SELECT data FROM records WHERE kind = ? AND key = ?",
+                               (kind, id_to_bytes(key))).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_record(self, kind: str, key: int, data: bytes, now: float) -> None:
+        self._write("INSERT OR REPLACE INTO records (kind, key, data) VALUES (?, ?, ?)",
+                    (kind, id_to_bytes(key), data))
+
+    def delete_record(self, kind: str, key: int) -> None:
+        self._write("DELETE FROM records WHERE kind = ? AND key = ?", (kind, id_to_bytes(key)))
+
+    def save_contacts(self, contacts: Iterable[Contact]) -> None:
+        rows = [(id_to_bytes(c.id), c.address[0], c.address[1]) for c in contacts]
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM contacts")
+            self._db.executemany("INSERT OR REPLACE INTO contacts VALUES (?, ?, ?)", rows)
+
+    def load_contacts(self) -> list[Contact]:
+        return [Contact(id_from_bytes(bytes(node_id)), (host, port))
+                for node_id, host, port in self._db.execute("SELECT id, host, port FROM contacts")]
+
+    def get_meta(self, name: str) -> bytes | None:
+        row = self._db.execute("SELECT data FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, name: str, data: bytes) -> None:
+        self._write("INSERT OR REPLACE INTO meta (name, data) VALUES (?, ?)", (name, data))
+
+    def stats(self) -> dict[str, int]:
+        def one(sql: str) -> int:
+            return int(self._db.execute(sql).fetchone()[0] or 0)
+
+        return {
+            "values": one("SELECT COUNT(*) FROM vals"),
+            "value_bytes": one("SELECT SUM(length(value)) FROM vals"),
+            "entry_keys": one("SELECT COUNT(DISTINCT key) FROM entries"),
+            "entries": one("SELECT COUNT(*) FROM entries"),
+            "records": one("SELECT COUNT(*) FROM records"),
+            "stored_bytes": self.quotas.total_bytes,
+        }
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def _make_room(self, source: str, size: int, cached: bool) -> None:
+        """Check quotas for a new item, evicting cached copies if that alone makes it fit."""
+        try:
+            self.quotas.check(source, size)
+            return
+        except StorageFull:
+            if cached:
+                raise
+        victims = self._db.execute(
+            "SELECT key, length(value), source FROM vals WHERE cached = 1 ORDER BY expires"
+        ).fetchall()
+        self.quotas.check(source, size, freeable=sum(int(v[1]) for v in victims))
+        for key, length, victim_source in victims:
+            self._write("DELETE FROM vals WHERE key = ?", (key,))
+            self.quotas.remove(victim_source, int(length))
+            try:
+                self.quotas.check(source, size)
+                return
+            except StorageFull:
+                continue

@@ -1,0 +1,137 @@
+"""Kademlia's timing on a virtual clock (paper sections 2.3-2.5): expiry, hourly republish by
+storers, 24-hour republish by the original publisher, cache lifetimes and bucket refresh."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from qadom import Config, NotFoundError
+from qadom.events import LookupEvent, LookupReply, LookupStarted
+from qadom.ids import key_for
+from qadom.node import Node
+from qadom.sim import SimNetwork
+
+HOUR = 3600.0
+CONFIG = Config(k=8)  # small replica sets keep the simulated traffic small
+
+
+def network(count: int, seed: int) -> tuple[SimNetwork, list[Node]]:
+    net = SimNetwork(seed=seed, config=CONFIG)
+    return net, net.add_nodes(count)
+
+
+def holders(nodes: list[Node], key: int) -> list[Node]:
+    return [n for n in nodes if n.store.get_value(key) is not None]
+
+
+def test_items_expire_24_hours_after_publication_despite_hourly_republish() -> None:
+    net, nodes = network(24, seed=1)
+    publisher = nodes[3]
+    key = net.run_call(net.call(publisher, publisher.set, b"short-lived"))
+    published = net.now
+    assert publisher.forget(key) is True
+    net.remove(publisher)  # the publisher is gone: nobody renews the lifetime
+    others = [n for n in nodes if n is not publisher]
+    net.run_for(23 * HOUR)
+    assert len(holders(others, key)) >= CONFIG.k  # storers kept republishing it
+    assert sum(n.stats["republished"] for n in others) > 0
+    net.run_for(published + 24 * HOUR + 2 * CONFIG.maintenance_interval - net.now)
+    assert holders(others, key) == []  # the TTL travelled with every republish
+    with pytest.raises(NotFoundError):
+        net.run_call(net.call(others[0], others[0].get, key))
+
+
+def test_storers_republish_hourly_to_newcomers_and_skip_when_others_did() -> None:
+    net, nodes = network(24, seed=2)
+    key = net.run_call(net.call(nodes[0], nodes[0].set, b"replicate me"))
+    # Newcomers whose ids are the closest of all to the key join; nobody stores to them.
+    newcomers = []
+    for i in range(3):
+        node = net.add_node(node_id=key ^ (i + 1))
+        net.run_call(net.call(node, node.bootstrap, [net.address_of(nodes[5])]))
+        newcomers.append(node)
+    assert holders(newcomers, key) == []
+    before = sum(n.stats["republished"] for n in nodes)
+    net.run_for(HOUR + 2 * CONFIG.maintenance_interval)
+    assert len(holders(newcomers, key)) == 3  # the hourly republish reached the new k closest
+    # Storers that received the item by republish within the hour skip their own: over three
+    # hours far fewer republishes happen than one per storer per hour.
+    net.run_for(2 * HOUR)
+    storers = len(holders(nodes, key))
+    republished = sum(n.stats["republished"] for n in nodes) - before
+    assert republished < storers * 3 / 2
+
+
+def test_original_publisher_renews_the_lifetime_every_24_hours() -> None:
+    net, nodes = network(16, seed=3)
+    publisher = nodes[2]
+    key = net.run_call(net.call(publisher, publisher.set, b"long-lived"))
+    others = [n for n in nodes if n is not publisher]
+    net.run_for(47 * HOUR)  # past the first lifetime: still everywhere, renewed at 24 h
+    assert len(holders(others, key)) >= CONFIG.k
+    assert publisher.stats["republished"] >= 1
+    reader = others[-1]
+    assert net.run_call(net.call(reader, reader.get, key)) == b"long-lived"
+    # Once the publisher forgets it, the copies expire a lifetime after its last republish.
+    assert publisher.forget(key)
+    net.run_for(26 * HOUR)
+    assert holders(nodes, key) == []
+
+
+def test_multimap_entries_follow_the_same_schedule() -> None:
+    net, nodes = network(16, seed=4)
+    net.run_call(net.call(nodes[1], nodes[1].append, 77, 5))
+    net.remove(nodes[1])
+    others = [n for n in nodes if n is not nodes[1]]
+    net.run_for(12 * HOUR)
+    assert net.run_call(net.call(others[0], others[0].search, 77)) == {5}
+    net.run_for(13 * HOUR)
+    assert net.run_call(net.call(others[0], others[0].search, 77)) == set()
+
+
+def test_found_values_are_cached_on_the_path_with_a_shrinking_lifetime() -> None:
+    config = replace(CONFIG, k=4, alpha=1)
+    net = SimNetwork(seed=5, config=config)
+    nodes = net.add_nodes(60)
+    key = net.run_call(net.call(nodes[0], nodes[0].set, b"popular"))
+    replicas = {n.id for n in holders(nodes, key)}
+    reader = max(nodes, key=lambda n: n.id ^ key)  # far from the key: a long path
+    # The reader knows no replica: it must reach one through peers that do not hold the value.
+    while known := [c.id for c in reader.table if c.id in replicas]:
+        for node_id in known:
+            reader.table.remove(node_id)
+    seen: dict[int, int] = {}  # candidate id -> distance to the key
+
+    def watch(event: LookupEvent) -> None:
+        contacts = (event.initial if isinstance(event, LookupStarted)
+                    else event.closer if isinstance(event, LookupReply) else ())
+        for contact in contacts:
+            seen[contact.id] = contact.id ^ key
+
+    reader.add_listener(watch)
+    assert net.run_call(net.call(reader, reader.get, key)) == b"popular"
+    assert reader.stats["cached_sent"] == 1
+    net.run_for(1.0)
+    cached = [n for n in nodes if (m := n.store.value_meta(key)) is not None and m.cached]
+    assert len(cached) == 1 and cached[0].id not in replicas
+    cache = cached[0]
+    between = sum(1 for d in seen.values() if d < cache.id ^ key)
+    lifetime = int(math.ldexp(config.expire_time, -between))
+    meta = cache.store.value_meta(key)
+    assert meta is not None and meta.republish_at == math.inf  # caches are never republished
+    assert abs(meta.expires - (net.now + lifetime)) < 2.0
+    net.run_for(lifetime + 2 * config.maintenance_interval)
+    assert cache.store.value_meta(key) is None  # the cached copy expired...
+    assert replicas <= {n.id for n in holders(nodes, key)}  # ...the replicas did not
+
+
+def test_buckets_without_lookups_are_refreshed_every_hour() -> None:
+    net, nodes = network(30, seed=6)
+    net.run_for(3 * HOUR)
+    for node in nodes:
+        for bucket in node.table.buckets:
+            assert net.now - bucket.last_lookup <= HOUR + CONFIG.maintenance_interval + 60
+        node.table.check_invariants()
