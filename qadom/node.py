@@ -592,6 +592,21 @@ class Node:
     # What extensions (namespaces, publish/subscribe, HTTP records) build their operations from:
     # deadline-bounded calls, iterative lookups, replication to the k closest, punishing liars.
 
+    def ask(self, address: Address, message: Message, now: float, *,
+            expect_id: int | None = None) -> Call[Message]:
+        """One request as a call: resolves to the reply message (an :class:`Error` reply
+        included), fails with OperationTimeout when every attempt went unanswered."""
+        call: Call[Message] = Call(type(message).__name__)
+
+        def on_reply(envelope: Envelope | None, now: float) -> None:
+            if envelope is None:
+                call.fail(OperationTimeout(f"no answer from {address[0]}:{address[1]}"))
+            else:
+                call.resolve(envelope.message)
+
+        self.request(address, message, now, expect_id=expect_id, on_reply=on_reply)
+        return call
+
     def new_call(self, name: str, now: float) -> Call[Any]:
         """A call that fails with OperationTimeout if still pending at the operation deadline."""
         call: Call[Any] = Call(name)

@@ -30,6 +30,7 @@ from .config import Config
 from .contact import Address, Contact
 from .errors import InvalidArgument, InvalidType, PeerClosedError
 from .ids import check_id, id_from_bytes, id_to_bytes, random_id
+from .messages import Message
 from .namespace import NamespaceRecord, check_public_key
 from .node import Node
 from .routing import RoutingTable
@@ -215,6 +216,12 @@ class Peer:
         if value is _MISSING:
             return await self.search(key)
         return await self.append(key, value)
+
+    async def request(self, address: tuple[str, int], message: Message) -> Message:
+        """Send one raw protocol request to ``address`` and return the reply (tools, tests)."""
+        protocol = self._running()
+        (checked,) = _check_addresses([address])
+        return await self._run(protocol.node.ask(checked, message, protocol.now()))
 
     def forget(self, key: int) -> bool:
         """Stop republishing ``key`` (a value or multimap entries we published); it then
