@@ -1,31 +1,92 @@
 """The ``qadom`` command line: run a node, or talk to the network from a shell.
 
 ``qadom serve`` runs a long-lived node on qadom's own event loop (uvloop when installed) and shuts
-down cleanly on SIGINT and SIGTERM. Every command exits 0 on success and non-zero with a one-line
-reason on stderr otherwise.
+down cleanly on SIGINT and SIGTERM. The one-shot commands (``set``, ``get``, ``append``, ``search``)
+join the network through ``--bootstrap`` with a short-lived client peer that stays out of other
+nodes' routing tables, do one thing and leave; ``info`` asks a running node on this machine for its
+summary (:mod:`qadom.info`).
+
+Exit status: 0 on success; 2 for a bad argument (argparse's convention: a malformed key, an
+unreadable file, a value over the size limit); 1 for any other failure (not found, no node
+answered, timed out). On failure stderr holds exactly one line, ``qadom: <reason>``; never a
+traceback (``--log-level debug`` logs one for an unexpected error).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
+import re
 import signal
+import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import IO, Any, NoReturn
 
 from . import runner
+from .config import Config
 from .contact import Address
-from .errors import QadomError
+from .errors import NoPeersError, NotFoundError, OperationTimeout, QadomError, UsageError
+from .ids import ID_SPACE
+from .info import format_address, is_loopback
 from .peer import Peer
 
 log = logging.getLogger("qadom")
 
 EXAMPLES = {
     "serve": """examples:
-  qadom serve --port 9999
-  qadom serve --port 9998 --bootstrap 127.0.0.1:9999 --log-level debug""",
+  qadom serve --port 9999                    # data in the per-user data directory
+  qadom serve --port 9998 --bootstrap 127.0.0.1:9999 --data-dir ~/qadom-9998
+  qadom serve --port 9997 --bootstrap 127.0.0.1:9999 --memory --log-level debug
+  qadom serve --port 9998 --data-dir ~/qadom-9998   # restarted: same id and data; rejoins""",
+    "set": """examples:
+  qadom set photo.jpg                        # prints the key (the value's SHA-256) in decimal
+  printf 'sudo python' | qadom set -         # the value from stdin
+  qadom set notes.txt --bootstrap 192.0.2.7:9999 --bootstrap 192.0.2.8:9999
+
+The value is at most 8192 bytes; it is stored at the k nodes closest to its key.""",
+    "get": """examples:
+  qadom get 44523492095186523269265158000087001266127815262863473237438729878159874507476
+  qadom get 0x626f674b4ba4fed89391a3390a68e8fdc9ccfff9d77b16c25a62d4c550dac2d4 -o value.bin
+  KEY=$(qadom set photo.jpg) && qadom get "$KEY" | cmp - photo.jpg
+
+Exit status 1 with "not found" when no node reached holds the key.""",
+    "append": """examples:
+  qadom append 1234 5678                     # add 5678 to the set under key 1234
+  qadom append 0x4d2 0xff --bootstrap 127.0.0.1:9998""",
+    "search": """examples:
+  qadom search 1234                          # every value under 1234, one a line, ascending
+  qadom search 0x4d2 | wc -l""",
+    "info": """examples:
+  qadom info                                 # the node serving on 127.0.0.1:9999
+  qadom info --node 127.0.0.1:9998 --json
+
+A node answers INFO only to requests from its own machine (a loopback address).""",
 }
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+DEFAULT_NODE: Address = ("127.0.0.1", 9999)
+"""Where the one-shot commands and ``info`` look for a node when not told."""
+
+_DECIMAL = re.compile(r"[0-9]+", re.ASCII)
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+", re.ASCII)
+_MAX_ID_TEXT = 200  # far more digits than any id has, even with leading zeros; bounds int()
+
+
+class CommandLineError(UsageError, ValueError):
+    """An argument the parser could not check (an unreadable file, a value too large): exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with qadom's error format: one line ``qadom: <reason>`` on stderr, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"qadom: {message} (see '{self.prog} --help')\n")
 
 
 def parse_address(text: str) -> Address:
@@ -37,12 +98,39 @@ def parse_address(text: str) -> Address:
     return host, int(port)
 
 
+def parse_id(text: str) -> int:
+    """A key or multimap value: decimal, or hexadecimal with a ``0x`` prefix, in [0, 2**256)."""
+    if len(text) > _MAX_ID_TEXT:
+        raise argparse.ArgumentTypeError(f"{text[:20]}... is too long for a 256-bit integer")
+    if _DECIMAL.fullmatch(text):
+        number = int(text)
+    elif _HEX.fullmatch(text):
+        number = int(text[2:], 16)
+    else:
+        raise argparse.ArgumentTypeError(
+            f"expected a decimal or 0x-prefixed hex integer, got {text!r}")
+    if number >= ID_SPACE:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: it must be below 2**256")
+    return number
+
+
+def parse_timeout(text: str) -> float:
+    """A positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 0 < seconds < 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 86400), got {text!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="qadom", description="qadom: a Kademlia distributed hash table.")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"],
-                        help="verbosity of the 'qadom' logger (default: info)")
+    parser.add_argument("--log-level", default=None, choices=LOG_LEVELS,
+                        help="verbosity of the 'qadom' logger on stderr (default: info for "
+                             "serve, warning for the other commands)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -55,45 +143,361 @@ def build_parser() -> argparse.ArgumentParser:
                        help="UDP port (default 9999; 0 picks a free one)")
     serve.add_argument("--bootstrap", type=parse_address, action="append", default=[],
                        metavar="HOST:PORT", help="a known node to join through (repeatable)")
+    storage = serve.add_mutually_exclusive_group()
+    storage.add_argument("--data-dir", default=None, metavar="DIR",
+                         help="keep the node's id, contacts and data in DIR (SQLite), so a "
+                              "restart is the same node; without --bootstrap it rejoins through "
+                              "its saved contacts (default: the per-user data directory, "
+                              "e.g. ~/.local/share/qadom; '' keeps everything in memory)")
+    storage.add_argument("--memory", action="store_true",
+                         help="keep everything in memory: the node forgets all when it stops")
+    serve.add_argument("--http-port", type=int, default=None, metavar="N",
+                       help="also serve the HTTP helper (docs/HTTP.md) on TCP port N "
+                            "(0 picks a free one); off by default")
+    serve.add_argument("--http-host", default=None, metavar="HOST",
+                       help="address the HTTP helper binds (default: the --host value)")
     serve.set_defaults(handler=_serve)
+
+    joining = _Parser(add_help=False)
+    joining.add_argument("--bootstrap", type=parse_address, action="append", default=None,
+                         metavar="HOST:PORT",
+                         help="a node to join through (repeatable; default 127.0.0.1:9999)")
+    joining.add_argument("--timeout", type=parse_timeout, default=30.0, metavar="SECONDS",
+                         help="deadline of joining, and of the operation (default 30)")
+
+    def one_shot(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=description, epilog=EXAMPLES[name],
+            parents=[joining], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    store = one_shot("set", "store a value; print its key",
+                     "Store the bytes of FILE (- for stdin) in the DHT and print their key, "
+                     "the SHA-256 of the value as a decimal integer.")
+    store.add_argument("file", metavar="FILE", help="the value's file, or - for stdin")
+    store.set_defaults(handler=_set)
+
+    fetch = one_shot("get", "write the value stored under a key",
+                     "Find the value stored under KEY and write its exact bytes to stdout "
+                     "(or to FILE with -o).")
+    fetch.add_argument("key", type=parse_id, metavar="KEY", help="decimal, or hex with 0x")
+    fetch.add_argument("-o", "--output", metavar="FILE", default="-",
+                       help="write the value to FILE instead of stdout")
+    fetch.set_defaults(handler=_get)
+
+    add = one_shot("append", "add an integer to the set under a key",
+                   "Add VALUE to the multimap set stored under KEY (both 256-bit integers).")
+    add.add_argument("key", type=parse_id, metavar="KEY", help="decimal, or hex with 0x")
+    add.add_argument("value", type=parse_id, metavar="VALUE", help="decimal, or hex with 0x")
+    add.set_defaults(handler=_append)
+
+    find = one_shot("search", "list the set under a key",
+                    "Print every value of the multimap set under KEY, one decimal integer a "
+                    "line, in increasing order (nothing when the set is empty).")
+    find.add_argument("key", type=parse_id, metavar="KEY", help="decimal, or hex with 0x")
+    find.set_defaults(handler=_search)
+
+    info = commands.add_parser(
+        "info", help="summary of a running node", epilog=EXAMPLES["info"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Ask a node running on this machine for its id, address, routing table "
+                    "and storage.")
+    info.add_argument("--node", type=parse_address, default=DEFAULT_NODE, metavar="HOST:PORT",
+                      help="the node to ask (default 127.0.0.1:9999)")
+    info.add_argument("--json", action="store_true",
+                      help="print the node's JSON document instead of a table")
+    info.add_argument("--timeout", type=parse_timeout, default=5.0, metavar="SECONDS",
+                      help="how long to wait for the answer (default 5)")
+    info.set_defaults(handler=_info)
+    for command in commands.choices.values():
+        # Also accepted after the command (``qadom serve --log-level debug``); SUPPRESS keeps
+        # the value given before it when it is absent here.
+        command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
+                             help="verbosity of the 'qadom' logger on stderr")
     return parser
 
 
+def _data_dir(args: argparse.Namespace) -> str | None:
+    """The data directory ``serve`` uses; None for a node in memory."""
+    if args.memory or args.data_dir == "":
+        return None
+    if args.data_dir is not None:
+        return str(args.data_dir)
+    import platformdirs  # only here: the other commands never touch the disk
+
+    return platformdirs.user_data_dir("qadom")
+
+
+def _lock_data_dir(data_dir: str) -> IO[bytes]:
+    """Hold an exclusive lock on ``data_dir`` while the node runs: two nodes sharing a directory
+    would share one id and one database. The lock goes with the process, however it ends."""
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        lock = open(os.path.join(data_dir, "serve.lock"), "ab")  # noqa: SIM115 (held open)
+    except OSError as exc:
+        raise CommandLineError(f"cannot use data dir {data_dir!r}: {exc.strerror or exc}"
+                               ) from None
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: one node per directory is up to us
+        return lock
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise CommandLineError(f"data dir {data_dir!r} is in use by another qadom node; give "
+                               "another --data-dir, or --memory") from None
+    return lock
+
+
 async def _serve(args: argparse.Namespace) -> int:
-    peer = Peer(args.host, args.port)
-    await peer.start()
-    host, port = peer.address
-    # One machine-readable line first: scripts and tests read the bound address from it.
-    print(f"qadom serving on {host}:{port} id {peer.id}", flush=True)
+    data_dir = _data_dir(args)
+    lock = _lock_data_dir(data_dir) if data_dir is not None else None
+    peer = Peer(args.host, args.port, data_dir=data_dir)
+    try:
+        await peer.start()
+    except (OSError, sqlite3.Error) as exc:
+        if data_dir is None or (isinstance(exc, OSError) and exc.filename is None):
+            raise  # the socket, not the data dir
+        reason = exc.strerror if isinstance(exc, OSError) else exc
+        raise CommandLineError(f"cannot use data dir {data_dir!r}: {reason}") from None
+    log.info("data in %s", data_dir or "memory only")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    host, port = peer.address
+    # One machine-readable line first: scripts and tests read the bound address from it. It
+    # comes after the signal handlers, so a script may stop the node cleanly as soon as it reads it.
+    print(f"qadom serving on {host}:{port} id {peer.id}", flush=True)
+    http = None
     try:
+        if args.http_port is not None:
+            from .http import HttpHelper  # imported only here: aiohttp is slow to import
+
+            http = HttpHelper(peer, args.http_host or args.host, args.http_port)
+            await http.start()
+            assert http.address is not None
+            # The second machine-readable line: where the HTTP helper listens.
+            print(f"qadom http on {http.address[0]}:{http.address[1]}", flush=True)
         if args.bootstrap:
             size = await peer.bootstrap(args.bootstrap)
             log.info("joined through %d address(es); %d contacts", len(args.bootstrap), size)
+        elif data_dir is not None and peer.node.store.load_contacts():
+            try:
+                size = await peer.bootstrap()  # rejoin through the contacts saved last time
+                log.info("rejoined through saved contacts; %d contacts", size)
+            except QadomError as exc:
+                # Every old neighbour is gone: still a working node others can join through.
+                log.warning("could not rejoin through saved contacts: %s", exc)
         await stop.wait()
         log.info("shutting down")
     finally:
+        if http is not None:
+            await http.close()
         await peer.close()
+        if lock is not None:
+            lock.close()
     return 0
+
+
+# ------------------------------------------------------------------------- one-shot commands
+
+
+class _Unacknowledged(QadomError):
+    """A write that no node acknowledged: nothing is stored in the network."""
+
+
+def _is_local(host: str) -> bool:
+    return host == "localhost" or is_loopback(host)
+
+
+def _client_host(addresses: Sequence[Address]) -> str:
+    """Where the short-lived client binds: loopback when every node named is on this machine
+    (nothing is exposed), the wildcard otherwise (a loopback socket cannot reach another
+    machine). The family is the first address's."""
+    local = all(_is_local(host) for host, _ in addresses)
+    if ":" in addresses[0][0]:
+        return "::1" if local else "::"
+    return "127.0.0.1" if local else "0.0.0.0"
+
+
+@asynccontextmanager
+async def _joined(args: argparse.Namespace) -> AsyncIterator[Peer]:
+    """A started client peer that joined through ``--bootstrap``; closed on exit."""
+    addresses: list[Address] = args.bootstrap or [DEFAULT_NODE]
+    # client_only: requests carry a null sender id, so no node adds this fleeting peer to its
+    # routing table and hands it out to others after it has gone.
+    peer = Peer(_client_host(addresses), 0, config=Config(operation_timeout=args.timeout),
+                client_only=True)
+    async with peer:
+        try:
+            await peer.bootstrap(addresses)
+        except NoPeersError:
+            raise NoPeersError(f"no node answered at {_where(addresses)}") from None
+        except OperationTimeout:
+            raise OperationTimeout(f"could not join through {_where(addresses)} within "
+                                   f"{args.timeout:g} s") from None
+        yield peer
+
+
+def _where(addresses: Sequence[Address]) -> str:
+    return ", ".join(format_address(address) for address in addresses)
+
+
+def _acks(peer: Peer) -> int:
+    return peer.stats.get("replicas_acked", 0)
+
+
+def _read_value(name: str, limit: int) -> bytes:
+    """The bytes of file ``name`` (stdin for ``-``), refusing more than ``limit`` of them."""
+    where = "stdin" if name == "-" else repr(name)
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(name, "rb") as file:
+                data = file.read(limit + 1)
+    except OSError as exc:
+        raise CommandLineError(f"cannot read {where}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise CommandLineError(
+            f"value too large: {where} holds more than {limit} bytes, the most one value holds")
+    return data
+
+
+def _write_output(name: str, data: bytes) -> None:
+    """Write ``data`` exactly to file ``name`` (stdout for ``-``)."""
+    if name == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        with open(name, "wb") as file:
+            file.write(data)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {name!r}: {exc.strerror or exc}") from None
+
+
+async def _set(args: argparse.Namespace) -> int:
+    value = _read_value(args.file, Config().max_value_size)
+    async with _joined(args) as peer:
+        before = _acks(peer)
+        key = await peer.set(value)
+        if _acks(peer) == before:
+            raise _Unacknowledged("no node stored the value")
+    print(key, flush=True)
+    return 0
+
+
+async def _get(args: argparse.Namespace) -> int:
+    async with _joined(args) as peer:
+        try:
+            value = await peer.get(args.key)
+        except NotFoundError:
+            raise NotFoundError(f"not found: no node reached holds key {args.key}") from None
+    _write_output(args.output, value)
+    return 0
+
+
+async def _append(args: argparse.Namespace) -> int:
+    async with _joined(args) as peer:
+        before = _acks(peer)
+        await peer.append(args.key, args.value)
+        if _acks(peer) == before:
+            raise _Unacknowledged("no node stored the entry")
+    return 0
+
+
+async def _search(args: argparse.Namespace) -> int:
+    async with _joined(args) as peer:
+        values = await peer.search(args.key)
+    sys.stdout.write("".join(f"{value}\n" for value in sorted(values)))
+    sys.stdout.flush()
+    return 0
+
+
+async def _info(args: argparse.Namespace) -> int:
+    if not _is_local(args.node[0]):
+        raise CommandLineError(f"--node must be a loopback address, not {args.node[0]}: a node "
+                               "answers INFO only to its own machine")
+    where = format_address(args.node)
+    peer = Peer(_client_host([args.node]), 0, config=Config(operation_timeout=args.timeout),
+                client_only=True)
+    async with peer:
+        try:
+            contact = await peer.ping(args.node)
+        except OperationTimeout:
+            raise OperationTimeout(f"no node answered at {where}") from None
+        summary = await peer.run_service(
+            lambda node, now: node.info.query(contact.address, now))
+    print(json.dumps(summary, indent=2) if args.json else format_info(summary), flush=True)
+    return 0
+
+
+def format_info(summary: dict[str, Any]) -> str:
+    """A node's INFO summary (:meth:`qadom.info.InfoService.summary`) as aligned text lines."""
+    buckets = summary.get("buckets") or {}
+    store = dict(summary.get("store") or {})
+    fill = buckets.get("fill") or []
+    rows = [
+        ("id", summary.get("id")),
+        ("address", summary.get("address")),
+        ("uptime", f"{summary.get('uptime', 0)} s"),
+        ("contacts", f"{summary.get('contacts')} (k = {summary.get('k')}, "
+                     f"{buckets.get('replacements', 0)} waiting as replacements)"),
+        ("buckets", f"{buckets.get('count')}, contacts in each: {' '.join(map(str, fill))}"),
+        ("values", f"{store.pop('values', 0)} ({store.pop('value_bytes', 0)} bytes)"),
+        ("multimap", f"{store.pop('entries', 0)} entries in {store.pop('entry_keys', 0)} sets"),
+    ]
+    rows += [(name.replace("_", " "), value) for name, value in store.items()]
+    return "\n".join(f"{name:<13}{value}" for name, value in rows)
+
+
+# ------------------------------------------------------------------------------ entry point
+
+
+class _QuietFormatter(logging.Formatter):
+    """Log records without tracebacks, so a one-shot command's stderr stays one line per event;
+    ``--log-level debug`` shows them."""
+
+    def formatException(self, ei: Any) -> str:
+        return ""
+
+
+def _fail(code: int, reason: object) -> int:
+    print("qadom: " + " ".join(str(reason).split()), file=sys.stderr, flush=True)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qadom`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    level = args.log_level or ("info" if args.command == "serve" else "warning")
+    handler = logging.StreamHandler(sys.stderr)
+    formatter_class = (logging.Formatter if args.command == "serve" or level == "debug"
+                       else _QuietFormatter)
+    handler.setFormatter(formatter_class("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])
     try:
         code: int = runner.run(args.handler(args))
+    except UsageError as exc:
+        return _fail(2, exc)
     except QadomError as exc:
-        print(f"qadom: {exc}", file=sys.stderr)
+        return _fail(1, exc)
+    except BrokenPipeError:
+        # The reader went away (``qadom get KEY | head -c 10``): not worth a message, but
+        # Python's own flush at exit would print one; point stdout at nothing instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 1
     except OSError as exc:
-        print(f"qadom: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return _fail(1, exc.strerror or exc)
+    except KeyboardInterrupt:
+        return _fail(130, "interrupted")
+    except Exception as exc:  # a bug: one line for the user, the traceback at debug level
+        log.debug("unexpected error", exc_info=True)
+        return _fail(1, f"unexpected error: {type(exc).__name__}: {exc}")
     return code
 
 

@@ -1,0 +1,113 @@
+"""INFO on the pure core (qadom.info): who is answered, what the summary holds, how a query ends.
+
+Two Nodes are wired by hand (datagrams passed from one outbox to the other, time passed in), so
+the source address of each request is whatever the test says it is.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from qadom import Config, Node
+from qadom.contact import Address, Contact
+from qadom.errors import OperationTimeout, ProtocolError, RemoteError
+from qadom.info import InfoReply, InfoRequest, is_loopback
+from qadom.messages import Envelope, Error, ErrorCode
+
+SERVER: Address = ("127.0.0.1", 9000)
+
+
+def make_node(seed: int, address: Address, now: float = 0.0) -> Node:
+    node = Node(config=Config(), rng=random.Random(seed), now=now)
+    node.address = address
+    return node
+
+
+def deliver(sender: Node, source: Address, receiver: Node, now: float) -> None:
+    """Hand every datagram ``sender`` queued to ``receiver``, as coming from ``source``."""
+    for data, _ in sender.datagrams_to_send():
+        receiver.datagram_received(data, source, now)
+
+
+def ask(server: Node, source: Address, now: float) -> dict[str, object] | BaseException:
+    """Query ``server`` from a client node at ``source``; the result or the failure."""
+    client = make_node(99, source, now)
+    call = client.info.query(SERVER, now)
+    deliver(client, source, server, now)
+    deliver(server, SERVER, client, now)
+    assert call.done
+    return call.exception() or call.result()
+
+
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"])
+def test_info_is_answered_to_loopback_sources(source: str) -> None:
+    server = make_node(1, SERVER, now=100.0)
+    server.table.seen(Contact(12345, ("127.0.0.1", 9001)))
+    server.set(b"abc", 100.0)  # stored here, and sent towards the contact
+    server.datagrams_to_send()  # which never answers
+    summary = ask(server, (source, 5000), now=142.5)
+    assert isinstance(summary, dict)
+    assert summary["id"] == str(server.id)
+    assert summary["address"] == "127.0.0.1:9000"
+    assert summary["uptime"] == 42.5
+    assert summary["contacts"] == 1
+    assert summary["buckets"] == {"count": 1, "fill": [1], "replacements": 0}
+    store = summary["store"]
+    assert isinstance(store, dict)
+    assert (store["values"], store["value_bytes"], store["entries"]) == (1, 3, 0)
+
+
+@pytest.mark.parametrize("source", ["192.0.2.1", "10.0.0.1", "2001:db8::1", "::ffff:192.0.2.1",
+                                    "0.0.0.0"])
+def test_info_is_refused_to_other_sources(source: str) -> None:
+    server = make_node(1, SERVER)
+    failure = ask(server, (source, 5000), now=1.0)
+    assert isinstance(failure, RemoteError)
+    assert failure.code == ErrorCode.UNSUPPORTED
+    assert "loopback" in failure.reason
+
+
+def test_is_loopback() -> None:
+    assert is_loopback("127.255.255.254") and is_loopback("::1")
+    assert not is_loopback("128.0.0.1") and not is_loopback("localhost")
+    assert not is_loopback("not an address") and not is_loopback("")
+
+
+def test_document_stays_within_one_value_when_counters_explode() -> None:
+    node = make_node(1, SERVER)
+    for i in range(2000):
+        node.stats[f"counter_{i}"] = i
+    data = node.info.document(1.0)
+    assert len(data) <= node.config.max_value_size
+    summary = json.loads(data)
+    assert summary["id"] == str(node.id) and summary["stats"] == {}
+
+
+def test_query_of_a_silent_address_times_out() -> None:
+    client = make_node(2, ("127.0.0.1", 9100))
+    call = client.info.query(SERVER, 0.0)
+    client.datagrams_to_send()  # lost
+    for _ in range(10):
+        deadline = client.get_timer()
+        assert deadline is not None
+        client.handle_timer(deadline)
+        if call.done:
+            break
+    assert isinstance(call.exception(), OperationTimeout)
+
+
+@pytest.mark.parametrize("reply", [InfoReply(b"\xff\xfe"), InfoReply(b"[1, 2]"),
+                                   Error(ErrorCode.INTERNAL, "broken")])
+def test_query_fails_on_a_bad_answer(reply: InfoReply | Error) -> None:
+    client = make_node(2, ("127.0.0.1", 9100))
+    call = client.info.query(SERVER, 0.0)
+    ((data, _),) = client.datagrams_to_send()
+    request = client.codec.decode(data)
+    assert isinstance(request.message, InfoRequest)
+    answer = client.codec.encode(Envelope(request.rpc_id, 555, reply))
+    client.datagram_received(answer, SERVER, 0.1)
+    error = call.exception()
+    assert isinstance(error, RemoteError if isinstance(reply, Error) else ProtocolError)
