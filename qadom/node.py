@@ -243,6 +243,7 @@ class Node:
         answered = [0]
 
         def after_refresh(now: float) -> None:
+            self.store.save_contacts(self.table)  # a durable node can rejoin from here on
             call.resolve(len(self.table))
 
         def after_self_lookup(_: list[Contact], now: float) -> None:
@@ -631,7 +632,11 @@ class Node:
         self._lookup_seq += 1
         lookup_id = self._lookup_seq
         dead = self._dead
-        lookup = Lookup(target, cfg.k, cfg.alpha, self.table.closest(target, cfg.k),
+        # Seed with the k closest contacts not in backoff: if the k closest in the table are all
+        # dead, skipping them must not leave the lookup with nobody to ask.
+        seeds = [c for c in self.table.closest(target, cfg.k + len(dead))
+                 if dead.get(c.address, 0.0) <= now][:cfg.k]
+        lookup = Lookup(target, cfg.k, cfg.alpha, seeds,
                         own_id=self.id, skip=lambda c: dead.get(c.address, 0.0) > now)
         self.table.touch(target, now)
         started = now

@@ -6,11 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import FAST, udp_network
 
 from qadom import InvalidArgument, Peer, key_for
 from qadom.messages import Error, ErrorCode, Store
 from qadom.storage import Meta
+
+from helpers import FAST, udp_network
 
 
 async def test_restart_keeps_id_data_and_rejoins_without_bootstrap(tmp_path: Path) -> None:

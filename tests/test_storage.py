@@ -13,6 +13,7 @@ from qadom.errors import StorageFull
 from qadom.sqlite_store import SqliteStore
 from qadom.storage import NEVER, MemoryStore, Meta, Store
 
+DEFAULT = Config()
 SMALL = Config(max_store_bytes=1000, max_store_items=20, max_bytes_per_source=400,
                max_items_per_source=8)
 
@@ -21,7 +22,7 @@ SMALL = Config(max_store_bytes=1000, max_store_items=20, max_bytes_per_source=40
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[type]:
     opened: list[Store] = []
 
-    def make(config: Config = Config()) -> Store:
+    def make(config: Config = DEFAULT) -> Store:
         store: Store
         if request.param == "memory":
             store = MemoryStore(config)

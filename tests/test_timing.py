@@ -10,7 +10,6 @@ import pytest
 
 from qadom import Config, NotFoundError
 from qadom.events import LookupEvent, LookupReply, LookupStarted
-from qadom.ids import key_for
 from qadom.node import Node
 from qadom.sim import SimNetwork
 
