@@ -104,6 +104,11 @@ class Unauthorized(QadomError, PermissionError):
     record it would replace belongs to another key. Nothing was stored."""
 
 
+class ServiceUnavailable(QadomError):
+    """A front end cannot take this request now (the HTTP helper has all its event streams open,
+    or is shutting down); trying again later may work."""
+
+
 # --- signed namespaces (qadom.namespace) and publish/subscribe (qadom.pubsub) ---
 
 

@@ -1,0 +1,364 @@
+"""qadom peers at the IPython prompt, in Jupyter and in plain scripts, serving all the time.
+
+One design everywhere: **a peer runs on the event loop of the front end that started it**, and
+that loop keeps running while the front end waits for you.
+
+* **Jupyter** (ipykernel): the kernel's asyncio loop runs all the time, between cells too, and
+  cells (top-level ``await`` included) run on it. ``peer = await start(...)`` starts the peer on
+  that loop, so it answers other peers while the notebook sits idle.
+* **IPython in a terminal** (``ipython -i peers/peer0.py``): IPython's autoawait runs every
+  ``await`` cell on one loop for the whole session
+  (:func:`IPython.core.async_helpers.get_asyncio_loop`). Starting a peer here also turns on
+  IPython's asyncio event-loop integration (what ``%gui asyncio`` does), with which IPython runs
+  the prompt itself as a task of that same loop. So while the prompt waits for input the loop
+  runs, and the peer serves; ``await peer.get(key)`` then runs on that loop too.
+* **A plain script**: a loop owned by this module (asyncio's own, as in IPython and Jupyter;
+  uvloop can lose a Ctrl-C that arrives just before its loop starts running). Blocking calls run
+  it until they complete, and :func:`serve_forever` runs it until Ctrl-C or SIGTERM: in a script
+  the peers serve while one of those runs, which is all the time once the script is done.
+
+The blocking form, for code without ``await``: :func:`wait` runs any awaitable to completion on
+that loop, and :func:`blocking` wraps a peer so that ``sync.get(key)`` returns the value itself.
+Both work at the terminal prompt and in scripts. Where the loop is already running in the calling
+thread (a Jupyter cell, inside a coroutine) a blocking call cannot work without freezing that
+loop: it raises :class:`~qadom.errors.LoopRunningError` and nothing is started; write ``await``.
+
+Limits, stated plainly: while a *synchronous* cell runs at the terminal prompt (a long loop, a
+``time.sleep``) the loop is not running and the peer does not answer until the cell ends. With
+``ipython --simple-prompt`` the prompt is a plain ``input()`` that cannot run the loop; the peer
+then answers only while cells run, and :func:`start` warns about it.
+
+```python
+from qadom.interactive import start_peer, blocking
+
+peer = start_peer(port=0, bootstrap=["127.0.0.1:9999"])  # blocking: prompt or script
+sync = blocking(peer)
+key = sync.set(b"sudo python")
+sync.get(key)                     # b'sudo python'
+# at the IPython prompt or in Jupyter:  await peer.get(key)
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import inspect
+import os
+import signal
+import sys
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .config import Config
+from .contact import Address
+from .errors import InvalidArgument, InvalidType, LoopRunningError
+from .peer import Peer
+
+T = TypeVar("T")
+
+_script_loop: asyncio.AbstractEventLoop | None = None
+_started: list[Peer] = []
+
+
+# ---------------------------------------------------------------------- where we run
+
+def front_end() -> str:
+    """``"jupyter"`` in an IPython kernel, ``"ipython"`` in terminal IPython, else ``"script"``."""
+    shell = _ipython_shell()
+    if shell is None:
+        return "script"
+    from IPython.terminal.interactiveshell import TerminalInteractiveShell
+
+    return "ipython" if isinstance(shell, TerminalInteractiveShell) else "jupyter"
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """The loop peers started here run on: the running loop if there is one (Jupyter, a
+    coroutine), IPython's autoawait loop in terminal IPython, else this module's own loop."""
+    with contextlib.suppress(RuntimeError):
+        return asyncio.get_running_loop()
+    if _ipython_shell() is not None:
+        from IPython.core.async_helpers import get_asyncio_loop
+
+        loop: asyncio.AbstractEventLoop = get_asyncio_loop()  # type: ignore[no-untyped-call]
+        return loop
+    global _script_loop
+    if _script_loop is None or _script_loop.is_closed():
+        _script_loop = asyncio.new_event_loop()
+    return _script_loop
+
+
+def will_prompt() -> bool:
+    """True when a prompt follows that keeps the loop running: in Jupyter, and in terminal IPython
+    when an interactive prompt comes after the script (``ipython -i``). A script uses it to decide
+    whether to hand over to the prompt or to :func:`serve_forever`."""
+    where = front_end()
+    if where == "jupyter":
+        return True
+    if where == "script":
+        return False
+    from IPython.terminal.ipapp import TerminalIPythonApp
+
+    if not TerminalIPythonApp.initialized():  # an embedded shell: its prompt is running already
+        return True
+    return bool(TerminalIPythonApp.instance().interact)
+
+
+def serve_at_prompt() -> bool:
+    """Make terminal IPython run its prompt on the peers' loop (``%gui asyncio``), so peers keep
+    serving while the prompt waits. Returns True when the prompt will keep the loop running (always
+    so in Jupyter); warns and returns False when it cannot."""
+    where = front_end()
+    if where != "ipython":
+        return where == "jupyter"
+    if not will_prompt():  # `ipython script.py`: no prompt follows; serve_forever will serve
+        return False
+    shell = _ipython_shell()
+    if shell.simple_prompt:
+        warnings.warn("IPython's --simple-prompt cannot run the event loop while it waits: the "
+                      "peer answers only while a cell runs", RuntimeWarning, stacklevel=2)
+        return False
+    if shell.active_eventloop == "asyncio":
+        return True
+    if shell.active_eventloop is not None:
+        warnings.warn(f"IPython already integrates the {shell.active_eventloop!r} event loop: the "
+                      "peer answers only while a cell runs", RuntimeWarning, stacklevel=2)
+        return False
+    shell.enable_gui("asyncio")
+    return True
+
+
+# ---------------------------------------------------------------------- blocking form
+
+def wait(awaitable: Awaitable[T], timeout: float | None = None) -> T:
+    """Run ``awaitable`` to completion on :func:`event_loop` and return its result (blocking).
+
+    Raises :class:`~qadom.errors.LoopRunningError` where that loop is already running in this
+    thread (a Jupyter cell, a coroutine): write ``await`` there. ``timeout`` (seconds) bounds the
+    wait with :class:`TimeoutError`."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # it will never run; closing it avoids a "never awaited" warning
+        raise LoopRunningError("the event loop is running in this thread (Jupyter or a "
+                               "coroutine): write `await ...` instead of a blocking call")
+    if not inspect.isawaitable(awaitable):
+        raise InvalidType(f"wait() needs an awaitable, not {type(awaitable).__name__}")
+    loop = event_loop()
+    coroutine: Coroutine[Any, Any, T] = _await(awaitable)
+    if timeout is not None:
+        coroutine = asyncio.wait_for(coroutine, timeout)
+    return loop.run_until_complete(coroutine)
+
+
+class Blocking:
+    """A peer whose coroutine methods block and return their result: ``blocking(peer).get(key)``
+    is ``await peer.get(key)`` for code without ``await``. Other attributes pass through."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._target, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = attribute(*args, **kwargs)
+            return wait(result) if inspect.isawaitable(result) else result
+
+        call.__name__ = name
+        call.__doc__ = getattr(attribute, "__doc__", None)
+        return call
+
+    def __dir__(self) -> list[str]:  # tab completion shows the peer's API
+        return [n for n in dir(self._target) if not n.startswith("_")]
+
+    def __repr__(self) -> str:
+        return f"blocking({self._target!r})"
+
+
+def blocking(peer: Any) -> Blocking:
+    """``peer`` with blocking methods; see :class:`Blocking`."""
+    return Blocking(peer)
+
+
+# ---------------------------------------------------------------------- starting peers
+
+async def start(host: str = "127.0.0.1", port: int = 0, *,
+                bootstrap: Iterable[str | tuple[str, int]] | None = None,
+                config: Config | None = None, **options: Any) -> Peer:
+    """Start a :class:`~qadom.peer.Peer` on the running loop, join it through ``bootstrap``
+    (``"host:port"`` strings or pairs) if given, and keep it serving at the prompt (see
+    :func:`serve_at_prompt`). ``port=0`` picks a free port: read ``peer.address``."""
+    addresses = [parse_address(a) for a in bootstrap] if bootstrap is not None else []
+    peer = Peer(host, port, config=config, **options)
+    await peer.start()
+    _started.append(peer)
+    serve_at_prompt()
+    if addresses:
+        try:
+            await peer.bootstrap(addresses)
+        except BaseException:
+            await close(peer)
+            raise
+    return peer
+
+
+def start_peer(host: str = "127.0.0.1", port: int = 0, *,
+               bootstrap: Iterable[str | tuple[str, int]] | None = None,
+               config: Config | None = None, **options: Any) -> Peer:
+    """The blocking form of :func:`start`, for scripts and the terminal prompt."""
+    return wait(start(host, port, bootstrap=bootstrap, config=config, **options))
+
+
+async def close(peer: Peer | None = None) -> None:
+    """Close ``peer``, or every peer started here when ``peer`` is None."""
+    for each in [peer] if peer is not None else list(_started):
+        if each in _started:
+            _started.remove(each)
+        await each.close()
+
+
+def started() -> list[Peer]:
+    """The peers started here and not closed yet, oldest first."""
+    return list(_started)
+
+
+def serve_forever(announce: str | None = "serving until Ctrl-C") -> None:
+    """Serve every peer started here until Ctrl-C or SIGTERM, then close them (blocking).
+
+    ``announce`` is printed to stderr once Ctrl-C is handled (None: nothing printed). In Jupyter
+    there is nothing to do: the kernel's loop serves already, so this raises
+    :class:`~qadom.errors.LoopRunningError` like any blocking call there."""
+    loop = event_loop()
+    if loop.is_running():
+        raise LoopRunningError("the loop is running already and serves the peers; nothing to do")
+    stop = loop.create_future()
+
+    def on_signal() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(signum, on_signal)
+            installed.append(signum)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or no signal support on this loop: Ctrl-C still raises
+    try:
+        if announce:
+            print(announce, file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            loop.run_until_complete(stop)
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        shutdown()
+
+
+def shutdown() -> None:
+    """Close every peer started here (blocking), then this module's own loop if it made one (a
+    loop that IPython or Jupyter owns is left to them)."""
+    global _script_loop
+    if _started:
+        wait(close())
+    loop, _script_loop = _script_loop, None
+    if loop is not None and not loop.is_closed():
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def keep_serving() -> None:
+    """End of a peer script: hand over to the prompt when one follows (``ipython -i``, Jupyter),
+    else :func:`serve_forever` (``python peers/peer0.py`` serves until Ctrl-C)."""
+    if not will_prompt():
+        serve_forever()
+
+
+# ---------------------------------------------------------------------- scripts
+
+def parse_address(text: str | tuple[str, int] | list[Any]) -> Address:
+    """``"host:port"`` (``"[::1]:9999"`` for IPv6) or a ``(host, port)`` pair, checked."""
+    if isinstance(text, (tuple, list)):
+        if len(text) != 2:
+            raise InvalidType(f"address must be a (host, port) pair, not {text!r}")
+        host, port = text
+    elif isinstance(text, str):
+        host, sep, port_text = text.strip().rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port_text.isdigit():
+            raise InvalidArgument(f"address must look like HOST:PORT, not {text!r}")
+        port = int(port_text)
+    else:
+        raise InvalidType(f"address must be 'host:port' or a pair, not {type(text).__name__}")
+    if not isinstance(host, str) or not host:
+        raise InvalidType("host must be a non-empty str")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
+        raise InvalidArgument(f"port must be an int in [0, 65535], got {port!r}")
+    return (host, port)
+
+
+@dataclass(frozen=True)
+class ScriptOptions:
+    """Where a peer script listens and whom it joins through."""
+
+    host: str
+    port: int
+    bootstrap: tuple[Address, ...]
+
+
+def script_options(description: str, *, port: int, bootstrap: Sequence[str] = (),
+                   argv: Sequence[str] | None = None,
+                   environ: dict[str, str] | None = None) -> ScriptOptions:
+    """A peer script's options: ``--host``, ``--port`` and ``--bootstrap HOST:PORT`` (repeatable),
+    each defaulting to ``QADOM_HOST``, ``QADOM_PORT`` and ``QADOM_BOOTSTRAP`` (comma-separated)
+    from the environment, then to the script's own defaults."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default=env.get("QADOM_HOST", "127.0.0.1"),
+                        help="address to bind (env QADOM_HOST; default %(default)s)")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"UDP port, 0 for any free one (env QADOM_PORT; default {port})")
+    parser.add_argument("--bootstrap", action="append", default=None, metavar="HOST:PORT",
+                        help="peer to join through (env QADOM_BOOTSTRAP; default "
+                             f"{','.join(bootstrap) or 'none'})")
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    chosen_port = args.port
+    if chosen_port is None:
+        text = env.get("QADOM_PORT", str(port))
+        if not text.strip().isdigit():
+            raise InvalidArgument(f"QADOM_PORT must be a port number, not {text!r}")
+        chosen_port = int(text)
+    joined = args.bootstrap
+    if joined is None:
+        raw = env.get("QADOM_BOOTSTRAP")
+        joined = [a for a in raw.split(",") if a.strip()] if raw is not None else list(bootstrap)
+    return ScriptOptions(args.host, parse_address((args.host, chosen_port))[1],
+                         tuple(parse_address(a) for a in joined))
+
+
+# ---------------------------------------------------------------------- internals
+
+def _ipython_shell() -> Any:
+    """The running IPython shell, or None. IPython is only looked at if it is already imported:
+    a plain script does not pay for importing it."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return None
+    getter: Callable[[], Any] = ipython.get_ipython
+    return getter()
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable

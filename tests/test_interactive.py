@@ -1,0 +1,238 @@
+"""qadom.interactive and the peer scripts: blocking and awaited forms, the scripts under plain
+python, and `ipython -i peers/peer0.py` serving other peers while its prompt sits idle.
+
+Every process is started on port 0 (the scripts print the address they bound), every wait is
+bounded by a pexpect timeout, and every process is killed in a finally block.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from qadom import InvalidArgument, InvalidType, NoPeersError, Peer, key_for
+from qadom.errors import LoopRunningError
+from qadom.interactive import (
+    blocking,
+    close,
+    front_end,
+    parse_address,
+    script_options,
+    shutdown,
+    start,
+    start_peer,
+    started,
+    wait,
+    will_prompt,
+)
+
+from helpers import FAST
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "peers"
+KEY = 44523492095186523269265158000087001266127815262863473237438729878159874507476
+ADDRESS = re.compile(r"listening on (127\.0\.0\.1):(\d+)")
+SERVING = "serving until Ctrl-C"  # printed once Ctrl-C is handled: the scripts are serving
+WAIT = 30  # seconds: the bound on any one expected output
+
+
+# ---------------------------------------------------------------------- in process
+
+def test_the_key_of_sudo_python() -> None:
+    assert key_for(b"sudo python") == KEY
+
+
+def test_parse_address() -> None:
+    assert parse_address("127.0.0.1:9999") == ("127.0.0.1", 9999)
+    assert parse_address("[::1]:9996") == ("::1", 9996)
+    assert parse_address(("localhost", 0)) == ("localhost", 0)
+    for bad in ("127.0.0.1", ":9999", "host:port", "h:70000", ("h", -1), ("h", True)):
+        with pytest.raises(InvalidArgument):
+            parse_address(bad)
+    for wrong in (9999, ("h", 1, 2), ("", 1), (b"h", 1)):
+        with pytest.raises(InvalidType):
+            parse_address(wrong)  # type: ignore[arg-type]
+
+
+def test_script_options_arguments_then_environment_then_defaults() -> None:
+    default = script_options("t", port=9997, bootstrap=["127.0.0.1:9999"], argv=[], environ={})
+    assert (default.host, default.port, default.bootstrap) == (
+        "127.0.0.1", 9997, (("127.0.0.1", 9999),))
+    env = {"QADOM_PORT": "0", "QADOM_BOOTSTRAP": "127.0.0.1:5000, 127.0.0.1:5001",
+           "QADOM_HOST": "::1"}
+    from_env = script_options("t", port=9997, bootstrap=["127.0.0.1:9999"], argv=[], environ=env)
+    assert (from_env.host, from_env.port, from_env.bootstrap) == (
+        "::1", 0, (("127.0.0.1", 5000), ("127.0.0.1", 5001)))
+    argv = ["--port", "1234", "--bootstrap", "10.0.0.1:1", "--bootstrap", "10.0.0.2:2"]
+    from_args = script_options("t", port=9997, argv=argv, environ=env)
+    assert (from_args.port, from_args.bootstrap) == (1234, (("10.0.0.1", 1), ("10.0.0.2", 2)))
+    assert script_options("t", port=9999, argv=[], environ={"QADOM_BOOTSTRAP": ""}).bootstrap == ()
+    with pytest.raises(InvalidArgument):
+        script_options("t", port=9999, argv=[], environ={"QADOM_PORT": "ninety"})
+    with pytest.raises(InvalidArgument):
+        script_options("t", port=9999, argv=["--port", "70000"], environ={})
+
+
+@pytest.fixture
+def script_loop() -> Iterator[None]:
+    """Blocking helpers on this module's own loop; everything closed afterwards."""
+    assert front_end() == "script" and not will_prompt()
+    try:
+        yield
+    finally:
+        shutdown()
+    assert started() == []
+
+
+def test_blocking_form_from_plain_code(script_loop: None) -> None:
+    first = start_peer(port=0, config=FAST)
+    second = start_peer(port=0, bootstrap=[f"127.0.0.1:{first.address[1]}"], config=FAST)
+    assert started() == [first, second]
+    sync = blocking(second)
+    assert sync.set(b"sudo python") == KEY
+    assert blocking(first).get(KEY) == b"sudo python"
+    assert sync.address == second.address and sync.id == second.id  # attributes pass through
+    assert "get" in dir(sync) and "blocking(" in repr(sync)
+    assert wait(first.find_nodes(second.id), timeout=WAIT)[0].id == second.id
+    with pytest.raises(InvalidType):
+        wait(42)  # type: ignore[arg-type]
+    with pytest.raises(KeyError):
+        sync.get(key_for(b"never stored"))
+
+
+async def test_blocking_calls_refuse_a_running_loop() -> None:
+    # As in a Jupyter cell: the loop runs in this thread, so blocking would freeze it.
+    before = started()
+    with pytest.raises(LoopRunningError):
+        start_peer(port=0)
+    assert started() == before
+    async with Peer("127.0.0.1", 0, config=FAST) as peer:
+        with pytest.raises(LoopRunningError):
+            blocking(peer).get(KEY)
+
+
+async def test_awaited_form_on_the_running_loop() -> None:
+    # The Jupyter path: peers start on the running loop and answer between awaits.
+    first = await start(port=0, config=FAST)
+    try:
+        second = await start(port=0, bootstrap=[first.address], config=FAST)
+        key = await second.set(b"sudo python")
+        assert await first.get(key) == b"sudo python"
+        assert {first, second} <= set(started())
+        with pytest.raises(InvalidArgument):
+            await start(port=0, bootstrap=["nowhere"])
+        # A bootstrap nobody answers: the new peer is closed again, not left half-joined.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            with pytest.raises(NoPeersError):
+                await start(port=0, bootstrap=[silent.getsockname()], config=FAST)
+        assert started() == [first, second]
+    finally:
+        await close()
+    assert started() == []
+
+
+# ---------------------------------------------------------------------- processes
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QADOM_")}
+    env.update(extra)
+    return env
+
+
+def _spawn(args: list[str], env: dict[str, str]) -> pexpect.spawn:
+    return pexpect.spawn(sys.executable, args, env=env, cwd=str(ROOT), encoding="utf-8",
+                         timeout=WAIT, dimensions=(50, 200))
+
+
+def _stop(child: pexpect.spawn) -> int | None:
+    """Ctrl-C, then the exit status (None if it had to be killed)."""
+    if not child.isalive():
+        child.close()
+        status: int | None = child.exitstatus
+        return status
+    child.sendintr()
+    try:
+        child.expect(pexpect.EOF, timeout=WAIT)
+    except pexpect.TIMEOUT:
+        child.terminate(force=True)
+        return None
+    child.close()
+    status = child.exitstatus
+    return status
+
+
+def test_peer_scripts_under_plain_python() -> None:
+    children: list[pexpect.spawn] = []
+    try:
+        peer0 = _spawn([str(PEERS / "peer0.py"), "--port", "0"], _env())
+        children.append(peer0)
+        peer0.expect(ADDRESS)
+        address = f"{peer0.match.group(1)}:{peer0.match.group(2)}"
+        peer0.expect(SERVING)
+        env = _env(QADOM_PORT="0", QADOM_BOOTSTRAP=address)
+        peer1 = _spawn([str(PEERS / "peer1.py")], env)
+        children.append(peer1)
+        peer1.expect(ADDRESS)
+        peer1.expect(r"(\d+)\r?\n")
+        assert int(peer1.match.group(1)) == KEY
+        peer1.expect(SERVING)
+        peer2 = _spawn([str(PEERS / "peer2.py")], env)
+        children.append(peer2)
+        peer2.expect(ADDRESS)
+        peer2.expect(r"(b'sudo python')\r?\n")
+        peer2.expect(SERVING)
+        # They keep serving until Ctrl-C, then close their peers and exit cleanly.
+        assert all(child.isalive() for child in children)
+        assert [_stop(child) for child in reversed(children)] == [0, 0, 0]
+    finally:
+        for child in children:
+            child.terminate(force=True)
+
+
+def test_ipython_prompt_serves_while_idle(tmp_path: Path) -> None:
+    """`ipython -i peers/peer0.py` sits at its prompt, nothing typed, while peer1 (which must
+    reach it to join) and peer2 run in other processes; then `await` works at the prompt."""
+    children: list[pexpect.spawn] = []
+    try:
+        ipython_env = _env(QADOM_PORT="0", IPYTHONDIR=str(tmp_path / "ipython"),
+                           PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
+        peer0 = _spawn(["-m", "IPython", "-i", "--no-banner", "--colors=nocolor",
+                        str(PEERS / "peer0.py")], ipython_env)
+        children.append(peer0)
+        peer0.expect(ADDRESS)
+        address = f"{peer0.match.group(1)}:{peer0.match.group(2)}"
+        peer0.expect(r"In \[1\]")  # idle at the prompt from here on
+
+        env = _env(QADOM_PORT="0", QADOM_BOOTSTRAP=address)
+        peer1 = _spawn([str(PEERS / "peer1.py")], env)
+        children.append(peer1)
+        peer1.expect(ADDRESS)
+        peer1.expect(r"(\d+)\r?\n")
+        assert int(peer1.match.group(1)) == KEY
+        peer1.expect(SERVING)
+        peer2 = _spawn([str(PEERS / "peer2.py")], env)
+        children.append(peer2)
+        peer2.expect(ADDRESS)
+        peer2.expect(r"(b'sudo python')\r?\n")
+        peer2.expect(SERVING)
+
+        peer0.sendline("await peer.get(KEY)")
+        peer0.expect(r"Out\[1\]: (?:\x1b\[[0-9;]*m)*(b'sudo python')")
+        peer0.sendline("sync.get(KEY)")  # the blocking form, at the same prompt
+        peer0.expect(r"Out\[2\]: (?:\x1b\[[0-9;]*m)*(b'sudo python')")
+        peer0.sendline("len(await peer.find_nodes(peer.id))")
+        peer0.expect(r"Out\[3\]: (?:\x1b\[[0-9;]*m)*2")
+        peer0.sendline("exit")
+        peer0.expect(pexpect.EOF)
+        assert [_stop(child) for child in (peer2, peer1)] == [0, 0]
+    finally:
+        for child in children:
+            child.terminate(force=True)

@@ -1,0 +1,87 @@
+"""The notebooks run top to bottom in a real Jupyter kernel (nbclient), scaled down.
+
+The kernel is this interpreter's ipykernel, described by a kernelspec written to a temporary
+directory (found through JUPYTER_PATH), so nothing is installed anywhere. The sizes come in
+through the environment variables each notebook's parameters cell reads.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+KERNEL = "qadom-test-python"
+SMALL = {
+    "QADOM_NB_PEERS": "4",
+    "QADOM_NB_NODES": "60",
+    "QADOM_NB_LOOKUPS": "20",
+    "QADOM_NB_VALUES": "10",
+    "QADOM_NB_DELAY": "0",
+}
+PLOTS = {"1-tour.ipynb": 0, "2-lookups-at-scale.ipynb": 2, "3-churn.ipynb": 2}
+EXPECTED = {
+    # notebook -> text its outputs must hold when run with SMALL
+    "1-tour.ipynb": ["b'sudo python'", "b'at lunch'", "b'hello, bob'",
+                     "['emacs', 'helix', 'nano', 'vim']", "converged"],
+    "2-lookups-at-scale.ipynb": ["60 nodes", "20 lookups", "converged in"],
+    "3-churn.ipynb": ["10 values stored", "20 nodes left", "right after: 10/10 values found",
+                      "later: 10/10 values found", "b'value number"],
+}
+
+
+def test_there_are_three_notebooks() -> None:
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED)
+
+
+@pytest.fixture(scope="module")
+def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("jupyter")
+    spec = home / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "qadom tests", "language": "python"}))
+    return {"JUPYTER_PATH": str(home), "JUPYTER_PLATFORM_DIRS": "1",
+            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython"),
+            "MPLCONFIGDIR": str(home / "matplotlib"), **SMALL}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_notebook_runs_top_to_bottom(name: str, kernel_env: dict[str, str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    path = NOTEBOOKS / name
+    notebook = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
+    nbformat.validate(notebook)
+    # Committed without outputs, and each says what it shows.
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, name
+    assert "What this notebook shows" in notebook.cells[0].source
+    assert any("parameters" in c.metadata.get("tags", []) for c in notebook.cells)
+
+    for key, value in kernel_env.items():
+        monkeypatch.setenv(key, value)
+    client = NotebookClient(notebook, kernel_name=KERNEL, timeout=60, startup_timeout=60,
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client.execute()  # raises CellExecutionError on the first failing cell
+
+    text, plots, views = [], 0, 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            assert output.output_type != "error", output
+            data = output.get("data", {})
+            text += [output.get("text", ""), data.get("text/plain", "")]
+            plots += "image/png" in data  # matplotlib figures, inline
+            views += "application/vnd.jupyter.widget-view+json" in data
+    assert plots == PLOTS[name]
+    assert views >= 1  # every notebook shows at least one live view
+    joined = "\n".join(text)
+    for expected in EXPECTED[name]:
+        assert expected in joined, (name, expected)
+    assert "internal error" not in joined
