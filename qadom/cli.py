@@ -277,8 +277,12 @@ async def _serve(args: argparse.Namespace) -> int:
             http = HttpHelper(peer, args.http_host or args.host, args.http_port)
             await http.start()
             assert http.address is not None
-            # The second machine-readable line: where the HTTP helper listens.
-            print(f"qadom http on {http.address[0]}:{http.address[1]}", flush=True)
+            # The second machine-readable line: where the HTTP helper listens (an IPv6 host in
+            # brackets, as in a URL).
+            http_host, http_port = http.address
+            if ":" in http_host:
+                http_host = f"[{http_host}]"
+            print(f"qadom http on {http_host}:{http_port}", flush=True)
         if args.bootstrap:
             size = await peer.bootstrap(args.bootstrap)
             log.info("joined through %d address(es); %d contacts", len(args.bootstrap), size)

@@ -1,0 +1,667 @@
+"""Signed /dht records: the record format, its signature and ownership rules, and the Node service
+that stores records at the k closest peers.
+
+The format is the one the ``/dht/{key}`` HTTP API speaks (docs/HTTP.md). A client writes one
+*entry* under a text key: a text ``data``, a secp256k1 public key (SEC1, compressed or not), an
+optional expiry ``exp_time`` (Unix seconds or None) and a 64-byte compact ECDSA signature r||s over
+the 20-byte digest::
+
+    sha1((sha1(key).hexdigest() + data + str(exp_time) + persist_mode).encode()).digest()
+
+which ECDSA signs as its SHA-256 (coincurve's default hasher); ``exp_time`` None is the text
+``None``. The record under a key has a mode:
+
+* ``SECURED``: one entry. Only a write signed by the same public key replaces it.
+* ``CONTROLLED``: one entry per public key. Any key may add its own entry and replace only its own.
+
+Rules every holder applies to every write (:func:`apply_write`), so that a peer refuses a forged
+overwrite on its own, whoever forwards it:
+
+* the signature must verify and ``exp_time`` (when set) must lie in the future, else
+  :class:`~qadom.errors.Unauthorized`;
+* a write in the other mode than the live record's is refused (Unauthorized); so is a SECURED write
+  under another key than the owner's;
+* an expired entry counts as absent: it is never served, and a key whose entries have all expired
+  is free again;
+* the encoded record stays within ``Config.dht_max_record_size``, else
+  :class:`~qadom.errors.ValueTooLarge`;
+* a refused write changes nothing stored.
+
+Public keys are compared by their compressed form, so both spellings of one key are one owner.
+High-S signatures are accepted (normalised to low S before libsecp256k1, which only accepts low S):
+clients sign with libraries that produce either.
+
+A record is kept in the node's store as ``store.put_record("dht", storage_key(key), encoded, now)``
+(CBOR, see :func:`encode_record`), so a durable store persists it unchanged. Wire messages:
+requests 16 (:class:`DhtPut`) and 17 (:class:`DhtFind`), replies 80 (:class:`DhtRecord`) and 81
+(:class:`DhtRefused`). This module is pure: time comes in as ``now``, key material as bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+from coincurve import PrivateKey, PublicKey
+from coincurve.ecdsa import cdata_to_der, der_to_cdata, deserialize_compact, serialize_compact
+
+from .call import Call
+from .config import Config
+from .contact import Address, Contact
+from .errors import (
+    InvalidField,
+    NotFoundError,
+    ProtocolError,
+    QadomError,
+    RemoteError,
+    StorageFull,
+    Unauthorized,
+    ValueTooLarge,
+)
+from .lookup import Lookup
+from .messages import Envelope, Error, ErrorCode, Kind, Message, Nodes, Stored, register
+from .storage import Store
+
+if TYPE_CHECKING:
+    from .node import Node
+
+SECURED = "SECURED"
+CONTROLLED = "CONTROLLED"
+MODES = (SECURED, CONTROLLED)
+RECORD_KIND = "dht"
+"""The ``kind`` of /dht records in the node's store."""
+
+IDENTITY_KIND = "identity"
+IDENTITY_KEY = int.from_bytes(hashlib.sha256(b"qadom secp256k1 signing key").digest(), "big")
+"""Where a node keeps its own secp256k1 signing key (a record of its store)."""
+
+FORMAT_VERSION = 1
+MAX_EXP_TIME = 2**53
+"""exp_time bound: every JSON implementation reads integers below 2**53 exactly, so the text the
+signature covers is the same for the client and for us."""
+
+# The order of the secp256k1 group: signature scalars must lie in [1, N).
+_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+ExpTime = int | float | None
+
+
+# ============================================================================ the format
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One signed write: ``data`` under ``pub_key`` (SEC1 as the client gave it)."""
+
+    data: str
+    pub_key: bytes
+    exp_time: ExpTime
+    sign: bytes
+    owner: bytes
+    """``pub_key`` in compressed form: what ownership compares."""
+
+    def live(self, now: float) -> bool:
+        return self.exp_time is None or self.exp_time > now
+
+    def to_json(self, mode: str) -> dict[str, Any]:
+        """The entry as the JSON body that wrote it."""
+        return {"data": self.data, "persist_mode": mode,
+                "authorization": {"pub_key": {"key": self.pub_key.hex(),
+                                              "exp_time": self.exp_time},
+                                  "sign": self.sign.hex()}}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The record under one text ``key``: a mode and its entries (exactly one when SECURED)."""
+
+    key: str
+    mode: str
+    entries: tuple[Entry, ...]
+
+    def live(self, now: float) -> Record | None:
+        """This record without its expired entries; None when none is left."""
+        entries = tuple(e for e in self.entries if e.live(now))
+        if not entries:
+            return None
+        return self if len(entries) == len(self.entries) else replace(self, entries=entries)
+
+    def to_json_text(self) -> str:
+        """The record as the ``data`` of a GET answer: the JSON body of its write when SECURED, a
+        JSON array of one such body per key when CONTROLLED."""
+        bodies = [entry.to_json(self.mode) for entry in self.entries]
+        return json.dumps(bodies[0] if self.mode == SECURED else bodies, separators=(",", ":"))
+
+
+def storage_key(key: str) -> int:
+    """Where the record of the text ``key`` lives in the id space (domain-separated SHA-256, so it
+    never coincides with the content key of a value holding the same bytes)."""
+    return int.from_bytes(hashlib.sha256(b"qadom/dht\x00" + key.encode()).digest(), "big")
+
+
+def signed_message(key: str, data: str, exp_time: ExpTime, mode: str) -> bytes:
+    """The 20-byte digest a write's signature covers (ECDSA then signs its SHA-256)."""
+    text = hashlib.sha1(key.encode()).hexdigest() + data + str(exp_time) + mode
+    return hashlib.sha1(text.encode()).digest()
+
+
+def compress(pub_key: bytes) -> bytes:
+    """The compressed SEC1 form of a public key; ValueError if it is not a curve point."""
+    return PublicKey(pub_key).format(compressed=True)
+
+
+def verify(entry: Entry, key: str, mode: str) -> bool:
+    """Whether ``entry``'s signature is valid for ``key`` and ``mode``."""
+    if len(entry.sign) != 64:
+        return False
+    r = int.from_bytes(entry.sign[:32], "big")
+    s = int.from_bytes(entry.sign[32:], "big")
+    if not (0 < r < _N and 0 < s < _N):
+        return False
+    if s > _N // 2:  # libsecp256k1 verifies low-S only; (r, N - s) is the same signature
+        s = _N - s
+    der = cdata_to_der(deserialize_compact(r.to_bytes(32, "big") + s.to_bytes(32, "big")))
+    message = signed_message(key, entry.data, entry.exp_time, mode)
+    try:
+        return bool(PublicKey(entry.pub_key).verify(der, message))
+    except ValueError:
+        return False
+
+
+def sign(secret: bytes, key: str, data: str, exp_time: ExpTime, mode: str) -> bytes:
+    """The 64-byte compact signature r||s of ``secret`` over the write's digest."""
+    der = PrivateKey(secret).sign(signed_message(key, data, exp_time, mode))
+    return bytes(serialize_compact(der_to_cdata(der)))
+
+
+def make_entry(secret: bytes, key: str, data: str, mode: str, exp_time: ExpTime = None, *,
+               compressed: bool = True) -> Entry:
+    """A signed entry (for clients and tests)."""
+    public = PrivateKey(secret).public_key
+    return Entry(data, public.format(compressed=compressed), exp_time,
+                 sign(secret, key, data, exp_time, mode), public.format(compressed=True))
+
+
+def public_key(secret: bytes) -> bytes:
+    """The compressed public key of ``secret``."""
+    return bytes(PrivateKey(secret).public_key.format(compressed=True))
+
+
+# ============================================================================ JSON writes
+
+
+def check_key(key: object, config: Config) -> str:
+    """``key`` if it is a usable record key, else InvalidField("key")."""
+    if not isinstance(key, str) or not key:
+        raise InvalidField("key", "must be a non-empty string")
+    size = _utf8_size(key, "key")
+    if size > config.dht_max_key_size:
+        raise InvalidField("key", f"is {size} bytes; the limit is {config.dht_max_key_size}")
+    return key
+
+
+def parse_write(key: str, body: object, config: Config) -> Record:
+    """The one-entry record a JSON write body asks for, its fields checked (not its signature).
+
+    Raises :class:`InvalidField` naming the first bad field, or ValueTooLarge when the write alone
+    exceeds ``dht_max_record_size``.
+    """
+    check_key(key, config)
+    if not isinstance(body, dict):
+        raise InvalidField("body", "must be a JSON object")
+    data = body.get("data")
+    if data is None or data == "":
+        raise InvalidField("data", "is required and must not be empty")
+    if not isinstance(data, str):
+        raise InvalidField("data", "must be a string")
+    _utf8_size(data, "data")
+    mode = body.get("persist_mode")
+    if mode is None or mode == "":
+        raise InvalidField("persist_mode", "is required")
+    if mode not in MODES:
+        raise InvalidField("persist_mode", "must be SECURED or CONTROLLED")
+    auth = body.get("authorization")
+    if auth is None or auth == {}:
+        raise InvalidField("authorization", "is required")
+    if not isinstance(auth, dict):
+        raise InvalidField("authorization", "must be an object")
+    pub = auth.get("pub_key")
+    if not isinstance(pub, dict):
+        raise InvalidField("authorization.pub_key", "must be an object")
+    pub_key = _hex_field(pub.get("key"), "authorization.pub_key.key", (33, 65))
+    try:
+        owner = compress(pub_key)
+    except ValueError:
+        raise InvalidField("authorization.pub_key.key", "is not a secp256k1 public key") from None
+    exp_time = pub.get("exp_time")
+    if exp_time is not None and (
+            isinstance(exp_time, bool) or not isinstance(exp_time, int | float)
+            or not math.isfinite(exp_time) or abs(exp_time) >= MAX_EXP_TIME):
+        raise InvalidField("authorization.pub_key.exp_time",
+                           "must be null or a number of Unix seconds below 2**53")
+    signature = _hex_field(auth.get("sign"), "authorization.sign", (64,))
+    record = Record(key, mode, (Entry(data, pub_key, exp_time, signature, bytes(owner)),))
+    size = len(encode_record(record))
+    if size > config.dht_max_record_size:
+        raise ValueTooLarge(f"data: the record would be {size} bytes; the limit is "
+                            f"{config.dht_max_record_size}")
+    return record
+
+
+def _utf8_size(text: str, field: str) -> int:
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:  # lone surrogates, which JSON's \ud800 escapes can carry
+        raise InvalidField(field, "is not valid Unicode text") from None
+
+
+def _hex_field(value: object, field: str, sizes: tuple[int, ...]) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise InvalidField(field, "must be a hex string")
+    if _HEX.fullmatch(value) is None or len(value) % 2:
+        raise InvalidField(field, "is not valid hex")
+    raw = bytes.fromhex(value)
+    if len(raw) not in sizes:
+        raise InvalidField(field, f"must be {' or '.join(map(str, sizes))} bytes")
+    return raw
+
+
+# ============================================================================ the rules
+
+
+def check_entry(record: Record, now: float) -> None:
+    """Raise Unauthorized unless every entry of ``record`` is signed and unexpired."""
+    for entry in record.entries:
+        if not entry.live(now):
+            raise Unauthorized("exp_time is already past")
+        if not verify(entry, record.key, record.mode):
+            raise Unauthorized("the signature does not verify")
+
+
+def apply_write(existing: Record | None, write: Record, now: float, config: Config) -> Record:
+    """The record after ``write`` (a one-entry record) lands on ``existing``.
+
+    Raises Unauthorized (bad signature, expired, not the owner, other mode) or ValueTooLarge (the
+    record would exceed its size limit); see the module docstring.
+    """
+    if len(write.entries) != 1:
+        raise Unauthorized("a write carries exactly one entry")
+    check_entry(write, now)
+    (entry,) = write.entries
+    current = existing.live(now) if existing is not None else None
+    if current is None:
+        return write
+    if current.key != write.key:
+        raise Unauthorized("the stored record has another key")  # a storage-key collision
+    if current.mode != write.mode:
+        raise Unauthorized(f"the key is held in {current.mode} mode")
+    if write.mode == SECURED:
+        if current.entries[0].owner != entry.owner:
+            raise Unauthorized("the key is held by another public key")
+        result = write
+    else:
+        others = tuple(e for e in current.entries if e.owner != entry.owner)
+        mine = [i for i, e in enumerate(current.entries) if e.owner == entry.owner]
+        entries = list(others)
+        entries.insert(mine[0] if mine else len(entries), entry)  # keep each key's place
+        result = replace(current, entries=tuple(entries))
+    size = len(encode_record(result))
+    if size > config.dht_max_record_size:
+        raise ValueTooLarge(f"data: the record would be {size} bytes; the limit is "
+                            f"{config.dht_max_record_size}")
+    return result
+
+
+# ============================================================================ encoding
+
+
+def encode_record(record: Record) -> bytes:
+    """CBOR ``[1, key, mode, [[data, pub_key, exp_time, sign], ...]]``; a write is a record of one
+    entry."""
+    entries = [[e.data, e.pub_key, e.exp_time, e.sign] for e in record.entries]
+    data: bytes = cbor2.dumps([FORMAT_VERSION, record.key, record.mode, entries])
+    return data
+
+
+def decode_record(data: bytes, config: Config) -> Record:
+    """Inverse of :func:`encode_record` with every field checked (not the signatures); raises
+    :class:`ProtocolError` and nothing else."""
+    try:
+        raw = cbor2.loads(data)
+    except Exception as exc:  # cbor2 raises several classes on bad input
+        raise ProtocolError(f"record is not CBOR: {type(exc).__name__}") from None
+    if type(raw) is not list or len(raw) != 4 or type(raw[0]) is not int or (
+            raw[0] != FORMAT_VERSION):
+        raise ProtocolError("record must be [1, key, mode, entries]")
+    _, key, mode, raw_entries = raw
+    if mode not in MODES or type(mode) is not str:
+        raise ProtocolError("unknown record mode")
+    try:
+        check_key(key, config)
+    except InvalidField as exc:
+        raise ProtocolError(f"record {exc}") from None
+    if type(raw_entries) is not list or not raw_entries or (
+            mode == SECURED and len(raw_entries) != 1):
+        raise ProtocolError("bad record entries")
+    entries = []
+    owners = set()
+    for item in raw_entries:
+        if type(item) is not list or len(item) != 4:
+            raise ProtocolError("entry must be [data, pub_key, exp_time, sign]")
+        text, pub_key, exp_time, signature = item
+        if type(text) is not str or not text or type(pub_key) is not bytes or (
+                type(signature) is not bytes or len(signature) != 64):
+            raise ProtocolError("bad entry fields")
+        if exp_time is not None and (type(exp_time) not in (int, float) or
+                                     not math.isfinite(exp_time) or abs(exp_time) >= MAX_EXP_TIME):
+            raise ProtocolError("bad entry exp_time")
+        try:
+            text.encode()
+            owner = bytes(compress(pub_key))
+        except (ValueError, UnicodeEncodeError):
+            raise ProtocolError("bad entry public key or text") from None
+        if owner in owners:
+            raise ProtocolError("two entries of one public key")
+        owners.add(owner)
+        entries.append(Entry(text, pub_key, exp_time, signature, owner))
+    return Record(key, mode, tuple(entries))
+
+
+def load(store: Store, key: int, config: Config) -> Record | None:
+    """The record stored under ``key``, or None (also for a corrupt one, which is unusable)."""
+    data = store.get_record(RECORD_KIND, key)
+    if data is None:
+        return None
+    try:
+        return decode_record(data, config)
+    except ProtocolError:
+        return None
+
+
+def node_signing_key(store: Store, now: float, new_secret: Callable[[], bytes]) -> bytes:
+    """This node's secp256k1 secret, kept in its store (so a durable store keeps the identity
+    across restarts); made with ``new_secret()`` the first time."""
+    data = store.get_record(IDENTITY_KIND, IDENTITY_KEY)
+    if data is not None:
+        try:
+            raw = cbor2.loads(data)
+            secret = raw.get("secp256k1") if isinstance(raw, dict) else None
+            if isinstance(secret, bytes):
+                PrivateKey(secret)  # raises ValueError if not a valid scalar
+                return secret
+        except Exception:  # a corrupt identity record is replaced, never fatal
+            pass
+    while True:
+        secret = new_secret()
+        try:
+            PrivateKey(secret)
+        except ValueError:  # 0 or >= N: one chance in 2**128; draw again
+            continue
+        store.put_record(IDENTITY_KIND, IDENTITY_KEY, cbor2.dumps({"secp256k1": secret}), now)
+        return secret
+
+
+# ============================================================================ wire messages
+
+
+class RefusedCode(IntEnum):
+    """Why a holder refused a :class:`DhtPut`."""
+
+    MALFORMED = 1  # the write does not decode, or its key does not match
+    UNAUTHORIZED = 2  # signature, expiry or ownership rules (HTTP 401)
+    TOO_LARGE = 3  # the record would exceed dht_max_record_size (HTTP 413)
+
+
+@dataclass(frozen=True, slots=True)
+class DhtPut(Message):
+    """Apply a write (an encoded one-entry record) to the record under its key. Answered by
+    :class:`~qadom.messages.Stored` or :class:`DhtRefused`."""
+
+    CODE = 16
+    IS_REQUEST = True
+    FIELDS = (("write", Kind.VALUE),)
+    write: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DhtFind(Message):
+    """The record stored under ``target`` (a storage key), else the k closest contacts
+    (:class:`DhtRecord` or :class:`~qadom.messages.Nodes`)."""
+
+    CODE = 17
+    IS_REQUEST = True
+    FIELDS = (("target", Kind.ID),)
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class DhtRecord(Message):
+    """The live record held under the requested storage key, encoded."""
+
+    CODE = 80
+    IS_REQUEST = False
+    FIELDS = (("record", Kind.VALUE),)
+    record: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DhtRefused(Message):
+    """A :class:`DhtPut` was refused; ``code`` is a :class:`RefusedCode`."""
+
+    CODE = 81
+    IS_REQUEST = False
+    FIELDS = (("code", Kind.UINT16), ("reason", Kind.TEXT))
+    code: int
+    reason: str
+
+
+for _cls in (DhtPut, DhtFind, DhtRecord, DhtRefused):
+    register(_cls)
+
+
+# ============================================================================ the service
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    """How a write went: the holders that stored it and those that refused it."""
+
+    stored: int
+    refused: int
+
+
+class DhtRecordService:
+    """Stores signed records at the k closest peers; attached to a :class:`~qadom.node.Node` as
+    ``node.dht_records``. Every holder applies :func:`apply_write` itself."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.config = node.config
+        node.register_handler(DhtPut, self._handle_put)
+        node.register_handler(DhtFind, self._handle_find)
+
+    # ------------------------------------------------------------------ operations
+
+    def local(self, key: str, now: float) -> Record | None:
+        """The live record this node holds for ``key``."""
+        record = load(self.node.store, storage_key(check_key(key, self.config)), self.config)
+        return record.live(now) if record is not None else None
+
+    def put(self, write: Record, now: float) -> Call[PutResult]:
+        """Store ``write`` (from :func:`parse_write`) at the k closest peers to its key.
+
+        The write is checked here first, against our copy and against every record the lookup
+        meets on the way (so a forged overwrite fails even through a node that never held the
+        record), then sent to the k closest, which check it again. Fails with Unauthorized or
+        ValueTooLarge when refused by us or by every holder; stores locally once accepted.
+        """
+        node = self.node
+        key = storage_key(check_key(write.key, self.config))
+        apply_write(load(node.store, key, self.config), write, now, self.config)
+        call: Call[PutResult] = node.new_call("dht_put", now)
+        seen: list[Record] = []
+
+        def on_message(contact: Contact, message: Message, lookup: Lookup,
+                       now: float) -> Iterable[Contact] | None:
+            if isinstance(message, DhtRecord):
+                record = self._verified(contact, message, write.key, now)
+                if record is None:
+                    return None
+                seen.append(record)
+                return ()
+            return message.nodes if isinstance(message, Nodes) else None
+
+        def on_finish(lookup: Lookup, now: float) -> None:
+            if call.done:
+                return
+            try:
+                for record in seen:
+                    apply_write(record, write, now, self.config)
+            except QadomError as exc:
+                call.fail(exc)
+                return
+            self._send_to(lookup.closest(), key, write, now, call)
+
+        node.run_lookup(key, "dht", DhtFind(key), now, on_message, on_finish, call)
+        return call
+
+    def get(self, key: str, now: float) -> Call[Record]:
+        """The live record of ``key``: from the first peer on the lookup path that holds a validly
+        signed one, else our own copy; fails with NotFoundError."""
+        node = self.node
+        skey = storage_key(check_key(key, self.config))
+        call: Call[Record] = node.new_call("dht_get", now)
+        found: list[Record] = []
+
+        def on_message(contact: Contact, message: Message, lookup: Lookup,
+                       now: float) -> Iterable[Contact] | None:
+            if isinstance(message, DhtRecord):
+                record = self._verified(contact, message, key, now)
+                if record is None:
+                    return None
+                live = record.live(now)
+                if live is not None:
+                    found.append(live)
+                    lookup.stop()
+                return ()
+            return message.nodes if isinstance(message, Nodes) else None
+
+        def on_finish(lookup: Lookup, now: float) -> None:
+            record = found[0] if found else self.local(key, now)
+            if record is None:
+                call.fail(NotFoundError(f"no record under key {key!r}"))
+            else:
+                call.resolve(record)
+
+        node.run_lookup(skey, "dht", DhtFind(skey), now, on_message, on_finish, call)
+        return call
+
+    # ------------------------------------------------------------------ internals
+
+    def _verified(self, contact: Contact, message: DhtRecord, key: str,
+                  now: float) -> Record | None:
+        """The record in ``message`` if it is well formed, for ``key`` and validly signed; a peer
+        answering anything else is punished as a liar."""
+        try:
+            record = decode_record(message.record, self.config)
+        except ProtocolError:
+            record = None
+        if record is None or record.key != key or not all(
+                verify(entry, key, record.mode) for entry in record.entries):
+            self.node.punish(contact, now)
+            return None
+        return record
+
+    def _send_to(self, contacts: list[Contact], key: int, write: Record, now: float,
+                 call: Call[PutResult]) -> None:
+        encoded = encode_record(write)
+        message = DhtPut(encoded)
+        if not contacts:
+            self._store_local(key, write, now, call, PutResult(0, 0))
+            return
+        left = [len(contacts)]
+        stored = [0]
+        refusals: list[DhtRefused] = []
+
+        def on_reply(envelope: Envelope | None, now: float) -> None:
+            left[0] -= 1
+            reply = None if envelope is None else envelope.message
+            if isinstance(reply, Stored):
+                stored[0] += 1
+            elif isinstance(reply, DhtRefused):
+                refusals.append(reply)
+            if left[0]:
+                return
+            result = PutResult(stored[0], len(refusals))
+            if stored[0] or not refusals:
+                self._store_local(key, write, now, call, result)
+            else:
+                call.fail(_refusal_error(refusals[0]))
+
+        for contact in contacts:
+            self.node.request(contact.address, message, now, expect_id=contact.id,
+                              on_reply=on_reply)
+
+    def _store_local(self, key: int, write: Record, now: float, call: Call[PutResult],
+                     result: PutResult) -> None:
+        if call.done:
+            return
+        try:
+            record = apply_write(load(self.node.store, key, self.config), write, now,
+                                 self.config)
+        except QadomError as exc:  # expired meanwhile, or a concurrent write took the key
+            call.fail(exc)
+            return
+        try:
+            self.node.store.put_record(RECORD_KIND, key, encode_record(record), now)
+        except StorageFull as exc:
+            call.fail(exc)
+            return
+        call.resolve(result)
+
+    # ------------------------------------------------------------------ request handlers
+
+    def _handle_put(self, message: DhtPut, sender: int | None, address: Address,
+                    now: float) -> Message:
+        try:
+            write = decode_record(message.write, self.config)
+        except ProtocolError as exc:
+            return DhtRefused(RefusedCode.MALFORMED, str(exc)[:200])
+        key = storage_key(write.key)
+        try:
+            record = apply_write(load(self.node.store, key, self.config), write, now,
+                                 self.config)
+        except Unauthorized as exc:
+            return DhtRefused(RefusedCode.UNAUTHORIZED, str(exc)[:200])
+        except ValueTooLarge as exc:
+            return DhtRefused(RefusedCode.TOO_LARGE, str(exc)[:200])
+        try:
+            self.node.store.put_record(RECORD_KIND, key, encode_record(record), now)
+        except StorageFull as exc:
+            return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
+        return Stored()
+
+    def _handle_find(self, message: DhtFind, sender: int | None, address: Address,
+                     now: float) -> Message:
+        record = load(self.node.store, message.target, self.config)
+        live = record.live(now) if record is not None else None
+        if live is not None:
+            return DhtRecord(encode_record(live))
+        return Nodes(tuple(self.node.table.closest(message.target, self.config.k,
+                                                   exclude=sender)))
+
+
+def _refusal_error(refused: DhtRefused) -> QadomError:
+    if refused.code == RefusedCode.UNAUTHORIZED:
+        return Unauthorized(refused.reason)
+    if refused.code == RefusedCode.TOO_LARGE:
+        return ValueTooLarge(refused.reason)
+    return RemoteError(refused.code, refused.reason)

@@ -1,0 +1,746 @@
+"""The HTTP helper: a :class:`~qadom.peer.Peer` over plain HTTP, served on the peer's own loop.
+
+```python
+async with Peer() as peer, HttpHelper(peer, port=8080) as http:
+    print(http.address)   # ("127.0.0.1", 8080)
+```
+
+It speaks two things (docs/HTTP.md has every route with curl examples; ``GET /openapi.json``
+serves the OpenAPI 3 document, built from the same route table as the server):
+
+* ``/dht/{key}``: the signed-record API of an existing Kademlia deployment, so that its clients
+  work unchanged (:mod:`qadom.dhtrecords` holds the rules; every holder checks them);
+* a REST face for every Peer operation: values, multimap entries, forget, namespaces, publish
+  and subscribe (Server-Sent Events), the closest nodes to a key, bootstrap, ping, refresh, node
+  info, routing table and stats.
+
+Keys (values' keys, multimap keys and values, node ids, topics) are written one way everywhere:
+exactly 64 hexadecimal digits, the 256-bit number big-endian and zero-padded; either case is
+accepted, lowercase is written. Binary data inside JSON is base64 (RFC 4648, with padding); raw
+values travel as ``application/octet-stream`` bodies.
+
+Guarantees: every answer is JSON except the raw value of ``GET /values/{key}`` and the event
+stream of ``GET /subscribe/{key}``; an error is ``{"error": reason, "field": name}`` (``field`` when
+one input is at fault) with a status that says why: 400 bad input, 401 a signature or ownership
+refusal, 404 nothing found, 409 a stale namespace sequence, 413 too large, 429 rate limited,
+502/503/504 the network or the peer could not answer. Every limit is in
+:class:`~qadom.config.Config`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .config import Config
+from .contact import Address, Contact
+from .dhtrecords import (
+    SECURED,
+    node_signing_key,
+    parse_write,
+    public_key,
+    sign,
+)
+from .errors import (
+    BadSignature,
+    InvalidField,
+    NoPeersError,
+    NotFoundError,
+    OperationTimeout,
+    PeerClosedError,
+    QadomError,
+    RateLimited,
+    RemoteError,
+    ServiceUnavailable,
+    StaleSequence,
+    StorageFull,
+    TooManySubscribers,
+    Unauthorized,
+    UsageError,
+    ValueTooLarge,
+)
+from .peer import Peer
+
+log = logging.getLogger("qadom.http")
+
+_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})*")
+
+
+# ============================================================================ state
+
+
+@dataclass
+class HelperState:
+    """What the handlers share: the peer's config, this node's signing key, open streams."""
+
+    config: Config
+    secret: bytes
+    public_key: bytes
+    subscriptions: int = 0
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+PEER = web.AppKey("peer", Peer)
+STATE = web.AppKey("state", HelperState)
+
+
+# ============================================================================ textual forms
+
+
+def key_text(value: int) -> str:
+    """The textual form of a key: 64 lowercase hex digits."""
+    return f"{value:064x}"
+
+
+def parse_key(text: object, name: str = "key") -> int:
+    """A key from its textual form (64 hex digits); InvalidField naming ``name`` otherwise."""
+    if not isinstance(text, str) or _KEY.fullmatch(text) is None:
+        raise InvalidField(name, "must be 64 hexadecimal digits")
+    return int(text, 16)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: object, name: str) -> bytes:
+    if not isinstance(text, str):
+        raise InvalidField(name, "must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidField(name, "is not valid base64") from None
+
+
+def _unhex(text: object, name: str) -> bytes:
+    if not isinstance(text, str) or _HEX.fullmatch(text) is None:
+        raise InvalidField(name, "must be a string of hex digits, two per byte")
+    return bytes.fromhex(text)
+
+
+def _sized_hex(text: object, name: str, size: int) -> bytes:
+    raw = _unhex(text, name)
+    if len(raw) != size:
+        raise InvalidField(name, f"must be {size} bytes ({2 * size} hex digits)")
+    return raw
+
+
+def _contact_json(contact: Contact) -> dict[str, Any]:
+    return {"id": key_text(contact.id), "host": contact.address[0], "port": contact.address[1]}
+
+
+def _address(item: object, name: str) -> Address:
+    """A ``{"host": IP literal, "port": 1-65535}`` object. Host names are refused: resolving them
+    would let any HTTP client make this node query DNS."""
+    if not isinstance(item, dict):
+        raise InvalidField(name, "must be an object with host and port")
+    host, port = item.get("host"), item.get("port")
+    if not isinstance(host, str):
+        raise InvalidField(f"{name}.host", "must be an IP address")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidField(f"{name}.host", "must be an IP address") from None
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise InvalidField(f"{name}.port", "must be an integer in [1, 65535]")
+    return host, port
+
+
+# ============================================================================ bodies
+
+
+async def _body(request: web.Request) -> bytes:
+    """The raw request body; ValueTooLarge (413) past ``http_max_body_size``."""
+    limit = request.app[STATE].config.http_max_body_size
+    if request.content_length is not None and request.content_length > limit:
+        raise ValueTooLarge(f"the body of {request.content_length} bytes exceeds the "
+                            f"{limit}-byte limit")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ValueTooLarge(f"the body exceeds the {limit}-byte limit") from None
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _json(request: web.Request, *, required: bool = True) -> Any:
+    """The JSON request body (any Content-Type: curl's -d sends a form type); InvalidField
+    ("body") when it is not JSON. An empty body is ``{}`` unless ``required``."""
+    raw = await _body(request)
+    if not raw.strip() and not required:
+        return {}
+    try:
+        return json.loads(raw.decode(), parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # ValueError covers JSONDecodeError, NaN/Infinity and integers too long to convert;
+        # RecursionError deeply nested arrays.
+        raise InvalidField("body", "is not valid JSON") from None
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidField("body", "must be a JSON object")
+    return body
+
+
+# ============================================================================ errors
+
+
+def _status(exc: QadomError) -> int:
+    """The HTTP status of a deliberate qadom error (see the module docstring)."""
+    table: list[tuple[type[QadomError], int]] = [
+        (Unauthorized, 401),
+        (BadSignature, 401),
+        (ValueTooLarge, 413),
+        (PeerClosedError, 503),
+        (UsageError, 400),
+        (NotFoundError, 404),
+        (StaleSequence, 409),
+        (RateLimited, 429),
+        (TooManySubscribers, 503),
+        (ServiceUnavailable, 503),
+        (StorageFull, 503),
+        (OperationTimeout, 504),
+        (NoPeersError, 502),
+        (RemoteError, 502),
+    ]
+    for cls, status in table:
+        if isinstance(exc, cls):
+            return status
+    return 502  # a ProtocolError or another failure of the network, never of the request
+
+
+def error_response(status: int, message: str, name: str | None = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if name is not None:
+        body["field"] = name
+    return web.json_response(body, status=status, headers=headers)
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                          ) -> web.StreamResponse:
+    """Deliberate errors (qadom's own, and aiohttp's 4xx such as 404/405) become JSON answers.
+    Nothing else is caught: an unexpected exception is a bug, and the tests look for it."""
+    try:
+        return await handler(request)
+    except QadomError as exc:
+        name = exc.field if isinstance(exc, InvalidField) else None
+        status = _status(exc)
+        if status >= 500:
+            log.info("%s %s: %s", request.method, request.path, exc)
+        return error_response(status, str(exc), name)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(exc.status, exc.reason, headers=allow)
+
+
+# ============================================================================ handlers
+
+
+def _peer(request: web.Request) -> Peer:
+    return request.app[PEER]
+
+
+async def dht_post(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    key = request.match_info["key"]
+    write = parse_write(key, await _json(request), state.config)
+    result = await _peer(request).run_service(
+        lambda node, now: node.dht_records.put(write, now))
+    return web.json_response({"key": key, "stored": result.stored})
+
+
+async def dht_get(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    key = request.match_info["key"]
+    record = await _peer(request).run_service(lambda node, now: node.dht_records.get(key, now))
+    data = record.to_json_text()
+    signature = sign(state.secret, key, data, None, SECURED)
+    return web.json_response({
+        "data": data, "persist_mode": SECURED,
+        "authorization": {"pub_key": {"key": state.public_key.hex(), "exp_time": None},
+                          "sign": signature.hex()}})
+
+
+async def value_post(request: web.Request) -> web.StreamResponse:
+    key = await _peer(request).set(await _body(request))
+    return web.json_response({"key": key_text(key)})
+
+
+async def value_get(request: web.Request) -> web.StreamResponse:
+    key = parse_key(request.match_info["key"])
+    value = await _peer(request).get(key)
+    return web.Response(body=value, content_type="application/octet-stream")
+
+
+async def forget_post(request: web.Request) -> web.StreamResponse:
+    """Stop republishing a value or multimap entries this node published (they then expire
+    everywhere); ``forgotten`` is false when the key was not ours."""
+    key = parse_key(request.match_info["key"])
+    return web.json_response({"key": key_text(key), "forgotten": _peer(request).forget(key)})
+
+
+async def entries_post(request: web.Request) -> web.StreamResponse:
+    key = parse_key(request.match_info["key"])
+    value = parse_key(_object(await _json(request)).get("value"), "value")
+    await _peer(request).append(key, value)
+    return web.json_response({"key": key_text(key), "value": key_text(value)})
+
+
+async def entries_get(request: web.Request) -> web.StreamResponse:
+    key = parse_key(request.match_info["key"])
+    values = await _peer(request).search(key)
+    return web.json_response({"key": key_text(key),
+                              "values": [key_text(v) for v in sorted(values)]})
+
+
+async def closest_get(request: web.Request) -> web.StreamResponse:
+    target = parse_key(request.match_info["key"])
+    contacts = await _peer(request).find_nodes(target)
+    return web.json_response({"target": key_text(target),
+                              "contacts": [_contact_json(c) for c in contacts]})
+
+
+async def namespace_put(request: web.Request) -> web.StreamResponse:
+    public = _sized_hex(request.match_info["public_key"], "public_key", 32)
+    key = parse_key(request.match_info["key"])
+    body = _object(await _json(request))
+    value = _unb64(body.get("value"), "value")
+    signature = _sized_hex(body.get("signature"), "signature", 64)
+    seq = body.get("seq", 0)
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq < 2**63:
+        raise InvalidField("seq", "must be an integer in [0, 2**63)")
+    stored = await _peer(request).namespace_set(public, signature, key, value, seq=seq)
+    return web.json_response({"public_key": public.hex(), "key": key_text(key), "seq": seq,
+                              "stored": stored})
+
+
+async def namespace_get(request: web.Request) -> web.StreamResponse:
+    public = _sized_hex(request.match_info["public_key"], "public_key", 32)
+    key = parse_key(request.match_info["key"])
+    record = await _peer(request).namespace_get_record(public, key)
+    return web.json_response({"public_key": public.hex(), "key": key_text(key),
+                              "value": _b64(record.value), "seq": record.seq,
+                              "signature": record.signature.hex()})
+
+
+async def publish_post(request: web.Request) -> web.StreamResponse:
+    topic = parse_key(request.match_info["key"])
+    relays = await _peer(request).publish(topic, await _body(request))
+    return web.json_response({"key": key_text(topic), "relays": relays})
+
+
+async def subscribe_get(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: one ``message`` event per published value (data: base64), a comment
+    line first once the subscription is active, and one every ``http_sse_keepalive`` seconds."""
+    state = request.app[STATE]
+    topic = parse_key(request.match_info["key"])
+    if state.subscriptions >= state.config.http_max_subscriptions:
+        raise ServiceUnavailable(
+            f"{state.config.http_max_subscriptions} event streams are open; try later")
+    if state.closing.is_set():
+        raise ServiceUnavailable("the helper is shutting down")
+    state.subscriptions += 1
+    try:
+        async with _peer(request).subscribe(topic) as messages:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                                   "Cache-Control": "no-cache"})
+            await response.prepare(request)
+            try:
+                await response.write(b": subscribed\n\n")
+                await _stream(response, messages, state)
+            except (ConnectionError, QadomError):
+                # The client went away, or the peer closed: the stream just ends (its status and
+                # headers are sent already, so there is no error answer to give).
+                pass
+            return response
+    finally:
+        state.subscriptions -= 1
+
+
+async def _stream(response: web.StreamResponse, messages: AsyncIterator[bytes],
+                  state: HelperState) -> None:
+    iterator = aiter(messages)
+    closing: asyncio.Future[Any] = asyncio.ensure_future(state.closing.wait())
+    pending: asyncio.Future[bytes] | None = None
+    count = 0
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            # One pending read survives keepalive ticks: cancelling a read could end the stream.
+            waiters: set[asyncio.Future[Any]] = {pending, closing}
+            done, _ = await asyncio.wait(waiters,
+                                         timeout=state.config.http_sse_keepalive,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if closing in done:
+                return
+            if pending not in done:
+                await response.write(b": keepalive\n\n")
+                continue
+            task, pending = pending, None
+            try:
+                value = task.result()
+            except StopAsyncIteration:
+                return
+            count += 1
+            await response.write(f"id: {count}\nevent: message\ndata: {_b64(value)}\n\n".encode())
+    finally:
+        closing.cancel()
+        if pending is not None:
+            pending.cancel()
+
+
+async def bootstrap_post(request: web.Request) -> web.StreamResponse:
+    """Join through ``addresses``; without them, rejoin through the contacts the node's store
+    saved (a node restarted on its data directory)."""
+    body = _object(await _json(request, required=False))
+    items = body.get("addresses")
+    if items is None:
+        size = await _peer(request).bootstrap()
+        return web.json_response({"contacts": size})
+    if not isinstance(items, list) or not items:
+        raise InvalidField("addresses", "must be a non-empty array of {host, port}")
+    if len(items) > 64:
+        raise InvalidField("addresses", "at most 64 addresses")
+    addresses = [_address(item, f"addresses[{i}]") for i, item in enumerate(items)]
+    size = await _peer(request).bootstrap(addresses)
+    return web.json_response({"contacts": size})
+
+
+async def ping_post(request: web.Request) -> web.StreamResponse:
+    address = _address(_object(await _json(request)), "body")
+    contact = await _peer(request).ping(address)
+    return web.json_response(_contact_json(contact))
+
+
+async def refresh_post(request: web.Request) -> web.StreamResponse:
+    body = _object(await _json(request, required=False))
+    all_buckets = body.get("all_buckets", False)
+    if not isinstance(all_buckets, bool):
+        raise InvalidField("all_buckets", "must be a boolean")
+    peer = _peer(request)
+    await peer.refresh(all_buckets=all_buckets)
+    return web.json_response({"contacts": len(peer.routing_table)})
+
+
+async def node_get(request: web.Request) -> web.StreamResponse:
+    peer, state = _peer(request), request.app[STATE]
+    host, port = peer.address
+    return web.json_response({
+        "id": key_text(peer.id), "host": host, "port": port, "version": __version__,
+        "contacts": len(peer.routing_table), "public_key": state.public_key.hex(),
+        "running": peer.running})
+
+
+async def routing_table_get(request: web.Request) -> web.StreamResponse:
+    table = _peer(request).routing_table
+    buckets = [{"lo": key_text(b.lo), "depth": b.depth,
+                "contacts": [_contact_json(c) for c in b.contacts.values()],
+                "replacements": len(b.replacements)} for b in table.buckets]
+    return web.json_response({"id": key_text(table.own_id), "size": len(table),
+                              "buckets": buckets})
+
+
+async def stats_get(request: web.Request) -> web.StreamResponse:
+    node = _peer(request).node
+    return web.json_response({"node": {k: int(v) for k, v in sorted(node.stats.items())},
+                              "store": {k: int(v) for k, v in sorted(node.store.stats().items())}})
+
+
+async def openapi_get(request: web.Request) -> web.StreamResponse:
+    return web.json_response(openapi_document())
+
+
+# ============================================================================ the route table
+# One table drives both the router and /openapi.json, so the document lists every route.
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    params: tuple[str, ...] = ()
+    body: dict[str, Any] | None = None
+    ok: dict[str, Any] | None = None
+    errors: tuple[int, ...] = ()
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+_OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_NET = (502, 503, 504)  # the network or the peer could not answer
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/dht/{key}", dht_post, "Write a signed record (SECURED or CONTROLLED)",
+          ("dht_key",), _json_content(_ref("DhtWrite")),
+          _json_content(_ref("DhtWriteResult")), (400, 401, 404, 413, *_NET)),
+    Route("GET", "/dht/{key}", dht_get,
+          "Read a record, signed by this node's secp256k1 key", ("dht_key",), None,
+          _json_content(_ref("DhtWrite")), (400, 404, *_NET)),
+    Route("POST", "/values", value_post, "Store a value (raw bytes); answers its key", (),
+          _OCTETS, _json_content(_ref("KeyResult")), (400, 413, *_NET)),
+    Route("GET", "/values/{key}", value_get, "The value (raw bytes) stored under a key",
+          ("key",), None, _OCTETS, (400, 404, *_NET)),
+    Route("POST", "/forget/{key}", forget_post,
+          "Stop republishing a value or entries this node published", ("key",), None,
+          _json_content(_ref("Forgotten")), (400, 503)),
+    Route("POST", "/entries/{key}", entries_post, "Add a value to the multimap set of a key",
+          ("key",), _json_content(_ref("EntryWrite")), _json_content(_ref("EntryResult")),
+          (400, 413, *_NET)),
+    Route("GET", "/entries/{key}", entries_get, "Every value of the multimap set of a key",
+          ("key",), None, _json_content(_ref("Entries")), (400, *_NET)),
+    Route("PUT", "/namespaces/{public_key}/{key}", namespace_put,
+          "Write a signed namespace record", ("public_key", "key"),
+          _json_content(_ref("NamespaceWrite")), _json_content(_ref("NamespaceResult")),
+          (400, 401, 409, 413, *_NET)),
+    Route("GET", "/namespaces/{public_key}/{key}", namespace_get,
+          "Read a namespace record (value, seq and signature)", ("public_key", "key"), None,
+          _json_content(_ref("NamespaceRecord")), (400, 401, 404, *_NET)),
+    Route("POST", "/publish/{key}", publish_post,
+          "Publish a message (raw bytes) to a topic; answers how many relays accepted it",
+          ("key",), _OCTETS, _json_content(_ref("PublishResult")), (400, 413, 429, *_NET)),
+    Route("GET", "/subscribe/{key}", subscribe_get,
+          "Subscribe to a topic as Server-Sent Events (event 'message', data base64)", ("key",),
+          None, {"text/event-stream": {"schema": {"type": "string"}}}, (400, *_NET)),
+    Route("GET", "/closest/{key}", closest_get, "The k closest nodes to a key in the network",
+          ("key",), None, _json_content(_ref("Closest")), (400, *_NET)),
+    Route("POST", "/bootstrap", bootstrap_post,
+          "Join the network through known addresses (none: through the saved contacts)", (),
+          _json_content(_ref("Bootstrap")), _json_content(_ref("ContactCount")),
+          (400, 413, *_NET)),
+    Route("POST", "/ping", ping_post, "Ping an address; answers the node found there", (),
+          _json_content(_ref("Address")), _json_content(_ref("Contact")), (400, 413, *_NET)),
+    Route("POST", "/refresh", refresh_post, "Refresh stale buckets (all with all_buckets)", (),
+          _json_content(_ref("Refresh")), _json_content(_ref("ContactCount")),
+          (400, 413, *_NET)),
+    Route("GET", "/node", node_get, "This node: id, address, version, signing key", (), None,
+          _json_content(_ref("NodeInfo"))),
+    Route("GET", "/routing-table", routing_table_get, "The k-buckets and their contacts", (),
+          None, _json_content(_ref("RoutingTable"))),
+    Route("GET", "/stats", stats_get, "Counters of the node and of its store", (), None,
+          _json_content(_ref("Stats"))),
+    Route("GET", "/openapi.json", openapi_get, "This document", (), None,
+          _json_content({"type": "object"}), ()),
+)
+
+_KEY_SCHEMA = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$",
+               "description": "64 hexadecimal digits: a 256-bit key, big-endian"}
+_HEX_SCHEMA = {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"}
+_SIG_SCHEMA = {"type": "string", "pattern": "^[0-9a-fA-F]{128}$",
+               "description": "ed25519 signature (64 bytes), hex"}
+_ERROR_TEXT = {
+    400: "Bad input; 'field' names it", 401: "A signature or ownership rule refused the write",
+    404: "Nothing found", 409: "A newer or conflicting record is held (stale seq)",
+    413: "The body or the record is too large", 429: "Rate limited by the network",
+    502: "The network refused or answered wrongly",
+    503: "The peer is closed or the helper is at its stream limit",
+    504: "The network did not answer in time",
+}
+_PARAMS: dict[str, dict[str, Any]] = {
+    "key": {"name": "key", "in": "path", "required": True, "schema": _KEY_SCHEMA},
+    "dht_key": {"name": "key", "in": "path", "required": True,
+                "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
+                "description": "Any text, at most dht_max_key_size UTF-8 bytes"},
+    "public_key": {"name": "public_key", "in": "path", "required": True, "schema": _KEY_SCHEMA,
+                   "description": "The namespace owner's ed25519 public key (32 bytes), hex"},
+}
+
+
+def _schemas() -> dict[str, Any]:
+    def obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+        names = list(props) if required is None else required
+        schema: dict[str, Any] = {"type": "object", "properties": props}
+        if names:  # OpenAPI 3.0 refuses an empty "required"
+            schema["required"] = names
+        return schema
+
+    contact = obj({"id": _KEY_SCHEMA, "host": {"type": "string"},
+                   "port": {"type": "integer", "minimum": 1, "maximum": 65535}})
+    address = obj({"host": {"type": "string", "description": "an IP address"},
+                   "port": {"type": "integer", "minimum": 1, "maximum": 65535}})
+    exp_time = {"type": "number", "nullable": True,
+                "description": "Unix seconds after which the entry is no longer served"}
+    counters = {"type": "object", "additionalProperties": {"type": "integer"}}
+    seq = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
+    return {
+        "Error": obj({"error": {"type": "string"}, "field": {"type": "string"}}, ["error"]),
+        "DhtWrite": obj({
+            "data": {"type": "string", "minLength": 1},
+            "persist_mode": {"type": "string", "enum": ["SECURED", "CONTROLLED"]},
+            "authorization": obj({
+                "pub_key": obj({"key": {**_HEX_SCHEMA, "description":
+                                        "secp256k1 public key, SEC1 hex (compressed or not)"},
+                                "exp_time": exp_time}, ["key"]),
+                "sign": {**_HEX_SCHEMA, "description": "64-byte compact ECDSA signature r||s"},
+            })}),
+        "DhtWriteResult": obj({"key": {"type": "string"},
+                               "stored": {"type": "integer", "minimum": 0}}),
+        "KeyResult": obj({"key": _KEY_SCHEMA}),
+        "EntryWrite": obj({"value": _KEY_SCHEMA}),
+        "EntryResult": obj({"key": _KEY_SCHEMA, "value": _KEY_SCHEMA}),
+        "Entries": obj({"key": _KEY_SCHEMA, "values": {"type": "array", "items": _KEY_SCHEMA}}),
+        "NamespaceWrite": obj({"value": {"type": "string", "format": "byte",
+                                         "description": "base64, at most 8192 bytes decoded"},
+                               "signature": _SIG_SCHEMA, "seq": seq},
+                              ["value", "signature"]),
+        "NamespaceResult": obj({"public_key": _KEY_SCHEMA, "key": _KEY_SCHEMA, "seq": seq,
+                                "stored": {"type": "integer", "minimum": 0}}),
+        "NamespaceRecord": obj({"public_key": _KEY_SCHEMA, "key": _KEY_SCHEMA,
+                                "value": {"type": "string", "format": "byte"}, "seq": seq,
+                                "signature": _SIG_SCHEMA}),
+        "PublishResult": obj({"key": _KEY_SCHEMA,
+                              "relays": {"type": "integer", "minimum": 0}}),
+        "Contact": contact,
+        "Address": address,
+        "Closest": obj({"target": _KEY_SCHEMA, "contacts": {"type": "array", "items": contact}}),
+        "Bootstrap": obj({"addresses": {"type": "array", "items": address, "minItems": 1,
+                                        "maxItems": 64}}, []),
+        "Forgotten": obj({"key": _KEY_SCHEMA, "forgotten": {"type": "boolean"}}),
+        "Refresh": obj({"all_buckets": {"type": "boolean"}}, []),
+        "ContactCount": obj({"contacts": {"type": "integer", "minimum": 0}}),
+        "NodeInfo": obj({"id": _KEY_SCHEMA, "host": {"type": "string"},
+                         "port": {"type": "integer"}, "version": {"type": "string"},
+                         "contacts": {"type": "integer", "minimum": 0},
+                         "public_key": {**_HEX_SCHEMA, "description":
+                                        "this node's secp256k1 key, which signs GET /dht"},
+                         "running": {"type": "boolean"}}),
+        "RoutingTable": obj({"id": _KEY_SCHEMA, "size": {"type": "integer", "minimum": 0},
+                             "buckets": {"type": "array", "items": obj({
+                                 "lo": _KEY_SCHEMA, "depth": {"type": "integer"},
+                                 "contacts": {"type": "array", "items": contact},
+                                 "replacements": {"type": "integer", "minimum": 0}})}}),
+        "Stats": obj({"node": counters, "store": counters}),
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3 document of every route in :data:`ROUTES`."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        responses: dict[str, Any] = {"200": {"description": "OK", "content": route.ok or {}}}
+        for status in route.errors:
+            responses[str(status)] = {"description": _ERROR_TEXT[status],
+                                      "content": _json_content(_ref("Error"))}
+        operation: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": f"{route.method.lower()}_{route.handler.__name__}",
+            "responses": responses,
+        }
+        if route.params:
+            operation["parameters"] = [_PARAMS[p] for p in route.params]
+        if route.body is not None:
+            # POST /refresh and /bootstrap may come without a body (curl -X POST ...).
+            operation["requestBody"] = {"required": route.path not in ("/refresh", "/bootstrap"),
+                                        "content": route.body}
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "qadom HTTP helper", "version": __version__,
+                 "description": "A qadom peer over HTTP. Keys are 64 hex digits; binary data in "
+                                "JSON is base64. See docs/HTTP.md."},
+        "paths": paths,
+        "components": {"schemas": _schemas()},
+    }
+
+
+# ============================================================================ the app
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[STATE].closing.set()  # ends every event stream, so shutdown never waits on one
+
+
+def make_app(peer: Peer) -> web.Application:
+    """The aiohttp application serving ``peer`` (which must be started): for :class:`HttpHelper`,
+    or for aiohttp's ``TestServer`` in tests."""
+    config = peer.config
+    secret = node_signing_key(peer.node.store, time.time(), lambda: secrets.token_bytes(32))
+    app = web.Application(middlewares=[_errors_as_json],
+                          client_max_size=config.http_max_body_size)
+    app[PEER] = peer
+    app[STATE] = HelperState(config, secret, public_key(secret))
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, route.handler)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+class HttpHelper:
+    """Serves ``peer`` over HTTP at ``host:port`` on the running loop (``port=0`` picks a free
+    port; read it back from :attr:`address` after :meth:`start`)."""
+
+    def __init__(self, peer: Peer, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.peer = peer
+        self.host = host
+        self.port = port
+        self._runner: web.AppRunner | None = None
+        self.address: Address | None = None
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        # handler_cancellation: a client that hangs up cancels its handler, so an event stream
+        # ends (and unsubscribes) as soon as its client is gone, not at the next keepalive.
+        runner = web.AppRunner(make_app(self.peer), handler_cancellation=True,
+                               shutdown_timeout=self.peer.config.http_shutdown_timeout)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        sockname = runner.addresses[0]
+        self.address = (str(sockname[0]), int(sockname[1]))
+
+    @property
+    def open_streams(self) -> int:
+        """Event streams being served now."""
+        return self._runner.app[STATE].subscriptions if self._runner is not None else 0
+
+    async def close(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> HttpHelper:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()

@@ -1,0 +1,320 @@
+"""Signed /dht records: the signature construction, the ownership rules, the codec, and the
+service on a simulated network (every holder checks the rules itself)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import replace
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qadom import Config
+from qadom.dhtrecords import (
+    CONTROLLED,
+    RECORD_KIND,
+    SECURED,
+    DhtFind,
+    DhtPut,
+    DhtRecord,
+    DhtRefused,
+    Record,
+    RefusedCode,
+    apply_write,
+    decode_record,
+    encode_record,
+    load,
+    make_entry,
+    node_signing_key,
+    parse_write,
+    signed_message,
+    storage_key,
+    verify,
+)
+from qadom.errors import (
+    InvalidField,
+    NotFoundError,
+    ProtocolError,
+    Unauthorized,
+    ValueTooLarge,
+)
+from qadom.messages import Envelope, Stored
+from qadom.node import Node
+from qadom.sim import SimNetwork
+from qadom.storage import MemoryStore
+
+CONFIG = Config()
+ALICE = (1).to_bytes(32, "big")
+BOB = (2).to_bytes(32, "big")
+N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+
+# The request of a real client of the /dht API (it must verify).
+EXAMPLE = {
+    "data": "string_payload", "persist_mode": "SECURED",
+    "authorization": {
+        "pub_key": {"key": "0224d2079e86e937224f08aa37a857ca6116546868edde549d0bd6b8536af9d554",
+                    "exp_time": None},
+        "sign": "d3f1d0cfeb6e9913ffe1759e9a5a331a65dade83f53ca6ef60f2c588238c4cc2497d6f48b1968e"
+                "31e98fc749d1887d6bb546718f2676a3308f9701a6b399c2c1"}}
+
+
+def write(secret: bytes, key: str, data: str, mode: str = SECURED,
+          exp_time: int | float | None = None, *, compressed: bool = True) -> Record:
+    return Record(key, mode, (make_entry(secret, key, data, mode, exp_time,
+                                         compressed=compressed),))
+
+
+# ---------------------------------------------------------------------------- the signature
+
+
+def test_the_real_client_request_verifies() -> None:
+    record = parse_write("test_id", EXAMPLE, CONFIG)
+    assert verify(record.entries[0], "test_id", SECURED)
+    assert apply_write(None, record, 1e9, CONFIG) == record
+    # Bound to its key, its data and its mode.
+    assert not verify(record.entries[0], "test_id2", SECURED)
+    assert not verify(record.entries[0], "test_id", CONTROLLED)
+    assert not verify(replace(record.entries[0], data="string_payload!"), "test_id", SECURED)
+
+
+def test_signed_message_is_the_documented_construction() -> None:
+    inner = hashlib.sha1(b"k").hexdigest()
+    assert signed_message("k", "d", None, SECURED) == hashlib.sha1(
+        (inner + "d" + "None" + "SECURED").encode()).digest()
+    assert signed_message("k", "d", 1700000000, CONTROLLED) == hashlib.sha1(
+        (inner + "d" + "1700000000" + "CONTROLLED").encode()).digest()
+    assert len(signed_message("k", "d", None, SECURED)) == 20
+
+
+def test_high_s_signatures_and_uncompressed_keys_are_accepted() -> None:
+    entry = make_entry(ALICE, "k", "v", SECURED, compressed=False)
+    assert len(entry.pub_key) == 65 and verify(entry, "k", SECURED)
+    s = int.from_bytes(entry.sign[32:], "big")
+    high = replace(entry, sign=entry.sign[:32] + (N - s).to_bytes(32, "big"))
+    assert verify(high, "k", SECURED)
+    for bad in (b"\x00" * 64, b"\xff" * 64, entry.sign[:32] + b"\x00" * 32):
+        assert not verify(replace(entry, sign=bad), "k", SECURED)
+
+
+# ---------------------------------------------------------------------------- JSON writes
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ([], "body"),
+    ({**EXAMPLE, "data": ""}, "data"),
+    ({k: v for k, v in EXAMPLE.items() if k != "data"}, "data"),
+    ({**EXAMPLE, "data": 5}, "data"),
+    ({**EXAMPLE, "data": "\ud800"}, "data"),
+    ({**EXAMPLE, "persist_mode": "FOREVER"}, "persist_mode"),
+    ({k: v for k, v in EXAMPLE.items() if k != "persist_mode"}, "persist_mode"),
+    ({**EXAMPLE, "authorization": {}}, "authorization"),
+    ({**EXAMPLE, "authorization": "x"}, "authorization"),
+    ({**EXAMPLE, "authorization": {"sign": "00" * 64}}, "authorization.pub_key"),
+    ({**EXAMPLE, "authorization": {**EXAMPLE["authorization"], "pub_key": {"key": "zz"}}},
+     "authorization.pub_key.key"),
+    ({**EXAMPLE, "authorization": {**EXAMPLE["authorization"], "pub_key": {"key": "05" * 33}}},
+     "authorization.pub_key.key"),
+    ({**EXAMPLE, "authorization": {**EXAMPLE["authorization"], "pub_key": {
+        "key": EXAMPLE["authorization"]["pub_key"]["key"], "exp_time": "soon"}}},
+     "authorization.pub_key.exp_time"),
+    ({**EXAMPLE, "authorization": {**EXAMPLE["authorization"], "pub_key": {
+        "key": EXAMPLE["authorization"]["pub_key"]["key"], "exp_time": True}}},
+     "authorization.pub_key.exp_time"),
+    ({**EXAMPLE, "authorization": {**EXAMPLE["authorization"], "sign": "ab"}},
+     "authorization.sign"),
+    ({**EXAMPLE, "authorization": {**EXAMPLE["authorization"], "sign": " " + "0" * 127}},
+     "authorization.sign"),
+])
+def test_bad_writes_name_the_field(body: object, field: str) -> None:
+    with pytest.raises(InvalidField) as info:
+        parse_write("k", body, CONFIG)
+    assert info.value.field == field
+
+
+def test_bad_keys_and_oversized_writes() -> None:
+    for key in ("", "x" * (CONFIG.dht_max_key_size + 1), "\udc00"):
+        with pytest.raises(InvalidField) as info:
+            parse_write(key, EXAMPLE, CONFIG)
+        assert info.value.field == "key"
+    with pytest.raises(ValueTooLarge):
+        parse_write("k", {**EXAMPLE, "data": "x" * CONFIG.dht_max_record_size}, CONFIG)
+
+
+# ---------------------------------------------------------------------------- the rules
+
+
+def test_secured_only_its_owner_replaces_it() -> None:
+    first = apply_write(None, write(ALICE, "k", "one"), 0, CONFIG)
+    second = apply_write(first, write(ALICE, "k", "two", compressed=False), 0, CONFIG)
+    assert second.entries[0].data == "two"  # the uncompressed spelling is the same owner
+    with pytest.raises(Unauthorized, match="another public key"):
+        apply_write(second, write(BOB, "k", "forged"), 0, CONFIG)
+    with pytest.raises(Unauthorized, match="SECURED mode"):
+        apply_write(second, write(ALICE, "k", "c", CONTROLLED), 0, CONFIG)
+    forged = write(ALICE, "k", "x")
+    forged = replace(forged, entries=(replace(forged.entries[0], data="y"),))
+    with pytest.raises(Unauthorized, match="signature"):
+        apply_write(None, forged, 0, CONFIG)
+
+
+def test_controlled_one_entry_per_key() -> None:
+    record = apply_write(None, write(ALICE, "k", "a1", CONTROLLED), 0, CONFIG)
+    record = apply_write(record, write(BOB, "k", "b1", CONTROLLED), 0, CONFIG)
+    record = apply_write(record, write(ALICE, "k", "a2", CONTROLLED), 0, CONFIG)
+    assert [e.data for e in record.entries] == ["a2", "b1"]
+    with pytest.raises(Unauthorized, match="CONTROLLED mode"):
+        apply_write(record, write(BOB, "k", "s"), 0, CONFIG)
+    small = Config(dht_max_record_size=400)
+    with pytest.raises(ValueTooLarge):
+        apply_write(record, write((3).to_bytes(32, "big"), "k", "c" * 150, CONTROLLED), 0, small)
+
+
+def test_expiry() -> None:
+    with pytest.raises(Unauthorized, match="past"):
+        apply_write(None, write(ALICE, "k", "late", exp_time=100), 100, CONFIG)
+    record = apply_write(None, write(ALICE, "k", "v", exp_time=100), 50, CONFIG)
+    assert record.live(99) is record and record.live(100) is None
+    # Once expired, the key is free for anyone, in any mode.
+    taken = apply_write(record, write(BOB, "k", "mine", CONTROLLED), 100, CONFIG)
+    assert taken.entries[0].data == "mine"
+    mixed = apply_write(taken, write(ALICE, "k", "short", CONTROLLED, 150), 100, CONFIG)
+    assert [e.data for e in mixed.live(200).entries] == ["mine"]  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------- the codec
+
+
+def test_record_roundtrip_and_json_text() -> None:
+    record = apply_write(None, write(ALICE, "k", "a", CONTROLLED, 1e10), 0, CONFIG)
+    record = apply_write(record, write(BOB, "k", "b", CONTROLLED, 1700000000.5), 0, CONFIG)
+    assert decode_record(encode_record(record), CONFIG) == record
+    text = record.to_json_text()
+    assert text.startswith('[{"data":"a","persist_mode":"CONTROLLED"')
+    example = parse_write("test_id", EXAMPLE, CONFIG)
+    assert json.loads(example.to_json_text()) == EXAMPLE
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.builds(
+    cbor2.dumps,
+    st.lists(st.one_of(st.integers(), st.text(max_size=5), st.binary(max_size=70), st.none(),
+                       st.lists(st.binary(max_size=65), max_size=4)), max_size=5)))
+def test_decode_never_raises_anything_but_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode_record(data, CONFIG)
+
+
+def test_node_signing_key_is_kept_in_the_store() -> None:
+    store = MemoryStore()
+    made = []
+
+    def new() -> bytes:
+        made.append(1)
+        return bytes(32) if len(made) == 1 else (7).to_bytes(32, "big")  # 0 is not a key
+
+    secret = node_signing_key(store, 0, new)
+    assert secret == (7).to_bytes(32, "big") and len(made) == 2
+    assert node_signing_key(store, 1, new) == secret and len(made) == 2
+
+
+# ---------------------------------------------------------------------------- on a network
+
+
+@pytest.fixture
+def net() -> tuple[SimNetwork, list[Node]]:
+    network = SimNetwork(seed=5, config=Config(k=5))
+    return network, network.add_nodes(30)
+
+
+def holders(nodes: list[Node], key: str) -> list[Node]:
+    return [n for n in nodes if n.store.get_record(RECORD_KIND, storage_key(key)) is not None]
+
+
+def test_put_then_get_through_another_node(net: tuple[SimNetwork, list[Node]]) -> None:
+    network, nodes = net
+    a, b = nodes[0], nodes[17]
+    result = network.run_call(network.call(a, a.dht_records.put, write(ALICE, "name", "v1")))
+    assert result.stored == 5 and result.refused == 0
+    assert len(holders(nodes, "name")) >= 5
+    got = network.run_call(network.call(b, b.dht_records.get, "name"))
+    assert got.entries[0].data == "v1"
+    # The owner replaces it through a third node.
+    c = nodes[9]
+    network.run_call(network.call(c, c.dht_records.put, write(ALICE, "name", "v2")))
+    assert network.run_call(network.call(b, b.dht_records.get, "name")).entries[0].data == "v2"
+    with pytest.raises(NotFoundError):
+        network.run_call(network.call(b, b.dht_records.get, "other"))
+
+
+def test_forged_overwrite_is_refused_by_every_holder(net: tuple[SimNetwork, list[Node]]) -> None:
+    network, nodes = net
+    a = nodes[0]
+    network.run_call(network.call(a, a.dht_records.put, write(ALICE, "name", "owned")))
+    held = holders(nodes, "name")
+    before = {n.id: n.store.get_record(RECORD_KIND, storage_key("name")) for n in held}
+    # Through a node that never saw the write: refused by the checks on the way.
+    outsider = next(n for n in nodes if n not in held)
+    with pytest.raises(Unauthorized):
+        network.run_call(network.call(outsider, outsider.dht_records.put,
+                                      write(BOB, "name", "forged")))
+    # Straight to each holder, skipping every check of the sender: each refuses on its own.
+    forged = DhtPut(encode_record(write(BOB, "name", "forged")))
+    replies: list[object] = []
+    for holder in held:
+        assert holder.address is not None
+
+        def on_reply(envelope: Envelope | None, now: float) -> None:
+            replies.append(envelope.message if envelope else None)
+
+        network.call(outsider, lambda now, h=holder, r=on_reply: outsider.request(
+            h.address, forged, now, expect_id=h.id, on_reply=r))
+    network.run_for(5)
+    assert len(replies) == len(held)
+    assert all(isinstance(r, DhtRefused) and r.code == RefusedCode.UNAUTHORIZED for r in replies)
+    after = {n.id: n.store.get_record(RECORD_KIND, storage_key("name")) for n in held}
+    assert after == before
+
+
+def test_expired_records_are_no_longer_served(net: tuple[SimNetwork, list[Node]]) -> None:
+    network, nodes = net
+    a, b = nodes[0], nodes[20]
+    expires = network.now + 100
+    network.run_call(network.call(a, a.dht_records.put, write(ALICE, "t", "v", exp_time=expires)))
+    assert network.run_call(network.call(b, b.dht_records.get, "t")).entries[0].data == "v"
+    network.run_for(expires - network.now + 1)
+    with pytest.raises(NotFoundError):
+        network.run_call(network.call(b, b.dht_records.get, "t"))
+
+
+def test_a_holder_serving_a_tampered_record_is_punished(
+        net: tuple[SimNetwork, list[Node]]) -> None:
+    network, nodes = net
+    a = nodes[0]
+    network.run_call(network.call(a, a.dht_records.put, write(ALICE, "name", "true")))
+    tampered = write(ALICE, "name", "true")
+    tampered = replace(tampered, entries=(replace(tampered.entries[0], data="lie"),))
+    liars = holders(nodes, "name")
+    for liar in liars[:-1]:  # every holder but one lies
+        liar.store.put_record(RECORD_KIND, storage_key("name"), encode_record(tampered), 0)
+    readers = [n for n in nodes if n not in liars]
+    for reader in readers[:5]:
+        got = network.run_call(network.call(reader, reader.dht_records.get, "name"))
+        assert got.entries[0].data == "true"
+    assert sum(n.stats["liars"] for n in readers) > 0
+
+
+def test_handler_replies(net: tuple[SimNetwork, list[Node]]) -> None:
+    _, nodes = net
+    node = nodes[0]
+    ok = node.dht_records._handle_put(DhtPut(encode_record(write(ALICE, "h", "v"))), None,
+                                      ("127.0.0.9", 1), 0)
+    assert isinstance(ok, Stored)
+    bad = node.dht_records._handle_put(DhtPut(b"\xff"), None, ("127.0.0.9", 1), 0)
+    assert isinstance(bad, DhtRefused) and bad.code == RefusedCode.MALFORMED
+    found = node.dht_records._handle_find(DhtFind(storage_key("h")), None, ("127.0.0.9", 1), 0)
+    assert isinstance(found, DhtRecord)
+    assert load(node.store, storage_key("h"), CONFIG) == decode_record(found.record, CONFIG)

@@ -1,0 +1,469 @@
+"""The HTTP helper through aiohttp's test client: every route, and every error status it gives.
+
+Peers are real (UDP on 127.0.0.1, port 0); each helper is an aiohttp TestServer on the peer's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from nacl.signing import SigningKey
+
+from qadom import Config, Peer
+from qadom.dhtrecords import (
+    CONTROLLED,
+    SECURED,
+    Entry,
+    compress,
+    make_entry,
+    verify,
+)
+from qadom.http import HttpHelper, key_text, make_app
+from qadom.namespace import signing_bytes
+
+from helpers import FAST, udp_network, wait_until
+
+ALICE = (11).to_bytes(32, "big")
+BOB = (12).to_bytes(32, "big")
+EXAMPLE = {
+    "data": "string_payload", "persist_mode": "SECURED",
+    "authorization": {
+        "pub_key": {"key": "0224d2079e86e937224f08aa37a857ca6116546868edde549d0bd6b8536af9d554",
+                    "exp_time": None},
+        "sign": "d3f1d0cfeb6e9913ffe1759e9a5a331a65dade83f53ca6ef60f2c588238c4cc2497d6f48b1968e"
+                "31e98fc749d1887d6bb546718f2676a3308f9701a6b399c2c1"}}
+
+Clients = tuple[TestClient[aiohttp.web.Request, aiohttp.web.Application], ...]
+
+
+def body(secret: bytes, key: str, data: str, mode: str = SECURED,
+         exp_time: int | float | None = None) -> dict[str, object]:
+    return make_entry(secret, key, data, mode, exp_time, compressed=False).to_json(mode)
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    """HTTP helpers on three peers of a five-peer network."""
+    async with udp_network(5) as peers:
+        made = [TestClient(TestServer(make_app(peer))) for peer in peers[1:4]]
+        for client in made:
+            await client.start_server()
+        try:
+            yield tuple(made)
+        finally:
+            for client in made:
+                await client.close()
+
+
+async def error_of(response: aiohttp.ClientResponse, status: int,
+                   field: str | None = None) -> str:
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/json"
+    answer = await response.json()
+    assert isinstance(answer["error"], str) and answer["error"]
+    assert answer.get("field") == field
+    return str(answer["error"])
+
+
+# ---------------------------------------------------------------------------- /dht/{key}
+
+
+async def test_dht_example_post_then_get_through_another_node(clients: Clients) -> None:
+    a, b, _ = clients
+    response = await a.post("/dht/test_id", json=EXAMPLE)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["stored"] >= 1
+    response = await b.get("/dht/test_id")
+    assert response.status == 200
+    answer = await response.json()
+    assert json.loads(answer["data"]) == EXAMPLE
+    assert answer["persist_mode"] == SECURED
+    auth = answer["authorization"]
+    assert auth["pub_key"]["exp_time"] is None
+    node_key = bytes.fromhex(auth["pub_key"]["key"])
+    info = await (await b.get("/node")).json()
+    assert info["public_key"] == node_key.hex()
+    # A client checks the answering node with the very code it signs with.
+    entry = Entry(answer["data"], node_key, None, bytes.fromhex(auth["sign"]), compress(node_key))
+    assert verify(entry, "test_id", SECURED)
+    assert not verify(entry, "other_key", SECURED)
+
+
+async def test_dht_ownership(clients: Clients) -> None:
+    a, b, c = clients
+    assert (await a.post("/dht/name", json=body(ALICE, "name", "mine"))).status == 200
+    # A forged overwrite through a node that never saw the write: 401, nothing changes.
+    await error_of(await c.post("/dht/name", json=body(BOB, "name", "forged")), 401)
+    await error_of(await b.post("/dht/name", json=body(ALICE, "name", "x", CONTROLLED)), 401)
+    assert json.loads((await (await b.get("/dht/name")).json())["data"])["data"] == "mine"
+    # The owner replaces it through any node.
+    assert (await c.post("/dht/name", json=body(ALICE, "name", "again"))).status == 200
+    assert json.loads((await (await a.get("/dht/name")).json())["data"])["data"] == "again"
+
+
+async def test_dht_controlled_lists_one_entry_per_key(clients: Clients) -> None:
+    a, b, c = clients
+    for client, secret, data in ((a, ALICE, "a1"), (b, BOB, "b1"), (c, ALICE, "a2")):
+        response = await client.post("/dht/shared", json=body(secret, "shared", data, CONTROLLED))
+        assert response.status == 200, await response.text()
+    answer = await (await b.get("/dht/shared")).json()
+    assert [e["data"] for e in json.loads(answer["data"])] == ["a2", "b1"]
+    await error_of(await a.post("/dht/shared", json=body(BOB, "shared", "s")), 401)
+
+
+async def test_dht_signature_and_expiry(clients: Clients) -> None:
+    a, b, _ = clients
+    forged = body(ALICE, "k", "v")
+    forged["data"] = "changed"
+    await error_of(await a.post("/dht/k", json=forged), 401)
+    await error_of(await a.post("/dht/k", json=body(ALICE, "k", "v", exp_time=1000)), 401)
+    await error_of(await b.get("/dht/k"), 404)
+    # Peers' clocks are Unix time: a record with a distant expiry is served, one that expires
+    # in a few seconds stops being served (the exact boundary is tested on a virtual clock).
+    later = round(time.time() + 3600, 3)
+    assert (await a.post("/dht/k", json=body(ALICE, "k", "v", exp_time=later))).status == 200
+    served = json.loads((await (await b.get("/dht/k")).json())["data"])
+    assert served["authorization"]["pub_key"]["exp_time"] == later
+    soon = round(time.time() + 4.0, 3)
+    assert (await a.post("/dht/k", json=body(ALICE, "k", "w", exp_time=soon))).status == 200
+
+    async def gone() -> None:
+        while (await b.get("/dht/k")).status != 404:
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(gone(), 20)
+    assert time.time() >= soon - 0.5  # not before its expiry (clocks agree within ms)
+
+
+@pytest.mark.parametrize(("raw", "field"), [
+    (b"not json", "body"),
+    (b"[1, 2]", "body"),
+    (b'{"data": NaN}', "body"),
+    (b"\xff\xfe", "body"),
+    (b"[" * 5000, "body"),
+    (json.dumps({**EXAMPLE, "data": ""}).encode(), "data"),
+    (json.dumps({**EXAMPLE, "data": None}).encode(), "data"),
+    (json.dumps({**EXAMPLE, "data": ["x"]}).encode(), "data"),
+    (json.dumps({"data": "d", "authorization": EXAMPLE["authorization"]}).encode(),
+     "persist_mode"),
+    (json.dumps({**EXAMPLE, "persist_mode": "secured"}).encode(), "persist_mode"),
+    (json.dumps({"data": "d", "persist_mode": "SECURED"}).encode(), "authorization"),
+    (json.dumps({**EXAMPLE, "authorization": {"sign": "00"}}).encode(), "authorization.pub_key"),
+    (json.dumps({**EXAMPLE, "authorization": {
+        "pub_key": {"key": "xyz", "exp_time": None}, "sign": "00" * 64}}).encode(),
+     "authorization.pub_key.key"),
+    (json.dumps({**EXAMPLE, "authorization": {
+        "pub_key": {"key": "0224" * 2, "exp_time": None}, "sign": "00" * 64}}).encode(),
+     "authorization.pub_key.key"),
+    (json.dumps({**EXAMPLE, "authorization": {
+        **EXAMPLE["authorization"], "sign": "zz" * 64}}).encode(), "authorization.sign"),
+    (json.dumps({**EXAMPLE, "authorization": {**EXAMPLE["authorization"], "pub_key": {
+        "key": EXAMPLE["authorization"]["pub_key"]["key"], "exp_time": "tomorrow"}}}).encode(),
+     "authorization.pub_key.exp_time"),
+])
+async def test_dht_400_names_the_field(clients: Clients, raw: bytes, field: str) -> None:
+    await error_of(await clients[0].post("/dht/test_id", data=raw), 400, field)
+
+
+async def test_dht_413_and_bad_keys(clients: Clients) -> None:
+    a = clients[0]
+    limit = FAST.http_max_body_size
+    await error_of(await a.post("/dht/k", data=b" " * (limit + 1)), 413)
+    big = {**EXAMPLE, "data": "x" * FAST.dht_max_record_size}
+    await error_of(await a.post("/dht/k", json=big), 413)
+    long_key = "k" * (FAST.dht_max_key_size + 1)
+    await error_of(await a.post(f"/dht/{long_key}", json=EXAMPLE), 400, "key")
+    await error_of(await a.get(f"/dht/{long_key}"), 400, "key")
+
+
+# ---------------------------------------------------------------------------- values, entries
+
+
+async def test_values(clients: Clients) -> None:
+    a, b, _ = clients
+    value = bytes(range(256)) * 4
+    response = await a.post("/values", data=value)
+    key = (await response.json())["key"]
+    assert key == key_text(int.from_bytes(hashlib.sha256(value).digest(), "big"))
+    response = await b.get(f"/values/{key.upper()}")
+    assert response.status == 200 and response.content_type == "application/octet-stream"
+    assert await response.read() == value
+    await error_of(await b.get(f"/values/{'0' * 64}"), 404)
+    await error_of(await b.get("/values/123"), 400, "key")
+    await error_of(await b.get(f"/values/0x{'0' * 62}"), 400, "key")
+    await error_of(await a.post("/values", data=b"x" * (FAST.max_value_size + 1)), 413)
+
+
+async def test_entries(clients: Clients) -> None:
+    a, b, _ = clients
+    key = key_text(7)
+    for value in (3, 1, 2**255):
+        response = await a.post(f"/entries/{key}", json={"value": key_text(value)})
+        assert await response.json() == {"key": key, "value": key_text(value)}
+    answer = await (await b.get(f"/entries/{key}")).json()
+    assert answer == {"key": key, "values": [key_text(v) for v in (1, 3, 2**255)]}
+    assert (await (await b.get(f"/entries/{key_text(8)}")).json())["values"] == []
+    await error_of(await a.post(f"/entries/{key}", json={"value": 5}), 400, "value")
+    await error_of(await a.post(f"/entries/{key}", json=[1]), 400, "body")
+    await error_of(await a.post(f"/entries/{key}", data=b"{"), 400, "body")
+    await error_of(await a.get("/entries/zz"), 400, "key")
+
+
+# ---------------------------------------------------------------------------- namespaces
+
+
+async def test_namespaces(clients: Clients) -> None:
+    a, b, _ = clients
+    signer = SigningKey((21).to_bytes(32, "big"))
+    public = bytes(signer.verify_key)
+    key = 99
+    url = f"/namespaces/{public.hex()}/{key_text(key)}"
+
+    def write(value: bytes, seq: int) -> dict[str, object]:
+        signature = signer.sign(signing_bytes(public, key, seq, value)).signature
+        return {"value": base64.b64encode(value).decode(), "signature": signature.hex(),
+                "seq": seq}
+
+    await error_of(await b.get(url), 404)
+    response = await a.put(url, json=write(b"first", 1))
+    assert response.status == 200, await response.text()
+    assert (await response.json())["seq"] == 1
+    answer = await (await b.get(url)).json()
+    assert base64.b64decode(answer["value"]) == b"first" and answer["seq"] == 1
+    assert bytes.fromhex(answer["signature"]) == bytes.fromhex(write(b"first", 1)["signature"])
+    assert (await a.put(url, json=write(b"second", 2))).status == 200
+    await error_of(await b.put(url, json=write(b"old", 1)), 409)
+    bad = write(b"third", 3)
+    bad["value"] = base64.b64encode(b"other").decode()
+    await error_of(await a.put(url, json=bad), 401)
+    answer = await (await a.get(url)).json()
+    assert base64.b64decode(answer["value"]) == b"second" and answer["seq"] == 2
+    await error_of(await a.put(url, json={**write(b"x", 4), "value": "***"}), 400, "value")
+    await error_of(await a.put(url, json={**write(b"x", 4), "seq": -1}), 400, "seq")
+    await error_of(await a.put(url, json={**write(b"x", 4), "signature": "00"}), 400,
+                   "signature")
+    await error_of(await a.get(f"/namespaces/{public.hex()[:-2]}/{key_text(key)}"), 400,
+                   "public_key")
+    too_big = base64.b64encode(b"x" * (FAST.max_value_size + 1)).decode()
+    await error_of(await a.put(url, json={**write(b"x", 4), "value": too_big}), 413)
+
+
+# ---------------------------------------------------------------------------- publish/subscribe
+
+
+async def read_event(stream: aiohttp.StreamReader) -> dict[str, str]:
+    """The next Server-Sent Event (comment lines skipped)."""
+    fields: dict[str, str] = {}
+    while True:
+        line = (await stream.readline()).decode()
+        assert line, "the stream ended"
+        line = line.rstrip("\n")
+        if not line:
+            if fields:
+                return fields
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(": ")
+        fields[name] = value
+
+
+async def test_publish_and_subscribe_as_server_sent_events(clients: Clients) -> None:
+    a, b, _ = clients
+    topic = key_text(random.Random(3).getrandbits(256))
+    response = await a.get(f"/subscribe/{topic}")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert await asyncio.wait_for(response.content.readline(), 10) == b": subscribed\n"
+    published = await b.post(f"/publish/{topic}", data=b"hello \x00 world")
+    assert published.status == 200 and (await published.json())["relays"] >= 1
+    event = await asyncio.wait_for(read_event(response.content), 10)
+    assert event["event"] == "message" and event["id"] == "1"
+    assert base64.b64decode(event["data"]) == b"hello \x00 world"
+    response.close()
+    await error_of(await a.get("/subscribe/nope"), 400, "key")
+    await error_of(await b.post("/publish/nope", data=b"x"), 400, "key")
+    await error_of(await b.post(f"/publish/{topic}", data=b"x" * (FAST.max_value_size + 1)), 413)
+
+
+async def test_stream_limit_gives_503() -> None:
+    async with Peer(config=replace(FAST, http_max_subscriptions=0)) as peer, TestClient(
+            TestServer(make_app(peer))) as client:
+        await error_of(await client.get(f"/subscribe/{key_text(1)}"), 503)
+
+
+# ---------------------------------------------------------------------------- node and network
+
+
+async def test_node_table_stats_and_closest(clients: Clients) -> None:
+    a = clients[0]
+    info = await (await a.get("/node")).json()
+    assert set(info) == {"id", "host", "port", "version", "contacts", "public_key", "running"}
+    assert len(info["id"]) == 64 and info["contacts"] == 4
+    table = await (await a.get("/routing-table")).json()
+    assert table["id"] == info["id"] and table["size"] == 4
+    assert sum(len(b["contacts"]) for b in table["buckets"]) == 4
+    stats = await (await a.get("/stats")).json()
+    assert stats["node"]["datagrams_in"] > 0 and "records" in stats["store"]
+    closest = await (await a.get(f"/closest/{info['id']}")).json()
+    assert len(closest["contacts"]) == 4 and info["id"] not in [c["id"] for c in
+                                                                  closest["contacts"]]
+    await error_of(await a.get("/closest/g"), 400, "key")
+
+
+async def test_ping_bootstrap_refresh(clients: Clients) -> None:
+    a, b, _ = clients
+    other = await (await b.get("/node")).json()
+    contact = await (await a.post("/ping", json={"host": "127.0.0.1",
+                                                 "port": other["port"]})).json()
+    assert contact == {"id": other["id"], "host": "127.0.0.1", "port": other["port"]}
+    joined = await a.post("/bootstrap", json={"addresses": [{"host": "127.0.0.1",
+                                                             "port": other["port"]}]})
+    assert (await joined.json())["contacts"] >= 1
+    assert (await (await a.post("/refresh")).json())["contacts"] >= 1
+    assert (await a.post("/refresh", json={"all_buckets": True})).status == 200
+    await error_of(await a.post("/refresh", json={"all_buckets": "yes"}), 400, "all_buckets")
+    await error_of(await a.post("/ping", json={"host": "localhost", "port": 1}), 400,
+                   "body.host")
+    await error_of(await a.post("/ping", json={"host": "127.0.0.1", "port": 0}), 400,
+                   "body.port")
+    await error_of(await a.post("/bootstrap", json={"addresses": []}), 400, "addresses")
+    await error_of(await a.post("/bootstrap", json={"addresses": [{"host": "::1"}]}), 400,
+                   "addresses[0].port")
+
+
+async def test_unanswered_network_operations_give_502_and_504() -> None:
+    async with Peer(config=FAST) as peer, TestClient(TestServer(make_app(peer))) as client:
+        silent = await asyncio.get_running_loop().create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        try:
+            port = silent[0].get_extra_info("sockname")[1]
+            await error_of(await client.post("/ping", json={"host": "127.0.0.1", "port": port}),
+                           504)
+            await error_of(await client.post("/bootstrap", json={
+                "addresses": [{"host": "127.0.0.1", "port": port}]}), 502)
+            # Alone, a subscription finds no relay.
+            await error_of(await client.get(f"/subscribe/{key_text(5)}"), 502)
+        finally:
+            silent[0].close()
+
+
+async def test_closed_peer_gives_503() -> None:
+    peer = Peer(config=FAST)
+    await peer.start()
+    async with TestClient(TestServer(make_app(peer))) as client:
+        await peer.close()
+        await error_of(await client.get(f"/values/{key_text(1)}"), 503)
+        await error_of(await client.post("/values", data=b"x"), 503)
+        assert (await (await client.get("/node")).json())["running"] is False
+
+
+async def test_unknown_routes_and_methods_answer_json(clients: Clients) -> None:
+    a = clients[0]
+    await error_of(await a.get("/nowhere"), 404)
+    response = await a.delete("/values")
+    await error_of(response, 405)
+    assert "POST" in response.headers["Allow"]
+
+
+async def test_openapi_lists_every_route(clients: Clients) -> None:
+    document = await (await clients[0].get("/openapi.json")).json()
+    assert document["openapi"].startswith("3.")
+    routes = {(method.upper(), path) for path, item in document["paths"].items()
+              for method in item}
+    app_routes = {(r.method, r.resource.canonical) for r in clients[0].app.router.routes()
+                  if r.method != "HEAD" and r.resource is not None}
+    assert routes == app_routes
+
+
+# ---------------------------------------------------------------------------- the helper itself
+
+
+async def test_helper_on_a_real_port_closes_with_open_streams() -> None:
+    async with udp_network(2, config=Config(rpc_timeout=0.5, rpc_timeout_min=0.25,
+                                            rpc_timeout_max=1.0)) as peers:
+        helper = HttpHelper(peers[0], "127.0.0.1", 0)
+        await helper.start()
+        assert helper.address is not None
+        host, port = helper.address
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://{host}:{port}/node") as response:
+                    assert (await response.json())["id"] == key_text(peers[0].id)
+                stream = await session.get(f"http://{host}:{port}/subscribe/{key_text(9)}")
+                assert await asyncio.wait_for(stream.content.readline(), 10) == b": subscribed\n"
+                # Closing ends the open stream rather than waiting on it.
+                await asyncio.wait_for(helper.close(), 5)
+                # read() returns at the end of the stream: only the blank line after the comment.
+                assert await asyncio.wait_for(stream.content.read(), 5) == b"\n"
+                stream.close()
+        finally:
+            await helper.close()
+
+
+async def test_a_client_hanging_up_ends_its_stream() -> None:
+    async with udp_network(2) as peers, HttpHelper(peers[0]) as helper:
+        assert helper.address is not None
+        url = f"http://{helper.address[0]}:{helper.address[1]}/subscribe/{key_text(4)}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                stream = await session.get(url)
+                assert await asyncio.wait_for(stream.content.readline(), 10) == b": subscribed\n"
+                assert helper.open_streams == 1
+                stream.close()  # drops the connection
+                await wait_until(lambda: helper.open_streams == 0, 10)
+        assert peers[0].node.stats["internal_errors"] == 0
+
+
+async def test_publishing_too_fast_gives_429() -> None:
+    config = replace(FAST, pubsub_rate=0.01, pubsub_burst=1)
+    async with udp_network(2, config=config) as peers, TestClient(
+            TestServer(make_app(peers[0]))) as client:
+        url = f"/publish/{key_text(6)}"
+        assert (await client.post(url, data=b"first")).status == 200
+        await error_of(await client.post(url, data=b"second"), 429)
+
+
+async def test_forget(clients: Clients) -> None:
+    a, b, _ = clients
+    key = (await (await a.post("/values", data=b"published here")).json())["key"]
+    assert await (await a.post(f"/forget/{key}")).json() == {"key": key, "forgotten": True}
+    assert (await (await a.post(f"/forget/{key}")).json())["forgotten"] is False
+    assert (await (await b.post(f"/forget/{key}")).json())["forgotten"] is False  # not b's
+    await error_of(await a.post("/forget/1"), 400, "key")
+
+
+async def test_bootstrap_without_addresses_rejoins_through_saved_contacts(
+        tmp_path: Path) -> None:
+    async with udp_network(2) as peers:
+        durable = Peer(config=FAST, data_dir=tmp_path / "node")
+        await durable.start()
+        try:
+            async with TestClient(TestServer(make_app(durable))) as client:
+                # Nothing saved yet: a usage error.
+                await error_of(await client.post("/bootstrap"), 400)
+                await durable.bootstrap([peers[0].address])
+                await durable.close()
+                again = Peer(config=FAST, data_dir=tmp_path / "node")
+                await again.start()
+                try:
+                    async with TestClient(TestServer(make_app(again))) as rejoined:
+                        assert again.saved_contacts()
+                        response = await rejoined.post("/bootstrap", json={})
+                        assert response.status == 200, await response.text()
+                        assert (await response.json())["contacts"] >= 1
+                finally:
+                    await again.close()
+        finally:
+            await durable.close()
