@@ -14,10 +14,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from .config import Config
 from .contact import Contact
-from .errors import InvalidArgument, StorageFull
+from .errors import InvalidArgument
 from .ids import id_from_bytes, id_to_bytes
 from .storage import ENTRY_SIZE, NEVER, Due, Meta, Quotas
 
@@ -228,22 +229,15 @@ class SqliteStore:
     # ------------------------------------------------------------------ internals
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
-        """Check quotas for a new item, evicting cached copies if that alone makes it fit."""
-        try:
-            self.quotas.check(source, size)
-            return
-        except StorageFull:
-            if cached:
-                raise
-        victims = self._db.execute(
-            "SELECT key, length(value), source FROM vals WHERE cached = 1 ORDER BY expires"
-        ).fetchall()
-        self.quotas.check(source, size, freeable=sum(int(v[1]) for v in victims))
-        for key, length, victim_source in victims:
+        def victims() -> list[tuple[Any, int]]:
+            rows = self._db.execute("SELECT key, length(value), source FROM vals WHERE cached = 1 "
+                                    "ORDER BY expires").fetchall()
+            return [((key, victim_source, int(length)), int(length))
+                    for key, length, victim_source in rows]
+
+        def drop(handle: Any) -> None:
+            key, victim_source, length = handle
             self._write("DELETE FROM vals WHERE key = ?", (key,))
-            self.quotas.remove(victim_source, int(length))
-            try:
-                self.quotas.check(source, size)
-                return
-            except StorageFull:
-                continue
+            self.quotas.remove(victim_source, length)
+
+        self.quotas.make_room(source, size, cached, victims, drop)

@@ -24,9 +24,9 @@ expired items go first, then cached copies, soonest-expiring first.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from .config import Config
 from .contact import Contact
@@ -83,6 +83,31 @@ class Quotas:
             used = self._by_source.get(source, [0, 0])
             if used[0] + size > cfg.max_bytes_per_source or used[1] + 1 > cfg.max_items_per_source:
                 raise StorageFull(f"storage quota for {source} is exhausted")
+
+    def make_room(self, source: str, size: int, cached: bool,
+                  victims: Callable[[], list[tuple[Any, int]]],
+                  drop: Callable[[Any], None]) -> None:
+        """Admit one more item of ``size`` bytes from ``source`` or raise StorageFull.
+
+        If only the total quota stands in the way and the newcomer is not itself a cached copy,
+        cached copies make room: ``victims()`` lists them as ``(handle, size)``, soonest-expiring
+        first, and ``drop(handle)`` deletes one (and must :meth:`remove` it from these counts).
+        Nothing is dropped unless dropping is enough."""
+        try:
+            self.check(source, size)
+            return
+        except StorageFull:
+            if cached:
+                raise
+        candidates = victims()
+        self.check(source, size, freeable=sum(n for _, n in candidates))  # raises if not enough
+        for handle, _ in candidates:
+            drop(handle)
+            try:
+                self.check(source, size)
+                return
+            except StorageFull:
+                continue
 
     def add(self, source: str, size: int) -> None:
         self.load(source, size, 1)
@@ -313,23 +338,11 @@ class MemoryStore:
     # ------------------------------------------------------------------ internals
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
-        """Check quotas for a new item, evicting cached copies if that alone makes it fit."""
-        try:
-            self.quotas.check(source, size)
-            return
-        except StorageFull:
-            if cached:
-                raise
-        victims = sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached)
-        freeable = sum(len(self._values[k][0]) for _, k in victims)
-        self.quotas.check(source, size, freeable=freeable)  # raises if even that is not enough
-        for _, key in victims:
-            self._drop_value(key)
-            try:
-                self.quotas.check(source, size)
-                return
-            except StorageFull:
-                continue
+        def victims() -> list[tuple[Any, int]]:
+            held = sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached)
+            return [(key, len(self._values[key][0])) for _, key in held]
+
+        self.quotas.make_room(source, size, cached, victims, self._drop_value)
 
     def _drop_value(self, key: int) -> None:
         value, meta = self._values.pop(key)

@@ -8,6 +8,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from qadom import Config, Peer
 
@@ -41,3 +42,13 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
         while not predicate():
             await (poll() if poll else asyncio.sleep(0.01))
     await asyncio.wait_for(loop(), timeout)
+
+
+# The request of a real client of the /dht API, posted to /dht/test_id: it must verify.
+EXAMPLE: dict[str, Any] = {
+    "data": "string_payload", "persist_mode": "SECURED",
+    "authorization": {
+        "pub_key": {"key": "0224d2079e86e937224f08aa37a857ca6116546868edde549d0bd6b8536af9d554",
+                    "exp_time": None},
+        "sign": "d3f1d0cfeb6e9913ffe1759e9a5a331a65dade83f53ca6ef60f2c588238c4cc2497d6f48b1968e"
+                "31e98fc749d1887d6bb546718f2676a3308f9701a6b399c2c1"}}

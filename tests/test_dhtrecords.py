@@ -47,19 +47,13 @@ from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import MemoryStore
 
+from helpers import EXAMPLE
+
 CONFIG = Config()
 ALICE = (1).to_bytes(32, "big")
 BOB = (2).to_bytes(32, "big")
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 
-# The request of a real client of the /dht API (it must verify).
-EXAMPLE = {
-    "data": "string_payload", "persist_mode": "SECURED",
-    "authorization": {
-        "pub_key": {"key": "0224d2079e86e937224f08aa37a857ca6116546868edde549d0bd6b8536af9d554",
-                    "exp_time": None},
-        "sign": "d3f1d0cfeb6e9913ffe1759e9a5a331a65dade83f53ca6ef60f2c588238c4cc2497d6f48b1968e"
-                "31e98fc749d1887d6bb546718f2676a3308f9701a6b399c2c1"}}
 
 
 def write(secret: bytes, key: str, data: str, mode: str = SECURED,

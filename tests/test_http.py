@@ -32,17 +32,10 @@ from qadom.dhtrecords import (
 from qadom.http import HttpHelper, key_text, make_app
 from qadom.namespace import signing_bytes
 
-from helpers import FAST, udp_network, wait_until
+from helpers import EXAMPLE, FAST, udp_network, wait_until
 
 ALICE = (11).to_bytes(32, "big")
 BOB = (12).to_bytes(32, "big")
-EXAMPLE = {
-    "data": "string_payload", "persist_mode": "SECURED",
-    "authorization": {
-        "pub_key": {"key": "0224d2079e86e937224f08aa37a857ca6116546868edde549d0bd6b8536af9d554",
-                    "exp_time": None},
-        "sign": "d3f1d0cfeb6e9913ffe1759e9a5a331a65dade83f53ca6ef60f2c588238c4cc2497d6f48b1968e"
-                "31e98fc749d1887d6bb546718f2676a3308f9701a6b399c2c1"}}
 
 Clients = tuple[TestClient[aiohttp.web.Request, aiohttp.web.Application], ...]
 

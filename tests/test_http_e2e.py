@@ -18,13 +18,8 @@ import aiohttp
 
 from qadom.dhtrecords import SECURED, Entry, compress, make_entry, verify
 
-EXAMPLE = {
-    "data": "string_payload", "persist_mode": "SECURED",
-    "authorization": {
-        "pub_key": {"key": "0224d2079e86e937224f08aa37a857ca6116546868edde549d0bd6b8536af9d554",
-                    "exp_time": None},
-        "sign": "d3f1d0cfeb6e9913ffe1759e9a5a331a65dade83f53ca6ef60f2c588238c4cc2497d6f48b1968e"
-                "31e98fc749d1887d6bb546718f2676a3308f9701a6b399c2c1"}}
+from helpers import EXAMPLE
+
 SERVING = re.compile(r"qadom serving on (\S+):(\d+)")
 HTTP_ON = re.compile(r"qadom http on (\S+):(\d+)")
 
