@@ -7,6 +7,7 @@ The public API is :class:`Peer`; the protocol core (:mod:`qadom.node`, :mod:`qad
 from .config import Config
 from .contact import Address, Contact
 from .errors import (
+    BadSignature,
     InvalidArgument,
     InvalidType,
     NoPeersError,
@@ -15,22 +16,31 @@ from .errors import (
     PeerClosedError,
     ProtocolError,
     QadomError,
+    RateLimited,
     RemoteError,
+    StaleSequence,
+    TooManySubscribers,
     UsageError,
     ValueTooLarge,
 )
+from .identity import Identity
 from .ids import key_for
+from .namespace import NamespaceRecord
 from .node import Node
 from .peer import Peer
+from .subscription import Subscription
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Address",
+    "BadSignature",
     "Config",
     "Contact",
+    "Identity",
     "InvalidArgument",
     "InvalidType",
+    "NamespaceRecord",
     "NoPeersError",
     "Node",
     "NotFoundError",
@@ -39,7 +49,11 @@ __all__ = [
     "PeerClosedError",
     "ProtocolError",
     "QadomError",
+    "RateLimited",
     "RemoteError",
+    "StaleSequence",
+    "Subscription",
+    "TooManySubscribers",
     "UsageError",
     "ValueTooLarge",
     "key_for",

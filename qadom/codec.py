@@ -40,27 +40,28 @@ def _id_in(raw: object) -> int:
     return id_from_bytes(raw)
 
 
+# Hosts that passed the full check, each mapped to one shared string. Parsing an IP literal costs
+# several microseconds, and a Nodes reply names up to k hosts, mostly the same few; the memo makes
+# the common case one dict lookup. Bounded: it is emptied when full, so a flood of distinct hosts
+# costs only the full check it would have cost anyway.
+_VALID_HOSTS: dict[str, str] = {}
+_VALID_HOSTS_MAX = 4096
+
+
 def _check_host(host: object) -> str:
     if type(host) is not str or not 0 < len(host) <= MAX_HOST:
         raise ProtocolError("contact host must be an IP address string")
+    known = _VALID_HOSTS.get(host)
+    if known is not None:
+        return known
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ProtocolError("contact host is not an IP address") from None
+    if len(_VALID_HOSTS) >= _VALID_HOSTS_MAX:
+        _VALID_HOSTS.clear()
+    _VALID_HOSTS[host] = host
     return host
-
-
-def _contact_in(raw: object) -> Contact:
-    if type(raw) is not list or len(raw) != 3:
-        raise ProtocolError("contact must be [id, host, port]")
-    node_id, host, port = raw
-    if type(port) is not int or not 0 < port < 65536:
-        raise ProtocolError("contact port out of range")
-    return Contact(_id_in(node_id), (_check_host(host), port))
-
-
-def _contact_out(contact: Contact) -> list[Any]:
-    return [id_to_bytes(contact.id), contact.address[0], contact.address[1]]
 
 
 class Codec:
@@ -90,7 +91,7 @@ class Codec:
         message = envelope.message
         fields = [_encode_field(kind, getattr(message, name)) for name, kind in message.FIELDS]
         sender = None if envelope.sender is None else id_to_bytes(envelope.sender)
-        data: bytes = cbor2.dumps([PROTOCOL_VERSION, message.CODE, envelope.rpc_id, sender, fields])
+        data = _dump_envelope(message.CODE, envelope.rpc_id, sender, fields)
         if len(data) > self.max_datagram:
             raise InvalidArgument(
                 f"{type(message).__name__} of {len(data)} bytes exceeds the "
@@ -156,7 +157,22 @@ class Codec:
     def _contacts_in(raw: object) -> tuple[Contact, ...]:
         if type(raw) is not list or len(raw) > MAX_CONTACTS:
             raise ProtocolError(f"expected an array of at most {MAX_CONTACTS} contacts")
-        return tuple(_contact_in(item) for item in raw)
+        # One loop, no helper calls per contact: a Nodes reply carries up to k contacts and
+        # decoding them is most of the work of a lookup reply. A contact is [id, host, port].
+        contacts = []
+        hosts = _VALID_HOSTS
+        for item in raw:
+            if type(item) is not list or len(item) != 3:
+                raise ProtocolError("contact must be [id, host, port]")
+            node_id, host, port = item
+            if type(port) is not int or not 0 < port < 65536:
+                raise ProtocolError("contact port out of range")
+            if type(node_id) is not bytes or len(node_id) != ID_BYTES:
+                raise ProtocolError("id must be a 32-byte string")
+            known = hosts.get(host) if type(host) is str else None
+            contacts.append(Contact(int.from_bytes(node_id, "big"),
+                                    (known if known is not None else _check_host(host), port)))
+        return tuple(contacts)
 
     @staticmethod
     def _uint64_in(raw: object) -> int:
@@ -176,13 +192,83 @@ class Codec:
         return tuple(_id_in(item) for item in raw)
 
 
+# ---------------------------------------------------------------------------- CBOR writing
+# cbor2.dumps costs several microseconds per call whatever the size, more than the rest of a small
+# RPC's encoding. The envelope's fixed shape and the flat field lists of most messages are
+# written here directly; nested lists (contacts, ids) and anything unusual still go through
+# cbor2. The bytes are exactly cbor2.dumps([PROTOCOL_VERSION, code, rpc_id, sender, fields]):
+# RFC 8949 preferred serialization (shortest argument, definite lengths), as cbor2 writes it.
+
+_UINT64_END = 1 << 64
+_HEADS = [[bytes((major << 5 | n,)) if n < 24 else bytes((major << 5 | 24, n)) for n in range(256)]
+          for major in range(8)]  # _HEADS[major type][argument] for arguments below 256
+_ARRAY_OF_5 = _HEADS[4][5]
+_ID_HEAD = _HEADS[2][ID_BYTES]
+
+
+def _head(major: int, n: int) -> bytes:
+    """The head of a CBOR item of ``major`` type with argument ``0 <= n < 2**64``."""
+    if n < 256:
+        return _HEADS[major][n]
+    if n < 65536:
+        return bytes((major << 5 | 25,)) + n.to_bytes(2, "big")
+    if n < 4294967296:
+        return bytes((major << 5 | 26,)) + n.to_bytes(4, "big")
+    return bytes((major << 5 | 27,)) + n.to_bytes(8, "big")
+
+
+def _dump_flat(fields: list[Any]) -> bytes | None:
+    """A list of byte strings, unsigned 64-bit ints, None and bools; None for anything else."""
+    if len(fields) >= 24:
+        return None
+    parts = [_HEADS[4][len(fields)]]
+    for item in fields:
+        kind = type(item)
+        if kind is bytes:
+            if len(item) >= 4294967296:
+                return None
+            parts.append(_head(2, len(item)))
+            parts.append(item)
+        elif kind is int:
+            if not 0 <= item < _UINT64_END:
+                return None
+            parts.append(_head(0, item))
+        elif item is None:
+            parts.append(b"\xf6")
+        elif kind is bool:
+            parts.append(b"\xf5" if item else b"\xf4")
+        else:
+            return None
+    return b"".join(parts)
+
+
+def _dump_envelope(code: int, rpc_id: int, sender: bytes | None, fields: list[Any]) -> bytes:
+    """``cbor2.dumps([PROTOCOL_VERSION, code, rpc_id, sender, fields])``, byte for byte."""
+    if (type(code) is not int or not 0 <= code < 256 or type(rpc_id) is not int
+            or not 0 <= rpc_id < _UINT64_END or PROTOCOL_VERSION >= 24):
+        return bytes(cbor2.dumps([PROTOCOL_VERSION, code, rpc_id, sender, fields]))
+    if sender is None:
+        sender_part = b"\xf6"
+    elif type(sender) is bytes and len(sender) == ID_BYTES:
+        sender_part = _ID_HEAD + sender
+    else:
+        return bytes(cbor2.dumps([PROTOCOL_VERSION, code, rpc_id, sender, fields]))
+    if not fields:
+        fields_part = _HEADS[4][0]
+    else:
+        flat = _dump_flat(fields)
+        fields_part = flat if flat is not None else bytes(cbor2.dumps(fields))
+    return b"".join((_ARRAY_OF_5, _HEADS[0][PROTOCOL_VERSION], _HEADS[0][code], _head(0, rpc_id),
+                     sender_part, fields_part))
+
+
 def _encode_field(kind: Kind, value: Any) -> Any:
     if kind is Kind.ID:
         return id_to_bytes(value)
     if kind is Kind.OPT_ID:
         return None if value is None else id_to_bytes(value)
     if kind is Kind.CONTACTS:
-        return [_contact_out(contact) for contact in value]
+        return [[c.id.to_bytes(ID_BYTES, "big"), c.address[0], c.address[1]] for c in value]
     if kind is Kind.IDS:
         return [id_to_bytes(item) for item in value]
     return value

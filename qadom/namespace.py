@@ -1,0 +1,543 @@
+"""Signed namespaces: mutable records owned by an ed25519 key, like BitTorrent's BEP 44 mutable
+items with values of up to 8192 bytes.
+
+A record is ``(public_key, key, seq, value, signature)``. Its owner signs, with the ed25519 key
+whose 32-byte public half is ``public_key``, exactly the bytes :func:`signing_bytes` builds::
+
+    cbor2.dumps(["qadom/namespace/v1", public_key, key.to_bytes(32, "big"), seq, value])
+
+and the record lives at the k closest peers to :func:`storage_key`,
+``sha256(public_key + key.to_bytes(32, "big"))`` read as a big-endian integer. Anybody can sign
+with plain PyNaCl from these two definitions (docs/PROTOCOL.md, "Namespaces").
+
+Guarantees:
+
+* Nothing is stored, locally or by any replica, unless its signature verifies over exactly those
+  bytes; a local caller gets :class:`~qadom.errors.BadSignature` before anything is sent, a remote
+  sender an ``Error(BAD_SIGNATURE)`` reply and a place outside our routing table.
+* Versions only move forward (:func:`supersedes`): a record replaces the stored one only with a
+  higher ``seq``; a lower ``seq``, or the same ``seq`` with another value, is refused
+  (:class:`~qadom.errors.StaleSequence`, ``Error(STALE_SEQUENCE)``) and the stored record kept. The
+  same record again is accepted and changes nothing. So replaying an old signed record can never
+  roll a key back.
+* A get returns the valid record with the highest ``seq`` among our own store and every replica the
+  lookup reached, then writes it back to the replicas that answered with an older one and to the
+  k closest that had none (read repair). A peer that answers with a forged record is dropped
+  from the routing table (:meth:`~qadom.node.Node.punish`) and its answer ignored.
+
+This module is part of the sans-IO core: no asyncio, no sockets, no clock; ``now`` comes in.
+Records persist through the node's :class:`~qadom.storage.Store` as generic records of kind
+``"namespace"`` (see :meth:`NamespaceRecord.to_bytes` for their encoding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cbor2
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
+
+from .call import Call
+from .contact import Address, Contact
+from .errors import (
+    BadSignature,
+    InvalidArgument,
+    InvalidType,
+    NotFoundError,
+    ProtocolError,
+    QadomError,
+    StaleSequence,
+    StorageFull,
+    ValueTooLarge,
+)
+from .ids import ID_BYTES, check_id
+from .lookup import Lookup
+from .messages import Envelope, Error, ErrorCode, Kind, Message, Nodes, register
+
+if TYPE_CHECKING:
+    from .node import Node
+
+NAMESPACE_TAG = "qadom/namespace/v1"
+"""The domain-separation tag that starts every signed namespace message."""
+
+RECORD_KIND = "namespace"
+"""The kind under which records are kept in a :class:`~qadom.storage.Store`."""
+
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+SEQ_LIMIT = 1 << 63
+"""``seq`` is an int in ``[0, 2**63)``: it fits a signed 64-bit integer in any language."""
+
+# A contact in a reply costs at most ~90 bytes (32-byte id, an IPv6 literal, a port, CBOR heads);
+# the rest of a record reply (envelope, key, public key, seq, signature) stays under 320 bytes.
+_CONTACT_BYTES = 90
+_RECORD_OVERHEAD = 320
+
+
+def signing_bytes(public_key: bytes, key: int, seq: int, value: bytes) -> bytes:
+    """The exact bytes a namespace record's signature covers:
+    ``cbor2.dumps(["qadom/namespace/v1", public_key, key.to_bytes(32, "big"), seq, value])``."""
+    return bytes(cbor2.dumps([NAMESPACE_TAG, public_key, key.to_bytes(ID_BYTES, "big"), seq,
+                              value]))
+
+
+def storage_key(public_key: bytes, key: int) -> int:
+    """Where a record lives in the DHT: ``sha256(public_key + key.to_bytes(32, "big"))`` as a
+    big-endian integer. One owner's keys spread over the whole id space."""
+    digest = hashlib.sha256(public_key + key.to_bytes(ID_BYTES, "big")).digest()
+    return int.from_bytes(digest, "big")
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def check_public_key(public_key: object) -> bytes:
+    """``public_key`` if it is 32 bytes, else InvalidType / InvalidArgument."""
+    return _check_fixed(public_key, PUBLIC_KEY_BYTES, "public_key")
+
+
+def check_signature(signature: object) -> bytes:
+    """``signature`` if it is 64 bytes, else InvalidType / InvalidArgument."""
+    return _check_fixed(signature, SIGNATURE_BYTES, "signature")
+
+
+def check_seq(seq: object) -> int:
+    """``seq`` if it is an int in ``[0, 2**63)`` (``bool`` refused), else InvalidType /
+    InvalidArgument."""
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        raise InvalidType(f"seq must be an int in [0, 2**63), not {type(seq).__name__}")
+    if not 0 <= seq < SEQ_LIMIT:
+        raise InvalidArgument(f"seq must be in [0, 2**63), got {seq}")
+    return seq
+
+
+def check_record_value(value: object, max_size: int) -> bytes:
+    if not isinstance(value, bytes):
+        raise InvalidType(f"value must be bytes, not {type(value).__name__}")
+    if len(value) > max_size:
+        raise ValueTooLarge(f"value of {len(value)} bytes exceeds the {max_size}-byte limit")
+    return value
+
+
+def _check_fixed(data: object, size: int, name: str) -> bytes:
+    if not isinstance(data, bytes):
+        raise InvalidType(f"{name} must be {size} bytes, not {type(data).__name__}")
+    if len(data) != size:
+        raise InvalidArgument(f"{name} must be exactly {size} bytes, got {len(data)}")
+    return data
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceRecord:
+    """One signed version of ``key`` in the namespace of ``public_key``.
+
+    Constructing one checks nothing; use :meth:`checked` for arguments from a caller and
+    :meth:`verify` for the signature.
+    """
+
+    public_key: bytes
+    key: int
+    seq: int
+    value: bytes
+    signature: bytes
+
+    @classmethod
+    def checked(cls, public_key: object, key: object, seq: object, value: object,
+                signature: object, *, max_value_size: int = 8192) -> NamespaceRecord:
+        """A record from caller arguments, each checked (InvalidType / InvalidArgument /
+        ValueTooLarge); the signature is not verified here."""
+        return cls(check_public_key(public_key), check_id(key), check_seq(seq),
+                   check_record_value(value, max_value_size), check_signature(signature))
+
+    @property
+    def storage_key(self) -> int:
+        return storage_key(self.public_key, self.key)
+
+    def signed_bytes(self) -> bytes:
+        return signing_bytes(self.public_key, self.key, self.seq, self.value)
+
+    def verify(self) -> None:
+        """Raise :class:`~qadom.errors.BadSignature` unless the signature verifies."""
+        if not self.is_valid():
+            raise BadSignature(
+                f"the signature of seq {self.seq} of key {self.key} does not verify with public "
+                f"key {self.public_key.hex()} over the documented signed bytes")
+
+    def is_valid(self) -> bool:
+        """Whether the signature verifies (and the fields have their sizes)."""
+        if len(self.public_key) != PUBLIC_KEY_BYTES or len(self.signature) != SIGNATURE_BYTES:
+            return False
+        if not 0 <= self.seq < SEQ_LIMIT or not 0 <= self.key < 1 << 256:
+            return False
+        try:
+            VerifyKey(self.public_key).verify(self.signed_bytes(), self.signature)
+        except (CryptoError, ValueError, TypeError):
+            return False
+        return True
+
+    def to_bytes(self) -> bytes:
+        """The stored form: ``cbor2.dumps([public_key, key (32 bytes), seq, value, signature])``."""
+        return bytes(cbor2.dumps([self.public_key, self.key.to_bytes(ID_BYTES, "big"), self.seq,
+                                  self.value, self.signature]))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> NamespaceRecord:
+        """Inverse of :meth:`to_bytes`; raises :class:`~qadom.errors.ProtocolError` on anything
+        malformed (the signature is not verified here)."""
+        try:
+            raw = cbor2.loads(data)
+        except Exception as exc:  # cbor2 raises several classes on bad input
+            raise ProtocolError(f"stored namespace record is not CBOR: {type(exc).__name__}"
+                                ) from None
+        if type(raw) is not list or len(raw) != 5:
+            raise ProtocolError("stored namespace record must be an array of 5 items")
+        public_key, key, seq, value, signature = raw
+        if (type(public_key) is not bytes or len(public_key) != PUBLIC_KEY_BYTES
+                or type(key) is not bytes or len(key) != ID_BYTES
+                or type(seq) is not int or not 0 <= seq < SEQ_LIMIT
+                or type(value) is not bytes
+                or type(signature) is not bytes or len(signature) != SIGNATURE_BYTES):
+            raise ProtocolError("stored namespace record has a malformed field")
+        return cls(public_key, int.from_bytes(key, "big"), seq, value, signature)
+
+    def __repr__(self) -> str:
+        return (f"NamespaceRecord(public_key={self.public_key.hex()[:16]}…, key={self.key}, "
+                f"seq={self.seq}, value=<{len(self.value)} bytes>)")
+
+
+def supersedes(new: NamespaceRecord, old: NamespaceRecord | None) -> bool:
+    """The versioning rule. True: ``new`` replaces ``old`` (none stored, or a higher ``seq``).
+    False: ``new`` is the record already stored (same ``seq``, same value), nothing to do.
+    Raises :class:`~qadom.errors.StaleSequence` when ``new`` would roll the key back (a lower
+    ``seq``) or conflict with it (same ``seq``, another value)."""
+    if old is None or new.seq > old.seq:
+        return True
+    if new.seq == old.seq and new.value == old.value:
+        return False
+    if new.seq == old.seq:
+        raise StaleSequence(f"seq {new.seq} of key {new.key} is already stored with another "
+                            "value; a change needs a higher seq", old.seq)
+    raise StaleSequence(f"seq {new.seq} of key {new.key} is older than the stored seq {old.seq}",
+                        old.seq)
+
+
+def newest(records: Iterable[NamespaceRecord]) -> NamespaceRecord | None:
+    """The record with the highest ``seq``; between two different records signed with the same
+    ``seq`` (only their owner can make those), the one with the greater signature bytes, so every
+    reader picks the same one."""
+    return max(records, key=lambda r: (r.seq, r.signature), default=None)
+
+
+# ----------------------------------------------------------------------------- wire messages
+
+
+def _check_shape(public_key: bytes, signature: bytes, seq: int) -> None:
+    # Called from __post_init__: the codec turns the ValueError into a ProtocolError.
+    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        raise ValueError("a public key is 32 bytes and a signature 64")
+    if seq >= SEQ_LIMIT:
+        raise ValueError("seq must be below 2**63")
+
+
+_RECORD_FIELDS = (("public_key", Kind.SHORT_BYTES), ("key", Kind.ID), ("seq", Kind.UINT64),
+                  ("value", Kind.VALUE), ("signature", Kind.SHORT_BYTES))
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceStore(Message):
+    """Store a signed record at its storage key. Answered by :class:`NamespaceStored`, or by
+    ``Error(BAD_SIGNATURE)`` / ``Error(STALE_SEQUENCE)`` with nothing stored."""
+
+    CODE = 8
+    IS_REQUEST = True
+    FIELDS = _RECORD_FIELDS
+    public_key: bytes
+    key: int
+    seq: int
+    value: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_shape(self.public_key, self.signature, self.seq)
+
+    @classmethod
+    def of(cls, record: NamespaceRecord) -> NamespaceStore:
+        return cls(record.public_key, record.key, record.seq, record.value, record.signature)
+
+    def record(self) -> NamespaceRecord:
+        return NamespaceRecord(self.public_key, self.key, self.seq, self.value, self.signature)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceFind(Message):
+    """The record stored under the storage key ``target`` (:class:`NamespaceFound`), else the k
+    closest contacts (:class:`~qadom.messages.Nodes`)."""
+
+    CODE = 9
+    IS_REQUEST = True
+    FIELDS = (("target", Kind.ID),)
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceStored(Message):
+    """The record is stored (or was already)."""
+
+    CODE = 72
+    IS_REQUEST = False
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceFound(Message):
+    """The record held under the requested storage key, and as many of the k closest contacts to
+    it as fit in the datagram (so a namespace get is also a lookup)."""
+
+    CODE = 73
+    IS_REQUEST = False
+    FIELDS = (*_RECORD_FIELDS, ("nodes", Kind.CONTACTS))
+    public_key: bytes
+    key: int
+    seq: int
+    value: bytes
+    signature: bytes
+    nodes: tuple[Contact, ...]
+
+    def __post_init__(self) -> None:
+        _check_shape(self.public_key, self.signature, self.seq)
+
+    def record(self) -> NamespaceRecord:
+        return NamespaceRecord(self.public_key, self.key, self.seq, self.value, self.signature)
+
+
+for _cls in (NamespaceStore, NamespaceFind, NamespaceStored, NamespaceFound):
+    register(_cls)
+
+
+# ----------------------------------------------------------------------------- the service
+
+
+class NamespaceService:
+    """The namespace rules on one :class:`~qadom.node.Node`: serves ``NamespaceStore`` and
+    ``NamespaceFind``, and runs the set and get operations (``node.namespace.set/get``).
+
+    ``node.stats`` counts ``namespace_stored`` (records accepted), ``namespace_refused`` (bad
+    signatures and stale versions refused), ``namespace_forged`` (forged records met, from a
+    sender or in a reply), ``namespace_repairs`` (read-repair writes sent) and
+    ``namespace_corrupt`` (stored records that no longer decode, treated as absent).
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        node.register_handler(NamespaceStore, self._handle_store)
+        node.register_handler(NamespaceFind, self._handle_find)
+
+    # ------------------------------------------------------------------ local store
+
+    def local(self, skey: int) -> NamespaceRecord | None:
+        """The record this node stores under the storage key ``skey``, if any."""
+        data = self.node.store.get_record(RECORD_KIND, skey)
+        if data is None:
+            return None
+        try:
+            return NamespaceRecord.from_bytes(data)
+        except ProtocolError:
+            self.node.stats["namespace_corrupt"] += 1
+            return None
+
+    def accept(self, record: NamespaceRecord, now: float) -> bool:
+        """Verify ``record`` and store it if it is newer than ours: True when stored, False when
+        it is the record we already hold. Raises BadSignature or StaleSequence, storing nothing."""
+        try:
+            record.verify()
+            if not supersedes(record, self.local(record.storage_key)):
+                return False
+        except QadomError:
+            self.node.stats["namespace_refused"] += 1
+            raise
+        self.node.store.put_record(RECORD_KIND, record.storage_key, record.to_bytes(), now)
+        self.node.stats["namespace_stored"] += 1
+        return True
+
+    # ------------------------------------------------------------------ operations
+
+    def set(self, record: NamespaceRecord, now: float) -> Call[int]:
+        """Store ``record`` at the k closest peers to its storage key, then here; resolves to the
+        number of replicas that stored it.
+
+        Raises at once (nothing sent) with BadSignature, or StaleSequence when our own store holds
+        a newer record. The lookup of the k closest asks each for its record (NAMESPACE_FIND), and
+        if any holds a newer one the set fails with StaleSequence before anything is written
+        anywhere. If a replica still refuses the write as stale, the set fails too and nothing
+        is stored here.
+        """
+        record.verify()
+        skey = record.storage_key
+        supersedes(record, self.local(skey))  # raises StaleSequence before anything is sent
+        node = self.node
+        call: Call[int] = node.new_call("namespace_set", now)
+        message = NamespaceStore.of(record)
+
+        def finish(acks: int, stale: list[str], asked: int, now: float) -> None:
+            if stale:
+                call.fail(StaleSequence(
+                    f"{len(stale)} of {asked} replicas refused seq {record.seq} of key "
+                    f"{record.key}: {stale[0]}"))
+                return
+            try:
+                self.accept(record, now)
+            except QadomError as exc:  # a newer record arrived here meanwhile
+                call.fail(exc)
+                return
+            call.resolve(acks)
+
+        def send_all(closest: list[Contact], now: float) -> None:
+            if call.done:
+                return
+            if not closest:
+                finish(0, [], 0, now)
+                return
+            left = [len(closest)]
+            acks = [0]
+            stale: list[str] = []
+
+            def on_reply(envelope: Envelope | None, now: float) -> None:
+                reply = None if envelope is None else envelope.message
+                if isinstance(reply, NamespaceStored):
+                    acks[0] += 1
+                elif isinstance(reply, Error) and reply.code == ErrorCode.STALE_SEQUENCE:
+                    stale.append(reply.reason)
+                left[0] -= 1
+                if left[0] == 0:
+                    finish(acks[0], stale, len(closest), now)
+
+            for contact in closest:
+                node.request(contact.address, message, now, expect_id=contact.id,
+                             on_reply=on_reply)
+
+        def on_message(contact: Contact, message: Message, lookup: Lookup,
+                       now: float) -> Iterable[Contact] | None:
+            if isinstance(message, NamespaceFound):
+                held = self._check_found(contact, message, skey, now)
+                if held is None:
+                    return None
+                try:
+                    supersedes(record, held)
+                except StaleSequence as exc:
+                    call.fail(StaleSequence(
+                        f"a replica holds seq {held.seq} of key {record.key}: {exc}", held.seq))
+                    lookup.stop()
+                    return ()
+                return message.nodes
+            return message.nodes if isinstance(message, Nodes) else None
+
+        node.run_lookup(skey, "namespace", NamespaceFind(skey), now, on_message,
+                        lambda lookup, now: send_all(lookup.closest(), now), call)
+        return call
+
+    def _check_found(self, contact: Contact, message: NamespaceFound, skey: int,
+                     now: float) -> NamespaceRecord | None:
+        """The record of a NAMESPACE_FOUND reply, or None (and the peer punished) if it is not a
+        valid record for ``skey``."""
+        record = message.record()
+        if record.storage_key != skey or not record.is_valid():
+            self.node.stats["namespace_forged"] += 1
+            self.node.punish(contact, now)
+            return None
+        return record
+
+    def get(self, public_key: bytes, key: int, now: float) -> Call[NamespaceRecord]:
+        """The valid record with the highest ``seq`` held here or by any replica reached (a full
+        lookup of the storage key, not stopped at the first record); fails with NotFoundError
+        when there is none. Then repairs the replicas that hold an older one or none."""
+        check_public_key(public_key)
+        check_id(key)
+        skey = storage_key(public_key, key)
+        node = self.node
+        call: Call[NamespaceRecord] = node.new_call("namespace_get", now)
+        local = self.local(skey)
+        answers: dict[int, tuple[Contact, NamespaceRecord | None]] = {}
+
+        def on_message(contact: Contact, message: Message, lookup: Lookup,
+                       now: float) -> Iterable[Contact] | None:
+            if isinstance(message, NamespaceFound):
+                record = self._check_found(contact, message, skey, now)
+                if record is None:
+                    return None
+                answers[contact.id] = (contact, record)
+                return message.nodes
+            if isinstance(message, Nodes):
+                answers[contact.id] = (contact, None)
+                return message.nodes
+            return None
+
+        def on_finish(lookup: Lookup, now: float) -> None:
+            found = [r for _, r in answers.values() if r is not None]
+            best = newest([*found, local] if local is not None else found)
+            if best is None:
+                call.fail(NotFoundError(
+                    f"no peer reached holds key {key} of public key {public_key.hex()}"))
+                return
+            call.resolve(best)
+            self._repair(best, lookup.closest(), answers, local, now)
+
+        node.run_lookup(skey, "namespace", NamespaceFind(skey), now, on_message, on_finish, call)
+        return call
+
+    def _repair(self, best: NamespaceRecord, closest: list[Contact],
+                answers: dict[int, tuple[Contact, NamespaceRecord | None]],
+                local: NamespaceRecord | None, now: float) -> None:
+        """Read repair: write ``best`` back to every replica that answered with an older record
+        and to each of the k closest that answered with none."""
+        targets: dict[int, Contact] = {}
+        for contact, record in answers.values():
+            if record is not None and record.seq < best.seq:
+                targets[contact.id] = contact
+        for contact in closest:
+            if contact.id in answers and answers[contact.id][1] is None:
+                targets[contact.id] = contact
+        message = NamespaceStore.of(best)
+        for contact in targets.values():
+            self.node.stats["namespace_repairs"] += 1
+            self.node.request(contact.address, message, now, expect_id=contact.id)
+        if local is not None and local.seq < best.seq:
+            # Verified already; only a concurrent newer write can refuse it.
+            with contextlib.suppress(QadomError):
+                self.accept(best, now)
+
+    # ------------------------------------------------------------------ request handlers
+
+    def _handle_store(self, message: NamespaceStore, sender: int | None, address: Address,
+                      now: float) -> Message:
+        try:
+            self.accept(message.record(), now)
+        except BadSignature:
+            # Only a faulty or hostile peer sends a forged record: a local caller's mistake is
+            # caught before anything is sent.
+            self.node.stats["namespace_forged"] += 1
+            if sender is not None:
+                self.node.punish(Contact(sender, address), now)
+            return Error(ErrorCode.BAD_SIGNATURE, "the signature does not verify; not stored")
+        except StaleSequence as exc:
+            return Error(ErrorCode.STALE_SEQUENCE, str(exc)[:200])
+        except StorageFull as exc:
+            return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
+        return NamespaceStored()
+
+    def _handle_find(self, message: NamespaceFind, sender: int | None, address: Address,
+                     now: float) -> Message:
+        cfg = self.node.config
+        nodes = self.node.table.closest(message.target, cfg.k, exclude=sender)
+        record = self.local(message.target)
+        if record is None:
+            return Nodes(tuple(nodes))
+        room = (cfg.max_datagram_size - _RECORD_OVERHEAD - len(record.value)) // _CONTACT_BYTES
+        return NamespaceFound(record.public_key, record.key, record.seq, record.value,
+                              record.signature, tuple(nodes[:max(0, room)]))

@@ -1,0 +1,758 @@
+"""Publish/subscribe over the DHT: topics relayed by the k closest peers to their key.
+
+How it works (docs/PROTOCOL.md, "Publish/subscribe"):
+
+* A subscriber looks up the k closest peers to the topic key (its *relays*) and sends each a
+  ``Subscribe`` with a lease. It renews ``pubsub_renewals`` times per lease with a fresh lookup, so
+  when a relay dies its successor among the k closest is registered at the next renewal (at once
+  when a renewal finds a relay dead). Leaving sends ``Unsubscribe``; a subscriber that vanishes is
+  forgotten when its lease lapses or when a delivery to it fails.
+* A publisher looks up the same k closest and sends each a ``Publish`` carrying its stream id (a
+  random 64-bit number per publishing node and topic) and the next sequence number of that stream.
+  Each relay forwards it as ``Deliver`` to every live subscriber (and hands it to its own local
+  subscriptions).
+* A subscriber receives up to k copies of each message. Its :class:`Inbox` passes on each message
+  once, and in sequence order per stream: a message behind a gap waits up to
+  ``pubsub_reorder_timeout`` for the missing one, then the gap is given up.
+
+Bounds: a relay keeps at most ``pubsub_max_subscribers`` per topic and ``pubsub_max_topics``
+topics, grants leases of at most ``pubsub_max_lease``, and accepts at most ``pubsub_rate``
+publishes per second per sender (bursts of ``pubsub_burst``); refusals are ``Error`` replies with
+``TOO_MANY_SUBSCRIBERS``, ``STORAGE_FULL`` or ``RATE_LIMITED``.
+
+Subscriptions are soft state, in memory only. The pure pieces (:class:`TokenBucket`,
+:class:`RateLimiter`, :class:`RelayTable`, :class:`Inbox`) take ``now`` and hold every rule;
+:class:`PubSubService` wires them to a :class:`~qadom.node.Node` and its timer heap. No asyncio,
+sockets or clock here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from .call import Call
+from .contact import Address, Contact
+from .errors import (
+    NoPeersError,
+    OperationTimeout,
+    RateLimited,
+    RemoteError,
+    TooManySubscribers,
+)
+from .ids import check_id
+from .messages import Envelope, Error, ErrorCode, Kind, Message, register
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("qadom")
+
+Listener = Callable[[bytes], None]
+
+
+# ============================================================================= wire messages
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe(Message):
+    """Register the sender's address for ``key`` for ``lease_ms`` milliseconds (at least 1).
+    Answered by :class:`Subscribed` with the lease granted, or an ``Error``."""
+
+    CODE = 12
+    IS_REQUEST = True
+    FIELDS = (("key", Kind.ID), ("lease_ms", Kind.UINT64))
+    key: int
+    lease_ms: int
+
+    def __post_init__(self) -> None:
+        if self.lease_ms < 1:
+            raise ValueError("a lease is at least 1 ms")
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe(Message):
+    """Forget the sender's subscription to ``key``. Answered by :class:`Unsubscribed`."""
+
+    CODE = 13
+    IS_REQUEST = True
+    FIELDS = (("key", Kind.ID),)
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
+class Publish(Message):
+    """Relay ``value`` to the subscribers of ``key``: message ``seq`` of the publisher's stream
+    ``stream``. Answered by :class:`Published`, or ``Error(RATE_LIMITED)``."""
+
+    CODE = 14
+    IS_REQUEST = True
+    FIELDS = (("key", Kind.ID), ("stream", Kind.UINT64), ("seq", Kind.UINT64),
+              ("value", Kind.VALUE))
+    key: int
+    stream: int
+    seq: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver(Message):
+    """A relay forwards a published message to a subscriber (same fields as :class:`Publish`).
+    Answered by :class:`Delivered`, or ``Error(NOT_SUBSCRIBED)`` (the relay then forgets the
+    subscriber)."""
+
+    CODE = 15
+    IS_REQUEST = True
+    FIELDS = Publish.FIELDS
+    key: int
+    stream: int
+    seq: int
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed(Message):
+    """The subscription is registered (or renewed) for ``lease_ms`` milliseconds."""
+
+    CODE = 76
+    IS_REQUEST = False
+    FIELDS = (("lease_ms", Kind.UINT64),)
+    lease_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed(Message):
+    """The subscription is gone (or never was)."""
+
+    CODE = 77
+    IS_REQUEST = False
+
+
+@dataclass(frozen=True, slots=True)
+class Published(Message):
+    """The relay took the message and forwarded it to ``subscribers`` subscribers."""
+
+    CODE = 78
+    IS_REQUEST = False
+    FIELDS = (("subscribers", Kind.UINT64),)
+    subscribers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered(Message):
+    """The subscriber took the message."""
+
+    CODE = 79
+    IS_REQUEST = False
+
+
+for _cls in (Subscribe, Unsubscribe, Publish, Deliver, Subscribed, Unsubscribed, Published,
+             Delivered):
+    register(_cls)
+
+
+# ============================================================================= pure state
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; one message costs one token."""
+
+    __slots__ = ("tokens", "updated")
+
+    def __init__(self, burst: float, now: float) -> None:
+        self.tokens = float(burst)
+        self.updated = now
+
+    def take(self, rate: float, burst: float, now: float) -> bool:
+        """Spend one token if there is one."""
+        if now > self.updated:
+            self.tokens = min(float(burst), self.tokens + (now - self.updated) * rate)
+            self.updated = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class RateLimiter:
+    """One :class:`TokenBucket` per sender address, at most ``max_senders`` of them (the least
+    recently seen is forgotten first, which hands it a fresh burst if it comes back: bounded
+    memory matters more than exactness against an attacker with many addresses)."""
+
+    def __init__(self, rate: float, burst: int, max_senders: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_senders = max_senders
+        self._buckets: OrderedDict[Address, TokenBucket] = OrderedDict()
+
+    def allow(self, sender: Address, now: float) -> bool:
+        bucket = self._buckets.get(sender)
+        if bucket is None:
+            if len(self._buckets) >= self.max_senders:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[sender] = TokenBucket(self.burst, now)
+        else:
+            self._buckets.move_to_end(sender)
+        return bucket.take(self.rate, self.burst, now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class RelayTable:
+    """A relay's subscribers: per topic, each subscriber address with its lease expiry.
+
+    Bounds: ``max_topics`` topics, ``max_subscribers`` per topic, leases of at most ``max_lease``
+    seconds. Expired leases are pruned whenever a topic is read and by :meth:`expire`.
+    """
+
+    OK = 0
+    TOO_MANY_SUBSCRIBERS = 1
+    TOO_MANY_TOPICS = 2
+
+    def __init__(self, max_topics: int, max_subscribers: int, max_lease: float) -> None:
+        self.max_topics = max_topics
+        self.max_subscribers = max_subscribers
+        self.max_lease = max_lease
+        self._topics: dict[int, dict[Address, float]] = {}
+
+    def subscribe(self, topic: int, subscriber: Address, lease: float,
+                  now: float) -> tuple[int, float]:
+        """Register or renew; returns ``(OK, lease granted)`` or ``(TOO_MANY_..., 0.0)``."""
+        granted = min(lease, self.max_lease)
+        subscribers = self._live(topic, now)
+        if subscribers is None:
+            if len(self._topics) >= self.max_topics:
+                self.expire(now)
+                if len(self._topics) >= self.max_topics:
+                    return self.TOO_MANY_TOPICS, 0.0
+            subscribers = self._topics[topic] = {}
+        elif subscriber not in subscribers and len(subscribers) >= self.max_subscribers:
+            return self.TOO_MANY_SUBSCRIBERS, 0.0
+        subscribers[subscriber] = now + granted
+        return self.OK, granted
+
+    def unsubscribe(self, topic: int, subscriber: Address) -> bool:
+        subscribers = self._topics.get(topic)
+        if subscribers is None or subscriber not in subscribers:
+            return False
+        del subscribers[subscriber]
+        if not subscribers:
+            del self._topics[topic]
+        return True
+
+    def subscribers(self, topic: int, now: float) -> list[Address]:
+        """The live subscribers of ``topic``, in registration order."""
+        subscribers = self._live(topic, now)
+        return list(subscribers) if subscribers else []
+
+    def expire(self, now: float) -> int:
+        """Drop every lapsed lease; returns how many."""
+        before = self.count()
+        for topic in list(self._topics):
+            self._live(topic, now)
+        return before - self.count()
+
+    def count(self) -> int:
+        return sum(len(s) for s in self._topics.values())
+
+    def __len__(self) -> int:
+        return len(self._topics)
+
+    def _live(self, topic: int, now: float) -> dict[Address, float] | None:
+        subscribers = self._topics.get(topic)
+        if subscribers is None:
+            return None
+        lapsed = [a for a, until in subscribers.items() if until <= now]
+        for address in lapsed:
+            del subscribers[address]
+        if not subscribers:
+            del self._topics[topic]
+            return None
+        return subscribers
+
+
+class _Stream:
+    __slots__ = ("gap_since", "held", "next_seq", "started")
+
+    def __init__(self) -> None:
+        self.next_seq = 0
+        self.held: dict[int, bytes] = {}
+        self.gap_since: float | None = None
+        self.started = False  # something was passed on (gaps before that were never ours)
+
+
+class Inbox:
+    """A subscriber's duplicate suppression and per-publisher ordering.
+
+    Each publisher stream is tracked by the next sequence number it expects, 0 for a stream not
+    heard before (streams start at 0). A message below it, or already held, is a duplicate and
+    dropped. The expected one is passed on at once with any held successors. One above it is held
+    behind the gap; a gap open for ``reorder_timeout`` (or with more than ``max_held`` messages
+    behind it) is given up: delivery resumes at the lowest held message. So a subscriber that
+    joins a stream midway gets its first message after ``reorder_timeout``, and a stream's first
+    messages overtaking each other still come out in order. At most ``max_streams`` streams are
+    tracked, the least recently heard forgotten first.
+    """
+
+    def __init__(self, reorder_timeout: float, max_held: int, max_streams: int) -> None:
+        self.reorder_timeout = reorder_timeout
+        self.max_held = max_held
+        self.max_streams = max_streams
+        self._streams: OrderedDict[int, _Stream] = OrderedDict()
+        self.duplicates = 0
+        self.skipped = 0  # messages never received, given up behind gaps
+
+    def accept(self, stream_id: int, seq: int, value: bytes, now: float) -> list[bytes]:
+        """Take one received copy; returns the messages to pass on now, in order."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if len(self._streams) >= self.max_streams:
+                self._streams.popitem(last=False)
+            stream = self._streams[stream_id] = _Stream()
+        else:
+            self._streams.move_to_end(stream_id)
+        if seq < stream.next_seq or seq in stream.held:
+            self.duplicates += 1
+            return []
+        if seq > stream.next_seq:
+            stream.held[seq] = value
+            if stream.gap_since is None:
+                stream.gap_since = now
+            if len(stream.held) > self.max_held:
+                return self._skip(stream, now)
+            return []
+        stream.next_seq += 1
+        stream.started = True
+        out = [value]
+        out.extend(self._drain(stream, now))
+        return out
+
+    def expire(self, now: float) -> list[bytes]:
+        """Give up every gap open for ``reorder_timeout``; returns what that releases."""
+        out: list[bytes] = []
+        for stream in self._streams.values():
+            # The same sum as next_deadline(), so a timer set for that deadline always finds
+            # the gap due (``now - gap_since`` could round below the timeout).
+            while stream.gap_since is not None and stream.gap_since + self.reorder_timeout <= now:
+                out.extend(self._skip(stream, now))
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When the oldest open gap times out (None: no gap)."""
+        opened = [s.gap_since for s in self._streams.values() if s.gap_since is not None]
+        return min(opened) + self.reorder_timeout if opened else None
+
+    def _skip(self, stream: _Stream, now: float) -> list[bytes]:
+        first = min(stream.held)
+        if stream.started:
+            self.skipped += first - stream.next_seq
+        stream.next_seq = first
+        return self._drain(stream, now)
+
+    @staticmethod
+    def _drain(stream: _Stream, now: float) -> list[bytes]:
+        out = []
+        while stream.next_seq in stream.held:
+            out.append(stream.held.pop(stream.next_seq))
+            stream.next_seq += 1
+        stream.started = True
+        # A gap still open behind the released messages is timed from now.
+        stream.gap_since = now if stream.held else None
+        return out
+
+
+# ============================================================================= the service
+
+
+class _Topic:
+    """Our own subscription to one topic: local listeners, relays, inbox, renewal state."""
+
+    __slots__ = ("closed", "gap_timer", "generation", "inbox", "key", "listeners", "registered",
+                 "relays", "waiting")
+
+    def __init__(self, key: int, inbox: Inbox) -> None:
+        self.key = key
+        self.listeners: list[Listener] = []
+        # relay address -> (relay id, lease expiry); an entry is made when a Subscribe is sent,
+        # so a delivery racing the Subscribed reply is accepted.
+        self.relays: dict[Address, tuple[int, float]] = {}
+        self.inbox = inbox
+        self.generation = 0
+        self.registered = False  # the first registration round is over
+        self.waiting: list[Call[int]] = []
+        self.gap_timer: float | None = None
+        self.closed = False
+
+
+class _Outbox:
+    """Our publications to one topic: the stream id, the next seq, and the messages waiting for
+    the lookup of the topic's relays (non-empty exactly while a lookup is under way)."""
+
+    __slots__ = ("next_seq", "pending", "stream")
+
+    def __init__(self, stream: int) -> None:
+        self.stream = stream
+        self.next_seq = 0
+        self.pending: list[tuple[Publish, Call[int]]] = []
+
+
+class SubscriptionHandle:
+    """One local subscriber's hold on a topic; :meth:`close` ends it (unsubscribing from the
+    relays when it was the last one on this node)."""
+
+    def __init__(self, service: PubSubService, key: int, listener: Listener) -> None:
+        self.key = key
+        self._service = service
+        self._listener = listener
+        self.closed = False
+
+    def close(self, now: float) -> None:
+        if not self.closed:
+            self.closed = True
+            self._service._remove_listener(self.key, self._listener, now)
+
+
+class PubSubService:
+    """Publish/subscribe on one :class:`~qadom.node.Node` (``node.pubsub``): the relay role for
+    the topics it is close to, and its own subscriptions and publications.
+
+    ``node.stats`` counts ``pubsub_published`` (messages relayed), ``pubsub_forwarded`` (deliveries
+    sent), ``pubsub_received`` (messages passed to local listeners), ``pubsub_duplicates``,
+    ``pubsub_rate_limited``, ``pubsub_refused`` (subscriptions refused), ``pubsub_lost_subscribers``
+    (dropped after a failed delivery) and ``pubsub_rounds`` (registration rounds).
+    """
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        cfg = node.config
+        self.relay = RelayTable(cfg.pubsub_max_topics, cfg.pubsub_max_subscribers,
+                                cfg.pubsub_max_lease)
+        self.limiter = RateLimiter(cfg.pubsub_rate, cfg.pubsub_burst, cfg.pubsub_max_senders)
+        self._topics: dict[int, _Topic] = {}
+        # Publisher side, per topic; bounded, and a forgotten topic gets a new stream id (so
+        # subscribers never mistake its restarted numbers for duplicates).
+        self._outboxes: OrderedDict[int, _Outbox] = OrderedDict()
+        self._sweep_armed = False
+        node.register_handler(Subscribe, self._handle_subscribe)
+        node.register_handler(Unsubscribe, self._handle_unsubscribe)
+        node.register_handler(Publish, self._handle_publish)
+        node.register_handler(Deliver, self._handle_deliver)
+
+    # ------------------------------------------------------------------ subscriber side
+
+    def subscribe(self, key: int, listener: Listener,
+                  now: float) -> tuple[SubscriptionHandle, Call[int]]:
+        """Call ``listener(value)`` with each message published to ``key`` from now on.
+
+        Returns the handle (close it to unsubscribe) and a call that resolves, after the first
+        registration round, to the number of relays that accepted; it fails with
+        TooManySubscribers / RemoteError when every relay refused, NoPeersError when there is no
+        peer to ask, OperationTimeout when none answered. The subscription keeps renewing until
+        closed, whatever the first round gave.
+        """
+        check_id(key)
+        handle = SubscriptionHandle(self, key, listener)
+        call: Call[int] = self.node.new_call("subscribe", now)
+        topic = self._topics.get(key)
+        if topic is None:
+            cfg = self.node.config
+            topic = self._topics[key] = _Topic(key, Inbox(
+                cfg.pubsub_reorder_timeout, cfg.pubsub_reorder_buffer, cfg.pubsub_max_publishers))
+            topic.listeners.append(listener)
+            topic.waiting.append(call)
+            self._register(topic, now)
+        else:
+            topic.listeners.append(listener)
+            if topic.registered:
+                call.resolve(len(topic.relays))
+            else:
+                topic.waiting.append(call)
+        return handle, call
+
+    def relays_of(self, key: int) -> list[Contact]:
+        """The relays our subscription to ``key`` is registered at (for inspection)."""
+        topic = self._topics.get(key)
+        if topic is None:
+            return []
+        return [Contact(node_id, address) for address, (node_id, _) in topic.relays.items()]
+
+    def _register(self, topic: _Topic, now: float) -> None:
+        """One registration round: look up the k closest to the topic and (re)subscribe at each."""
+        topic.generation += 1
+        generation = topic.generation
+        node = self.node
+        node.stats["pubsub_rounds"] += 1
+        lease = node.config.pubsub_lease
+        lease_ms = max(1, round(lease * 1000))
+
+        def send_all(closest: list[Contact], now: float) -> None:
+            if topic.closed or topic.generation != generation:
+                return
+            # The relays are now these k closest. One of an earlier round that is not among them
+            # (dead, or overtaken by a closer peer) gets NOT_SUBSCRIBED for its next delivery and
+            # forgets us; its lease would lapse anyway.
+            previous = topic.relays
+            topic.relays = {c.address: previous.get(c.address, (c.id, now + lease))
+                            for c in closest}
+            if not closest:
+                self._round_over(topic, generation, 0, [], 0, now)
+                return
+            left = [len(closest)]
+            accepted = [0]
+            failed = [0]
+            refusals: list[Error] = []
+
+            def on_reply(contact: Contact, envelope: Envelope | None, now: float) -> None:
+                reply = None if envelope is None else envelope.message
+                if topic.closed:
+                    if isinstance(reply, Subscribed):
+                        # Closed while this SUBSCRIBE was out: our UNSUBSCRIBE may have reached
+                        # the relay first, so say it again now that the relay has us.
+                        node.request(contact.address, Unsubscribe(topic.key), now,
+                                     expect_id=contact.id)
+                    return
+                if isinstance(reply, Subscribed):
+                    accepted[0] += 1
+                    topic.relays[contact.address] = (contact.id, now + reply.lease_ms / 1000)
+                else:
+                    topic.relays.pop(contact.address, None)
+                    if isinstance(reply, Error):
+                        refusals.append(reply)
+                    else:
+                        failed[0] += 1
+                left[0] -= 1
+                if left[0] == 0:
+                    self._round_over(topic, generation, accepted[0], refusals, failed[0], now)
+
+            message = Subscribe(topic.key, lease_ms)
+            for contact in closest:
+                node.request(contact.address, message, now, expect_id=contact.id,
+                             on_reply=partial(on_reply, contact))
+
+        node.find_closest(topic.key, now, send_all)
+
+    def _round_over(self, topic: _Topic, generation: int, accepted: int, refusals: list[Error],
+                    failed: int, now: float) -> None:
+        if topic.closed or topic.generation != generation:
+            return
+        cfg = self.node.config
+        interval = cfg.pubsub_lease / cfg.pubsub_renewals
+        if failed or (not (accepted or refusals) and len(self.node.table)):
+            # A relay did not answer (or the lookup reached nobody although we know peers): the
+            # dead are now skipped by lookups, so a lookup now finds their successors among the
+            # k closest. Register there without waiting for the next renewal.
+            interval = min(interval, cfg.rpc_timeout_min)
+        self.node.schedule(now + interval, partial(self._renew, topic, generation))
+        if not topic.registered:
+            topic.registered = True
+            waiting, topic.waiting = topic.waiting, []
+            error: Exception | None = None
+            if not accepted:
+                if refusals:
+                    self.node.stats["pubsub_refused"] += 1
+                    error = _refusal(refusals[0], "subscription")
+                elif failed:
+                    error = OperationTimeout(f"no relay of topic {topic.key} answered")
+                else:
+                    error = NoPeersError(f"no peer known to relay topic {topic.key}")
+            for call in waiting:
+                if error is None:
+                    call.resolve(accepted)
+                else:
+                    call.fail(error)
+
+    def _renew(self, topic: _Topic, generation: int, now: float) -> None:
+        if not topic.closed and topic.generation == generation:
+            self._register(topic, now)
+
+    def _remove_listener(self, key: int, listener: Listener, now: float) -> None:
+        topic = self._topics.get(key)
+        if topic is None:
+            return
+        if listener in topic.listeners:
+            topic.listeners.remove(listener)
+        if topic.listeners:
+            return
+        topic.closed = True
+        del self._topics[key]
+        message = Unsubscribe(key)
+        for address, (node_id, _) in topic.relays.items():
+            self.node.request(address, message, now, expect_id=node_id)
+        for call in topic.waiting:
+            call.fail(NoPeersError("the subscription was closed before it was registered"))
+        topic.waiting.clear()
+
+    def _receive(self, topic: _Topic, stream: int, seq: int, value: bytes, now: float) -> None:
+        inbox = topic.inbox
+        before = inbox.duplicates
+        ready = inbox.accept(stream, seq, value, now)
+        self.node.stats["pubsub_duplicates"] += inbox.duplicates - before
+        self._emit(topic, ready)
+        self._arm_gap_timer(topic)
+
+    def _emit(self, topic: _Topic, values: list[bytes]) -> None:
+        for value in values:
+            self.node.stats["pubsub_received"] += 1
+            for listener in list(topic.listeners):
+                try:
+                    listener(value)
+                except Exception:  # one listener's bug must not starve the others
+                    self.node.stats["internal_errors"] += 1
+                    log.exception("a pubsub listener failed")
+
+    def _arm_gap_timer(self, topic: _Topic) -> None:
+        deadline = topic.inbox.next_deadline()
+        if deadline is None or (topic.gap_timer is not None and topic.gap_timer <= deadline):
+            return
+        topic.gap_timer = deadline
+        self.node.schedule(deadline, partial(self._on_gap_timer, topic, deadline))
+
+    def _on_gap_timer(self, topic: _Topic, deadline: float, now: float) -> None:
+        if topic.closed or topic.gap_timer != deadline:
+            return
+        topic.gap_timer = None
+        self._emit(topic, topic.inbox.expire(now))
+        self._arm_gap_timer(topic)
+
+    # ------------------------------------------------------------------ publisher side
+
+    def publish(self, key: int, value: bytes, now: float) -> Call[int]:
+        """Send ``value`` to the k closest peers to ``key`` for relaying; resolves to how many
+        accepted it. Fails with RateLimited when every relay refused for our rate, and with
+        RemoteError when every relay refused for another reason.
+
+        Messages to one topic leave in the order they were published: those published while a
+        lookup of the topic is under way wait for it and go out together after it, in order, so
+        concurrent publishes cannot overtake each other on their way to the relays.
+        """
+        check_id(key)
+        self.node.check_value(value)
+        node = self.node
+        outbox = self._outboxes.get(key)
+        if outbox is None:
+            if len(self._outboxes) >= node.config.pubsub_max_topics:
+                idle = next((k for k, o in self._outboxes.items() if not o.pending), None)
+                if idle is not None:
+                    del self._outboxes[idle]
+            outbox = self._outboxes[key] = _Outbox(node.rng.getrandbits(64))
+        else:
+            self._outboxes.move_to_end(key)
+        call: Call[int] = node.new_call("publish", now)
+        outbox.pending.append((Publish(key, outbox.stream, outbox.next_seq, value), call))
+        outbox.next_seq += 1
+        if len(outbox.pending) == 1:  # no lookup under way: start one
+            node.find_closest(key, now, partial(self._send_pending, outbox))
+        return call
+
+    def _send_pending(self, outbox: _Outbox, closest: list[Contact], now: float) -> None:
+        batch, outbox.pending = outbox.pending, []
+        for message, call in batch:
+            self._send_publish(message, call, closest, now)
+
+    def _send_publish(self, message: Publish, call: Call[int], closest: list[Contact],
+                      now: float) -> None:
+        if not closest:
+            call.resolve(0)
+            return
+        left = [len(closest)]
+        accepted = [0]
+        refusals: list[Error] = []
+
+        def on_reply(envelope: Envelope | None, now: float) -> None:
+            reply = None if envelope is None else envelope.message
+            if isinstance(reply, Published):
+                accepted[0] += 1
+            elif isinstance(reply, Error):
+                refusals.append(reply)
+            left[0] -= 1
+            if left[0] == 0:
+                if not accepted[0] and refusals:
+                    call.fail(_refusal(refusals[0], "publish"))
+                else:
+                    call.resolve(accepted[0])
+
+        for contact in closest:
+            self.node.request(contact.address, message, now, expect_id=contact.id,
+                              on_reply=on_reply)
+
+    # ------------------------------------------------------------------ relay side
+
+    def _handle_subscribe(self, message: Subscribe, sender: int | None, address: Address,
+                          now: float) -> Message:
+        cfg = self.node.config
+        status, granted = self.relay.subscribe(message.key, address, message.lease_ms / 1000,
+                                               now)
+        if status == RelayTable.TOO_MANY_SUBSCRIBERS:
+            return Error(ErrorCode.TOO_MANY_SUBSCRIBERS,
+                         f"topic has {cfg.pubsub_max_subscribers} subscribers here, the maximum")
+        if status == RelayTable.TOO_MANY_TOPICS:
+            return Error(ErrorCode.STORAGE_FULL,
+                         f"relaying {cfg.pubsub_max_topics} topics already, the maximum")
+        self._arm_sweep(now)
+        return Subscribed(max(1, int(granted * 1000)))
+
+    def _handle_unsubscribe(self, message: Unsubscribe, sender: int | None, address: Address,
+                            now: float) -> Message:
+        self.relay.unsubscribe(message.key, address)
+        return Unsubscribed()
+
+    def _handle_publish(self, message: Publish, sender: int | None, address: Address,
+                        now: float) -> Message:
+        node = self.node
+        if not self.limiter.allow(address, now):
+            node.stats["pubsub_rate_limited"] += 1
+            cfg = node.config
+            return Error(ErrorCode.RATE_LIMITED,
+                         f"more than {cfg.pubsub_rate:g} messages per second "
+                         f"(bursts of {cfg.pubsub_burst}) from this sender")
+        node.stats["pubsub_published"] += 1
+        targets = self.relay.subscribers(message.key, now)
+        deliver = Deliver(message.key, message.stream, message.seq, message.value)
+        for target in targets:
+            node.stats["pubsub_forwarded"] += 1
+            node.request(target, deliver, now,
+                         on_reply=partial(self._on_delivered, message.key, target))
+        local = self._topics.get(message.key)
+        if local is not None:
+            self._receive(local, message.stream, message.seq, message.value, now)
+        return Published(len(targets))
+
+    def _on_delivered(self, key: int, target: Address, envelope: Envelope | None,
+                      now: float) -> None:
+        # Dead, or no longer subscribed: stop forwarding to it before its lease lapses.
+        failed = envelope is None or isinstance(envelope.message, Error)
+        if failed and self.relay.unsubscribe(key, target):
+            self.node.stats["pubsub_lost_subscribers"] += 1
+
+    def _handle_deliver(self, message: Deliver, sender: int | None, address: Address,
+                        now: float) -> Message:
+        topic = self._topics.get(message.key)
+        if topic is None or address not in topic.relays:
+            return Error(ErrorCode.NOT_SUBSCRIBED, "not subscribed to this topic through you")
+        self._receive(topic, message.stream, message.seq, message.value, now)
+        return Delivered()
+
+    def _arm_sweep(self, now: float) -> None:
+        if not self._sweep_armed:
+            self._sweep_armed = True
+            self.node.schedule(now + self.node.config.pubsub_lease, self._sweep)
+
+    def _sweep(self, now: float) -> None:
+        """Drop lapsed leases even on topics nobody publishes to; re-armed while any remain."""
+        self._sweep_armed = False
+        self.relay.expire(now)
+        if len(self.relay):
+            self._arm_sweep(now)
+
+
+def _refusal(error: Error, what: str) -> RemoteError:
+    if error.code == ErrorCode.RATE_LIMITED:
+        return RateLimited(error.code, f"{what} refused by every relay: {error.reason}")
+    if error.code == ErrorCode.TOO_MANY_SUBSCRIBERS:
+        return TooManySubscribers(error.code, f"{what} refused by every relay: {error.reason}")
+    return RemoteError(error.code, f"{what} refused by every relay: {error.reason}")

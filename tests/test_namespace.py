@@ -1,0 +1,448 @@
+"""Signed namespaces: the signed bytes and storage key, verification, the versioning rule, the
+Identity helper, on a virtual clock (qadom.sim) and over real UDP on 127.0.0.1 with 24 peers."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+from nacl.signing import SigningKey
+
+from qadom import (
+    BadSignature,
+    Config,
+    Identity,
+    InvalidArgument,
+    InvalidType,
+    NamespaceRecord,
+    Node,
+    NotFoundError,
+    Peer,
+    ProtocolError,
+    QadomError,
+    StaleSequence,
+    ValueTooLarge,
+)
+from qadom.call import Call
+from qadom.codec import Codec
+from qadom.contact import Contact
+from qadom.messages import Envelope, Error, ErrorCode, Message, Nodes
+from qadom.namespace import (
+    RECORD_KIND,
+    NamespaceFind,
+    NamespaceFound,
+    NamespaceStore,
+    NamespaceStored,
+    signing_bytes,
+    storage_key,
+    supersedes,
+)
+from qadom.sim import SimNetwork
+
+from helpers import FAST, udp_network, wait_until
+
+OWNER = SigningKey(bytes(range(32)))
+PUBLIC = bytes(OWNER.verify_key)
+OTHER = SigningKey(bytes(range(1, 33)))
+
+
+def signed(key: int, seq: int, value: bytes, signer: SigningKey = OWNER,
+           public_key: bytes = PUBLIC) -> NamespaceRecord:
+    """A record signed with plain PyNaCl over the documented bytes (not through qadom)."""
+    data = cbor2.dumps(["qadom/namespace/v1", public_key, key.to_bytes(32, "big"), seq, value])
+    return NamespaceRecord(public_key, key, seq, value, signer.sign(data).signature)
+
+
+# ============================================================================= pure pieces
+
+
+def test_signing_bytes_are_the_documented_cbor_array() -> None:
+    key, seq, value = 7, 300, b"hello"
+    # Built by hand from RFC 8949: array(5), text(18), bytes(32), bytes(32), uint16, bytes(5).
+    by_hand = (b"\x85" + b"\x72qadom/namespace/v1" + b"\x58\x20" + PUBLIC
+               + b"\x58\x20" + key.to_bytes(32, "big") + b"\x19\x01\x2c" + b"\x45hello")
+    assert signing_bytes(PUBLIC, key, seq, value) == by_hand
+    assert signing_bytes(PUBLIC, key, seq, value) == cbor2.dumps(
+        ["qadom/namespace/v1", PUBLIC, key.to_bytes(32, "big"), seq, value])
+
+
+def test_storage_key_is_sha256_of_public_key_and_key() -> None:
+    key = 2**256 - 1
+    expected = int.from_bytes(hashlib.sha256(PUBLIC + b"\xff" * 32).digest(), "big")
+    assert storage_key(PUBLIC, key) == expected
+    assert signed(key, 0, b"").storage_key == expected
+    assert storage_key(PUBLIC, 1) != storage_key(bytes(OTHER.verify_key), 1)
+
+
+def test_verification_accepts_plain_pynacl_and_refuses_forgeries() -> None:
+    good = signed(5, 3, b"v")
+    good.verify()
+    assert good.is_valid()
+    forgeries = {
+        "other value": dataclasses.replace(good, value=b"w"),
+        "other key": dataclasses.replace(good, key=6),
+        "other seq": dataclasses.replace(good, seq=4),
+        "flipped bit": dataclasses.replace(good, signature=bytes([good.signature[0] ^ 1])
+                                           + good.signature[1:]),
+        "signed by another key": signed(5, 3, b"v", signer=OTHER),
+        "not a curve point": dataclasses.replace(good, public_key=b"\xff" * 32),
+    }
+    for name, record in forgeries.items():
+        assert not record.is_valid(), name
+        with pytest.raises(BadSignature) as refused:
+            record.verify()
+        assert isinstance(refused.value, ValueError) and isinstance(refused.value, QadomError)
+
+
+def test_versioning_rule() -> None:
+    v1 = signed(1, 1, b"one")
+    assert supersedes(v1, None)
+    assert supersedes(signed(1, 2, b"two"), v1)
+    assert not supersedes(signed(1, 1, b"one"), v1)  # the same record again: nothing to do
+    with pytest.raises(StaleSequence) as older:
+        supersedes(signed(1, 0, b"zero"), v1)
+    assert older.value.current == 1 and isinstance(older.value, ValueError)
+    with pytest.raises(StaleSequence):
+        supersedes(signed(1, 1, b"conflict"), v1)
+
+
+def test_argument_validation() -> None:
+    good: dict[str, Any] = {"public_key": PUBLIC, "key": 1, "seq": 0, "value": b"v",
+                            "signature": b"s" * 64}
+    cases: list[tuple[str, object, type[Exception]]] = [
+        ("public_key", PUBLIC[:31], InvalidArgument),
+        ("public_key", PUBLIC + b"x", InvalidArgument),
+        ("public_key", PUBLIC.hex(), InvalidType), ("signature", b"s" * 63, InvalidArgument),
+        ("signature", None, InvalidType), ("key", -1, InvalidArgument),
+        ("key", 2**256, InvalidArgument), ("key", True, InvalidType), ("key", "1", InvalidType),
+        ("value", b"x" * 8193, ValueTooLarge), ("value", "text", InvalidType),
+        ("seq", -1, InvalidArgument), ("seq", 2**63, InvalidArgument), ("seq", 1.0, InvalidType),
+        ("seq", False, InvalidType),
+    ]
+    for field, bad, error in cases:
+        with pytest.raises(error):
+            NamespaceRecord.checked(**{**good, field: bad})
+    edge = NamespaceRecord.checked(**{**good, "key": 2**256 - 1, "seq": 2**63 - 1,
+                                      "value": b"x" * 8192})
+    assert edge.seq == 2**63 - 1
+
+
+def test_stored_form_round_trips_and_rejects_garbage() -> None:
+    record = signed(9, 2**63 - 1, b"x" * 8192)
+    assert NamespaceRecord.from_bytes(record.to_bytes()) == record
+    assert cbor2.loads(record.to_bytes()) == [PUBLIC, (9).to_bytes(32, "big"), 2**63 - 1,
+                                              b"x" * 8192, record.signature]
+    for garbage in (b"", b"\xff", cbor2.dumps([1, 2, 3]), cbor2.dumps([PUBLIC, b"k", 0, b"", b""])):
+        with pytest.raises(ProtocolError):
+            NamespaceRecord.from_bytes(garbage)
+
+
+def test_wire_messages_fit_a_datagram_and_are_checked() -> None:
+    codec = Codec(Config())
+    record = signed(3, 2**63 - 1, b"x" * 8192)
+    for message in (NamespaceStore.of(record), NamespaceFind(record.storage_key), NamespaceStored(),
+                    NamespaceFound(record.public_key, record.key, record.seq, record.value,
+                                   record.signature, ())):
+        data = codec.encode(Envelope(1, 2, message))
+        assert codec.decode(data).message == message
+    bad = cbor2.dumps([1, 8, 1, None, [PUBLIC[:31], bytes(32), 0, b"", bytes(64)]])
+    with pytest.raises(ProtocolError):
+        codec.decode(bad)
+    too_high = cbor2.dumps([1, 8, 1, None, [PUBLIC, bytes(32), 2**63, b"", bytes(64)]])
+    with pytest.raises(ProtocolError):
+        codec.decode(too_high)
+
+
+def test_identity_generate_save_load_sign(tmp_path: Path) -> None:
+    me = Identity.generate()
+    path = tmp_path / "me.key"
+    me.save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again = Identity.load(path)
+    assert again.public_key == me.public_key and len(me.public_key) == 32
+    record = again.record(11, b"v", 4)
+    record.verify()
+    assert record.signature == me.sign(11, b"v", 4)
+    assert path.read_text().strip() not in repr(me)
+    (tmp_path / "bad.key").write_text("not hex\n")
+    with pytest.raises(InvalidArgument):
+        Identity.load(tmp_path / "bad.key")
+    with pytest.raises(InvalidArgument):
+        Identity.from_seed(b"short")
+    with pytest.raises(InvalidArgument):
+        me.sign(1, b"v", -1)
+
+
+# ============================================================================= virtual clock
+
+SIM_CONFIG = Config(k=8)
+
+
+def sim_network(count: int = 30, seed: int = 1) -> tuple[SimNetwork, list[Node]]:
+    net = SimNetwork(seed, config=SIM_CONFIG)
+    return net, net.add_nodes(count)
+
+
+def records_at(nodes: list[Node], skey: int) -> dict[int, bytes | None]:
+    return {n.id: n.store.get_record(RECORD_KIND, skey) for n in nodes}
+
+
+def closest_to(nodes: list[Node], target: int, count: int,
+               exclude: Node | None = None) -> list[Node]:
+    return sorted((n for n in nodes if n is not exclude), key=lambda n: n.id ^ target)[:count]
+
+
+def test_sim_set_get_versions_and_refusals() -> None:
+    net, nodes = sim_network()
+    v0 = signed(42, 0, b"first")
+    assert net.run_call(net.call(nodes[0], nodes[0].namespace.set, v0)) == SIM_CONFIG.k
+    skey = v0.storage_key
+    for replica in closest_to(nodes, skey, SIM_CONFIG.k, exclude=nodes[0]):
+        assert replica.namespace.local(skey) == v0
+    assert net.run_call(net.call(nodes[17], nodes[17].namespace.get, PUBLIC, 42)) == v0
+
+    v1 = signed(42, 1, b"second")
+    net.run_call(net.call(nodes[5], nodes[5].namespace.set, v1))
+    assert net.run_call(net.call(nodes[23], nodes[23].namespace.get, PUBLIC, 42)) == v1
+    net.run_for(5)  # the read repair of that get lands
+
+    before = records_at(nodes, skey)
+    # A replayed older record, from a node that holds nothing locally: every replica refuses it.
+    far = max(nodes, key=lambda n: n.id ^ skey)
+    assert far.namespace.local(skey) is None
+    with pytest.raises(StaleSequence):
+        net.run_call(net.call(far, far.namespace.set, v0))
+    # A conflicting record with the same seq.
+    with pytest.raises(StaleSequence):
+        net.run_call(net.call(far, far.namespace.set, signed(42, 1, b"other")))
+    # From a node that holds v1 itself: refused at once, nothing sent.
+    sent = nodes[5].stats["requests_out"]
+    with pytest.raises(StaleSequence):
+        nodes[5].namespace.set(v0, net.now)
+    assert nodes[5].stats["requests_out"] == sent
+    # Forgeries are refused before anything is sent.
+    with pytest.raises(BadSignature):
+        far.namespace.set(dataclasses.replace(v1, seq=2), net.now)
+    with pytest.raises(BadSignature):
+        far.namespace.set(signed(42, 5, b"evil", signer=OTHER), net.now)
+    net.run_for(5)
+    assert records_at(nodes, skey) == before
+    with pytest.raises(NotFoundError):
+        net.run_call(net.call(far, far.namespace.get, PUBLIC, 43))
+
+
+def raw_call(sender: Node, receiver: Contact, message: Message, now: float) -> Call[Message | None]:
+    """Send one wire message bypassing every local check; resolves to the reply (None: none)."""
+    call: Call[Message | None] = Call("raw")
+
+    def on_reply(envelope: Envelope | None, now: float) -> None:
+        call.resolve(None if envelope is None else envelope.message)
+
+    sender.request(receiver.address, message, now, expect_id=receiver.id, on_reply=on_reply)
+    return call
+
+
+def neighbour(nodes: list[Node], of: Node) -> Node:
+    """The node whose id is closest to ``of``'s: always in its routing table (section 4.2)."""
+    return closest_to(nodes, of.id, 1, exclude=of)[0]
+
+
+def test_sim_forged_store_is_refused_and_its_sender_dropped() -> None:
+    net, nodes = sim_network()
+    victim = nodes[4]
+    attacker = neighbour(nodes, victim)
+    assert attacker.id in victim.table
+    forged = dataclasses.replace(signed(1, 0, b"v"), value=b"forged")
+    reply = net.run_call(net.call(attacker, raw_call, attacker,
+                                  Contact(victim.id, net.address_of(victim)),
+                                  NamespaceStore.of(forged)))
+    assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_SIGNATURE
+    assert victim.namespace.local(forged.storage_key) is None
+    assert attacker.id not in victim.table
+    assert victim.stats["namespace_forged"] == 1
+
+
+def test_sim_forged_record_in_a_reply_punishes_the_liar() -> None:
+    net, nodes = sim_network()
+    good = signed(77, 3, b"good")
+    net.run_call(net.call(nodes[0], nodes[0].namespace.set, good))
+    skey = good.storage_key
+    liar = closest_to(nodes, skey, 1)[0]
+    reader = neighbour(nodes, liar)
+    # The liar's store is tampered with: a higher seq that its owner never signed.
+    forged = dataclasses.replace(good, seq=9, value=b"forged")
+    liar.store.put_record(RECORD_KIND, skey, forged.to_bytes(), net.now)
+    assert liar.id in reader.table
+    assert net.run_call(net.call(reader, reader.namespace.get, PUBLIC, 77)) == good
+    assert liar.id not in reader.table
+    assert reader.stats["namespace_forged"] >= 1
+
+
+def test_sim_read_repair_updates_stale_replicas() -> None:
+    net, nodes = sim_network()
+    reader = nodes[11]
+    v0 = signed(8, 0, b"old")
+    net.run_call(net.call(nodes[0], nodes[0].namespace.set, v0))
+    replicas = closest_to(nodes, v0.storage_key, SIM_CONFIG.k, exclude=reader)
+    v1 = signed(8, 1, b"new")
+    for replica in replicas[:2]:  # only two replicas saw the update
+        assert replica.namespace.accept(v1, net.now)
+    blank = replicas[-1]  # and one lost its copy altogether
+    blank.store.delete_record(RECORD_KIND, v1.storage_key)
+    assert net.run_call(net.call(reader, reader.namespace.get, PUBLIC, 8)) == v1
+    net.run_for(5)
+    assert all(r.namespace.local(v1.storage_key) == v1 for r in replicas)
+    assert reader.stats["namespace_repairs"] >= SIM_CONFIG.k - 2
+
+
+# ============================================================================= real UDP
+
+UDP_CONFIG = dataclasses.replace(FAST, k=8)
+SIZE = 24
+
+
+async def raw_request(sender: Peer, receiver: Peer, message: Message) -> Message | None:
+    """Send one wire message from ``sender`` to ``receiver`` bypassing every local check."""
+
+    return await sender.run_service(
+        lambda node, now: raw_call(node, receiver.contact(), message, now))
+
+
+def snapshot(peers: list[Peer], skey: int) -> dict[int, bytes | None]:
+    return {p.id: p.node.store.get_record(RECORD_KIND, skey) for p in peers}
+
+
+def replicas_of(peers: list[Peer], skey: int, exclude: Peer | None = None) -> list[Peer]:
+    return sorted((p for p in peers if p is not exclude),
+                  key=lambda p: p.id ^ skey)[:UDP_CONFIG.k]
+
+
+async def test_set_and_get_across_24_udp_peers_with_plain_pynacl_and_identity(
+        tmp_path: Path) -> None:
+    async with udp_network(SIZE, config=UDP_CONFIG) as peers:
+        key = 2**200 + 5
+        record = signed(key, 0, b"x" * 8192)
+        stored = await peers[3].namespace_set(PUBLIC, record.signature, key, record.value)
+        assert stored == UDP_CONFIG.k
+        for reader in (peers[0], peers[12], peers[23]):
+            assert await reader.namespace_get(PUBLIC, key) == b"x" * 8192
+        got = await peers[7].namespace_get_record(PUBLIC, key)
+        assert (got.seq, got.value, got.signature) == (0, record.value, record.signature)
+        with pytest.raises(KeyError):
+            await peers[8].namespace_get(PUBLIC, key + 1)
+
+        me = Identity.generate()
+        me.save(tmp_path / "id")
+        assert await me.set(peers[1], 5, b"one") == 0
+        # A fresh object from the saved key still moves forward: it reads the seq first.
+        loaded = Identity.load(tmp_path / "id")
+        assert await loaded.set(peers[9], 5, b"two") == 1
+        assert await loaded.set(peers[10], 5, b"three") == 2
+        got = await peers[20].namespace_get_record(me.public_key, 5)
+        assert (got.seq, got.value) == (2, b"three")
+        assert await me.get(peers[2], 5) == b"three"
+
+        for peer in peers:
+            assert peer.stats.get("internal_errors", 0) == 0
+
+
+async def test_bad_signature_wrong_key_and_rollback_are_refused_everywhere() -> None:
+    async with udp_network(SIZE, config=UDP_CONFIG) as peers:
+        key = 99
+        v0, v1 = signed(key, 0, b"zero"), signed(key, 1, b"one")
+        await peers[0].namespace_set(PUBLIC, v0.signature, key, v0.value, 0)
+        await peers[1].namespace_set(PUBLIC, v1.signature, key, v1.value, 1)
+        skey = v1.storage_key
+        replicas = [p for p in peers if p.node.namespace.local(skey) == v1]
+        assert len(replicas) >= UDP_CONFIG.k
+        before = snapshot(peers, skey)
+        stats_before = [p.node.store.stats() for p in peers]
+
+        # Local callers, on every peer: refused before anything is sent.
+        attempts: list[tuple[Callable[[Peer], Awaitable[int]], type[Exception]]] = [
+            (lambda p: p.namespace_set(PUBLIC, bytes(64), key, b"forged", 2), BadSignature),
+            (lambda p: p.namespace_set(PUBLIC, v1.signature, key + 1, v1.value, 1), BadSignature),
+            (lambda p: p.namespace_set(PUBLIC, signed(key, 2, b"x", signer=OTHER).signature,
+                                       key, b"x", 2), BadSignature),
+            (lambda p: p.namespace_set(PUBLIC, v0.signature, key, v0.value, 0), StaleSequence),
+        ]
+        for peer in peers:
+            for attempt, error in attempts:
+                with pytest.raises(error):
+                    await attempt(peer)
+
+        # The same records sent straight over the wire to every replica: refused by each one.
+        for replica in replicas:
+            sender = peers[0] if replica is not peers[0] else peers[1]
+            replay = await raw_request(sender, replica, NamespaceStore.of(v0))
+            assert isinstance(replay, Error) and replay.code == ErrorCode.STALE_SEQUENCE
+            same = await raw_request(sender, replica, NamespaceStore.of(v1))
+            assert isinstance(same, NamespaceStored)
+            liars = replica.stats.get("liars", 0)
+            forged = await raw_request(sender, replica, NamespaceStore.of(
+                dataclasses.replace(v1, seq=2, value=b"forged")))
+            assert isinstance(forged, Error) and forged.code == ErrorCode.BAD_SIGNATURE
+            # The forger left the replica's routing table.
+            assert replica.stats["liars"] == liars + 1
+            assert sender.id not in replica.routing_table
+
+        assert snapshot(peers, skey) == before
+        assert [p.node.store.stats() for p in peers] == stats_before
+        assert await peers[15].namespace_get(PUBLIC, key) == b"one"
+
+
+async def test_read_repair_over_udp() -> None:
+    async with udp_network(SIZE, config=UDP_CONFIG) as peers:
+        key = 12345
+        v0, v1 = signed(key, 0, b"old"), signed(key, 1, b"new")
+        await peers[0].namespace_set(PUBLIC, v0.signature, key, v0.value, 0)
+        reader = peers[-1]
+        replicas = replicas_of(peers, v0.storage_key, exclude=reader)
+        assert all(r.node.namespace.local(v0.storage_key) == v0 for r in replicas)
+        # Two replicas got the update; the others are stale.
+        for replica in replicas[:2]:
+            assert replica.node.namespace.accept(v1, 0.0)
+        got = await reader.namespace_get_record(PUBLIC, key)
+        assert (got.seq, got.value) == (1, b"new")
+        await wait_until(lambda: all(r.node.namespace.local(v1.storage_key) == v1
+                                     for r in replicas), timeout=10)
+        assert reader.stats["namespace_repairs"] >= len(replicas) - 2
+
+
+async def test_peer_namespace_arguments_are_checked_before_anything_is_stored() -> None:
+    async with udp_network(3, config=UDP_CONFIG) as peers:
+        peer = peers[1]
+        before = peer.node.store.stats()
+        with pytest.raises(InvalidArgument):
+            await peer.namespace_set(PUBLIC[:31], bytes(64), 1, b"v")
+        with pytest.raises(InvalidType):
+            await peer.namespace_set(PUBLIC, "sig", 1, b"v")  # type: ignore[arg-type]
+        with pytest.raises(ValueTooLarge):
+            await peer.namespace_set(PUBLIC, bytes(64), 1, b"v" * 8193)
+        with pytest.raises(InvalidArgument):
+            await peer.namespace_set(PUBLIC, bytes(64), 1, b"v", seq=2**63)
+        with pytest.raises(InvalidArgument):
+            await peer.namespace_get(PUBLIC, 2**256)
+        with pytest.raises(InvalidType):
+            await peer.namespace_get("key", 1)  # type: ignore[arg-type]
+        assert peer.node.store.stats() == before
+
+
+def test_nodes_reply_when_nothing_is_stored() -> None:
+    node = Node(config=SIM_CONFIG)
+    node.table.seen(Contact(5, ("127.0.0.1", 9)))
+    reply = node.namespace._handle_find(NamespaceFind(storage_key(PUBLIC, 1)), None,
+                                        ("127.0.0.1", 10), 0.0)
+    assert isinstance(reply, Nodes) and [c.id for c in reply.nodes] == [5]
+    node.namespace.accept(signed(1, 0, b"v"), 0.0)
+    found = node.namespace._handle_find(NamespaceFind(storage_key(PUBLIC, 1)), None,
+                                        ("127.0.0.1", 10), 0.0)
+    assert isinstance(found, NamespaceFound) and found.record() == signed(1, 0, b"v")
+    assert [c.id for c in found.nodes] == [5]
