@@ -64,6 +64,27 @@ class Config:
     """Unknown requesters being verified at once. Past this, new requesters are served but not
     pinged, so a flood of spoofed sources cannot make us send unbounded pings."""
 
+    # --- request rate limits (per sending address and per sending host) ---
+    request_rate: float = 200.0
+    """Requests per second one address (host and port) may make of us. A lookup asks each peer
+    once, so an honest peer stays far below this even when it runs many lookups at once; a flood
+    from one address costs us at most this many answers a second."""
+
+    request_burst: int = 400
+    """Requests one address may make at once before ``request_rate`` applies."""
+
+    host_request_rate: float = 2000.0
+    """Requests per second all the ports of one non-loopback host may make together, so that one
+    machine cannot multiply ``request_rate`` by opening ports. Loopback is exempt: every peer of a
+    local test network shares it."""
+
+    host_request_burst: int = 4000
+    """Requests one host may make at once before ``host_request_rate`` applies."""
+
+    rate_limit_senders: int = 10_000
+    """Senders whose rates are tracked at once (least recently seen forgotten first): bounded
+    memory against a spoofed flood."""
+
     # --- sizes ---
     max_value_size: int = 8192
     """Largest value ``set`` accepts, inclusive: 8 KiB, as promised to qadom's users."""

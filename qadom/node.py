@@ -81,6 +81,7 @@ from .messages import (
 )
 from .namespace import NamespaceService
 from .pubsub import PubSubService
+from .ratelimit import RateLimiter
 from .routing import RoutingTable
 from .storage import NEVER, MemoryStore, Meta
 from .storage import Store as StoreBackend
@@ -144,6 +145,12 @@ class Node:
         self._dead: dict[Address, float] = {}
         self._verifying: dict[Address, float] = {}
         self._listeners: list[Callable[[LookupEvent], None]] = []
+        cfg = self.config
+        self._address_rate: RateLimiter[Address] = RateLimiter(
+            cfg.request_rate, cfg.request_burst, cfg.rate_limit_senders)
+        self._host_rate: RateLimiter[str] = RateLimiter(
+            cfg.host_request_rate, cfg.host_request_burst, cfg.rate_limit_senders)
+        self._refusals: RateLimiter[Address] = RateLimiter(1.0, 1, cfg.rate_limit_senders)
         self._lookup_seq = 0
         self._srtt: float | None = None
         self._rttvar = 0.0
@@ -454,6 +461,14 @@ class Node:
 
     def _on_request(self, envelope: Envelope, address: Address, now: float) -> None:
         self.stats["requests_in"] += 1
+        if not self._within_rate(address, now):
+            # Answer a refusal at most once a second per address; flood traffic gets nothing.
+            self.stats["rate_limited"] += 1
+            if self._refusals.allow(address, now):
+                self._send(self.codec.encode(Envelope(
+                    envelope.rpc_id, self._sender,
+                    Error(ErrorCode.RATE_LIMITED, "too many requests; slow down"))), address)
+            return
         sender = envelope.sender
         if sender is not None and sender != self.id:
             self._note_requester(sender, address, now)
@@ -468,6 +483,13 @@ class Node:
                 log.exception("internal error serving %s", type(envelope.message).__name__)
                 reply = Error(ErrorCode.INTERNAL, "internal error")
         self._send(self.codec.encode(Envelope(envelope.rpc_id, self._sender, reply)), address)
+
+    def _within_rate(self, address: Address, now: float) -> bool:
+        """Per-address and (for non-loopback hosts) per-host request budgets."""
+        if not self._address_rate.allow(address, now):
+            return False
+        host = address[0]
+        return _is_loopback(host) or self._host_rate.allow(host, now)
 
     def _note_requester(self, sender: int, address: Address, now: float) -> None:
         """A request came from ``sender``: refresh it if known, else ping it to verify it."""
@@ -843,6 +865,11 @@ class Node:
             raise ValueTooLarge(
                 f"value of {len(value)} bytes exceeds the {self.config.max_value_size}-byte limit")
         return value
+
+
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith(
+        "::ffff:127.")
 
 
 def _ignore_reply(envelope: Envelope | None, now: float) -> None:

@@ -20,8 +20,8 @@ topics, grants leases of at most ``pubsub_max_lease``, and accepts at most ``pub
 publishes per second per sender (bursts of ``pubsub_burst``); refusals are ``Error`` replies with
 ``TOO_MANY_SUBSCRIBERS``, ``STORAGE_FULL`` or ``RATE_LIMITED``.
 
-Subscriptions are soft state, in memory only. The pure pieces (:class:`TokenBucket`,
-:class:`RateLimiter`, :class:`RelayTable`, :class:`Inbox`) take ``now`` and hold every rule;
+Subscriptions are soft state, in memory only. The pure pieces (the rate limiter of
+:mod:`qadom.ratelimit`, :class:`RelayTable`, :class:`Inbox`) take ``now`` and hold every rule;
 :class:`PubSubService` wires them to a :class:`~qadom.node.Node` and its timer heap. No asyncio,
 sockets or clock here.
 """
@@ -46,6 +46,7 @@ from .errors import (
 )
 from .ids import check_id
 from .messages import Envelope, Error, ErrorCode, Kind, Message, register
+from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from .node import Node
@@ -156,51 +157,6 @@ for _cls in (Subscribe, Unsubscribe, Publish, Deliver, Subscribed, Unsubscribed,
 
 
 # ============================================================================= pure state
-
-
-class TokenBucket:
-    """``burst`` tokens, refilled at ``rate`` per second; one message costs one token."""
-
-    __slots__ = ("tokens", "updated")
-
-    def __init__(self, burst: float, now: float) -> None:
-        self.tokens = float(burst)
-        self.updated = now
-
-    def take(self, rate: float, burst: float, now: float) -> bool:
-        """Spend one token if there is one."""
-        if now > self.updated:
-            self.tokens = min(float(burst), self.tokens + (now - self.updated) * rate)
-            self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-class RateLimiter:
-    """One :class:`TokenBucket` per sender address, at most ``max_senders`` of them (the least
-    recently seen is forgotten first, which hands it a fresh burst if it comes back: bounded
-    memory matters more than exactness against an attacker with many addresses)."""
-
-    def __init__(self, rate: float, burst: int, max_senders: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_senders = max_senders
-        self._buckets: OrderedDict[Address, TokenBucket] = OrderedDict()
-
-    def allow(self, sender: Address, now: float) -> bool:
-        bucket = self._buckets.get(sender)
-        if bucket is None:
-            if len(self._buckets) >= self.max_senders:
-                self._buckets.popitem(last=False)
-            bucket = self._buckets[sender] = TokenBucket(self.burst, now)
-        else:
-            self._buckets.move_to_end(sender)
-        return bucket.take(self.rate, self.burst, now)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
 
 
 class RelayTable:
@@ -432,7 +388,8 @@ class PubSubService:
         cfg = node.config
         self.relay = RelayTable(cfg.pubsub_max_topics, cfg.pubsub_max_subscribers,
                                 cfg.pubsub_max_lease)
-        self.limiter = RateLimiter(cfg.pubsub_rate, cfg.pubsub_burst, cfg.pubsub_max_senders)
+        self.limiter: RateLimiter[Address] = RateLimiter(cfg.pubsub_rate, cfg.pubsub_burst,
+                                                         cfg.pubsub_max_senders)
         self._topics: dict[int, _Topic] = {}
         # Publisher side, per topic; bounded, and a forgotten topic gets a new stream id (so
         # subscribers never mistake its restarted numbers for duplicates).

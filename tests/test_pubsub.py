@@ -38,15 +38,14 @@ from qadom.pubsub import (
     Inbox,
     Publish,
     Published,
-    RateLimiter,
     RelayTable,
     Subscribe,
     Subscribed,
     SubscriptionHandle,
-    TokenBucket,
     Unsubscribe,
     Unsubscribed,
 )
+from qadom.ratelimit import RateLimiter, TokenBucket
 from qadom.sim import SimNetwork
 
 from helpers import FAST, udp_network, wait_until

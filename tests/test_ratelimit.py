@@ -1,0 +1,61 @@
+"""Request rate limits per address and per host, with one clear refusal and no flood replies."""
+
+from __future__ import annotations
+
+import random
+
+from qadom import Config
+from qadom.codec import Codec
+from qadom.messages import Envelope, Error, ErrorCode, Ping, Pong
+from qadom.node import Node
+from qadom.ratelimit import RateLimiter, TokenBucket
+
+CONFIG = Config(request_rate=10.0, request_burst=20, host_request_rate=30.0,
+                host_request_burst=50)
+CODEC = Codec(CONFIG)
+
+
+def replies(node: Node) -> list[object]:
+    return [CODEC.decode(data).message for data, _ in node.datagrams_to_send()]
+
+
+def flood(node: Node, address: tuple[str, int], count: int, now: float) -> list[object]:
+    for i in range(count):
+        node.datagram_received(CODEC.encode(Envelope(i, None, Ping())), address, now)
+    return replies(node)
+
+
+def test_token_bucket_and_limiter() -> None:
+    bucket = TokenBucket(2, now=0.0)
+    assert bucket.take(1.0, 2, 0.0) and bucket.take(1.0, 2, 0.0)
+    assert not bucket.take(1.0, 2, 0.0)
+    assert bucket.take(1.0, 2, 1.0)  # refilled at one token a second
+    limiter: RateLimiter[str] = RateLimiter(rate=1.0, burst=1, max_senders=2)
+    assert limiter.allow("a", 0.0) and not limiter.allow("a", 0.0)
+    assert limiter.allow("b", 0.0) and limiter.allow("c", 0.0)
+    assert len(limiter) == 2  # bounded: "a" was forgotten
+
+
+def test_one_address_gets_its_burst_then_one_refusal_then_silence() -> None:
+    node = Node(config=CONFIG, rng=random.Random(1))
+    out = flood(node, ("127.0.0.1", 5000), 100, now=0.0)
+    assert sum(isinstance(m, Pong) for m in out) == CONFIG.request_burst
+    refusals = [m for m in out if isinstance(m, Error)]
+    assert len(refusals) == 1 and refusals[0].code == ErrorCode.RATE_LIMITED
+    assert node.stats["rate_limited"] == 100 - CONFIG.request_burst
+    # Another address is not affected; the first recovers at request_rate.
+    assert all(isinstance(m, Pong) for m in flood(node, ("127.0.0.1", 5001), 5, now=0.0))
+    out = flood(node, ("127.0.0.1", 5000), 100, now=1.0)
+    assert sum(isinstance(m, Pong) for m in out) == int(CONFIG.request_rate)
+
+
+def test_many_ports_of_one_remote_host_share_a_budget_but_loopback_does_not() -> None:
+    node = Node(config=CONFIG, rng=random.Random(2))
+    answered = sum(isinstance(m, Pong)
+                   for port in range(1000, 1010)
+                   for m in flood(node, ("2001:db8::7", port), 10, now=0.0))
+    assert answered == CONFIG.host_request_burst
+    local = sum(isinstance(m, Pong)
+                for port in range(1000, 1010)
+                for m in flood(node, ("127.0.0.1", port), 10, now=0.0))
+    assert local == 100
