@@ -52,6 +52,12 @@ class Config:
     """After a request fails completely, lookups skip that address for this long, so one dead peer
     costs one timeout per lookup wave and not one per lookup."""
 
+    liar_backoff: float = 600.0
+    """A contact caught lying (a value that does not hash to its key, a forged signed record) is
+    neither asked nor let back into the routing table, by id or by address, for ten minutes: long
+    enough that lying buys it nothing, short enough that an address reused by an honest node is
+    not shut out for good."""
+
     operation_timeout: float = 30.0
     """Hard deadline of any one Peer operation (get, set, search...). Lookups normally end far
     sooner; this bounds the worst case so a caller never waits forever."""

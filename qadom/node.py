@@ -143,6 +143,7 @@ class Node:
         self._timer_seq = 0
         self._pending: dict[int, _Request] = {}
         self._dead: dict[Address, float] = {}
+        self._banned: dict[Address | int, float] = {}  # liars, by address and by id
         self._verifying: dict[Address, float] = {}
         self._listeners: list[Callable[[LookupEvent], None]] = []
         cfg = self.config
@@ -506,7 +507,10 @@ class Node:
         self.request(address, Ping(), now, expect_id=sender)
 
     def _saw(self, contact: Contact, now: float) -> None:
-        """``contact`` answered us: update the table, pinging an old contact if a bucket is full."""
+        """``contact`` answered us: update the table, pinging an old contact if a bucket is full.
+        A contact banned for lying stays out until its ban ends, answers or not."""
+        if self._is_banned(contact, now):
+            return
         self._dead.pop(contact.address, None)
         to_ping = self.table.seen(contact)
         if to_ping is not None:
@@ -520,10 +524,18 @@ class Node:
                 self.table.failed(node_id)
 
     def punish(self, contact: Contact, now: float) -> None:
-        """``contact`` gave a false answer: drop it and do not ask it again for a while."""
+        """``contact`` gave a false answer: drop it, and neither ask it nor let it back into the
+        routing table (by id or by address) for ``liar_backoff`` seconds."""
         self.stats["liars"] += 1
         self.table.remove(contact.id)
-        self._dead[contact.address] = now + self.config.dead_backoff
+        until = now + self.config.liar_backoff
+        self._banned[contact.address] = until
+        self._banned[contact.id] = until
+        self._dead[contact.address] = max(self._dead.get(contact.address, 0.0), until)
+
+    def _is_banned(self, contact: Contact, now: float) -> bool:
+        return (self._banned.get(contact.address, 0.0) > now
+                or self._banned.get(contact.id, 0.0) > now)
 
     def _sample_rtt(self, sample: float) -> None:
         if self._srtt is None:
@@ -658,8 +670,10 @@ class Node:
         # dead, skipping them must not leave the lookup with nobody to ask.
         seeds = [c for c in self.table.closest(target, cfg.k + len(dead))
                  if dead.get(c.address, 0.0) <= now][:cfg.k]
-        lookup = Lookup(target, cfg.k, cfg.alpha, seeds,
-                        own_id=self.id, skip=lambda c: dead.get(c.address, 0.0) > now)
+        banned = self._banned
+        lookup = Lookup(target, cfg.k, cfg.alpha, seeds, own_id=self.id,
+                        skip=lambda c: dead.get(c.address, 0.0) > now
+                        or banned.get(c.id, 0.0) > now)
         self.table.touch(target, now)
         started = now
         finished = False
@@ -806,6 +820,8 @@ class Node:
         self.store.save_contacts(self.table)
         for address in [a for a, until in self._dead.items() if until <= now]:
             del self._dead[address]
+        for banned in [b for b, until in self._banned.items() if until <= now]:
+            del self._banned[banned]
         horizon = now - self.config.verify_interval
         for address in [a for a, at in self._verifying.items() if at <= horizon]:
             del self._verifying[address]

@@ -116,6 +116,17 @@ def test_get_refuses_a_wrong_value_and_drops_the_liar() -> None:
     assert reader.table.closest(key, 1)[0].id == liar.id
     assert net.run_call(net.call(reader, reader.get, key)) == value
     assert reader.stats["liars"] == 1 and liar.id not in reader.table
+    # Answering again does not bring the liar back while its ban lasts...
+    assert net.run_call(net.call(reader, reader.ping, net.address_of(liar))).id == liar.id
+    net.run_call(net.call(liar, liar.find_nodes, reader.id))  # it asks; the reader verifies it
+    net.run_for(5)
+    assert liar.id not in reader.table
+    assert net.run_call(net.call(reader, reader.get, key)) == value  # and it is not asked
+    assert reader.stats["liars"] == 1
+    # ...but once the ban is over, an answer is an answer.
+    net.run_for(CONFIG.liar_backoff)
+    net.run_call(net.call(reader, reader.ping, net.address_of(liar)))
+    assert liar.id in reader.table
 
 
 def test_missing_key_is_not_found_in_bounded_time_with_dead_peers() -> None:
