@@ -31,6 +31,7 @@ MAX_RPC_ID = (1 << 64) - 1
 MAX_TEXT = 256
 MAX_CONTACTS = 64  # more than any k in use; a reply naming more is refused
 MAX_HOST = 45  # the longest textual IPv6 address
+MAX_TOKEN = 32
 MAX_SHORT_BYTES = 64  # an ed25519 signature, the longest fixed-size field
 
 
@@ -91,7 +92,12 @@ class Codec:
         message = envelope.message
         fields = [_encode_field(kind, getattr(message, name)) for name, kind in message.FIELDS]
         sender = None if envelope.sender is None else id_to_bytes(envelope.sender)
-        data = _dump_envelope(message.CODE, envelope.rpc_id, sender, fields)
+        token, pad_to = envelope.token, envelope.pad_to
+        data = _dump_envelope(message.CODE, envelope.rpc_id, sender, fields, token)
+        if len(data) < pad_to:
+            # A 7th item of zero bytes; its own head makes the datagram at most 2 bytes longer.
+            data = _dump_envelope(message.CODE, envelope.rpc_id, sender, fields, token,
+                                  bytes(pad_to - len(data)))
         if len(data) > self.max_datagram:
             raise InvalidArgument(
                 f"{type(message).__name__} of {len(data)} bytes exceeds the "
@@ -109,9 +115,14 @@ class Codec:
             raw = cbor2.loads(data)
         except Exception as exc:  # cbor2 raises several classes (and RecursionError) on bad input
             raise ProtocolError(f"not CBOR: {type(exc).__name__}") from None
-        if type(raw) is not list or len(raw) != 5:
-            raise ProtocolError("envelope must be an array of 5 items")
-        version, code, rpc_id, sender, fields = raw
+        if type(raw) is not list or not 5 <= len(raw) <= 7:
+            raise ProtocolError("envelope must be an array of 5 to 7 items")
+        version, code, rpc_id, sender, fields = raw[:5]
+        token = raw[5] if len(raw) > 5 else None
+        if token is not None and (type(token) is not bytes or not 0 < len(token) <= MAX_TOKEN):
+            raise ProtocolError(f"token must be null or 1 to {MAX_TOKEN} bytes")
+        if len(raw) > 6 and type(raw[6]) is not bytes:
+            raise ProtocolError("padding must be a byte string")
         if version != PROTOCOL_VERSION or type(version) is not int:
             raise ProtocolError(f"unsupported protocol version {version!r}")
         if type(code) is not int or code not in MESSAGE_TYPES:
@@ -128,7 +139,7 @@ class Codec:
             message: Message = cls(*values)
         except Exception as exc:  # a message class may check cross-field rules in __post_init__
             raise ProtocolError(f"invalid {cls.__name__}: {exc}") from None
-        return Envelope(rpc_id, sender_id, message)
+        return Envelope(rpc_id, sender_id, message, token)
 
     def _value_in(self, raw: object) -> bytes:
         if type(raw) is not bytes or len(raw) > self.max_value:
@@ -202,7 +213,6 @@ class Codec:
 _UINT64_END = 1 << 64
 _HEADS = [[bytes((major << 5 | n,)) if n < 24 else bytes((major << 5 | 24, n)) for n in range(256)]
           for major in range(8)]  # _HEADS[major type][argument] for arguments below 256
-_ARRAY_OF_5 = _HEADS[4][5]
 _ID_HEAD = _HEADS[2][ID_BYTES]
 
 
@@ -242,24 +252,35 @@ def _dump_flat(fields: list[Any]) -> bytes | None:
     return b"".join(parts)
 
 
-def _dump_envelope(code: int, rpc_id: int, sender: bytes | None, fields: list[Any]) -> bytes:
-    """``cbor2.dumps([PROTOCOL_VERSION, code, rpc_id, sender, fields])``, byte for byte."""
+def _dump_envelope(code: int, rpc_id: int, sender: bytes | None, fields: list[Any],
+                   token: bytes | None = None, padding: bytes | None = None) -> bytes:
+    """``cbor2.dumps(items)``, byte for byte, where ``items`` is ``[PROTOCOL_VERSION, code,
+    rpc_id, sender, fields]`` followed by ``token`` when there is a token or padding, and by
+    ``padding`` when there is padding."""
+    items: list[Any] = [PROTOCOL_VERSION, code, rpc_id, sender, fields]
+    if token is not None or padding is not None:
+        items.append(token)
+    if padding is not None:
+        items.append(padding)
     if (type(code) is not int or not 0 <= code < 256 or type(rpc_id) is not int
             or not 0 <= rpc_id < _UINT64_END or PROTOCOL_VERSION >= 24):
-        return bytes(cbor2.dumps([PROTOCOL_VERSION, code, rpc_id, sender, fields]))
+        return bytes(cbor2.dumps(items))
     if sender is None:
         sender_part = b"\xf6"
     elif type(sender) is bytes and len(sender) == ID_BYTES:
         sender_part = _ID_HEAD + sender
     else:
-        return bytes(cbor2.dumps([PROTOCOL_VERSION, code, rpc_id, sender, fields]))
+        return bytes(cbor2.dumps(items))
     if not fields:
         fields_part = _HEADS[4][0]
     else:
         flat = _dump_flat(fields)
         fields_part = flat if flat is not None else bytes(cbor2.dumps(fields))
-    return b"".join((_ARRAY_OF_5, _HEADS[0][PROTOCOL_VERSION], _HEADS[0][code], _head(0, rpc_id),
-                     sender_part, fields_part))
+    parts = [_HEADS[4][len(items)], _HEADS[0][PROTOCOL_VERSION], _HEADS[0][code],
+             _head(0, rpc_id), sender_part, fields_part]
+    for extra in items[5:]:
+        parts.append(b"\xf6" if extra is None else _head(2, len(extra)) + extra)
+    return b"".join(parts)
 
 
 def _encode_field(kind: Kind, value: Any) -> Any:

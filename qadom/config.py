@@ -49,8 +49,13 @@ class Config:
     One resend turns a 10% per-packet loss into about a 4% request failure rate."""
 
     dead_backoff: float = 30.0
-    """After a request fails completely, lookups skip that address for this long, so one dead peer
-    costs one timeout per lookup wave and not one per lookup."""
+    """Lookups skip an address for this long once it is given up: a request to an address outside
+    the routing table failed, or a contact left the table for failing (``stale_failures`` failed
+    requests in a row, or one when a replacement waits). So a dead peer costs at most
+    ``stale_failures`` timeouts per wave of lookups, not one per lookup. A contact still in the
+    table is not skipped after one failure: with 30% loss one request in four fails on a live
+    peer, and skipping those made busy peers shun most of the network (30 peers on real sockets:
+    3% of searches incomplete; none of 2000 once table contacts wait for ``stale_failures``)."""
 
     liar_backoff: float = 600.0
     """A contact caught lying (a value that does not hash to its key, a forged signed record) is
@@ -90,6 +95,30 @@ class Config:
     rate_limit_senders: int = 10_000
     """Senders whose rates are tracked at once (least recently seen forgotten first): bounded
     memory against a spoofed flood."""
+
+    # --- amplification (docs/PROTOCOL.md, "Amplification") ---
+    amplification_factor: int = 3
+    """An address that has not proven it receives our datagrams (no valid token, not in our
+    routing table) never gets more than this many times the bytes it sent; bigger answers become
+    a small Challenge carrying a token. Three, as QUIC allows before address validation."""
+
+    min_request_size: int = 600
+    """A request that may draw a large answer (FIND_NODE, FIND_VALUE, SEARCH...) to a peer that
+    has given us no token yet is padded to this size, so that a full NODES answer (at most 1.7 KB
+    with 20 IPv6 contacts) fits 3 x 600 bytes and the first contact costs no extra round trip."""
+
+    min_small_request_size: int = 48
+    """Every other request without a token is padded to this size (a PING with our id already
+    is): three times it covers the largest small answer (a PONG, STORED or CHALLENGE with our id
+    and a token, under 70 bytes). Unproven requests too small for even a CHALLENGE within the
+    bound get no answer."""
+
+    token_lifetime: float = 300.0
+    """How often the secret that tokens are minted from changes; a token stays valid for one to
+    two lifetimes, so a stale token costs one Challenge round trip now and then."""
+
+    max_tokens: int = 10_000
+    """Tokens granted to us that we keep (per peer address, least recently used dropped)."""
 
     # --- sizes ---
     max_value_size: int = 8192

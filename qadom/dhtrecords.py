@@ -438,6 +438,7 @@ class DhtFind(Message):
 
     CODE = 17
     IS_REQUEST = True
+    LARGE_REPLY = True
     FIELDS = (("target", Kind.ID),)
     target: int
 

@@ -40,6 +40,7 @@ class InfoRequest(Message):
 
     CODE = 20
     IS_REQUEST = True
+    LARGE_REPLY = True
 
 
 @dataclass(frozen=True, slots=True)

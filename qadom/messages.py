@@ -11,7 +11,7 @@ codec encodes and checks every field from that table, so adding an RPC means add
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar
 
@@ -57,6 +57,8 @@ class Message:
     CODE: ClassVar[int]
     FIELDS: ClassVar[tuple[tuple[str, Kind], ...]] = ()
     IS_REQUEST: ClassVar[bool]
+    LARGE_REPLY: ClassVar[bool] = False
+    """A request whose answer may be large: sent padded to a peer that gave us no token yet."""
 
 
 # ----------------------------------------------------------------------------- requests
@@ -76,6 +78,7 @@ class FindNode(Message):
 
     CODE = 2
     IS_REQUEST = True
+    LARGE_REPLY = True
     FIELDS = (("target", Kind.ID),)
     target: int
 
@@ -87,6 +90,7 @@ class FindValue(Message):
 
     CODE = 3
     IS_REQUEST = True
+    LARGE_REPLY = True
     FIELDS = (("key", Kind.ID),)
     key: int
 
@@ -125,6 +129,7 @@ class Search(Message):
 
     CODE = 6
     IS_REQUEST = True
+    LARGE_REPLY = True
     FIELDS = (("key", Kind.ID), ("after", Kind.OPT_ID))
     key: int
     after: int | None = None
@@ -196,11 +201,28 @@ class Error(Message):
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One datagram: a message, the request id that pairs a reply with its request, and the
-    sender's node id (null for a client that does not want to enter routing tables)."""
+    sender's node id (null for a client that does not want to enter routing tables).
+
+    ``token`` proves, in a request, that the sender receives the responder's datagrams at its
+    address; in a reply it is a token granted to the requester for its next requests.
+    ``pad_to`` (encoding only) pads the datagram to at least that many bytes, so that a first
+    request to a peer is large enough to be answered in full (see docs/PROTOCOL.md,
+    "Amplification")."""
 
     rpc_id: int
     sender: int | None
     message: Message
+    token: bytes | None = None
+    pad_to: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge(Message):
+    """Reply to a request whose answer would be too large to send to an address that has not
+    proven it receives our datagrams: resend the request with the token in this envelope."""
+
+    CODE = 88
+    IS_REQUEST = False
 
 
 MESSAGE_TYPES: dict[int, type[Message]] = {}
@@ -216,5 +238,5 @@ def register(cls: type[Message]) -> type[Message]:
 
 
 for _cls in (Ping, FindNode, FindValue, Store, Append, Search, Pong, Nodes, Value, Stored,
-             Entries, Error):
+             Entries, Error, Challenge):
     register(_cls)

@@ -283,6 +283,7 @@ class NamespaceFind(Message):
 
     CODE = 9
     IS_REQUEST = True
+    LARGE_REPLY = True
     FIELDS = (("target", Kind.ID),)
     target: int
 

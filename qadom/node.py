@@ -26,10 +26,12 @@ Guarantees:
 from __future__ import annotations
 
 import builtins
+import hashlib
+import hmac
 import logging
 import math
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
@@ -64,6 +66,7 @@ from .info import InfoService
 from .lookup import Lookup
 from .messages import (
     Append,
+    Challenge,
     Entries,
     Envelope,
     Error,
@@ -89,6 +92,7 @@ from .storage import Store as StoreBackend
 log = logging.getLogger("qadom")
 
 T = TypeVar("T")
+TOKEN_BYTES = 16
 ReplyCallback = Callable[[Envelope | None, float], None]
 Handler = Callable[[Any, int | None, Address, float], Message]
 # A lookup's per-reply rule: the contacts the reply names, or None when the reply is unusable.
@@ -98,15 +102,18 @@ OnMessage = Callable[[Contact, Message, Lookup, float], Iterable[Contact] | None
 class _Request:
     """One outstanding request of ours."""
 
-    __slots__ = ("address", "attempts", "data", "expect_id", "on_reply", "on_stall", "rpc_id",
-                 "sent_at")
+    __slots__ = ("address", "attempts", "challenged", "data", "expect_id", "gen", "message",
+                 "on_reply", "on_stall", "rpc_id", "sent_at")
 
-    def __init__(self, rpc_id: int, address: Address, data: bytes, expect_id: int | None,
-                 on_reply: ReplyCallback, on_stall: Callable[[float], None] | None,
-                 now: float) -> None:
+    def __init__(self, rpc_id: int, address: Address, message: Message, data: bytes,
+                 expect_id: int | None, on_reply: ReplyCallback,
+                 on_stall: Callable[[float], None] | None, now: float) -> None:
         self.rpc_id = rpc_id
         self.address = address
+        self.message = message
         self.data = data
+        self.gen = 0  # bumped at every (re)send; a timer of an older send is stale
+        self.challenged = False
         self.expect_id = expect_id
         self.on_reply = on_reply
         self.on_stall = on_stall
@@ -144,6 +151,13 @@ class Node:
         self._pending: dict[int, _Request] = {}
         self._dead: dict[Address, float] = {}
         self._banned: dict[Address | int, float] = {}  # liars, by address and by id
+        # Address-proof tokens (docs/PROTOCOL.md, "Amplification"): secrets we mint ours with
+        # (the previous one stays valid for one more rotation), and tokens peers granted us.
+        self._secret = self.rng.randbytes(32)
+        self._old_secret = self._secret
+        self._secret_at = now
+        self._tokens: OrderedDict[Address, bytes] = OrderedDict()
+        self._proof_required: set[type[Message]] = set()
         self._verifying: dict[Address, float] = {}
         self._listeners: list[Callable[[LookupEvent], None]] = []
         cfg = self.config
@@ -182,7 +196,7 @@ class Node:
             return
         try:
             if envelope.message.IS_REQUEST:
-                self._on_request(envelope, address, now)
+                self._on_request(envelope, address, now, len(data))
             else:
                 self._on_reply(envelope, address, now)
         except Exception:  # a bug must not take the node down; it is logged and counted
@@ -403,13 +417,25 @@ class Node:
         rpc_id = self.rng.getrandbits(64)
         while rpc_id in self._pending:
             rpc_id = self.rng.getrandbits(64)
-        data = self.codec.encode(Envelope(rpc_id, self._sender, message))
-        req = _Request(rpc_id, address, data, expect_id, on_reply or _ignore_reply, on_stall, now)
+        token = self._tokens.get(address)
+        # Without a token from this peer, a request is padded so that the answer fits the peer's
+        # amplification bound (see amplification_factor): a lot if the answer may be large.
+        cfg = self.config
+        pad_to = 0 if token is not None else (
+            cfg.min_request_size if message.LARGE_REPLY else cfg.min_small_request_size)
+        data = self.codec.encode(Envelope(rpc_id, self._sender, message, token, pad_to))
+        req = _Request(rpc_id, address, message, data, expect_id, on_reply or _ignore_reply,
+                       on_stall, now)
         self._pending[rpc_id] = req
         self.stats["requests_out"] += 1
-        self._send(data, address)
-        self._schedule(now + self.rpc_timeout, partial(self._on_request_timer, rpc_id, 1))
+        self._transmit(req, now)
         return rpc_id
+
+    def _transmit(self, req: _Request, now: float) -> None:
+        req.gen += 1
+        self._send(req.data, req.address)
+        self._schedule(now + self.rpc_timeout,
+                       partial(self._on_request_timer, req.rpc_id, req.gen))
 
     @property
     def rpc_timeout(self) -> float:
@@ -419,16 +445,14 @@ class Node:
             return cfg.rpc_timeout
         return min(cfg.rpc_timeout_max, max(cfg.rpc_timeout_min, self._srtt + 4 * self._rttvar))
 
-    def _on_request_timer(self, rpc_id: int, attempt: int, now: float) -> None:
+    def _on_request_timer(self, rpc_id: int, gen: int, now: float) -> None:
         req = self._pending.get(rpc_id)
-        if req is None or req.attempts != attempt:
+        if req is None or req.gen != gen:
             return
         if req.attempts <= self.config.rpc_retries:
             req.attempts += 1
             self.stats["retries"] += 1
-            self._send(req.data, req.address)
-            self._schedule(now + self.rpc_timeout,
-                           partial(self._on_request_timer, rpc_id, req.attempts))
+            self._transmit(req, now)
             if req.on_stall is not None and req.attempts == 2:
                 req.on_stall(now)
             return
@@ -441,6 +465,18 @@ class Node:
         req = self._pending.get(envelope.rpc_id)
         if req is None or req.address != address:
             self.stats["unexpected"] += 1
+            return
+        if envelope.token is not None:
+            self._keep_token(address, envelope.token)
+        if (isinstance(envelope.message, Challenge) and envelope.token is not None
+                and not req.challenged):
+            # Prove our address, once per request, with the token just granted.
+            self.stats["challenged"] += 1
+            req.challenged = True
+            req.sent_at = now
+            req.data = self.codec.encode(Envelope(req.rpc_id, self._sender, req.message,
+                                                  envelope.token))
+            self._transmit(req, now)
             return
         del self._pending[envelope.rpc_id]
         if req.attempts == 1:  # Karn's rule: only unambiguous samples
@@ -460,30 +496,76 @@ class Node:
             self._saw(Contact(sender, address), now)
         req.on_reply(envelope, now)
 
-    def _on_request(self, envelope: Envelope, address: Address, now: float) -> None:
+    def _on_request(self, envelope: Envelope, address: Address, now: float, size: int) -> None:
         self.stats["requests_in"] += 1
         if not self._within_rate(address, now):
             # Answer a refusal at most once a second per address; flood traffic gets nothing.
             self.stats["rate_limited"] += 1
             if self._refusals.allow(address, now):
-                self._send(self.codec.encode(Envelope(
-                    envelope.rpc_id, self._sender,
-                    Error(ErrorCode.RATE_LIMITED, "too many requests; slow down"))), address)
+                refusal = self.codec.encode(Envelope(
+                    envelope.rpc_id, self._sender, Error(ErrorCode.RATE_LIMITED, "slow down")))
+                if len(refusal) <= self.config.amplification_factor * size:
+                    self._send(refusal, address)
             return
         sender = envelope.sender
-        if sender is not None and sender != self.id:
-            self._note_requester(sender, address, now)
-        handler = self._handlers.get(type(envelope.message))
-        if handler is None:
-            reply: Message = Error(ErrorCode.UNSUPPORTED, "request not served here")
+        by_token = envelope.token is not None and self._token_valid(address, envelope.token)
+        known = None if sender is None else self.table.get(sender)
+        proven = by_token or (known is not None and known.address == address)
+        grant = None if by_token else self._mint_token(address, self._secret)
+        message = envelope.message
+        handler = self._handlers.get(type(message))
+        if not proven and type(message) in self._proof_required:
+            reply: Message = Challenge()
+        elif handler is None:
+            reply = Error(ErrorCode.UNSUPPORTED, "request not served here")
         else:
             try:
-                reply = handler(envelope.message, sender, address, now)
+                reply = handler(message, sender, address, now)
             except Exception:
                 self.stats["internal_errors"] += 1
-                log.exception("internal error serving %s", type(envelope.message).__name__)
+                log.exception("internal error serving %s", type(message).__name__)
                 reply = Error(ErrorCode.INTERNAL, "internal error")
-        self._send(self.codec.encode(Envelope(envelope.rpc_id, self._sender, reply)), address)
+        data = self.codec.encode(Envelope(envelope.rpc_id, self._sender, reply, grant))
+        bound = self.config.amplification_factor * size
+        if not proven and len(data) > bound:
+            # Never send an unproven address more than amplification_factor times what it sent:
+            # a small Challenge instead, or nothing when even that would be too much.
+            data = self.codec.encode(Envelope(envelope.rpc_id, self._sender, Challenge(), grant))
+            if len(data) > bound:
+                self.stats["too_small"] += 1
+                return
+            self.stats["challenges_sent"] += 1
+        self._send(data, address)
+        if sender is not None and sender != self.id:
+            self._note_requester(sender, address, now,
+                                 budget=None if proven else bound - len(data))
+
+    def _ping_size(self, address: Address) -> int:
+        """The size of the PING we would send to ``address`` (with the longest request id)."""
+        token = self._tokens.get(address)
+        pad_to = 0 if token is not None else self.config.min_small_request_size
+        return len(self.codec.encode(Envelope(2**64 - 1, self._sender, Ping(), token, pad_to)))
+
+    def require_proof(self, message_type: type[Message]) -> None:
+        """Serve ``message_type`` only to requesters that proved their address (a token, or a
+        routing-table entry): for requests that make us send to that address later (pubsub
+        subscriptions), where a spoofed source would turn us into a reflector."""
+        self._proof_required.add(message_type)
+
+    def _mint_token(self, address: Address, secret: bytes) -> bytes:
+        text = f"{address[0]}|{address[1]}".encode()
+        return hmac.new(secret, text, hashlib.sha256).digest()[:TOKEN_BYTES]
+
+    def _token_valid(self, address: Address, token: bytes) -> bool:
+        return any(hmac.compare_digest(token, self._mint_token(address, secret))
+                   for secret in (self._secret, self._old_secret))
+
+    def _keep_token(self, address: Address, token: bytes) -> None:
+        tokens = self._tokens
+        tokens[address] = token
+        tokens.move_to_end(address)
+        if len(tokens) > self.config.max_tokens:
+            tokens.popitem(last=False)
 
     def _within_rate(self, address: Address, now: float) -> bool:
         """Per-address and (for non-loopback hosts) per-host request budgets."""
@@ -492,8 +574,11 @@ class Node:
         host = address[0]
         return _is_loopback(host) or self._host_rate.allow(host, now)
 
-    def _note_requester(self, sender: int, address: Address, now: float) -> None:
-        """A request came from ``sender``: refresh it if known, else ping it to verify it."""
+    def _note_requester(self, sender: int, address: Address, now: float,
+                        budget: int | None) -> None:
+        """A request came from ``sender``: refresh it if known, else ping it to verify it, if
+        the ping fits in ``budget`` bytes (what the amplification bound leaves after the
+        reply; None: no bound)."""
         known = self.table.get(sender)
         if known is not None:
             if known.address == address:
@@ -502,6 +587,9 @@ class Node:
         if self._verifying.get(address, -1e300) + self.config.verify_interval > now:
             return
         if len(self._verifying) >= self.config.max_verifying:
+            return
+        if budget is not None and budget < self._ping_size(address):
+            self.stats["verify_skipped"] += 1
             return
         self._verifying[address] = now
         self.request(address, Ping(), now, expect_id=sender)
@@ -517,11 +605,15 @@ class Node:
             self.request(to_ping.address, Ping(), now, expect_id=to_ping.id)
 
     def _contact_failed(self, address: Address, node_id: int | None, now: float) -> None:
-        self._dead[address] = now + self.config.dead_backoff
+        """A request to ``address`` failed for good. A contact of our table enters the lookups'
+        backoff only once the table gives it up (``stale_failures`` failures in a row, or one
+        when a replacement waits): under loss a live contact fails single requests, and skipping
+        it after one would make a busy peer shun most of the network (see Config.dead_backoff)."""
         if node_id is not None:
             known = self.table.get(node_id)
-            if known is not None and known.address == address:
-                self.table.failed(node_id)
+            if known is not None and known.address == address and not self.table.failed(node_id):
+                return
+        self._dead[address] = now + self.config.dead_backoff
 
     def punish(self, contact: Contact, now: float) -> None:
         """``contact`` gave a false answer: drop it, and neither ask it nor let it back into the
@@ -822,6 +914,9 @@ class Node:
             del self._dead[address]
         for banned in [b for b, until in self._banned.items() if until <= now]:
             del self._banned[banned]
+        if now - self._secret_at >= self.config.token_lifetime:
+            self._old_secret, self._secret = self._secret, self.rng.randbytes(32)
+            self._secret_at = now
         horizon = now - self.config.verify_interval
         for address in [a for a, at in self._verifying.items() if at <= horizon]:
             del self._verifying[address]

@@ -396,6 +396,7 @@ class PubSubService:
         self._outboxes: OrderedDict[int, _Outbox] = OrderedDict()
         self._sweep_armed = False
         node.register_handler(Subscribe, self._handle_subscribe)
+        node.require_proof(Subscribe)  # relays send to subscribers later: no spoofed sources
         node.register_handler(Unsubscribe, self._handle_unsubscribe)
         node.register_handler(Publish, self._handle_publish)
         node.register_handler(Deliver, self._handle_deliver)

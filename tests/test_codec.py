@@ -49,7 +49,8 @@ messages = st.one_of(
               st.booleans(), contact_lists),
     st.builds(Error, st.integers(0, 65535), st.text(max_size=256)),
 )
-envelopes = st.builds(Envelope, st.integers(0, 2**64 - 1), st.none() | ids, messages)
+tokens = st.none() | st.binary(min_size=1, max_size=32)
+envelopes = st.builds(Envelope, st.integers(0, 2**64 - 1), st.none() | ids, messages, tokens)
 
 
 @settings(max_examples=300)
@@ -84,6 +85,29 @@ def test_well_formed_cbor_with_wrong_shapes(code: int, rpc_id: object, sender: o
                       [1, code, 5, sender, [fields]], fields):
         with contextlib.suppress(ProtocolError):
             CODEC.decode(cbor2.dumps(candidate))
+
+
+@settings(max_examples=200)
+@given(envelopes, st.integers(0, 3000))
+def test_padding_reaches_its_size_and_changes_nothing_else(envelope: Envelope, pad_to: int) -> None:
+    padded = Envelope(envelope.rpc_id, envelope.sender, envelope.message, envelope.token, pad_to)
+    try:
+        data = CODEC.encode(padded)
+    except InvalidArgument:  # padding a near-full datagram past the limit is refused
+        assert pad_to > CONFIG.max_datagram_size - 3
+        return
+    assert len(data) >= pad_to
+    assert CODEC.decode(data) == envelope
+
+
+def test_envelope_extras_are_checked() -> None:
+    base = [1, Ping.CODE, 7, None, []]
+    assert CODEC.decode(cbor2.dumps([*base, b"t"])).token == b"t"
+    assert CODEC.decode(cbor2.dumps([*base, None, b"\x00" * 100])).token is None
+    for bad in ([*base, b""], [*base, b"x" * 33], [*base, "t"], [*base, None, "pad"],
+                [*base, None, b"", 1]):
+        with pytest.raises(ProtocolError):
+            CODEC.decode(cbor2.dumps(bad))
 
 
 def test_field_mutations_of_valid_messages_are_refused() -> None:

@@ -20,8 +20,10 @@ def replies(node: Node) -> list[object]:
 
 
 def flood(node: Node, address: tuple[str, int], count: int, now: float) -> list[object]:
+    """``count`` pings as a client sends them to a peer that gave it no token (padded)."""
     for i in range(count):
-        node.datagram_received(CODEC.encode(Envelope(i, None, Ping())), address, now)
+        ping = Envelope(i, None, Ping(), pad_to=CONFIG.min_small_request_size)
+        node.datagram_received(CODEC.encode(ping), address, now)
     return replies(node)
 
 

@@ -1,0 +1,127 @@
+"""Amplification: an address that has not proven it receives our datagrams never gets more than
+amplification_factor (3) times the bytes it sent, whatever it asks; proven peers get everything."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from qadom import Config
+from qadom.codec import Codec
+from qadom.contact import Address, Contact
+from qadom.dhtrecords import DhtFind
+from qadom.info import InfoRequest
+from qadom.messages import (
+    Challenge,
+    Envelope,
+    FindNode,
+    FindValue,
+    Message,
+    Nodes,
+    Ping,
+    Search,
+    Value,
+)
+from qadom.namespace import NamespaceFind
+from qadom.node import Node
+from qadom.pubsub import Subscribe
+from qadom.sim import SimNetwork
+from qadom.storage import Meta
+
+CONFIG = Config()
+CODEC = Codec(CONFIG)
+SOURCE: Address = ("127.66.0.1", 4000)
+
+
+def loaded_node() -> Node:
+    """A node holding every kind of large answer: a full value, a long set, a full table."""
+    node = Node(config=CONFIG, rng=random.Random(1))
+    node.store.put_value(7, b"\xff" * CONFIG.max_value_size, Meta(expires=1e12))
+    for value in range(1000):
+        node.store.add_entry(9, value, Meta(expires=1e12))
+    rng = random.Random(2)
+    for i in range(200):
+        host = f"ffff:ffff:ffff:ffff:ffff:ffff:{i // 256 + 1:x}:{i % 256 + 1:x}"
+        node.table.seen(Contact(rng.getrandbits(256), (host, 65535)))
+    return node
+
+
+REQUESTS: list[Message] = [
+    Ping(), FindNode(2**255), FindValue(7), FindValue(8), Search(9, None), Search(9, 100),
+    NamespaceFind(5), DhtFind(5), InfoRequest(), Subscribe(3, 60_000),
+]
+
+
+def exchange(node: Node, envelope: Envelope, source: Address = SOURCE) -> tuple[int, list[bytes]]:
+    data = CODEC.encode(envelope)
+    node.datagram_received(data, source, 0.0)
+    return len(data), [out for out, dest in node.datagrams_to_send() if dest == source]
+
+
+@pytest.mark.parametrize("message", REQUESTS, ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("sender", [None, 12345])
+@pytest.mark.parametrize("pad_to", [0, 64, 600])
+def test_unproven_sources_get_at_most_three_times_what_they_sent(
+        message: Message, sender: int | None, pad_to: int) -> None:
+    node = loaded_node()
+    size, replies = exchange(node, Envelope(1, sender, message, None, pad_to))
+    assert sum(len(r) for r in replies) <= CONFIG.amplification_factor * size
+    # Every answer carries a token that proves the address next time (a verification PING
+    # we send the requester is a request of ours and carries none).
+    for reply in map(CODEC.decode, replies):
+        assert reply.message.IS_REQUEST or reply.token is not None
+
+
+def test_a_token_unlocks_the_full_answer_and_a_forged_one_does_not() -> None:
+    node = loaded_node()
+    _, replies = exchange(node, Envelope(1, None, FindValue(7), None, 64))
+    (challenge,) = [CODEC.decode(r) for r in replies]
+    assert isinstance(challenge.message, Challenge) and challenge.token is not None
+    _, replies = exchange(node, Envelope(2, None, FindValue(7), b"\x00" * 16))
+    assert all(isinstance(CODEC.decode(r).message, Challenge) for r in replies)
+    _, replies = exchange(node, Envelope(3, None, FindValue(7), challenge.token))
+    (answer,) = [CODEC.decode(r).message for r in replies]
+    assert answer == Value(b"\xff" * CONFIG.max_value_size)
+    # The token is bound to the address: another address cannot use it.
+    other = ("127.66.0.2", 4000)
+    _, replies = exchange(node, Envelope(4, None, FindValue(7), challenge.token), other)
+    assert all(isinstance(CODEC.decode(r).message, Challenge) for r in replies)
+
+
+def test_tokens_expire_after_two_rotations() -> None:
+    node = loaded_node()
+    _, replies = exchange(node, Envelope(1, None, Ping(), None, 64))
+    token = CODEC.decode(replies[0]).token
+    assert token is not None
+    node.handle_timer(CONFIG.token_lifetime + CONFIG.maintenance_interval)
+    _, replies = exchange(node, Envelope(2, None, FindNode(1), token))
+    assert isinstance(CODEC.decode(replies[0]).message, Nodes)  # previous secret still valid
+    node.handle_timer(2 * CONFIG.token_lifetime + 2 * CONFIG.maintenance_interval)
+    _, replies = exchange(node, Envelope(3, None, FindNode(1), token))
+    assert isinstance(CODEC.decode(replies[0]).message, Challenge)
+
+
+def test_spoofed_subscription_is_not_registered() -> None:
+    node = loaded_node()
+    _, replies = exchange(node, Envelope(1, 12345, Subscribe(3, 60_000), None, 600))
+    answers = [m for m in (CODEC.decode(r).message for r in replies) if not m.IS_REQUEST]
+    assert answers == [Challenge()]
+    assert len(node.pubsub.relay.subscribers(3, 0.0)) == 0
+
+
+def test_fresh_nodes_fetch_full_values_through_challenges() -> None:
+    net = SimNetwork(seed=3)
+    nodes = net.add_nodes(40)
+    big = bytes(range(256)) * 32
+    key = net.run_call(net.call(nodes[1], nodes[1].set, big))
+    newcomer = net.add_node()
+    net.run_call(net.call(newcomer, newcomer.bootstrap, [net.address_of(nodes[0])]))
+    assert net.run_call(net.call(newcomer, newcomer.get, key)) == big
+    holder = min(nodes, key=lambda n: n.id ^ 99)
+    for value in range(500):
+        holder.store.add_entry(99, value, Meta(expires=1e12))
+    assert net.run_call(net.call(newcomer, newcomer.search, 99)) == set(range(500))
+    total = sum(n.stats["challenges_sent"] for n in nodes)
+    assert total > 0  # the bound was enforced along the way, and nothing failed
+    assert all(n.stats["internal_errors"] == 0 for n in [*nodes, newcomer])
