@@ -552,6 +552,10 @@ class Node:
         subscriptions), where a spoofed source would turn us into a reflector."""
         self._proof_required.add(message_type)
 
+    def token_for(self, address: Address) -> bytes:
+        """The token this node currently grants ``address`` (what its replies carry)."""
+        return self._mint_token(address, self._secret)
+
     def _mint_token(self, address: Address, secret: bytes) -> bytes:
         text = f"{address[0]}|{address[1]}".encode()
         return hmac.new(secret, text, hashlib.sha256).digest()[:TOKEN_BYTES]
