@@ -24,9 +24,8 @@ least-recently-seen contact, which the caller pings and evicts only if it does n
 from __future__ import annotations
 
 import bisect
-import heapq
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from .contact import Contact
 from .ids import ID_SPACE
@@ -97,10 +96,24 @@ class RoutingTable:
 
     def closest(self, target: int, count: int, exclude: int | None = None) -> list[Contact]:
         """The ``count`` contacts closest to ``target`` by XOR, closest first."""
-        candidates: Iterable[Contact] = self
+        # A bucket is an aligned block of ids of width w, so the distances from ``target`` to its
+        # ids fill exactly the block of width w starting at (lo ^ target) & -w, and the blocks of
+        # two buckets never overlap. Taking whole buckets in the order of their blocks therefore
+        # takes contacts nearest first: stop once ``count`` are in hand and sort only those.
+        # (Same result as sorting the whole table: ids, hence distances, are all different.)
+        if count <= 0:
+            return []
+        picked: list[Contact] = []
+        for bucket in sorted(self.buckets, key=lambda b: (b.lo ^ target) & -(b.hi - b.lo)):
+            if bucket.contacts:
+                picked.extend(bucket.contacts.values())
+                if len(picked) > count:  # one spare, in case ``exclude`` is among them
+                    break
         if exclude is not None:
-            candidates = (c for c in self if c.id != exclude)
-        return heapq.nsmallest(count, candidates, key=lambda c: c.id ^ target)
+            picked = [c for c in picked if c.id != exclude]
+        picked.sort(key=lambda c: c.id ^ target)
+        del picked[count:]
+        return picked
 
     def stale_buckets(self, now: float, interval: float) -> list[Bucket]:
         """Buckets with no lookup into their range for ``interval`` seconds (section 2.3)."""
@@ -199,15 +212,23 @@ class RoutingTable:
         if bucket.covers(self.own_id):
             return True
         # Relaxed splitting (section 4.2): keep every contact of the subtree that holds our k
-        # closest neighbours, so the table knows our own neighbourhood exactly.
-        new_distance = new_id ^ self.own_id
+        # closest neighbours, so the table knows our own neighbourhood exactly. Split only if
+        # fewer than k contacts are closer to us than the newcomer. As in closest(), each
+        # bucket's distances from our id fill one block and blocks never overlap, so every
+        # contact of a bucket whose block starts below this bucket's block is closer, every
+        # contact of a bucket whose block starts above it is farther, and only this bucket's own
+        # contacts need comparing one by one.
+        own = self.own_id
+        new_distance = new_id ^ own
+        block = (bucket.lo ^ own) & -(bucket.hi - bucket.lo)
         closer = 0
-        for contact in self:
-            if contact.id ^ self.own_id < new_distance:
+        for other in self.buckets:
+            if other is not bucket and (other.lo ^ own) & -(other.hi - other.lo) < block:
+                closer += len(other.contacts)
+        for node_id in bucket.contacts:
+            if node_id ^ own < new_distance:
                 closer += 1
-                if closer >= self.k:
-                    return False
-        return True
+        return closer < self.k
 
     def _split(self, bucket: Bucket) -> None:
         mid = (bucket.lo + bucket.hi) // 2

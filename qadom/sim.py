@@ -214,33 +214,36 @@ class SimNetwork:
         id, bucket refresh) through a random live node, one after the other."""
         added = []
         for _ in range(count):
-            existing = self.live_addresses()
+            via = self._random_live_address()
             node = self.add_node()
             added.append(node)
-            if bootstrap and existing:
-                self.run_call(self.call(node, node.bootstrap,
-                                        [existing[self.rng.randrange(len(existing))]]))
+            if bootstrap and via is not None:
+                self.run_call(self.call(node, node.bootstrap, [via]))
         return added
 
     def build(self, count: int, *, joins: int = 0) -> list[Node]:
         """Build a network of ``count`` nodes quickly, then let ``joins`` more join for real.
 
-        What it does: it creates ``count`` nodes and, for each one, shows its real
-        :class:`~qadom.routing.RoutingTable` contacts drawn from the true membership and passes
-        each to the real :meth:`~qadom.routing.RoutingTable.seen`, so bucket splitting (including
-        the relaxed rule of section 4.2), bucket capacity and the replacement cache behave exactly
-        as in a running node. From every range of ids at a given XOR prefix distance, the node is
-        shown, in random order, *all* members where its bucket may still split (fewer than ``k``
-        nodes are closer) and otherwise up to ``k + replacement_cache_size`` random members
-        (more could not fit); nearest ranges first. When :meth:`seen` asks to ping the
+        What it does: it creates ``count`` nodes (their creation order is their age) and shows
+        each node's real :class:`~qadom.routing.RoutingTable` contacts drawn from the true
+        membership, passing each to the real :meth:`~qadom.routing.RoutingTable.seen`, so bucket
+        splitting (including the relaxed rule of section 4.2), bucket capacity and the
+        replacement cache behave exactly as in a running node. Ranges of ids at each XOR prefix
+        distance are shown nearest first. From a range where the node's bucket may still split
+        (fewer than ``k`` nodes are closer) or that has at most ``k + replacement_cache_size``
+        members, every member is shown, oldest first. From a larger range, the ``k`` oldest
+        members are shown first, then ``replacement_cache_size`` other members drawn at random:
+        a full bucket keeps its oldest contacts (ping-before-evict, section 2.2) and the
+        newcomers wait in the replacement cache. When :meth:`seen` asks to ping the
         least-recently-seen contact, that contact is taken to have answered.
 
         What it skips: no datagram is exchanged while filling, so the stats stay at zero, no
-        request-verification or ping-before-evict traffic happens, and the order in which a real
-        node meets its contacts (by lookups) is replaced by a random one. Each table is what a
-        node that has heard from the whole network would hold, which is the steady state joins
-        and bucket refreshes converge to. The ``joins`` nodes added afterwards go through the real
-        bootstrap (:meth:`add_nodes`), so the join path is exercised at full size too.
+        request-verification or ping-before-evict traffic happens, and the lookups through which
+        a real node meets its contacts are replaced by the oldest-first rule above. Each table
+        is what a node that has heard from the whole network would hold under Kademlia's
+        keep-the-oldest policy, the state that joins and bucket refreshes converge to. The
+        ``joins`` nodes added afterwards go through the real bootstrap (:meth:`add_nodes`), so
+        the join path is exercised at full size too.
 
         The network must be empty.
         """
@@ -250,42 +253,12 @@ class SimNetwork:
             raise InvalidArgument("need count >= 1 and joins >= 0")
         built = [self.add_node() for _ in range(count)]
         contacts = {n.id: Contact(n.id, self.address_of(n)) for n in built}
-        ids = list(self._live_ids)
+        filler = _TableFiller(list(self._live_ids), {n.id: age for age, n in enumerate(built)},
+                              contacts, self.rng)
         for node in built:
-            self._fill_table(node, ids, contacts)
+            filler.fill(node)
         self.add_nodes(joins)
         return built
-
-    def _fill_table(self, node: Node, ids: list[int], contacts: dict[int, Contact]) -> None:
-        table = node.table
-        own = node.id
-        k = table.k
-        shown = k + table.replacement_cache_size
-        # ranges[d]: the index span in ``ids`` of the nodes sharing exactly d leading bits with us
-        ranges: list[tuple[int, int]] = []
-        for depth in range(ID_BITS):
-            shift = ID_BITS - 1 - depth
-            sibling = ((own >> shift) ^ 1) << shift
-            ranges.append((bisect.bisect_left(ids, sibling),
-                           bisect.bisect_left(ids, sibling + (1 << shift))))
-            subtree = (own >> shift) << shift
-            if (bisect.bisect_left(ids, subtree + (1 << shift))
-                    - bisect.bisect_left(ids, subtree)) <= 1:
-                break  # nobody else shares depth + 1 bits with us
-        closer = 0
-        rng = self.rng
-        for lo, hi in reversed(ranges):
-            size = hi - lo
-            if closer < k or size <= shown:
-                members = list(range(lo, hi))
-                rng.shuffle(members)
-            else:
-                members = rng.sample(range(lo, hi), shown)
-            for index in members:
-                to_ping = table.seen(contacts[ids[index]])
-                if to_ping is not None:
-                    table.seen(to_ping)  # it answered the ping: it stays, the newcomer waits
-            closer += size
 
     def remove(self, node: Node) -> None:
         """Take ``node`` off the network for good: it neither sends nor receives again."""
@@ -427,8 +400,7 @@ class SimNetwork:
             unsubscribe()
         finished = next((e for e in events if isinstance(e, LookupFinished)
                          and e.lookup_id == lookup_id), None)
-        k = self.config.k
-        truth = self.true_closest(target, k, exclude=node.id)
+        truth = self.true_closest(target, node.config.k, exclude=node.id)
         found = {c.id for c in finished.closest} if finished else set()
         return LookupReport(
             origin=self.address_of(node), target=target,
@@ -460,8 +432,7 @@ class SimNetwork:
     def table_fill(self, node: Node) -> TableFill:
         """The state of ``node``'s routing table, compared with the true membership."""
         table = node.table
-        k = self.config.k
-        truth = self.true_closest(node.id, k, exclude=node.id)
+        truth = self.true_closest(node.id, node.config.k, exclude=node.id)
         down = self.down
         contacts = list(table)
         return TableFill(
@@ -540,12 +511,17 @@ class SimNetwork:
             if self._live_ids:
                 self.remove(self._by_id[self.rng.choice(self._live_ids)])
             return
-        existing = self.live_addresses()
+        via = self._random_live_address()
         node = self.add_node()
         self._log("join", self.address_of(node))
-        if existing:
-            via = existing[self.rng.randrange(len(existing))]
+        if via is not None:
             self.joins.append(self.call(node, node.bootstrap, [via]))
+
+    def _random_live_address(self) -> Address | None:
+        ids = self._live_ids
+        if not ids:
+            return None
+        return self.address_of(self._by_id[ids[self.rng.randrange(len(ids))]])
 
     def _log(self, kind: str, address: Address) -> None:
         self.churn_log.append((self.now, kind, address))
@@ -555,3 +531,69 @@ class SimNetwork:
     def _push(self, when: float, kind: int, payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._events, (when, self._seq, kind, payload))
+
+
+class _TableFiller:
+    """Fills routing tables for :meth:`SimNetwork.build` from a sorted list of every id."""
+
+    def __init__(self, ids: list[int], age: dict[int, int], contacts: dict[int, Contact],
+                 rng: random.Random) -> None:
+        self.ids = ids
+        self.age = [age[i] for i in ids]  # by position in ``ids``
+        self.contacts = contacts
+        self.rng = rng
+        self._oldest: dict[tuple[int, int], list[int]] = {}
+        self._keep = 0
+
+    def fill(self, node: Node) -> None:
+        table = node.table
+        own = node.id
+        ids = self.ids
+        k = table.k
+        shown = k + table.replacement_cache_size
+        self._keep = max(self._keep, k)
+        # spans[d]: the positions in ``ids`` of the nodes sharing exactly d leading bits with us
+        spans: list[tuple[int, int, int]] = []
+        for depth in range(ID_BITS):
+            shift = ID_BITS - 1 - depth
+            sibling = ((own >> shift) ^ 1) << shift
+            spans.append((bisect.bisect_left(ids, sibling),
+                          bisect.bisect_left(ids, sibling + (1 << shift)), depth + 1))
+            subtree = (own >> shift) << shift
+            if (bisect.bisect_left(ids, subtree + (1 << shift))
+                    - bisect.bisect_left(ids, subtree)) <= 1:
+                break  # nobody else shares depth + 1 bits with us
+        closer = 0
+        age = self.age
+        for lo, hi, depth in reversed(spans):
+            size = hi - lo
+            if closer < k or size <= shown:
+                members = sorted(range(lo, hi), key=age.__getitem__)
+            else:
+                members = self.oldest(lo, hi, depth)[:k]
+                chosen = set(members)
+                extra = [i for i in self.rng.sample(range(lo, hi), shown) if i not in chosen]
+                members += extra[:shown - k]
+            for index in members:
+                to_ping = table.seen(self.contacts[ids[index]])
+                if to_ping is not None:
+                    table.seen(to_ping)  # it answered the ping: it stays, the newcomer waits
+            closer += size
+
+    def oldest(self, lo: int, hi: int, depth: int) -> list[int]:
+        """Positions of the oldest members of the subtree at ``depth`` spanning [lo, hi),
+        oldest first (at least ``k`` of them when there are that many)."""
+        age = self.age
+        if hi - lo <= 2 * self._keep or depth >= ID_BITS:
+            return sorted(range(lo, hi), key=age.__getitem__)
+        cached = self._oldest.get((lo, hi))
+        if cached is not None:
+            return cached
+        shift = ID_BITS - 1 - depth
+        middle = ((self.ids[lo] >> (shift + 1)) << (shift + 1)) | (1 << shift)
+        split = bisect.bisect_left(self.ids, middle, lo, hi)
+        merged = heapq.merge(self.oldest(lo, split, depth + 1), self.oldest(split, hi, depth + 1),
+                             key=age.__getitem__)
+        result = [index for _, index in zip(range(2 * self._keep), merged, strict=False)]
+        self._oldest[(lo, hi)] = result
+        return result
