@@ -120,6 +120,10 @@ class Lookup:
         cand.state = State.FAILED
         self.failures += 1
 
+    def add(self, contacts: Iterable[Contact]) -> list[Contact]:
+        """More first-round candidates (a driver's fallback); returns the ones that were new."""
+        return self._add(contacts, 1)
+
     def stop(self) -> None:
         """End the lookup early (a value was found); nothing more will be asked."""
         self.stopped = True

@@ -778,12 +778,21 @@ class Node:
             emit(LookupStarted(lookup_id, now, target, kind,
                                tuple(c.contact for c in lookup.candidates())))
 
+        refilled = False
+
         def pump(now: float) -> None:
-            nonlocal finished
+            nonlocal finished, refilled
             if finished:
                 return
             if call is not None and call.done:
                 lookup.stop()
+            if (lookup.finished and not lookup.stopped and not refilled
+                    and len(lookup.closest()) < cfg.k):
+                # Every candidate near the target failed (a partition, a dead neighbourhood):
+                # fall back once on the rest of the routing table before giving up.
+                refilled = True
+                lookup.add(c for c in self.table.closest(target, len(self.table))
+                           if dead.get(c.address, 0.0) <= now)
             for cand in lookup.next_requests():
                 contact = cand.contact
                 if emit:

@@ -187,6 +187,7 @@ class SimNetwork:
         self._armed: dict[Address, float] = {}
         self._live_ids: list[int] = []  # sorted ids of the nodes on the network
         self._by_id: dict[int, Node] = {}
+        self._sides: dict[Address, int] | None = None  # set while the network is partitioned
 
     # ------------------------------------------------------------------ building
 
@@ -316,7 +317,9 @@ class SimNetwork:
         if kind == _DELIVER:
             data, source, destination = payload
             node = self.nodes.get(destination)
-            if node is None or destination in self.down:
+            sides = self._sides
+            if node is None or destination in self.down or (
+                    sides is not None and sides.get(source, -1) != sides.get(destination, -2)):
                 self.dropped += 1
                 if self.trace is not None:
                     self.trace.append((when, "lost", source, destination, len(data)))
@@ -475,6 +478,19 @@ class SimNetwork:
         return total
 
     # ------------------------------------------------------------------ internals
+
+    def partition(self, *groups: Iterable[Node]) -> None:
+        """Cut the network into ``groups``: from now until :meth:`heal`, a datagram reaches its
+        destination only if both ends are in the same group (datagrams already on their way
+        included). A node in no group is cut off from everyone."""
+        self._sides = {self.address_of(node): side
+                       for side, group in enumerate(groups) for node in group}
+        self._log("partition", ("", len(self._sides)))
+
+    def heal(self) -> None:
+        """End a :meth:`partition`: every live node reaches every other again."""
+        self._sides = None
+        self._log("heal", ("", 0))
 
     def _delay(self) -> float:
         latency = self.latency
