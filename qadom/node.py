@@ -156,7 +156,8 @@ class Node:
         self._secret = self.rng.randbytes(32)
         self._old_secret = self._secret
         self._secret_at = now
-        self._tokens: OrderedDict[Address, bytes] = OrderedDict()
+        self._tokens: OrderedDict[Address, bytes] = OrderedDict()  # granted to us, by peer
+        self._granted: dict[Address, bytes] = {}  # ours, minted from the current secret
         self._proof_required: set[type[Message]] = set()
         self._verifying: dict[Address, float] = {}
         self._listeners: list[Callable[[LookupEvent], None]] = []
@@ -511,7 +512,7 @@ class Node:
         by_token = envelope.token is not None and self._token_valid(address, envelope.token)
         known = None if sender is None else self.table.get(sender)
         proven = by_token or (known is not None and known.address == address)
-        grant = None if by_token else self._mint_token(address, self._secret)
+        grant = None if by_token else self.token_for(address)
         message = envelope.message
         handler = self._handlers.get(type(message))
         if not proven and type(message) in self._proof_required:
@@ -553,16 +554,19 @@ class Node:
         self._proof_required.add(message_type)
 
     def token_for(self, address: Address) -> bytes:
-        """The token this node currently grants ``address`` (what its replies carry)."""
-        return self._mint_token(address, self._secret)
-
-    def _mint_token(self, address: Address, secret: bytes) -> bytes:
-        text = f"{address[0]}|{address[1]}".encode()
-        return hmac.new(secret, text, hashlib.sha256).digest()[:TOKEN_BYTES]
+        """The token this node currently grants ``address`` (what its replies carry). Minted
+        once per address and secret, then remembered (bounded), so requests cost no HMAC."""
+        token = self._granted.get(address)
+        if token is None:
+            if len(self._granted) >= self.config.max_tokens:
+                self._granted.clear()
+            token = self._granted[address] = _mint_token(address, self._secret)
+        return token
 
     def _token_valid(self, address: Address, token: bytes) -> bool:
-        return any(hmac.compare_digest(token, self._mint_token(address, secret))
-                   for secret in (self._secret, self._old_secret))
+        if hmac.compare_digest(token, self.token_for(address)):
+            return True
+        return hmac.compare_digest(token, _mint_token(address, self._old_secret))
 
     def _keep_token(self, address: Address, token: bytes) -> None:
         tokens = self._tokens
@@ -591,6 +595,11 @@ class Node:
         if self._verifying.get(address, -1e300) + self.config.verify_interval > now:
             return
         if len(self._verifying) >= self.config.max_verifying:
+            return
+        if not self.table.has_room_for(sender):
+            # Its bucket is full of contacts that keep answering: verifying it would only queue
+            # it as a replacement, at the price of a ping (and of the pings that ping sets off).
+            self.stats["verify_skipped"] += 1
             return
         if budget is not None and budget < self._ping_size(address):
             self.stats["verify_skipped"] += 1
@@ -930,6 +939,7 @@ class Node:
         if now - self._secret_at >= self.config.token_lifetime:
             self._old_secret, self._secret = self._secret, self.rng.randbytes(32)
             self._secret_at = now
+            self._granted.clear()
         horizon = now - self.config.verify_interval
         for address in [a for a, at in self._verifying.items() if at <= horizon]:
             del self._verifying[address]
@@ -989,6 +999,12 @@ class Node:
             raise ValueTooLarge(
                 f"value of {len(value)} bytes exceeds the {self.config.max_value_size}-byte limit")
         return value
+
+
+def _mint_token(address: Address, secret: bytes) -> bytes:
+    """The token ``secret`` grants ``address``: HMAC-SHA256 of "host|port", 16 bytes."""
+    text = f"{address[0]}|{address[1]}".encode()
+    return hmac.new(secret, text, hashlib.sha256).digest()[:TOKEN_BYTES]
 
 
 def _is_loopback(host: str) -> bool:

@@ -13,47 +13,37 @@ from typing import Generic, TypeVar
 K = TypeVar("K", bound=Hashable)
 
 
-class TokenBucket:
-    """``burst`` tokens, refilled at ``rate`` per second; one message costs one token."""
-
-    __slots__ = ("tokens", "updated")
-
-    def __init__(self, burst: float, now: float) -> None:
-        self.tokens = float(burst)
-        self.updated = now
-
-    def take(self, rate: float, burst: float, now: float) -> bool:
-        """Spend one token if there is one."""
-        if now > self.updated:
-            self.tokens = min(float(burst), self.tokens + (now - self.updated) * rate)
-            self.updated = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class RateLimiter(Generic[K]):
-    """One :class:`TokenBucket` per sender (an address, a host...), at most ``max_senders`` of
-    them (the least recently seen is forgotten first, which hands it a fresh burst if it comes
-    back: bounded memory matters more than exactness against an attacker with many addresses)."""
+    """A token bucket per sender (an address, a host...): ``burst`` tokens refilled at ``rate``
+    a second, one spent per message. At most ``max_senders`` senders are tracked; the least
+    recently seen is forgotten first, which hands it a fresh burst if it comes back: bounded
+    memory matters more than exactness against an attacker with many addresses."""
 
     def __init__(self, rate: float, burst: int, max_senders: int) -> None:
         self.rate = rate
         self.burst = burst
         self.max_senders = max_senders
-        self._buckets: OrderedDict[K, TokenBucket] = OrderedDict()
+        # Each sender's bucket is a (tokens, updated) pair of floats: tuples of floats are not
+        # tracked by the garbage collector, which matters when a node tracks thousands.
+        self._buckets: OrderedDict[K, tuple[float, float]] = OrderedDict()
 
     def allow(self, sender: K, now: float) -> bool:
         """Spend one of ``sender``'s tokens if it has one."""
-        bucket = self._buckets.get(sender)
-        if bucket is None:
-            if len(self._buckets) >= self.max_senders:
-                self._buckets.popitem(last=False)
-            bucket = self._buckets[sender] = TokenBucket(self.burst, now)
+        buckets = self._buckets
+        held = buckets.get(sender)
+        if held is None:
+            if len(buckets) >= self.max_senders:
+                buckets.popitem(last=False)
+            tokens, updated = float(self.burst), now
         else:
-            self._buckets.move_to_end(sender)
-        return bucket.take(self.rate, self.burst, now)
+            buckets.move_to_end(sender)
+            tokens, updated = held
+            if now > updated:
+                tokens = min(float(self.burst), tokens + (now - updated) * self.rate)
+                updated = now
+        allowed = tokens >= 1.0
+        buckets[sender] = (tokens - 1.0 if allowed else tokens, updated)
+        return allowed
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -162,6 +162,14 @@ class RoutingTable:
                 return oldest
             return None
 
+    def has_room_for(self, node_id: int) -> bool:
+        """Whether :meth:`seen` would add ``node_id`` now (its bucket has room or may split),
+        rather than only queue it as a replacement."""
+        if node_id == self.own_id:
+            return False
+        bucket = self.bucket_for(node_id)
+        return len(bucket.contacts) < self.k or self._may_split(bucket, node_id)
+
     def failed(self, node_id: int) -> bool:
         """Record that ``node_id`` did not answer a request. Returns True if it was removed.
 

@@ -69,11 +69,14 @@ async def test_post_through_one_get_through_the_other(tmp_path: Path) -> None:
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
 
         async def joined() -> None:
-            while True:
-                async with http.get(f"{second.http}/node") as response:
-                    if (await response.json())["contacts"] >= 1:
-                        return
-                await asyncio.sleep(0.05)
+            # Both directions: the record must reach the second node's store (checked after its
+            # restart), so the first must have verified the second, not only the reverse.
+            for node in (second, first):
+                while True:
+                    async with http.get(f"{node.http}/node") as response:
+                        if (await response.json())["contacts"] >= 1:
+                            break
+                    await asyncio.sleep(0.05)
 
         await asyncio.wait_for(joined(), 30)
         async with http.post(f"{first.http}/dht/test_id", json=EXAMPLE) as response:

@@ -45,7 +45,7 @@ from qadom.pubsub import (
     Unsubscribe,
     Unsubscribed,
 )
-from qadom.ratelimit import RateLimiter, TokenBucket
+from qadom.ratelimit import RateLimiter
 from qadom.sim import SimNetwork
 
 from helpers import FAST, udp_network, wait_until
@@ -58,11 +58,11 @@ C = ("127.0.0.1", 3)
 
 
 def test_token_bucket_and_rate_limiter() -> None:
-    bucket = TokenBucket(3, now=0.0)
-    assert [bucket.take(2.0, 3, 0.0) for _ in range(4)] == [True, True, True, False]
-    assert not bucket.take(2.0, 3, 0.4)  # 0.8 tokens back
-    assert bucket.take(2.0, 3, 0.5)
-    assert [bucket.take(2.0, 3, 100.0) for _ in range(4)] == [True, True, True, False]  # capped
+    bucket: RateLimiter[str] = RateLimiter(rate=2.0, burst=3, max_senders=1)
+    assert [bucket.allow("x", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert not bucket.allow("x", 0.4)  # 0.8 tokens back
+    assert bucket.allow("x", 0.5)
+    assert [bucket.allow("x", 100.0) for _ in range(4)] == [True, True, True, False]  # capped
 
     limiter = RateLimiter(rate=1.0, burst=2, max_senders=2)
     assert limiter.allow(A, 0.0) and limiter.allow(A, 0.0) and not limiter.allow(A, 0.0)

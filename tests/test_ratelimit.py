@@ -8,7 +8,7 @@ from qadom import Config
 from qadom.codec import Codec
 from qadom.messages import Envelope, Error, ErrorCode, Ping, Pong
 from qadom.node import Node
-from qadom.ratelimit import RateLimiter, TokenBucket
+from qadom.ratelimit import RateLimiter
 
 CONFIG = Config(request_rate=10.0, request_burst=20, host_request_rate=30.0,
                 host_request_burst=50)
@@ -27,11 +27,11 @@ def flood(node: Node, address: tuple[str, int], count: int, now: float) -> list[
     return replies(node)
 
 
-def test_token_bucket_and_limiter() -> None:
-    bucket = TokenBucket(2, now=0.0)
-    assert bucket.take(1.0, 2, 0.0) and bucket.take(1.0, 2, 0.0)
-    assert not bucket.take(1.0, 2, 0.0)
-    assert bucket.take(1.0, 2, 1.0)  # refilled at one token a second
+def test_limiter_refills_and_forgets_the_least_recent() -> None:
+    bucket: RateLimiter[str] = RateLimiter(rate=1.0, burst=2, max_senders=1)
+    assert bucket.allow("x", 0.0) and bucket.allow("x", 0.0)
+    assert not bucket.allow("x", 0.0)
+    assert bucket.allow("x", 1.0)  # refilled at one token a second
     limiter: RateLimiter[str] = RateLimiter(rate=1.0, burst=1, max_senders=2)
     assert limiter.allow("a", 0.0) and not limiter.allow("a", 0.0)
     assert limiter.allow("b", 0.0) and limiter.allow("c", 0.0)
