@@ -68,6 +68,9 @@ class SqliteStore:
         self._db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
         self._db.executescript(SCHEMA)
         self.quotas = Quotas(self.config)
+        size_sum, count = self._db.execute(
+            "SELECT COALESCE(SUM(length(data)), 0), COUNT(*) FROM records").fetchone()
+        self.quotas.load("", int(size_sum), int(count))
         for table, size in (("vals", "length(value)"), ("entries", str(ENTRY_SIZE))):
             for source, size_sum, count in self._db.execute(
                     f"SELECT source, SUM({size}), COUNT(*) FROM {table} GROUP BY source"):
@@ -186,11 +189,31 @@ class SqliteStore:
         return None if row is None else bytes(row[0])
 
     def put_record(self, kind: str, key: int, data: bytes, now: float) -> None:
-        self._write("INSERT OR REPLACE INTO records (kind, key, data) VALUES (?, ?, ?)",
-                    (kind, id_to_bytes(key), data))
+        old = self._record_size(kind, key)
+        if old is None:
+            self._make_room("", len(data), False)
+        else:
+            self.quotas.resize("", old, len(data))  # checked before the write, undone if it fails
+        try:
+            self._write("INSERT OR REPLACE INTO records (kind, key, data) VALUES (?, ?, ?)",
+                        (kind, id_to_bytes(key), data))
+        except BaseException:
+            if old is not None:
+                self.quotas.resize("", len(data), old)
+            raise
+        if old is None:
+            self.quotas.add("", len(data))
 
     def delete_record(self, kind: str, key: int) -> None:
+        old = self._record_size(kind, key)
         self._write("DELETE FROM records WHERE kind = ? AND key = ?", (kind, id_to_bytes(key)))
+        if old is not None:
+            self.quotas.remove("", old)
+
+    def _record_size(self, kind: str, key: int) -> int | None:
+        row = self._db.execute("SELECT length(data) FROM records WHERE kind = ? AND key = ?",
+                               (kind, id_to_bytes(key))).fetchone()
+        return None if row is None else int(row[0])
 
     def save_contacts(self, contacts: Iterable[Contact]) -> None:
         rows = [(id_to_bytes(c.id), c.address[0], c.address[1]) for c in contacts]

@@ -109,6 +109,18 @@ class Quotas:
             except StorageFull:
                 continue
 
+    def resize(self, source: str, old_size: int, new_size: int) -> None:
+        """Account for an item replaced in place; StorageFull if the growth does not fit."""
+        growth = new_size - old_size
+        if growth > 0:
+            used = self._by_source.get(source, [0, 0])[0] if source else 0
+            if self.total_bytes + growth > self.config.max_store_bytes or (
+                    source and used + growth > self.config.max_bytes_per_source):
+                raise StorageFull("this node's storage is full")
+        self.total_bytes += growth
+        if source:
+            self._by_source[source][0] += growth
+
     def add(self, source: str, size: int) -> None:
         self.load(source, size, 1)
 
@@ -176,7 +188,8 @@ class Store(Protocol):
         ...
 
     def put_record(self, kind: str, key: int, data: bytes, now: float) -> None:
-        """Store (or replace) one service record. Services check their own rules first."""
+        """Store (or replace) one service record. Services check their own rules first.
+        Records count against the total quotas; StorageFull (nothing changed) past them."""
         ...
 
     def delete_record(self, kind: str, key: int) -> None: ...
@@ -300,10 +313,18 @@ class MemoryStore:
         return self._records.get((kind, key))
 
     def put_record(self, kind: str, key: int, data: bytes, now: float) -> None:
+        old = self._records.get((kind, key))
+        if old is None:
+            self._make_room("", len(data), False)
+            self.quotas.add("", len(data))
+        else:
+            self.quotas.resize("", len(old), len(data))
         self._records[(kind, key)] = data
 
     def delete_record(self, kind: str, key: int) -> None:
-        self._records.pop((kind, key), None)
+        old = self._records.pop((kind, key), None)
+        if old is not None:
+            self.quotas.remove("", len(old))
 
     def save_contacts(self, contacts: Iterable[Contact]) -> None:
         self._contacts = list(contacts)

@@ -113,6 +113,20 @@ def test_total_item_quota(make_store: type) -> None:
     assert store.entries_after(1, None, 100)[0] == list(range(20))
 
 
+def test_records_count_against_the_total_quota(make_store: type) -> None:
+    store: Store = make_store(SMALL)
+    store.put_record("namespace", 1, b"r" * 600, 0.0)
+    before = store.stats()
+    with pytest.raises(StorageFull):
+        store.put_record("namespace", 2, b"r" * 500, 0.0)
+    with pytest.raises(StorageFull):  # growing a record in place is checked too
+        store.put_record("namespace", 1, b"r" * 1100, 0.0)
+    assert store.stats() == before and store.get_record("namespace", 1) == b"r" * 600
+    store.delete_record("namespace", 1)
+    store.put_record("namespace", 2, b"r" * 500, 0.0)  # the room came back
+    assert store.stats()["stored_bytes"] == 500
+
+
 def test_records_contacts_and_meta(make_store: type) -> None:
     store: Store = make_store()
     store.put_record("namespace", 5, b"rec", 0.0)
@@ -140,6 +154,7 @@ def test_sqlite_survives_reopening_with_quotas_intact(tmp_path: Path) -> None:
         assert again.get_value(3) == b"v" * 40
         assert again.entries_after(1, None, 5) == ([2], False)
         assert again.get_record("dht", 3) == b"r"
+        assert again.stats()["stored_bytes"] == 8 * 40 + 32 + 1  # values, entry, record
         assert again.load_contacts() == [Contact(7, ("127.0.0.1", 9))]
         assert len(again.due(10.0, 100)) == 8
         with pytest.raises(StorageFull):  # the per-source count was rebuilt from the file
