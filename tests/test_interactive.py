@@ -152,6 +152,23 @@ def _spawn(args: list[str], env: dict[str, str]) -> pexpect.spawn:
                          timeout=WAIT, dimensions=(50, 200))
 
 
+def _run_peer1_and_peer2(env: dict[str, str], children: list[pexpect.spawn],
+                         ) -> tuple[pexpect.spawn, pexpect.spawn]:
+    """peer1 sets b'sudo python' and prints its key; peer2 gets it back; both keep serving."""
+    peer1 = _spawn([str(PEERS / "peer1.py")], env)
+    children.append(peer1)
+    peer1.expect(ADDRESS)
+    peer1.expect(r"(\d+)\r?\n")
+    assert int(peer1.match.group(1)) == KEY
+    peer1.expect(SERVING)
+    peer2 = _spawn([str(PEERS / "peer2.py")], env)
+    children.append(peer2)
+    peer2.expect(ADDRESS)
+    peer2.expect(r"(b'sudo python')\r?\n")
+    peer2.expect(SERVING)
+    return peer1, peer2
+
+
 def _stop(child: pexpect.spawn) -> int | None:
     """Ctrl-C, then the exit status (None if it had to be killed)."""
     if not child.isalive():
@@ -178,17 +195,7 @@ def test_peer_scripts_under_plain_python() -> None:
         address = f"{peer0.match.group(1)}:{peer0.match.group(2)}"
         peer0.expect(SERVING)
         env = _env(QADOM_PORT="0", QADOM_BOOTSTRAP=address)
-        peer1 = _spawn([str(PEERS / "peer1.py")], env)
-        children.append(peer1)
-        peer1.expect(ADDRESS)
-        peer1.expect(r"(\d+)\r?\n")
-        assert int(peer1.match.group(1)) == KEY
-        peer1.expect(SERVING)
-        peer2 = _spawn([str(PEERS / "peer2.py")], env)
-        children.append(peer2)
-        peer2.expect(ADDRESS)
-        peer2.expect(r"(b'sudo python')\r?\n")
-        peer2.expect(SERVING)
+        _run_peer1_and_peer2(env, children)
         # They keep serving until Ctrl-C, then close their peers and exit cleanly.
         assert all(child.isalive() for child in children)
         assert [_stop(child) for child in reversed(children)] == [0, 0, 0]
@@ -212,17 +219,7 @@ def test_ipython_prompt_serves_while_idle(tmp_path: Path) -> None:
         peer0.expect(r"In \[1\]")  # idle at the prompt from here on
 
         env = _env(QADOM_PORT="0", QADOM_BOOTSTRAP=address)
-        peer1 = _spawn([str(PEERS / "peer1.py")], env)
-        children.append(peer1)
-        peer1.expect(ADDRESS)
-        peer1.expect(r"(\d+)\r?\n")
-        assert int(peer1.match.group(1)) == KEY
-        peer1.expect(SERVING)
-        peer2 = _spawn([str(PEERS / "peer2.py")], env)
-        children.append(peer2)
-        peer2.expect(ADDRESS)
-        peer2.expect(r"(b'sudo python')\r?\n")
-        peer2.expect(SERVING)
+        peer1, peer2 = _run_peer1_and_peer2(env, children)
 
         peer0.sendline("await peer.get(KEY)")
         peer0.expect(r"Out\[1\]: (?:\x1b\[[0-9;]*m)*(b'sudo python')")
