@@ -645,7 +645,7 @@ class DhtRecordService:
         except ValueTooLarge as exc:
             return DhtRefused(RefusedCode.TOO_LARGE, str(exc)[:200])
         try:
-            self.node.store.put_record(RECORD_KIND, key, encode_record(record), now)
+            self.node.store.put_record(RECORD_KIND, key, encode_record(record), now, address[0])
         except StorageFull as exc:
             return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         return Stored()

@@ -353,9 +353,10 @@ class NamespaceService:
             self.node.stats["namespace_corrupt"] += 1
             return None
 
-    def accept(self, record: NamespaceRecord, now: float) -> bool:
+    def accept(self, record: NamespaceRecord, now: float, source: str = "") -> bool:
         """Verify ``record`` and store it if it is newer than ours: True when stored, False when
-        it is the record we already hold. Raises BadSignature or StaleSequence, storing nothing."""
+        it is the record we already hold. Raises BadSignature, StaleSequence or StorageFull
+        (quotas of the sending host ``source``), storing nothing."""
         try:
             record.verify()
             if not supersedes(record, self.local(record.storage_key)):
@@ -363,7 +364,8 @@ class NamespaceService:
         except QadomError:
             self.node.stats["namespace_refused"] += 1
             raise
-        self.node.store.put_record(RECORD_KIND, record.storage_key, record.to_bytes(), now)
+        self.node.store.put_record(RECORD_KIND, record.storage_key, record.to_bytes(), now,
+                                   source)
         self.node.stats["namespace_stored"] += 1
         return True
 
@@ -518,7 +520,7 @@ class NamespaceService:
     def _handle_store(self, message: NamespaceStore, sender: int | None, address: Address,
                       now: float) -> Message:
         try:
-            self.accept(message.record(), now)
+            self.accept(message.record(), now, address[0])
         except BadSignature:
             # Only a faulty or hostile peer sends a forged record: a local caller's mistake is
             # caught before anything is sent.

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_republish ON entries (republish_at);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
 CREATE TABLE IF NOT EXISTS records (
-    kind TEXT NOT NULL, key BLOB NOT NULL, data BLOB NOT NULL, PRIMARY KEY (kind, key));
+    kind TEXT NOT NULL, key BLOB NOT NULL, data BLOB NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (kind, key));
 CREATE TABLE IF NOT EXISTS contacts (
     id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, data BLOB NOT NULL);
@@ -68,10 +69,8 @@ class SqliteStore:
         self._db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
         self._db.executescript(SCHEMA)
         self.quotas = Quotas(self.config)
-        size_sum, count = self._db.execute(
-            "SELECT COALESCE(SUM(length(data)), 0), COUNT(*) FROM records").fetchone()
-        self.quotas.load("", int(size_sum), int(count))
-        for table, size in (("vals", "length(value)"), ("entries", str(ENTRY_SIZE))):
+        for table, size in (("vals", "length(value)"), ("entries", str(ENTRY_SIZE)),
+                            ("records", "length(data)")):
             for source, size_sum, count in self._db.execute(
                     f"SELECT source, SUM({size}), COUNT(*) FROM {table} GROUP BY source"):
                 self.quotas.load(source, int(size_sum), int(count))
@@ -188,32 +187,35 @@ class SqliteStore:
                                (kind, id_to_bytes(key))).fetchone()
         return None if row is None else bytes(row[0])
 
-    def put_record(self, kind: str, key: int, data: bytes, now: float) -> None:
+    def put_record(self, kind: str, key: int, data: bytes, now: float,
+                   source: str = "") -> None:
         old = self._record_size(kind, key)
         if old is None:
-            self._make_room("", len(data), False)
-        else:
-            self.quotas.resize("", old, len(data))  # checked before the write, undone if it fails
+            self._make_room(source, len(data), False)
+            self.quotas.add(source, len(data))
+        else:  # a newer version is charged to the host that sent it
+            self.quotas.replace(old[1], old[0], source, len(data))
         try:
-            self._write("INSERT OR REPLACE INTO records (kind, key, data) VALUES (?, ?, ?)",
-                        (kind, id_to_bytes(key), data))
-        except BaseException:
-            if old is not None:
-                self.quotas.resize("", len(data), old)
+            self._write("INSERT OR REPLACE INTO records (kind, key, data, source) "
+                        "VALUES (?, ?, ?, ?)", (kind, id_to_bytes(key), data, source))
+        except BaseException:  # not written: take the accounting back
+            if old is None:
+                self.quotas.remove(source, len(data))
+            else:
+                self.quotas.replace(source, len(data), old[1], old[0])
             raise
-        if old is None:
-            self.quotas.add("", len(data))
 
     def delete_record(self, kind: str, key: int) -> None:
         old = self._record_size(kind, key)
         self._write("DELETE FROM records WHERE kind = ? AND key = ?", (kind, id_to_bytes(key)))
         if old is not None:
-            self.quotas.remove("", old)
+            self.quotas.remove(old[1], old[0])
 
-    def _record_size(self, kind: str, key: int) -> int | None:
-        row = self._db.execute("SELECT length(data) FROM records WHERE kind = ? AND key = ?",
-                               (kind, id_to_bytes(key))).fetchone()
-        return None if row is None else int(row[0])
+    def _record_size(self, kind: str, key: int) -> tuple[int, str] | None:
+        row = self._db.execute(
+            "SELECT length(data), source FROM records WHERE kind = ? AND key = ?",
+            (kind, id_to_bytes(key))).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
 
     def save_contacts(self, contacts: Iterable[Contact]) -> None:
         rows = [(id_to_bytes(c.id), c.address[0], c.address[1]) for c in contacts]

@@ -109,17 +109,21 @@ class Quotas:
             except StorageFull:
                 continue
 
-    def resize(self, source: str, old_size: int, new_size: int) -> None:
-        """Account for an item replaced in place; StorageFull if the growth does not fit."""
-        growth = new_size - old_size
-        if growth > 0:
-            used = self._by_source.get(source, [0, 0])[0] if source else 0
-            if self.total_bytes + growth > self.config.max_store_bytes or (
-                    source and used + growth > self.config.max_bytes_per_source):
-                raise StorageFull("this node's storage is full")
-        self.total_bytes += growth
-        if source:
-            self._by_source[source][0] += growth
+    def replace(self, old_source: str, old_size: int, new_source: str, new_size: int) -> None:
+        """Account for an item replaced in place by a version of ``new_size`` bytes from
+        ``new_source``; StorageFull, changing nothing, if it does not fit."""
+        cfg = self.config
+        if self.total_bytes - old_size + new_size > cfg.max_store_bytes:
+            raise StorageFull("this node's storage is full")
+        if new_source:
+            used_bytes, used_items = self._by_source.get(new_source, [0, 0])
+            if new_source == old_source:
+                used_bytes, used_items = used_bytes - old_size, used_items - 1
+            if (used_bytes + new_size > cfg.max_bytes_per_source
+                    or used_items + 1 > cfg.max_items_per_source):
+                raise StorageFull(f"storage quota for {new_source} is exhausted")
+        self.unload(old_source, old_size, 1)
+        self.load(new_source, new_size, 1)
 
     def add(self, source: str, size: int) -> None:
         self.load(source, size, 1)
@@ -187,9 +191,11 @@ class Store(Protocol):
         """The record of ``kind`` (a service's name, e.g. ``"namespace"``) stored under ``key``."""
         ...
 
-    def put_record(self, kind: str, key: int, data: bytes, now: float) -> None:
-        """Store (or replace) one service record. Services check their own rules first.
-        Records count against the total quotas; StorageFull (nothing changed) past them."""
+    def put_record(self, kind: str, key: int, data: bytes, now: float,
+                   source: str = "") -> None:
+        """Store (or replace) one service record sent by host ``source`` ("" when local).
+        Services check their own rules first. Records count against the total and per-host
+        quotas; StorageFull (nothing changed) past them."""
         ...
 
     def delete_record(self, kind: str, key: int) -> None: ...
@@ -219,7 +225,7 @@ class MemoryStore:
         self._values: dict[int, tuple[bytes, Meta]] = {}
         self._sets: dict[int, list[int]] = {}
         self._entries: dict[tuple[int, int], Meta] = {}
-        self._records: dict[tuple[str, int], bytes] = {}
+        self._records: dict[tuple[str, int], tuple[bytes, str]] = {}  # data and its source
         self._contacts: list[Contact] = []
         self._meta: dict[str, bytes] = {}
 
@@ -310,21 +316,23 @@ class MemoryStore:
     # ------------------------------------------------------------------ records, contacts, meta
 
     def get_record(self, kind: str, key: int) -> bytes | None:
-        return self._records.get((kind, key))
+        held = self._records.get((kind, key))
+        return None if held is None else held[0]
 
-    def put_record(self, kind: str, key: int, data: bytes, now: float) -> None:
+    def put_record(self, kind: str, key: int, data: bytes, now: float,
+                   source: str = "") -> None:
         old = self._records.get((kind, key))
         if old is None:
-            self._make_room("", len(data), False)
-            self.quotas.add("", len(data))
-        else:
-            self.quotas.resize("", len(old), len(data))
-        self._records[(kind, key)] = data
+            self._make_room(source, len(data), False)
+            self.quotas.add(source, len(data))
+        else:  # a newer version is charged to the host that sent it
+            self.quotas.replace(old[1], len(old[0]), source, len(data))
+        self._records[(kind, key)] = (data, source)
 
     def delete_record(self, kind: str, key: int) -> None:
         old = self._records.pop((kind, key), None)
         if old is not None:
-            self.quotas.remove("", len(old))
+            self.quotas.remove(old[1], len(old[0]))
 
     def save_contacts(self, contacts: Iterable[Contact]) -> None:
         self._contacts = list(contacts)

@@ -127,6 +127,21 @@ def test_records_count_against_the_total_quota(make_store: type) -> None:
     assert store.stats()["stored_bytes"] == 500
 
 
+def test_records_count_against_the_sending_host(make_store: type) -> None:
+    store: Store = make_store(SMALL)
+    store.put_record("dht", 1, b"r" * 300, 0.0, "10.0.0.9")
+    with pytest.raises(StorageFull):  # 300 + 101 > 400 bytes for one host
+        store.put_record("dht", 2, b"r" * 101, 0.0, "10.0.0.9")
+    store.put_record("dht", 1, b"r" * 400, 0.0, "10.0.0.9")  # growing in place fits exactly
+    with pytest.raises(StorageFull):
+        store.put_record("dht", 1, b"r" * 401, 0.0, "10.0.0.9")
+    store.put_record("dht", 1, b"s" * 10, 0.0, "10.0.0.8")  # a newer version from another host
+    store.put_record("dht", 2, b"r" * 390, 0.0, "10.0.0.9")  # so 10.0.0.9 has room again
+    assert store.stats()["stored_bytes"] == 400
+    store.delete_record("dht", 2)
+    assert store.stats()["stored_bytes"] == 10
+
+
 def test_records_contacts_and_meta(make_store: type) -> None:
     store: Store = make_store()
     store.put_record("namespace", 5, b"rec", 0.0)
