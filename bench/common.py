@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from qadom.sim import percentile as sim_percentile
+
 T = TypeVar("T")
 
 LOOPS = ("asyncio", "uvloop")
@@ -43,12 +45,8 @@ def run_on(name: str, main: Coroutine[Any, Any, T]) -> T:
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile (NaN for no values)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * pct // 100))
-    return ordered[int(rank) - 1]
+    """Nearest-rank percentile, as the simulator reports it (NaN for no values)."""
+    return sim_percentile(sorted(values), pct) if values else float("nan")
 
 
 @dataclass
