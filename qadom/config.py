@@ -98,9 +98,9 @@ class Config:
 
     # --- amplification (docs/PROTOCOL.md, "Amplification") ---
     amplification_factor: int = 3
-    """An address that has not proven it receives our datagrams (no valid token, not in our
-    routing table) never gets more than this many times the bytes it sent; bigger answers become
-    a small Challenge carrying a token. Three, as QUIC allows before address validation."""
+    """An address that has not proven it receives our datagrams (no valid token) never gets more
+    than this many times the bytes it sent; bigger answers become a small Challenge carrying a
+    token. Three, as QUIC allows before address validation."""
 
     min_request_size: int = 600
     """A request that may draw a large answer (FIND_NODE, FIND_VALUE, SEARCH...) to a peer that

@@ -509,10 +509,10 @@ class Node:
                     self._send(refusal, address)
             return
         sender = envelope.sender
-        by_token = envelope.token is not None and self._token_valid(address, envelope.token)
-        known = None if sender is None else self.table.get(sender)
-        proven = by_token or (known is not None and known.address == address)
-        grant = None if by_token else self.token_for(address)
+        # Only a token proves the source address. A claimed sender id proves nothing: ids and
+        # addresses are public, so a spoofer could name a victim of our routing table.
+        proven = envelope.token is not None and self._token_valid(address, envelope.token)
+        grant = None if proven else self.token_for(address)
         message = envelope.message
         handler = self._handlers.get(type(message))
         if not proven and type(message) in self._proof_required:
@@ -548,8 +548,8 @@ class Node:
         return len(self.codec.encode(Envelope(2**64 - 1, self._sender, Ping(), token, pad_to)))
 
     def require_proof(self, message_type: type[Message]) -> None:
-        """Serve ``message_type`` only to requesters that proved their address (a token, or a
-        routing-table entry): for requests that make us send to that address later (pubsub
+        """Serve ``message_type`` only to requesters that proved their address with a token:
+        for requests that make us send to that address later (pubsub
         subscriptions), where a spoofed source would turn us into a reflector."""
         self._proof_required.add(message_type)
 

@@ -125,3 +125,14 @@ def test_fresh_nodes_fetch_full_values_through_challenges() -> None:
     total = sum(n.stats["challenges_sent"] for n in nodes)
     assert total > 0  # the bound was enforced along the way, and nothing failed
     assert all(n.stats["internal_errors"] == 0 for n in [*nodes, newcomer])
+
+
+def test_naming_a_known_contact_proves_nothing() -> None:
+    """A spoofer that forges a request from a contact's address with that contact's (public)
+    id still gets no more than 3x what it sent."""
+    node = loaded_node()
+    victim = next(iter(node.table))
+    size, replies = exchange(node, Envelope(1, victim.id, FindValue(7), None, 64),
+                             victim.address)
+    assert sum(len(r) for r in replies) <= CONFIG.amplification_factor * size
+    assert [CODEC.decode(r).message for r in replies] == [Challenge()]
