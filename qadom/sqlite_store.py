@@ -12,7 +12,8 @@ pages are index range scans.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ CREATE TABLE IF NOT EXISTS vals (
     source TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS vals_republish ON vals (republish_at);
 CREATE INDEX IF NOT EXISTS vals_expires ON vals (expires);
+CREATE INDEX IF NOT EXISTS vals_cached ON vals (cached, expires);
 CREATE TABLE IF NOT EXISTS entries (
     key BLOB NOT NULL, value BLOB NOT NULL, expires REAL NOT NULL,
     republish_at REAL NOT NULL, original INTEGER NOT NULL, cached INTEGER NOT NULL,
@@ -69,17 +71,38 @@ class SqliteStore:
         self._db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
         self._db.executescript(SCHEMA)
         self.quotas = Quotas(self.config)
+        self._load_quotas()
+
+    def _load_quotas(self) -> None:
+        """Count what the file holds, per source, and what cached copies hold."""
+        quotas = self.quotas = Quotas(self.config)
         for table, size in (("vals", "length(value)"), ("entries", str(ENTRY_SIZE)),
                             ("records", "length(data)")):
             for source, size_sum, count in self._db.execute(
                     f"SELECT source, SUM({size}), COUNT(*) FROM {table} GROUP BY source"):
-                self.quotas.load(source, int(size_sum), int(count))
+                quotas.load(source, int(size_sum), int(count))
+        cached_bytes, cached_items = self._db.execute(
+            "SELECT COALESCE(SUM(length(value)), 0), COUNT(*) FROM vals WHERE cached = 1"
+        ).fetchone()
+        quotas.cached_bytes, quotas.cached_items = int(cached_bytes), int(cached_items)
 
     def _write(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         """One statement in its own committed transaction."""
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._writing():
             return self._db.execute(sql, params)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One transaction: committed at the end, rolled back on any exception. The quotas are
+        adjusted as the transaction goes; if SQLite fails, they are counted again from the file,
+        so they never drift from what was committed."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                yield
+        except sqlite3.Error:
+            self._load_quotas()
+            raise
 
     # ------------------------------------------------------------------ values
 
@@ -99,15 +122,19 @@ class SqliteStore:
         return None if row is None else _meta(row)
 
     def put_value(self, key: int, value: bytes, meta: Meta) -> None:
-        old = self.value_meta(key)
-        if old is None:
-            self._make_room(meta.source, len(value), meta.cached)
-        self._write(f"INSERT OR REPLACE INTO vals (key, value, {_META_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (id_to_bytes(key), value, *_meta_params(meta)))
-        if old is not None:
-            self.quotas.remove(old.source, len(value))
-        self.quotas.add(meta.source, len(value))
+        row = self._db.execute(f"SELECT length(value), {_META_COLUMNS} FROM vals WHERE key = ?",
+                               (id_to_bytes(key),)).fetchone()
+        with self._writing():
+            if row is None:
+                self._make_room(meta.source, len(value), meta.cached)
+                self.quotas.add(meta.source, len(value), meta.cached)
+            else:
+                old = _meta(row[1:])
+                self.quotas.replace(old.source, int(row[0]), meta.source, len(value),
+                                    old_cached=old.cached, new_cached=meta.cached)
+            self._db.execute(f"INSERT OR REPLACE INTO vals (key, value, {_META_COLUMNS}) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (id_to_bytes(key), value, *_meta_params(meta)))
 
     # ------------------------------------------------------------------ entries
 
@@ -118,14 +145,15 @@ class SqliteStore:
 
     def add_entry(self, key: int, value: int, meta: Meta) -> bool:
         old = self.entry_meta(key, value)
-        if old is None:
-            self._make_room(meta.source, ENTRY_SIZE, meta.cached)
-        self._write(f"INSERT OR REPLACE INTO entries (key, value, {_META_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (id_to_bytes(key), id_to_bytes(value), *_meta_params(meta)))
-        if old is not None:
-            self.quotas.remove(old.source, ENTRY_SIZE)
-        self.quotas.add(meta.source, ENTRY_SIZE)
+        with self._writing():
+            if old is None:
+                self._make_room(meta.source, ENTRY_SIZE, meta.cached)
+                self.quotas.add(meta.source, ENTRY_SIZE)
+            else:
+                self.quotas.replace(old.source, ENTRY_SIZE, meta.source, ENTRY_SIZE)
+            self._db.execute(f"INSERT OR REPLACE INTO entries (key, value, {_META_COLUMNS}) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (id_to_bytes(key), id_to_bytes(value), *_meta_params(meta)))
         return old is None
 
     def entries_after(self, key: int, after: int | None, limit: int) -> tuple[list[int], bool]:
@@ -152,8 +180,12 @@ class SqliteStore:
 
     def expire(self, now: float) -> int:
         dropped = 0
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._writing():
+            cached_bytes, cached_items = self._db.execute(
+                "SELECT COALESCE(SUM(length(value)), 0), COUNT(*) FROM vals "
+                "WHERE original = 0 AND cached = 1 AND expires <= ?", (now,)).fetchone()
+            self.quotas.cached_bytes -= int(cached_bytes)
+            self.quotas.cached_items -= int(cached_items)
             for source, size_sum, count in self._db.execute(
                     "SELECT source, SUM(length(value)), COUNT(*) FROM vals "
                     "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
@@ -190,20 +222,14 @@ class SqliteStore:
     def put_record(self, kind: str, key: int, data: bytes, now: float,
                    source: str = "") -> None:
         old = self._record_size(kind, key)
-        if old is None:
-            self._make_room(source, len(data), False)
-            self.quotas.add(source, len(data))
-        else:  # a newer version is charged to the host that sent it
-            self.quotas.replace(old[1], old[0], source, len(data))
-        try:
-            self._write("INSERT OR REPLACE INTO records (kind, key, data, source) "
-                        "VALUES (?, ?, ?, ?)", (kind, id_to_bytes(key), data, source))
-        except BaseException:  # not written: take the accounting back
+        with self._writing():
             if old is None:
-                self.quotas.remove(source, len(data))
-            else:
-                self.quotas.replace(source, len(data), old[1], old[0])
-            raise
+                self._make_room(source, len(data), False)
+                self.quotas.add(source, len(data))
+            else:  # a newer version is charged to the host that sent it
+                self.quotas.replace(old[1], old[0], source, len(data))
+            self._db.execute("INSERT OR REPLACE INTO records (kind, key, data, source) "
+                             "VALUES (?, ?, ?, ?)", (kind, id_to_bytes(key), data, source))
 
     def delete_record(self, kind: str, key: int) -> None:
         old = self._record_size(kind, key)
@@ -254,15 +280,17 @@ class SqliteStore:
     # ------------------------------------------------------------------ internals
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
-        def victims() -> list[tuple[Any, int]]:
-            rows = self._db.execute("SELECT key, length(value), source FROM vals WHERE cached = 1 "
-                                    "ORDER BY expires").fetchall()
-            return [((key, victim_source, int(length)), int(length))
-                    for key, length, victim_source in rows]
+        """Inside a :meth:`_writing` transaction: evictions commit with the write or not at all."""
+        def victims() -> Iterator[tuple[Any, int]]:  # a few at a time, soonest-expiring first
+            while rows := self._db.execute(
+                    "SELECT key, length(value), source FROM vals WHERE cached = 1 "
+                    "ORDER BY expires LIMIT 32").fetchall():
+                for key, length, victim_source in rows:
+                    yield (key, victim_source, int(length)), int(length)
 
         def drop(handle: Any) -> None:
             key, victim_source, length = handle
-            self._write("DELETE FROM vals WHERE key = ?", (key,))
-            self.quotas.remove(victim_source, length)
+            self._db.execute("DELETE FROM vals WHERE key = ?", (key,))
+            self.quotas.remove(victim_source, length, cached=True)
 
         self.quotas.make_room(source, size, cached, victims, drop)

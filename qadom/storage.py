@@ -70,13 +70,16 @@ class Quotas:
         self.config = config
         self.total_bytes = 0
         self.total_items = 0
+        self.cached_bytes = 0  # the part of the totals held by cached copies (evictable)
+        self.cached_items = 0
         self._by_source: dict[str, list[int]] = {}
 
-    def check(self, source: str, size: int, *, freeable: int = 0) -> None:
-        """Raise StorageFull unless one more item of ``size`` bytes fits (``freeable`` bytes of
-        evictable items may be counted as free)."""
+    def check(self, source: str, size: int, *, freeable: int = 0, freeable_items: int = 0,
+              ) -> None:
+        """Raise StorageFull unless one more item of ``size`` bytes fits (``freeable`` bytes in
+        ``freeable_items`` evictable items may be counted as free)."""
         cfg = self.config
-        if self.total_items + 1 > cfg.max_store_items or (
+        if self.total_items + 1 - freeable_items > cfg.max_store_items or (
                 self.total_bytes + size - freeable > cfg.max_store_bytes):
             raise StorageFull("this node's storage is full")
         if source:
@@ -85,23 +88,22 @@ class Quotas:
                 raise StorageFull(f"storage quota for {source} is exhausted")
 
     def make_room(self, source: str, size: int, cached: bool,
-                  victims: Callable[[], list[tuple[Any, int]]],
+                  victims: Callable[[], Iterable[tuple[Any, int]]],
                   drop: Callable[[Any], None]) -> None:
         """Admit one more item of ``size`` bytes from ``source`` or raise StorageFull.
 
-        If only the total quota stands in the way and the newcomer is not itself a cached copy,
-        cached copies make room: ``victims()`` lists them as ``(handle, size)``, soonest-expiring
-        first, and ``drop(handle)`` deletes one (and must :meth:`remove` it from these counts).
-        Nothing is dropped unless dropping is enough."""
+        If only the total quotas stand in the way and the newcomer is not itself a cached copy,
+        cached copies make room: ``victims()`` yields them as ``(handle, size)``, soonest-expiring
+        first, and ``drop(handle)`` deletes one (and must account for it here). Nothing is dropped
+        unless dropping is enough, and a refusal costs no scan (the cached totals are kept)."""
         try:
             self.check(source, size)
             return
         except StorageFull:
             if cached:
                 raise
-        candidates = victims()
-        self.check(source, size, freeable=sum(n for _, n in candidates))  # raises if not enough
-        for handle, _ in candidates:
+        self.check(source, size, freeable=self.cached_bytes, freeable_items=self.cached_items)
+        for handle, _ in victims():
             drop(handle)
             try:
                 self.check(source, size)
@@ -109,7 +111,8 @@ class Quotas:
             except StorageFull:
                 continue
 
-    def replace(self, old_source: str, old_size: int, new_source: str, new_size: int) -> None:
+    def replace(self, old_source: str, old_size: int, new_source: str, new_size: int, *,
+                old_cached: bool = False, new_cached: bool = False) -> None:
         """Account for an item replaced in place by a version of ``new_size`` bytes from
         ``new_source``; StorageFull, changing nothing, if it does not fit."""
         cfg = self.config
@@ -122,14 +125,20 @@ class Quotas:
             if (used_bytes + new_size > cfg.max_bytes_per_source
                     or used_items + 1 > cfg.max_items_per_source):
                 raise StorageFull(f"storage quota for {new_source} is exhausted")
-        self.unload(old_source, old_size, 1)
-        self.load(new_source, new_size, 1)
+        self.remove(old_source, old_size, old_cached)
+        self.add(new_source, new_size, new_cached)
 
-    def add(self, source: str, size: int) -> None:
+    def add(self, source: str, size: int, cached: bool = False) -> None:
         self.load(source, size, 1)
+        if cached:
+            self.cached_bytes += size
+            self.cached_items += 1
 
-    def remove(self, source: str, size: int) -> None:
+    def remove(self, source: str, size: int, cached: bool = False) -> None:
         self.unload(source, size, 1)
+        if cached:
+            self.cached_bytes -= size
+            self.cached_items -= 1
 
     def load(self, source: str, size: int, items: int) -> None:
         """Account for ``items`` items of ``size`` bytes in all, already stored."""
@@ -245,10 +254,10 @@ class MemoryStore:
         old = self._values.get(key)
         if old is None:
             self._make_room(meta.source, len(value), meta.cached)
-            self.quotas.add(meta.source, len(value))
-        elif old[1].source != meta.source:
-            self.quotas.remove(old[1].source, len(value))
-            self.quotas.add(meta.source, len(value))
+            self.quotas.add(meta.source, len(value), meta.cached)
+        else:
+            self.quotas.replace(old[1].source, len(old[0]), meta.source, len(value),
+                                old_cached=old[1].cached, new_cached=meta.cached)
         self._values[key] = (value, meta)
 
     # ------------------------------------------------------------------ entries
@@ -259,9 +268,7 @@ class MemoryStore:
     def add_entry(self, key: int, value: int, meta: Meta) -> bool:
         old = self._entries.get((key, value))
         if old is not None:
-            if old.source != meta.source:
-                self.quotas.remove(old.source, ENTRY_SIZE)
-                self.quotas.add(meta.source, ENTRY_SIZE)
+            self.quotas.replace(old.source, ENTRY_SIZE, meta.source, ENTRY_SIZE)
             self._entries[(key, value)] = meta
             return False
         self._make_room(meta.source, ENTRY_SIZE, meta.cached)
@@ -367,7 +374,7 @@ class MemoryStore:
     # ------------------------------------------------------------------ internals
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
-        def victims() -> list[tuple[Any, int]]:
+        def victims() -> list[tuple[Any, int]]:  # only called when eviction will be enough
             held = sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached)
             return [(key, len(self._values[key][0])) for _, key in held]
 
@@ -375,7 +382,7 @@ class MemoryStore:
 
     def _drop_value(self, key: int) -> None:
         value, meta = self._values.pop(key)
-        self.quotas.remove(meta.source, len(value))
+        self.quotas.remove(meta.source, len(value), meta.cached)
 
     def _drop_entry(self, key: int, value: int) -> None:
         meta = self._entries.pop((key, value))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from qadom import Config
 from qadom.contact import Contact
 from qadom.errors import StorageFull
 from qadom.sqlite_store import SqliteStore
-from qadom.storage import NEVER, MemoryStore, Meta, Store
+from qadom.storage import ENTRY_SIZE, NEVER, MemoryStore, Meta, Quotas, Store
 
 DEFAULT = Config()
 SMALL = Config(max_store_bytes=1000, max_store_items=20, max_bytes_per_source=400,
@@ -176,3 +178,65 @@ def test_sqlite_survives_reopening_with_quotas_intact(tmp_path: Path) -> None:
             again.put_value(100, b"v", Meta(expires=1e9, source="10.0.0.1"))
     finally:
         again.close()
+
+
+def recount(store: Store) -> tuple[int, int, int, int, dict[str, list[int]]]:
+    """The quota totals counted afresh from what the store holds."""
+    if isinstance(store, SqliteStore):
+        fresh = SqliteStore(store.path, store.config)  # counts the committed file
+        quotas = fresh.quotas
+        fresh.close()
+    else:
+        assert isinstance(store, MemoryStore)
+        quotas = Quotas(store.quotas.config)
+        for _, value, meta in store.values():
+            quotas.add(meta.source, len(value), meta.cached)
+        for (_, _), meta in store._entries.items():
+            quotas.add(meta.source, ENTRY_SIZE)
+        for data, source in store._records.values():
+            quotas.add(source, len(data))
+    return (quotas.total_bytes, quotas.total_items, quotas.cached_bytes, quotas.cached_items,
+            {s: u for s, u in quotas._by_source.items() if u[1]})
+
+
+def test_quota_accounting_never_drifts(make_store: type) -> None:
+    """Random writes, replacements, refusals, evictions and expiry: the running totals always
+    equal a fresh count of what is stored."""
+    store: Store = make_store(Config(max_store_bytes=3000, max_store_items=40,
+                                     max_bytes_per_source=1500, max_items_per_source=25))
+    rng = random.Random(3)
+    for step in range(400):
+        source = rng.choice(["", "10.0.0.1", "10.0.0.2"])
+        op = rng.random()
+        with contextlib.suppress(StorageFull):
+            if op < 0.45:
+                size = rng.choice([1, 50, 200, 600])
+                store.put_value(rng.randrange(30), bytes([size % 256]) * size,
+                                Meta(expires=float(rng.randrange(100)), source=source,
+                                     cached=rng.random() < 0.4))
+            elif op < 0.7:
+                store.add_entry(rng.randrange(5), rng.randrange(20),
+                                Meta(expires=float(rng.randrange(100)), source=source))
+            elif op < 0.85:
+                store.put_record("r", rng.randrange(10), b"x" * rng.choice([10, 300]), 0.0,
+                                 source)
+            elif op < 0.9:
+                store.delete_record("r", rng.randrange(10))
+            else:
+                store.expire(float(step // 4))
+        if step % 20 == 0:
+            quotas = store.quotas  # type: ignore[attr-defined]
+            running = (quotas.total_bytes, quotas.total_items, quotas.cached_bytes,
+                       quotas.cached_items,
+                       {s: u for s, u in quotas._by_source.items() if u[1]})
+            assert running == recount(store), step
+
+
+def test_cached_copies_make_room_when_the_item_count_is_full(make_store: type) -> None:
+    store: Store = make_store(Config(max_store_items=3))
+    for i in range(3):
+        store.put_value(i, b"c", Meta(expires=float(i), cached=True))
+    store.put_value(9, b"replica", Meta(expires=1e9))
+    assert store.get_value(9) == b"replica" and store.get_value(0) is None
+    with pytest.raises(StorageFull):  # a cached copy never evicts another
+        store.put_value(10, b"c", Meta(expires=1e9, cached=True))
