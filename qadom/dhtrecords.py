@@ -590,14 +590,14 @@ class DhtRecordService:
             return
         left = [len(contacts)]
         stored = [0]
-        refusals: list[DhtRefused] = []
+        refusals: list[DhtRefused | Error] = []  # rule refusals, and errors such as a full store
 
         def on_reply(envelope: Envelope | None, now: float) -> None:
             left[0] -= 1
             reply = None if envelope is None else envelope.message
             if isinstance(reply, Stored):
                 stored[0] += 1
-            elif isinstance(reply, DhtRefused):
+            elif isinstance(reply, (DhtRefused, Error)):
                 refusals.append(reply)
             if left[0]:
                 return
@@ -660,7 +660,11 @@ class DhtRecordService:
                                                    exclude=sender)))
 
 
-def _refusal_error(refused: DhtRefused) -> QadomError:
+def _refusal_error(refused: DhtRefused | Error) -> QadomError:
+    if isinstance(refused, Error):
+        if refused.code == ErrorCode.STORAGE_FULL:
+            return StorageFull(refused.reason)
+        return RemoteError(refused.code, refused.reason)
     if refused.code == RefusedCode.UNAUTHORIZED:
         return Unauthorized(refused.reason)
     if refused.code == RefusedCode.TOO_LARGE:

@@ -388,11 +388,15 @@ class NamespaceService:
         call: Call[int] = node.new_call("namespace_set", now)
         message = NamespaceStore.of(record)
 
-        def finish(acks: int, stale: list[str], asked: int, now: float) -> None:
+        def finish(acks: int, stale: list[str], asked: int, now: float,
+                   full: int = 0) -> None:
             if stale:
                 call.fail(StaleSequence(
                     f"{len(stale)} of {asked} replicas refused seq {record.seq} of key "
                     f"{record.key}: {stale[0]}"))
+                return
+            if full and not acks:
+                call.fail(StorageFull(f"all {full} replicas that answered are full"))
                 return
             try:
                 self.accept(record, now)
@@ -409,6 +413,7 @@ class NamespaceService:
                 return
             left = [len(closest)]
             acks = [0]
+            full = [0]
             stale: list[str] = []
 
             def on_reply(envelope: Envelope | None, now: float) -> None:
@@ -417,9 +422,11 @@ class NamespaceService:
                     acks[0] += 1
                 elif isinstance(reply, Error) and reply.code == ErrorCode.STALE_SEQUENCE:
                     stale.append(reply.reason)
+                elif isinstance(reply, Error) and reply.code == ErrorCode.STORAGE_FULL:
+                    full[0] += 1
                 left[0] -= 1
                 if left[0] == 0:
-                    finish(acks[0], stale, len(closest), now)
+                    finish(acks[0], stale, len(closest), now, full[0])
 
             for contact in closest:
                 node.request(contact.address, message, now, expect_id=contact.id,

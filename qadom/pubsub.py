@@ -182,10 +182,10 @@ class RelayTable:
         granted = min(lease, self.max_lease)
         subscribers = self._live(topic, now)
         if subscribers is None:
+            # No sweep here: the periodic sweep drops lapsed leases, and sweeping on demand
+            # would let a peer make every refused SUBSCRIBE scan the whole table.
             if len(self._topics) >= self.max_topics:
-                self.expire(now)
-                if len(self._topics) >= self.max_topics:
-                    return self.TOO_MANY_TOPICS, 0.0
+                return self.TOO_MANY_TOPICS, 0.0
             subscribers = self._topics[topic] = {}
         elif subscriber not in subscribers and len(subscribers) >= self.max_subscribers:
             return self.TOO_MANY_SUBSCRIBERS, 0.0
@@ -564,8 +564,10 @@ class PubSubService:
                     log.exception("a pubsub listener failed")
 
     def _arm_gap_timer(self, topic: _Topic) -> None:
+        if topic.gap_timer is not None:
+            return  # a gap opened since has a later deadline; the timer re-arms when it fires
         deadline = topic.inbox.next_deadline()
-        if deadline is None or (topic.gap_timer is not None and topic.gap_timer <= deadline):
+        if deadline is None:
             return
         topic.gap_timer = deadline
         self.node.schedule(deadline, partial(self._on_gap_timer, topic, deadline))
@@ -595,8 +597,10 @@ class PubSubService:
         if outbox is None:
             if len(self._outboxes) >= node.config.pubsub_max_topics:
                 idle = next((k for k, o in self._outboxes.items() if not o.pending), None)
-                if idle is not None:
-                    del self._outboxes[idle]
+                if idle is None:
+                    raise RateLimited(ErrorCode.RATE_LIMITED, "publishing to "
+                                      f"{len(self._outboxes)} topics at once; wait for some")
+                del self._outboxes[idle]
             outbox = self._outboxes[key] = _Outbox(node.rng.getrandbits(64))
         else:
             self._outboxes.move_to_end(key)

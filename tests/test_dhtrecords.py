@@ -39,6 +39,7 @@ from qadom.errors import (
     InvalidField,
     NotFoundError,
     ProtocolError,
+    StorageFull,
     Unauthorized,
     ValueTooLarge,
 )
@@ -312,3 +313,15 @@ def test_handler_replies(net: tuple[SimNetwork, list[Node]]) -> None:
     found = node.dht_records._handle_find(DhtFind(storage_key("h")), None, ("127.0.0.9", 1), 0)
     assert isinstance(found, DhtRecord)
     assert load(node.store, storage_key("h"), CONFIG) == decode_record(found.record, CONFIG)
+
+
+def test_a_put_that_every_holder_refuses_as_full_fails() -> None:
+    full = Config(max_store_bytes=1, max_bytes_per_source=1)
+    network = SimNetwork(seed=9)
+    holders_ = [network.add_node(config=full) for _ in range(5)]
+    writer = network.add_node()
+    network.run_call(network.call(writer, writer.bootstrap, [network.address_of(holders_[0])]))
+    with pytest.raises(StorageFull):
+        network.run_call(network.call(writer, writer.dht_records.put,
+                                      write(ALICE, "k", "too much")))
+    assert all(n.store.get_record(RECORD_KIND, storage_key("k")) is None for n in holders_)

@@ -33,6 +33,7 @@ from qadom import (
 from qadom.call import Call
 from qadom.codec import Codec
 from qadom.contact import Contact
+from qadom.errors import StorageFull
 from qadom.messages import Envelope, Error, ErrorCode, Message, Nodes
 from qadom.namespace import (
     RECORD_KIND,
@@ -446,3 +447,15 @@ def test_nodes_reply_when_nothing_is_stored() -> None:
                                         ("127.0.0.1", 10), 0.0)
     assert isinstance(found, NamespaceFound) and found.record() == signed(1, 0, b"v")
     assert [c.id for c in found.nodes] == [5]
+
+
+def test_a_namespace_set_that_every_replica_refuses_as_full_fails() -> None:
+    full = dataclasses.replace(SIM_CONFIG, max_store_bytes=1, max_bytes_per_source=1)
+    net = SimNetwork(seed=9, config=SIM_CONFIG)
+    replicas = [net.add_node(config=full) for _ in range(5)]
+    writer = net.add_node()
+    net.run_call(net.call(writer, writer.bootstrap, [net.address_of(replicas[0])]))
+    record = signed(3, 0, b"too much")
+    with pytest.raises(StorageFull):
+        net.run_call(net.call(writer, writer.namespace.set, record))
+    assert all(n.store.get_record("namespace", record.storage_key) is None for n in replicas)
