@@ -98,6 +98,13 @@ def parse_address(text: str) -> Address:
     return host, int(port)
 
 
+def parse_port(text: str) -> int:
+    """A port number in [0, 65535] (0 picks a free one); argparse-friendly errors."""
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return int(text)
+
+
 def parse_id(text: str) -> int:
     """A key or multimap value: decimal, or hexadecimal with a ``0x`` prefix, in [0, 2**256)."""
     if len(text) > _MAX_ID_TEXT:
@@ -139,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a qadom node: serve the DHT over UDP until SIGINT or SIGTERM.")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
-    serve.add_argument("--port", type=int, default=9999,
+    serve.add_argument("--port", type=parse_port, default=9999,
                        help="UDP port (default 9999; 0 picks a free one)")
     serve.add_argument("--bootstrap", type=parse_address, action="append", default=[],
                        metavar="HOST:PORT", help="a known node to join through (repeatable)")
@@ -151,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "e.g. ~/.local/share/qadom; '' keeps everything in memory)")
     storage.add_argument("--memory", action="store_true",
                          help="keep everything in memory: the node forgets all when it stops")
-    serve.add_argument("--http-port", type=int, default=None, metavar="N",
+    serve.add_argument("--http-port", type=parse_port, default=None, metavar="N",
                        help="also serve the HTTP helper (docs/HTTP.md) on TCP port N "
                             "(0 picks a free one); off by default")
     serve.add_argument("--http-host", default=None, metavar="HOST",

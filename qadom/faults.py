@@ -70,6 +70,8 @@ class FaultyLink:
                  outgoing: FaultRule | None, incoming: FaultRule | None) -> None:
         if protocol.transport is None:
             raise PeerClosedError("the peer's socket is closed")
+        if isinstance(protocol.transport, _FaultyTransport):
+            raise InvalidArgument("faults are injected already; remove() them first")
         self.protocol = protocol
         self.rng = rng
         self.outgoing = outgoing

@@ -96,9 +96,15 @@ class Peer:
                         store=self._store, now=now, client_only=self._client_only)
 
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        transport, protocol = await loop.create_datagram_endpoint(
-            lambda: NodeProtocol(make_node, loop), local_addr=(self.host, self.port),
-            family=family)
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: NodeProtocol(make_node, loop), local_addr=(self.host, self.port),
+                family=family)
+        except BaseException:  # the port is taken, say: do not leave the data dir open
+            if self.data_dir is not None and self._store is not None:
+                self._store.close()
+                self._store = None
+            raise
         self._protocol = protocol
         self._node = protocol.node
         sockname = transport.get_extra_info("sockname")
@@ -223,7 +229,8 @@ class Peer:
         """Send one raw protocol request to ``address`` and return the reply (tools, tests)."""
         protocol = self._running()
         (checked,) = _check_addresses([address])
-        return await self._run(protocol.node.ask(checked, message, protocol.now()))
+        resolved = await self._resolve(checked)  # replies come from the address, not the name
+        return await self._run(protocol.node.ask(resolved, message, protocol.now()))
 
     def forget(self, key: int) -> bool:
         """Stop republishing ``key`` (a value or multimap entries we published); it then

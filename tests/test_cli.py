@@ -371,3 +371,10 @@ def test_serve_keeps_data_in_the_user_data_dir_unless_in_memory(
         assert not home.exists()
     else:
         assert (home / "qadom" / "qadom.sqlite3").is_file()
+
+
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_out_of_range_ports_are_usage_errors(port: str) -> None:
+    for option in ("--port", "--http-port"):
+        result = qadom("serve", "--memory", option, port)
+        assert result.returncode == 2 and b"port" in result.stderr

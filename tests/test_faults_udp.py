@@ -314,6 +314,8 @@ async def test_fault_link_drops_counts_and_comes_off() -> None:
             await a.ping(b.address)
         assert link.counts["in_dropped"] == 1 + quick.rpc_retries
         assert b.stats.get("datagrams_in", 0) == 0  # the node never saw them
+        with pytest.raises(InvalidArgument):  # twice on one peer: refused, the first stays
+            inject_faults(b, random.Random(1), incoming=FaultRule(loss=1.0))
         link.remove()
         assert (await a.ping(b.address)).id == b.id
         # Held back past the close: discarded, never sent on the closed socket.

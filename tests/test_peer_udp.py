@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from qadom import InvalidArgument, InvalidType, Peer, PeerClosedError, ValueTooLarge, key_for
+from qadom.messages import Ping, Pong
 
 from helpers import FAST, udp_network, wait_until
 
@@ -128,3 +130,19 @@ async def test_malformed_datagrams_over_udp_are_counted_and_harmless() -> None:
         assert await a.get(key) == b"still fine"
         await wait_until(lambda: a.stats.get("malformed", 0) == len(junk), timeout=5)
         assert a.stats.get("internal_errors", 0) == 0
+
+
+async def test_raw_requests_resolve_host_names() -> None:
+    async with udp_network(2) as (a, b):
+        reply = await a.request(("localhost", b.address[1]), Ping())
+        assert reply == Pong()
+
+
+async def test_a_failed_start_leaves_the_data_dir_free(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        peer = Peer("127.0.0.1", taken.getsockname()[1], config=FAST, data_dir=tmp_path)
+        with pytest.raises(OSError):
+            await peer.start()
+    async with Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path) as again:
+        assert again.id == peer.id  # the same node, and its store opened cleanly
