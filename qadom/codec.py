@@ -95,7 +95,8 @@ class Codec:
         token, pad_to = envelope.token, envelope.pad_to
         data = _dump_envelope(message.CODE, envelope.rpc_id, sender, fields, token)
         if len(data) < pad_to:
-            # A 7th item of zero bytes; its own head makes the datagram at most 2 bytes longer.
+            # A 6th (null token) and 7th item of zero bytes; with their heads the datagram ends
+            # up to 4 bytes longer than pad_to, never shorter.
             data = _dump_envelope(message.CODE, envelope.rpc_id, sender, fields, token,
                                   bytes(pad_to - len(data)))
         if len(data) > self.max_datagram:

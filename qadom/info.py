@@ -58,7 +58,11 @@ for _cls in (InfoRequest, InfoReply):
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an IP literal) is a loopback address; anything unparsable is not."""
+    """Whether ``host`` (an IP literal) is a loopback address; anything unparsable is not.
+    The node asks this for every request it rate-limits, so the common forms are settled
+    without parsing."""
+    if host.startswith("127.") or host == "::1":
+        return True
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

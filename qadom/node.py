@@ -45,13 +45,11 @@ from .contact import Address, Contact
 from .dhtrecords import DhtRecordService
 from .errors import (
     InvalidArgument,
-    InvalidType,
     NoPeersError,
     NotFoundError,
     OperationTimeout,
     ProtocolError,
     StorageFull,
-    ValueTooLarge,
 )
 from .events import (
     LookupEvent,
@@ -62,7 +60,7 @@ from .events import (
     LookupTimeout,
 )
 from .ids import check_id, key_for, random_id, random_id_in
-from .info import InfoService
+from .info import InfoService, is_loopback
 from .lookup import Lookup
 from .messages import (
     Append,
@@ -82,7 +80,7 @@ from .messages import (
     Stored,
     Value,
 )
-from .namespace import NamespaceService
+from .namespace import NamespaceService, check_record_value
 from .pubsub import PubSubService
 from .ratelimit import RateLimiter
 from .routing import RoutingTable
@@ -580,7 +578,7 @@ class Node:
         if not self._address_rate.allow(address, now):
             return False
         host = address[0]
-        return _is_loopback(host) or self._host_rate.allow(host, now)
+        return is_loopback(host) or self._host_rate.allow(host, now)
 
     def _note_requester(self, sender: int, address: Address, now: float,
                         budget: int | None) -> None:
@@ -993,23 +991,14 @@ class Node:
             fn(event)
 
     def check_value(self, value: object) -> bytes:
-        if not isinstance(value, bytes):
-            raise InvalidType(f"value must be bytes, not {type(value).__name__}")
-        if len(value) > self.config.max_value_size:
-            raise ValueTooLarge(
-                f"value of {len(value)} bytes exceeds the {self.config.max_value_size}-byte limit")
-        return value
+        """``value`` if it is bytes within ``max_value_size``; InvalidType / ValueTooLarge."""
+        return check_record_value(value, self.config.max_value_size)
 
 
 def _mint_token(address: Address, secret: bytes) -> bytes:
     """The token ``secret`` grants ``address``: HMAC-SHA256 of "host|port", 16 bytes."""
     text = f"{address[0]}|{address[1]}".encode()
     return hmac.new(secret, text, hashlib.sha256).digest()[:TOKEN_BYTES]
-
-
-def _is_loopback(host: str) -> bool:
-    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith(
-        "::ffff:127.")
 
 
 def _ignore_reply(envelope: Envelope | None, now: float) -> None:

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 from .call import Call
 from .config import Config
 from .contact import Address, Contact
-from .errors import InvalidArgument
+from .errors import InvalidArgument, OperationTimeout
 from .events import LookupEvent, LookupFinished, LookupStarted
 from .ids import ID_BITS, check_id
 from .node import Node
@@ -348,7 +348,7 @@ class SimNetwork:
         limit = self.now + (timeout if timeout is not None else self.config.operation_timeout * 2)
         while not call.done:
             if not self._events or self._events[0][0] > limit:
-                raise TimeoutError(f"{call!r} did not complete by virtual time {limit}")
+                raise OperationTimeout(f"{call!r} did not complete by virtual time {limit}")
             self.step()
         return call.result()
 
