@@ -16,9 +16,10 @@ A durable store also keeps the routing table's contacts and the node's identity 
 * quotas (:class:`Quotas`) hold at every moment.
 
 Eviction rule: a full store *refuses* new items rather than evicting stored ones, because an item
-held as one of the k replicas is a promise to the network. Only expired items and cached copies
-(which the network can always rebuild) make room: when a write would exceed the total quota,
-expired items go first, then cached copies, soonest-expiring first.
+held as one of the k replicas is a promise to the network. Only cached copies (which the network
+can always rebuild) make room: when a write that is not itself a cached copy would exceed the
+total quotas, cached copies are evicted, soonest-expiring first. Expired items free their room at
+the next :meth:`Store.expire` (every ``maintenance_interval``).
 """
 
 from __future__ import annotations
