@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any
+from operator import call
+from typing import Any, NamedTuple
 
 import cbor2
 
@@ -65,6 +66,14 @@ def _check_host(host: object) -> str:
     return host
 
 
+# Contacts decoded from replies, by their 32-byte id. Replies name the same nodes over and over
+# (the peers near a target all answer with much the same k contacts), and building a Contact is
+# most of the cost of decoding one. An entry serves only a contact whose host and port are equal
+# too, so it is the very Contact the full check would build. Bounded: emptied when full.
+_DECODED_CONTACTS: dict[bytes, Contact] = {}
+_DECODED_CONTACTS_MAX = 4096
+
+
 class Codec:
     """Encodes and decodes envelopes under the size limits of one :class:`Config`."""
 
@@ -84,24 +93,36 @@ class Codec:
             Kind.UINT64: self._uint64_in,
             Kind.SHORT_BYTES: self._short_bytes_in,
         }
+        # Message code -> (class, its field decoders in wire order), built on first use: classes
+        # may be registered after this codec is made, and register() never replaces a code.
+        # At most one entry per registered code.
+        self._plans: dict[int, tuple[type[Message], tuple[Callable[[object], object], ...]]] = {}
 
     # ------------------------------------------------------------------ encoding
 
     def encode(self, envelope: Envelope) -> bytes:
         """The datagram for ``envelope``. Raises InvalidArgument if it would exceed the limit."""
         message = envelope.message
-        fields = [_encode_field(kind, getattr(message, name)) for name, kind in message.FIELDS]
-        sender = None if envelope.sender is None else id_to_bytes(envelope.sender)
+        cls = type(message)
+        plan = _ENCODE_PLANS.get(cls) or _encode_plan(cls)
+        sender = envelope.sender
+        # The first five items, written directly (see "CBOR writing" below).
+        core = b"".join([
+            plan.prefix,
+            _dump_item(envelope.rpc_id),
+            b"\xf6" if sender is None else _ID_HEAD + id_to_bytes(sender),
+            plan.fields_head,
+            *[write(getattr(message, name)) for name, write in plan.writers],
+        ])
         token, pad_to = envelope.token, envelope.pad_to
-        data = _dump_envelope(message.CODE, envelope.rpc_id, sender, fields, token)
+        data = _close(core, token)
         if len(data) < pad_to:
             # A 6th (null token) and 7th item of zero bytes; with their heads the datagram ends
             # up to 4 bytes longer than pad_to, never shorter.
-            data = _dump_envelope(message.CODE, envelope.rpc_id, sender, fields, token,
-                                  bytes(pad_to - len(data)))
+            data = _close(core, token, bytes(pad_to - len(data)))
         if len(data) > self.max_datagram:
             raise InvalidArgument(
-                f"{type(message).__name__} of {len(data)} bytes exceeds the "
+                f"{cls.__name__} of {len(data)} bytes exceeds the "
                 f"{self.max_datagram}-byte datagram limit"
             )
         return data
@@ -118,29 +139,46 @@ class Codec:
             raise ProtocolError(f"not CBOR: {type(exc).__name__}") from None
         if type(raw) is not list or not 5 <= len(raw) <= 7:
             raise ProtocolError("envelope must be an array of 5 to 7 items")
-        version, code, rpc_id, sender, fields = raw[:5]
-        token = raw[5] if len(raw) > 5 else None
-        if token is not None and (type(token) is not bytes or not 0 < len(token) <= MAX_TOKEN):
-            raise ProtocolError(f"token must be null or 1 to {MAX_TOKEN} bytes")
-        if len(raw) > 6 and type(raw[6]) is not bytes:
-            raise ProtocolError("padding must be a byte string")
-        if version != PROTOCOL_VERSION or type(version) is not int:
+        if len(raw) == 5:
+            version, code, rpc_id, sender, fields = raw
+            token = None
+        else:
+            version, code, rpc_id, sender, fields, token = raw[:6]
+            if token is not None and (type(token) is not bytes or not 0 < len(token) <= MAX_TOKEN):
+                raise ProtocolError(f"token must be null or 1 to {MAX_TOKEN} bytes")
+            if len(raw) > 6 and type(raw[6]) is not bytes:
+                raise ProtocolError("padding must be a byte string")
+        if type(version) is not int or version != PROTOCOL_VERSION:
             raise ProtocolError(f"unsupported protocol version {version!r}")
-        if type(code) is not int or code not in MESSAGE_TYPES:
-            raise ProtocolError(f"unknown message code {code!r}")
+        plan = self._plans.get(code) if type(code) is int else None
+        cls, decoders = plan if plan is not None else self._plan(code)
         if type(rpc_id) is not int or not 0 <= rpc_id <= MAX_RPC_ID:
             raise ProtocolError("rpc id must be an unsigned 64-bit integer")
-        sender_id = None if sender is None else _id_in(sender)
-        cls = MESSAGE_TYPES[code]
-        if type(fields) is not list or len(fields) != len(cls.FIELDS):
-            raise ProtocolError(f"{cls.__name__} takes {len(cls.FIELDS)} fields")
-        values = [self._decoders[kind](item)
-                  for (_, kind), item in zip(cls.FIELDS, fields, strict=True)]
+        if sender is not None:
+            sender = _id_in(sender)
+        if type(fields) is not list or len(fields) != len(decoders):
+            raise ProtocolError(f"{cls.__name__} takes {len(decoders)} fields")
+        # Equal lengths: each field meets its decoder. No field or one, the common cases, skip
+        # map (a few tenths of a microsecond).
+        if not fields:
+            values: tuple[object, ...] = ()
+        elif len(fields) == 1:
+            values = (decoders[0](fields[0]),)
+        else:
+            values = tuple(map(call, decoders, fields))
         try:
             message: Message = cls(*values)
         except Exception as exc:  # a message class may check cross-field rules in __post_init__
             raise ProtocolError(f"invalid {cls.__name__}: {exc}") from None
-        return Envelope(rpc_id, sender_id, message, token)
+        return Envelope(rpc_id, sender, message, token)
+
+    def _plan(self, code: object) -> tuple[type[Message], tuple[Callable[[object], object], ...]]:
+        """The class and field decoders of a registered ``code``, kept for the next datagram."""
+        if type(code) is not int or code not in MESSAGE_TYPES:
+            raise ProtocolError(f"unknown message code {code!r}")
+        cls = MESSAGE_TYPES[code]
+        plan = self._plans[code] = (cls, tuple(self._decoders[kind] for _, kind in cls.FIELDS))
+        return plan
 
     def _value_in(self, raw: object) -> bytes:
         if type(raw) is not bytes or len(raw) > self.max_value:
@@ -172,7 +210,7 @@ class Codec:
         # One loop, no helper calls per contact: a Nodes reply carries up to k contacts and
         # decoding them is most of the work of a lookup reply. A contact is [id, host, port].
         contacts = []
-        hosts = _VALID_HOSTS
+        memo, hosts = _DECODED_CONTACTS, _VALID_HOSTS
         for item in raw:
             if type(item) is not list or len(item) != 3:
                 raise ProtocolError("contact must be [id, host, port]")
@@ -181,9 +219,17 @@ class Codec:
                 raise ProtocolError("contact port out of range")
             if type(node_id) is not bytes or len(node_id) != ID_BYTES:
                 raise ProtocolError("id must be a 32-byte string")
-            known = hosts.get(host) if type(host) is str else None
-            contacts.append(Contact(int.from_bytes(node_id, "big"),
-                                    (known if known is not None else _check_host(host), port)))
+            if type(host) is not str:
+                raise ProtocolError("contact host must be an IP address string")
+            contact = memo.get(node_id)
+            if contact is None or contact.address != (host, port):
+                known = hosts.get(host)
+                contact = Contact(int.from_bytes(node_id, "big"),
+                                  (known if known is not None else _check_host(host), port))
+                if len(memo) >= _DECODED_CONTACTS_MAX:
+                    memo.clear()
+                memo[node_id] = contact
+            contacts.append(contact)
         return tuple(contacts)
 
     @staticmethod
@@ -206,10 +252,12 @@ class Codec:
 
 # ---------------------------------------------------------------------------- CBOR writing
 # cbor2.dumps costs several microseconds per call whatever the size, more than the rest of a small
-# RPC's encoding. The envelope's fixed shape and the flat field lists of most messages are
-# written here directly; nested lists (contacts, ids) and anything unusual still go through
-# cbor2. The bytes are exactly cbor2.dumps([PROTOCOL_VERSION, code, rpc_id, sender, fields]):
-# RFC 8949 preferred serialization (shortest argument, definite lengths), as cbor2 writes it.
+# RPC's encoding, and over half a microsecond per contact of a Nodes reply. The codec writes its
+# datagrams directly: every byte is exactly what cbor2.dumps([PROTOCOL_VERSION, code, rpc_id,
+# sender, fields, ...]) writes, RFC 8949 preferred serialization (shortest argument, definite
+# lengths). CBOR items concatenate: an array is its head followed by its items, each written as
+# cbor2 would write it alone, so any value outside the shapes written here (a mistyped field, a
+# non-ASCII host) is handed to cbor2.dumps on its own and still gives the same bytes.
 
 _UINT64_END = 1 << 64
 _HEADS = [[bytes((major << 5 | n,)) if n < 24 else bytes((major << 5 | 24, n)) for n in range(256)]
@@ -221,70 +269,146 @@ def _head(major: int, n: int) -> bytes:
     """The head of a CBOR item of ``major`` type with argument ``0 <= n < 2**64``."""
     if n < 256:
         return _HEADS[major][n]
+    # The initial byte (major type, then 25, 26 or 27: a 2-, 4- or 8-byte argument follows) and
+    # the argument, big-endian, written as one integer.
     if n < 65536:
-        return bytes((major << 5 | 25,)) + n.to_bytes(2, "big")
+        return ((major << 5 | 25) << 16 | n).to_bytes(3, "big")
     if n < 4294967296:
-        return bytes((major << 5 | 26,)) + n.to_bytes(4, "big")
-    return bytes((major << 5 | 27,)) + n.to_bytes(8, "big")
+        return ((major << 5 | 26) << 32 | n).to_bytes(5, "big")
+    return ((major << 5 | 27) << 64 | n).to_bytes(9, "big")
 
 
-def _dump_flat(fields: list[Any]) -> bytes | None:
-    """A list of byte strings, unsigned 64-bit ints, None and bools; None for anything else."""
-    if len(fields) >= 24:
-        return None
-    parts = [_HEADS[4][len(fields)]]
-    for item in fields:
-        kind = type(item)
-        if kind is bytes:
-            if len(item) >= 4294967296:
-                return None
-            parts.append(_head(2, len(item)))
-            parts.append(item)
-        elif kind is int:
-            if not 0 <= item < _UINT64_END:
-                return None
-            parts.append(_head(0, item))
-        elif item is None:
-            parts.append(b"\xf6")
-        elif kind is bool:
-            parts.append(b"\xf5" if item else b"\xf4")
-        else:
-            return None
-    return b"".join(parts)
+def _dump_item(item: Any) -> bytes:
+    """``cbor2.dumps(item)``: written here for byte strings, unsigned 64-bit ints, None and bools,
+    by cbor2 for anything else."""
+    kind = type(item)
+    if kind is bytes:
+        data: bytes = _head(2, len(item)) + item
+        return data
+    if kind is int and 0 <= item < _UINT64_END:
+        return _head(0, item)
+    if item is None:
+        return b"\xf6"
+    if kind is bool:
+        return b"\xf5" if item else b"\xf4"
+    return bytes(cbor2.dumps(item))
+
+
+_VERSION = _dump_item(PROTOCOL_VERSION)
+
+
+def _close(core: bytes, token: bytes | None, padding: bytes | None = None) -> bytes:
+    """The datagram whose first five items are written in ``core``: followed by ``token`` when
+    there is a token or padding, and by ``padding`` when there is padding."""
+    if padding is not None:
+        return b"".join([_HEADS[4][7], core, b"\xf6" if token is None else _dump_item(token),
+                         _dump_item(padding)])
+    if token is not None:
+        return _HEADS[4][6] + core + _dump_item(token)
+    return _HEADS[4][5] + core
 
 
 def _dump_envelope(code: int, rpc_id: int, sender: bytes | None, fields: list[Any],
                    token: bytes | None = None, padding: bytes | None = None) -> bytes:
     """``cbor2.dumps(items)``, byte for byte, where ``items`` is ``[PROTOCOL_VERSION, code,
     rpc_id, sender, fields]`` followed by ``token`` when there is a token or padding, and by
-    ``padding`` when there is padding."""
-    items: list[Any] = [PROTOCOL_VERSION, code, rpc_id, sender, fields]
-    if token is not None or padding is not None:
-        items.append(token)
-    if padding is not None:
-        items.append(padding)
-    if (type(code) is not int or not 0 <= code < 256 or type(rpc_id) is not int
-            or not 0 <= rpc_id < _UINT64_END or PROTOCOL_VERSION >= 24):
-        return bytes(cbor2.dumps(items))
-    if sender is None:
-        sender_part = b"\xf6"
-    elif type(sender) is bytes and len(sender) == ID_BYTES:
-        sender_part = _ID_HEAD + sender
-    else:
-        return bytes(cbor2.dumps(items))
-    if not fields:
-        fields_part = _HEADS[4][0]
-    else:
-        flat = _dump_flat(fields)
-        fields_part = flat if flat is not None else bytes(cbor2.dumps(fields))
-    parts = [_HEADS[4][len(items)], _HEADS[0][PROTOCOL_VERSION], _HEADS[0][code],
-             _head(0, rpc_id), sender_part, fields_part]
-    for extra in items[5:]:
-        parts.append(b"\xf6" if extra is None else _head(2, len(extra)) + extra)
-    return b"".join(parts)
+    ``padding`` when there is padding. The general form of what :meth:`Codec.encode` writes
+    through its per-kind field writers, for field values of any shape."""
+    core = b"".join([_VERSION, _dump_item(code), _dump_item(rpc_id), _dump_item(sender),
+                     _head(4, len(fields)), *map(_dump_item, fields)])
+    return _close(core, token, padding)
+
+
+# Encoded contacts of Nodes and Entries replies. A node answers from its routing table, whose
+# Contact objects live long and are sent over and over, so the memo is keyed by the object itself
+# (its id(): a Contact's own hash costs a Python call) and holds the object, so no other object
+# can take that id while its entry exists. Only exact, immutable Contacts are kept (a frozen
+# dataclass whose address is a tuple of str and int). Bounded: emptied when full.
+_CONTACT_CBOR: dict[int, tuple[Contact, bytes]] = {}
+_CONTACT_CBOR_MAX = 4096
+_CONTACT_HEAD = _HEADS[4][3] + _ID_HEAD  # an array of 3 items, the first a 32-byte string
+
+
+def _dump_contact(contact: Contact) -> bytes:
+    """``cbor2.dumps([id bytes, host, port])``, written here when the host is ASCII text of under
+    256 characters (always, for an IP literal) and the port an unsigned 16-bit int, and memoized
+    then."""
+    node_id = contact.id.to_bytes(ID_BYTES, "big")
+    address = contact.address
+    host, port = address[0], address[1]
+    if not (type(host) is str and len(host) < 256 and host.isascii()
+            and type(port) is int and 0 <= port < 65536):
+        return bytes(cbor2.dumps([node_id, host, port]))
+    # The port's head is _head(0, port) inlined (a 2-byte argument from 256): one call less
+    # per contact when a whole reply misses the memo.
+    port_head = _HEADS[0][port] if port < 256 else (0x19 << 16 | port).to_bytes(3, "big")
+    data = b"".join([_CONTACT_HEAD, node_id, _HEADS[3][len(host)], host.encode("ascii"),
+                     port_head])
+    if type(contact) is Contact and type(address) is tuple:
+        if len(_CONTACT_CBOR) >= _CONTACT_CBOR_MAX:
+            _CONTACT_CBOR.clear()
+        _CONTACT_CBOR[id(contact)] = (contact, data)
+    return data
+
+
+def _dump_contacts(contacts: tuple[Contact, ...]) -> bytes:
+    """The CBOR array of ``[id bytes, host, port]`` triples, as cbor2 writes it."""
+    memo = _CONTACT_CBOR
+    parts = []
+    for contact in contacts:
+        known = memo.get(id(contact))
+        parts.append(known[1] if known is not None else _dump_contact(contact))
+    return _head(4, len(parts)) + b"".join(parts)
+
+
+def _dump_ids(ids: tuple[int, ...]) -> bytes:
+    """The CBOR array of 32-byte ids, as cbor2 writes it."""
+    parts = [_ID_HEAD + id_to_bytes(item) for item in ids]
+    return _head(4, len(parts)) + b"".join(parts)
+
+
+def _dump_id(value: int) -> bytes:
+    return _ID_HEAD + id_to_bytes(value)
+
+
+def _dump_opt_id(value: int | None) -> bytes:
+    return b"\xf6" if value is None else _ID_HEAD + id_to_bytes(value)
+
+
+# How each field kind is written: the bytes of cbor2.dumps(_encode_field(kind, value)).
+_FIELD_WRITERS: dict[Kind, Callable[[Any], bytes]] = {
+    Kind.ID: _dump_id,
+    Kind.OPT_ID: _dump_opt_id,
+    Kind.CONTACTS: _dump_contacts,
+    Kind.IDS: _dump_ids,
+}
+
+
+class _EncodePlan(NamedTuple):
+    """What :meth:`Codec.encode` needs of a message class, computed once."""
+
+    prefix: bytes  # the version and the message code
+    fields_head: bytes  # the head of the fields array
+    writers: tuple[tuple[str, Callable[[Any], bytes]], ...]  # (attribute, writer), wire order
+
+
+# One plan per message class, built on first use: at most one entry per class.
+_ENCODE_PLANS: dict[type[Message], _EncodePlan] = {}
+
+
+def _encode_plan(cls: type[Message]) -> _EncodePlan:
+    """Build and keep the plan of ``cls`` (fields without a writer of their own are written as
+    they are, like :func:`_encode_field` passes them to cbor2)."""
+    plan = _EncodePlan(_VERSION + _dump_item(cls.CODE), _head(4, len(cls.FIELDS)),
+                       tuple((name, _FIELD_WRITERS.get(kind, _dump_item))
+                             for name, kind in cls.FIELDS))
+    _ENCODE_PLANS[cls] = plan
+    return plan
 
 
 def _encode_field(kind: Kind, value: Any) -> Any:
+    """The plain value whose ``cbor2.dumps`` a field writer writes: the reference the byte-equality
+    tests hold the writers to, and how the fuzzers write fields the encoder would refuse."""
     if kind is Kind.ID:
         return id_to_bytes(value)
     if kind is Kind.OPT_ID:

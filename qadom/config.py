@@ -48,6 +48,23 @@ class Config:
     """Resends of a request that got no reply (same request id, so a late first reply still counts).
     One resend turns a 10% per-packet loss into about a 4% request failure rate."""
 
+    probe_hedge_rtts: float = 2.0
+    """A get whose closest known contact is probably a holder asks that contact alone first
+    (one request instead of alpha; see ``Node._expects_holder``) and asks alpha once it answers
+    without the value, or after this many smoothed round trips (plus their deviation) without an
+    answer. Two round trips leave a live probe time to answer before anyone else is bothered."""
+
+    probe_hedge_min: float = 0.005
+    """Floor of that hedge delay: on loopback a round trip is tens of microseconds, and a busy
+    event loop delays answers by a few milliseconds without anything being wrong."""
+
+    store_on_lookup_max: int = 1024
+    """A set (or republish) of a value up to this size sends the value with the lookup's own
+    requests (FIND_NODE_STORE): the peers asked that count themselves among the k closest keep
+    it, and only the final k closest that did not get a separate STORE. That roughly halves the
+    datagrams of a set. Larger values wait for the lookup to end, so they go only to the final k
+    closest and not to the other peers the lookup passes through."""
+
     dead_backoff: float = 30.0
     """Lookups skip an address for this long once it is given up: a request to an address outside
     the routing table failed, or a contact left the table for failing (``stale_failures`` failed
@@ -267,6 +284,10 @@ class Config:
         """Raise :class:`InvalidArgument` if the values cannot work together."""
         if self.k < 1 or self.alpha < 1:
             raise InvalidArgument("k and alpha must be at least 1")
+        if self.store_on_lookup_max < 0:
+            raise InvalidArgument("store_on_lookup_max must be at least 0")
+        if self.probe_hedge_rtts <= 0 or self.probe_hedge_min <= 0:
+            raise InvalidArgument("probe_hedge_rtts and probe_hedge_min must be positive")
         if self.replacement_cache_size < 0 or self.stale_failures < 1 or self.rpc_retries < 0:
             raise InvalidArgument("replacement cache, stale_failures or rpc_retries out of range")
         if not 0 < self.rpc_timeout_min <= self.rpc_timeout <= self.rpc_timeout_max:

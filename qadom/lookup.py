@@ -10,7 +10,10 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
 
 * Candidates are ordered by XOR distance to the target. Only the ``k`` closest candidates that have
   not failed are eligible to be asked.
-* At most ``alpha`` requests are in flight (stalled requests do not count).
+* At most ``alpha`` requests are in flight (stalled requests do not count). A *probing* lookup
+  (a value lookup whose closest candidate is expected to hold the value) first asks only its
+  closest candidate, and widens to ``alpha`` at that request's first outcome (an answer without
+  the value, a stall, a failure) or when its driver calls :meth:`~Lookup.widen` (a hedge timer).
 * The lookup has *converged* when each of the ``k`` closest non-failed candidates has answered;
   failed candidates drop out and the next ones move up. It also ends when no candidate is left.
 * A candidate's *round* is one more than the round of the peer that named it (initial contacts are
@@ -20,11 +23,13 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Callable, Iterable
 from enum import Enum
+from operator import attrgetter
 
 from .contact import Contact
+
+_DISTANCE = attrgetter("distance")
 
 
 class State(Enum):
@@ -53,10 +58,11 @@ class Lookup:
 
     def __init__(self, target: int, k: int, alpha: int, initial: Iterable[Contact], *,
                  own_id: int | None = None,
-                 skip: Callable[[Contact], bool] | None = None) -> None:
+                 skip: Callable[[Contact], bool] | None = None, probe: bool = False) -> None:
         self.target = target
         self.k = k
         self.alpha = alpha
+        self.limit = 1 if probe else alpha  # requests allowed in flight now
         self.own_id = own_id
         self._skip = skip
         self._order: list[Candidate] = []
@@ -67,7 +73,16 @@ class Lookup:
         self.replies = 0
         self.failures = 0
         self.rounds = 0
-        self._add(initial, 1)
+        # A probe asks one candidate and usually ends with its answer: the other initial
+        # candidates are only built (checked, sorted) once the lookup widens or is inspected.
+        self._deferred: list[Contact] = []
+        if probe:
+            self._deferred = list(initial)
+            first = min(self._deferred, key=lambda c: c.id ^ target, default=None)
+            if first is None or not self._add((first,), 1):
+                self._ensure()
+        else:
+            self._add(initial, 1)
 
     # ------------------------------------------------------------------ inputs
 
@@ -76,10 +91,12 @@ class Lookup:
         is eligible. Call after every input."""
         if self.stopped:
             return []
+        if self._deferred and self.limit > 1:
+            self._ensure()
         chosen: list[Candidate] = []
         eligible = 0
         for cand in self._order:
-            if self.in_flight >= self.alpha or eligible >= self.k:
+            if self.in_flight >= self.limit or eligible >= self.k:
                 break
             if cand.state is State.FAILED:
                 continue
@@ -101,6 +118,9 @@ class Lookup:
             self.in_flight -= 1
         cand.state = State.ANSWERED
         self.replies += 1
+        if self.stopped:
+            return []
+        self.widen()
         return self._add(named, cand.round + 1)
 
     def on_stall(self, contact: Contact) -> None:
@@ -109,6 +129,7 @@ class Lookup:
         if cand is not None and cand.state is State.IN_FLIGHT:
             cand.state = State.STALLED
             self.in_flight -= 1
+            self.widen()
 
     def on_failure(self, contact: Contact) -> None:
         """The request to ``contact`` failed for good (timeout, error, or a lie)."""
@@ -119,9 +140,21 @@ class Lookup:
             self.in_flight -= 1
         cand.state = State.FAILED
         self.failures += 1
+        self.widen()
+
+    def widen(self) -> None:
+        """End a probe: allow ``alpha`` requests in flight from now on (no-op otherwise)."""
+        self.limit = self.alpha
+        self._ensure()
+
+    @property
+    def probing(self) -> bool:
+        """True while a probing lookup still allows a single request in flight."""
+        return self.limit < self.alpha
 
     def add(self, contacts: Iterable[Contact]) -> list[Contact]:
         """More first-round candidates (a driver's fallback); returns the ones that were new."""
+        self._ensure()
         return self._add(contacts, 1)
 
     def stop(self) -> None:
@@ -135,6 +168,8 @@ class Lookup:
         """True when stopped, or when the k closest non-failed candidates have all answered."""
         if self.stopped:
             return True
+        if self._deferred:  # initial candidates not asked yet
+            return False
         eligible = 0
         for cand in self._order:
             if cand.state is State.FAILED:
@@ -149,24 +184,39 @@ class Lookup:
     def closest(self, count: int | None = None) -> list[Contact]:
         """The closest candidates that answered, closest first (the lookup's result)."""
         limit = self.k if count is None else count
+        self._ensure()
         answered = [c.contact for c in self._order if c.state is State.ANSWERED]
         return answered[:limit]
 
     def candidates(self) -> list[Candidate]:
         """Every candidate seen, closest first (for views and tests)."""
+        self._ensure()
         return list(self._order)
 
     # ------------------------------------------------------------------ internals
 
+    def _ensure(self) -> None:
+        """Build the deferred initial candidates of a probe, if any are left."""
+        if self._deferred:
+            deferred, self._deferred = self._deferred, []
+            self._add(deferred, 1)
+
     def _add(self, contacts: Iterable[Contact], round_: int) -> list[Contact]:
-        added = []
+        # New candidates are appended, then the order is sorted once: a reply names up to k
+        # contacts, and one sort of an almost sorted list costs less than k insertions.
+        by_id = self._by_id
+        skip = self._skip
+        own_id = self.own_id
+        target = self.target
+        added: list[Candidate] = []
         for contact in contacts:
-            if contact.id in self._by_id or contact.id == self.own_id:
+            node_id = contact.id
+            if node_id in by_id or node_id == own_id or (skip is not None and skip(contact)):
                 continue
-            if self._skip is not None and self._skip(contact):
-                continue
-            cand = Candidate(contact, contact.id ^ self.target, round_)
-            self._by_id[contact.id] = cand
-            bisect.insort(self._order, cand)
-            added.append(contact)
-        return added
+            cand = by_id[node_id] = Candidate(contact, node_id ^ target, round_)
+            added.append(cand)
+        if not added:
+            return []
+        self._order.extend(added)
+        self._order.sort(key=_DISTANCE)
+        return [cand.contact for cand in added]

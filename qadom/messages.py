@@ -135,6 +135,21 @@ class Search(Message):
     after: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FindNodeStore(Message):
+    """A lookup step of a set: the k contacts closest to SHA-256(``value``) that the receiver
+    knows, as :class:`FindNode`; and the receiver stores ``value`` for ``ttl`` seconds, as
+    :class:`Store` would, if fewer than k of the contacts it knows are closer to that key than
+    itself. Answered by :class:`NodesStored` (or :class:`Error` for a ttl of 0)."""
+
+    CODE = 7
+    IS_REQUEST = True
+    LARGE_REPLY = True
+    FIELDS = (("value", Kind.VALUE), ("ttl", Kind.UINT64))
+    value: bytes
+    ttl: int = 86400
+
+
 # ----------------------------------------------------------------------------- replies
 
 
@@ -188,6 +203,19 @@ class Entries(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class NodesStored(Message):
+    """Reply to :class:`FindNodeStore`: up to k contacts closest to the key, closest first, and
+    whether the receiver now holds the value (false: it is not among the k closest it knows, or
+    its store is full)."""
+
+    CODE = 69
+    IS_REQUEST = False
+    FIELDS = (("nodes", Kind.CONTACTS), ("stored", Kind.BOOL))
+    nodes: tuple[Contact, ...]
+    stored: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Error(Message):
     """The request was refused; ``code`` is an :class:`ErrorCode`."""
 
@@ -237,6 +265,6 @@ def register(cls: type[Message]) -> type[Message]:
     return cls
 
 
-for _cls in (Ping, FindNode, FindValue, Store, Append, Search, Pong, Nodes, Value, Stored,
-             Entries, Error, Challenge):
+for _cls in (Ping, FindNode, FindValue, Store, Append, Search, FindNodeStore, Pong, Nodes, Value,
+             Stored, Entries, NodesStored, Error, Challenge):
     register(_cls)

@@ -70,9 +70,11 @@ from .messages import (
     Error,
     ErrorCode,
     FindNode,
+    FindNodeStore,
     FindValue,
     Message,
     Nodes,
+    NodesStored,
     Ping,
     Pong,
     Search,
@@ -146,6 +148,14 @@ class Node:
         self._outbox: list[tuple[bytes, Address]] = []
         self._timers: list[tuple[float, int, Callable[[float], None]]] = []
         self._timer_seq = 0
+        # Operation deadlines (new_call), oldest first. All operations share one timeout, so
+        # their deadlines arrive in order: a FIFO that forgets a call the moment it completes,
+        # instead of a heap entry that would keep every finished call alive for the timeout.
+        self._deadlines: OrderedDict[int, tuple[float, Call[Any]]] = OrderedDict()
+        self._last_deadline = -math.inf
+        # Retransmission timers as (deadline, rpc id, send generation): plain numbers, which the
+        # garbage collector stops tracking, for the timer that outlives almost every reply.
+        self._request_timers: list[tuple[float, int, int]] = []
         self._pending: dict[int, _Request] = {}
         self._dead: dict[Address, float] = {}
         self._banned: dict[Address | int, float] = {}  # liars, by address and by id
@@ -166,6 +176,11 @@ class Node:
             cfg.host_request_rate, cfg.host_request_burst, cfg.rate_limit_senders)
         self._refusals: RateLimiter[Address] = RateLimiter(1.0, 1, cfg.rate_limit_senders)
         self._lookup_seq = 0
+        # The radius of our k closest contacts (see _expects_holder), recomputed when the table
+        # changes size or after refresh_interval.
+        self._radius = 0
+        self._radius_at = -math.inf
+        self._radius_size = -1
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._handlers: dict[type[Message], Handler] = {
@@ -175,6 +190,7 @@ class Node:
             Store: self._handle_store,
             Append: self._handle_append,
             Search: self._handle_search,
+            FindNodeStore: self._handle_find_node_store,
         }
         self.dht_records = DhtRecordService(self)  # signed /dht records (qadom.dhtrecords)
         self.namespace = NamespaceService(self)  # signed namespaces (qadom.namespace)
@@ -209,14 +225,40 @@ class Node:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` must next be called (None: no timer pending)."""
-        return self._timers[0][0] if self._timers else None
+        first = math.inf
+        if self._timers:
+            first = self._timers[0][0]
+        if self._request_timers:
+            first = min(first, self._request_timers[0][0])
+        if self._deadlines:
+            first = min(first, next(iter(self._deadlines.values()))[0])
+        return None if first == math.inf else first
 
     def handle_timer(self, now: float) -> None:
-        """Run every timer due at ``now``. Never raises."""
-        while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heappop(self._timers)
+        """Run every timer due at ``now``, earliest first. Never raises."""
+        timers, requests, deadlines = self._timers, self._request_timers, self._deadlines
+        while True:
+            # The earliest due among the three timer queues (ties: requests, deadlines, others).
+            at = timers[0][0] if timers else math.inf
+            queue = 0
+            if requests and requests[0][0] <= at:
+                at, queue = requests[0][0], 1
+            if deadlines:
+                deadline = next(iter(deadlines.values()))[0]
+                if deadline < at or (deadline == at and queue == 0):
+                    at, queue = deadline, 2
+            if at > now:
+                return
             try:
-                fn(now)
+                if queue == 1:
+                    _, rpc_id, gen = heappop(requests)
+                    self._on_request_timer(rpc_id, gen, now)
+                elif queue == 2:
+                    _, (_, call) = deadlines.popitem(last=False)
+                    limit = self.config.operation_timeout
+                    call.fail(OperationTimeout(f"{call.name} did not complete within {limit} s"))
+                else:
+                    heappop(timers)[2](now)
             except Exception:
                 self.stats["internal_errors"] += 1
                 log.exception("internal error in a timer")
@@ -325,8 +367,26 @@ class Node:
             else:
                 call.fail(NotFoundError(f"no peer reached holds key {key}"))
 
-        self.run_lookup(key, "value", FindValue(key), now, on_message, on_finish, call)
+        self.run_lookup(key, "value", FindValue(key), now, on_message, on_finish, call,
+                        probe=True)
         return call
+
+    def _expects_holder(self, nearest: Contact, key: int, now: float) -> bool:
+        """Whether ``nearest``, our closest contact to ``key``, is probably one of the k closest
+        nodes of the network, and so holds the value if anyone does.
+
+        Our own k closest contacts lie within a radius that reflects the network's density
+        around us; ids are uniform, so the k closest nodes to any key lie within about the same
+        radius of it. A contact within half that radius of ``key`` has, on that estimate, at
+        most k / 2 nodes closer to the key than itself. In a network the routing table covers
+        well (up to a few hundred nodes) that is true of most keys; in a large one, of keys near
+        our own id only."""
+        if self._radius_at + self.config.refresh_interval <= now or (
+                self._radius_size != len(self.table)):
+            ours = self.table.closest(self.id, self.config.k)
+            self._radius = ours[-1].id ^ self.id if len(ours) >= self.config.k else 1 << 256
+            self._radius_at, self._radius_size = now, len(self.table)
+        return (nearest.id ^ key) * 2 <= self._radius
 
     def set(self, value: bytes, now: float) -> Call[int]:
         """Store ``value`` here and at the k closest peers to its key; resolves to the key."""
@@ -433,8 +493,7 @@ class Node:
     def _transmit(self, req: _Request, now: float) -> None:
         req.gen += 1
         self._send(req.data, req.address)
-        self._schedule(now + self.rpc_timeout,
-                       partial(self._on_request_timer, req.rpc_id, req.gen))
+        heappush(self._request_timers, (now + self.rpc_timeout, req.rpc_id, req.gen))
 
     @property
     def rpc_timeout(self) -> float:
@@ -443,6 +502,17 @@ class Node:
         if self._srtt is None:
             return cfg.rpc_timeout
         return min(cfg.rpc_timeout_max, max(cfg.rpc_timeout_min, self._srtt + 4 * self._rttvar))
+
+    @property
+    def probe_hedge(self) -> float:
+        """How long a probing lookup waits for its single probe before widening to alpha:
+        ``probe_hedge_rtts`` smoothed round trips, at least ``probe_hedge_min``, and never longer
+        than the per-attempt timeout (whose stall would widen it anyway)."""
+        cfg = self.config
+        if self._srtt is None:
+            return self.rpc_timeout
+        return min(self.rpc_timeout, max(cfg.probe_hedge_min,
+                                         cfg.probe_hedge_rtts * (self._srtt + self._rttvar)))
 
     def _on_request_timer(self, rpc_id: int, gen: int, now: float) -> None:
         req = self._pending.get(rpc_id)
@@ -688,6 +758,19 @@ class Node:
             return Error(ErrorCode.STORAGE_FULL, str(exc))
         return Stored()
 
+    def _handle_find_node_store(self, message: FindNodeStore, sender: int | None,
+                                address: Address, now: float) -> Message:
+        key = key_for(message.value)
+        k = self.config.k
+        nodes = tuple(self.table.closest(key, k, exclude=sender))
+        mine = self.id ^ key
+        if len(nodes) >= k and nodes[-1].id ^ key < mine:
+            return NodesStored(nodes, False)  # k known contacts are closer: not ours to hold
+        reply = self._handle_store(Store(message.value, message.ttl), sender, address, now)
+        if isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST:
+            return reply
+        return NodesStored(nodes, isinstance(reply, Stored))
+
     def _handle_append(self, message: Append, sender: int | None, address: Address,
                        now: float) -> Message:
         old = self.store.entry_meta(message.key, message.value)
@@ -749,21 +832,35 @@ class Node:
         """A call that fails with OperationTimeout if still pending at the operation deadline."""
         call: Call[Any] = Call(name)
         limit = self.config.operation_timeout
+        deadline = now + limit
+        if deadline < self._last_deadline:  # a clock that went back: keep the FIFO in order
 
-        def expire(now: float) -> None:
-            call.fail(OperationTimeout(f"{name} did not complete within {limit} s"))
+            def expire(now: float) -> None:
+                call.fail(OperationTimeout(f"{name} did not complete within {limit} s"))
 
-        self._schedule(now + limit, expire)
+            self._schedule(deadline, expire)
+            return call
+        self._last_deadline = deadline
+        self._timer_seq += 1
+        seq = self._timer_seq
+        deadlines = self._deadlines
+        deadlines[seq] = (deadline, call)
+        call.add_done_callback(lambda _: _forget(deadlines, seq))
         return call
 
     def run_lookup(self, target: int, kind: str, message: Message, now: float,
-                on_message: OnMessage, on_finish: Callable[[Lookup, float], None],
-                call: Call[Any] | None = None) -> None:
+                   on_message: OnMessage, on_finish: Callable[[Lookup, float], None],
+                   call: Call[Any] | None = None, *, probe: bool = False) -> None:
         """Run one iterative lookup for ``target`` asking ``message`` of each peer.
 
         ``on_message`` interprets each reply (see :data:`OnMessage`); ``on_finish`` runs once when
         the lookup has converged or was stopped. If ``call`` completes first (its deadline), the
         lookup stops asking.
+
+        With ``probe`` (a value lookup), when the closest candidate probably holds the value
+        (:meth:`_expects_holder`) it is asked alone first; the lookup widens to ``alpha`` at that
+        request's first outcome, or after :attr:`probe_hedge` without one, so a slow or dead
+        probe costs at most that delay.
         """
         cfg = self.config
         self._lookup_seq += 1
@@ -774,9 +871,10 @@ class Node:
         seeds = [c for c in self.table.closest(target, cfg.k + len(dead))
                  if dead.get(c.address, 0.0) <= now][:cfg.k]
         banned = self._banned
+        probe = probe and bool(seeds) and self._expects_holder(seeds[0], target, now)
         lookup = Lookup(target, cfg.k, cfg.alpha, seeds, own_id=self.id,
                         skip=lambda c: dead.get(c.address, 0.0) > now
-                        or banned.get(c.id, 0.0) > now)
+                        or banned.get(c.id, 0.0) > now, probe=probe)
         self.table.touch(target, now)
         started = now
         finished = False
@@ -786,6 +884,7 @@ class Node:
                                tuple(c.contact for c in lookup.candidates())))
 
         refilled = False
+        hedge: list[Callable[[float], None] | None] = [None]
 
         def pump(now: float) -> None:
             nonlocal finished, refilled
@@ -809,6 +908,7 @@ class Node:
                              on_stall=partial(on_stall, contact))
             if lookup.finished:
                 finished = True
+                hedge[0] = None
                 if emit:
                     emit(LookupFinished(lookup_id, now, target, kind, lookup.stopped,
                                         tuple(lookup.closest()), lookup.rounds, lookup.requests,
@@ -840,6 +940,18 @@ class Node:
                 emit(LookupTimeout(lookup_id, now, contact, False))
             pump(now)
 
+        def widen(now: float) -> None:
+            if not finished and lookup.probing:
+                self.stats["probes_hedged"] += 1
+                lookup.widen()
+                pump(now)
+
+        if probe:
+            self.stats["probes"] += 1
+            # The hedge timer reaches the lookup through a box emptied when the lookup ends, so
+            # a finished lookup is freed at once rather than when the timer fires.
+            hedge[0] = widen
+            self._schedule(now + self.probe_hedge, partial(_call_boxed, hedge))
         pump(now)
 
     def find_closest(self, target: int, now: float,
@@ -854,14 +966,23 @@ class Node:
 
     def replicate(self, key: int, message: Message, now: float,
                   then: Callable[[int, float], None], call: Call[Any] | None = None) -> None:
-        """Look up the k closest to ``key`` and send ``message`` to each; ``then(acks, now)``."""
+        """Look up the k closest to ``key`` and have each hold ``message``'s item;
+        ``then(acks, now)`` with how many of them confirmed it.
+
+        A :class:`Store` of a value of at most ``store_on_lookup_max`` bytes travels with the
+        lookup itself (:class:`FindNodeStore`): each peer asked keeps the value if it counts
+        itself among the k closest it knows, and only the final k closest that did not keep it
+        get a separate Store. Anything else is sent to the final k closest after the lookup."""
+        stored_by: builtins.set[int] = set()
 
         def send_all(closest: list[Contact], now: float) -> None:
-            if not closest:
-                then(0, now)
+            acks = [sum(1 for c in closest if c.id in stored_by)]
+            rest = [c for c in closest if c.id not in stored_by]
+            if not rest:
+                self.stats["replicas_acked"] += acks[0]
+                then(acks[0], now)
                 return
-            left = [len(closest)]
-            acks = [0]
+            left = [len(rest)]
 
             def on_ack(envelope: Envelope | None, now: float) -> None:
                 left[0] -= 1
@@ -871,10 +992,24 @@ class Node:
                     self.stats["replicas_acked"] += acks[0]
                     then(acks[0], now)
 
-            for contact in closest:
+            for contact in rest:
                 self.request(contact.address, message, now, expect_id=contact.id, on_reply=on_ack)
 
-        self.find_closest(key, now, send_all, call)
+        if (isinstance(message, Store) and not message.cache
+                and len(message.value) <= self.config.store_on_lookup_max):
+
+            def on_message(contact: Contact, reply: Message, lookup: Lookup,
+                           now: float) -> Iterable[Contact] | None:
+                if not isinstance(reply, NodesStored):
+                    return None
+                if reply.stored:
+                    stored_by.add(contact.id)
+                return reply.nodes
+
+            self.run_lookup(key, "node", FindNodeStore(message.value, message.ttl), now,
+                            on_message, lambda lookup, now: send_all(lookup.closest(), now), call)
+        else:
+            self.find_closest(key, now, send_all, call)
 
     def _fetch_pages(self, contact: Contact, key: int, after: int, results: builtins.set[int],
                      pages: int, now: float, done: Callable[[float], None]) -> None:
@@ -999,6 +1134,16 @@ def _mint_token(address: Address, secret: bytes) -> bytes:
     """The token ``secret`` grants ``address``: HMAC-SHA256 of "host|port", 16 bytes."""
     text = f"{address[0]}|{address[1]}".encode()
     return hmac.new(secret, text, hashlib.sha256).digest()[:TOKEN_BYTES]
+
+
+def _forget(deadlines: OrderedDict[int, tuple[float, Call[Any]]], seq: int) -> None:
+    deadlines.pop(seq, None)
+
+
+def _call_boxed(box: list[Callable[[float], None] | None], now: float) -> None:
+    fn = box[0]
+    if fn is not None:
+        fn(now)
 
 
 def _ignore_reply(envelope: Envelope | None, now: float) -> None:
