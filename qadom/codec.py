@@ -319,13 +319,6 @@ def _dump_envelope(code: int, rpc_id: int, sender: bytes | None, fields: list[An
     return _close(core, token, padding)
 
 
-# Encoded contacts of Nodes and Entries replies. A node answers from its routing table, whose
-# Contact objects live long and are sent over and over, so the memo is keyed by the object itself
-# (its id(): a Contact's own hash costs a Python call) and holds the object, so no other object
-# can take that id while its entry exists. Only exact, immutable Contacts are kept (a frozen
-# dataclass whose address is a tuple of str and int). Bounded: emptied when full.
-_CONTACT_CBOR: dict[int, tuple[Contact, bytes]] = {}
-_CONTACT_CBOR_MAX = 4096
 _CONTACT_HEAD = _HEADS[4][3] + _ID_HEAD  # an array of 3 items, the first a 32-byte string
 
 
@@ -345,19 +338,19 @@ def _dump_contact(contact: Contact) -> bytes:
     data = b"".join([_CONTACT_HEAD, node_id, _HEADS[3][len(host)], host.encode("ascii"),
                      port_head])
     if type(contact) is Contact and type(address) is tuple:
-        if len(_CONTACT_CBOR) >= _CONTACT_CBOR_MAX:
-            _CONTACT_CBOR.clear()
-        _CONTACT_CBOR[id(contact)] = (contact, data)
+        # Kept on the (immutable) contact itself: a routing table's contacts are sent over and
+        # over, and the bytes live exactly as long as the contact. Only exact Contacts with a
+        # tuple address are kept: a subclass or a list address could change or write otherwise.
+        object.__setattr__(contact, "wire", data)
     return data
 
 
 def _dump_contacts(contacts: tuple[Contact, ...]) -> bytes:
     """The CBOR array of ``[id bytes, host, port]`` triples, as cbor2 writes it."""
-    memo = _CONTACT_CBOR
     parts = []
     for contact in contacts:
-        known = memo.get(id(contact))
-        parts.append(known[1] if known is not None else _dump_contact(contact))
+        wire = contact.wire
+        parts.append(wire if wire is not None else _dump_contact(contact))
     return _head(4, len(parts)) + b"".join(parts)
 
 

@@ -58,7 +58,8 @@ class Lookup:
 
     def __init__(self, target: int, k: int, alpha: int, initial: Iterable[Contact], *,
                  own_id: int | None = None,
-                 skip: Callable[[Contact], bool] | None = None, probe: bool = False) -> None:
+                 skip: Callable[[Contact], bool] | None = None, probe: bool = False,
+                 later: Callable[[], Iterable[Contact]] | None = None) -> None:
         self.target = target
         self.k = k
         self.alpha = alpha
@@ -73,16 +74,12 @@ class Lookup:
         self.replies = 0
         self.failures = 0
         self.rounds = 0
-        # A probe asks one candidate and usually ends with its answer: the other initial
-        # candidates are only built (checked, sorted) once the lookup widens or is inspected.
-        self._deferred: list[Contact] = []
-        if probe:
-            self._deferred = list(initial)
-            first = min(self._deferred, key=lambda c: c.id ^ target, default=None)
-            if first is None or not self._add((first,), 1):
-                self._ensure()
-        else:
-            self._add(initial, 1)
+        # ``later``: more first-round candidates, gathered only when the lookup needs more than
+        # ``initial``. A probe asks one candidate and usually ends with its answer, so its driver
+        # passes that one as ``initial`` and the rest here.
+        self._later = later
+        if not self._add(initial, 1) or not probe:
+            self._ensure()
 
     # ------------------------------------------------------------------ inputs
 
@@ -91,7 +88,7 @@ class Lookup:
         is eligible. Call after every input."""
         if self.stopped:
             return []
-        if self._deferred and self.limit > 1:
+        if self._later is not None and self.limit > 1:
             self._ensure()
         chosen: list[Candidate] = []
         eligible = 0
@@ -168,7 +165,7 @@ class Lookup:
         """True when stopped, or when the k closest non-failed candidates have all answered."""
         if self.stopped:
             return True
-        if self._deferred:  # initial candidates not asked yet
+        if self._later is not None:  # first-round candidates not gathered yet
             return False
         eligible = 0
         for cand in self._order:
@@ -196,10 +193,11 @@ class Lookup:
     # ------------------------------------------------------------------ internals
 
     def _ensure(self) -> None:
-        """Build the deferred initial candidates of a probe, if any are left."""
-        if self._deferred:
-            deferred, self._deferred = self._deferred, []
-            self._add(deferred, 1)
+        """Gather the ``later`` candidates, if not done yet."""
+        later = self._later
+        if later is not None:
+            self._later = None
+            self._add(later(), 1)
 
     def _add(self, contacts: Iterable[Contact], round_: int) -> list[Contact]:
         # New candidates are appended, then the order is sorted once: a reply names up to k

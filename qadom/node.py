@@ -121,6 +121,101 @@ class _Request:
         self.sent_at = now
 
 
+class _LookupRun:
+    """One iterative lookup driven by a node (see :meth:`Node.run_lookup`): asks whom its
+    :class:`Lookup` chooses, feeds it the replies, and ends once. Requests and timers point to
+    it; it points to none of them, so a finished run is freed at once, without the collector."""
+
+    __slots__ = ("call", "emit", "finished", "hedge_timer", "kind", "lookup", "lookup_id",
+                 "message", "node", "on_finish", "on_message", "refilled", "started")
+
+    def __init__(self, node: Node, lookup: Lookup, lookup_id: int, kind: str, message: Message,
+                 on_message: OnMessage, on_finish: Callable[[Lookup, float], None],
+                 call: Call[Any] | None, now: float) -> None:
+        self.node = node
+        self.lookup = lookup
+        self.lookup_id = lookup_id
+        self.kind = kind
+        self.message = message
+        self.on_message = on_message
+        self.on_finish = on_finish
+        self.call = call
+        self.started = now
+        self.finished = False
+        self.refilled = False
+        self.hedge_timer = 0  # the probe's hedge timer, while it may still fire
+        self.emit = node._emit if node._listeners else None
+
+    def pump(self, now: float) -> None:
+        """Send what the lookup asks for; finish if it is done."""
+        if self.finished:
+            return
+        lookup, node, emit = self.lookup, self.node, self.emit
+        if self.call is not None and self.call.done:
+            lookup.stop()
+        if (lookup.finished and not lookup.stopped and not self.refilled
+                and len(lookup.closest()) < lookup.k):
+            # Every candidate near the target failed (a partition, a dead neighbourhood): fall
+            # back once on the rest of the routing table before giving up.
+            self.refilled = True
+            dead = node._dead
+            lookup.add(c for c in node.table.closest(lookup.target, len(node.table))
+                       if dead.get(c.address, 0.0) <= now)
+        for cand in lookup.next_requests():
+            contact = cand.contact
+            if emit:
+                emit(LookupRequest(self.lookup_id, now, contact, contact.id ^ lookup.target,
+                                   cand.round))
+            node.request(contact.address, self.message, now, expect_id=contact.id,
+                         on_reply=partial(self.on_reply, contact),
+                         on_stall=partial(self.on_stall, contact))
+        if lookup.finished:
+            self.finished = True
+            if self.hedge_timer:
+                node._cancel(self.hedge_timer)
+                self.hedge_timer = 0
+            if emit:
+                emit(LookupFinished(self.lookup_id, now, lookup.target, self.kind,
+                                    lookup.stopped, tuple(lookup.closest()), lookup.rounds,
+                                    lookup.requests, lookup.replies, lookup.failures,
+                                    now - self.started))
+            self.on_finish(lookup, now)
+
+    def on_reply(self, contact: Contact, envelope: Envelope | None, now: float) -> None:
+        if self.finished:
+            return
+        lookup, emit = self.lookup, self.emit
+        if envelope is None or isinstance(envelope.message, Error):
+            lookup.on_failure(contact)
+            if emit and envelope is None:
+                emit(LookupTimeout(self.lookup_id, now, contact, True))
+        else:
+            named = self.on_message(contact, envelope.message, lookup, now)
+            if named is None:
+                lookup.on_failure(contact)
+            else:
+                new = lookup.on_reply(contact, named)
+                if emit:
+                    emit(LookupReply(self.lookup_id, now, contact, tuple(new), lookup.stopped))
+        self.pump(now)
+
+    def on_stall(self, contact: Contact, now: float) -> None:
+        if self.finished:
+            return
+        self.lookup.on_stall(contact)
+        if self.emit:
+            self.emit(LookupTimeout(self.lookup_id, now, contact, False))
+        self.pump(now)
+
+    def hedge(self, now: float) -> None:
+        """The probe's hedge delay passed: ask alpha at a time if it is still probing."""
+        self.hedge_timer = 0
+        if not self.finished and self.lookup.probing:
+            self.node.stats["probes_hedged"] += 1
+            self.lookup.widen()
+            self.pump(now)
+
+
 class Node:
     """One Kademlia node's protocol state. See the module docstring for how to drive it.
 
@@ -156,6 +251,7 @@ class Node:
         # Retransmission timers as (deadline, rpc id, send generation): plain numbers, which the
         # garbage collector stops tracking, for the timer that outlives almost every reply.
         self._request_timers: list[tuple[float, int, int]] = []
+        self._cancelled: set[int] = set()  # numbers of cancelled timers still in self._timers
         self._pending: dict[int, _Request] = {}
         self._dead: dict[Address, float] = {}
         self._banned: dict[Address | int, float] = {}  # liars, by address and by id
@@ -224,12 +320,26 @@ class Node:
         return out
 
     def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` must next be called (None: no timer pending)."""
+        """When :meth:`handle_timer` must next be called (None: no timer pending).
+
+        Timers that can no longer do anything (the retransmission timer of a request already
+        answered, a cancelled timer) are dropped here when they come first, so a driver is not
+        woken for them: without this, every answered request would still cost a wakeup at its
+        retransmission deadline."""
         first = math.inf
-        if self._timers:
-            first = self._timers[0][0]
-        if self._request_timers:
-            first = min(first, self._request_timers[0][0])
+        timers, cancelled = self._timers, self._cancelled
+        while timers and timers[0][1] in cancelled:
+            cancelled.discard(heappop(timers)[1])
+        if timers:
+            first = timers[0][0]
+        requests, pending = self._request_timers, self._pending
+        while requests:
+            _, rpc_id, gen = requests[0]
+            req = pending.get(rpc_id)
+            if req is not None and req.gen == gen:
+                first = min(first, requests[0][0])
+                break
+            heappop(requests)
         if self._deadlines:
             first = min(first, next(iter(self._deadlines.values()))[0])
         return None if first == math.inf else first
@@ -258,7 +368,11 @@ class Node:
                     limit = self.config.operation_timeout
                     call.fail(OperationTimeout(f"{call.name} did not complete within {limit} s"))
                 else:
-                    heappop(timers)[2](now)
+                    _, seq, fn = heappop(timers)
+                    if seq in self._cancelled:
+                        self._cancelled.discard(seq)
+                    else:
+                        fn(now)
             except Exception:
                 self.stats["internal_errors"] += 1
                 log.exception("internal error in a timer")
@@ -722,9 +836,15 @@ class Node:
         self.stats["bytes_out"] += len(data)
         self._outbox.append((data, address))
 
-    def _schedule(self, deadline: float, fn: Callable[[float], None]) -> None:
+    def _schedule(self, deadline: float, fn: Callable[[float], None]) -> int:
+        """Run ``fn(now)`` at ``deadline``; returns the timer's number, for :meth:`_cancel`."""
         self._timer_seq += 1
         heappush(self._timers, (deadline, self._timer_seq, fn))
+        return self._timer_seq
+
+    def _cancel(self, timer: int) -> None:
+        """The timer numbered ``timer`` will not run (dropped once it comes first)."""
+        self._cancelled.add(timer)
 
     # ================================================================== request handlers
 
@@ -864,95 +984,39 @@ class Node:
         """
         cfg = self.config
         self._lookup_seq += 1
-        lookup_id = self._lookup_seq
         dead = self._dead
-        # Seed with the k closest contacts not in backoff: if the k closest in the table are all
-        # dead, skipping them must not leave the lookup with nobody to ask.
-        seeds = [c for c in self.table.closest(target, cfg.k + len(dead))
-                 if dead.get(c.address, 0.0) <= now][:cfg.k]
+        table = self.table
+
+        def seeds() -> list[Contact]:
+            # The k closest contacts not in backoff: if the k closest in the table are all dead,
+            # skipping them must not leave the lookup with nobody to ask.
+            return [c for c in table.closest(target, cfg.k + len(dead))
+                    if dead.get(c.address, 0.0) <= now][:cfg.k]
+
         banned = self._banned
-        probe = probe and bool(seeds) and self._expects_holder(seeds[0], target, now)
-        lookup = Lookup(target, cfg.k, cfg.alpha, seeds, own_id=self.id,
-                        skip=lambda c: dead.get(c.address, 0.0) > now
-                        or banned.get(c.id, 0.0) > now, probe=probe)
-        self.table.touch(target, now)
-        started = now
-        finished = False
-        emit = self._emit if self._listeners else None
-        if emit:
-            emit(LookupStarted(lookup_id, now, target, kind,
-                               tuple(c.contact for c in lookup.candidates())))
 
-        refilled = False
-        hedge: list[Callable[[float], None] | None] = [None]
+        def skip(c: Contact) -> bool:
+            return dead.get(c.address, 0.0) > now or banned.get(c.id, 0.0) > now
 
-        def pump(now: float) -> None:
-            nonlocal finished, refilled
-            if finished:
-                return
-            if call is not None and call.done:
-                lookup.stop()
-            if (lookup.finished and not lookup.stopped and not refilled
-                    and len(lookup.closest()) < cfg.k):
-                # Every candidate near the target failed (a partition, a dead neighbourhood):
-                # fall back once on the rest of the routing table before giving up.
-                refilled = True
-                lookup.add(c for c in self.table.closest(target, len(self.table))
-                           if dead.get(c.address, 0.0) <= now)
-            for cand in lookup.next_requests():
-                contact = cand.contact
-                if emit:
-                    emit(LookupRequest(lookup_id, now, contact, contact.id ^ target, cand.round))
-                self.request(contact.address, message, now, expect_id=contact.id,
-                             on_reply=partial(on_reply, contact),
-                             on_stall=partial(on_stall, contact))
-            if lookup.finished:
-                finished = True
-                hedge[0] = None
-                if emit:
-                    emit(LookupFinished(lookup_id, now, target, kind, lookup.stopped,
-                                        tuple(lookup.closest()), lookup.rounds, lookup.requests,
-                                        lookup.replies, lookup.failures, now - started))
-                on_finish(lookup, now)
-
-        def on_reply(contact: Contact, envelope: Envelope | None, now: float) -> None:
-            if finished:
-                return
-            if envelope is None or isinstance(envelope.message, Error):
-                lookup.on_failure(contact)
-                if emit and envelope is None:
-                    emit(LookupTimeout(lookup_id, now, contact, True))
-            else:
-                named = on_message(contact, envelope.message, lookup, now)
-                if named is None:
-                    lookup.on_failure(contact)
-                else:
-                    new = lookup.on_reply(contact, named)
-                    if emit:
-                        emit(LookupReply(lookup_id, now, contact, tuple(new), lookup.stopped))
-            pump(now)
-
-        def on_stall(contact: Contact, now: float) -> None:
-            if finished:
-                return
-            lookup.on_stall(contact)
-            if emit:
-                emit(LookupTimeout(lookup_id, now, contact, False))
-            pump(now)
-
-        def widen(now: float) -> None:
-            if not finished and lookup.probing:
-                self.stats["probes_hedged"] += 1
-                lookup.widen()
-                pump(now)
-
+        nearest = table.nearest(target) if probe else None
+        if nearest is not None and not skip(nearest) and self._expects_holder(
+                nearest, target, now):
+            # The probe is built alone; the other seeds only if the lookup widens.
+            lookup = Lookup(target, cfg.k, cfg.alpha, (nearest,), own_id=self.id, skip=skip,
+                            probe=True, later=seeds)
+        else:
+            probe = False
+            lookup = Lookup(target, cfg.k, cfg.alpha, seeds(), own_id=self.id, skip=skip)
+        table.touch(target, now)
+        run = _LookupRun(self, lookup, self._lookup_seq, kind, message, on_message, on_finish,
+                         call, now)
+        if run.emit:
+            run.emit(LookupStarted(run.lookup_id, now, target, kind,
+                                   tuple(c.contact for c in lookup.candidates())))
         if probe:
             self.stats["probes"] += 1
-            # The hedge timer reaches the lookup through a box emptied when the lookup ends, so
-            # a finished lookup is freed at once rather than when the timer fires.
-            hedge[0] = widen
-            self._schedule(now + self.probe_hedge, partial(_call_boxed, hedge))
-        pump(now)
+            run.hedge_timer = self._schedule(now + self.probe_hedge, run.hedge)
+        run.pump(now)
 
     def find_closest(self, target: int, now: float,
                     then: Callable[[list[Contact], float], None],
@@ -1138,12 +1202,6 @@ def _mint_token(address: Address, secret: bytes) -> bytes:
 
 def _forget(deadlines: OrderedDict[int, tuple[float, Call[Any]]], seq: int) -> None:
     deadlines.pop(seq, None)
-
-
-def _call_boxed(box: list[Callable[[float], None] | None], now: float) -> None:
-    fn = box[0]
-    if fn is not None:
-        fn(now)
 
 
 def _ignore_reply(envelope: Envelope | None, now: float) -> None:

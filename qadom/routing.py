@@ -115,6 +115,15 @@ class RoutingTable:
         del picked[count:]
         return picked
 
+    def nearest(self, target: int) -> Contact | None:
+        """The contact closest to ``target`` (``closest(target, 1)``, without sorting buckets
+        when the bucket covering ``target`` has contacts, as it mostly has)."""
+        bucket = self.bucket_for(target)
+        if not bucket.contacts:
+            found = self.closest(target, 1)
+            return found[0] if found else None
+        return min(bucket.contacts.values(), key=lambda c: c.id ^ target)
+
     def stale_buckets(self, now: float, interval: float) -> list[Bucket]:
         """Buckets with no lookup into their range for ``interval`` seconds (section 2.3)."""
         return [b for b in self.buckets if now - b.last_lookup >= interval]

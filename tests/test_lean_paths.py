@@ -12,7 +12,7 @@ from test_lookup import c
 
 from qadom import Config
 from qadom.codec import Codec
-from qadom.contact import Address
+from qadom.contact import Address, Contact
 from qadom.ids import key_for
 from qadom.lookup import Lookup, State
 from qadom.messages import Envelope, Error, ErrorCode, FindNodeStore, Message, NodesStored, Store
@@ -53,7 +53,8 @@ def count_requests(nodes: list[Node], kinds: tuple[type[Message], ...]) -> Count
 
 def test_a_probe_asks_one_then_widens_at_its_first_outcome() -> None:
     for outcome in ("reply", "stall", "failure", "widen"):
-        lookup = Lookup(0, k=3, alpha=3, initial=[c(4), c(1), c(2), c(8)], probe=True)
+        lookup = Lookup(0, k=3, alpha=3, initial=[c(1)], probe=True,
+                        later=lambda: [c(4), c(1), c(2), c(8)])
         assert [x.contact.id for x in lookup.next_requests()] == [1]
         assert lookup.next_requests() == [] and lookup.probing and not lookup.finished
         if outcome == "reply":
@@ -71,22 +72,29 @@ def test_a_probe_asks_one_then_widens_at_its_first_outcome() -> None:
                          "widen": [2, 4]}[outcome], outcome
 
 
-def test_a_probe_that_finds_the_value_never_builds_the_other_candidates() -> None:
-    lookup = Lookup(0, k=3, alpha=3, initial=[c(4), c(1), c(2)], probe=True)
-    lookup.next_requests()
+def test_a_probe_that_finds_the_value_never_gathers_the_other_candidates() -> None:
+    gathered: list[int] = []
+
+    def later() -> list[Contact]:
+        gathered.append(1)
+        return [c(4), c(1), c(2)]
+
+    lookup = Lookup(0, k=3, alpha=3, initial=[c(1)], probe=True, later=later)
+    assert [x.contact.id for x in lookup.next_requests()] == [1]
     lookup.stop()  # the probe's answer held the value
     assert lookup.on_reply(c(1), []) == []
-    assert lookup.finished and lookup._deferred  # nothing else was built
+    assert lookup.finished and not gathered
     # Inspecting it still shows every candidate, in order.
     assert [x.contact.id for x in lookup.candidates()] == [1, 2, 4]
     assert [x.state for x in lookup.candidates()] == [State.ANSWERED, State.WAITING,
                                                       State.WAITING]
 
 
-def test_a_probe_whose_closest_candidate_is_skipped_starts_wide() -> None:
-    lookup = Lookup(0, k=3, alpha=2, initial=[c(1), c(2), c(3)], probe=True,
-                    skip=lambda x: x.id == 1)
-    assert [x.contact.id for x in lookup.next_requests()] == [2]  # probe of the next closest
+def test_a_probe_whose_candidate_is_skipped_probes_the_next_closest() -> None:
+    lookup = Lookup(0, k=3, alpha=2, initial=[c(1)], probe=True, skip=lambda x: x.id == 1,
+                    later=lambda: [c(1), c(2), c(3)])
+    assert lookup.probing
+    assert [x.contact.id for x in lookup.next_requests()] == [2]  # alone
     lookup.on_reply(c(2), [])
     assert [x.contact.id for x in lookup.next_requests()] == [3]
 
@@ -235,3 +243,18 @@ def test_deadlines_hold_even_when_the_clock_is_handed_back() -> None:
     assert isinstance(early.exception(), TimeoutError)
     node.handle_timer(100.0 + CONFIG.operation_timeout)
     assert late.done and isinstance(late.exception(), TimeoutError)
+
+
+def test_answered_requests_and_finished_probes_leave_no_timer_to_wake_for() -> None:
+    net, nodes = network(40, seed=21, latency=(0.01, 0.01))
+    key = net.run_call(net.call(nodes[0], nodes[0].set, b"no wakeups"))
+    reader = non_holder(net, nodes, key)
+    net.run_for(1.0)  # let the verifications the set started finish
+    assert net.run_call(net.call(reader, reader.get, key)) == b"no wakeups"
+    assert reader.stats["probes"] == 1 and not reader._pending
+    # Neither the probe's hedge, nor its request's retransmission, nor the get's deadline is
+    # still armed: the next timer is the periodic maintenance.
+    deadline = reader.get_timer()
+    assert deadline is not None and deadline - net.now > 2 * CONFIG.rpc_timeout_max
+    reader.handle_timer(net.now + CONFIG.rpc_timeout_max)  # and nothing fires meanwhile
+    assert reader.stats["probes_hedged"] == 0 and reader.stats["retries"] == 0
