@@ -142,3 +142,15 @@ def test_stale_buckets_and_touch() -> None:
     table.touch(ID_SPACE - 1, 3000.0)
     stale = table.stale_buckets(3600.0, 3600.0)
     assert table.bucket_for(ID_SPACE - 1) not in stale and len(stale) == len(table.buckets) - 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, ID_SPACE - 1), st.lists(st.integers(0, ID_SPACE - 1), max_size=300),
+       st.lists(st.integers(0, ID_SPACE - 1), min_size=1, max_size=20))
+def test_nearest_is_the_closest_contact(own: int, ids: list[int], targets: list[int]) -> None:
+    table = RoutingTable(own, 20, 20, 3, 0.0)
+    for node_id in ids:
+        table.seen(Contact(node_id, ("127.0.0.1", 1 + node_id % 60000)))
+    for target in targets:
+        found = table.closest(target, 1)
+        assert table.nearest(target) == (found[0] if found else None)
