@@ -324,8 +324,8 @@ _CONTACT_HEAD = _HEADS[4][3] + _ID_HEAD  # an array of 3 items, the first a 32-b
 
 def _dump_contact(contact: Contact) -> bytes:
     """``cbor2.dumps([id bytes, host, port])``, written here when the host is ASCII text of under
-    256 characters (always, for an IP literal) and the port an unsigned 16-bit int, and memoized
-    then."""
+    256 characters (always, for an IP literal) and the port an unsigned 16-bit int, and then kept
+    on the contact (:attr:`Contact.wire`)."""
     node_id = contact.id.to_bytes(ID_BYTES, "big")
     address = contact.address
     host, port = address[0], address[1]
@@ -333,7 +333,7 @@ def _dump_contact(contact: Contact) -> bytes:
             and type(port) is int and 0 <= port < 65536):
         return bytes(cbor2.dumps([node_id, host, port]))
     # The port's head is _head(0, port) inlined (a 2-byte argument from 256): one call less
-    # per contact when a whole reply misses the memo.
+    # per contact of a reply whose contacts have no bytes kept yet.
     port_head = _HEADS[0][port] if port < 256 else (0x19 << 16 | port).to_bytes(3, "big")
     data = b"".join([_CONTACT_HEAD, node_id, _HEADS[3][len(host)], host.encode("ascii"),
                      port_head])
