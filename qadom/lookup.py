@@ -10,10 +10,12 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
 
 * Candidates are ordered by XOR distance to the target. Only the ``k`` closest candidates that have
   not failed are eligible to be asked.
-* At most ``alpha`` requests are in flight (stalled requests do not count). A *probing* lookup
-  (a value lookup whose closest candidate is expected to hold the value) first asks only its
-  closest candidate, and widens to ``alpha`` at that request's first outcome (an answer without
-  the value, a stall, a failure) or when its driver calls :meth:`~Lookup.widen` (a hedge timer).
+* At most ``alpha`` requests are in flight (stalled requests do not count).
+* A value lookup may *probe*: when the closest candidate not asked yet is a likely holder of the
+  value (the driver's ``likely`` rule), it is asked alone, and nothing else is asked until it has
+  answered, stalled or failed, or the driver calls :meth:`~Lookup.widen` (a hedge timer). A probe
+  that finds the value ends the lookup; any other outcome ends probing for the rest of it, so a
+  lookup probes at most once.
 * The lookup has *converged* when each of the ``k`` closest non-failed candidates has answered;
   failed candidates drop out and the next ones move up. It also ends when no candidate is left.
 * A candidate's *round* is one more than the round of the peer that named it (initial contacts are
@@ -58,13 +60,15 @@ class Lookup:
 
     def __init__(self, target: int, k: int, alpha: int, initial: Iterable[Contact], *,
                  own_id: int | None = None,
-                 skip: Callable[[Contact], bool] | None = None, probe: bool = False,
+                 skip: Callable[[Contact], bool] | None = None,
+                 likely: Callable[[Contact], bool] | None = None,
                  later: Callable[[], Iterable[Contact]] | None = None) -> None:
         self.target = target
         self.k = k
         self.alpha = alpha
-        self.limit = 1 if probe else alpha  # requests allowed in flight now
         self.own_id = own_id
+        self._likely = likely  # None once probing is over (or never allowed)
+        self.probe: Candidate | None = None  # the likely holder asked alone, while it blocks
         self._skip = skip
         self._order: list[Candidate] = []
         self._by_id: dict[int, Candidate] = {}
@@ -75,10 +79,11 @@ class Lookup:
         self.failures = 0
         self.rounds = 0
         # ``later``: more first-round candidates, gathered only when the lookup needs more than
-        # ``initial``. A probe asks one candidate and usually ends with its answer, so its driver
-        # passes that one as ``initial`` and the rest here.
+        # ``initial``. A probe asks one candidate and usually ends with its answer, so a driver
+        # whose closest contact is a likely holder passes that one as ``initial`` and the rest
+        # here.
         self._later = later
-        if not self._add(initial, 1) or not probe:
+        if not self._add(initial, 1) or likely is None:
             self._ensure()
 
     # ------------------------------------------------------------------ inputs
@@ -86,24 +91,26 @@ class Lookup:
     def next_requests(self) -> list[Candidate]:
         """The candidates to ask now (marked in flight). Empty when alpha are in flight or none
         is eligible. Call after every input."""
-        if self.stopped:
+        if self.stopped or self.probe is not None:
             return []
-        if self._later is not None and self.limit > 1:
-            self._ensure()
+        likely = self._likely
         chosen: list[Candidate] = []
         eligible = 0
         for cand in self._order:
-            if self.in_flight >= self.limit or eligible >= self.k:
+            if self.in_flight >= self.alpha or eligible >= self.k:
                 break
             if cand.state is State.FAILED:
                 continue
             eligible += 1
             if cand.state is State.WAITING:
-                cand.state = State.IN_FLIGHT
-                self.in_flight += 1
-                self.requests += 1
-                self.rounds = max(self.rounds, cand.round)
-                chosen.append(cand)
+                if likely is not None and not chosen and likely(cand.contact):
+                    self.probe = cand  # asked alone
+                    chosen.append(self._ask(cand))
+                    break
+                if self._later is not None:  # more than the initial candidate is needed
+                    self._ensure()
+                    return self.next_requests()
+                chosen.append(self._ask(cand))
         return chosen
 
     def on_reply(self, contact: Contact, named: Iterable[Contact]) -> list[Contact]:
@@ -117,7 +124,8 @@ class Lookup:
         self.replies += 1
         if self.stopped:
             return []
-        self.widen()
+        if cand is self.probe:  # it did not have the value
+            self.widen()
         return self._add(named, cand.round + 1)
 
     def on_stall(self, contact: Contact) -> None:
@@ -126,7 +134,8 @@ class Lookup:
         if cand is not None and cand.state is State.IN_FLIGHT:
             cand.state = State.STALLED
             self.in_flight -= 1
-            self.widen()
+            if cand is self.probe:
+                self.widen()
 
     def on_failure(self, contact: Contact) -> None:
         """The request to ``contact`` failed for good (timeout, error, or a lie)."""
@@ -137,17 +146,20 @@ class Lookup:
             self.in_flight -= 1
         cand.state = State.FAILED
         self.failures += 1
-        self.widen()
+        if cand is self.probe:
+            self.widen()
 
     def widen(self) -> None:
-        """End a probe: allow ``alpha`` requests in flight from now on (no-op otherwise)."""
-        self.limit = self.alpha
+        """End probing: the probe, if one is out, no longer holds the others back, and no
+        candidate is asked alone again; ``alpha`` at a time from now on."""
+        self.probe = None
+        self._likely = None
         self._ensure()
 
     @property
     def probing(self) -> bool:
-        """True while a probing lookup still allows a single request in flight."""
-        return self.limit < self.alpha
+        """True while a probe is out and holds the other requests back."""
+        return self.probe is not None
 
     def add(self, contacts: Iterable[Contact]) -> list[Contact]:
         """More first-round candidates (a driver's fallback); returns the ones that were new."""
@@ -191,6 +203,13 @@ class Lookup:
         return list(self._order)
 
     # ------------------------------------------------------------------ internals
+
+    def _ask(self, cand: Candidate) -> Candidate:
+        cand.state = State.IN_FLIGHT
+        self.in_flight += 1
+        self.requests += 1
+        self.rounds = max(self.rounds, cand.round)
+        return cand
 
     def _ensure(self) -> None:
         """Gather the ``later`` candidates, if not done yet."""

@@ -169,6 +169,9 @@ class _LookupRun:
             node.request(contact.address, self.message, now, expect_id=contact.id,
                          on_reply=partial(self.on_reply, contact),
                          on_stall=partial(self.on_stall, contact))
+            if cand is lookup.probe:  # asked alone: widen if it is slow to answer
+                node.stats["probes"] += 1
+                self.hedge_timer = node._schedule(now + node.probe_hedge, self.hedge)
         if lookup.finished:
             self.finished = True
             if self.hedge_timer:
@@ -482,25 +485,26 @@ class Node:
                 call.fail(NotFoundError(f"no peer reached holds key {key}"))
 
         self.run_lookup(key, "value", FindValue(key), now, on_message, on_finish, call,
-                        probe=True)
+                        probe=self.config.probe_gets)
         return call
 
-    def _expects_holder(self, nearest: Contact, key: int, now: float) -> bool:
-        """Whether ``nearest``, our closest contact to ``key``, is probably one of the k closest
-        nodes of the network, and so holds the value if anyone does.
+    def holder_radius(self, now: float) -> int:
+        """The XOR distance within which a contact is a likely holder of a key: half the
+        distance from our id to our k-th closest contact.
 
-        Our own k closest contacts lie within a radius that reflects the network's density
+        Our own k closest contacts lie within a distance that reflects the network's density
         around us; ids are uniform, so the k closest nodes to any key lie within about the same
-        radius of it. A contact within half that radius of ``key`` has, on that estimate, at
-        most k / 2 nodes closer to the key than itself. In a network the routing table covers
-        well (up to a few hundred nodes) that is true of most keys; in a large one, of keys near
-        our own id only."""
+        distance of it. A contact within half of it has, on that estimate, at most k / 2 nodes
+        closer to the key than itself, so it is one of the k closest and holds the value if
+        anyone does. In a network the routing table covers well (up to a few hundred nodes) our
+        closest contact to most keys is that close; in a large one, a lookup gets that close in
+        its last round."""
         if self._radius_at + self.config.refresh_interval <= now or (
                 self._radius_size != len(self.table)):
             ours = self.table.closest(self.id, self.config.k)
-            self._radius = ours[-1].id ^ self.id if len(ours) >= self.config.k else 1 << 256
+            self._radius = (ours[-1].id ^ self.id) // 2 if len(ours) >= self.config.k else 1 << 256
             self._radius_at, self._radius_size = now, len(self.table)
-        return (nearest.id ^ key) * 2 <= self._radius
+        return self._radius
 
     def set(self, value: bytes, now: float) -> Call[int]:
         """Store ``value`` here and at the k closest peers to its key; resolves to the key."""
@@ -977,10 +981,12 @@ class Node:
         the lookup has converged or was stopped. If ``call`` completes first (its deadline), the
         lookup stops asking.
 
-        With ``probe`` (a value lookup), when the closest candidate probably holds the value
-        (:meth:`_expects_holder`) it is asked alone first; the lookup widens to ``alpha`` at that
-        request's first outcome, or after :attr:`probe_hedge` without one, so a slow or dead
-        probe costs at most that delay.
+        With ``probe`` (a value lookup), the first time the closest candidate not asked yet is a
+        likely holder (within :meth:`holder_radius` of ``target``) it is asked alone, and the
+        lookup goes on ``alpha`` at a time once it has answered without the value, failed, or
+        stayed silent for :attr:`probe_hedge`, so a slow or dead probe costs at most that delay.
+        When our own closest contact is a likely holder, the other first candidates are not even
+        gathered unless the probe misses.
         """
         cfg = self.config
         self._lookup_seq += 1
@@ -998,24 +1004,28 @@ class Node:
         def skip(c: Contact) -> bool:
             return dead.get(c.address, 0.0) > now or banned.get(c.id, 0.0) > now
 
-        nearest = table.nearest(target) if probe else None
-        if nearest is not None and not skip(nearest) and self._expects_holder(
-                nearest, target, now):
-            # The probe is built alone; the other seeds only if the lookup widens.
+        likely: Callable[[Contact], bool] | None = None
+        nearest = None
+        if probe:
+            radius = self.holder_radius(now)
+
+            def likely(c: Contact) -> bool:
+                return c.id ^ target <= radius
+
+            nearest = table.nearest(target)
+        if nearest is not None and likely is not None and likely(nearest) and not skip(nearest):
+            # The probe is built alone; the other seeds only if it misses.
             lookup = Lookup(target, cfg.k, cfg.alpha, (nearest,), own_id=self.id, skip=skip,
-                            probe=True, later=seeds)
+                            likely=likely, later=seeds)
         else:
-            probe = False
-            lookup = Lookup(target, cfg.k, cfg.alpha, seeds(), own_id=self.id, skip=skip)
+            lookup = Lookup(target, cfg.k, cfg.alpha, seeds(), own_id=self.id, skip=skip,
+                            likely=likely)
         table.touch(target, now)
         run = _LookupRun(self, lookup, self._lookup_seq, kind, message, on_message, on_finish,
                          call, now)
         if run.emit:
             run.emit(LookupStarted(run.lookup_id, now, target, kind,
                                    tuple(c.contact for c in lookup.candidates())))
-        if probe:
-            self.stats["probes"] += 1
-            run.hedge_timer = self._schedule(now + self.probe_hedge, run.hedge)
         run.pump(now)
 
     def find_closest(self, target: int, now: float,

@@ -53,7 +53,7 @@ def count_requests(nodes: list[Node], kinds: tuple[type[Message], ...]) -> Count
 
 def test_a_probe_asks_one_then_widens_at_its_first_outcome() -> None:
     for outcome in ("reply", "stall", "failure", "widen"):
-        lookup = Lookup(0, k=3, alpha=3, initial=[c(1)], probe=True,
+        lookup = Lookup(0, k=3, alpha=3, initial=[c(1)], likely=lambda x: x.id == 1,
                         later=lambda: [c(4), c(1), c(2), c(8)])
         assert [x.contact.id for x in lookup.next_requests()] == [1]
         assert lookup.next_requests() == [] and lookup.probing and not lookup.finished
@@ -79,7 +79,7 @@ def test_a_probe_that_finds_the_value_never_gathers_the_other_candidates() -> No
         gathered.append(1)
         return [c(4), c(1), c(2)]
 
-    lookup = Lookup(0, k=3, alpha=3, initial=[c(1)], probe=True, later=later)
+    lookup = Lookup(0, k=3, alpha=3, initial=[c(1)], likely=lambda x: True, later=later)
     assert [x.contact.id for x in lookup.next_requests()] == [1]
     lookup.stop()  # the probe's answer held the value
     assert lookup.on_reply(c(1), []) == []
@@ -91,12 +91,24 @@ def test_a_probe_that_finds_the_value_never_gathers_the_other_candidates() -> No
 
 
 def test_a_probe_whose_candidate_is_skipped_probes_the_next_closest() -> None:
-    lookup = Lookup(0, k=3, alpha=2, initial=[c(1)], probe=True, skip=lambda x: x.id == 1,
-                    later=lambda: [c(1), c(2), c(3)])
-    assert lookup.probing
+    lookup = Lookup(0, k=3, alpha=2, initial=[c(1)], likely=lambda x: True,
+                    skip=lambda x: x.id == 1, later=lambda: [c(1), c(2), c(3)])
     assert [x.contact.id for x in lookup.next_requests()] == [2]  # alone
+    assert lookup.probing
     lookup.on_reply(c(2), [])
     assert [x.contact.id for x in lookup.next_requests()] == [3]
+
+
+def test_a_likely_holder_met_in_a_later_round_is_probed_once() -> None:
+    lookup = Lookup(0, k=3, alpha=3, initial=[c(40), c(50), c(60)], likely=lambda x: x.id < 10)
+    assert [x.contact.id for x in lookup.next_requests()] == [40, 50, 60]  # none likely
+    lookup.on_reply(c(40), [c(1), c(2)])
+    assert [x.contact.id for x in lookup.next_requests()] == [1]  # alone
+    lookup.on_reply(c(50), [c(3)])
+    assert lookup.probing and lookup.next_requests() == []  # the probe holds the rest back
+    lookup.on_reply(c(1), [])  # a miss: probing is over for this lookup
+    assert not lookup.probing
+    assert [x.contact.id for x in lookup.next_requests()] == [2, 3]
 
 
 # ---------------------------------------------------------------------------- gets
@@ -129,6 +141,17 @@ def test_a_silent_probe_is_hedged_within_round_trips_not_a_timeout() -> None:
     assert net.now - start <= hedge + 2 * 0.01 + 1e-9 < timeout
 
 
+def test_gets_without_probes_ask_alpha_at_once() -> None:
+    net = SimNetwork(seed=21, config=replace(CONFIG, probe_gets=False))
+    nodes = net.add_nodes(40)
+    key = net.run_call(net.call(nodes[0], nodes[0].set, b"probe me"))
+    reader = non_holder(net, nodes, key)
+    before = reader.stats["requests_out"]
+    assert net.run_call(net.call(reader, reader.get, key)) == b"probe me"
+    assert reader.stats["probes"] == 0
+    assert reader.stats["requests_out"] - before >= CONFIG.alpha
+
+
 def test_a_probe_of_a_non_holder_widens_and_still_finds_the_value() -> None:
     net, nodes = network(40, seed=24)
     value = b"not where expected"
@@ -149,7 +172,7 @@ def test_probes_are_right_in_a_network_larger_than_any_table() -> None:
         node = rng.choice(nodes)
         key = rng.getrandbits(256)
         nearest = node.table.closest(key, 1)[0]
-        if node._expects_holder(nearest, key, net.now):
+        if nearest.id ^ key <= node.holder_radius(net.now):
             probes += 1
             hits += nearest.id in net.true_closest(key, CONFIG.k)
     # Measured with this seed: 38% of keys probed, every probe aimed at one of the k closest.
