@@ -213,6 +213,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def targets(verdicts: Sequence[str]) -> str:
+    """The "targets" section of a report: one line per target, met or missed and by how much."""
+    return "## targets\n\n" + "\n".join(f"- {line}" for line in verdicts)
+
+
 def ratio(ours: float, theirs: float) -> float:
     """ours / theirs, NaN when undefined."""
     if theirs == 0 or theirs != theirs or ours != ours:

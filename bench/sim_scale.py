@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import collect, current_rss_mb, load, machine, table
+from bench.common import collect, current_rss_mb, load, machine, table, targets
 from qadom.sim import SimNetwork, summarize
 
 
@@ -108,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(HEADERS, rows))
     if verdicts:
-        print("\n## targets\n")
-        for line in verdicts:
-            print(f"- {line}")
+        print("\n" + targets(verdicts))
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import LOOPS, load, machine, ratio, run_on, table
+from bench.common import LOOPS, load, machine, ratio, run_on, table, targets
 from qadom import Config, Peer
 from qadom.contact import Address
 from qadom.node import Node
@@ -163,9 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 + ("met" if met else f"MISSED by {0.5 / ratio(rpc, echo):.1f}x"))
     print(table(["loop", "mode", "bare echo rt/s", "qadom RPC rt/s", "RPC / echo",
                  "Peer.ping rt/s", "Peer.ping / echo", "failed"], rows))
-    print("\n## targets\n")
-    for line in verdicts:
-        print(f"- {line}")
+    print("\n" + targets(verdicts))
     return 0
 
 

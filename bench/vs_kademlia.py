@@ -49,6 +49,7 @@ from bench.common import (
     run_on,
     run_phase,
     table,
+    targets,
 )
 from qadom import Peer
 from qadom.ids import key_for
@@ -433,9 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{ratio(b.p95_ms, a.p95_ms):.1f}x lower)")
 
     if verdicts:
-        print("## targets\n")
-        for line in verdicts:
-            print(f"- {line}")
+        print(targets(verdicts))
     print(f"\nwall time {time.perf_counter() - started:.0f} s; {load()} at the end")
     return 0
 

@@ -308,17 +308,6 @@ def _close(core: bytes, token: bytes | None, padding: bytes | None = None) -> by
     return _HEADS[4][5] + core
 
 
-def _dump_envelope(code: int, rpc_id: int, sender: bytes | None, fields: list[Any],
-                   token: bytes | None = None, padding: bytes | None = None) -> bytes:
-    """``cbor2.dumps(items)``, byte for byte, where ``items`` is ``[PROTOCOL_VERSION, code,
-    rpc_id, sender, fields]`` followed by ``token`` when there is a token or padding, and by
-    ``padding`` when there is padding. The general form of what :meth:`Codec.encode` writes
-    through its per-kind field writers, for field values of any shape."""
-    core = b"".join([_VERSION, _dump_item(code), _dump_item(rpc_id), _dump_item(sender),
-                     _head(4, len(fields)), *map(_dump_item, fields)])
-    return _close(core, token, padding)
-
-
 _CONTACT_HEAD = _HEADS[4][3] + _ID_HEAD  # an array of 3 items, the first a 32-byte string
 
 
@@ -368,7 +357,8 @@ def _dump_opt_id(value: int | None) -> bytes:
     return b"\xf6" if value is None else _ID_HEAD + id_to_bytes(value)
 
 
-# How each field kind is written: the bytes of cbor2.dumps(_encode_field(kind, value)).
+# How each field kind is written, where it is not the value as it is: an id as its 32 bytes,
+# contacts as [id bytes, host, port] triples (docs/PROTOCOL.md, "Field kinds").
 _FIELD_WRITERS: dict[Kind, Callable[[Any], bytes]] = {
     Kind.ID: _dump_id,
     Kind.OPT_ID: _dump_opt_id,
@@ -391,23 +381,9 @@ _ENCODE_PLANS: dict[type[Message], _EncodePlan] = {}
 
 def _encode_plan(cls: type[Message]) -> _EncodePlan:
     """Build and keep the plan of ``cls`` (fields without a writer of their own are written as
-    they are, like :func:`_encode_field` passes them to cbor2)."""
+    they are)."""
     plan = _EncodePlan(_VERSION + _dump_item(cls.CODE), _head(4, len(cls.FIELDS)),
                        tuple((name, _FIELD_WRITERS.get(kind, _dump_item))
                              for name, kind in cls.FIELDS))
     _ENCODE_PLANS[cls] = plan
     return plan
-
-
-def _encode_field(kind: Kind, value: Any) -> Any:
-    """The plain value whose ``cbor2.dumps`` a field writer writes: the reference the byte-equality
-    tests hold the writers to, and how the fuzzers write fields the encoder would refuse."""
-    if kind is Kind.ID:
-        return id_to_bytes(value)
-    if kind is Kind.OPT_ID:
-        return None if value is None else id_to_bytes(value)
-    if kind is Kind.CONTACTS:
-        return [[c.id.to_bytes(ID_BYTES, "big"), c.address[0], c.address[1]] for c in value]
-    if kind is Kind.IDS:
-        return [id_to_bytes(item) for item in value]
-    return value

@@ -7,11 +7,12 @@ from typing import Any
 
 import cbor2
 import pytest
+from cbor_reference import plain_field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qadom import codec as codec_module
-from qadom.codec import Codec, _encode_field
+from qadom.codec import Codec
 from qadom.config import Config
 from qadom.contact import Contact
 from qadom.errors import ProtocolError
@@ -23,7 +24,7 @@ CODEC = Codec(Config())
 def plain(envelope: Envelope) -> bytes:
     """What cbor2 writes for ``envelope`` (no token, no padding)."""
     message = envelope.message
-    fields = [_encode_field(kind, getattr(message, name)) for name, kind in message.FIELDS]
+    fields = [plain_field(kind, getattr(message, name)) for name, kind in message.FIELDS]
     sender = None if envelope.sender is None else envelope.sender.to_bytes(32, "big")
     return bytes(cbor2.dumps([1, message.CODE, envelope.rpc_id, sender, fields]))
 
@@ -68,7 +69,7 @@ def test_a_mutable_address_is_not_kept() -> None:
 def test_out_of_range_ids_fail_as_before() -> None:
     for contact in (Contact(-1, ("127.0.0.1", 1)), Contact(2**256, ("127.0.0.1", 1))):
         with pytest.raises(OverflowError):
-            _encode_field(Nodes.FIELDS[0][1], (contact,))
+            plain_field(Nodes.FIELDS[0][1], (contact,))
         with pytest.raises(OverflowError):
             CODEC.encode(Envelope(1, None, Nodes((contact,))))
 
