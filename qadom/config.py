@@ -32,6 +32,18 @@ class Config:
     waits. The paper suggests a few (it says five); three keeps tables clean under churn while a
     contact behind 10% loss (both attempts lost: 1 in 100 requests) almost never reaches it."""
 
+    max_bucket_contacts_per_prefix: int = 2
+    """Contacts from one public /24 (IPv4) or /64 (IPv6) network allowed in one bucket, 0 for no
+    limit. Ids are free to choose, so an attacker with many ids but few networks could otherwise
+    fill the buckets around a key or a node (an eclipse); two per network per bucket, as discv5
+    has, leaves honest hosts that share a network room. Loopback, private and link-local addresses
+    are not limited: a LAN or one machine legitimately runs many peers."""
+
+    max_table_contacts_per_prefix: int = 10
+    """Contacts from one public /24 or /64 network allowed in the whole routing table, 0 for no
+    limit; with the per-bucket limit, one network can hold a few percent of a full table at most
+    (discv5's limit)."""
+
     # --- RPC timing ---
     rpc_timeout: float = 1.0
     """First-attempt timeout before any round trip has been measured: long enough for an
@@ -179,8 +191,9 @@ class Config:
     renews their lifetime everywhere."""
 
     republish_batch: int = 200
-    """Items republished per maintenance tick at most, so a node holding many items spreads its
-    republishing over several ticks instead of sending one burst."""
+    """Items republished per maintenance tick at most (values, entries and service records
+    together; records get at least half when both are due), so a node holding many items spreads
+    its republishing over several ticks instead of sending one burst."""
 
     cache_min_lifetime: float = 60.0
     """Cached copies whose computed lifetime (24 h halved for each node between the cache and the
@@ -222,6 +235,10 @@ class Config:
     http_max_subscriptions: int = 64
     """Server-Sent Events streams open at once; each holds a subscription, so a client cannot open
     them without bound (503 beyond it)."""
+
+    http_max_bootstrap_addresses: int = 64
+    """Addresses one ``POST /bootstrap`` may name (400 beyond it): joining needs one that answers,
+    and each costs a PING, so a request cannot make the node send without bound."""
 
     http_shutdown_timeout: float = 2.0
     """How long closing the helper waits for requests in progress before it cuts them; streams
@@ -294,6 +311,8 @@ class Config:
             raise InvalidArgument("store_on_lookup_max must be at least 0")
         if self.probe_hedge_rtts <= 0 or self.probe_hedge_min <= 0:
             raise InvalidArgument("probe_hedge_rtts and probe_hedge_min must be positive")
+        if self.max_bucket_contacts_per_prefix < 0 or self.max_table_contacts_per_prefix < 0:
+            raise InvalidArgument("contacts per prefix limits must be 0 (none) or positive")
         if self.replacement_cache_size < 0 or self.stale_failures < 1 or self.rpc_retries < 0:
             raise InvalidArgument("replacement cache, stale_failures or rpc_retries out of range")
         if not 0 < self.rpc_timeout_min <= self.rpc_timeout <= self.rpc_timeout_max:

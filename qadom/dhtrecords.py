@@ -31,8 +31,17 @@ Public keys are compared by their compressed form, so both spellings of one key 
 High-S signatures are accepted (normalised to low S before libsecp256k1, which only accepts low S):
 clients sign with libraries that produce either.
 
-A record is kept in the node's store as ``store.put_record("dht", storage_key(key), encoded, now)``
-(CBOR, see :func:`encode_record`), so a durable store persists it unchanged. Wire messages:
+A record is kept in the node's store as ``store.put_record("dht", storage_key(key), encoded, now,
+meta=...)`` (CBOR, see :func:`encode_record`), so a durable store persists it unchanged.
+
+Lifecycle (as values, paper section 2.5): a TTL travels with every :class:`DhtPut`; a holder drops
+the record ``ttl`` seconds (at most ``expire_time``) after receiving it, or once every entry's
+``exp_time`` has passed if that comes first; storers republish it hourly to the k closest with
+what is left of its lifetime, and the node that ran :meth:`DhtRecordService.put` republishes it
+every 24 hours with a fresh one until :meth:`DhtRecordService.forget`. The format carries no
+version, so a republish is *fill-only*: a holder with a live record for the key keeps its own
+(see :meth:`DhtRecordService._handle_put`), and an older copy republished by a lagging storer
+never rolls a newer one back. Wire messages:
 requests 16 (:class:`DhtPut`) and 17 (:class:`DhtFind`), replies 80 (:class:`DhtRecord`) and 81
 (:class:`DhtRefused`). This module is pure: time comes in as ``now``, key material as bytes.
 """
@@ -67,7 +76,15 @@ from .errors import (
 )
 from .lookup import Lookup
 from .messages import Envelope, Error, ErrorCode, Kind, Message, Nodes, Stored, register
-from .storage import Store
+from .storage import (
+    NEVER,
+    DueRecord,
+    Meta,
+    Store,
+    published_meta,
+    received_meta,
+    republish_schedule,
+)
 
 if TYPE_CHECKING:
     from .node import Node
@@ -133,6 +150,12 @@ class Record:
         if not entries:
             return None
         return self if len(entries) == len(self.entries) else replace(self, entries=entries)
+
+    def end(self) -> float:
+        """When the last of its entries expires: NEVER when one has no ``exp_time``."""
+        if any(e.exp_time is None for e in self.entries):
+            return NEVER
+        return max(float(e.exp_time) for e in self.entries if e.exp_time is not None)
 
     def to_json_text(self) -> str:
         """The record as the ``data`` of a GET answer: the JSON body of its write when SECURED, a
@@ -320,6 +343,28 @@ def apply_write(existing: Record | None, write: Record, now: float, config: Conf
     return result
 
 
+def apply_record(record: Record, now: float, config: Config) -> Record:
+    """``record`` (any number of entries, as a republish carries it) rebuilt entry by entry with
+    :func:`apply_write` from nothing: what a holder without a record stores. Raises Unauthorized
+    or ValueTooLarge as :func:`apply_write` does for any entry."""
+    result: Record | None = None
+    for entry in record.entries:
+        result = apply_write(result, replace(record, entries=(entry,)), now, config)
+    if result is None:
+        raise Unauthorized("a record has at least one entry")
+    return result
+
+
+def bounded(meta: Meta, record: Record) -> Meta:
+    """``meta`` for ``record`` no longer than its entries live: a copy expires once every
+    entry's ``exp_time`` has passed, and the original publisher's next republish comes no later
+    (it then finds nothing live and drops its copy)."""
+    end = record.end()
+    if meta.original:
+        return replace(meta, republish_at=min(meta.republish_at, end))
+    return replace(meta, expires=min(meta.expires, end))
+
+
 # ============================================================================ encoding
 
 
@@ -375,9 +420,10 @@ def decode_record(data: bytes, config: Config) -> Record:
     return Record(key, mode, tuple(entries))
 
 
-def load(store: Store, key: int, config: Config) -> Record | None:
-    """The record stored under ``key``, or None (also for a corrupt one, which is unusable)."""
-    data = store.get_record(RECORD_KIND, key)
+def load(store: Store, key: int, config: Config, now: float | None = None) -> Record | None:
+    """The record stored under ``key`` (with ``now``: unless its lifetime has ended), or None
+    (also for a corrupt one, which is unusable)."""
+    data = store.get_record(RECORD_KIND, key, now)
     if data is None:
         return None
     try:
@@ -422,13 +468,19 @@ class RefusedCode(IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class DhtPut(Message):
-    """Apply a write (an encoded one-entry record) to the record under its key. Answered by
-    :class:`~qadom.messages.Stored` or :class:`DhtRefused`."""
+    """Apply a write (an encoded one-entry record) to the record under its key, kept ``ttl``
+    seconds (positive, capped at ``expire_time``). With ``republish``, ``write`` is a whole
+    record a holder republishes and only fills: a receiver that holds a live record for the key
+    keeps its own (renewing its lifetime when it holds every entry sent). Answered by
+    :class:`~qadom.messages.Stored` or :class:`DhtRefused`, or ``Error(BAD_REQUEST)`` for a ttl
+    of 0 (nothing stored)."""
 
     CODE = 16
     IS_REQUEST = True
-    FIELDS = (("write", Kind.VALUE),)
+    FIELDS = (("write", Kind.VALUE), ("ttl", Kind.UINT64), ("republish", Kind.BOOL))
     write: bytes
+    ttl: int = 86400
+    republish: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +535,9 @@ class DhtRecordService:
     """Stores signed records at the k closest peers; attached to a :class:`~qadom.node.Node` as
     ``node.dht_records``. Every holder applies :func:`apply_write` itself."""
 
+    KIND = RECORD_KIND
+    """The kind of the records this service keeps (and republishes) in the node's store."""
+
     def __init__(self, node: Node) -> None:
         self.node = node
         self.config = node.config
@@ -493,8 +548,35 @@ class DhtRecordService:
 
     def local(self, key: str, now: float) -> Record | None:
         """The live record this node holds for ``key``."""
-        record = load(self.node.store, storage_key(check_key(key, self.config)), self.config)
+        record = load(self.node.store, storage_key(check_key(key, self.config)), self.config,
+                      now)
         return record.live(now) if record is not None else None
+
+    def forget(self, key: str) -> bool:
+        """Stop republishing the record of ``key`` as the node that put it; it then expires
+        everywhere ``expire_time`` after our last republish. True if we had put it."""
+        return self.node.forget(storage_key(check_key(key, self.config)))
+
+    def republish(self, due: DueRecord, now: float) -> None:
+        """Republish one record whose time has come (section 2.5): its live entries, in a
+        fill-only DHT_PUT to the k closest, with a fresh lifetime from the node that put it and
+        what is left of it from a storer. A record none of whose entries is live is dropped."""
+        node = self.node
+        try:
+            live = decode_record(due.data, self.config).live(now)
+        except ProtocolError:  # unusable (load() treats it as absent): free its room
+            node.store.delete_record(due.kind, due.key)
+            return
+        if live is None:
+            node.store.delete_record(due.kind, due.key)
+            node.stats["expired"] += 1
+            return
+        meta, ttl = republish_schedule(due.meta, now, self.config)
+        data = encode_record(live)
+        node.store.put_record(due.kind, due.key, data, now, meta=bounded(meta, live))
+        if ttl >= 1:
+            node.stats["republished"] += 1
+            node.replicate(due.key, DhtPut(data, ttl, republish=True), now)
 
     def put(self, write: Record, now: float) -> Call[PutResult]:
         """Store ``write`` (from :func:`parse_write`) at the k closest peers to its key.
@@ -502,11 +584,12 @@ class DhtRecordService:
         The write is checked here first, against our copy and against every record the lookup
         meets on the way (so a forged overwrite fails even through a node that never held the
         record), then sent to the k closest, which check it again. Fails with Unauthorized or
-        ValueTooLarge when refused by us or by every holder; stores locally once accepted.
+        ValueTooLarge when refused by us or by every holder; stores locally once accepted, as
+        the record's original publisher (renewed every 24 hours until :meth:`forget`).
         """
         node = self.node
         key = storage_key(check_key(write.key, self.config))
-        apply_write(load(node.store, key, self.config), write, now, self.config)
+        apply_write(load(node.store, key, self.config, now), write, now, self.config)
         call: Call[PutResult] = node.new_call("dht_put", now)
         seen: list[Record] = []
 
@@ -584,7 +667,7 @@ class DhtRecordService:
     def _send_to(self, contacts: list[Contact], key: int, write: Record, now: float,
                  call: Call[PutResult]) -> None:
         encoded = encode_record(write)
-        message = DhtPut(encoded)
+        message = DhtPut(encoded, int(self.config.expire_time))
         if not contacts:
             self._store_local(key, write, now, call, PutResult(0, 0))
             return
@@ -616,13 +699,14 @@ class DhtRecordService:
         if call.done:
             return
         try:
-            record = apply_write(load(self.node.store, key, self.config), write, now,
+            record = apply_write(load(self.node.store, key, self.config, now), write, now,
                                  self.config)
         except QadomError as exc:  # expired meanwhile, or a concurrent write took the key
             call.fail(exc)
             return
+        meta = bounded(published_meta(now, self.config), record)  # we put it: ours to renew
         try:
-            self.node.store.put_record(RECORD_KIND, key, encode_record(record), now)
+            self.node.store.put_record(RECORD_KIND, key, encode_record(record), now, meta=meta)
         except StorageFull as exc:
             call.fail(exc)
             return
@@ -632,27 +716,50 @@ class DhtRecordService:
 
     def _handle_put(self, message: DhtPut, sender: int | None, address: Address,
                     now: float) -> Message:
+        """A client's write lands on our record by :func:`apply_write`. A republished record
+        fills only: it is checked entry by entry (:func:`apply_record`) and stored only if we
+        hold no live record for the key; holding one, we keep it and its lifecycle, and merely
+        count the republish as this hour's when our record holds every entry sent (the same
+        record, whose lifetime the TTL may then extend). The format has no version, so this is
+        what keeps a lagging storer's older copy from replacing a newer one."""
+        if message.ttl <= 0:
+            return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
         try:
             write = decode_record(message.write, self.config)
         except ProtocolError as exc:
             return DhtRefused(RefusedCode.MALFORMED, str(exc)[:200])
         key = storage_key(write.key)
+        store = self.node.store
+        existing = load(store, key, self.config, now)
+        current = existing.live(now) if existing is not None else None
+        old = store.record_meta(RECORD_KIND, key) if current is not None else None
         try:
-            record = apply_write(load(self.node.store, key, self.config), write, now,
-                                 self.config)
+            if message.republish:
+                record = apply_record(write, now, self.config)
+            else:
+                record = apply_write(existing, write, now, self.config)
         except Unauthorized as exc:
             return DhtRefused(RefusedCode.UNAUTHORIZED, str(exc)[:200])
         except ValueTooLarge as exc:
             return DhtRefused(RefusedCode.TOO_LARGE, str(exc)[:200])
+        same = False
+        if message.republish and current is not None:
+            if current.mode != record.mode or not set(record.entries) <= set(current.entries):
+                return Stored()  # fill-only: our record stays as it is
+            record, same = current, True
+        meta = bounded(received_meta(old, message.ttl, now, self.config, address[0], same=same),
+                       record)
+        if same and meta == old:
+            return Stored()
         try:
-            self.node.store.put_record(RECORD_KIND, key, encode_record(record), now, address[0])
+            store.put_record(RECORD_KIND, key, encode_record(record), now, meta=meta)
         except StorageFull as exc:
             return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         return Stored()
 
     def _handle_find(self, message: DhtFind, sender: int | None, address: Address,
                      now: float) -> Message:
-        record = load(self.node.store, message.target, self.config)
+        record = load(self.node.store, message.target, self.config, now)
         live = record.live(now) if record is not None else None
         if live is not None:
             return DhtRecord(encode_record(live))

@@ -423,8 +423,9 @@ async def bootstrap_post(request: web.Request) -> web.StreamResponse:
         return web.json_response({"contacts": size})
     if not isinstance(items, list) or not items:
         raise InvalidField("addresses", "must be a non-empty array of {host, port}")
-    if len(items) > 64:
-        raise InvalidField("addresses", "at most 64 addresses")
+    limit = request.app[STATE].config.http_max_bootstrap_addresses
+    if len(items) > limit:
+        raise InvalidField("addresses", f"at most {limit} addresses")
     addresses = [_address(item, f"addresses[{i}]") for i, item in enumerate(items)]
     size = await _peer(request).bootstrap(addresses)
     return web.json_response({"contacts": size})
@@ -471,7 +472,7 @@ async def stats_get(request: web.Request) -> web.StreamResponse:
 
 
 async def openapi_get(request: web.Request) -> web.StreamResponse:
-    return web.json_response(openapi_document())
+    return web.json_response(openapi_document(request.app[STATE].config))
 
 
 # ============================================================================ the route table
@@ -579,7 +580,7 @@ _PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-def _schemas() -> dict[str, Any]:
+def _schemas(config: Config) -> dict[str, Any]:
     def obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
         names = list(props) if required is None else required
         schema: dict[str, Any] = {"type": "object", "properties": props}
@@ -627,7 +628,8 @@ def _schemas() -> dict[str, Any]:
         "Address": address,
         "Closest": obj({"target": _KEY_SCHEMA, "contacts": {"type": "array", "items": contact}}),
         "Bootstrap": obj({"addresses": {"type": "array", "items": address, "minItems": 1,
-                                        "maxItems": 64}}, []),
+                                        "maxItems": config.http_max_bootstrap_addresses}},
+                          []),
         "Forgotten": obj({"key": _KEY_SCHEMA, "forgotten": {"type": "boolean"}}),
         "Refresh": obj({"all_buckets": {"type": "boolean"}}, []),
         "ContactCount": obj({"contacts": {"type": "integer", "minimum": 0}}),
@@ -646,8 +648,10 @@ def _schemas() -> dict[str, Any]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3 document of every route in :data:`ROUTES`."""
+def openapi_document(config: Config | None = None) -> dict[str, Any]:
+    """The OpenAPI 3 document of every route in :data:`ROUTES`, with the limits of ``config``
+    (the defaults without one)."""
+    config = config or Config()
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         responses: dict[str, Any] = {"200": {"description": "OK", "content": route.ok or {}}}
@@ -672,7 +676,7 @@ def openapi_document() -> dict[str, Any]:
                  "description": "A qadom peer over HTTP. Keys are 64 hex digits; binary data in "
                                 "JSON is base64. See docs/HTTP.md."},
         "paths": paths,
-        "components": {"schemas": _schemas()},
+        "components": {"schemas": _schemas(config)},
     }
 
 

@@ -289,7 +289,9 @@ def keep_serving() -> None:
 # ---------------------------------------------------------------------- scripts
 
 def parse_address(text: str | tuple[str, int] | list[Any]) -> Address:
-    """``"host:port"`` (``"[::1]:9999"`` for IPv6) or a ``(host, port)`` pair, checked."""
+    """The address of a peer to reach: ``"host:port"`` (``"[::1]:9999"`` for IPv6) or a
+    ``(host, port)`` pair, checked. Port 0 names no peer, so it is refused here, as by the
+    ``qadom`` command's ``--bootstrap`` (a listening port of 0 is checked by :func:`parse_port`)."""
     if isinstance(text, (tuple, list)):
         if len(text) != 2:
             raise InvalidType(f"address must be a (host, port) pair, not {text!r}")
@@ -304,9 +306,16 @@ def parse_address(text: str | tuple[str, int] | list[Any]) -> Address:
         raise InvalidType(f"address must be 'host:port' or a pair, not {type(text).__name__}")
     if not isinstance(host, str) or not host:
         raise InvalidType("host must be a non-empty str")
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise InvalidArgument(f"port must be an int in [1, 65535], got {port!r}")
+    return (host, port)
+
+
+def parse_port(port: object) -> int:
+    """A port to listen on: an int in [0, 65535], 0 picking any free one."""
     if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port < 65536:
         raise InvalidArgument(f"port must be an int in [0, 65535], got {port!r}")
-    return (host, port)
+    return port
 
 
 @dataclass(frozen=True)
@@ -344,7 +353,7 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
     if joined is None:
         raw = env.get("QADOM_BOOTSTRAP")
         joined = [a for a in raw.split(",") if a.strip()] if raw is not None else list(bootstrap)
-    return ScriptOptions(args.host, parse_address((args.host, chosen_port))[1],
+    return ScriptOptions(args.host, parse_port(chosen_port),
                          tuple(parse_address(a) for a in joined))
 
 

@@ -18,12 +18,19 @@ Guarantees:
 * Versions only move forward (:func:`supersedes`): a record replaces the stored one only with a
   higher ``seq``; a lower ``seq``, or the same ``seq`` with another value, is refused
   (:class:`~qadom.errors.StaleSequence`, ``Error(STALE_SEQUENCE)``) and the stored record kept. The
-  same record again is accepted and changes nothing. So replaying an old signed record can never
-  roll a key back.
+  same record again is accepted and changes nothing but, at most, how long it is kept. So
+  replaying an old signed record can never roll a key back.
 * A get returns the valid record with the highest ``seq`` among our own store and every replica the
   lookup reached, then writes it back to the replicas that answered with an older one and to the
-  k closest that had none (read repair). A peer that answers with a forged record is dropped
-  from the routing table (:meth:`~qadom.node.Node.punish`) and its answer ignored.
+  k closest that had none (read repair), with what is left of its lifetime. A peer that answers
+  with a forged record is dropped from the routing table (:meth:`~qadom.node.Node.punish`) and
+  its answer ignored.
+* Records live as values do (paper section 2.5): a TTL travels with every NAMESPACE_STORE, a
+  replica drops the record ``ttl`` seconds (at most ``expire_time``) after receiving it, storers
+  republish it hourly to the k closest with what is left of it, and the peer that published it
+  with :meth:`NamespaceService.set` republishes it as is every 24 hours with a fresh TTL until
+  :meth:`NamespaceService.forget`. A republish is a NAMESPACE_STORE like any other, so an older
+  ``seq`` republished to a replica holding a newer one is refused there.
 
 This module is part of the sans-IO core: no asyncio, no sockets, no clock; ``now`` comes in.
 Records persist through the node's :class:`~qadom.storage.Store` as generic records of kind
@@ -58,6 +65,13 @@ from .errors import (
 from .ids import ID_BYTES, check_id
 from .lookup import Lookup
 from .messages import Envelope, Error, ErrorCode, Kind, Message, Nodes, register
+from .storage import (
+    DueRecord,
+    published_meta,
+    received_meta,
+    remaining_ttl,
+    republish_schedule,
+)
 
 if TYPE_CHECKING:
     from .node import Node
@@ -74,7 +88,8 @@ SEQ_LIMIT = 1 << 63
 """``seq`` is an int in ``[0, 2**63)``: it fits a signed 64-bit integer in any language."""
 
 # A contact in a reply costs at most ~90 bytes (32-byte id, an IPv6 literal, a port, CBOR heads);
-# the rest of a record reply (envelope, key, public key, seq, signature) stays under 320 bytes.
+# the rest of a record reply (envelope, key, public key, seq, signature, ttl) stays under 320
+# bytes.
 _CONTACT_BYTES = 90
 _RECORD_OVERHEAD = 320
 
@@ -253,24 +268,28 @@ _RECORD_FIELDS = (("public_key", Kind.SHORT_BYTES), ("key", Kind.ID), ("seq", Ki
 
 @dataclass(frozen=True, slots=True)
 class NamespaceStore(Message):
-    """Store a signed record at its storage key. Answered by :class:`NamespaceStored`, or by
-    ``Error(BAD_SIGNATURE)`` / ``Error(STALE_SEQUENCE)`` with nothing stored."""
+    """Store a signed record at its storage key for ``ttl`` seconds (positive, capped at
+    ``expire_time``; a replica never shortens the lifetime it holds for the same record).
+    Answered by :class:`NamespaceStored`, or by ``Error(BAD_SIGNATURE)`` /
+    ``Error(STALE_SEQUENCE)`` / ``Error(BAD_REQUEST)`` (a ttl of 0) with nothing stored."""
 
     CODE = 8
     IS_REQUEST = True
-    FIELDS = _RECORD_FIELDS
+    FIELDS = (*_RECORD_FIELDS, ("ttl", Kind.UINT64))
     public_key: bytes
     key: int
     seq: int
     value: bytes
     signature: bytes
+    ttl: int = 86400
 
     def __post_init__(self) -> None:
         _check_shape(self.public_key, self.signature, self.seq)
 
     @classmethod
-    def of(cls, record: NamespaceRecord) -> NamespaceStore:
-        return cls(record.public_key, record.key, record.seq, record.value, record.signature)
+    def of(cls, record: NamespaceRecord, ttl: int = 86400) -> NamespaceStore:
+        return cls(record.public_key, record.key, record.seq, record.value, record.signature,
+                   ttl)
 
     def record(self) -> NamespaceRecord:
         return NamespaceRecord(self.public_key, self.key, self.seq, self.value, self.signature)
@@ -298,18 +317,20 @@ class NamespaceStored(Message):
 
 @dataclass(frozen=True, slots=True)
 class NamespaceFound(Message):
-    """The record held under the requested storage key, and as many of the k closest contacts to
-    it as fit in the datagram (so a namespace get is also a lookup)."""
+    """The record held under the requested storage key, as many of the k closest contacts to it
+    as fit in the datagram (so a namespace get is also a lookup), and what is left of the
+    record's lifetime there in seconds (``ttl``, what read repair writes it back with)."""
 
     CODE = 73
     IS_REQUEST = False
-    FIELDS = (*_RECORD_FIELDS, ("nodes", Kind.CONTACTS))
+    FIELDS = (*_RECORD_FIELDS, ("nodes", Kind.CONTACTS), ("ttl", Kind.UINT64))
     public_key: bytes
     key: int
     seq: int
     value: bytes
     signature: bytes
     nodes: tuple[Contact, ...]
+    ttl: int = 86400
 
     def __post_init__(self) -> None:
         _check_shape(self.public_key, self.signature, self.seq)
@@ -335,6 +356,9 @@ class NamespaceService:
     ``namespace_corrupt`` (stored records that no longer decode, treated as absent).
     """
 
+    KIND = RECORD_KIND
+    """The kind of the records this service keeps (and republishes) in the node's store."""
+
     def __init__(self, node: Node) -> None:
         self.node = node
         node.register_handler(NamespaceStore, self._handle_store)
@@ -342,9 +366,10 @@ class NamespaceService:
 
     # ------------------------------------------------------------------ local store
 
-    def local(self, skey: int) -> NamespaceRecord | None:
-        """The record this node stores under the storage key ``skey``, if any."""
-        data = self.node.store.get_record(RECORD_KIND, skey)
+    def local(self, skey: int, now: float | None = None) -> NamespaceRecord | None:
+        """The record this node stores under the storage key ``skey``, if any (with ``now``:
+        unless it has expired)."""
+        data = self.node.store.get_record(RECORD_KIND, skey, now)
         if data is None:
             return None
         try:
@@ -353,21 +378,57 @@ class NamespaceService:
             self.node.stats["namespace_corrupt"] += 1
             return None
 
-    def accept(self, record: NamespaceRecord, now: float, source: str = "") -> bool:
+    def accept(self, record: NamespaceRecord, now: float, source: str = "",
+               ttl: int | None = None) -> bool:
         """Verify ``record`` and store it if it is newer than ours: True when stored, False when
-        it is the record we already hold. Raises BadSignature, StaleSequence or StorageFull
-        (quotas of the sending host ``source``), storing nothing."""
+        it is the record we already hold. ``ttl`` is the lifetime it came with (positive
+        seconds, capped at ``expire_time``; the same record again never shortens the lifetime we
+        hold, see :func:`~qadom.storage.received_meta`); None: we publish it ourselves, as
+        its original publisher, with a full lifetime. Raises BadSignature, StaleSequence or
+        StorageFull (quotas of the sending host ``source``), storing nothing."""
+        store, skey = self.node.store, record.storage_key
         try:
             record.verify()
-            if not supersedes(record, self.local(record.storage_key)):
-                return False
+            held = self.local(skey, now)
+            newer = supersedes(record, held)
         except QadomError:
             self.node.stats["namespace_refused"] += 1
             raise
-        self.node.store.put_record(RECORD_KIND, record.storage_key, record.to_bytes(), now,
-                                   source)
-        self.node.stats["namespace_stored"] += 1
-        return True
+        old = store.record_meta(RECORD_KIND, skey) if held is not None else None
+        if ttl is None:
+            meta = published_meta(now, self.node.config)
+        else:
+            meta = received_meta(old, ttl, now, self.node.config, source, same=not newer)
+        if newer or meta != old:
+            store.put_record(RECORD_KIND, skey, record.to_bytes(), now, meta=meta)
+        if newer:
+            self.node.stats["namespace_stored"] += 1
+        return newer
+
+    def forget(self, public_key: bytes, key: int) -> bool:
+        """Stop republishing the record of ``key`` in the namespace of ``public_key`` as its
+        original publisher; it then expires everywhere ``expire_time`` after our last
+        republish. True if we had published it (with :meth:`set`)."""
+        check_public_key(public_key)
+        check_id(key)
+        return self.node.forget(storage_key(public_key, key))
+
+    def republish(self, due: DueRecord, now: float) -> None:
+        """Republish one record whose time has come (section 2.5): the signed record as is, in a
+        NAMESPACE_STORE to the k closest, with a fresh lifetime from its original publisher and
+        what is left of it from a storer."""
+        node = self.node
+        try:
+            record = NamespaceRecord.from_bytes(due.data)
+        except ProtocolError:  # unusable (local() treats it as absent): free its room
+            node.stats["namespace_corrupt"] += 1
+            node.store.delete_record(due.kind, due.key)
+            return
+        meta, ttl = republish_schedule(due.meta, now, node.config)
+        node.store.put_record(due.kind, due.key, due.data, now, meta=meta)
+        if ttl >= 1:
+            node.stats["republished"] += 1
+            node.replicate(due.key, NamespaceStore.of(record, ttl), now)
 
     # ------------------------------------------------------------------ operations
 
@@ -379,14 +440,15 @@ class NamespaceService:
         a newer record. The lookup of the k closest asks each for its record (NAMESPACE_FIND), and
         if any holds a newer one the set fails with StaleSequence before anything is written
         anywhere. If a replica still refuses the write as stale, the set fails too and nothing
-        is stored here.
+        is stored here. Otherwise we store it too, as its original publisher: we republish it
+        every 24 hours with a fresh lifetime until :meth:`forget`.
         """
         record.verify()
         skey = record.storage_key
-        supersedes(record, self.local(skey))  # raises StaleSequence before anything is sent
+        supersedes(record, self.local(skey, now))  # StaleSequence before anything is sent
         node = self.node
         call: Call[int] = node.new_call("namespace_set", now)
-        message = NamespaceStore.of(record)
+        message = NamespaceStore.of(record, int(node.config.expire_time))
 
         def finish(acks: int, stale: list[str], asked: int, now: float,
                    full: int = 0) -> None:
@@ -472,8 +534,8 @@ class NamespaceService:
         skey = storage_key(public_key, key)
         node = self.node
         call: Call[NamespaceRecord] = node.new_call("namespace_get", now)
-        local = self.local(skey)
-        answers: dict[int, tuple[Contact, NamespaceRecord | None]] = {}
+        local = self.local(skey, now)
+        answers: dict[int, tuple[Contact, NamespaceRecord | None, int]] = {}
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
                        now: float) -> Iterable[Contact] | None:
@@ -481,15 +543,15 @@ class NamespaceService:
                 record = self._check_found(contact, message, skey, now)
                 if record is None:
                     return None
-                answers[contact.id] = (contact, record)
+                answers[contact.id] = (contact, record, message.ttl)
                 return message.nodes
             if isinstance(message, Nodes):
-                answers[contact.id] = (contact, None)
+                answers[contact.id] = (contact, None, 0)
                 return message.nodes
             return None
 
         def on_finish(lookup: Lookup, now: float) -> None:
-            found = [r for _, r in answers.values() if r is not None]
+            found = [r for _, r, _ in answers.values() if r is not None]
             best = newest([*found, local] if local is not None else found)
             if best is None:
                 call.fail(NotFoundError(
@@ -502,32 +564,41 @@ class NamespaceService:
         return call
 
     def _repair(self, best: NamespaceRecord, closest: list[Contact],
-                answers: dict[int, tuple[Contact, NamespaceRecord | None]],
+                answers: dict[int, tuple[Contact, NamespaceRecord | None, int]],
                 local: NamespaceRecord | None, now: float) -> None:
         """Read repair: write ``best`` back to every replica that answered with an older record
-        and to each of the k closest that answered with none."""
+        and to each of the k closest that answered with none, with what is left of its lifetime
+        (the longest any holder of that very record reported), never a fresh one."""
+        cfg = self.node.config
+        ttls = [ttl for _, record, ttl in answers.values() if record == best]
+        if local == best:
+            ttls.append(remaining_ttl(self.node.store.record_meta(RECORD_KIND, best.storage_key),
+                                      now, cfg))
+        ttl = max(1, min(max(ttls, default=1), int(cfg.expire_time)))
         targets: dict[int, Contact] = {}
-        for contact, record in answers.values():
+        for contact, record, _ in answers.values():
             if record is not None and record.seq < best.seq:
                 targets[contact.id] = contact
         for contact in closest:
             if contact.id in answers and answers[contact.id][1] is None:
                 targets[contact.id] = contact
-        message = NamespaceStore.of(best)
+        message = NamespaceStore.of(best, ttl)
         for contact in targets.values():
             self.node.stats["namespace_repairs"] += 1
             self.node.request(contact.address, message, now, expect_id=contact.id)
         if local is not None and local.seq < best.seq:
             # Verified already; only a concurrent newer write can refuse it.
             with contextlib.suppress(QadomError):
-                self.accept(best, now)
+                self.accept(best, now, ttl=ttl)
 
     # ------------------------------------------------------------------ request handlers
 
     def _handle_store(self, message: NamespaceStore, sender: int | None, address: Address,
                       now: float) -> Message:
+        if message.ttl <= 0:
+            return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
         try:
-            self.accept(message.record(), now, address[0])
+            self.accept(message.record(), now, address[0], message.ttl)
         except BadSignature:
             # Only a faulty or hostile peer sends a forged record: a local caller's mistake is
             # caught before anything is sent.
@@ -545,9 +616,10 @@ class NamespaceService:
                      now: float) -> Message:
         cfg = self.node.config
         nodes = self.node.table.closest(message.target, cfg.k, exclude=sender)
-        record = self.local(message.target)
+        record = self.local(message.target, now)
         if record is None:
             return Nodes(tuple(nodes))
         room = (cfg.max_datagram_size - _RECORD_OVERHEAD - len(record.value)) // _CONTACT_BYTES
+        ttl = remaining_ttl(self.node.store.record_meta(RECORD_KIND, message.target), now, cfg)
         return NamespaceFound(record.public_key, record.key, record.seq, record.value,
-                              record.signature, tuple(nodes[:max(0, room)]))
+                              record.signature, tuple(nodes[:max(0, room)]), ttl)

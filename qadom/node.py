@@ -99,6 +99,10 @@ Handler = Callable[[Any, int | None, Address, float], Message]
 OnMessage = Callable[[Contact, Message, Lookup, float], Iterable[Contact] | None]
 
 
+def _ignore_acks(acks: int, now: float) -> None:
+    return None
+
+
 class _Request:
     """One outstanding request of ours."""
 
@@ -237,8 +241,11 @@ class Node:
         self.id = check_id(node_id, "node_id") if node_id is not None else random_id(self.rng)
         self.store: StoreBackend = store if store is not None else MemoryStore(self.config)
         self.codec = Codec(self.config)
-        self.table = RoutingTable(self.id, self.config.k, self.config.replacement_cache_size,
-                                  self.config.stale_failures, now)
+        self.table = RoutingTable(
+            self.id, self.config.k, self.config.replacement_cache_size,
+            self.config.stale_failures, now,
+            max_bucket_per_prefix=self.config.max_bucket_contacts_per_prefix,
+            max_table_per_prefix=self.config.max_table_contacts_per_prefix)
         self.stats: Counter[str] = Counter()
         self.client_only = client_only
         self.address: Address | None = None  # where we are reachable, set by the adapter
@@ -255,6 +262,7 @@ class Node:
         # garbage collector stops tracking, for the timer that outlives almost every reply.
         self._request_timers: list[tuple[float, int, int]] = []
         self._cancelled: set[int] = set()  # numbers of cancelled timers still in self._timers
+        self.timer_changed = True  # a timer was added since the last get_timer() (see there)
         self._pending: dict[int, _Request] = {}
         self._dead: dict[Address, float] = {}
         self._banned: dict[Address | int, float] = {}  # liars, by address and by id
@@ -328,7 +336,14 @@ class Node:
         Timers that can no longer do anything (the retransmission timer of a request already
         answered, a cancelled timer) are dropped here when they come first, so a driver is not
         woken for them: without this, every answered request would still cost a wakeup at its
-        retransmission deadline."""
+        retransmission deadline.
+
+        :attr:`timer_changed` tells a driver whether it must ask again: it is True once a timer
+        was added since the last call, and while it is False the deadline returned last is no
+        later than the next one due (timers only went away), so an armed driver timer is still
+        early enough; it then fires, :meth:`handle_timer` does what is due, and the driver asks
+        again."""
+        self.timer_changed = False
         first = math.inf
         timers, cancelled = self._timers, self._cancelled
         while timers and timers[0][1] in cancelled:
@@ -531,8 +546,9 @@ class Node:
         return call
 
     def forget(self, key: int) -> bool:
-        """Stop republishing ``key`` as its original publisher; our copies and the network's
-        then expire ``expire_time`` after the last republish. True if we had published it."""
+        """Stop republishing ``key`` as its original publisher (a value, multimap entries, or a
+        service record stored under that key); our copies and the network's then expire
+        ``expire_time`` after the last republish. True if we had published it."""
         check_id(key)
         return self.store.forget(key)
 
@@ -612,6 +628,7 @@ class Node:
         req.gen += 1
         self._send(req.data, req.address)
         heappush(self._request_timers, (now + self.rpc_timeout, req.rpc_id, req.gen))
+        self.timer_changed = True
 
     @property
     def rpc_timeout(self) -> float:
@@ -782,7 +799,7 @@ class Node:
             return
         if len(self._verifying) >= self.config.max_verifying:
             return
-        if not self.table.has_room_for(sender):
+        if not self.table.has_room_for(sender, address[0]):
             # Its bucket is full of contacts that keep answering: verifying it would only queue
             # it as a replacement, at the price of a ping (and of the pings that ping sets off).
             self.stats["verify_skipped"] += 1
@@ -844,6 +861,7 @@ class Node:
         """Run ``fn(now)`` at ``deadline``; returns the timer's number, for :meth:`_cancel`."""
         self._timer_seq += 1
         heappush(self._timers, (deadline, self._timer_seq, fn))
+        self.timer_changed = True
         return self._timer_seq
 
     def _cancel(self, timer: int) -> None:
@@ -969,6 +987,7 @@ class Node:
         seq = self._timer_seq
         deadlines = self._deadlines
         deadlines[seq] = (deadline, call)
+        self.timer_changed = True
         call.add_done_callback(lambda _: _forget(deadlines, seq))
         return call
 
@@ -1039,9 +1058,10 @@ class Node:
                      lambda lookup, now: then(lookup.closest(), now), call)
 
     def replicate(self, key: int, message: Message, now: float,
-                  then: Callable[[int, float], None], call: Call[Any] | None = None) -> None:
+                  then: Callable[[int, float], None] = _ignore_acks,
+                  call: Call[Any] | None = None) -> None:
         """Look up the k closest to ``key`` and have each hold ``message``'s item;
-        ``then(acks, now)`` with how many of them confirmed it.
+        ``then(acks, now)`` with how many of them confirmed it (a republish needs no answer).
 
         A :class:`Store` of a value of at most ``store_on_lookup_max`` bytes travels with the
         lookup itself (:class:`FindNodeStore`): each peer asked keeps the value if it counts
@@ -1158,9 +1178,23 @@ class Node:
     def _republish(self, now: float) -> None:
         """Send every item whose time has come to the k closest (section 2.5): our own items
         with a fresh lifetime every ``publisher_republish_interval``, items we store for others
-        with what is left of theirs every ``republish_interval``."""
+        with what is left of theirs every ``republish_interval``. Service records follow the
+        same schedule, each sent by its service. A tick sends at most ``republish_batch``, of
+        which records due get at least half when values and entries are due too."""
         cfg = self.config
-        for due in self.store.due(now, cfg.republish_batch):
+        batch = cfg.republish_batch
+        items = self.store.due(now, batch)
+        records = self.store.due_records(now, max(batch - len(items), batch // 2))
+        services = {self.namespace.KIND: self.namespace.republish,
+                    self.dht_records.KIND: self.dht_records.republish}
+        for record in records:
+            republish = services.get(record.kind)
+            if republish is not None:
+                republish(record, now)
+            else:  # a kind no service republishes: keep it as it is, off the schedule
+                self.store.put_record(record.kind, record.key, record.data, now,
+                                      meta=replace(record.meta, republish_at=NEVER))
+        for due in items[:batch - len(records)]:
             meta = due.meta
             if meta.original:
                 ttl = cfg.expire_time
@@ -1179,7 +1213,7 @@ class Node:
                 message = Append(due.key, due.item, int(ttl))
             if ttl >= 1:
                 self.stats["republished"] += 1
-                self.replicate(due.key, message, now, _ignore_acks)
+                self.replicate(due.key, message, now)
 
     def _cache_on_path(self, key: int, value: bytes, without: list[Contact], lookup: Lookup,
                        now: float) -> None:
@@ -1215,8 +1249,4 @@ def _forget(deadlines: OrderedDict[int, tuple[float, Call[Any]]], seq: int) -> N
 
 
 def _ignore_reply(envelope: Envelope | None, now: float) -> None:
-    return None
-
-
-def _ignore_acks(acks: int, now: float) -> None:
     return None

@@ -283,6 +283,12 @@ class Peer:
         check_id(key)
         return await self._run(protocol.node.namespace.get(public_key, key, protocol.now()))
 
+    def namespace_forget(self, public_key: bytes, key: int) -> bool:
+        """Stop republishing ``key`` of the namespace of ``public_key`` (a record this peer
+        stored with :meth:`namespace_set`); it then expires everywhere ``expire_time`` after our
+        last republish. True if it was ours."""
+        return self._running().node.namespace.forget(public_key, key)
+
     async def publish(self, key: int, value: bytes) -> int:
         """Send ``value`` (bytes, at most 8192) to the subscribers of topic ``key``; returns how
         many relays accepted it. Raises RateLimited when every relay refused for our rate."""

@@ -19,16 +19,52 @@ it if it may (it covers our own id, or the paper's relaxed rule: the newcomer wo
 closest contacts) and otherwise parks the newcomer in the replacement cache and names the bucket's
 least-recently-seen contact, which the caller pings and evicts only if it does not answer
 (ping-before-evict: old contacts that stay up are preferred, section 2.2).
+
+Network diversity (not in the paper; discv5 and mainline DHT implementations do the same): a
+contact from a public address is refused when its /24 (IPv4) or /64 (IPv6) network already has
+``max_bucket_per_prefix`` contacts in its bucket or ``max_table_per_prefix`` in the table, so that
+many ids on few networks cannot fill the table (an eclipse). Loopback, private and link-local
+addresses are not limited. Refused contacts are counted in :attr:`RoutingTable.prefix_refused`.
+Invariant: the limits hold for every bucket and the whole table.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict
+import ipaddress
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
 from .contact import Contact
 from .ids import ID_SPACE
+
+_PREFIXES: dict[str, str | None] = {}  # host -> network prefix (a bounded memo)
+_PREFIXES_MAX = 65536
+
+
+def network_prefix(host: str) -> str | None:
+    """The public network ``host`` belongs to, as the text of its /24 (IPv4) or /64 (IPv6); None
+    for addresses that are not limited (loopback, private, link-local...) or not IP literals."""
+    prefix = _PREFIXES.get(host, "")
+    if prefix != "":
+        return prefix
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        prefix = None
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_global:
+            prefix = None
+        elif address.version == 4:
+            prefix = str(ipaddress.ip_network(f"{address}/24", strict=False))
+        else:
+            prefix = str(ipaddress.ip_network(f"{address}/64", strict=False))
+    if len(_PREFIXES) >= _PREFIXES_MAX:
+        _PREFIXES.clear()
+    _PREFIXES[host] = prefix
+    return prefix
 
 
 class Bucket:
@@ -67,14 +103,19 @@ class RoutingTable:
     """The k-bucket table of the node whose id is ``own_id``. Pure: time is passed in."""
 
     def __init__(self, own_id: int, k: int = 20, replacement_cache_size: int = 20,
-                 stale_failures: int = 3, now: float = 0.0) -> None:
+                 stale_failures: int = 3, now: float = 0.0, *, max_bucket_per_prefix: int = 0,
+                 max_table_per_prefix: int = 0) -> None:
         self.own_id = own_id
         self.k = k
         self.replacement_cache_size = replacement_cache_size
         self.stale_failures = stale_failures
+        self.max_bucket_per_prefix = max_bucket_per_prefix  # 0: no limit
+        self.max_table_per_prefix = max_table_per_prefix  # 0: no limit
+        self.prefix_refused = 0  # contacts refused by the network diversity limits
         self.buckets: list[Bucket] = [Bucket(0, ID_SPACE, now)]
         self._los: list[int] = [0]
         self._size = 0
+        self._per_prefix: dict[str, int] = {}  # contacts in the table per limited network
 
     # ------------------------------------------------------------------ queries
 
@@ -157,13 +198,19 @@ class RoutingTable:
                         bucket.pinging = None
                 return None
             if len(bucket.contacts) < self.k:
+                if not self._diverse(bucket, contact.address[0]):
+                    self.prefix_refused += 1
+                    bucket.replacements.pop(contact.id, None)
+                    return None
                 bucket.replacements.pop(contact.id, None)
-                bucket.contacts[contact.id] = contact
-                self._size += 1
+                self._put(bucket, contact)
                 return None
             if self._may_split(bucket, contact.id):
                 self._split(bucket)
                 continue
+            if not self._diverse(bucket, contact.address[0]):
+                self.prefix_refused += 1
+                return None
             self._add_replacement(bucket, contact)
             if bucket.pinging is None:
                 oldest = bucket.least_recently_seen()
@@ -171,12 +218,15 @@ class RoutingTable:
                 return oldest
             return None
 
-    def has_room_for(self, node_id: int) -> bool:
-        """Whether :meth:`seen` would add ``node_id`` now (its bucket has room or may split),
-        rather than only queue it as a replacement."""
+    def has_room_for(self, node_id: int, host: str | None = None) -> bool:
+        """Whether :meth:`seen` would add ``node_id`` (at ``host``, when given) now: its bucket
+        has room or may split, and the network diversity limits allow it; rather than only queue
+        it as a replacement or refuse it."""
         if node_id == self.own_id:
             return False
         bucket = self.bucket_for(node_id)
+        if host is not None and not self._diverse(bucket, host):
+            return False
         return len(bucket.contacts) < self.k or self._may_split(bucket, node_id)
 
     def failed(self, node_id: int) -> bool:
@@ -202,18 +252,50 @@ class RoutingTable:
         """Drop ``node_id`` (a failed or lying contact) and promote the newest replacement."""
         bucket = self.bucket_for(node_id)
         bucket.replacements.pop(node_id, None)
-        if bucket.contacts.pop(node_id, None) is None:
+        gone = bucket.contacts.pop(node_id, None)
+        if gone is None:
             return
         self._size -= 1
+        prefix = network_prefix(gone.address[0]) if self._per_prefix else None
+        if prefix is not None:
+            left = self._per_prefix[prefix] - 1
+            if left:
+                self._per_prefix[prefix] = left
+            else:
+                del self._per_prefix[prefix]
         bucket.failures.pop(node_id, None)
         if bucket.pinging == node_id:
             bucket.pinging = None
-        if bucket.replacements:
+        while bucket.replacements:  # the newest replacement the diversity limits allow
             _, newest = bucket.replacements.popitem(last=True)
-            bucket.contacts[newest.id] = newest
-            self._size += 1
+            if self._diverse(bucket, newest.address[0]):
+                self._put(bucket, newest)
+                return
+            self.prefix_refused += 1
 
     # ------------------------------------------------------------------ internals
+
+    def _put(self, bucket: Bucket, contact: Contact) -> None:
+        """Add ``contact`` (known to be allowed) to ``bucket``, which has room."""
+        bucket.contacts[contact.id] = contact
+        self._size += 1
+        if self.max_bucket_per_prefix or self.max_table_per_prefix:
+            prefix = network_prefix(contact.address[0])
+            if prefix is not None:
+                self._per_prefix[prefix] = self._per_prefix.get(prefix, 0) + 1
+
+    def _diverse(self, bucket: Bucket, host: str) -> bool:
+        """Whether the network diversity limits let a contact at ``host`` into ``bucket``."""
+        per_bucket, per_table = self.max_bucket_per_prefix, self.max_table_per_prefix
+        if not per_bucket and not per_table:
+            return True
+        prefix = network_prefix(host)
+        if prefix is None:
+            return True
+        if per_table and self._per_prefix.get(prefix, 0) >= per_table:
+            return False
+        return not per_bucket or sum(1 for c in bucket.contacts.values()
+                                     if network_prefix(c.address[0]) == prefix) < per_bucket
 
     def _add_replacement(self, bucket: Bucket, contact: Contact) -> None:
         if self.replacement_cache_size == 0:
@@ -242,6 +324,8 @@ class RoutingTable:
         for other in self.buckets:
             if other is not bucket and (other.lo ^ own) & -(other.hi - other.lo) < block:
                 closer += len(other.contacts)
+        if closer >= self.k:  # the usual case far from us: no need to compare one by one
+            return False
         for node_id in bucket.contacts:
             if node_id ^ own < new_distance:
                 closer += 1
@@ -281,4 +365,14 @@ class RoutingTable:
                 assert bucket.covers(node_id) and node_id not in bucket.contacts
             total += len(bucket.contacts)
             expected_lo = bucket.hi
+            if self.max_bucket_per_prefix:
+                here = Counter(network_prefix(c.address[0]) for c in bucket.contacts.values())
+                here.pop(None, None)
+                assert max(here.values(), default=0) <= self.max_bucket_per_prefix
         assert expected_lo == ID_SPACE and total == self._size
+        if self.max_bucket_per_prefix or self.max_table_per_prefix:
+            everywhere = Counter(network_prefix(c.address[0]) for c in self)
+            everywhere.pop(None, None)
+            assert dict(everywhere) == self._per_prefix, "per-network counts are off"
+            if self.max_table_per_prefix:
+                assert max(everywhere.values(), default=0) <= self.max_table_per_prefix

@@ -7,6 +7,17 @@ network only once it would survive the process being killed (``Config.sqlite_syn
 
 Ids are stored as 32-byte big-endian blobs, whose byte order is their numeric order, so multimap
 pages are index range scans.
+
+Migration. A database written before service records had a lifecycle has a ``records`` table
+without the ``expires``, ``republish_at`` and ``original`` columns; opening it adds them in one
+transaction, keeping every record. Those records were kept forever and their age is unknown, so
+nothing is dropped by the upgrade itself and the first maintenance (no clock is at hand when the
+file opens) starts their lifecycle as if they had just been stored: a namespace or /dht record
+this node wrote itself (source "", from its own set or put) becomes ours as original publisher,
+republished at once with a fresh lifetime and every 24 hours after, until forgotten; one received
+from a peer is republished at once too, with a full lifetime from then, and expires a day after
+the upgrade unless its publisher renews it. Records of other kinds (the node's identity) get no
+lifecycle: they never expire and are never republished.
 """
 
 from __future__ import annotations
@@ -21,7 +32,7 @@ from .config import Config
 from .contact import Contact
 from .errors import InvalidArgument
 from .ids import id_from_bytes, id_to_bytes
-from .storage import ENTRY_SIZE, NEVER, Due, Meta, Quotas
+from .storage import ENTRY_SIZE, NEVER, Due, DueRecord, Meta, Quotas, record_meta
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vals (
@@ -39,13 +50,28 @@ CREATE INDEX IF NOT EXISTS entries_republish ON entries (republish_at);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL, key BLOB NOT NULL, data BLOB NOT NULL, source TEXT NOT NULL,
-    PRIMARY KEY (kind, key));
+    expires REAL NOT NULL DEFAULT 9e999, republish_at REAL NOT NULL DEFAULT 9e999,
+    original INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, key));
 CREATE TABLE IF NOT EXISTS contacts (
     id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 """
 
+# Indexes on the columns the record migration adds: created once those columns exist.
+RECORD_INDEXES = """
+CREATE INDEX IF NOT EXISTS records_republish ON records (republish_at);
+CREATE INDEX IF NOT EXISTS records_expires ON records (expires);
+"""
+
+# The columns records gained with their lifecycle (9e999 is SQLite's infinity, NEVER), and the
+# record kinds that had one to gain: see the module docstring.
+_RECORD_COLUMNS = (("expires", "REAL NOT NULL DEFAULT 9e999"),
+                   ("republish_at", "REAL NOT NULL DEFAULT 9e999"),
+                   ("original", "INTEGER NOT NULL DEFAULT 0"))
+_LIFECYCLE_KINDS = ("namespace", "dht")
+
 _META_COLUMNS = "expires, republish_at, original, cached, source"
+_RECORD_META_COLUMNS = "expires, republish_at, original, source"
 
 
 def _meta(row: tuple[float, float, int, int, str]) -> Meta:
@@ -55,6 +81,11 @@ def _meta(row: tuple[float, float, int, int, str]) -> Meta:
 
 def _meta_params(meta: Meta) -> tuple[float, float, int, int, str]:
     return (meta.expires, meta.republish_at, int(meta.original), int(meta.cached), meta.source)
+
+
+def _record_meta(row: tuple[float, float, int, str]) -> Meta:
+    expires, republish_at, original, source = row
+    return Meta(expires, republish_at, bool(original), False, source)
 
 
 class SqliteStore:
@@ -70,8 +101,25 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
         self._db.executescript(SCHEMA)
+        self._migrate_records()
+        self._db.executescript(RECORD_INDEXES)
         self.quotas = Quotas(self.config)
         self._load_quotas()
+
+    def _migrate_records(self) -> None:
+        """Give a records table of the schema before records had a lifecycle its columns, in one
+        transaction (see the module docstring for the lifecycle the records get)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+        missing = [(name, ddl) for name, ddl in _RECORD_COLUMNS if name not in present]
+        if not missing:
+            return
+        kinds = ", ".join("?" for _ in _LIFECYCLE_KINDS)
+        with self._db:
+            self._db.execute("BEGIN")
+            for name, ddl in missing:
+                self._db.execute(f"ALTER TABLE records ADD COLUMN {name} {ddl}")
+            self._db.execute("UPDATE records SET republish_at = 0, original = (source = '') "
+                             f"WHERE kind IN ({kinds})", _LIFECYCLE_KINDS)
 
     def _load_quotas(self) -> None:
         """Count what the file holds, per source, and what cached copies hold."""
@@ -196,8 +244,14 @@ class SqliteStore:
                     "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
                 self.quotas.unload(source, int(count) * ENTRY_SIZE, int(count))
                 dropped += int(count)
+            for source, size_sum, count in self._db.execute(
+                    "SELECT source, SUM(length(data)), COUNT(*) FROM records "
+                    "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
+                self.quotas.unload(source, int(size_sum), int(count))
+                dropped += int(count)
             self._db.execute("DELETE FROM vals WHERE original = 0 AND expires <= ?", (now,))
             self._db.execute("DELETE FROM entries WHERE original = 0 AND expires <= ?", (now,))
+            self._db.execute("DELETE FROM records WHERE original = 0 AND expires <= ?", (now,))
         return dropped
 
     def forget(self, key: int) -> bool:
@@ -210,26 +264,51 @@ class SqliteStore:
             changed += self._db.execute(
                 "UPDATE entries SET original = 0, republish_at = ? WHERE key = ? AND original = 1",
                 (NEVER, raw)).rowcount
+            changed += self._db.execute(
+                "UPDATE records SET original = 0, republish_at = ? WHERE key = ? AND original = 1",
+                (NEVER, raw)).rowcount
         return changed > 0
 
     # ------------------------------------------------------------------ records, contacts, meta
 
-    def get_record(self, kind: str, key: int) -> bytes | None:
-        row = self._db.execute("SELECT data FROM records WHERE kind = ? AND key = ?",
-                               (kind, id_to_bytes(key))).fetchone()
-        return None if row is None else bytes(row[0])
+    def due_records(self, now: float, limit: int) -> list[DueRecord]:
+        return [DueRecord(kind, id_from_bytes(bytes(key)), bytes(data), _record_meta(rest))
+                for kind, key, data, *rest in self._db.execute(
+                    f"SELECT kind, key, data, {_RECORD_META_COLUMNS} FROM records "
+                    "WHERE republish_at <= ? LIMIT ?", (now, max(0, limit)))]
 
-    def put_record(self, kind: str, key: int, data: bytes, now: float,
-                   source: str = "") -> None:
+    def get_record(self, kind: str, key: int, now: float | None = None) -> bytes | None:
+        row = self._db.execute(
+            "SELECT data, expires, original FROM records WHERE kind = ? AND key = ?",
+            (kind, id_to_bytes(key))).fetchone()
+        if row is None:
+            return None
+        data, expires, original = row
+        if now is not None and not original and expires <= now:
+            return None
+        return bytes(data)
+
+    def record_meta(self, kind: str, key: int) -> Meta | None:
+        row = self._db.execute(
+            f"SELECT {_RECORD_META_COLUMNS} FROM records WHERE kind = ? AND key = ?",
+            (kind, id_to_bytes(key))).fetchone()
+        return None if row is None else _record_meta(row)
+
+    def put_record(self, kind: str, key: int, data: bytes, now: float, source: str = "",
+                   meta: Meta | None = None) -> None:
+        meta = record_meta(source, meta)
         old = self._record_size(kind, key)
         with self._writing():
             if old is None:
-                self._make_room(source, len(data), False)
-                self.quotas.add(source, len(data))
+                self._make_room(meta.source, len(data), False)
+                self.quotas.add(meta.source, len(data))
             else:  # a newer version is charged to the host that sent it
-                self.quotas.replace(old[1], old[0], source, len(data))
-            self._db.execute("INSERT OR REPLACE INTO records (kind, key, data, source) "
-                             "VALUES (?, ?, ?, ?)", (kind, id_to_bytes(key), data, source))
+                self.quotas.replace(old[1], old[0], meta.source, len(data))
+            self._db.execute(
+                f"INSERT OR REPLACE INTO records (kind, key, data, {_RECORD_META_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (kind, id_to_bytes(key), data, meta.expires, meta.republish_at,
+                 int(meta.original), meta.source))
 
     def delete_record(self, kind: str, key: int) -> None:
         old = self._record_size(kind, key)

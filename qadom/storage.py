@@ -3,16 +3,19 @@
 Two kinds of items: *values* (bytes under their SHA-256 key) and *entries* (ints in the multimap
 set under a key). Each carries :class:`Meta`: when it expires, when this node must next republish
 it, whether we are its original publisher, whether it is only a cached copy, and which host sent it
-(for per-address quotas). Services (namespaces, /dht records) keep opaque *records* by kind and key.
-A durable store also keeps the routing table's contacts and the node's identity (``meta`` blobs).
+(for per-address quotas). Services (namespaces, /dht records) keep opaque *records* by kind and key,
+with the same :class:`Meta` (never a cached copy): a record stored without one (the node's own
+identity) never expires and is never republished. A durable store also keeps the routing table's
+contacts and the node's identity (``meta`` blobs).
 
 :class:`Store` is the interface the core talks to; :class:`MemoryStore` is the default and
 :class:`qadom.sqlite_store.SqliteStore` the durable one. Guarantees of every implementation:
 
 * a write that returns has been applied in full (and, for a durable store, committed); a write
-  that raises (:class:`~qadom.errors.StorageFull`) changed nothing;
+  that raises (:class:`~qadom.errors.StorageFull`, or InvalidArgument for a record's bad
+  :class:`Meta`) changed nothing;
 * an expired item is never returned once :meth:`Store.expire` has run past its expiry, and
-  :meth:`Store.get_value` with ``now`` never returns an expired value;
+  :meth:`Store.get_value` and :meth:`Store.get_record` with ``now`` never return an expired one;
 * quotas (:class:`Quotas`) hold at every moment.
 
 Eviction rule: a full store *refuses* new items rather than evicting stored ones, because an item
@@ -31,7 +34,7 @@ from typing import Any, Protocol
 
 from .config import Config
 from .contact import Contact
-from .errors import StorageFull
+from .errors import InvalidArgument, StorageFull
 
 ENTRY_SIZE = 32
 """Bytes a multimap entry counts for in quotas (its 256-bit value)."""
@@ -62,6 +65,83 @@ class Due:
     key: int
     item: bytes | int
     meta: Meta
+
+
+@dataclass(frozen=True, slots=True)
+class DueRecord:
+    """A service record whose republish time has come."""
+
+    kind: str
+    key: int
+    data: bytes
+    meta: Meta
+
+
+# ----------------------------------------------------------------------------- lifecycle rules
+# The bookkeeping of records follows the rules the node applies to values (paper section 2.5):
+# a TTL travels with every copy, storers republish hourly with what is left of it, the original
+# publisher every 24 hours with a fresh one.
+
+
+def published_meta(now: float, config: Config) -> Meta:
+    """The bookkeeping of an item we publish ourselves: a full lifetime, renewed every
+    ``publisher_republish_interval`` until forgotten."""
+    return Meta(now + config.expire_time, now + config.publisher_republish_interval,
+                original=True)
+
+
+def received_meta(old: Meta | None, ttl: int, now: float, config: Config, source: str, *,
+                  same: bool) -> Meta:
+    """The bookkeeping of a record that host ``source`` sent with ``ttl`` (positive) seconds to
+    live, when the live record we hold has ``old`` (None: we hold none).
+
+    Its lifetime is the TTL capped at ``expire_time``. When the record sent is the one we hold
+    (``same``) the lifetime we hold is never shortened and its first sender stays charged for
+    it; a new version lives by its own TTL and is charged to its sender. Receiving it counts as
+    this hour's republish. A record we publish ourselves keeps our schedule."""
+    if old is not None and old.original:
+        return old if same else replace(old, source=source)
+    expires = now + min(float(ttl), config.expire_time)
+    republish_at = now + config.republish_interval
+    if old is not None and same:
+        return Meta(max(expires, old.expires), republish_at, source=old.source)
+    return Meta(expires, republish_at, source=source)
+
+
+def republish_schedule(meta: Meta, now: float, config: Config) -> tuple[Meta, int]:
+    """The bookkeeping after republishing a record now, and the TTL to send with it (nothing is
+    sent below 1 s): a fresh lifetime from its original publisher, what is left of it from a
+    storer. A record kept with no expiry (stored before records had a lifecycle) gets a full one
+    from its first republish."""
+    if meta.original:
+        ttl = config.expire_time
+        return replace(meta, expires=now + ttl,
+                       republish_at=now + config.publisher_republish_interval), int(ttl)
+    if meta.expires == NEVER:
+        meta = replace(meta, expires=now + config.expire_time)
+    ttl = min(meta.expires - now, config.expire_time)
+    republish_at = now + config.republish_interval if ttl >= 1 else NEVER
+    return replace(meta, republish_at=republish_at), int(ttl)
+
+
+def remaining_ttl(meta: Meta | None, now: float, config: Config) -> int:
+    """What is left of a record's lifetime as a TTL to send (read repair): whole seconds, at
+    least 1 and at most ``expire_time``; a full lifetime for a record kept with no expiry."""
+    cap = int(config.expire_time)
+    if meta is None or meta.expires == NEVER:
+        return cap
+    return max(1, min(cap, int(meta.expires - now)))
+
+
+def record_meta(source: str, meta: Meta | None) -> Meta:
+    """The bookkeeping a :meth:`Store.put_record` call asks for (see there)."""
+    if meta is None:
+        return Meta(NEVER, source=source)
+    if meta.cached:
+        raise InvalidArgument("a service record is never a cached copy")
+    if source and source != meta.source:
+        raise InvalidArgument("give the source of a record with meta in its Meta")
+    return meta
 
 
 class Quotas:
@@ -188,24 +268,35 @@ class Store(Protocol):
         """Up to ``limit`` items whose republish time is at or before ``now``."""
         ...
 
+    def due_records(self, now: float, limit: int) -> list[DueRecord]:
+        """Up to ``limit`` service records whose republish time is at or before ``now``."""
+        ...
+
     def expire(self, now: float) -> int:
-        """Drop every item expired at ``now`` (original items excepted); returns how many."""
+        """Drop every item and record expired at ``now`` (original ones excepted); returns how
+        many."""
         ...
 
     def forget(self, key: int) -> bool:
-        """Stop republishing ``key`` as its original publisher (values and entries); the items
-        then expire as any other. True if anything was ours."""
+        """Stop republishing ``key`` as its original publisher (values, entries and records of
+        every kind); they then expire as any other. True if anything was ours."""
         ...
 
-    def get_record(self, kind: str, key: int) -> bytes | None:
-        """The record of ``kind`` (a service's name, e.g. ``"namespace"``) stored under ``key``."""
+    def get_record(self, kind: str, key: int, now: float | None = None) -> bytes | None:
+        """The record of ``kind`` (a service's name, e.g. ``"namespace"``) stored under ``key``
+        (with ``now``: unless it has expired)."""
         ...
 
-    def put_record(self, kind: str, key: int, data: bytes, now: float,
-                   source: str = "") -> None:
-        """Store (or replace) one service record sent by host ``source`` ("" when local).
-        Services check their own rules first. Records count against the total and per-host
-        quotas; StorageFull (nothing changed) past them."""
+    def record_meta(self, kind: str, key: int) -> Meta | None: ...
+
+    def put_record(self, kind: str, key: int, data: bytes, now: float, source: str = "",
+                   meta: Meta | None = None) -> None:
+        """Store (or replace) one service record with its bookkeeping ``meta``, whose ``source``
+        is the sending host ("" when local). Without ``meta`` the record has no lifecycle (it
+        never expires and is never republished) and is charged to ``source``. Services check
+        their own rules first. Records count against the total and per-host quotas; StorageFull
+        (nothing changed) past them. InvalidArgument for a cached ``meta`` or a ``source`` that
+        contradicts it."""
         ...
 
     def delete_record(self, kind: str, key: int) -> None: ...
@@ -235,7 +326,7 @@ class MemoryStore:
         self._values: dict[int, tuple[bytes, Meta]] = {}
         self._sets: dict[int, list[int]] = {}
         self._entries: dict[tuple[int, int], Meta] = {}
-        self._records: dict[tuple[str, int], tuple[bytes, str]] = {}  # data and its source
+        self._records: dict[tuple[str, int], tuple[bytes, Meta]] = {}
         self._contacts: list[Contact] = []
         self._meta: dict[str, bytes] = {}
 
@@ -299,6 +390,17 @@ class MemoryStore:
                     break
         return found
 
+    def due_records(self, now: float, limit: int) -> list[DueRecord]:
+        found: list[DueRecord] = []
+        if limit <= 0:
+            return found
+        for (kind, key), (data, meta) in self._records.items():
+            if meta.republish_at <= now:
+                found.append(DueRecord(kind, key, data, meta))
+                if len(found) >= limit:
+                    break
+        return found
+
     def expire(self, now: float) -> int:
         dead_values = [k for k, (_, m) in self._values.items() if _expired(m, now)]
         for key in dead_values:
@@ -306,7 +408,10 @@ class MemoryStore:
         dead_entries = [ke for ke, m in self._entries.items() if _expired(m, now)]
         for key, value in dead_entries:
             self._drop_entry(key, value)
-        return len(dead_values) + len(dead_entries)
+        dead_records = [kk for kk, (_, m) in self._records.items() if _expired(m, now)]
+        for kind, key in dead_records:
+            self.delete_record(kind, key)
+        return len(dead_values) + len(dead_entries) + len(dead_records)
 
     def forget(self, key: int) -> bool:
         mine = False
@@ -319,28 +424,40 @@ class MemoryStore:
             if meta.original:
                 self._entries[(key, value)] = replace(meta, original=False, republish_at=NEVER)
                 mine = True
+        for (kind, held_key), (data, meta) in self._records.items():
+            if held_key == key and meta.original:
+                self._records[(kind, key)] = (data, replace(meta, original=False,
+                                                            republish_at=NEVER))
+                mine = True
         return mine
 
     # ------------------------------------------------------------------ records, contacts, meta
 
-    def get_record(self, kind: str, key: int) -> bytes | None:
+    def get_record(self, kind: str, key: int, now: float | None = None) -> bytes | None:
         held = self._records.get((kind, key))
-        return None if held is None else held[0]
+        if held is None or (now is not None and _expired(held[1], now)):
+            return None
+        return held[0]
 
-    def put_record(self, kind: str, key: int, data: bytes, now: float,
-                   source: str = "") -> None:
+    def record_meta(self, kind: str, key: int) -> Meta | None:
+        held = self._records.get((kind, key))
+        return None if held is None else held[1]
+
+    def put_record(self, kind: str, key: int, data: bytes, now: float, source: str = "",
+                   meta: Meta | None = None) -> None:
+        meta = record_meta(source, meta)
         old = self._records.get((kind, key))
         if old is None:
-            self._make_room(source, len(data), False)
-            self.quotas.add(source, len(data))
+            self._make_room(meta.source, len(data), False)
+            self.quotas.add(meta.source, len(data))
         else:  # a newer version is charged to the host that sent it
-            self.quotas.replace(old[1], len(old[0]), source, len(data))
-        self._records[(kind, key)] = (data, source)
+            self.quotas.replace(old[1].source, len(old[0]), meta.source, len(data))
+        self._records[(kind, key)] = (data, meta)
 
     def delete_record(self, kind: str, key: int) -> None:
         old = self._records.pop((kind, key), None)
         if old is not None:
-            self.quotas.remove(old[1], len(old[0]))
+            self.quotas.remove(old[1].source, len(old[0]))
 
     def save_contacts(self, contacts: Iterable[Contact]) -> None:
         self._contacts = list(contacts)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from .call import Call
+from .contact import Address
 from .node import Node
 
 T = TypeVar("T")
@@ -45,7 +46,9 @@ class NodeProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
         # IPv6 sockets report (host, port, flowinfo, scope_id); the node keys peers by (host, port).
-        self.node.datagram_received(data, (str(addr[0]), int(addr[1])), self.now())
+        if len(addr) != 2:
+            addr = (str(addr[0]), int(addr[1]))
+        self.node.datagram_received(data, cast(Address, addr), self.loop.time() + self._offset)
         self.flush()
 
     def error_received(self, exc: Exception) -> None:
@@ -68,6 +71,8 @@ class NodeProtocol(asyncio.DatagramProtocol):
             return
         for data, address in out:
             transport.sendto(data, address)
+        if self._timer is not None and not self.node.timer_changed:
+            return  # the armed timer is no later than the node's next deadline
         deadline = self.node.get_timer()
         if deadline is None:
             return

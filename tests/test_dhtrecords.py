@@ -43,10 +43,10 @@ from qadom.errors import (
     Unauthorized,
     ValueTooLarge,
 )
-from qadom.messages import Envelope, Stored
+from qadom.messages import Envelope, Error, ErrorCode, Stored
 from qadom.node import Node
 from qadom.sim import SimNetwork
-from qadom.storage import MemoryStore
+from qadom.storage import NEVER, MemoryStore, Meta
 
 from helpers import EXAMPLE
 
@@ -325,3 +325,169 @@ def test_a_put_that_every_holder_refuses_as_full_fails() -> None:
         network.run_call(network.call(writer, writer.dht_records.put,
                                       write(ALICE, "k", "too much")))
     assert all(n.store.get_record(RECORD_KIND, storage_key("k")) is None for n in holders_)
+
+
+# ---------------------------------------------------------------------------- lifecycle
+
+HOUR = 3600.0
+LIFE = Config(k=5)
+TICK = LIFE.maintenance_interval
+
+
+def test_a_dht_put_ttl_is_checked_and_a_republish_only_fills() -> None:
+    node = Node(config=LIFE)
+    address = ("127.0.0.9", 1)
+    skey = storage_key("t")
+    for republish in (False, True):  # a ttl of 0 stores nothing
+        reply = node.dht_records._handle_put(
+            DhtPut(encode_record(write(ALICE, "t", "v")), 0, republish), None, address, 0.0)
+        assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST
+    assert node.store.stats()["records"] == 0
+    # A republished CONTROLLED record of two entries fills a node that has none...
+    both = apply_write(None, write(ALICE, "t", "a", CONTROLLED), 0, CONFIG)
+    both = apply_write(both, write(BOB, "t", "b", CONTROLLED), 0, CONFIG)
+    reply = node.dht_records._handle_put(DhtPut(encode_record(both), 600, True), None, address,
+                                         0.0)
+    assert isinstance(reply, Stored) and load(node.store, skey, CONFIG) == both
+    assert node.store.record_meta(RECORD_KIND, skey) == Meta(600.0, HOUR, source="127.0.0.9")
+    # ...each of its entries checked as a write: a forged one is refused.
+    forged = replace(both, entries=(both.entries[0], replace(both.entries[1], data="lie")))
+    other = Node(config=LIFE)
+    reply = other.dht_records._handle_put(DhtPut(encode_record(forged), 600, True), None,
+                                          address, 0.0)
+    assert isinstance(reply, DhtRefused) and reply.code == RefusedCode.UNAUTHORIZED
+    assert other.store.stats()["records"] == 0
+    # Holding every entry sent, a republish renews the lifetime (never shortening it).
+    alone = apply_write(None, write(ALICE, "t", "a", CONTROLLED), 0, CONFIG)
+    node.dht_records._handle_put(DhtPut(encode_record(alone), 900, True), None, address, 100.0)
+    assert node.store.record_meta(RECORD_KIND, skey) == Meta(1000.0, 100 + HOUR,
+                                                             source="127.0.0.9")
+    assert load(node.store, skey, CONFIG) == both  # the record itself did not change
+    # A record with an entry we do not hold changes nothing at all.
+    newer = apply_write(None, write(ALICE, "t", "a2", CONTROLLED), 0, CONFIG)
+    node.dht_records._handle_put(DhtPut(encode_record(newer), 5000, True), None, address, 200.0)
+    assert load(node.store, skey, CONFIG) == both
+    assert node.store.record_meta(RECORD_KIND, skey) == Meta(1000.0, 100 + HOUR,
+                                                             source="127.0.0.9")
+    # A client's write keeps today's rules: it lands on the record with its own TTL.
+    node.dht_records._handle_put(DhtPut(encode_record(write(ALICE, "t", "a3", CONTROLLED)), 50),
+                                 None, address, 300.0)
+    held = load(node.store, skey, CONFIG)
+    assert held is not None and [e.data for e in held.entries] == ["a3", "b"]
+    assert node.store.record_meta(RECORD_KIND, skey) == Meta(350.0, 300 + HOUR,
+                                                             source="127.0.0.9")
+    assert node.dht_records.local("t", 350.0) is None  # its lifetime is over
+
+
+def dht_holders(nodes: list[Node], key: str) -> list[Node]:
+    return [n for n in nodes if n.store.get_record(RECORD_KIND, storage_key(key)) is not None]
+
+
+def test_sim_storers_carry_a_dht_record_through_churn_then_it_expires() -> None:
+    network = SimNetwork(seed=41, config=LIFE)
+    nodes = network.add_nodes(20)
+    publisher = nodes[4]
+    network.run_call(network.call(publisher, publisher.dht_records.put,
+                                  write(ALICE, "churn", "kept")))
+    published = network.now
+    network.remove(publisher)
+    others = [n for n in nodes if n is not publisher]
+    first = dht_holders(others, "churn")
+    assert len(first) == LIFE.k
+    skey = storage_key("churn")
+    newcomers = []
+    for i in range(3):
+        node = network.add_node(node_id=skey ^ (i + 1))
+        network.run_call(network.call(node, node.bootstrap, [network.address_of(others[0])]))
+        newcomers.append(node)
+    network.run_for(HOUR + 2 * TICK)
+    assert dht_holders(newcomers, "churn") == newcomers  # filled by the storers' republish
+    for node in newcomers:
+        meta = node.store.record_meta(RECORD_KIND, skey)
+        assert meta is not None and abs(meta.expires - (published + 24 * HOUR)) < 5
+    for node in first:
+        network.remove(node)
+    rest = [n for n in others if n not in first]
+    network.run_for(5 * HOUR)
+    reader = rest[0]
+    got = network.run_call(network.call(reader, reader.dht_records.get, "churn"))
+    assert got.entries[0].data == "kept"
+    network.run_for(published + 24 * HOUR + 2 * TICK - network.now)
+    assert dht_holders(rest + newcomers, "churn") == []
+    with pytest.raises(NotFoundError):
+        network.run_call(network.call(reader, reader.dht_records.get, "churn"))
+
+
+def test_sim_the_putter_renews_a_dht_record_every_24_hours_until_it_forgets_it() -> None:
+    network = SimNetwork(seed=42, config=LIFE)
+    nodes = network.add_nodes(14)
+    publisher = nodes[1]
+    network.run_call(network.call(publisher, publisher.dht_records.put,
+                                  write(ALICE, "long", "lived")))
+    others = [n for n in nodes if n is not publisher]
+    network.run_for(47 * HOUR)
+    assert len(dht_holders(others, "long")) >= LIFE.k
+    assert publisher.stats["republished"] >= 1
+    reader = others[-1]
+    got = network.run_call(network.call(reader, reader.dht_records.get, "long"))
+    assert got.entries[0].data == "lived"
+    assert publisher.dht_records.forget("long") is True
+    assert publisher.dht_records.forget("long") is False
+    network.run_for(26 * HOUR)
+    assert dht_holders(nodes, "long") == []
+
+
+def test_sim_a_dht_record_whose_entries_all_expired_is_dropped_everywhere() -> None:
+    network = SimNetwork(seed=43, config=LIFE)
+    nodes = network.add_nodes(14)
+    publisher = nodes[0]
+    ends = network.now + 2 * HOUR
+    network.run_call(network.call(publisher, publisher.dht_records.put,
+                                  write(ALICE, "brief", "v", exp_time=ends)))
+    network.run_call(network.call(nodes[1], nodes[1].dht_records.put,
+                                  write(ALICE, "lasting", "v", CONTROLLED)))
+    network.run_call(network.call(nodes[1], nodes[1].dht_records.put,
+                                  write(BOB, "lasting", "w", CONTROLLED, exp_time=ends)))
+    assert publisher in dht_holders(nodes, "brief")
+    assert len(dht_holders(nodes, "brief")) >= LIFE.k
+    network.run_for(ends + 2 * TICK - network.now)
+    assert dht_holders(nodes, "brief") == []  # the putter's own copy too
+    lasting = dht_holders(nodes, "lasting")  # one entry never expires: the record stays
+    assert len(lasting) >= LIFE.k
+    reader = nodes[-1]
+    got = network.run_call(network.call(reader, reader.dht_records.get, "lasting"))
+    assert [e.data for e in got.entries] == ["v"]
+
+
+def test_sim_a_republished_older_dht_record_fills_but_never_replaces() -> None:
+    network = SimNetwork(seed=44, config=LIFE)
+    nodes = network.add_nodes(16)
+    skey = storage_key("fill")
+    network.run_call(network.call(nodes[0], nodes[0].dht_records.put,
+                                  write(ALICE, "fill", "v1")))
+    old = encode_record(write(ALICE, "fill", "v1"))
+    network.run_call(network.call(nodes[1], nodes[1].dht_records.put,
+                                  write(ALICE, "fill", "v2")))
+    closest = sorted(nodes, key=lambda n: n.id ^ skey)[:LIFE.k]
+    lagging = next(n for n in nodes[2:] if n not in closest)
+    # A storer that missed the update republishes v1 now, with 20 hours left.
+    lagging.store.put_record(RECORD_KIND, skey, old, network.now,
+                             meta=Meta(network.now + 20 * HOUR, network.now, source="10.9.9.9"))
+    blank = closest[-1]
+    blank.store.delete_record(RECORD_KIND, skey)
+    kept = closest[:-1]
+    before = [(n.store.get_record(RECORD_KIND, skey), n.store.record_meta(RECORD_KIND, skey))
+              for n in kept]
+    assert all(load(n.store, skey, CONFIG).entries[0].data == "v2"  # type: ignore[union-attr]
+               for n in kept)
+    republished_at = network.now
+    network.run_for(TICK + 5)
+    assert lagging.stats["republished"] == 1
+    after = [(n.store.get_record(RECORD_KIND, skey), n.store.record_meta(RECORD_KIND, skey))
+             for n in kept]
+    assert after == before  # no replica rolled back, none changed its lifecycle
+    filled = load(blank.store, skey, CONFIG)
+    assert filled is not None and filled.entries[0].data == "v1"  # it had none: filled
+    meta = blank.store.record_meta(RECORD_KIND, skey)
+    assert meta is not None and not meta.original and meta.republish_at != NEVER
+    assert abs(meta.expires - (republished_at + 20 * HOUR)) < 5

@@ -336,6 +336,18 @@ async def test_ping_bootstrap_refresh(clients: Clients) -> None:
                    "addresses[0].port")
 
 
+async def test_bootstrap_address_limit_comes_from_config() -> None:
+    config = replace(FAST, http_max_bootstrap_addresses=2)
+    async with Peer(config=config) as peer, TestClient(TestServer(make_app(peer))) as client:
+        three = [{"host": "127.0.0.1", "port": port} for port in (1, 2, 3)]
+        message = await error_of(await client.post("/bootstrap", json={"addresses": three}),
+                                 400, "addresses")
+        assert "at most 2" in message
+        schema = (await (await client.get("/openapi.json")).json())["components"]["schemas"]
+        assert schema["Bootstrap"]["properties"]["addresses"]["maxItems"] == 2
+        assert peer.stats.get("requests_out", 0) == 0  # the refused request sent nothing
+
+
 async def test_unanswered_network_operations_give_502_and_504() -> None:
     async with Peer(config=FAST) as peer, TestClient(TestServer(make_app(peer))) as client:
         silent = await asyncio.get_running_loop().create_datagram_endpoint(

@@ -52,8 +52,9 @@ def test_the_key_of_sudo_python() -> None:
 def test_parse_address() -> None:
     assert parse_address("127.0.0.1:9999") == ("127.0.0.1", 9999)
     assert parse_address("[::1]:9996") == ("::1", 9996)
-    assert parse_address(("localhost", 0)) == ("localhost", 0)
-    for bad in ("127.0.0.1", ":9999", "host:port", "h:70000", ("h", -1), ("h", True)):
+    assert parse_address(("localhost", 1)) == ("localhost", 1)
+    for bad in ("127.0.0.1", ":9999", "host:port", "h:70000", ("h", -1), ("h", True),
+                "127.0.0.1:0", ("localhost", 0)):  # port 0 names no peer to reach
         with pytest.raises(InvalidArgument):
             parse_address(bad)
     for wrong in (9999, ("h", 1, 2), ("", 1), (b"h", 1)):
@@ -78,6 +79,8 @@ def test_script_options_arguments_then_environment_then_defaults() -> None:
         script_options("t", port=9999, argv=[], environ={"QADOM_PORT": "ninety"})
     with pytest.raises(InvalidArgument):
         script_options("t", port=9999, argv=["--port", "70000"], environ={})
+    with pytest.raises(InvalidArgument):  # a bootstrap peer cannot be at port 0
+        script_options("t", port=9999, argv=["--bootstrap", "127.0.0.1:0"], environ={})
 
 
 @pytest.fixture

@@ -281,3 +281,27 @@ def test_answered_requests_and_finished_probes_leave_no_timer_to_wake_for() -> N
     assert deadline is not None and deadline - net.now > 2 * CONFIG.rpc_timeout_max
     reader.handle_timer(net.now + CONFIG.rpc_timeout_max)  # and nothing fires meanwhile
     assert reader.stats["probes_hedged"] == 0 and reader.stats["retries"] == 0
+
+
+def test_timer_changed_says_when_a_driver_must_ask_for_the_deadline_again() -> None:
+    client = Node(rng=random.Random(1), now=0.0)
+    server = Node(rng=random.Random(2), now=0.0)
+    a, b = ("10.0.0.1", 1), ("10.0.0.2", 2)
+    first = client.get_timer()
+    assert not client.timer_changed and first == CONFIG.maintenance_interval
+    call = client.ping(b, 1.0)  # an operation deadline and a retransmission timer
+    assert client.timer_changed
+    armed = client.get_timer()
+    assert armed is not None and armed < first and not client.timer_changed
+    for data, _ in client.datagrams_to_send():
+        server.datagram_received(data, a, 1.0)
+    for data, _ in server.datagrams_to_send():
+        client.datagram_received(data, b, 1.0)
+    assert call.done
+    # The answer only took timers away: what the driver armed is still early enough...
+    assert not client.timer_changed
+    later = client.get_timer()
+    assert later is not None and later >= armed
+    # ...and a timer added by any path is reported.
+    client.schedule(2.0, lambda now: None)
+    assert client.timer_changed and client.get_timer() == 2.0

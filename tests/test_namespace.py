@@ -46,6 +46,7 @@ from qadom.namespace import (
     supersedes,
 )
 from qadom.sim import SimNetwork
+from qadom.storage import NEVER, Meta
 
 from helpers import FAST, udp_network, wait_until
 
@@ -148,17 +149,23 @@ def test_stored_form_round_trips_and_rejects_garbage() -> None:
 def test_wire_messages_fit_a_datagram_and_are_checked() -> None:
     codec = Codec(Config())
     record = signed(3, 2**63 - 1, b"x" * 8192)
-    for message in (NamespaceStore.of(record), NamespaceFind(record.storage_key), NamespaceStored(),
+    for message in (NamespaceStore.of(record), NamespaceStore.of(record, 2**64 - 1),
+                    NamespaceFind(record.storage_key), NamespaceStored(),
                     NamespaceFound(record.public_key, record.key, record.seq, record.value,
-                                   record.signature, ())):
+                                   record.signature, (), 2**64 - 1)):
         data = codec.encode(Envelope(1, 2, message))
         assert codec.decode(data).message == message
-    bad = cbor2.dumps([1, 8, 1, None, [PUBLIC[:31], bytes(32), 0, b"", bytes(64)]])
+    assert codec.decode(cbor2.dumps([1, 8, 1, None, [PUBLIC, bytes(32), 0, b"", bytes(64), 60]])
+                        ).message == NamespaceStore(PUBLIC, 0, 0, b"", bytes(64), 60)
+    bad = cbor2.dumps([1, 8, 1, None, [PUBLIC[:31], bytes(32), 0, b"", bytes(64), 60]])
     with pytest.raises(ProtocolError):
         codec.decode(bad)
-    too_high = cbor2.dumps([1, 8, 1, None, [PUBLIC, bytes(32), 2**63, b"", bytes(64)]])
+    too_high = cbor2.dumps([1, 8, 1, None, [PUBLIC, bytes(32), 2**63, b"", bytes(64), 60]])
     with pytest.raises(ProtocolError):
         codec.decode(too_high)
+    without_ttl = cbor2.dumps([1, 8, 1, None, [PUBLIC, bytes(32), 0, b"", bytes(64)]])
+    with pytest.raises(ProtocolError):  # the ttl is part of the message
+        codec.decode(without_ttl)
 
 
 def test_identity_generate_save_load_sign(tmp_path: Path) -> None:
@@ -303,6 +310,178 @@ def test_sim_read_repair_updates_stale_replicas() -> None:
     assert reader.stats["namespace_repairs"] >= SIM_CONFIG.k - 2
 
 
+# ============================================================================= lifecycle
+
+HOUR = 3600.0
+TICK = SIM_CONFIG.maintenance_interval
+
+
+def holding(nodes: list[Node], skey: int) -> list[Node]:
+    return [n for n in nodes if n.store.get_record(RECORD_KIND, skey) is not None]
+
+
+def test_sim_storers_carry_a_record_through_churn_then_it_expires_with_its_ttl() -> None:
+    net, nodes = sim_network(24, seed=21)
+    publisher = nodes[3]
+    record = signed(31, 0, b"churned")
+    skey = record.storage_key
+    net.run_call(net.call(publisher, publisher.namespace.set, record))
+    published = net.now
+    net.remove(publisher)  # nobody renews the lifetime
+    others = [n for n in nodes if n is not publisher]
+    first = holding(others, skey)
+    assert len(first) == SIM_CONFIG.k
+    # Newcomers whose ids are the closest of all to the storage key join; nobody stores to them.
+    newcomers = []
+    for i in range(3):
+        node = net.add_node(node_id=skey ^ (i + 1))
+        net.run_call(net.call(node, node.bootstrap, [net.address_of(others[0])]))
+        newcomers.append(node)
+    assert holding(newcomers, skey) == []
+    net.run_for(HOUR + 2 * TICK)
+    assert holding(newcomers, skey) == newcomers  # the storers' hourly republish reached them
+    for node in newcomers:
+        meta = node.store.record_meta(RECORD_KIND, skey)
+        assert meta is not None and not meta.original
+        assert abs(meta.expires - (published + 24 * HOUR)) < 5  # what was left of the TTL
+    # Every original replica leaves: the record lives on through the newcomers' republish.
+    for node in first:
+        net.remove(node)
+    rest = [n for n in others if n not in first]
+    net.run_for(5 * HOUR)
+    assert len(holding(rest + newcomers, skey)) >= SIM_CONFIG.k
+    reader = rest[0]
+    assert net.run_call(net.call(reader, reader.namespace.get, PUBLIC, 31)) == record
+    # Its publisher is gone: 24 hours after publication it has expired everywhere.
+    net.run_for(published + 24 * HOUR + 2 * TICK - net.now)
+    assert holding(rest + newcomers, skey) == []
+    assert sum(n.stats["expired"] for n in rest + newcomers) >= SIM_CONFIG.k
+    with pytest.raises(NotFoundError):
+        net.run_call(net.call(reader, reader.namespace.get, PUBLIC, 31))
+
+
+def test_sim_the_publisher_renews_a_record_every_24_hours_until_it_forgets_it() -> None:
+    net, nodes = sim_network(16, seed=22)
+    publisher = nodes[2]
+    record = signed(32, 0, b"renewed")
+    skey = record.storage_key
+    net.run_call(net.call(publisher, publisher.namespace.set, record))
+    others = [n for n in nodes if n is not publisher]
+    net.run_for(47 * HOUR)  # past the first lifetime: renewed at 24 h
+    assert len(holding(others, skey)) >= SIM_CONFIG.k
+    assert publisher.stats["republished"] >= 1
+    meta = publisher.store.record_meta(RECORD_KIND, skey)
+    assert meta is not None and meta.original and meta.expires > net.now
+    reader = others[-1]
+    assert net.run_call(net.call(reader, reader.namespace.get, PUBLIC, 32)) == record
+    assert publisher.namespace.forget(PUBLIC, 32) is True
+    assert publisher.namespace.forget(PUBLIC, 32) is False
+    assert reader.namespace.forget(PUBLIC, 32) is False  # not its publisher
+    net.run_for(26 * HOUR)  # a lifetime after the last renewal: gone, here too
+    assert holding(nodes, skey) == []
+
+
+def test_sim_read_repair_carries_the_remaining_ttl() -> None:
+    net, nodes = sim_network(seed=23)
+    reader = nodes[11]
+    record = signed(33, 0, b"repair me")
+    skey = record.storage_key
+    net.run_call(net.call(nodes[0], nodes[0].namespace.set, record))
+    published = net.now
+    net.run_for(5.5 * HOUR)  # between two hourly republishes
+    replicas = closest_to(nodes, skey, SIM_CONFIG.k, exclude=reader)
+    found = replicas[0].namespace._handle_find(NamespaceFind(skey), None, ("127.0.0.1", 9),
+                                               net.now)
+    assert isinstance(found, NamespaceFound)
+    assert abs(found.ttl - (published + 24 * HOUR - net.now)) < 5  # what is left there
+    blank = replicas[-1]
+    blank.store.delete_record(RECORD_KIND, skey)
+    repairs = reader.stats["namespace_repairs"]
+    assert net.run_call(net.call(reader, reader.namespace.get, PUBLIC, 33)) == record
+    net.run_for(5)
+    assert reader.stats["namespace_repairs"] > repairs
+    meta = blank.store.record_meta(RECORD_KIND, skey)
+    assert meta is not None and not meta.original
+    assert abs(meta.expires - (published + 24 * HOUR)) < 5  # not a fresh 24 hours
+
+
+def test_sim_an_older_seq_republished_is_refused_and_changes_nothing() -> None:
+    net, nodes = sim_network(seed=24)
+    v0, v1 = signed(34, 0, b"old"), signed(34, 1, b"new")
+    skey = v0.storage_key
+    far = sorted(nodes, key=lambda n: n.id ^ skey)
+    publisher, writer = far[-1], far[-2]  # neither is a replica
+    net.run_call(net.call(publisher, publisher.namespace.set, v0))
+    net.run_call(net.call(writer, writer.namespace.set, v1))
+    replicas = closest_to(nodes, skey, SIM_CONFIG.k)
+    assert all(r.namespace.local(skey) == v1 for r in replicas)
+    assert publisher.namespace.local(skey) == v0
+
+    def state() -> list[object]:
+        return [(r.store.get_record(RECORD_KIND, skey), r.store.record_meta(RECORD_KIND, skey),
+                 r.stats["namespace_refused"]) for r in replicas]
+
+    before = state()
+    # The publisher's daily republish of v0 comes now.
+    meta = publisher.store.record_meta(RECORD_KIND, skey)
+    assert meta is not None and meta.original
+    publisher.store.put_record(RECORD_KIND, skey, v0.to_bytes(), net.now,
+                               meta=dataclasses.replace(meta, republish_at=net.now))
+    net.run_for(TICK + 5)
+    assert publisher.stats["republished"] == 1
+    after = state()
+    # Each replica refused it as stale and kept its record and its lifecycle.
+    assert [a[:2] for a in after] == [b[:2] for b in before]
+    assert [a[2] - b[2] for a, b in zip(after, before, strict=True)] == [1] * SIM_CONFIG.k
+
+
+def test_a_namespace_store_ttl_is_positive_capped_and_never_shortens() -> None:
+    node = Node(config=SIM_CONFIG)
+    address = ("127.0.0.9", 1)
+    record = signed(35, 0, b"v")
+    skey = record.storage_key
+    refused = node.namespace._handle_store(NamespaceStore.of(record, 0), None, address, 0.0)
+    assert isinstance(refused, Error) and refused.code == ErrorCode.BAD_REQUEST
+    assert node.store.get_record(RECORD_KIND, skey) is None and node.store.stats()["records"] == 0
+    assert isinstance(node.namespace._handle_store(NamespaceStore.of(record, 2**64 - 1), None,
+                                                   address, 0.0), NamespaceStored)
+    meta = node.store.record_meta(RECORD_KIND, skey)
+    assert meta is not None and meta.expires == SIM_CONFIG.expire_time  # capped
+    assert meta.republish_at == SIM_CONFIG.republish_interval and meta.source == "127.0.0.9"
+    # The same record with less left: the lifetime held stays; the republish moves an hour on.
+    node.namespace._handle_store(NamespaceStore.of(record, 60), None, address, 100.0)
+    meta = node.store.record_meta(RECORD_KIND, skey)
+    assert meta is not None and meta.expires == SIM_CONFIG.expire_time
+    assert meta.republish_at == 100.0 + SIM_CONFIG.republish_interval
+    # A newer version lives by its own TTL.
+    newer = signed(35, 1, b"w")
+    node.namespace._handle_store(NamespaceStore.of(newer, 60), None, address, 200.0)
+    meta = node.store.record_meta(RECORD_KIND, skey)
+    assert node.namespace.local(skey) == newer and meta is not None and meta.expires == 260.0
+    assert node.namespace.local(skey, 260.0) is None  # expired, even before the sweep
+    found = node.namespace._handle_find(NamespaceFind(skey), None, address, 250.0)
+    assert isinstance(found, NamespaceFound) and found.ttl == 10
+    assert isinstance(node.namespace._handle_find(NamespaceFind(skey), None, address, 260.0),
+                      Nodes)
+
+
+def test_a_maintenance_tick_shares_its_republish_batch_with_records() -> None:
+    config = dataclasses.replace(SIM_CONFIG, republish_batch=4)
+    node = Node(config=config, now=0.0)
+    for i in range(10):
+        node.store.put_value(i, bytes([i]), Meta(expires=1e9, republish_at=30.0))
+        record = signed(i, 0, b"r")
+        node.store.put_record(RECORD_KIND, record.storage_key, record.to_bytes(), 0.0,
+                              meta=Meta(expires=1e9, republish_at=30.0, source="10.0.0.1"))
+    node.handle_timer(config.maintenance_interval)
+    assert node.stats["republished"] == 4
+    values = [node.store.value_meta(i) for i in range(10)]
+    records = [node.store.record_meta(RECORD_KIND, signed(i, 0, b"r").storage_key)
+               for i in range(10)]
+    assert sum(m is not None and m.republish_at > 30.0 for m in values) == 2
+    assert sum(m is not None and m.republish_at > 30.0 for m in records) == 2
+
+
 # ============================================================================= real UDP
 
 UDP_CONFIG = dataclasses.replace(FAST, k=8)
@@ -434,6 +613,24 @@ async def test_peer_namespace_arguments_are_checked_before_anything_is_stored() 
         with pytest.raises(InvalidType):
             await peer.namespace_get("key", 1)  # type: ignore[arg-type]
         assert peer.node.store.stats() == before
+
+
+async def test_peer_namespace_forget_stops_our_republishing() -> None:
+    async with udp_network(3, config=UDP_CONFIG) as peers:
+        record = signed(56, 0, b"mine")
+        await peers[1].namespace_set(PUBLIC, record.signature, 56, record.value)
+        skey = record.storage_key
+        meta = peers[1].node.store.record_meta(RECORD_KIND, skey)
+        assert meta is not None and meta.original
+        replica = peers[2].node.store.record_meta(RECORD_KIND, skey)
+        assert replica is not None and not replica.original
+        assert peers[2].namespace_forget(PUBLIC, 56) is False  # a replica, not its publisher
+        assert peers[1].namespace_forget(PUBLIC, 56) is True
+        assert peers[1].namespace_forget(PUBLIC, 56) is False
+        meta = peers[1].node.store.record_meta(RECORD_KIND, skey)
+        assert meta is not None and not meta.original and meta.republish_at == NEVER
+        with pytest.raises(InvalidArgument):
+            peers[1].namespace_forget(PUBLIC[:31], 56)
 
 
 def test_nodes_reply_when_nothing_is_stored() -> None:

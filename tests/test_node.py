@@ -101,6 +101,23 @@ def test_spoofed_sender_never_enters_the_table() -> None:
     assert a.stats["wrong_id"] == 1
 
 
+def test_a_requester_from_a_network_that_holds_its_share_is_not_verified() -> None:
+    node = Node(node_id=0, now=0.0)
+    codec = Codec(CONFIG)
+    for i in range(CONFIG.max_table_contacts_per_prefix):  # one /24 fills its table share
+        node.table.seen(Contact((i + 1) << 240, (f"1.2.3.{i + 1}", 4000)))
+    newcomer = (200 << 240) + 5
+    node.datagram_received(codec.encode(Envelope(1, newcomer, Ping())), ("1.2.3.200", 4000), 0.0)
+    sent = node.datagrams_to_send()
+    assert [codec.decode(data).message for data, _ in sent] == [Pong()]  # the answer, no PING
+    assert node.stats["verify_skipped"] == 1 and newcomer not in node.table
+    # The same request from another network is verified as usual.
+    node.datagram_received(codec.encode(Envelope(2, newcomer + 1, Ping())), ("5.6.7.8", 4000),
+                           0.0)
+    kinds = [type(codec.decode(data).message) for data, _ in node.datagrams_to_send()]
+    assert kinds == [Pong, Ping]
+
+
 def test_get_refuses_a_wrong_value_and_drops_the_liar() -> None:
     net, nodes = network(30, seed=5)
     value = b"the truth"

@@ -154,3 +154,101 @@ def test_nearest_is_the_closest_contact(own: int, ids: list[int], targets: list[
     for target in targets:
         found = table.closest(target, 1)
         assert table.nearest(target) == (found[0] if found else None)
+
+
+# ---------------------------------------------------------------- network diversity (eclipse)
+
+NETWORKS = ["1.2.3.", "1.2.4.", "5.6.7.", "2a00:1450:4001:811::", "10.0.0.", "127.0.0."]
+
+
+def on_network(node_id: int, network: str, host: int) -> Contact:
+    return Contact(node_id, (f"{network}{host}", 4000))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, ID_SPACE - 1),
+       st.lists(st.tuples(st.sampled_from(["seen", "failed", "remove"]),
+                          st.integers(0, ID_SPACE - 1), st.sampled_from(NETWORKS),
+                          st.integers(1, 250)), max_size=300),
+       st.integers(1, 8), st.integers(0, 3), st.integers(0, 6))
+def test_diversity_limits_hold_under_random_operations(
+        own: int, ops: list[tuple[str, int, str, int]], k: int, per_bucket: int,
+        per_table: int) -> None:
+    table = RoutingTable(own, k=k, replacement_cache_size=3, stale_failures=2,
+                         max_bucket_per_prefix=per_bucket, max_table_per_prefix=per_table)
+    known: list[int] = []
+    for op, node_id, network, host in ops:
+        if op != "seen" and known:
+            node_id = known[node_id % len(known)]
+        if op == "seen":
+            asked = table.seen(on_network(node_id, network, host))
+            if asked is not None and host % 2:  # the oldest did not answer its ping
+                table.failed(asked.id)
+            known.append(node_id)
+        elif op == "failed":
+            table.failed(node_id)
+        else:
+            table.remove(node_id)
+        table.check_invariants()  # the limits and the per-network counts included
+
+
+def test_one_public_network_gets_two_contacts_per_bucket_and_ten_in_all() -> None:
+    rng = random.Random(7)
+    own = rng.getrandbits(256)
+    table = RoutingTable(own, k=20, max_bucket_per_prefix=2, max_table_per_prefix=10)
+    # An attacker with 500 ids, all near our own id (to eclipse us), on one /24.
+    for i in range(500):
+        table.seen(on_network(own ^ rng.getrandbits(200), "1.2.3.", i % 250 + 1))
+    assert len(table) <= 10
+    for bucket in table.buckets:
+        assert len(bucket.contacts) <= 2
+    assert table.prefix_refused >= 490
+    # Honest peers on distinct networks still get in, right where the attacker aimed.
+    refused = table.prefix_refused
+    honest = [on_network(own ^ rng.getrandbits(200), f"9.{i}.1.", 1) for i in range(40)]
+    for peer in honest:
+        table.seen(peer)
+    assert table.prefix_refused == refused  # none refused for its network
+    kept = sum(1 for peer in honest if peer.id in table)
+    assert kept >= 30 and len(table) - kept <= 10  # the attacker holds ten slots at most
+    table.check_invariants()
+
+
+def test_ipv6_networks_are_limited_by_their_64() -> None:
+    table = RoutingTable(0, k=20, max_bucket_per_prefix=2, max_table_per_prefix=3)
+    same = [Contact(ID_SPACE - 1 - i, (f"2a00:1450:4001:811::{i + 1:x}", 1)) for i in range(5)]
+    other = Contact(ID_SPACE - 100, ("2a00:1450:4001:812::1", 1))  # another /64
+    for peer in [*same, other]:
+        table.seen(peer)
+    assert [peer.id in table for peer in same] == [True, True, False, False, False]
+    assert other.id in table
+
+
+def test_loopback_and_private_networks_are_not_limited() -> None:
+    table = RoutingTable(0, k=20, max_bucket_per_prefix=2, max_table_per_prefix=10)
+    for i in range(15):
+        table.seen(on_network(ID_SPACE - 1 - i, "127.0.0.", i + 1))
+        table.seen(on_network(ID_SPACE // 2 - 1 - i, "192.168.1.", i + 1))
+    assert len(table) == 30 and table.prefix_refused == 0
+
+
+def test_a_replacement_over_the_limit_is_not_promoted() -> None:
+    table = RoutingTable(0, k=2, replacement_cache_size=4, max_bucket_per_prefix=1)
+    first, second = on_network(ID_SPACE - 1, "1.2.3.", 1), on_network(ID_SPACE - 2, "5.6.7.", 1)
+    for peer in (first, second):
+        table.seen(peer)
+    # Fill our own half so the far bucket may not split.
+    table.seen(on_network(1, "8.8.1.", 1))
+    table.seen(on_network(2, "8.8.2.", 1))
+    queued_ok = on_network(ID_SPACE - 3, "9.9.9.", 1)
+    table.seen(queued_ok)  # bucket full: queued as a replacement
+    assert queued_ok.id not in table
+    table.remove(first.id)  # the newest allowed replacement takes the slot
+    assert queued_ok.id in table
+    table.remove(queued_ok.id)
+    # 5.6.7.x holds the bucket's one slot for its network: a second one from there is refused
+    # outright, as a contact or as a replacement.
+    assert table.seen(on_network(ID_SPACE - 4, "5.6.7.", 2)) is None
+    assert ID_SPACE - 4 not in table and table.prefix_refused == 1
+    assert table.has_room_for(ID_SPACE - 5) and not table.has_room_for(ID_SPACE - 5, "5.6.7.9")
+    table.check_invariants()

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import random
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import cbor2
 import pytest
+from nacl.signing import SigningKey
 
-from qadom import Config
+from qadom import Config, NamespaceRecord, Node
 from qadom.contact import Contact
-from qadom.errors import StorageFull
+from qadom.dhtrecords import SECURED, Record, encode_record, make_entry
+from qadom.dhtrecords import storage_key as dht_key
+from qadom.errors import InvalidArgument, StorageFull
+from qadom.ids import id_to_bytes
 from qadom.sqlite_store import SqliteStore
 from qadom.storage import ENTRY_SIZE, NEVER, MemoryStore, Meta, Quotas, Store
 
@@ -193,8 +199,8 @@ def recount(store: Store) -> tuple[int, int, int, int, dict[str, list[int]]]:
             quotas.add(meta.source, len(value), meta.cached)
         for (_, _), meta in store._entries.items():
             quotas.add(meta.source, ENTRY_SIZE)
-        for data, source in store._records.values():
-            quotas.add(source, len(data))
+        for data, meta in store._records.values():
+            quotas.add(meta.source, len(data))
     return (quotas.total_bytes, quotas.total_items, quotas.cached_bytes, quotas.cached_items,
             {s: u for s, u in quotas._by_source.items() if u[1]})
 
@@ -218,8 +224,13 @@ def test_quota_accounting_never_drifts(make_store: type) -> None:
                 store.add_entry(rng.randrange(5), rng.randrange(20),
                                 Meta(expires=float(rng.randrange(100)), source=source))
             elif op < 0.85:
-                store.put_record("r", rng.randrange(10), b"x" * rng.choice([10, 300]), 0.0,
-                                 source)
+                data = b"x" * rng.choice([10, 300])
+                if rng.random() < 0.5:  # with a lifecycle: expiry frees its room
+                    store.put_record("r", rng.randrange(10), data, 0.0, meta=Meta(
+                        expires=float(rng.randrange(100)), source=source,
+                        original=rng.random() < 0.2))
+                else:
+                    store.put_record("r", rng.randrange(10), data, 0.0, source)
             elif op < 0.9:
                 store.delete_record("r", rng.randrange(10))
             else:
@@ -240,3 +251,170 @@ def test_cached_copies_make_room_when_the_item_count_is_full(make_store: type) -
     assert store.get_value(9) == b"replica" and store.get_value(0) is None
     with pytest.raises(StorageFull):  # a cached copy never evicts another
         store.put_value(10, b"c", Meta(expires=1e9, cached=True))
+
+
+def test_records_expire_and_are_republished_like_values(make_store: type) -> None:
+    store: Store = make_store(SMALL)
+    store.put_record("namespace", 1, b"a" * 400, 0.0,
+                     meta=Meta(expires=100.0, republish_at=50.0, source="10.0.0.1"))
+    store.put_record("namespace", 2, b"b" * 100, 0.0,
+                     meta=Meta(expires=100.0, republish_at=60.0, original=True))
+    store.put_record("identity", 3, b"c", 0.0)  # no lifecycle: never expires, never due
+    assert store.record_meta("identity", 3) == Meta(NEVER)
+    assert store.record_meta("namespace", 1) == Meta(100.0, 50.0, source="10.0.0.1")
+    assert store.get_record("namespace", 1, 99.0) == b"a" * 400
+    assert store.get_record("namespace", 1, 100.0) is None  # expired, even before the sweep
+    assert store.get_record("namespace", 2, 1e9) == b"b" * 100  # ours lives while we publish it
+    assert [(d.kind, d.key) for d in store.due_records(55.0, 10)] == [("namespace", 1)]
+    assert len(store.due_records(1e9, 10)) == 2
+    assert len(store.due_records(1e9, 1)) == 1 and store.due_records(1e9, 0) == []
+    with pytest.raises(StorageFull):  # 10.0.0.1 used its 400 bytes
+        store.put_record("dht", 4, b"d", 0.0, meta=Meta(expires=1e9, source="10.0.0.1"))
+    assert store.expire(100.0) == 1
+    assert store.get_record("namespace", 1) is None
+    assert store.stats()["stored_bytes"] == 101
+    store.put_record("dht", 4, b"d", 0.0, meta=Meta(expires=1e9, source="10.0.0.1"))  # room back
+    # Forgetting a record we publish: it then expires like any other.
+    assert store.forget(2) and not store.forget(2) and not store.forget(3)
+    meta = store.record_meta("namespace", 2)
+    assert meta is not None and not meta.original and meta.republish_at == NEVER
+    assert store.due_records(1e9, 10) == []
+    assert store.expire(1e9) == 2
+    assert store.get_record("identity", 3) == b"c" and store.stats()["records"] == 1
+    # A write the store refuses changes nothing.
+    before = store.stats()
+    with pytest.raises(InvalidArgument):  # a record is never a cached copy
+        store.put_record("dht", 5, b"x", 0.0, meta=Meta(expires=1.0, cached=True))
+    with pytest.raises(InvalidArgument):  # two different sources
+        store.put_record("dht", 5, b"x", 0.0, "10.0.0.2", meta=Meta(1.0, source="10.0.0.3"))
+    assert store.stats() == before and store.get_record("dht", 5) is None
+
+
+def test_sqlite_records_keep_their_lifecycle_across_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "records.sqlite3"
+    store = SqliteStore(path, SMALL)
+    theirs = Meta(expires=100.0, republish_at=50.0, source="10.0.0.1")
+    ours = Meta(expires=200.0, republish_at=150.0, original=True)
+    store.put_record("namespace", 1, b"r" * 300, 0.0, meta=theirs)
+    store.put_record("dht", 2, b"s", 0.0, meta=ours)
+    store.put_record("identity", 3, b"t", 0.0)
+    store.close()
+    again = SqliteStore(path, SMALL)
+    try:
+        assert again.record_meta("namespace", 1) == theirs
+        assert again.record_meta("dht", 2) == ours
+        assert again.record_meta("identity", 3) == Meta(NEVER)
+        assert [(d.kind, d.key, d.data) for d in again.due_records(60.0, 10)] == [
+            ("namespace", 1, b"r" * 300)]
+        with pytest.raises(StorageFull):  # the per-source count includes the record
+            again.put_record("dht", 4, b"x" * 101, 0.0, meta=Meta(1e9, source="10.0.0.1"))
+        assert again.expire(100.0) == 1 and again.stats()["stored_bytes"] == 2
+        assert again.forget(2)
+    finally:
+        again.close()
+    third = SqliteStore(path, SMALL)
+    try:
+        meta = third.record_meta("dht", 2)
+        assert meta is not None and not meta.original and meta.republish_at == NEVER
+    finally:
+        third.close()
+
+
+# The schema of a data dir written before service records had a lifecycle.
+OLD_SCHEMA = """
+CREATE TABLE vals (
+    key BLOB PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL,
+    republish_at REAL NOT NULL, original INTEGER NOT NULL, cached INTEGER NOT NULL,
+    source TEXT NOT NULL);
+CREATE TABLE entries (
+    key BLOB NOT NULL, value BLOB NOT NULL, expires REAL NOT NULL,
+    republish_at REAL NOT NULL, original INTEGER NOT NULL, cached INTEGER NOT NULL,
+    source TEXT NOT NULL, PRIMARY KEY (key, value));
+CREATE TABLE records (
+    kind TEXT NOT NULL, key BLOB NOT NULL, data BLOB NOT NULL, source TEXT NOT NULL,
+    PRIMARY KEY (kind, key));
+CREATE TABLE contacts (id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, data BLOB NOT NULL);
+"""
+
+
+def test_sqlite_migrates_records_written_without_a_lifecycle(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", [
+        ("namespace", id_to_bytes(1), b"published here", ""),
+        ("namespace", id_to_bytes(2), b"stored for a peer", "10.0.0.1"),
+        ("dht", id_to_bytes(3), b"put here", ""),
+        ("dht", id_to_bytes(4), b"stored for another", "10.0.0.2"),
+        ("identity", id_to_bytes(5), b"secret", "")])
+    db.execute("INSERT INTO vals VALUES (?, ?, 1e9, 5.0, 0, 0, '10.0.0.1')",
+               (id_to_bytes(9), b"value"))
+    db.commit()
+    db.close()
+
+    store = SqliteStore(path, DEFAULT)
+    try:
+        assert store.get_record("namespace", 1) == b"published here"
+        assert store.get_record("dht", 4, 1e12) == b"stored for another"
+        assert store.get_record("identity", 5) == b"secret"
+        assert store.get_value(9) == b"value"
+        # Written here: ours, as original publisher; received: no expiry until the first
+        # republish (at the first maintenance) gives it a full lifetime. Both are due at once.
+        assert store.record_meta("namespace", 1) == Meta(NEVER, 0.0, original=True)
+        assert store.record_meta("namespace", 2) == Meta(NEVER, 0.0, source="10.0.0.1")
+        assert store.record_meta("dht", 3) == Meta(NEVER, 0.0, original=True)
+        assert store.record_meta("dht", 4) == Meta(NEVER, 0.0, source="10.0.0.2")
+        assert store.record_meta("identity", 5) == Meta(NEVER)  # never expires, never due
+        assert sorted(d.key for d in store.due_records(0.0, 10)) == [1, 2, 3, 4]
+        assert store.stats()["stored_bytes"] == 5 + 14 + 17 + 8 + 18 + 6
+        assert store.expire(1e12) == 1  # the value; no record is lost by the upgrade itself
+        assert store.stats()["records"] == 5
+        store.put_record("namespace", 6, b"new", 0.0, meta=Meta(10.0, 5.0, source="10.0.0.3"))
+        assert store.expire(10.0) == 1
+    finally:
+        store.close()
+    again = SqliteStore(path, DEFAULT)  # a migrated file opens as any other
+    try:
+        assert again.record_meta("namespace", 2) == Meta(NEVER, 0.0, source="10.0.0.1")
+        assert again.stats()["records"] == 5
+    finally:
+        again.close()
+
+
+def test_migrated_records_get_their_lifecycle_at_the_first_maintenance(tmp_path: Path) -> None:
+    owner = SigningKey(bytes(32))
+    public = bytes(owner.verify_key)
+
+    def signed(key: int) -> NamespaceRecord:
+        data = cbor2.dumps(["qadom/namespace/v1", public, key.to_bytes(32, "big"), 0, b"v"])
+        return NamespaceRecord(public, key, 0, b"v", owner.sign(data).signature)
+
+    ours, theirs = signed(1), signed(2)
+    put = Record("k", SECURED, (make_entry((1).to_bytes(32, "big"), "k", "v", SECURED),))
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", [
+        ("namespace", id_to_bytes(ours.storage_key), ours.to_bytes(), ""),
+        ("namespace", id_to_bytes(theirs.storage_key), theirs.to_bytes(), "10.0.0.1"),
+        ("dht", id_to_bytes(dht_key("k")), encode_record(put), "")])
+    db.commit()
+    db.close()
+    store = SqliteStore(path, DEFAULT)
+    node = Node(config=DEFAULT, store=store, now=1000.0)
+    try:
+        node.handle_timer(1000.0 + DEFAULT.maintenance_interval)
+        now = 1000.0 + DEFAULT.maintenance_interval
+        assert node.stats["republished"] == 3
+        day, hour = DEFAULT.expire_time, DEFAULT.republish_interval
+        assert store.record_meta("namespace", ours.storage_key) == Meta(
+            now + day, now + DEFAULT.publisher_republish_interval, original=True)
+        assert store.record_meta("dht", dht_key("k")) == Meta(
+            now + day, now + DEFAULT.publisher_republish_interval, original=True)
+        assert store.record_meta("namespace", theirs.storage_key) == Meta(
+            now + day, now + hour, source="10.0.0.1")
+        assert store.expire(now + day) == 1  # received: gone a lifetime after the upgrade
+        assert store.get_record("namespace", ours.storage_key) == ours.to_bytes()
+    finally:
+        store.close()
