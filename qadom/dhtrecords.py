@@ -40,14 +40,16 @@ the record ``ttl`` seconds (at most ``expire_time``) after receiving it, or once
 what is left of its lifetime, and the node that ran :meth:`DhtRecordService.put` republishes it
 every 24 hours with a fresh one until :meth:`DhtRecordService.forget`. The format carries no
 version, so a republish is *fill-only*: a holder with a live record for the key keeps its own
-(see :meth:`DhtRecordService._handle_put`), and an older copy republished by a lagging storer
-never rolls a newer one back. Wire messages:
+(adding, to a CONTROLLED record, the entries of owners it has none of; see
+:meth:`DhtRecordService._handle_put`), and an older copy republished by a lagging storer never
+rolls a newer one back. Wire messages:
 requests 16 (:class:`DhtPut`) and 17 (:class:`DhtFind`), replies 80 (:class:`DhtRecord`) and 81
 (:class:`DhtRefused`). This module is pure: time comes in as ``now``, key material as bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -75,7 +77,7 @@ from .errors import (
     ValueTooLarge,
 )
 from .lookup import Lookup
-from .messages import Envelope, Error, ErrorCode, Kind, Message, Nodes, Stored, register
+from .messages import Error, ErrorCode, Kind, Message, Nodes, Stored, register
 from .storage import (
     NEVER,
     DueRecord,
@@ -471,7 +473,8 @@ class DhtPut(Message):
     """Apply a write (an encoded one-entry record) to the record under its key, kept ``ttl``
     seconds (positive, capped at ``expire_time``). With ``republish``, ``write`` is a whole
     record a holder republishes and only fills: a receiver that holds a live record for the key
-    keeps its own (renewing its lifetime when it holds every entry sent). Answered by
+    keeps its own (renewing its lifetime when it holds every entry sent, and adding to a
+    CONTROLLED record the entries of owners it has none of). Answered by
     :class:`~qadom.messages.Stored` or :class:`DhtRefused`, or ``Error(BAD_REQUEST)`` for a ttl
     of 0 (nothing stored)."""
 
@@ -668,31 +671,17 @@ class DhtRecordService:
                  call: Call[PutResult]) -> None:
         encoded = encode_record(write)
         message = DhtPut(encoded, int(self.config.expire_time))
-        if not contacts:
-            self._store_local(key, write, now, call, PutResult(0, 0))
-            return
-        left = [len(contacts)]
-        stored = [0]
-        refusals: list[DhtRefused | Error] = []  # rule refusals, and errors such as a full store
 
-        def on_reply(envelope: Envelope | None, now: float) -> None:
-            left[0] -= 1
-            reply = None if envelope is None else envelope.message
-            if isinstance(reply, Stored):
-                stored[0] += 1
-            elif isinstance(reply, (DhtRefused, Error)):
-                refusals.append(reply)
-            if left[0]:
-                return
-            result = PutResult(stored[0], len(refusals))
-            if stored[0] or not refusals:
-                self._store_local(key, write, now, call, result)
+        def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
+            stored = sum(1 for _, reply in replies if isinstance(reply, Stored))
+            # Rule refusals, and errors such as a full store.
+            refusals = [reply for _, reply in replies if isinstance(reply, (DhtRefused, Error))]
+            if stored or not refusals:
+                self._store_local(key, write, now, call, PutResult(stored, len(refusals)))
             else:
                 call.fail(_refusal_error(refusals[0]))
 
-        for contact in contacts:
-            self.node.request(contact.address, message, now, expect_id=contact.id,
-                              on_reply=on_reply)
+        self.node.ask_each(contacts, message, now, done)
 
     def _store_local(self, key: int, write: Record, now: float, call: Call[PutResult],
                      result: PutResult) -> None:
@@ -718,10 +707,12 @@ class DhtRecordService:
                     now: float) -> Message:
         """A client's write lands on our record by :func:`apply_write`. A republished record
         fills only: it is checked entry by entry (:func:`apply_record`) and stored only if we
-        hold no live record for the key; holding one, we keep it and its lifecycle, and merely
-        count the republish as this hour's when our record holds every entry sent (the same
-        record, whose lifetime the TTL may then extend). The format has no version, so this is
-        what keeps a lagging storer's older copy from replacing a newer one."""
+        hold no live record for the key; holding one, we keep it and its lifecycle, add to a
+        CONTROLLED one the entries of owners it has none of (:meth:`_fill_owners`), and
+        otherwise merely count the republish as this hour's when our record holds every entry
+        sent (the same record, whose lifetime the TTL may then extend). The format has no
+        version, so this is what keeps a lagging storer's older copy from replacing a newer
+        one."""
         if message.ttl <= 0:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
         try:
@@ -744,7 +735,17 @@ class DhtRecordService:
             return DhtRefused(RefusedCode.TOO_LARGE, str(exc)[:200])
         same = False
         if message.republish and current is not None:
-            if current.mode != record.mode or not set(record.entries) <= set(current.entries):
+            if current.mode != record.mode:
+                return Stored()  # fill-only: our record stays as it is
+            if current.mode == CONTROLLED:
+                merged = self._fill_owners(current, record, now)
+                if merged is not current:
+                    try:  # our record, our lifecycle: only the missing owners were added
+                        store.put_record(RECORD_KIND, key, encode_record(merged), now, meta=old)
+                    except StorageFull as exc:
+                        return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
+                    return Stored()
+            if not set(record.entries) <= set(current.entries):
                 return Stored()  # fill-only: our record stays as it is
             record, same = current, True
         meta = bounded(received_meta(old, message.ttl, now, self.config, address[0], same=same),
@@ -756,6 +757,19 @@ class DhtRecordService:
         except StorageFull as exc:
             return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         return Stored()
+
+    def _fill_owners(self, current: Record, sent: Record, now: float) -> Record:
+        """``current`` (a CONTROLLED record we hold) with the entries of ``sent`` whose owners
+        it has no entry of, as far as they fit: a republish fills in owners we missed, and never
+        replaces the entry an owner has here, which may be newer than the one sent."""
+        held = {entry.owner for entry in current.entries}
+        merged = current
+        for entry in sent.entries:
+            if entry.owner not in held:
+                with contextlib.suppress(ValueTooLarge):  # the record is full: keep what fits
+                    merged = apply_write(merged, replace(sent, entries=(entry,)), now,
+                                         self.config)
+        return merged
 
     def _handle_find(self, message: DhtFind, sender: int | None, address: Address,
                      now: float) -> Message:

@@ -284,6 +284,13 @@ async def dht_get(request: web.Request) -> web.StreamResponse:
                           "sign": signature.hex()}})
 
 
+async def dht_forget_post(request: web.Request) -> web.StreamResponse:
+    """Stop republishing a /dht record this node wrote (it then expires everywhere);
+    ``forgotten`` is false when it was not ours."""
+    key = request.match_info["key"]
+    return web.json_response({"key": key, "forgotten": _peer(request).dht_forget(key)})
+
+
 async def value_post(request: web.Request) -> web.StreamResponse:
     key = await _peer(request).set(await _body(request))
     return web.json_response({"key": key_text(key)})
@@ -335,6 +342,16 @@ async def namespace_put(request: web.Request) -> web.StreamResponse:
     stored = await _peer(request).namespace_set(public, signature, key, value, seq=seq)
     return web.json_response({"public_key": public.hex(), "key": key_text(key), "seq": seq,
                               "stored": stored})
+
+
+async def namespace_forget_post(request: web.Request) -> web.StreamResponse:
+    """Stop republishing a namespace record this node wrote (it then expires everywhere);
+    ``forgotten`` is false when it was not ours."""
+    public = _sized_hex(request.match_info["public_key"], "public_key", 32)
+    key = parse_key(request.match_info["key"])
+    forgotten = _peer(request).namespace_forget(public, key)
+    return web.json_response({"public_key": public.hex(), "key": key_text(key),
+                              "forgotten": forgotten})
 
 
 async def namespace_get(request: web.Request) -> web.StreamResponse:
@@ -511,6 +528,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/dht/{key}", dht_get,
           "Read a record, signed by this node's secp256k1 key", ("dht_key",), None,
           _json_content(_ref("DhtWrite")), (400, 404, *_NET)),
+    Route("POST", "/dht/{key}/forget", dht_forget_post,
+          "Stop republishing a record this node wrote", ("dht_key",), None,
+          _json_content(_ref("DhtForgotten")), (400, 503)),
     Route("POST", "/values", value_post, "Store a value (raw bytes); answers its key", (),
           _OCTETS, _json_content(_ref("KeyResult")), (400, 413, *_NET)),
     Route("GET", "/values/{key}", value_get, "The value (raw bytes) stored under a key",
@@ -530,6 +550,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/namespaces/{public_key}/{key}", namespace_get,
           "Read a namespace record (value, seq and signature)", ("public_key", "key"), None,
           _json_content(_ref("NamespaceRecord")), (400, 401, 404, *_NET)),
+    Route("POST", "/namespaces/{public_key}/{key}/forget", namespace_forget_post,
+          "Stop republishing a namespace record this node wrote", ("public_key", "key"), None,
+          _json_content(_ref("NamespaceForgotten")), (400, 503)),
     Route("POST", "/publish/{key}", publish_post,
           "Publish a message (raw bytes) to a topic; answers how many relays accepted it",
           ("key",), _OCTETS, _json_content(_ref("PublishResult")), (400, 413, 429, *_NET)),
@@ -631,6 +654,9 @@ def _schemas(config: Config) -> dict[str, Any]:
                                         "maxItems": config.http_max_bootstrap_addresses}},
                           []),
         "Forgotten": obj({"key": _KEY_SCHEMA, "forgotten": {"type": "boolean"}}),
+        "DhtForgotten": obj({"key": {"type": "string"}, "forgotten": {"type": "boolean"}}),
+        "NamespaceForgotten": obj({"public_key": _KEY_SCHEMA, "key": _KEY_SCHEMA,
+                                   "forgotten": {"type": "boolean"}}),
         "Refresh": obj({"all_buckets": {"type": "boolean"}}, []),
         "ContactCount": obj({"contacts": {"type": "integer", "minimum": 0}}),
         "NodeInfo": obj({"id": _KEY_SCHEMA, "host": {"type": "string"},

@@ -64,7 +64,7 @@ from .errors import (
 )
 from .ids import ID_BYTES, check_id
 from .lookup import Lookup
-from .messages import Envelope, Error, ErrorCode, Kind, Message, Nodes, register
+from .messages import Error, ErrorCode, Kind, Message, Nodes, register
 from .storage import (
     DueRecord,
     published_meta,
@@ -470,29 +470,15 @@ class NamespaceService:
         def send_all(closest: list[Contact], now: float) -> None:
             if call.done:
                 return
-            if not closest:
-                finish(0, [], 0, now)
-                return
-            left = [len(closest)]
-            acks = [0]
-            full = [0]
-            stale: list[str] = []
 
-            def on_reply(envelope: Envelope | None, now: float) -> None:
-                reply = None if envelope is None else envelope.message
-                if isinstance(reply, NamespaceStored):
-                    acks[0] += 1
-                elif isinstance(reply, Error) and reply.code == ErrorCode.STALE_SEQUENCE:
-                    stale.append(reply.reason)
-                elif isinstance(reply, Error) and reply.code == ErrorCode.STORAGE_FULL:
-                    full[0] += 1
-                left[0] -= 1
-                if left[0] == 0:
-                    finish(acks[0], stale, len(closest), now, full[0])
+            def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
+                errors = [r for _, r in replies if isinstance(r, Error)]
+                finish(sum(1 for _, r in replies if isinstance(r, NamespaceStored)),
+                       [e.reason for e in errors if e.code == ErrorCode.STALE_SEQUENCE],
+                       len(closest), now,
+                       sum(1 for e in errors if e.code == ErrorCode.STORAGE_FULL))
 
-            for contact in closest:
-                node.request(contact.address, message, now, expect_id=contact.id,
-                             on_reply=on_reply)
+            node.ask_each(closest, message, now, done)
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
                        now: float) -> Iterable[Contact] | None:

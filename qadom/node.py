@@ -970,6 +970,27 @@ class Node:
         self.request(address, message, now, expect_id=expect_id, on_reply=on_reply)
         return call
 
+    def ask_each(self, contacts: Iterable[Contact], message: Message, now: float,
+                 then: Callable[[list[tuple[Contact, Message | None]], float], None]) -> None:
+        """Send ``message`` to every contact (each must answer from its own id), then run
+        ``then(replies, now)`` once, when all have answered or failed: ``replies`` pairs each
+        contact with its reply message (an :class:`Error` included), or None when it never
+        answered, in the order the outcomes came. With no contacts, it runs at once."""
+        asked = list(contacts)
+        replies: list[tuple[Contact, Message | None]] = []
+        if not asked:
+            then(replies, now)
+            return
+
+        def on_reply(contact: Contact, envelope: Envelope | None, now: float) -> None:
+            replies.append((contact, None if envelope is None else envelope.message))
+            if len(replies) == len(asked):
+                then(replies, now)
+
+        for contact in asked:
+            self.request(contact.address, message, now, expect_id=contact.id,
+                         on_reply=partial(on_reply, contact))
+
     def new_call(self, name: str, now: float) -> Call[Any]:
         """A call that fails with OperationTimeout if still pending at the operation deadline."""
         call: Call[Any] = Call(name)
@@ -1070,24 +1091,14 @@ class Node:
         stored_by: builtins.set[int] = set()
 
         def send_all(closest: list[Contact], now: float) -> None:
-            acks = [sum(1 for c in closest if c.id in stored_by)]
-            rest = [c for c in closest if c.id not in stored_by]
-            if not rest:
-                self.stats["replicas_acked"] += acks[0]
-                then(acks[0], now)
-                return
-            left = [len(rest)]
+            kept = sum(1 for c in closest if c.id in stored_by)
 
-            def on_ack(envelope: Envelope | None, now: float) -> None:
-                left[0] -= 1
-                if envelope is not None and isinstance(envelope.message, Stored):
-                    acks[0] += 1
-                if left[0] == 0:
-                    self.stats["replicas_acked"] += acks[0]
-                    then(acks[0], now)
+            def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
+                acks = kept + sum(1 for _, reply in replies if isinstance(reply, Stored))
+                self.stats["replicas_acked"] += acks
+                then(acks, now)
 
-            for contact in rest:
-                self.request(contact.address, message, now, expect_id=contact.id, on_reply=on_ack)
+            self.ask_each((c for c in closest if c.id not in stored_by), message, now, done)
 
         if (isinstance(message, Store) and not message.cache
                 and len(message.value) <= self.config.store_on_lookup_max):

@@ -289,6 +289,12 @@ class Peer:
         last republish. True if it was ours."""
         return self._running().node.namespace.forget(public_key, key)
 
+    def dht_forget(self, key: str) -> bool:
+        """Stop republishing the /dht record of ``key`` that this peer wrote (the HTTP helper's
+        ``POST /dht/{key}``); it then expires everywhere ``expire_time`` after our last
+        republish. True if it was ours."""
+        return self._running().node.dht_records.forget(key)
+
     async def publish(self, key: int, value: bytes) -> int:
         """Send ``value`` (bytes, at most 8192) to the subscribers of topic ``key``; returns how
         many relays accepted it. Raises RateLimited when every relay refused for our rate."""

@@ -618,29 +618,16 @@ class PubSubService:
 
     def _send_publish(self, message: Publish, call: Call[int], closest: list[Contact],
                       now: float) -> None:
-        if not closest:
-            call.resolve(0)
-            return
-        left = [len(closest)]
-        accepted = [0]
-        refusals: list[Error] = []
 
-        def on_reply(envelope: Envelope | None, now: float) -> None:
-            reply = None if envelope is None else envelope.message
-            if isinstance(reply, Published):
-                accepted[0] += 1
-            elif isinstance(reply, Error):
-                refusals.append(reply)
-            left[0] -= 1
-            if left[0] == 0:
-                if not accepted[0] and refusals:
-                    call.fail(_refusal(refusals[0], "publish"))
-                else:
-                    call.resolve(accepted[0])
+        def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
+            accepted = sum(1 for _, reply in replies if isinstance(reply, Published))
+            refusals = [reply for _, reply in replies if isinstance(reply, Error)]
+            if not accepted and refusals:
+                call.fail(_refusal(refusals[0], "publish"))
+            else:
+                call.resolve(accepted)
 
-        for contact in closest:
-            self.node.request(contact.address, message, now, expect_id=contact.id,
-                              on_reply=on_reply)
+        self.node.ask_each(closest, message, now, done)
 
     # ------------------------------------------------------------------ relay side
 

@@ -180,6 +180,13 @@ class SqliteStore:
                 old = _meta(row[1:])
                 self.quotas.replace(old.source, int(row[0]), meta.source, len(value),
                                     old_cached=old.cached, new_cached=meta.cached)
+                if int(row[0]) == len(value):
+                    # A key names one value (its SHA-256): storing it again, as every republish
+                    # does, changes only its bookkeeping, so the blob is not written again.
+                    self._db.execute(
+                        "UPDATE vals SET expires = ?, republish_at = ?, original = ?, cached = ?, "
+                        "source = ? WHERE key = ?", (*_meta_params(meta), id_to_bytes(key)))
+                    return
             self._db.execute(f"INSERT OR REPLACE INTO vals (key, value, {_META_COLUMNS}) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
                              (id_to_bytes(key), value, *_meta_params(meta)))

@@ -379,6 +379,27 @@ def test_a_dht_put_ttl_is_checked_and_a_republish_only_fills() -> None:
     assert node.dht_records.local("t", 350.0) is None  # its lifetime is over
 
 
+def test_a_republish_adds_the_controlled_owners_a_holder_missed_and_replaces_none() -> None:
+    node = Node(config=LIFE)
+    address = ("127.0.0.9", 1)
+    skey = storage_key("c")
+    mine = apply_write(None, write(ALICE, "c", "alice, newest", CONTROLLED), 0, CONFIG)
+    node.dht_records._handle_put(DhtPut(encode_record(mine), 600, False), None, address, 0.0)
+    before = node.store.record_meta(RECORD_KIND, skey)
+    # A lagging storer's copy: Alice's older entry, and Bob's, which this holder never got.
+    lagging = apply_write(None, write(ALICE, "c", "alice, older", CONTROLLED), 0, CONFIG)
+    lagging = apply_write(lagging, write(BOB, "c", "bob", CONTROLLED), 0, CONFIG)
+    reply = node.dht_records._handle_put(DhtPut(encode_record(lagging), 5000, True), None,
+                                         address, 10.0)
+    held = load(node.store, skey, CONFIG)
+    assert isinstance(reply, Stored) and held is not None
+    assert [e.data for e in held.entries] == ["alice, newest", "bob"]
+    assert node.store.record_meta(RECORD_KIND, skey) == before  # our record, our lifecycle
+    # Nothing missing any more: the same republish again changes nothing.
+    node.dht_records._handle_put(DhtPut(encode_record(lagging), 5000, True), None, address, 20.0)
+    assert load(node.store, skey, CONFIG) == held
+
+
 def dht_holders(nodes: list[Node], key: str) -> list[Node]:
     return [n for n in nodes if n.store.get_record(RECORD_KIND, storage_key(key)) is not None]
 

@@ -449,6 +449,29 @@ async def test_forget(clients: Clients) -> None:
     await error_of(await a.post("/forget/1"), 400, "key")
 
 
+async def test_forget_namespace_and_dht_records(clients: Clients) -> None:
+    a, b, _ = clients
+    signer = SigningKey((23).to_bytes(32, "big"))
+    public = bytes(signer.verify_key)
+    value, seq = b"renewed by a", 1
+    signature = signer.sign(signing_bytes(public, 7, seq, value)).signature
+    url = f"/namespaces/{public.hex()}/{key_text(7)}"
+    assert (await a.put(url, json={"value": base64.b64encode(value).decode(),
+                                   "signature": signature.hex(), "seq": seq})).status == 200
+    forgotten = await (await a.post(f"{url}/forget")).json()
+    assert forgotten == {"public_key": public.hex(), "key": key_text(7), "forgotten": True}
+    assert (await (await a.post(f"{url}/forget")).json())["forgotten"] is False
+    assert (await (await b.post(f"{url}/forget")).json())["forgotten"] is False  # not b's
+    await error_of(await a.post(f"/namespaces/00/{key_text(7)}/forget"), 400, "public_key")
+    # The record is still served: forgetting only stops this node's renewals.
+    assert (await b.get(url)).status == 200
+    assert (await a.post("/dht/forget_me", json=body(ALICE, "forget_me", "v"))).status == 200
+    assert await (await a.post("/dht/forget_me/forget")).json() == {
+        "key": "forget_me", "forgotten": True}
+    assert (await (await a.post("/dht/forget_me/forget")).json())["forgotten"] is False
+    assert (await (await b.post("/dht/never_written/forget")).json())["forgotten"] is False
+
+
 async def test_bootstrap_without_addresses_rejoins_through_saved_contacts(
         tmp_path: Path) -> None:
     async with udp_network(2) as peers:

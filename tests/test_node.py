@@ -118,6 +118,21 @@ def test_a_requester_from_a_network_that_holds_its_share_is_not_verified() -> No
     assert kinds == [Pong, Ping]
 
 
+def test_ask_each_reports_every_outcome_once() -> None:
+    net, nodes = network(5, seed=9)
+    asker, gone = nodes[0], nodes[4]
+    contacts = [Contact(n.id, net.address_of(n)) for n in nodes[1:]]
+    net.remove(gone)
+    outcomes: list[list[tuple[Contact, object]]] = []
+    asker.ask_each(contacts, Ping(), net.now, lambda replies, now: outcomes.append(replies))
+    net.run_for(30)
+    assert len(outcomes) == 1
+    by_id = {contact.id: reply for contact, reply in outcomes[0]}
+    assert by_id == {**{c.id: Pong() for c in contacts[:3]}, gone.id: None}
+    asker.ask_each([], Ping(), net.now, lambda replies, now: outcomes.append(replies))
+    assert outcomes[-1] == []  # nobody to ask: at once
+
+
 def test_get_refuses_a_wrong_value_and_drops_the_liar() -> None:
     net, nodes = network(30, seed=5)
     value = b"the truth"

@@ -17,7 +17,7 @@ from qadom.contact import Contact
 from qadom.dhtrecords import SECURED, Record, encode_record, make_entry
 from qadom.dhtrecords import storage_key as dht_key
 from qadom.errors import InvalidArgument, StorageFull
-from qadom.ids import id_to_bytes
+from qadom.ids import id_to_bytes, key_for
 from qadom.sqlite_store import SqliteStore
 from qadom.storage import ENTRY_SIZE, NEVER, MemoryStore, Meta, Quotas, Store
 
@@ -58,6 +58,18 @@ def test_values_and_expiry(make_store: type) -> None:
     assert meta is not None and not meta.original and meta.republish_at == NEVER
     assert store.expire(100.0) == 1 and store.get_value(2) is None
     assert store.stats()["values"] == 0 and store.stats()["stored_bytes"] == 0
+
+
+def test_storing_a_value_again_changes_only_its_bookkeeping(make_store: type) -> None:
+    store: Store = make_store()
+    value = b"v" * 5000
+    store.put_value(key_for(value), value, Meta(100.0, 50.0, source="10.0.0.1"))
+    before = store.stats()
+    again = Meta(200.0, 150.0, original=True, source="10.0.0.2")  # a republish, say
+    store.put_value(key_for(value), value, again)
+    assert store.get_value(key_for(value)) == value and store.value_meta(key_for(value)) == again
+    assert store.stats() == before
+    assert store.expire(199.0) == 0 and store.get_value(key_for(value), 199.0) == value
 
 
 def test_entries_page_in_order(make_store: type) -> None:
