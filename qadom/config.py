@@ -44,6 +44,12 @@ class Config:
     limit; with the per-bucket limit, one network can hold a few percent of a full table at most
     (discv5's limit)."""
 
+    max_lookup_contacts_per_prefix: int = 2
+    """Candidates from one public /24 or /64 network allowed into one lookup, 0 for no limit. The
+    routing table limits what we keep, but a lookup meets contacts that others name: without this,
+    peers of one network could name each other until they are all a lookup sees near its target.
+    Two, as in a bucket; loopback, private and link-local addresses are not limited."""
+
     # --- RPC timing ---
     rpc_timeout: float = 1.0
     """First-attempt timeout before any round trip has been measured: long enough for an
@@ -311,7 +317,8 @@ class Config:
             raise InvalidArgument("store_on_lookup_max must be at least 0")
         if self.probe_hedge_rtts <= 0 or self.probe_hedge_min <= 0:
             raise InvalidArgument("probe_hedge_rtts and probe_hedge_min must be positive")
-        if self.max_bucket_contacts_per_prefix < 0 or self.max_table_contacts_per_prefix < 0:
+        if min(self.max_bucket_contacts_per_prefix, self.max_table_contacts_per_prefix,
+               self.max_lookup_contacts_per_prefix) < 0:
             raise InvalidArgument("contacts per prefix limits must be 0 (none) or positive")
         if self.replacement_cache_size < 0 or self.stale_failures < 1 or self.rpc_retries < 0:
             raise InvalidArgument("replacement cache, stale_failures or rpc_retries out of range")

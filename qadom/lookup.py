@@ -21,6 +21,10 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
 * A candidate's *round* is one more than the round of the peer that named it (initial contacts are
   round 1); the lookup's round count is the highest round asked. Rounds are what the paper's
   O(log n) bound counts.
+* Network diversity (not in the paper): with a ``network`` rule, at most ``max_per_network``
+  candidates of one network (the rule's answer; None: not limited) enter a lookup, so peers of
+  one network cannot crowd out the others by naming each other (an eclipse of the target).
+  Candidates refused for it are counted in :attr:`Lookup.crowded`.
 """
 
 from __future__ import annotations
@@ -62,7 +66,9 @@ class Lookup:
                  own_id: int | None = None,
                  skip: Callable[[Contact], bool] | None = None,
                  likely: Callable[[Contact], bool] | None = None,
-                 later: Callable[[], Iterable[Contact]] | None = None) -> None:
+                 later: Callable[[], Iterable[Contact]] | None = None,
+                 network: Callable[[Contact], str | None] | None = None,
+                 max_per_network: int = 0) -> None:
         self.target = target
         self.k = k
         self.alpha = alpha
@@ -70,6 +76,10 @@ class Lookup:
         self._likely = likely  # None once probing is over (or never allowed)
         self.probe: Candidate | None = None  # the likely holder asked alone, while it blocks
         self._skip = skip
+        self._network = network if max_per_network > 0 else None
+        self._max_per_network = max_per_network
+        self._per_network: dict[str, int] = {}
+        self.crowded = 0  # candidates refused because their network had its share
         self._order: list[Candidate] = []
         self._by_id: dict[int, Candidate] = {}
         self.in_flight = 0
@@ -223,6 +233,7 @@ class Lookup:
         # contacts, and one sort of an almost sorted list costs less than k insertions.
         by_id = self._by_id
         skip = self._skip
+        network = self._network
         own_id = self.own_id
         target = self.target
         added: list[Candidate] = []
@@ -230,6 +241,14 @@ class Lookup:
             node_id = contact.id
             if node_id in by_id or node_id == own_id or (skip is not None and skip(contact)):
                 continue
+            if network is not None:
+                name = network(contact)
+                if name is not None:
+                    count = self._per_network.get(name, 0)
+                    if count >= self._max_per_network:
+                        self.crowded += 1
+                        continue
+                    self._per_network[name] = count + 1
             cand = by_id[node_id] = Candidate(contact, node_id ^ target, round_)
             added.append(cand)
         if not added:

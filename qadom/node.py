@@ -85,7 +85,7 @@ from .messages import (
 from .namespace import NamespaceService, check_record_value
 from .pubsub import PubSubService
 from .ratelimit import RateLimiter
-from .routing import RoutingTable
+from .routing import RoutingTable, network_prefix
 from .storage import NEVER, MemoryStore, Meta
 from .storage import Store as StoreBackend
 
@@ -101,6 +101,11 @@ OnMessage = Callable[[Contact, Message, Lookup, float], Iterable[Contact] | None
 
 def _ignore_acks(acks: int, now: float) -> None:
     return None
+
+
+def _network(contact: Contact) -> str | None:
+    """The public network of a lookup candidate (Config.max_lookup_contacts_per_prefix)."""
+    return network_prefix(contact.address[0])
 
 
 class _Request:
@@ -178,6 +183,8 @@ class _LookupRun:
                 self.hedge_timer = node._schedule(now + node.probe_hedge, self.hedge)
         if lookup.finished:
             self.finished = True
+            if lookup.crowded:
+                node.stats["lookup_crowded"] += lookup.crowded
             if self.hedge_timer:
                 node._cancel(self.hedge_timer)
                 self.hedge_timer = 0
@@ -1056,10 +1063,12 @@ class Node:
         if nearest is not None and likely is not None and likely(nearest) and not skip(nearest):
             # The probe is built alone; the other seeds only if it misses.
             lookup = Lookup(target, cfg.k, cfg.alpha, (nearest,), own_id=self.id, skip=skip,
-                            likely=likely, later=seeds)
+                            likely=likely, later=seeds, network=_network,
+                            max_per_network=cfg.max_lookup_contacts_per_prefix)
         else:
             lookup = Lookup(target, cfg.k, cfg.alpha, seeds(), own_id=self.id, skip=skip,
-                            likely=likely)
+                            likely=likely, network=_network,
+                            max_per_network=cfg.max_lookup_contacts_per_prefix)
         table.touch(target, now)
         run = _LookupRun(self, lookup, self._lookup_seq, kind, message, on_message, on_finish,
                          call, now)

@@ -75,3 +75,29 @@ def test_replies_from_unknown_or_repeated_are_ignored() -> None:
     lookup.on_reply(c(1), [])
     assert lookup.on_reply(c(1), [c(6)]) == []  # second answer ignored
     assert lookup.replies == 1
+
+
+def on(node_id: int, host: str) -> Contact:
+    return Contact(node_id, (host, 4000))
+
+
+def test_one_network_gets_at_most_its_share_of_a_lookup() -> None:
+    def network(contact: Contact) -> str | None:
+        host = contact.address[0]
+        return None if host.startswith("127.") else host.rsplit(".", 1)[0]
+
+    honest = [on(100 + i, f"9.{i}.0.1") for i in range(4)]
+    attacker = on(50, "1.2.3.1")
+    lookup = Lookup(0, k=4, alpha=1, initial=[attacker, *honest], network=network,
+                    max_per_network=2)
+    assert [x.contact.id for x in lookup.next_requests()] == [50]
+    # The attacker names 20 of its own, all closer to the target than anyone: one more gets in.
+    sybils = [on(i, f"1.2.3.{i + 2}") for i in range(1, 21)]
+    assert lookup.on_reply(attacker, sybils) == [sybils[0]]
+    assert lookup.crowded == 19
+    closest = [cand.contact.id for cand in lookup.candidates()][:4]
+    assert closest == [1, 50, 100, 101]  # two of the attacker's network, then honest peers
+    # Honest peers of other networks still bring theirs, and unlimited addresses all get in.
+    assert [x.contact.id for x in lookup.next_requests()] == [1]
+    named = [on(60, "9.9.9.9"), on(61, "127.0.0.1"), on(62, "127.0.0.2"), on(63, "127.0.0.3")]
+    assert lookup.on_reply(sybils[0], named) == named and lookup.crowded == 19

@@ -13,7 +13,7 @@ from qadom.contact import Address, Contact
 from qadom.errors import InvalidArgument, InvalidType, OperationTimeout, ValueTooLarge
 from qadom.events import LookupEvent, LookupFinished, LookupReply, LookupRequest, LookupStarted
 from qadom.ids import key_for
-from qadom.messages import Envelope, FindValue, Ping, Pong, Value
+from qadom.messages import Envelope, FindValue, Nodes, Ping, Pong, Value
 from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import Meta
@@ -131,6 +131,34 @@ def test_ask_each_reports_every_outcome_once() -> None:
     assert by_id == {**{c.id: Pong() for c in contacts[:3]}, gone.id: None}
     asker.ask_each([], Ping(), net.now, lambda replies, now: outcomes.append(replies))
     assert outcomes[-1] == []  # nobody to ask: at once
+
+
+def test_a_lookup_takes_two_candidates_of_a_network_whatever_its_peers_name() -> None:
+    node = Node(node_id=0, now=0.0)
+    codec = Codec(CONFIG)
+    target = 1 << 200
+    attacker = Contact(target ^ (1 << 190), ("1.2.3.1", 4000))  # the closest we know
+    node.table.seen(attacker)
+    for i in range(6):
+        node.table.seen(Contact(target ^ ((i + 2) << 195), (f"9.{i}.0.1", 4000)))
+    sybils = tuple(Contact(target ^ (i + 1), ("1.2.3.2", 4001 + i)) for i in range(20))
+    ids = {c.address: c.id for c in (*node.table, *sybils)}
+    call = node.find_nodes(target, 0.0)
+    asked: list[Address] = []
+    for _ in range(20):  # answer every request: the attacker with sybils, the rest with nothing
+        out = node.datagrams_to_send()
+        if not out:
+            break
+        for data, address in out:
+            request = codec.decode(data)
+            asked.append(address)
+            reply = Nodes(sybils if address == attacker.address else ())
+            node.datagram_received(codec.encode(Envelope(request.rpc_id, ids[address], reply)),
+                                   address, 0.1)
+    assert call.done
+    assert sum(1 for a in asked if a[0].startswith("1.2.3.")) == 2  # the attacker and one sybil
+    assert node.stats["lookup_crowded"] == 19
+    assert sum(1 for c in call.result() if c.address[0].startswith("1.2.3.")) == 2
 
 
 def test_get_refuses_a_wrong_value_and_drops_the_liar() -> None:
