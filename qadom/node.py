@@ -534,7 +534,7 @@ class Node:
         key = key_for(value)
         cfg = self.config
         self.store.put_value(key, value, Meta(
-            now + cfg.expire_time, now + cfg.publisher_republish_interval, original=True))
+            now + cfg.expire_time, now + cfg.publisher_renew_after, original=True))
         call: Call[int] = self.new_call("set", now)
         self.replicate(key, Store(value, int(cfg.expire_time)), now,
                        lambda stored, now: call.resolve(key), call)
@@ -546,7 +546,7 @@ class Node:
         check_id(value, "value")
         cfg = self.config
         self.store.add_entry(key, value, Meta(
-            now + cfg.expire_time, now + cfg.publisher_republish_interval, original=True))
+            now + cfg.expire_time, now + cfg.publisher_renew_after, original=True))
         call: Call[None] = self.new_call("append", now)
         self.replicate(key, Append(key, value, int(cfg.expire_time)), now,
                        lambda stored, now: call.resolve(None), call)
@@ -1197,7 +1197,7 @@ class Node:
 
     def _republish(self, now: float) -> None:
         """Send every item whose time has come to the k closest (section 2.5): our own items
-        with a fresh lifetime every ``publisher_republish_interval``, items we store for others
+        with a fresh lifetime every ``publisher_renew_after``, items we store for others
         with what is left of theirs every ``republish_interval``. Service records follow the
         same schedule, each sent by its service. A tick sends at most ``republish_batch``, of
         which records due get at least half when values and entries are due too."""
@@ -1219,7 +1219,7 @@ class Node:
             if meta.original:
                 ttl = cfg.expire_time
                 meta = replace(meta, expires=now + ttl,
-                               republish_at=now + cfg.publisher_republish_interval)
+                               republish_at=now + cfg.publisher_renew_after)
             else:
                 ttl = meta.expires - now
                 meta = replace(meta, republish_at=now + cfg.republish_interval

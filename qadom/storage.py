@@ -51,7 +51,7 @@ class Meta:
     republish_at: float = NEVER
     """When this node must next republish the item to the k closest (NEVER: not at all)."""
     original: bool = False
-    """We published it: republish every ``publisher_republish_interval`` until forgotten."""
+    """We published it: renewed every ``publisher_renew_after`` (about 24 h) until forgotten."""
     cached: bool = False
     """A cached copy along a lookup path: never republished, first to be evicted."""
     source: str = ""
@@ -85,8 +85,8 @@ class DueRecord:
 
 def published_meta(now: float, config: Config) -> Meta:
     """The bookkeeping of an item we publish ourselves: a full lifetime, renewed every
-    ``publisher_republish_interval`` until forgotten."""
-    return Meta(now + config.expire_time, now + config.publisher_republish_interval,
+    ``publisher_renew_after`` (about 24 hours) until forgotten."""
+    return Meta(now + config.expire_time, now + config.publisher_renew_after,
                 original=True)
 
 
@@ -116,7 +116,7 @@ def republish_schedule(meta: Meta, now: float, config: Config) -> tuple[Meta, in
     if meta.original:
         ttl = config.expire_time
         return replace(meta, expires=now + ttl,
-                       republish_at=now + config.publisher_republish_interval), int(ttl)
+                       republish_at=now + config.publisher_renew_after), int(ttl)
     if meta.expires == NEVER:
         meta = replace(meta, expires=now + config.expire_time)
     ttl = min(meta.expires - now, config.expire_time)

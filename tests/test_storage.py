@@ -421,9 +421,9 @@ def test_migrated_records_get_their_lifecycle_at_the_first_maintenance(tmp_path:
         assert node.stats["republished"] == 3
         day, hour = DEFAULT.expire_time, DEFAULT.republish_interval
         assert store.record_meta("namespace", ours.storage_key) == Meta(
-            now + day, now + DEFAULT.publisher_republish_interval, original=True)
+            now + day, now + DEFAULT.publisher_renew_after, original=True)
         assert store.record_meta("dht", dht_key("k")) == Meta(
-            now + day, now + DEFAULT.publisher_republish_interval, original=True)
+            now + day, now + DEFAULT.publisher_renew_after, original=True)
         assert store.record_meta("namespace", theirs.storage_key) == Meta(
             now + day, now + hour, source="10.0.0.1")
         assert store.expire(now + day) == 1  # received: gone a lifetime after the upgrade

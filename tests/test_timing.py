@@ -10,6 +10,7 @@ import pytest
 
 from qadom import Config, NotFoundError
 from qadom.events import LookupEvent, LookupReply, LookupStarted
+from qadom.ids import key_for
 from qadom.node import Node
 from qadom.sim import SimNetwork
 
@@ -41,6 +42,29 @@ def test_items_expire_24_hours_after_publication_despite_hourly_republish() -> N
     assert holders(others, key) == []  # the TTL travelled with every republish
     with pytest.raises(NotFoundError):
         net.run_call(net.call(others[0], others[0].get, key))
+
+
+def test_the_publishers_renewal_lands_before_the_copies_expire() -> None:
+    # A publisher far from its key, so that only the copies it renews can answer a get.
+    net, nodes = network(48, seed=7)
+    value = b"readable every second of the day"
+    key = key_for(value)
+    publisher = max(nodes, key=lambda n: n.id ^ key)
+    assert net.run_call(net.call(publisher, publisher.set, value)) == key
+    published = net.now
+    readers = [n for n in nodes if n is not publisher and n.store.get_value(key) is None]
+    net.run_for(published + 24 * HOUR - 3 * CONFIG.maintenance_interval - net.now)
+    failed = 0
+    for i in range(150):  # a get every 2 s, from 3 minutes before the 24th hour to 2 after
+        reader = readers[i % len(readers)]
+        try:
+            net.run_call(net.call(reader, reader.get, key))
+        except NotFoundError:
+            failed += 1
+        net.run_for(2.0)
+    assert net.now > published + 24 * HOUR + 2 * CONFIG.maintenance_interval
+    assert failed == 0
+    assert publisher.stats["republished"] >= 1
 
 
 def test_storers_republish_hourly_to_newcomers_and_skip_when_others_did() -> None:
