@@ -378,6 +378,8 @@ class MemoryStore:
 
     def due(self, now: float, limit: int) -> list[Due]:
         found: list[Due] = []
+        if limit <= 0:
+            return found
         for key, (value, meta) in self._values.items():
             if meta.republish_at <= now:
                 found.append(Due(key, value, meta))

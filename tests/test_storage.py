@@ -93,6 +93,7 @@ def test_due_items_for_republish(make_store: type) -> None:
     due = store.due(20.0, 10)
     assert {(d.key, d.item) for d in due} == {(1, b"x"), (3, 4)}
     assert len(store.due(20.0, 1)) == 1
+    assert store.due(20.0, 0) == [] and store.due_records(20.0, 0) == []
 
 
 def test_quotas_refuse_and_lose_nothing(make_store: type) -> None:
