@@ -581,6 +581,15 @@ class DhtRecordService:
             node.stats["republished"] += 1
             node.replicate(due.key, DhtPut(data, ttl, republish=True), now)
 
+    def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None:
+        """The fill-only DHT_PUT that gives a new neighbour the live entries of our copy of a
+        record with ``ttl`` to live (None when nothing of it is live)."""
+        try:
+            live = decode_record(due.data, self.config).live(now)
+        except ProtocolError:
+            return None
+        return None if live is None else DhtPut(encode_record(live), ttl, republish=True)
+
     def put(self, write: Record, now: float) -> Call[PutResult]:
         """Store ``write`` (from :func:`parse_write`) at the k closest peers to its key.
 

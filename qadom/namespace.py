@@ -430,6 +430,14 @@ class NamespaceService:
             node.stats["republished"] += 1
             node.replicate(due.key, NamespaceStore.of(record, ttl), now)
 
+    def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None:
+        """The NAMESPACE_STORE that gives a new neighbour our copy of a record with ``ttl`` to
+        live (None for a record that no longer decodes)."""
+        try:
+            return NamespaceStore.of(NamespaceRecord.from_bytes(due.data), ttl)
+        except ProtocolError:
+            return None
+
     # ------------------------------------------------------------------ operations
 
     def set(self, record: NamespaceRecord, now: float) -> Call[int]:

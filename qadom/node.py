@@ -59,7 +59,7 @@ from .events import (
     LookupStarted,
     LookupTimeout,
 )
-from .ids import check_id, key_for, random_id, random_id_in
+from .ids import ID_SPACE, check_id, key_for, random_id, random_id_in
 from .info import InfoService, is_loopback
 from .lookup import Lookup
 from .messages import (
@@ -86,7 +86,7 @@ from .namespace import NamespaceService, check_record_value
 from .pubsub import PubSubService
 from .ratelimit import RateLimiter
 from .routing import RoutingTable, network_prefix
-from .storage import NEVER, MemoryStore, Meta
+from .storage import NEVER, DueRecord, MemoryStore, Meta, remaining_ttl
 from .storage import Store as StoreBackend
 
 log = logging.getLogger("qadom")
@@ -308,6 +308,10 @@ class Node:
         }
         self.dht_records = DhtRecordService(self)  # signed /dht records (qadom.dhtrecords)
         self.namespace = NamespaceService(self)  # signed namespaces (qadom.namespace)
+        # How each service copies one of its records to a new neighbour (see _hand_over).
+        self._copiers: dict[str, Callable[[DueRecord, int, float], Message | None]] = {
+            self.namespace.KIND: self.namespace.copy_message,
+            self.dht_records.KIND: self.dht_records.copy_message}
         self.pubsub = PubSubService(self)  # publish/subscribe (qadom.pubsub)
         self.info = InfoService(self, now)  # the operator's INFO summary (qadom.info)
         self._schedule(now + self.config.maintenance_interval, self._maintain)
@@ -823,9 +827,51 @@ class Node:
         if self._is_banned(contact, now):
             return
         self._dead.pop(contact.address, None)
-        to_ping = self.table.seen(contact)
+        table = self.table
+        added = table.added
+        to_ping = table.seen(contact)
         if to_ping is not None:
             self.request(to_ping.address, Ping(), now, expect_id=to_ping.id)
+        if table.added != added and self.store.quotas.total_items:
+            self._hand_over(contact, now)
+
+    def _hand_over(self, newcomer: Contact, now: float) -> None:
+        """Section 2.5: a node that learns of a new node stores to it the items it should hold,
+        and, so that only one node does, only the items whose key it is itself the closest to.
+
+        A newcomer can be one of the k closest to such a key only if it is one of our own k
+        closest contacts; and the keys we are surely the closest to, among the contacts we know
+        besides the newcomer, are those that share more leading bits with our id than any of
+        those contacts does: one range of ids. So this is a range read of our store, done only
+        when a contact joins our neighbourhood, bounded by ``republish_batch`` items; keys we are
+        the closest to outside that range reach the newcomer by the hourly republish."""
+        cfg, table = self.config, self.table
+        ours = table.closest(self.id, cfg.k + 1)
+        if newcomer not in ours[:cfg.k]:
+            return
+        others = [c for c in ours if c.id != newcomer.id]
+        if others:  # the ids sharing one leading bit more with us than any other contact does
+            width = 1 << ((others[0].id ^ self.id).bit_length() - 1)
+            lo = self.id & ~(width - 1)
+        else:  # we know nobody else: we are the closest to every key
+            lo, width = 0, ID_SPACE
+        copies: list[Message] = []
+        for due in self.store.held_between(lo, lo + width, cfg.republish_batch):
+            if ((not due.meta.original and due.meta.expires - now < 1)
+                    or newcomer not in table.closest(due.key, cfg.k)):
+                continue
+            ttl = remaining_ttl(due.meta, now, cfg)
+            if isinstance(due, DueRecord):
+                copier = self._copiers.get(due.kind)
+                copy = copier(due, ttl, now) if copier is not None else None
+                if copy is not None:
+                    copies.append(copy)
+            else:
+                copies.append(Store(due.item, ttl) if isinstance(due.item, bytes)
+                              else Append(due.key, due.item, ttl))
+        for copy in copies:
+            self.stats["handed_over"] += 1
+            self.request(newcomer.address, copy, now, expect_id=newcomer.id)
 
     def _contact_failed(self, address: Address, node_id: int | None, now: float) -> None:
         """A request to ``address`` failed for good. A contact of our table enters the lookups'

@@ -112,6 +112,7 @@ class RoutingTable:
         self.max_bucket_per_prefix = max_bucket_per_prefix  # 0: no limit
         self.max_table_per_prefix = max_table_per_prefix  # 0: no limit
         self.prefix_refused = 0  # contacts refused by the network diversity limits
+        self.added = 0  # contacts ever added (a caller compares it to see whether seen() added)
         self.buckets: list[Bucket] = [Bucket(0, ID_SPACE, now)]
         self._los: list[int] = [0]
         self._size = 0
@@ -279,6 +280,7 @@ class RoutingTable:
         """Add ``contact`` (known to be allowed) to ``bucket``, which has room."""
         bucket.contacts[contact.id] = contact
         self._size += 1
+        self.added += 1
         if self.max_bucket_per_prefix or self.max_table_per_prefix:
             prefix = network_prefix(contact.address[0])
             if prefix is not None:

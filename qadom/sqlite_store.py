@@ -31,7 +31,7 @@ from typing import Any
 from .config import Config
 from .contact import Contact
 from .errors import InvalidArgument
-from .ids import id_from_bytes, id_to_bytes
+from .ids import ID_SPACE, id_from_bytes, id_to_bytes
 from .storage import ENTRY_SIZE, NEVER, Due, DueRecord, Meta, Quotas, record_meta
 
 SCHEMA = """
@@ -231,6 +231,30 @@ class SqliteStore:
                       for key, value, *rest in self._db.execute(
                           f"SELECT key, value, {_META_COLUMNS} FROM entries "
                           "WHERE republish_at <= ? LIMIT ?", (now, limit - len(found)))]
+        return found
+
+    def held_between(self, lo: int, hi: int, limit: int) -> list[Due | DueRecord]:
+        if limit <= 0:
+            return []
+        # Ids are 32-byte big-endian blobs, so a key range is a blob range on the primary keys.
+        low = id_to_bytes(lo)
+        bound, params = ("", (low,)) if hi >= ID_SPACE else (" AND key < ?", (low, id_to_bytes(hi)))
+        found: list[Due | DueRecord] = [
+            Due(id_from_bytes(bytes(key)), bytes(value), _meta(rest))
+            for key, value, *rest in self._db.execute(
+                f"SELECT key, value, {_META_COLUMNS} FROM vals WHERE key >= ?{bound} "
+                "AND cached = 0 LIMIT ?", (*params, limit))]
+        if len(found) < limit:
+            found += [Due(id_from_bytes(bytes(key)), id_from_bytes(bytes(value)), _meta(rest))
+                      for key, value, *rest in self._db.execute(
+                          f"SELECT key, value, {_META_COLUMNS} FROM entries WHERE key >= ?{bound} "
+                          "LIMIT ?", (*params, limit - len(found)))]
+        if len(found) < limit:
+            found += [DueRecord(kind, id_from_bytes(bytes(key)), bytes(data), _record_meta(rest))
+                      for kind, key, data, *rest in self._db.execute(
+                          f"SELECT kind, key, data, {_RECORD_META_COLUMNS} FROM records "
+                          f"WHERE key >= ?{bound} AND (original = 1 OR expires < 9e999) LIMIT ?",
+                          (*params, limit - len(found)))]
         return found
 
     def expire(self, now: float) -> int:

@@ -245,6 +245,9 @@ class Quotas:
 class Store(Protocol):
     """What the protocol core needs from storage (see the module docstring for guarantees)."""
 
+    quotas: Quotas
+    """What the store holds, counted against the limits (``total_items``: how many items)."""
+
     def get_value(self, key: int, now: float | None = None) -> bytes | None: ...
 
     def value_meta(self, key: int) -> Meta | None: ...
@@ -270,6 +273,11 @@ class Store(Protocol):
 
     def due_records(self, now: float, limit: int) -> list[DueRecord]:
         """Up to ``limit`` service records whose republish time is at or before ``now``."""
+        ...
+
+    def held_between(self, lo: int, hi: int, limit: int) -> list[Due | DueRecord]:
+        """Up to ``limit`` values, entries and service records (cached copies excepted) whose key
+        is in ``[lo, hi)``, whatever their schedule: what a node hands to a new neighbour."""
         ...
 
     def expire(self, now: float) -> int:
@@ -398,6 +406,28 @@ class MemoryStore:
             return found
         for (kind, key), (data, meta) in self._records.items():
             if meta.republish_at <= now:
+                found.append(DueRecord(kind, key, data, meta))
+                if len(found) >= limit:
+                    break
+        return found
+
+    def held_between(self, lo: int, hi: int, limit: int) -> list[Due | DueRecord]:
+        found: list[Due | DueRecord] = []
+        if limit <= 0:
+            return found
+        # A scan: a node asks only when a new contact joins its own neighbourhood.
+        for key, (value, meta) in self._values.items():
+            if lo <= key < hi and not meta.cached:
+                found.append(Due(key, value, meta))
+                if len(found) >= limit:
+                    return found
+        for (key, item), meta in self._entries.items():
+            if lo <= key < hi:
+                found.append(Due(key, item, meta))
+                if len(found) >= limit:
+                    return found
+        for (kind, key), (data, meta) in self._records.items():
+            if lo <= key < hi and (meta.original or meta.expires != NEVER):  # has a lifecycle
                 found.append(DueRecord(kind, key, data, meta))
                 if len(found) >= limit:
                     break

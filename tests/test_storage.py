@@ -17,9 +17,9 @@ from qadom.contact import Contact
 from qadom.dhtrecords import SECURED, Record, encode_record, make_entry
 from qadom.dhtrecords import storage_key as dht_key
 from qadom.errors import InvalidArgument, StorageFull
-from qadom.ids import id_to_bytes, key_for
+from qadom.ids import ID_SPACE, id_to_bytes, key_for
 from qadom.sqlite_store import SqliteStore
-from qadom.storage import ENTRY_SIZE, NEVER, MemoryStore, Meta, Quotas, Store
+from qadom.storage import ENTRY_SIZE, NEVER, Due, MemoryStore, Meta, Quotas, Store
 
 DEFAULT = Config()
 SMALL = Config(max_store_bytes=1000, max_store_items=20, max_bytes_per_source=400,
@@ -70,6 +70,23 @@ def test_storing_a_value_again_changes_only_its_bookkeeping(make_store: type) ->
     assert store.get_value(key_for(value)) == value and store.value_meta(key_for(value)) == again
     assert store.stats() == before
     assert store.expire(199.0) == 0 and store.get_value(key_for(value), 199.0) == value
+
+
+def test_held_between_reads_one_range_of_keys(make_store: type) -> None:
+    store: Store = make_store()
+    top = ID_SPACE - 1
+    store.put_value(10, b"in", Meta(100.0))
+    store.put_value(11, b"cached", Meta(100.0, cached=True))  # not a replica: never handed over
+    store.put_value(30, b"out", Meta(100.0))
+    store.put_value(top, b"last", Meta(100.0))
+    store.add_entry(12, 5, Meta(100.0))
+    store.put_record("namespace", 13, b"rec", 0.0, meta=Meta(100.0, 50.0))
+    store.put_record("identity", 14, b"own", 0.0)  # no lifecycle: never handed over
+    got = store.held_between(10, 20, 10)
+    assert sorted((d.key, d.item if isinstance(d, Due) else d.data) for d in got) == [
+        (10, b"in"), (12, 5), (13, b"rec")]
+    assert len(store.held_between(10, 20, 2)) == 2 and store.held_between(10, 20, 0) == []
+    assert [d.key for d in store.held_between(top, ID_SPACE, 10)] == [top]  # the top of the space
 
 
 def test_entries_page_in_order(make_store: type) -> None:

@@ -67,15 +67,57 @@ def test_the_publishers_renewal_lands_before_the_copies_expire() -> None:
     assert publisher.stats["republished"] >= 1
 
 
+def join_next_to(net: SimNetwork, key: int, via: Node, count: int = 3) -> list[Node]:
+    """``count`` newcomers whose ids are the closest of all to ``key``, joined through ``via``."""
+    newcomers = []
+    for i in range(count):
+        node = net.add_node(node_id=key ^ (i + 1))
+        net.run_call(net.call(node, node.bootstrap, [net.address_of(via)]))
+        newcomers.append(node)
+    return newcomers
+
+
+def test_the_closest_holder_hands_newcomers_their_items_at_once() -> None:
+    net, nodes = network(24, seed=2)
+    key = net.run_call(net.call(nodes[0], nodes[0].set, b"handed over"))
+    published = net.now
+    far = net.add_node(node_id=key ^ (1 << 255))  # far from the key: it gets nothing
+    net.run_call(net.call(far, far.bootstrap, [net.address_of(nodes[5])]))
+    newcomers = join_next_to(net, key, nodes[5])
+    net.run_for(5.0)  # the verifications of the joins, then the copies
+    assert holders(newcomers, key) == newcomers and holders([far], key) == []
+    for node in newcomers:
+        meta = node.store.value_meta(key)
+        assert meta is not None and not meta.original
+        assert abs(meta.expires - (published + 24 * HOUR)) < 10  # what was left, not more
+    # Only the holder closest to the key sends (the paper's rule against duplicate copies): one
+    # of the original holders, then each newcomer, once it holds the item, for the next ones
+    # (and to the contacts it meets while it joins, as the paper's rule has it).
+    senders = [n for n in [*nodes, far] if n.stats["handed_over"]]
+    assert len(senders) == 1 and senders[0].stats["handed_over"] == 1
+    assert senders[0] is min(holders(nodes, key), key=lambda n: n.id ^ key)
+    assert sum(n.stats["handed_over"] for n in [*nodes, far, *newcomers]) <= CONFIG.k
+
+
+def test_a_node_alone_hands_its_items_to_the_first_that_joins() -> None:
+    net, (first,) = network(1, seed=4)
+    keys = [net.run_call(net.call(first, first.set, b"item %d" % i)) for i in range(5)]
+    second = net.add_node()
+    net.run_call(net.call(second, second.bootstrap, [net.address_of(first)]))
+    net.run_for(5.0)
+    assert all(second.store.get_value(key) is not None for key in keys)
+    assert first.stats["handed_over"] == 5
+
+
 def test_storers_republish_hourly_to_newcomers_and_skip_when_others_did() -> None:
     net, nodes = network(24, seed=2)
     key = net.run_call(net.call(nodes[0], nodes[0].set, b"replicate me"))
-    # Newcomers whose ids are the closest of all to the key join; nobody stores to them.
-    newcomers = []
-    for i in range(3):
-        node = net.add_node(node_id=key ^ (i + 1))
-        net.run_call(net.call(node, node.bootstrap, [net.address_of(nodes[5])]))
-        newcomers.append(node)
+    # The holder closest to the key leaves without notice; newcomers closer still join. The
+    # others still list it as closer than themselves, so none hands the item over.
+    closest = min(holders(nodes, key), key=lambda n: n.id ^ key)
+    net.remove(closest)
+    nodes = [n for n in nodes if n is not closest]
+    newcomers = join_next_to(net, key, nodes[5])
     assert holders(newcomers, key) == []
     before = sum(n.stats["republished"] for n in nodes)
     net.run_for(HOUR + 2 * CONFIG.maintenance_interval)
