@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from functools import partial
 from heapq import heappop, heappush
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .call import Call
 from .codec import Codec
@@ -97,6 +97,16 @@ ReplyCallback = Callable[[Envelope | None, float], None]
 Handler = Callable[[Any, int | None, Address, float], Message]
 # A lookup's per-reply rule: the contacts the reply names, or None when the reply is unusable.
 OnMessage = Callable[[Contact, Message, Lookup, float], Iterable[Contact] | None]
+
+
+class RecordService(Protocol):
+    """A service that keeps records with a lifecycle in the node's store (namespaces, /dht)."""
+
+    KIND: str
+
+    def republish(self, due: DueRecord, now: float) -> None: ...
+
+    def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None: ...
 
 
 def _ignore_acks(acks: int, now: float) -> None:
@@ -308,10 +318,10 @@ class Node:
         }
         self.dht_records = DhtRecordService(self)  # signed /dht records (qadom.dhtrecords)
         self.namespace = NamespaceService(self)  # signed namespaces (qadom.namespace)
-        # How each service copies one of its records to a new neighbour (see _hand_over).
-        self._copiers: dict[str, Callable[[DueRecord, int, float], Message | None]] = {
-            self.namespace.KIND: self.namespace.copy_message,
-            self.dht_records.KIND: self.dht_records.copy_message}
+        # The services whose records have a lifecycle, by record kind: they republish them
+        # (_republish) and copy them to a new neighbour (_hand_over).
+        self._record_services: dict[str, RecordService] = {
+            self.namespace.KIND: self.namespace, self.dht_records.KIND: self.dht_records}
         self.pubsub = PubSubService(self)  # publish/subscribe (qadom.pubsub)
         self.info = InfoService(self, now)  # the operator's INFO summary (qadom.info)
         self._schedule(now + self.config.maintenance_interval, self._maintain)
@@ -862,8 +872,8 @@ class Node:
                 continue
             ttl = remaining_ttl(due.meta, now, cfg)
             if isinstance(due, DueRecord):
-                copier = self._copiers.get(due.kind)
-                copy = copier(due, ttl, now) if copier is not None else None
+                service = self._record_services.get(due.kind)
+                copy = service.copy_message(due, ttl, now) if service is not None else None
                 if copy is not None:
                     copies.append(copy)
             else:
@@ -1251,12 +1261,10 @@ class Node:
         batch = cfg.republish_batch
         items = self.store.due(now, batch)
         records = self.store.due_records(now, max(batch - len(items), batch // 2))
-        services = {self.namespace.KIND: self.namespace.republish,
-                    self.dht_records.KIND: self.dht_records.republish}
         for record in records:
-            republish = services.get(record.kind)
-            if republish is not None:
-                republish(record, now)
+            service = self._record_services.get(record.kind)
+            if service is not None:
+                service.republish(record, now)
             else:  # a kind no service republishes: keep it as it is, off the schedule
                 self.store.put_record(record.kind, record.key, record.data, now,
                                       meta=replace(record.meta, republish_at=NEVER))
