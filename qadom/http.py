@@ -19,12 +19,20 @@ exactly 64 hexadecimal digits, the 256-bit number big-endian and zero-padded; ei
 accepted, lowercase is written. Binary data inside JSON is base64 (RFC 4648, with padding); raw
 values travel as ``application/octet-stream`` bodies.
 
-Guarantees: every answer is JSON except the raw value of ``GET /values/{key}`` and the event
-stream of ``GET /subscribe/{key}``; an error is ``{"error": reason, "field": name}`` (``field`` when
-one input is at fault) with a status that says why: 400 bad input, 401 a signature or ownership
-refusal, 404 nothing found, 409 a stale namespace sequence, 413 too large, 429 rate limited,
-502/503/504 the network or the peer could not answer. Every limit is in
+Guarantees: every answer is JSON except the raw value of ``GET /values/{key}``, the event
+stream of ``GET /subscribe/{key}`` and the plain-text 400 aiohttp's parser gives a request that is
+not valid HTTP (see below); an error is ``{"error": reason, "field": name}`` (``field`` when one
+input is at fault) with a status that says why: 400 bad input, 401 a signature or ownership
+refusal, 404 nothing found, 405 a method the path does not have, 409 a stale namespace sequence,
+413 too large, 429 rate limited, 502/503/504 the network or the peer could not answer. Every GET
+route answers HEAD too. Bodies may come with Content-Encoding gzip or deflate (decoded here, the
+limits applying to the decoded body); another coding is a 400. Every limit is in
 :class:`~qadom.config.Config`.
+
+A request aiohttp's parser refuses (a bad request line, a URL or header over 8190 bytes, a bad
+Content-Length or chunk) is answered by aiohttp itself before any application code runs: a
+plain-text 400 that no middleware or signal can change. The helper only keeps its traceback out of
+the ERROR log (one DEBUG line on ``qadom.http.server`` instead).
 """
 
 from __future__ import annotations
@@ -38,12 +46,14 @@ import logging
 import re
 import secrets
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 
 from . import __version__
 from .config import Config
@@ -144,36 +154,115 @@ def _contact_json(contact: Contact) -> dict[str, Any]:
     return {"id": key_text(contact.id), "host": contact.address[0], "port": contact.address[1]}
 
 
-def _address(item: object, name: str) -> Address:
-    """A ``{"host": IP literal, "port": 1-65535}`` object. Host names are refused: resolving them
-    would let any HTTP client make this node query DNS."""
+def _address(item: object, name: str, family: int) -> Address:
+    """A ``{"host": IP literal, "port": 1-65535}`` object whose host is of IP version ``family``
+    (4 or 6: that of this node's socket, which cannot reach the other). Host names are refused:
+    resolving them would let any HTTP client make this node query DNS. InvalidField naming
+    ``name.host`` or ``name.port`` otherwise."""
     if not isinstance(item, dict):
         raise InvalidField(name, "must be an object with host and port")
     host, port = item.get("host"), item.get("port")
     if not isinstance(host, str):
         raise InvalidField(f"{name}.host", "must be an IP address")
     try:
-        ipaddress.ip_address(host)
+        version = ipaddress.ip_address(host).version
     except ValueError:
         raise InvalidField(f"{name}.host", "must be an IP address") from None
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise InvalidField(f"{name}.port", "must be an integer in [1, 65535]")
+    if version != family:
+        raise InvalidField(f"{name}.host", f"is an IPv{version} address, and this node's socket "
+                           f"is IPv{family}: it cannot reach it")
     return host, port
+
+
+def _family(peer: Peer) -> int:
+    """The IP version (4 or 6) of the peer's bound socket."""
+    return ipaddress.ip_address(peer.address[0]).version
 
 
 # ============================================================================ bodies
 
 
+# Content codings the helper decodes itself (aiohttp's own decoding is off, see make_app): the
+# zlib window bits of each; deflate's are chosen from the data (zlib-wrapped, or raw as some
+# clients send it).
+_GZIP = 16 + zlib.MAX_WBITS
+_CODINGS: dict[str, int | None] = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": None}
+_MAX_CODINGS = 2
+
+
+def _content_codings(request: web.Request) -> list[str]:
+    """The codings of the request's Content-Encoding, in the order they were applied
+    (``identity`` dropped). InvalidField("Content-Encoding"), a 400, for one this helper does not
+    decode (br, zstd, compress...) or for more than ``_MAX_CODINGS`` of them."""
+    codings = [item.strip().lower()
+               for header in request.headers.getall("Content-Encoding", ())
+               for item in header.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    for coding in codings:
+        if coding not in _CODINGS:
+            raise InvalidField("Content-Encoding", f"{coding!r} is not supported; send the body "
+                               "as is, or with gzip or deflate")
+    if len(codings) > _MAX_CODINGS:
+        raise InvalidField("Content-Encoding", f"at most {_MAX_CODINGS} codings")
+    return codings
+
+
+def _deflate_bits(raw: bytes) -> int:
+    """zlib's window bits for a deflate body: the zlib format when ``raw`` opens with a zlib
+    header (RFC 1950), raw deflate otherwise."""
+    zlib_header = len(raw) >= 2 and raw[0] & 0x0F == 8 and int.from_bytes(raw[:2], "big") % 31 == 0
+    return zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+
+
+def _decode(raw: bytes, coding: str, limit: int) -> bytes:
+    """``raw`` decoded from ``coding`` (a key of ``_CODINGS``; gzip may hold several members).
+
+    Guarantees: at most ``limit + 1`` bytes are ever inflated, so a compression bomb costs no
+    more than a body at the limit; ValueTooLarge (413) when the decoded body exceeds ``limit``;
+    InvalidField("body") (400) when ``raw`` is not complete data of that coding. An empty body
+    stays empty."""
+    bits = _CODINGS[coding]
+    out = bytearray()
+    data = raw
+    while data:
+        inflater = zlib.decompressobj(_deflate_bits(data) if bits is None else bits)
+        try:
+            out += inflater.decompress(data, limit + 1 - len(out))
+        except zlib.error as exc:
+            raise InvalidField("body", f"is not valid {coding} data ({exc})") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            raise ValueTooLarge(f"the decoded body exceeds the {limit}-byte limit")
+        if not inflater.eof:
+            raise InvalidField("body", f"is truncated {coding} data")
+        data = inflater.unused_data
+        if data and bits is None:
+            raise InvalidField("body", "has bytes after the end of its deflate data")
+    return bytes(out)
+
+
 async def _body(request: web.Request) -> bytes:
-    """The raw request body; ValueTooLarge (413) past ``http_max_body_size``."""
+    """The request body, decoded from its Content-Encoding (gzip, deflate, identity).
+
+    Guarantees: raises only QadomErrors: ValueTooLarge (413) when the body, as sent or decoded,
+    exceeds ``http_max_body_size``; InvalidField (400) naming "Content-Encoding" for a coding
+    this helper does not decode, or "body" for data that does not decode or could not be read
+    (a bad chunked encoding)."""
     limit = request.app[STATE].config.http_max_body_size
+    codings = _content_codings(request)
     if request.content_length is not None and request.content_length > limit:
         raise ValueTooLarge(f"the body of {request.content_length} bytes exceeds the "
                             f"{limit}-byte limit")
     try:
-        return await request.read()
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ValueTooLarge(f"the body exceeds the {limit}-byte limit") from None
+    except web.RequestPayloadError:
+        raise InvalidField("body", "could not be read (a malformed chunked encoding?)") from None
+    for coding in reversed(codings):
+        raw = _decode(raw, coding, limit)
+    return raw
 
 
 def _no_constants(name: str) -> Any:
@@ -233,6 +322,34 @@ def error_response(status: int, message: str, name: str | None = None,
     if name is not None:
         body["field"] = name
     return web.json_response(body, status=status, headers=headers)
+
+
+def _client_fault(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is aiohttp's word for a malformed request (a bad request line, an over-long
+    URL or header, a bad Content-Length, a broken chunked body): the client's fault, not ours."""
+    if isinstance(exc, web.RequestPayloadError):
+        return True
+    return isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500
+
+
+class _ClientFaultsAreNotErrors(logging.Filter):
+    """On the helper's server logger: aiohttp logs a request its parser refused (and answered
+    with a 400) as an ERROR with a traceback. Such a record becomes one DEBUG line, without
+    traceback; every other record, a real failure included, passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno < logging.WARNING or not _client_fault(exc):
+            return True
+        _SERVER_LOG.debug("%s: %s: %s", record.getMessage(), type(exc).__name__,
+                          getattr(exc, "message", None) or exc)
+        return False
+
+
+# aiohttp's protocol logs here (make_app passes it as ``logger``), so the filter touches no other
+# aiohttp server in the process.
+_SERVER_LOG = logging.getLogger("qadom.http.server")
+_SERVER_LOG.addFilter(_ClientFaultsAreNotErrors())
 
 
 @web.middleware
@@ -324,6 +441,8 @@ async def entries_get(request: web.Request) -> web.StreamResponse:
 
 
 async def closest_get(request: web.Request) -> web.StreamResponse:
+    """The (at most) k closest nodes that answered a lookup of the key, closest first
+    (:meth:`Peer.find_nodes`); never this node, even when it is the closest."""
     target = parse_key(request.match_info["key"])
     contacts = await _peer(request).find_nodes(target)
     return web.json_response({"target": key_text(target),
@@ -371,7 +490,10 @@ async def publish_post(request: web.Request) -> web.StreamResponse:
 
 async def subscribe_get(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: one ``message`` event per published value (data: base64), a comment
-    line first once the subscription is active, and one every ``http_sse_keepalive`` seconds."""
+    line first once the subscription is active, and one every ``http_sse_keepalive`` seconds.
+
+    HEAD registers the subscription as GET does, so that it answers GET's status and headers,
+    then unsubscribes at once (no stream)."""
     state = request.app[STATE]
     topic = parse_key(request.match_info["key"])
     if state.subscriptions >= state.config.http_max_subscriptions:
@@ -385,6 +507,8 @@ async def subscribe_get(request: web.Request) -> web.StreamResponse:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                    "Cache-Control": "no-cache"})
             await response.prepare(request)
+            if request.method == "HEAD":
+                return response
             try:
                 await response.write(b": subscribed\n\n")
                 await _stream(response, messages, state)
@@ -443,14 +567,17 @@ async def bootstrap_post(request: web.Request) -> web.StreamResponse:
     limit = request.app[STATE].config.http_max_bootstrap_addresses
     if len(items) > limit:
         raise InvalidField("addresses", f"at most {limit} addresses")
-    addresses = [_address(item, f"addresses[{i}]") for i, item in enumerate(items)]
-    size = await _peer(request).bootstrap(addresses)
+    peer = _peer(request)
+    addresses = [_address(item, f"addresses[{i}]", _family(peer))
+                 for i, item in enumerate(items)]
+    size = await peer.bootstrap(addresses)
     return web.json_response({"contacts": size})
 
 
 async def ping_post(request: web.Request) -> web.StreamResponse:
-    address = _address(_object(await _json(request)), "body")
-    contact = await _peer(request).ping(address)
+    peer = _peer(request)
+    address = _address(_object(await _json(request)), "body", _family(peer))
+    contact = await peer.ping(address)
     return web.json_response(_contact_json(contact))
 
 
@@ -559,10 +686,12 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/subscribe/{key}", subscribe_get,
           "Subscribe to a topic as Server-Sent Events (event 'message', data base64)", ("key",),
           None, {"text/event-stream": {"schema": {"type": "string"}}}, (400, *_NET)),
-    Route("GET", "/closest/{key}", closest_get, "The k closest nodes to a key in the network",
-          ("key",), None, _json_content(_ref("Closest")), (400, *_NET)),
+    Route("GET", "/closest/{key}", closest_get,
+          "The k closest nodes to a key that answered a lookup (never this node)", ("key",), None,
+          _json_content(_ref("Closest")), (400, *_NET)),
     Route("POST", "/bootstrap", bootstrap_post,
-          "Join the network through known addresses (none: through the saved contacts)", (),
+          "Join the network through known addresses (none: through the contacts the store "
+          "saved at the last join or maintenance)", (),
           _json_content(_ref("Bootstrap")), _json_content(_ref("ContactCount")),
           (400, 413, *_NET)),
     Route("POST", "/ping", ping_post, "Ping an address; answers the node found there", (),
@@ -593,11 +722,25 @@ _ERROR_TEXT = {
     503: "The peer is closed or the helper is at its stream limit",
     504: "The network did not answer in time",
 }
+# Answers to requests outside the operations listed (OpenAPI lists no operation for them).
+_RESPONSES: dict[str, Any] = {
+    "MethodNotAllowed": {
+        "description": "405: the path exists, the method does not (any method not listed for it; "
+                       "HEAD is allowed wherever GET is)",
+        "headers": {"Allow": {"description": "The methods of this path", "schema":
+                              {"type": "string"}}},
+        "content": _json_content(_ref("Error"))},
+    "NotFound": {"description": "404: no such path", "content": _json_content(_ref("Error"))},
+}
 _PARAMS: dict[str, dict[str, Any]] = {
     "key": {"name": "key", "in": "path", "required": True, "schema": _KEY_SCHEMA},
     "dht_key": {"name": "key", "in": "path", "required": True,
-                "schema": {"type": "string", "minLength": 1, "pattern": "^[^/]+$"},
-                "description": "Any text, at most dht_max_key_size UTF-8 bytes"},
+                "schema": {"type": "string", "minLength": 1},
+                "example": "users/alice",
+                "description": "Any non-empty text of at most dht_max_key_size UTF-8 bytes, sent "
+                               "as one percent-encoded path segment and decoded: '/' is written "
+                               "%2F, and the keys '.' and '..' must be written %2E and %2E%2E "
+                               "(URL normalisation would remove them otherwise)"},
     "public_key": {"name": "public_key", "in": "path", "required": True, "schema": _KEY_SCHEMA,
                    "description": "The namespace owner's ed25519 public key (32 bytes), hex"},
 }
@@ -700,9 +843,12 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
         "openapi": "3.0.3",
         "info": {"title": "qadom HTTP helper", "version": __version__,
                  "description": "A qadom peer over HTTP. Keys are 64 hex digits; binary data in "
-                                "JSON is base64. See docs/HTTP.md."},
+                                "JSON is base64. Every GET route also answers HEAD (the same "
+                                "status and headers, no body). A method not listed for a path "
+                                "answers 405 (components/responses/MethodNotAllowed), a path not "
+                                "listed 404, both with an Error body. See docs/HTTP.md."},
         "paths": paths,
-        "components": {"schemas": _schemas(config)},
+        "components": {"schemas": _schemas(config), "responses": _RESPONSES},
     }
 
 
@@ -718,12 +864,19 @@ def make_app(peer: Peer) -> web.Application:
     or for aiohttp's ``TestServer`` in tests."""
     config = peer.config
     secret = node_signing_key(peer.node.store, time.time(), lambda: secrets.token_bytes(32))
+    # auto_decompress off: _body decodes Content-Encoding itself, so that a body aiohttp could
+    # not decode is a JSON 400 like any bad input (aiohttp would answer it in plain text before
+    # any handler runs). The logger filters the tracebacks of requests aiohttp's parser refused.
     app = web.Application(middlewares=[_errors_as_json],
-                          client_max_size=config.http_max_body_size)
+                          client_max_size=config.http_max_body_size,
+                          handler_args={"auto_decompress": False, "logger": _SERVER_LOG})
     app[PEER] = peer
     app[STATE] = HelperState(config, secret, public_key(secret))
     for route in ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
+        if route.method == "GET":
+            app.router.add_get(route.path, route.handler, allow_head=True)  # HEAD: no body
+        else:
+            app.router.add_route(route.method, route.path, route.handler)
     app.on_shutdown.append(_on_shutdown)
     return app
 

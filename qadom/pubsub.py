@@ -583,8 +583,9 @@ class PubSubService:
 
     def publish(self, key: int, value: bytes, now: float) -> Call[int]:
         """Send ``value`` to the k closest peers to ``key`` for relaying; resolves to how many
-        accepted it. Fails with RateLimited when every relay refused for our rate, and with
-        RemoteError when every relay refused for another reason.
+        accepted it. Fails with RateLimited when every relay refused for our rate, with
+        RemoteError when every relay refused for another reason, and with NoPeersError when
+        there is no peer to ask (as :meth:`subscribe` does).
 
         Messages to one topic leave in the order they were published: those published while a
         lookup of the topic is under way wait for it and go out together after it, in order, so
@@ -618,6 +619,9 @@ class PubSubService:
 
     def _send_publish(self, message: Publish, call: Call[int], closest: list[Contact],
                       now: float) -> None:
+        if not closest:
+            call.fail(NoPeersError(f"no peer known to relay topic {message.key}"))
+            return
 
         def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
             accepted = sum(1 for _, reply in replies if isinstance(reply, Published))

@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import json
+import logging
 import random
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 from nacl.signing import SigningKey
+from yarl import URL
 
 from qadom import Config, Peer
 from qadom.dhtrecords import (
@@ -29,7 +34,9 @@ from qadom.dhtrecords import (
     make_entry,
     verify,
 )
-from qadom.http import HttpHelper, key_text, make_app
+from qadom.errors import InvalidField
+from qadom.http import PEER, HttpHelper, key_text, make_app
+from qadom.http import _body as read_body
 from qadom.namespace import signing_bytes
 
 from helpers import EXAMPLE, FAST, udp_network, wait_until
@@ -37,7 +44,8 @@ from helpers import EXAMPLE, FAST, udp_network, wait_until
 ALICE = (11).to_bytes(32, "big")
 BOB = (12).to_bytes(32, "big")
 
-Clients = tuple[TestClient[aiohttp.web.Request, aiohttp.web.Application], ...]
+Client = TestClient[aiohttp.web.Request, aiohttp.web.Application]
+Clients = tuple[Client, ...]
 
 
 def body(secret: bytes, key: str, data: str, mode: str = SECURED,
@@ -57,6 +65,19 @@ async def clients() -> AsyncIterator[Clients]:
         finally:
             for client in made:
                 await client.close()
+
+
+@pytest.fixture
+async def lone() -> AsyncIterator[Client]:
+    """An HTTP helper on a peer that knows no other."""
+    async with Peer(config=FAST) as peer, TestClient(TestServer(make_app(peer))) as client:
+        yield client
+
+
+def no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing was logged at ERROR or above, and no traceback at any level above DEBUG."""
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [r for r in caplog.records if r.exc_info and r.levelno > logging.DEBUG] == []
 
 
 async def error_of(response: aiohttp.ClientResponse, status: int,
@@ -495,3 +516,247 @@ async def test_bootstrap_without_addresses_rejoins_through_saved_contacts(
                     await again.close()
         finally:
             await durable.close()
+
+
+# ---------------------------------------------------------------------------- request bodies
+
+# Every route that reads a body, with a valid body for it (64 hex digits where a key goes).
+NS_PUBLIC = bytes(SigningKey((31).to_bytes(32, "big")).verify_key).hex()
+BODY_ROUTES = [
+    ("POST", "/values", b"some value"),
+    ("POST", f"/entries/{key_text(1)}", json.dumps({"value": key_text(2)}).encode()),
+    ("POST", "/dht/test_id", json.dumps(EXAMPLE).encode()),
+    ("POST", "/ping", b'{"host": "127.0.0.1", "port": 9}'),
+    ("POST", f"/publish/{key_text(3)}", b"a message"),
+    ("PUT", f"/namespaces/{NS_PUBLIC}/{key_text(4)}",
+     b'{"value": "aGVsbG8=", "signature": "' + b"00" * 64 + b'"}'),
+    ("POST", "/bootstrap", b"{}"),
+    ("POST", "/refresh", b"{}"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "valid"), BODY_ROUTES)
+@pytest.mark.parametrize("coding", ["gzip", "x-gzip", "deflate"])
+async def test_a_body_that_does_not_decode_is_a_json_400_and_stores_nothing(
+        lone: Client, caplog: pytest.LogCaptureFixture, method: str, path: str, valid: bytes,
+        coding: str) -> None:
+    peer = lone.app[PEER]
+    before = peer.node.store.stats()
+    for sent in (b"abc", gzip.compress(valid)[:-5], zlib.compress(valid) + b"x"):
+        if coding == "deflate" and sent[:2] == b"\x1f\x8b":
+            continue  # a truncated gzip stream may read as the start of raw deflate data
+        response = await lone.request(method, path, data=sent,
+                                      headers={"Content-Encoding": coding})
+        message = await error_of(response, 400, "body")
+        assert coding in message or "could not" in message
+    assert peer.node.store.stats() == before
+    assert peer.stats.get("requests_out", 0) == 0  # nothing was sent either
+    no_error_logged(caplog)
+
+
+@pytest.mark.parametrize(("method", "path", "valid"), BODY_ROUTES)
+@pytest.mark.parametrize("coding", ["br", "zstd", "compress", "gzip, gzip, gzip"])
+async def test_a_content_encoding_not_decoded_here_is_a_json_400(
+        lone: Client, caplog: pytest.LogCaptureFixture, method: str, path: str, valid: bytes,
+        coding: str) -> None:
+    response = await lone.request(method, path, data=valid, headers={"Content-Encoding": coding})
+    message = await error_of(response, 400, "Content-Encoding")
+    assert "not supported" in message or "at most" in message
+    no_error_logged(caplog)
+
+
+async def test_gzip_and_deflate_bodies_are_decoded(lone: Client) -> None:
+    value = b"compressed \x00 value " * 50
+    key = key_text(int.from_bytes(hashlib.sha256(value).digest(), "big"))
+    raw_deflate = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    for coding, sent in [
+            ("gzip", gzip.compress(value)),
+            ("x-gzip", gzip.compress(value[:10]) + gzip.compress(value[10:])),  # two members
+            ("deflate", zlib.compress(value)),
+            ("deflate", raw_deflate.compress(value) + raw_deflate.flush()),
+            ("identity, gzip", gzip.compress(value)),
+            ("gzip, deflate", zlib.compress(gzip.compress(value))),
+            ("GZIP", gzip.compress(value))]:
+        response = await lone.post("/values", data=sent, headers={"Content-Encoding": coding})
+        assert response.status == 200, (coding, await response.text())
+        assert await response.json() == {"key": key}
+    assert await (await lone.get(f"/values/{key}")).read() == value
+    entry = gzip.compress(json.dumps({"value": key_text(9)}).encode())
+    response = await lone.post(f"/entries/{key_text(8)}", data=entry,
+                               headers={"Content-Encoding": "gzip"})
+    assert response.status == 200, await response.text()
+
+
+async def test_a_compression_bomb_is_413_after_inflating_at_most_the_limit(
+        lone: Client, caplog: pytest.LogCaptureFixture) -> None:
+    limit = FAST.http_max_body_size
+    bomb = gzip.compress(b"\x00" * 50_000_000)  # 50 MB in about 50 KB: over the raw limit too
+    await error_of(await lone.post("/values", data=bomb, headers={"Content-Encoding": "gzip"}),
+                   413)
+    small_bomb = gzip.compress(b"{" + b" " * limit + b"}")  # a few dozen bytes sent
+    assert len(small_bomb) < 100
+    for path in ("/refresh", "/bootstrap", "/ping"):
+        await error_of(await lone.post(path, data=small_bomb,
+                                       headers={"Content-Encoding": "gzip"}), 413)
+    # Exactly at the limit once decoded: read (and then refused as JSON for what it says).
+    at_limit = gzip.compress(b"{" + b" " * (limit - 2) + b"}")
+    assert (await lone.post("/refresh", data=at_limit,
+                            headers={"Content-Encoding": "gzip"})).status == 200
+    no_error_logged(caplog)
+
+
+async def raw_exchange(client: Client, *parts: bytes, wait_for: bytes | None = None) -> bytes:
+    """Send ``parts`` on a fresh connection to the helper and read until it closes (bounded).
+    With ``wait_for``, the parts after the first go only once the helper sent that line (an
+    interim ``100 Continue``): the body then reaches a handler already reading it."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(parts[0])
+        if wait_for is not None:
+            line = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert line.startswith(wait_for), line
+        for part in parts[1:]:
+            writer.write(part)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+def request_head(method: str, path: str, *headers: str) -> bytes:
+    return "\r\n".join([f"{method} {path} HTTP/1.1", "Host: x", "Connection: close", *headers,
+                        "", ""]).encode()
+
+
+@pytest.mark.parametrize(("parts", "wait_for"), [
+    ((b"GARBAGE / HTTP/1.1\r\n\r\n",), None),  # a bad method in the first request line
+    ((request_head("GET", "/node").replace(b"Connection: close", b"Connection: keep-alive"),
+      b"GARBAGE / HTTP/1.1\r\n\r\n"), b"HTTP/1.1 200 OK"),  # ... in the second
+    ((request_head("GET", "/node").replace(b"HTTP/1.1", b"HTTP/9.9", 1),), None),
+    ((request_head("GET", "/" + "a" * 9000),), None),  # a URL over 8190 bytes
+    ((request_head("GET", "/node", "X-Long: " + "a" * 9000),), None),  # a header line too
+    ((request_head("POST", "/values", "Content-Length: -1"),), None),
+    ((request_head("POST", "/values", "Content-Length: 1", "Content-Length: 2") + b"ab",), None),
+    ((request_head("POST", "/values", "Transfer-Encoding: chunked, gzip"),), None),
+], ids=["method", "second-request-line", "version", "url", "header", "negative-length",
+        "two-lengths", "chunked-not-last"])
+async def test_a_request_aiohttp_cannot_parse_is_a_400_without_an_error_traceback(
+        lone: Client, caplog: pytest.LogCaptureFixture, parts: tuple[bytes, ...],
+        wait_for: bytes | None) -> None:
+    caplog.set_level(logging.DEBUG, logger="qadom.http.server")
+    answer = await raw_exchange(lone, *parts, wait_for=wait_for)
+    # aiohttp answers these itself, in plain text (no hook lets an application change that
+    # answer); what the helper guarantees is a 400 and a log free of ERROR tracebacks.
+    assert b"HTTP/1.0 400 " in answer or b"HTTP/1.1 400 " in answer, answer[:200]
+    no_error_logged(caplog)
+    assert [r for r in caplog.records if r.name == "qadom.http.server"], caplog.records
+    # The helper goes on serving.
+    assert (await lone.get("/node")).status == 200
+
+
+async def test_a_body_that_cannot_be_read_is_a_400_naming_the_body(lone: Client) -> None:
+    # aiohttp's pure-Python parser reports a malformed chunk as an error of the body being read
+    # (its C parser drops the body instead: the handler then waits until the client hangs up).
+    payload = aiohttp.StreamReader(mock.Mock(), 2**16, loop=asyncio.get_running_loop())
+    payload.set_exception(aiohttp.web.RequestPayloadError("malformed chunk"))
+    request = make_mocked_request("POST", "/values", payload=payload, app=lone.app)
+    with pytest.raises(InvalidField) as refused:
+        await read_body(request)
+    assert refused.value.field == "body"
+
+
+# ---------------------------------------------------------------------------- HEAD
+
+
+async def test_head_answers_like_get_without_a_body(clients: Clients) -> None:
+    a, b, _ = clients
+    key = (await (await a.post("/values", data=b"headed")).json())["key"]
+    for path in ("/node", "/routing-table", "/stats", "/openapi.json", f"/values/{key}",
+                 f"/entries/{key}", f"/closest/{key}", f"/dht/{'x' * 3}"):
+        got, head = await b.get(path), await b.head(path)
+        assert head.status == got.status, path
+        assert head.headers["Content-Type"] == got.headers["Content-Type"], path
+        assert await head.read() == b"", path
+    head = await b.head(f"/values/{key}")
+    assert head.headers["Content-Length"] == str(len(b"headed"))
+    for path, status in ((f"/values/{'0' * 64}", 404), ("/values/zz", 400)):
+        head = await b.head(path)
+        assert head.status == status and head.content_type == "application/json"
+        assert await head.read() == b""
+    response = await a.delete("/node")
+    await error_of(response, 405)
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == {"GET", "HEAD"}
+
+
+async def test_head_on_an_event_stream_answers_its_status_and_unsubscribes(
+        clients: Clients, lone: Client) -> None:
+    a = clients[0]
+    topic = random.Random(8).getrandbits(256)
+    head = await asyncio.wait_for(a.head(f"/subscribe/{key_text(topic)}"), 10)
+    assert head.status == 200 and head.headers["Content-Type"] == "text/event-stream"
+    assert await head.read() == b""
+    assert a.app[PEER].node.pubsub.relays_of(topic) == []  # the subscription is gone
+    head = await lone.head(f"/subscribe/{key_text(topic)}")
+    assert head.status == 502 and await head.read() == b""
+
+
+# ---------------------------------------------------------------------------- addresses
+
+
+async def test_an_address_of_the_other_ip_family_is_a_400_naming_the_host(lone: Client) -> None:
+    message = await error_of(await lone.post("/ping", json={"host": "::1", "port": 21001}), 400,
+                             "body.host")
+    assert "IPv6" in message and "IPv4" in message
+    three = [{"host": "127.0.0.1", "port": 21000}, {"host": "::ffff:127.0.0.1", "port": 21001}]
+    message = await error_of(await lone.post("/bootstrap", json={"addresses": three}), 400,
+                             "addresses[1].host")
+    assert "IPv6" in message
+    assert lone.app[PEER].stats.get("requests_out", 0) == 0  # nothing was sent
+
+
+async def test_bootstrap_without_addresses_rejoins_a_memory_node_through_its_last_contacts(
+        ) -> None:
+    async with udp_network(2) as peers, TestClient(TestServer(make_app(peers[1]))) as joined, \
+            Peer(config=FAST) as fresh, TestClient(TestServer(make_app(fresh))) as never:
+        assert peers[1].data_dir is None
+        response = await joined.post("/bootstrap")
+        assert response.status == 200, await response.text()
+        assert (await response.json())["contacts"] >= 1
+        await error_of(await never.post("/bootstrap"), 400)
+
+
+async def test_closest_answers_the_lookup_s_nodes_closest_first_never_itself(
+        clients: Clients) -> None:
+    a = clients[0]
+    info = await (await a.get("/node")).json()
+    own = int(info["id"], 16)
+    answer = await (await a.get(f"/closest/{info['id']}")).json()  # this node is the closest
+    ids = [int(c["id"], 16) for c in answer["contacts"]]
+    assert own not in ids and ids == sorted(ids, key=lambda i: i ^ own) and len(ids) == 4
+
+
+# ---------------------------------------------------------------------------- /dht keys
+
+
+async def test_dht_keys_are_percent_decoded_path_segments(clients: Clients) -> None:
+    a, b, _ = clients
+    for key, url in (("a/b", "/dht/a%2Fb"), (".", "/dht/%2E"), ("..", "/dht/%2E%2E"),
+                     ("a b%", "/dht/a%20b%25")):
+        path = URL(url, encoded=True)  # as sent: no client-side normalisation
+        response = await a.post(path, json=body(ALICE, key, f"data of {key}"))
+        assert response.status == 200, (key, await response.text())
+        assert (await response.json())["key"] == key
+        answer = await (await b.get(path)).json()
+        assert json.loads(answer["data"])["data"] == f"data of {key}"
+        forgotten = await (await a.post(URL(f"{url}/forget", encoded=True))).json()
+        assert forgotten == {"key": key, "forgotten": True}
+
+
+# ---------------------------------------------------------------------------- publish
+
+
+async def test_a_lone_node_has_no_relay_to_publish_or_subscribe_through(lone: Client) -> None:
+    topic = key_text(12)
+    published = await error_of(await lone.post(f"/publish/{topic}", data=b"to nobody"), 502)
+    subscribed = await error_of(await lone.get(f"/subscribe/{topic}"), 502)
+    assert "no peer known to relay" in published and "no peer known to relay" in subscribed

@@ -136,3 +136,47 @@ def test_event_stream_route(case: schemathesis.Case, live: Live) -> None:
         else:
             # An error is an ordinary JSON answer: check it against the document like the rest.
             case.validate_response(response, checks=CHECKS)
+
+
+def concrete(path: str) -> str:
+    """``path`` with valid values in place of its parameters."""
+    return (path.replace("/dht/{key}", "/dht/some_key").replace("{key}", "0" * 64)
+            .replace("{public_key}", "0" * 64))
+
+
+def test_a_method_a_path_lacks_answers_405_as_the_document_says(live: Live) -> None:
+    document = openapi_document()
+    assert "Allow" in document["components"]["responses"]["MethodNotAllowed"]["headers"]
+    for path, item in document["paths"].items():
+        declared = {method.upper() for method in item}
+        allowed = declared | ({"HEAD"} if "GET" in declared else set())
+        for method in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+            if method in allowed:
+                continue
+            response = requests.request(method, live.base_url + concrete(path), timeout=30)
+            assert response.status_code == 405, (method, path)
+            assert {m.strip() for m in response.headers["Allow"].split(",")} == allowed
+            assert response.headers["Content-Type"].startswith("application/json")
+            body = response.json()
+            assert isinstance(body["error"], str) and set(body) <= {"error", "field"}
+
+
+def test_every_get_route_answers_head_without_a_body(live: Live) -> None:
+    for path, item in openapi_document()["paths"].items():
+        if "get" not in item:
+            continue
+        response = requests.head(live.base_url + concrete(path), timeout=30)
+        assert response.status_code != 405, path
+        assert str(response.status_code) in item["get"]["responses"], path
+        assert response.content == b"", path
+
+
+@pytest.mark.parametrize(("sent", "key"), [("a%2Fb", "a/b"), ("%2E", "."), ("%2E%2E", ".."),
+                                           ("%25", "%")])
+def test_dht_keys_are_any_text_in_one_percent_encoded_segment(live: Live, sent: str,
+                                                              key: str) -> None:
+    parameter = openapi_document()["paths"]["/dht/{key}"]["get"]["parameters"][0]
+    assert "pattern" not in parameter["schema"] and "%2F" in parameter["description"]
+    response = requests.get(f"{live.base_url}/dht/{sent}", timeout=30)
+    assert response.status_code == 404  # no record: the key reached the route, decoded
+    assert response.json()["error"] == f"no record under key {key!r}"
