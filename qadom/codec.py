@@ -15,7 +15,6 @@ whatever the input bytes. Encoding never produces a datagram the decoder would r
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from operator import call
 from typing import Any, NamedTuple
@@ -23,7 +22,7 @@ from typing import Any, NamedTuple
 import cbor2
 
 from .config import Config
-from .contact import Contact
+from .contact import Contact, is_ip_literal
 from .errors import InvalidArgument, ProtocolError
 from .ids import ID_BYTES, id_from_bytes, id_to_bytes
 from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Envelope, Kind, Message
@@ -56,10 +55,8 @@ def _check_host(host: object) -> str:
     known = _VALID_HOSTS.get(host)
     if known is not None:
         return known
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        raise ProtocolError("contact host is not an IP address") from None
+    if not is_ip_literal(host):
+        raise ProtocolError("contact host is not an IP address")
     if len(_VALID_HOSTS) >= _VALID_HOSTS_MAX:
         _VALID_HOSTS.clear()
     _VALID_HOSTS[host] = host

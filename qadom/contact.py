@@ -2,10 +2,70 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass, field
+
+from .errors import InvalidArgument
 
 Address = tuple[str, int]
 """A UDP address as ``(host, port)``; the host is an IP literal."""
+
+
+_SCOPE = re.compile(r"[0-9A-Za-z._-]{1,15}")
+"""An IPv6 zone: an interface name (at most 15 characters on Linux) or index."""
+
+
+def is_ip_literal(host: str) -> bool:
+    """True if ``host`` is an IPv4 or IPv6 literal that a socket can send to: an IPv6 zone
+    (``fe80::1%eth0``) must be an interface name or number, never arbitrary text (a NUL or
+    non-ASCII character in it makes ``sendto`` fail with an error that closes the socket)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    _, percent, zone = host.partition("%")
+    return not percent or _SCOPE.fullmatch(zone) is not None
+
+
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+
+
+def port_number(text: str) -> int | None:
+    """The port ``text`` spells in 1 to 5 ASCII digits, if it is in [0, 65535]; else None."""
+    if not _PORT.fullmatch(text) or int(text) > 65535:
+        return None
+    return int(text)
+
+
+def check_host_name(text: str) -> str:
+    """``text`` if a resolver can be asked about it: its IDNA form (what getaddrinfo sends)
+    exists, with no empty label and none over 63 characters; InvalidArgument otherwise. Whether
+    it resolves is found out when it is used."""
+    try:
+        text.encode("idna")
+    except UnicodeError as exc:
+        reason = exc.__cause__ or exc  # the codec wraps the reason ("label empty or too long")
+        raise InvalidArgument(f"cannot resolve {text!r}: not a valid host name ({reason})"
+                              ) from None
+    return text
+
+
+def parse_host_port(text: str) -> Address:
+    """``"HOST:PORT"`` (``"[::1]:9999"`` for IPv6) as the address of a peer to reach.
+    Guarantees: brackets balance and enclose the whole host, the port is written in ASCII digits
+    and is in [1, 65535] (port 0 names no peer), the host passes :func:`check_host_name`;
+    InvalidArgument otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or "[" in host or "]" in host:
+        raise InvalidArgument(f"expected HOST:PORT ([HOST]:PORT for IPv6), got {text!r}")
+    port = port_number(port_text)
+    if not port:  # None or 0
+        raise InvalidArgument(
+            f"port must be an integer in [1, 65535], not {port_text!r} (in {text!r})")
+    return check_host_name(host), port
 
 
 @dataclass(frozen=True, slots=True)

@@ -594,11 +594,11 @@ class NamespaceService:
         try:
             self.accept(message.record(), now, address[0], message.ttl)
         except BadSignature:
-            # Only a faulty or hostile peer sends a forged record: a local caller's mistake is
-            # caught before anything is sent.
+            # Only a faulty or hostile peer sends a forged record (a local caller's mistake is
+            # caught before anything is sent), but a request's sender id and source address
+            # prove nothing: punishing them would let anyone evict any contact by naming it.
+            # Liars are punished when they answer our own requests (see _check_found).
             self.node.stats["namespace_forged"] += 1
-            if sender is not None:
-                self.node.punish(Contact(sender, address), now)
             return Error(ErrorCode.BAD_SIGNATURE, "the signature does not verify; not stored")
         except StaleSequence as exc:
             return Error(ErrorCode.STALE_SEQUENCE, str(exc)[:200])

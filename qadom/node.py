@@ -45,6 +45,7 @@ from .contact import Address, Contact
 from .dhtrecords import DhtRecordService
 from .errors import (
     InvalidArgument,
+    InvalidType,
     NoPeersError,
     NotFoundError,
     OperationTimeout,
@@ -122,11 +123,11 @@ class _Request:
     """One outstanding request of ours."""
 
     __slots__ = ("address", "attempts", "challenged", "data", "expect_id", "gen", "message",
-                 "on_reply", "on_stall", "rpc_id", "sent_at")
+                 "on_reply", "on_stall", "retries", "rpc_id", "sent_at")
 
     def __init__(self, rpc_id: int, address: Address, message: Message, data: bytes,
                  expect_id: int | None, on_reply: ReplyCallback,
-                 on_stall: Callable[[float], None] | None, now: float) -> None:
+                 on_stall: Callable[[float], None] | None, now: float, retries: int) -> None:
         self.rpc_id = rpc_id
         self.address = address
         self.message = message
@@ -137,6 +138,7 @@ class _Request:
         self.on_reply = on_reply
         self.on_stall = on_stall
         self.attempts = 1
+        self.retries = retries  # resends after a timeout before the request fails
         self.sent_at = now
 
 
@@ -417,7 +419,11 @@ class Node:
                 log.exception("internal error in a timer")
 
     def add_listener(self, fn: Callable[[LookupEvent], None]) -> Callable[[], None]:
-        """Call ``fn`` with every lookup event; returns a function that unsubscribes it."""
+        """Call ``fn`` with every lookup event; returns a function that unsubscribes it. An
+        exception raised by ``fn`` is logged and counted (``listener_errors``) and never reaches
+        the lookup: a faulty display cannot stall an operation."""
+        if not callable(fn):
+            raise InvalidType(f"a listener must be callable, not {type(fn).__name__}")
         self._listeners.append(fn)
         return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
@@ -434,7 +440,9 @@ class Node:
     # ================================================================== operations
 
     def ping(self, address: Address, now: float) -> Call[Contact]:
-        """Ask ``address`` for its id; resolves to the contact (now in the routing table)."""
+        """Ask ``address`` for its id; resolves to the contact that answered. It is offered to
+        the routing table like any contact that answers us (a full bucket, a ban or our own id
+        can keep it out)."""
         call: Call[Contact] = self.new_call("ping", now)
 
         def on_reply(envelope: Envelope | None, now: float) -> None:
@@ -621,12 +629,13 @@ class Node:
 
     def request(self, address: Address, message: Message, now: float, *,
                 expect_id: int | None = None, on_reply: ReplyCallback | None = None,
-                on_stall: Callable[[float], None] | None = None) -> int:
+                on_stall: Callable[[float], None] | None = None, retry: bool = True) -> int:
         """Send ``message`` to ``address`` and track it until answered or failed.
 
         ``on_reply(envelope, now)`` runs once: with the reply envelope, or with None when every
         attempt timed out or the answer came from another id than ``expect_id``. ``on_stall(now)``
-        runs when the first attempt times out and a retry goes out.
+        runs when the first attempt times out and a retry goes out. Without ``retry`` the request
+        is sent once (``Config.rpc_retries`` resends otherwise).
         """
         rpc_id = self.rng.getrandbits(64)
         while rpc_id in self._pending:
@@ -639,7 +648,7 @@ class Node:
             cfg.min_request_size if message.LARGE_REPLY else cfg.min_small_request_size)
         data = self.codec.encode(Envelope(rpc_id, self._sender, message, token, pad_to))
         req = _Request(rpc_id, address, message, data, expect_id, on_reply or _ignore_reply,
-                       on_stall, now)
+                       on_stall, now, cfg.rpc_retries if retry else 0)
         self._pending[rpc_id] = req
         self.stats["requests_out"] += 1
         self._transmit(req, now)
@@ -674,7 +683,7 @@ class Node:
         req = self._pending.get(rpc_id)
         if req is None or req.gen != gen:
             return
-        if req.attempts <= self.config.rpc_retries:
+        if req.attempts <= req.retries:
             req.attempts += 1
             self.stats["retries"] += 1
             self._transmit(req, now)
@@ -829,7 +838,9 @@ class Node:
             self.stats["verify_skipped"] += 1
             return
         self._verifying[address] = now
-        self.request(address, Ping(), now, expect_id=sender)
+        # Toward an address not proven, the ping goes once: a resend would be sent to a spoofed
+        # source too, past the amplification bound the budget keeps.
+        self.request(address, Ping(), now, expect_id=sender, retry=budget is None)
 
     def _saw(self, contact: Contact, now: float) -> None:
         """``contact`` answered us: update the table, pinging an old contact if a bucket is full.
@@ -965,6 +976,8 @@ class Node:
 
     def _handle_find_node_store(self, message: FindNodeStore, sender: int | None,
                                 address: Address, now: float) -> Message:
+        if message.ttl <= 0:  # refused whoever holds the key, as a STORE's would be
+            return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
         key = key_for(message.value)
         k = self.config.k
         nodes = tuple(self.table.closest(key, k, exclude=sender))
@@ -1305,7 +1318,11 @@ class Node:
 
     def _emit(self, event: LookupEvent) -> None:
         for fn in list(self._listeners):
-            fn(event)
+            try:
+                fn(event)
+            except Exception:
+                self.stats["listener_errors"] += 1
+                log.exception("a lookup listener raised on %s", type(event).__name__)
 
     def check_value(self, value: object) -> bytes:
         """``value`` if it is bytes within ``max_value_size``; InvalidType / ValueTooLarge."""

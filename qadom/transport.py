@@ -11,6 +11,7 @@ immune to wall-clock jumps while stored timestamps stay meaningful across restar
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -20,6 +21,7 @@ from .contact import Address
 from .node import Node
 
 T = TypeVar("T")
+log = logging.getLogger("qadom")
 
 
 class NodeProtocol(asyncio.DatagramProtocol):
@@ -56,6 +58,9 @@ class NodeProtocol(asyncio.DatagramProtocol):
         self.node.stats["socket_errors"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:  # the loop closed the socket on an error: say so where users look
+            self.node.stats["socket_lost"] += 1
+            log.error("the UDP socket was closed by an error: %r", exc)
         self.transport = None
         if self._timer is not None:
             self._timer.cancel()

@@ -36,7 +36,7 @@ CODEC = Codec(CONFIG)
 ids = st.integers(min_value=0, max_value=ID_SPACE - 1)
 hosts = st.one_of(
     st.tuples(*[st.integers(0, 255)] * 4).map(lambda t: ".".join(map(str, t))),
-    st.just("::1"), st.just("fe80::1"))
+    st.just("::1"), st.just("fe80::1"), st.just("fe80::1%eth0"), st.just("fe80::2%3"))
 contacts = st.builds(Contact, ids, st.tuples(hosts, st.integers(1, 65535)))
 contact_lists = st.lists(contacts, max_size=20).map(tuple)
 values = st.binary(max_size=CONFIG.max_value_size)
@@ -125,6 +125,11 @@ def test_field_mutations_of_valid_messages_are_refused() -> None:
         [1, FindNode.CODE, True, bytes(32), [bytes(32)]],  # bool is not an int here
         [1, Store.CODE, 7, None, [b"x" * (CONFIG.max_value_size + 1)]],
         [1, Nodes.CODE, 7, None, [[[bytes(32), "not-an-ip", 1]]]],
+        # An IPv6 zone must name an interface: sendto() fails on other text in a way that
+        # closes the socket.
+        [1, Nodes.CODE, 7, None, [[[bytes(32), "fe80::1%\x00", 1]]]],
+        [1, Nodes.CODE, 7, None, [[[bytes(32), "fe80::1%\ue000", 1]]]],
+        [1, Nodes.CODE, 7, None, [[[bytes(32), "fe80::1%a b", 1]]]],
         [1, Nodes.CODE, 7, None, [[[bytes(32), "127.0.0.1", 0]]]],
         [1, Nodes.CODE, 7, None, [[[bytes(32), "127.0.0.1", 70000]]]],
         [1, Nodes.CODE, 7, None, [[[bytes(32), "127.0.0.1", 1]] * 65]],

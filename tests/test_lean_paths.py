@@ -234,6 +234,8 @@ def test_find_node_store_keeps_the_value_only_when_it_belongs_and_fits() -> None
     reply = ask(other, FindNodeStore(value, 0), net.now)
     assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST
     assert other.store.get_value(key, net.now) is None
+    reply = ask(far, FindNodeStore(value, 0), net.now)  # even where the key is not ours
+    assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST
     # A full store answers with the contacts and stored = false, and changes nothing.
     full = ranked[2]
     full.store = type(full.store)(replace(CONFIG, max_store_items=1))

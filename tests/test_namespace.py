@@ -262,19 +262,24 @@ def neighbour(nodes: list[Node], of: Node) -> Node:
     return closest_to(nodes, of.id, 1, exclude=of)[0]
 
 
-def test_sim_forged_store_is_refused_and_its_sender_dropped() -> None:
+def test_sim_forged_store_is_refused_and_evicts_nobody() -> None:
+    # A request's sender id and address prove nothing: a forged record in a NAMESPACE_STORE is
+    # refused, but if it got its claimed sender banned, anyone could empty a routing table by
+    # naming its contacts one by one.
     net, nodes = sim_network()
     victim = nodes[4]
-    attacker = neighbour(nodes, victim)
-    assert attacker.id in victim.table
+    sender = neighbour(nodes, victim)
+    assert sender.id in victim.table
+    contacts_before = {c.id for c in victim.table}
     forged = dataclasses.replace(signed(1, 0, b"v"), value=b"forged")
-    reply = net.run_call(net.call(attacker, raw_call, attacker,
+    reply = net.run_call(net.call(sender, raw_call, sender,
                                   Contact(victim.id, net.address_of(victim)),
                                   NamespaceStore.of(forged)))
     assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_SIGNATURE
     assert victim.namespace.local(forged.storage_key) is None
-    assert attacker.id not in victim.table
     assert victim.stats["namespace_forged"] == 1
+    assert victim.stats.get("liars", 0) == 0
+    assert {c.id for c in victim.table} >= contacts_before
 
 
 def test_sim_forged_record_in_a_reply_punishes_the_liar() -> None:
@@ -571,9 +576,8 @@ async def test_bad_signature_wrong_key_and_rollback_are_refused_everywhere() -> 
             forged = await raw_request(sender, replica, NamespaceStore.of(
                 dataclasses.replace(v1, seq=2, value=b"forged")))
             assert isinstance(forged, Error) and forged.code == ErrorCode.BAD_SIGNATURE
-            # The forger left the replica's routing table.
-            assert replica.stats["liars"] == liars + 1
-            assert sender.id not in replica.routing_table
+            # Refused, and nobody punished: a request's sender id and address prove nothing.
+            assert replica.stats.get("liars", 0) == liars
 
         assert snapshot(peers, skey) == before
         assert [p.node.store.stats() for p in peers] == stats_before
