@@ -6,10 +6,12 @@ join the network through ``--bootstrap`` with a short-lived client peer that sta
 nodes' routing tables, do one thing and leave; ``info`` asks a running node on this machine for its
 summary (:mod:`qadom.info`).
 
-Exit status: 0 on success; 2 for a bad argument (argparse's convention: a malformed key, an
-unreadable file, a value over the size limit); 1 for any other failure (not found, no node
-answered, timed out). On failure stderr holds exactly one line, ``qadom: <reason>``; never a
-traceback (``--log-level debug`` logs one for an unexpected error).
+Exit status: 0 on success, and for ``serve`` stopped by SIGINT or SIGTERM at any time (even while
+it joins); 2 for a bad argument (argparse's convention: a malformed key or address, a host name
+that does not resolve, an unreadable file or closed stdin, a value over the size limit); 1 for any
+other failure (not found, no node answered, timed out, a port in use, closed stdout). On failure
+stderr holds exactly one line, ``qadom: <reason>``; never a traceback (``--log-level debug`` logs
+one for an unexpected error).
 """
 
 from __future__ import annotations
@@ -21,19 +23,32 @@ import logging
 import os
 import re
 import signal
+import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import IO, Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import runner
 from .config import Config
-from .contact import Address
-from .errors import NoPeersError, NotFoundError, OperationTimeout, QadomError, UsageError
+from .contact import Address, check_host_name, parse_host_port, port_number
+from .errors import (
+    DataDirInUse,
+    InvalidArgument,
+    NoPeersError,
+    NotFoundError,
+    OperationTimeout,
+    QadomError,
+    UsageError,
+)
 from .ids import ID_SPACE
 from .info import format_address, is_loopback
 from .peer import Peer
+
+if TYPE_CHECKING:
+    from .http import HttpHelper
 
 log = logging.getLogger("qadom")
 
@@ -89,20 +104,31 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"qadom: {message} (see '{self.prog} --help')\n")
 
 
+def parse_host(text: str) -> str:
+    """A host to bind or to reach, as given: an IP address or a name the resolver can be asked
+    about (:func:`qadom.contact.check_host_name`); argparse-friendly errors."""
+    try:
+        return check_host_name(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_address(text: str) -> Address:
-    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) -> (host, port); argparse-friendly errors."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    return host, int(port)
+    """``HOST:PORT`` -> (host, port), an IPv6 host in brackets (``[::1]:9999``), checked as
+    :func:`qadom.contact.parse_host_port` says; argparse-friendly errors."""
+    try:
+        return parse_host_port(text)
+    except InvalidArgument as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_port(text: str) -> int:
-    """A port number in [0, 65535] (0 picks a free one); argparse-friendly errors."""
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
-    return int(text)
+    """A port to listen on, in ASCII digits, in [0, 65535] (0 picks a free one);
+    argparse-friendly errors."""
+    port = port_number(text)
+    if port is None:
+        raise argparse.ArgumentTypeError(f"port must be an integer in [0, 65535], not {text!r}")
+    return port
 
 
 def parse_id(text: str) -> int:
@@ -144,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run a node until interrupted", epilog=EXAMPLES["serve"],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run a qadom node: serve the DHT over UDP until SIGINT or SIGTERM.")
-    serve.add_argument("--host", default="127.0.0.1",
+    serve.add_argument("--host", type=parse_host, default="127.0.0.1",
                        help="address to bind (default 127.0.0.1; 0.0.0.0 for every interface)")
     serve.add_argument("--port", type=parse_port, default=9999,
                        help="UDP port (default 9999; 0 picks a free one)")
@@ -161,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=parse_port, default=None, metavar="N",
                        help="also serve the HTTP helper (docs/HTTP.md) on TCP port N "
                             "(0 picks a free one); off by default")
-    serve.add_argument("--http-host", default=None, metavar="HOST",
+    serve.add_argument("--http-host", type=parse_host, default=None, metavar="HOST",
                        help="address the HTTP helper binds (default: the --host value)")
     serve.set_defaults(handler=_serve)
 
@@ -220,7 +246,19 @@ def build_parser() -> argparse.ArgumentParser:
         # the value given before it when it is absent here.
         command.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS,
                              help="verbosity of the 'qadom' logger on stderr")
+        command.set_defaults(command_parser=command)  # for parse_args' errors
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser,
+               argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` for :func:`build_parser`'s parser, except that an argument no
+    parser knows is reported by the command's parser, so the error points to that command's help
+    (``see 'qadom append --help'``), not to ``qadom --help``."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _data_dir(args: argparse.Namespace) -> str | None:
@@ -234,80 +272,148 @@ def _data_dir(args: argparse.Namespace) -> str | None:
     return platformdirs.user_data_dir("qadom")
 
 
-def _lock_data_dir(data_dir: str) -> IO[bytes]:
-    """Hold an exclusive lock on ``data_dir`` while the node runs: two nodes sharing a directory
-    would share one id and one database. The lock goes with the process, however it ends."""
-    try:
-        os.makedirs(data_dir, exist_ok=True)
-        lock = open(os.path.join(data_dir, "serve.lock"), "ab")  # noqa: SIM115 (held open)
-    except OSError as exc:
-        raise CommandLineError(f"cannot use data dir {data_dir!r}: {exc.strerror or exc}"
-                               ) from None
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform: one node per directory is up to us
-        return lock
-    try:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise CommandLineError(f"data dir {data_dir!r} is in use by another qadom node; give "
-                               "another --data-dir, or --memory") from None
-    return lock
+class _CannotBind(QadomError):
+    """A socket ``serve`` needs could not be bound (the port is in use, say): exit 1."""
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    data_dir = _data_dir(args)
-    lock = _lock_data_dir(data_dir) if data_dir is not None else None
-    peer = Peer(args.host, args.port, data_dir=data_dir)
+def _os_reason(exc: BaseException) -> str:
+    """Why ``exc`` happened, as the C library says it ("Address already in use") when ``exc`` or
+    the error it wraps (uvloop's "could not bind" carries none itself) has an errno."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, OSError) and error.errno is not None and error.errno > 0:
+            return os.strerror(error.errno)
+    return str(exc)
+
+
+def _socket_error(exc: OSError, what: str, address: Address) -> QadomError:
+    """The error to report when binding ``what`` on ``address`` raised ``exc``: naming the host
+    when it does not resolve (a bad argument, exit 2), else the address and the reason."""
+    if isinstance(exc, socket.gaierror):
+        return CommandLineError(f"cannot resolve {address[0]!r}: {exc.strerror or exc}")
+    return _CannotBind(f"cannot bind {what} on {format_address(address)}: {_os_reason(exc)}")
+
+
+def _not_a_directory(path: str) -> Path | None:
+    """The first of ``path`` and its parents that exists, when it is not a directory."""
+    for candidate in (Path(path), *Path(path).parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
+def _data_dir_error(data_dir: str, exc: OSError | sqlite3.Error) -> CommandLineError:
+    """The error to report when ``data_dir`` cannot hold a node's data."""
+    blocker = _not_a_directory(data_dir)
+    if blocker is not None:
+        what = "it" if str(blocker) == str(Path(data_dir)) else repr(str(blocker))
+        return CommandLineError(f"cannot use data dir {data_dir!r}: {what} is not a directory")
+    reason = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+    return CommandLineError(f"cannot use data dir {data_dir!r}: {reason}")
+
+
+async def _start_peer(peer: Peer, data_dir: str | None) -> None:
+    """Start ``serve``'s peer; every failure as a one-line QadomError naming what failed."""
     try:
         await peer.start()
-    except (OSError, sqlite3.Error) as exc:
-        if data_dir is None or (isinstance(exc, OSError) and exc.filename is None):
-            raise  # the socket, not the data dir
-        reason = exc.strerror if isinstance(exc, OSError) else exc
-        raise CommandLineError(f"cannot use data dir {data_dir!r}: {reason}") from None
-    log.info("data in %s", data_dir or "memory only")
+    except DataDirInUse as exc:
+        raise CommandLineError(f"{exc}; give another --data-dir, or --memory") from None
+    except OSError as exc:
+        if data_dir is None or exc.filename is None:  # the socket, not the data dir
+            raise _socket_error(exc, "UDP", (peer.host, peer.port)) from None
+        raise _data_dir_error(data_dir, exc) from None
+    except sqlite3.Error as exc:
+        if data_dir is None:
+            raise
+        raise _data_dir_error(data_dir, exc) from None
+
+
+def _stop_event() -> asyncio.Event:
+    """An event that SIGINT and SIGTERM set, instead of ending the process."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    host, port = peer.address
+    return stop
+
+
+async def _start_http(peer: Peer, args: argparse.Namespace) -> HttpHelper | None:
+    """The HTTP helper serving ``peer`` as ``--http-port`` asks (None without it), started; its
+    address printed as ``qadom http on HOST:PORT``."""
+    if args.http_port is None:
+        return None
+    from .http import HttpHelper  # imported only here: aiohttp is slow to import
+
+    host = args.http_host or args.host
+    http = HttpHelper(peer, host, args.http_port)
+    try:
+        await http.start()
+    except OSError as exc:
+        raise _socket_error(exc, "HTTP", (host, args.http_port)) from None
+    assert http.address is not None
+    # The second machine-readable line: where the HTTP helper listens (an IPv6 host in
+    # brackets, as in a URL).
+    print(f"qadom http on {format_address(http.address)}", flush=True)
+    return http
+
+
+async def _join(peer: Peer, args: argparse.Namespace, data_dir: str | None) -> None:
+    """``serve``'s first join: through ``--bootstrap`` (NoPeersError naming the addresses if none
+    answers), else through the contacts saved in the data dir (a failure is only logged: the
+    node still serves, and others may join through it), else none."""
+    if args.bootstrap:
+        try:
+            size = await peer.bootstrap(args.bootstrap)
+        except NoPeersError:
+            raise NoPeersError(f"could not join: no node answered at {_where(args.bootstrap)}"
+                               ) from None
+        log.info("joined through %d address(es); %d contacts", len(args.bootstrap), size)
+    elif data_dir is not None and peer.node.store.load_contacts():
+        try:
+            size = await peer.bootstrap()  # rejoin through the contacts saved last time
+            log.info("rejoined through saved contacts; %d contacts", size)
+        except QadomError as exc:
+            # Every old neighbour is gone: still a working node others can join through.
+            log.warning("could not rejoin through saved contacts: %s", exc)
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` until it ends or ``stop`` is set, whichever comes first. A stop cancels
+    ``work`` and returns normally, even if ``work`` failed meanwhile; otherwise ``work``'s
+    exception propagates. Guarantee: ``work`` is finished when this returns or raises."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        task.cancel()
+        stopped.cancel()
+        await asyncio.gather(task, stopped, return_exceptions=True)
+    if not stop.is_set():
+        task.result()
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    """Run a node until SIGINT or SIGTERM (exit 0, even during the first join). Fails, with the
+    node closed, when it cannot start, or when no ``--bootstrap`` address answers."""
+    data_dir = _data_dir(args)
+    peer = Peer(args.host, args.port, data_dir=data_dir)  # locks data_dir while it runs
+    await _start_peer(peer, data_dir)
+    log.info("data in %s", data_dir or "memory only")
+    stop = _stop_event()
     # One machine-readable line first: scripts and tests read the bound address from it. It
     # comes after the signal handlers, so a script may stop the node cleanly as soon as it reads it.
+    host, port = peer.address
     print(f"qadom serving on {host}:{port} id {peer.id}", flush=True)
     http = None
     try:
-        if args.http_port is not None:
-            from .http import HttpHelper  # imported only here: aiohttp is slow to import
-
-            http = HttpHelper(peer, args.http_host or args.host, args.http_port)
-            await http.start()
-            assert http.address is not None
-            # The second machine-readable line: where the HTTP helper listens (an IPv6 host in
-            # brackets, as in a URL).
-            http_host, http_port = http.address
-            if ":" in http_host:
-                http_host = f"[{http_host}]"
-            print(f"qadom http on {http_host}:{http_port}", flush=True)
-        if args.bootstrap:
-            size = await peer.bootstrap(args.bootstrap)
-            log.info("joined through %d address(es); %d contacts", len(args.bootstrap), size)
-        elif data_dir is not None and peer.node.store.load_contacts():
-            try:
-                size = await peer.bootstrap()  # rejoin through the contacts saved last time
-                log.info("rejoined through saved contacts; %d contacts", size)
-            except QadomError as exc:
-                # Every old neighbour is gone: still a working node others can join through.
-                log.warning("could not rejoin through saved contacts: %s", exc)
+        http = await _start_http(peer, args)
+        await _unless_stopped(stop, _join(peer, args, data_dir))
         await stop.wait()
         log.info("shutting down")
     finally:
         if http is not None:
             await http.close()
         await peer.close()
-        if lock is not None:
-            lock.close()
     return 0
 
 
@@ -316,6 +422,17 @@ async def _serve(args: argparse.Namespace) -> int:
 
 class _Unacknowledged(QadomError):
     """A write that no node acknowledged: nothing is stored in the network."""
+
+
+class _StdoutClosed(QadomError):
+    """The command's output goes to stdout, and stdout is closed: exit 1, before doing anything."""
+
+
+def _require_stdout() -> None:
+    """Fail before any work when stdout was closed when the process started (Python then sets
+    ``sys.stdout`` to None): the output would be lost."""
+    if sys.stdout is None:
+        raise _StdoutClosed("cannot write stdout: it is closed")
 
 
 def _is_local(host: str) -> bool:
@@ -362,6 +479,8 @@ def _acks(peer: Peer) -> int:
 def _read_value(name: str, limit: int) -> bytes:
     """The bytes of file ``name`` (stdin for ``-``), refusing more than ``limit`` of them."""
     where = "stdin" if name == "-" else repr(name)
+    if name == "-" and sys.stdin is None:  # closed when the process started
+        raise CommandLineError("cannot read stdin: it is closed")
     try:
         if name == "-":
             data = sys.stdin.buffer.read(limit + 1)
@@ -390,6 +509,7 @@ def _write_output(name: str, data: bytes) -> None:
 
 
 async def _set(args: argparse.Namespace) -> int:
+    _require_stdout()
     value = _read_value(args.file, Config().max_value_size)
     async with _joined(args) as peer:
         before = _acks(peer)
@@ -401,6 +521,8 @@ async def _set(args: argparse.Namespace) -> int:
 
 
 async def _get(args: argparse.Namespace) -> int:
+    if args.output == "-":
+        _require_stdout()
     async with _joined(args) as peer:
         try:
             value = await peer.get(args.key)
@@ -420,6 +542,7 @@ async def _append(args: argparse.Namespace) -> int:
 
 
 async def _search(args: argparse.Namespace) -> int:
+    _require_stdout()
     async with _joined(args) as peer:
         values = await peer.search(args.key)
     sys.stdout.write("".join(f"{value}\n" for value in sorted(values)))
@@ -431,6 +554,7 @@ async def _info(args: argparse.Namespace) -> int:
     if not _is_local(args.node[0]):
         raise CommandLineError(f"--node must be a loopback address, not {args.node[0]}: a node "
                                "answers INFO only to its own machine")
+    _require_stdout()
     where = format_address(args.node)
     peer = Peer(_client_host([args.node]), 0, config=Config(operation_timeout=args.timeout),
                 client_only=True)
@@ -476,16 +600,38 @@ class _QuietFormatter(logging.Formatter):
 
 
 def _fail(code: int, reason: object) -> int:
-    print("qadom: " + " ".join(str(reason).split()), file=sys.stderr, flush=True)
+    """Print ``qadom: <reason>`` on one line of stderr (nowhere if stderr is closed)."""
+    if sys.stderr is not None:
+        print("qadom: " + " ".join(str(reason).split()), file=sys.stderr, flush=True)
     return code
+
+
+def _open_standard_fds() -> None:
+    """Open os.devnull onto each of fds 0, 1 and 2 that is closed (``qadom ... <&-``).
+
+    Guarantee: afterwards no socket or file of this process gets one of those numbers; uvloop
+    aborts the process when it closes a handle numbered 0, 1 or 2. Python has already set the
+    matching ``sys.stdin``, ``sys.stdout`` or ``sys.stderr`` to None, and they stay None: the
+    commands tell a closed stream from an empty one by that."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY)
+            if null != fd:  # not expected: every lower fd is open now and open() takes the lowest
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qadom`` console script."""
+    _open_standard_fds()  # first: before any socket exists
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     level = args.log_level or ("info" if args.command == "serve" else "warning")
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (logging.StreamHandler(sys.stderr) if sys.stderr is not None
+                                else logging.NullHandler())
     formatter_class = (logging.Formatter if args.command == "serve" or level == "debug"
                        else _QuietFormatter)
     handler.setFormatter(formatter_class("%(asctime)s %(name)s %(levelname)s %(message)s"))

@@ -7,9 +7,12 @@ configuration fails loudly at once rather than deep inside the protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, InvalidType
+
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,),
+                                       "str": (str,)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,7 +328,14 @@ class Config:
                    self.expire_time / 2)
 
     def validate(self) -> None:
-        """Raise :class:`InvalidArgument` if the values cannot work together."""
+        """Raise :class:`InvalidType` for a field of the wrong type (``bool`` is not a number
+        here), :class:`InvalidArgument` if the values cannot work together."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, _TYPES[str(field.type)]) or (
+                    isinstance(value, bool) and field.type != "bool"):
+                raise InvalidType(f"Config.{field.name} must be {field.type}, not "
+                                  f"{type(value).__name__}")
         if self.k < 1 or self.alpha < 1:
             raise InvalidArgument("k and alpha must be at least 1")
         if self.store_on_lookup_max < 0:

@@ -42,6 +42,16 @@ class PeerClosedError(UsageError, RuntimeError):
     """The peer is not started yet, or has been closed."""
 
 
+class SubscriptionMisuse(UsageError, RuntimeError):
+    """A :class:`~qadom.subscription.Subscription` read before its ``async with`` block was
+    entered, or entered a second time."""
+
+
+class DataDirInUse(QadomError, RuntimeError):
+    """Another peer (in this process or another) holds the data directory: two peers sharing one
+    would share one id and one database. Nothing was opened."""
+
+
 class LoopRunningError(UsageError, RuntimeError):
     """A blocking helper was called where its event loop is already running (a Jupyter cell, a
     coroutine): nothing was started; write ``await`` instead."""

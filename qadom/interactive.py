@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .config import Config
-from .contact import Address
+from .contact import Address, parse_host_port
 from .errors import InvalidArgument, InvalidType, LoopRunningError
 from .peer import Peer
 
@@ -195,12 +195,13 @@ def blocking(peer: Any) -> Blocking:
 # ---------------------------------------------------------------------- starting peers
 
 async def start(host: str = "127.0.0.1", port: int = 0, *,
-                bootstrap: Iterable[str | tuple[str, int]] | None = None,
+                bootstrap: str | tuple[str, int] | Iterable[str | tuple[str, int]] | None = None,
                 config: Config | None = None, **options: Any) -> Peer:
     """Start a :class:`~qadom.peer.Peer` on the running loop, join it through ``bootstrap``
-    (``"host:port"`` strings or pairs) if given, and keep it serving at the prompt (see
-    :func:`serve_at_prompt`). ``port=0`` picks a free port: read ``peer.address``."""
-    addresses = [parse_address(a) for a in bootstrap] if bootstrap is not None else []
+    (a ``"host:port"`` string, a (host, port) pair, or a list of either) if given, and keep it
+    serving at the prompt (see :func:`serve_at_prompt`). ``port=0`` picks a free port: read
+    ``peer.address``."""
+    addresses = [parse_address(a) for a in _address_list(bootstrap)]
     peer = Peer(host, port, config=config, **options)
     await peer.start()
     _started.append(peer)
@@ -215,7 +216,7 @@ async def start(host: str = "127.0.0.1", port: int = 0, *,
 
 
 def start_peer(host: str = "127.0.0.1", port: int = 0, *,
-               bootstrap: Iterable[str | tuple[str, int]] | None = None,
+               bootstrap: str | tuple[str, int] | Iterable[str | tuple[str, int]] | None = None,
                config: Config | None = None, **options: Any) -> Peer:
     """The blocking form of :func:`start`, for scripts and the terminal prompt."""
     return wait(start(host, port, bootstrap=bootstrap, config=config, **options))
@@ -230,8 +231,23 @@ async def close(peer: Peer | None = None) -> None:
 
 
 def started() -> list[Peer]:
-    """The peers started here and not closed yet, oldest first."""
+    """The peers started here and not closed yet (by :func:`close` or their own ``close``),
+    oldest first."""
+    _started[:] = [peer for peer in _started if not peer.closed]
     return list(_started)
+
+
+def _address_list(bootstrap: Any) -> list[Any]:
+    """``bootstrap`` as a list of addresses: one ``"host:port"`` or one (host, port) pair is a
+    list of one."""
+    if bootstrap is None:
+        return []
+    if isinstance(bootstrap, str) or (isinstance(bootstrap, tuple) and len(bootstrap) == 2
+                                      and isinstance(bootstrap[1], int)):
+        return [bootstrap]
+    if not isinstance(bootstrap, Iterable):
+        raise InvalidType("bootstrap must be 'host:port', a (host, port) pair, or a list of them")
+    return list(bootstrap)
 
 
 def serve_forever(announce: str | None = "serving until Ctrl-C") -> None:
@@ -297,11 +313,7 @@ def parse_address(text: str | tuple[str, int] | list[Any]) -> Address:
             raise InvalidType(f"address must be a (host, port) pair, not {text!r}")
         host, port = text
     elif isinstance(text, str):
-        host, sep, port_text = text.strip().rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port_text.isdigit():
-            raise InvalidArgument(f"address must look like HOST:PORT, not {text!r}")
-        port = int(port_text)
+        return parse_host_port(text.strip())  # as the qadom command's --bootstrap
     else:
         raise InvalidType(f"address must be 'host:port' or a pair, not {type(text).__name__}")
     if not isinstance(host, str) or not host:

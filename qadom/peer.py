@@ -25,19 +25,19 @@ import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from .call import Call
 from .config import Config
-from .contact import Address, Contact
-from .errors import InvalidArgument, InvalidType, PeerClosedError
+from .contact import Address, Contact, is_ip_literal
+from .errors import DataDirInUse, InvalidArgument, InvalidType, PeerClosedError
 from .ids import check_id, id_from_bytes, id_to_bytes, random_id
 from .messages import Message
 from .namespace import NamespaceRecord, check_public_key
 from .node import Node
 from .routing import RoutingTable
 from .sqlite_store import SqliteStore
-from .storage import Store
+from .storage import Store, is_store
 from .subscription import Subscription
 from .transport import NodeProtocol
 
@@ -48,9 +48,14 @@ _MISSING: Any = object()
 class Peer:
     """One qadom peer: a :class:`~qadom.node.Node` served on a UDP socket by asyncio.
 
-    Nothing happens on construction; :meth:`start` binds the socket (``port=0`` picks a free
-    port; read it back from :attr:`address`). Every coroutine method raises
-    :class:`~qadom.errors.PeerClosedError` before :meth:`start` and after :meth:`close`.
+    Nothing happens on construction but checking the arguments; :meth:`start` binds the socket
+    (``port=0`` picks a free port; read it back from :attr:`address`). Every method that needs
+    the running node raises :class:`~qadom.errors.PeerClosedError` before :meth:`start` and
+    after :meth:`close`.
+
+    With ``data_dir`` the peer keeps its id, contacts and data in SQLite there and holds an
+    exclusive lock on the directory while it runs (:class:`~qadom.errors.DataDirInUse` for a
+    second peer, in this process or another).
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, config: Config | None = None,
@@ -60,6 +65,19 @@ class Peer:
         if not isinstance(host, str):
             raise InvalidType("host must be a str")
         _check_port(port)
+        if store is not None and data_dir is not None:
+            raise InvalidArgument("give a store or a data_dir, not both")
+        if config is not None and not isinstance(config, Config):
+            raise InvalidType(f"config must be a qadom.Config, not {type(config).__name__}")
+        if store is not None and not is_store(store):
+            raise InvalidType(f"store must be a qadom Store (MemoryStore, SqliteStore), not "
+                              f"{type(store).__name__}")
+        if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+            raise InvalidType(f"data_dir must be a str or a path, not {type(data_dir).__name__}")
+        if rng is not None and not isinstance(rng, random.Random):
+            raise InvalidType(f"rng must be a random.Random, not {type(rng).__name__}")
+        if not isinstance(client_only, bool):
+            raise InvalidType("client_only must be a bool")
         self.host = host
         self.port = port
         self.config = config or Config()
@@ -67,8 +85,6 @@ class Peer:
         self._fixed_id = node_id is not None
         self._node_id = check_id(node_id, "node_id") if node_id is not None else random_id(
             self._rng)
-        if store is not None and data_dir is not None:
-            raise InvalidArgument("give a store or a data_dir, not both")
         self._store = store
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self._client_only = client_only
@@ -77,19 +93,33 @@ class Peer:
         self._futures: set[asyncio.Future[Any]] = set()
         self._subscriptions: set[Subscription] = set()
         self._closed = False
+        self._address: Address | None = None
+        self._lock: IO[bytes] | None = None  # held on data_dir while the peer runs
+        self._starting: asyncio.Lock | None = None
 
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
-        """Bind the UDP socket and start serving."""
-        if self._closed:
-            raise PeerClosedError("this peer was closed; make a new one")
-        if self._protocol is not None:
-            return
-        loop = asyncio.get_running_loop()
+        """Bind the UDP socket and start serving. Idempotent: concurrent calls bind one socket.
+        A :meth:`close` while starting wins: the socket is closed again and PeerClosedError
+        raised."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._closed:
+                raise PeerClosedError("this peer was closed; make a new one")
+            if self._protocol is None:
+                await self._bind()
 
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
         if self.data_dir is not None and self._store is None:
-            self._store = self._open_data_dir(self.data_dir)
+            self._lock = _lock_data_dir(self.data_dir)
+            try:
+                self._store = self._open_data_dir(self.data_dir)
+            except BaseException:
+                self._unlock()
+                raise
 
         def make_node(now: float) -> Node:
             return Node(config=self.config, rng=self._rng, node_id=self._node_id,
@@ -101,16 +131,30 @@ class Peer:
                 lambda: NodeProtocol(make_node, loop), local_addr=(self.host, self.port),
                 family=family)
         except BaseException:  # the port is taken, say: do not leave the data dir open
-            if self.data_dir is not None and self._store is not None:
-                self._store.close()
-                self._store = None
+            self._close_data_dir()
             raise
+        if self._closed:  # close() ran while the socket was being bound
+            transport.close()
+            self._close_data_dir()
+            raise PeerClosedError("the peer was closed while it was starting")
         self._protocol = protocol
         self._node = protocol.node
         sockname = transport.get_extra_info("sockname")
-        self.address: Address = (sockname[0], sockname[1])
-        protocol.node.address = self.address
+        self._address = (sockname[0], sockname[1])
+        protocol.node.address = self._address
         protocol.flush()
+
+    def _close_data_dir(self) -> None:
+        """Close the store this peer opened in ``data_dir`` and release the directory."""
+        if self.data_dir is not None and self._store is not None:
+            self._store.close()
+            self._store = None
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases its lock
+            self._lock = None
 
     async def close(self) -> None:
         """Stop serving and close the socket; pending operations fail with PeerClosedError."""
@@ -121,6 +165,7 @@ class Peer:
         if protocol is not None and self.data_dir is not None:
             protocol.node.store.save_contacts(protocol.node.table)
             protocol.node.store.close()
+            self._unlock()
         for future in list(self._futures):
             if not future.done():
                 future.set_exception(PeerClosedError("the peer was closed"))
@@ -161,10 +206,27 @@ class Peer:
 
     @property
     def running(self) -> bool:
-        return self._protocol is not None
+        """Started, not closed, and its socket open (an error the event loop treats as fatal
+        closes the socket: logged on the ``qadom`` logger and counted as ``socket_lost``)."""
+        return self._protocol is not None and self._protocol.transport is not None
+
+    @property
+    def closed(self) -> bool:
+        """:meth:`close` was called (a closed peer cannot start again)."""
+        return self._closed
+
+    @property
+    def address(self) -> Address:
+        """The bound (host, port), known once :meth:`start` has bound the socket (and kept after
+        :meth:`close`); PeerClosedError before."""
+        if self._address is None:
+            raise PeerClosedError("the peer is not started: await peer.start() first")
+        return self._address
 
     def add_listener(self, fn: Any) -> Any:
-        """Receive every :class:`~qadom.events.LookupEvent`; returns an unsubscribe function."""
+        """Receive every :class:`~qadom.events.LookupEvent`; returns an unsubscribe function.
+        InvalidType unless ``fn`` is callable; what ``fn`` raises is logged and counted
+        (``stats["listener_errors"]``), never passed to the lookup."""
         listener: Any = fn
         return self.node.add_listener(listener)
 
@@ -229,6 +291,9 @@ class Peer:
         """Send one raw protocol request to ``address`` and return the reply (tools, tests)."""
         protocol = self._running()
         (checked,) = _check_addresses([address])
+        if not isinstance(message, Message) or not message.IS_REQUEST:
+            raise InvalidType(f"message must be a request Message (Ping, FindNode...), not "
+                              f"{type(message).__name__}")
         resolved = await self._resolve(checked)  # replies come from the address, not the name
         return await self._run(protocol.node.ask(resolved, message, protocol.now()))
 
@@ -239,7 +304,7 @@ class Peer:
 
     def saved_contacts(self) -> list[Contact]:
         """The contacts a durable store saved for a restart (empty without a data dir)."""
-        return self.node.store.load_contacts()
+        return self._running().node.store.load_contacts()
 
     async def find_nodes(self, target: int) -> list[Contact]:
         """The k closest contacts to ``target`` in the network."""
@@ -256,6 +321,8 @@ class Peer:
         begins it and returns its Call, awaited like any Peer operation. Front ends reach
         services that have no Peer method of their own this way."""
         protocol = self._running()
+        if not callable(start):
+            raise InvalidType(f"start must be callable, not {type(start).__name__}")
         return await self._run(start(protocol.node, protocol.now()))
 
     # ------------------------------------------------------------------ namespaces, pubsub
@@ -297,7 +364,8 @@ class Peer:
 
     async def publish(self, key: int, value: bytes) -> int:
         """Send ``value`` (bytes, at most 8192) to the subscribers of topic ``key``; returns how
-        many relays accepted it. Raises RateLimited when every relay refused for our rate."""
+        many relays accepted it. Raises RateLimited when every relay refused for our rate, and
+        NoPeersError when no peer is known to relay the topic (as :meth:`subscribe` does)."""
         protocol = self._running()
         return await self._run(protocol.node.pubsub.publish(key, value, protocol.now()))
 
@@ -325,10 +393,14 @@ class Peer:
         return store
 
     def _running(self) -> NodeProtocol:
-        if self._protocol is None:
+        protocol = self._protocol
+        if protocol is None:
             raise PeerClosedError("the peer is closed" if self._closed else
                                   "the peer is not started: await peer.start() first")
-        return self._protocol
+        if protocol.transport is None:
+            raise PeerClosedError("the peer's socket was closed by an error (see the qadom "
+                                  "log); close this peer and start a new one")
+        return protocol
 
     async def _run(self, call: Call[T]) -> T:
         protocol = self._running()
@@ -342,6 +414,8 @@ class Peer:
     async def _resolve(self, address: Address) -> Address:
         host, port = address
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        if "%" in host and not is_ip_literal(host):
+            raise InvalidArgument(f"{host!r} has an IPv6 zone that names no interface")
         with contextlib.suppress(ValueError):
             literal = ipaddress.ip_address(host)
             # An IP literal of our socket's family needs no resolver (asyncio's getaddrinfo runs
@@ -351,13 +425,14 @@ class Peer:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: not a valid name ("a..b")
             raise InvalidArgument(f"cannot resolve {host!r}: {exc}") from None
         sockaddr = infos[0][4]
         return (str(sockaddr[0]), int(sockaddr[1]))
 
     def __repr__(self) -> str:
-        where = f"{self.address[0]}:{self.address[1]}" if self.running else "not started"
+        where = (f"{self._address[0]}:{self._address[1]}" if self.running and self._address
+                 else "closed" if self._closed else "not started")
         return f"<Peer {self.id:064x}"[:14] + f"… {where}>"
 
 
@@ -370,7 +445,9 @@ def _check_port(port: object) -> int:
 
 
 def _check_addresses(addresses: Iterable[tuple[str, int]]) -> list[Address]:
-    if isinstance(addresses, (str, bytes)):
+    """Peers to reach: (host, port) pairs with a non-empty host and a port in [1, 65535] (port 0
+    names no peer)."""
+    if isinstance(addresses, (str, bytes)) or not isinstance(addresses, Iterable):
         raise InvalidType("addresses must be a list of (host, port) pairs")
     checked: list[Address] = []
     for item in addresses:
@@ -379,7 +456,28 @@ def _check_addresses(addresses: Iterable[tuple[str, int]]) -> list[Address]:
         host, port = item
         if not isinstance(host, str) or not host:
             raise InvalidType("host must be a non-empty str")
-        checked.append((host, _check_port(port)))
+        if _check_port(port) == 0:
+            raise InvalidArgument(f"port 0 names no peer ({host}:0)")
+        checked.append((host, port))
     if not checked:
         raise InvalidArgument("need at least one address")
     return checked
+
+
+def _lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """Create ``data_dir`` if needed and hold an exclusive lock on it (a ``peer.lock`` file kept
+    open): two peers sharing a directory would share one id and one database. The lock goes with
+    the file, so with the process however it ends. DataDirInUse when another holds it; OSError
+    (with the path) when the directory cannot be used."""
+    os.makedirs(data_dir, exist_ok=True)
+    lock = open(data_dir / "peer.lock", "ab")  # noqa: SIM115 (held open while the peer runs)
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform: one peer per directory is up to us
+        return lock
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise DataDirInUse(f"data dir {str(data_dir)!r} is in use by another qadom peer") from None
+    return lock

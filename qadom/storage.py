@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .config import Config
 from .contact import Contact
@@ -242,6 +242,7 @@ class Quotas:
                 del self._by_source[source]
 
 
+@runtime_checkable
 class Store(Protocol):
     """What the protocol core needs from storage (see the module docstring for guarantees)."""
 
@@ -324,6 +325,12 @@ class Store(Protocol):
     def stats(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
+
+
+def is_store(obj: object) -> bool:
+    """True if ``obj`` has every attribute and method of :class:`Store` (their signatures are
+    not checked)."""
+    return isinstance(obj, Store)
 
 
 class MemoryStore:

@@ -7,6 +7,8 @@ async with peer.subscribe(key) as messages:
 ```
 
 Entering registers at the topic's relays (see :mod:`qadom.pubsub`) and raises if none accepted.
+A subscription is entered once; reading it before that, or entering it again, raises
+:class:`~qadom.errors.SubscriptionMisuse` (subscribe again for a new one).
 Leaving the block, cancelling the task, or :meth:`Subscription.close` unsubscribes; iteration then
 ends. If the peer is closed, iteration raises :class:`~qadom.errors.PeerClosedError` once the
 messages already received have been read. A consumer that falls more than
@@ -20,7 +22,7 @@ import asyncio
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .errors import PeerClosedError
+from .errors import PeerClosedError, SubscriptionMisuse
 from .pubsub import SubscriptionHandle
 
 if TYPE_CHECKING:
@@ -49,7 +51,7 @@ class Subscription:
 
     async def __aenter__(self) -> Subscription:
         if self._handle is not None or self._closed:
-            raise PeerClosedError("a subscription can be entered once")
+            raise SubscriptionMisuse("a subscription can be entered once; subscribe again")
         protocol = self._peer._running()
         handle, call = protocol.node.pubsub.subscribe(self.key, self._on_value, protocol.now())
         self._handle = handle
@@ -98,6 +100,9 @@ class Subscription:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._handle is None and not self._closed:
+            raise SubscriptionMisuse("enter the subscription first: async with "
+                                     "peer.subscribe(key) as messages: async for ...")
         item = await self._queue.get()
         if isinstance(item, _End):
             self._queue.put_nowait(item)  # every later read ends too

@@ -109,8 +109,8 @@ class _View:
         return self.widget._repr_mimebundle_(**kwargs)
 
     def _guard(self, fn: Callable[[LookupEvent], None]) -> Callable[[LookupEvent], None]:
-        """``fn`` as a listener that never raises into the node: a view's failure must not
-        break the lookup it shows (the core counts listener exceptions as its own bugs)."""
+        """``fn`` as a listener that never raises into the node, counting its failures in the
+        view's ``errors`` (the node would log and count them too, as ``listener_errors``)."""
         def listener(event: LookupEvent) -> None:
             try:
                 fn(event)

@@ -54,7 +54,9 @@ def test_parse_address() -> None:
     assert parse_address("[::1]:9996") == ("::1", 9996)
     assert parse_address(("localhost", 1)) == ("localhost", 1)
     for bad in ("127.0.0.1", ":9999", "host:port", "h:70000", ("h", -1), ("h", True),
-                "127.0.0.1:0", ("localhost", 0)):  # port 0 names no peer to reach
+                "127.0.0.1:0", ("localhost", 0),  # port 0 names no peer to reach
+                "127.0.0.1:\u0662\u0661\u0660\u0660\u0660",  # digits, but not ASCII ones
+                "[::1:9999", "a..b:9999"):  # unbalanced bracket; a name no resolver takes
         with pytest.raises(InvalidArgument):
             parse_address(bad)
     for wrong in (9999, ("h", 1, 2), ("", 1), (b"h", 1)):
@@ -137,6 +139,13 @@ async def test_awaited_form_on_the_running_loop() -> None:
             with pytest.raises(NoPeersError):
                 await start(port=0, bootstrap=[silent.getsockname()], config=FAST)
         assert started() == [first, second]
+        # One address needs no list: a "host:port" string or a (host, port) pair.
+        host, port = first.address
+        third = await start(port=0, bootstrap=f"{host}:{port}", config=FAST)
+        fourth = await start(port=0, bootstrap=(host, port), config=FAST)
+        assert len(third.routing_table) >= 1 and len(fourth.routing_table) >= 1
+        await third.close()  # closed by itself, not through close(): no longer listed
+        assert started() == [first, second, fourth]
     finally:
         await close()
     assert started() == []

@@ -9,8 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from qadom import InvalidArgument, InvalidType, Peer, PeerClosedError, ValueTooLarge, key_for
+from qadom import (
+    Config,
+    DataDirInUse,
+    InvalidArgument,
+    InvalidType,
+    Peer,
+    PeerClosedError,
+    SubscriptionMisuse,
+    ValueTooLarge,
+    key_for,
+)
+from qadom.events import LookupEvent
 from qadom.messages import Ping, Pong
+from qadom.storage import MemoryStore
 
 from helpers import FAST, udp_network, wait_until
 
@@ -146,3 +158,103 @@ async def test_a_failed_start_leaves_the_data_dir_free(tmp_path: Path) -> None:
             await peer.start()
     async with Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path) as again:
         assert again.id == peer.id  # the same node, and its store opened cleanly
+
+
+async def test_wrong_argument_types_are_refused_before_anything_starts() -> None:
+    for options in ({"config": 5}, {"store": 5}, {"data_dir": 5}, {"rng": 5},
+                    {"client_only": "yes"}):
+        with pytest.raises(InvalidType):
+            Peer("127.0.0.1", 0, **options)  # type: ignore[arg-type]
+    with pytest.raises(InvalidType):
+        Config(k="20")  # type: ignore[arg-type]
+    with pytest.raises(InvalidType):
+        Config(probe_gets=1)  # type: ignore[arg-type]
+    assert Config(rpc_timeout=1).rpc_timeout == 1  # an int is a fine float
+    Peer("127.0.0.1", 0, store=MemoryStore())  # a Store is accepted
+    peer = Peer("127.0.0.1", 0, config=FAST)
+    with pytest.raises(PeerClosedError):
+        peer.address  # noqa: B018 (the property is what is tested)
+    with pytest.raises(PeerClosedError):
+        peer.contact()
+    async with peer:
+        before = peer.node.store.stats()
+        with pytest.raises(InvalidType):
+            await peer.bootstrap(5)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument):
+            await peer.bootstrap([("127.0.0.1", 0)])
+        with pytest.raises(InvalidArgument):
+            await peer.ping(("127.0.0.1", 0))
+        with pytest.raises(InvalidArgument):
+            await peer.ping(("a..b", 5))  # not a valid host name: no resolver error leaks
+        with pytest.raises(InvalidArgument):
+            await peer.ping(("fe80::1%\x00", 5))  # a zone that names no interface
+        assert peer.running  # nothing reached the socket that could close it
+        with pytest.raises(InvalidType):
+            await peer.request(("127.0.0.1", 9), "x")  # type: ignore[arg-type]
+        with pytest.raises(InvalidType):
+            await peer.request(("127.0.0.1", 9), Pong())  # a reply is not a request
+        with pytest.raises(InvalidType):
+            await peer.run_service(5)  # type: ignore[arg-type]
+        with pytest.raises(InvalidType):
+            peer.add_listener(5)
+        assert peer.node.store.stats() == before
+    assert peer.address[1] > 0  # still known after close
+    with pytest.raises(PeerClosedError):
+        peer.saved_contacts()
+
+
+async def test_a_raising_listener_does_not_stall_the_lookup() -> None:
+    async with udp_network(5) as peers:
+        seen: list[LookupEvent] = []
+
+        def faulty(event: LookupEvent) -> None:
+            seen.append(event)
+            raise RuntimeError("a display that fails")
+
+        unsubscribe = peers[0].add_listener(faulty)
+        found = await asyncio.wait_for(peers[0].find_nodes(12345), 10)
+        unsubscribe()
+        assert found and seen
+        assert peers[0].stats["listener_errors"] == len(seen)
+        assert peers[0].stats.get("internal_errors", 0) == 0
+
+
+async def test_close_while_starting_wins_and_concurrent_starts_bind_once() -> None:
+    peer = Peer("127.0.0.1", 0, config=FAST)
+    starting = asyncio.create_task(peer.start())
+    await asyncio.sleep(0)
+    await peer.close()
+    with pytest.raises(PeerClosedError):
+        await starting
+    assert not peer.running
+    with pytest.raises(PeerClosedError):
+        await peer.set(b"x")
+
+    twice = Peer("127.0.0.1", 0, config=FAST)
+    await asyncio.gather(twice.start(), twice.start())
+    port = twice.address[1]
+    await twice.close()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(("127.0.0.1", port))  # the one socket is closed: nothing leaked
+
+
+async def test_one_peer_per_data_dir(tmp_path: Path) -> None:
+    async with Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path) as first:
+        second = Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path)
+        with pytest.raises(DataDirInUse):
+            await second.start()
+        assert not second.running
+        assert first.saved_contacts() == []
+    async with Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path) as third:
+        assert third.id == first.id  # released by close, and the same node
+
+
+async def test_a_subscription_is_used_inside_its_block() -> None:
+    async with udp_network(3) as peers:
+        subscription = peers[0].subscribe(7)
+        with pytest.raises(SubscriptionMisuse):
+            await asyncio.wait_for(subscription.__anext__(), 5)
+        async with subscription:
+            pass
+        with pytest.raises(SubscriptionMisuse):
+            await subscription.__aenter__()
