@@ -57,7 +57,7 @@ from aiohttp.http import HttpProcessingError
 
 from . import __version__
 from .config import Config
-from .contact import Address, Contact
+from .contact import Address, Contact, is_ip_literal
 from .dhtrecords import (
     SECURED,
     node_signing_key,
@@ -164,10 +164,9 @@ def _address(item: object, name: str, family: int) -> Address:
     host, port = item.get("host"), item.get("port")
     if not isinstance(host, str):
         raise InvalidField(f"{name}.host", "must be an IP address")
-    try:
-        version = ipaddress.ip_address(host).version
-    except ValueError:
-        raise InvalidField(f"{name}.host", "must be an IP address") from None
+    if not is_ip_literal(host):  # the codec's rule: an IPv6 zone must name an interface
+        raise InvalidField(f"{name}.host", "must be an IP address")
+    version = ipaddress.ip_address(host).version
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
         raise InvalidField(f"{name}.port", "must be an integer in [1, 65535]")
     if version != family:

@@ -37,7 +37,7 @@ from .namespace import NamespaceRecord, check_public_key
 from .node import Node
 from .routing import RoutingTable
 from .sqlite_store import SqliteStore
-from .storage import Store, is_store
+from .storage import Store
 from .subscription import Subscription
 from .transport import NodeProtocol
 
@@ -69,7 +69,7 @@ class Peer:
             raise InvalidArgument("give a store or a data_dir, not both")
         if config is not None and not isinstance(config, Config):
             raise InvalidType(f"config must be a qadom.Config, not {type(config).__name__}")
-        if store is not None and not is_store(store):
+        if store is not None and not isinstance(store, Store):
             raise InvalidType(f"store must be a qadom Store (MemoryStore, SqliteStore), not "
                               f"{type(store).__name__}")
         if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):

@@ -244,7 +244,9 @@ class Quotas:
 
 @runtime_checkable
 class Store(Protocol):
-    """What the protocol core needs from storage (see the module docstring for guarantees)."""
+    """What the protocol core needs from storage (see the module docstring for guarantees).
+    ``isinstance(obj, Store)`` checks that every attribute and method is there (not their
+    signatures)."""
 
     quotas: Quotas
     """What the store holds, counted against the limits (``total_items``: how many items)."""
@@ -325,12 +327,6 @@ class Store(Protocol):
     def stats(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
-
-
-def is_store(obj: object) -> bool:
-    """True if ``obj`` has every attribute and method of :class:`Store` (their signatures are
-    not checked)."""
-    return isinstance(obj, Store)
 
 
 class MemoryStore:

@@ -711,6 +711,9 @@ async def test_an_address_of_the_other_ip_family_is_a_400_naming_the_host(lone: 
     message = await error_of(await lone.post("/bootstrap", json={"addresses": three}), 400,
                              "addresses[1].host")
     assert "IPv6" in message
+    # An IPv6 zone that names no interface is not an address (the codec's rule too).
+    await error_of(await lone.post("/ping", json={"host": "fe80::1%\u0000", "port": 21001}),
+                   400, "body.host")
     assert lone.app[PEER].stats.get("requests_out", 0) == 0  # nothing was sent
 
 
