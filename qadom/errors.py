@@ -17,6 +17,8 @@ Who is at fault is part of the name:
 
 from __future__ import annotations
 
+import os
+
 
 class QadomError(Exception):
     """The root of every exception qadom raises on purpose."""
@@ -79,6 +81,18 @@ class RemoteError(QadomError):
 class StorageFull(QadomError):
     """A store refused an item because a quota (total, or per sending host) is exhausted; nothing
     stored changed. Remote peers report it as an ERROR reply with code STORAGE_FULL."""
+
+
+class StoreUnusable(QadomError, OSError):
+    """The file cannot hold a qadom store: not an SQLite database, another program's database,
+    one written by a newer qadom, or a file this process cannot open or write. Nothing in it was
+    changed. An :class:`OSError` whose ``filename`` is the file."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(None, f"{path}: {reason}", str(path))
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class NotFoundError(QadomError, KeyError):

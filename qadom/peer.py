@@ -19,9 +19,11 @@ import asyncio
 import builtins
 import contextlib
 import ipaddress
+import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +32,7 @@ from typing import IO, Any, TypeVar
 from .call import Call
 from .config import Config
 from .contact import Address, Contact, is_ip_literal
-from .errors import DataDirInUse, InvalidArgument, InvalidType, PeerClosedError
+from .errors import DataDirInUse, InvalidArgument, InvalidType, PeerClosedError, StorageFull
 from .ids import check_id, id_from_bytes, id_to_bytes, random_id
 from .messages import Message
 from .namespace import NamespaceRecord, check_public_key
@@ -43,6 +45,7 @@ from .transport import NodeProtocol
 
 T = TypeVar("T")
 _MISSING: Any = object()
+log = logging.getLogger("qadom")
 
 
 class Peer:
@@ -163,9 +166,16 @@ class Peer:
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
         if protocol is not None and self.data_dir is not None:
-            protocol.node.store.save_contacts(protocol.node.table)
-            protocol.node.store.close()
-            self._unlock()
+            store = protocol.node.store
+            try:
+                store.save_contacts(protocol.node.table)
+            except Exception as exc:  # a full disk, say: those saved by the last upkeep stay
+                log.warning("could not save contacts in %s: %s", self.data_dir, exc)
+            finally:
+                try:
+                    store.close()
+                finally:
+                    self._unlock()
         for future in list(self._futures):
             if not future.done():
                 future.set_exception(PeerClosedError("the peer was closed"))
@@ -380,16 +390,24 @@ class Peer:
 
     def _open_data_dir(self, data_dir: Path) -> Store:
         """Open the SQLite store in ``data_dir`` and adopt the node id saved there (or save
-        ours): a peer restarted with the same data dir is the same node."""
+        ours): a peer restarted with the same data dir is the same node. What expired while the
+        node was down is dropped before it serves anything (the node's clock is Unix time), not
+        a maintenance interval later. StoreUnusable (an OSError naming the file, which is left
+        as it was) when the file there cannot be a qadom store."""
         store = SqliteStore(data_dir / "qadom.sqlite3", self.config)
-        saved = store.get_meta("node_id")
-        if saved is None:
-            store.set_meta("node_id", id_to_bytes(self._node_id))
-        elif self._fixed_id and id_from_bytes(saved) != self._node_id:
+        try:
+            saved = store.get_meta("node_id")
+            if saved is None:
+                store.set_meta("node_id", id_to_bytes(self._node_id))
+            elif self._fixed_id and id_from_bytes(saved) != self._node_id:
+                raise InvalidArgument(f"{data_dir} belongs to node {id_from_bytes(saved)}")
+            else:
+                self._node_id = id_from_bytes(saved)
+            with contextlib.suppress(StorageFull):  # a full disk: the first upkeep tries again
+                store.expire(time.time())
+        except BaseException:
             store.close()
-            raise InvalidArgument(f"{data_dir} belongs to node {id_from_bytes(saved)}")
-        else:
-            self._node_id = id_from_bytes(saved)
+            raise
         return store
 
     def _running(self) -> NodeProtocol:

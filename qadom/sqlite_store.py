@@ -8,16 +8,29 @@ network only once it would survive the process being killed (``Config.sqlite_syn
 Ids are stored as 32-byte big-endian blobs, whose byte order is their numeric order, so multimap
 pages are index range scans.
 
+Which files it opens. A new or empty file becomes a store. A store is stamped with qadom's
+``application_id`` and its schema version (``user_version``); a file written by qadom before the
+stamp is recognised by its tables. Anything else is refused with :class:`StoreUnusable` and left
+exactly as it was: a file that is not an SQLite database (corrupt, truncated, something else), a
+database of another program, one written by a newer qadom (a schema this code does not know),
+or a file this process cannot open or write.
+
 Migration. A database written before service records had a lifecycle has a ``records`` table
-without the ``expires``, ``republish_at`` and ``original`` columns; opening it adds them in one
-transaction, keeping every record. Those records were kept forever and their age is unknown, so
-nothing is dropped by the upgrade itself and the first maintenance (no clock is at hand when the
-file opens) starts their lifecycle as if they had just been stored: a namespace or /dht record
+without the ``expires``, ``republish_at`` and ``original`` columns (and, from the first durable
+release, without ``source``); opening it adds them in one transaction, keeping every record.
+Those records were kept forever and their age is unknown, so nothing is dropped by the upgrade
+itself and the first maintenance (no clock is at hand when the file opens) starts their
+lifecycle as if they had just been stored: a namespace or /dht record
 this node wrote itself (source "", from its own set or put) becomes ours as original publisher,
 republished at once with a fresh lifetime and every 24 hours after, until forgotten; one received
 from a peer is republished at once too, with a full lifetime from then, and expires a day after
-the upgrade unless its publisher renews it. Records of other kinds (the node's identity) get no
-lifecycle: they never expire and are never republished.
+the upgrade unless its publisher renews it. A record from a table that had no ``source`` column
+cannot be told apart, so it is taken as received (source ""): never as ours, which would
+republish another publisher's record forever. Records of other kinds (the node's identity) get
+no lifecycle: they never expire and are never republished.
+
+A full disk (SQLite's "database or disk is full") refuses a write as a quota does, with
+:class:`~qadom.errors.StorageFull`, and changes nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +43,7 @@ from typing import Any
 
 from .config import Config
 from .contact import Contact
-from .errors import InvalidArgument
+from .errors import InvalidArgument, StorageFull, StoreUnusable
 from .ids import ID_SPACE, id_from_bytes, id_to_bytes
 from .storage import ENTRY_SIZE, NEVER, Due, DueRecord, Meta, Quotas, record_meta
 
@@ -61,11 +74,19 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 RECORD_INDEXES = """
 CREATE INDEX IF NOT EXISTS records_republish ON records (republish_at);
 CREATE INDEX IF NOT EXISTS records_expires ON records (expires);
+CREATE INDEX IF NOT EXISTS records_key ON records (key);
 """
+
+APPLICATION_ID = 0x7161646D
+"""``PRAGMA application_id`` of a qadom store ("qadm")."""
+SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of the schema above; a file with a higher one is refused."""
+_TABLES = frozenset({"vals", "entries", "records", "contacts", "meta"})
 
 # The columns records gained with their lifecycle (9e999 is SQLite's infinity, NEVER), and the
 # record kinds that had one to gain: see the module docstring.
-_RECORD_COLUMNS = (("expires", "REAL NOT NULL DEFAULT 9e999"),
+_RECORD_COLUMNS = (("source", "TEXT NOT NULL DEFAULT ''"),
+                   ("expires", "REAL NOT NULL DEFAULT 9e999"),
                    ("republish_at", "REAL NOT NULL DEFAULT 9e999"),
                    ("original", "INTEGER NOT NULL DEFAULT 0"))
 _LIFECYCLE_KINDS = ("namespace", "dht")
@@ -89,7 +110,10 @@ def _record_meta(row: tuple[float, float, int, str]) -> Meta:
 
 
 class SqliteStore:
-    """A :class:`~qadom.storage.Store` in the SQLite file ``path`` (created if missing)."""
+    """A :class:`~qadom.storage.Store` in the SQLite file ``path`` (created if missing).
+
+    :class:`StoreUnusable` (the file left as it was) when the file cannot be a qadom store; see
+    the module docstring."""
 
     def __init__(self, path: str | Path, config: Config | None = None) -> None:
         self.config = config or Config()
@@ -97,12 +121,43 @@ class SqliteStore:
             raise InvalidArgument("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnusable(self.path, f"cannot open it: {exc}") from None
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StoreUnusable(self.path, f"cannot use it as a qadom store: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        """Check what the file holds before writing anything to it, then create or upgrade the
+        schema and count the quotas."""
+        db = self._db
+        # The first read of the file: SQLite checks its header here ("file is not a database").
+        application_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        tables = {str(row[0]) for row in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if application_id not in (0, APPLICATION_ID) or (
+                application_id == 0 and tables and not tables >= _TABLES):
+            raise StoreUnusable(self.path, "not a qadom database (another program's?); "
+                                "it was left as it is")
+        if version > SCHEMA_VERSION:
+            raise StoreUnusable(self.path, f"written by a newer qadom (schema {version}, this "
+                                f"one knows {SCHEMA_VERSION}); it was left as it is")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
+        db.executescript(SCHEMA)
         self._migrate_records()
-        self._db.executescript(RECORD_INDEXES)
+        db.executescript(RECORD_INDEXES)
+        if (application_id, version) != (APPLICATION_ID, SCHEMA_VERSION):
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self.quotas = Quotas(self.config)
         self._load_quotas()
 
@@ -114,11 +169,13 @@ class SqliteStore:
         if not missing:
             return
         kinds = ", ".join("?" for _ in _LIFECYCLE_KINDS)
+        # Written here (source "") is ours; without a source column nobody can tell: received.
+        original = "(source = '')" if "source" in present else "0"
         with self._db:
             self._db.execute("BEGIN")
             for name, ddl in missing:
                 self._db.execute(f"ALTER TABLE records ADD COLUMN {name} {ddl}")
-            self._db.execute("UPDATE records SET republish_at = 0, original = (source = '') "
+            self._db.execute(f"UPDATE records SET republish_at = 0, original = {original} "
                              f"WHERE kind IN ({kinds})", _LIFECYCLE_KINDS)
 
     def _load_quotas(self) -> None:
@@ -141,15 +198,18 @@ class SqliteStore:
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
-        """One transaction: committed at the end, rolled back on any exception. The quotas are
-        adjusted as the transaction goes; if SQLite fails, they are counted again from the file,
-        so they never drift from what was committed."""
+        """One transaction: committed at the end, rolled back on any exception (a failed commit
+        too). The quotas are adjusted as the transaction goes and restored with it, so they never
+        drift from what was committed, and a refusal costs no recount of the file (a node on a
+        full disk refuses every write). A full disk is StorageFull."""
         try:
-            with self._db:
+            with self.quotas.transaction(), self._db:
                 self._db.execute("BEGIN")
                 yield
-        except sqlite3.Error:
-            self._load_quotas()
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+                raise StorageFull(f"the disk holding this node's store is full ({exc})"
+                                  ) from None
             raise
 
     # ------------------------------------------------------------------ values
@@ -180,12 +240,12 @@ class SqliteStore:
                 old = _meta(row[1:])
                 self.quotas.replace(old.source, int(row[0]), meta.source, len(value),
                                     old_cached=old.cached, new_cached=meta.cached)
-                if int(row[0]) == len(value):
-                    # A key names one value (its SHA-256): storing it again, as every republish
-                    # does, changes only its bookkeeping, so the blob is not written again.
-                    self._db.execute(
+                # A key names one value (its SHA-256): storing it again, as every republish
+                # does, changes only its bookkeeping, so the blob is not written again.
+                if int(row[0]) == len(value) and self._db.execute(
                         "UPDATE vals SET expires = ?, republish_at = ?, original = ?, cached = ?, "
-                        "source = ? WHERE key = ?", (*_meta_params(meta), id_to_bytes(key)))
+                        "source = ? WHERE key = ? AND value = ?",
+                        (*_meta_params(meta), id_to_bytes(key), value)).rowcount:
                     return
             self._db.execute(f"INSERT OR REPLACE INTO vals (key, value, {_META_COLUMNS}) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -222,6 +282,8 @@ class SqliteStore:
     # ------------------------------------------------------------------ schedule
 
     def due(self, now: float, limit: int) -> list[Due]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as none at all
+            return []
         found = [Due(id_from_bytes(bytes(key)), bytes(value), _meta(rest))
                  for key, value, *rest in self._db.execute(
                      f"SELECT key, value, {_META_COLUMNS} FROM vals WHERE republish_at <= ? "
@@ -287,8 +349,7 @@ class SqliteStore:
 
     def forget(self, key: int) -> bool:
         raw = id_to_bytes(key)
-        with self._db:
-            self._db.execute("BEGIN")
+        with self._writing():
             changed = self._db.execute(
                 "UPDATE vals SET original = 0, republish_at = ? WHERE key = ? AND original = 1",
                 (NEVER, raw)).rowcount
@@ -355,8 +416,9 @@ class SqliteStore:
 
     def save_contacts(self, contacts: Iterable[Contact]) -> None:
         rows = [(id_to_bytes(c.id), c.address[0], c.address[1]) for c in contacts]
-        with self._db:
-            self._db.execute("BEGIN")
+        if not rows:  # an empty routing table keeps the contacts to rejoin through
+            return
+        with self._writing():
             self._db.execute("DELETE FROM contacts")
             self._db.executemany("INSERT OR REPLACE INTO contacts VALUES (?, ?, ?)", rows)
 

@@ -12,8 +12,8 @@ contacts and the node's identity (``meta`` blobs).
 :class:`qadom.sqlite_store.SqliteStore` the durable one. Guarantees of every implementation:
 
 * a write that returns has been applied in full (and, for a durable store, committed); a write
-  that raises (:class:`~qadom.errors.StorageFull`, or InvalidArgument for a record's bad
-  :class:`Meta`) changed nothing;
+  that raises (:class:`~qadom.errors.StorageFull`, also for a durable store's full disk, or
+  InvalidArgument for a record's bad :class:`Meta`) changed nothing;
 * an expired item is never returned once :meth:`Store.expire` has run past its expiry, and
   :meth:`Store.get_value` and :meth:`Store.get_record` with ``now`` never return an expired one;
 * quotas (:class:`Quotas`) hold at every moment.
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -154,6 +155,34 @@ class Quotas:
         self.cached_bytes = 0  # the part of the totals held by cached copies (evictable)
         self.cached_items = 0
         self._by_source: dict[str, list[int]] = {}
+        # Inside transaction(): the per-source counts as they were before it touched them.
+        self._touched: dict[str, list[int] | None] | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Undo every change made inside the block if it raises, in time proportional to the
+        hosts it touched (a durable store's rolled-back write leaves the counts as they were,
+        without counting its file again)."""
+        totals = (self.total_bytes, self.total_items, self.cached_bytes, self.cached_items)
+        touched: dict[str, list[int] | None] = {}
+        self._touched = touched
+        try:
+            yield
+        except BaseException:
+            self.total_bytes, self.total_items, self.cached_bytes, self.cached_items = totals
+            for source, used in touched.items():
+                if used is None:
+                    self._by_source.pop(source, None)
+                else:
+                    self._by_source[source] = used
+            raise
+        finally:
+            self._touched = None
+
+    def _touch(self, source: str) -> None:
+        if self._touched is not None and source not in self._touched:
+            used = self._by_source.get(source)
+            self._touched[source] = None if used is None else list(used)
 
     def check(self, source: str, size: int, *, freeable: int = 0, freeable_items: int = 0,
               ) -> None:
@@ -226,6 +255,7 @@ class Quotas:
         self.total_bytes += size
         self.total_items += items
         if source:
+            self._touch(source)
             used = self._by_source.setdefault(source, [0, 0])
             used[0] += size
             used[1] += items
@@ -235,6 +265,7 @@ class Quotas:
         self.total_bytes -= size
         self.total_items -= items
         if source:
+            self._touch(source)
             used = self._by_source[source]
             used[0] -= size
             used[1] -= items
@@ -313,7 +344,9 @@ class Store(Protocol):
     def delete_record(self, kind: str, key: int) -> None: ...
 
     def save_contacts(self, contacts: Iterable[Contact]) -> None:
-        """Replace the saved routing-table contacts (a durable store keeps them for a restart)."""
+        """Replace the saved routing-table contacts (a durable store keeps them for a restart).
+        No contacts at all (a node restarted and not yet rejoined, or one whose every contact
+        failed while its network was down) keep those saved: they are its way back."""
         ...
 
     def load_contacts(self) -> list[Contact]: ...
@@ -495,7 +528,9 @@ class MemoryStore:
             self.quotas.remove(old[1].source, len(old[0]))
 
     def save_contacts(self, contacts: Iterable[Contact]) -> None:
-        self._contacts = list(contacts)
+        saved = list(contacts)
+        if saved:  # an empty routing table keeps the contacts to rejoin through
+            self._contacts = saved
 
     def load_contacts(self) -> list[Contact]:
         return list(self._contacts)

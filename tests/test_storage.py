@@ -448,3 +448,35 @@ def test_migrated_records_get_their_lifecycle_at_the_first_maintenance(tmp_path:
         assert store.get_record("namespace", ours.storage_key) == ours.to_bytes()
     finally:
         store.close()
+
+
+def test_an_empty_routing_table_keeps_the_saved_contacts(make_store: type) -> None:
+    # A node restarted while its network is down (or cut off long enough for every contact to
+    # fail) has an empty table: saving it must not erase the contacts it could rejoin through.
+    store: Store = make_store()
+    contacts = [Contact(i, ("127.0.0.1", 2000 + i)) for i in range(3)]
+    store.save_contacts(contacts)
+    store.save_contacts([])
+    assert sorted(store.load_contacts(), key=lambda c: c.id) == contacts
+    store.save_contacts(contacts[:1])  # a table with contacts replaces them
+    assert store.load_contacts() == contacts[:1]
+
+
+def test_storing_another_value_under_a_key_replaces_it(make_store: type) -> None:
+    # The store keeps whatever bytes it is given under a key (the node only ever gives the value
+    # whose SHA-256 is the key), the same in both stores, even when the lengths are equal.
+    store: Store = make_store()
+    store.put_value(1, b"a", Meta(100.0))
+    store.put_value(1, b"b", Meta(200.0))
+    assert store.get_value(1) == b"b" and store.value_meta(1) == Meta(200.0)
+    assert store.stats()["value_bytes"] == 1 and store.stats()["stored_bytes"] == 1
+
+
+def test_due_with_a_limit_below_one_returns_nothing(make_store: type) -> None:
+    store: Store = make_store()
+    for i in range(3):
+        store.put_value(i, b"x", Meta(1e9, republish_at=1.0))
+    store.put_record("namespace", 9, b"r", 0.0, meta=Meta(1e9, 1.0))
+    for limit in (0, -1):
+        assert store.due(5.0, limit) == [] and store.due_records(5.0, limit) == []
+        assert store.held_between(0, ID_SPACE, limit) == []
