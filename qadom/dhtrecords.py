@@ -36,7 +36,9 @@ meta=...)`` (CBOR, see :func:`encode_record`), so a durable store persists it un
 
 Lifecycle (as values, paper section 2.5): a TTL travels with every :class:`DhtPut`; a holder drops
 the record ``ttl`` seconds (at most ``expire_time``) after receiving it, or once every entry's
-``exp_time`` has passed if that comes first; storers republish it hourly to the k closest with
+``exp_time`` has passed if that comes first (a client's write landing on a live record never
+shortens the lifetime held: the TTL is not signed, so a replayed write, or a CONTROLLED write of
+another key, must not end the record early); storers republish it hourly to the k closest with
 what is left of its lifetime, and the node that ran :meth:`DhtRecordService.put` republishes it
 every 24 hours with a fresh one until :meth:`DhtRecordService.forget`. The format carries no
 version, so a republish is *fill-only*: a holder with a live record for the key keeps its own
@@ -471,7 +473,8 @@ class RefusedCode(IntEnum):
 @dataclass(frozen=True, slots=True)
 class DhtPut(Message):
     """Apply a write (an encoded one-entry record) to the record under its key, kept ``ttl``
-    seconds (positive, capped at ``expire_time``). With ``republish``, ``write`` is a whole
+    seconds (positive, capped at ``expire_time``; landing on a live record it never shortens
+    the lifetime the receiver holds). With ``republish``, ``write`` is a whole
     record a holder republishes and only fills: a receiver that holds a live record for the key
     keeps its own (renewing its lifetime when it holds every entry sent, and adding to a
     CONTROLLED record the entries of owners it has none of). Answered by
@@ -714,7 +717,8 @@ class DhtRecordService:
 
     def _handle_put(self, message: DhtPut, sender: int | None, address: Address,
                     now: float) -> Message:
-        """A client's write lands on our record by :func:`apply_write`. A republished record
+        """A client's write lands on our record by :func:`apply_write`, with the lifetime its
+        TTL gives or the one we held, whichever ends later. A republished record
         fills only: it is checked entry by entry (:func:`apply_record`) and stored only if we
         hold no live record for the key; holding one, we keep it and its lifecycle, add to a
         CONTROLLED one the entries of owners it has none of (:meth:`_fill_owners`), and
@@ -757,8 +761,15 @@ class DhtRecordService:
             if not set(record.entries) <= set(current.entries):
                 return Stored()  # fill-only: our record stays as it is
             record, same = current, True
-        meta = bounded(received_meta(old, message.ttl, now, self.config, address[0], same=same),
-                       record)
+        meta = received_meta(old, message.ttl, now, self.config, address[0], same=same)
+        if old is not None and not same and not old.original:
+            # A client's write lands on a live record: it may lengthen the lifetime held, never
+            # shorten it. The TTL is not signed and a write may be replayed (GET serves it) or,
+            # CONTROLLED, come from any key: with its own short TTL it would otherwise end the
+            # record here, every other owner's entry included.
+            held = min(old.expires, now + self.config.expire_time)
+            meta = replace(meta, expires=max(meta.expires, held))
+        meta = bounded(meta, record)
         if same and meta == old:
             return Stored()
         try:

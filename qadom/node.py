@@ -26,13 +26,14 @@ Guarantees:
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import hmac
 import logging
 import math
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from functools import partial
 from heapq import heappop, heappush
@@ -249,7 +250,9 @@ class Node:
     datagrams), ``unexpected`` (replies to no request of ours from that address), ``requests_in``,
     ``requests_out``, ``retries``, ``timeouts`` (requests failed for good), ``wrong_id`` (replies
     from an id other than the one asked), ``liars`` (contacts dropped for a false answer),
-    ``internal_errors`` (bugs caught at the boundary; always 0 in a healthy node).
+    ``internal_errors`` (bugs caught at the boundary; always 0 in a healthy node),
+    ``storage_errors`` (maintenance steps or republished items the store refused, a full disk),
+    ``rejoins`` (bootstraps through the saved contacts while the routing table was empty).
     """
 
     def __init__(self, *, config: Config | None = None, rng: random.Random | None = None,
@@ -284,6 +287,7 @@ class Node:
         self.timer_changed = True  # a timer was added since the last get_timer() (see there)
         self._pending: dict[int, _Request] = {}
         self._dead: dict[Address, float] = {}
+        self._failures: dict[Address, int] = {}  # failed requests in a row, below the backoff
         self._banned: dict[Address | int, float] = {}  # liars, by address and by id
         # Address-proof tokens (docs/PROTOCOL.md, "Amplification"): secrets we mint ours with
         # (the previous one stays valid for one more rotation), and tokens peers granted us.
@@ -302,6 +306,9 @@ class Node:
             cfg.host_request_rate, cfg.host_request_burst, cfg.rate_limit_senders)
         self._refusals: RateLimiter[Address] = RateLimiter(1.0, 1, cfg.rate_limit_senders)
         self._lookup_seq = 0
+        # When an empty routing table may next rejoin through the saved contacts (_rejoin).
+        self._rejoin_at = now
+        self._rejoin_delay = cfg.maintenance_interval
         # The radius of our k closest contacts (see _expects_holder), recomputed when the table
         # changes size or after refresh_interval.
         self._radius = 0
@@ -848,6 +855,7 @@ class Node:
         if self._is_banned(contact, now):
             return
         self._dead.pop(contact.address, None)
+        self._failures.pop(contact.address, None)
         table = self.table
         added = table.added
         to_ping = table.seen(contact)
@@ -895,14 +903,24 @@ class Node:
             self.request(newcomer.address, copy, now, expect_id=newcomer.id)
 
     def _contact_failed(self, address: Address, node_id: int | None, now: float) -> None:
-        """A request to ``address`` failed for good. A contact of our table enters the lookups'
-        backoff only once the table gives it up (``stale_failures`` failures in a row, or one
-        when a replacement waits): under loss a live contact fails single requests, and skipping
-        it after one would make a busy peer shun most of the network (see Config.dead_backoff)."""
+        """A request to ``address`` failed for good (every attempt went unanswered). The address
+        enters the lookups' backoff once ``dead_after_failures`` requests to it failed in a row
+        (any answer or request from it resets the count), and a contact of our table only once
+        the table gives it up as well (``stale_failures`` failures in a row, or one when a
+        replacement waits): under loss a live peer fails single requests, and skipping it after
+        one would make a busy peer shun most of the network (see Config.dead_backoff)."""
+        failures = self._failures
+        count = failures.get(address, 0) + 1
         if node_id is not None:
             known = self.table.get(node_id)
             if known is not None and known.address == address and not self.table.failed(node_id):
-                return
+                count = min(count, self.config.dead_after_failures - 1)
+        if count < self.config.dead_after_failures:
+            if len(failures) >= self.config.max_failure_counts:
+                failures.clear()  # a bound on memory: the counts only delay a backoff
+            failures[address] = count
+            return
+        failures.pop(address, None)
         self._dead[address] = now + self.config.dead_backoff
 
     def punish(self, contact: Contact, now: float) -> None:
@@ -1243,11 +1261,19 @@ class Node:
 
     def _maintain(self, now: float) -> None:
         """Periodic upkeep: expire and republish stored items, refresh stale buckets, save the
-        routing table, forget expired bookkeeping."""
+        routing table, forget expired bookkeeping, rejoin through the saved contacts when the
+        routing table is empty.
+
+        A store that refuses a step (a durable store's full disk is StorageFull) costs that
+        step only: it is logged and counted (``storage_errors``), and the other steps, which
+        keep the node reachable, still run."""
         self._schedule(now + self.config.maintenance_interval, self._maintain)
-        self.stats["expired"] += self.store.expire(now)
-        self._republish(now)
-        self.store.save_contacts(self.table)
+        with self._store_step("expire"):
+            self.stats["expired"] += self.store.expire(now)
+        with self._store_step("republish"):
+            self._republish(now)
+        with self._store_step("save contacts"):
+            self.store.save_contacts(self.table)
         for address in [a for a, until in self._dead.items() if until <= now]:
             del self._dead[address]
         for banned in [b for b, until in self._banned.items() if until <= now]:
@@ -1260,9 +1286,36 @@ class Node:
         for address in [a for a, at in self._verifying.items() if at <= horizon]:
             del self._verifying[address]
         if len(self.table):
+            self._rejoin_delay = self.config.maintenance_interval
             stale = self.table.stale_buckets(now, self.config.refresh_interval)
             if stale:
                 self._refresh(stale, now, lambda now: None)
+        elif now >= self._rejoin_at:
+            self._rejoin(now)
+
+    def _rejoin(self, now: float) -> None:
+        """Our routing table is empty (a start while the network was down, every contact gone):
+        bootstrap again through up to k of the contacts saved before, with a delay that doubles
+        from one maintenance interval up to ``refresh_interval`` while it keeps failing. A node
+        that never had contacts (the first of a network) has none saved and waits to be found."""
+        with self._store_step("load contacts"):
+            saved = [c.address for c in self.store.load_contacts() if c.id != self.id]
+            if not saved:
+                return
+            cfg = self.config
+            self._rejoin_at = now + self._rejoin_delay
+            self._rejoin_delay = min(2 * self._rejoin_delay, cfg.refresh_interval)
+            self.stats["rejoins"] += 1
+            self.bootstrap(self.rng.sample(saved, min(len(saved), cfg.k)), now)
+
+    @contextlib.contextmanager
+    def _store_step(self, what: str) -> Iterator[None]:
+        """Run one maintenance step; a StorageFull from the store is logged and counted."""
+        try:
+            yield
+        except StorageFull as exc:
+            self.stats["storage_errors"] += 1
+            log.warning("maintenance could not %s: %s", what, exc)
 
     def _republish(self, now: float) -> None:
         """Send every item whose time has come to the k closest (section 2.5): our own items
@@ -1292,12 +1345,16 @@ class Node:
                 meta = replace(meta, republish_at=now + cfg.republish_interval
                                if ttl >= 1 else NEVER)
             message: Message
-            if isinstance(due.item, bytes):
-                self.store.put_value(due.key, due.item, meta)
-                message = Store(due.item, int(ttl))
-            else:
-                self.store.add_entry(due.key, due.item, meta)
-                message = Append(due.key, due.item, int(ttl))
+            try:  # our own bookkeeping first: an item the store refuses is tried again next tick
+                if isinstance(due.item, bytes):
+                    self.store.put_value(due.key, due.item, meta)
+                    message = Store(due.item, int(ttl))
+                else:
+                    self.store.add_entry(due.key, due.item, meta)
+                    message = Append(due.key, due.item, int(ttl))
+            except StorageFull:
+                self.stats["storage_errors"] += 1
+                continue
             if ttl >= 1:
                 self.stats["republished"] += 1
                 self.replicate(due.key, message, now)

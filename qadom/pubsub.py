@@ -16,9 +16,12 @@ How it works (docs/PROTOCOL.md, "Publish/subscribe"):
   ``pubsub_reorder_timeout`` for the missing one, then the gap is given up.
 
 Bounds: a relay keeps at most ``pubsub_max_subscribers`` per topic and ``pubsub_max_topics``
-topics, grants leases of at most ``pubsub_max_lease``, and accepts at most ``pubsub_rate``
-publishes per second per sender (bursts of ``pubsub_burst``); refusals are ``Error`` replies with
-``TOO_MANY_SUBSCRIBERS``, ``STORAGE_FULL`` or ``RATE_LIMITED``.
+topics, of which one host holds at most a tenth (:data:`HOST_SHARE`), grants leases of at most
+``pubsub_max_lease``, and accepts at most ``pubsub_rate`` publishes per second per sender (bursts
+of ``pubsub_burst``); refusals are ``Error`` replies with ``TOO_MANY_SUBSCRIBERS``,
+``STORAGE_FULL`` or ``RATE_LIMITED``. SUBSCRIBE, UNSUBSCRIBE and PUBLISH are served only to
+addresses that proved they receive the relay's datagrams (a token; see docs/PROTOCOL.md,
+"Amplification"), so a forged source can neither cut a subscription nor publish.
 
 Subscriptions are soft state, in memory only. The pure pieces (the rate limiter of
 :mod:`qadom.ratelimit`, :class:`RelayTable`, :class:`Inbox`) take ``now`` and hold every rule;
@@ -54,6 +57,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("qadom")
 
 Listener = Callable[[bytes], None]
+
+HOST_SHARE = 10
+"""One host (all its ports together) may hold at most a tenth of a relay's subscriptions
+(``pubsub_max_topics // 10`` in all) and a tenth of one topic's seats
+(``pubsub_max_subscribers // 10``), as it may fill at most a tenth of a node's storage
+(``max_items_per_source``): a single requester cannot lock the others out."""
 
 
 # ============================================================================= wire messages
@@ -163,42 +172,68 @@ class RelayTable:
     """A relay's subscribers: per topic, each subscriber address with its lease expiry.
 
     Bounds: ``max_topics`` topics, ``max_subscribers`` per topic, leases of at most ``max_lease``
-    seconds. Expired leases are pruned whenever a topic is read and by :meth:`expire`.
+    seconds. With ``max_per_host``, one host (all its ports together) holds at most that many
+    subscriptions in all, and at most ``max_per_host_topic`` of one topic's subscribers, so a
+    single requester cannot take every topic slot or every seat of a topic from the others.
+    Expired leases are pruned whenever a topic is read and by :meth:`expire`.
     """
 
     OK = 0
     TOO_MANY_SUBSCRIBERS = 1
     TOO_MANY_TOPICS = 2
+    HOST_TOO_MANY_SUBSCRIBERS = 3
+    """The subscriber's host already holds ``max_per_host_topic`` seats of this topic."""
+    HOST_TOO_MANY_TOPICS = 4
+    """The subscriber's host already holds ``max_per_host`` subscriptions here."""
 
-    def __init__(self, max_topics: int, max_subscribers: int, max_lease: float) -> None:
+    def __init__(self, max_topics: int, max_subscribers: int, max_lease: float, *,
+                 max_per_host: int | None = None, max_per_host_topic: int | None = None,
+                 ) -> None:
         self.max_topics = max_topics
         self.max_subscribers = max_subscribers
         self.max_lease = max_lease
+        self.max_per_host = max_per_host
+        self.max_per_host_topic = max_per_host_topic
         self._topics: dict[int, dict[Address, float]] = {}
+        self._by_host: dict[str, int] = {}  # live subscriptions per host, all topics
+        self._by_topic_host: dict[int, dict[str, int]] = {}  # per topic, seats per host
 
     def subscribe(self, topic: int, subscriber: Address, lease: float,
                   now: float) -> tuple[int, float]:
-        """Register or renew; returns ``(OK, lease granted)`` or ``(TOO_MANY_..., 0.0)``."""
+        """Register or renew; returns ``(OK, lease granted)`` or ``(TOO_MANY_..., 0.0)`` /
+        ``(HOST_TOO_MANY_..., 0.0)`` with nothing changed."""
         granted = min(lease, self.max_lease)
         subscribers = self._live(topic, now)
+        if subscribers is not None and subscriber in subscribers:
+            subscribers[subscriber] = now + granted  # renewing is not joining
+            return self.OK, granted
+        host = subscriber[0]
+        if self.max_per_host is not None and self._by_host.get(host, 0) >= self.max_per_host:
+            return self.HOST_TOO_MANY_TOPICS, 0.0
         if subscribers is None:
             # No sweep here: the periodic sweep drops lapsed leases, and sweeping on demand
             # would let a peer make every refused SUBSCRIBE scan the whole table.
             if len(self._topics) >= self.max_topics:
                 return self.TOO_MANY_TOPICS, 0.0
             subscribers = self._topics[topic] = {}
-        elif subscriber not in subscribers and len(subscribers) >= self.max_subscribers:
+            self._by_topic_host[topic] = {}
+        elif len(subscribers) >= self.max_subscribers:
             return self.TOO_MANY_SUBSCRIBERS, 0.0
+        seats = self._by_topic_host[topic]
+        if self.max_per_host_topic is not None and seats.get(host, 0) >= self.max_per_host_topic:
+            if not subscribers:  # the topic was made for this request: leave no trace
+                del self._topics[topic], self._by_topic_host[topic]
+            return self.HOST_TOO_MANY_SUBSCRIBERS, 0.0
         subscribers[subscriber] = now + granted
+        seats[host] = seats.get(host, 0) + 1
+        self._by_host[host] = self._by_host.get(host, 0) + 1
         return self.OK, granted
 
     def unsubscribe(self, topic: int, subscriber: Address) -> bool:
         subscribers = self._topics.get(topic)
         if subscribers is None or subscriber not in subscribers:
             return False
-        del subscribers[subscriber]
-        if not subscribers:
-            del self._topics[topic]
+        self._drop(topic, subscribers, subscriber)
         return True
 
     def subscribers(self, topic: int, now: float) -> list[Address]:
@@ -216,6 +251,10 @@ class RelayTable:
     def count(self) -> int:
         return sum(len(s) for s in self._topics.values())
 
+    def held_by(self, host: str) -> int:
+        """How many subscriptions (all topics) the subscribers on ``host`` hold here."""
+        return self._by_host.get(host, 0)
+
     def __len__(self) -> int:
         return len(self._topics)
 
@@ -225,11 +264,21 @@ class RelayTable:
             return None
         lapsed = [a for a, until in subscribers.items() if until <= now]
         for address in lapsed:
-            del subscribers[address]
+            self._drop(topic, subscribers, address)
+        return self._topics.get(topic)
+
+    def _drop(self, topic: int, subscribers: dict[Address, float], address: Address) -> None:
+        """Forget one subscription, keeping the per-host counts exact."""
+        del subscribers[address]
+        host = address[0]
+        for counts, name in ((self._by_topic_host[topic], host), (self._by_host, host)):
+            left = counts[name] - 1
+            if left:
+                counts[name] = left
+            else:
+                del counts[name]
         if not subscribers:
-            del self._topics[topic]
-            return None
-        return subscribers
+            del self._topics[topic], self._by_topic_host[topic]
 
 
 class _Stream:
@@ -386,8 +435,10 @@ class PubSubService:
     def __init__(self, node: Node) -> None:
         self.node = node
         cfg = node.config
-        self.relay = RelayTable(cfg.pubsub_max_topics, cfg.pubsub_max_subscribers,
-                                cfg.pubsub_max_lease)
+        self.relay = RelayTable(
+            cfg.pubsub_max_topics, cfg.pubsub_max_subscribers, cfg.pubsub_max_lease,
+            max_per_host=max(1, cfg.pubsub_max_topics // HOST_SHARE),
+            max_per_host_topic=max(1, cfg.pubsub_max_subscribers // HOST_SHARE))
         self.limiter: RateLimiter[Address] = RateLimiter(cfg.pubsub_rate, cfg.pubsub_burst,
                                                          cfg.pubsub_max_senders)
         self._topics: dict[int, _Topic] = {}
@@ -398,7 +449,13 @@ class PubSubService:
         node.register_handler(Subscribe, self._handle_subscribe)
         node.require_proof(Subscribe)  # relays send to subscribers later: no spoofed sources
         node.register_handler(Unsubscribe, self._handle_unsubscribe)
+        # A forged UNSUBSCRIBE would cut a subscriber off its relays; a forged PUBLISH would
+        # have every relay deliver for a source that spends no rate budget of its own. The
+        # subscriber and the publisher hold our tokens already (from SUBSCRIBE, from the lookup
+        # of the topic), and a stale one only costs a CHALLENGE and a resend.
+        node.require_proof(Unsubscribe)
         node.register_handler(Publish, self._handle_publish)
+        node.require_proof(Publish)
         node.register_handler(Deliver, self._handle_deliver)
 
     # ------------------------------------------------------------------ subscriber side
@@ -646,6 +703,14 @@ class PubSubService:
         if status == RelayTable.TOO_MANY_TOPICS:
             return Error(ErrorCode.STORAGE_FULL,
                          f"relaying {cfg.pubsub_max_topics} topics already, the maximum")
+        if status == RelayTable.HOST_TOO_MANY_SUBSCRIBERS:
+            return Error(ErrorCode.TOO_MANY_SUBSCRIBERS,
+                         f"your host holds {self.relay.max_per_host_topic} of this topic's "
+                         "subscriptions here, the maximum for one host")
+        if status == RelayTable.HOST_TOO_MANY_TOPICS:
+            return Error(ErrorCode.STORAGE_FULL,
+                         f"your host holds {self.relay.max_per_host} subscriptions here, the "
+                         "maximum for one host")
         self._arm_sweep(now)
         return Subscribed(max(1, int(granted * 1000)))
 

@@ -369,14 +369,20 @@ def test_a_dht_put_ttl_is_checked_and_a_republish_only_fills() -> None:
     assert load(node.store, skey, CONFIG) == both
     assert node.store.record_meta(RECORD_KIND, skey) == Meta(1000.0, 100 + HOUR,
                                                              source="127.0.0.9")
-    # A client's write keeps today's rules: it lands on the record with its own TTL.
+    # A client's write lands on the record; its TTL may lengthen the lifetime held, never
+    # shorten it (else Alice's write would end Bob's entry here at 350).
     node.dht_records._handle_put(DhtPut(encode_record(write(ALICE, "t", "a3", CONTROLLED)), 50),
                                  None, address, 300.0)
     held = load(node.store, skey, CONFIG)
     assert held is not None and [e.data for e in held.entries] == ["a3", "b"]
-    assert node.store.record_meta(RECORD_KIND, skey) == Meta(350.0, 300 + HOUR,
+    assert node.store.record_meta(RECORD_KIND, skey) == Meta(1000.0, 300 + HOUR,
                                                              source="127.0.0.9")
-    assert node.dht_records.local("t", 350.0) is None  # its lifetime is over
+    assert node.dht_records.local("t", 999.0) == held
+    node.dht_records._handle_put(DhtPut(encode_record(write(ALICE, "t", "a4", CONTROLLED)), 900),
+                                 None, address, 400.0)
+    assert node.store.record_meta(RECORD_KIND, skey) == Meta(1300.0, 400 + HOUR,
+                                                             source="127.0.0.9")
+    assert node.dht_records.local("t", 1300.0) is None  # its lifetime is over
 
 
 def test_a_republish_adds_the_controlled_owners_a_holder_missed_and_replaces_none() -> None:
