@@ -1298,15 +1298,16 @@ class Node:
         bootstrap again through up to k of the contacts saved before, with a delay that doubles
         from one maintenance interval up to ``refresh_interval`` while it keeps failing. A node
         that never had contacts (the first of a network) has none saved and waits to be found."""
+        saved: list[Address] = []
         with self._store_step("load contacts"):
             saved = [c.address for c in self.store.load_contacts() if c.id != self.id]
-            if not saved:
-                return
-            cfg = self.config
-            self._rejoin_at = now + self._rejoin_delay
-            self._rejoin_delay = min(2 * self._rejoin_delay, cfg.refresh_interval)
-            self.stats["rejoins"] += 1
-            self.bootstrap(self.rng.sample(saved, min(len(saved), cfg.k)), now)
+        if not saved:
+            return
+        cfg = self.config
+        self._rejoin_at = now + self._rejoin_delay
+        self._rejoin_delay = min(2 * self._rejoin_delay, cfg.refresh_interval)
+        self.stats["rejoins"] += 1
+        self.bootstrap(self.rng.sample(saved, min(len(saved), cfg.k)), now)
 
     @contextlib.contextmanager
     def _store_step(self, what: str) -> Iterator[None]:

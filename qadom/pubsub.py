@@ -271,12 +271,12 @@ class RelayTable:
         """Forget one subscription, keeping the per-host counts exact."""
         del subscribers[address]
         host = address[0]
-        for counts, name in ((self._by_topic_host[topic], host), (self._by_host, host)):
-            left = counts[name] - 1
+        for counts in (self._by_topic_host[topic], self._by_host):
+            left = counts[host] - 1
             if left:
-                counts[name] = left
+                counts[host] = left
             else:
-                del counts[name]
+                del counts[host]
         if not subscribers:
             del self._topics[topic], self._by_topic_host[topic]
 
