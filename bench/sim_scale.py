@@ -28,15 +28,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import collect, current_rss_mb, load, machine, table, targets
+from qadom import Config
 from qadom.sim import SimNetwork, summarize
 
+RPC_RETRIES = Config().rpc_retries
 
-def scenario(size: int, lookups: int, churn: float, loss: float,
-             seed: int) -> tuple[list[object], dict[str, float]]:
+
+def scenario(size: int, lookups: int, churn: float, loss: float, seed: int,
+             rpc_retries: int = RPC_RETRIES) -> tuple[list[object], dict[str, float]]:
     collect()
     base = current_rss_mb()  # the interpreter and the imported modules
     started = time.perf_counter()
-    net = SimNetwork(seed)
+    net = SimNetwork(seed, config=Config(rpc_retries=rpc_retries))
     net.build(size)
     built = time.perf_counter() - started
     collect()
@@ -76,11 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=float, default=0.3)
     parser.add_argument("--loss", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rpc-retries", type=int, default=RPC_RETRIES,
+                        help="resends of an unanswered request (Config.rpc_retries)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds one scenario may take before the run is abandoned")
     args = parser.parse_args(argv)
     print(f"# qadom simulated at scale\n\nmachine: {machine()}, {load()}\n")
-    print(f"{args.lookups} random lookups per scenario, one after the other; seed {args.seed}\n")
+    print(f"{args.lookups} random lookups per scenario, one after the other; seed {args.seed}; "
+          f"rpc_retries {args.rpc_retries}\n")
     rows = []
     verdicts = []
     for size in args.sizes:
@@ -89,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             # A fresh process per scenario, so its memory figure is not blurred by memory an
             # earlier scenario freed (the allocator keeps it) and each starts at virtual time 0.
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                row, summary = pool.submit(scenario, size, args.lookups, churn, loss,
-                                           args.seed).result(timeout=args.timeout)
+                row, summary = pool.submit(scenario, size, args.lookups, churn, loss, args.seed,
+                                           args.rpc_retries).result(timeout=args.timeout)
             rows.append(row)
             print(f"  {size} nodes, churn {churn:.0%}, loss {loss:.0%}: lookups "
                   f"{summary['elapsed']:.1f} s, build {summary['built']:.1f} s, "

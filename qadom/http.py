@@ -650,7 +650,7 @@ _NET = (502, 503, 504)  # the network or the peer could not answer
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/dht/{key}", dht_post, "Write a signed record (SECURED or CONTROLLED)",
           ("dht_key",), _json_content(_ref("DhtWrite")),
-          _json_content(_ref("DhtWriteResult")), (400, 401, 404, 413, *_NET)),
+          _json_content(_ref("DhtWriteResult")), (400, 401, 413, *_NET)),
     Route("GET", "/dht/{key}", dht_get,
           "Read a record, signed by this node's secp256k1 key", ("dht_key",), None,
           _json_content(_ref("DhtWrite")), (400, 404, *_NET)),
@@ -675,7 +675,7 @@ ROUTES: tuple[Route, ...] = (
           (400, 401, 409, 413, *_NET)),
     Route("GET", "/namespaces/{public_key}/{key}", namespace_get,
           "Read a namespace record (value, seq and signature)", ("public_key", "key"), None,
-          _json_content(_ref("NamespaceRecord")), (400, 401, 404, *_NET)),
+          _json_content(_ref("NamespaceRecord")), (400, 404, *_NET)),
     Route("POST", "/namespaces/{public_key}/{key}/forget", namespace_forget_post,
           "Stop republishing a namespace record this node wrote", ("public_key", "key"), None,
           _json_content(_ref("NamespaceForgotten")), (400, 503)),
@@ -718,7 +718,8 @@ _ERROR_TEXT = {
     404: "Nothing found", 409: "A newer or conflicting record is held (stale seq)",
     413: "The body or the record is too large", 429: "Rate limited by the network",
     502: "The network refused or answered wrongly",
-    503: "The peer is closed or the helper is at its stream limit",
+    503: ("The peer is closed or closing, the helper is at its stream limit, the storage is "
+          "full, or every relay of the topic is full"),
     504: "The network did not answer in time",
 }
 # Answers to requests outside the operations listed (OpenAPI lists no operation for them).

@@ -14,7 +14,9 @@ Guarantees:
 
 * Nothing is stored, locally or by any replica, unless its signature verifies over exactly those
   bytes; a local caller gets :class:`~qadom.errors.BadSignature` before anything is sent, a remote
-  sender an ``Error(BAD_SIGNATURE)`` reply and a place outside our routing table.
+  sender an ``Error(BAD_SIGNATURE)`` reply (it keeps its place in our routing table: a request's
+  sender proves nothing, so punishing it would let anyone evict any contact by naming it; a peer
+  that answers our own request with a forged record is punished).
 * Versions only move forward (:func:`supersedes`): a record replaces the stored one only with a
   higher ``seq``; a lower ``seq``, or the same ``seq`` with another value, is refused
   (:class:`~qadom.errors.StaleSequence`, ``Error(STALE_SEQUENCE)``) and the stored record kept. The

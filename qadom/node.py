@@ -309,7 +309,7 @@ class Node:
         # When an empty routing table may next rejoin through the saved contacts (_rejoin).
         self._rejoin_at = now
         self._rejoin_delay = cfg.maintenance_interval
-        # The radius of our k closest contacts (see _expects_holder), recomputed when the table
+        # The radius of our k closest contacts (see holder_radius), recomputed when the table
         # changes size or after refresh_interval.
         self._radius = 0
         self._radius_at = -math.inf
@@ -474,7 +474,7 @@ class Node:
         answered = [0]
 
         def after_refresh(now: float) -> None:
-            self.store.save_contacts(self.table)  # a durable node can rejoin from here on
+            self.save_contacts()  # a durable node can rejoin from here on
             call.resolve(len(self.table))
 
         def after_self_lookup(_: list[Contact], now: float) -> None:
@@ -593,7 +593,7 @@ class Node:
         any peer met on the way); an empty set when none."""
         check_id(key)
         call: Call[builtins.set[int]] = self.new_call("search", now)
-        results = self._local_entries(key)
+        results = self._local_entries(key, now)
         more: dict[int, int] = {}  # contact id -> last value of its first page, when more follow
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
@@ -669,7 +669,8 @@ class Node:
 
     @property
     def rpc_timeout(self) -> float:
-        """The current per-attempt timeout: 4 x the smoothed RTT estimate (RFC 6298 style)."""
+        """The current per-attempt timeout: the smoothed RTT plus 4 x its deviation (RFC 6298
+        style), within ``rpc_timeout_min`` and ``rpc_timeout_max``."""
         cfg = self.config
         if self._srtt is None:
             return cfg.rpc_timeout
@@ -905,7 +906,8 @@ class Node:
     def _contact_failed(self, address: Address, node_id: int | None, now: float) -> None:
         """A request to ``address`` failed for good (every attempt went unanswered). The address
         enters the lookups' backoff once ``dead_after_failures`` requests to it failed in a row
-        (any answer or request from it resets the count), and a contact of our table only once
+        (an answer from it resets the count, as does a request from the contact our table holds
+        at that address), and a contact of our table only once
         the table gives it up as well (``stale_failures`` failures in a row, or one when a
         replacement waits): under loss a live peer fails single requests, and skipping it after
         one would make a busy peer shun most of the network (see Config.dead_backoff)."""
@@ -1040,7 +1042,7 @@ class Node:
     def _handle_search(self, message: Search, sender: int | None, address: Address,
                        now: float) -> Message:
         values, more = self.store.entries_after(message.key, message.after,
-                                                self.config.search_page_size)
+                                                self.config.search_page_size, now)
         nodes = () if message.after is not None else tuple(
             self.table.closest(message.key, self.config.k, exclude=sender))
         return Entries(tuple(values), more, nodes)
@@ -1249,11 +1251,11 @@ class Node:
         for bucket in buckets:
             self.find_closest(random_id_in(self.rng, bucket.lo, bucket.hi), now, one_done)
 
-    def _local_entries(self, key: int) -> builtins.set[int]:
+    def _local_entries(self, key: int, now: float) -> builtins.set[int]:
         results: builtins.set[int] = set()
         after: int | None = None
         while True:
-            values, more = self.store.entries_after(key, after, 4096)
+            values, more = self.store.entries_after(key, after, 4096, now)
             results.update(values)
             if not more or not values:
                 return results
@@ -1273,7 +1275,7 @@ class Node:
         with self._store_step("republish"):
             self._republish(now)
         with self._store_step("save contacts"):
-            self.store.save_contacts(self.table)
+            self.save_contacts()
         for address in [a for a, until in self._dead.items() if until <= now]:
             del self._dead[address]
         for banned in [b for b, until in self._banned.items() if until <= now]:
@@ -1292,6 +1294,22 @@ class Node:
                 self._refresh(stale, now, lambda now: None)
         elif now >= self._rejoin_at:
             self._rejoin(now)
+
+    def save_contacts(self) -> None:
+        """Save the routing table, for a restart or a rejoin.
+
+        A table of ``k`` contacts or more is saved as it is. A smaller one (the network lost,
+        contacts failing one by one) is saved first and topped up with the contacts saved before
+        that it no longer holds, to as many as were saved before: a node that loses its network
+        keeps every address it could rejoin through, and the list never grows while it waits.
+        An empty table leaves the saved contacts as they were."""
+        contacts = list(self.table)
+        if len(contacts) < self.config.k:
+            before = self.store.load_contacts()
+            have = {c.id for c in contacts}
+            have.add(self.id)
+            contacts += [c for c in before if c.id not in have][:len(before) - len(contacts)]
+        self.store.save_contacts(contacts)
 
     def _rejoin(self, now: float) -> None:
         """Our routing table is empty (a start while the network was down, every contact gone):

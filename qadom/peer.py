@@ -168,7 +168,7 @@ class Peer:
         if protocol is not None and self.data_dir is not None:
             store = protocol.node.store
             try:
-                store.save_contacts(protocol.node.table)
+                protocol.node.save_contacts()
             except Exception as exc:  # a full disk, say: those saved by the last upkeep stay
                 log.warning("could not save contacts in %s: %s", self.data_dir, exc)
             finally:

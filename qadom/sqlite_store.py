@@ -31,6 +31,10 @@ no lifecycle: they never expire and are never republished.
 
 A full disk (SQLite's "database or disk is full") refuses a write as a quota does, with
 :class:`~qadom.errors.StorageFull`, and changes nothing.
+
+What :meth:`SqliteStore.stats` reports is counted once when the file opens and then kept in
+memory by every write, and restored with the quotas when a write is rolled back, so asking costs
+no query.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +114,29 @@ def _record_meta(row: tuple[float, float, int, str]) -> Meta:
     return Meta(expires, republish_at, bool(original), False, source)
 
 
+@dataclass(slots=True)
+class _Counts:
+    """What the file holds, as :meth:`SqliteStore.stats` reports it, kept as it changes."""
+
+    values: int = 0
+    value_bytes: int = 0
+    entry_keys: int = 0
+    entries: int = 0
+    records: int = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Undo every change made inside the block if it raises (as the write it counts was
+        rolled back)."""
+        saved = astuple(self)
+        try:
+            yield
+        except BaseException:
+            (self.values, self.value_bytes, self.entry_keys, self.entries,
+             self.records) = saved
+            raise
+
+
 class SqliteStore:
     """A :class:`~qadom.storage.Store` in the SQLite file ``path`` (created if missing).
 
@@ -158,8 +186,7 @@ class SqliteStore:
         if (application_id, version) != (APPLICATION_ID, SCHEMA_VERSION):
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        self.quotas = Quotas(self.config)
-        self._load_quotas()
+        self._load_counts()
 
     def _migrate_records(self) -> None:
         """Give a records table of the schema before records had a lifecycle its columns, in one
@@ -178,14 +205,25 @@ class SqliteStore:
             self._db.execute(f"UPDATE records SET republish_at = 0, original = {original} "
                              f"WHERE kind IN ({kinds})", _LIFECYCLE_KINDS)
 
-    def _load_quotas(self) -> None:
-        """Count what the file holds, per source, and what cached copies hold."""
+    def _load_counts(self) -> None:
+        """Count what the file holds, per source, and what cached copies hold (the quotas), and
+        what :meth:`stats` reports: the one time the whole file is counted."""
         quotas = self.quotas = Quotas(self.config)
+        counts = self._counts = _Counts()
         for table, size in (("vals", "length(value)"), ("entries", str(ENTRY_SIZE)),
                             ("records", "length(data)")):
             for source, size_sum, count in self._db.execute(
                     f"SELECT source, SUM({size}), COUNT(*) FROM {table} GROUP BY source"):
                 quotas.load(source, int(size_sum), int(count))
+                if table == "vals":
+                    counts.values += int(count)
+                    counts.value_bytes += int(size_sum)
+                elif table == "entries":
+                    counts.entries += int(count)
+                else:
+                    counts.records += int(count)
+        counts.entry_keys = int(self._db.execute(
+            "SELECT COUNT(DISTINCT key) FROM entries").fetchone()[0])
         cached_bytes, cached_items = self._db.execute(
             "SELECT COALESCE(SUM(length(value)), 0), COUNT(*) FROM vals WHERE cached = 1"
         ).fetchone()
@@ -199,11 +237,12 @@ class SqliteStore:
     @contextmanager
     def _writing(self) -> Iterator[None]:
         """One transaction: committed at the end, rolled back on any exception (a failed commit
-        too). The quotas are adjusted as the transaction goes and restored with it, so they never
-        drift from what was committed, and a refusal costs no recount of the file (a node on a
-        full disk refuses every write). A full disk is StorageFull."""
+        too). The quotas and the counts of :meth:`stats` are adjusted as the transaction goes and
+        restored with it, so they never drift from what was committed, and a refusal costs no
+        recount of the file (a node on a full disk refuses every write). A full disk is
+        StorageFull."""
         try:
-            with self.quotas.transaction(), self._db:
+            with self.quotas.transaction(), self._counts.transaction(), self._db:
                 self._db.execute("BEGIN")
                 yield
         except sqlite3.Error as exc:
@@ -236,10 +275,13 @@ class SqliteStore:
             if row is None:
                 self._make_room(meta.source, len(value), meta.cached)
                 self.quotas.add(meta.source, len(value), meta.cached)
+                self._counts.values += 1
+                self._counts.value_bytes += len(value)
             else:
                 old = _meta(row[1:])
                 self.quotas.replace(old.source, int(row[0]), meta.source, len(value),
                                     old_cached=old.cached, new_cached=meta.cached)
+                self._counts.value_bytes += len(value) - int(row[0])
                 # A key names one value (its SHA-256): storing it again, as every republish
                 # does, changes only its bookkeeping, so the blob is not written again.
                 if int(row[0]) == len(value) and self._db.execute(
@@ -260,24 +302,37 @@ class SqliteStore:
 
     def add_entry(self, key: int, value: int, meta: Meta) -> bool:
         old = self.entry_meta(key, value)
+        raw = id_to_bytes(key)
         with self._writing():
             if old is None:
                 self._make_room(meta.source, ENTRY_SIZE, meta.cached)
                 self.quotas.add(meta.source, ENTRY_SIZE)
+                self._counts.entries += 1
+                if not self._has_entries(raw):
+                    self._counts.entry_keys += 1
             else:
                 self.quotas.replace(old.source, ENTRY_SIZE, meta.source, ENTRY_SIZE)
             self._db.execute(f"INSERT OR REPLACE INTO entries (key, value, {_META_COLUMNS}) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (id_to_bytes(key), id_to_bytes(value), *_meta_params(meta)))
+                             (raw, id_to_bytes(value), *_meta_params(meta)))
         return old is None
 
-    def entries_after(self, key: int, after: int | None, limit: int) -> tuple[list[int], bool]:
+    def entries_after(self, key: int, after: int | None, limit: int, now: float | None = None,
+                      ) -> tuple[list[int], bool]:
+        limit = max(0, limit)
         low = b"" if after is None else id_to_bytes(after)
+        live, params = ("", ()) if now is None else (
+            " AND (original = 1 OR expires > ?)", (now,))  # not expired (see expire)
         rows = self._db.execute(
-            "SELECT value FROM entries WHERE key = ? AND value > ? ORDER BY value LIMIT ?",
-            (id_to_bytes(key), low, limit + 1)).fetchall()
+            f"SELECT value FROM entries WHERE key = ? AND value > ?{live} ORDER BY value LIMIT ?",
+            (id_to_bytes(key), low, *params, limit + 1)).fetchall()
         values = [id_from_bytes(bytes(row[0])) for row in rows[:limit]]
         return values, len(rows) > limit
+
+    def _has_entries(self, raw_key: bytes) -> bool:
+        """Whether any entry is stored under the key (one lookup in the primary key)."""
+        return self._db.execute("SELECT 1 FROM entries WHERE key = ? LIMIT 1",
+                                (raw_key,)).fetchone() is not None
 
     # ------------------------------------------------------------------ schedule
 
@@ -327,24 +382,33 @@ class SqliteStore:
                 "WHERE original = 0 AND cached = 1 AND expires <= ?", (now,)).fetchone()
             self.quotas.cached_bytes -= int(cached_bytes)
             self.quotas.cached_items -= int(cached_items)
+            counts = self._counts
             for source, size_sum, count in self._db.execute(
                     "SELECT source, SUM(length(value)), COUNT(*) FROM vals "
                     "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
                 self.quotas.unload(source, int(size_sum), int(count))
+                counts.values -= int(count)
+                counts.value_bytes -= int(size_sum)
                 dropped += int(count)
             for source, count in self._db.execute(
                     "SELECT source, COUNT(*) FROM entries "
                     "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
                 self.quotas.unload(source, int(count) * ENTRY_SIZE, int(count))
+                counts.entries -= int(count)
                 dropped += int(count)
+            # The keys losing entries: those left with none no longer count (checked below).
+            keys = {bytes(row[0]) for row in self._db.execute(
+                "SELECT key FROM entries WHERE original = 0 AND expires <= ?", (now,))}
             for source, size_sum, count in self._db.execute(
                     "SELECT source, SUM(length(data)), COUNT(*) FROM records "
                     "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
                 self.quotas.unload(source, int(size_sum), int(count))
+                counts.records -= int(count)
                 dropped += int(count)
             self._db.execute("DELETE FROM vals WHERE original = 0 AND expires <= ?", (now,))
             self._db.execute("DELETE FROM entries WHERE original = 0 AND expires <= ?", (now,))
             self._db.execute("DELETE FROM records WHERE original = 0 AND expires <= ?", (now,))
+            counts.entry_keys -= sum(1 for key in keys if not self._has_entries(key))
         return dropped
 
     def forget(self, key: int) -> bool:
@@ -394,6 +458,7 @@ class SqliteStore:
             if old is None:
                 self._make_room(meta.source, len(data), False)
                 self.quotas.add(meta.source, len(data))
+                self._counts.records += 1
             else:  # a newer version is charged to the host that sent it
                 self.quotas.replace(old[1], old[0], meta.source, len(data))
             self._db.execute(
@@ -404,9 +469,12 @@ class SqliteStore:
 
     def delete_record(self, kind: str, key: int) -> None:
         old = self._record_size(kind, key)
-        self._write("DELETE FROM records WHERE kind = ? AND key = ?", (kind, id_to_bytes(key)))
-        if old is not None:
-            self.quotas.remove(old[1], old[0])
+        with self._writing():
+            if old is not None:
+                self.quotas.remove(old[1], old[0])
+                self._counts.records -= 1
+            self._db.execute("DELETE FROM records WHERE kind = ? AND key = ?",
+                             (kind, id_to_bytes(key)))
 
     def _record_size(self, kind: str, key: int) -> tuple[int, str] | None:
         row = self._db.execute(
@@ -434,15 +502,13 @@ class SqliteStore:
         self._write("INSERT OR REPLACE INTO meta (name, data) VALUES (?, ?)", (name, data))
 
     def stats(self) -> dict[str, int]:
-        def one(sql: str) -> int:
-            return int(self._db.execute(sql).fetchone()[0] or 0)
-
+        counts = self._counts
         return {
-            "values": one("SELECT COUNT(*) FROM vals"),
-            "value_bytes": one("SELECT SUM(length(value)) FROM vals"),
-            "entry_keys": one("SELECT COUNT(DISTINCT key) FROM entries"),
-            "entries": one("SELECT COUNT(*) FROM entries"),
-            "records": one("SELECT COUNT(*) FROM records"),
+            "values": counts.values,
+            "value_bytes": counts.value_bytes,
+            "entry_keys": counts.entry_keys,
+            "entries": counts.entries,
+            "records": counts.records,
             "stored_bytes": self.quotas.total_bytes,
         }
 
@@ -464,5 +530,7 @@ class SqliteStore:
             key, victim_source, length = handle
             self._db.execute("DELETE FROM vals WHERE key = ?", (key,))
             self.quotas.remove(victim_source, length, cached=True)
+            self._counts.values -= 1
+            self._counts.value_bytes -= length
 
         self.quotas.make_room(source, size, cached, victims, drop)

@@ -15,8 +15,11 @@ contacts and the node's identity (``meta`` blobs).
   that raises (:class:`~qadom.errors.StorageFull`, also for a durable store's full disk, or
   InvalidArgument for a record's bad :class:`Meta`) changed nothing;
 * an expired item is never returned once :meth:`Store.expire` has run past its expiry, and
-  :meth:`Store.get_value` and :meth:`Store.get_record` with ``now`` never return an expired one;
-* quotas (:class:`Quotas`) hold at every moment.
+  :meth:`Store.get_value`, :meth:`Store.get_record` and :meth:`Store.entries_after` with ``now``
+  never return an expired one;
+* quotas (:class:`Quotas`) hold at every moment;
+* :meth:`Store.stats` costs O(1) (a remote peer may ask for it): its counts are kept as the store
+  changes, and equal a fresh count of what it holds after every write, refused or not.
 
 Eviction rule: a full store *refuses* new items rather than evicting stored ones, because an item
 held as one of the k replicas is a promise to the network. Only cached copies (which the network
@@ -296,9 +299,14 @@ class Store(Protocol):
         """Add or update an entry; True if it was new. Raises StorageFull when over quota."""
         ...
 
-    def entries_after(self, key: int, after: int | None, limit: int) -> tuple[list[int], bool]:
+    def entries_after(self, key: int, after: int | None, limit: int, now: float | None = None,
+                      ) -> tuple[list[int], bool]:
         """Up to ``limit`` values of the set under ``key`` greater than ``after``, ascending, and
-        whether more follow."""
+        whether more follow.
+
+        With ``now``, entries expired at ``now`` (as :meth:`expire` would drop them) are skipped
+        as if they were gone: the page is short only when no live entry follows it, and "more"
+        means a live one does. A ``limit`` below one is taken as 0."""
         ...
 
     def due(self, now: float, limit: int) -> list[Due]:
@@ -357,7 +365,11 @@ class Store(Protocol):
 
     def set_meta(self, name: str, data: bytes) -> None: ...
 
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, int]:
+        """What the store holds, in O(1): ``values`` and ``value_bytes`` (their total length),
+        ``entry_keys`` (keys with at least one entry) and ``entries``, ``records``, and
+        ``stored_bytes`` (all of it as counted against the quotas)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -371,6 +383,7 @@ class MemoryStore:
         self._sets: dict[int, list[int]] = {}
         self._entries: dict[tuple[int, int], Meta] = {}
         self._records: dict[tuple[str, int], tuple[bytes, Meta]] = {}
+        self._value_bytes = 0  # the total length of the values (the dicts count the rest)
         self._contacts: list[Contact] = []
         self._meta: dict[str, bytes] = {}
 
@@ -394,7 +407,9 @@ class MemoryStore:
         else:
             self.quotas.replace(old[1].source, len(old[0]), meta.source, len(value),
                                 old_cached=old[1].cached, new_cached=meta.cached)
+            self._value_bytes -= len(old[0])
         self._values[key] = (value, meta)
+        self._value_bytes += len(value)
 
     # ------------------------------------------------------------------ entries
 
@@ -413,10 +428,23 @@ class MemoryStore:
         bisect.insort(self._sets.setdefault(key, []), value)
         return True
 
-    def entries_after(self, key: int, after: int | None, limit: int) -> tuple[list[int], bool]:
+    def entries_after(self, key: int, after: int | None, limit: int, now: float | None = None,
+                      ) -> tuple[list[int], bool]:
+        limit = max(0, limit)
         values = self._sets.get(key, [])
         start = 0 if after is None else bisect.bisect_right(values, after)
-        return values[start:start + limit], start + limit < len(values)
+        if now is None:
+            return values[start:start + limit], start + limit < len(values)
+        # The set still holds entries expired since the last sweep: step over them.
+        page: list[int] = []
+        for i in range(start, len(values)):
+            value = values[i]
+            if _expired(self._entries[(key, value)], now):
+                continue
+            if len(page) == limit:
+                return page, True
+            page.append(value)
+        return page, False
 
     # ------------------------------------------------------------------ schedule
 
@@ -544,7 +572,7 @@ class MemoryStore:
     def stats(self) -> dict[str, int]:
         return {
             "values": len(self._values),
-            "value_bytes": sum(len(v) for v, _ in self._values.values()),
+            "value_bytes": self._value_bytes,
             "entry_keys": len(self._sets),
             "entries": len(self._entries),
             "records": len(self._records),
@@ -571,6 +599,7 @@ class MemoryStore:
     def _drop_value(self, key: int) -> None:
         value, meta = self._values.pop(key)
         self.quotas.remove(meta.source, len(value), meta.cached)
+        self._value_bytes -= len(value)
 
     def _drop_entry(self, key: int, value: int) -> None:
         meta = self._entries.pop((key, value))

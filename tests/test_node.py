@@ -221,6 +221,20 @@ def test_search_collects_from_every_replica_across_pages() -> None:
     assert net.run_call(net.call(nodes[21], nodes[21].search, 4243)) == set()
 
 
+def test_an_expired_entry_is_not_served_before_the_sweep_removes_it() -> None:
+    net, nodes = network(12, seed=10)
+    reader = nodes[4]
+    holders = [n for n in nodes if n is not reader]
+    net.run_for(1.0)
+    for node in nodes:  # every copy expires between two upkeep sweeps
+        node.store.add_entry(77, 1, Meta(expires=net.now + 5))
+        node.store.add_entry(77, 2, Meta(expires=net.now + 3600))
+    assert net.run_call(net.call(reader, reader.search, 77)) == {1, 2}
+    net.run_for(10.0)  # past the first entry's expiry, before the next sweep
+    assert holders[0].store.stats()["entries"] == 2  # still stored, no longer served
+    assert net.run_call(net.call(reader, reader.search, 77)) == {2}
+
+
 def test_full_size_values_travel_and_oversize_is_refused_before_storing() -> None:
     net, nodes = network(10, seed=9)
     big = bytes(range(256)) * 32

@@ -102,6 +102,52 @@ def test_entries_page_in_order(make_store: type) -> None:
     assert store.entries_after(9, None, 10) == ([7], False)
 
 
+def test_expired_entries_are_not_served_before_the_sweep(make_store: type) -> None:
+    store: Store = make_store()
+    store.add_entry(9, 1, Meta(expires=10.0))
+    store.add_entry(9, 2, Meta(expires=20.0))
+    store.add_entry(9, 3, Meta(expires=5.0, original=True))  # ours: lives while we publish it
+    store.add_entry(9, 4, Meta(expires=10.0))
+    assert store.entries_after(9, None, 10, 9.0) == ([1, 2, 3, 4], False)
+    assert store.entries_after(9, None, 10, 10.0) == ([2, 3], False)  # gone at their expiry
+    assert store.entries_after(9, None, 1, 10.0) == ([2], True)
+    assert store.entries_after(9, 2, 1, 10.0) == ([3], False)  # only expired ones follow
+    assert store.entries_after(9, None, 10, 1e9) == ([3], False)
+    for limit in (0, -1):  # no page, but whether live entries follow
+        assert store.entries_after(9, None, limit, 10.0) == ([], True)
+        assert store.entries_after(9, 3, limit, 10.0) == ([], False)
+    assert store.entries_after(9, None, 10) == ([1, 2, 3, 4], False)  # no clock: what is held
+    assert store.expire(10.0) == 2
+    assert store.entries_after(9, None, 10) == ([2, 3], False)
+
+
+def test_paging_across_expired_entries_serves_every_live_one_once(make_store: type) -> None:
+    """Pages skip expired entries yet stay full: every live entry comes back exactly once, in
+    order, and "more" is False only on the page that holds the last live one."""
+    store: Store = make_store()
+    rng = random.Random(7)
+    held: dict[int, Meta] = {}
+    for value in [*rng.sample(range(10**6), 250), ID_SPACE - 1]:
+        meta = Meta(expires=float(rng.randrange(100)), original=rng.random() < 0.05)
+        store.add_entry(4, value, meta)
+        held[value] = meta
+    store.add_entry(3, 5, Meta(expires=1e9))  # other keys never mix in
+    store.add_entry(5, 0, Meta(expires=1e9))
+    for now in (0.0, 50.0, 95.0, 100.0):
+        live = sorted(v for v, m in held.items() if m.original or m.expires > now)
+        for limit in (1, 3, 40, 1000):
+            got: list[int] = []
+            after: int | None = None
+            for _ in range(len(held) + 1):  # bounded: one page per value at most
+                page, more = store.entries_after(4, after, limit, now)
+                got += page
+                if not more:
+                    break
+                assert len(page) == limit, (now, limit, after)  # never short while more follow
+                after = page[-1]
+            assert got == live, (now, limit)
+
+
 def test_due_items_for_republish(make_store: type) -> None:
     store: Store = make_store()
     store.put_value(1, b"x", Meta(expires=1e9, republish_at=10.0))

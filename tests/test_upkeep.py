@@ -51,6 +51,33 @@ def test_an_emptied_table_rejoins_through_the_saved_contacts_once_the_network_is
     assert loner.stats["rejoins"] == rejoins
 
 
+def test_a_drained_table_keeps_the_saved_contacts_until_it_holds_k_again() -> None:
+    net = SimNetwork(seed=14, config=CONFIG)
+    nodes = net.add_nodes(16)
+    net.run_for(MINUTE + 1)
+    node = nodes[3]
+    saved = node.store.load_contacts()
+    assert len(saved) > CONFIG.k
+    net.partition([node], [n for n in nodes if n is not node])  # its network goes
+    for contact in node.table.closest(node.id, len(node.table))[2:]:
+        node.table.remove(contact.id)  # contacts failing one by one
+    left = list(node.table)
+    assert len(left) < CONFIG.k
+    net.run_for(MINUTE)  # an upkeep saves the drained table
+    now_saved = node.store.load_contacts()
+    # Those left come first, topped up with contacts saved before to as many as before.
+    assert now_saved[:len(left)] == left
+    assert len(now_saved) == len(saved)
+    assert len({c.id for c in now_saved}) == len(saved)
+    assert all(c in saved for c in now_saved[2:])
+    net.heal()
+    net.run_for(2 * 3600)  # bucket refresh through the two refills the table
+    assert len(node.table) >= CONFIG.k
+    net.run_for(MINUTE)
+    # With k contacts again, what is saved is the table and nothing else.
+    assert sorted(c.id for c in node.store.load_contacts()) == sorted(c.id for c in node.table)
+
+
 def test_a_first_node_with_nothing_saved_waits_to_be_found() -> None:
     net = SimNetwork(seed=12, config=CONFIG)
     (first,) = net.add_nodes(1)
