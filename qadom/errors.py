@@ -83,6 +83,13 @@ class StorageFull(QadomError):
     stored changed. Remote peers report it as an ERROR reply with code STORAGE_FULL."""
 
 
+class StorageUnavailable(StorageFull, OSError):
+    """A durable store could not write: its disk is read-only or failing, or another program
+    holds its database locked. Nothing stored changed, and what is stored can still be read. A
+    :class:`StorageFull`, so whatever handles a refused write handles it too: remote peers get an
+    ERROR STORAGE_FULL reply, upkeep skips the step, the HTTP helper answers 503."""
+
+
 class StoreUnusable(QadomError, OSError):
     """The file cannot hold a qadom store: not an SQLite database, another program's database,
     one written by a newer qadom, or a file this process cannot open or write. Nothing in it was

@@ -309,6 +309,7 @@ class Node:
         # When an empty routing table may next rejoin through the saved contacts (_rejoin).
         self._rejoin_at = now
         self._rejoin_delay = cfg.maintenance_interval
+        self._failing_steps: builtins.set[str] = set()  # upkeep steps the store refuses now
         # The radius of our k closest contacts (see holder_radius), recomputed when the table
         # changes size or after refresh_interval.
         self._radius = 0
@@ -1329,12 +1330,19 @@ class Node:
 
     @contextlib.contextmanager
     def _store_step(self, what: str) -> Iterator[None]:
-        """Run one maintenance step; a StorageFull from the store is logged and counted."""
+        """Run one maintenance step; a StorageFull from the store is counted, and logged when
+        the step starts failing (not again at every tick while it goes on failing)."""
         try:
             yield
         except StorageFull as exc:
             self.stats["storage_errors"] += 1
-            log.warning("maintenance could not %s: %s", what, exc)
+            if what not in self._failing_steps:
+                self._failing_steps.add(what)
+                log.warning("maintenance could not %s: %s", what, exc)
+        else:
+            if what in self._failing_steps:
+                self._failing_steps.discard(what)
+                log.warning("maintenance could %s again", what)
 
     def _republish(self, now: float) -> None:
         """Send every item whose time has come to the k closest (section 2.5): our own items

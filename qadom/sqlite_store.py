@@ -30,7 +30,10 @@ republish another publisher's record forever. Records of other kinds (the node's
 no lifecycle: they never expire and are never republished.
 
 A full disk (SQLite's "database or disk is full") refuses a write as a quota does, with
-:class:`~qadom.errors.StorageFull`, and changes nothing.
+:class:`~qadom.errors.StorageFull`, and changes nothing. So does a database that cannot be written
+now (a disk remounted read-only after an error, a failing disk, a lock another program holds), with
+its subclass :class:`~qadom.errors.StorageUnavailable`: the node goes on serving what it holds,
+refuses what it would store, and logs the first refusal and the first write that works again.
 
 What :meth:`SqliteStore.stats` reports is counted once when the file opens and then kept in
 memory by every write, and restored with the quotas when a write is rolled back, so asking costs
@@ -39,6 +42,7 @@ no query.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -48,9 +52,19 @@ from typing import Any
 
 from .config import Config
 from .contact import Contact
-from .errors import InvalidArgument, StorageFull, StoreUnusable
+from .errors import InvalidArgument, StorageFull, StorageUnavailable, StoreUnusable
 from .ids import ID_SPACE, id_from_bytes, id_to_bytes
 from .storage import ENTRY_SIZE, NEVER, Due, DueRecord, Meta, Quotas, record_meta
+
+log = logging.getLogger("qadom")
+
+# SQLite's primary result codes for a database that cannot be written now, though nothing is wrong
+# with the write: a read-only or failing disk, a lock held by another program.
+_UNAVAILABLE = frozenset({
+    sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_PROTOCOL,
+})
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vals (
@@ -148,6 +162,8 @@ class SqliteStore:
         if self.config.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise InvalidArgument("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = Path(path)
+        self.unavailable: str | None = None
+        """Why the last write was refused as :class:`StorageUnavailable`; None once one succeeds."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -240,16 +256,28 @@ class SqliteStore:
         too). The quotas and the counts of :meth:`stats` are adjusted as the transaction goes and
         restored with it, so they never drift from what was committed, and a refusal costs no
         recount of the file (a node on a full disk refuses every write). A full disk is
-        StorageFull."""
+        StorageFull; a database that cannot be written now is StorageUnavailable."""
         try:
             with self.quotas.transaction(), self._counts.transaction(), self._db:
                 self._db.execute("BEGIN")
                 yield
         except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            code = getattr(exc, "sqlite_errorcode", None)
+            primary = None if code is None else code & 0xFF
+            if primary == sqlite3.SQLITE_FULL:
                 raise StorageFull(f"the disk holding this node's store is full ({exc})"
                                   ) from None
+            if primary in _UNAVAILABLE:
+                if self.unavailable is None:  # said once, not at every refused write
+                    log.warning("the store %s cannot be written: %s; writes are refused "
+                                "until it can", self.path, exc)
+                self.unavailable = str(exc)
+                raise StorageUnavailable(f"this node's store cannot be written ({exc})"
+                                         ) from None
             raise
+        if self.unavailable is not None:
+            log.warning("the store %s accepts writes again", self.path)
+            self.unavailable = None
 
     # ------------------------------------------------------------------ values
 
