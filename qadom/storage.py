@@ -12,8 +12,9 @@ contacts and the node's identity (``meta`` blobs).
 :class:`qadom.sqlite_store.SqliteStore` the durable one. Guarantees of every implementation:
 
 * a write that returns has been applied in full (and, for a durable store, committed); a write
-  that raises (:class:`~qadom.errors.StorageFull`, also for a durable store's full disk, or
-  InvalidArgument for a record's bad :class:`Meta`) changed nothing;
+  that raises (:class:`~qadom.errors.StorageFull`, also for a durable store's full disk, its
+  subclass :class:`~qadom.errors.StorageUnavailable` for a database that cannot be written now,
+  or InvalidArgument for a record's bad :class:`Meta`) changed nothing;
 * an expired item is never returned once :meth:`Store.expire` has run past its expiry, and
   :meth:`Store.get_value`, :meth:`Store.get_record` and :meth:`Store.entries_after` with ``now``
   never return an expired one;
