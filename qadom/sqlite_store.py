@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass
@@ -418,15 +419,18 @@ class SqliteStore:
                 counts.values -= int(count)
                 counts.value_bytes -= int(size_sum)
                 dropped += int(count)
-            for source, count in self._db.execute(
-                    "SELECT source, COUNT(*) FROM entries "
-                    "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
-                self.quotas.unload(source, int(count) * ENTRY_SIZE, int(count))
-                counts.entries -= int(count)
-                dropped += int(count)
-            # The keys losing entries: those left with none no longer count (checked below).
-            keys = {bytes(row[0]) for row in self._db.execute(
-                "SELECT key FROM entries WHERE original = 0 AND expires <= ?", (now,))}
+            # One pass over the expiring entries: their sources (for the quotas) and their keys
+            # (those left with no entry no longer count, checked below).
+            per_source: Counter[str] = Counter()
+            keys: set[bytes] = set()
+            for key, source in self._db.execute(
+                    "SELECT key, source FROM entries WHERE original = 0 AND expires <= ?", (now,)):
+                per_source[source] += 1
+                keys.add(bytes(key))
+            for source, count in per_source.items():
+                self.quotas.unload(source, count * ENTRY_SIZE, count)
+                counts.entries -= count
+                dropped += count
             for source, size_sum, count in self._db.execute(
                     "SELECT source, SUM(length(data)), COUNT(*) FROM records "
                     "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
