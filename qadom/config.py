@@ -245,6 +245,13 @@ class Config:
     killed process (what qadom promises before acknowledging a write); FULL also survives power
     loss at the cost of an fsync per write."""
 
+    sqlite_busy_timeout: float = 0.1
+    """Seconds a statement of a data dir's store waits for a lock another program holds before
+    it is refused (StorageUnavailable), between 0 and 60. The node's whole event loop waits that
+    long, so it is short: a qadom node is the only writer of its data dir (the data-dir lock sees
+    to that), so only an outside program (a backup, the sqlite3 shell) can hold a lock, and one
+    that keeps it is not waited for at every statement (SQLite's own default is 5 s)."""
+
     maintenance_interval: float = 60.0
     """How often a node checks for stale buckets and forgets old bookkeeping. Finer than any
     interval it serves, coarse enough to cost nothing."""
@@ -311,6 +318,29 @@ class Config:
     pubsub_max_senders: int = 10_000
     """Senders whose rate a relay tracks at once (least recently seen forgotten first)."""
 
+    pubsub_streams_per_publisher: int = 4
+    """Live streams one publisher address may have per topic at one relay; a PUBLISH opening
+    another is refused (TOO_MANY_STREAMS). An honest node uses one stream per topic and opens a
+    new one only after a restart or after forgetting the topic, so four leave room for three
+    restarts within ``pubsub_stream_lifetime``. Each relay forwards at most this many streams of
+    one address per topic within a stream lifetime, so one address can make a subscriber track at
+    most k x 4 recent streams (80 of its ``pubsub_max_publishers`` at the defaults: filling them
+    takes 13 addresses)."""
+
+    pubsub_stream_lifetime: float = 60.0
+    """How long a relay keeps a stream after its last message. While kept, the stream belongs to
+    the address that opened it (a PUBLISH on it from another address is refused with
+    STREAM_TAKEN) and counts against that address's ``pubsub_streams_per_publisher``. A minute is
+    far longer than the copies of one message take to arrive (8 s at the defaults; it must exceed
+    one and a half times that, or a slot could serve two streams a subscriber still guards), short
+    enough that a publisher that restarted more often than that is refused only briefly. A
+    publisher silent on a topic for nearly this long starts a new stream."""
+
+    pubsub_max_streams: int = 10_000
+    """Live streams one relay keeps in all topics (one host, all its ports together, at most a
+    tenth); past this the least recently used is forgotten. About 200 bytes each, 2 MB in all;
+    as many as the senders whose rate it tracks."""
+
     pubsub_reorder_timeout: float = 0.5
     """How long a subscriber holds messages behind a gap in one publisher's sequence, waiting for
     the missing one (a copy from another relay, or a retry after ``rpc_timeout_min``), before it
@@ -320,8 +350,10 @@ class Config:
     """Messages held behind a gap per publisher; past this the gap is given up at once."""
 
     pubsub_max_publishers: int = 1024
-    """Publishers whose sequence a subscriber tracks per topic (for duplicates and order); the
-    least recently heard is forgotten first."""
+    """Publisher streams whose sequence a subscriber tracks per topic (for duplicates and order).
+    The least recently heard is forgotten first, but never one heard within the time copies of a
+    message take to arrive (so a late copy is never taken for a new message): while every
+    tracked stream is that recent, a message of a new stream is dropped and counted."""
 
     pubsub_queue_size: int = 10_000
     """Messages a Peer subscription buffers for a consumer that does not keep up; past this new
@@ -376,6 +408,8 @@ class Config:
             raise InvalidArgument("search_page_size does not fit in max_datagram_size")
         if min(self.operation_timeout, self.refresh_interval, self.maintenance_interval) <= 0:
             raise InvalidArgument("operation_timeout and the intervals must be positive")
+        if not 0 <= self.sqlite_busy_timeout <= 60:
+            raise InvalidArgument("sqlite_busy_timeout must be between 0 and 60 seconds")
         if not 0 < self.dht_max_record_size <= self.max_value_size or self.dht_max_key_size < 1:
             raise InvalidArgument("need 0 < dht_max_record_size <= max_value_size, dht_max_key_size"
                                   " >= 1")
@@ -383,8 +417,9 @@ class Config:
                 self.http_sse_keepalive, self.http_shutdown_timeout) <= 0:
             raise InvalidArgument("http_max_body_size must hold a value; http intervals positive")
         if min(self.pubsub_lease, self.pubsub_max_lease, self.pubsub_rate,
-               self.pubsub_reorder_timeout) <= 0 or min(
+               self.pubsub_reorder_timeout, self.pubsub_stream_lifetime) <= 0 or min(
                 self.pubsub_renewals, self.pubsub_max_subscribers, self.pubsub_max_topics,
                 self.pubsub_burst, self.pubsub_max_senders, self.pubsub_reorder_buffer,
-                self.pubsub_max_publishers, self.pubsub_queue_size) < 1:
+                self.pubsub_max_publishers, self.pubsub_queue_size,
+                self.pubsub_streams_per_publisher, self.pubsub_max_streams) < 1:
             raise InvalidArgument("pubsub times and rates must be positive, its bounds at least 1")

@@ -84,10 +84,13 @@ class StorageFull(QadomError):
 
 
 class StorageUnavailable(StorageFull, OSError):
-    """A durable store could not write: its disk is read-only or failing, or another program
-    holds its database locked. Nothing stored changed, and what is stored can still be read. A
-    :class:`StorageFull`, so whatever handles a refused write handles it too: remote peers get an
-    ERROR STORAGE_FULL reply, upkeep skips the step, the HTTP helper answers 503."""
+    """A durable store could not read or write now: its disk is read-only or failing, its file is
+    damaged, or another program holds its database locked. Nothing stored changed. A
+    :class:`StorageFull`, so whatever handles a refused write handles it too: a remote peer whose
+    write it refused gets an ERROR STORAGE_FULL reply, upkeep skips the step, the HTTP helper
+    answers 503. A request it kept the node from answering gets ERROR STORAGE_UNAVAILABLE; a get,
+    search or namespace read whose local copy it kept from being read asks the network instead,
+    and an operation that needed our own copy last (a /dht read no peer answered) fails with it."""
 
 
 class StoreUnusable(QadomError, OSError):

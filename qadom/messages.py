@@ -48,6 +48,9 @@ class ErrorCode(IntEnum):
     STALE_SEQUENCE = 8  # a record older than, or conflicting with, the stored one; kept that
     TOO_MANY_SUBSCRIBERS = 9  # the topic has the maximum number of subscribers at this peer
     NOT_SUBSCRIBED = 10  # a delivery for a topic the receiver does not subscribe to
+    STORAGE_UNAVAILABLE = 11  # the receiver's store cannot be read now; nothing was changed
+    TOO_MANY_STREAMS = 12  # a PUBLISH opening a stream beyond its sender's share at the relay
+    STREAM_TAKEN = 13  # a PUBLISH on a stream the relay keeps for another address
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,7 @@ from .errors import (
     QadomError,
     StaleSequence,
     StorageFull,
+    StorageUnavailable,
     ValueTooLarge,
 )
 from .ids import ID_BYTES, check_id
@@ -530,7 +531,11 @@ class NamespaceService:
         skey = storage_key(public_key, key)
         node = self.node
         call: Call[NamespaceRecord] = node.new_call("namespace_get", now)
-        local = self.local(skey, now)
+        try:
+            local = self.local(skey, now)
+        except StorageUnavailable:  # our copy cannot be read now: the replicas hold it too
+            node.stats["storage_errors"] += 1
+            local = None
         answers: dict[int, tuple[Contact, NamespaceRecord | None, int]] = {}
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,

@@ -52,6 +52,7 @@ from .errors import (
     OperationTimeout,
     ProtocolError,
     StorageFull,
+    StorageUnavailable,
 )
 from .events import (
     LookupEvent,
@@ -88,7 +89,7 @@ from .namespace import NamespaceService, check_record_value
 from .pubsub import PubSubService
 from .ratelimit import RateLimiter
 from .routing import RoutingTable, network_prefix
-from .storage import NEVER, DueRecord, MemoryStore, Meta, remaining_ttl
+from .storage import NEVER, Due, DueRecord, MemoryStore, Meta, remaining_ttl
 from .storage import Store as StoreBackend
 
 log = logging.getLogger("qadom")
@@ -206,7 +207,14 @@ class _LookupRun:
                                     lookup.stopped, tuple(lookup.closest()), lookup.rounds,
                                     lookup.requests, lookup.replies, lookup.failures,
                                     now - self.started))
-            self.on_finish(lookup, now)
+            try:
+                self.on_finish(lookup, now)
+            except StorageUnavailable as exc:
+                # Finishing read a store that cannot be read now (a service's own copy, looked
+                # at last): the operation fails at once with that, not at its deadline.
+                node.stats["storage_errors"] += 1
+                if self.call is not None:
+                    self.call.fail(exc)
 
     def on_reply(self, contact: Contact, envelope: Envelope | None, now: float) -> None:
         if self.finished:
@@ -251,7 +259,10 @@ class Node:
     ``requests_out``, ``retries``, ``timeouts`` (requests failed for good), ``wrong_id`` (replies
     from an id other than the one asked), ``liars`` (contacts dropped for a false answer),
     ``internal_errors`` (bugs caught at the boundary; always 0 in a healthy node),
-    ``storage_errors`` (maintenance steps or republished items the store refused, a full disk),
+    ``storage_errors`` (maintenance steps, hand-overs or republished items the store refused, a
+    full disk; gets and searches that went on without our own copy, which could not be read),
+    ``storage_unavailable`` (requests answered ERROR STORAGE_UNAVAILABLE: the store could not be
+    read to answer them),
     ``rejoins`` (bootstraps through the saved contacts while the routing table was empty).
     """
 
@@ -352,6 +363,13 @@ class Node:
                 self._on_request(envelope, address, now, len(data))
             else:
                 self._on_reply(envelope, address, now)
+        except StorageUnavailable:
+            # A reply's handler read a store that cannot be read now: no bug, and the store says
+            # so once, not at every datagram. A lookup's operation fails with it at once (see
+            # _LookupRun.pump); any other runs out at its deadline.
+            self.stats["storage_errors"] += 1
+            log.debug("the store refused a read handling a datagram from %s", address,
+                      exc_info=True)
         except Exception:  # a bug must not take the node down; it is logged and counted
             self.stats["internal_errors"] += 1
             log.exception("internal error handling a datagram from %s", address)
@@ -505,10 +523,15 @@ class Node:
 
     def get(self, key: int, now: float) -> Call[bytes]:
         """The value whose SHA-256 is ``key``, from our store or the network; fails with
-        NotFoundError when no peer reached has it."""
+        NotFoundError when no peer reached has it. A store that cannot be read now
+        (StorageUnavailable) is passed over: the k closest peers hold the value too."""
         check_id(key)
         call: Call[bytes] = self.new_call("get", now)
-        local = self.store.get_value(key, now)
+        try:
+            local = self.store.get_value(key, now)
+        except StorageUnavailable:
+            self.stats["storage_errors"] += 1
+            local = None
         if local is not None:
             call.resolve(local)
             return call
@@ -591,10 +614,15 @@ class Node:
 
     def search(self, key: int, now: float) -> Call[builtins.set[int]]:
         """The union of the multimap sets under ``key`` held here and by the k closest peers (and
-        any peer met on the way); an empty set when none."""
+        any peer met on the way); an empty set when none. Entries held here that cannot be read
+        now (StorageUnavailable) are left out: the k closest peers hold them too."""
         check_id(key)
         call: Call[builtins.set[int]] = self.new_call("search", now)
-        results = self._local_entries(key, now)
+        try:
+            results = self._local_entries(key, now)
+        except StorageUnavailable:
+            self.stats["storage_errors"] += 1
+            results = set()
         more: dict[int, int] = {}  # contact id -> last value of its first page, when more follow
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
@@ -764,6 +792,11 @@ class Node:
         else:
             try:
                 reply = handler(message, sender, address, now)
+            except StorageUnavailable as exc:
+                # Our store cannot be read now: the requester asks others (a lookup takes an
+                # ERROR as no answer). No bug, and the store says so once, not at every request.
+                self.stats["storage_unavailable"] += 1
+                reply = Error(ErrorCode.STORAGE_UNAVAILABLE, str(exc)[:200])
             except Exception:
                 self.stats["internal_errors"] += 1
                 log.exception("internal error serving %s", type(message).__name__)
@@ -886,8 +919,11 @@ class Node:
             lo = self.id & ~(width - 1)
         else:  # we know nobody else: we are the closest to every key
             lo, width = 0, ID_SPACE
+        held: list[Due | DueRecord] = []
+        with self._store_step("hand over"):  # a store that cannot be read hands nothing over
+            held = self.store.held_between(lo, lo + width, cfg.republish_batch)
         copies: list[Message] = []
-        for due in self.store.held_between(lo, lo + width, cfg.republish_batch):
+        for due in held:
             if ((not due.meta.original and due.meta.expires - now < 1)
                     or newcomer not in table.closest(due.key, cfg.k)):
                 continue
@@ -983,7 +1019,10 @@ class Node:
     def _handle_store(self, message: Store, sender: int | None, address: Address,
                       now: float) -> Message:
         key = key_for(message.value)
-        old = self.store.value_meta(key)
+        try:
+            old = self.store.value_meta(key)
+        except StorageUnavailable as exc:  # refused as a write the store cannot make
+            return Error(ErrorCode.STORAGE_FULL, str(exc))
         meta = self._received_meta(old, message.ttl, message.cache, address, now)
         if meta is None:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
@@ -1012,7 +1051,10 @@ class Node:
 
     def _handle_append(self, message: Append, sender: int | None, address: Address,
                        now: float) -> Message:
-        old = self.store.entry_meta(message.key, message.value)
+        try:
+            old = self.store.entry_meta(message.key, message.value)
+        except StorageUnavailable as exc:  # refused as a write the store cannot make
+            return Error(ErrorCode.STORAGE_FULL, str(exc))
         meta = self._received_meta(old, message.ttl, False, address, now)
         if meta is None:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
@@ -1267,9 +1309,10 @@ class Node:
         routing table, forget expired bookkeeping, rejoin through the saved contacts when the
         routing table is empty.
 
-        A store that refuses a step (a durable store's full disk is StorageFull) costs that
-        step only: it is logged and counted (``storage_errors``), and the other steps, which
-        keep the node reachable, still run."""
+        A store that refuses a step (a durable store's full disk is StorageFull, a store that
+        cannot be read or written now StorageUnavailable) costs that step only: it is logged and
+        counted (``storage_errors``), and the other steps, which keep the node reachable, still
+        run."""
         self._schedule(now + self.config.maintenance_interval, self._maintain)
         with self._store_step("expire"):
             self.stats["expired"] += self.store.expire(now)
@@ -1330,8 +1373,9 @@ class Node:
 
     @contextlib.contextmanager
     def _store_step(self, what: str) -> Iterator[None]:
-        """Run one maintenance step; a StorageFull from the store is counted, and logged when
-        the step starts failing (not again at every tick while it goes on failing)."""
+        """Run one maintenance step; a StorageFull from the store (a full disk, or its subclass
+        StorageUnavailable: a store that cannot be read or written now) is counted, and logged
+        when the step starts failing (not again at every tick while it goes on failing)."""
         try:
             yield
         except StorageFull as exc:

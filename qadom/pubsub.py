@@ -15,18 +15,36 @@ How it works (docs/PROTOCOL.md, "Publish/subscribe"):
   once, and in sequence order per stream: a message behind a gap waits up to
   ``pubsub_reorder_timeout`` for the missing one, then the gap is given up.
 
+Streams, and what one publisher address can do (docs/SECURITY.md, "Publish/subscribe: duplicates
+and drops"): a relay keeps each stream it forwards (:class:`StreamTable`) until
+``pubsub_stream_lifetime`` after its last message. While kept, the stream belongs to the address
+that opened it, and one address has at most ``pubsub_streams_per_publisher`` kept streams per
+topic; a PUBLISH beyond either rule is refused (``STREAM_TAKEN``, ``TOO_MANY_STREAMS``).
+A subscriber's inbox never forgets a stream heard within :func:`copy_window`, the longest two
+copies of one message can arrive apart. Together, through honest relays, this guarantees: **one
+publisher address, whatever stream ids it uses, cannot make a subscriber deliver another
+publisher's message twice, nor drop it.** Not twice: a late copy always finds its stream still
+tracked, however many streams came in between. Not dropped: a subscriber drops only messages of
+streams it does not track, and only while every one of the ``pubsub_max_publishers`` it tracks
+was heard within that window; the streams of one address it heard that recently were all kept by
+its k relays at once, so at most ``k x pubsub_streams_per_publisher``, and filling the inbox
+takes ``pubsub_max_publishers / (k x pubsub_streams_per_publisher)`` addresses (13 at the
+defaults). Nor can another address publish on a kept stream.
+
 Bounds: a relay keeps at most ``pubsub_max_subscribers`` per topic and ``pubsub_max_topics``
 topics, of which one host holds at most a tenth (:data:`HOST_SHARE`), grants leases of at most
-``pubsub_max_lease``, and accepts at most ``pubsub_rate`` publishes per second per sender (bursts
-of ``pubsub_burst``); refusals are ``Error`` replies with ``TOO_MANY_SUBSCRIBERS``,
-``STORAGE_FULL`` or ``RATE_LIMITED``. SUBSCRIBE, UNSUBSCRIBE and PUBLISH are served only to
-addresses that proved they receive the relay's datagrams (a token; see docs/PROTOCOL.md,
-"Amplification"), so a forged source can neither cut a subscription nor publish.
+``pubsub_max_lease``, accepts at most ``pubsub_rate`` publishes per second per sender (bursts
+of ``pubsub_burst``), and keeps at most ``pubsub_max_streams`` streams, a tenth of them for one
+host; refusals are ``Error`` replies with ``TOO_MANY_SUBSCRIBERS``, ``STORAGE_FULL``,
+``RATE_LIMITED``, ``TOO_MANY_STREAMS`` or ``STREAM_TAKEN``. SUBSCRIBE, UNSUBSCRIBE and PUBLISH
+are served only to addresses that proved they receive the relay's datagrams (a token; see
+docs/PROTOCOL.md, "Amplification"), so a forged source can neither cut a subscription nor
+publish, nor open streams in another address's name.
 
 Subscriptions are soft state, in memory only. The pure pieces (the rate limiter of
-:mod:`qadom.ratelimit`, :class:`RelayTable`, :class:`Inbox`) take ``now`` and hold every rule;
-:class:`PubSubService` wires them to a :class:`~qadom.node.Node` and its timer heap. No asyncio,
-sockets or clock here.
+:mod:`qadom.ratelimit`, :class:`RelayTable`, :class:`StreamTable`, :class:`Inbox`) take ``now``
+and hold every rule; :class:`PubSubService` wires them to a :class:`~qadom.node.Node` and its
+timer heap. No asyncio, sockets or clock here.
 """
 
 from __future__ import annotations
@@ -52,6 +70,7 @@ from .messages import Envelope, Error, ErrorCode, Kind, Message, register
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
+    from .config import Config
     from .node import Node
 
 log = logging.getLogger("qadom")
@@ -97,7 +116,8 @@ class Unsubscribe(Message):
 @dataclass(frozen=True, slots=True)
 class Publish(Message):
     """Relay ``value`` to the subscribers of ``key``: message ``seq`` of the publisher's stream
-    ``stream``. Answered by :class:`Published`, or ``Error(RATE_LIMITED)``."""
+    ``stream``. Answered by :class:`Published`, or an ``Error`` with ``RATE_LIMITED``,
+    ``TOO_MANY_STREAMS`` or ``STREAM_TAKEN``."""
 
     CODE = 14
     IS_REQUEST = True
@@ -281,14 +301,142 @@ class RelayTable:
             del self._topics[topic], self._by_topic_host[topic]
 
 
-class _Stream:
-    __slots__ = ("gap_since", "held", "next_seq", "started")
+class StreamTable:
+    """A relay's publisher streams: per topic, which address publishes on which stream.
 
-    def __init__(self) -> None:
+    A stream is *kept* from the first PUBLISH on it the relay accepts until ``lifetime`` seconds
+    after the last one. While kept it belongs to the address that opened it: :meth:`check`
+    answers :attr:`TAKEN` to any other address, so a stream id learnt by subscribing cannot be
+    used to cut into another publisher's sequence. One address keeps at most ``per_publisher``
+    streams per topic (:attr:`TOO_MANY`), and a stream is forgotten only after ``lifetime`` of
+    silence, so every stream of a topic one address published on here in the last ``lifetime``
+    seconds is still kept: at most ``per_publisher`` of them.
+
+    Bounds: at most ``max_streams`` kept streams in all, of which one host (all its ports
+    together) holds at most ``max_per_host`` (:attr:`HOST_TOO_MANY`). When ``max_streams`` are
+    kept, opening another forgets the least recently used one (whose address may then open
+    another, as the rate limiter hands a forgotten sender a fresh burst): only many hosts
+    together can make the table forget a stream that is in use.
+
+    :meth:`check` decides without changing anything kept (it only drops what has lapsed);
+    :meth:`record` then takes a message that passed it. Times must not go backwards.
+    """
+
+    OK = 0
+    TOO_MANY = 1
+    """The address keeps ``per_publisher`` streams of this topic already."""
+    HOST_TOO_MANY = 2
+    """The address's host keeps ``max_per_host`` streams already."""
+    TAKEN = 3
+    """The stream is kept for another address."""
+
+    def __init__(self, per_publisher: int, lifetime: float, max_streams: int, *,
+                 max_per_host: int | None = None) -> None:
+        self.per_publisher = per_publisher
+        self.lifetime = lifetime
+        self.max_streams = max_streams
+        self.max_per_host = max_per_host
+        # (topic, stream) -> (owner, time of its last message), least recently used first: the
+        # lapsed are always at the front.
+        self._streams: OrderedDict[tuple[int, int], tuple[Address, float]] = OrderedDict()
+        self._opened: dict[tuple[int, Address], int] = {}  # kept streams per (topic, owner)
+        self._by_host: dict[str, int] = {}  # kept streams per owner host, all topics
+
+    def check(self, topic: int, stream: int, publisher: Address, now: float) -> int:
+        """May ``publisher`` publish on ``stream`` of ``topic`` now? ``OK`` or why not."""
+        self.expire(now)
+        kept = self._streams.get((topic, stream))
+        if kept is not None:
+            return self.OK if kept[0] == publisher else self.TAKEN
+        if self._opened.get((topic, publisher), 0) >= self.per_publisher:
+            return self.TOO_MANY
+        if self.max_per_host is not None and (
+                self._by_host.get(publisher[0], 0) >= self.max_per_host):
+            return self.HOST_TOO_MANY
+        return self.OK
+
+    def record(self, topic: int, stream: int, publisher: Address, now: float) -> None:
+        """Take a message that :meth:`check` allowed: open the stream or renew it."""
+        key = (topic, stream)
+        streams = self._streams
+        if key in streams:
+            streams.move_to_end(key)
+        else:
+            if len(streams) >= self.max_streams:
+                (old_topic, _), (old_owner, _) = streams.popitem(last=False)
+                self._release(old_topic, old_owner)
+            mine = (topic, publisher)
+            self._opened[mine] = self._opened.get(mine, 0) + 1
+            self._by_host[publisher[0]] = self._by_host.get(publisher[0], 0) + 1
+        streams[key] = (publisher, now)
+
+    def expire(self, now: float) -> int:
+        """Forget every stream silent for ``lifetime``; returns how many."""
+        streams = self._streams
+        forgotten = 0
+        while streams:
+            key, (owner, last) = next(iter(streams.items()))
+            if last + self.lifetime > now:
+                break
+            del streams[key]
+            self._release(key[0], owner)
+            forgotten += 1
+        return forgotten
+
+    def opened_by(self, topic: int, publisher: Address) -> int:
+        """How many streams of ``topic`` are kept for ``publisher``."""
+        return self._opened.get((topic, publisher), 0)
+
+    def held_by(self, host: str) -> int:
+        """How many streams (all topics) are kept for the addresses of ``host``."""
+        return self._by_host.get(host, 0)
+
+    def entries(self) -> list[tuple[int, int, Address, float]]:
+        """Every kept stream as ``(topic, stream, owner, last message)``, least recently used
+        first (for inspection)."""
+        return [(topic, stream, owner, last)
+                for (topic, stream), (owner, last) in self._streams.items()]
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def _release(self, topic: int, owner: Address) -> None:
+        """One stream of ``owner`` in ``topic`` is no longer kept: keep the counts exact."""
+        mine = (topic, owner)
+        left = self._opened[mine] - 1
+        if left:
+            self._opened[mine] = left
+        else:
+            del self._opened[mine]
+        host = owner[0]
+        left = self._by_host[host] - 1
+        if left:
+            self._by_host[host] = left
+        else:
+            del self._by_host[host]
+
+
+class _Stream:
+    __slots__ = ("gap_since", "heard", "held", "next_seq", "started")
+
+    def __init__(self, now: float) -> None:
         self.next_seq = 0
         self.held: dict[int, bytes] = {}
         self.gap_since: float | None = None
         self.started = False  # something was passed on (gaps before that were never ours)
+        self.heard = now  # when the last copy of any of its messages came
+
+
+def copy_window(config: Config) -> float:
+    """How far apart two copies of one published message can reach a subscriber, at most.
+
+    Each copy crosses two hops, publisher to relay (PUBLISH) and relay to subscriber (DELIVER).
+    Each hop is tried at most ``1 + rpc_retries`` times, a resend going out at most
+    ``rpc_timeout_max`` after the attempt before it, so with datagrams in transit for less than
+    ``rpc_timeout_max`` (the longest any request waits for its answer) a hop ends within
+    ``(1 + rpc_retries) x rpc_timeout_max``, and every copy arrives within twice that of the
+    publish: 8 s at the defaults."""
+    return 2 * (1 + config.rpc_retries) * config.rpc_timeout_max
 
 
 class Inbox:
@@ -300,27 +448,40 @@ class Inbox:
     behind the gap; a gap open for ``reorder_timeout`` (or with more than ``max_held`` messages
     behind it) is given up: delivery resumes at the lowest held message. So a subscriber that
     joins a stream midway gets its first message after ``reorder_timeout``, and a stream's first
-    messages overtaking each other still come out in order. At most ``max_streams`` streams are
-    tracked, the least recently heard forgotten first.
+    messages overtaking each other still come out in order.
+
+    At most ``max_streams`` streams are tracked. A new stream takes the place of the least
+    recently heard one, but never of one heard within ``guard`` seconds or holding messages. With
+    ``guard`` at least :func:`copy_window`, a copy of a message already passed on always finds
+    its stream still tracked, however many other streams come in between: **no message is passed
+    on twice**. While every tracked stream was heard within ``guard``, a message of an untracked
+    stream is dropped instead (counted in ``overflowed``); nothing of it was passed on, so a later
+    copy, once there is room, is passed on once.
     """
 
-    def __init__(self, reorder_timeout: float, max_held: int, max_streams: int) -> None:
+    def __init__(self, reorder_timeout: float, max_held: int, max_streams: int, *,
+                 guard: float) -> None:
         self.reorder_timeout = reorder_timeout
         self.max_held = max_held
         self.max_streams = max_streams
-        self._streams: OrderedDict[int, _Stream] = OrderedDict()
+        self.guard = guard
+        self._streams: OrderedDict[int, _Stream] = OrderedDict()  # least recently heard first
         self.duplicates = 0
         self.skipped = 0  # messages never received, given up behind gaps
+        self.overflowed = 0  # messages of untracked streams dropped, no room for their stream
 
     def accept(self, stream_id: int, seq: int, value: bytes, now: float) -> list[bytes]:
         """Take one received copy; returns the messages to pass on now, in order."""
-        stream = self._streams.get(stream_id)
+        streams = self._streams
+        stream = streams.get(stream_id)
         if stream is None:
-            if len(self._streams) >= self.max_streams:
-                self._streams.popitem(last=False)
-            stream = self._streams[stream_id] = _Stream()
+            if len(streams) >= self.max_streams and not self._forget_oldest(now):
+                self.overflowed += 1
+                return []
+            stream = streams[stream_id] = _Stream(now)
         else:
-            self._streams.move_to_end(stream_id)
+            streams.move_to_end(stream_id)
+            stream.heard = now
         if seq < stream.next_seq or seq in stream.held:
             self.duplicates += 1
             return []
@@ -336,6 +497,18 @@ class Inbox:
         out = [value]
         out.extend(self._drain(stream, now))
         return out
+
+    def __len__(self) -> int:
+        """How many streams are tracked."""
+        return len(self._streams)
+
+    def _forget_oldest(self, now: float) -> bool:
+        """Make room by forgetting the least recently heard stream, if it may be forgotten."""
+        stream_id, oldest = next(iter(self._streams.items()))
+        if oldest.held or oldest.heard + self.guard > now:
+            return False
+        del self._streams[stream_id]
+        return True
 
     def expire(self, now: float) -> list[bytes]:
         """Give up every gap open for ``reorder_timeout``; returns what that releases."""
@@ -395,15 +568,22 @@ class _Topic:
 
 
 class _Outbox:
-    """Our publications to one topic: the stream id, the next seq, and the messages waiting for
-    the lookup of the topic's relays (non-empty exactly while a lookup is under way)."""
+    """Our publications to one topic: the stream id, the next seq, when messages last left, and
+    the messages waiting for the lookup of the topic's relays (non-empty exactly while a lookup
+    is under way; they are numbered when they leave)."""
 
-    __slots__ = ("next_seq", "pending", "stream")
+    __slots__ = ("next_seq", "pending", "sent", "stream")
 
     def __init__(self, stream: int) -> None:
         self.stream = stream
         self.next_seq = 0
-        self.pending: list[tuple[Publish, Call[int]]] = []
+        self.sent = 0.0
+        self.pending: list[tuple[bytes, Call[int]]] = []
+
+    def new_stream(self, stream: int) -> None:
+        """Go on with stream ``stream`` from seq 0 (messages already numbered keep theirs)."""
+        self.stream = stream
+        self.next_seq = 0
 
 
 class SubscriptionHandle:
@@ -428,7 +608,9 @@ class PubSubService:
 
     ``node.stats`` counts ``pubsub_published`` (messages relayed), ``pubsub_forwarded`` (deliveries
     sent), ``pubsub_received`` (messages passed to local listeners), ``pubsub_duplicates``,
-    ``pubsub_rate_limited``, ``pubsub_refused`` (subscriptions refused), ``pubsub_lost_subscribers``
+    ``pubsub_rate_limited``, ``pubsub_too_many_streams`` and ``pubsub_stream_taken`` (publishes
+    refused for their stream), ``pubsub_inbox_full`` (messages of untracked streams dropped, see
+    :class:`Inbox`), ``pubsub_refused`` (subscriptions refused), ``pubsub_lost_subscribers``
     (dropped after a failed delivery) and ``pubsub_rounds`` (registration rounds).
     """
 
@@ -441,10 +623,20 @@ class PubSubService:
             max_per_host_topic=max(1, cfg.pubsub_max_subscribers // HOST_SHARE))
         self.limiter: RateLimiter[Address] = RateLimiter(cfg.pubsub_rate, cfg.pubsub_burst,
                                                          cfg.pubsub_max_senders)
+        self.streams = StreamTable(
+            cfg.pubsub_streams_per_publisher, cfg.pubsub_stream_lifetime, cfg.pubsub_max_streams,
+            max_per_host=max(cfg.pubsub_streams_per_publisher,
+                             cfg.pubsub_max_streams // HOST_SHARE))
         self._topics: dict[int, _Topic] = {}
         # Publisher side, per topic; bounded, and a forgotten topic gets a new stream id (so
         # subscribers never mistake its restarted numbers for duplicates).
         self._outboxes: OrderedDict[int, _Outbox] = OrderedDict()
+        # A stream silent this long may be forgotten by relays before our next message reaches
+        # them: they keep it pubsub_stream_lifetime after the last message they accepted, which
+        # we sent before, and a PUBLISH arrives within one hop, half the copy window. The next
+        # message then opens a new stream.
+        self._stream_idle = cfg.pubsub_stream_lifetime - min(copy_window(cfg) / 2,
+                                                             cfg.pubsub_stream_lifetime / 2)
         self._sweep_armed = False
         node.register_handler(Subscribe, self._handle_subscribe)
         node.require_proof(Subscribe)  # relays send to subscribers later: no spoofed sources
@@ -477,7 +669,8 @@ class PubSubService:
         if topic is None:
             cfg = self.node.config
             topic = self._topics[key] = _Topic(key, Inbox(
-                cfg.pubsub_reorder_timeout, cfg.pubsub_reorder_buffer, cfg.pubsub_max_publishers))
+                cfg.pubsub_reorder_timeout, cfg.pubsub_reorder_buffer, cfg.pubsub_max_publishers,
+                guard=copy_window(cfg)))
             topic.listeners.append(listener)
             topic.waiting.append(call)
             self._register(topic, now)
@@ -604,9 +797,11 @@ class PubSubService:
 
     def _receive(self, topic: _Topic, stream: int, seq: int, value: bytes, now: float) -> None:
         inbox = topic.inbox
-        before = inbox.duplicates
+        duplicates, overflowed = inbox.duplicates, inbox.overflowed
         ready = inbox.accept(stream, seq, value, now)
-        self.node.stats["pubsub_duplicates"] += inbox.duplicates - before
+        stats = self.node.stats
+        stats["pubsub_duplicates"] += inbox.duplicates - duplicates
+        stats["pubsub_inbox_full"] += inbox.overflowed - overflowed
         self._emit(topic, ready)
         self._arm_gap_timer(topic)
 
@@ -646,7 +841,9 @@ class PubSubService:
 
         Messages to one topic leave in the order they were published: those published while a
         lookup of the topic is under way wait for it and go out together after it, in order, so
-        concurrent publishes cannot overtake each other on their way to the relays.
+        concurrent publishes cannot overtake each other on their way to the relays. They go out
+        on a new stream after a silence relays may have forgotten ours in, or after a relay
+        answered that it keeps ours for another address (docs/PROTOCOL.md, "New streams").
         """
         check_id(key)
         self.node.check_value(value)
@@ -663,26 +860,39 @@ class PubSubService:
         else:
             self._outboxes.move_to_end(key)
         call: Call[int] = node.new_call("publish", now)
-        outbox.pending.append((Publish(key, outbox.stream, outbox.next_seq, value), call))
-        outbox.next_seq += 1
+        outbox.pending.append((value, call))
         if len(outbox.pending) == 1:  # no lookup under way: start one
-            node.find_closest(key, now, partial(self._send_pending, outbox))
+            node.find_closest(key, now, partial(self._send_pending, key, outbox))
         return call
 
-    def _send_pending(self, outbox: _Outbox, closest: list[Contact], now: float) -> None:
-        batch, outbox.pending = outbox.pending, []
-        for message, call in batch:
-            self._send_publish(message, call, closest, now)
-
-    def _send_publish(self, message: Publish, call: Call[int], closest: list[Contact],
+    def _send_pending(self, key: int, outbox: _Outbox, closest: list[Contact],
                       now: float) -> None:
-        if not closest:
-            call.fail(NoPeersError(f"no peer known to relay topic {message.key}"))
+        """The lookup is over: number the waiting messages, in order, and send them."""
+        batch, outbox.pending = outbox.pending, []
+        if not closest:  # nothing leaves, so nothing is numbered: subscribers see no gap
+            for _, call in batch:
+                call.fail(NoPeersError(f"no peer known to relay topic {key}"))
             return
+        if outbox.next_seq and now - outbox.sent >= self._stream_idle:
+            # Relays may have forgotten our stream by the time these messages reach them, and
+            # another address may have taken its id meanwhile: never publish on it again.
+            outbox.new_stream(self.node.rng.getrandbits(64))
+        outbox.sent = now
+        for value, call in batch:
+            message = Publish(key, outbox.stream, outbox.next_seq, value)
+            outbox.next_seq += 1
+            self._send_publish(outbox, message, call, closest, now)
 
+    def _send_publish(self, outbox: _Outbox, message: Publish, call: Call[int],
+                      closest: list[Contact], now: float) -> None:
         def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
             accepted = sum(1 for _, reply in replies if isinstance(reply, Published))
             refusals = [reply for _, reply in replies if isinstance(reply, Error)]
+            if outbox.stream == message.stream and any(
+                    r.code == ErrorCode.STREAM_TAKEN for r in refusals):
+                # A relay keeps our stream for another address: ours changed, or someone took
+                # the id where our messages had not reached. Go on with a stream of our own.
+                outbox.new_stream(self.node.rng.getrandbits(64))
             if not accepted and refusals:
                 call.fail(_refusal(refusals[0], "publish"))
             else:
@@ -722,12 +932,31 @@ class PubSubService:
     def _handle_publish(self, message: Publish, sender: int | None, address: Address,
                         now: float) -> Message:
         node = self.node
+        cfg = node.config
+        # The stream is checked before the rate, and kept only once both allow the message, so
+        # a refused PUBLISH spends no token and changes nothing kept here.
+        status = self.streams.check(message.key, message.stream, address, now)
+        if status == StreamTable.TAKEN:
+            node.stats["pubsub_stream_taken"] += 1
+            return Error(ErrorCode.STREAM_TAKEN, "this stream belongs to another address here; "
+                         "use one of your own")
+        if status == StreamTable.TOO_MANY:
+            node.stats["pubsub_too_many_streams"] += 1
+            return Error(ErrorCode.TOO_MANY_STREAMS,
+                         f"you have {cfg.pubsub_streams_per_publisher} streams of this topic "
+                         f"here, the maximum; one is freed {cfg.pubsub_stream_lifetime:g} s "
+                         "after its last message")
+        if status == StreamTable.HOST_TOO_MANY:
+            node.stats["pubsub_too_many_streams"] += 1
+            return Error(ErrorCode.TOO_MANY_STREAMS,
+                         f"your host has {self.streams.max_per_host} streams here, the maximum "
+                         "for one host")
         if not self.limiter.allow(address, now):
             node.stats["pubsub_rate_limited"] += 1
-            cfg = node.config
             return Error(ErrorCode.RATE_LIMITED,
                          f"more than {cfg.pubsub_rate:g} messages per second "
                          f"(bursts of {cfg.pubsub_burst}) from this sender")
+        self.streams.record(message.key, message.stream, address, now)
         node.stats["pubsub_published"] += 1
         targets = self.relay.subscribers(message.key, now)
         deliver = Deliver(message.key, message.stream, message.seq, message.value)

@@ -32,8 +32,13 @@ no lifecycle: they never expire and are never republished.
 A full disk (SQLite's "database or disk is full") refuses a write as a quota does, with
 :class:`~qadom.errors.StorageFull`, and changes nothing. So does a database that cannot be written
 now (a disk remounted read-only after an error, a failing disk, a lock another program holds), with
-its subclass :class:`~qadom.errors.StorageUnavailable`: the node goes on serving what it holds,
-refuses what it would store, and logs the first refusal and the first write that works again.
+its subclass :class:`~qadom.errors.StorageUnavailable`, which every read that fails for the same
+causes raises too (a disk I/O error, a damaged page), instead of SQLite's own error: the node goes
+on serving what it can read, refuses what it would store, and asks the network for what it cannot
+read. The first refusal is logged, not the ones after it; see :attr:`SqliteStore.unavailable` for
+when the outage ends. A lock another program holds is waited for ``Config.sqlite_busy_timeout``
+(0.1 s), not SQLite's 5 s, since the node's event loop waits with it. In WAL mode such a lock
+blocks writes only: readers are never blocked by a writer.
 
 What :meth:`SqliteStore.stats` reports is counted once when the file opens and then kept in
 memory by every write, and restored with the quotas when a write is rolled back, so asking costs
@@ -42,14 +47,15 @@ no query.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .config import Config
 from .contact import Contact
@@ -59,13 +65,21 @@ from .storage import ENTRY_SIZE, NEVER, Due, DueRecord, Meta, Quotas, record_met
 
 log = logging.getLogger("qadom")
 
-# SQLite's primary result codes for a database that cannot be written now, though nothing is wrong
-# with the write: a read-only or failing disk, a lock held by another program.
+# SQLite's primary result codes for a database that cannot be read or written now, though nothing
+# is wrong with the statement: a read-only or failing disk, a damaged file, a lock held by another
+# program.
 _UNAVAILABLE = frozenset({
     sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED,
     sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB,
     sqlite3.SQLITE_PROTOCOL,
 })
+# Those that say the file itself is damaged (primary codes), or that reading it back failed
+# (extended codes): what caused them does not mend while the file is open.
+_DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+_DAMAGED_READS = frozenset({sqlite3.SQLITE_IOERR_READ, sqlite3.SQLITE_IOERR_SHORT_READ})
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vals (
@@ -129,6 +143,23 @@ def _record_meta(row: tuple[float, float, int, str]) -> Meta:
     return Meta(expires, republish_at, bool(original), False, source)
 
 
+def _reading(method: Callable[Concatenate[SqliteStore, _P], _R],
+             ) -> Callable[Concatenate[SqliteStore, _P], _R]:
+    """A method of :class:`SqliteStore` that reads the database outside a write's transaction:
+    SQLite's refusals become StorageUnavailable (:meth:`SqliteStore._refusal`), and anything
+    else it raises is raised as it is."""
+    @functools.wraps(method)
+    def read(self: SqliteStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            refusal = self._refusal(exc, writing=False)
+            if refusal is None:
+                raise
+            raise refusal from None
+    return read
+
+
 @dataclass(slots=True)
 class _Counts:
     """What the file holds, as :meth:`SqliteStore.stats` reports it, kept as it changes."""
@@ -164,10 +195,22 @@ class SqliteStore:
             raise InvalidArgument("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = Path(path)
         self.unavailable: str | None = None
-        """Why the last write was refused as :class:`StorageUnavailable`; None once one succeeds."""
+        """Why the store last refused a read or a write with :class:`StorageUnavailable`: set
+        by the first refusal of an outage (the one logged), None again once a write commits
+        (logged too).
+
+        A read that works does not end an outage: SQLite may have answered it from its page
+        cache, and a file that fails on some pages serves the others, so ending the outage at
+        every read that works would log it again at every read that fails. A write that commits
+        has reached the disk and held the write lock. A damaged file (SQLite's CORRUPT or NOTADB,
+        a read of the disk that failed) does not mend while it is open, and a write that misses
+        the damaged pages commits all the same: such an outage lasts as long as the store is
+        open, and is logged once."""
+        self._damaged = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db = sqlite3.connect(self.path, isolation_level=None,
+                                       timeout=self.config.sqlite_busy_timeout)
         except sqlite3.Error as exc:
             raise StoreUnusable(self.path, f"cannot open it: {exc}") from None
         try:
@@ -257,31 +300,47 @@ class SqliteStore:
         too). The quotas and the counts of :meth:`stats` are adjusted as the transaction goes and
         restored with it, so they never drift from what was committed, and a refusal costs no
         recount of the file (a node on a full disk refuses every write). A full disk is
-        StorageFull; a database that cannot be written now is StorageUnavailable."""
+        StorageFull; a database that cannot be written now is StorageUnavailable (see
+        :meth:`_refusal`)."""
         try:
             with self.quotas.transaction(), self._counts.transaction(), self._db:
                 self._db.execute("BEGIN")
                 yield
         except sqlite3.Error as exc:
-            code = getattr(exc, "sqlite_errorcode", None)
-            primary = None if code is None else code & 0xFF
-            if primary == sqlite3.SQLITE_FULL:
-                raise StorageFull(f"the disk holding this node's store is full ({exc})"
-                                  ) from None
-            if primary in _UNAVAILABLE:
-                if self.unavailable is None:  # said once, not at every refused write
-                    log.warning("the store %s cannot be written: %s; writes are refused "
-                                "until it can", self.path, exc)
-                self.unavailable = str(exc)
-                raise StorageUnavailable(f"this node's store cannot be written ({exc})"
-                                         ) from None
-            raise
-        if self.unavailable is not None:
+            refusal = self._refusal(exc, writing=True)
+            if refusal is None:
+                raise
+            raise refusal from None
+        if self.unavailable is not None and not self._damaged:
             log.warning("the store %s accepts writes again", self.path)
             self.unavailable = None
 
+    def _refusal(self, exc: sqlite3.Error, *, writing: bool) -> StorageFull | None:
+        """What a statement that failed with ``exc`` raises instead: StorageFull for a write on
+        a full disk, StorageUnavailable for a database that cannot be read or written now (the
+        first of an outage is logged, see :attr:`unavailable`), None for anything else (a bug,
+        raised as it is). Every read and every write goes through here."""
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = None if code is None else code & 0xFF
+        doing = "written" if writing else "read"
+        if primary == sqlite3.SQLITE_FULL and writing:
+            return StorageFull(f"the disk holding this node's store is full ({exc})")
+        if primary not in _UNAVAILABLE and primary != sqlite3.SQLITE_FULL:
+            return None
+        if not self._damaged and (primary in _DAMAGED or code in _DAMAGED_READS):
+            self._damaged = True
+            log.warning("the store %s is damaged: %s; what touches the damage is refused while "
+                        "it is open (stop the node, then restore or remove the file)",
+                        self.path, exc)
+        elif self.unavailable is None:  # said once, not at every refusal
+            log.warning("the store %s cannot be %s: %s; what needs it is refused until a "
+                        "write works again", self.path, doing, exc)
+        self.unavailable = str(exc)
+        return StorageUnavailable(f"this node's store cannot be {doing} ({exc})")
+
     # ------------------------------------------------------------------ values
 
+    @_reading
     def get_value(self, key: int, now: float | None = None) -> bytes | None:
         row = self._db.execute("SELECT value, expires, original FROM vals WHERE key = ?",
                                (id_to_bytes(key),)).fetchone()
@@ -292,11 +351,13 @@ class SqliteStore:
             return None
         return bytes(value)
 
+    @_reading
     def value_meta(self, key: int) -> Meta | None:
         row = self._db.execute(f"SELECT {_META_COLUMNS} FROM vals WHERE key = ?",
                                (id_to_bytes(key),)).fetchone()
         return None if row is None else _meta(row)
 
+    @_reading
     def put_value(self, key: int, value: bytes, meta: Meta) -> None:
         row = self._db.execute(f"SELECT length(value), {_META_COLUMNS} FROM vals WHERE key = ?",
                                (id_to_bytes(key),)).fetchone()
@@ -324,11 +385,13 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ entries
 
+    @_reading
     def entry_meta(self, key: int, value: int) -> Meta | None:
         row = self._db.execute(f"SELECT {_META_COLUMNS} FROM entries WHERE key = ? AND value = ?",
                                (id_to_bytes(key), id_to_bytes(value))).fetchone()
         return None if row is None else _meta(row)
 
+    @_reading
     def add_entry(self, key: int, value: int, meta: Meta) -> bool:
         old = self.entry_meta(key, value)
         raw = id_to_bytes(key)
@@ -346,6 +409,7 @@ class SqliteStore:
                              (raw, id_to_bytes(value), *_meta_params(meta)))
         return old is None
 
+    @_reading
     def entries_after(self, key: int, after: int | None, limit: int, now: float | None = None,
                       ) -> tuple[list[int], bool]:
         limit = max(0, limit)
@@ -365,6 +429,7 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ schedule
 
+    @_reading
     def due(self, now: float, limit: int) -> list[Due]:
         if limit <= 0:  # SQLite reads a negative LIMIT as none at all
             return []
@@ -379,6 +444,7 @@ class SqliteStore:
                           "WHERE republish_at <= ? LIMIT ?", (now, limit - len(found)))]
         return found
 
+    @_reading
     def held_between(self, lo: int, hi: int, limit: int) -> list[Due | DueRecord]:
         if limit <= 0:
             return []
@@ -459,12 +525,14 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ records, contacts, meta
 
+    @_reading
     def due_records(self, now: float, limit: int) -> list[DueRecord]:
         return [DueRecord(kind, id_from_bytes(bytes(key)), bytes(data), _record_meta(rest))
                 for kind, key, data, *rest in self._db.execute(
                     f"SELECT kind, key, data, {_RECORD_META_COLUMNS} FROM records "
                     "WHERE republish_at <= ? LIMIT ?", (now, max(0, limit)))]
 
+    @_reading
     def get_record(self, kind: str, key: int, now: float | None = None) -> bytes | None:
         row = self._db.execute(
             "SELECT data, expires, original FROM records WHERE kind = ? AND key = ?",
@@ -476,12 +544,14 @@ class SqliteStore:
             return None
         return bytes(data)
 
+    @_reading
     def record_meta(self, kind: str, key: int) -> Meta | None:
         row = self._db.execute(
             f"SELECT {_RECORD_META_COLUMNS} FROM records WHERE kind = ? AND key = ?",
             (kind, id_to_bytes(key))).fetchone()
         return None if row is None else _record_meta(row)
 
+    @_reading
     def put_record(self, kind: str, key: int, data: bytes, now: float, source: str = "",
                    meta: Meta | None = None) -> None:
         meta = record_meta(source, meta)
@@ -499,6 +569,7 @@ class SqliteStore:
                 (kind, id_to_bytes(key), data, meta.expires, meta.republish_at,
                  int(meta.original), meta.source))
 
+    @_reading
     def delete_record(self, kind: str, key: int) -> None:
         old = self._record_size(kind, key)
         with self._writing():
@@ -522,10 +593,12 @@ class SqliteStore:
             self._db.execute("DELETE FROM contacts")
             self._db.executemany("INSERT OR REPLACE INTO contacts VALUES (?, ?, ?)", rows)
 
+    @_reading
     def load_contacts(self) -> list[Contact]:
         return [Contact(id_from_bytes(bytes(node_id)), (host, port))
                 for node_id, host, port in self._db.execute("SELECT id, host, port FROM contacts")]
 
+    @_reading
     def get_meta(self, name: str) -> bytes | None:
         row = self._db.execute("SELECT data FROM meta WHERE name = ?", (name,)).fetchone()
         return None if row is None else bytes(row[0])

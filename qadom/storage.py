@@ -15,6 +15,9 @@ contacts and the node's identity (``meta`` blobs).
   that raises (:class:`~qadom.errors.StorageFull`, also for a durable store's full disk, its
   subclass :class:`~qadom.errors.StorageUnavailable` for a database that cannot be written now,
   or InvalidArgument for a record's bad :class:`Meta`) changed nothing;
+* a read of a durable store whose database cannot be read now (a failing disk, a damaged
+  file) raises :class:`~qadom.errors.StorageUnavailable` and changed nothing, never the
+  database's own error; :class:`MemoryStore` never refuses a read;
 * an expired item is never returned once :meth:`Store.expire` has run past its expiry, and
   :meth:`Store.get_value`, :meth:`Store.get_record` and :meth:`Store.entries_after` with ``now``
   never return an expired one;
@@ -32,10 +35,14 @@ the next :meth:`Store.expire` (every ``maintenance_interval``).
 from __future__ import annotations
 
 import bisect
+import heapq
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
+
+from sortedcontainers import SortedList
 
 from .config import Config
 from .contact import Contact
@@ -376,7 +383,29 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """A :class:`Store` in process memory; everything is lost when the process ends."""
+    """A :class:`Store` in process memory; everything is lost when the process ends.
+
+    Indexed so that the periodic work (every ``maintenance_interval``, on a store of up to
+    ``max_store_items`` items, a million by default, in the event loop) costs time in proportion
+    to what it finds, times a log factor, not to everything held; each write pays O(log n) more
+    to keep the indexes (each holds one tuple per item it orders, plus bounded garbage):
+
+    * :meth:`expire` reads time indexes by expiry (original items have no entry: they never
+      expire), :meth:`due` and :meth:`due_records` time indexes by republish time (items kept
+      off the schedule, ``republish_at`` NEVER, have none), eviction a time index of the cached
+      copies by expiry; see :class:`_TimeIndex` for how they stay exact and bounded as items
+      are replaced with a new :class:`Meta` at every update;
+    * :meth:`held_between` reads a sorted index of the keys it could hand over (a value that is
+      not a cached copy, an entry, or a record with a lifecycle), then those keys' items;
+    * :meth:`forget` reads the items under its key only (records through an index of the kinds
+      stored under each key).
+
+    Every write updates the indexes only once it has been admitted, so a refused write changes
+    none of them. :meth:`due` returns the soonest-due items first (ties: by key, a value before
+    the entries under its key, entries by value), :meth:`due_records` likewise (ties: by key,
+    then kind); neither consumes them: an item stays due until its Meta changes.
+    :meth:`held_between` returns items by ascending key (under one key: its value, its entries
+    by value, its records by kind)."""
 
     def __init__(self, config: Config | None = None) -> None:
         self.quotas = Quotas(config or Config())
@@ -384,9 +413,22 @@ class MemoryStore:
         self._sets: dict[int, list[int]] = {}
         self._entries: dict[tuple[int, int], Meta] = {}
         self._records: dict[tuple[str, int], tuple[bytes, Meta]] = {}
+        self._kinds: dict[int, list[str]] = {}  # key -> the kinds of record under it, sorted
         self._value_bytes = 0  # the total length of the values (the dicts count the rest)
         self._contacts: list[Contact] = []
         self._meta: dict[str, bytes] = {}
+        # Heap entries: (time, key) for values, (time, key, value) for entries, (time, key,
+        # kind) for records; each index asks the store for the item's time now.
+        self._value_expiry = _TimeIndex(lambda e: _expiry(self.value_meta(e[1])))
+        self._entry_expiry = _TimeIndex(lambda e: _expiry(self.entry_meta(e[1], e[2])))
+        self._record_expiry = _TimeIndex(lambda e: _expiry(self.record_meta(e[2], e[1])))
+        self._value_republish = _TimeIndex(lambda e: _republish(self.value_meta(e[1])))
+        self._entry_republish = _TimeIndex(lambda e: _republish(self.entry_meta(e[1], e[2])))
+        self._record_republish = _TimeIndex(lambda e: _republish(self.record_meta(e[2], e[1])))
+        self._evictable = _TimeIndex(lambda e: _eviction(self.value_meta(e[1])))
+        # The keys held_between may return something under, in order (O(log n) to add or
+        # discard one, O(log n + what it yields) to read a range).
+        self._keys = SortedList()
 
     # ------------------------------------------------------------------ values
 
@@ -411,6 +453,7 @@ class MemoryStore:
             self._value_bytes -= len(old[0])
         self._values[key] = (value, meta)
         self._value_bytes += len(value)
+        self._index_value(key, None if old is None else old[1], meta)
 
     # ------------------------------------------------------------------ entries
 
@@ -422,11 +465,19 @@ class MemoryStore:
         if old is not None:
             self.quotas.replace(old.source, ENTRY_SIZE, meta.source, ENTRY_SIZE)
             self._entries[(key, value)] = meta
+            self._index_entry(key, value, old, meta)
             return False
         self._make_room(meta.source, ENTRY_SIZE, meta.cached)
         self.quotas.add(meta.source, ENTRY_SIZE)
         self._entries[(key, value)] = meta
-        bisect.insort(self._sets.setdefault(key, []), value)
+        values = self._sets.get(key)
+        if values is None:
+            self._sets[key] = [value]
+            if key not in self._keys:  # every entry is handed over
+                self._keys.add(key)
+        else:
+            bisect.insort(values, value)
+        self._index_entry(key, value, None, meta)
         return True
 
     def entries_after(self, key: int, after: int | None, limit: int, now: float | None = None,
@@ -450,81 +501,89 @@ class MemoryStore:
     # ------------------------------------------------------------------ schedule
 
     def due(self, now: float, limit: int) -> list[Due]:
-        found: list[Due] = []
+        """Up to ``limit`` values and entries whose republish time is at or before ``now``,
+        soonest first (see the class docstring), in O((limit + garbage met) log n)."""
         if limit <= 0:
-            return found
-        for key, (value, meta) in self._values.items():
-            if meta.republish_at <= now:
-                found.append(Due(key, value, meta))
-                if len(found) >= limit:
-                    return found
-        for (key, item), meta in self._entries.items():
-            if meta.republish_at <= now:
-                found.append(Due(key, item, meta))
-                if len(found) >= limit:
-                    break
+            return []
+        soonest = heapq.merge(self._value_republish.peek(now, limit),
+                              self._entry_republish.peek(now, limit))
+        found: list[Due] = []
+        # (time, key) sorts before (time, key, value): a value before the entries under its key.
+        for entry in itertools.islice(soonest, limit):
+            if len(entry) == 2:
+                value, meta = self._values[entry[1]]
+                found.append(Due(entry[1], value, meta))
+            else:
+                found.append(Due(entry[1], entry[2], self._entries[(entry[1], entry[2])]))
         return found
 
     def due_records(self, now: float, limit: int) -> list[DueRecord]:
+        """Up to ``limit`` service records whose republish time is at or before ``now``,
+        soonest first (ties by key, then kind), in O((limit + garbage met) log n)."""
         found: list[DueRecord] = []
-        if limit <= 0:
-            return found
-        for (kind, key), (data, meta) in self._records.items():
-            if meta.republish_at <= now:
-                found.append(DueRecord(kind, key, data, meta))
-                if len(found) >= limit:
-                    break
+        for _, key, kind in self._record_republish.peek(now, limit):
+            data, meta = self._records[(kind, key)]
+            found.append(DueRecord(kind, key, data, meta))
         return found
 
     def held_between(self, lo: int, hi: int, limit: int) -> list[Due | DueRecord]:
+        """See :meth:`Store.held_between`: by ascending key, in O(log n + what it returns)."""
         found: list[Due | DueRecord] = []
         if limit <= 0:
             return found
-        # A scan: a node asks only when a new contact joins its own neighbourhood.
-        for key, (value, meta) in self._values.items():
-            if lo <= key < hi and not meta.cached:
-                found.append(Due(key, value, meta))
+        for key in self._keys.irange(lo, hi, inclusive=(True, False)):
+            held = self._values.get(key)
+            if held is not None and not held[1].cached:
+                found.append(Due(key, held[0], held[1]))
                 if len(found) >= limit:
                     return found
-        for (key, item), meta in self._entries.items():
-            if lo <= key < hi:
-                found.append(Due(key, item, meta))
+            for item in self._sets.get(key, ()):
+                found.append(Due(key, item, self._entries[(key, item)]))
                 if len(found) >= limit:
                     return found
-        for (kind, key), (data, meta) in self._records.items():
-            if lo <= key < hi and (meta.original or meta.expires != NEVER):  # has a lifecycle
-                found.append(DueRecord(kind, key, data, meta))
-                if len(found) >= limit:
-                    break
+            for kind in self._kinds.get(key, ()):
+                data, meta = self._records[(kind, key)]
+                if _has_lifecycle(meta):
+                    found.append(DueRecord(kind, key, data, meta))
+                    if len(found) >= limit:
+                        return found
         return found
 
     def expire(self, now: float) -> int:
-        dead_values = [k for k, (_, m) in self._values.items() if _expired(m, now)]
-        for key in dead_values:
+        """See :meth:`Store.expire`: in O((expired + garbage met) log n)."""
+        dead_values = self._value_expiry.pop(now)
+        for _, key in dead_values:
             self._drop_value(key)
-        dead_entries = [ke for ke, m in self._entries.items() if _expired(m, now)]
-        for key, value in dead_entries:
+        dead_entries = self._entry_expiry.pop(now)
+        for _, key, value in dead_entries:
             self._drop_entry(key, value)
-        dead_records = [kk for kk, (_, m) in self._records.items() if _expired(m, now)]
-        for kind, key in dead_records:
+        dead_records = self._record_expiry.pop(now)
+        for _, key, kind in dead_records:
             self.delete_record(kind, key)
         return len(dead_values) + len(dead_entries) + len(dead_records)
 
     def forget(self, key: int) -> bool:
+        """See :meth:`Store.forget`: reads only what is stored under ``key``."""
         mine = False
         held = self._values.get(key)
         if held is not None and held[1].original:
-            self._values[key] = (held[0], replace(held[1], original=False, republish_at=NEVER))
+            meta = replace(held[1], original=False, republish_at=NEVER)
+            self._values[key] = (held[0], meta)
+            self._index_value(key, held[1], meta)
             mine = True
-        for value in self._sets.get(key, []):
-            meta = self._entries[(key, value)]
-            if meta.original:
-                self._entries[(key, value)] = replace(meta, original=False, republish_at=NEVER)
+        for value in self._sets.get(key, ()):
+            old = self._entries[(key, value)]
+            if old.original:
+                meta = replace(old, original=False, republish_at=NEVER)
+                self._entries[(key, value)] = meta
+                self._index_entry(key, value, old, meta)
                 mine = True
-        for (kind, held_key), (data, meta) in self._records.items():
-            if held_key == key and meta.original:
-                self._records[(kind, key)] = (data, replace(meta, original=False,
-                                                            republish_at=NEVER))
+        for kind in self._kinds.get(key, ()):
+            data, old = self._records[(kind, key)]
+            if old.original:
+                meta = replace(old, original=False, republish_at=NEVER)
+                self._records[(kind, key)] = (data, meta)
+                self._index_record(kind, key, old, meta)
                 mine = True
         return mine
 
@@ -547,14 +606,21 @@ class MemoryStore:
         if old is None:
             self._make_room(meta.source, len(data), False)
             self.quotas.add(meta.source, len(data))
+            bisect.insort(self._kinds.setdefault(key, []), kind)
         else:  # a newer version is charged to the host that sent it
             self.quotas.replace(old[1].source, len(old[0]), meta.source, len(data))
         self._records[(kind, key)] = (data, meta)
+        self._index_record(kind, key, None if old is None else old[1], meta)
 
     def delete_record(self, kind: str, key: int) -> None:
         old = self._records.pop((kind, key), None)
         if old is not None:
             self.quotas.remove(old[1].source, len(old[0]))
+            kinds = self._kinds[key]
+            kinds.remove(kind)
+            if not kinds:
+                del self._kinds[key]
+            self._index_record(kind, key, old[1], None)
 
     def save_contacts(self, contacts: Iterable[Contact]) -> None:
         saved = list(contacts)
@@ -591,9 +657,9 @@ class MemoryStore:
     # ------------------------------------------------------------------ internals
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
-        def victims() -> list[tuple[Any, int]]:  # only called when eviction will be enough
-            held = sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached)
-            return [(key, len(self._values[key][0])) for _, key in held]
+        def victims() -> Iterator[tuple[Any, int]]:  # only called when eviction will be enough
+            for _, key in self._evictable.drain():  # soonest-expiring first, ties by key
+                yield key, len(self._values[key][0])
 
         self.quotas.make_room(source, size, cached, victims, self._drop_value)
 
@@ -601,6 +667,7 @@ class MemoryStore:
         value, meta = self._values.pop(key)
         self.quotas.remove(meta.source, len(value), meta.cached)
         self._value_bytes -= len(value)
+        self._index_value(key, meta, None)
 
     def _drop_entry(self, key: int, value: int) -> None:
         meta = self._entries.pop((key, value))
@@ -609,7 +676,150 @@ class MemoryStore:
         del values[bisect.bisect_left(values, value)]
         if not values:
             del self._sets[key]
+            self._reindex(key)
+        self._index_entry(key, value, meta, None)
+
+    # The indexes follow every change of an item's Meta (None: the item is not held), once the
+    # change is made.
+
+    def _index_value(self, key: int, old: Meta | None, new: Meta | None) -> None:
+        self._value_expiry.moved(_expiry(old), _expiry(new), key)
+        self._value_republish.moved(_republish(old), _republish(new), key)
+        self._evictable.moved(_eviction(old), _eviction(new), key)
+        if (old is not None and not old.cached) != (new is not None and not new.cached):
+            self._reindex(key)
+
+    def _index_entry(self, key: int, value: int, old: Meta | None, new: Meta | None) -> None:
+        self._entry_expiry.moved(_expiry(old), _expiry(new), key, value)
+        self._entry_republish.moved(_republish(old), _republish(new), key, value)
+
+    def _index_record(self, kind: str, key: int, old: Meta | None, new: Meta | None) -> None:
+        self._record_expiry.moved(_expiry(old), _expiry(new), key, kind)
+        self._record_republish.moved(_republish(old), _republish(new), key, kind)
+        if _has_lifecycle(old) != _has_lifecycle(new):
+            self._reindex(key)
+
+    def _reindex(self, key: int) -> None:
+        """Keep ``key`` in the key index exactly while held_between may return an item under
+        it."""
+        held = self._values.get(key)
+        keep = ((held is not None and not held[1].cached) or key in self._sets
+                or any(_has_lifecycle(self._records[(kind, key)][1])
+                       for kind in self._kinds.get(key, ())))
+        if keep and key not in self._keys:
+            self._keys.add(key)
+        elif not keep:
+            self._keys.discard(key)
 
 
 def _expired(meta: Meta, now: float) -> bool:
     return not meta.original and meta.expires <= now
+
+
+def _expiry(meta: Meta | None) -> float | None:
+    """When :meth:`Store.expire` drops the item; None: never (or not held)."""
+    if meta is None or meta.original or meta.expires == NEVER:
+        return None
+    return meta.expires
+
+
+def _republish(meta: Meta | None) -> float | None:
+    """When the item falls due; None: never (or not held)."""
+    return None if meta is None or meta.republish_at == NEVER else meta.republish_at
+
+
+def _eviction(meta: Meta | None) -> float | None:
+    """The order in which a cached copy makes room (its expiry, NEVER included); None: the
+    value is not a cached copy (or not held)."""
+    return meta.expires if meta is not None and meta.cached else None
+
+
+def _has_lifecycle(meta: Meta | None) -> bool:
+    """Whether a record is handed over: ours, or one that expires (not the node's identity)."""
+    return meta is not None and (meta.original or meta.expires != NEVER)
+
+
+_SLACK = 64
+"""Garbage entries a :class:`_TimeIndex` may hold beyond as many as its live ones before it is
+compacted (so that a small index is not rebuilt at every change)."""
+
+
+class _TimeIndex:
+    """Stored items ordered by one of their times (expiry, republish, eviction): a min-heap of
+    ``(time, *handle)`` tuples with lazy deletion.
+
+    ``current(entry)`` is the time the item named by the entry's handle has now (None when it has
+    none or is no longer held), and an entry is *live* while that equals its time. Items are
+    replaced with a new :class:`Meta` at every update, so instead of finding an item's entry, the
+    store calls :meth:`moved` with the item's time before and after each change: a new time gets
+    a new entry, and the old entry becomes garbage, skipped and dropped wherever a read meets it.
+
+    Guarantees: every item with a time has a live entry (two equal ones when a time changes and
+    comes back before the first is dropped: equal tuples come out of the heap together, and are
+    read once); reads cost O(log n) per entry they pop, live or garbage; garbage is bounded: when
+    the entries exceed twice the items with a time plus ``_SLACK``, the heap is rebuilt from its
+    live entries in O(entries), paid for by the garbage made since the last rebuild (amortized
+    O(1) per change)."""
+
+    __slots__ = ("_current", "_heap", "live")
+
+    def __init__(self, current: Callable[[tuple[Any, ...]], float | None]) -> None:
+        self._current = current
+        self._heap: list[tuple[Any, ...]] = []
+        self.live = 0
+        """How many items have a time (each has a live entry)."""
+
+    def __len__(self) -> int:
+        """Entries held, live and garbage."""
+        return len(self._heap)
+
+    def moved(self, old: float | None, new: float | None, *handle: Any) -> None:
+        """The item named by ``handle`` had time ``old`` and has ``new`` (None: none, or not
+        held)."""
+        if old == new:
+            return
+        if old is not None:
+            self.live -= 1
+        if new is not None:
+            self.live += 1
+            heapq.heappush(self._heap, (new, *handle))
+        if len(self._heap) > 2 * self.live + _SLACK:
+            self._compact()
+
+    def peek(self, now: float, limit: int) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` live entries whose time is at or before ``now``, soonest first; they
+        stay in the index (the garbage met on the way does not)."""
+        heap, current = self._heap, self._current
+        found: list[tuple[Any, ...]] = []
+        while heap and len(found) < limit and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if current(entry) == entry[0] and (not found or found[-1] != entry):
+                found.append(entry)
+        for entry in found:
+            heapq.heappush(heap, entry)
+        return found
+
+    def pop(self, now: float) -> list[tuple[Any, ...]]:
+        """Every live entry whose time is at or before ``now``, soonest first, taken out: the
+        caller drops each of those items (and reports it with :meth:`moved`)."""
+        heap, current = self._heap, self._current
+        found: list[tuple[Any, ...]] = []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if current(entry) == entry[0] and (not found or found[-1] != entry):
+                found.append(entry)
+        return found
+
+    def drain(self) -> Iterator[tuple[Any, ...]]:
+        """The live entries, soonest first, each taken out as it is yielded: the caller drops
+        every item it is given before asking for the next."""
+        while self._heap:  # read afresh: a drop may compact the heap
+            entry = heapq.heappop(self._heap)
+            if self._current(entry) == entry[0]:
+                yield entry
+
+    def _compact(self) -> None:
+        current = self._current
+        heap = list(dict.fromkeys(e for e in self._heap if current(e) == e[0]))
+        heapq.heapify(heap)
+        self._heap = heap

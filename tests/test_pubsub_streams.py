@@ -1,0 +1,484 @@
+"""Publisher streams: what one address inventing or taking stream ids can do to a subscriber
+(docs/SECURITY.md, "Publish/subscribe: duplicates and drops"). The relay's stream table and the
+inbox's guard on a virtual clock, attacks on the simulator, and a publisher restarting over real
+UDP."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import Callable
+
+import pytest
+
+from qadom import Config, Node, Peer, RemoteError
+from qadom.call import Call
+from qadom.codec import Codec
+from qadom.contact import Address
+from qadom.messages import Error, ErrorCode, Message, Ping
+from qadom.pubsub import (
+    Deliver,
+    Inbox,
+    Publish,
+    Published,
+    StreamTable,
+    Subscribe,
+    copy_window,
+)
+from qadom.sim import SimNetwork
+
+from helpers import FAST, udp_network
+
+P = ("10.0.0.1", 4000)
+Q = ("10.0.0.2", 4000)
+
+# ============================================================================= pure pieces
+
+
+def test_stream_table_bounds_what_one_address_opens_per_topic() -> None:
+    table = StreamTable(per_publisher=2, lifetime=10.0, max_streams=100)
+    for stream in (1, 2):
+        assert table.check(7, stream, P, 0.0) == StreamTable.OK
+        table.record(7, stream, P, 0.0)
+    assert table.check(7, 3, P, 1.0) == StreamTable.TOO_MANY
+    assert table.check(7, 1, P, 1.0) == StreamTable.OK  # its own streams go on
+    assert table.check(8, 3, P, 1.0) == StreamTable.OK  # another topic has its own share
+    assert table.check(7, 3, Q, 1.0) == StreamTable.OK  # another address too
+    table.record(7, 1, P, 5.0)  # stream 1 renewed, stream 2 silent since 0
+    assert table.check(7, 3, P, 9.99) == StreamTable.TOO_MANY
+    assert table.check(7, 3, P, 10.0) == StreamTable.OK  # stream 2 lapsed: its slot is free
+    assert table.opened_by(7, P) == 1 and len(table) == 1
+    assert table.check(7, 1, P, 14.99) == StreamTable.OK
+    assert table.expire(15.0) == 1 and len(table) == 0 and table.opened_by(7, P) == 0
+
+
+def test_stream_table_keeps_a_stream_for_the_address_that_opened_it() -> None:
+    table = StreamTable(per_publisher=4, lifetime=10.0, max_streams=100)
+    table.record(7, 42, P, 0.0)
+    assert table.check(7, 42, Q, 9.0) == StreamTable.TAKEN
+    assert table.check(8, 42, Q, 9.0) == StreamTable.OK  # the same id in another topic is free
+    table.record(7, 42, P, 9.0)
+    assert table.check(7, 42, Q, 18.99) == StreamTable.TAKEN  # every message renews it
+    assert table.check(7, 42, Q, 19.0) == StreamTable.OK  # silent for a lifetime: forgotten
+    table.record(7, 42, Q, 19.0)
+    assert table.check(7, 42, P, 19.0) == StreamTable.TAKEN
+    assert table.entries() == [(7, 42, Q, 19.0)]
+
+
+def test_stream_table_host_share_and_total_are_bounded() -> None:
+    table = StreamTable(per_publisher=4, lifetime=60.0, max_streams=50, max_per_host=5)
+    # One host, however many ports: at most five streams in all.
+    for port in range(1, 6):
+        table.record(1, port, ("10.0.0.9", port), 0.0)
+    assert table.check(2, 99, ("10.0.0.9", 77), 0.0) == StreamTable.HOST_TOO_MANY
+    assert table.held_by("10.0.0.9") == 5
+    # Many hosts, many topics: never more than 50 streams, counts exact.
+    rng = random.Random(1)
+    now = 0.0
+    for _ in range(5000):
+        now += 0.001
+        topic, stream = rng.randrange(20), rng.getrandbits(64)
+        address = (f"10.1.{rng.randrange(200)}.1", rng.randrange(1, 4))
+        if table.check(topic, stream, address, now) == StreamTable.OK:
+            table.record(topic, stream, address, now)
+        assert len(table) <= 50
+    entries = table.entries()
+    assert len(entries) == 50
+    hosts = {owner[0] for _, _, owner, _ in entries}
+    assert sum(table.held_by(h) for h in hosts) == 50
+    assert all(table.held_by(h) <= 5 for h in hosts)
+    assert [last for *_, last in entries] == sorted(last for *_, last in entries)
+    # The least recently used was forgotten first: what is kept is the most recent.
+    assert table.expire(now + 60.0) == 50
+    assert len(table) == 0 and all(table.held_by(h) == 0 for h in hosts)
+    assert table.held_by("10.0.0.9") == 0
+
+
+def test_inbox_never_forgets_a_stream_heard_within_its_guard() -> None:
+    inbox = Inbox(reorder_timeout=0.5, max_held=8, max_streams=4, guard=8.0)
+    assert inbox.accept(1, 0, b"honest", 0.0) == [b"honest"]
+    for stream in range(100, 103):  # the inbox is full
+        assert inbox.accept(stream, 0, b"junk", 0.1) == [b"junk"]
+    # A fourth stream finds no room: every stream was heard within the guard. Dropped, counted,
+    # and the honest stream still knows what it passed on.
+    assert inbox.accept(200, 0, b"new", 1.0) == []
+    assert inbox.overflowed == 1 and len(inbox) == 4
+    assert inbox.accept(1, 0, b"honest", 7.9) == []  # a late copy: still a duplicate
+    assert inbox.duplicates == 1
+    # Past the guard the least recently heard (stream 100, at 0.1) makes room; the message
+    # dropped before comes again and is passed on once.
+    assert inbox.accept(200, 0, b"new", 8.1) == [b"new"]
+    assert inbox.accept(200, 0, b"new", 8.2) == []
+    assert inbox.accept(1, 1, b"honest 1", 8.3) == [b"honest 1"]
+
+
+def test_inbox_keeps_a_stream_holding_messages() -> None:
+    inbox = Inbox(reorder_timeout=0.5, max_held=8, max_streams=1, guard=0.1)
+    assert inbox.accept(1, 3, b"m3", 0.0) == []  # held behind a gap, not yet expired
+    assert inbox.accept(2, 0, b"x", 5.0) == []  # no room: stream 1 would lose m3
+    assert inbox.expire(5.0) == [b"m3"]
+    assert inbox.accept(2, 0, b"x", 5.0) == [b"x"]
+
+
+def test_inbox_memory_is_bounded_under_a_flood_of_streams() -> None:
+    inbox = Inbox(reorder_timeout=0.5, max_held=8, max_streams=64, guard=1.0)
+    rng = random.Random(2)
+    now = 0.0
+    for _ in range(20_000):
+        now += 0.0005
+        inbox.accept(rng.getrandbits(64), rng.randrange(3), b"x", now)
+        assert len(inbox) <= 64
+    assert inbox.overflowed > 0  # two thousand streams a second: most found no room
+
+
+def test_copy_window_covers_both_hops_and_their_resends() -> None:
+    assert copy_window(Config()) == 8.0  # 2 hops x 2 attempts x 2 s
+    assert copy_window(Config(rpc_retries=2, rpc_timeout_max=3.0)) == 18.0
+    # A relay keeps a stream far longer than a subscriber waits for copies of its messages.
+    assert Config().pubsub_stream_lifetime >= 2 * copy_window(Config())
+
+
+# ============================================================================= one relay
+
+
+def drain(node: Node) -> list[Message]:
+    codec = Codec(node.config)
+    return [codec.decode(data).message for data, _ in node.datagrams_to_send()]
+
+
+def test_a_refused_publish_changes_nothing_at_the_relay() -> None:
+    config = Config(pubsub_burst=6, pubsub_rate=0.001)
+    relay = Node(config=config)
+    subscriber = ("10.0.9.9", 4000)
+    relay.pubsub._handle_subscribe(Subscribe(5, 60_000), None, subscriber, 0.0)
+    drain(relay)
+    for stream in range(4):
+        reply = relay.pubsub._handle_publish(Publish(5, stream, 0, b"m"), None, P, 1.0)
+        assert reply == Published(1)
+    assert sum(isinstance(m, Deliver) for m in drain(relay)) == 4
+    kept = relay.pubsub.streams.entries()
+    stats = dict(relay.stats)
+
+    def refused(message: Publish, sender: Address, code: int) -> None:
+        reply = relay.pubsub._handle_publish(message, None, sender, 2.0)
+        assert isinstance(reply, Error) and reply.code == code, reply
+        assert drain(relay) == []  # nothing forwarded
+        assert relay.pubsub.streams.entries() == kept  # nothing kept or renewed
+
+    for stream in range(10, 20):  # a fifth stream of this topic, and more
+        refused(Publish(5, stream, 0, b"m"), P, ErrorCode.TOO_MANY_STREAMS)
+    refused(Publish(5, 2, 1, b"forged"), Q, ErrorCode.STREAM_TAKEN)  # P's stream, from Q
+    assert relay.stats["pubsub_too_many_streams"] == 10
+    assert relay.stats["pubsub_stream_taken"] == 1
+    changed = {k for k in relay.stats if relay.stats[k] != stats.get(k, 0)}
+    assert changed == {"pubsub_too_many_streams", "pubsub_stream_taken"}
+    # No refusal spent a token of P's burst of six: two more pass, then its rate refuses.
+    for seq in (1, 2):
+        assert relay.pubsub._handle_publish(Publish(5, 0, seq, b"m"), None, P, 2.0) == Published(1)
+    assert len(drain(relay)) == 2
+    kept = relay.pubsub.streams.entries()
+    refused(Publish(5, 0, 3, b"m"), P, ErrorCode.RATE_LIMITED)
+
+
+# ============================================================================= attacks
+
+SIM = Config(k=10, pubsub_lease=3.0)
+
+
+def run_on(net: SimNetwork, node: Node, action: Callable[[float], object]) -> None:
+    """Run ``action(now)`` on ``node`` and put whatever it sends on the network."""
+    def start(now: float) -> Call[None]:
+        action(now)
+        done: Call[None] = Call("done")
+        done.resolve(None)
+        return done
+
+    net.call(node, start)
+
+
+def run_until(net: SimNetwork, predicate: Callable[[], bool], timeout: float) -> None:
+    limit = net.now + timeout
+    while not predicate():
+        assert net.now < limit and net.step(), "timed out"
+
+
+def subscribe(net: SimNetwork, node: Node, topic: int, got: list[bytes]) -> None:
+    def start(now: float) -> Call[int]:
+        return node.pubsub.subscribe(topic, got.append, now)[1]
+
+    assert net.run_call(net.call(node, start)) == net.config.k
+
+
+def publish(net: SimNetwork, node: Node, topic: int, value: bytes) -> int:
+    return net.run_call(net.call(node, node.pubsub.publish, topic, value))
+
+
+def far_topic(nodes: list[Node], participants: list[Node], k: int) -> int:
+    """A topic whose k closest nodes (its relays) include none of ``participants``."""
+    rng = random.Random(k)
+    for _ in range(1000):
+        topic = rng.getrandbits(256)
+        closest = sorted(nodes, key=lambda n: n.id ^ topic)[:k]
+        if not any(p in closest for p in participants):
+            return topic
+    raise AssertionError("no such topic in this network")
+
+
+def relays_of(net: SimNetwork, topic: int, subscriber: Node) -> list[Node]:
+    """The live nodes that forward ``topic`` to ``subscriber`` now."""
+    return [n for n in net.live_nodes()
+            if subscriber.address in n.pubsub.relay.subscribers(topic, net.now)]
+
+
+def hold_tokens(net: SimNetwork, node: Node, peers: list[Node]) -> None:
+    """``node`` gets each peer's token (as any peer that looked the topic up holds them)."""
+    def ping(now: float) -> None:
+        for peer in peers:
+            node.request(net.address_of(peer), Ping(), now)
+
+    run_on(net, node, ping)
+    net.run_for(1.0)
+
+
+def invent_streams(net: SimNetwork, attacker: Node, relays: list[Node], topic: int, count: int,
+                   rng: random.Random) -> None:
+    """The attacker sends each relay ``count`` PUBLISHes, each on a stream id never used."""
+    def send(now: float) -> None:
+        for relay in relays:
+            for _ in range(count):
+                attacker.request(net.address_of(relay),
+                                 Publish(topic, rng.getrandbits(64), 0, b"junk"), now,
+                                 retry=False)  # a resend would spend budget on nothing new
+
+    run_on(net, attacker, send)
+
+
+def publish_as(net: SimNetwork, attacker: Node, relays: list[Node], message: Publish,
+               ) -> list[Message]:
+    """The attacker sends ``message`` to each relay; their replies."""
+    calls = [net.call(attacker, attacker.ask, net.address_of(r), message) for r in relays]
+    return [net.run_call(call) for call in calls]
+
+
+def streams_seen_by(net: SimNetwork, node: Node, topic: int) -> set[int]:
+    """The stream ids of the DELIVERs of ``topic`` that reached ``node`` (from the trace)."""
+    assert net.trace is not None
+    codec = Codec(net.config)
+    seen = set()
+    for event in net.trace:
+        if event[1] == "deliver" and event[3] == node.address:
+            message = codec.decode(event[4]).message
+            if isinstance(message, Deliver) and message.key == topic:
+                seen.add(message.stream)
+    return seen
+
+
+def test_one_address_inventing_streams_cannot_make_a_subscriber_deliver_twice() -> None:
+    """Right after each honest message reaches the subscriber, an attacker floods the topic's
+    relays with new stream ids, within its rate budget at each (its burst of 200, then 50 a
+    second), while the other copies of the message are still on their way (reordered by up to
+    half a second). A subscriber that forgot the honest stream among the flood would take the
+    late copies for new messages and deliver them again; the relays now forward at most four
+    streams of the attacker each, and the subscriber never forgets a stream heard within the
+    copy window."""
+    net = SimNetwork(21, config=SIM)
+    nodes = net.add_nodes(40)
+    subscriber, publisher, attacker = nodes[:3]
+    topic = far_topic(nodes, [subscriber, publisher, attacker], SIM.k)
+    got: list[bytes] = []
+    subscribe(net, subscriber, topic, got)
+    relays = relays_of(net, topic, subscriber)
+    assert len(relays) == SIM.k
+    hold_tokens(net, attacker, relays)
+    net.reorder, net.reorder_delay = 0.3, 0.5
+    rng = random.Random(5)
+    rounds = 6
+    for i in range(rounds):
+        value = b"honest %d" % i
+        net.call(publisher, publisher.pubsub.publish, topic, value)
+        run_until(net, lambda v=value: v in got, 5.0)  # type: ignore[misc]
+        invent_streams(net, attacker, relays, topic, SIM.pubsub_burst, rng)
+        for _ in range(20):
+            net.run_for(0.02)
+            invent_streams(net, attacker, relays, topic, 1, rng)
+        net.run_for(3.0)  # every relay's bucket for the attacker fills up again
+    net.run_for(10.0)
+    assert [v for v in got if v != b"junk"] == [b"honest %d" % i for i in range(rounds)]
+    attacker_address = net.address_of(attacker)
+    for relay in relays:
+        assert relay.pubsub.streams.opened_by(topic, attacker_address) <= 4
+        assert relay.stats["pubsub_rate_limited"] == 0  # the attacker kept to its budget
+        assert relay.stats["pubsub_too_many_streams"] > 0
+    assert got.count(b"junk") <= SIM.k * 4
+    assert subscriber.stats["pubsub_inbox_full"] == 0
+    assert all(n.stats["internal_errors"] == 0 for n in nodes)
+
+
+def test_an_address_cannot_publish_on_a_stream_it_learnt_by_subscribing() -> None:
+    """Stream ids are not secret: every subscriber sees them. An attacker that subscribes and
+    then publishes on the honest stream, ahead of it, would have subscribers take its messages
+    for the honest ones and drop those as duplicates."""
+    net = SimNetwork(22, config=SIM, trace=True)
+    nodes = net.add_nodes(40)
+    subscriber, publisher, attacker = nodes[:3]
+    topic = far_topic(nodes, [subscriber, publisher, attacker], SIM.k)
+    got: list[bytes] = []
+    spied: list[bytes] = []
+    subscribe(net, subscriber, topic, got)
+    subscribe(net, attacker, topic, spied)
+    relays = relays_of(net, topic, subscriber)
+    for i in range(2):
+        assert publish(net, publisher, topic, b"honest %d" % i) == SIM.k
+    net.run_for(1.0)
+    (stream,) = streams_seen_by(net, attacker, topic)
+    replies = publish_as(net, attacker, relays, Publish(topic, stream, 2, b"forged"))
+    assert all(isinstance(r, Error) and r.code == ErrorCode.STREAM_TAKEN for r in replies), replies
+    for i in range(2, 4):
+        assert publish(net, publisher, topic, b"honest %d" % i) == SIM.k
+    net.run_for(2.0)
+    assert got == [b"honest %d" % i for i in range(4)]
+    assert all(r.stats["pubsub_stream_taken"] == 1 for r in relays)
+
+
+def test_a_publisher_silent_longer_than_relays_keep_its_stream_starts_a_new_one() -> None:
+    """Once relays have forgotten a stream, any address may open one with its id. The honest
+    publisher, silent that long, goes on with a new stream, so what the attacker publishes
+    under the old id takes the place of none of its messages."""
+    net = SimNetwork(23, config=SIM, trace=True)
+    nodes = net.add_nodes(40)
+    subscriber, publisher, attacker = nodes[:3]
+    topic = far_topic(nodes, [subscriber, publisher, attacker], SIM.k)
+    got: list[bytes] = []
+    subscribe(net, subscriber, topic, got)
+    subscribe(net, attacker, topic, [])
+    relays = relays_of(net, topic, subscriber)
+    for i in range(2):
+        assert publish(net, publisher, topic, b"honest %d" % i) == SIM.k
+    net.run_for(SIM.pubsub_stream_lifetime + 1.0)
+    (stream,) = streams_seen_by(net, attacker, topic)
+    replies = publish_as(net, attacker, relays, Publish(topic, stream, 2, b"forged"))
+    assert all(isinstance(r, Published) for r in replies)  # the id was free again
+    for i in range(2, 4):
+        assert publish(net, publisher, topic, b"honest %d" % i) == SIM.k
+    net.run_for(2.0)
+    assert [v for v in got if v != b"forged"] == [b"honest %d" % i for i in range(4)]
+    assert len(streams_seen_by(net, subscriber, topic)) == 2  # the publisher's two streams
+
+
+def test_a_publisher_refused_its_stream_by_a_new_relay_goes_on_with_a_new_one() -> None:
+    """A relay that became one of the k closest after the stream's last message there has not
+    seen it, and the first address to publish on it there opens it. The publisher, refused
+    there, moves to a new stream: its later messages get through every relay."""
+    net = SimNetwork(24, config=SIM, trace=True)
+    nodes = net.add_nodes(40)
+    subscriber, publisher, attacker = nodes[:3]
+    topic = far_topic(nodes, [subscriber, publisher, attacker], SIM.k)
+    got: list[bytes] = []
+    subscribe(net, subscriber, topic, got)
+    subscribe(net, attacker, topic, [])
+    assert publish(net, publisher, topic, b"honest 0") == SIM.k
+    newcomer = net.add_node(node_id=topic ^ 1)  # the closest peer to the topic from now on
+    net.run_call(net.call(newcomer, newcomer.bootstrap, [net.address_of(nodes[5])]))
+    net.run_for(SIM.pubsub_lease)  # the subscriber's renewals register it there
+    assert newcomer in relays_of(net, topic, subscriber)
+    (stream,) = streams_seen_by(net, attacker, topic)
+    hold_tokens(net, attacker, [newcomer])
+    (reply,) = publish_as(net, attacker, [newcomer], Publish(topic, stream, 50, b"forged"))
+    assert isinstance(reply, Published)
+    assert publish(net, publisher, topic, b"honest 1") == SIM.k - 1  # refused at the newcomer
+    assert newcomer.stats["pubsub_stream_taken"] == 1
+    for i in range(2, 4):
+        net.run_for(1.0)  # the subscriber gives up waiting for what comes before "forged"
+        assert publish(net, publisher, topic, b"honest %d" % i) == SIM.k
+    net.run_for(2.0)
+    assert [v for v in got if v != b"forged"] == [b"honest %d" % i for i in range(4)]
+
+
+# ============================================================================= honest publishers
+
+
+def test_a_publisher_that_forgets_the_topic_gets_a_new_stream_through() -> None:
+    """An honest node opens a new stream after a restart or after its outbox forgot the topic:
+    three such within a stream lifetime pass; a fourth new stream is refused until the oldest
+    lapses, with a clear error."""
+    net = SimNetwork(25, config=SIM)
+    nodes = net.add_nodes(39)
+    forgetful = net.add_node(config=dataclasses.replace(SIM, pubsub_max_topics=1))
+    net.run_call(net.call(forgetful, forgetful.bootstrap, [net.address_of(nodes[3])]))
+    subscriber = nodes[0]
+    topic = far_topic([*nodes, forgetful], [subscriber, forgetful], SIM.k)
+    other = topic ^ 2**255
+    got: list[bytes] = []
+    subscribe(net, subscriber, topic, got)
+    sent = []
+    for restart in range(4):
+        for i in range(3):
+            value = b"%d:%d" % (restart, i)
+            assert publish(net, forgetful, topic, value) == SIM.k
+            sent.append(value)
+        publish(net, forgetful, other, b"elsewhere")  # the outbox now forgets the topic
+    with pytest.raises(RemoteError) as refused:
+        publish(net, forgetful, topic, b"too soon")
+    assert refused.value.code == ErrorCode.TOO_MANY_STREAMS and "maximum" in str(refused.value)
+    net.run_for(SIM.pubsub_stream_lifetime)
+    assert publish(net, forgetful, topic, b"later") == SIM.k
+    net.run_for(2.0)
+    assert got == [*sent, b"later"]
+
+
+def test_many_honest_publishers_on_one_topic_all_get_through() -> None:
+    net = SimNetwork(26, config=SIM, reorder=0.2, duplicate=0.05)
+    nodes = net.add_nodes(40)
+    topic = 2**255 + 99
+    subscribers = nodes[:3]
+    publishers = nodes[3:19]
+    got: dict[int, list[bytes]] = {}
+    for node in subscribers:
+        got[node.id] = []
+        subscribe(net, node, topic, got[node.id])
+    for i in range(8):  # interleaved, without waiting
+        for p, node in enumerate(publishers):
+            net.call(node, node.pubsub.publish, topic, b"%d:%d" % (p, i))
+        net.run_for(0.2)
+    net.run_for(5.0)
+    for received in got.values():
+        assert len(received) == len(set(received)) == 8 * len(publishers)
+        for p in range(len(publishers)):
+            mine = [int(v.split(b":")[1]) for v in received if v.startswith(b"%d:" % p)]
+            assert mine == list(range(8))
+    refusals = sum(n.stats["pubsub_too_many_streams"] + n.stats["pubsub_stream_taken"]
+                   for n in nodes)
+    assert refusals == 0
+
+
+async def test_a_publisher_restarting_on_its_address_gets_through_each_time() -> None:
+    """Over real UDP: a publisher that restarts on the same address (a new node, a new stream
+    id) is served by the relays each time; its subscriber gets every message once."""
+    config = dataclasses.replace(FAST, k=6)
+    async with udp_network(10, config=config) as peers:
+        topic = 2**200 + 5
+        async with peers[2].subscribe(topic) as messages:
+            port = 0
+            sent = []
+            for restart in range(3):
+                publisher = Peer("127.0.0.1", port, config=config,
+                                 rng=random.Random(restart))
+                await publisher.start()
+                port = publisher.address[1]
+                try:
+                    await asyncio.wait_for(publisher.bootstrap([peers[0].address]), 30)
+                    for i in range(3):
+                        value = b"%d:%d" % (restart, i)
+                        assert await asyncio.wait_for(publisher.publish(topic, value), 30) >= 1
+                        sent.append(value)
+                finally:
+                    await publisher.close()
+            received = [await asyncio.wait_for(anext(messages), 10) for _ in sent]
+            assert received == sent
+            await asyncio.sleep(0.5)  # late copies would show up here
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(anext(messages), 0.5)
+        # Each relay keeps the three streams of that one address (one per incarnation).
+        kept = [p.node.pubsub.streams.opened_by(topic, ("127.0.0.1", port)) for p in peers]
+        assert max(kept) == 3 and sum(kept) >= 3
