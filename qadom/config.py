@@ -349,6 +349,13 @@ class Config:
     pubsub_reorder_buffer: int = 256
     """Messages held behind a gap per publisher; past this the gap is given up at once."""
 
+    pubsub_reorder_bytes: int = 4 * 1024 * 1024
+    """Bytes of messages a subscriber holds behind gaps per topic, all publishers together; past
+    this the stream holding the most gives up its gap at once. Without it the bound would be
+    ``pubsub_max_publishers x pubsub_reorder_buffer`` full-size messages, 2 GiB per topic, and a
+    few publishers sending only out of order could make a subscriber hold that much. 4 MiB holds
+    two whole buffers of full-size messages, far more than reordering leaves behind a gap."""
+
     pubsub_max_publishers: int = 1024
     """Publisher streams whose sequence a subscriber tracks per topic (for duplicates and order).
     The least recently heard is forgotten first, but never one heard within the time copies of a
@@ -420,6 +427,7 @@ class Config:
                self.pubsub_reorder_timeout, self.pubsub_stream_lifetime) <= 0 or min(
                 self.pubsub_renewals, self.pubsub_max_subscribers, self.pubsub_max_topics,
                 self.pubsub_burst, self.pubsub_max_senders, self.pubsub_reorder_buffer,
+                self.pubsub_reorder_bytes,
                 self.pubsub_max_publishers, self.pubsub_queue_size,
                 self.pubsub_streams_per_publisher, self.pubsub_max_streams) < 1:
             raise InvalidArgument("pubsub times and rates must be positive, its bounds at least 1")

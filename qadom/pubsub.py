@@ -417,11 +417,12 @@ class StreamTable:
 
 
 class _Stream:
-    __slots__ = ("gap_since", "heard", "held", "next_seq", "started")
+    __slots__ = ("gap_since", "heard", "held", "held_bytes", "next_seq", "started")
 
     def __init__(self, now: float) -> None:
         self.next_seq = 0
         self.held: dict[int, bytes] = {}
+        self.held_bytes = 0  # the length of the messages in ``held``
         self.gap_since: float | None = None
         self.started = False  # something was passed on (gaps before that were never ours)
         self.heard = now  # when the last copy of any of its messages came
@@ -448,7 +449,9 @@ class Inbox:
     behind the gap; a gap open for ``reorder_timeout`` (or with more than ``max_held`` messages
     behind it) is given up: delivery resumes at the lowest held message. So a subscriber that
     joins a stream midway gets its first message after ``reorder_timeout``, and a stream's first
-    messages overtaking each other still come out in order.
+    messages overtaking each other still come out in order. The messages held by all streams
+    together never exceed ``max_held_bytes``: past it, the stream holding the most gives up its
+    gap at once (so a publisher that sends only out of order costs the others nothing).
 
     At most ``max_streams`` streams are tracked. A new stream takes the place of the least
     recently heard one, but never of one heard within ``guard`` seconds or holding messages. With
@@ -460,9 +463,11 @@ class Inbox:
     """
 
     def __init__(self, reorder_timeout: float, max_held: int, max_streams: int, *,
-                 guard: float) -> None:
+                 guard: float, max_held_bytes: int) -> None:
         self.reorder_timeout = reorder_timeout
         self.max_held = max_held
+        self.max_held_bytes = max_held_bytes
+        self.held_bytes = 0  # held by all streams
         self.max_streams = max_streams
         self.guard = guard
         self._streams: OrderedDict[int, _Stream] = OrderedDict()  # least recently heard first
@@ -487,10 +492,14 @@ class Inbox:
             return []
         if seq > stream.next_seq:
             stream.held[seq] = value
+            stream.held_bytes += len(value)
+            self.held_bytes += len(value)
             if stream.gap_since is None:
                 stream.gap_since = now
             if len(stream.held) > self.max_held:
                 return self._skip(stream, now)
+            if self.held_bytes > self.max_held_bytes:
+                return self._make_room(now)
             return []
         stream.next_seq += 1
         stream.started = True
@@ -525,6 +534,14 @@ class Inbox:
         opened = [s.gap_since for s in self._streams.values() if s.gap_since is not None]
         return min(opened) + self.reorder_timeout if opened else None
 
+    def _make_room(self, now: float) -> list[bytes]:
+        """Give up gaps, the stream holding the most first, until ``max_held_bytes`` holds."""
+        out: list[bytes] = []
+        while self.held_bytes > self.max_held_bytes:
+            fullest = max(self._streams.values(), key=lambda s: s.held_bytes)
+            out.extend(self._skip(fullest, now))
+        return out
+
     def _skip(self, stream: _Stream, now: float) -> list[bytes]:
         first = min(stream.held)
         if stream.started:
@@ -532,11 +549,14 @@ class Inbox:
         stream.next_seq = first
         return self._drain(stream, now)
 
-    @staticmethod
-    def _drain(stream: _Stream, now: float) -> list[bytes]:
+    def _drain(self, stream: _Stream, now: float) -> list[bytes]:
         out = []
-        while stream.next_seq in stream.held:
-            out.append(stream.held.pop(stream.next_seq))
+        held = stream.held
+        while stream.next_seq in held:
+            value = held.pop(stream.next_seq)
+            stream.held_bytes -= len(value)
+            self.held_bytes -= len(value)
+            out.append(value)
             stream.next_seq += 1
         stream.started = True
         # A gap still open behind the released messages is timed from now.
@@ -670,7 +690,7 @@ class PubSubService:
             cfg = self.node.config
             topic = self._topics[key] = _Topic(key, Inbox(
                 cfg.pubsub_reorder_timeout, cfg.pubsub_reorder_buffer, cfg.pubsub_max_publishers,
-                guard=copy_window(cfg)))
+                guard=copy_window(cfg), max_held_bytes=cfg.pubsub_reorder_bytes))
             topic.listeners.append(listener)
             topic.waiting.append(call)
             self._register(topic, now)

@@ -90,7 +90,8 @@ def test_relay_table_leases_and_bounds() -> None:
 
 
 def test_inbox_suppresses_duplicates_and_orders_each_stream() -> None:
-    inbox = Inbox(reorder_timeout=0.5, max_held=3, max_streams=2, guard=1.0)
+    inbox = Inbox(reorder_timeout=0.5, max_held=3, max_streams=2, guard=1.0,
+                  max_held_bytes=1 << 20)
     assert inbox.accept(7, 0, b"a0", 0.0) == [b"a0"]
     assert inbox.accept(7, 0, b"a0", 0.0) == []  # a copy from another relay
     assert inbox.accept(7, 2, b"a2", 0.1) == []  # held behind the gap at 1
@@ -116,7 +117,8 @@ def test_inbox_gap_is_due_exactly_at_its_deadline() -> None:
     # 84.44... + 0.1 - 84.44... rounds below 0.1: the deadline must still release the gap.
     opened = 84.4421851525048
     assert (opened + 0.1) - opened < 0.1
-    inbox = Inbox(reorder_timeout=0.1, max_held=4, max_streams=1, guard=1.0)
+    inbox = Inbox(reorder_timeout=0.1, max_held=4, max_streams=1, guard=1.0,
+                  max_held_bytes=1 << 20)
     assert inbox.accept(1, 3, b"m3", opened) == []
     deadline = inbox.next_deadline()
     assert deadline is not None
@@ -124,7 +126,8 @@ def test_inbox_gap_is_due_exactly_at_its_deadline() -> None:
 
 
 def test_inbox_joining_a_stream_midway_delivers_after_the_reorder_timeout() -> None:
-    inbox = Inbox(reorder_timeout=0.5, max_held=16, max_streams=4, guard=1.0)
+    inbox = Inbox(reorder_timeout=0.5, max_held=16, max_streams=4, guard=1.0,
+                  max_held_bytes=1 << 20)
     assert inbox.accept(1, 500, b"m500", 0.0) == []
     assert inbox.accept(1, 501, b"m501", 0.1) == []
     assert inbox.expire(0.5) == [b"m500", b"m501"]

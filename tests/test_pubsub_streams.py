@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from qadom import Config, Node, Peer, RemoteError
+from qadom import Config, InvalidArgument, Node, Peer, RemoteError
 from qadom.call import Call
 from qadom.codec import Codec
 from qadom.contact import Address
@@ -96,7 +96,8 @@ def test_stream_table_host_share_and_total_are_bounded() -> None:
 
 
 def test_inbox_never_forgets_a_stream_heard_within_its_guard() -> None:
-    inbox = Inbox(reorder_timeout=0.5, max_held=8, max_streams=4, guard=8.0)
+    inbox = Inbox(reorder_timeout=0.5, max_held=8, max_streams=4, guard=8.0,
+                  max_held_bytes=1 << 20)
     assert inbox.accept(1, 0, b"honest", 0.0) == [b"honest"]
     for stream in range(100, 103):  # the inbox is full
         assert inbox.accept(stream, 0, b"junk", 0.1) == [b"junk"]
@@ -114,7 +115,8 @@ def test_inbox_never_forgets_a_stream_heard_within_its_guard() -> None:
 
 
 def test_inbox_keeps_a_stream_holding_messages() -> None:
-    inbox = Inbox(reorder_timeout=0.5, max_held=8, max_streams=1, guard=0.1)
+    inbox = Inbox(reorder_timeout=0.5, max_held=8, max_streams=1, guard=0.1,
+                  max_held_bytes=1 << 20)
     assert inbox.accept(1, 3, b"m3", 0.0) == []  # held behind a gap, not yet expired
     assert inbox.accept(2, 0, b"x", 5.0) == []  # no room: stream 1 would lose m3
     assert inbox.expire(5.0) == [b"m3"]
@@ -122,7 +124,8 @@ def test_inbox_keeps_a_stream_holding_messages() -> None:
 
 
 def test_inbox_memory_is_bounded_under_a_flood_of_streams() -> None:
-    inbox = Inbox(reorder_timeout=0.5, max_held=8, max_streams=64, guard=1.0)
+    inbox = Inbox(reorder_timeout=0.5, max_held=8, max_streams=64, guard=1.0,
+                  max_held_bytes=1 << 20)
     rng = random.Random(2)
     now = 0.0
     for _ in range(20_000):
@@ -130,6 +133,39 @@ def test_inbox_memory_is_bounded_under_a_flood_of_streams() -> None:
         inbox.accept(rng.getrandbits(64), rng.randrange(3), b"x", now)
         assert len(inbox) <= 64
     assert inbox.overflowed > 0  # two thousand streams a second: most found no room
+
+
+def test_inbox_holds_at_most_max_held_bytes_and_the_fullest_stream_gives_up_first() -> None:
+    """Publishers that send only out of order (every message behind a gap that never closes)
+    cannot make a subscriber hold more than ``max_held_bytes``: the stream holding the most
+    gives up its gap, and an honest stream's short gap is left to close."""
+    big = bytes(8192)
+    inbox = Inbox(reorder_timeout=0.5, max_held=256, max_streams=1024, guard=8.0,
+                  max_held_bytes=64 * 1024)
+    assert inbox.accept(1, 1, b"honest 1", 0.0) == []  # honest: seq 0 is late, 1 is held
+    released: list[bytes] = []
+    for i in range(200):  # eight streams that never send their seq 0, 8 KiB a message
+        released += inbox.accept(100 + i % 8, 1 + i // 8, big, 0.001 * i)
+        assert inbox.held_bytes <= 64 * 1024
+    assert released and all(m == big for m in released)  # what the cap gave up: theirs only
+    assert inbox.accept(1, 0, b"honest 0", 0.3) == [b"honest 0", b"honest 1"]
+    assert inbox.held_bytes == sum(s.held_bytes for s in inbox._streams.values())
+    assert inbox.held_bytes == sum(len(v) for s in inbox._streams.values() for v in s.held.values())
+
+
+def test_each_subscription_holds_at_most_pubsub_reorder_bytes() -> None:
+    with pytest.raises(InvalidArgument):
+        Config(pubsub_reorder_bytes=0)
+    net = SimNetwork(seed=4, config=dataclasses.replace(SIM, pubsub_reorder_bytes=10_000))
+    nodes = net.add_nodes(12)
+    got: list[bytes] = []
+    subscribe(net, nodes[0], 77, got)
+    inbox = nodes[0].pubsub._topics[77].inbox
+    assert inbox.max_held_bytes == 10_000
+    service = nodes[0].pubsub
+    for seq in range(1, 4):  # a stream whose first message never comes, 4 000 bytes each
+        service._receive(service._topics[77], 9, seq, bytes(4000), net.now)
+    assert inbox.held_bytes <= 10_000 and got == [bytes(4000)] * 3
 
 
 def test_copy_window_covers_both_hops_and_their_resends() -> None:
