@@ -419,13 +419,13 @@ class MemoryStore:
         self._meta: dict[str, bytes] = {}
         # Heap entries: (time, key) for values, (time, key, value) for entries, (time, key,
         # kind) for records; each index asks the store for the item's time now.
-        self._value_expiry = _TimeIndex(lambda e: _expiry(self.value_meta(e[1])))
-        self._entry_expiry = _TimeIndex(lambda e: _expiry(self.entry_meta(e[1], e[2])))
-        self._record_expiry = _TimeIndex(lambda e: _expiry(self.record_meta(e[2], e[1])))
-        self._value_republish = _TimeIndex(lambda e: _republish(self.value_meta(e[1])))
-        self._entry_republish = _TimeIndex(lambda e: _republish(self.entry_meta(e[1], e[2])))
-        self._record_republish = _TimeIndex(lambda e: _republish(self.record_meta(e[2], e[1])))
-        self._evictable = _TimeIndex(lambda e: _eviction(self.value_meta(e[1])))
+        self._value_expiry = _TimeIndex(_value_expiry)
+        self._entry_expiry = _TimeIndex(_entry_expiry)
+        self._record_expiry = _TimeIndex(_record_expiry)
+        self._value_republish = _TimeIndex(_value_republish)
+        self._entry_republish = _TimeIndex(_entry_republish)
+        self._record_republish = _TimeIndex(_record_republish)
+        self._evictable = _TimeIndex(_value_eviction)
         # The keys held_between may return something under, in order (O(log n) to add or
         # discard one, O(log n + what it yields) to read a range).
         self._keys = SortedList()
@@ -505,8 +505,8 @@ class MemoryStore:
         soonest first (see the class docstring), in O((limit + garbage met) log n)."""
         if limit <= 0:
             return []
-        soonest = heapq.merge(self._value_republish.peek(now, limit),
-                              self._entry_republish.peek(now, limit))
+        soonest = heapq.merge(self._value_republish.peek(self, now, limit),
+                              self._entry_republish.peek(self, now, limit))
         found: list[Due] = []
         # (time, key) sorts before (time, key, value): a value before the entries under its key.
         for entry in itertools.islice(soonest, limit):
@@ -521,7 +521,7 @@ class MemoryStore:
         """Up to ``limit`` service records whose republish time is at or before ``now``,
         soonest first (ties by key, then kind), in O((limit + garbage met) log n)."""
         found: list[DueRecord] = []
-        for _, key, kind in self._record_republish.peek(now, limit):
+        for _, key, kind in self._record_republish.peek(self, now, limit):
             data, meta = self._records[(kind, key)]
             found.append(DueRecord(kind, key, data, meta))
         return found
@@ -551,13 +551,13 @@ class MemoryStore:
 
     def expire(self, now: float) -> int:
         """See :meth:`Store.expire`: in O((expired + garbage met) log n)."""
-        dead_values = self._value_expiry.pop(now)
+        dead_values = self._value_expiry.pop(self, now)
         for _, key in dead_values:
             self._drop_value(key)
-        dead_entries = self._entry_expiry.pop(now)
+        dead_entries = self._entry_expiry.pop(self, now)
         for _, key, value in dead_entries:
             self._drop_entry(key, value)
-        dead_records = self._record_expiry.pop(now)
+        dead_records = self._record_expiry.pop(self, now)
         for _, key, kind in dead_records:
             self.delete_record(kind, key)
         return len(dead_values) + len(dead_entries) + len(dead_records)
@@ -658,7 +658,7 @@ class MemoryStore:
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
         def victims() -> Iterator[tuple[Any, int]]:  # only called when eviction will be enough
-            for _, key in self._evictable.drain():  # soonest-expiring first, ties by key
+            for _, key in self._evictable.drain(self):  # soonest-expiring first, ties by key
                 yield key, len(self._values[key][0])
 
         self.quotas.make_room(source, size, cached, victims, self._drop_value)
@@ -683,19 +683,20 @@ class MemoryStore:
     # change is made.
 
     def _index_value(self, key: int, old: Meta | None, new: Meta | None) -> None:
-        self._value_expiry.moved(_expiry(old), _expiry(new), key)
-        self._value_republish.moved(_republish(old), _republish(new), key)
-        self._evictable.moved(_eviction(old), _eviction(new), key)
+        self._value_expiry.moved(self, _expiry(old), _expiry(new), key)
+        self._value_republish.moved(self, _republish(old), _republish(new), key)
+        if (old is not None and old.cached) or (new is not None and new.cached):
+            self._evictable.moved(self, _eviction(old), _eviction(new), key)
         if (old is not None and not old.cached) != (new is not None and not new.cached):
             self._reindex(key)
 
     def _index_entry(self, key: int, value: int, old: Meta | None, new: Meta | None) -> None:
-        self._entry_expiry.moved(_expiry(old), _expiry(new), key, value)
-        self._entry_republish.moved(_republish(old), _republish(new), key, value)
+        self._entry_expiry.moved(self, _expiry(old), _expiry(new), key, value)
+        self._entry_republish.moved(self, _republish(old), _republish(new), key, value)
 
     def _index_record(self, kind: str, key: int, old: Meta | None, new: Meta | None) -> None:
-        self._record_expiry.moved(_expiry(old), _expiry(new), key, kind)
-        self._record_republish.moved(_republish(old), _republish(new), key, kind)
+        self._record_expiry.moved(self, _expiry(old), _expiry(new), key, kind)
+        self._record_republish.moved(self, _republish(old), _republish(new), key, kind)
         if _has_lifecycle(old) != _has_lifecycle(new):
             self._reindex(key)
 
@@ -739,6 +740,38 @@ def _has_lifecycle(meta: Meta | None) -> bool:
     return meta is not None and (meta.original or meta.expires != NEVER)
 
 
+# The time each index orders an item by, as the store holds it now (entries of the indexes name
+# their item as in MemoryStore.__init__). Plain functions given the store, so that the indexes
+# hold no reference back to it.
+
+def _value_expiry(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
+    return _expiry(store.value_meta(e[1]))
+
+
+def _entry_expiry(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
+    return _expiry(store.entry_meta(e[1], e[2]))
+
+
+def _record_expiry(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
+    return _expiry(store.record_meta(e[2], e[1]))
+
+
+def _value_republish(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
+    return _republish(store.value_meta(e[1]))
+
+
+def _entry_republish(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
+    return _republish(store.entry_meta(e[1], e[2]))
+
+
+def _record_republish(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
+    return _republish(store.record_meta(e[2], e[1]))
+
+
+def _value_eviction(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
+    return _eviction(store.value_meta(e[1]))
+
+
 _SLACK = 64
 """Garbage entries a :class:`_TimeIndex` may hold beyond as many as its live ones before it is
 compacted (so that a small index is not rebuilt at every change)."""
@@ -748,8 +781,10 @@ class _TimeIndex:
     """Stored items ordered by one of their times (expiry, republish, eviction): a min-heap of
     ``(time, *handle)`` tuples with lazy deletion.
 
-    ``current(entry)`` is the time the item named by the entry's handle has now (None when it has
-    none or is no longer held), and an entry is *live* while that equals its time. Items are
+    ``current(store, entry)`` is the time the item named by the entry's handle has now in
+    ``store`` (None when it has none or is no longer held), and an entry is *live* while that
+    equals its time. The store is passed to each method that needs it, so the index holds no
+    reference to it. Items are
     replaced with a new :class:`Meta` at every update, so instead of finding an item's entry, the
     store calls :meth:`moved` with the item's time before and after each change: a new time gets
     a new entry, and the old entry becomes garbage, skipped and dropped wherever a read meets it.
@@ -763,7 +798,7 @@ class _TimeIndex:
 
     __slots__ = ("_current", "_heap", "live")
 
-    def __init__(self, current: Callable[[tuple[Any, ...]], float | None]) -> None:
+    def __init__(self, current: Callable[[MemoryStore, tuple[Any, ...]], float | None]) -> None:
         self._current = current
         self._heap: list[tuple[Any, ...]] = []
         self.live = 0
@@ -773,7 +808,8 @@ class _TimeIndex:
         """Entries held, live and garbage."""
         return len(self._heap)
 
-    def moved(self, old: float | None, new: float | None, *handle: Any) -> None:
+    def moved(self, store: MemoryStore, old: float | None, new: float | None,
+              *handle: Any) -> None:
         """The item named by ``handle`` had time ``old`` and has ``new`` (None: none, or not
         held)."""
         if old == new:
@@ -784,42 +820,42 @@ class _TimeIndex:
             self.live += 1
             heapq.heappush(self._heap, (new, *handle))
         if len(self._heap) > 2 * self.live + _SLACK:
-            self._compact()
+            self._compact(store)
 
-    def peek(self, now: float, limit: int) -> list[tuple[Any, ...]]:
+    def peek(self, store: MemoryStore, now: float, limit: int) -> list[tuple[Any, ...]]:
         """Up to ``limit`` live entries whose time is at or before ``now``, soonest first; they
         stay in the index (the garbage met on the way does not)."""
         heap, current = self._heap, self._current
         found: list[tuple[Any, ...]] = []
         while heap and len(found) < limit and heap[0][0] <= now:
             entry = heapq.heappop(heap)
-            if current(entry) == entry[0] and (not found or found[-1] != entry):
+            if current(store, entry) == entry[0] and (not found or found[-1] != entry):
                 found.append(entry)
         for entry in found:
             heapq.heappush(heap, entry)
         return found
 
-    def pop(self, now: float) -> list[tuple[Any, ...]]:
+    def pop(self, store: MemoryStore, now: float) -> list[tuple[Any, ...]]:
         """Every live entry whose time is at or before ``now``, soonest first, taken out: the
         caller drops each of those items (and reports it with :meth:`moved`)."""
         heap, current = self._heap, self._current
         found: list[tuple[Any, ...]] = []
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
-            if current(entry) == entry[0] and (not found or found[-1] != entry):
+            if current(store, entry) == entry[0] and (not found or found[-1] != entry):
                 found.append(entry)
         return found
 
-    def drain(self) -> Iterator[tuple[Any, ...]]:
+    def drain(self, store: MemoryStore) -> Iterator[tuple[Any, ...]]:
         """The live entries, soonest first, each taken out as it is yielded: the caller drops
         every item it is given before asking for the next."""
         while self._heap:  # read afresh: a drop may compact the heap
             entry = heapq.heappop(self._heap)
-            if self._current(entry) == entry[0]:
+            if self._current(store, entry) == entry[0]:
                 yield entry
 
-    def _compact(self) -> None:
+    def _compact(self, store: MemoryStore) -> None:
         current = self._current
-        heap = list(dict.fromkeys(e for e in self._heap if current(e) == e[0]))
+        heap = list(dict.fromkeys(e for e in self._heap if current(store, e) == e[0]))
         heapq.heapify(heap)
         self._heap = heap

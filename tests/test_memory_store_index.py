@@ -221,7 +221,7 @@ def check_indexes(store: MemoryStore) -> None:
         assert index.live == len(want), name
         assert len(heap) <= 2 * index.live + storage_module._SLACK, name
         assert all(heap[(i - 1) // 2] <= heap[i] for i in range(1, len(heap))), name
-        live = {e[1:]: e[0] for e in heap if index._current(e) == e[0]}
+        live = {e[1:]: e[0] for e in heap if index._current(store, e) == e[0]}
         assert live == want, name
     handed = {key for key, (_, meta) in store._values.items() if not meta.cached}
     handed |= set(store._sets)
@@ -270,9 +270,9 @@ def test_indexed_queries_answer_as_a_scan(seed: int, slack: int,
     compactions = [0]
     compact = _TimeIndex._compact
 
-    def counted_compact(self: _TimeIndex) -> None:
+    def counted_compact(self: _TimeIndex, store: MemoryStore) -> None:
         compactions[0] += 1
-        compact(self)
+        compact(self, store)
 
     monkeypatch.setattr(_TimeIndex, "_compact", counted_compact)
     store, reference = MemoryStore(CONFIG), ScanningStore(CONFIG)
