@@ -47,6 +47,7 @@ from sortedcontainers import SortedList
 from .config import Config
 from .contact import Contact
 from .errors import InvalidArgument, StorageFull
+from .ids import ID_SPACE
 
 ENTRY_SIZE = 32
 """Bytes a multimap entry counts for in quotas (its 256-bit value)."""
@@ -385,10 +386,13 @@ class Store(Protocol):
 class MemoryStore:
     """A :class:`Store` in process memory; everything is lost when the process ends.
 
-    Indexed so that the periodic work (every ``maintenance_interval``, on a store of up to
-    ``max_store_items`` items, a million by default, in the event loop) costs time in proportion
-    to what it finds, times a log factor, not to everything held; each write pays O(log n) more
-    to keep the indexes (each holds one tuple per item it orders, plus bounded garbage):
+    Once it holds :data:`INDEX_AT` items, indexed so that the periodic work (every
+    ``maintenance_interval``, on a store of up to ``max_store_items`` items, a million by
+    default, in the event loop) costs time in proportion to what it finds, times a log factor,
+    not to everything held; each write then pays O(log n) more to keep the indexes (each holds
+    one tuple per item it orders, plus bounded garbage). A smaller store scans what it holds,
+    which costs less than keeping indexes would (a node of a network of any size holds a few
+    hundred items), and answers every query exactly as the indexes would:
 
     * :meth:`expire` reads time indexes by expiry (original items have no entry: they never
       expire), :meth:`due` and :meth:`due_records` time indexes by republish time (items kept
@@ -417,18 +421,22 @@ class MemoryStore:
         self._value_bytes = 0  # the total length of the values (the dicts count the rest)
         self._contacts: list[Contact] = []
         self._meta: dict[str, bytes] = {}
-        # Heap entries: (time, key) for values, (time, key, value) for entries, (time, key,
-        # kind) for records; each index asks the store for the item's time now.
-        self._value_expiry = _TimeIndex(_value_expiry)
-        self._entry_expiry = _TimeIndex(_entry_expiry)
-        self._record_expiry = _TimeIndex(_record_expiry)
-        self._value_republish = _TimeIndex(_value_republish)
-        self._entry_republish = _TimeIndex(_entry_republish)
-        self._record_republish = _TimeIndex(_record_republish)
-        self._evictable = _TimeIndex(_value_eviction)
+        # The indexes, built once the store holds INDEX_AT items (_build_index). Heap entries:
+        # (time, key) for values, (time, key, value) for entries, (time, key, kind) for
+        # records; each index asks the store for the item's time now.
+        self._indexed = False
+        self._value_expiry: _TimeIndex
+        self._entry_expiry: _TimeIndex
+        self._record_expiry: _TimeIndex
+        self._value_republish: _TimeIndex
+        self._entry_republish: _TimeIndex
+        self._record_republish: _TimeIndex
+        self._evictable: _TimeIndex
         # The keys held_between may return something under, in order (O(log n) to add or
         # discard one, O(log n + what it yields) to read a range).
-        self._keys = SortedList()
+        self._keys: SortedList
+        if INDEX_AT <= 0:
+            self._build_index()
 
     # ------------------------------------------------------------------ values
 
@@ -453,7 +461,11 @@ class MemoryStore:
             self._value_bytes -= len(old[0])
         self._values[key] = (value, meta)
         self._value_bytes += len(value)
-        self._index_value(key, None if old is None else old[1], meta)
+        if old is None:
+            self._index_value(key, None, meta)
+            self._grew()
+        else:
+            self._index_value(key, old[1], meta)
 
     # ------------------------------------------------------------------ entries
 
@@ -473,11 +485,12 @@ class MemoryStore:
         values = self._sets.get(key)
         if values is None:
             self._sets[key] = [value]
-            if key not in self._keys:  # every entry is handed over
+            if self._indexed and key not in self._keys:  # every entry is handed over
                 self._keys.add(key)
         else:
             bisect.insort(values, value)
         self._index_entry(key, value, None, meta)
+        self._grew()
         return True
 
     def entries_after(self, key: int, after: int | None, limit: int, now: float | None = None,
@@ -505,8 +518,15 @@ class MemoryStore:
         soonest first (see the class docstring), in O((limit + garbage met) log n)."""
         if limit <= 0:
             return []
-        soonest = heapq.merge(self._value_republish.peek(self, now, limit),
-                              self._entry_republish.peek(self, now, limit))
+        if self._indexed:
+            values = self._value_republish.peek(self, now, limit)
+            entries = self._entry_republish.peek(self, now, limit)
+        else:
+            values = heapq.nsmallest(limit, ((m.republish_at, k) for k, (_, m)
+                                             in self._values.items() if m.republish_at <= now))
+            entries = heapq.nsmallest(limit, ((m.republish_at, k, v) for (k, v), m
+                                              in self._entries.items() if m.republish_at <= now))
+        soonest = heapq.merge(values, entries)
         found: list[Due] = []
         # (time, key) sorts before (time, key, value): a value before the entries under its key.
         for entry in itertools.islice(soonest, limit):
@@ -521,7 +541,14 @@ class MemoryStore:
         """Up to ``limit`` service records whose republish time is at or before ``now``,
         soonest first (ties by key, then kind), in O((limit + garbage met) log n)."""
         found: list[DueRecord] = []
-        for _, key, kind in self._record_republish.peek(self, now, limit):
+        if limit <= 0:
+            return found
+        if self._indexed:
+            records = self._record_republish.peek(self, now, limit)
+        else:
+            records = heapq.nsmallest(limit, ((m.republish_at, k, kind) for (kind, k), (_, m)
+                                              in self._records.items() if m.republish_at <= now))
+        for _, key, kind in records:
             data, meta = self._records[(kind, key)]
             found.append(DueRecord(kind, key, data, meta))
         return found
@@ -531,7 +558,9 @@ class MemoryStore:
         found: list[Due | DueRecord] = []
         if limit <= 0:
             return found
-        for key in self._keys.irange(lo, hi, inclusive=(True, False)):
+        keys: Iterable[int] = (self._keys.irange(lo, hi, inclusive=(True, False))
+                               if self._indexed else sorted(self._handed_keys(lo, hi)))
+        for key in keys:
             held = self._values.get(key)
             if held is not None and not held[1].cached:
                 found.append(Due(key, held[0], held[1]))
@@ -551,14 +580,19 @@ class MemoryStore:
 
     def expire(self, now: float) -> int:
         """See :meth:`Store.expire`: in O((expired + garbage met) log n)."""
-        dead_values = self._value_expiry.pop(self, now)
-        for _, key in dead_values:
+        if self._indexed:
+            dead_values = [key for _, key in self._value_expiry.pop(self, now)]
+            dead_entries = [(key, value) for _, key, value in self._entry_expiry.pop(self, now)]
+            dead_records = [(kind, key) for _, key, kind in self._record_expiry.pop(self, now)]
+        else:
+            dead_values = [k for k, (_, m) in self._values.items() if _expired(m, now)]
+            dead_entries = [ke for ke, m in self._entries.items() if _expired(m, now)]
+            dead_records = [kk for kk, (_, m) in self._records.items() if _expired(m, now)]
+        for key in dead_values:
             self._drop_value(key)
-        dead_entries = self._entry_expiry.pop(self, now)
-        for _, key, value in dead_entries:
+        for key, value in dead_entries:
             self._drop_entry(key, value)
-        dead_records = self._record_expiry.pop(self, now)
-        for _, key, kind in dead_records:
+        for kind, key in dead_records:
             self.delete_record(kind, key)
         return len(dead_values) + len(dead_entries) + len(dead_records)
 
@@ -611,6 +645,8 @@ class MemoryStore:
             self.quotas.replace(old[1].source, len(old[0]), meta.source, len(data))
         self._records[(kind, key)] = (data, meta)
         self._index_record(kind, key, None if old is None else old[1], meta)
+        if old is None:
+            self._grew()
 
     def delete_record(self, kind: str, key: int) -> None:
         old = self._records.pop((kind, key), None)
@@ -658,7 +694,11 @@ class MemoryStore:
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
         def victims() -> Iterator[tuple[Any, int]]:  # only called when eviction will be enough
-            for _, key in self._evictable.drain(self):  # soonest-expiring first, ties by key
+            # Soonest-expiring first, ties by key.
+            soonest: Iterable[tuple[Any, ...]] = (
+                self._evictable.drain(self) if self._indexed else
+                sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached))
+            for _, key in soonest:
                 yield key, len(self._values[key][0])
 
         self.quotas.make_room(source, size, cached, victims, self._drop_value)
@@ -682,19 +722,63 @@ class MemoryStore:
     # The indexes follow every change of an item's Meta (None: the item is not held), once the
     # change is made.
 
+    def _grew(self) -> None:
+        """An item was added: build the indexes once the store holds INDEX_AT items."""
+        if not self._indexed and self.quotas.total_items >= INDEX_AT:
+            self._build_index()
+
+    def _build_index(self) -> None:
+        """Index everything held; from now on every change keeps the indexes exact."""
+        self._indexed = True
+        self._value_expiry = _TimeIndex(_value_expiry)
+        self._entry_expiry = _TimeIndex(_entry_expiry)
+        self._record_expiry = _TimeIndex(_record_expiry)
+        self._value_republish = _TimeIndex(_value_republish)
+        self._entry_republish = _TimeIndex(_entry_republish)
+        self._record_republish = _TimeIndex(_record_republish)
+        self._evictable = _TimeIndex(_value_eviction)
+        self._keys = SortedList(self._handed_keys(0, ID_SPACE))
+        for key, (_, meta) in self._values.items():
+            self._value_expiry.moved(self, None, _expiry(meta), key)
+            self._value_republish.moved(self, None, _republish(meta), key)
+            self._evictable.moved(self, None, _eviction(meta), key)
+        for (key, value), meta in self._entries.items():
+            self._entry_expiry.moved(self, None, _expiry(meta), key, value)
+            self._entry_republish.moved(self, None, _republish(meta), key, value)
+        for (kind, key), (_, meta) in self._records.items():
+            self._record_expiry.moved(self, None, _expiry(meta), key, kind)
+            self._record_republish.moved(self, None, _republish(meta), key, kind)
+
+    def _handed_keys(self, lo: int, hi: int) -> set[int]:
+        """The keys in ``[lo, hi)`` held_between may return something under (a scan)."""
+        keys = {k for k, (_, m) in self._values.items() if lo <= k < hi and not m.cached}
+        keys.update(k for k in self._sets if lo <= k < hi)
+        keys.update(k for (_, k), (_, m) in self._records.items()
+                    if lo <= k < hi and _has_lifecycle(m))
+        return keys
+
     def _index_value(self, key: int, old: Meta | None, new: Meta | None) -> None:
+        if not self._indexed:
+            return
         self._value_expiry.moved(self, _expiry(old), _expiry(new), key)
         self._value_republish.moved(self, _republish(old), _republish(new), key)
         if (old is not None and old.cached) or (new is not None and new.cached):
             self._evictable.moved(self, _eviction(old), _eviction(new), key)
         if (old is not None and not old.cached) != (new is not None and not new.cached):
-            self._reindex(key)
+            if old is None and key not in self._sets and key not in self._kinds:
+                self._keys.add(key)  # a new value under a key with nothing else: not indexed yet
+            else:
+                self._reindex(key)
 
     def _index_entry(self, key: int, value: int, old: Meta | None, new: Meta | None) -> None:
+        if not self._indexed:
+            return
         self._entry_expiry.moved(self, _expiry(old), _expiry(new), key, value)
         self._entry_republish.moved(self, _republish(old), _republish(new), key, value)
 
     def _index_record(self, kind: str, key: int, old: Meta | None, new: Meta | None) -> None:
+        if not self._indexed:
+            return
         self._record_expiry.moved(self, _expiry(old), _expiry(new), key, kind)
         self._record_republish.moved(self, _republish(old), _republish(new), key, kind)
         if _has_lifecycle(old) != _has_lifecycle(new):
@@ -703,6 +787,8 @@ class MemoryStore:
     def _reindex(self, key: int) -> None:
         """Keep ``key`` in the key index exactly while held_between may return an item under
         it."""
+        if not self._indexed:
+            return
         held = self._values.get(key)
         keep = ((held is not None and not held[1].cached) or key in self._sets
                 or any(_has_lifecycle(self._records[(kind, key)][1])
@@ -771,6 +857,12 @@ def _record_republish(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
 def _value_eviction(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
     return _eviction(store.value_meta(e[1]))
 
+
+INDEX_AT = 4096
+"""Items a :class:`MemoryStore` holds before it builds its indexes. Below, a maintenance tick's
+scans of everything held cost about a millisecond, less than keeping indexes would add to the
+writes between two ticks. A node of a network of N nodes holds about k / N of the items stored
+in it: this many only in a small network holding many items, or as a cache of many lookups."""
 
 _SLACK = 64
 """Garbage entries a :class:`_TimeIndex` may hold beyond as many as its live ones before it is

@@ -1,6 +1,8 @@
 """MemoryStore's indexes: the periodic queries (expire, due, due_records, held_between, forget)
 and eviction read indexes instead of scanning everything held, yet answer exactly as a scan
-does; the indexes' garbage stays bounded; a query examines about what it returns."""
+does; the indexes' garbage stays bounded; a query examines about what it returns. The store
+builds them once it holds ``INDEX_AT`` items; here they are built from the start, except where a
+test crosses that threshold on purpose."""
 
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ from qadom.storage import (
     received_meta,
     record_meta,
 )
+
+
+@pytest.fixture(autouse=True)
+def indexed_from_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_module, "INDEX_AT", 0)
+
 
 # ----------------------------------------------------------------------------- the oracle
 
@@ -215,7 +223,9 @@ def indexes(store: MemoryStore) -> dict[str, tuple[_TimeIndex, dict[tuple[Any, .
 def check_indexes(store: MemoryStore) -> None:
     """Every index is exact (each item with a time has a live entry, the count of such items
     is right), a valid heap, and its garbage is within bounds; the key index holds exactly the
-    keys held_between may return something under, in well-formed runs."""
+    keys held_between may return something under (nothing to check before they are built)."""
+    if not store._indexed:
+        return
     for name, (index, want) in indexes(store).items():
         heap = index._heap
         assert index.live == len(want), name
@@ -237,6 +247,8 @@ def check_indexes(store: MemoryStore) -> None:
 
 def snapshot(store: MemoryStore) -> list[object]:
     """Every index exactly as it is (to see that a refused write touched none)."""
+    if not store._indexed:
+        return []
     return [list(index._heap) for index, _ in indexes(store).values()] + [
         list(store._keys), dict(store._kinds)]
 
@@ -259,14 +271,17 @@ ENTRY_KEYS = [0, 3, 7, 12, 20, 33, TOP]
 KINDS = ("dht", "namespace", "identity")
 
 
-@pytest.mark.parametrize(("seed", "slack"), [(4, 1), (512, 8)])
-def test_indexed_queries_answer_as_a_scan(seed: int, slack: int,
+@pytest.mark.parametrize(("seed", "slack", "index_at"), [(4, 1, 0), (512, 8, 0), (9, 4, 30)])
+def test_indexed_queries_answer_as_a_scan(seed: int, slack: int, index_at: int,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A seeded mix of several thousand writes (new items and replacements with every kind of
     Meta, refusals, evictions), forgets, sweeps at advancing times and queries with various
     limits and ranges: MemoryStore answers exactly as the scanning reference, holds the same,
     its indexes stay exact and bounded, and a refused write leaves them as they were."""
     monkeypatch.setattr(storage_module, "_SLACK", slack)  # a small store compacts too
+    # 30: the store scans until it holds 30 items, then builds its indexes and goes on with them.
+    monkeypatch.setattr(storage_module, "INDEX_AT", index_at)
+    scanned = [0]  # steps answered before the indexes were built
     compactions = [0]
     compact = _TimeIndex._compact
 
@@ -341,6 +356,7 @@ def test_indexed_queries_answer_as_a_scan(seed: int, slack: int,
             except (StorageFull, InvalidArgument) as exc:
                 outcome.append(type(exc))
         assert outcome[0] == outcome[1], (step, name, args)
+        scanned[0] += not store._indexed
         assert held(store) == held(reference), (step, name)
         check_indexes(store)
         result = outcome[0]
@@ -362,6 +378,7 @@ def test_indexed_queries_answer_as_a_scan(seed: int, slack: int,
             seen["handed cut"] += len(reference.held_between(args[0], args[1], 10**9)) > len(
                 result) > 0
     assert all(seen.values()), seen
+    assert store._indexed and (scanned[0] > 100 if index_at else scanned[0] == 0), scanned
     assert compactions[0] > 0  # the garbage bound was reached and enforced
 
 
@@ -523,3 +540,27 @@ def test_queries_examine_what_they_return_not_everything_held() -> None:
     # The indexes hold no more than the items: nothing was copied or left behind.
     assert len(store._value_expiry) <= 2 * store._value_expiry.live + _SLACK
     assert len(store._entry_republish) == n // 2
+
+
+def test_a_store_builds_its_indexes_once_it_holds_index_at_items(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below ``INDEX_AT`` items a store keeps no index (a node's usual share costs no index
+    upkeep on its writes); the item that reaches it builds them all, exact from then on."""
+    assert storage_module.INDEX_AT == 0  # this module's fixture; the default is 4096
+    monkeypatch.setattr(storage_module, "INDEX_AT", 50)
+    store = MemoryStore()
+    for i in range(20):
+        store.put_value(i, b"v%d" % i, Meta(100.0 + i, 50.0 + i))
+        store.add_entry(i, i, Meta(200.0, 60.0, original=True))
+    store.put_record("dht", 3, b"r", 0.0, meta=Meta(300.0, 70.0))
+    assert not store._indexed and not hasattr(store, "_keys")
+    before = (store.due(1e9, 1000), store.held_between(0, ID_SPACE, 1000))
+    for i in range(20, 29):
+        store.put_value(i, b"v%d" % i, Meta(100.0 + i, 50.0 + i))
+    assert store.quotas.total_items == 50 and store._indexed
+    check_indexes(store)
+    due = store.due(1e9, 1000)
+    assert due[:len(before[0])] == before[0] and len(due) == len(before[0]) + 9
+    assert store.held_between(0, ID_SPACE, 1000)[:len(before[1])] == before[1]
+    assert store.expire(119.5) == 20 and store.stats()["values"] == 9
+    check_indexes(store)
