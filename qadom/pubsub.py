@@ -83,6 +83,12 @@ HOST_SHARE = 10
 (``pubsub_max_subscribers // 10``), as it may fill at most a tenth of a node's storage
 (``max_items_per_source``): a single requester cannot lock the others out."""
 
+RECENT = 16
+"""The last messages of each stream a relay remembers having forwarded, so that a resent PUBLISH
+(its PUBLISHED lost or late) is answered again without being forwarded again, nor charged to the
+sender's rate: a publisher resends each request at most ``rpc_retries`` times, within seconds,
+while its next messages leave one by one behind it."""
+
 
 # ============================================================================= wire messages
 
@@ -336,9 +342,10 @@ class StreamTable:
         self.lifetime = lifetime
         self.max_streams = max_streams
         self.max_per_host = max_per_host
-        # (topic, stream) -> (owner, time of its last message), least recently used first: the
-        # lapsed are always at the front.
-        self._streams: OrderedDict[tuple[int, int], tuple[Address, float]] = OrderedDict()
+        # (topic, stream) -> (owner, time of its last message, the last RECENT seqs taken),
+        # least recently used first: the lapsed are always at the front.
+        self._streams: OrderedDict[tuple[int, int], tuple[Address, float, list[int]]] = (
+            OrderedDict())
         self._opened: dict[tuple[int, Address], int] = {}  # kept streams per (topic, owner)
         self._by_host: dict[str, int] = {}  # kept streams per owner host, all topics
 
@@ -355,27 +362,41 @@ class StreamTable:
             return self.HOST_TOO_MANY
         return self.OK
 
-    def record(self, topic: int, stream: int, publisher: Address, now: float) -> None:
-        """Take a message that :meth:`check` allowed: open the stream or renew it."""
+    def taken(self, topic: int, stream: int, seq: int) -> bool:
+        """Whether message ``seq`` of a kept stream is among the last :data:`RECENT` taken: a
+        resend of a PUBLISH whose answer was lost or late (its owner never sends a seq twice
+        otherwise)."""
+        kept = self._streams.get((topic, stream))
+        return kept is not None and seq in kept[2]
+
+    def record(self, topic: int, stream: int, publisher: Address, now: float,
+               seq: int = -1) -> None:
+        """Take message ``seq`` that :meth:`check` allowed: open the stream or renew it."""
         key = (topic, stream)
         streams = self._streams
-        if key in streams:
+        kept = streams.get(key)
+        if kept is not None:
             streams.move_to_end(key)
+            recent = kept[2]
         else:
             if len(streams) >= self.max_streams:
-                (old_topic, _), (old_owner, _) = streams.popitem(last=False)
+                (old_topic, _), (old_owner, _, _) = streams.popitem(last=False)
                 self._release(old_topic, old_owner)
             mine = (topic, publisher)
             self._opened[mine] = self._opened.get(mine, 0) + 1
             self._by_host[publisher[0]] = self._by_host.get(publisher[0], 0) + 1
-        streams[key] = (publisher, now)
+            recent = []
+        recent.append(seq)
+        if len(recent) > RECENT:
+            del recent[0]
+        streams[key] = (publisher, now, recent)
 
     def expire(self, now: float) -> int:
         """Forget every stream silent for ``lifetime``; returns how many."""
         streams = self._streams
         forgotten = 0
         while streams:
-            key, (owner, last) = next(iter(streams.items()))
+            key, (owner, last, _) = next(iter(streams.items()))
             if last + self.lifetime > now:
                 break
             del streams[key]
@@ -395,7 +416,7 @@ class StreamTable:
         """Every kept stream as ``(topic, stream, owner, last message)``, least recently used
         first (for inspection)."""
         return [(topic, stream, owner, last)
-                for (topic, stream), (owner, last) in self._streams.items()]
+                for (topic, stream), (owner, last, _) in self._streams.items()]
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -627,11 +648,13 @@ class PubSubService:
     the topics it is close to, and its own subscriptions and publications.
 
     ``node.stats`` counts ``pubsub_published`` (messages relayed), ``pubsub_forwarded`` (deliveries
-    sent), ``pubsub_received`` (messages passed to local listeners), ``pubsub_duplicates``,
-    ``pubsub_rate_limited``, ``pubsub_too_many_streams`` and ``pubsub_stream_taken`` (publishes
-    refused for their stream), ``pubsub_inbox_full`` (messages of untracked streams dropped, see
-    :class:`Inbox`), ``pubsub_refused`` (subscriptions refused), ``pubsub_lost_subscribers``
-    (dropped after a failed delivery) and ``pubsub_rounds`` (registration rounds).
+    sent), ``pubsub_resent`` (resent PUBLISHes answered again, not forwarded again, see
+    :data:`RECENT`), ``pubsub_received`` (messages passed to local listeners),
+    ``pubsub_duplicates``, ``pubsub_rate_limited``, ``pubsub_too_many_streams`` and
+    ``pubsub_stream_taken`` (publishes refused for their stream), ``pubsub_inbox_full`` (messages
+    of untracked streams dropped, see :class:`Inbox`), ``pubsub_refused`` (subscriptions
+    refused), ``pubsub_lost_subscribers`` (dropped after a failed delivery) and
+    ``pubsub_rounds`` (registration rounds).
     """
 
     def __init__(self, node: Node) -> None:
@@ -971,12 +994,16 @@ class PubSubService:
             return Error(ErrorCode.TOO_MANY_STREAMS,
                          f"your host has {self.streams.max_per_host} streams here, the maximum "
                          "for one host")
+        if self.streams.taken(message.key, message.stream, message.seq):
+            # A resend (our PUBLISHED was lost or late): answered again, forwarded once.
+            node.stats["pubsub_resent"] += 1
+            return Published(len(self.relay.subscribers(message.key, now)))
         if not self.limiter.allow(address, now):
             node.stats["pubsub_rate_limited"] += 1
             return Error(ErrorCode.RATE_LIMITED,
                          f"more than {cfg.pubsub_rate:g} messages per second "
                          f"(bursts of {cfg.pubsub_burst}) from this sender")
-        self.streams.record(message.key, message.stream, address, now)
+        self.streams.record(message.key, message.stream, address, now, message.seq)
         node.stats["pubsub_published"] += 1
         targets = self.relay.subscribers(message.key, now)
         deliver = Deliver(message.key, message.stream, message.seq, message.value)
