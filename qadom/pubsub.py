@@ -653,8 +653,9 @@ class PubSubService:
     ``pubsub_duplicates``, ``pubsub_rate_limited``, ``pubsub_too_many_streams`` and
     ``pubsub_stream_taken`` (publishes refused for their stream), ``pubsub_inbox_full`` (messages
     of untracked streams dropped, see :class:`Inbox`), ``pubsub_refused`` (subscriptions
-    refused), ``pubsub_lost_subscribers`` (dropped after a failed delivery) and
-    ``pubsub_rounds`` (registration rounds).
+    refused), ``pubsub_lost_subscribers`` (dropped after ``pubsub_silent_deliveries``
+    DELIVERs in a row went unanswered), ``pubsub_delivery_refused`` (dropped for answering a
+    DELIVER with an ERROR) and ``pubsub_rounds`` (registration rounds).
     """
 
     def __init__(self, node: Node) -> None:
@@ -664,6 +665,9 @@ class PubSubService:
             cfg.pubsub_max_topics, cfg.pubsub_max_subscribers, cfg.pubsub_max_lease,
             max_per_host=max(1, cfg.pubsub_max_topics // HOST_SHARE),
             max_per_host_topic=max(1, cfg.pubsub_max_subscribers // HOST_SHARE))
+        # (topic, subscriber) -> DELIVERs to it unanswered in a row, for those with some; as
+        # many as the relay keeps topics, the longest silent forgotten first.
+        self._silent: dict[tuple[int, Address], int] = {}
         self.limiter: RateLimiter[Address] = RateLimiter(cfg.pubsub_rate, cfg.pubsub_burst,
                                                          cfg.pubsub_max_senders)
         self.streams = StreamTable(
@@ -1018,10 +1022,23 @@ class PubSubService:
 
     def _on_delivered(self, key: int, target: Address, envelope: Envelope | None,
                       now: float) -> None:
-        # Dead, or no longer subscribed: stop forwarding to it before its lease lapses.
-        failed = envelope is None or isinstance(envelope.message, Error)
-        if failed and self.relay.unsubscribe(key, target):
-            self.node.stats["pubsub_lost_subscribers"] += 1
+        """Stop forwarding to a subscriber before its lease lapses once it is no longer
+        subscribed (an ERROR answer) or gone (``pubsub_silent_deliveries`` DELIVERs in a row
+        unanswered)."""
+        silent, subscription, stats = self._silent, (key, target), self.node.stats
+        if envelope is None:
+            count = silent.pop(subscription, 0) + 1
+            if count < self.node.config.pubsub_silent_deliveries:
+                silent[subscription] = count  # the most recent last
+                if len(silent) > self.node.config.pubsub_max_topics:
+                    del silent[next(iter(silent))]
+                return
+            if self.relay.unsubscribe(key, target):
+                stats["pubsub_lost_subscribers"] += 1
+            return
+        silent.pop(subscription, None)
+        if isinstance(envelope.message, Error) and self.relay.unsubscribe(key, target):
+            stats["pubsub_delivery_refused"] += 1
 
     def _handle_deliver(self, message: Deliver, sender: int | None, address: Address,
                         now: float) -> Message:

@@ -264,6 +264,61 @@ def test_publishes_whose_answers_are_lost_reach_each_subscriber_once_per_relay()
     assert len(set(got)) == len(got) and len(got) >= 15  # once each; loss may cost a few
 
 
+def test_a_relay_stops_forwarding_to_a_subscriber_that_stays_silent_or_refuses() -> None:
+    """A subscriber gone without a word costs each relay ``pubsub_silent_deliveries`` DELIVERs
+    (each with its resend), then no more; one that answers ERROR (not subscribed there any
+    more) is dropped at its first."""
+    net = SimNetwork(41, config=dataclasses.replace(SIM, pubsub_lease=600.0))
+    nodes = net.add_nodes(30)
+    subscriber, publisher, other = nodes[:3]
+    topic = far_topic(nodes, [subscriber, publisher, other], SIM.k)
+    got: list[bytes] = []
+    subscribe(net, subscriber, topic, got)
+    subscribe(net, other, topic, [])
+    relays = relays_of(net, topic, subscriber)
+    net.remove(subscriber)  # gone, no UNSUBSCRIBE
+    for i in range(6):
+        publish(net, publisher, topic, b"m%d" % i)
+        net.run_for(5.0)  # every attempt of the DELIVERs timed out
+    address = net.address_of(subscriber)
+    assert all(address not in r.pubsub.relay.subscribers(topic, net.now) for r in relays)
+    assert sum(r.stats["pubsub_lost_subscribers"] for r in relays) == len(relays)
+    assert sum(r.stats["pubsub_forwarded"] for r in relays) == len(relays) * (
+        SIM.pubsub_silent_deliveries + 6)  # the silent one three times each, the other six
+    # A subscriber that answers NOT_SUBSCRIBED (it dropped the topic without telling) is
+    # dropped at once.
+    other.pubsub._topics.pop(topic)
+    before = sum(r.stats["pubsub_forwarded"] for r in relays)
+    publish(net, publisher, topic, b"after")
+    publish(net, publisher, topic, b"after 2")
+    net.run_for(5.0)
+    assert sum(r.stats["pubsub_forwarded"] for r in relays) - before == len(relays)
+    assert sum(r.stats["pubsub_delivery_refused"] for r in relays) == len(relays)
+
+
+def test_a_lossy_link_does_not_cut_a_live_subscriber_off() -> None:
+    """With 10% of datagrams lost, a DELIVER now and then goes unanswered through both its
+    attempts; the relays keep forwarding to the subscriber, which gets every message. (Relays
+    its renewal rounds under loss left out of its latest round are answered NOT_SUBSCRIBED and
+    drop it until it subscribes there again: by design.)"""
+    net = SimNetwork(43, config=SIM)
+    nodes = net.add_nodes(30)
+    subscriber, publisher = nodes[:2]
+    topic = far_topic(nodes, [subscriber, publisher], SIM.k)
+    got: list[bytes] = []
+    subscribe(net, subscriber, topic, got)
+    net.loss = 0.1
+    sent = [b"m%d" % i for i in range(150)]
+    for value in sent:
+        net.call(publisher, publisher.pubsub.publish, topic, value)
+        net.run_for(0.3)
+    net.loss = 0.0
+    net.run_for(10.0)
+    assert sorted(got) == sorted(sent)
+    assert sum(n.stats["pubsub_lost_subscribers"] for n in nodes) == 0
+    assert sum(n.stats["timeouts"] for n in nodes) > 0  # DELIVERs (and others) went unanswered
+
+
 # ============================================================================= attacks
 
 SIM = Config(k=10, pubsub_lease=3.0)
