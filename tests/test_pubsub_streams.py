@@ -243,15 +243,24 @@ def test_a_resent_publish_is_answered_again_but_forwarded_once() -> None:
     assert isinstance(reply, Error) and reply.code == ErrorCode.STREAM_TAKEN
 
 
+def subscribed(seed: int, config: Config | None = None,
+               ) -> tuple[SimNetwork, list[Node], int, list[bytes]]:
+    """30 nodes (``SIM`` by default); nodes[0] subscribed to a topic that none of nodes[:3]
+    relays; what it gets."""
+    config = config or SIM
+    net = SimNetwork(seed, config=config)
+    nodes = net.add_nodes(30)
+    topic = far_topic(nodes, nodes[:3], config.k)
+    got: list[bytes] = []
+    subscribe(net, nodes[0], topic, got)
+    return net, nodes, topic, got
+
+
 def test_publishes_whose_answers_are_lost_reach_each_subscriber_once_per_relay() -> None:
     """With a third of all datagrams lost, publishers resend; every relay forwards each message
     it took once, so subscribers see no more copies than relays."""
-    net = SimNetwork(31, config=SIM)
-    nodes = net.add_nodes(30)
-    subscriber, publisher = nodes[:2]
-    topic = far_topic(nodes, [subscriber, publisher], SIM.k)
-    got: list[bytes] = []
-    subscribe(net, subscriber, topic, got)
+    net, nodes, topic, got = subscribed(31)
+    publisher = nodes[1]
     net.loss = 0.3
     for i in range(20):
         net.call(publisher, publisher.pubsub.publish, topic, b"m%d" % i)
@@ -268,12 +277,8 @@ def test_a_relay_stops_forwarding_to_a_subscriber_that_stays_silent_or_refuses()
     """A subscriber gone without a word costs each relay ``pubsub_silent_deliveries`` DELIVERs
     (each with its resend), then no more; one that answers ERROR (not subscribed there any
     more) is dropped at its first."""
-    net = SimNetwork(41, config=dataclasses.replace(SIM, pubsub_lease=600.0))
-    nodes = net.add_nodes(30)
+    net, nodes, topic, _ = subscribed(41, dataclasses.replace(SIM, pubsub_lease=600.0))
     subscriber, publisher, other = nodes[:3]
-    topic = far_topic(nodes, [subscriber, publisher, other], SIM.k)
-    got: list[bytes] = []
-    subscribe(net, subscriber, topic, got)
     subscribe(net, other, topic, [])
     relays = relays_of(net, topic, subscriber)
     net.remove(subscriber)  # gone, no UNSUBSCRIBE
@@ -301,12 +306,8 @@ def test_a_lossy_link_does_not_cut_a_live_subscriber_off() -> None:
     attempts; the relays keep forwarding to the subscriber, which gets every message. (Relays
     its renewal rounds under loss left out of its latest round are answered NOT_SUBSCRIBED and
     drop it until it subscribes there again: by design.)"""
-    net = SimNetwork(43, config=SIM)
-    nodes = net.add_nodes(30)
-    subscriber, publisher = nodes[:2]
-    topic = far_topic(nodes, [subscriber, publisher], SIM.k)
-    got: list[bytes] = []
-    subscribe(net, subscriber, topic, got)
+    net, nodes, topic, got = subscribed(43)
+    publisher = nodes[1]
     net.loss = 0.1
     sent = [b"m%d" % i for i in range(150)]
     for value in sent:
