@@ -260,7 +260,7 @@ class Node:
     from an id other than the one asked), ``liars`` (contacts dropped for a false answer),
     ``internal_errors`` (bugs caught at the boundary; always 0 in a healthy node),
     ``storage_errors`` (maintenance steps, hand-overs or republished items the store refused, a
-    full disk; gets and searches that went on without our own copy, which could not be read),
+    full disk; reads that went on without our own copy, which could not be read),
     ``storage_unavailable`` (requests answered ERROR STORAGE_UNAVAILABLE: the store could not be
     read to answer them),
     ``rejoins`` (bootstraps through the saved contacts while the routing table was empty).

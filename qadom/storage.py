@@ -390,9 +390,10 @@ class MemoryStore:
     ``maintenance_interval``, on a store of up to ``max_store_items`` items, a million by
     default, in the event loop) costs time in proportion to what it finds, times a log factor,
     not to everything held; each write then pays O(log n) more to keep the indexes (each holds
-    one tuple per item it orders, plus bounded garbage). A smaller store scans what it holds,
-    which costs less than keeping indexes would (a node of a network of any size holds a few
-    hundred items), and answers every query exactly as the indexes would:
+    one tuple per item it orders, plus bounded garbage), and keeps them from then on. A smaller
+    store scans what it holds, which costs less than keeping indexes would (a node holds about
+    k / N of what a network of N nodes stores: a few hundred items in the benchmarks and the
+    simulator), and answers every query exactly as the indexes would:
 
     * :meth:`expire` reads time indexes by expiry (original items have no entry: they never
       expire), :meth:`due` and :meth:`due_records` time indexes by republish time (items kept
