@@ -1393,18 +1393,24 @@ class Node:
         with a fresh lifetime every ``publisher_renew_after``, items we store for others
         with what is left of theirs every ``republish_interval``. Service records follow the
         same schedule, each sent by its service. A tick sends at most ``republish_batch``, of
-        which records due get at least half when values and entries are due too."""
+        which records due get at least half when values and entries are due too. An item or
+        record whose rewrite the store refuses (StorageFull, or StorageUnavailable for a damaged
+        page) is counted (``storage_errors``) and stays due for the next tick, holding back none
+        of the others."""
         cfg = self.config
         batch = cfg.republish_batch
         items = self.store.due(now, batch)
         records = self.store.due_records(now, max(batch - len(items), batch // 2))
         for record in records:
             service = self._record_services.get(record.kind)
-            if service is not None:
-                service.republish(record, now)
-            else:  # a kind no service republishes: keep it as it is, off the schedule
-                self.store.put_record(record.kind, record.key, record.data, now,
-                                      meta=replace(record.meta, republish_at=NEVER))
+            try:
+                if service is not None:
+                    service.republish(record, now)
+                else:  # a kind no service republishes: keep it as it is, off the schedule
+                    self.store.put_record(record.kind, record.key, record.data, now,
+                                          meta=replace(record.meta, republish_at=NEVER))
+            except StorageFull:
+                self.stats["storage_errors"] += 1
         for due in items[:batch - len(records)]:
             meta = due.meta
             if meta.original:

@@ -524,9 +524,9 @@ class MemoryStore:
             entries = self._entry_republish.peek(self, now, limit)
         else:
             values = heapq.nsmallest(limit, ((m.republish_at, k) for k, (_, m)
-                                             in self._values.items() if m.republish_at <= now))
+                                             in self._values.items() if _due(m, now)))
             entries = heapq.nsmallest(limit, ((m.republish_at, k, v) for (k, v), m
-                                              in self._entries.items() if m.republish_at <= now))
+                                              in self._entries.items() if _due(m, now)))
         soonest = heapq.merge(values, entries)
         found: list[Due] = []
         # (time, key) sorts before (time, key, value): a value before the entries under its key.
@@ -548,7 +548,7 @@ class MemoryStore:
             records = self._record_republish.peek(self, now, limit)
         else:
             records = heapq.nsmallest(limit, ((m.republish_at, k, kind) for (kind, k), (_, m)
-                                              in self._records.items() if m.republish_at <= now))
+                                              in self._records.items() if _due(m, now)))
         for _, key, kind in records:
             data, meta = self._records[(kind, key)]
             found.append(DueRecord(kind, key, data, meta))
@@ -586,9 +586,9 @@ class MemoryStore:
             dead_entries = [(key, value) for _, key, value in self._entry_expiry.pop(self, now)]
             dead_records = [(kind, key) for _, key, kind in self._record_expiry.pop(self, now)]
         else:
-            dead_values = [k for k, (_, m) in self._values.items() if _expired(m, now)]
-            dead_entries = [ke for ke, m in self._entries.items() if _expired(m, now)]
-            dead_records = [kk for kk, (_, m) in self._records.items() if _expired(m, now)]
+            dead_values = [k for k, (_, m) in self._values.items() if _dead(m, now)]
+            dead_entries = [ke for ke, m in self._entries.items() if _dead(m, now)]
+            dead_records = [kk for kk, (_, m) in self._records.items() if _dead(m, now)]
         for key in dead_values:
             self._drop_value(key)
         for key, value in dead_entries:
@@ -802,6 +802,20 @@ class MemoryStore:
 
 def _expired(meta: Meta, now: float) -> bool:
     return not meta.original and meta.expires <= now
+
+
+def _dead(meta: Meta, now: float) -> bool:
+    """Whether :meth:`Store.expire` at ``now`` drops the item, as the expiry index says: never
+    one that never expires (``now`` infinite included)."""
+    expiry = _expiry(meta)
+    return expiry is not None and expiry <= now
+
+
+def _due(meta: Meta, now: float) -> bool:
+    """Whether the item is due at ``now``, as the republish index says: never one kept off the
+    schedule (``now`` infinite included)."""
+    republish_at = _republish(meta)
+    return republish_at is not None and republish_at <= now
 
 
 def _expiry(meta: Meta | None) -> float | None:

@@ -564,3 +564,25 @@ def test_a_store_builds_its_indexes_once_it_holds_index_at_items(
     assert store.held_between(0, ID_SPACE, 1000)[:len(before[1])] == before[1]
     assert store.expire(119.5) == 20 and store.stats()["values"] == 9
     check_indexes(store)
+
+
+def test_a_scanning_store_answers_an_infinite_now_as_the_indexes_do(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items that never expire (the node's identity record, a value kept with NEVER) and items
+    off the schedule are not expired nor due at any time, an infinite one included: the
+    indexes hold no entry for them, and a store still scanning agrees."""
+    answers = []
+    for index_at in (10**9, 0):  # scanning, indexed
+        monkeypatch.setattr(storage_module, "INDEX_AT", index_at)
+        store = MemoryStore()
+        assert store._indexed == (index_at == 0)
+        store.put_value(1, b"kept", Meta(NEVER))
+        store.add_entry(2, 3, Meta(NEVER))
+        store.put_record("identity", 4, b"ours", 0.0)  # no lifecycle
+        store.put_value(5, b"dies", Meta(50.0, republish_at=10.0))
+        answers.append((store.due(NEVER, 10), store.due_records(NEVER, 10),
+                        store.expire(NEVER), store.stats()))
+    assert answers[0] == answers[1]
+    due, due_records, expired, stats = answers[0]
+    assert [d.key for d in due] == [5] and due_records == [] and expired == 1
+    assert stats["values"] == stats["entries"] == stats["records"] == 1

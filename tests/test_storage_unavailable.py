@@ -324,6 +324,42 @@ def test_a_node_whose_store_cannot_be_read_answers_storage_unavailable_and_gets_
     assert store.stats()["values"] == 1  # the value stored after the damage was refused
 
 
+def test_a_record_the_store_cannot_rewrite_holds_back_no_other_republish(
+        tmp_path: Path) -> None:
+    """A damaged page under one record (its primary-key index) refuses that record's rewrite at
+    every upkeep tick; the values and entries due with it, which the store can still rewrite,
+    are republished all the same (our own value included: held back, it would expire
+    everywhere), and the record stays due for the next tick."""
+    net = SimNetwork(seed=29, config=Config(k=8))
+    (node,) = net.add_nodes(1)
+    store = SqliteStore(tmp_path / "store.sqlite3", net.config)
+    node.store = store
+    owner = SigningKey(bytes(range(32)))
+    public = bytes(owner.verify_key)
+    named = NamespaceRecord(public, 5, 0, b"named",
+                            owner.sign(signing_bytes(public, 5, 0, b"named")).signature)
+    due = Meta(expires=10 * HOUR, republish_at=30.0)
+    store.put_record(RECORD_KIND, named.storage_key, named.to_bytes(), 0.0, meta=due)
+    value = b"ours, renewed every day"
+    store.put_value(key_for(value), value, Meta(10 * HOUR, 30.0, original=True))
+    store.add_entry(7, 70, due)
+    to_disk(store)
+    damage(store, root_pages(store, "sqlite_autoindex_records_1"))
+    with pytest.raises(StorageUnavailable):
+        store.record_meta(RECORD_KIND, named.storage_key)
+    net.run_for(130.0)  # upkeep ticks at 60 s and 120 s
+    assert node.stats["internal_errors"] == 0
+    assert node.stats["republished"] == 2  # the value and the entry, at the first tick
+    mine = store.value_meta(key_for(value))
+    assert mine is not None and mine.republish_at > 20 * HOUR and mine.expires > 20 * HOUR
+    entry = store.entry_meta(7, 70)
+    assert entry is not None and entry.republish_at == 60.0 + net.config.republish_interval
+    # The record was refused at both ticks and is still due.
+    assert node.stats["storage_errors"] >= 2
+    assert [d.key for d in store.due_records(net.now, 10)] == [named.storage_key]
+    store.close()
+
+
 async def test_http_answers_a_store_that_cannot_be_read_with_503_or_the_network_never_500(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     octets = {"Content-Type": "application/octet-stream"}
