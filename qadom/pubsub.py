@@ -83,11 +83,15 @@ HOST_SHARE = 10
 (``pubsub_max_subscribers // 10``), as it may fill at most a tenth of a node's storage
 (``max_items_per_source``): a single requester cannot lock the others out."""
 
-RECENT = 16
-"""The last messages of each stream a relay remembers having forwarded, so that a resent PUBLISH
-(its PUBLISHED lost or late) is answered again without being forwarded again, nor charged to the
-sender's rate: a publisher resends each request at most ``rpc_retries`` times, within seconds,
-while its next messages leave one by one behind it."""
+RECENT = 1024
+"""How far below the highest seq it took on a stream a relay remembers which seqs it took (one
+bit each), so that a resent PUBLISH (its PUBLISHED lost or late) is answered again without being
+forwarded again, nor charged to the sender's rate. A publisher resends a request at most
+``rpc_retries`` times, within ``(1 + rpc_retries) x rpc_timeout_max`` (4 s), and sends messages
+published during one lookup together, so a resend can come after a whole burst of later ones:
+within its rate a publisher has at most ``pubsub_burst + 4 x pubsub_rate`` (600) taken
+meanwhile, at the defaults. The window is one int of at most 1024 bits (128 bytes) a stream."""
+_WINDOW = (1 << RECENT) - 1
 
 
 # ============================================================================= wire messages
@@ -342,9 +346,10 @@ class StreamTable:
         self.lifetime = lifetime
         self.max_streams = max_streams
         self.max_per_host = max_per_host
-        # (topic, stream) -> (owner, time of its last message, the last RECENT seqs taken),
-        # least recently used first: the lapsed are always at the front.
-        self._streams: OrderedDict[tuple[int, int], tuple[Address, float, list[int]]] = (
+        # (topic, stream) -> (owner, time of its last message, the highest seq taken, which of
+        # the RECENT seqs up to it were taken: bit i for highest - i), least recently used
+        # first: the lapsed are always at the front.
+        self._streams: OrderedDict[tuple[int, int], tuple[Address, float, int, int]] = (
             OrderedDict())
         self._opened: dict[tuple[int, Address], int] = {}  # kept streams per (topic, owner)
         self._by_host: dict[str, int] = {}  # kept streams per owner host, all topics
@@ -363,11 +368,14 @@ class StreamTable:
         return self.OK
 
     def taken(self, topic: int, stream: int, seq: int) -> bool:
-        """Whether message ``seq`` of a kept stream is among the last :data:`RECENT` taken: a
-        resend of a PUBLISH whose answer was lost or late (its owner never sends a seq twice
-        otherwise)."""
+        """Whether message ``seq`` of a kept stream was taken, if it is within :data:`RECENT`
+        of the highest seq taken: a resend of a PUBLISH whose answer was lost or late (its owner
+        never sends a seq twice otherwise)."""
         kept = self._streams.get((topic, stream))
-        return kept is not None and seq in kept[2]
+        if kept is None:
+            return False
+        behind = kept[2] - seq
+        return 0 <= behind < RECENT and bool(kept[3] >> behind & 1)
 
     def record(self, topic: int, stream: int, publisher: Address, now: float,
                seq: int = -1) -> None:
@@ -377,26 +385,31 @@ class StreamTable:
         kept = streams.get(key)
         if kept is not None:
             streams.move_to_end(key)
-            recent = kept[2]
+            highest, taken = kept[2], kept[3]
         else:
             if len(streams) >= self.max_streams:
-                (old_topic, _), (old_owner, _, _) = streams.popitem(last=False)
+                (old_topic, _), (old_owner, *_) = streams.popitem(last=False)
                 self._release(old_topic, old_owner)
             mine = (topic, publisher)
             self._opened[mine] = self._opened.get(mine, 0) + 1
             self._by_host[publisher[0]] = self._by_host.get(publisher[0], 0) + 1
-            recent = []
-        recent.append(seq)
-        if len(recent) > RECENT:
-            del recent[0]
-        streams[key] = (publisher, now, recent)
+            highest, taken = seq, 0
+        if seq > highest:
+            # Never shift by more than the window: a seq may jump by up to 2**64.
+            ahead = seq - highest
+            taken = (taken << ahead) & _WINDOW if ahead < RECENT else 0
+            highest = seq
+        behind = highest - seq
+        if behind < RECENT:
+            taken |= 1 << behind
+        streams[key] = (publisher, now, highest, taken)
 
     def expire(self, now: float) -> int:
         """Forget every stream silent for ``lifetime``; returns how many."""
         streams = self._streams
         forgotten = 0
         while streams:
-            key, (owner, last, _) = next(iter(streams.items()))
+            key, (owner, last, *_) = next(iter(streams.items()))
             if last + self.lifetime > now:
                 break
             del streams[key]
@@ -416,7 +429,7 @@ class StreamTable:
         """Every kept stream as ``(topic, stream, owner, last message)``, least recently used
         first (for inspection)."""
         return [(topic, stream, owner, last)
-                for (topic, stream), (owner, last, _) in self._streams.items()]
+                for (topic, stream), (owner, last, *_) in self._streams.items()]
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -475,7 +488,8 @@ class Inbox:
     gap at once (so a publisher that sends only out of order costs the others nothing).
 
     At most ``max_streams`` streams are tracked. A new stream takes the place of the least
-    recently heard one, but never of one heard within ``guard`` seconds or holding messages. With
+    recently heard one, but never of one heard within ``guard`` seconds or holding messages (a
+    stream silent for ``guard`` gives up all its gaps at :meth:`expire`, so holds none). With
     ``guard`` at least :func:`copy_window`, a copy of a message already passed on always finds
     its stream still tracked, however many other streams come in between: **no message is passed
     on twice**. While every tracked stream was heard within ``guard``, a message of an untracked
@@ -517,11 +531,13 @@ class Inbox:
             self.held_bytes += len(value)
             if stream.gap_since is None:
                 stream.gap_since = now
+            released: list[bytes] = []
             if len(stream.held) > self.max_held:
-                return self._skip(stream, now)
+                released.extend(self._skip(stream, now))
+            # Also after that skip: it may release a few bytes only, behind one gap.
             if self.held_bytes > self.max_held_bytes:
-                return self._make_room(now)
-            return []
+                released.extend(self._make_room(now))
+            return released
         stream.next_seq += 1
         stream.started = True
         out = [value]
@@ -541,19 +557,31 @@ class Inbox:
         return True
 
     def expire(self, now: float) -> list[bytes]:
-        """Give up every gap open for ``reorder_timeout``; returns what that releases."""
+        """Give up every gap open for ``reorder_timeout``, and every gap of a stream not heard
+        for ``guard``; returns what that releases.
+
+        Each gap gets its own ``reorder_timeout`` (one behind released messages is timed from
+        their release), so a stream holding many messages, each behind a gap, would hold some
+        for far longer than ``guard``, and a stream holding messages cannot be forgotten: while
+        it was the least recently heard, no new stream would find room. Once it was silent for
+        ``guard`` its gaps are all given up: each message it misses was published before one it
+        holds, so every copy of it would have come by then."""
         out: list[bytes] = []
         for stream in self._streams.values():
-            # The same sum as next_deadline(), so a timer set for that deadline always finds
+            # The same sums as next_deadline(), so a timer set for that deadline always finds
             # the gap due (``now - gap_since`` could round below the timeout).
-            while stream.gap_since is not None and stream.gap_since + self.reorder_timeout <= now:
+            silent = stream.heard + self.guard <= now
+            while stream.gap_since is not None and (
+                    silent or stream.gap_since + self.reorder_timeout <= now):
                 out.extend(self._skip(stream, now))
         return out
 
     def next_deadline(self) -> float | None:
-        """When the oldest open gap times out (None: no gap)."""
-        opened = [s.gap_since for s in self._streams.values() if s.gap_since is not None]
-        return min(opened) + self.reorder_timeout if opened else None
+        """When the oldest open gap times out, or a stream holding messages has been silent
+        for ``guard`` (None: no gap)."""
+        due = [min(s.gap_since + self.reorder_timeout, s.heard + self.guard)
+               for s in self._streams.values() if s.gap_since is not None]
+        return min(due) if due else None
 
     def _make_room(self, now: float) -> list[bytes]:
         """Give up gaps, the stream holding the most first, until ``max_held_bytes`` holds."""
@@ -613,12 +641,13 @@ class _Outbox:
     the messages waiting for the lookup of the topic's relays (non-empty exactly while a lookup
     is under way; they are numbered when they leave)."""
 
-    __slots__ = ("next_seq", "pending", "sent", "stream")
+    __slots__ = ("next_seq", "pending", "sent", "stream", "switched")
 
     def __init__(self, stream: int) -> None:
         self.stream = stream
         self.next_seq = 0
         self.sent = 0.0
+        self.switched: float | None = None  # when a STREAM_TAKEN last moved us to a new stream
         self.pending: list[tuple[bytes, Call[int]]] = []
 
     def new_stream(self, stream: int) -> None:
@@ -666,7 +695,8 @@ class PubSubService:
             max_per_host=max(1, cfg.pubsub_max_topics // HOST_SHARE),
             max_per_host_topic=max(1, cfg.pubsub_max_subscribers // HOST_SHARE))
         # (topic, subscriber) -> DELIVERs to it unanswered in a row, for those with some; as
-        # many as the relay keeps topics, the longest silent forgotten first.
+        # many as the relay keeps topics, the longest silent forgotten first. A SUBSCRIBE or
+        # UNSUBSCRIBE from the subscriber clears its count.
         self._silent: dict[tuple[int, Address], int] = {}
         self.limiter: RateLimiter[Address] = RateLimiter(cfg.pubsub_rate, cfg.pubsub_burst,
                                                          cfg.pubsub_max_senders)
@@ -890,7 +920,9 @@ class PubSubService:
         lookup of the topic is under way wait for it and go out together after it, in order, so
         concurrent publishes cannot overtake each other on their way to the relays. They go out
         on a new stream after a silence relays may have forgotten ours in, or after a relay
-        answered that it keeps ours for another address (docs/PROTOCOL.md, "New streams").
+        answered that it keeps ours for another address (at most once per
+        ``pubsub_stream_lifetime`` unless every relay answered so, so one relay answering that
+        falsely costs us that relay only; docs/PROTOCOL.md, "New streams").
         """
         check_id(key)
         self.node.check_value(value)
@@ -939,7 +971,17 @@ class PubSubService:
                     r.code == ErrorCode.STREAM_TAKEN for r in refusals):
                 # A relay keeps our stream for another address: ours changed, or someone took
                 # the id where our messages had not reached. Go on with a stream of our own.
-                outbox.new_stream(self.node.rng.getrandbits(64))
+                # Each new stream takes one of our pubsub_streams_per_publisher at every relay
+                # that accepts it, so a relay answering STREAM_TAKEN to everything (hostile or
+                # broken) could make the others refuse us: move at most once per stream
+                # lifetime, unless every relay said so (our address changed; nothing was
+                # opened anywhere under it).
+                everywhere = all(isinstance(reply, Error)
+                                 and reply.code == ErrorCode.STREAM_TAKEN for _, reply in replies)
+                if everywhere or outbox.switched is None or (
+                        now - outbox.switched >= self.node.config.pubsub_stream_lifetime):
+                    outbox.switched = now
+                    outbox.new_stream(self.node.rng.getrandbits(64))
             if not accepted and refusals:
                 call.fail(_refusal(refusals[0], "publish"))
             else:
@@ -969,11 +1011,15 @@ class PubSubService:
                          f"your host holds {self.relay.max_per_host} subscriptions here, the "
                          "maximum for one host")
         self._arm_sweep(now)
+        # Silences of an earlier subscription (left or lapsed) are not this one's; a renewal
+        # shows the subscriber is there.
+        self._silent.pop((message.key, address), None)
         return Subscribed(max(1, int(granted * 1000)))
 
     def _handle_unsubscribe(self, message: Unsubscribe, sender: int | None, address: Address,
                             now: float) -> Message:
         self.relay.unsubscribe(message.key, address)
+        self._silent.pop((message.key, address), None)
         return Unsubscribed()
 
     def _handle_publish(self, message: Publish, sender: int | None, address: Address,

@@ -24,6 +24,8 @@ from qadom.pubsub import (
     Published,
     StreamTable,
     Subscribe,
+    Subscribed,
+    Unsubscribe,
     copy_window,
 )
 from qadom.sim import SimNetwork
@@ -621,3 +623,130 @@ async def test_a_publisher_restarting_on_its_address_gets_through_each_time() ->
         # Each relay keeps the three streams of that one address (one per incarnation).
         kept = [p.node.pubsub.streams.opened_by(topic, ("127.0.0.1", port)) for p in peers]
         assert max(kept) == 3 and sum(kept) >= 3
+
+
+# ======================================================================= limits under pressure
+
+
+def test_inbox_held_bytes_bound_holds_when_a_gap_is_given_up_for_max_held() -> None:
+    """A message that both overflows its stream's ``max_held`` and brings the held bytes past
+    ``max_held_bytes`` must not leave the inbox above ``max_held_bytes``: giving up the one
+    gap of that stream may release only a few bytes."""
+    inbox = Inbox(reorder_timeout=0.5, max_held=2, max_streams=8, guard=8.0,
+                  max_held_bytes=100)
+    assert inbox.accept(1, 1, bytes(90), 0.0) == []  # 90 bytes behind stream 1's gap
+    assert inbox.accept(2, 2, b"a", 0.0) == []
+    assert inbox.accept(2, 4, b"b", 0.0) == []
+    released = inbox.accept(2, 6, bytes(20), 0.0)  # stream 2 holds three: one gap given up
+    assert inbox.held_bytes <= 100, inbox.held_bytes
+    assert released[:1] == [b"a"] and bytes(90) in released
+    assert inbox.held_bytes == sum(s.held_bytes for s in inbox._streams.values())
+
+
+def test_inbox_a_long_silent_stream_holding_messages_does_not_keep_new_streams_out() -> None:
+    """Every gap behind a stream's held messages gets its own ``reorder_timeout``, so a stream
+    holding many messages, each behind its own gap, would hold some for far longer than the
+    guard, and a stream holding messages is never forgotten. Once every tracked stream was heard
+    longer than the guard ago, a new stream must still find room (the inbox drops only while
+    every tracked stream was heard within the guard): a stream silent for the guard gives up
+    its gaps (their missing messages, published before the held ones, would have come by then)."""
+    inbox = Inbox(reorder_timeout=0.5, max_held=256, max_streams=2, guard=8.0,
+                  max_held_bytes=1 << 20)
+    for seq in range(2, 42, 2):  # twenty messages, each behind a gap of its own
+        assert inbox.accept(1, seq, b"%d" % seq, 0.0) == []
+    assert inbox.accept(2, 0, b"y", 0.0) == [b"y"]
+    released: list[bytes] = []
+    while (deadline := inbox.next_deadline()) is not None:  # as the gap timer runs it
+        assert deadline <= 8.0
+        released += inbox.expire(deadline)
+    assert released == [b"%d" % seq for seq in range(2, 42, 2)]  # in order, once
+    assert inbox.held_bytes == 0
+    assert inbox.accept(3, 0, b"new", 8.5) == [b"new"] and inbox.overflowed == 0
+
+
+def test_a_subscription_gives_up_a_silent_streams_gaps_within_the_copy_window() -> None:
+    net = SimNetwork(seed=5, config=SIM)
+    nodes = net.add_nodes(12)
+    got: list[bytes] = []
+    subscribe(net, nodes[0], 78, got)
+    service = nodes[0].pubsub
+    topic = service._topics[78]
+    for seq in range(2, 82, 2):  # forty messages behind forty gaps: 20 s of reorder timeouts
+        service._receive(topic, 9, seq, b"%d" % seq, net.now)
+    net.run_for(copy_window(SIM) + 0.1)
+    assert got == [b"%d" % seq for seq in range(2, 82, 2)]
+    assert topic.inbox.held_bytes == 0
+
+
+def test_a_subscriber_back_after_leaving_starts_with_no_silent_deliveries() -> None:
+    """The count of DELIVERs a subscriber left unanswered in a row belongs to its subscription:
+    one that unsubscribed (or whose lease lapsed) and subscribes again must not be dropped at
+    its first unanswered DELIVER for the silences of the subscription before."""
+    relay = Node(config=Config())
+    service = relay.pubsub
+    subscriber = ("10.0.9.9", 4000)
+    assert isinstance(service._handle_subscribe(Subscribe(5, 60_000), None, subscriber, 0.0),
+                      Subscribed)
+    for _ in range(Config().pubsub_silent_deliveries - 1):
+        service._on_delivered(5, subscriber, None, 1.0)  # unanswered, short of the limit
+    assert service.relay.subscribers(5, 1.0) == [subscriber]
+    service._handle_unsubscribe(Unsubscribe(5), None, subscriber, 2.0)
+    assert isinstance(service._handle_subscribe(Subscribe(5, 60_000), None, subscriber, 3.0),
+                      Subscribed)
+    service._on_delivered(5, subscriber, None, 4.0)  # one unlucky DELIVER of the new one
+    assert service.relay.subscribers(5, 4.0) == [subscriber]
+    # Nor does a lapsed lease leave its count behind.
+    service._on_delivered(5, subscriber, None, 5.0)
+    assert service.relay.expire(70.0) == 1
+    assert isinstance(service._handle_subscribe(Subscribe(5, 60_000), None, subscriber, 70.0),
+                      Subscribed)
+    service._on_delivered(5, subscriber, None, 71.0)
+    assert service.relay.subscribers(5, 71.0) == [subscriber]
+
+
+def test_one_relay_answering_stream_taken_cannot_cut_a_publisher_off_the_others() -> None:
+    """A relay that answers STREAM_TAKEN to every PUBLISH (hostile, or broken) must cost the
+    publisher that relay only. Moving to a new stream at every such answer would open a stream
+    per message at every honest relay, and after ``pubsub_streams_per_publisher`` of them all
+    the honest relays would refuse the publisher (TOO_MANY_STREAMS) for a stream lifetime."""
+    net, nodes, topic, got = subscribed(51)
+    publisher = nodes[1]
+    relays = relays_of(net, topic, nodes[0])
+    liar = relays[0]
+
+    def taken(message: Publish, sender: int | None, address: Address, now: float) -> Message:
+        return Error(ErrorCode.STREAM_TAKEN, "this stream belongs to another address here")
+
+    liar.register_handler(Publish, taken)
+    sent = [b"m%d" % i for i in range(8)]
+    for value in sent:
+        assert publish(net, publisher, topic, value) == SIM.k - 1
+        net.run_for(1.0)
+    net.run_for(2.0)
+    assert got == sent
+    assert sum(n.stats["pubsub_too_many_streams"] for n in nodes) == 0
+
+
+def test_a_burst_of_publishes_resent_is_forwarded_once() -> None:
+    """A publisher sends a batch at once (those published during one lookup leave together,
+    up to its burst); a PUBLISH of the batch resent because its answer was lost comes back after
+    the rest of the batch was taken. It is still a resend: answered again, neither forwarded nor
+    charged again."""
+    config = Config(pubsub_burst=200, pubsub_rate=0.001)
+    relay = Node(config=config)
+    relay.pubsub._handle_subscribe(Subscribe(5, 60_000), None, ("10.0.9.9", 4000), 0.0)
+    drain(relay)
+    for seq in range(100):  # one batch
+        assert relay.pubsub._handle_publish(Publish(5, 7, seq, b"m"), None, P, 1.0) == (
+            Published(1))
+    assert sum(isinstance(m, Deliver) for m in drain(relay)) == 100
+    for seq in (0, 1, 50):  # their answers were lost: resent a moment later
+        assert relay.pubsub._handle_publish(Publish(5, 7, seq, b"m"), None, P, 2.0) == (
+            Published(1))
+    assert drain(relay) == []
+    assert relay.stats["pubsub_resent"] == 3 and relay.stats["pubsub_published"] == 100
+    # A publisher jumping far ahead on its own stream costs the relay nothing more to remember.
+    assert relay.pubsub._handle_publish(Publish(5, 7, 2**64 - 1, b"m"), None, P, 3.0) == (
+        Published(1))
+    assert relay.pubsub.streams.taken(5, 7, 2**64 - 1)
+    assert not relay.pubsub.streams.taken(5, 7, 99)
