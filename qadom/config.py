@@ -338,8 +338,9 @@ class Config:
     """How long a relay keeps a stream after its last message. While kept, the stream belongs to
     the address that opened it (a PUBLISH on it from another address is refused with
     STREAM_TAKEN) and counts against that address's ``pubsub_streams_per_publisher``. A minute is
-    far longer than the copies of one message take to arrive (8 s at the defaults; it must exceed
-    one and a half times that, or a slot could serve two streams a subscriber still guards), short
+    far longer than the copies of one message take to arrive (8 s at the defaults; it must be at
+    least one and a half times that, or a slot could serve two streams a subscriber still guards; a
+    Config that breaks this is refused), short
     enough that a publisher that restarted more often than that is refused only briefly. A
     publisher silent on a topic for nearly this long starts a new stream."""
 
@@ -439,3 +440,9 @@ class Config:
                 self.pubsub_max_publishers, self.pubsub_queue_size,
                 self.pubsub_streams_per_publisher, self.pubsub_max_streams) < 1:
             raise InvalidArgument("pubsub times and rates must be positive, its bounds at least 1")
+        # The copy window of qadom.pubsub.copy_window: two hops, each tried 1 + rpc_retries times.
+        copy_window = 2 * (1 + self.rpc_retries) * self.rpc_timeout_max
+        if self.pubsub_stream_lifetime < 1.5 * copy_window:
+            raise InvalidArgument(
+                f"pubsub_stream_lifetime must be at least 1.5 x the copy window of a message, "
+                f"2 x (1 + rpc_retries) x rpc_timeout_max = {copy_window:g} s")

@@ -173,6 +173,12 @@ def test_each_subscription_holds_at_most_pubsub_reorder_bytes() -> None:
 def test_copy_window_covers_both_hops_and_their_resends() -> None:
     assert copy_window(Config()) == 8.0  # 2 hops x 2 attempts x 2 s
     assert copy_window(Config(rpc_retries=2, rpc_timeout_max=3.0)) == 18.0
+    # A relay must keep a stream for at least 1.5 copy windows after its last message.
+    assert Config(rpc_timeout_max=10.0).pubsub_stream_lifetime == 60.0  # 1.5 x 40: allowed
+    with pytest.raises(InvalidArgument, match="pubsub_stream_lifetime"):
+        Config(rpc_timeout_max=10.5)
+    with pytest.raises(InvalidArgument, match="pubsub_stream_lifetime"):
+        Config(pubsub_stream_lifetime=11.9)
     # A relay keeps a stream far longer than a subscriber waits for copies of its messages.
     assert Config().pubsub_stream_lifetime >= 2 * copy_window(Config())
 
