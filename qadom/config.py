@@ -338,16 +338,16 @@ class Config:
     """How long a relay keeps a stream after its last message. While kept, the stream belongs to
     the address that opened it (a PUBLISH on it from another address is refused with
     STREAM_TAKEN) and counts against that address's ``pubsub_streams_per_publisher``. A minute is
-    far longer than the copies of one message take to arrive (8 s at the defaults; it must be at
-    least one and a half times that, or a slot could serve two streams a subscriber still guards; a
-    Config that breaks this is refused), short
-    enough that a publisher that restarted more often than that is refused only briefly. A
-    publisher silent on a topic for nearly this long starts a new stream."""
+    far longer than the copies of one message take to arrive (:attr:`pubsub_copy_window`, 8 s at
+    the defaults; it must be at least one and a half times that, or a slot could serve two streams
+    a subscriber still guards, and a Config that breaks this is refused), short enough that a
+    publisher that restarted more often than that is refused only briefly. A publisher silent on
+    a topic for nearly this long starts a new stream."""
 
     pubsub_max_streams: int = 10_000
     """Live streams one relay keeps in all topics (one host, all its ports together, at most a
-    tenth); past this the least recently used is forgotten. About 200 bytes each, 2 MB in all;
-    as many as the senders whose rate it tracks."""
+    tenth); past this the least recently used is forgotten. About 500 bytes each (with the
+    1 024-bit window of seqs taken), 5 MB in all; as many as the senders whose rate it tracks."""
 
     pubsub_reorder_timeout: float = 0.5
     """How long a subscriber holds messages behind a gap in one publisher's sequence, waiting for
@@ -376,6 +376,18 @@ class Config:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def pubsub_copy_window(self) -> float:
+        """How far apart two copies of one published message can reach a subscriber, at most.
+
+        Each copy crosses two hops, publisher to relay (PUBLISH) and relay to subscriber
+        (DELIVER). Each hop is tried at most ``1 + rpc_retries`` times, a resend going out at most
+        ``rpc_timeout_max`` after the attempt before it, so with datagrams in transit for less
+        than ``rpc_timeout_max`` (the longest any request waits for its answer) a hop ends within
+        ``(1 + rpc_retries) x rpc_timeout_max``, and every copy arrives within twice that of the
+        publish: 8 s at the defaults."""
+        return 2 * (1 + self.rpc_retries) * self.rpc_timeout_max
 
     @property
     def publisher_renew_after(self) -> float:
@@ -440,9 +452,7 @@ class Config:
                 self.pubsub_max_publishers, self.pubsub_queue_size,
                 self.pubsub_streams_per_publisher, self.pubsub_max_streams) < 1:
             raise InvalidArgument("pubsub times and rates must be positive, its bounds at least 1")
-        # The copy window of qadom.pubsub.copy_window: two hops, each tried 1 + rpc_retries times.
-        copy_window = 2 * (1 + self.rpc_retries) * self.rpc_timeout_max
-        if self.pubsub_stream_lifetime < 1.5 * copy_window:
+        if self.pubsub_stream_lifetime < 1.5 * self.pubsub_copy_window:
             raise InvalidArgument(
                 f"pubsub_stream_lifetime must be at least 1.5 x the copy window of a message, "
-                f"2 x (1 + rpc_retries) x rpc_timeout_max = {copy_window:g} s")
+                f"2 x (1 + rpc_retries) x rpc_timeout_max = {self.pubsub_copy_window:g} s")

@@ -463,15 +463,9 @@ class _Stream:
 
 
 def copy_window(config: Config) -> float:
-    """How far apart two copies of one published message can reach a subscriber, at most.
-
-    Each copy crosses two hops, publisher to relay (PUBLISH) and relay to subscriber (DELIVER).
-    Each hop is tried at most ``1 + rpc_retries`` times, a resend going out at most
-    ``rpc_timeout_max`` after the attempt before it, so with datagrams in transit for less than
-    ``rpc_timeout_max`` (the longest any request waits for its answer) a hop ends within
-    ``(1 + rpc_retries) x rpc_timeout_max``, and every copy arrives within twice that of the
-    publish: 8 s at the defaults."""
-    return 2 * (1 + config.rpc_retries) * config.rpc_timeout_max
+    """How far apart two copies of one published message can reach a subscriber, at most (see
+    :attr:`~qadom.config.Config.pubsub_copy_window`)."""
+    return config.pubsub_copy_window
 
 
 class Inbox:
