@@ -251,13 +251,13 @@ def test_a_resent_publish_is_answered_again_but_forwarded_once() -> None:
     assert isinstance(reply, Error) and reply.code == ErrorCode.STREAM_TAKEN
 
 
-def subscribed(seed: int, config: Config | None = None,
+def subscribed(seed: int, config: Config | None = None, *, size: int = 30, trace: bool = False,
                ) -> tuple[SimNetwork, list[Node], int, list[bytes]]:
-    """30 nodes (``SIM`` by default); nodes[0] subscribed to a topic that none of nodes[:3]
-    relays; what it gets."""
+    """``size`` nodes (``SIM`` by default); nodes[0] subscribed to a topic that none of
+    nodes[:3] relays; what it gets."""
     config = config or SIM
-    net = SimNetwork(seed, config=config)
-    nodes = net.add_nodes(30)
+    net = SimNetwork(seed, config=config, trace=trace)
+    nodes = net.add_nodes(size)
     topic = far_topic(nodes, nodes[:3], config.k)
     got: list[bytes] = []
     subscribe(net, nodes[0], topic, got)
@@ -492,12 +492,8 @@ def test_a_publisher_silent_longer_than_relays_keep_its_stream_starts_a_new_one(
     """Once relays have forgotten a stream, any address may open one with its id. The honest
     publisher, silent that long, goes on with a new stream, so what the attacker publishes
     under the old id takes the place of none of its messages."""
-    net = SimNetwork(23, config=SIM, trace=True)
-    nodes = net.add_nodes(40)
+    net, nodes, topic, got = subscribed(23, size=40, trace=True)
     subscriber, publisher, attacker = nodes[:3]
-    topic = far_topic(nodes, [subscriber, publisher, attacker], SIM.k)
-    got: list[bytes] = []
-    subscribe(net, subscriber, topic, got)
     subscribe(net, attacker, topic, [])
     relays = relays_of(net, topic, subscriber)
     for i in range(2):
@@ -517,12 +513,8 @@ def test_a_publisher_refused_its_stream_by_a_new_relay_goes_on_with_a_new_one() 
     """A relay that became one of the k closest after the stream's last message there has not
     seen it, and the first address to publish on it there opens it. The publisher, refused
     there, moves to a new stream: its later messages get through every relay."""
-    net = SimNetwork(24, config=SIM, trace=True)
-    nodes = net.add_nodes(40)
+    net, nodes, topic, got = subscribed(24, size=40, trace=True)
     subscriber, publisher, attacker = nodes[:3]
-    topic = far_topic(nodes, [subscriber, publisher, attacker], SIM.k)
-    got: list[bytes] = []
-    subscribe(net, subscriber, topic, got)
     subscribe(net, attacker, topic, [])
     assert publish(net, publisher, topic, b"honest 0") == SIM.k
     newcomer = net.add_node(node_id=topic ^ 1)  # the closest peer to the topic from now on
