@@ -20,8 +20,9 @@ and drops"): a relay keeps each stream it forwards (:class:`StreamTable`) until
 ``pubsub_stream_lifetime`` after its last message. While kept, the stream belongs to the address
 that opened it, and one address has at most ``pubsub_streams_per_publisher`` kept streams per
 topic; a PUBLISH beyond either rule is refused (``STREAM_TAKEN``, ``TOO_MANY_STREAMS``).
-A subscriber's inbox never forgets a stream heard within :func:`copy_window`, the longest two
-copies of one message can arrive apart. Together, through honest relays, this guarantees: **one
+A subscriber's inbox never forgets a stream heard within the copy window
+(:attr:`~qadom.config.Config.pubsub_copy_window`), the longest two copies of one message can
+arrive apart. Together, through honest relays, this guarantees: **one
 publisher address, whatever stream ids it uses, cannot make a subscriber deliver another
 publisher's message twice, nor drop it.** Not twice: a late copy always finds its stream still
 tracked, however many streams came in between. Not dropped: a subscriber drops only messages of
@@ -70,7 +71,6 @@ from .messages import Envelope, Error, ErrorCode, Kind, Message, register
 from .ratelimit import RateLimiter
 
 if TYPE_CHECKING:
-    from .config import Config
     from .node import Node
 
 log = logging.getLogger("qadom")
@@ -462,12 +462,6 @@ class _Stream:
         self.heard = now  # when the last copy of any of its messages came
 
 
-def copy_window(config: Config) -> float:
-    """How far apart two copies of one published message can reach a subscriber, at most (see
-    :attr:`~qadom.config.Config.pubsub_copy_window`)."""
-    return config.pubsub_copy_window
-
-
 class Inbox:
     """A subscriber's duplicate suppression and per-publisher ordering.
 
@@ -481,14 +475,14 @@ class Inbox:
     together never exceed ``max_held_bytes``: past it, the stream holding the most gives up its
     gap at once (so a publisher that sends only out of order costs the others nothing).
 
-    At most ``max_streams`` streams are tracked. A new stream takes the place of the least
-    recently heard one, but never of one heard within ``guard`` seconds or holding messages (a
-    stream silent for ``guard`` gives up all its gaps at :meth:`expire`, so holds none). With
-    ``guard`` at least :func:`copy_window`, a copy of a message already passed on always finds
-    its stream still tracked, however many other streams come in between: **no message is passed
-    on twice**. While every tracked stream was heard within ``guard``, a message of an untracked
-    stream is dropped instead (counted in ``overflowed``); nothing of it was passed on, so a later
-    copy, once there is room, is passed on once.
+    At most ``max_streams`` streams are tracked. A new stream takes the place of the least recently
+    heard one, but never of one heard within ``guard`` seconds or holding messages (a stream silent
+    for ``guard`` gives up all its gaps at :meth:`expire`, so holds none). With ``guard`` at least
+    the copy window (:attr:`~qadom.config.Config.pubsub_copy_window`), a copy of a message already
+    passed on always finds its stream still tracked, however many other streams come in between:
+    **no message is passed on twice**. While every tracked stream was heard within ``guard``, a
+    message of an untracked stream is dropped instead (counted in ``overflowed``); nothing of it was
+    passed on, so a later copy, once there is room, is passed on once.
     """
 
     def __init__(self, reorder_timeout: float, max_held: int, max_streams: int, *,
@@ -706,7 +700,7 @@ class PubSubService:
         # them: they keep it pubsub_stream_lifetime after the last message they accepted, which
         # we sent before, and a PUBLISH arrives within one hop, half the copy window. The next
         # message then opens a new stream.
-        self._stream_idle = cfg.pubsub_stream_lifetime - min(copy_window(cfg) / 2,
+        self._stream_idle = cfg.pubsub_stream_lifetime - min(cfg.pubsub_copy_window / 2,
                                                              cfg.pubsub_stream_lifetime / 2)
         self._sweep_armed = False
         node.register_handler(Subscribe, self._handle_subscribe)
@@ -741,7 +735,7 @@ class PubSubService:
             cfg = self.node.config
             topic = self._topics[key] = _Topic(key, Inbox(
                 cfg.pubsub_reorder_timeout, cfg.pubsub_reorder_buffer, cfg.pubsub_max_publishers,
-                guard=copy_window(cfg), max_held_bytes=cfg.pubsub_reorder_bytes))
+                guard=cfg.pubsub_copy_window, max_held_bytes=cfg.pubsub_reorder_bytes))
             topic.listeners.append(listener)
             topic.waiting.append(call)
             self._register(topic, now)

@@ -26,7 +26,6 @@ from qadom.pubsub import (
     Subscribe,
     Subscribed,
     Unsubscribe,
-    copy_window,
 )
 from qadom.sim import SimNetwork
 
@@ -171,8 +170,8 @@ def test_each_subscription_holds_at_most_pubsub_reorder_bytes() -> None:
 
 
 def test_copy_window_covers_both_hops_and_their_resends() -> None:
-    assert copy_window(Config()) == 8.0  # 2 hops x 2 attempts x 2 s
-    assert copy_window(Config(rpc_retries=2, rpc_timeout_max=3.0)) == 18.0
+    assert Config().pubsub_copy_window == 8.0  # 2 hops x 2 attempts x 2 s
+    assert Config(rpc_retries=2, rpc_timeout_max=3.0).pubsub_copy_window == 18.0
     # A relay must keep a stream for at least 1.5 copy windows after its last message.
     assert Config(rpc_timeout_max=10.0).pubsub_stream_lifetime == 60.0  # 1.5 x 40: allowed
     with pytest.raises(InvalidArgument, match="pubsub_stream_lifetime"):
@@ -180,7 +179,7 @@ def test_copy_window_covers_both_hops_and_their_resends() -> None:
     with pytest.raises(InvalidArgument, match="pubsub_stream_lifetime"):
         Config(pubsub_stream_lifetime=11.9)
     # A relay keeps a stream far longer than a subscriber waits for copies of its messages.
-    assert Config().pubsub_stream_lifetime >= 2 * copy_window(Config())
+    assert Config().pubsub_stream_lifetime >= 2 * Config().pubsub_copy_window
 
 
 # ============================================================================= one relay
@@ -671,7 +670,7 @@ def test_a_subscription_gives_up_a_silent_streams_gaps_within_the_copy_window() 
     topic = service._topics[78]
     for seq in range(2, 82, 2):  # forty messages behind forty gaps: 20 s of reorder timeouts
         service._receive(topic, 9, seq, b"%d" % seq, net.now)
-    net.run_for(copy_window(SIM) + 0.1)
+    net.run_for(SIM.pubsub_copy_window + 0.1)
     assert got == [b"%d" % seq for seq in range(2, 82, 2)]
     assert topic.inbox.held_bytes == 0
 
