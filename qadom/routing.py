@@ -1,4 +1,4 @@
-"""The k-bucket routing table (Kademlia paper, sections 2.2, 2.4 and 4.2).
+"""The k-bucket routing table (Kademlia paper, sections 2.2, 2.4 and 4.1).
 
 The table is a list of buckets that partition the id space into contiguous ranges ``[lo, hi)``; it
 starts as one bucket covering everything. Each bucket holds at most ``k`` contacts in
@@ -11,7 +11,9 @@ Invariants (checked by :meth:`RoutingTable.check_invariants` in the tests):
 * every range has a power-of-two width and is aligned to it (it is a subtree of the id trie);
 * a contact sits in the one bucket whose range holds its id, at most once in the whole table, and
   never has our own id;
-* no bucket holds more than ``k`` contacts, nor more than ``replacement_cache_size`` replacements.
+* no bucket holds more than ``k`` contacts, nor more than ``replacement_cache_size`` replacements,
+  and only a full bucket keeps replacements (a free slot, after a removal or a split, takes the
+  newest one the diversity limits allow).
 
 Only contacts that have *answered us from their address* may be passed to :meth:`seen`; the table
 does not check that, the caller (:mod:`qadom.node`) does. When a bucket is full, :meth:`seen` splits
@@ -267,14 +269,19 @@ class RoutingTable:
         bucket.failures.pop(node_id, None)
         if bucket.pinging == node_id:
             bucket.pinging = None
-        while bucket.replacements:  # the newest replacement the diversity limits allow
+        self._promote(bucket)
+
+    # ------------------------------------------------------------------ internals
+
+    def _promote(self, bucket: Bucket) -> None:
+        """Fill ``bucket``'s free slots from its replacement cache, newest first, with those the
+        diversity limits allow (section 4.1): a bucket with room keeps nobody waiting."""
+        while bucket.replacements and len(bucket.contacts) < self.k:
             _, newest = bucket.replacements.popitem(last=True)
             if self._diverse(bucket, newest.address[0]):
                 self._put(bucket, newest)
-                return
-            self.prefix_refused += 1
-
-    # ------------------------------------------------------------------ internals
+            else:
+                self.prefix_refused += 1
 
     def _put(self, bucket: Bucket, contact: Contact) -> None:
         """Add ``contact`` (known to be allowed) to ``bucket``, which has room."""
@@ -312,7 +319,7 @@ class RoutingTable:
             return False
         if bucket.covers(self.own_id):
             return True
-        # Relaxed splitting (section 4.2): keep every contact of the subtree that holds our k
+        # Relaxed splitting (section 2.4): keep every contact of the subtree that holds our k
         # closest neighbours, so the table knows our own neighbourhood exactly. Split only if
         # fewer than k contacts are closer to us than the newcomer. As in closest(), each
         # bucket's distances from our id fill one block and blocks never overlap, so every
@@ -346,6 +353,10 @@ class RoutingTable:
         index = self.buckets.index(bucket)
         self.buckets[index:index + 1] = [low, high]
         self._los[index:index + 1] = [low.lo, high.lo]
+        # A bucket full enough to keep replacements may split later (relaxed splitting): the
+        # halves now have room, which the contacts waiting for it take.
+        self._promote(low)
+        self._promote(high)
 
     def check_invariants(self) -> None:
         """Raise AssertionError if any invariant in the module docstring is broken."""
@@ -365,6 +376,8 @@ class RoutingTable:
                 seen_ids.add(node_id)
             for node_id in bucket.replacements:
                 assert bucket.covers(node_id) and node_id not in bucket.contacts
+            assert not bucket.replacements or len(bucket.contacts) == self.k, (
+                "a bucket with room keeps no replacements")
             total += len(bucket.contacts)
             expected_lo = bucket.hi
             if self.max_bucket_per_prefix:

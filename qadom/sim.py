@@ -228,7 +228,7 @@ class SimNetwork:
         What it does: it creates ``count`` nodes (their creation order is their age) and shows
         each node's real :class:`~qadom.routing.RoutingTable` contacts drawn from the true
         membership, passing each to the real :meth:`~qadom.routing.RoutingTable.seen`, so bucket
-        splitting (including the relaxed rule of section 4.2), bucket capacity and the
+        splitting (including the relaxed rule of section 2.4), bucket capacity and the
         replacement cache behave exactly as in a running node. Ranges of ids at each XOR prefix
         distance are shown nearest first. From a range where the node's bucket may still split
         (fewer than ``k`` nodes are closer) or that has at most ``k + replacement_cache_size``

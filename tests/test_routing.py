@@ -7,9 +7,11 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qadom import Config
 from qadom.contact import Contact
 from qadom.ids import ID_SPACE
 from qadom.routing import RoutingTable
+from qadom.sim import SimNetwork
 
 
 def contact(node_id: int, port: int = 1) -> Contact:
@@ -111,7 +113,7 @@ def test_known_id_at_new_address_is_ignored() -> None:
 
 
 def test_table_knows_its_k_closest_exactly() -> None:
-    """Relaxed splitting (section 4.2): all of our k nearest neighbours are kept."""
+    """Relaxed splitting (section 2.4): all of our k nearest neighbours are kept."""
     rng = random.Random(5)
     own = rng.getrandbits(256)
     others = [rng.getrandbits(256) for _ in range(3000)]
@@ -252,3 +254,34 @@ def test_a_replacement_over_the_limit_is_not_promoted() -> None:
     assert ID_SPACE - 4 not in table and table.prefix_refused == 1
     assert table.has_room_for(ID_SPACE - 5) and not table.has_room_for(ID_SPACE - 5, "5.6.7.9")
     table.check_invariants()
+
+
+def test_a_split_fills_the_room_it_makes_from_the_replacement_cache() -> None:
+    """A full bucket that does not cover our id holds its newcomers as replacements; when it is
+    split later (relaxed splitting), a half with room takes them in at once (section 4.1: the
+    replacement cache is there to fill free slots), instead of running short of contacts while
+    verified ones wait."""
+    half = 1 << 255
+    table = RoutingTable(0, k=2, replacement_cache_size=2)
+    a, b, c, d = (contact(half + i) for i in (1, 2, 3, 0))
+    table.seen(a)
+    table.seen(b)
+    to_ping = table.seen(c)  # the top half is full and not ours: c waits
+    assert to_ping == a and c.id not in table
+    table.seen(a)  # a answered the ping: it stays, c still waits
+    # d is closer to us than a and b: the top half splits down to [half, half + 2) for it,
+    # which leaves [half + 2, half + 4) with b and a free slot.
+    table.seen(d)
+    table.check_invariants()
+    assert d.id in table and b.id in table
+    assert c.id in table
+    assert not table.bucket_for(c.id).replacements
+
+
+def test_no_bucket_with_room_keeps_contacts_waiting() -> None:
+    """Filling a table through seen() from a whole network (the simulator's fast build) never
+    leaves verified contacts in a replacement cache while their bucket has room."""
+    net = SimNetwork(seed=6, config=Config(k=8))
+    for node in net.build(300):
+        for bucket in node.table.buckets:
+            assert len(bucket) == node.config.k or not bucket.replacements
