@@ -299,7 +299,7 @@ class Node:
         self._pending: dict[int, _Request] = {}
         self._dead: dict[Address, float] = {}
         self._failures: dict[Address, int] = {}  # failed requests in a row, below the backoff
-        self._banned: dict[Address | int, float] = {}  # liars, by address and by id
+        self._banned: dict[Address, float] = {}  # the addresses of liars
         # Address-proof tokens (docs/PROTOCOL.md, "Amplification"): secrets we mint ours with
         # (the previous one stays valid for one more rotation), and tokens peers granted us.
         self._secret = self.rng.randbytes(32)
@@ -963,18 +963,22 @@ class Node:
         self._dead[address] = now + self.config.dead_backoff
 
     def punish(self, contact: Contact, now: float) -> None:
-        """``contact`` gave a false answer: drop it, and neither ask it nor let it back into the
-        routing table (by id or by address) for ``liar_backoff`` seconds."""
+        """``contact`` gave a false answer: drop the contacts our table holds at its address, and
+        for ``liar_backoff`` seconds neither ask that address nor let anything answering from it
+        into the table. The address is what lied (the answer came from it); the id it answered
+        with is not banned, nor a contact of that id elsewhere dropped: ids are not bound to
+        addresses, and a liar could otherwise claim any honest contact's id and have it
+        evicted and shut out."""
         self.stats["liars"] += 1
-        self.table.remove(contact.id)
+        address = contact.address
+        for liar in [c for c in self.table if c.address == address]:
+            self.table.remove(liar.id)
         until = now + self.config.liar_backoff
-        self._banned[contact.address] = until
-        self._banned[contact.id] = until
-        self._dead[contact.address] = max(self._dead.get(contact.address, 0.0), until)
+        self._banned[address] = until
+        self._dead[address] = max(self._dead.get(address, 0.0), until)
 
     def _is_banned(self, contact: Contact, now: float) -> bool:
-        return (self._banned.get(contact.address, 0.0) > now
-                or self._banned.get(contact.id, 0.0) > now)
+        return self._banned.get(contact.address, 0.0) > now
 
     def _sample_rtt(self, sample: float) -> None:
         if self._srtt is None:
@@ -1022,7 +1026,7 @@ class Node:
         try:
             old = self.store.value_meta(key)
         except StorageUnavailable as exc:  # refused as a write the store cannot make
-            return Error(ErrorCode.STORAGE_FULL, str(exc))
+            return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         meta = self._received_meta(old, message.ttl, message.cache, address, now)
         if meta is None:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
@@ -1031,7 +1035,7 @@ class Node:
         try:
             self.store.put_value(key, message.value, meta)
         except StorageFull as exc:
-            return Error(ErrorCode.STORAGE_FULL, str(exc))
+            return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         return Stored()
 
     def _handle_find_node_store(self, message: FindNodeStore, sender: int | None,
@@ -1054,7 +1058,7 @@ class Node:
         try:
             old = self.store.entry_meta(message.key, message.value)
         except StorageUnavailable as exc:  # refused as a write the store cannot make
-            return Error(ErrorCode.STORAGE_FULL, str(exc))
+            return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         meta = self._received_meta(old, message.ttl, False, address, now)
         if meta is None:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
@@ -1063,7 +1067,7 @@ class Node:
         try:
             self.store.add_entry(message.key, message.value, meta)
         except StorageFull as exc:
-            return Error(ErrorCode.STORAGE_FULL, str(exc))
+            return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         return Stored()
 
     def _received_meta(self, old: Meta | None, ttl: int, cache: bool, address: Address,
@@ -1181,7 +1185,7 @@ class Node:
         banned = self._banned
 
         def skip(c: Contact) -> bool:
-            return dead.get(c.address, 0.0) > now or banned.get(c.id, 0.0) > now
+            return dead.get(c.address, 0.0) > now or banned.get(c.address, 0.0) > now
 
         likely: Callable[[Contact], bool] | None = None
         nearest = None

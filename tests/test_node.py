@@ -13,7 +13,7 @@ from qadom.contact import Address, Contact
 from qadom.errors import InvalidArgument, InvalidType, OperationTimeout, ValueTooLarge
 from qadom.events import LookupEvent, LookupFinished, LookupReply, LookupRequest, LookupStarted
 from qadom.ids import key_for
-from qadom.messages import Envelope, FindValue, Nodes, Ping, Pong, Value
+from qadom.messages import Envelope, Error, ErrorCode, FindValue, Nodes, Ping, Pong, Value
 from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import Meta
@@ -187,6 +187,58 @@ def test_get_refuses_a_wrong_value_and_drops_the_liar() -> None:
     net.run_for(CONFIG.liar_backoff)
     net.run_call(net.call(reader, reader.ping, net.address_of(liar)))
     assert liar.id in reader.table
+
+
+def test_a_liar_claiming_an_honest_id_is_banned_by_its_address_alone() -> None:
+    """A liar names an honest contact's id at its own address, then answers as that id with a
+    false value. The address that lied is banned and what our table holds there dropped; the
+    honest contact of that id, at its own address, keeps its place and is asked next time."""
+    config = replace(CONFIG, k=2, alpha=1)
+    node = Node(node_id=0, now=0.0, config=config)
+    codec = Codec(config)
+    value = b"the truth"
+    key = key_for(value)
+    liar_address: Address = ("1.2.3.4", 4000)
+    liar = Contact(key ^ 1, liar_address)  # the closest to the key we know
+    other = Contact(key ^ 2, ("5.6.7.8", 4000))
+    honest = Contact(key ^ (1 << 255), ("9.9.9.9", 4000))  # far from the key: not a first pick
+    for contact in (liar, other, honest):
+        node.table.seen(contact)
+    asked: list[Address] = []
+
+    def get(now: float) -> bytes:
+        call = node.get(key, now)
+        for _ in range(10):
+            out = node.datagrams_to_send()
+            if not out:
+                break
+            for data, address in out:
+                request = codec.decode(data)
+                asked.append(address)
+                if address == liar_address and asked.count(address) == 1:  # asked as itself
+                    reply = Envelope(request.rpc_id, liar.id,
+                                     Nodes((Contact(honest.id, liar_address),)))
+                elif address == liar_address:  # asked as the honest id it named
+                    reply = Envelope(request.rpc_id, honest.id, Value(b"lies"))
+                elif address == other.address:  # no help: the named contact moves up
+                    reply = Envelope(request.rpc_id, other.id,
+                                     Error(ErrorCode.STORAGE_UNAVAILABLE, "cannot be read"))
+                else:
+                    reply = Envelope(request.rpc_id, honest.id, Value(value))
+                node.datagram_received(codec.encode(reply), address, now)
+        return call.result()
+
+    with pytest.raises(NotFoundError):  # the lie is refused; nobody else had the value
+        get(0.0)
+    assert node.stats["liars"] == 1 and asked.count(liar_address) == 2
+    assert liar.id not in node.table
+    assert node.table.get(honest.id) == honest
+    # Whatever id answers from the liar's address is kept out; the honest id is not.
+    assert node._is_banned(Contact(7, liar_address), 1.0)
+    assert not node._is_banned(honest, 1.0)
+    asked.clear()
+    assert get(1.0) == value
+    assert honest.address in asked and liar_address not in asked
 
 
 def test_missing_key_is_not_found_in_bounded_time_with_dead_peers() -> None:
