@@ -394,6 +394,8 @@ class NamespaceService:
             record.verify()
             held = self.local(skey, now)
             newer = supersedes(record, held)
+        except StorageUnavailable:
+            raise  # our store's trouble, not the record's: counted where it is handled
         except QadomError:
             self.node.stats["namespace_refused"] += 1
             raise

@@ -309,10 +309,14 @@ def test_a_node_whose_store_cannot_be_read_answers_storage_unavailable_and_gets_
         assert net.now - started < 5.0
         # A store refused for a read is refused as a write the store cannot make.
         net.run_call(net.call(writer, writer.set, b"after the damage"))
+        newer = NamespaceRecord(public, 5, 1, b"newer",
+                                owner.sign(signing_bytes(public, 5, 1, b"newer")).signature)
+        assert net.run_call(net.call(writer, writer.namespace.set, newer)) == 6  # all but it
         net.add_nodes(1)  # a newcomer: the node would hand over what it holds
         net.run_for(2 * HOUR)  # upkeep ticks every minute; the value is due for republish
     assert node.stats["internal_errors"] == 0
-    assert node.stats["storage_unavailable"] == 2
+    assert node.stats["storage_unavailable"] == 3  # the two above and the set's lookup
+    assert node.stats["namespace_refused"] == 0  # the record was good; our store was not
     # The get, the search, the hand-over, and a refused republish at every tick of the second hour.
     assert node.stats["storage_errors"] > 50
     assert not [r for r in caplog.records if r.exc_info]  # no traceback per request
