@@ -26,8 +26,9 @@ input is at fault) with a status that says why: 400 bad input, 401 a signature o
 refusal, 404 nothing found, 405 a method the path does not have, 409 a stale namespace sequence,
 413 too large, 429 rate limited, 502/503/504 the network or the peer could not answer. Every GET
 route answers HEAD too. Bodies may come with Content-Encoding gzip or deflate (decoded here, the
-limits applying to the decoded body); another coding is a 400. Every limit is in
-:class:`~qadom.config.Config`.
+limits applying to the decoded body); another coding is a 400, and so is an ``Expect`` other
+than ``100-continue`` (whose body is refused with a 413 before it is sent when it announces too
+many bytes). Every limit is in :class:`~qadom.config.Config`.
 
 A request aiohttp's parser refuses (a bad request line, a URL or header over 8190 bytes, a bad
 Content-Length or chunk) is answered by aiohttp itself before any application code runs: a
@@ -40,12 +41,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import ipaddress
 import json
 import logging
 import re
 import secrets
 import time
+import urllib.parse
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -53,7 +56,7 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http import HttpProcessingError
+from aiohttp.http import HttpProcessingError, HttpVersion11
 
 from . import __version__
 from .config import Config
@@ -148,6 +151,21 @@ def _sized_hex(text: object, name: str, size: int) -> bytes:
     if len(raw) != size:
         raise InvalidField(name, f"must be {size} bytes ({2 * size} hex digits)")
     return raw
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})")
+
+
+def _dht_key(request: web.Request) -> str:
+    """The text key of a ``/dht/{key}`` route: its path segment percent-decoded as UTF-8.
+    InvalidField("key") when the segment is not that (a ``%`` not followed by two hex digits,
+    escapes of bytes that are not UTF-8): aiohttp would keep such a segment as it is, so
+    ``/dht/%FF`` would name the key that ``/dht/%25FF`` names."""
+    segment = request.rel_url.raw_parts[2]  # "/", "dht", the key: the routes match one segment
+    if _BAD_ESCAPE.search(segment) is None:
+        with contextlib.suppress(UnicodeDecodeError):
+            return urllib.parse.unquote_to_bytes(segment).decode()
+    raise InvalidField("key", "must be percent-encoded UTF-8 text (a % is written %25)")
 
 
 def _contact_json(contact: Contact) -> dict[str, Any]:
@@ -372,6 +390,29 @@ async def _errors_as_json(request: web.Request,
         return error_response(exc.status, exc.reason, headers=allow)
 
 
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """The ``Expect`` header of a request to a route, answered before its handler runs (so no
+    middleware sees what this returns): ``100-continue`` gets the interim ``100 Continue``
+    unless the announced body is over ``http_max_body_size`` (a JSON 413 then, and the client
+    never sends it); any other expectation is a JSON 400 naming ``Expect`` (aiohttp's own
+    handler would answer a plain-text 417). HTTP/1.0 has no expectations: ignored."""
+    expect = request.headers.get("Expect", "").strip()
+    if request.version != HttpVersion11:
+        return None
+    if expect.lower() != "100-continue":
+        return error_response(400, f"Expect: {expect!r} is not supported (only 100-continue)",
+                              "Expect")
+    limit = request.app[STATE].config.http_max_body_size
+    if request.content_length is not None and request.content_length > limit:
+        response = error_response(413, f"the body of {request.content_length} bytes exceeds "
+                                  f"the {limit}-byte limit")
+        response.force_close()  # the body will not come: this connection cannot go on
+        return response
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # as aiohttp's handler does: the answer is yet to come
+    return None
+
+
 # ============================================================================ handlers
 
 
@@ -381,7 +422,7 @@ def _peer(request: web.Request) -> Peer:
 
 async def dht_post(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    key = request.match_info["key"]
+    key = _dht_key(request)
     write = parse_write(key, await _json(request), state.config)
     result = await _peer(request).run_service(
         lambda node, now: node.dht_records.put(write, now))
@@ -390,7 +431,7 @@ async def dht_post(request: web.Request) -> web.StreamResponse:
 
 async def dht_get(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
-    key = request.match_info["key"]
+    key = _dht_key(request)
     record = await _peer(request).run_service(lambda node, now: node.dht_records.get(key, now))
     data = record.to_json_text()
     signature = sign(state.secret, key, data, None, SECURED)
@@ -403,7 +444,7 @@ async def dht_get(request: web.Request) -> web.StreamResponse:
 async def dht_forget_post(request: web.Request) -> web.StreamResponse:
     """Stop republishing a /dht record this node wrote (it then expires everywhere);
     ``forgotten`` is false when it was not ours."""
-    key = request.match_info["key"]
+    key = _dht_key(request)
     return web.json_response({"key": key, "forgotten": _peer(request).dht_forget(key)})
 
 
@@ -739,8 +780,10 @@ _PARAMS: dict[str, dict[str, Any]] = {
                 "example": "users/alice",
                 "description": "Any non-empty text of at most dht_max_key_size UTF-8 bytes, sent "
                                "as one percent-encoded path segment and decoded: '/' is written "
-                               "%2F, and the keys '.' and '..' must be written %2E and %2E%2E "
-                               "(URL normalisation would remove them otherwise)"},
+                               "%2F, '%' is written %25, and the keys '.' and '..' must be "
+                               "written %2E and %2E%2E (URL normalisation would remove them "
+                               "otherwise); a segment that is not percent-encoded UTF-8 is a "
+                               "400"},
     "public_key": {"name": "public_key", "in": "path", "required": True, "schema": _KEY_SCHEMA,
                    "description": "The namespace owner's ed25519 public key (32 bytes), hex"},
 }
@@ -874,9 +917,11 @@ def make_app(peer: Peer) -> web.Application:
     app[STATE] = HelperState(config, secret, public_key(secret))
     for route in ROUTES:
         if route.method == "GET":
-            app.router.add_get(route.path, route.handler, allow_head=True)  # HEAD: no body
+            app.router.add_get(route.path, route.handler, allow_head=True,  # HEAD: no body
+                               expect_handler=_expect)
         else:
-            app.router.add_route(route.method, route.path, route.handler)
+            app.router.add_route(route.method, route.path, route.handler,
+                                 expect_handler=_expect)
     app.on_shutdown.append(_on_shutdown)
     return app
 

@@ -255,7 +255,7 @@ async def test_namespaces(clients: Clients) -> None:
     assert (await response.json())["seq"] == 1
     answer = await (await b.get(url)).json()
     assert base64.b64decode(answer["value"]) == b"first" and answer["seq"] == 1
-    assert bytes.fromhex(answer["signature"]) == bytes.fromhex(write(b"first", 1)["signature"])
+    assert bytes.fromhex(answer["signature"]) == bytes.fromhex(str(write(b"first", 1)["signature"]))
     assert (await a.put(url, json=write(b"second", 2))).status == 200
     await error_of(await b.put(url, json=write(b"old", 1)), 409)
     bad = write(b"third", 3)
@@ -654,6 +654,42 @@ async def test_a_request_aiohttp_cannot_parse_is_a_400_without_an_error_tracebac
     assert (await lone.get("/node")).status == 200
 
 
+@pytest.mark.parametrize(("method", "path", "valid"), [*BODY_ROUTES, ("GET", "/node", b"")])
+async def test_an_expectation_other_than_100_continue_is_a_json_400_naming_expect(
+        lone: Client, caplog: pytest.LogCaptureFixture, method: str, path: str,
+        valid: bytes) -> None:
+    peer = lone.app[PEER]
+    before = peer.node.store.stats()
+    response = await lone.request(method, path, data=valid, headers={"Expect": "200-ok"})
+    assert "200-ok" in await error_of(response, 400, "Expect")
+    assert peer.node.store.stats() == before
+    assert peer.stats.get("requests_out", 0) == 0
+    no_error_logged(caplog)
+
+
+async def test_100_continue_is_refused_with_a_json_413_before_an_oversized_body_is_sent(
+        lone: Client) -> None:
+    limit = FAST.http_max_body_size
+    head = request_head("POST", "/values", f"Content-Length: {limit + 1}",
+                        "Expect: 100-continue")
+    reader, writer = await asyncio.open_connection(lone.server.host, lone.server.port)
+    try:
+        writer.write(head)  # the body is never sent: the client waits for 100 Continue
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert status.startswith(b"HTTP/1.1 413 "), status
+        assert b"application/json" in status and b"Connection: close" in status
+        length = int(status.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        body = json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+        assert f"{limit}-byte limit" in body["error"]
+    finally:
+        writer.close()
+    # Within the limit, the client is asked for its body, and the value is stored.
+    head = request_head("POST", "/values", "Content-Length: 5", "Expect: 100-continue")
+    answer = await raw_exchange(lone, head, b"hello", wait_for=b"HTTP/1.1 100 Continue")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+    assert key_text(int.from_bytes(hashlib.sha256(b"hello").digest(), "big")).encode() in answer
+
+
 async def test_a_body_that_cannot_be_read_is_a_400_naming_the_body(lone: Client) -> None:
     # aiohttp's pure-Python parser reports a malformed chunk as an error of the body being read
     # (its C parser drops the body instead: the handler then waits until the client hangs up).
@@ -753,6 +789,23 @@ async def test_dht_keys_are_percent_decoded_path_segments(clients: Clients) -> N
         assert json.loads(answer["data"])["data"] == f"data of {key}"
         forgotten = await (await a.post(URL(f"{url}/forget", encoded=True))).json()
         assert forgotten == {"key": key, "forgotten": True}
+
+
+@pytest.mark.parametrize("segment", ["%FF", "a%C3", "%ED%A0%80", "100%", "%2", "%G1", "a%%20"])
+async def test_a_dht_key_that_is_not_percent_encoded_utf8_is_a_400_naming_the_key(
+        lone: Client, segment: str) -> None:
+    peer = lone.app[PEER]
+    before = peer.node.store.stats()
+    for method, url in (("POST", f"/dht/{segment}"), ("GET", f"/dht/{segment}"),
+                        ("POST", f"/dht/{segment}/forget")):
+        response = await lone.request(method, URL(url, encoded=True), json=EXAMPLE)
+        assert "percent-encoded UTF-8" in await error_of(response, 400, "key"), (method, url)
+    assert peer.node.store.stats() == before
+    # Its valid spelling reaches the key it decodes to, "%FF" written %25FF among them.
+    for key, url in (("%FF", "/dht/%25FF"), ("100%", "/dht/100%25"), ("é", "/dht/%c3%a9")):
+        response = await lone.post(URL(url, encoded=True), json=body(ALICE, key, "data"))
+        assert response.status == 200, await response.text()
+        assert (await response.json())["key"] == key
 
 
 # ---------------------------------------------------------------------------- publish
