@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import runner
 from .config import Config
-from .contact import Address, check_host_name, parse_host_port, port_number
+from .contact import Address, check_host_name, is_ip_literal, parse_host_port, port_number
 from .errors import (
     DataDirInUse,
     InvalidArgument,
@@ -41,6 +42,7 @@ from .errors import (
     NotFoundError,
     OperationTimeout,
     QadomError,
+    StorageFull,
     UsageError,
 )
 from .ids import ID_SPACE
@@ -188,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also serve the HTTP helper (docs/HTTP.md) on TCP port N "
                             "(0 picks a free one); off by default")
     serve.add_argument("--http-host", type=parse_host, default=None, metavar="HOST",
-                       help="address the HTTP helper binds (default: the --host value)")
+                       help="address the HTTP helper binds (default: the --host value); "
+                            "only with --http-port")
     serve.set_defaults(handler=_serve)
 
     joining = _Parser(add_help=False)
@@ -254,10 +257,15 @@ def parse_args(parser: argparse.ArgumentParser,
                argv: Sequence[str] | None = None) -> argparse.Namespace:
     """``parser.parse_args(argv)`` for :func:`build_parser`'s parser, except that an argument no
     parser knows is reported by the command's parser, so the error points to that command's help
-    (``see 'qadom append --help'``), not to ``qadom --help``."""
+    (``see 'qadom append --help'``), not to ``qadom --help``; and ``--http-host`` without
+    ``--http-port`` (which would do nothing) is such an error too."""
     args, extra = parser.parse_known_args(argv)
     if extra:
         args.command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if getattr(args, "http_host", None) is not None and args.http_port is None:
+        # Without --http-port no HTTP helper runs: the option would be silently ignored.
+        args.command_parser.error("--http-host needs --http-port: the HTTP helper is off "
+                                  "without it")
     return args
 
 
@@ -347,6 +355,8 @@ async def _start_http(peer: Peer, args: argparse.Namespace) -> HttpHelper | None
     http = HttpHelper(peer, host, args.http_port)
     try:
         await http.start()
+    except StorageFull as exc:  # the data dir, not the socket: the helper keeps its key there
+        raise type(exc)(f"cannot start the HTTP helper: {exc}") from None
     except OSError as exc:
         raise _socket_error(exc, "HTTP", (host, args.http_port)) from None
     assert http.address is not None
@@ -395,6 +405,7 @@ async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) 
 async def _serve(args: argparse.Namespace) -> int:
     """Run a node until SIGINT or SIGTERM (exit 0, even during the first join). Fails, with the
     node closed, when it cannot start, or when no ``--bootstrap`` address answers."""
+    _check_family(args.bootstrap, args.host, f"--host {args.host}")
     data_dir = _data_dir(args)
     peer = Peer(args.host, args.port, data_dir=data_dir)  # locks data_dir while it runs
     await _start_peer(peer, data_dir)
@@ -453,6 +464,8 @@ def _client_host(addresses: Sequence[Address]) -> str:
 async def _joined(args: argparse.Namespace) -> AsyncIterator[Peer]:
     """A started client peer that joined through ``--bootstrap``; closed on exit."""
     addresses: list[Address] = args.bootstrap or [DEFAULT_NODE]
+    _check_family(addresses, _client_host(addresses),
+                  "the client's socket (of the first --bootstrap's family)")
     # client_only: requests carry a null sender id, so no node adds this fleeting peer to its
     # routing table and hands it out to others after it has gone.
     peer = Peer(_client_host(addresses), 0, config=Config(operation_timeout=args.timeout),
@@ -466,6 +479,21 @@ async def _joined(args: argparse.Namespace) -> AsyncIterator[Peer]:
             raise OperationTimeout(f"could not join through {_where(addresses)} within "
                                    f"{args.timeout:g} s") from None
         yield peer
+
+
+def _check_family(addresses: Sequence[Address], host: str, socket_name: str) -> None:
+    """CommandLineError naming the first of ``addresses`` that is an IP address of the other
+    family than a socket bound on ``host`` (one UDP socket reaches one IP family); host names
+    are resolved in the socket's family when used."""
+    version = 6 if ":" in host else 4
+    for address in addresses:
+        if is_ip_literal(address[0]):
+            other = ipaddress.ip_address(address[0]).version
+            if other != version:
+                raise CommandLineError(
+                    f"--bootstrap {format_address(address)} is an IPv{other} address and "
+                    f"{socket_name} is IPv{version}: it cannot reach it; give addresses of "
+                    "one IP family")
 
 
 def _where(addresses: Sequence[Address]) -> str:

@@ -25,8 +25,10 @@ from typing import IO
 
 import pytest
 
+from qadom import Peer, StorageUnavailable, cli
 from qadom.cli import parse_address, parse_id, parse_port
 from qadom.ids import key_for
+from qadom.sqlite_store import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 45.0  # one command: start-up, joining and one operation, on a loaded machine
@@ -268,6 +270,23 @@ def test_unreachable_bootstrap_fails_with_one_line() -> None:
     assert one_line_error(result) == f"no node answered at {where}"
 
 
+@pytest.mark.parametrize("args", [
+    ["get", "1", "--bootstrap", "127.0.0.1:9", "--bootstrap", "[::1]:9"],
+    ["append", "1", "2", "--bootstrap", "[::1]:9", "--bootstrap", "127.0.0.1:9"],
+    ["serve", "--port", "0", "--memory", "--bootstrap", "[::1]:9"],
+    ["serve", "--port", "0", "--memory", "--host", "::1", "--bootstrap", "127.0.0.1:9"],
+])
+def test_a_bootstrap_address_of_the_other_ip_family_is_a_usage_error_naming_it(
+        args: list[str]) -> None:
+    # One UDP socket reaches one IP family: the first address's for a one-shot command,
+    # --host's for serve.
+    result = qadom(*args, timeout=15)
+    assert result.returncode == 2
+    reason = last_error_line(result)
+    assert "cannot resolve" not in reason
+    assert "--bootstrap" in reason and "cannot reach" in reason and "IPv" in reason, reason
+
+
 # ----------------------------------------------------------------------------- info
 
 
@@ -450,6 +469,13 @@ def test_serve_names_a_host_that_does_not_resolve(option: str) -> None:
     assert last_error_line(result).startswith("cannot resolve '999.1.1.1': ")
 
 
+def test_serve_with_an_http_host_but_no_http_port_is_a_usage_error() -> None:
+    # Without --http-port no HTTP helper runs: --http-host alone would be silently ignored.
+    result = qadom("serve", "--port", "0", "--memory", "--http-host", "127.0.0.1", timeout=15)
+    assert result.returncode == 2
+    assert one_line_error(result).startswith("--http-host needs --http-port")
+
+
 # ----------------------------------------------------------------------------- serve's failures
 
 
@@ -600,3 +626,22 @@ def test_serve_with_stdin_closed_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         code = stop(proc)  # SIGTERM
     assert code == 0, log.read_text()
     assert "shutting down" in log.read_text()
+
+
+async def test_an_http_helper_whose_data_dir_refuses_its_key_names_the_store(
+        tmp_path: Path) -> None:
+    """`serve --http-port` on a data dir that cannot be written (the HTTP helper keeps its signing
+    key there): the error names the store, not a socket that could not be bound."""
+    args = cli.parse_args(cli.build_parser(), ["serve", "--http-port", "0"])
+    peer = Peer("127.0.0.1", 0, data_dir=str(tmp_path))
+    await peer.start()
+    try:
+        store = peer.node.store
+        assert isinstance(store, SqliteStore)
+        store._db.execute("PRAGMA query_only = 1")  # refuses writes as a read-only disk does
+        with pytest.raises(StorageUnavailable) as info:
+            await cli._start_http(peer, args)
+        assert str(info.value).startswith("cannot start the HTTP helper: ")
+        assert "bind" not in str(info.value)
+    finally:
+        await peer.close()
