@@ -23,6 +23,10 @@ Both work at the terminal prompt and in scripts. Where the loop is already runni
 thread (a Jupyter cell, inside a coroutine) a blocking call cannot work without freezing that
 loop: it raises :class:`~qadom.errors.LoopRunningError` and nothing is started; write ``await``.
 
+Ctrl-C stops what a blocking call or an ``await`` cell at the terminal prompt is waiting for: the
+operation is cancelled where it waits and KeyboardInterrupt is shown, as for any other cell; it
+does not run on in the background (a peer that was joining is closed again).
+
 Limits, stated plainly: while a *synchronous* cell runs at the terminal prompt (a long loop, a
 ``time.sleep``) the loop is not running and the peer does not answer until the cell ends. With
 ``ipython --simple-prompt`` the prompt is a plain ``input()`` that cannot run the loop; the peer
@@ -44,18 +48,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import inspect
 import os
 import signal
 import sys
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .config import Config
 from .contact import Address, parse_host_port
-from .errors import InvalidArgument, InvalidType, LoopRunningError
+from .errors import InvalidArgument, InvalidType, LoopRunningError, NoPeersError
 from .peer import Peer
 
 T = TypeVar("T")
@@ -118,6 +123,7 @@ def serve_at_prompt() -> bool:
     if not will_prompt():  # `ipython script.py`: no prompt follows; serve_forever will serve
         return False
     shell = _ipython_shell()
+    _interrupt_cells(shell)
     if shell.simple_prompt:
         warnings.warn("IPython's --simple-prompt cannot run the event loop while it waits: the "
                       "peer answers only while a cell runs", RuntimeWarning, stacklevel=2)
@@ -130,6 +136,60 @@ def serve_at_prompt() -> bool:
         return False
     shell.enable_gui("asyncio")
     return True
+
+
+def _interrupt_cells(shell: Any) -> None:
+    """Make Ctrl-C stop an ``await`` cell where it waits, as it stops any other cell: IPython's
+    own runner lets the interrupted cell run on in the loop, which the prompt keeps running."""
+    from IPython.core import async_helpers
+
+    if shell.loop_runner is getattr(async_helpers, "_asyncio_runner", None):
+        shell.loop_runner = _run_cell
+
+
+def _run_cell(coroutine: Coroutine[Any, Any, T]) -> T:
+    """IPython's asyncio runner, except that a Ctrl-C which arrives while the cell awaits is
+    raised in the cell, at its ``await``: IPython shows it there and the cell ends."""
+    from IPython.core.async_helpers import get_asyncio_loop
+
+    loop: asyncio.AbstractEventLoop = get_asyncio_loop()  # type: ignore[no-untyped-call]
+    cell = _Interruptible(coroutine)
+    task = loop.create_task(cell)
+    while True:
+        try:
+            return loop.run_until_complete(task)
+        except KeyboardInterrupt:
+            if task.done():
+                raise
+            cell.interrupted = True
+            task.cancel()
+
+
+class _Interruptible(Coroutine[Any, Any, T]):
+    """``coroutine`` as a task runs it, except that once ``interrupted`` is set the cancellation
+    the task passes in arrives in the coroutine as KeyboardInterrupt."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, T]) -> None:
+        self._coroutine = coroutine
+        self.interrupted = False
+
+    def send(self, value: Any) -> Any:
+        return self._coroutine.send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        error = typ if val is None and isinstance(typ, BaseException) else val
+        if self.interrupted and isinstance(error, asyncio.CancelledError):
+            self.interrupted = False
+            return self._coroutine.throw(KeyboardInterrupt())
+        if val is None and tb is None:
+            return self._coroutine.throw(typ)
+        return self._coroutine.throw(typ, val, tb)
+
+    def close(self) -> None:
+        self._coroutine.close()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._coroutine.__await__()
 
 
 # ---------------------------------------------------------------------- blocking form
@@ -155,7 +215,18 @@ def wait(awaitable: Awaitable[T], timeout: float | None = None) -> T:
     coroutine: Coroutine[Any, Any, T] = _await(awaitable)
     if timeout is not None:
         coroutine = asyncio.wait_for(coroutine, timeout)
-    return loop.run_until_complete(coroutine)
+    task = loop.create_task(coroutine)
+    try:
+        return loop.run_until_complete(task)
+    except KeyboardInterrupt:
+        if task.done():
+            raise
+    # Ctrl-C while the loop waited: cancel the operation (a peer being started is closed again)
+    # rather than leave it pending, to run on whenever the loop runs next.
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        loop.run_until_complete(task)
+    raise KeyboardInterrupt
 
 
 class Blocking:
@@ -344,7 +415,9 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
                    environ: dict[str, str] | None = None) -> ScriptOptions:
     """A peer script's options: ``--host``, ``--port`` and ``--bootstrap HOST:PORT`` (repeatable),
     each defaulting to ``QADOM_HOST``, ``QADOM_PORT`` and ``QADOM_BOOTSTRAP`` (comma-separated)
-    from the environment, then to the script's own defaults."""
+    from the environment, then to the script's own defaults. A bad value, given as an argument
+    or in the environment, is a usage error naming it (SystemExit, status 2), as argparse's own
+    are."""
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default=env.get("QADOM_HOST", "127.0.0.1"),
@@ -356,20 +429,61 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
                              f"{','.join(bootstrap) or 'none'})")
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     chosen_port = args.port
+    port_name = "--port"
     if chosen_port is None:
+        port_name = "QADOM_PORT"
         text = env.get("QADOM_PORT", str(port))
         if not text.strip().isdigit():
-            raise InvalidArgument(f"QADOM_PORT must be a port number, not {text!r}")
+            parser.error(f"QADOM_PORT must be a port number, not {text!r}")
         chosen_port = int(text)
     joined = args.bootstrap
+    bootstrap_name = "--bootstrap"
     if joined is None:
+        bootstrap_name = "QADOM_BOOTSTRAP"
         raw = env.get("QADOM_BOOTSTRAP")
         joined = [a for a in raw.split(",") if a.strip()] if raw is not None else list(bootstrap)
-    return ScriptOptions(args.host, parse_port(chosen_port),
-                         tuple(parse_address(a) for a in joined))
+    try:
+        checked_port = parse_port(chosen_port)
+    except InvalidArgument as exc:
+        parser.error(f"{port_name}: {exc}")
+    try:
+        addresses = tuple(parse_address(a) for a in joined)
+    except InvalidArgument as exc:
+        parser.error(f"{bootstrap_name}: {exc}")
+    return ScriptOptions(args.host, checked_port, addresses)
+
+
+def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
+    """:func:`start_peer` for a peer script called ``name``, as ``options`` say. What a user can
+    fix ends the script with one line saying so (:class:`SystemExit`, status 1) instead of a
+    traceback: the port is taken, the host cannot be bound, no peer answers at the bootstrap
+    addresses (the peer is closed again)."""
+    try:
+        peer = start_peer(options.host, options.port, **kwargs)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            reason = (f"{reason.lower()} (another peer or `qadom serve`?); choose another port "
+                      "with --port (0: any free one)")
+        raise SystemExit(f"{name}: cannot listen on {_hostport(options.host, options.port)}: "
+                         f"{reason}") from None
+    if options.bootstrap:
+        try:
+            wait(peer.bootstrap(list(options.bootstrap)))
+        except NoPeersError:
+            wait(close(peer))
+            where = ", ".join(_hostport(*address) for address in options.bootstrap)
+            raise SystemExit(f"{name}: no peer answered at {where}; start one there first "
+                             "(peers/peer0.py), or join through another with --bootstrap "
+                             "HOST:PORT") from None
+    return peer
 
 
 # ---------------------------------------------------------------------- internals
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 def _ipython_shell() -> Any:
     """The running IPython shell, or None. IPython is only looked at if it is already imported:

@@ -7,9 +7,11 @@ bounded by a pexpect timeout, and every process is killed in a finally block.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from qadom.errors import LoopRunningError
 from qadom.interactive import (
     blocking,
     close,
+    event_loop,
     front_end,
     parse_address,
     script_options,
@@ -77,12 +80,26 @@ def test_script_options_arguments_then_environment_then_defaults() -> None:
     from_args = script_options("t", port=9997, argv=argv, environ=env)
     assert (from_args.port, from_args.bootstrap) == (1234, (("10.0.0.1", 1), ("10.0.0.2", 2)))
     assert script_options("t", port=9999, argv=[], environ={"QADOM_BOOTSTRAP": ""}).bootstrap == ()
-    with pytest.raises(InvalidArgument):
-        script_options("t", port=9999, argv=[], environ={"QADOM_PORT": "ninety"})
-    with pytest.raises(InvalidArgument):
-        script_options("t", port=9999, argv=["--port", "70000"], environ={})
-    with pytest.raises(InvalidArgument):  # a bootstrap peer cannot be at port 0
-        script_options("t", port=9999, argv=["--bootstrap", "127.0.0.1:0"], environ={})
+
+
+
+@pytest.mark.parametrize(("argv", "environ", "named"), [
+    ([], {"QADOM_PORT": "ninety"}, "QADOM_PORT"),
+    (["--port", "70000"], {}, "--port"),
+    ([], {"QADOM_PORT": "70000"}, "QADOM_PORT"),
+    (["--bootstrap", "127.0.0.1:0"], {}, "--bootstrap"),  # a bootstrap peer cannot be at port 0
+    ([], {"QADOM_BOOTSTRAP": "nowhere"}, "QADOM_BOOTSTRAP"),
+])
+def test_a_bad_script_option_is_a_usage_error_naming_it(
+        argv: list[str], environ: dict[str, str], named: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """As `--port x` is (argparse's own check): status 2 and one line naming the option, not a
+    traceback."""
+    with pytest.raises(SystemExit) as info:
+        script_options("t", port=9999, argv=argv, environ=environ)
+    assert info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f"error: {named}" in error
 
 
 @pytest.fixture
@@ -110,6 +127,27 @@ def test_blocking_form_from_plain_code(script_loop: None) -> None:
         wait(42)  # type: ignore[arg-type]
     with pytest.raises(KeyError):
         sync.get(key_for(b"never stored"))
+
+
+def test_ctrl_c_during_a_blocking_call_cancels_it(script_loop: None) -> None:
+    """Ctrl-C while a blocking call waits (here: joining through a peer that never answers)
+    cancels the operation: the half-joined peer is closed, nothing is left pending on the loop to
+    run later, and KeyboardInterrupt reaches the caller. The loop serves the next call."""
+    loop = event_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+
+        def interrupt() -> None:  # as Ctrl-C would, once the join's first datagram arrived
+            loop.remove_reader(silent.fileno())
+            raise KeyboardInterrupt
+
+        loop.add_reader(silent.fileno(), interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            start_peer(port=0, bootstrap=[silent.getsockname()], config=FAST)
+    assert started() == []
+    assert asyncio.all_tasks(loop) == set()
+    peer = start_peer(port=0, config=FAST)
+    assert started() == [peer] and blocking(peer).search(1) == set()
 
 
 async def test_blocking_calls_refuse_a_running_loop() -> None:
@@ -245,3 +283,51 @@ def test_ipython_prompt_serves_while_idle(tmp_path: Path) -> None:
     finally:
         for child in children:
             child.terminate(force=True)
+
+
+def test_ctrl_c_stops_an_await_at_the_ipython_prompt(tmp_path: Path) -> None:
+    """Ctrl-C during `await peer.bootstrap(...)` at the prompt stops that operation where the
+    cell awaited it (one KeyboardInterrupt, shown at the cell's line), instead of leaving it
+    running on the loop the prompt keeps running and printing its outcome over a later prompt."""
+    ipython_env = _env(QADOM_PORT="0", IPYTHONDIR=str(tmp_path / "ipython"),
+                       PROMPT_TOOLKIT_NO_CPR="1", TERM="xterm")
+    peer0 = _spawn(["-m", "IPython", "-i", "--no-banner", "--colors=nocolor",
+                    str(PEERS / "peer0.py")], ipython_env)
+    try:
+        peer0.expect(r"In \[1\]")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.settimeout(WAIT)
+            peer0.sendline(f"await peer.bootstrap([{silent.getsockname()!r}])")
+            silent.recvfrom(2048)  # the join has started: the cell is awaiting
+            peer0.sendintr()
+            peer0.expect(r"In \[2\]")
+        shown = peer0.before
+        assert shown.count("KeyboardInterrupt") == 2  # its name in the header and last line
+        assert "Cell In[1]" in shown and "CancelledError" not in shown
+        assert "base_events.py" not in shown  # not a traceback of asyncio's internals
+        peer0.sendline("import asyncio, qadom.interactive; "
+                       "len(asyncio.all_tasks(qadom.interactive.event_loop()))")
+        peer0.expect(r"Out\[2\]: (?:\x1b\[[0-9;]*m)*(\d+)")
+        assert peer0.match.group(1) == "0"  # nothing left running from the interrupted cell
+        peer0.sendline("await peer.search(1)")  # the prompt and the peer work as before
+        peer0.expect(r"Out\[3\]: (?:\x1b\[[0-9;]*m)*set\(\)")
+        peer0.sendline("exit")
+        peer0.expect(pexpect.EOF)
+    finally:
+        peer0.terminate(force=True)
+
+
+def test_a_peer_script_says_plainly_why_it_cannot_start() -> None:
+    """The port a script wants is taken (`qadom serve` on 9999, or a peer0 already running): one
+    line on stderr naming the address and what to do, exit status 1, no traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, str(PEERS / "peer0.py"), "--port", str(port)],
+                              env=_env(), cwd=str(ROOT), capture_output=True, text=True,
+                              timeout=WAIT)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(f"peer0: cannot listen on 127.0.0.1:{port}: ")
+    assert "in use" in done.stderr and "--port" in done.stderr
