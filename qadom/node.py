@@ -1415,6 +1415,7 @@ class Node:
                                           meta=replace(record.meta, republish_at=NEVER))
             except StorageFull:
                 self.stats["storage_errors"] += 1
+        entries: dict[int, list[Message]] = {}  # multimap entries to send, by key
         for due in items[:batch - len(records)]:
             meta = due.meta
             if meta.original:
@@ -1438,7 +1439,29 @@ class Node:
                 continue
             if ttl >= 1:
                 self.stats["republished"] += 1
-                self.replicate(due.key, message, now)
+                if isinstance(message, Append):
+                    entries.setdefault(due.key, []).append(message)
+                else:
+                    self.replicate(due.key, message, now)
+        for key, appends in entries.items():
+            self._replicate_entries(key, appends, now)
+
+    def _replicate_entries(self, key: int, appends: list[Message], now: float) -> None:
+        """Send every one of ``appends`` (entries under ``key``) to the k closest to ``key``,
+        found by one lookup: entries of one key often come due together (appended or received
+        together), and a lookup each would cost that many lookups of the same key."""
+        if len(appends) == 1:
+            self.replicate(key, appends[0], now)
+            return
+
+        def count(replies: list[tuple[Contact, Message | None]], now: float) -> None:
+            self.stats["replicas_acked"] += sum(1 for _, r in replies if isinstance(r, Stored))
+
+        def send_all(closest: list[Contact], now: float) -> None:
+            for message in appends:
+                self.ask_each(closest, message, now, count)
+
+        self.find_closest(key, now, send_all)
 
     def _cache_on_path(self, key: int, value: bytes, without: list[Contact], lookup: Lookup,
                        now: float) -> None:

@@ -157,6 +157,27 @@ def test_multimap_entries_follow_the_same_schedule() -> None:
     assert net.run_call(net.call(others[0], others[0].search, 77)) == set()
 
 
+def test_entries_of_one_key_due_together_are_republished_after_one_lookup() -> None:
+    """Fifty entries appended under one key come due together at their storers: each storer's
+    republish looks up the key's k closest once, then sends every entry there."""
+    net, nodes = network(16, seed=5)
+    writer = nodes[1]
+    for value in range(50):
+        net.run_call(net.call(writer, writer.append, 77, value))
+    started: list[LookupStarted] = []
+    for node in nodes:
+        if node is not writer:
+            node.add_listener(lambda e: started.append(e) if isinstance(e, LookupStarted)
+                              and e.target == 77 else None)
+    republished = sum(n.stats["republished"] for n in nodes)
+    net.run_for(HOUR + 2 * CONFIG.maintenance_interval)
+    republished = sum(n.stats["republished"] for n in nodes) - republished
+    assert republished >= 50  # every entry, by at least one storer
+    assert 1 <= len(started) <= republished // 50 + 1
+    searcher = nodes[-1]
+    assert net.run_call(net.call(searcher, searcher.search, 77)) == set(range(50))
+
+
 def test_found_values_are_cached_on_the_path_with_a_shrinking_lifetime() -> None:
     config = replace(CONFIG, k=4, alpha=1)
     net = SimNetwork(seed=5, config=config)
