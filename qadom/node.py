@@ -1077,6 +1077,8 @@ class Node:
         counts as this hour's republish, so our own republish moves an hour later."""
         if ttl <= 0:
             return None
+        if old is not None and old.expires <= now:
+            old = None  # expired, not swept yet: what arrives is all there is
         cfg = self.config
         expires = now + min(float(ttl), cfg.expire_time)
         cached = cache and (old is None or old.cached)

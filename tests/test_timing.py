@@ -11,6 +11,7 @@ import pytest
 from qadom import Config, NotFoundError
 from qadom.events import LookupEvent, LookupReply, LookupStarted
 from qadom.ids import key_for
+from qadom.messages import Store
 from qadom.node import Node
 from qadom.sim import SimNetwork
 
@@ -212,6 +213,24 @@ def test_found_values_are_cached_on_the_path_with_a_shrinking_lifetime() -> None
     net.run_for(lifetime + 2 * config.maintenance_interval)
     assert cache.store.value_meta(key) is None  # the cached copy expired...
     assert replicas <= {n.id for n in holders(nodes, key)}  # ...the replicas did not
+
+
+def test_a_cached_copy_over_an_expired_one_stays_a_cached_copy() -> None:
+    """A cache STORE that arrives after a replica expired, before the sweep removed it, is kept
+    as the cached copy it is: never republished, and not the replica it replaces."""
+    net = SimNetwork(seed=7, config=replace(CONFIG, maintenance_interval=HOUR))  # no sweep
+    sender, holder = net.add_nodes(2)
+    value = b"short-lived"
+    key = key_for(value)
+    net.run_call(net.call(sender, sender.ask, net.address_of(holder), Store(value, ttl=30)))
+    assert holder.store.value_meta(key) is not None
+    net.run_for(40)  # expired, still on disk
+    assert holder.store.get_value(key, net.now) is None
+    net.run_call(net.call(sender, sender.ask, net.address_of(holder),
+                          Store(value, ttl=600, cache=True)))
+    meta = holder.store.value_meta(key)
+    assert meta is not None and meta.cached and meta.republish_at == math.inf
+    assert meta.expires == pytest.approx(net.now + 600, abs=1)
 
 
 def test_buckets_without_lookups_are_refreshed_every_hour() -> None:
