@@ -78,11 +78,15 @@ async def _rate(one: Callable[[], Awaitable[Any]], count: int, in_flight: int,
     No per-call timeout (an ``asyncio.wait_for`` per round trip would cost more than the round
     trip): the whole batch is bounded instead, by ``count``, by ``seconds`` for starting new
     calls, and by a hard deadline after which what is still waiting is cancelled and counted.
+    The rate is over the time until the last worker whose calls all ended finished: a call that
+    never ends (a lost datagram) does not stretch it to the hard deadline.
     """
     left = [count]
     failed = [0]
     done = [0]
     stop_at = time.perf_counter() + seconds
+    started = time.perf_counter()
+    ended = [started]  # when the last worker that was not stuck finished
 
     async def worker() -> None:
         while left[0] > 0 and time.perf_counter() < stop_at:
@@ -92,14 +96,15 @@ async def _rate(one: Callable[[], Awaitable[Any]], count: int, in_flight: int,
                 done[0] += 1
             except Exception:  # a qadom call that failed (a lost datagram)
                 failed[0] += 1
+        ended[0] = max(ended[0], time.perf_counter())  # once per worker, off the timed path
 
-    started = time.perf_counter()
     workers = [asyncio.ensure_future(worker()) for _ in range(in_flight)]
     _, stuck = await asyncio.wait(workers, timeout=seconds + 10.0)
     for task in stuck:  # an echo whose datagram was lost never completes: give up on it
         task.cancel()
         failed[0] += 1
-    return done[0] / (time.perf_counter() - started), failed[0]
+    elapsed = ended[0] - started
+    return (done[0] / elapsed if elapsed > 0 else float("nan")), failed[0]
 
 
 async def echo_rate(count: int, in_flight: int, seconds: float) -> tuple[float, int]:

@@ -7,6 +7,12 @@ For each event loop (asyncio, uvloop) and each network size N, both implementati
    of those values from random peers that do not hold them, one at a time;
 3. the same again with new values and ``--in-flight`` operations in flight.
 
+The workload is drawn from ``--seed`` separately from the peers' ids: both implementations join
+their peers in the same order through the same earlier peers, set the same values from the same
+peers (by join order), and in the churn run close the same peers. Only the choice of non-holders
+for gets differs, as each implementation places the values on its own peers. When every live peer
+holds a value, its get is a local read; the report says how many gets were.
+
 Reported per phase: operations/s, p50 and p95 latency, datagrams received per operation, and the
 qadom/kademlia ratio of each. Memory per peer is measured in a separate pass under tracemalloc
 (a network of N peers holding ``--sets`` values), so tracing does not slow the timed phases.
@@ -81,8 +87,9 @@ class QadomCluster:
         self.closed: set[int] = set()
 
     async def start(self, count: int, rng: random.Random) -> None:
+        ids = random.Random(rng.getrandbits(64))  # one draw, as kademlia's seed below
         for _ in range(count):
-            peer = Peer("127.0.0.1", 0, rng=random.Random(rng.getrandbits(64)))
+            peer = Peer("127.0.0.1", 0, rng=random.Random(ids.getrandbits(64)))
             await peer.start()
             if self.peers:
                 via = self.peers[rng.randrange(len(self.peers))]
@@ -154,7 +161,9 @@ class KademliaCluster:
         self.closed: set[int] = set()
 
     async def start(self, count: int, rng: random.Random) -> None:
-        random.seed(rng.getrandbits(64))  # kademlia draws node ids from the global generator
+        # kademlia draws node ids from the global generator. Like QadomCluster, one draw for the
+        # ids, then one choice of bootstrap peer per join: both networks join in the same order.
+        random.seed(rng.getrandbits(64))
         for _ in range(count):
             server = self._server_class(ksize=20, alpha=3)
             await server.listen(0, interface="127.0.0.1")
@@ -218,12 +227,22 @@ def _set_ops(cluster: Cluster, rng: random.Random,
 def _get_ops(cluster: Cluster, rng: random.Random,
              values: list[bytes]) -> list[Callable[[], Awaitable[bool]]]:
     """One get per value, each from a random live peer that does not hold it (any live peer when
-    every live peer holds it)."""
+    every live peer holds it, which is then reported: such a get is a local read).
+
+    Exactly one draw of ``rng`` per value, whatever the number of holders, so the workload drawn
+    after it (the next phase's values and setters) is the same for both implementations."""
     live = cluster.live()
     ops = []
+    local = 0
     for value in values:
-        others = [i for i in live if not cluster.holds(i, value)] or live
-        ops.append(_bind(cluster.get, others[rng.randrange(len(others))], value))
+        others = [i for i in live if not cluster.holds(i, value)]
+        if not others:
+            others = live
+            local += 1
+        ops.append(_bind(cluster.get, others[int(rng.random() * len(others))], value))
+    if local:
+        print(f"  ({cluster.name}: {local} of {len(values)} gets are local reads: every live "
+              f"peer holds the value)")
     return ops
 
 
@@ -240,7 +259,7 @@ async def throughput(impl: str, peers: int, args: argparse.Namespace,
     started = time.perf_counter()
     phases: list[Phase] = []
     try:
-        await cluster.start(peers, rng)
+        await cluster.start(peers, random.Random(rng.getrandbits(64)))
         built = time.perf_counter() - started
         if args.gc_freeze:
             collect()
@@ -274,7 +293,7 @@ async def memory_per_peer(impl: str, peers: int, sets: int, seed: int,
     cluster = IMPLS[impl]()
     try:
         base = tracemalloc.get_traced_memory()[0]
-        await cluster.start(peers, rng)
+        await cluster.start(peers, random.Random(rng.getrandbits(64)))
         await run_phase("memory", _set_ops(cluster, rng, _values(rng, sets)),
                         in_flight=args.in_flight, op_timeout=args.op_timeout,
                         deadline=args.phase_limit, datagrams=cluster.datagrams)
@@ -291,7 +310,7 @@ async def churn(impl: str, args: argparse.Namespace, seed: int) -> Phase:
     rng = random.Random(seed)
     cluster = IMPLS[impl]()
     try:
-        await cluster.start(args.churn_peers, rng)
+        await cluster.start(args.churn_peers, random.Random(rng.getrandbits(64)))
         values = _values(rng, args.churn_values)
         stored = await run_phase("store", _set_ops(cluster, rng, values),
                                  in_flight=args.in_flight, op_timeout=args.op_timeout,
