@@ -7,12 +7,32 @@ configuration fails loudly at once rather than deep inside the protocol.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 from .errors import InvalidArgument, InvalidType
 
 _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,),
                                        "str": (str,)}
+
+_POSITIVE = ("expire_time", "republish_interval", "publisher_republish_interval",
+             "token_lifetime", "request_rate", "host_request_rate")
+"""Fields that must be above 0 (checked with the others in :meth:`Config.validate`)."""
+
+_AT_LEAST_ONE = ("request_burst", "host_request_burst", "rate_limit_senders",
+                 "amplification_factor", "max_search_pages", "republish_batch",
+                 "http_max_bootstrap_addresses")
+"""Counts that must be at least 1: with none, a node answers nobody (no burst, no sender tracked,
+no bytes allowed to an unproven address) or never does its job (no page fetched, no item
+republished, no bootstrap address taken)."""
+
+_NOT_NEGATIVE = ("dead_backoff", "liar_backoff", "verify_interval", "cache_min_lifetime",
+                 "max_verifying", "max_tokens", "min_request_size", "min_small_request_size",
+                 "max_store_bytes", "max_store_items", "max_bytes_per_source",
+                 "max_items_per_source")
+"""Fields for which 0 means none (no backoff, nothing stored...) and below 0 means nothing."""
+
+_SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +260,8 @@ class Config:
     """Bytes one sending host may make us store, so that one host cannot fill a node alone."""
 
     max_items_per_source: int = 100_000
-    """Items one sending host may make us store."""
+    """Items one sending host may make us store: a tenth of ``max_store_items``, so that one host
+    cannot fill a node's index alone."""
 
     sqlite_synchronous: str = "NORMAL"
     """SQLite's synchronous mode for a data dir. In WAL mode NORMAL makes every commit survive a
@@ -407,13 +428,31 @@ class Config:
 
     def validate(self) -> None:
         """Raise :class:`InvalidType` for a field of the wrong type (``bool`` is not a number
-        here), :class:`InvalidArgument` if the values cannot work together."""
+        here), :class:`InvalidArgument` for a value that cannot work (not finite, out of range)
+        or values that cannot work together."""
         for field in fields(self):
             value = getattr(self, field.name)
             if not isinstance(value, _TYPES[str(field.type)]) or (
                     isinstance(value, bool) and field.type != "bool"):
                 raise InvalidType(f"Config.{field.name} must be {field.type}, not "
                                   f"{type(value).__name__}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InvalidArgument(f"Config.{field.name} must be a finite number, not {value}")
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                raise InvalidArgument(f"Config.{name} must be positive, not {getattr(self, name)}")
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"Config.{name} must be at least 1, not "
+                                      f"{getattr(self, name)}")
+        for name in _NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise InvalidArgument(f"Config.{name} must be 0 or more, not "
+                                      f"{getattr(self, name)}")
+        if self.sqlite_synchronous.upper() not in _SQLITE_SYNCHRONOUS:
+            raise InvalidArgument(f"Config.sqlite_synchronous must be one of "
+                                  f"{', '.join(_SQLITE_SYNCHRONOUS)}, not "
+                                  f"{self.sqlite_synchronous!r}")
         if self.k < 1 or self.alpha < 1:
             raise InvalidArgument("k and alpha must be at least 1")
         if self.store_on_lookup_max < 0:

@@ -30,11 +30,19 @@ from types import TracebackType
 from typing import IO, Any, TypeVar
 
 from .call import Call
+from .codec import Codec
 from .config import Config
-from .contact import Address, Contact, is_ip_literal
-from .errors import DataDirInUse, InvalidArgument, InvalidType, PeerClosedError, StorageFull
+from .contact import Address, Contact, check_host_name, is_ip_literal
+from .errors import (
+    DataDirInUse,
+    InvalidArgument,
+    InvalidType,
+    PeerClosedError,
+    ProtocolError,
+    StorageFull,
+)
 from .ids import check_id, id_from_bytes, id_to_bytes, random_id
-from .messages import Message
+from .messages import Envelope, Kind, Message
 from .namespace import NamespaceRecord, check_public_key
 from .node import Node
 from .routing import RoutingTable
@@ -45,6 +53,8 @@ from .transport import NodeProtocol
 
 T = TypeVar("T")
 _MISSING: Any = object()
+_SOCKET_LOST = ("the peer's socket was closed by an error (see the qadom log); close this peer "
+                "and start a new one")
 log = logging.getLogger("qadom")
 
 
@@ -65,8 +75,7 @@ class Peer:
                  node_id: int | None = None, store: Store | None = None,
                  data_dir: str | os.PathLike[str] | None = None,
                  rng: random.Random | None = None, client_only: bool = False) -> None:
-        if not isinstance(host, str):
-            raise InvalidType("host must be a str")
+        _check_bind_host(host)
         _check_port(port)
         if store is not None and data_dir is not None:
             raise InvalidArgument("give a store or a data_dir, not both")
@@ -131,7 +140,8 @@ class Peer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         try:
             transport, protocol = await loop.create_datagram_endpoint(
-                lambda: NodeProtocol(make_node, loop), local_addr=(self.host, self.port),
+                lambda: NodeProtocol(make_node, loop, self._socket_lost),
+                local_addr=(self.host, self.port),
                 family=family)
         except BaseException:  # the port is taken, say: do not leave the data dir open
             self._close_data_dir()
@@ -176,13 +186,24 @@ class Peer:
                     store.close()
                 finally:
                     self._unlock()
+        self._fail_pending("the peer was closed")
+        await asyncio.sleep(0)  # let the transport's connection_lost run
+
+    def _socket_lost(self) -> None:
+        """The socket was closed: by :meth:`close`, or under a running peer by an error the loop
+        treats as fatal. The node's timers went with it, so what waits on the node would wait
+        forever: it fails now."""
+        if not self._closed:
+            self._fail_pending(_SOCKET_LOST)
+
+    def _fail_pending(self, reason: str) -> None:
+        """End every operation and subscription in progress with PeerClosedError(reason)."""
         for future in list(self._futures):
             if not future.done():
-                future.set_exception(PeerClosedError("the peer was closed"))
+                future.set_exception(PeerClosedError(reason))
         self._futures.clear()
         for subscription in list(self._subscriptions):
             subscription._peer_closed()
-        await asyncio.sleep(0)  # let the transport's connection_lost run
 
     async def __aenter__(self) -> Peer:
         await self.start()
@@ -217,7 +238,8 @@ class Peer:
     @property
     def running(self) -> bool:
         """Started, not closed, and its socket open (an error the event loop treats as fatal
-        closes the socket: logged on the ``qadom`` logger and counted as ``socket_lost``)."""
+        closes the socket: logged on the ``qadom`` logger and counted as ``socket_lost``; the
+        operations and subscriptions in progress then end with PeerClosedError)."""
         return self._protocol is not None and self._protocol.transport is not None
 
     @property
@@ -260,6 +282,7 @@ class Peer:
                 raise InvalidArgument("no saved contacts to rejoin from; give addresses")
             return await self._run(protocol.node.bootstrap(saved, protocol.now()))
         resolved = [await self._resolve(address) for address in _check_addresses(addresses)]
+        protocol = self._running()  # closed while resolving: start nothing
         return await self._run(protocol.node.bootstrap(resolved, protocol.now()))
 
     async def ping(self, address: tuple[str, int]) -> Contact:
@@ -267,6 +290,7 @@ class Peer:
         protocol = self._running()
         (checked,) = _check_addresses([address])
         resolved = await self._resolve(checked)
+        protocol = self._running()  # closed while resolving: start nothing
         return await self._run(protocol.node.ping(resolved, protocol.now()))
 
     async def set(self, value: bytes) -> int:
@@ -304,7 +328,9 @@ class Peer:
         if not isinstance(message, Message) or not message.IS_REQUEST:
             raise InvalidType(f"message must be a request Message (Ping, FindNode...), not "
                               f"{type(message).__name__}")
+        _check_wire_fields(protocol.node.codec, message)
         resolved = await self._resolve(checked)  # replies come from the address, not the name
+        protocol = self._running()  # closed while resolving: start nothing
         return await self._run(protocol.node.ask(resolved, message, protocol.now()))
 
     def forget(self, key: int) -> bool:
@@ -322,8 +348,10 @@ class Peer:
         return await self._run(protocol.node.find_nodes(target, protocol.now()))
 
     async def refresh(self, *, all_buckets: bool = False) -> None:
-        """Refresh stale buckets now (all of them with ``all_buckets``)."""
+        """Refresh stale buckets now (all of them with ``all_buckets``, a bool)."""
         protocol = self._running()
+        if not isinstance(all_buckets, bool):
+            raise InvalidType(f"all_buckets must be a bool, not {type(all_buckets).__name__}")
         await self._run(protocol.node.refresh(protocol.now(), all_buckets=all_buckets))
 
     async def run_service(self, start: Callable[[Node, float], Call[T]]) -> T:
@@ -333,7 +361,11 @@ class Peer:
         protocol = self._running()
         if not callable(start):
             raise InvalidType(f"start must be callable, not {type(start).__name__}")
-        return await self._run(start(protocol.node, protocol.now()))
+        call = start(protocol.node, protocol.now())
+        if not isinstance(call, Call):
+            raise InvalidType(f"start must return the operation's Call, not "
+                              f"{type(call).__name__}")
+        return await self._run(call)
 
     # ------------------------------------------------------------------ namespaces, pubsub
 
@@ -416,8 +448,7 @@ class Peer:
             raise PeerClosedError("the peer is closed" if self._closed else
                                   "the peer is not started: await peer.start() first")
         if protocol.transport is None:
-            raise PeerClosedError("the peer's socket was closed by an error (see the qadom "
-                                  "log); close this peer and start a new one")
+            raise PeerClosedError(_SOCKET_LOST)
         return protocol
 
     async def _run(self, call: Call[T]) -> T:
@@ -454,6 +485,50 @@ class Peer:
         return f"<Peer {self.id:064x}"[:14] + f"… {where}>"
 
 
+def _check_bind_host(host: object) -> str:
+    """A host to bind: an IP literal, a name the resolver can be asked about, or "" (every
+    interface); InvalidArgument for one no socket can bind (a NUL, which the resolver would cut
+    the name at; an IPv6 zone that names no interface; a name with an empty or overlong
+    label)."""
+    if not isinstance(host, str):
+        raise InvalidType("host must be a str")
+    if "\0" in host:
+        raise InvalidArgument(f"host {host!r} contains a NUL character")
+    if "%" in host and not is_ip_literal(host):
+        raise InvalidArgument(f"{host!r} has an IPv6 zone that names no interface")
+    return check_host_name(host)
+
+
+_WIRE_TYPES: dict[Kind, tuple[type, ...]] = {
+    Kind.ID: (int,), Kind.OPT_ID: (int, type(None)), Kind.VALUE: (bytes,), Kind.BOOL: (bool,),
+    Kind.UINT16: (int,), Kind.UINT64: (int,), Kind.TEXT: (str,), Kind.CONTACTS: (tuple,),
+    Kind.IDS: (tuple,), Kind.SHORT_BYTES: (bytes,)}
+"""The Python types a message field of each kind holds (``bool`` only for BOOL)."""
+
+
+def _check_wire_fields(codec: Codec, message: Message) -> None:
+    """Refuse a request whose fields the wire cannot carry as they are: InvalidType for a field
+    of the wrong type, InvalidArgument for one out of its kind's range (an id of 2**256, a
+    negative ttl), which the receiver would drop as malformed after every attempt."""
+    name = type(message).__name__
+    for field, kind in message.FIELDS:
+        value = getattr(message, field)
+        if not isinstance(value, _WIRE_TYPES[kind]) or (
+                isinstance(value, bool) and kind is not Kind.BOOL):
+            wanted = " or ".join(t.__name__ for t in _WIRE_TYPES[kind])
+            raise InvalidType(f"{name}.{field} must be {wanted}, not {type(value).__name__}")
+    try:  # what the receiver will decode must be what was meant
+        decoded = codec.decode(codec.encode(Envelope(0, None, message))).message
+        same = all(getattr(decoded, field) == getattr(message, field)
+                   for field, _ in message.FIELDS)
+    except InvalidArgument:
+        raise
+    except (ProtocolError, OverflowError, ValueError, TypeError, AttributeError) as exc:
+        raise InvalidArgument(f"{name} cannot be sent: {exc}") from None
+    if not same:
+        raise InvalidArgument(f"{name} cannot be sent: a field does not survive the wire")
+
+
 def _check_port(port: object) -> int:
     if not isinstance(port, int) or isinstance(port, bool):
         raise InvalidType("port must be an int")
@@ -463,8 +538,8 @@ def _check_port(port: object) -> int:
 
 
 def _check_addresses(addresses: Iterable[tuple[str, int]]) -> list[Address]:
-    """Peers to reach: (host, port) pairs with a non-empty host and a port in [1, 65535] (port 0
-    names no peer)."""
+    """Peers to reach: (host, port) pairs with a non-empty host free of NUL characters and a port
+    in [1, 65535] (port 0 names no peer)."""
     if isinstance(addresses, (str, bytes)) or not isinstance(addresses, Iterable):
         raise InvalidType("addresses must be a list of (host, port) pairs")
     checked: list[Address] = []
@@ -474,6 +549,8 @@ def _check_addresses(addresses: Iterable[tuple[str, int]]) -> list[Address]:
         host, port = item
         if not isinstance(host, str) or not host:
             raise InvalidType("host must be a non-empty str")
+        if "\0" in host:  # the resolver would read the name up to it: another host
+            raise InvalidArgument(f"host {host!r} contains a NUL character")
         if _check_port(port) == 0:
             raise InvalidArgument(f"port 0 names no peer ({host}:0)")
         checked.append((host, port))

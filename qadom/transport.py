@@ -26,11 +26,14 @@ log = logging.getLogger("qadom")
 
 class NodeProtocol(asyncio.DatagramProtocol):
     """Runs one :class:`Node` on one UDP socket. ``make_node(now)`` builds the node on this
-    adapter's clock."""
+    adapter's clock; ``on_lost()`` runs once the socket is closed, by whoever closed it (the
+    node's timers go with it, so nothing it runs can end after that)."""
 
     def __init__(self, make_node: Callable[[float], Node],
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop,
+                 on_lost: Callable[[], None] | None = None) -> None:
         self.loop = loop
+        self._on_lost = on_lost
         self.transport: asyncio.DatagramTransport | None = None
         self._offset = time.time() - loop.time()
         self.node = make_node(self.now())
@@ -65,6 +68,8 @@ class NodeProtocol(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._on_lost is not None:
+            self._on_lost()
 
     # ------------------------------------------------------------------ driving the node
 
