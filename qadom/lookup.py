@@ -22,9 +22,12 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
   round 1); the lookup's round count is the highest round asked. Rounds are what the paper's
   O(log n) bound counts.
 * Network diversity (not in the paper): with a ``network`` rule, at most ``max_per_network``
-  candidates of one network (the rule's answer; None: not limited) enter a lookup, so peers of
-  one network cannot crowd out the others by naming each other (an eclipse of the target).
-  Candidates refused for it are counted in :attr:`Lookup.crowded`.
+  candidates of one network (the rule's answer; None: not limited) that have not failed are in
+  a lookup, so peers of one network cannot crowd out the others by naming each other (an
+  eclipse of the target). Candidates refused for it are counted in :attr:`Lookup.crowded` and
+  kept aside (the ``k`` closest per network): a candidate that fails frees its network's share
+  for the closest of them, so fake contacts named in another peer's network, which fail, cannot
+  keep that network's real peers out.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class Lookup:
         self._network = network if max_per_network > 0 else None
         self._max_per_network = max_per_network
         self._per_network: dict[str, int] = {}
+        # Per network, the candidates refused for its share: id -> (contact, round).
+        self._refused: dict[str, dict[int, tuple[Contact, int]]] = {}
         self.crowded = 0  # candidates refused because their network had its share
         self._order: list[Candidate] = []
         self._by_id: dict[int, Candidate] = {}
@@ -156,6 +161,8 @@ class Lookup:
             self.in_flight -= 1
         cand.state = State.FAILED
         self.failures += 1
+        if self._network is not None:
+            self._free_share(cand.contact)
         if cand is self.probe:
             self.widen()
 
@@ -247,6 +254,7 @@ class Lookup:
                     count = self._per_network.get(name, 0)
                     if count >= self._max_per_network:
                         self.crowded += 1
+                        self._refuse(name, contact, round_)
                         continue
                     self._per_network[name] = count + 1
             cand = by_id[node_id] = Candidate(contact, node_id ^ target, round_)
@@ -256,3 +264,34 @@ class Lookup:
         self._order.extend(added)
         self._order.sort(key=_DISTANCE)
         return [cand.contact for cand in added]
+
+    def _refuse(self, name: str, contact: Contact, round_: int) -> None:
+        """Keep ``contact``, refused for its network's share, among the ``k`` closest refused of
+        that network."""
+        refused = self._refused.setdefault(name, {})
+        if contact.id in refused:
+            return
+        refused[contact.id] = (contact, round_)
+        if len(refused) > self.k:
+            target = self.target
+            del refused[max(refused, key=lambda node_id: node_id ^ target)]
+
+    def _free_share(self, contact: Contact) -> None:
+        """``contact`` failed: it no longer holds a share of its network, which goes to the
+        closest candidate of that network refused so far, if any."""
+        assert self._network is not None
+        name = self._network(contact)
+        if name is None:
+            return
+        count = self._per_network.get(name, 0) - 1
+        if count > 0:
+            self._per_network[name] = count
+        else:
+            self._per_network.pop(name, None)
+        refused = self._refused.get(name)
+        target = self.target
+        while refused:
+            node_id = min(refused, key=lambda node_id: node_id ^ target)
+            waiting, round_ = refused.pop(node_id)
+            if self._add((waiting,), round_):
+                break

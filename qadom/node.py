@@ -184,17 +184,28 @@ class _LookupRun:
             dead = node._dead
             lookup.add(c for c in node.table.closest(lookup.target, len(node.table))
                        if dead.get(c.address, 0.0) <= now)
-        for cand in lookup.next_requests():
-            contact = cand.contact
-            if emit:
-                emit(LookupRequest(self.lookup_id, now, contact, contact.id ^ lookup.target,
-                                   cand.round))
-            node.request(contact.address, self.message, now, expect_id=contact.id,
-                         on_reply=partial(self.on_reply, contact),
-                         on_stall=partial(self.on_stall, contact))
-            if cand is lookup.probe:  # asked alone: widen if it is slow to answer
-                node.stats["probes"] += 1
-                self.hedge_timer = node._schedule(now + node.probe_hedge, self.hedge)
+        banned = node._banned
+        chosen = lookup.next_requests()
+        while chosen:
+            skipped = False
+            for cand in chosen:
+                contact = cand.contact
+                if banned and banned.get(contact.address, 0.0) > now:
+                    # Its address lied (to this lookup or another) since it was named: a liar
+                    # is not asked while its ban lasts, whatever id it was named with.
+                    lookup.on_failure(contact)
+                    skipped = True
+                    continue
+                if emit:
+                    emit(LookupRequest(self.lookup_id, now, contact, contact.id ^ lookup.target,
+                                       cand.round))
+                node.request(contact.address, self.message, now, expect_id=contact.id,
+                             on_reply=partial(self.on_reply, contact),
+                             on_stall=partial(self.on_stall, contact))
+                if cand is lookup.probe:  # asked alone: widen if it is slow to answer
+                    node.stats["probes"] += 1
+                    self.hedge_timer = node._schedule(now + node.probe_hedge, self.hedge)
+            chosen = lookup.next_requests() if skipped else []
         if lookup.finished:
             self.finished = True
             if lookup.crowded:
@@ -859,12 +870,16 @@ class Node:
 
     def _note_requester(self, sender: int, address: Address, now: float,
                         budget: int | None) -> None:
-        """A request came from ``sender``: refresh it if known, else ping it to verify it, if
-        the ping fits in ``budget`` bytes (what the amplification bound leaves after the
-        reply; None: no bound)."""
+        """A request came from ``sender``: refresh it if known and the request proved its
+        address, else ping it to verify it, if the ping fits in ``budget`` bytes (what the
+        amplification bound leaves after the reply; None: a proven address, no bound).
+
+        A contact's id and address are public: a request without a token, in its name from its
+        address, may come from anybody and proves no sign of life (else a spoofer could keep a
+        dead contact in its bucket and out of the lookups' backoff)."""
         known = self.table.get(sender)
         if known is not None:
-            if known.address == address:
+            if known.address == address and budget is None:
                 self._saw(known, now)
             return
         if self._verifying.get(address, -1e300) + self.config.verify_interval > now:
@@ -944,8 +959,8 @@ class Node:
         """A request to ``address`` failed for good (every attempt went unanswered). The address
         enters the lookups' backoff once ``dead_after_failures`` requests to it failed in a row
         (an answer from it resets the count, as does a request from the contact our table holds
-        at that address), and a contact of our table only once
-        the table gives it up as well (``stale_failures`` failures in a row, or one when a
+        at that address that proves the address with a token), and a contact of our table only
+        once the table gives it up as well (``stale_failures`` failures in a row, or one when a
         replacement waits): under loss a live peer fails single requests, and skipping it after
         one would make a busy peer shun most of the network (see Config.dead_backoff)."""
         failures = self._failures
@@ -971,8 +986,7 @@ class Node:
         evicted and shut out."""
         self.stats["liars"] += 1
         address = contact.address
-        for liar in [c for c in self.table if c.address == address]:
-            self.table.remove(liar.id)
+        self.table.remove_address(address)  # its replacements too: none takes a freed slot
         until = now + self.config.liar_backoff
         self._banned[address] = until
         self._dead[address] = max(self._dead.get(address, 0.0), until)

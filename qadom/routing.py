@@ -37,7 +37,7 @@ import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
-from .contact import Contact
+from .contact import Address, Contact
 from .ids import ID_SPACE
 
 _PREFIXES: dict[str, str | None] = {}  # host -> network prefix (a bounded memo)
@@ -270,6 +270,20 @@ class RoutingTable:
         if bucket.pinging == node_id:
             bucket.pinging = None
         self._promote(bucket)
+
+    def remove_address(self, address: Address) -> int:
+        """Drop every contact and replacement at ``address`` (a liar's: ids are not bound to
+        addresses, so it may hold several), the replacements first, so that none of them takes
+        a slot the contacts free. Returns how many contacts were dropped."""
+        for bucket in self.buckets:
+            if bucket.replacements:
+                for node_id in [i for i, c in bucket.replacements.items()
+                                if c.address == address]:
+                    del bucket.replacements[node_id]
+        gone = [c.id for c in self if c.address == address]
+        for node_id in gone:
+            self.remove(node_id)
+        return len(gone)
 
     # ------------------------------------------------------------------ internals
 
