@@ -28,6 +28,33 @@ def is_ip_literal(host: str) -> bool:
     return not percent or _SCOPE.fullmatch(zone) is not None
 
 
+_HOST_KEYS: dict[str, str] = {}  # host -> its host_key (a bounded memo)
+_HOST_KEYS_MAX = 16_384
+
+
+def host_key(host: str) -> str:
+    """What the per-host budgets (request rates, storage quotas, subscriptions) count as one
+    host: an IPv4 address itself; for IPv6 its /64 network, since an end site holds at least a
+    /64 and counting each of its addresses as a host would give one machine 2**64 budgets (an
+    IPv4-mapped address counts as its IPv4 address). Anything else is its own key."""
+    key = _HOST_KEYS.get(host)
+    if key is None:
+        key = host
+        if ":" in host:
+            try:
+                address = ipaddress.IPv6Address(host.split("%", 1)[0])
+            except ValueError:
+                pass
+            else:
+                mapped = address.ipv4_mapped
+                key = (str(mapped) if mapped is not None
+                       else str(ipaddress.IPv6Network(f"{address}/64", strict=False)))
+        if len(_HOST_KEYS) >= _HOST_KEYS_MAX:
+            _HOST_KEYS.clear()
+        _HOST_KEYS[host] = key
+    return key
+
+
 _PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
 
 

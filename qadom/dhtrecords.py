@@ -67,7 +67,7 @@ from coincurve.ecdsa import cdata_to_der, der_to_cdata, deserialize_compact, ser
 
 from .call import Call
 from .config import Config
-from .contact import Address, Contact
+from .contact import Address, Contact, host_key
 from .errors import (
     InvalidField,
     NotFoundError,
@@ -718,14 +718,16 @@ class DhtRecordService:
     def _handle_put(self, message: DhtPut, sender: int | None, address: Address,
                     now: float) -> Message:
         """A client's write lands on our record by :func:`apply_write`, with the lifetime its
-        TTL gives or the one we held, whichever ends later. A republished record
-        fills only: it is checked entry by entry (:func:`apply_record`) and stored only if we
-        hold no live record for the key; holding one, we keep it and its lifecycle, add to a
-        CONTROLLED one the entries of owners it has none of (:meth:`_fill_owners`), and
-        otherwise merely count the republish as this hour's when our record holds every entry
-        sent (the same record, whose lifetime the TTL may then extend). The format has no
-        version, so this is what keeps a lagging storer's older copy from replacing a newer
-        one."""
+        TTL gives or the one we held, whichever ends later. A republished record fills only: its
+        live entries are checked one by one (:func:`apply_record`; an entry that expired on the
+        way is left out) and stored only if we hold no live record for the key; holding one, we
+        keep it and its lifecycle, add to a CONTROLLED one the entries of owners it has none of
+        (:meth:`_fill_owners`), and otherwise merely count the republish as this hour's when our
+        record holds every entry sent (the same record, whose lifetime the TTL may then extend).
+        The format has no version, so this is what keeps a lagging storer's older copy from
+        replacing a newer one. What it stores is charged to the sending host
+        (:func:`~qadom.contact.host_key`)."""
+        source = host_key(address[0])
         if message.ttl <= 0:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
         try:
@@ -739,7 +741,9 @@ class DhtRecordService:
         old = store.record_meta(RECORD_KIND, key) if current is not None else None
         try:
             if message.republish:
-                record = apply_record(write, now, self.config)
+                # The sender sent the entries live at its clock; one that has expired since (on
+                # the way, or during the sender's lookup) is left out, not held against the rest.
+                record = apply_record(write.live(now) or write, now, self.config)
             else:
                 record = apply_write(existing, write, now, self.config)
         except Unauthorized as exc:
@@ -753,15 +757,19 @@ class DhtRecordService:
             if current.mode == CONTROLLED:
                 merged = self._fill_owners(current, record, now)
                 if merged is not current:
-                    try:  # our record, our lifecycle: only the missing owners were added
-                        store.put_record(RECORD_KIND, key, encode_record(merged), now, meta=old)
+                    # Our record, our lifecycle: only the missing owners were added. The record
+                    # grew by what the sender sent: charged to its host, as a write would be.
+                    grown = None if old is None else replace(old, source=source)
+                    try:
+                        store.put_record(RECORD_KIND, key, encode_record(merged), now,
+                                         meta=grown)
                     except StorageFull as exc:
                         return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
                     return Stored()
             if not set(record.entries) <= set(current.entries):
                 return Stored()  # fill-only: our record stays as it is
             record, same = current, True
-        meta = received_meta(old, message.ttl, now, self.config, address[0], same=same)
+        meta = received_meta(old, message.ttl, now, self.config, source, same=same)
         if old is not None and not same and not old.original:
             # A client's write lands on a live record: it may lengthen the lifetime held, never
             # shorten it. The TTL is not signed and a write may be replayed (GET serves it) or,

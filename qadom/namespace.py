@@ -52,7 +52,7 @@ from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from .call import Call
-from .contact import Address, Contact
+from .contact import Address, Contact, host_key
 from .errors import (
     BadSignature,
     InvalidArgument,
@@ -601,7 +601,7 @@ class NamespaceService:
         if message.ttl <= 0:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
         try:
-            self.accept(message.record(), now, address[0], message.ttl)
+            self.accept(message.record(), now, host_key(address[0]), message.ttl)
         except BadSignature:
             # Only a faulty or hostile peer sends a forged record (a local caller's mistake is
             # caught before anything is sent), but a request's sender id and source address

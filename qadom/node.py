@@ -42,7 +42,7 @@ from typing import Any, Protocol, TypeVar
 from .call import Call
 from .codec import Codec
 from .config import Config
-from .contact import Address, Contact
+from .contact import Address, Contact, host_key
 from .dhtrecords import DhtRecordService
 from .errors import (
     InvalidArgument,
@@ -862,11 +862,12 @@ class Node:
             tokens.popitem(last=False)
 
     def _within_rate(self, address: Address, now: float) -> bool:
-        """Per-address and (for non-loopback hosts) per-host request budgets."""
+        """Per-address and (for non-loopback hosts) per-host request budgets, a host being an
+        IPv4 address or an IPv6 /64 (:func:`~qadom.contact.host_key`)."""
         if not self._address_rate.allow(address, now):
             return False
         host = address[0]
-        return is_loopback(host) or self._host_rate.allow(host, now)
+        return is_loopback(host) or self._host_rate.allow(host_key(host), now)
 
     def _note_requester(self, sender: int, address: Address, now: float,
                         budget: int | None) -> None:
@@ -1100,7 +1101,7 @@ class Node:
         if old is not None:
             expires = max(expires, old.expires)
         return Meta(expires, republish_at, False, cached,
-                    old.source if old is not None else address[0])
+                    old.source if old is not None else host_key(address[0]))
 
     def _handle_search(self, message: Search, sender: int | None, address: Address,
                        now: float) -> Message:

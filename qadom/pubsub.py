@@ -58,7 +58,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from .call import Call
-from .contact import Address, Contact
+from .contact import Address, Contact, host_key
 from .errors import (
     NoPeersError,
     OperationTimeout,
@@ -237,7 +237,7 @@ class RelayTable:
         if subscribers is not None and subscriber in subscribers:
             subscribers[subscriber] = now + granted  # renewing is not joining
             return self.OK, granted
-        host = subscriber[0]
+        host = host_key(subscriber[0])
         if self.max_per_host is not None and self._by_host.get(host, 0) >= self.max_per_host:
             return self.HOST_TOO_MANY_TOPICS, 0.0
         if subscribers is None:
@@ -282,8 +282,9 @@ class RelayTable:
         return sum(len(s) for s in self._topics.values())
 
     def held_by(self, host: str) -> int:
-        """How many subscriptions (all topics) the subscribers on ``host`` hold here."""
-        return self._by_host.get(host, 0)
+        """How many subscriptions (all topics) the subscribers on ``host`` (for IPv6, its /64:
+        :func:`~qadom.contact.host_key`) hold here."""
+        return self._by_host.get(host_key(host), 0)
 
     def __len__(self) -> int:
         return len(self._topics)
@@ -300,7 +301,7 @@ class RelayTable:
     def _drop(self, topic: int, subscribers: dict[Address, float], address: Address) -> None:
         """Forget one subscription, keeping the per-host counts exact."""
         del subscribers[address]
-        host = address[0]
+        host = host_key(address[0])
         for counts in (self._by_topic_host[topic], self._by_host):
             left = counts[host] - 1
             if left:
@@ -363,7 +364,7 @@ class StreamTable:
         if self._opened.get((topic, publisher), 0) >= self.per_publisher:
             return self.TOO_MANY
         if self.max_per_host is not None and (
-                self._by_host.get(publisher[0], 0) >= self.max_per_host):
+                self._by_host.get(host_key(publisher[0]), 0) >= self.max_per_host):
             return self.HOST_TOO_MANY
         return self.OK
 
@@ -392,7 +393,8 @@ class StreamTable:
                 self._release(old_topic, old_owner)
             mine = (topic, publisher)
             self._opened[mine] = self._opened.get(mine, 0) + 1
-            self._by_host[publisher[0]] = self._by_host.get(publisher[0], 0) + 1
+            host = host_key(publisher[0])
+            self._by_host[host] = self._by_host.get(host, 0) + 1
             highest, taken = seq, 0
         if seq > highest:
             # Never shift by more than the window: a seq may jump by up to 2**64.
@@ -422,8 +424,9 @@ class StreamTable:
         return self._opened.get((topic, publisher), 0)
 
     def held_by(self, host: str) -> int:
-        """How many streams (all topics) are kept for the addresses of ``host``."""
-        return self._by_host.get(host, 0)
+        """How many streams (all topics) are kept for the addresses of ``host`` (for IPv6, its
+        /64)."""
+        return self._by_host.get(host_key(host), 0)
 
     def entries(self) -> list[tuple[int, int, Address, float]]:
         """Every kept stream as ``(topic, stream, owner, last message)``, least recently used
@@ -442,7 +445,7 @@ class StreamTable:
             self._opened[mine] = left
         else:
             del self._opened[mine]
-        host = owner[0]
+        host = host_key(owner[0])
         left = self._by_host[host] - 1
         if left:
             self._by_host[host] = left

@@ -68,7 +68,8 @@ class Meta:
     cached: bool = False
     """A cached copy along a lookup path: never republished, first to be evicted."""
     source: str = ""
-    """Host of the peer that sent it, for per-address quotas; "" when stored locally."""
+    """The host of the peer that sent it (for IPv6 its /64, :func:`~qadom.contact.host_key`),
+    for the per-host quotas; "" when stored locally."""
 
 
 @dataclass(frozen=True, slots=True)
