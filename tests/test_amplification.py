@@ -10,22 +10,25 @@ import pytest
 from qadom import Config
 from qadom.codec import Codec
 from qadom.contact import Address, Contact
-from qadom.dhtrecords import DhtFind
+from qadom.dhtrecords import DhtFind, DhtPut
 from qadom.info import InfoRequest
 from qadom.messages import (
+    Append,
     Challenge,
     Envelope,
     FindNode,
+    FindNodeStore,
     FindValue,
     Message,
     Nodes,
     Ping,
     Search,
+    Store,
     Value,
 )
-from qadom.namespace import NamespaceFind
+from qadom.namespace import NamespaceFind, NamespaceStore
 from qadom.node import Node
-from qadom.pubsub import Subscribe
+from qadom.pubsub import Deliver, Publish, Subscribe, Unsubscribe
 from qadom.sim import SimNetwork
 from qadom.storage import Meta
 
@@ -50,7 +53,18 @@ def loaded_node() -> Node:
 REQUESTS: list[Message] = [
     Ping(), FindNode(2**255), FindValue(7), FindValue(8), Search(9, None), Search(9, 100),
     NamespaceFind(5), DhtFind(5), InfoRequest(), Subscribe(3, 60_000),
+    # The requests that write: a value storing or not (FIND_NODE_STORE answers k contacts), an
+    # entry, a record that does not verify, a /dht write that does not decode, pub/sub traffic.
+    Store(b"v" * 100), Store(b"v" * 100, cache=True), FindNodeStore(b"w" * 100, 86400),
+    FindNodeStore(b"w" * 100, 0), Append(9, 5000, 86400), Append(10, 1, 86400),
+    NamespaceStore(bytes(32), 5, 0, b"value", bytes(64), 86400), DhtPut(b"\x00" * 40),
+    Unsubscribe(3), Publish(3, 1, 0, b"message"), Deliver(3, 1, 0, b"message"),
 ]
+"""Every request type the node serves (``test_every_request_type_is_covered`` checks it)."""
+
+
+def test_every_request_type_is_covered() -> None:
+    assert {type(m) for m in REQUESTS} == set(loaded_node()._handlers)
 
 
 def sent_later(node: Node, destination: Address, until: float) -> list[bytes]:
