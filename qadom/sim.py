@@ -50,6 +50,7 @@ from .ids import ID_BITS, check_id
 from .node import Node
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 Latency = tuple[float, float] | Callable[[random.Random], float]
 """One-way delay of a datagram: ``(min, max)`` seconds drawn uniformly, or a function that draws
@@ -309,7 +310,7 @@ class SimNetwork:
 
     # ------------------------------------------------------------------ driving
 
-    def call(self, node: Node, operation: Callable[..., Call[T]], *args: Any) -> Call[T]:
+    def call(self, node: Node, operation: Callable[..., R], *args: Any) -> R:
         """Start ``operation(*args, now)`` on ``node`` (e.g. ``net.call(n, n.get, key)``)."""
         result = operation(*args, self.now)
         self._after_input(self.address_of(node), node)

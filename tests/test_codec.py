@@ -101,7 +101,7 @@ def test_padding_reaches_its_size_and_changes_nothing_else(envelope: Envelope, p
 
 
 def test_envelope_extras_are_checked() -> None:
-    base = [1, Ping.CODE, 7, None, []]
+    base: list[object] = [1, Ping.CODE, 7, None, []]
     assert CODEC.decode(cbor2.dumps([*base, b"t"])).token == b"t"
     assert CODEC.decode(cbor2.dumps([*base, None, b"\x00" * 100])).token is None
     for bad in ([*base, b""], [*base, b"x" * 33], [*base, "t"], [*base, None, "pad"],

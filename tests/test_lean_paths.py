@@ -16,9 +16,9 @@ from qadom.contact import Address, Contact
 from qadom.ids import key_for
 from qadom.lookup import Lookup, State
 from qadom.messages import Envelope, Error, ErrorCode, FindNodeStore, Message, NodesStored, Store
-from qadom.node import Node
+from qadom.node import Handler, Node
 from qadom.sim import SimNetwork
-from qadom.storage import Meta
+from qadom.storage import MemoryStore, Meta
 
 CONFIG = Config()
 
@@ -40,9 +40,9 @@ def count_requests(nodes: list[Node], kinds: tuple[type[Message], ...]) -> Count
             original = node._handlers[kind]
 
             def counted(message: Message, sender: int | None, address: Address, now: float,
-                        original: object = original) -> Message:
+                        original: Handler = original) -> Message:
                 served[type(message).__name__] += 1
-                return original(message, sender, address, now)  # type: ignore[operator]
+                return original(message, sender, address, now)
 
             node.register_handler(kind, counted)
     return served
@@ -158,7 +158,7 @@ def test_a_probe_of_a_non_holder_widens_and_still_finds_the_value() -> None:
     key = net.run_call(net.call(nodes[0], nodes[0].set, value))
     reader = non_holder(net, nodes, key)
     probed = net.nodes[reader.table.closest(key, 1)[0].address]
-    probed.store = type(probed.store)(probed.config)  # it forgot everything
+    probed.store = MemoryStore(probed.config)  # it forgot everything
     assert net.run_call(net.call(reader, reader.get, key)) == value
     assert reader.stats["probes"] == 1
 
@@ -238,7 +238,7 @@ def test_find_node_store_keeps_the_value_only_when_it_belongs_and_fits() -> None
     assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST
     # A full store answers with the contacts and stored = false, and changes nothing.
     full = ranked[2]
-    full.store = type(full.store)(replace(CONFIG, max_store_items=1))
+    full.store = MemoryStore(replace(CONFIG, max_store_items=1))
     full.store.put_value(1, b"x", Meta(expires=net.now + 60))
     before = full.store.stats()
     reply = ask(full, FindNodeStore(value, 3600), net.now)

@@ -10,7 +10,7 @@ import bisect
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -239,7 +239,7 @@ def check_indexes(store: MemoryStore) -> None:
                if meta.original or meta.expires != NEVER}
     keys = store._keys
     assert list(keys) == sorted(handed)
-    kinds = {}
+    kinds: dict[int, list[str]] = {}
     for kind, key in sorted(store._records):
         kinds.setdefault(key, []).append(kind)
     assert store._kinds == kinds
@@ -371,12 +371,14 @@ def test_indexed_queries_answer_as_a_scan(seed: int, slack: int, index_at: int,
         elif name == "forget":
             seen["forgotten"] += bool(result)
         elif name == "due":
-            seen["due cut"] += len(reference.due(args[0], 10**9)) > len(result) > 0
+            at, _ = cast(tuple[float, int], args)
+            seen["due cut"] += len(reference.due(at, 10**9)) > len(cast(list[Due], result)) > 0
         elif name == "due_records":
             seen["due records"] += bool(result)
         elif name == "held_between":
-            seen["handed cut"] += len(reference.held_between(args[0], args[1], 10**9)) > len(
-                result) > 0
+            lo, hi, _ = cast(tuple[int, int, int], args)
+            handed = cast(list[Due | DueRecord], result)
+            seen["handed cut"] += len(reference.held_between(lo, hi, 10**9)) > len(handed) > 0
     assert all(seen.values()), seen
     assert store._indexed and (scanned[0] > 100 if index_at else scanned[0] == 0), scanned
     assert compactions[0] > 0  # the garbage bound was reached and enforced
@@ -512,9 +514,9 @@ def test_queries_examine_what_they_return_not_everything_held() -> None:
     store = MemoryStore(Config(max_store_items=2 * n, max_store_bytes=10**9))
     step = ID_SPACE // n
     for i in range(n // 2):
-        due, dies = i % 5000 == 0, i % 100 == 1  # 10 due, 1% expiring
+        is_due, dies = i % 5000 == 0, i % 100 == 1  # 10 due, 1% expiring
         store.put_value(i * step, b"v", Meta(50.0 if dies else 1e9,
-                                            republish_at=10.0 if due else 1e6))
+                                            republish_at=10.0 if is_due else 1e6))
         store.add_entry(i * step + 1, i, Meta(50.0 if dies else 1e9, republish_at=1e6))
     store.put_record("dht", 7, b"r", 0.0, meta=Meta(1e9, 10.0))
     store.put_value(3 * step, b"mine", Meta(1e9, 1e6, original=True))

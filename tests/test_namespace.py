@@ -424,7 +424,7 @@ def test_sim_an_older_seq_republished_is_refused_and_changes_nothing() -> None:
     assert all(r.namespace.local(skey) == v1 for r in replicas)
     assert publisher.namespace.local(skey) == v0
 
-    def state() -> list[object]:
+    def state() -> list[tuple[bytes | None, Meta | None, int]]:
         return [(r.store.get_record(RECORD_KIND, skey), r.store.record_meta(RECORD_KIND, skey),
                  r.stats["namespace_refused"]) for r in replicas]
 

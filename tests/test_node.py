@@ -13,7 +13,17 @@ from qadom.contact import Address, Contact
 from qadom.errors import InvalidArgument, InvalidType, OperationTimeout, ValueTooLarge
 from qadom.events import LookupEvent, LookupFinished, LookupReply, LookupRequest, LookupStarted
 from qadom.ids import key_for
-from qadom.messages import Envelope, Error, ErrorCode, FindValue, Nodes, Ping, Pong, Value
+from qadom.messages import (
+    Envelope,
+    Error,
+    ErrorCode,
+    FindValue,
+    Message,
+    Nodes,
+    Ping,
+    Pong,
+    Value,
+)
 from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import Meta
@@ -66,13 +76,13 @@ def test_unexpected_replies_are_counted_and_ignored() -> None:
 def test_requests_retry_then_fail_in_bounded_time() -> None:
     net, (a, b) = network(2)
     net.remove(b)
-    outcome: list[object] = []
+    outcome: list[tuple[Envelope | None, float]] = []
     start = net.now
     a.request(net.address_of(b), Ping(), net.now, expect_id=b.id,
               on_reply=lambda env, now: outcome.append((env, now)))
     net.run_for(10)
     assert len(outcome) == 1
-    envelope, when = outcome[0]  # type: ignore[misc]
+    envelope, when = outcome[0]
     assert envelope is None
     assert when - start <= (1 + CONFIG.rpc_retries) * CONFIG.rpc_timeout_max + 1e-9
     assert a.stats["retries"] >= 1 and a.stats["timeouts"] >= 1
@@ -123,7 +133,7 @@ def test_ask_each_reports_every_outcome_once() -> None:
     asker, gone = nodes[0], nodes[4]
     contacts = [Contact(n.id, net.address_of(n)) for n in nodes[1:]]
     net.remove(gone)
-    outcomes: list[list[tuple[Contact, object]]] = []
+    outcomes: list[list[tuple[Contact, Message | None]]] = []
     asker.ask_each(contacts, Ping(), net.now, lambda replies, now: outcomes.append(replies))
     net.run_for(30)
     assert len(outcomes) == 1

@@ -116,7 +116,8 @@ def test_the_served_document_is_the_one_tested(live: Live) -> None:
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                  HealthCheck.function_scoped_fixture])
-def test_no_500_and_no_answer_outside_the_document(case: schemathesis.Case, live: Live) -> None:
+def test_no_500_and_no_answer_outside_the_document(case: schemathesis.Case[Any],
+                                                   live: Live) -> None:
     if case.path in ("/ping", "/bootstrap"):
         case.body = loopback_only(case.body, live.target_port)
     response = case.call(base_url=live.base_url, timeout=30)
@@ -126,7 +127,7 @@ def test_no_500_and_no_answer_outside_the_document(case: schemathesis.Case, live
 @given(case=schema[STREAM]["GET"].as_strategy())
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-def test_event_stream_route(case: schemathesis.Case, live: Live) -> None:
+def test_event_stream_route(case: schemathesis.Case[Any], live: Live) -> None:
     kwargs = case.as_transport_kwargs(base_url=live.base_url)
     with requests.request(**kwargs, stream=True, timeout=30) as response:
         if response.status_code == 200:

@@ -164,7 +164,7 @@ async def test_wrong_argument_types_are_refused_before_anything_starts() -> None
     for options in ({"config": 5}, {"store": 5}, {"data_dir": 5}, {"rng": 5},
                     {"client_only": "yes"}):
         with pytest.raises(InvalidType):
-            Peer("127.0.0.1", 0, **options)  # type: ignore[arg-type]
+            Peer("127.0.0.1", 0, **options)
     with pytest.raises(InvalidType):
         Config(k="20")  # type: ignore[arg-type]
     with pytest.raises(InvalidType):

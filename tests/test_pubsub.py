@@ -30,7 +30,7 @@ from qadom import (
 )
 from qadom.call import Call
 from qadom.codec import Codec
-from qadom.contact import Contact
+from qadom.contact import Address, Contact
 from qadom.messages import Envelope, Error, ErrorCode
 from qadom.pubsub import (
     Deliver,
@@ -64,7 +64,7 @@ def test_token_bucket_and_rate_limiter() -> None:
     assert bucket.allow("x", 0.5)
     assert [bucket.allow("x", 100.0) for _ in range(4)] == [True, True, True, False]  # capped
 
-    limiter = RateLimiter(rate=1.0, burst=2, max_senders=2)
+    limiter: RateLimiter[Address] = RateLimiter(rate=1.0, burst=2, max_senders=2)
     assert limiter.allow(A, 0.0) and limiter.allow(A, 0.0) and not limiter.allow(A, 0.0)
     assert limiter.allow(B, 0.0)  # senders are independent
     assert not limiter.allow(A, 0.5) and limiter.allow(A, 1.0)

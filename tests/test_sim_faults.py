@@ -59,7 +59,7 @@ def test_partition_then_heal_reconverges_and_data_from_both_sides_is_found() -> 
     rng = random.Random(22)
     half_a, half_b = nodes[:60], nodes[60:]
     net.partition(half_a, half_b)
-    written = []
+    written: list[tuple[int, bytes, list[Node]]] = []
     for side in (half_a, half_b):
         for i in range(10):
             writer = rng.choice(side)

@@ -312,7 +312,7 @@ def test_quota_accounting_never_drifts(make_store: type) -> None:
             else:
                 store.expire(float(step // 4))
         if step % 20 == 0:
-            quotas = store.quotas  # type: ignore[attr-defined]
+            quotas = store.quotas
             running = (quotas.total_bytes, quotas.total_items, quotas.cached_bytes,
                        quotas.cached_items,
                        {s: u for s, u in quotas._by_source.items() if u[1]})

@@ -236,8 +236,10 @@ def test_an_outside_lock_refuses_writes_within_the_busy_timeout_and_they_work_on
     other.execute("INSERT INTO meta (name, data) VALUES ('theirs', x'00')")
     try:
         with caplog.at_level(logging.WARNING, logger="qadom"):
-            for write in (lambda: store.set_meta("id", b"ours"),
-                          lambda: store.put_value(key_for(b"new"), b"new", meta)):
+            writes: tuple[Callable[[], None], ...] = (
+                lambda: store.set_meta("id", b"ours"),
+                lambda: store.put_value(key_for(b"new"), b"new", meta))
+            for write in writes:
                 started = time.monotonic()
                 with pytest.raises(StorageUnavailable, match="database is locked"):
                     write()
