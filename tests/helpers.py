@@ -11,6 +11,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from qadom import Config, Peer
+from qadom.codec import Codec
+from qadom.contact import Address
+from qadom.messages import Envelope, Message
+from qadom.node import Node
 
 # Loopback is fast; these keep a dead peer's cost small without mistaking a busy loop for a
 # dead peer (the machine running the suite may be loaded).
@@ -42,6 +46,30 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
         while not predicate():
             await (poll() if poll else asyncio.sleep(0.01))
     await asyncio.wait_for(loop(), timeout)
+
+
+def answer_requests(node: Node, codec: Codec,
+                    reply: Callable[[Address, Message], tuple[int, Message] | None],
+                    now: float, rounds: int = 20) -> list[Address]:
+    """Play the peers a sans-IO ``node`` asks: answer every request it sends with what
+    ``reply(address, request)`` gives, ``(sender id, message)`` (None: no answer), until it sends
+    none (at most ``rounds`` times). Returns the addresses asked, in order."""
+    asked: list[Address] = []
+    for _ in range(rounds):
+        out = node.datagrams_to_send()
+        if not out:
+            break
+        for data, address in out:
+            request = codec.decode(data)
+            if not request.message.IS_REQUEST:
+                continue
+            asked.append(address)
+            answer = reply(address, request.message)
+            if answer is not None:
+                sender, message = answer
+                node.datagram_received(codec.encode(Envelope(request.rpc_id, sender, message)),
+                                       address, now)
+    return asked
 
 
 # The request of a real client of the /dht API, posted to /dht/test_id: it must verify.

@@ -28,6 +28,8 @@ from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import Meta
 
+from helpers import answer_requests
+
 CONFIG = Config()
 
 
@@ -154,17 +156,9 @@ def test_a_lookup_takes_two_candidates_of_a_network_whatever_its_peers_name() ->
     sybils = tuple(Contact(target ^ (i + 1), ("1.2.3.2", 4001 + i)) for i in range(20))
     ids = {c.address: c.id for c in (*node.table, *sybils)}
     call = node.find_nodes(target, 0.0)
-    asked: list[Address] = []
-    for _ in range(20):  # answer every request: the attacker with sybils, the rest with nothing
-        out = node.datagrams_to_send()
-        if not out:
-            break
-        for data, address in out:
-            request = codec.decode(data)
-            asked.append(address)
-            reply = Nodes(sybils if address == attacker.address else ())
-            node.datagram_received(codec.encode(Envelope(request.rpc_id, ids[address], reply)),
-                                   address, 0.1)
+    # Every request answered: the attacker's with sybils, the rest with nothing.
+    asked = answer_requests(node, codec, lambda address, _: (
+        ids[address], Nodes(sybils if address == attacker.address else ())), 0.1)
     assert call.done
     assert sum(1 for a in asked if a[0].startswith("1.2.3.")) == 2  # the attacker and one sybil
     assert node.stats["lookup_crowded"] == 19
@@ -216,26 +210,19 @@ def test_a_liar_claiming_an_honest_id_is_banned_by_its_address_alone() -> None:
         node.table.seen(contact)
     asked: list[Address] = []
 
+    def reply(address: Address, request: Message) -> tuple[int, Message]:
+        asked.append(address)
+        if address == liar_address and asked.count(address) == 1:  # asked as itself
+            return liar.id, Nodes((Contact(honest.id, liar_address),))
+        if address == liar_address:  # asked as the honest id it named
+            return honest.id, Value(b"lies")
+        if address == other.address:  # no help: the named contact moves up
+            return other.id, Error(ErrorCode.STORAGE_UNAVAILABLE, "cannot be read")
+        return honest.id, Value(value)
+
     def get(now: float) -> bytes:
         call = node.get(key, now)
-        for _ in range(10):
-            out = node.datagrams_to_send()
-            if not out:
-                break
-            for data, address in out:
-                request = codec.decode(data)
-                asked.append(address)
-                if address == liar_address and asked.count(address) == 1:  # asked as itself
-                    reply = Envelope(request.rpc_id, liar.id,
-                                     Nodes((Contact(honest.id, liar_address),)))
-                elif address == liar_address:  # asked as the honest id it named
-                    reply = Envelope(request.rpc_id, honest.id, Value(b"lies"))
-                elif address == other.address:  # no help: the named contact moves up
-                    reply = Envelope(request.rpc_id, other.id,
-                                     Error(ErrorCode.STORAGE_UNAVAILABLE, "cannot be read"))
-                else:
-                    reply = Envelope(request.rpc_id, honest.id, Value(value))
-                node.datagram_received(codec.encode(reply), address, now)
+        answer_requests(node, codec, reply, now)
         return call.result()
 
     with pytest.raises(NotFoundError):  # the lie is refused; nobody else had the value

@@ -10,8 +10,10 @@ from qadom import Config
 from qadom.codec import Codec
 from qadom.contact import Address, Contact
 from qadom.ids import key_for
-from qadom.messages import Envelope, Nodes, Value
+from qadom.messages import Nodes, Value
 from qadom.node import Node
+
+from helpers import answer_requests
 
 VALUE = b"the truth"
 KEY = key_for(VALUE)
@@ -22,18 +24,8 @@ def answer(node: Node, codec: Codec, ids: dict[Address, int], now: float,
            asked: list[Address]) -> None:
     """Answer every request ``node`` sends until it sends none: the liar's address with a false
     value, everybody else with no contacts."""
-    for _ in range(20):
-        out = node.datagrams_to_send()
-        if not out:
-            return
-        for data, address in out:
-            request = codec.decode(data)
-            if not request.message.IS_REQUEST:
-                continue
-            asked.append(address)
-            reply = Value(b"lies") if address == LIAR else Nodes(())
-            node.datagram_received(codec.encode(Envelope(request.rpc_id, ids[address], reply)),
-                                   address, now)
+    asked += answer_requests(node, codec, lambda address, _: (
+        ids[address], Value(b"lies") if address == LIAR else Nodes(())), now)
 
 
 def at_liar(node: Node) -> list[Contact]:
