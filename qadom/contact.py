@@ -55,6 +55,34 @@ def host_key(host: str) -> str:
     return key
 
 
+LOOPBACK, LOCAL, GLOBAL = 0, 1, 2
+"""The scopes of :func:`address_scope`, narrowest first."""
+
+_SCOPES: dict[str, int] = {}  # host -> its address_scope (a bounded memo)
+_SCOPES_MAX = 16_384
+
+
+def address_scope(host: str) -> int:
+    """How far out ``host`` is: LOOPBACK (this machine), LOCAL (a private, link-local or other
+    address that is not globally routable) or GLOBAL. An IPv4-mapped address has its IPv4
+    address's scope; a host that is not an IP literal is LOCAL."""
+    scope = _SCOPES.get(host)
+    if scope is None:
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            scope = LOCAL
+        else:
+            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+                address = address.ipv4_mapped
+            scope = (LOOPBACK if address.is_loopback else GLOBAL if address.is_global
+                     else LOCAL)
+        if len(_SCOPES) >= _SCOPES_MAX:
+            _SCOPES.clear()
+        _SCOPES[host] = scope
+    return scope
+
+
 _PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
 
 

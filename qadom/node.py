@@ -42,7 +42,7 @@ from typing import Any, Protocol, TypeVar
 from .call import Call
 from .codec import Codec
 from .config import Config
-from .contact import Address, Contact, host_key
+from .contact import LOOPBACK, Address, Contact, address_scope, host_key
 from .dhtrecords import DhtRecordService
 from .errors import (
     InvalidArgument,
@@ -240,10 +240,24 @@ class _LookupRun:
             if named is None:
                 lookup.on_failure(contact)
             else:
+                scope = address_scope(contact.address[0])
+                if scope != LOOPBACK:
+                    named = self._in_scope(named, scope)
                 new = lookup.on_reply(contact, named)
                 if emit:
                     emit(LookupReply(self.lookup_id, now, contact, tuple(new), lookup.stopped))
         self.pump(now)
+
+    def _in_scope(self, named: Iterable[Contact], scope: int) -> list[Contact]:
+        """The contacts of ``named`` that a peer of ``scope`` may send us to: none narrower than
+        its own. A peer out on the Internet that names a loopback or private address would have
+        us send requests to services of our own machine or network; a peer on our network may
+        name peers on it. What is left out is counted (``contacts_out_of_scope``)."""
+        named = list(named)
+        kept = [c for c in named if address_scope(c.address[0]) >= scope]
+        if len(kept) != len(named):
+            self.node.stats["contacts_out_of_scope"] += len(named) - len(kept)
+        return kept
 
     def on_stall(self, contact: Contact, now: float) -> None:
         if self.finished:
