@@ -1,16 +1,22 @@
 """The CBOR codec: :class:`~qadom.messages.Envelope` <-> bytes, with every size bounded.
 
-A datagram is one CBOR array ``[version, code, rpc_id, sender, fields]``:
+A datagram is one CBOR array ``[version, code, rpc_id, sender, fields]``, optionally followed (in
+the array) by ``token`` and then ``padding``:
 
 * ``version``: 1 (:data:`~qadom.messages.PROTOCOL_VERSION`);
 * ``code``: the message code (requests 1-63, replies 64-127);
 * ``rpc_id``: unsigned 64-bit request id, chosen at random by the requester, echoed by the reply;
 * ``sender``: the sender's 32-byte node id, or null for a client that stays out of routing tables;
-* ``fields``: an array of the message's fields in the order of its ``FIELDS`` table.
+* ``fields``: an array of the message's fields in the order of its ``FIELDS`` table;
+* ``token``: null or 1 to 32 bytes (an address-proof token, see docs/PROTOCOL.md "Amplification");
+* ``padding``: a byte string the receiver ignores; written as zero bytes.
 
 Guarantee: :meth:`Codec.decode` either returns a well-formed envelope whose every field has been
 type- and range-checked, or raises :class:`~qadom.errors.ProtocolError`; no other exception escapes,
-whatever the input bytes. Encoding never produces a datagram the decoder would refuse.
+whatever the input bytes. Encoding checks only the datagram's size, so that sending stays cheap: a
+message whose fields are within their kinds (what the node builds) never encodes to a datagram
+the decoder would refuse, but one with a field out of its kind's range (a 300-character reason, a
+port 0) is the sender's mistake and is refused by the receiver.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any, NamedTuple
 
 import cbor2
 
-from .config import Config
+from .config import MAX_CONTACTS, Config
 from .contact import Contact, is_ip_literal
 from .errors import InvalidArgument, ProtocolError
 from .ids import ID_BYTES, id_from_bytes, id_to_bytes
@@ -29,7 +35,7 @@ from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Envelope, Kind, Message
 
 MAX_RPC_ID = (1 << 64) - 1
 MAX_TEXT = 256
-MAX_CONTACTS = 64  # more than any k in use; a reply naming more is refused
+# MAX_CONTACTS (config): a reply naming more is refused; k is at most that
 MAX_HOST = 45  # the longest textual IPv6 address
 MAX_TOKEN = 32
 MAX_SHORT_BYTES = 64  # an ed25519 signature, the longest fixed-size field

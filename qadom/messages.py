@@ -28,9 +28,9 @@ class Kind(IntEnum):
     VALUE = 3  # byte string of at most max_value_size bytes
     BOOL = 4
     UINT16 = 5
-    TEXT = 6  # UTF-8 text of at most 256 characters
-    CONTACTS = 7  # array of at most k_max [id, host, port] triples
-    IDS = 8  # array of IDs
+    TEXT = 6  # UTF-8 text of at most 256 characters (code points)
+    CONTACTS = 7  # array of at most 64 [id, host, port] triples
+    IDS = 8  # array of at most max_datagram_size // 34 (256) IDs
     UINT64 = 9  # unsigned integer below 2**64 (sequence numbers, stream ids, milliseconds)
     SHORT_BYTES = 10  # byte string of at most 64 bytes (public keys, signatures)
 
@@ -39,8 +39,8 @@ class ErrorCode(IntEnum):
     """Why a request was refused (the ``code`` of an :class:`Error` reply)."""
 
     BAD_REQUEST = 1  # the request was understood but its contents are invalid
-    KEY_MISMATCH = 2  # a value whose hash is not the key
-    STORAGE_FULL = 3  # a quota is exhausted; nothing was stored
+    KEY_MISMATCH = 2  # a value whose hash is not the key (reserved: never sent)
+    STORAGE_FULL = 3  # a quota is exhausted or the store cannot be written; nothing was stored
     RATE_LIMITED = 4  # the sender asks too often
     UNSUPPORTED = 5  # a request this node does not serve
     INTERNAL = 6  # the node failed to handle a valid request
