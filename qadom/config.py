@@ -34,6 +34,10 @@ _NOT_NEGATIVE = ("dead_backoff", "liar_backoff", "verify_interval", "cache_min_l
 
 _SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
+MAX_CONTACTS = 64
+"""The most contacts one reply may name on the wire (docs/PROTOCOL.md): receivers refuse a reply
+naming more, so ``k`` can be no larger."""
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -455,6 +459,9 @@ class Config:
                                   f"{self.sqlite_synchronous!r}")
         if self.k < 1 or self.alpha < 1:
             raise InvalidArgument("k and alpha must be at least 1")
+        if self.k > MAX_CONTACTS:
+            raise InvalidArgument(f"k must be at most {MAX_CONTACTS}, the most contacts a reply "
+                                  f"may name, not {self.k}")
         if self.store_on_lookup_max < 0:
             raise InvalidArgument("store_on_lookup_max must be at least 0")
         if self.probe_hedge_rtts <= 0 or self.probe_hedge_min <= 0:

@@ -71,6 +71,13 @@ def test_config_keeps_zero_where_zero_means_none_and_checks_names_at_once() -> N
         Config(sqlite_synchronous="FULL; DROP")
 
 
+def test_k_is_at_most_the_contacts_a_reply_may_name() -> None:
+    """A node with a larger k would answer with replies every receiver refuses."""
+    assert Config(k=64, search_page_size=1).k == 64
+    with pytest.raises(InvalidArgument, match="k must be at most 64"):
+        Config(k=65, search_page_size=1)
+
+
 async def test_refresh_takes_a_bool_and_a_refused_call_sends_nothing() -> None:
     async with Peer("127.0.0.1", 0, config=FAST) as a, Peer("127.0.0.1", 0, config=FAST) as b:
         await asyncio.wait_for(a.bootstrap([b.address]), 5)
