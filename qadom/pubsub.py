@@ -3,7 +3,8 @@
 How it works (docs/PROTOCOL.md, "Publish/subscribe"):
 
 * A subscriber looks up the k closest peers to the topic key (its *relays*) and sends each a
-  ``Subscribe`` with a lease. It renews ``pubsub_renewals`` times per lease with a fresh lookup, so
+  ``Subscribe`` with a lease. It renews ``pubsub_renewals`` times per lease (the shortest one a
+  relay granted, if shorter than asked) with a fresh lookup, so
   when a relay dies its successor among the k closest is registered at the next renewal (at once
   when a renewal finds a relay dead). Leaving sends ``Unsubscribe``; a subscriber that vanishes is
   forgotten when its lease lapses or when a delivery to it fails.
@@ -725,7 +726,9 @@ class PubSubService:
         """Call ``listener(value)`` with each message published to ``key`` from now on.
 
         Returns the handle (close it to unsubscribe) and a call that resolves, after the first
-        registration round, to the number of relays that accepted; it fails with
+        registration round, to the number of relays that accepted (on a topic this node already
+        follows: at once, to the relays holding its lease, or after a new round when none
+        does); it fails with
         TooManySubscribers / RemoteError when every relay refused, NoPeersError when there is no
         peer to ask, OperationTimeout when none answered. The subscription keeps renewing until
         closed, whatever the first round gave.
@@ -744,10 +747,17 @@ class PubSubService:
             self._register(topic, now)
         else:
             topic.listeners.append(listener)
-            if topic.registered:
-                call.resolve(len(topic.relays))
+            live = sum(1 for _, expiry in topic.relays.values() if expiry > now)
+            if topic.registered and live:
+                call.resolve(live)
             else:
                 topic.waiting.append(call)
+                if topic.registered:
+                    # No relay holds the topic's subscription now (they died, or refused the
+                    # last rounds): register again at once, and enter (or fail) as a first
+                    # subscription would.
+                    topic.registered = False
+                    self._register(topic, now)
         return handle, call
 
     def relays_of(self, key: int) -> list[Contact]:
@@ -773,8 +783,8 @@ class PubSubService:
             # (dead, or overtaken by a closer peer) gets NOT_SUBSCRIBED for its next delivery and
             # forgets us; its lease would lapse anyway.
             previous = topic.relays
-            topic.relays = {c.address: previous.get(c.address, (c.id, now + lease))
-                            for c in closest}
+            # A relay new this round holds no lease of ours until it answers SUBSCRIBED.
+            topic.relays = {c.address: previous.get(c.address, (c.id, now)) for c in closest}
             if not closest:
                 self._round_over(topic, generation, 0, [], 0, now)
                 return
@@ -782,6 +792,7 @@ class PubSubService:
             accepted = [0]
             failed = [0]
             refusals: list[Error] = []
+            granted = [lease]  # the shortest lease a relay granted this round
 
             def on_reply(contact: Contact, envelope: Envelope | None, now: float) -> None:
                 reply = None if envelope is None else envelope.message
@@ -794,6 +805,7 @@ class PubSubService:
                     return
                 if isinstance(reply, Subscribed):
                     accepted[0] += 1
+                    granted[0] = min(granted[0], reply.lease_ms / 1000)
                     topic.relays[contact.address] = (contact.id, now + reply.lease_ms / 1000)
                 else:
                     topic.relays.pop(contact.address, None)
@@ -803,7 +815,8 @@ class PubSubService:
                         failed[0] += 1
                 left[0] -= 1
                 if left[0] == 0:
-                    self._round_over(topic, generation, accepted[0], refusals, failed[0], now)
+                    self._round_over(topic, generation, accepted[0], refusals, failed[0], now,
+                                     granted[0])
 
             message = Subscribe(topic.key, lease_ms)
             for contact in closest:
@@ -813,11 +826,16 @@ class PubSubService:
         node.find_closest(topic.key, now, send_all)
 
     def _round_over(self, topic: _Topic, generation: int, accepted: int, refusals: list[Error],
-                    failed: int, now: float) -> None:
+                    failed: int, now: float, granted: float | None = None) -> None:
         if topic.closed or topic.generation != generation:
             return
         cfg = self.node.config
         interval = cfg.pubsub_lease / cfg.pubsub_renewals
+        if granted is not None and granted < cfg.pubsub_lease:
+            # A relay granted less than we asked (its pubsub_max_lease is shorter): renew
+            # pubsub_renewals times within that lease, or we drop off it between rounds. Never
+            # more often than rpc_timeout_min, whatever a relay grants.
+            interval = max(granted / cfg.pubsub_renewals, min(interval, cfg.rpc_timeout_min))
         if failed or (not (accepted or refusals) and len(self.node.table)):
             # A relay did not answer (or the lookup reached nobody although we know peers): the
             # dead are now skipped by lookups, so a lookup now finds their successors among the

@@ -1,0 +1,88 @@
+"""Subscribing as a user does: the lease a relay grants, a second subscription to a topic the
+peer already follows, on the simulator and over real UDP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+
+from qadom import Config, NoPeersError
+from qadom.call import Call
+from qadom.sim import SimNetwork
+
+from helpers import FAST, udp_network, wait_until
+
+
+def test_a_subscription_renews_within_the_shorter_lease_a_relay_grants() -> None:
+    # Relays grant at most 1 s; the subscriber asks for 6 s (renewing every 2 s by its own
+    # lease). It must renew by the lease granted, or it drops off its relays between rounds.
+    relays = Config(k=5, pubsub_max_lease=1.0)
+    net = SimNetwork(3, config=relays)
+    nodes = net.add_nodes(20)
+    subscriber = net.add_node(config=Config(k=5, pubsub_lease=6.0))
+    net.run_call(net.call(subscriber, subscriber.bootstrap, [net.address_of(nodes[0])]))
+    topic = 12345
+    got: list[bytes] = []
+
+    def start(now: float) -> Call[int]:
+        return subscriber.pubsub.subscribe(topic, got.append, now)[1]
+
+    assert net.run_call(net.call(subscriber, start)) == relays.k
+    listed = []
+    for _ in range(40):  # 8 s: four of the subscriber's renewal intervals
+        net.run_for(0.2)
+        listed.append(sum(subscriber.address in n.pubsub.relay.subscribers(topic, net.now)
+                          for n in net.live_nodes()))
+    assert min(listed) == relays.k, listed
+    net.call(nodes[3], nodes[3].pubsub.publish, topic, b"still here")
+    net.run_for(1.0)
+    assert got == [b"still here"]
+
+
+async def test_a_second_subscription_to_a_topic_whose_relays_are_gone_raises() -> None:
+    # Short timeouts: the subscriber notices its only relay is dead within a fraction of a second.
+    config = dataclasses.replace(FAST, k=4, pubsub_lease=0.6, rpc_timeout=0.1,
+                                 rpc_timeout_min=0.05, rpc_timeout_max=0.2)
+    async with udp_network(2, config=config) as (subscriber, relay):
+        topic = 99
+        async with subscriber.subscribe(topic) as messages:
+            assert messages.relays == 1
+            async with subscriber.subscribe(topic) as second:  # shares the registration
+                assert second.relays == 1
+                assert await relay.publish(topic, b"to both") == 1
+                both = await asyncio.wait_for(asyncio.gather(anext(messages), anext(second)), 5)
+                assert list(both) == [b"to both", b"to both"]
+            await relay.close()
+            await wait_until(lambda: subscriber.node.pubsub.relays_of(topic) == [], 5)
+            # As a first subscription would: no relay accepted it, so entering raises.
+            with pytest.raises(NoPeersError):
+                async with subscriber.subscribe(topic):
+                    pass
+        with pytest.raises(NoPeersError):
+            async with subscriber.subscribe(topic):
+                pass
+
+
+
+async def test_closing_a_peer_unsubscribes_its_open_subscriptions_at_the_relays() -> None:
+    """Relays stop listing a closed peer's subscriptions at once, not when the leases lapse (or
+    after three deliveries go unanswered)."""
+    config = dataclasses.replace(FAST, k=4, pubsub_lease=30.0)
+    async with udp_network(6, config=config) as peers:
+        subscriber = peers[1]
+        topic = 5
+
+        def listed() -> int:
+            now = time.time()  # the nodes' clock is Unix time; leases last 30 s
+            return sum(subscriber.address in p.node.pubsub.relay.subscribers(topic, now)
+                       for p in peers if p is not subscriber)
+
+        messages = subscriber.subscribe(topic)
+        await asyncio.wait_for(messages.__aenter__(), 5)
+        assert listed() == messages.relays > 0
+        await subscriber.close()
+        await wait_until(lambda: listed() == 0, 5)
+        assert messages.closed
