@@ -170,8 +170,12 @@ class Peer:
             self._lock = None
 
     async def close(self) -> None:
-        """Stop serving and close the socket; pending operations fail with PeerClosedError."""
+        """Stop serving and close the socket; pending operations fail with PeerClosedError, and
+        open subscriptions end, their relays told (UNSUBSCRIBE) while the socket is still open."""
         self._closed = True
+        if self._protocol is not None and self._protocol.transport is not None:
+            for subscription in list(self._subscriptions):
+                subscription._peer_closed()  # sends UNSUBSCRIBE, then ends its iteration
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
