@@ -44,7 +44,10 @@ class Config:
     # --- Kademlia's system-wide parameters (Maymounkov & Mazieres, section 2) ---
     k: int = 20
     """Bucket size and replication factor. The paper's choice: with k = 20 it is very unlikely that
-    all k contacts of a bucket fail within an hour of each other."""
+    all k contacts of a bucket fail within an hour of each other. At most ``MAX_CONTACTS`` (64),
+    the most contacts one reply may name; a search reply holds a page of values and k contacts,
+    so a k above 39 needs a ``search_page_size`` below the default 160 to fit
+    ``max_datagram_size``."""
 
     alpha: int = 3
     """Parallel requests in flight per lookup. The paper's choice: three hides one slow or dead peer
@@ -316,16 +319,19 @@ class Config:
     # --- publish/subscribe (qadom.pubsub) ---
     pubsub_lease: float = 60.0
     """Lease a subscriber asks of each relay (the k closest peers to the topic). A relay that dies
-    is replaced at the next renewal, so delivery through it stops for at most one lease; a minute
-    costs a few datagrams per topic per relay per minute."""
+    is replaced at the next renewal (``pubsub_renewals`` per lease), so a dead relay's place stays
+    empty for about a third of a lease at most; a minute costs a few datagrams per topic per relay
+    per minute."""
 
     pubsub_max_lease: float = 600.0
     """Longest lease a relay grants: a subscriber that vanished without unsubscribing stops
     costing its relays forwards after at most ten minutes."""
 
     pubsub_renewals: int = 3
-    """Renewals per lease (every lease / 3): two renewals in a row may be lost before a lease
-    lapses, and a dead relay is noticed and replaced within a third of a lease."""
+    """Renewals per lease (every lease / 3; per the shortest lease a relay granted when that is
+    shorter than asked, never more often than every ``rpc_timeout_min``): two renewals in a row
+    may be lost before a lease lapses, and a dead relay is noticed and replaced within a third of
+    a lease."""
 
     pubsub_max_subscribers: int = 1000
     """Subscribers one relay keeps per topic; each publish costs the relay one datagram per

@@ -63,8 +63,8 @@ class Peer:
 
     Nothing happens on construction but checking the arguments; :meth:`start` binds the socket
     (``port=0`` picks a free port; read it back from :attr:`address`). Every method that needs
-    the running node raises :class:`~qadom.errors.PeerClosedError` before :meth:`start` and
-    after :meth:`close`.
+    the running node raises :class:`~qadom.errors.PeerClosedError` before :meth:`start`, after
+    :meth:`close`, and once an error has closed the socket (see :attr:`running`).
 
     With ``data_dir`` the peer keeps its id, contacts and data in SQLite there and holds an
     exclusive lock on the directory while it runs (:class:`~qadom.errors.DataDirInUse` for a
@@ -326,7 +326,9 @@ class Peer:
         return await self.append(key, value)
 
     async def request(self, address: tuple[str, int], message: Message) -> Message:
-        """Send one raw protocol request to ``address`` and return the reply (tools, tests)."""
+        """Send one raw protocol request to ``address`` and return the reply (tools, tests). A
+        field the wire cannot carry as it is raises InvalidType (wrong type) or InvalidArgument
+        (out of its range) before anything is sent."""
         protocol = self._running()
         (checked,) = _check_addresses([address])
         if not isinstance(message, Message) or not message.IS_REQUEST:
