@@ -43,6 +43,7 @@ from .errors import (
     OperationTimeout,
     QadomError,
     StorageFull,
+    StorageUnavailable,
     UsageError,
 )
 from .ids import ID_SPACE
@@ -177,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=parse_port, default=9999,
                        help="UDP port (default 9999; 0 picks a free one)")
     serve.add_argument("--bootstrap", type=parse_address, action="append", default=[],
-                       metavar="HOST:PORT", help="a known node to join through (repeatable)")
+                       metavar="HOST:PORT",
+                       help="a known node to join through (repeatable; an IP address must be "
+                            "of the --host family)")
     storage = serve.add_mutually_exclusive_group()
     storage.add_argument("--data-dir", default=None, metavar="DIR",
                          help="keep the node's id, contacts and data in DIR (SQLite), so a "
@@ -197,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     joining = _Parser(add_help=False)
     joining.add_argument("--bootstrap", type=parse_address, action="append", default=None,
                          metavar="HOST:PORT",
-                         help="a node to join through (repeatable; default 127.0.0.1:9999)")
+                         help="a node to join through (repeatable, IP addresses of one "
+                              "family; default 127.0.0.1:9999)")
     joining.add_argument("--timeout", type=parse_timeout, default=30.0, metavar="SECONDS",
                          help="deadline of joining, and of the operation (default 30)")
 
@@ -325,6 +329,12 @@ async def _start_peer(peer: Peer, data_dir: str | None) -> None:
         await peer.start()
     except DataDirInUse as exc:
         raise CommandLineError(f"{exc}; give another --data-dir, or --memory") from None
+    except StorageUnavailable as exc:
+        # The store, not the socket, though it is an OSError too: a damaged file, a lock another
+        # program holds. Exit 2, as for a data dir that is not a qadom store.
+        if data_dir is None:
+            raise
+        raise CommandLineError(f"cannot use data dir {data_dir!r}: {exc}") from None
     except OSError as exc:
         if data_dir is None or exc.filename is None:  # the socket, not the data dir
             raise _socket_error(exc, "UDP", (peer.host, peer.port)) from None
@@ -403,29 +413,41 @@ async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) 
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    """Run a node until SIGINT or SIGTERM (exit 0, even during the first join). Fails, with the
-    node closed, when it cannot start, or when no ``--bootstrap`` address answers."""
+    """Run a node until SIGINT or SIGTERM (exit 0, even while it starts or makes its first
+    join). Fails, with the node closed, when it cannot start, or when no ``--bootstrap`` address
+    answers."""
     _check_family(args.bootstrap, args.host, f"--host {args.host}")
     data_dir = _data_dir(args)
     peer = Peer(args.host, args.port, data_dir=data_dir)  # locks data_dir while it runs
+    # From here on SIGINT and SIGTERM stop the node, while it opens its store and binds its
+    # sockets as well as while it joins or serves.
+    stop = _stop_event()
+    helpers: list[HttpHelper] = []
+    try:
+        await _unless_stopped(stop, _start(peer, args, data_dir, helpers))
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for http in helpers:
+            await http.close()
+        await peer.close()
+    return 0
+
+
+async def _start(peer: Peer, args: argparse.Namespace, data_dir: str | None,
+                 helpers: list[HttpHelper]) -> None:
+    """Everything ``serve`` does before it waits for a signal: start ``peer``, print its address,
+    start the HTTP helper (appended to ``helpers``, for closing) and join."""
     await _start_peer(peer, data_dir)
     log.info("data in %s", data_dir or "memory only")
-    stop = _stop_event()
     # One machine-readable line first: scripts and tests read the bound address from it. It
     # comes after the signal handlers, so a script may stop the node cleanly as soon as it reads it.
     host, port = peer.address
     print(f"qadom serving on {host}:{port} id {peer.id}", flush=True)
-    http = None
-    try:
-        http = await _start_http(peer, args)
-        await _unless_stopped(stop, _join(peer, args, data_dir))
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        if http is not None:
-            await http.close()
-        await peer.close()
-    return 0
+    http = await _start_http(peer, args)
+    if http is not None:
+        helpers.append(http)
+    await _join(peer, args, data_dir)
 
 
 # ------------------------------------------------------------------------- one-shot commands
@@ -679,6 +701,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(1, exc.strerror or exc)
     except KeyboardInterrupt:
+        if args.command == "serve":  # stopped before its own handler took SIGINT over
+            return 0
         return _fail(130, "interrupted")
     except Exception as exc:  # a bug: one line for the user, the traceback at debug level
         log.debug("unexpected error", exc_info=True)

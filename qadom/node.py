@@ -96,6 +96,8 @@ log = logging.getLogger("qadom")
 
 T = TypeVar("T")
 TOKEN_BYTES = 16
+BUG_LOG_INTERVAL = 60.0
+"""Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
 ReplyCallback = Callable[[Envelope | None, float], None]
 Handler = Callable[[Any, int | None, Address, float], Message]
 # A lookup's per-reply rule: the contacts the reply names, or None when the reply is unusable.
@@ -288,7 +290,9 @@ class Node:
     full disk; reads that went on without our own copy, which could not be read),
     ``storage_unavailable`` (requests answered ERROR STORAGE_UNAVAILABLE: the store could not be
     read to answer them),
-    ``rejoins`` (bootstraps through the saved contacts while the routing table was empty).
+    ``rejoins`` (bootstraps through the saved contacts while the routing table was empty),
+    ``contacts_out_of_scope`` (contacts named by a peer narrower in scope than itself, left out
+    of a lookup).
     """
 
     def __init__(self, *, config: Config | None = None, rng: random.Random | None = None,
@@ -346,6 +350,8 @@ class Node:
         self._rejoin_at = now
         self._rejoin_delay = cfg.maintenance_interval
         self._failing_steps: builtins.set[str] = set()  # upkeep steps the store refuses now
+        # Per kind of internal error: when its traceback was last logged, how many since were not.
+        self._bugs_logged: dict[str, tuple[float, int]] = {}
         # The radius of our k closest contacts (see holder_radius), recomputed when the table
         # changes size or after refresh_interval.
         self._radius = 0
@@ -397,7 +403,7 @@ class Node:
                       exc_info=True)
         except Exception:  # a bug must not take the node down; it is logged and counted
             self.stats["internal_errors"] += 1
-            log.exception("internal error handling a datagram from %s", address)
+            self._log_bug(now, "internal error handling a datagram from %s", address)
 
     def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
         """Take the datagrams queued since the last call, oldest first."""
@@ -467,7 +473,21 @@ class Node:
                         fn(now)
             except Exception:
                 self.stats["internal_errors"] += 1
-                log.exception("internal error in a timer")
+                self._log_bug(now, "internal error in a timer")
+
+    def _log_bug(self, now: float, message: str, *args: object) -> None:
+        """Log the exception being handled, with its traceback, as ERROR: the first of each kind
+        (``message``), then at most one every ``BUG_LOG_INTERVAL`` seconds, saying how many were
+        left out since (each is counted in ``stats`` all the same). A bug that a remote peer can
+        trigger at will must not let it flood the operator's log."""
+        logged_at, left_out = self._bugs_logged.get(message, (-math.inf, 0))
+        if now < logged_at + BUG_LOG_INTERVAL:
+            self._bugs_logged[message] = (logged_at, left_out + 1)
+            return
+        self._bugs_logged[message] = (now, 0)
+        if left_out:
+            message += f" ({left_out} more like it not logged since the last one)"
+        log.exception(message, *args)
 
     def add_listener(self, fn: Callable[[LookupEvent], None]) -> Callable[[], None]:
         """Call ``fn`` with every lookup event; returns a function that unsubscribes it. An
@@ -824,7 +844,7 @@ class Node:
                 reply = Error(ErrorCode.STORAGE_UNAVAILABLE, str(exc)[:200])
             except Exception:
                 self.stats["internal_errors"] += 1
-                log.exception("internal error serving %s", type(message).__name__)
+                self._log_bug(now, "internal error serving %s", type(message).__name__)
                 reply = Error(ErrorCode.INTERNAL, "internal error")
         data = self.codec.encode(Envelope(envelope.rpc_id, self._sender, reply, grant))
         bound = self.config.amplification_factor * size
