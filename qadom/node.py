@@ -186,7 +186,7 @@ class _LookupRun:
             dead = node._dead
             lookup.add(c for c in node.table.closest(lookup.target, len(node.table))
                        if dead.get(c.address, 0.0) <= now)
-        banned = node._banned
+        banned, ipv6 = node._banned, node.ipv6
         chosen = lookup.next_requests()
         while chosen:
             skipped = False
@@ -195,6 +195,12 @@ class _LookupRun:
                 if banned and banned.get(contact.address, 0.0) > now:
                     # Its address lied (to this lookup or another) since it was named: a liar
                     # is not asked while its ban lasts, whatever id it was named with.
+                    lookup.on_failure(contact)
+                    skipped = True
+                    continue
+                if ipv6 is not None and (":" in contact.address[0]) is not ipv6:
+                    # Named by a peer of both families: our socket cannot reach it.
+                    node.stats["unreachable"] += 1
                     lookup.on_failure(contact)
                     skipped = True
                     continue
@@ -291,8 +297,9 @@ class Node:
     ``storage_unavailable`` (requests answered ERROR STORAGE_UNAVAILABLE: the store could not be
     read to answer them),
     ``rejoins`` (bootstraps through the saved contacts while the routing table was empty),
-    ``contacts_out_of_scope`` (contacts named by a peer narrower in scope than itself, left out
-    of a lookup).
+    ``unreachable`` (lookup candidates and bootstrap addresses of the other IP family than our
+    socket's, left out), ``contacts_out_of_scope`` (contacts named by a peer narrower in scope
+    than itself, left out of a lookup).
     """
 
     def __init__(self, *, config: Config | None = None, rng: random.Random | None = None,
@@ -349,6 +356,10 @@ class Node:
         # When an empty routing table may next rejoin through the saved contacts (_rejoin).
         self._rejoin_at = now
         self._rejoin_delay = cfg.maintenance_interval
+        # The IP family of our socket (True: IPv6) when the driver sets it: an address of the
+        # other family cannot be reached from it, so a lookup does not ask a candidate there nor
+        # a bootstrap ping it. None: any address (the simulator).
+        self.ipv6: bool | None = None
         self._failing_steps: builtins.set[str] = set()  # upkeep steps the store refuses now
         # Per kind of internal error: when its traceback was last logged, how many since were not.
         self._bugs_logged: dict[str, tuple[float, int]] = {}
@@ -534,6 +545,13 @@ class Node:
         if not targets:
             call.fail(InvalidArgument("bootstrap needs at least one address"))
             return call
+        if self.ipv6 is not None:
+            reachable = [a for a in targets if self.reachable(a)]
+            self.stats["unreachable"] += len(targets) - len(reachable)
+            targets = reachable
+            if not targets:
+                call.fail(NoPeersError("no bootstrap address of our IP family"))
+                return call
         remaining = [len(targets)]
         answered = [0]
 
@@ -558,6 +576,10 @@ class Node:
         for address in targets:
             self.request(address, Ping(), now, on_reply=on_pong)
         return call
+
+    def reachable(self, address: Address) -> bool:
+        """Whether our socket can send to ``address``: it is of our IP family (see ``ipv6``)."""
+        return self.ipv6 is None or (":" in address[0]) is self.ipv6
 
     def find_nodes(self, target: int, now: float) -> Call[list[Contact]]:
         """The k closest live contacts to ``target`` in the network (an iterative lookup)."""

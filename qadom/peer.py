@@ -133,11 +133,14 @@ class Peer:
                 self._unlock()
                 raise
 
-        def make_node(now: float) -> Node:
-            return Node(config=self.config, rng=self._rng, node_id=self._node_id,
-                        store=self._store, now=now, client_only=self._client_only)
-
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+        def make_node(now: float) -> Node:
+            node = Node(config=self.config, rng=self._rng, node_id=self._node_id,
+                        store=self._store, now=now, client_only=self._client_only)
+            node.ipv6 = family == socket.AF_INET6
+            return node
+
         try:
             transport, protocol = await loop.create_datagram_endpoint(
                 lambda: NodeProtocol(make_node, loop, self._socket_lost),

@@ -80,7 +80,10 @@ class NodeProtocol(asyncio.DatagramProtocol):
         if transport is None:
             return
         for data, address in out:
-            transport.sendto(data, address)
+            try:
+                transport.sendto(data, address)
+            except (OSError, ValueError):  # uvloop raises for an address of the other family
+                self.node.stats["socket_errors"] += 1
         if self._timer is not None and not self.node.timer_changed:
             return  # the armed timer is no later than the node's next deadline
         deadline = self.node.get_timer()
