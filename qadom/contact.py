@@ -6,7 +6,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, InvalidType
 
 Address = tuple[str, int]
 """A UDP address as ``(host, port)``; the host is an IP literal."""
@@ -28,6 +28,32 @@ def is_ip_literal(host: str) -> bool:
     return not percent or _SCOPE.fullmatch(zone) is not None
 
 
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``host`` as an IP address, an IPv6 zone left out and an IPv4-mapped address taken as its
+    IPv4 address; None if ``host`` is not an IP literal."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def check_bind_host(host: object) -> str:
+    """``host`` if a socket may be asked to bind it: an IP literal, a name the resolver can be
+    asked about, or "" (every interface); InvalidType for a non-str, InvalidArgument for a host
+    no socket can bind (a NUL, which the resolver would cut the name at; an IPv6 zone that names
+    no interface; a name with an empty or overlong label)."""
+    if not isinstance(host, str):
+        raise InvalidType("host must be a str")
+    if "\0" in host:
+        raise InvalidArgument(f"host {host!r} contains a NUL character")
+    if "%" in host and not is_ip_literal(host):
+        raise InvalidArgument(f"{host!r} has an IPv6 zone that names no interface")
+    return check_host_name(host)
+
+
 _HOST_KEYS: dict[str, str] = {}  # host -> its host_key (a bounded memo)
 _HOST_KEYS_MAX = 16_384
 
@@ -36,19 +62,18 @@ def host_key(host: str) -> str:
     """What the per-host budgets (request rates, storage quotas, subscriptions) count as one
     host: an IPv4 address itself; for IPv6 its /64 network, since an end site holds at least a
     /64 and counting each of its addresses as a host would give one machine 2**64 budgets (an
-    IPv4-mapped address counts as its IPv4 address). Anything else is its own key."""
+    IPv4-mapped address counts as its IPv4 address). A link-local IPv6 address is its own key,
+    zone included: every link's is in fe80::/64, which is no end site's but every neighbour's on
+    every link. Anything else is its own key."""
     key = _HOST_KEYS.get(host)
     if key is None:
-        key = host
-        if ":" in host:
-            try:
-                address = ipaddress.IPv6Address(host.split("%", 1)[0])
-            except ValueError:
-                pass
-            else:
-                mapped = address.ipv4_mapped
-                key = (str(mapped) if mapped is not None
-                       else str(ipaddress.IPv6Network(f"{address}/64", strict=False)))
+        address = ip_of(host)
+        if address is None or (address.version == 6 and address.is_link_local):
+            key = host
+        elif address.version == 4:
+            key = str(address)
+        else:
+            key = str(ipaddress.IPv6Network(f"{address}/64", strict=False))
         if len(_HOST_KEYS) >= _HOST_KEYS_MAX:
             _HOST_KEYS.clear()
         _HOST_KEYS[host] = key
@@ -63,20 +88,16 @@ _SCOPES_MAX = 16_384
 
 
 def address_scope(host: str) -> int:
-    """How far out ``host`` is: LOOPBACK (this machine), LOCAL (a private, link-local or other
-    address that is not globally routable) or GLOBAL. An IPv4-mapped address has its IPv4
-    address's scope; a host that is not an IP literal is LOCAL."""
+    """How far out ``host`` is: LOOPBACK (this machine: a loopback address, or the unspecified
+    0.0.0.0 or ::, which a datagram sent to reaches this machine too), LOCAL (a private,
+    link-local or other address that is not globally routable) or GLOBAL. An IPv4-mapped
+    address has its IPv4 address's scope; a host that is not an IP literal is LOCAL."""
     scope = _SCOPES.get(host)
     if scope is None:
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            scope = LOCAL
-        else:
-            if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-                address = address.ipv4_mapped
-            scope = (LOOPBACK if address.is_loopback else GLOBAL if address.is_global
-                     else LOCAL)
+        address = ip_of(host)
+        scope = (LOCAL if address is None
+                 else LOOPBACK if address.is_loopback or address.is_unspecified
+                 else GLOBAL if address.is_global else LOCAL)
         if len(_SCOPES) >= _SCOPES_MAX:
             _SCOPES.clear()
         _SCOPES[host] = scope

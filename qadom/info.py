@@ -20,13 +20,12 @@ codes reserved for running a durable node. This module is pure: time comes in as
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .call import Call
-from .contact import Address
+from .contact import Address, ip_of
 from .errors import OperationTimeout, ProtocolError, RemoteError
 from .messages import Envelope, Error, ErrorCode, Kind, Message, register
 
@@ -63,13 +62,8 @@ def is_loopback(host: str) -> bool:
     without parsing."""
     if host.startswith("127.") or host == "::1":
         return True
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+    address = ip_of(host)
+    return address is not None and address.is_loopback
 
 
 def format_address(address: Address) -> str:

@@ -178,14 +178,7 @@ class _LookupRun:
         lookup, node, emit = self.lookup, self.node, self.emit
         if self.call is not None and self.call.done:
             lookup.stop()
-        if (lookup.finished and not lookup.stopped and not self.refilled
-                and len(lookup.closest()) < lookup.k):
-            # Every candidate near the target failed (a partition, a dead neighbourhood): fall
-            # back once on the rest of the routing table before giving up.
-            self.refilled = True
-            dead = node._dead
-            lookup.add(c for c in node.table.closest(lookup.target, len(node.table))
-                       if dead.get(c.address, 0.0) <= now)
+        self._refill(now)
         banned, ipv6 = node._banned, node.ipv6
         chosen = lookup.next_requests()
         while chosen:
@@ -213,7 +206,12 @@ class _LookupRun:
                 if cand is lookup.probe:  # asked alone: widen if it is slow to answer
                     node.stats["probes"] += 1
                     self.hedge_timer = node._schedule(now + node.probe_hedge, self.hedge)
-            chosen = lookup.next_requests() if skipped else []
+            if not skipped:
+                break
+            # The candidates left out failed here and now: the lookup may have run out of
+            # candidates with them, and falls back on the table as after any failure.
+            self._refill(now)
+            chosen = lookup.next_requests()
         if lookup.finished:
             self.finished = True
             if lookup.crowded:
@@ -234,6 +232,18 @@ class _LookupRun:
                 node.stats["storage_errors"] += 1
                 if self.call is not None:
                     self.call.fail(exc)
+
+    def _refill(self, now: float) -> None:
+        """When every candidate near the target failed (a partition, a dead neighbourhood), fall
+        back once on the rest of the routing table before giving up."""
+        lookup = self.lookup
+        if (lookup.finished and not lookup.stopped and not self.refilled
+                and len(lookup.closest()) < lookup.k):
+            self.refilled = True
+            node = self.node
+            dead = node._dead
+            lookup.add(c for c in node.table.closest(lookup.target, len(node.table))
+                       if dead.get(c.address, 0.0) <= now)
 
     def on_reply(self, contact: Contact, envelope: Envelope | None, now: float) -> None:
         if self.finished:

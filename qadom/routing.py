@@ -37,7 +37,7 @@ import ipaddress
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 
-from .contact import Address, Contact
+from .contact import Address, Contact, ip_of
 from .ids import ID_SPACE
 
 _PREFIXES: dict[str, str | None] = {}  # host -> network prefix (a bounded memo)
@@ -50,19 +50,12 @@ def network_prefix(host: str) -> str | None:
     prefix = _PREFIXES.get(host, "")
     if prefix != "":
         return prefix
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    address = ip_of(host)
+    if address is None or not address.is_global:
         prefix = None
     else:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global:
-            prefix = None
-        elif address.version == 4:
-            prefix = str(ipaddress.ip_network(f"{address}/24", strict=False))
-        else:
-            prefix = str(ipaddress.ip_network(f"{address}/64", strict=False))
+        bits = 24 if address.version == 4 else 64
+        prefix = str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
     if len(_PREFIXES) >= _PREFIXES_MAX:
         _PREFIXES.clear()
     _PREFIXES[host] = prefix

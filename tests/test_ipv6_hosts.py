@@ -26,7 +26,7 @@ def test_host_key_is_the_ipv4_address_or_the_ipv6_slash_64() -> None:
     assert host_key(f"{SITE}::1") == host_key(f"{SITE}:ffff:ffff:ffff:ffff") == f"{SITE}::/64"
     assert host_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
     assert host_key("::ffff:203.0.113.9") == "203.0.113.9"
-    assert host_key("fe80::1%eth0") == "fe80::/64"
+    assert host_key("fe80::1%eth0") == "fe80::1%eth0"  # every link's is in fe80::/64
     assert host_key("peer.example") == "peer.example"
 
 
