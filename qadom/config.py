@@ -328,7 +328,7 @@ class Config:
     costing its relays forwards after at most ten minutes."""
 
     pubsub_renewals: int = 3
-    """Renewals per lease (every lease / 3; per the shortest lease a relay granted when that is
+    """Renewals per lease (every lease / 3; per the lease most relays granted when that is
     shorter than asked, never more often than every ``rpc_timeout_min``): two renewals in a row
     may be lost before a lease lapses, and a dead relay is noticed and replaced within a third of
     a lease."""

@@ -3,8 +3,8 @@
 How it works (docs/PROTOCOL.md, "Publish/subscribe"):
 
 * A subscriber looks up the k closest peers to the topic key (its *relays*) and sends each a
-  ``Subscribe`` with a lease. It renews ``pubsub_renewals`` times per lease (the shortest one a
-  relay granted, if shorter than asked) with a fresh lookup, so
+  ``Subscribe`` with a lease. It renews ``pubsub_renewals`` times per lease (the lease most of
+  its relays granted, if shorter than asked) with a fresh lookup, so
   when a relay dies its successor among the k closest is registered at the next renewal (at once
   when a renewal finds a relay dead). Leaving sends ``Unsubscribe``; a subscriber that vanishes is
   forgotten when its lease lapses or when a delivery to it fails.
@@ -56,6 +56,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from statistics import median_low
 from typing import TYPE_CHECKING
 
 from .call import Call
@@ -792,7 +793,7 @@ class PubSubService:
             accepted = [0]
             failed = [0]
             refusals: list[Error] = []
-            granted = [lease]  # the shortest lease a relay granted this round
+            grants: list[float] = []  # the leases the relays granted this round
 
             def on_reply(contact: Contact, envelope: Envelope | None, now: float) -> None:
                 reply = None if envelope is None else envelope.message
@@ -805,7 +806,7 @@ class PubSubService:
                     return
                 if isinstance(reply, Subscribed):
                     accepted[0] += 1
-                    granted[0] = min(granted[0], reply.lease_ms / 1000)
+                    grants.append(reply.lease_ms / 1000)
                     topic.relays[contact.address] = (contact.id, now + reply.lease_ms / 1000)
                 else:
                     topic.relays.pop(contact.address, None)
@@ -816,7 +817,7 @@ class PubSubService:
                 left[0] -= 1
                 if left[0] == 0:
                     self._round_over(topic, generation, accepted[0], refusals, failed[0], now,
-                                     granted[0])
+                                     median_low(grants) if grants else None)
 
             message = Subscribe(topic.key, lease_ms)
             for contact in closest:
@@ -832,9 +833,10 @@ class PubSubService:
         cfg = self.node.config
         interval = cfg.pubsub_lease / cfg.pubsub_renewals
         if granted is not None and granted < cfg.pubsub_lease:
-            # A relay granted less than we asked (its pubsub_max_lease is shorter): renew
-            # pubsub_renewals times within that lease, or we drop off it between rounds. Never
-            # more often than rpc_timeout_min, whatever a relay grants.
+            # Relays granted less than we asked (their pubsub_max_lease is shorter): renew
+            # pubsub_renewals times within the lease most of them granted, or we drop off them
+            # between rounds. Not the shortest: one relay granting a millisecond must not make
+            # us renew at every turn. Never more often than rpc_timeout_min.
             interval = max(granted / cfg.pubsub_renewals, min(interval, cfg.rpc_timeout_min))
         if failed or (not (accepted or refusals) and len(self.node.table)):
             # A relay did not answer (or the lookup reached nobody although we know peers): the

@@ -42,6 +42,24 @@ def test_a_subscription_renews_within_the_shorter_lease_a_relay_grants() -> None
     assert got == [b"still here"]
 
 
+def test_one_relay_granting_a_tiny_lease_does_not_make_subscribers_renew_at_every_turn() -> None:
+    """Subscribers renew within the lease most of their relays grant: one relay that grants a
+    millisecond (hostile, or misconfigured) does not multiply every subscriber's traffic."""
+    net = SimNetwork(4, config=Config(k=5))
+    nodes = net.add_nodes(20)
+    subscriber = net.add_node(config=Config(k=5, pubsub_lease=6.0))
+    net.run_call(net.call(subscriber, subscriber.bootstrap, [net.address_of(nodes[0])]))
+    topic = 777
+    stingy = min(nodes, key=lambda n: n.id ^ topic)  # surely one of the topic's relays
+    stingy.pubsub.relay.max_lease = 0.001
+    net.run_call(net.call(subscriber, lambda now: subscriber.pubsub.subscribe(
+        topic, lambda _: None, now)[1]))
+    sent = subscriber.stats["requests_out"]
+    net.run_for(20.0)  # 10 renewal intervals of the lease asked (6 s / 3)
+    # A round is one lookup and k SUBSCRIBEs: about 10 rounds, not 80 (every 0.25 s).
+    assert subscriber.stats["requests_out"] - sent < 12 * 12
+
+
 async def test_a_second_subscription_to_a_topic_whose_relays_are_gone_raises() -> None:
     # Short timeouts: the subscriber notices its only relay is dead within a fraction of a second.
     config = dataclasses.replace(FAST, k=4, pubsub_lease=0.6, rpc_timeout=0.1,
