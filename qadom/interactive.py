@@ -59,7 +59,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .config import Config
-from .contact import Address, parse_host_port
+from .contact import Address, check_bind_host, parse_host_port
 from .errors import InvalidArgument, InvalidType, LoopRunningError, NoPeersError
 from .peer import Peer
 
@@ -420,14 +420,22 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
     are."""
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--host", default=env.get("QADOM_HOST", "127.0.0.1"),
-                        help="address to bind (env QADOM_HOST; default %(default)s)")
+    parser.add_argument("--host", default=None,
+                        help="address to bind (env QADOM_HOST; default "
+                             f"{env.get('QADOM_HOST', '127.0.0.1')})")
     parser.add_argument("--port", type=int, default=None,
                         help=f"UDP port, 0 for any free one (env QADOM_PORT; default {port})")
     parser.add_argument("--bootstrap", action="append", default=None, metavar="HOST:PORT",
                         help="peer to join through (env QADOM_BOOTSTRAP; default "
                              f"{','.join(bootstrap) or 'none'})")
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    host, host_name = args.host, "--host"
+    if host is None:
+        host, host_name = env.get("QADOM_HOST", "127.0.0.1"), "QADOM_HOST"
+    try:
+        check_bind_host(host)
+    except InvalidArgument as exc:
+        parser.error(f"{host_name}: {exc}")
     chosen_port = args.port
     port_name = "--port"
     if chosen_port is None:
@@ -450,14 +458,16 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
         addresses = tuple(parse_address(a) for a in joined)
     except InvalidArgument as exc:
         parser.error(f"{bootstrap_name}: {exc}")
-    return ScriptOptions(args.host, checked_port, addresses)
+    return ScriptOptions(host, checked_port, addresses)
 
 
 def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
     """:func:`start_peer` for a peer script called ``name``, as ``options`` say. What a user can
     fix ends the script with one line saying so (:class:`SystemExit`, status 1) instead of a
-    traceback: the port is taken, the host cannot be bound, no peer answers at the bootstrap
-    addresses (the peer is closed again)."""
+    traceback: the port is taken, the host cannot be bound, a bootstrap address cannot be
+    reached from the host (a name that does not resolve, an address of the other IP family), no
+    peer answers at the bootstrap addresses. A join that fails, or that Ctrl-C stops, closes the
+    peer again."""
     try:
         peer = start_peer(options.host, options.port, **kwargs)
     except OSError as exc:
@@ -468,14 +478,18 @@ def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
         raise SystemExit(f"{name}: cannot listen on {_hostport(options.host, options.port)}: "
                          f"{reason}") from None
     if options.bootstrap:
+        where = ", ".join(_hostport(*address) for address in options.bootstrap)
         try:
             wait(peer.bootstrap(list(options.bootstrap)))
-        except NoPeersError:
+        except BaseException as exc:  # Ctrl-C included: as start_peer, close a failed join
             wait(close(peer))
-            where = ", ".join(_hostport(*address) for address in options.bootstrap)
-            raise SystemExit(f"{name}: no peer answered at {where}; start one there first "
-                             "(peers/peer0.py), or join through another with --bootstrap "
-                             "HOST:PORT") from None
+            if isinstance(exc, NoPeersError):
+                raise SystemExit(f"{name}: no peer answered at {where}; start one there first "
+                                 "(peers/peer0.py), or join through another with --bootstrap "
+                                 "HOST:PORT") from None
+            if isinstance(exc, InvalidArgument):  # a name that does not resolve, say
+                raise SystemExit(f"{name}: cannot join through {where}: {exc}") from None
+            raise
     return peer
 
 

@@ -32,7 +32,7 @@ from typing import IO, Any, TypeVar
 from .call import Call
 from .codec import Codec
 from .config import Config
-from .contact import Address, Contact, check_host_name, is_ip_literal
+from .contact import Address, Contact, check_bind_host, is_ip_literal
 from .errors import (
     DataDirInUse,
     InvalidArgument,
@@ -75,7 +75,7 @@ class Peer:
                  node_id: int | None = None, store: Store | None = None,
                  data_dir: str | os.PathLike[str] | None = None,
                  rng: random.Random | None = None, client_only: bool = False) -> None:
-        _check_bind_host(host)
+        check_bind_host(host)
         _check_port(port)
         if store is not None and data_dir is not None:
             raise InvalidArgument("give a store or a data_dir, not both")
@@ -178,7 +178,10 @@ class Peer:
         self._closed = True
         if self._protocol is not None and self._protocol.transport is not None:
             for subscription in list(self._subscriptions):
-                subscription._peer_closed()  # sends UNSUBSCRIBE, then ends its iteration
+                try:
+                    subscription._peer_closed()  # sends UNSUBSCRIBE, then ends its iteration
+                except Exception:  # a bug: the socket, the data dir and the waiters still go
+                    log.exception("could not unsubscribe %r while closing", subscription)
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
@@ -492,20 +495,6 @@ class Peer:
         where = (f"{self._address[0]}:{self._address[1]}" if self.running and self._address
                  else "closed" if self._closed else "not started")
         return f"<Peer {self.id:064x}"[:14] + f"… {where}>"
-
-
-def _check_bind_host(host: object) -> str:
-    """A host to bind: an IP literal, a name the resolver can be asked about, or "" (every
-    interface); InvalidArgument for one no socket can bind (a NUL, which the resolver would cut
-    the name at; an IPv6 zone that names no interface; a name with an empty or overlong
-    label)."""
-    if not isinstance(host, str):
-        raise InvalidType("host must be a str")
-    if "\0" in host:
-        raise InvalidArgument(f"host {host!r} contains a NUL character")
-    if "%" in host and not is_ip_literal(host):
-        raise InvalidArgument(f"{host!r} has an IPv6 zone that names no interface")
-    return check_host_name(host)
 
 
 _WIRE_TYPES: dict[Kind, tuple[type, ...]] = {

@@ -74,10 +74,12 @@ class Subscription:
         self._closed = True
         self._peer._subscriptions.discard(self)
         protocol = self._peer._protocol
-        if self._handle is not None and protocol is not None:
-            self._handle.close(protocol.now())
-            protocol.flush()
-        self._queue.put_nowait(_END)
+        try:
+            if self._handle is not None and protocol is not None:
+                self._handle.close(protocol.now())
+                protocol.flush()
+        finally:  # whatever happened, iteration ends
+            self._queue.put_nowait(_END)
 
     def _peer_closed(self) -> None:
         if not self._closed:

@@ -22,6 +22,7 @@ import pytest
 from qadom import InvalidArgument, InvalidType, NoPeersError, Peer, key_for
 from qadom.errors import LoopRunningError
 from qadom.interactive import (
+    ScriptOptions,
     blocking,
     close,
     event_loop,
@@ -31,6 +32,7 @@ from qadom.interactive import (
     shutdown,
     start,
     start_peer,
+    start_script_peer,
     started,
     wait,
     will_prompt,
@@ -88,6 +90,8 @@ def test_script_options_arguments_then_environment_then_defaults() -> None:
     (["--port", "70000"], {}, "--port"),
     ([], {"QADOM_PORT": "70000"}, "QADOM_PORT"),
     (["--bootstrap", "127.0.0.1:0"], {}, "--bootstrap"),  # a bootstrap peer cannot be at port 0
+    (["--host", "a..b"], {}, "--host"),  # an empty label: no socket can bind it
+    ([], {"QADOM_HOST": "fe80::1%no such zone"}, "QADOM_HOST"),
     ([], {"QADOM_BOOTSTRAP": "nowhere"}, "QADOM_BOOTSTRAP"),
 ])
 def test_a_bad_script_option_is_a_usage_error_naming_it(
@@ -148,6 +152,36 @@ def test_ctrl_c_during_a_blocking_call_cancels_it(script_loop: None) -> None:
     assert asyncio.all_tasks(loop) == set()
     peer = start_peer(port=0, config=FAST)
     assert started() == [peer] and blocking(peer).search(1) == set()
+
+
+def test_a_script_peer_that_cannot_reach_its_bootstrap_says_so(
+        script_loop: None) -> None:
+    """A --bootstrap address of the other IP family than --host: one line naming it
+    (SystemExit), not a traceback; the peer is closed again."""
+    options = ScriptOptions("127.0.0.1", 0, (("::1", 9999),))
+    with pytest.raises(SystemExit) as info:
+        start_script_peer("peer9", options, config=FAST)
+    assert str(info.value.code).startswith("peer9: cannot join through [::1]:9999: ")
+    assert started() == []
+
+
+def test_ctrl_c_while_a_script_peer_joins_closes_it(script_loop: None) -> None:
+    """As start_peer with bootstrap: Ctrl-C during the join leaves no half-joined peer serving
+    (at an `ipython -i` prompt it would go on answering others)."""
+    loop = event_loop()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+
+        def interrupt() -> None:  # as Ctrl-C would, once the join's first datagram arrived
+            loop.remove_reader(silent.fileno())
+            raise KeyboardInterrupt
+
+        loop.add_reader(silent.fileno(), interrupt)
+        options = ScriptOptions("127.0.0.1", 0, (silent.getsockname(),))
+        with pytest.raises(KeyboardInterrupt):
+            start_script_peer("peer9", options, config=FAST)
+    assert started() == []
+    assert asyncio.all_tasks(loop) == set()
 
 
 async def test_blocking_calls_refuse_a_running_loop() -> None:

@@ -1,0 +1,49 @@
+"""Closing a peer always releases what it holds, over real UDP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from pathlib import Path
+
+import pytest
+
+from qadom import Peer, PeerClosedError
+from qadom.pubsub import SubscriptionHandle
+
+from helpers import FAST
+
+
+async def test_close_releases_everything_when_unsubscribing_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An open subscription whose unsubscribing raises (a bug) is logged; the close still closes
+    the socket, frees the data dir, fails what waits on the peer and ends the iteration."""
+    config = dataclasses.replace(FAST, k=4)
+    async with Peer("127.0.0.1", 0, config=config) as relay:
+        peer = Peer("127.0.0.1", 0, config=config, data_dir=tmp_path)
+        await peer.start()
+        await asyncio.wait_for(peer.bootstrap([relay.address]), 2)
+        subscription = peer.subscribe(7)
+        await asyncio.wait_for(subscription.__aenter__(), 2)
+        reading = asyncio.ensure_future(anext(subscription))
+        silent = relay.address[0], relay.address[1]
+        await relay.close()  # nobody answers now: the ping below waits on the peer
+        pending = asyncio.ensure_future(peer.ping(silent))
+        await asyncio.sleep(0.01)
+
+        def broken(self: SubscriptionHandle, now: float) -> None:
+            raise RuntimeError("unsubscribing failed")
+
+        monkeypatch.setattr(SubscriptionHandle, "close", broken)
+        with caplog.at_level(logging.ERROR, logger="qadom"):
+            await asyncio.wait_for(peer.close(), 1)
+        assert "could not unsubscribe" in caplog.text
+        assert not peer.running
+        with pytest.raises(PeerClosedError):
+            await asyncio.wait_for(pending, 1)
+        with pytest.raises(PeerClosedError):
+            await asyncio.wait_for(reading, 1)
+        async with Peer("127.0.0.1", 0, config=config, data_dir=tmp_path) as again:
+            assert again.id == peer.id  # the data dir was released
