@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pexpect
@@ -133,23 +134,34 @@ def test_blocking_form_from_plain_code(script_loop: None) -> None:
         sync.get(key_for(b"never stored"))
 
 
-def test_ctrl_c_during_a_blocking_call_cancels_it(script_loop: None) -> None:
-    """Ctrl-C while a blocking call waits (here: joining through a peer that never answers)
-    cancels the operation: the half-joined peer is closed, nothing is left pending on the loop to
-    run later, and KeyboardInterrupt reaches the caller. The loop serves the next call."""
+@contextmanager
+def interrupted_at_first_datagram() -> Iterator[tuple[str, int]]:
+    """The address of a peer that never answers; the first datagram sent to it raises
+    KeyboardInterrupt in the module's loop, as Ctrl-C would while a blocking call waits."""
     loop = event_loop()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
 
-        def interrupt() -> None:  # as Ctrl-C would, once the join's first datagram arrived
+        def interrupt() -> None:
             loop.remove_reader(silent.fileno())
             raise KeyboardInterrupt
 
         loop.add_reader(silent.fileno(), interrupt)
-        with pytest.raises(KeyboardInterrupt):
-            start_peer(port=0, bootstrap=[silent.getsockname()], config=FAST)
+        try:
+            yield silent.getsockname()
+        finally:
+            with suppress(ValueError, OSError):  # already removed when it fired
+                loop.remove_reader(silent.fileno())
+
+
+def test_ctrl_c_during_a_blocking_call_cancels_it(script_loop: None) -> None:
+    """Ctrl-C while a blocking call waits (here: joining through a peer that never answers)
+    cancels the operation: the half-joined peer is closed, nothing is left pending on the loop to
+    run later, and KeyboardInterrupt reaches the caller. The loop serves the next call."""
+    with interrupted_at_first_datagram() as silent, pytest.raises(KeyboardInterrupt):
+        start_peer(port=0, bootstrap=[silent], config=FAST)
     assert started() == []
-    assert asyncio.all_tasks(loop) == set()
+    assert asyncio.all_tasks(event_loop()) == set()
     peer = start_peer(port=0, config=FAST)
     assert started() == [peer] and blocking(peer).search(1) == set()
 
@@ -168,20 +180,10 @@ def test_a_script_peer_that_cannot_reach_its_bootstrap_says_so(
 def test_ctrl_c_while_a_script_peer_joins_closes_it(script_loop: None) -> None:
     """As start_peer with bootstrap: Ctrl-C during the join leaves no half-joined peer serving
     (at an `ipython -i` prompt it would go on answering others)."""
-    loop = event_loop()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
-        silent.bind(("127.0.0.1", 0))
-
-        def interrupt() -> None:  # as Ctrl-C would, once the join's first datagram arrived
-            loop.remove_reader(silent.fileno())
-            raise KeyboardInterrupt
-
-        loop.add_reader(silent.fileno(), interrupt)
-        options = ScriptOptions("127.0.0.1", 0, (silent.getsockname(),))
-        with pytest.raises(KeyboardInterrupt):
-            start_script_peer("peer9", options, config=FAST)
+    with interrupted_at_first_datagram() as silent, pytest.raises(KeyboardInterrupt):
+        start_script_peer("peer9", ScriptOptions("127.0.0.1", 0, (silent,)), config=FAST)
     assert started() == []
-    assert asyncio.all_tasks(loop) == set()
+    assert asyncio.all_tasks(event_loop()) == set()
 
 
 async def test_blocking_calls_refuse_a_running_loop() -> None:
