@@ -8,12 +8,15 @@ network only once it would survive the process being killed (``Config.sqlite_syn
 Ids are stored as 32-byte big-endian blobs, whose byte order is their numeric order, so multimap
 pages are index range scans.
 
-Which files it opens. A new or empty file becomes a store. A store is stamped with qadom's
-``application_id`` and its schema version (``user_version``); a file written by qadom before the
-stamp is recognised by its tables. Anything else is refused with :class:`StoreUnusable` and left
-exactly as it was: a file that is not an SQLite database (corrupt, truncated, something else), a
-database of another program, one written by a newer qadom (a schema this code does not know),
-or a file this process cannot open or write.
+Which files it opens. A new or empty file becomes a store, created and stamped in one
+transaction (a process killed meanwhile leaves the file as it was), and so does a file holding
+only some of qadom's tables, all empty, and no stamp (what an older qadom killed while creating
+its store left). A store is stamped with qadom's ``application_id`` and its schema version
+(``user_version``); a file written by qadom before the stamp is recognised by its tables.
+Anything else is refused with :class:`StoreUnusable` and left exactly as it was: a file that is
+not an SQLite database (corrupt, truncated, something else), a database of another program, one
+written by a newer qadom (a schema this code does not know), or a file this process cannot open
+or write.
 
 Migration. A database written before service records had a lifecycle has a ``records`` table
 without the ``expires``, ``republish_at`` and ``original`` columns (and, from the first durable
@@ -48,6 +51,8 @@ no query.
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import logging
 import sqlite3
 from collections import Counter
@@ -80,6 +85,7 @@ _DAMAGED_READS = frozenset({sqlite3.SQLITE_IOERR_READ, sqlite3.SQLITE_IOERR_SHOR
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vals (
@@ -141,6 +147,13 @@ def _meta_params(meta: Meta) -> tuple[float, float, int, int, str]:
 def _record_meta(row: tuple[float, float, int, str]) -> Meta:
     expires, republish_at, original, source = row
     return Meta(expires, republish_at, bool(original), False, source)
+
+
+def _first(limit: int, *runs: Iterable[tuple[tuple[Any, ...], _T]]) -> list[_T]:
+    """The first ``limit`` items of ``runs``, each a list of ``(order, item)`` in ascending
+    order, merged in that order."""
+    merged = heapq.merge(*runs, key=lambda pair: pair[0])
+    return [item for _, item in itertools.islice(merged, limit)]
 
 
 def _reading(method: Callable[Concatenate[SqliteStore, _P], _R],
@@ -232,7 +245,8 @@ class SqliteStore:
         tables = {str(row[0]) for row in db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table'")}
         if application_id not in (0, APPLICATION_ID) or (
-                application_id == 0 and tables and not tables >= _TABLES):
+                application_id == 0 and tables and not tables >= _TABLES
+                and not self._interrupted_creation(tables)):
             raise StoreUnusable(self.path, "not a qadom database (another program's?); "
                                 "it was left as it is")
         if version > SCHEMA_VERSION:
@@ -240,17 +254,36 @@ class SqliteStore:
                                 f"one knows {SCHEMA_VERSION}); it was left as it is")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
-        db.executescript(SCHEMA)
-        self._migrate_records()
-        db.executescript(RECORD_INDEXES)
-        if (application_id, version) != (APPLICATION_ID, SCHEMA_VERSION):
-            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        # Created or upgraded, and stamped, in one transaction: a process killed meanwhile leaves
+        # the file as it was, never some of the tables without the others.
+        with db:
+            db.execute("BEGIN")
+            self._execute_all(SCHEMA)
+            self._migrate_records()
+            self._execute_all(RECORD_INDEXES)
+            if (application_id, version) != (APPLICATION_ID, SCHEMA_VERSION):
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._load_counts()
 
+    def _execute_all(self, script: str) -> None:
+        """The statements of ``script``, in the transaction under way (executescript would
+        commit it first)."""
+        for statement in script.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+    def _interrupted_creation(self, tables: set[str]) -> bool:
+        """Whether ``tables`` (of a file with no qadom stamp) are what an older qadom killed while
+        creating its store left: some of qadom's tables, each empty. Nothing in them is lost."""
+        return tables <= _TABLES and all(
+            self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is None
+            for table in tables)
+
     def _migrate_records(self) -> None:
-        """Give a records table of the schema before records had a lifecycle its columns, in one
-        transaction (see the module docstring for the lifecycle the records get)."""
+        """Give a records table of the schema before records had a lifecycle its columns, inside
+        the transaction that opens the file (see the module docstring for the lifecycle the
+        records get)."""
         present = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
         missing = [(name, ddl) for name, ddl in _RECORD_COLUMNS if name not in present]
         if not missing:
@@ -258,12 +291,10 @@ class SqliteStore:
         kinds = ", ".join("?" for _ in _LIFECYCLE_KINDS)
         # Written here (source "") is ours; without a source column nobody can tell: received.
         original = "(source = '')" if "source" in present else "0"
-        with self._db:
-            self._db.execute("BEGIN")
-            for name, ddl in missing:
-                self._db.execute(f"ALTER TABLE records ADD COLUMN {name} {ddl}")
-            self._db.execute(f"UPDATE records SET republish_at = 0, original = {original} "
-                             f"WHERE kind IN ({kinds})", _LIFECYCLE_KINDS)
+        for name, ddl in missing:
+            self._db.execute(f"ALTER TABLE records ADD COLUMN {name} {ddl}")
+        self._db.execute(f"UPDATE records SET republish_at = 0, original = {original} "
+                         f"WHERE kind IN ({kinds})", _LIFECYCLE_KINDS)
 
     def _load_counts(self) -> None:
         """Count what the file holds, per source, and what cached copies hold (the quotas), and
@@ -431,43 +462,58 @@ class SqliteStore:
 
     @_reading
     def due(self, now: float, limit: int) -> list[Due]:
+        """Soonest first, as :meth:`MemoryStore.due <qadom.storage.MemoryStore.due>` (ties: by
+        key, a value before the entries under its key, entries by value): values due later
+        never hold back an entry due sooner."""
         if limit <= 0:  # SQLite reads a negative LIMIT as none at all
             return []
-        found = [Due(id_from_bytes(bytes(key)), bytes(value), _meta(rest))
-                 for key, value, *rest in self._db.execute(
-                     f"SELECT key, value, {_META_COLUMNS} FROM vals WHERE republish_at <= ? "
-                     "LIMIT ?", (now, limit))]
-        if len(found) < limit:
-            found += [Due(id_from_bytes(bytes(key)), id_from_bytes(bytes(value)), _meta(rest))
-                      for key, value, *rest in self._db.execute(
-                          f"SELECT key, value, {_META_COLUMNS} FROM entries "
-                          "WHERE republish_at <= ? LIMIT ?", (now, limit - len(found)))]
-        return found
+        values = [((meta.republish_at, key), Due(key, bytes(value), meta))
+                  for key, value, meta in self._rows(
+                      f"SELECT key, value, {_META_COLUMNS} FROM vals WHERE republish_at <= ? "
+                      "ORDER BY republish_at, key LIMIT ?", (now, limit))]
+        entries = [((meta.republish_at, key, id_from_bytes(bytes(value))),
+                    Due(key, id_from_bytes(bytes(value)), meta))
+                   for key, value, meta in self._rows(
+                       f"SELECT key, value, {_META_COLUMNS} FROM entries "
+                       "WHERE republish_at <= ? ORDER BY republish_at, key, value LIMIT ?",
+                       (now, limit))]
+        return _first(limit, values, entries)
+
+    def _rows(self, sql: str, params: tuple[object, ...]) -> Iterator[tuple[int, Any, Meta]]:
+        """``(key, second column, Meta)`` of each row of ``sql``, which selects a key, one more
+        column and :data:`_META_COLUMNS`."""
+        for key, other, *rest in self._db.execute(sql, params):
+            yield id_from_bytes(bytes(key)), other, _meta(rest)
 
     @_reading
     def held_between(self, lo: int, hi: int, limit: int) -> list[Due | DueRecord]:
         if limit <= 0:
             return []
         # Ids are 32-byte big-endian blobs, so a key range is a blob range on the primary keys.
+        # By ascending key, as MemoryStore: under one key its value, its entries by value, its
+        # records by kind.
         low = id_to_bytes(lo)
         bound, params = ("", (low,)) if hi >= ID_SPACE else (" AND key < ?", (low, id_to_bytes(hi)))
-        found: list[Due | DueRecord] = [
-            Due(id_from_bytes(bytes(key)), bytes(value), _meta(rest))
-            for key, value, *rest in self._db.execute(
-                f"SELECT key, value, {_META_COLUMNS} FROM vals WHERE key >= ?{bound} "
-                "AND cached = 0 LIMIT ?", (*params, limit))]
-        if len(found) < limit:
-            found += [Due(id_from_bytes(bytes(key)), id_from_bytes(bytes(value)), _meta(rest))
-                      for key, value, *rest in self._db.execute(
-                          f"SELECT key, value, {_META_COLUMNS} FROM entries WHERE key >= ?{bound} "
-                          "LIMIT ?", (*params, limit - len(found)))]
-        if len(found) < limit:
-            found += [DueRecord(kind, id_from_bytes(bytes(key)), bytes(data), _record_meta(rest))
-                      for kind, key, data, *rest in self._db.execute(
-                          f"SELECT kind, key, data, {_RECORD_META_COLUMNS} FROM records "
-                          f"WHERE key >= ?{bound} AND (original = 1 OR expires < 9e999) LIMIT ?",
-                          (*params, limit - len(found)))]
-        return found
+        # "+cached": SQLite would otherwise read the cached index for every value that is not a
+        # cached copy, to test its key, instead of reading only the keys in the range.
+        values: list[tuple[tuple[Any, ...], Due | DueRecord]]
+        values = [((key, 0), Due(key, bytes(value), meta)) for key, value, meta in self._rows(
+            f"SELECT key, value, {_META_COLUMNS} FROM vals WHERE key >= ?{bound} "
+            "AND +cached = 0 ORDER BY key LIMIT ?", (*params, limit))]
+        entries: list[tuple[tuple[Any, ...], Due | DueRecord]]
+        entries = [((key, 1, id_from_bytes(bytes(value))),
+                    Due(key, id_from_bytes(bytes(value)), meta))
+                   for key, value, meta in self._rows(
+                       f"SELECT key, value, {_META_COLUMNS} FROM entries WHERE key >= ?{bound} "
+                       "ORDER BY key, value LIMIT ?", (*params, limit))]
+        records: list[tuple[tuple[Any, ...], Due | DueRecord]] = []
+        for raw, kind, data, *rest in self._db.execute(
+                f"SELECT key, kind, data, {_RECORD_META_COLUMNS} FROM records "
+                f"WHERE key >= ?{bound} AND (original = 1 OR expires < 9e999) "
+                "ORDER BY key, kind LIMIT ?", (*params, limit)):
+            key = id_from_bytes(bytes(raw))
+            records.append(((key, 2, kind), DueRecord(kind, key, bytes(data), _record_meta(rest))))
+        return _first(limit, values, entries, records)
 
     def expire(self, now: float) -> int:
         dropped = 0
@@ -527,10 +573,12 @@ class SqliteStore:
 
     @_reading
     def due_records(self, now: float, limit: int) -> list[DueRecord]:
+        """Soonest first (ties: by key, then kind), as MemoryStore."""
         return [DueRecord(kind, id_from_bytes(bytes(key)), bytes(data), _record_meta(rest))
                 for kind, key, data, *rest in self._db.execute(
                     f"SELECT kind, key, data, {_RECORD_META_COLUMNS} FROM records "
-                    "WHERE republish_at <= ? LIMIT ?", (now, max(0, limit)))]
+                    "WHERE republish_at <= ? ORDER BY republish_at, key, kind LIMIT ?",
+                    (now, max(0, limit)))]
 
     @_reading
     def get_record(self, kind: str, key: int, now: float | None = None) -> bytes | None:

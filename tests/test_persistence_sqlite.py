@@ -302,3 +302,32 @@ def test_a_writer_killed_mid_write_leaves_every_acknowledged_write_and_nothing_t
         store.save_contacts([Contact(5, ("127.0.0.1", 7))])
     finally:
         store.close()
+
+
+def test_handing_over_a_range_reads_the_range_not_every_value(tmp_path: Path) -> None:
+    """held_between over a narrow range of keys (a newcomer next to us) reads the values in that
+    range, not every value the node holds to test its key."""
+    path = tmp_path / "qadom.sqlite3"
+    store = SqliteStore(path, DEFAULT)
+    with store._db:
+        store._db.execute("BEGIN")
+        store._db.executemany(
+            "INSERT INTO vals VALUES (?, x'00', 1e12, 1e12, 0, ?, '10.0.0.1')",
+            ((id_to_bytes(key), int(key % 10 == 0)) for key in range(20_000)))
+    store.close()
+    store = SqliteStore(path, DEFAULT)
+    steps = [0]
+
+    def step() -> int:
+        steps[0] += 1
+        return 0
+
+    store._db.set_progress_handler(step, 100)  # called every 100 SQLite VM instructions
+    try:
+        lo = 1 << 200
+        assert store.held_between(lo, lo + (1 << 190), 50) == []
+        assert [d.key for d in store.held_between(100, 110, 50)] == list(range(101, 110))
+    finally:
+        store._db.set_progress_handler(None, 0)
+        store.close()
+    assert steps[0] < 20, steps[0]
