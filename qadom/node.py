@@ -96,6 +96,7 @@ log = logging.getLogger("qadom")
 
 T = TypeVar("T")
 TOKEN_BYTES = 16
+_MAX_HANDED = 1024  # neighbours whose last hand-over is remembered (see Node._hand_over)
 BUG_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
 ReplyCallback = Callable[[Envelope | None, float], None]
@@ -355,6 +356,7 @@ class Node:
         self._granted: dict[Address, bytes] = {}  # ours, minted from the current secret
         self._proof_required: set[type[Message]] = set()
         self._verifying: dict[Address, float] = {}
+        self._handed: dict[int, float] = {}  # neighbours we handed items over to, and when
         self._listeners: list[Callable[[LookupEvent], None]] = []
         cfg = self.config
         self._address_rate: RateLimiter[Address] = RateLimiter(
@@ -990,10 +992,18 @@ class Node:
         besides the newcomer, are those that share more leading bits with our id than any of
         those contacts does: one range of ids. So this is a range read of our store, done only
         when a contact joins our neighbourhood, bounded by ``republish_batch`` items; keys we are
-        the closest to outside that range reach the newcomer by the hourly republish."""
+        the closest to outside that range reach the newcomer by the hourly republish.
+
+        A neighbour is handed items over once per ``republish_interval``: one that leaves our
+        table and comes back (dropped after its answers were lost, say, or while it refused the
+        very burst of copies we sent it) gets the rest by the hourly republish, so a hand-over
+        never sets off another."""
         cfg, table = self.config, self.table
         ours = table.closest(self.id, cfg.k + 1)
         if newcomer not in ours[:cfg.k]:
+            return
+        handed = self._handed
+        if handed.get(newcomer.id, -math.inf) + cfg.republish_interval > now:
             return
         others = [c for c in ours if c.id != newcomer.id]
         if others:  # the ids sharing one leading bit more with us than any other contact does
@@ -1018,6 +1028,11 @@ class Node:
             else:
                 copies.append(Store(due.item, ttl) if isinstance(due.item, bytes)
                               else Append(due.key, due.item, ttl))
+        if not copies:
+            return
+        if len(handed) >= _MAX_HANDED:
+            handed.clear()  # a bound on memory: at worst one more hand-over to a neighbour
+        handed[newcomer.id] = now
         for copy in copies:
             self.stats["handed_over"] += 1
             self.request(newcomer.address, copy, now, expect_id=newcomer.id)

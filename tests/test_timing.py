@@ -100,6 +100,35 @@ def test_the_closest_holder_hands_newcomers_their_items_at_once() -> None:
     assert sum(n.stats["handed_over"] for n in [*nodes, far, *newcomers]) <= CONFIG.k
 
 
+def test_a_neighbour_that_comes_back_within_the_hour_is_not_handed_over_to_again() -> None:
+    """A neighbour dropped from the table (its answers lost, or refused under the very burst of
+    copies it was sent) and seen again gets no second burst within the hour: otherwise each
+    hand-over could set off the next."""
+    net, nodes = network(24, seed=2)
+    for i in range(30):
+        net.run_call(net.call(nodes[i % 5], nodes[i % 5].set, f"item {i}".encode()))
+    newcomer = net.add_node()
+    net.run_call(net.call(newcomer, newcomer.bootstrap, [net.address_of(nodes[5])]))
+    net.run_for(5.0)
+    senders = [n for n in nodes if n.stats["handed_over"]]
+    assert senders
+    handed = sum(n.stats["handed_over"] for n in nodes)
+    for _ in range(3):  # it leaves their tables and comes back, three times
+        net.run_for(CONFIG.verify_interval)  # a requester is verified once a minute at most
+        for node in senders:
+            node.table.remove(newcomer.id)
+            net.run_call(net.call(newcomer, newcomer.ping, net.address_of(node)))
+        net.run_for(5.0)  # each verifies the newcomer and adds it again
+        assert all(newcomer.id in node.table for node in senders)
+    assert sum(n.stats["handed_over"] for n in nodes) == handed
+    net.run_for(HOUR)
+    for node in senders:  # an hour on, a hand-over is due again
+        node.table.remove(newcomer.id)
+        net.run_call(net.call(newcomer, newcomer.ping, net.address_of(node)))
+    net.run_for(5.0)
+    assert sum(n.stats["handed_over"] for n in nodes) > handed
+
+
 def test_a_node_alone_hands_its_items_to_the_first_that_joins() -> None:
     net, (first,) = network(1, seed=4)
     keys = [net.run_call(net.call(first, first.set, b"item %d" % i)) for i in range(5)]
