@@ -116,6 +116,12 @@ class OperationTimeout(QadomError, TimeoutError):
     """An operation did not complete within its deadline."""
 
 
+class OperationAbandoned(QadomError):
+    """The caller stopped waiting for an operation (its task was cancelled): the node ended it as
+    its deadline would have. Only the node's own bookkeeping sees it; the caller sees its
+    cancellation."""
+
+
 class NoPeersError(QadomError, ConnectionError):
     """A bootstrap reached none of the given addresses."""
 

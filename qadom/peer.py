@@ -37,6 +37,7 @@ from .errors import (
     DataDirInUse,
     InvalidArgument,
     InvalidType,
+    OperationAbandoned,
     PeerClosedError,
     ProtocolError,
     StorageFull,
@@ -464,11 +465,18 @@ class Peer:
         return protocol
 
     async def _run(self, call: Call[T]) -> T:
+        """Wait for ``call``. A wait that is cancelled (``task.cancel()``, ``asyncio.wait_for``
+        running out) ends ``call`` in the node as its deadline would, so that its lookup stops
+        asking rather than run on with nobody waiting."""
         protocol = self._running()
         future = protocol.wrap(call)
         self._futures.add(future)
         try:
             return await future
+        except BaseException:
+            if future.cancelled() and not call.done:
+                call.fail(OperationAbandoned(f"{call.name or 'the operation'} was cancelled"))
+            raise
         finally:
             self._futures.discard(future)
 

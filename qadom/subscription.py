@@ -58,8 +58,11 @@ class Subscription:
         self._peer._subscriptions.add(self)
         try:
             self.relays = await self._peer._run(call)
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if self._peer_gone and isinstance(exc, Exception) and not isinstance(
+                    exc, PeerClosedError):  # closing the peer ended the registration
+                raise PeerClosedError("the peer was closed") from None
             raise
         return self
 

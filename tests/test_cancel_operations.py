@@ -1,0 +1,67 @@
+"""Cancelled operations and operations cut short by close, over real UDP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from qadom import PeerClosedError
+
+from helpers import FAST, udp_network, wait_until
+
+# Short request timeouts: a lookup among silent peers moves on quickly, and the operation
+# deadline (operation_timeout) stays far beyond the test.
+QUICK = dataclasses.replace(FAST, rpc_timeout=0.1, rpc_timeout_min=0.05, rpc_timeout_max=0.2,
+                            operation_timeout=20.0)
+
+
+async def test_a_cancelled_operation_ends_in_the_node() -> None:
+    """``asyncio.wait_for`` giving up on a get among silent peers ends the get in the node too:
+    its deadline goes at once and its lookup stops asking, instead of running on for
+    ``operation_timeout`` with nobody waiting."""
+    async with udp_network(8, config=QUICK) as peers:
+        peer = peers[0]
+        for other in peers[1:]:
+            await other.close()  # in peer's table, and silent now
+        node = peer.node
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(peer.get(12345), 0.05)
+        asked = node.stats["requests_out"]
+        assert not peer._futures
+        assert not node._deadlines
+        await wait_until(lambda: not node._pending, 2)  # those sent already run out
+        assert node.stats["requests_out"] == asked  # and nobody more is asked for it
+
+
+async def test_many_cancelled_operations_leave_no_deadlines() -> None:
+    async with udp_network(4, config=QUICK) as peers:
+        peer = peers[1]
+        tasks = [asyncio.ensure_future(operation)
+                 for i in range(40)
+                 for operation in (peer.get(i), peer.search(i), peer.set(bytes([i])),
+                                   peer.append(i, i), peer.publish(i, b"m"))]
+        await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        assert not peer._futures
+        assert not peer.node._deadlines
+        assert all(p.stats.get("internal_errors", 0) == 0 for p in peers)
+
+
+async def test_closing_the_peer_while_subscribing_raises_peer_closed() -> None:
+    """A subscribe still registering when its peer closes fails as every operation in progress
+    does then: PeerClosedError, not a network error."""
+    async with udp_network(4, config=QUICK) as peers:
+        peer = peers[1]
+        subscription = peer.subscribe(77)
+        entering = asyncio.ensure_future(subscription.__aenter__())
+        await asyncio.sleep(0)  # the registration round is under way
+        assert not entering.done()
+        await peer.close()
+        with pytest.raises(PeerClosedError):
+            await asyncio.wait_for(entering, 1)
+        assert subscription.closed
