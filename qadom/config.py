@@ -282,6 +282,13 @@ class Config:
     to that), so only an outside program (a backup, the sqlite3 shell) can hold a lock, and one
     that keeps it is not waited for at every statement (SQLite's own default is 5 s)."""
 
+    sqlite_wal_limit: int = 4 * 1024 * 1024
+    """Bytes a data dir's write-ahead log is cut back to once SQLite has copied it into the
+    database (its ``journal_size_limit``). One large transaction, such as the sweep of thousands
+    of expired items, can grow the log far past its usual 4 MiB; without a limit the file keeps
+    that size for as long as the store is open. 4 MiB is what SQLite's automatic checkpoint lets
+    the log reach anyway, so the limit costs no extra writes."""
+
     maintenance_interval: float = 60.0
     """How often a node checks for stale buckets and forgets old bookkeeping. Finer than any
     interval it serves, coarse enough to cost nothing."""
@@ -489,6 +496,8 @@ class Config:
             raise InvalidArgument("search_page_size does not fit in max_datagram_size")
         if min(self.operation_timeout, self.refresh_interval, self.maintenance_interval) <= 0:
             raise InvalidArgument("operation_timeout and the intervals must be positive")
+        if self.sqlite_wal_limit < 0:
+            raise InvalidArgument("sqlite_wal_limit must be at least 0 bytes")
         if not 0 <= self.sqlite_busy_timeout <= 60:
             raise InvalidArgument("sqlite_busy_timeout must be between 0 and 60 seconds")
         if not 0 < self.dht_max_record_size <= self.max_value_size or self.dht_max_key_size < 1:

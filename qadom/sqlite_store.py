@@ -30,7 +30,9 @@ from a peer is republished at once too, with a full lifetime from then, and expi
 the upgrade unless its publisher renews it. A record from a table that had no ``source`` column
 cannot be told apart, so it is taken as received (source ""): never as ours, which would
 republish another publisher's record forever. Records of other kinds (the node's identity) get
-no lifecycle: they never expire and are never republished.
+no lifecycle: they never expire and are never republished. Rows a peer stored before the
+per-host quotas counted an IPv6 /64 as one host (``qadom.contact.host_key``) were charged to the
+sender's full address; opening the file charges them to its host, in one transaction.
 
 A full disk (SQLite's "database or disk is full") refuses a write as a quota does, with
 :class:`~qadom.errors.StorageFull`, and changes nothing. So does a database that cannot be written
@@ -63,7 +65,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from .config import Config
-from .contact import Contact
+from .contact import Contact, host_key
 from .errors import InvalidArgument, StorageFull, StorageUnavailable, StoreUnusable
 from .ids import ID_SPACE, id_from_bytes, id_to_bytes
 from .storage import ENTRY_SIZE, NEVER, Due, DueRecord, Meta, Quotas, record_meta
@@ -254,6 +256,7 @@ class SqliteStore:
                                 f"one knows {SCHEMA_VERSION}); it was left as it is")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
+        db.execute(f"PRAGMA journal_size_limit={int(self.config.sqlite_wal_limit)}")
         # Created or upgraded, and stamped, in one transaction: a process killed meanwhile leaves
         # the file as it was, never some of the tables without the others.
         with db:
@@ -296,16 +299,19 @@ class SqliteStore:
         self._db.execute(f"UPDATE records SET republish_at = 0, original = {original} "
                          f"WHERE kind IN ({kinds})", _LIFECYCLE_KINDS)
 
-    def _load_counts(self) -> None:
+    def _load_counts(self, *, rekey: bool = True) -> None:
         """Count what the file holds, per source, and what cached copies hold (the quotas), and
         what :meth:`stats` reports: the one time the whole file is counted."""
         quotas = self.quotas = Quotas(self.config)
         counts = self._counts = _Counts()
+        legacy: set[str] = set()  # tables with rows charged to a source that is not a host key
         for table, size in (("vals", "length(value)"), ("entries", str(ENTRY_SIZE)),
                             ("records", "length(data)")):
             for source, size_sum, count in self._db.execute(
                     f"SELECT source, SUM({size}), COUNT(*) FROM {table} GROUP BY source"):
                 quotas.load(source, int(size_sum), int(count))
+                if host_key(source) != source:
+                    legacy.add(table)
                 if table == "vals":
                     counts.values += int(count)
                     counts.value_bytes += int(size_sum)
@@ -313,12 +319,32 @@ class SqliteStore:
                     counts.entries += int(count)
                 else:
                     counts.records += int(count)
+        if legacy and rekey and self._rekey_sources(legacy):
+            return self._load_counts(rekey=False)
         counts.entry_keys = int(self._db.execute(
             "SELECT COUNT(DISTINCT key) FROM entries").fetchone()[0])
         cached_bytes, cached_items = self._db.execute(
             "SELECT COALESCE(SUM(length(value)), 0), COUNT(*) FROM vals WHERE cached = 1"
         ).fetchone()
         quotas.cached_bytes, quotas.cached_items = int(cached_bytes), int(cached_items)
+
+    def _rekey_sources(self, tables: set[str]) -> bool:
+        """Charge the rows of ``tables`` to the host key of their source, in one transaction,
+        and say whether that was done: a store written before per-host budgets counted an IPv6
+        /64 as one host charged each IPv6 address on its own, which would leave such a host more
+        than its quota for as long as the rows are renewed. A store that cannot be written now
+        keeps the old charges (logged), as it was before."""
+        self._db.create_function("qadom_host_key", 1, host_key, deterministic=True)
+        try:
+            with self._writing():
+                for table in sorted(tables):
+                    self._db.execute(f"UPDATE {table} SET source = qadom_host_key(source) "
+                                     "WHERE qadom_host_key(source) != source")
+        except StorageFull as exc:
+            log.warning("the store %s keeps rows charged to single IPv6 addresses: %s",
+                        self.path, exc)
+            return False
+        return True
 
     def _write(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         """One statement in its own committed transaction."""

@@ -51,6 +51,7 @@ REFUSED: list[tuple[str, object]] = [
     ("max_bytes_per_source", -1),
     ("max_items_per_source", -1),
     ("sqlite_synchronous", "sometimes"),
+    ("sqlite_wal_limit", -1),
 ]
 
 

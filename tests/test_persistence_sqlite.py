@@ -331,3 +331,57 @@ def test_handing_over_a_range_reads_the_range_not_every_value(tmp_path: Path) ->
         store._db.set_progress_handler(None, 0)
         store.close()
     assert steps[0] < 20, steps[0]
+
+
+def _value(i: int, size: int) -> tuple[int, bytes]:
+    value = i.to_bytes(4, "big") * (size // 4)
+    return key_for(value), value
+
+
+def test_a_large_sweep_leaves_no_large_write_ahead_log(tmp_path: Path) -> None:
+    path = tmp_path / "qadom.sqlite3"
+    wal = Path(f"{path}-wal")
+    store = SqliteStore(path, DEFAULT)
+    try:
+        for i in range(800):  # 6.4 MB of values, swept in one transaction
+            store.put_value(*_value(i, 8000), Meta(100.0, source="10.0.0.1"))
+        assert store.expire(200.0) == 800
+        assert wal.stat().st_size > DEFAULT.sqlite_wal_limit  # the sweep's own log
+        store.put_value(*_value(800, 100), Meta(1e9, source="10.0.0.1"))  # the next write
+        assert wal.stat().st_size <= DEFAULT.sqlite_wal_limit
+        assert store.get_value(_value(800, 100)[0]) == _value(800, 100)[1]
+    finally:
+        store.close()
+
+
+def test_rows_charged_to_single_ipv6_addresses_are_charged_to_their_host_on_opening(
+        tmp_path: Path) -> None:
+    path = tmp_path / "qadom.sqlite3"
+    config = Config(max_items_per_source=3)
+    store = SqliteStore(path, config)
+    try:  # what a store written before a /64 counted as one host holds: one charge per address
+        for i, source in enumerate(["2001:db8::1", "2001:db8::1", "2001:db8::2",
+                                    "2001:db8::2", "10.0.0.1"]):
+            store.put_value(*_value(i, 40), Meta(1e9, source=source))
+        store.add_entry(7, 1, Meta(1e9, source="2001:db8::3"))
+        store.put_record("namespace", 9, b"r", 0.0, meta=Meta(1e9, source="2001:db8::4"))
+    finally:
+        store.close()
+    again = SqliteStore(path, config)
+    try:
+        sources = {row[0] for table in ("vals", "entries", "records")
+                   for row in again._db.execute(f"SELECT DISTINCT source FROM {table}")}
+        assert sources == {"2001:db8::/64", "10.0.0.1"}
+        assert again.quotas._by_source["2001:db8::/64"][1] == 6
+        with pytest.raises(StorageFull):  # the host is past its 3 items
+            again.put_value(*_value(10, 40), Meta(1e9, source="2001:db8::/64"))
+        assert [again.get_value(_value(i, 40)[0]) is not None for i in range(5)] == [True] * 5
+        assert again.entries_after(7, None, 10) == ([1], False)
+        assert again.get_record("namespace", 9) is not None
+    finally:
+        again.close()
+    third = SqliteStore(path, config)  # counted again from the file: the same charges
+    try:
+        assert third.quotas._by_source == again.quotas._by_source
+    finally:
+        third.close()
