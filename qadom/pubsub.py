@@ -798,9 +798,10 @@ class PubSubService:
             def on_reply(contact: Contact, envelope: Envelope | None, now: float) -> None:
                 reply = None if envelope is None else envelope.message
                 if topic.closed:
-                    if isinstance(reply, Subscribed):
+                    if isinstance(reply, Subscribed) and topic.key not in self._topics:
                         # Closed while this SUBSCRIBE was out: our UNSUBSCRIBE may have reached
-                        # the relay first, so say it again now that the relay has us.
+                        # the relay first, so say it again now that the relay has us. Not once
+                        # the topic is subscribed to again: the relay holds that subscription.
                         node.request(contact.address, Unsubscribe(topic.key), now,
                                      expect_id=contact.id)
                     return

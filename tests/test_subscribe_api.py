@@ -11,6 +11,8 @@ import pytest
 
 from qadom import Config, NoPeersError
 from qadom.call import Call
+from qadom.contact import Address
+from qadom.pubsub import Subscribe, Subscribed
 from qadom.sim import SimNetwork
 
 from helpers import FAST, udp_network, wait_until
@@ -104,3 +106,85 @@ async def test_closing_a_peer_unsubscribes_its_open_subscriptions_at_the_relays(
         await subscriber.close()
         await wait_until(lambda: listed() == 0, 5)
         assert messages.closed
+
+
+def test_a_late_answer_to_a_closed_subscription_leaves_the_next_one_registered() -> None:
+    """A SUBSCRIBED that arrives for a subscription closed meanwhile makes the node say
+    UNSUBSCRIBE again, in case the relay took the SUBSCRIBE after the first one; but not when the
+    topic has been subscribed to again since: that would take the new subscription off the
+    relay, which then stops forwarding to it."""
+    slow = Config(k=5, pubsub_lease=60.0, rpc_timeout=5.0, rpc_timeout_min=5.0,
+                  rpc_timeout_max=5.0)
+    net = SimNetwork(5, config=slow)
+    nodes = net.add_nodes(20)
+    subscriber, publisher = nodes[0], nodes[1]
+    topic = 2**255 + 99
+    relay = min((n for n in nodes if n not in (subscriber, publisher)),
+                key=lambda n: n.id ^ topic)
+    held: list[tuple[bytes, Address]] = []
+    receive = subscriber.datagram_received
+
+    def holding(data: bytes, address: Address, now: float) -> None:
+        if address == relay.address and isinstance(
+                subscriber.codec.decode(data).message, Subscribed) and not released:
+            held.append((data, address))  # the relay's answer to the first SUBSCRIBE, late
+            return
+        receive(data, address, now)
+
+    released = False
+    subscriber.datagram_received = holding  # type: ignore[method-assign]
+    got: list[bytes] = []
+    first, _ = subscriber.pubsub.subscribe(topic, got.append, net.now)
+    net.call(subscriber, lambda now: None)
+    net.run_for(1.0)
+    assert held and relay.pubsub.relay.subscribers(topic, net.now) == [subscriber.address]
+    net.call(subscriber, first.close)  # UNSUBSCRIBE reaches the relay
+    net.run_for(0.5)
+    assert relay.pubsub.relay.subscribers(topic, net.now) == []
+    released = True
+    _, again = subscriber.pubsub.subscribe(topic, got.append, net.now)
+    net.call(subscriber, lambda now: None)
+    assert net.run_call(again) == slow.k
+    assert relay.pubsub.relay.subscribers(topic, net.now) == [subscriber.address]
+    for data, address in held:  # the first subscription's answer arrives at last
+        subscriber.datagram_received(data, address, net.now)
+        net.call(subscriber, lambda now: None)
+    net.run_for(0.5)
+    assert relay.pubsub.relay.subscribers(topic, net.now) == [subscriber.address]
+    net.call(publisher, publisher.pubsub.publish, topic, b"after")
+    net.run_for(1.0)
+    assert got == [b"after"]
+
+
+def test_a_subscribe_overtaken_by_its_unsubscribe_is_undone_when_the_relay_answers() -> None:
+    slow = Config(k=5, pubsub_lease=60.0, rpc_timeout=5.0, rpc_timeout_min=5.0,
+                  rpc_timeout_max=5.0)
+    net = SimNetwork(6, config=slow)
+    nodes = net.add_nodes(20)
+    subscriber = nodes[0]
+    topic = 2**254 + 7
+    relay = min(nodes[1:], key=lambda n: n.id ^ topic)
+    held: list[tuple[bytes, Address]] = []
+    receive = relay.datagram_received
+
+    def holding(data: bytes, address: Address, now: float) -> None:
+        if address == subscriber.address and isinstance(
+                relay.codec.decode(data).message, Subscribe):
+            held.append((data, address))  # the SUBSCRIBE is overtaken by the UNSUBSCRIBE
+            return
+        receive(data, address, now)
+
+    relay.datagram_received = holding  # type: ignore[method-assign]
+    handle, _ = subscriber.pubsub.subscribe(topic, lambda value: None, net.now)
+    net.call(subscriber, lambda now: None)
+    net.run_for(1.0)
+    net.call(subscriber, handle.close)
+    net.run_for(0.5)
+    assert held
+    relay.datagram_received = receive  # type: ignore[method-assign]
+    for data, address in held:
+        relay.datagram_received(data, address, net.now)
+        net.call(relay, lambda now: None)
+    assert relay.pubsub.relay.subscribers(topic, net.now) == [subscriber.address]
+    net.run_for(1.0)  # its SUBSCRIBED reaches the subscriber, which says UNSUBSCRIBE again
+    assert relay.pubsub.relay.subscribers(topic, net.now) == []
