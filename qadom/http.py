@@ -832,7 +832,7 @@ def _schemas(config: Config) -> dict[str, Any]:
                                 "value": {"type": "string", "format": "byte"}, "seq": seq,
                                 "signature": _SIG_SCHEMA}),
         "PublishResult": obj({"key": _KEY_SCHEMA,
-                              "relays": {"type": "integer", "minimum": 0}}),
+                              "relays": {"type": "integer", "minimum": 1}}),
         "Contact": contact,
         "Address": address,
         "Closest": obj({"target": _KEY_SCHEMA, "contacts": {"type": "array", "items": contact}}),

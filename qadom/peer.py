@@ -419,8 +419,9 @@ class Peer:
 
     async def publish(self, key: int, value: bytes) -> int:
         """Send ``value`` (bytes, at most 8192) to the subscribers of topic ``key``; returns how
-        many relays accepted it. Raises RateLimited when every relay refused for our rate, and
-        NoPeersError when no peer is known to relay the topic (as :meth:`subscribe` does)."""
+        many relays accepted it (at least one). Raises RateLimited when every relay refused for
+        our rate, OperationTimeout when no relay answered, and NoPeersError when no peer is
+        known to relay the topic (as :meth:`subscribe` does)."""
         protocol = self._running()
         return await self._run(protocol.node.pubsub.publish(key, value, protocol.now()))
 

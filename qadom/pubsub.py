@@ -924,9 +924,10 @@ class PubSubService:
 
     def publish(self, key: int, value: bytes, now: float) -> Call[int]:
         """Send ``value`` to the k closest peers to ``key`` for relaying; resolves to how many
-        accepted it. Fails with RateLimited when every relay refused for our rate, with
-        RemoteError when every relay refused for another reason, and with NoPeersError when
-        there is no peer to ask (as :meth:`subscribe` does).
+        accepted it (at least one). Fails with RateLimited when every relay refused for our
+        rate, with RemoteError when every relay refused for another reason, with
+        OperationTimeout when no relay answered, and with NoPeersError when there is no peer to
+        ask (as :meth:`subscribe` does).
 
         Messages to one topic leave in the order they were published: those published while a
         lookup of the topic is under way wait for it and go out together after it, in order, so
@@ -996,6 +997,8 @@ class PubSubService:
                     outbox.new_stream(self.node.rng.getrandbits(64))
             if not accepted and refusals:
                 call.fail(_refusal(refusals[0], "publish"))
+            elif not accepted:
+                call.fail(OperationTimeout(f"no relay of topic {message.key} answered"))
             else:
                 call.resolve(accepted)
 

@@ -19,6 +19,7 @@ from qadom import (
     InvalidArgument,
     InvalidType,
     Node,
+    OperationTimeout,
     Peer,
     PeerClosedError,
     ProtocolError,
@@ -331,6 +332,26 @@ def test_sim_limits_give_clear_errors() -> None:
     assert isinstance(limited.value, RemoteError) and "messages per second" in str(limited.value)
     net.run_for(1.5)
     assert net.run_call(net.call(publisher, publisher.pubsub.publish, topic, b"m")) == SIM.k
+
+
+def test_sim_a_publish_no_relay_answers_fails_with_a_timeout() -> None:
+    """A publish that reached no relay is not a success that reached none: it fails, as a
+    subscription no relay answers does."""
+    net, nodes = sim_network()
+    publisher = nodes[9]
+    topic = far_topic(nodes, [publisher], SIM.k)
+    for node in nodes:
+        if node is not publisher:  # they answer the lookup, then never the PUBLISH
+            receive = node.datagram_received
+
+            def deaf(data: bytes, address: Address, now: float, node: Node = node,
+                     receive: Callable[[bytes, Address, float], None] = receive) -> None:
+                if not isinstance(node.codec.decode(data).message, Publish):
+                    receive(data, address, now)
+
+            node.datagram_received = deaf  # type: ignore[method-assign]
+    with pytest.raises(OperationTimeout, match="no relay"):
+        net.run_call(net.call(publisher, publisher.pubsub.publish, topic, b"m"))
 
 
 def test_sim_deliveries_from_strangers_are_refused() -> None:
