@@ -82,6 +82,21 @@ class Config:
     peers of one network could name each other until they are all a lookup sees near its target.
     Two, as in a bucket; loopback, private and link-local addresses are not limited."""
 
+    lookup_max_candidates: int = 1024
+    """Candidates one lookup keeps (and candidates refused for their network's share it keeps
+    aside) at most; past it the farthest are forgotten (lookup.py says which). An honest lookup
+    meets a few hundred at most: each of its few dozen replies names up to k contacts, mostly the
+    same ones. Every reply costs time in proportion to the candidates kept, so the bound keeps
+    peers that name endless new contacts from slowing every reply down. 16 full replies of 64;
+    never below k."""
+
+    lookup_max_requests: int = 512
+    """Requests one lookup asks at most; it then ends once none is in flight. An honest lookup
+    converges in O(log n) rounds of alpha requests plus a few for failed contacts, far below
+    this even at millions of nodes; peers that keep naming ever closer contacts that answer would
+    otherwise keep it asking until the operation's deadline, while whoever drives it keeps every
+    reply."""
+
     # --- RPC timing ---
     rpc_timeout: float = 1.0
     """First-attempt timeout before any round trip has been measured: long enough for an
@@ -482,6 +497,8 @@ class Config:
         if min(self.max_bucket_contacts_per_prefix, self.max_table_contacts_per_prefix,
                self.max_lookup_contacts_per_prefix) < 0:
             raise InvalidArgument("contacts per prefix limits must be 0 (none) or positive")
+        if self.lookup_max_candidates < 1 or self.lookup_max_requests < 1:
+            raise InvalidArgument("lookup_max_candidates and lookup_max_requests must be >= 1")
         if self.dead_after_failures < 1 or self.max_failure_counts < 1:
             raise InvalidArgument("dead_after_failures and max_failure_counts must be >= 1")
         if self.replacement_cache_size < 0 or self.stale_failures < 1 or self.rpc_retries < 0:

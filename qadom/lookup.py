@@ -28,6 +28,14 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
   kept aside (the ``k`` closest per network): a candidate that fails frees its network's share
   for the closest of them, so fake contacts named in another peer's network, which fail, cannot
   keep that network's real peers out.
+* Bounds (not in the paper; a lookup runs on what remote peers name): at most
+  :attr:`Lookup.max_requests` requests are asked, after which the lookup ends once none is in
+  flight; at most :attr:`Lookup.max_candidates` candidates are kept, past which the farthest are
+  forgotten, failed ones first, then ones not asked yet, then ones that answered (never one in
+  flight or stalled, nor one of the ``k`` closest that answered); and at most as many refused
+  candidates are kept aside. So peers that keep naming new contacts cannot make a lookup hold,
+  or scan at every reply, more than a fixed number of candidates, nor make it ask without end
+  until its deadline.
 """
 
 from __future__ import annotations
@@ -39,6 +47,14 @@ from operator import attrgetter
 from .contact import Contact
 
 _DISTANCE = attrgetter("distance")
+
+MAX_CANDIDATES = 1024
+"""Candidates one lookup keeps, and refused candidates it keeps aside, at most, unless told
+otherwise (``Config.lookup_max_candidates`` says why)."""
+
+MAX_REQUESTS = 512
+"""Requests one lookup asks at most, unless told otherwise (``Config.lookup_max_requests`` says
+why)."""
 
 
 class State(Enum):
@@ -71,8 +87,11 @@ class Lookup:
                  likely: Callable[[Contact], bool] | None = None,
                  later: Callable[[], Iterable[Contact]] | None = None,
                  network: Callable[[Contact], str | None] | None = None,
-                 max_per_network: int = 0) -> None:
+                 max_per_network: int = 0, max_candidates: int = MAX_CANDIDATES,
+                 max_requests: int = MAX_REQUESTS) -> None:
         self.target = target
+        self.max_candidates = max(k, max_candidates)
+        self.max_requests = max_requests
         self.k = k
         self.alpha = alpha
         self.own_id = own_id
@@ -84,6 +103,7 @@ class Lookup:
         self._per_network: dict[str, int] = {}
         # Per network, the candidates refused for its share: id -> (contact, round).
         self._refused: dict[str, dict[int, tuple[Contact, int]]] = {}
+        self._refused_count = 0  # contacts in self._refused, at most max_candidates
         self.crowded = 0  # candidates refused because their network had its share
         self._order: list[Candidate] = []
         self._by_id: dict[int, Candidate] = {}
@@ -106,13 +126,14 @@ class Lookup:
     def next_requests(self) -> list[Candidate]:
         """The candidates to ask now (marked in flight). Empty when alpha are in flight or none
         is eligible. Call after every input."""
-        if self.stopped or self.probe is not None:
+        if self.stopped or self.probe is not None or self.requests >= self.max_requests:
             return []
         likely = self._likely
         chosen: list[Candidate] = []
         eligible = 0
         for cand in self._order:
-            if self.in_flight >= self.alpha or eligible >= self.k:
+            if (self.in_flight >= self.alpha or eligible >= self.k
+                    or self.requests >= self.max_requests):
                 break
             if cand.state is State.FAILED:
                 continue
@@ -196,6 +217,8 @@ class Lookup:
             return True
         if self._later is not None:  # first-round candidates not gathered yet
             return False
+        if self.requests >= self.max_requests:  # asks nobody more: done once nothing is in flight
+            return self.in_flight == 0
         eligible = 0
         for cand in self._order:
             if cand.state is State.FAILED:
@@ -263,18 +286,69 @@ class Lookup:
             return []
         self._order.extend(added)
         self._order.sort(key=_DISTANCE)
-        return [cand.contact for cand in added]
+        if len(self._order) > self.max_candidates:
+            self._trim(len(self._order) - self.max_candidates)
+        return [cand.contact for cand in added if cand.contact.id in by_id]
+
+    def _trim(self, excess: int) -> None:
+        """Forget ``excess`` candidates (fewer if only in-flight, stalled and the ``k`` closest
+        answered are left): the farthest failed ones first (they are kept only so that they are
+        not asked again), then the farthest not asked yet, then the farthest that answered."""
+        order = self._order
+        answered_kept = 0
+        closest_answered: set[int] = set()
+        for cand in order:
+            if answered_kept >= self.k:
+                break
+            if cand.state is State.ANSWERED:
+                closest_answered.add(id(cand))
+                answered_kept += 1
+        victims: set[int] = set()
+        for state in (State.FAILED, State.WAITING, State.ANSWERED):
+            for cand in reversed(order):
+                if len(victims) >= excess:
+                    break
+                if cand.state is state and id(cand) not in closest_answered:
+                    victims.add(id(cand))
+        if not victims:
+            return
+        kept: list[Candidate] = []
+        for cand in order:
+            if id(cand) in victims:
+                del self._by_id[cand.contact.id]
+                if cand.state is not State.FAILED:
+                    self._release_share(cand.contact)
+            else:
+                kept.append(cand)
+        self._order = kept
+
+    def _release_share(self, contact: Contact) -> None:
+        """``contact`` leaves the lookup without failing: its network's share is free again."""
+        name = self._network(contact) if self._network is not None else None
+        if name is None:
+            return
+        count = self._per_network.get(name, 0) - 1
+        if count > 0:
+            self._per_network[name] = count
+        else:
+            self._per_network.pop(name, None)
 
     def _refuse(self, name: str, contact: Contact, round_: int) -> None:
         """Keep ``contact``, refused for its network's share, among the ``k`` closest refused of
         that network."""
-        refused = self._refused.setdefault(name, {})
+        refused = self._refused.get(name)
+        if refused is None:
+            if self._refused_count >= self.max_candidates:
+                return  # a bound on memory: a share freed later goes to kept ones only
+            refused = self._refused[name] = {}
         if contact.id in refused:
             return
         refused[contact.id] = (contact, round_)
-        if len(refused) > self.k:
+        self._refused_count += 1
+        if len(refused) > self.k or self._refused_count > self.max_candidates:
             target = self.target
             del refused[max(refused, key=lambda node_id: node_id ^ target)]
+            self._refused_count -= 1
 
     def _free_share(self, contact: Contact) -> None:
         """``contact`` failed: it no longer holds a share of its network, which goes to the
@@ -283,15 +357,14 @@ class Lookup:
         name = self._network(contact)
         if name is None:
             return
-        count = self._per_network.get(name, 0) - 1
-        if count > 0:
-            self._per_network[name] = count
-        else:
-            self._per_network.pop(name, None)
+        self._release_share(contact)
         refused = self._refused.get(name)
         target = self.target
         while refused:
             node_id = min(refused, key=lambda node_id: node_id ^ target)
             waiting, round_ = refused.pop(node_id)
+            self._refused_count -= 1
+            if not refused:
+                del self._refused[name]
             if self._add((waiting,), round_):
                 break

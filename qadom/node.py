@@ -1276,9 +1276,10 @@ class Node:
 
         def seeds() -> list[Contact]:
             # The k closest contacts not in backoff: if the k closest in the table are all dead,
-            # skipping them must not leave the lookup with nobody to ask.
-            return [c for c in table.closest(target, cfg.k + len(dead))
-                    if dead.get(c.address, 0.0) <= now][:cfg.k]
+            # skipping them must not leave the lookup with nobody to ask. The table is read
+            # wider only as far as contacts in backoff are met: the backoff holds addresses
+            # that never made it into the table too, and its size must not set the cost.
+            return _live_closest(table, target, cfg.k, dead, now)
 
         banned = self._banned
 
@@ -1298,11 +1299,15 @@ class Node:
             # The probe is built alone; the other seeds only if it misses.
             lookup = Lookup(target, cfg.k, cfg.alpha, (nearest,), own_id=self.id, skip=skip,
                             likely=likely, later=seeds, network=_network,
-                            max_per_network=cfg.max_lookup_contacts_per_prefix)
+                            max_per_network=cfg.max_lookup_contacts_per_prefix,
+                            max_candidates=cfg.lookup_max_candidates,
+                            max_requests=cfg.lookup_max_requests)
         else:
             lookup = Lookup(target, cfg.k, cfg.alpha, seeds(), own_id=self.id, skip=skip,
                             likely=likely, network=_network,
-                            max_per_network=cfg.max_lookup_contacts_per_prefix)
+                            max_per_network=cfg.max_lookup_contacts_per_prefix,
+                            max_candidates=cfg.lookup_max_candidates,
+                            max_requests=cfg.lookup_max_requests)
         table.touch(target, now)
         run = _LookupRun(self, lookup, self._lookup_seq, kind, message, on_message, on_finish,
                          call, now)
@@ -1592,6 +1597,21 @@ def _mint_token(address: Address, secret: bytes) -> bytes:
     """The token ``secret`` grants ``address``: HMAC-SHA256 of "host|port", 16 bytes."""
     text = f"{address[0]}|{address[1]}".encode()
     return hmac.new(secret, text, hashlib.sha256).digest()[:TOKEN_BYTES]
+
+
+def _live_closest(table: RoutingTable, target: int, count: int, dead: dict[Address, float],
+                  now: float) -> list[Contact]:
+    """The ``count`` contacts of ``table`` closest to ``target`` whose address is not in backoff
+    (``dead``, until when). Reads ``count`` contacts, then twice as many as long as some of
+    those read were in backoff: the cost follows the contacts in backoff near ``target``, not
+    how many addresses ``dead`` holds."""
+    width = count
+    while True:
+        picked = table.closest(target, width)
+        live = [c for c in picked if dead.get(c.address, 0.0) <= now]
+        if len(live) >= count or len(picked) < width:
+            return live[:count]
+        width = count + 2 * (width - len(live))
 
 
 def _forget(deadlines: OrderedDict[int, tuple[float, Call[Any]]], seq: int) -> None:

@@ -40,6 +40,8 @@ REFUSED: list[tuple[str, object]] = [
     ("rate_limit_senders", 0),
     ("amplification_factor", 0),
     ("max_search_pages", 0),
+    ("lookup_max_candidates", 0),
+    ("lookup_max_requests", 0),
     ("republish_batch", 0),
     ("http_max_bootstrap_addresses", 0),
     ("max_verifying", -1),
