@@ -368,6 +368,7 @@ class Node:
         # When an empty routing table may next rejoin through the saved contacts (_rejoin).
         self._rejoin_at = now
         self._rejoin_delay = cfg.maintenance_interval
+        self._rejoining = False  # rejoining through saved contacts since the table emptied
         # The IP family of our socket (True: IPv6) when the driver sets it: an address of the
         # other family cannot be reached from it, so a lookup does not ask a candidate there nor
         # a bootstrap ping it. None: any address (the simulator).
@@ -1440,6 +1441,9 @@ class Node:
             del self._verifying[address]
         if len(self.table):
             self._rejoin_delay = self.config.maintenance_interval
+            if self._rejoining:
+                self._rejoining = False
+                log.info("rejoined the network: %d contacts", len(self.table))
             stale = self.table.stale_buckets(now, self.config.refresh_interval)
             if stale:
                 self._refresh(stale, now, lambda now: None)
@@ -1473,6 +1477,10 @@ class Node:
         if not saved:
             return
         cfg = self.config
+        if not self._rejoining:  # logged when it starts and when it ends, not at every attempt
+            self._rejoining = True
+            log.warning("no contacts left: rejoining through %d saved contacts until one "
+                        "answers", len(saved))
         self._rejoin_at = now + self._rejoin_delay
         self._rejoin_delay = min(2 * self._rejoin_delay, cfg.refresh_interval)
         self.stats["rejoins"] += 1

@@ -3,8 +3,11 @@ empty, and a store that refuses a step (a full disk) costs that step only."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import replace
+
+import pytest
 
 from qadom import Config, StorageFull
 from qadom.call import Call
@@ -25,7 +28,9 @@ def empty_table(node: Node) -> None:
             node.table.remove(contact.id)
 
 
-def test_an_emptied_table_rejoins_through_the_saved_contacts_once_the_network_is_back() -> None:
+def test_an_emptied_table_rejoins_through_the_saved_contacts_once_the_network_is_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="qadom")
     net = SimNetwork(seed=11, config=CONFIG)
     nodes = net.add_nodes(16)
     net.run_for(MINUTE + 1)  # one upkeep: every node saved its contacts
@@ -41,9 +46,15 @@ def test_an_emptied_table_rejoins_through_the_saved_contacts_once_the_network_is
     assert loner.store.load_contacts() == saved  # an empty table does not erase its way back
     # It kept trying, with a doubling delay: at 1, 2, 4, 8 and 16 minutes, not every minute.
     assert 3 <= loner.stats["rejoins"] <= 6
+    # Said once to the operator, not at every attempt; and said again when it is over.
+    said = [r.getMessage() for r in caplog.records if "rejoin" in r.getMessage()]
+    assert said == [f"no contacts left: rejoining through {len(saved)} saved contacts until "
+                    "one answers"]
     net.heal()
     net.run_for(40 * MINUTE)  # the next attempt comes within the last delay doubled
     assert len(loner.table) >= CONFIG.k
+    said = [r.getMessage() for r in caplog.records if "rejoin" in r.getMessage()]
+    assert len(said) == 2 and said[1].startswith("rejoined the network: ")
     assert net.run_call(net.call(loner, loner.get, key)) == b"written while it was away"
     # Joined again, it stops rejoining.
     rejoins = loner.stats["rejoins"]
