@@ -1,17 +1,23 @@
 """The ``qadom`` command line: run a node, or talk to the network from a shell.
 
 ``qadom serve`` runs a long-lived node on qadom's own event loop (uvloop when installed) and shuts
-down cleanly on SIGINT and SIGTERM. The one-shot commands (``set``, ``get``, ``append``, ``search``)
-join the network through ``--bootstrap`` with a short-lived client peer that stays out of other
-nodes' routing tables, do one thing and leave; ``info`` asks a running node on this machine for its
-summary (:mod:`qadom.info`).
+down cleanly on SIGINT and SIGTERM. The one-shot commands (``set``, ``get``, ``append``, ``search``,
+``namespace-set``, ``namespace-get``, ``publish``) join the network through ``--bootstrap`` with a
+short-lived client peer that stays out of other nodes' routing tables, do one thing and leave;
+``subscribe`` joins the same way and writes the topic's messages as they arrive until it has
+``--count`` of them or is stopped (relays push messages to the address a subscriber registered
+from, so a client peer receives them without being in anyone's routing table). ``keygen`` makes
+the ed25519 identity that owns a namespace (:class:`qadom.identity.Identity`); ``info`` asks a
+running node on this machine for its summary (:mod:`qadom.info`).
 
-Exit status: 0 on success, and for ``serve`` stopped by SIGINT or SIGTERM at any time (even while
-it joins); 2 for a bad argument (argparse's convention: a malformed key or address, a host name
-that does not resolve, an unreadable file or closed stdin, a value over the size limit); 1 for any
-other failure (not found, no node answered, timed out, a port in use, closed stdout). On failure
-stderr holds exactly one line, ``qadom: <reason>``; never a traceback (``--log-level debug`` logs
-one for an unexpected error).
+Exit status: 0 on success, and for ``serve`` and ``subscribe`` stopped by SIGINT or SIGTERM at
+any time (even while they join); 2 for a bad argument (argparse's convention: a malformed key,
+public key or address, a host name that does not resolve, an unreadable file or closed stdin, a
+value over the size limit, an identity file that is not one, a ``keygen`` FILE that exists
+without ``--force``); 1 for any other failure (not found, no node answered, timed out, a write
+no node took, a newer seq in the network, a port in use, closed stdout, a file that cannot be
+written). On failure stderr holds exactly one line, ``qadom: <reason>``; never a traceback
+(``--log-level debug`` logs one for an unexpected error).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import re
 import signal
 import socket
 import sqlite3
+import stat
 import sys
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
@@ -42,10 +49,12 @@ from .errors import (
     NotFoundError,
     OperationTimeout,
     QadomError,
+    StaleSequence,
     StorageFull,
     StorageUnavailable,
     UsageError,
 )
+from .identity import Identity
 from .ids import ID_SPACE
 from .info import format_address, is_loopback
 from .peer import Peer
@@ -84,6 +93,32 @@ Exit status 1 with "not found" when no node reached holds the key.""",
   qadom info --node 127.0.0.1:9998 --json
 
 A node answers INFO only to requests from its own machine (a loopback address).""",
+    "keygen": """examples:
+  qadom keygen me.key                        # prints the public key: your namespace
+  qadom keygen me.key --force                # replace the key in me.key (its namespace is lost)
+
+FILE holds the secret seed as hex, readable by its owner only; keep it safe.""",
+    "namespace-set": """examples:
+  qadom namespace-set --identity me.key 42 profile.json    # prints the seq it signed: 0, 1...
+  printf 'v2' | qadom namespace-set --identity me.key 0x2a -
+
+The value is at most 8192 bytes; the seq is one more than the newest the network holds.""",
+    "namespace-get": """examples:
+  qadom namespace-get 3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c 42
+  PK=$(qadom keygen me.key) && qadom namespace-set --identity me.key 7 notes.txt &&
+    qadom namespace-get "$PK" 7 -o notes.bin
+
+Writes the newest value's exact bytes; exit status 1 with "not found" when there is none.""",
+    "publish": """examples:
+  qadom publish 99 message.bin               # prints how many relays took the message
+  printf 'hello' | qadom publish 0x63 - --bootstrap 127.0.0.1:9998""",
+    "subscribe": """examples:
+  qadom subscribe 99                         # each message, then a newline, until Ctrl-C
+  qadom subscribe 99 --count 1 --hex         # the next message as one line of hex, then exit
+  qadom --log-level info subscribe 99        # also logs when the subscription is in place
+
+--timeout bounds joining and subscribing, not the wait for messages. Stopped by Ctrl-C or
+SIGTERM it unsubscribes and exits with status 0.""",
 }
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
@@ -94,6 +129,8 @@ DEFAULT_NODE: Address = ("127.0.0.1", 9999)
 _DECIMAL = re.compile(r"[0-9]+", re.ASCII)
 _HEX = re.compile(r"0[xX][0-9a-fA-F]+", re.ASCII)
 _MAX_ID_TEXT = 200  # far more digits than any id has, even with leading zeros; bounds int()
+_PUBLIC_KEY = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
+_MAX_IDENTITY_FILE = 1024  # a saved identity is 65 bytes; bounds what is read from --identity
 
 
 class CommandLineError(UsageError, ValueError):
@@ -148,6 +185,22 @@ def parse_id(text: str) -> int:
     if number >= ID_SPACE:
         raise argparse.ArgumentTypeError(f"{text} is out of range: it must be below 2**256")
     return number
+
+
+def parse_public_key(text: str) -> bytes:
+    """A namespace's ed25519 public key: exactly 64 hex digits, as ``keygen`` prints it."""
+    if not _PUBLIC_KEY.fullmatch(text):
+        shown = repr(text) if len(text) <= 70 else repr(text[:20] + "...")
+        raise argparse.ArgumentTypeError(
+            f"expected an ed25519 public key as 64 hex digits, got {shown}")
+    return bytes.fromhex(text)
+
+
+def parse_count(text: str) -> int:
+    """A positive number of messages, in ASCII digits."""
+    if not _DECIMAL.fullmatch(text) or len(text) > 18 or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def parse_timeout(text: str) -> float:
@@ -235,6 +288,52 @@ def build_parser() -> argparse.ArgumentParser:
                     "line, in increasing order (nothing when the set is empty).")
     find.add_argument("key", type=parse_id, metavar="KEY", help="decimal, or hex with 0x")
     find.set_defaults(handler=_search)
+
+    keygen = commands.add_parser(
+        "keygen", help="make an ed25519 identity; print its public key",
+        epilog=EXAMPLES["keygen"], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make a new ed25519 identity, the owner of a namespace, save it in FILE "
+                    "and print its public key (the namespace's name) as 64 hex digits.")
+    keygen.add_argument("file", metavar="FILE", help="where to save the secret key")
+    keygen.add_argument("--force", action="store_true", help="replace FILE if it exists")
+    keygen.set_defaults(handler=_keygen)
+
+    sign = one_shot("namespace-set", "sign and store a value in your namespace",
+                    "Sign the bytes of FILE (- for stdin) as the next version of KEY in the "
+                    "namespace of the identity in --identity, store them and print the "
+                    "version's seq.")
+    sign.add_argument("--identity", required=True, metavar="FILE",
+                      help="the identity file 'qadom keygen' made")
+    sign.add_argument("key", type=parse_id, metavar="KEY", help="decimal, or hex with 0x")
+    sign.add_argument("file", metavar="FILE", help="the value's file, or - for stdin")
+    sign.set_defaults(handler=_namespace_set)
+
+    read = one_shot("namespace-get", "write the newest value of a key in a namespace",
+                    "Find the newest value of KEY in the namespace of PUBLIC_KEY and write its "
+                    "exact bytes to stdout (or to FILE with -o).")
+    read.add_argument("public_key", type=parse_public_key, metavar="PUBLIC_KEY",
+                      help="the namespace: an ed25519 public key, 64 hex digits")
+    read.add_argument("key", type=parse_id, metavar="KEY", help="decimal, or hex with 0x")
+    read.add_argument("-o", "--output", metavar="FILE", default="-",
+                      help="write the value to FILE instead of stdout")
+    read.set_defaults(handler=_namespace_get)
+
+    send = one_shot("publish", "send a message to a topic's subscribers",
+                    "Send the bytes of FILE (- for stdin) to the subscribers of topic KEY and "
+                    "print how many relays accepted the message.")
+    send.add_argument("key", type=parse_id, metavar="KEY", help="decimal, or hex with 0x")
+    send.add_argument("file", metavar="FILE", help="the message's file, or - for stdin")
+    send.set_defaults(handler=_publish)
+
+    listen = one_shot("subscribe", "write a topic's messages as they arrive",
+                      "Subscribe to topic KEY and write each message to stdout as it arrives "
+                      "(its bytes, then a newline), until --count messages, SIGINT or SIGTERM.")
+    listen.add_argument("key", type=parse_id, metavar="KEY", help="decimal, or hex with 0x")
+    listen.add_argument("--count", type=parse_count, default=None, metavar="N",
+                        help="exit after N messages (default: run until stopped)")
+    listen.add_argument("--hex", action="store_true",
+                        help="write each message as one line of hex digits")
+    listen.set_defaults(handler=_subscribe)
 
     info = commands.add_parser(
         "info", help="summary of a running node", epilog=EXAMPLES["info"],
@@ -482,16 +581,28 @@ def _client_host(addresses: Sequence[Address]) -> str:
     return "127.0.0.1" if local else "0.0.0.0"
 
 
+class _ClientPeer(Peer):
+    """The one-shot commands' peer. It keeps how many replicas stored its last namespace
+    record, which :meth:`Identity.set` does not return."""
+
+    namespace_acks = 0
+
+    async def namespace_set(self, public_key: bytes, signature: bytes, key: int, value: bytes,
+                            seq: int = 0) -> int:
+        self.namespace_acks = await super().namespace_set(public_key, signature, key, value, seq)
+        return self.namespace_acks
+
+
 @asynccontextmanager
-async def _joined(args: argparse.Namespace) -> AsyncIterator[Peer]:
+async def _joined(args: argparse.Namespace) -> AsyncIterator[_ClientPeer]:
     """A started client peer that joined through ``--bootstrap``; closed on exit."""
     addresses: list[Address] = args.bootstrap or [DEFAULT_NODE]
     _check_family(addresses, _client_host(addresses),
                   "the client's socket (of the first --bootstrap's family)")
     # client_only: requests carry a null sender id, so no node adds this fleeting peer to its
     # routing table and hands it out to others after it has gone.
-    peer = Peer(_client_host(addresses), 0, config=Config(operation_timeout=args.timeout),
-                client_only=True)
+    peer = _ClientPeer(_client_host(addresses), 0, config=Config(operation_timeout=args.timeout),
+                       client_only=True)
     async with peer:
         try:
             await peer.bootstrap(addresses)
@@ -600,6 +711,118 @@ async def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _keygen(args: argparse.Namespace) -> int:
+    """Save a new identity in FILE (never over an existing one without ``--force``) and print
+    its public key."""
+    _require_stdout()
+    path: str = args.file
+    if not path:
+        raise CommandLineError("FILE must name a file")
+    if not args.force and os.path.lexists(path):
+        raise CommandLineError(f"{path!r} exists: give --force to replace it")
+    identity = Identity.generate()
+    try:
+        identity.save(path)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path!r}: {exc.strerror or exc}") from None
+    print(identity.public_key.hex(), flush=True)
+    return 0
+
+
+def _load_identity(path: str) -> Identity:
+    """The identity saved in file ``path``; CommandLineError (exit 2) when it cannot be read or
+    is not an identity file. Only a small regular file is read: never a device or a pipe."""
+    where = repr(path)
+    not_one = CommandLineError(f"{where} is not a qadom identity file (64 hex digits; "
+                               "'qadom keygen FILE' makes one)")
+    try:
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode) or status.st_size > _MAX_IDENTITY_FILE:
+            raise not_one
+        return Identity.load(path)
+    except InvalidArgument:
+        raise not_one from None
+    except OSError as exc:
+        raise CommandLineError(f"cannot read identity file {where}: {exc.strerror or exc}"
+                               ) from None
+
+
+async def _namespace_set(args: argparse.Namespace) -> int:
+    _require_stdout()
+    identity = _load_identity(args.identity)
+    value = _read_value(args.file, Config().max_value_size)
+    async with _joined(args) as peer:
+        try:
+            seq = await identity.set(peer, args.key, value)
+        except InvalidArgument as exc:
+            # KEY and the value passed their checks: what is left is the seq, when the network
+            # holds the last one there is (2**63 - 1). A state of the network, not a bad argument.
+            raise StaleSequence(f"cannot sign a newer version of key {args.key}: {exc}"
+                                ) from None
+        if not peer.namespace_acks:
+            raise _Unacknowledged("no node stored the record")
+    print(seq, flush=True)
+    return 0
+
+
+async def _namespace_get(args: argparse.Namespace) -> int:
+    if args.output == "-":
+        _require_stdout()
+    async with _joined(args) as peer:
+        try:
+            value = await peer.namespace_get(args.public_key, args.key)
+        except NotFoundError:
+            raise NotFoundError(f"not found: no node reached holds key {args.key} in namespace "
+                                f"{args.public_key.hex()}") from None
+    _write_output(args.output, value)
+    return 0
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    _require_stdout()
+    value = _read_value(args.file, Config().max_value_size)
+    async with _joined(args) as peer:
+        relays = await peer.publish(args.key, value)
+    if not relays:
+        raise _Unacknowledged("no relay accepted the message")
+    print(relays, flush=True)
+    return 0
+
+
+class _SubscriptionEnded(QadomError):
+    """The subscription ended while ``subscribe`` still waited for messages."""
+
+
+async def _subscribe(args: argparse.Namespace) -> int:
+    """Write the topic's messages until ``--count`` of them, or SIGINT or SIGTERM: a stop at any
+    time (even while joining) unsubscribes, leaves and exits 0."""
+    _require_stdout()
+    stop = _stop_event()
+    await _unless_stopped(stop, _receive(args))
+    return 0
+
+
+async def _receive(args: argparse.Namespace) -> None:
+    """Join, subscribe (both within ``--timeout``) and write each message as it arrives,
+    flushed, until ``--count`` messages."""
+    async with _joined(args) as peer, peer.subscribe(args.key) as messages:
+        # The one sign that publishing now reaches us (scripts wait for it: --log-level info).
+        log.info("subscribed to topic %d through %d relays", args.key, messages.relays)
+        received = 0
+        async for message in messages:
+            _write_message(message, as_hex=args.hex)
+            received += 1
+            if received == args.count:
+                return
+    raise _SubscriptionEnded("the subscription ended")
+
+
+def _write_message(message: bytes, *, as_hex: bool) -> None:
+    """One message on stdout: its bytes then a newline, or one line of hex; flushed."""
+    sys.stdout.buffer.write(message.hex().encode() + b"\n" if as_hex else message + b"\n")
+    sys.stdout.buffer.flush()
+
+
 async def _info(args: argparse.Namespace) -> int:
     if not _is_local(args.node[0]):
         raise CommandLineError(f"--node must be a loopback address, not {args.node[0]}: a node "
@@ -701,7 +924,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(1, exc.strerror or exc)
     except KeyboardInterrupt:
-        if args.command == "serve":  # stopped before its own handler took SIGINT over
+        if args.command in ("serve", "subscribe"):  # stopped before their handler took over
             return 0
         return _fail(130, "interrupted")
     except Exception as exc:  # a bug: one line for the user, the traceback at debug level

@@ -1,0 +1,325 @@
+"""The ``qadom`` commands for signed namespaces and publish/subscribe, end to end: ``keygen``,
+``namespace-set``, ``namespace-get``, ``publish`` and ``subscribe`` run as their own processes
+against real ``qadom serve --port 0 --memory`` nodes on 127.0.0.1; their exit status, stdout bytes
+and stderr line checked. Every process is bounded by a timeout and killed in a ``finally``; a
+subscriber is known to be registered when it logs so (``--log-level info``), never after a sleep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_cli import (
+    ROOT,
+    RUN_TIMEOUT,
+    START_TIMEOUT,
+    Node,
+    closed_port,
+    one_line_error,
+    qadom,
+    start_serve,
+    stop,
+    wait_for_log,
+)
+
+from qadom import Identity, Peer, cli
+from qadom.cli import parse_address, parse_count, parse_public_key
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
+    """Nodes A and B in memory, B joined through A."""
+    tmp = tmp_path_factory.mktemp("cli-services")
+    started: list[Node] = []
+    try:
+        a = start_serve("--memory", stderr=tmp / "a.log")
+        started.append(a)
+        b = start_serve("--memory", "--bootstrap", a.address, stderr=tmp / "b.log")
+        started.append(b)
+        wait_for_log(b, "joined through 1 address(es)")
+        yield a, b
+    finally:
+        for node in started:
+            stop(node.proc)
+
+
+def keygen(path: Path, *extra: str) -> str:
+    """A new identity in ``path``; its public key as printed."""
+    made = qadom("keygen", str(path), *extra)
+    assert (made.returncode, made.stderr) == (0, b""), made.stderr
+    return made.stdout.decode().removesuffix("\n")
+
+
+# ----------------------------------------------------------------------------- keygen
+
+
+def test_keygen_saves_an_owner_only_identity_and_prints_its_public_key(tmp_path: Path) -> None:
+    path = tmp_path / "me.key"
+    public = keygen(path)
+    assert len(public) == 64 and int(public, 16) >= 0
+    assert Identity.load(path).public_key.hex() == public
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_keygen_refuses_to_overwrite_unless_forced(tmp_path: Path) -> None:
+    path = tmp_path / "me.key"
+    first = keygen(path)
+    saved = path.read_bytes()
+    refused = qadom("keygen", str(path))
+    assert refused.returncode == 2
+    assert one_line_error(refused) == f"{str(path)!r} exists: give --force to replace it"
+    assert path.read_bytes() == saved
+    second = keygen(path, "--force")
+    assert second != first
+    assert Identity.load(path).public_key.hex() == second
+
+
+def test_keygen_into_a_missing_directory_fails_with_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "me.key"
+    result = qadom("keygen", str(path))
+    assert result.returncode == 1
+    assert one_line_error(result).startswith(f"cannot write {str(path)!r}: ")
+    assert not path.parent.exists()
+
+
+# ----------------------------------------------------------------------------- namespaces
+
+
+def test_namespace_set_signs_the_next_seq_and_namespace_get_writes_the_newest_value(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, b = nodes
+    identity = tmp_path / "me.key"
+    public = keygen(identity)
+    key = random.getrandbits(256)
+    first = b"\x00v1\r\n\xff" + random.randbytes(8)
+    stored = qadom("namespace-set", "--identity", str(identity), str(key), "-",
+                   "--bootstrap", a.address, stdin=first)
+    assert (stored.returncode, stored.stdout, stored.stderr) == (0, b"0\n", b""), stored.stderr
+    second = random.randbytes(8192)
+    source = tmp_path / "v2.bin"
+    source.write_bytes(second)
+    stored = qadom("namespace-set", "--identity", str(identity), hex(key), str(source),
+                   "--bootstrap", b.address)
+    assert (stored.returncode, stored.stdout, stored.stderr) == (0, b"1\n", b""), stored.stderr
+    fetched = qadom("namespace-get", public.upper(), str(key), "--bootstrap", a.address)
+    assert (fetched.returncode, fetched.stderr) == (0, b""), fetched.stderr
+    assert fetched.stdout == second
+    out = tmp_path / "out.bin"
+    fetched = qadom("namespace-get", public, hex(key), "-o", str(out), "--bootstrap", b.address)
+    assert (fetched.returncode, fetched.stdout, fetched.stderr) == (0, b"", b"")
+    assert out.read_bytes() == second
+
+
+async def test_namespace_set_past_the_last_seq_fails_with_one_line(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, _ = nodes
+    path = tmp_path / "me.key"
+    keygen(path)
+    owner = Identity.load(path)
+    key = random.getrandbits(256)
+    last = 2**63 - 1
+    # A client, as the command's own peer: a peer that leaves the nodes' routing tables
+    # behind it would slow every later test's lookups.
+    async with Peer("127.0.0.1", 0, client_only=True) as peer:
+        await asyncio.wait_for(peer.bootstrap([parse_address(a.address)]), RUN_TIMEOUT)
+        await peer.namespace_set(owner.public_key, owner.sign(key, b"last", last), key,
+                                 b"last", last)
+    result = await asyncio.to_thread(qadom, "namespace-set", "--identity", str(path), str(key),
+                                     "-", "--bootstrap", a.address, stdin=b"next")
+    assert result.returncode == 1
+    assert one_line_error(result) == (
+        f"cannot sign a newer version of key {key}: seq must be in [0, 2**63), got {last + 1}")
+
+
+def test_namespace_get_of_a_missing_key_says_not_found(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, _ = nodes
+    public = Identity.generate().public_key.hex()
+    out = tmp_path / "never.bin"
+    missing = qadom("namespace-get", public, "7", "-o", str(out), "--bootstrap", a.address)
+    assert missing.returncode == 1
+    assert one_line_error(missing) == (
+        f"not found: no node reached holds key 7 in namespace {public}")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "garbage", "directory", "device"])
+def test_namespace_set_with_a_bad_identity_file_is_a_usage_error(
+        tmp_path: Path, problem: str) -> None:
+    path = {"missing": tmp_path / "none.key", "garbage": tmp_path / "garbage.key",
+            "directory": tmp_path, "device": Path("/dev/zero")}[problem]
+    (tmp_path / "garbage.key").write_text("not hex at all\n")
+    # Refused before joining: the bootstrap address is never asked.
+    result = qadom("namespace-set", "--identity", str(path), "1", "-",
+                   "--bootstrap", closed_port(), stdin=b"v")
+    assert result.returncode == 2
+    reason = one_line_error(result)
+    if problem == "missing":
+        assert reason == f"cannot read identity file {str(path)!r}: No such file or directory"
+    else:
+        assert reason.startswith(f"{str(path)!r} is not a qadom identity file"), reason
+
+
+def test_namespace_set_of_a_value_too_large_is_a_usage_error(tmp_path: Path) -> None:
+    identity = tmp_path / "me.key"
+    Identity.generate().save(identity)
+    result = qadom("namespace-set", "--identity", str(identity), "1", "-",
+                   "--bootstrap", closed_port(), stdin=random.randbytes(8193))
+    assert result.returncode == 2
+    reason = one_line_error(result)
+    assert "too large" in reason and "8192" in reason
+
+
+def test_without_a_node_each_command_fails_with_one_line(tmp_path: Path) -> None:
+    identity = tmp_path / "me.key"
+    Identity.generate().save(identity)
+    where = closed_port()
+    commands = [["namespace-set", "--identity", str(identity), "1", "-"],
+                ["namespace-get", "ab" * 32, "1"], ["publish", "1", "-"], ["subscribe", "1"]]
+    # Side by side: each waits out its pings of the closed port.
+    procs = [subprocess.Popen([sys.executable, "-m", "qadom", *args, "--bootstrap", where],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, cwd=ROOT) for args in commands]
+    try:
+        results = [subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+                   for proc in procs
+                   for out, err in [proc.communicate(timeout=RUN_TIMEOUT)]]
+    finally:
+        for proc in procs:
+            stop(proc, signal.SIGKILL)
+    for args, result in zip(commands, results, strict=True):
+        assert result.returncode == 1, args
+        assert one_line_error(result) == f"no node answered at {where}", args
+
+
+def test_a_public_key_other_than_64_hex_digits_is_a_usage_error() -> None:
+    result = qadom("namespace-get", "0x" + "ab" * 31, "1", "--bootstrap", "127.0.0.1:9")
+    assert result.returncode == 2
+    assert one_line_error(result) == (
+        f"argument PUBLIC_KEY: expected an ed25519 public key as 64 hex digits, got "
+        f"'0x{'ab' * 31}' (see 'qadom namespace-get --help')")
+
+
+def test_parse_public_key_takes_exactly_64_hex_digits() -> None:
+    key = Identity.generate().public_key
+    assert parse_public_key(key.hex()) == parse_public_key(key.hex().upper()) == key
+    for text in ["ab" * 31 + "a", "ab" * 32 + "a", "0x" + "ab" * 31, "zz" * 32,
+                 "ab" * 31 + " a", " " + "ab" * 32, "", "٣" * 64]:
+        with pytest.raises(argparse.ArgumentTypeError, match="64 hex digits"):
+            parse_public_key(text)
+
+
+# ----------------------------------------------------------------------------- publish/subscribe
+
+
+def start_subscriber(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    """A ``qadom subscribe`` process; returns once it logged that its subscription is in
+    place (so what is published from now on reaches it)."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qadom", "--log-level", "info", "subscribe", *args],
+            stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "subscribed to topic" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"never subscribed: {log.read_text()}"
+            time.sleep(0.05)
+    except BaseException:
+        stop(proc, signal.SIGKILL)
+        raise
+    return proc
+
+
+def finish(proc: subprocess.Popen[bytes], sig: int | None = None) -> tuple[int, bytes]:
+    """Exit status and stdout of ``proc``, after ``sig`` if given (killed if it lingers)."""
+    try:
+        if sig is not None:
+            proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=15)
+        return proc.returncode, out
+    finally:
+        stop(proc, signal.SIGKILL)
+
+
+def test_subscribers_receive_exactly_count_messages_published_by_other_processes(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, b = nodes
+    topic = str(random.getrandbits(256))
+    values = [b"one\x00\n", random.randbytes(64), b""]
+    # Client peers both: neither is in any node's routing table, yet the relays reach them.
+    hexed = start_subscriber(topic, "--count", "3", "--hex", "--bootstrap", a.address,
+                             log=tmp_path / "hex.log")
+    raw = start_subscriber(topic, "--count", "1", "--bootstrap", b.address,
+                           log=tmp_path / "raw.log")
+    try:
+        for value in values:
+            sent = qadom("publish", topic, "-", "--bootstrap", b.address, stdin=value)
+            assert (sent.returncode, sent.stdout, sent.stderr) == (0, b"2\n", b""), sent.stderr
+        hex_code, hex_out = finish(hexed)
+        raw_code, raw_out = finish(raw)
+    finally:
+        stop(hexed, signal.SIGKILL)
+        stop(raw, signal.SIGKILL)
+    assert hex_code == 0, (tmp_path / "hex.log").read_text()
+    assert sorted(hex_out.decode().splitlines()) == sorted(value.hex() for value in values)
+    assert hex_out.endswith(b"\n")
+    assert raw_code == 0, (tmp_path / "raw.log").read_text()
+    assert raw_out in [value + b"\n" for value in values]
+    assert "Traceback" not in (tmp_path / "hex.log").read_text()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_subscribe_stopped_by_a_signal_exits_0(
+        nodes: tuple[Node, Node], tmp_path: Path, sig: signal.Signals) -> None:
+    a, _ = nodes
+    proc = start_subscriber(str(random.getrandbits(256)), "--bootstrap", a.address,
+                            log=tmp_path / "sub.log")
+    code, out = finish(proc, sig)
+    log = (tmp_path / "sub.log").read_text()
+    assert (code, out) == (0, b""), log
+    assert "Traceback" not in log and "qadom: " not in log
+
+
+def test_publish_of_a_value_too_large_is_a_usage_error() -> None:
+    result = qadom("publish", "1", "-", "--bootstrap", closed_port(),
+                   stdin=random.randbytes(8193))
+    assert result.returncode == 2
+    assert "too large" in one_line_error(result)
+
+
+def test_subscribe_count_must_be_a_positive_integer() -> None:
+    result = qadom("subscribe", "1", "--count", "0", "--bootstrap", "127.0.0.1:9")
+    assert result.returncode == 2
+    assert one_line_error(result) == (
+        "argument --count: expected a positive integer, got '0' (see 'qadom subscribe --help')")
+    assert parse_count("1") == 1
+    assert parse_count("007") == 7
+    for text in ["-1", "two", "1.5", "٣", "+1", " 1", "", "9" * 19]:
+        with pytest.raises(argparse.ArgumentTypeError, match="positive integer"):
+            parse_count(text)
+
+
+# ----------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("command",
+                         ["keygen", "namespace-set", "namespace-get", "publish", "subscribe"])
+def test_every_new_command_has_help_with_examples(
+        command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: qadom {command}" in out
+    assert f"\nexamples:\n  qadom {command}" in out
