@@ -34,8 +34,9 @@ import socket
 import sqlite3
 import stat
 import sys
+import threading
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -810,17 +811,45 @@ async def _receive(args: argparse.Namespace) -> None:
         log.info("subscribed to topic %d through %d relays", args.key, messages.relays)
         received = 0
         async for message in messages:
-            _write_message(message, as_hex=args.hex)
+            await _write_stdout(message.hex().encode() + b"\n" if args.hex else message + b"\n")
             received += 1
             if received == args.count:
                 return
     raise _SubscriptionEnded("the subscription ended")
 
 
-def _write_message(message: bytes, *, as_hex: bool) -> None:
-    """One message on stdout: its bytes then a newline, or one line of hex; flushed."""
-    sys.stdout.buffer.write(message.hex().encode() + b"\n" if as_hex else message + b"\n")
-    sys.stdout.buffer.flush()
+async def _write_stdout(data: bytes) -> None:
+    """Write ``data`` to stdout (fd 1, unbuffered) from a thread of its own, and wait for it.
+
+    A reader that lags (``qadom subscribe 99 | slow-program``) fills the pipe and blocks the
+    write: off the event loop, the peer meanwhile goes on answering its relays' DELIVERs and
+    renewing its leases (blocked, it looked dead to its relays, which dropped it), the
+    subscription queues what arrives (``Config.pubsub_queue_size``), and SIGINT and SIGTERM
+    still stop the command. The thread is a daemon writing to the fd itself, so a stop leaves
+    it blocked without holding up the exit. A write error (EPIPE) is raised here."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def report(error: OSError | None) -> None:
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    def write() -> None:
+        error: OSError | None = None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(1, view):]
+        except OSError as exc:
+            error = exc
+        with suppress(RuntimeError):  # the loop has closed: the command was stopped meanwhile
+            loop.call_soon_threadsafe(report, error)
+
+    threading.Thread(target=write, name="qadom-stdout", daemon=True).start()
+    await done
 
 
 async def _info(args: argparse.Namespace) -> int:

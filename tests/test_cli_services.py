@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
+import json
 import random
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_cli import (
+    HANGING_JOIN,
     ROOT,
     RUN_TIMEOUT,
     START_TIMEOUT,
     Node,
+    _read_line,
     closed_port,
     one_line_error,
     qadom,
@@ -219,6 +225,62 @@ def test_parse_public_key_takes_exactly_64_hex_digits() -> None:
             parse_public_key(text)
 
 
+# A ``qadom`` whose namespace reads never see the stored record, as when another writer keeps
+# storing newer versions between each read and the set that follows it.
+READS_MISS = """
+import sys
+from qadom import cli, peer
+from qadom.errors import NotFoundError
+
+async def namespace_get_record(self, public_key, key):
+    raise NotFoundError("not found")
+
+peer.Peer.namespace_get_record = namespace_get_record
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+async def test_namespace_set_follows_another_writers_seq_and_fails_with_one_line_when_stale(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, _ = nodes
+    path = tmp_path / "me.key"
+    keygen(path)
+    owner = Identity.load(path)
+    key = random.getrandbits(256)
+    async with Peer("127.0.0.1", 0, client_only=True) as peer:  # another writer, same key
+        await asyncio.wait_for(peer.bootstrap([parse_address(a.address)]), RUN_TIMEOUT)
+        await peer.namespace_set(owner.public_key, owner.sign(key, b"five", 5), key, b"five", 5)
+    after = await asyncio.to_thread(qadom, "namespace-set", "--identity", str(path), str(key),
+                                    "-", "--bootstrap", a.address, stdin=b"six")
+    assert (after.returncode, after.stdout, after.stderr) == (0, b"6\n", b""), after.stderr
+    # Each seq it signs (0, 1, 2: its reads miss seq 6) is refused as stale.
+    stale = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", READS_MISS, "namespace-set", "--identity",
+                         str(path), str(key), "-", "--bootstrap", a.address],
+        input=b"old", capture_output=True, timeout=RUN_TIMEOUT, cwd=ROOT, check=False)
+    assert stale.returncode == 1
+    assert one_line_error(stale) == f"key {key} kept moving ahead: gave up after 3 tries"
+    got = await asyncio.to_thread(qadom, "namespace-get", owner.public_key.hex(), str(key),
+                                  "--bootstrap", a.address)
+    assert got.stdout == b"six"
+
+
+def test_a_join_that_runs_out_of_time_fails_with_one_line_within_the_timeout(
+        tmp_path: Path) -> None:
+    identity = tmp_path / "me.key"
+    Identity.generate().save(identity)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # receives, never answers
+        silent.bind(("127.0.0.1", 0))
+        where = f"127.0.0.1:{silent.getsockname()[1]}"
+        began = time.monotonic()
+        result = qadom("namespace-set", "--identity", str(identity), "1", "-",
+                       "--bootstrap", where, "--timeout", "0.5", stdin=b"v")
+        elapsed = time.monotonic() - began
+    assert result.returncode == 1
+    assert one_line_error(result) == f"could not join through {where} within 0.5 s"
+    assert elapsed < 10  # start-up and the 0.5 s, on a loaded machine; the default is 30 s
+
+
 # ----------------------------------------------------------------------------- publish/subscribe
 
 
@@ -289,6 +351,80 @@ def test_subscribe_stopped_by_a_signal_exits_0(
     log = (tmp_path / "sub.log").read_text()
     assert (code, out) == (0, b""), log
     assert "Traceback" not in log and "qadom: " not in log
+
+
+def forwarded(node: Node) -> int:
+    """How many messages ``node`` has forwarded to subscribers (``qadom info``)."""
+    info = qadom("info", "--node", node.address, "--json")
+    assert info.returncode == 0, info.stderr
+    return int(json.loads(info.stdout)["stats"].get("pubsub_forwarded", 0))
+
+
+def test_a_stopped_subscriber_has_unsubscribed_from_its_relays(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, b = nodes
+    topic = str(random.getrandbits(256))
+    proc = start_subscriber(topic, "--bootstrap", a.address, log=tmp_path / "sub.log")
+    assert finish(proc, signal.SIGTERM) == (0, b"")
+    before = forwarded(a), forwarded(b)
+    sent = qadom("publish", topic, "-", "--bootstrap", b.address, stdin=b"anyone?")
+    assert (sent.returncode, sent.stdout) == (0, b"2\n"), sent.stderr
+    # A relay forwards before it answers the publish: had the subscriber left without
+    # unsubscribing, each relay would have forwarded this message to it.
+    assert (forwarded(a), forwarded(b)) == before
+
+
+def pipe_held(pipe: int) -> tuple[int, int]:
+    """How many bytes wait in the pipe read through ``pipe``, and how many it can hold."""
+    held = int.from_bytes(fcntl.ioctl(pipe, termios.FIONREAD, b"\0" * 4), sys.byteorder)
+    return held, fcntl.fcntl(pipe, fcntl.F_GETPIPE_SZ)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes as Linux has them")
+async def test_a_subscriber_whose_reader_lags_still_stops_at_once_on_sigterm(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, _ = nodes
+    topic = random.getrandbits(256)
+    log = tmp_path / "sub.log"
+    proc = start_subscriber(str(topic), "--bootstrap", a.address, log=log)
+    try:
+        assert proc.stdout is not None
+        pipe = proc.stdout.fileno()
+        message = b"m" * 4095  # with its newline, one page of the pipe: it fills up exactly
+        async with Peer("127.0.0.1", 0, client_only=True) as peer:
+            await asyncio.wait_for(peer.bootstrap([parse_address(a.address)]), RUN_TIMEOUT)
+            for _ in range(pipe_held(pipe)[1] // 4096 + 2):  # more than the pipe holds
+                await asyncio.wait_for(peer.publish(topic, message), RUN_TIMEOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while pipe_held(pipe)[0] < pipe_held(pipe)[1]:  # nobody reads: the subscriber's next
+            assert proc.poll() is None, log.read_text()  # write is blocked
+            assert time.monotonic() < deadline, pipe_held(pipe)
+            await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        # A write blocked on the event loop kept it from ever seeing the signal (and from
+        # answering its relays): the process stopped only once someone read the pipe.
+        code = await asyncio.to_thread(proc.wait, 10)
+    finally:
+        stop(proc, signal.SIGKILL)
+    assert code == 0, log.read_text()
+
+
+def test_subscribe_interrupted_while_it_joins_exits_0(tmp_path: Path) -> None:
+    log = tmp_path / "sub.log"
+    with log.open("wb") as err:
+        # Unbuffered: each readline takes one line off the pipe.
+        proc = subprocess.Popen(
+            [sys.executable, "-c", HANGING_JOIN, "subscribe", "1", "--bootstrap", "127.0.0.1:9"],
+            stdout=subprocess.PIPE, stderr=err, cwd=ROOT, bufsize=0)
+    try:
+        assert proc.stdout is not None
+        assert _read_line(proc.stdout, START_TIMEOUT) == "joining\n"
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=10)  # the join never ends by itself
+    finally:
+        stop(proc, signal.SIGKILL)
+    assert code == 0, log.read_text()
+    assert "join cancelled" in log.read_text()
 
 
 def test_publish_of_a_value_too_large_is_a_usage_error() -> None:
