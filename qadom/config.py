@@ -220,7 +220,9 @@ class Config:
 
     token_lifetime: float = 300.0
     """How often the secret that tokens are minted from changes; a token stays valid for one to
-    two lifetimes, so a stale token costs one Challenge round trip now and then."""
+    two lifetimes. A peer asked within a lifetime grants a fresh token before ours dies; a token
+    that may have died goes with a padded request (docs/PROTOCOL.md, "Amplification"), so a
+    stale token costs no CHALLENGE round trip for answers that fit the amplification bound."""
 
     max_tokens: int = 10_000
     """Tokens granted to us that we keep (per peer address, least recently used dropped)."""

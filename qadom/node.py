@@ -352,7 +352,8 @@ class Node:
         self._secret = self.rng.randbytes(32)
         self._old_secret = self._secret
         self._secret_at = now
-        self._tokens: OrderedDict[Address, bytes] = OrderedDict()  # granted to us, by peer
+        # Granted to us, by peer, with when each came (see _token_to_send).
+        self._tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
         self._granted: dict[Address, bytes] = {}  # ours, minted from the current secret
         self._proof_required: set[type[Message]] = set()
         self._verifying: dict[Address, float] = {}
@@ -756,11 +757,12 @@ class Node:
         rpc_id = self.rng.getrandbits(64)
         while rpc_id in self._pending:
             rpc_id = self.rng.getrandbits(64)
-        token = self._tokens.get(address)
-        # Without a token from this peer, a request is padded so that the answer fits the peer's
-        # amplification bound (see amplification_factor): a lot if the answer may be large.
+        token, sure = self._token_to_send(address, now)
+        # Without a token from this peer that is surely still valid, a request is padded so that
+        # the answer fits the peer's amplification bound (see amplification_factor): a lot if
+        # the answer may be large.
         cfg = self.config
-        pad_to = 0 if token is not None else (
+        pad_to = 0 if sure else (
             cfg.min_request_size if message.LARGE_REPLY else cfg.min_small_request_size)
         data = self.codec.encode(Envelope(rpc_id, self._sender, message, token, pad_to))
         req = _Request(rpc_id, address, message, data, expect_id, on_reply or _ignore_reply,
@@ -818,7 +820,7 @@ class Node:
             self.stats["unexpected"] += 1
             return
         if envelope.token is not None:
-            self._keep_token(address, envelope.token)
+            self._keep_token(address, envelope.token, now)
         if (isinstance(envelope.message, Challenge) and envelope.token is not None
                 and not req.challenged):
             # Prove our address, once per request, with the token just granted.
@@ -861,8 +863,13 @@ class Node:
         sender = envelope.sender
         # Only a token proves the source address. A claimed sender id proves nothing: ids and
         # addresses are public, so a spoofer could name a victim of our routing table.
-        proven = envelope.token is not None and self._token_valid(address, envelope.token)
-        grant = None if proven else self.token_for(address)
+        token = envelope.token
+        current = token is not None and hmac.compare_digest(token, self.token_for(address))
+        proven = current or (token is not None and hmac.compare_digest(
+            token, _mint_token(address, self._old_secret)))
+        # A token of the previous secret dies at the next rotation: grant a fresh one, so that
+        # a peer that keeps asking never meets a CHALLENGE.
+        grant = None if current else self.token_for(address)
         message = envelope.message
         handler = self._handlers.get(type(message))
         if not proven and type(message) in self._proof_required:
@@ -896,10 +903,10 @@ class Node:
             self._note_requester(sender, address, now,
                                  budget=None if proven else bound - len(data))
 
-    def _ping_size(self, address: Address) -> int:
+    def _ping_size(self, address: Address, now: float) -> int:
         """The size of the PING we would send to ``address`` (with the longest request id)."""
-        token = self._tokens.get(address)
-        pad_to = 0 if token is not None else self.config.min_small_request_size
+        token, sure = self._token_to_send(address, now)
+        pad_to = 0 if sure else self.config.min_small_request_size
         return len(self.codec.encode(Envelope(2**64 - 1, self._sender, Ping(), token, pad_to)))
 
     def require_proof(self, message_type: type[Message]) -> None:
@@ -918,14 +925,32 @@ class Node:
             token = self._granted[address] = _mint_token(address, self._secret)
         return token
 
-    def _token_valid(self, address: Address, token: bytes) -> bool:
-        if hmac.compare_digest(token, self.token_for(address)):
-            return True
-        return hmac.compare_digest(token, _mint_token(address, self._old_secret))
+    def _token_to_send(self, address: Address, now: float) -> tuple[bytes | None, bool]:
+        """The token ``address`` granted us to put in a request now, and whether it is surely
+        still valid there. A peer changes its secret ``token_lifetime`` after the last change,
+        at its next maintenance tick, and takes tokens of the current and the previous secret
+        (with our timing, the usual case): a token is surely valid for ``token_lifetime -
+        maintenance_interval`` after it came, and surely dead ``2 * (token_lifetime +
+        maintenance_interval)`` after it came (it is then forgotten). In between it is sent,
+        but with the request padded as if there were none, so that the answer comes in full
+        either way instead of a CHALLENGE and a second round trip: the case of every peer we
+        have not asked for a while."""
+        kept = self._tokens.get(address)
+        if kept is None:
+            return None, False
+        token, came = kept
+        cfg = self.config
+        age = now - came
+        if age < cfg.token_lifetime - cfg.maintenance_interval:
+            return token, True
+        if age < 2 * (cfg.token_lifetime + cfg.maintenance_interval):
+            return token, False
+        del self._tokens[address]
+        return None, False
 
-    def _keep_token(self, address: Address, token: bytes) -> None:
+    def _keep_token(self, address: Address, token: bytes, now: float) -> None:
         tokens = self._tokens
-        tokens[address] = token
+        tokens[address] = (token, now)
         tokens.move_to_end(address)
         if len(tokens) > self.config.max_tokens:
             tokens.popitem(last=False)
@@ -961,7 +986,7 @@ class Node:
             # it as a replacement, at the price of a ping (and of the pings that ping sets off).
             self.stats["verify_skipped"] += 1
             return
-        if budget is not None and budget < self._ping_size(address):
+        if budget is not None and budget < self._ping_size(address, now):
             self.stats["verify_skipped"] += 1
             return
         self._verifying[address] = now

@@ -129,6 +129,80 @@ def test_tokens_expire_after_two_rotations() -> None:
     assert isinstance(CODEC.decode(replies[0]).message, Challenge)
 
 
+def test_a_token_of_the_previous_secret_is_answered_with_a_fresh_one() -> None:
+    node = loaded_node()
+    _, replies = exchange(node, Envelope(1, None, Ping(), None, 64))
+    token = CODEC.decode(replies[0]).token
+    assert token is not None
+    _, replies = exchange(node, Envelope(2, None, FindNode(1), token))
+    assert CODEC.decode(replies[0]).token is None  # a token of the current secret: nothing new
+    node.handle_timer(CONFIG.token_lifetime + CONFIG.maintenance_interval)  # one rotation
+    _, replies = exchange(node, Envelope(3, None, FindNode(1), token))
+    reply = CODEC.decode(replies[0])
+    assert isinstance(reply.message, Nodes) and reply.token not in (None, token)
+    node.handle_timer(2 * CONFIG.token_lifetime + 2 * CONFIG.maintenance_interval)
+    _, replies = exchange(node, Envelope(4, None, FindNode(1), reply.token))
+    assert isinstance(CODEC.decode(replies[0]).message, Nodes)  # the fresh one outlives the old
+
+
+def _two_nodes() -> tuple[SimNetwork, Node, Node]:
+    """Two nodes of a network of 30, so that a NODES answer is large (k contacts)."""
+    net = SimNetwork(4, config=CONFIG)
+    asker, asked, *_ = net.add_nodes(30)
+    net.run_for(5.0)
+    return net, asker, asked
+
+
+def test_a_peer_asked_now_and_then_never_challenges() -> None:
+    """A token is refreshed while it is used: a peer asked every 100 s for an hour, across
+    twelve changes of its secret, answers each request at once, never with a CHALLENGE."""
+    net, asker, asked = _two_nodes()
+    for _ in range(36):
+        net.run_for(100.0)
+        assert net.run_call(net.call(asker, asker.find_nodes, asked.id ^ 1)) is not None
+    assert asker.stats["challenged"] == 0
+    assert sum(n.stats["challenges_sent"] for n in net.live_nodes()) == 0
+
+
+def test_a_peer_not_asked_for_a_while_answers_in_full_without_a_challenge() -> None:
+    """A token kept past the time it is surely valid goes with a padded request: the answer
+    comes in full whether the token died meanwhile or not, in one round trip."""
+    for idle in (CONFIG.token_lifetime, 2 * CONFIG.token_lifetime + CONFIG.maintenance_interval,
+                 3 * (CONFIG.token_lifetime + CONFIG.maintenance_interval)):
+        net, asker, asked = _two_nodes()
+        net.run_call(net.call(asker, asker.find_nodes, asked.id ^ 1))
+        net.run_for(idle)
+        sent = asker.stats["requests_out"]
+        net.run_call(net.call(asker, asker.find_nodes, asked.id ^ 2))
+        assert asker.stats["requests_out"] - sent >= 1
+        assert asker.stats["challenged"] == 0, idle
+        assert sum(n.stats["challenges_sent"] for n in net.live_nodes()) == 0, idle
+
+
+def test_a_token_goes_alone_while_surely_valid_then_with_padding_then_not_at_all() -> None:
+    net, asker, asked = _two_nodes()
+    address = net.address_of(asked)
+    net.run_call(net.call(asker, asker.ping, address))
+    token = asker._tokens[address][0]
+
+    def sent_now() -> tuple[bytes | None, int]:
+        """The token and the size of a FIND_NODE the asker sends the asked now."""
+        asker.datagrams_to_send()
+        asker.request(address, FindNode(1), net.now)
+        ((data, _),) = asker.datagrams_to_send()
+        return CODEC.decode(data).token, len(data)
+
+    sent, size = sent_now()  # the token alone proves the address
+    assert sent == token and size < CONFIG.min_request_size
+    net.now += CONFIG.token_lifetime  # it may have died: padded as if there were none
+    sent, size = sent_now()
+    assert sent == token and size >= CONFIG.min_request_size
+    net.now += CONFIG.token_lifetime + 2 * CONFIG.maintenance_interval  # surely dead: forgotten
+    sent, size = sent_now()
+    assert sent is None and size >= CONFIG.min_request_size
+    assert address not in asker._tokens
+
+
 def test_spoofed_subscription_is_not_registered() -> None:
     node = loaded_node()
     _, replies = exchange(node, Envelope(1, 12345, Subscribe(3, 60_000), None, 600))
