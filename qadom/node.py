@@ -62,7 +62,7 @@ from .events import (
     LookupStarted,
     LookupTimeout,
 )
-from .ids import ID_SPACE, check_id, key_for, random_id, random_id_in
+from .ids import ID_BITS, ID_SPACE, check_id, key_for, random_id, random_id_in
 from .info import InfoService, is_loopback
 from .lookup import Lookup
 from .messages import (
@@ -401,7 +401,13 @@ class Node:
             self.namespace.KIND: self.namespace, self.dht_records.KIND: self.dht_records}
         self.pubsub = PubSubService(self)  # publish/subscribe (qadom.pubsub)
         self.info = InfoService(self, now)  # the operator's INFO summary (qadom.info)
-        self._schedule(now + self.config.maintenance_interval, self._maintain)
+        # The first upkeep comes after between half and one maintenance interval, at a phase
+        # of this node's own (read from its id: no draw from rng), and every interval after:
+        # nodes started at the same instant would otherwise tick together for ever, and every
+        # storer of an item would republish it in the same tick, none of them receiving
+        # another's republish first, which is what lets the others skip theirs (section 2.5).
+        phase = (self.id >> (ID_BITS - 32)) / 2**32
+        self._schedule(now + self.config.maintenance_interval * (1 - phase / 2), self._maintain)
 
     # ================================================================== I/O interface
 

@@ -252,7 +252,8 @@ def test_find_node_store_keeps_the_value_only_when_it_belongs_and_fits() -> None
 def test_a_finished_operation_leaves_no_deadline_behind() -> None:
     node = Node(rng=random.Random(1), now=0.0)
     maintenance = node.get_timer()
-    assert maintenance == CONFIG.maintenance_interval
+    assert maintenance is not None  # the first upkeep, at the node's own phase
+    assert CONFIG.maintenance_interval / 2 < maintenance <= CONFIG.maintenance_interval
     call = node.new_call("quick", 0.0)
     assert node.get_timer() == CONFIG.operation_timeout
     call.resolve(1)
@@ -290,7 +291,8 @@ def test_timer_changed_says_when_a_driver_must_ask_for_the_deadline_again() -> N
     server = Node(rng=random.Random(2), now=0.0)
     a, b = ("10.0.0.1", 1), ("10.0.0.2", 2)
     first = client.get_timer()
-    assert not client.timer_changed and first == CONFIG.maintenance_interval
+    assert not client.timer_changed and first is not None  # the first upkeep
+    assert CONFIG.maintenance_interval / 2 < first <= CONFIG.maintenance_interval
     call = client.ping(b, 1.0)  # an operation deadline and a retransmission timer
     assert client.timer_changed
     armed = client.get_timer()
