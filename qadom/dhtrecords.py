@@ -75,6 +75,7 @@ from .errors import (
     QadomError,
     RemoteError,
     StorageFull,
+    StorageUnavailable,
     Unauthorized,
     ValueTooLarge,
 )
@@ -633,12 +634,18 @@ class DhtRecordService:
         return call
 
     def get(self, key: str, now: float) -> Call[Record]:
-        """The live record of ``key``: from the first peer on the lookup path that holds a validly
-        signed one, else our own copy; fails with NotFoundError."""
+        """The live record of ``key`` held by the peer closest to its storage key among those
+        the lookup reached (ourselves included) that hold a validly signed one; fails with
+        NotFoundError.
+
+        Records carry no version, so the lookup runs on to the k closest rather than stop at
+        the first copy: an overwrite reaches the k closest, while a peer that was one of them
+        before and still holds an older version (it republishes it hourly, and a republish
+        only fills holders that have none) may be met first on the path."""
         node = self.node
         skey = storage_key(check_key(key, self.config))
         call: Call[Record] = node.new_call("dht_get", now)
-        found: list[Record] = []
+        found: list[tuple[int, Record]] = []  # (the holder's distance to the key, its record)
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
                        now: float) -> Iterable[Contact] | None:
@@ -648,17 +655,23 @@ class DhtRecordService:
                     return None
                 live = record.live(now)
                 if live is not None:
-                    found.append(live)
-                    lookup.stop()
+                    found.append((contact.id ^ skey, live))
                 return ()
             return message.nodes if isinstance(message, Nodes) else None
 
         def on_finish(lookup: Lookup, now: float) -> None:
-            record = found[0] if found else self.local(key, now)
-            if record is None:
+            try:
+                own = self.local(key, now)
+            except StorageUnavailable:
+                if not found:
+                    raise  # fails the get with the store's error
+                own = None  # peers answered: our copy cannot be read, theirs serve
+            if own is not None:
+                found.append((node.id ^ skey, own))
+            if not found:
                 call.fail(NotFoundError(f"no record under key {key!r}"))
             else:
-                call.resolve(record)
+                call.resolve(min(found, key=lambda held: held[0])[1])
 
         node.run_lookup(skey, "dht", DhtFind(skey), now, on_message, on_finish, call)
         return call
