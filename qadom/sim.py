@@ -39,6 +39,7 @@ import random
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from .call import Call
@@ -230,7 +231,7 @@ class SimNetwork:
                 self.run_call(self.call(node, node.bootstrap, [via]))
         return added
 
-    def build(self, count: int, *, joins: int = 0) -> list[Node]:
+    def build(self, count: int, *, joins: int = 0, spread: float = 0.0) -> list[Node]:
         """Build a network of ``count`` nodes quickly, then let ``joins`` more join for real.
 
         What it does: it creates ``count`` nodes (their creation order is their age) and shows
@@ -254,13 +255,24 @@ class SimNetwork:
         ``joins`` nodes added afterwards go through the real bootstrap (:meth:`add_nodes`), so
         the join path is exercised at full size too.
 
+        With ``spread``, the nodes start one after the other over ``spread`` virtual seconds
+        (the clock advances between two), so that their periodic timers (maintenance,
+        republishing) do not all fire at the same instants, as they would not on real machines;
+        nodes that started together would otherwise all republish each item in the same tick,
+        none of them seeing another's republish first. The tables are filled once all have
+        started.
+
         The network must be empty.
         """
         if self.nodes:
             raise InvalidArgument("build() needs an empty network; use add_nodes() to grow one")
-        if count < 1 or joins < 0:
-            raise InvalidArgument("need count >= 1 and joins >= 0")
-        built = [self.add_node() for _ in range(count)]
+        if count < 1 or joins < 0 or not spread >= 0.0:
+            raise InvalidArgument("need count >= 1, joins >= 0 and spread >= 0")
+        built = []
+        for _ in range(count):
+            built.append(self.add_node())
+            if spread:
+                self.run_for(spread / count)
         contacts = {n.id: Contact(n.id, self.address_of(n)) for n in built}
         filler = _TableFiller(list(self._live_ids), {n.id: age for age, n in enumerate(built)},
                               contacts, self.rng)
@@ -292,21 +304,26 @@ class SimNetwork:
         return gone
 
     def churn(self, *, leave: int = 0, join: int = 0, start: float | None = None,
-              duration: float = 60.0) -> None:
+              duration: float = 60.0, keep: Iterable[Node] = ()) -> None:
         """Schedule ``leave`` departures and ``join`` arrivals at random virtual times in
         ``[start, start + duration)`` (start: now). A leaving node is drawn among the live nodes
-        when its time comes, except the origin of a lookup that :meth:`lookup` is measuring (its
-        report would be of an origin gone halfway, not of a lookup); a joining node bootstraps
-        through a random live node, and its bootstrap call is appended to :attr:`joins`. They
-        happen as :meth:`run_for` or :meth:`run_call` reach their times."""
+        when its time comes, except the nodes in ``keep`` and the origin of a lookup that
+        :meth:`lookup` is measuring (its report would be of an origin gone halfway, not of a
+        lookup); none leaves when only those are live. A joining node bootstraps through a
+        random live node, and its bootstrap call is appended to :attr:`joins`; a node whose
+        bootstrap fails (its datagrams lost, or that node gone meanwhile) leaves again. They happen as
+        :meth:`run_for` or :meth:`run_call` reach their times."""
         if leave < 0 or join < 0 or duration < 0:
             raise InvalidArgument("leave, join and duration must not be negative")
         begin = self.now if start is None else start
         if begin < self.now:
             raise InvalidArgument("churn cannot be scheduled in the past")
+        kept = frozenset(n.id for n in keep)
         for kind, count in (("leave", leave), ("join", join)):
+            payload: str | tuple[str, frozenset[int]] = (
+                (kind, kept) if kind == "leave" and kept else kind)
             for _ in range(count):
-                self._push(begin + self.rng.random() * duration, _CHURN, kind)
+                self._push(begin + self.rng.random() * duration, _CHURN, payload)
 
     # ------------------------------------------------------------------ driving
 
@@ -536,7 +553,14 @@ class SimNetwork:
             self._armed[address] = deadline
             self._push(deadline, _TIMER, address)
 
-    def _churn_event(self, kind: str) -> None:
+    def _churn_event(self, payload: str | tuple[str, frozenset[int]]) -> None:
+        if isinstance(payload, tuple):  # a departure that spares the nodes of ``kept``
+            _, kept = payload
+            candidates = [i for i in self._live_ids if i not in kept and i != self._measured]
+            if candidates:
+                self.remove(self._by_id[candidates[self.rng.randrange(len(candidates))]])
+            return
+        kind = payload
         if kind == "leave":
             ids = self._live_ids
             # any live node but the origin of the lookup being measured (if it is live)
@@ -552,7 +576,16 @@ class SimNetwork:
         node = self.add_node()
         self._log("join", self.address_of(node))
         if via is not None:
-            self.joins.append(self.call(node, node.bootstrap, [via]))
+            joining = self.call(node, node.bootstrap, [via])
+            joining.add_done_callback(partial(self._joined, node))
+            self.joins.append(joining)
+
+    def _joined(self, node: Node, joining: Call[int]) -> None:
+        # A node that cannot join leaves again, as `qadom serve --bootstrap` exits when no
+        # bootstrap address answers: else it would stay on the network knowing nobody, and
+        # answer every read from its empty table.
+        if joining.exception() is not None:
+            self.remove(node)
 
     def _random_live_address(self) -> Address | None:
         ids = self._live_ids
