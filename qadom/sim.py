@@ -311,8 +311,8 @@ class SimNetwork:
         :meth:`lookup` is measuring (its report would be of an origin gone halfway, not of a
         lookup); none leaves when only those are live. A joining node bootstraps through a
         random live node, and its bootstrap call is appended to :attr:`joins`; a node whose
-        bootstrap fails (its datagrams lost, or that node gone meanwhile) leaves again. They happen as
-        :meth:`run_for` or :meth:`run_call` reach their times."""
+        bootstrap fails (its datagrams lost, or that node gone meanwhile) leaves again. They
+        happen as :meth:`run_for` or :meth:`run_call` reach their times."""
         if leave < 0 or join < 0 or duration < 0:
             raise InvalidArgument("leave, join and duration must not be negative")
         begin = self.now if start is None else start

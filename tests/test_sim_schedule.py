@@ -44,3 +44,29 @@ def test_run_for_cannot_move_the_clock_back() -> None:
 def test_negative_or_inverted_delays_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument):
         SimNetwork(6, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_node_whose_churn_join_fails_leaves_again_and_one_that_joins_stays() -> None:
+    net = SimNetwork(5)
+    net.build(20)
+    net.loss = 1.0  # every datagram lost: the joins' bootstrap pings go unanswered
+    net.churn(join=2, duration=1.0)
+    net.run_for(60.0)
+    assert len(net.joins) == 2 and all(c.done and c.exception() for c in net.joins)
+    assert len(net.live_nodes()) == 20  # they left: no node stays on knowing nobody
+    net.loss = 0.0
+    net.churn(join=1, duration=1.0)
+    net.run_for(60.0)
+    assert net.joins[-1].exception() is None and len(net.live_nodes()) == 21
+
+
+def test_churn_spares_the_nodes_kept() -> None:
+    net = SimNetwork(6)
+    nodes = net.build(12)
+    kept = nodes[:4]
+    net.churn(leave=8, duration=10.0, keep=kept)
+    net.run_for(20.0)
+    assert net.live_nodes() == sorted(kept, key=lambda n: n.id)
+    net.churn(leave=1, duration=1.0, keep=kept)  # only kept nodes are live: none leaves
+    net.run_for(5.0)
+    assert len(net.live_nodes()) == 4
