@@ -636,7 +636,8 @@ class DhtRecordService:
     def get(self, key: str, now: float) -> Call[Record]:
         """The live record of ``key`` held by the peer closest to its storage key among those
         the lookup reached (ourselves included) that hold a validly signed one; fails with
-        NotFoundError.
+        NotFoundError, or as :meth:`Node.unanswered` says when no peer answered and we hold
+        none.
 
         Records carry no version, so the lookup runs on to the k closest rather than stop at
         the first copy: an overwrite reaches the k closest, while a peer that was one of them
@@ -669,7 +670,8 @@ class DhtRecordService:
             if own is not None:
                 found.append((node.id ^ skey, own))
             if not found:
-                call.fail(NotFoundError(f"no record under key {key!r}"))
+                call.fail(NotFoundError(f"no record under key {key!r}") if lookup.closest()
+                          else node.unanswered(lookup))
             else:
                 call.resolve(min(found, key=lambda held: held[0])[1])
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from nacl.signing import SigningKey
 
-from .errors import InvalidArgument, InvalidType, NotFoundError, StaleSequence
+from .errors import InvalidArgument, InvalidType, NoPeersError, NotFoundError, StaleSequence
 from .ids import check_id
 from .namespace import NamespaceRecord, check_record_value, check_seq, signing_bytes
 
@@ -110,13 +110,14 @@ class Identity:
 
     async def set(self, peer: Peer, key: int, value: bytes) -> int:
         """Store ``value`` under ``key`` with the next ``seq``: one more than the highest the
-        network holds and the highest this object signed. Returns the ``seq`` used."""
+        network holds and the highest this object signed (this object's alone on a peer that
+        knows no other). Returns the ``seq`` used."""
         check_id(key)
         check_record_value(value, peer.config.max_value_size)
         for _ in range(_SET_ATTEMPTS):
             try:
                 current = (await peer.namespace_get_record(self.public_key, key)).seq
-            except NotFoundError:
+            except (NotFoundError, NoPeersError):  # none stored, or nobody to ask (a lone peer)
                 current = -1
             seq = max(current, self._last.get(key, -1)) + 1
             try:

@@ -527,7 +527,8 @@ class NamespaceService:
     def get(self, public_key: bytes, key: int, now: float) -> Call[NamespaceRecord]:
         """The valid record with the highest ``seq`` held here or by any replica reached (a full
         lookup of the storage key, not stopped at the first record); fails with NotFoundError
-        when there is none. Then repairs the replicas that hold an older one or none."""
+        when there is none, and as :meth:`Node.unanswered` says when no peer answered and we
+        hold none. Then repairs the replicas that hold an older one or none."""
         check_public_key(public_key)
         check_id(key)
         skey = storage_key(public_key, key)
@@ -558,7 +559,8 @@ class NamespaceService:
             best = newest([*found, local] if local is not None else found)
             if best is None:
                 call.fail(NotFoundError(
-                    f"no peer reached holds key {key} of public key {public_key.hex()}"))
+                    f"no peer reached holds key {key} of public key {public_key.hex()}")
+                    if answers else node.unanswered(lookup))
                 return
             call.resolve(best)
             self._repair(best, lookup.closest(), answers, local, now)

@@ -51,6 +51,7 @@ from .errors import (
     NotFoundError,
     OperationTimeout,
     ProtocolError,
+    QadomError,
     StorageFull,
     StorageUnavailable,
 )
@@ -610,7 +611,8 @@ class Node:
 
     def get(self, key: int, now: float) -> Call[bytes]:
         """The value whose SHA-256 is ``key``, from our store or the network; fails with
-        NotFoundError when no peer reached has it. A store that cannot be read now
+        NotFoundError when no peer reached has it, and as :meth:`unanswered` says when no peer
+        answered. A store that cannot be read now
         (StorageUnavailable) is passed over: the k closest peers hold the value too."""
         check_id(key)
         call: Call[bytes] = self.new_call("get", now)
@@ -643,6 +645,8 @@ class Node:
             if found:
                 call.resolve(found[0])
                 self._cache_on_path(key, found[0], without, lookup, now)
+            elif not lookup.closest():
+                call.fail(self.unanswered(lookup))
             else:
                 call.fail(NotFoundError(f"no peer reached holds key {key}"))
 
@@ -692,6 +696,15 @@ class Node:
                        lambda stored, now: call.resolve(None), call)
         return call
 
+    @staticmethod
+    def unanswered(lookup: Lookup) -> QadomError:
+        """Why a read that no peer answered found nothing: no peer to ask (NoPeersError), or
+        none of those asked answered (OperationTimeout). Either way it is no sign that the
+        network holds nothing."""
+        if not lookup.candidates():
+            return NoPeersError("no peer known to ask: join a network first (bootstrap)")
+        return OperationTimeout("no peer answered the lookup")
+
     def forget(self, key: int) -> bool:
         """Stop republishing ``key`` as its original publisher (a value, multimap entries, or a
         service record stored under that key); our copies and the network's then expire
@@ -701,7 +714,8 @@ class Node:
 
     def search(self, key: int, now: float) -> Call[builtins.set[int]]:
         """The union of the multimap sets under ``key`` held here and by the k closest peers (and
-        any peer met on the way); an empty set when none. Entries held here that cannot be read
+        any peer met on the way); an empty set when none, but a failure as :meth:`unanswered`
+        says when we hold none and no peer answered. Entries held here that cannot be read
         now (StorageUnavailable) are left out: the k closest peers hold them too."""
         check_id(key)
         call: Call[builtins.set[int]] = self.new_call("search", now)
@@ -722,6 +736,9 @@ class Node:
             return message.nodes
 
         def on_finish(lookup: Lookup, now: float) -> None:
+            if not results and not lookup.closest():
+                call.fail(self.unanswered(lookup))  # not "empty": nobody was asked, or answered
+                return
             paging = [c for c in lookup.closest() if c.id in more]
             if not paging:
                 call.resolve(results)

@@ -311,7 +311,8 @@ class Peer:
         return await self._run(protocol.node.set(value, protocol.now()))
 
     async def get(self, key: int) -> bytes:
-        """The value stored under ``key``; raises KeyError (NotFoundError) when no peer has it."""
+        """The value stored under ``key``; raises KeyError (NotFoundError) when no peer has it,
+        NoPeersError when this peer knows no other and OperationTimeout when none answered."""
         protocol = self._running()
         return await self._run(protocol.node.get(key, protocol.now()))
 
@@ -321,7 +322,9 @@ class Peer:
         await self._run(protocol.node.append(key, value, protocol.now()))
 
     async def search(self, key: int) -> builtins.set[int]:
-        """Every value appended under ``key`` that the k closest peers hold; empty when none."""
+        """Every value appended under ``key`` that the k closest peers hold; empty when none.
+        Raises NoPeersError when this peer holds none and knows no other peer, OperationTimeout
+        when none answered."""
         protocol = self._running()
         return await self._run(protocol.node.search(key, protocol.now()))
 

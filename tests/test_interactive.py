@@ -163,7 +163,9 @@ def test_ctrl_c_during_a_blocking_call_cancels_it(script_loop: None) -> None:
     assert started() == []
     assert asyncio.all_tasks(event_loop()) == set()
     peer = start_peer(port=0, config=FAST)
-    assert started() == [peer] and blocking(peer).search(1) == set()
+    assert started() == [peer]
+    blocking(peer).append(1, 2)
+    assert blocking(peer).search(1) == {2}
 
 
 def test_a_script_peer_that_cannot_reach_its_bootstrap_says_so(
@@ -346,8 +348,9 @@ def test_ctrl_c_stops_an_await_at_the_ipython_prompt(tmp_path: Path) -> None:
                        "len(asyncio.all_tasks(qadom.interactive.event_loop()))")
         peer0.expect(r"Out\[2\]: (?:\x1b\[[0-9;]*m)*(\d+)")
         assert peer0.match.group(1) == "0"  # nothing left running from the interrupted cell
-        peer0.sendline("await peer.search(1)")  # the prompt and the peer work as before
-        peer0.expect(r"Out\[3\]: (?:\x1b\[[0-9;]*m)*set\(\)")
+        # The prompt and the peer work as before.
+        peer0.sendline("await peer.append(1, 7); await peer.search(1)")
+        peer0.expect(r"Out\[3\]: (?:\x1b\[[0-9;]*m)*\{7\}")
         peer0.sendline("exit")
         peer0.expect(pexpect.EOF)
     finally:

@@ -382,13 +382,14 @@ async def test_http_answers_a_store_that_cannot_be_read_with_503_or_the_network_
                                  "sqlite_autoindex_records_1"))
         with caplog.at_level(logging.INFO):
             stored = await client.post("/values", data=b"new", headers=octets)
-            # Our own copy cannot be read: the network is asked (nobody else here).
+            # Our own copy cannot be read: the network is asked, and there is nobody to ask (no
+            # peer known: 502, not a 404 that would say the network holds nothing).
             got = await client.get(f"/values/{key}")
             namespace = await client.get(f"/namespaces/{'11' * 32}/{key_text(9)}")
             # A /dht read looks at our own copy last, once the network has none: it fails at
             # once with the store's refusal, not at the operation deadline.
             dht = await asyncio.wait_for(client.get("/dht/name"), FAST.operation_timeout / 2)
-        for answer, status in ((stored, 503), (got, 404), (namespace, 404), (dht, 503)):
+        for answer, status in ((stored, 503), (got, 502), (namespace, 502), (dht, 503)):
             assert answer.status == status
             assert answer.content_type == "application/json"
             assert set(await answer.json()) == {"error"}

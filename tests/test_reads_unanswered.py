@@ -1,0 +1,75 @@
+"""A read that no peer answered says so: nobody to ask (NoPeersError) or nobody answering
+(OperationTimeout), never "not found" or an empty set, which would say the network holds
+nothing. What the node holds itself is still read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from qadom import Config, Identity, NoPeersError, NotFoundError, OperationTimeout, Peer
+from qadom.call import Call
+from qadom.node import Node
+from qadom.sim import SimNetwork
+
+from helpers import FAST
+
+CONFIG = Config(k=4, rpc_timeout=0.5, rpc_timeout_min=0.25, rpc_timeout_max=1.0,
+                operation_timeout=20.0)
+
+
+def each_read(net: SimNetwork, node: Node, owner: bytes) -> list[BaseException | object]:
+    """What get, search, namespace get and /dht get of things nobody stored give on ``node``."""
+    outcomes: list[BaseException | object] = []
+    starts: list[Callable[[float], Call[Any]]] = [
+        lambda now: node.get(5, now), lambda now: node.search(5, now),
+        lambda now: node.namespace.get(owner, 5, now),
+        lambda now: node.dht_records.get("name", now)]
+    for start in starts:
+        call = net.call(node, start)
+        try:
+            outcomes.append(net.run_call(call))
+        except Exception as exc:  # what the read failed with
+            outcomes.append(exc)
+    return outcomes
+
+
+def test_a_lone_node_has_nobody_to_ask_but_reads_what_it_holds() -> None:
+    net = SimNetwork(1, config=CONFIG)
+    (node,) = net.add_nodes(1)
+    owner = Identity.generate().public_key
+    assert all(isinstance(o, NoPeersError) for o in each_read(net, node, owner))
+    net.run_call(net.call(node, node.append, 5, 9))
+    assert net.run_call(net.call(node, node.search, 5)) == {9}
+    key = net.run_call(net.call(node, node.set, b"mine"))
+    assert net.run_call(net.call(node, node.get, key)) == b"mine"
+
+
+def test_a_node_whose_peers_are_all_gone_says_none_answered() -> None:
+    net = SimNetwork(2, config=CONFIG)
+    node, *others = net.add_nodes(8)
+    for other in others:
+        net.remove(other)
+    owner = Identity.generate().public_key
+    outcomes = each_read(net, node, owner)
+    # The first read asks them all in vain; the routing table has given them up by the later
+    # reads, which then have nobody left to ask.
+    assert isinstance(outcomes[0], OperationTimeout)
+    assert all(isinstance(o, (OperationTimeout, NoPeersError)) for o in outcomes), outcomes
+
+
+def test_peers_that_answer_without_the_item_give_not_found_and_empty() -> None:
+    net = SimNetwork(3, config=CONFIG)
+    node, *_ = net.add_nodes(8)
+    owner = Identity.generate().public_key
+    got, searched, named, dht = each_read(net, node, owner)
+    assert isinstance(got, NotFoundError) and searched == set()
+    assert isinstance(named, NotFoundError) and isinstance(dht, NotFoundError)
+
+
+async def test_an_identity_sets_through_a_lone_peer_from_its_own_seqs() -> None:
+    async with Peer("127.0.0.1", 0, config=FAST) as peer:
+        owner = Identity.generate()
+        assert await owner.set(peer, 7, b"v1") == 0
+        assert await owner.set(peer, 7, b"v2") == 1
+        assert await peer.namespace_get(owner.public_key, 7) == b"v2"
