@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import json
 import logging
@@ -721,6 +722,8 @@ async def _keygen(args: argparse.Namespace) -> int:
         raise CommandLineError("FILE must name a file")
     if not args.force and os.path.lexists(path):
         raise CommandLineError(f"{path!r} exists: give --force to replace it")
+    if os.path.isdir(path):  # '.', '/': no file name to write next to, and never replaceable
+        raise OSError(errno.EISDIR, f"cannot write {path!r}: {os.strerror(errno.EISDIR)}")
     identity = Identity.generate()
     try:
         identity.save(path)

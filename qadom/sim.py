@@ -197,6 +197,9 @@ class SimNetwork:
         self._by_id: dict[int, Node] = {}
         self._sides: dict[Address, int] | None = None  # set while the network is partitioned
         self._measured: int | None = None  # the origin of the lookup lookup() is measuring
+        # A node whose churn join failed while it was the measured origin: it leaves once the
+        # measurement is over, not halfway through it.
+        self._unjoined: Node | None = None
 
     # ------------------------------------------------------------------ building
 
@@ -311,8 +314,9 @@ class SimNetwork:
         :meth:`lookup` is measuring (its report would be of an origin gone halfway, not of a
         lookup); none leaves when only those are live. A joining node bootstraps through a
         random live node, and its bootstrap call is appended to :attr:`joins`; a node whose
-        bootstrap fails (its datagrams lost, or that node gone meanwhile) leaves again. They
-        happen as :meth:`run_for` or :meth:`run_call` reach their times."""
+        bootstrap fails (its datagrams lost, or that node gone meanwhile) leaves again, once the
+        lookup being measured is over if it is that lookup's origin. They happen as
+        :meth:`run_for` or :meth:`run_call` reach their times."""
         if leave < 0 or join < 0 or duration < 0:
             raise InvalidArgument("leave, join and duration must not be negative")
         begin = self.now if start is None else start
@@ -431,6 +435,9 @@ class SimNetwork:
         finally:
             self._measured = None
             unsubscribe()
+            if self._unjoined is not None:
+                unjoined, self._unjoined = self._unjoined, None
+                self.remove(unjoined)
         finished = next((e for e in events if isinstance(e, LookupFinished)
                          and e.lookup_id == lookup_id), None)
         truth = self.true_closest(target, node.config.k, exclude=node.id)
@@ -583,9 +590,14 @@ class SimNetwork:
     def _joined(self, node: Node, joining: Call[int]) -> None:
         # A node that cannot join leaves again, as `qadom serve --bootstrap` exits when no
         # bootstrap address answers: else it would stay on the network knowing nobody, and
-        # answer every read from its empty table.
+        # answer every read from its empty table. The origin of the lookup being measured
+        # leaves when the measurement is over: its report is of a lookup, not of an origin gone
+        # halfway (as a churn departure spares it).
         if joining.exception() is not None:
-            self.remove(node)
+            if node.id == self._measured:
+                self._unjoined = node
+            else:
+                self.remove(node)
 
     def _random_live_address(self) -> Address | None:
         ids = self._live_ids

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import fcntl
 import json
+import os
 import random
 import signal
 import socket
@@ -96,6 +97,19 @@ def test_keygen_into_a_missing_directory_fails_with_one_line(tmp_path: Path) -> 
     assert result.returncode == 1
     assert one_line_error(result).startswith(f"cannot write {str(path)!r}: ")
     assert not path.parent.exists()
+
+
+@pytest.mark.parametrize("target", [".", "directory"])
+def test_keygen_forced_onto_a_directory_fails_with_one_line(tmp_path: Path, target: str) -> None:
+    where = tmp_path / "directory"
+    where.mkdir()
+    path = target if target == "." else str(where)
+    result = subprocess.run([sys.executable, "-m", "qadom", "keygen", path, "--force"],
+                            capture_output=True, timeout=RUN_TIMEOUT, cwd=where, check=False,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 1
+    assert one_line_error(result) == f"cannot write {path!r}: Is a directory"
+    assert list(where.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- namespaces
