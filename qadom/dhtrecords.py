@@ -665,7 +665,8 @@ class DhtRecordService:
                 own = self.local(key, now)
             except StorageUnavailable:
                 if not found:
-                    raise  # fails the get with the store's error
+                    raise  # fails the get with the store's error (and is counted there)
+                node.stats["storage_errors"] += 1
                 own = None  # peers answered: our copy cannot be read, theirs serve
             if own is not None:
                 found.append((node.id ^ skey, own))

@@ -31,8 +31,8 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
 * Bounds (not in the paper; a lookup runs on what remote peers name): at most
   :attr:`Lookup.max_requests` requests are asked, after which the lookup ends once none is in
   flight; at most :attr:`Lookup.max_candidates` candidates are kept, past which the farthest are
-  forgotten, failed ones first, then ones not asked yet, then ones that answered (never one in
-  flight or stalled, nor one of the ``k`` closest that answered); and at most as many refused
+  forgotten, failed ones first, then ones not asked yet or that answered (never one in flight
+  or stalled, nor one of the ``k`` closest that answered); and at most as many refused
   candidates are kept aside. So peers that keep naming new contacts cannot make a lookup hold,
   or scan at every reply, more than a fixed number of candidates, nor make it ask without end
   until its deadline.
@@ -293,7 +293,7 @@ class Lookup:
     def _trim(self, excess: int) -> None:
         """Forget ``excess`` candidates (fewer if only in-flight, stalled and the ``k`` closest
         answered are left): the farthest failed ones first (they are kept only so that they are
-        not asked again), then the farthest not asked yet, then the farthest that answered."""
+        not asked again), then the farthest of those not asked yet and those that answered."""
         order = self._order
         answered_kept = 0
         closest_answered: set[int] = set()
@@ -303,12 +303,15 @@ class Lookup:
             if cand.state is State.ANSWERED:
                 closest_answered.add(id(cand))
                 answered_kept += 1
+        # Failed ones first, then the farthest of the others: one not asked yet that is closer
+        # than an answer beyond the k closest answers may still move into them, that answer
+        # never will.
         victims: set[int] = set()
-        for state in (State.FAILED, State.WAITING, State.ANSWERED):
+        for states in ((State.FAILED,), (State.WAITING, State.ANSWERED)):
             for cand in reversed(order):
                 if len(victims) >= excess:
                     break
-                if cand.state is state and id(cand) not in closest_answered:
+                if cand.state in states and id(cand) not in closest_answered:
                     victims.add(id(cand))
         if not victims:
             return

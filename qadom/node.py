@@ -950,21 +950,26 @@ class Node:
 
     def _token_to_send(self, address: Address, now: float) -> tuple[bytes | None, bool]:
         """The token ``address`` granted us to put in a request now, and whether it is surely
-        still valid there. A peer changes its secret ``token_lifetime`` after the last change,
-        at its next maintenance tick, and takes tokens of the current and the previous secret
-        (with our timing, the usual case): a token is surely valid for ``token_lifetime -
-        maintenance_interval`` after it came, and surely dead ``2 * (token_lifetime +
-        maintenance_interval)`` after it came (it is then forgotten). In between it is sent,
-        but with the request padded as if there were none, so that the answer comes in full
-        either way instead of a CHALLENGE and a second round trip: the case of every peer we
-        have not asked for a while."""
+        still valid there. A peer changes its secret at a maintenance tick once
+        ``token_lifetime`` has passed since the last change, and takes tokens of the current
+        and the previous secret (with our timing, the usual case). Ticks are
+        ``maintenance_interval`` apart, so the secret after the one a token was minted from
+        lasts at least the longer of the two intervals, and the token with it: it is surely
+        valid for that long after it came, less a margin for the flight of the reply that
+        brought it and of the request that uses it (a maintenance interval, but at most half
+        of that time), and surely dead ``2 *
+        (token_lifetime + maintenance_interval)`` after it came (it is then forgotten). In
+        between it is sent, but with the request padded as if there were none, so that the
+        answer comes in full either way instead of a CHALLENGE and a second round trip: the
+        case of every peer we have not asked for a while."""
         kept = self._tokens.get(address)
         if kept is None:
             return None, False
         token, came = kept
         cfg = self.config
         age = now - came
-        if age < cfg.token_lifetime - cfg.maintenance_interval:
+        lasts = max(cfg.token_lifetime, cfg.maintenance_interval)
+        if age < lasts - min(cfg.maintenance_interval, lasts / 2):
             return token, True
         if age < 2 * (cfg.token_lifetime + cfg.maintenance_interval):
             return token, False
