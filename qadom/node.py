@@ -696,14 +696,15 @@ class Node:
                        lambda stored, now: call.resolve(None), call)
         return call
 
-    @staticmethod
-    def unanswered(lookup: Lookup) -> QadomError:
-        """Why a read that no peer answered found nothing: no peer to ask (NoPeersError), or
-        none of those asked answered (OperationTimeout). Either way it is no sign that the
-        network holds nothing."""
-        if not lookup.candidates():
-            return NoPeersError("no peer known to ask: join a network first (bootstrap)")
-        return OperationTimeout("no peer answered the lookup")
+    def unanswered(self, lookup: Lookup) -> QadomError:
+        """Why a read that no peer answered found nothing: no peer known (NoPeersError), or
+        none of those asked answered, or every peer known failed of late and none was asked
+        (OperationTimeout). Either way it is no sign that the network holds nothing."""
+        if lookup.candidates():
+            return OperationTimeout("no peer answered the lookup")
+        if len(self.table):
+            return OperationTimeout("every known peer failed to answer of late; none was asked")
+        return NoPeersError("no peer known to ask: join a network first (bootstrap)")
 
     def forget(self, key: int) -> bool:
         """Stop republishing ``key`` as its original publisher (a value, multimap entries, or a

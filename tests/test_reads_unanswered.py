@@ -73,3 +73,13 @@ async def test_an_identity_sets_through_a_lone_peer_from_its_own_seqs() -> None:
         assert await owner.set(peer, 7, b"v1") == 0
         assert await owner.set(peer, 7, b"v2") == 1
         assert await peer.namespace_get(owner.public_key, 7) == b"v2"
+
+
+def test_a_node_whose_known_peers_all_failed_of_late_says_so_not_join_first() -> None:
+    net = SimNetwork(4, config=CONFIG)
+    node, *_ = net.add_nodes(8)
+    for contact in node.table:  # every contact failed twice in a row just now: in backoff
+        node._dead[contact.address] = net.now + CONFIG.dead_backoff
+    assert len(node.table)
+    outcomes = each_read(net, node, Identity.generate().public_key)
+    assert all(isinstance(o, OperationTimeout) and "failed" in str(o) for o in outcomes), outcomes
