@@ -109,6 +109,12 @@ MAX_EXP_TIME = 2**53
 """exp_time bound: every JSON implementation reads integers below 2**53 exactly, so the text the
 signature covers is the same for the client and for us."""
 
+# A contact in a DHT_RECORD costs at most ~90 bytes (32-byte id, an IPv6 literal, a port, CBOR
+# heads); the rest of the reply besides the record (envelope with the longest request id, sender
+# and token; the heads of the fields) stays under 128 bytes.
+_CONTACT_BYTES = 90
+_REPLY_OVERHEAD = 128
+
 # The order of the secp256k1 group: signature scalars must lie in [1, N).
 _N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 _HEX = re.compile(r"[0-9a-fA-F]*")
@@ -504,12 +510,15 @@ class DhtFind(Message):
 
 @dataclass(frozen=True, slots=True)
 class DhtRecord(Message):
-    """The live record held under the requested storage key, encoded."""
+    """The live record held under the requested storage key, encoded, and as many of the k
+    closest contacts to it as fit in the datagram: a get or a put runs its lookup on to the k
+    closest, and holders on the way must name them as other peers do."""
 
     CODE = 80
     IS_REQUEST = False
-    FIELDS = (("record", Kind.VALUE),)
+    FIELDS = (("record", Kind.VALUE), ("nodes", Kind.CONTACTS))
     record: bytes
+    nodes: tuple[Contact, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,7 +625,7 @@ class DhtRecordService:
                 if record is None:
                     return None
                 seen.append(record)
-                return ()
+                return message.nodes
             return message.nodes if isinstance(message, Nodes) else None
 
         def on_finish(lookup: Lookup, now: float) -> None:
@@ -657,7 +666,7 @@ class DhtRecordService:
                 live = record.live(now)
                 if live is not None:
                     found.append((contact.id ^ skey, live))
-                return ()
+                return message.nodes
             return message.nodes if isinstance(message, Nodes) else None
 
         def on_finish(lookup: Lookup, now: float) -> None:
@@ -819,10 +828,12 @@ class DhtRecordService:
                      now: float) -> Message:
         record = load(self.node.store, message.target, self.config, now)
         live = record.live(now) if record is not None else None
-        if live is not None:
-            return DhtRecord(encode_record(live))
-        return Nodes(tuple(self.node.table.closest(message.target, self.config.k,
-                                                   exclude=sender)))
+        nodes = self.node.table.closest(message.target, self.config.k, exclude=sender)
+        if live is None:
+            return Nodes(tuple(nodes))
+        encoded = encode_record(live)
+        room = (self.config.max_datagram_size - _REPLY_OVERHEAD - len(encoded)) // _CONTACT_BYTES
+        return DhtRecord(encoded, tuple(nodes[:max(0, room)]))
 
 
 def _refusal_error(refused: DhtRefused | Error) -> QadomError:

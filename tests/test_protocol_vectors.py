@@ -158,7 +158,7 @@ VECTORS: list[tuple[str, Envelope, bytes]] = [
     ("DELIVERED", Envelope(1, None, Delivered()),
      hexed("85 01 184f 01 f6 80")),
     ("DHT_RECORD", Envelope(1, None, DhtRecord(b"\x84")),
-     hexed("85 01 1850 01 f6 81 41 84")),
+     hexed("85 01 1850 01 f6 82 41 84 80")),
     ("DHT_REFUSED", Envelope(1, None, DhtRefused(2, "unauthorized")),
      hexed("85 01 1851 01 f6 82 02", text("unauthorized"))),
     ("INFO_REPLY", Envelope(1, None, InfoReply(b"{}")),
