@@ -1235,7 +1235,13 @@ class Node:
         cached = cache and (old is None or old.cached)
         republish_at = NEVER if cached else now + cfg.republish_interval
         if old is not None:
-            expires = max(expires, old.expires)
+            if cache and not old.cached:
+                # A cached copy's lifetime (up to a day from the get that cached it) never
+                # lengthens a replica's: else a value nobody renews would outlive its day.
+                expires, republish_at = old.expires, old.republish_at
+            elif cache == old.cached:
+                expires = max(expires, old.expires)
+            # A replica over a cached copy lives by its own lifetime, for the same reason.
         return Meta(expires, republish_at, False, cached,
                     old.source if old is not None else host_key(address[0]))
 

@@ -262,6 +262,31 @@ def test_a_cached_copy_over_an_expired_one_stays_a_cached_copy() -> None:
     assert meta.expires == pytest.approx(net.now + 600, abs=1)
 
 
+def test_a_cached_copy_never_lengthens_the_life_of_a_replica() -> None:
+    """A value cached for a day by a get late in its life, then sent by a storer's republish
+    with what is left of it, is a replica that ends with the value's day, not the cache's: else
+    it would republish the longer lifetime onward and a value nobody renews would outlive its
+    day. And a cache STORE reaching a replica leaves its lifetime as it is."""
+    net = SimNetwork(seed=8, config=replace(CONFIG, maintenance_interval=HOUR))
+    sender, cache, replica = net.add_nodes(3)
+    value = b"nobody renews me"
+    key = key_for(value)
+
+    def send(to: Node, message: Store) -> None:
+        net.run_call(net.call(sender, sender.ask, net.address_of(to), message))
+
+    send(cache, Store(value, ttl=int(CONFIG.expire_time), cache=True))  # a get cached it
+    send(cache, Store(value, ttl=2 * 3600))  # a storer's republish: two hours are left
+    meta = cache.store.value_meta(key)
+    assert meta is not None and not meta.cached
+    assert meta.expires == pytest.approx(net.now + 2 * 3600, abs=1)
+    send(replica, Store(value, ttl=2 * 3600))
+    send(replica, Store(value, ttl=int(CONFIG.expire_time), cache=True))
+    meta = replica.store.value_meta(key)
+    assert meta is not None and not meta.cached
+    assert meta.expires == pytest.approx(net.now + 2 * 3600, abs=1)
+
+
 def test_buckets_without_lookups_are_refreshed_every_hour() -> None:
     net, nodes = network(30, seed=6)
     net.run_for(3 * HOUR)
