@@ -525,3 +525,28 @@ def test_sim_a_republished_older_dht_record_fills_but_never_replaces() -> None:
     meta = blank.store.record_meta(RECORD_KIND, skey)
     assert meta is not None and not meta.original and meta.republish_at != NEVER
     assert abs(meta.expires - (republished_at + 20 * HOUR)) < 5
+
+
+def test_a_holder_names_its_closest_contacts_with_the_record_within_a_datagram() -> None:
+    """A /dht get or put runs on to the k closest, so a holder on the way names the contacts it
+    knows closest to the key with its record, as many as fit in one datagram."""
+    network = SimNetwork(seed=43, config=CONFIG)
+    nodes = network.add_nodes(30)
+    holder, asker = nodes[3], nodes[7]
+    skey = storage_key("named")
+    closest = holder.table.closest(skey, CONFIG.k, exclude=asker.id)
+    assert len(closest) == CONFIG.k
+    for data in ("small", "x" * 7900):
+        encoded = encode_record(write(ALICE, "named", data))
+        holder.store.put_record(RECORD_KIND, skey, encoded, network.now,
+                                meta=Meta(network.now + 3600, network.now + 3600))
+        reply = network.run_call(network.call(asker, asker.ask, network.address_of(holder),
+                                              DhtFind(skey)))
+        assert isinstance(reply, DhtRecord) and reply.record == encoded
+        assert list(reply.nodes) == closest[:len(reply.nodes)]
+        if data == "small":
+            assert len(reply.nodes) == CONFIG.k
+        else:  # a record near the size limit leaves room for a few
+            assert 0 < len(reply.nodes) < CONFIG.k
+            size = len(holder.codec.encode(Envelope(2**64 - 1, holder.id, reply, b"t" * 16)))
+            assert size <= CONFIG.max_datagram_size
