@@ -612,8 +612,8 @@ class Node:
     def get(self, key: int, now: float) -> Call[bytes]:
         """The value whose SHA-256 is ``key``, from our store or the network; fails with
         NotFoundError when no peer reached has it, and as :meth:`unanswered` says when no peer
-        answered. A store that cannot be read now
-        (StorageUnavailable) is passed over: the k closest peers hold the value too."""
+        answered. A store that cannot be read now (StorageUnavailable) is passed over: the k
+        closest peers hold the value too."""
         check_id(key)
         call: Call[bytes] = self.new_call("get", now)
         try:
@@ -958,11 +958,11 @@ class Node:
         lasts at least the longer of the two intervals, and the token with it: it is surely
         valid for that long after it came, less a margin for the flight of the reply that
         brought it and of the request that uses it (a maintenance interval, but at most half
-        of that time), and surely dead ``2 *
-        (token_lifetime + maintenance_interval)`` after it came (it is then forgotten). In
-        between it is sent, but with the request padded as if there were none, so that the
-        answer comes in full either way instead of a CHALLENGE and a second round trip: the
-        case of every peer we have not asked for a while."""
+        of that time), and surely dead ``2 * (token_lifetime + maintenance_interval)`` after
+        it came (it is then forgotten). In between it is sent, but with the request padded as
+        if there were none, so that the answer comes in full either way instead of a
+        CHALLENGE and a second round trip: the case of every peer we have not asked for a
+        while."""
         kept = self._tokens.get(address)
         if kept is None:
             return None, False
