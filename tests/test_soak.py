@@ -362,7 +362,12 @@ def test_the_run_covered_three_days_of_churn_and_work(soak: tuple[Soak, ErrorLog
     assert len(scenario.checkpoints) == 12
     assert scenario.errors == []
     joined = net.joins
-    assert len(joined) >= 100 and all(c.done for c in joined)
+    assert len(joined) >= 100
+    # A churn departure may pick a node still joining: its bootstrap, like all it was doing,
+    # ends with it. Every join of a node still on the network ends (within operation_timeout).
+    running = {id(call): address for address, node in net.nodes.items()
+               for _, call in node._deadlines.values()}
+    assert all(running.get(id(c)) in net.down for c in joined if not c.done)
     # A join fails only when both attempts of its one bootstrap ping are lost (2% loss each
     # way) or its bootstrap node leaves meanwhile; such a node leaves again.
     failed = [c for c in joined if c.exception() is not None]
