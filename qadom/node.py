@@ -148,6 +148,37 @@ class _Request:
         self.sent_at = now
 
 
+class _NodeLookup(Lookup):
+    """A lookup run by a node: also what the peers that refused it with an ERROR said, so
+    that a read nobody answered can tell refusals from silence (:meth:`Node.unanswered`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refusals = 0  # requests that failed for an ERROR reply
+        self.first_refusal: Error | None = None
+
+    def on_refusal(self, contact: Contact, error: Error) -> None:
+        """``contact`` answered with ``error``: a failure (see :meth:`Lookup.on_failure`),
+        counted as a refusal if it ended the request."""
+        failures = self.failures
+        self.on_failure(contact)
+        if self.failures > failures:
+            self.refusals += 1
+            if self.first_refusal is None:
+                self.first_refusal = error
+
+
+def _describe(error: Error) -> str:
+    """An ERROR reply as text for a message: its code's name and its reason, shortened, with
+    any character that is not printable replaced (the reason is the remote peer's text)."""
+    try:
+        code = ErrorCode(error.code).name
+    except ValueError:
+        code = f"code {error.code}"
+    reason = "".join(c if c.isprintable() else "?" for c in error.reason[:120])
+    return f"{code} ({reason})" if reason else code
+
+
 class _LookupRun:
     """One iterative lookup driven by a node (see :meth:`Node.run_lookup`): asks whom its
     :class:`Lookup` chooses, feeds it the replies, and ends once. Requests and timers point to
@@ -156,9 +187,10 @@ class _LookupRun:
     __slots__ = ("call", "emit", "finished", "hedge_timer", "kind", "lookup", "lookup_id",
                  "message", "node", "on_finish", "on_message", "refilled", "started")
 
-    def __init__(self, node: Node, lookup: Lookup, lookup_id: int, kind: str, message: Message,
-                 on_message: OnMessage, on_finish: Callable[[Lookup, float], None],
-                 call: Call[Any] | None, now: float) -> None:
+    def __init__(self, node: Node, lookup: _NodeLookup, lookup_id: int, kind: str,
+                 message: Message, on_message: OnMessage,
+                 on_finish: Callable[[Lookup, float], None], call: Call[Any] | None,
+                 now: float) -> None:
         self.node = node
         self.lookup = lookup
         self.lookup_id = lookup_id
@@ -251,9 +283,11 @@ class _LookupRun:
         if self.finished:
             return
         lookup, emit = self.lookup, self.emit
-        if envelope is None or isinstance(envelope.message, Error):
+        if envelope is not None and isinstance(envelope.message, Error):
+            lookup.on_refusal(contact, envelope.message)
+        elif envelope is None:
             lookup.on_failure(contact)
-            if emit and envelope is None:
+            if emit:
                 emit(LookupTimeout(self.lookup_id, now, contact, True))
         else:
             named = self.on_message(contact, envelope.message, lookup, now)
@@ -358,7 +392,8 @@ class Node:
         self._granted: dict[Address, bytes] = {}  # ours, minted from the current secret
         self._proof_required: set[type[Message]] = set()
         self._verifying: dict[Address, float] = {}
-        self._handed: dict[int, float] = {}  # neighbours we handed items over to, and when
+        # Neighbours we handed items over to, and when, oldest hand-over first (_hand_over).
+        self._handed: OrderedDict[int, float] = OrderedDict()
         self._listeners: list[Callable[[LookupEvent], None]] = []
         cfg = self.config
         self._address_rate: RateLimiter[Address] = RateLimiter(
@@ -698,10 +733,23 @@ class Node:
 
     def unanswered(self, lookup: Lookup) -> QadomError:
         """Why a read that no peer answered found nothing: no peer known (NoPeersError), or
-        none of those asked answered, or every peer known failed of late and none was asked
-        (OperationTimeout). Either way it is no sign that the network holds nothing."""
+        none of those asked answered with a result, or every peer known failed of late and none
+        was asked (OperationTimeout). Either way it is no sign that the network holds nothing.
+
+        The message tells silence from refusals: peers that answered with an ERROR (a store
+        they cannot read, a rate limit...) answered, and what the first of them said is given."""
         if lookup.candidates():
-            return OperationTimeout("no peer answered the lookup")
+            refusals = lookup.refusals if isinstance(lookup, _NodeLookup) else 0
+            first = lookup.first_refusal if isinstance(lookup, _NodeLookup) else None
+            if not refusals or first is None:
+                return OperationTimeout("no peer answered the lookup")
+            said = _describe(first)
+            if refusals >= lookup.requests:
+                return OperationTimeout(f"every peer asked answered with an error: {said}")
+            return OperationTimeout(
+                f"no peer answered the lookup with a result: {refusals} of the "
+                f"{lookup.requests} asked answered with an error (the first: {said}), the "
+                "others with nothing of use")
         if len(self.table):
             return OperationTimeout("every known peer failed to answer of late; none was asked")
         return NoPeersError("no peer known to ask: join a network first (bootstrap)")
@@ -1088,6 +1136,7 @@ class Node:
         if len(handed) >= _MAX_HANDED:
             handed.clear()  # a bound on memory: at worst one more hand-over to a neighbour
         handed[newcomer.id] = now
+        handed.move_to_end(newcomer.id)  # oldest first, for _forget_old_bookkeeping
         for copy in copies:
             self.stats["handed_over"] += 1
             self.request(newcomer.address, copy, now, expect_id=newcomer.id)
@@ -1358,17 +1407,17 @@ class Node:
             nearest = table.nearest(target)
         if nearest is not None and likely is not None and likely(nearest) and not skip(nearest):
             # The probe is built alone; the other seeds only if it misses.
-            lookup = Lookup(target, cfg.k, cfg.alpha, (nearest,), own_id=self.id, skip=skip,
-                            likely=likely, later=seeds, network=_network,
-                            max_per_network=cfg.max_lookup_contacts_per_prefix,
-                            max_candidates=cfg.lookup_max_candidates,
-                            max_requests=cfg.lookup_max_requests)
+            lookup = _NodeLookup(target, cfg.k, cfg.alpha, (nearest,), own_id=self.id, skip=skip,
+                                 likely=likely, later=seeds, network=_network,
+                                 max_per_network=cfg.max_lookup_contacts_per_prefix,
+                                 max_candidates=cfg.lookup_max_candidates,
+                                 max_requests=cfg.lookup_max_requests)
         else:
-            lookup = Lookup(target, cfg.k, cfg.alpha, seeds(), own_id=self.id, skip=skip,
-                            likely=likely, network=_network,
-                            max_per_network=cfg.max_lookup_contacts_per_prefix,
-                            max_candidates=cfg.lookup_max_candidates,
-                            max_requests=cfg.lookup_max_requests)
+            lookup = _NodeLookup(target, cfg.k, cfg.alpha, seeds(), own_id=self.id, skip=skip,
+                                 likely=likely, network=_network,
+                                 max_per_network=cfg.max_lookup_contacts_per_prefix,
+                                 max_candidates=cfg.lookup_max_candidates,
+                                 max_requests=cfg.lookup_max_requests)
         table.touch(target, now)
         run = _LookupRun(self, lookup, self._lookup_seq, kind, message, on_message, on_finish,
                          call, now)
@@ -1488,6 +1537,7 @@ class Node:
             self._republish(now)
         with self._store_step("save contacts"):
             self.save_contacts()
+        self._forget_old_bookkeeping(now)
         for address in [a for a, until in self._dead.items() if until <= now]:
             del self._dead[address]
         for banned in [b for b, until in self._banned.items() if until <= now]:
@@ -1509,6 +1559,46 @@ class Node:
                 self._refresh(stale, now, lambda now: None)
         elif now >= self._rejoin_at:
             self._rejoin(now)
+
+    def _forget_old_bookkeeping(self, now: float) -> None:
+        """Forget the per-peer entries that can no longer change an answer, so that what a node
+        keeps follows its recent traffic, not every address churn ever showed it. Each structure
+        is kept oldest first, so each sweep stops at its first entry still of use and costs time
+        in proportion to what it forgets.
+
+        * ``_tokens``: a token granted to us ``2 * (token_lifetime + maintenance_interval)``
+          ago or more is surely dead, and :meth:`_token_to_send` drops it instead of sending it:
+          kept or not, none is sent. Ordered by when each came (``_keep_token``).
+        * ``_handed``: a neighbour handed items over to ``republish_interval`` ago or more is
+          handed them over again as if it had never been (:meth:`_hand_over`). Ordered by when.
+        * the request rate limiters: a sender whose bucket has refilled is allowed the same as
+          one never seen (:meth:`RateLimiter.sweep`); so are publishers at the pubsub relay, and
+          a subscriber's inbox forgets the streams no copy or message can still come on
+          (:meth:`PubSubService.forget_old`).
+
+        ``_failures`` is not swept by age: a count of failures below ``dead_after_failures``
+        matters however old it is (the next failure puts the address in backoff), so only its
+        bound (``max_failure_counts``) limits it. ``_dead``, ``_banned`` and ``_verifying`` are
+        swept by their own deadlines in :meth:`_maintain`, and ``_granted`` is emptied at every
+        change of secret."""
+        cfg = self.config
+        tokens = self._tokens
+        dead_after = 2 * (cfg.token_lifetime + cfg.maintenance_interval)
+        while tokens:
+            address, (_, came) = next(iter(tokens.items()))
+            if now - came < dead_after:  # the test _token_to_send drops a token by
+                break
+            del tokens[address]
+        handed, interval = self._handed, cfg.republish_interval
+        while handed:
+            node_id, at = next(iter(handed.items()))
+            if at + interval > now:  # the test _hand_over skips a neighbour by
+                break
+            del handed[node_id]
+        self._address_rate.sweep(now)
+        self._host_rate.sweep(now)
+        self._refusals.sweep(now)
+        self.pubsub.forget_old(now)
 
     def save_contacts(self) -> None:
         """Save the routing table, for a restart or a rejoin.

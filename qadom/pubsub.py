@@ -541,6 +541,27 @@ class Inbox:
         """How many streams are tracked."""
         return len(self._streams)
 
+    def forget_idle(self, now: float, idle: float) -> int:
+        """Forget the streams holding no message and not heard for ``idle`` seconds, least
+        recently heard first, stopping at the first that must stay; returns how many.
+
+        With ``idle`` at least the copy window plus the longest silence after which a publisher
+        still goes on with a stream (see :meth:`PubSubService.forget_old`), nothing an honest
+        publisher sends can find such a stream's entry of use: every copy of a message it passed
+        on, or gave up behind a gap, has come by then, so no duplicate can come to be dropped;
+        and a later message of the stream cannot be the one it expects next (that one would
+        have left within the silence), so it waits behind a gap for ``reorder_timeout`` and is
+        passed on then, as the first message of a stream not tracked is."""
+        streams = self._streams
+        forgotten = 0
+        while streams:
+            stream_id, oldest = next(iter(streams.items()))
+            if oldest.held or oldest.heard + idle > now:
+                break
+            del streams[stream_id]
+            forgotten += 1
+        return forgotten
+
     def _forget_oldest(self, now: float) -> bool:
         """Make room by forgetting the least recently heard stream, if it may be forgotten."""
         stream_id, oldest = next(iter(self._streams.items()))
@@ -1108,6 +1129,23 @@ class PubSubService:
             return Error(ErrorCode.NOT_SUBSCRIBED, "not subscribed to this topic through you")
         self._receive(topic, message.stream, message.seq, message.value, now)
         return Delivered()
+
+    def forget_old(self, now: float) -> None:
+        """Forget bookkeeping that can no longer change an answer (called at the node's
+        maintenance ticks): the publishers whose rate buckets have refilled (as good as never
+        seen), and in each of our subscriptions' inboxes the streams silent for longer than
+        anything of theirs can still arrive.
+
+        A publisher starts a new stream after a silence of less than ``pubsub_stream_lifetime``
+        (``_stream_idle``), and every copy of a message arrives within the copy window of its
+        publish: a stream heard last ``pubsub_stream_lifetime + pubsub_copy_window`` ago will
+        get neither a copy of what it had nor the message it expects next (see
+        :meth:`Inbox.forget_idle`)."""
+        self.limiter.sweep(now)
+        cfg = self.node.config
+        idle = cfg.pubsub_stream_lifetime + cfg.pubsub_copy_window
+        for topic in self._topics.values():
+            topic.inbox.forget_idle(now, idle)
 
     def _arm_sweep(self, now: float) -> None:
         if not self._sweep_armed:

@@ -1,7 +1,9 @@
 """Token-bucket rate limiting, pure: time comes in as ``now``.
 
 Used by the node for requests per sending address and per sending host, and by publish/subscribe
-for messages per sender. Memory is bounded by ``max_senders`` per limiter.
+for messages per sender. Memory is bounded by ``max_senders`` per limiter, and
+:meth:`RateLimiter.sweep` forgets the senders whose buckets have refilled, so a limiter holds
+only the senders heard of late.
 """
 
 from __future__ import annotations
@@ -44,6 +46,26 @@ class RateLimiter(Generic[K]):
         allowed = tokens >= 1.0
         buckets[sender] = (tokens - 1.0 if allowed else tokens, updated)
         return allowed
+
+    def sweep(self, now: float) -> int:
+        """Forget the senders whose buckets have refilled to ``burst`` by ``now``; returns how many.
+
+        Such a bucket is worth nothing: a sender not tracked gets a full bucket, so its next
+        :meth:`allow` answers the same whether it is kept or not, and so does every later one.
+        Buckets are kept least recently seen first, and each is refilled as of when it was last
+        seen, so the first buckets are the first to be full: this stops at the first that is not,
+        in time proportional to what it forgets (a full one behind it goes at a later sweep, at
+        most ``burst / rate`` seconds after that one was last seen)."""
+        buckets, burst, rate = self._buckets, float(self.burst), self.rate
+        forgotten = 0
+        while buckets:
+            sender, (tokens, updated) = next(iter(buckets.items()))
+            # As allow() refills: only when time has passed (an infinite rate times no time).
+            if tokens < burst and not (now > updated and tokens + (now - updated) * rate >= burst):
+                break
+            del buckets[sender]
+            forgotten += 1
+        return forgotten
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -9,6 +9,8 @@ from typing import Any
 
 from qadom import Config, Identity, NoPeersError, NotFoundError, OperationTimeout, Peer
 from qadom.call import Call
+from qadom.contact import Address
+from qadom.messages import Error, ErrorCode, FindValue, Search
 from qadom.node import Node
 from qadom.sim import SimNetwork
 
@@ -83,3 +85,49 @@ def test_a_node_whose_known_peers_all_failed_of_late_says_so_not_join_first() ->
     assert len(node.table)
     outcomes = each_read(net, node, Identity.generate().public_key)
     assert all(isinstance(o, OperationTimeout) and "failed" in str(o) for o in outcomes), outcomes
+
+
+def refuse_every_read(node: Node) -> None:
+    """Have ``node`` answer every value and multimap read with ERROR STORAGE_UNAVAILABLE."""
+    def refuse(message: object, sender: int | None, address: Address, now: float) -> Error:
+        return Error(ErrorCode.STORAGE_UNAVAILABLE, "the disk\nis gone")
+
+    node.register_handler(FindValue, refuse)
+    node.register_handler(Search, refuse)
+
+
+def test_peers_that_all_refuse_a_read_are_told_from_peers_that_are_silent() -> None:
+    net = SimNetwork(5, config=CONFIG)
+    node, *others = net.add_nodes(6)
+    for other in others:
+        refuse_every_read(other)
+    starts: list[Callable[[float], Call[Any]]] = [
+        lambda now: node.get(5, now), lambda now: node.search(5, now)]
+    for start in starts:
+        try:
+            net.run_call(net.call(node, start))
+        except OperationTimeout as exc:  # the class the HTTP layer answers 504 for
+            text = str(exc)
+        else:
+            raise AssertionError("a read every peer refused succeeded")
+        assert text == ("every peer asked answered with an error: "
+                        "STORAGE_UNAVAILABLE (the disk?is gone)"), text
+
+
+def test_a_read_some_peers_refuse_and_the_others_ignore_says_both() -> None:
+    net = SimNetwork(6, config=CONFIG)
+    node, *others = net.add_nodes(6)
+    refusing, silent = others[:2], others[2:]
+    for other in refusing:
+        refuse_every_read(other)
+    for other in silent:
+        net.remove(other)
+    try:
+        net.run_call(net.call(node, node.get, 5))
+    except OperationTimeout as exc:
+        text = str(exc)
+    else:
+        raise AssertionError("a read no peer answered succeeded")
+    assert text.startswith("no peer answered the lookup with a result: 2 of the "), text
+    assert "answered with an error (the first: STORAGE_UNAVAILABLE (the disk?is gone))" in text
+
