@@ -31,6 +31,14 @@ Public keys are compared by their compressed form, so both spellings of one key 
 High-S signatures are accepted (normalised to low S before libsecp256k1, which only accepts low S):
 clients sign with libraries that produce either.
 
+The signed text puts ``str(exp_time)`` right after ``data`` with nothing between them, so one
+signature covers every other split of that text into the two fields: a write of ``"price=25"``
+until 1800000000 is also a valid signature of ``"price="`` until 251800000000. A numeric
+``exp_time`` must therefore lie below :data:`EXP_TIME_LIMIT` (10**10, in the year 2286). Every
+live write then has an ``exp_time`` of exactly ten digits before any fraction (it is later than
+now, which is past 10**9), and no two such numbers' texts end one another: the split of a signed
+text into a live ``data`` and ``exp_time`` is unique, and a signature vouches for one write only.
+
 A record is kept in the node's store as ``store.put_record("dht", storage_key(key), encoded, now,
 meta=...)`` (CBOR, see :func:`encode_record`), so a durable store persists it unchanged.
 
@@ -106,8 +114,13 @@ IDENTITY_KEY = int.from_bytes(hashlib.sha256(b"qadom secp256k1 signing key").dig
 
 FORMAT_VERSION = 1
 MAX_EXP_TIME = 2**53
-"""exp_time bound: every JSON implementation reads integers below 2**53 exactly, so the text the
-signature covers is the same for the client and for us."""
+"""exp_time bound of the format: every JSON implementation reads integers below 2**53 exactly, so
+the text the signature covers is the same for the client and for us."""
+
+EXP_TIME_LIMIT = 10**10
+"""A write's ``exp_time`` must be below this (the year 2286): the bound that makes a signature
+cover one write only (see the module docstring). A signed ``exp_time`` at or past it is refused
+as if its signature did not verify."""
 
 # A contact in a DHT_RECORD costs at most ~90 bytes (32-byte id, an IPv6 literal, a port, CBOR
 # heads); the rest of the reply besides the record (envelope with the longest request id, sender
@@ -193,8 +206,9 @@ def compress(pub_key: bytes) -> bytes:
 
 
 def verify(entry: Entry, key: str, mode: str) -> bool:
-    """Whether ``entry``'s signature is valid for ``key`` and ``mode``."""
-    if len(entry.sign) != 64:
+    """Whether ``entry``'s signature is valid for ``key`` and ``mode``. Never for an
+    ``exp_time`` at or past :data:`EXP_TIME_LIMIT`, whose signature may be another write's."""
+    if len(entry.sign) != 64 or not _pinned(entry.exp_time):
         return False
     r = int.from_bytes(entry.sign[:32], "big")
     s = int.from_bytes(entry.sign[32:], "big")
@@ -208,6 +222,10 @@ def verify(entry: Entry, key: str, mode: str) -> bool:
         return bool(PublicKey(entry.pub_key).verify(der, message))
     except ValueError:
         return False
+
+
+def _pinned(exp_time: ExpTime) -> bool:
+    return exp_time is None or exp_time < EXP_TIME_LIMIT
 
 
 def sign(secret: bytes, key: str, data: str, exp_time: ExpTime, mode: str) -> bytes:
@@ -281,6 +299,10 @@ def parse_write(key: str, body: object, config: Config) -> Record:
             or not math.isfinite(exp_time) or abs(exp_time) >= MAX_EXP_TIME):
         raise InvalidField("authorization.pub_key.exp_time",
                            "must be null or a number of Unix seconds below 2**53")
+    if not _pinned(exp_time):
+        raise InvalidField("authorization.pub_key.exp_time",
+                           "must be below 10000000000 (the year 2286): past it, the signed text "
+                           "does not tell data from exp_time")
     signature = _hex_field(auth.get("sign"), "authorization.sign", (64,))
     record = Record(key, mode, (Entry(data, pub_key, exp_time, signature, bytes(owner)),))
     size = len(encode_record(record))
@@ -316,6 +338,8 @@ def check_entry(record: Record, now: float) -> None:
     for entry in record.entries:
         if not entry.live(now):
             raise Unauthorized("exp_time is already past")
+        if not _pinned(entry.exp_time):
+            raise Unauthorized("exp_time is not below 10000000000 (the year 2286)")
         if not verify(entry, record.key, record.mode):
             raise Unauthorized("the signature does not verify")
 
@@ -698,6 +722,8 @@ class DhtRecordService:
             record = decode_record(message.record, self.config)
         except ProtocolError:
             record = None
+        if record is not None and not all(_pinned(e.exp_time) for e in record.entries):
+            return None  # a copy a holder took before EXP_TIME_LIMIT: not used, no lie either
         if record is None or record.key != key or not all(
                 verify(entry, key, record.mode) for entry in record.entries):
             self.node.punish(contact, now)

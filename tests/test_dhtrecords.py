@@ -180,11 +180,72 @@ def test_expiry() -> None:
     assert [e.data for e in mixed.live(200).entries] == ["mine"]  # type: ignore[union-attr]
 
 
+NOW = 1_763_700_000  # Unix seconds, November 2025
+
+
+def resplit(record: Record, data: str, exp_time: int | float) -> Record:
+    """``record`` with its one entry's signed text split differently into data and exp_time."""
+    (entry,) = record.entries
+    assert (data + str(exp_time)) == (entry.data + str(entry.exp_time))
+    return replace(record, entries=(replace(entry, data=data, exp_time=exp_time),))
+
+
+@pytest.mark.parametrize(("data", "exp_time", "forged_data", "forged_exp"), [
+    ("price=25", 1_800_000_000, "price=", 251_800_000_000),  # digits of data into exp_time
+    ("price=25", 1_800_000_000, "price=2", 51_800_000_000),
+    ("v", 1_800_000_000.5, "v1", 800_000_000.5),  # a digit of exp_time into data: in the past
+    ("n=1e+", 16, "n=", 1e16),
+])
+def test_one_signature_vouches_for_one_split_of_data_and_exp_time(
+        data: str, exp_time: int | float, forged_data: str, forged_exp: int | float) -> None:
+    genuine = write(ALICE, "k", data, SECURED, exp_time)
+    forged = resplit(genuine, forged_data, forged_exp)
+    assert signed_message("k", data, exp_time, SECURED) == signed_message(
+        "k", forged_data, forged_exp, SECURED)
+    # The other split has an exp_time past the limit (refused whatever the signature says) or
+    # one with fewer digits, long past.
+    assert not verify(forged.entries[0], "k", SECURED) or forged_exp < NOW
+    with pytest.raises(Unauthorized):
+        apply_write(None, forged, NOW, CONFIG)
+    if exp_time > NOW:
+        held = apply_write(None, genuine, NOW, CONFIG)
+        with pytest.raises(Unauthorized):
+            apply_write(held, forged, NOW, CONFIG)
+        assert held.entries[0].data == data
+
+
+def test_exp_time_must_lie_below_the_year_2286() -> None:
+    last = 9_999_999_999.5
+    assert apply_write(None, write(ALICE, "k", "ok", SECURED, last), NOW, CONFIG)
+    for late in (10_000_000_000, 1e10, 2**53 - 1):
+        body = json.loads(json.dumps(EXAMPLE))
+        body["authorization"]["pub_key"]["exp_time"] = late
+        with pytest.raises(InvalidField, match="2286") as info:
+            parse_write("test_id", body, CONFIG)
+        assert info.value.field == "authorization.pub_key.exp_time"
+        with pytest.raises(Unauthorized, match="2286"):
+            apply_write(None, write(ALICE, "k", "late", SECURED, late), NOW, CONFIG)
+
+
+def test_a_holder_of_a_record_signed_past_the_year_2286_is_not_read_nor_punished(
+        net: tuple[SimNetwork, list[Node]]) -> None:
+    network, nodes = net
+    a = nodes[0]
+    network.run_call(network.call(a, a.dht_records.put, write(ALICE, "far", "kept")))
+    far = write(ALICE, "far", "far", SECURED, 10**11)  # taken before the limit, or by another build
+    for holder in holders(nodes, "far"):
+        holder.store.put_record(RECORD_KIND, storage_key("far"), encode_record(far), 0)
+    reader = next(n for n in nodes if n not in holders(nodes, "far"))
+    with pytest.raises(NotFoundError):
+        network.run_call(network.call(reader, reader.dht_records.get, "far"))
+    assert reader.stats["liars"] == 0
+
+
 # ---------------------------------------------------------------------------- the codec
 
 
 def test_record_roundtrip_and_json_text() -> None:
-    record = apply_write(None, write(ALICE, "k", "a", CONTROLLED, 1e10), 0, CONFIG)
+    record = apply_write(None, write(ALICE, "k", "a", CONTROLLED, 9_999_999_999), 0, CONFIG)
     record = apply_write(record, write(BOB, "k", "b", CONTROLLED, 1700000000.5), 0, CONFIG)
     assert decode_record(encode_record(record), CONFIG) == record
     text = record.to_json_text()
