@@ -96,7 +96,8 @@ CREATE TABLE IF NOT EXISTS vals (
     source TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS vals_republish ON vals (republish_at);
 CREATE INDEX IF NOT EXISTS vals_expires ON vals (expires);
-CREATE INDEX IF NOT EXISTS vals_cached ON vals (cached, expires);
+DROP INDEX IF EXISTS vals_cached;
+CREATE INDEX IF NOT EXISTS vals_cached_key ON vals (cached, expires, key);
 CREATE TABLE IF NOT EXISTS entries (
     key BLOB NOT NULL, value BLOB NOT NULL, expires REAL NOT NULL,
     republish_at REAL NOT NULL, original INTEGER NOT NULL, cached INTEGER NOT NULL,
@@ -636,7 +637,8 @@ class SqliteStore:
                 self.quotas.add(meta.source, len(data))
                 self._counts.records += 1
             else:  # a newer version is charged to the host that sent it
-                self.quotas.replace(old[1], old[0], meta.source, len(data))
+                self.quotas.replace(old[1], old[0], meta.source, len(data),
+                                    victims=self._victims, drop=self._drop_cached)
             self._db.execute(
                 f"INSERT OR REPLACE INTO records (kind, key, data, {_RECORD_META_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -698,18 +700,20 @@ class SqliteStore:
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
         """Inside a :meth:`_writing` transaction: evictions commit with the write or not at all."""
-        def victims() -> Iterator[tuple[Any, int]]:  # a few at a time, soonest-expiring first
-            while rows := self._db.execute(
-                    "SELECT key, length(value), source FROM vals WHERE cached = 1 "
-                    "ORDER BY expires LIMIT 32").fetchall():
-                for key, length, victim_source in rows:
-                    yield (key, victim_source, int(length)), int(length)
+        self.quotas.make_room(source, size, cached, self._victims, self._drop_cached)
 
-        def drop(handle: Any) -> None:
-            key, victim_source, length = handle
-            self._db.execute("DELETE FROM vals WHERE key = ?", (key,))
-            self.quotas.remove(victim_source, length, cached=True)
-            self._counts.values -= 1
-            self._counts.value_bytes -= length
+    def _victims(self) -> Iterator[tuple[Any, int]]:
+        """The cached copies, a few at a time, soonest-expiring first and ties by key (as
+        MemoryStore evicts), as ``(handle, size)`` for :meth:`_drop_cached`."""
+        while rows := self._db.execute(
+                "SELECT key, length(value), source FROM vals WHERE cached = 1 "
+                "ORDER BY expires, key LIMIT 32").fetchall():
+            for key, length, victim_source in rows:
+                yield (key, victim_source, int(length)), int(length)
 
-        self.quotas.make_room(source, size, cached, victims, drop)
+    def _drop_cached(self, handle: Any) -> None:
+        key, victim_source, length = handle
+        self._db.execute("DELETE FROM vals WHERE key = ?", (key,))
+        self.quotas.remove(victim_source, length, cached=True)
+        self._counts.values -= 1
+        self._counts.value_bytes -= length

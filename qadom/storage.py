@@ -235,11 +235,19 @@ class Quotas:
                 continue
 
     def replace(self, old_source: str, old_size: int, new_source: str, new_size: int, *,
-                old_cached: bool = False, new_cached: bool = False) -> None:
+                old_cached: bool = False, new_cached: bool = False,
+                victims: Callable[[], Iterable[tuple[Any, int]]] | None = None,
+                drop: Callable[[Any], None] | None = None) -> None:
         """Account for an item replaced in place by a version of ``new_size`` bytes from
-        ``new_source``; StorageFull, changing nothing, if it does not fit."""
+        ``new_source``; StorageFull, changing nothing, if it does not fit.
+
+        A larger version that only the total bytes stand in the way of makes room as a new item
+        does (:meth:`make_room`) when ``victims`` and ``drop`` are given and neither version is
+        a cached copy: ``victims()`` must not yield the item replaced."""
         cfg = self.config
-        if self.total_bytes - old_size + new_size > cfg.max_store_bytes:
+        over = self.total_bytes - old_size + new_size - cfg.max_store_bytes
+        freeable = 0 if victims is None or old_cached or new_cached else self.cached_bytes
+        if over > freeable:
             raise StorageFull("this node's storage is full")
         if new_source:
             used_bytes, used_items = self._by_source.get(new_source, [0, 0])
@@ -248,6 +256,11 @@ class Quotas:
             if (used_bytes + new_size > cfg.max_bytes_per_source
                     or used_items + 1 > cfg.max_items_per_source):
                 raise StorageFull(f"storage quota for {new_source} is exhausted")
+        if over > 0 and victims is not None and drop is not None:
+            for handle, _ in victims():
+                drop(handle)
+                if self.total_bytes - old_size + new_size <= cfg.max_store_bytes:
+                    break
         self.remove(old_source, old_size, old_cached)
         self.add(new_source, new_size, new_cached)
 
@@ -644,7 +657,8 @@ class MemoryStore:
             self.quotas.add(meta.source, len(data))
             bisect.insort(self._kinds.setdefault(key, []), kind)
         else:  # a newer version is charged to the host that sent it
-            self.quotas.replace(old[1].source, len(old[0]), meta.source, len(data))
+            self.quotas.replace(old[1].source, len(old[0]), meta.source, len(data),
+                                victims=self._victims, drop=self._drop_value)
         self._records[(kind, key)] = (data, meta)
         self._index_record(kind, key, None if old is None else old[1], meta)
         if old is None:
@@ -695,15 +709,15 @@ class MemoryStore:
     # ------------------------------------------------------------------ internals
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
-        def victims() -> Iterator[tuple[Any, int]]:  # only called when eviction will be enough
-            # Soonest-expiring first, ties by key.
-            soonest: Iterable[tuple[Any, ...]] = (
-                self._evictable.drain(self) if self._indexed else
-                sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached))
-            for _, key in soonest:
-                yield key, len(self._values[key][0])
+        self.quotas.make_room(source, size, cached, self._victims, self._drop_value)
 
-        self.quotas.make_room(source, size, cached, victims, self._drop_value)
+    def _victims(self) -> Iterator[tuple[Any, int]]:  # only called when eviction will be enough
+        """The cached copies, soonest-expiring first, ties by key, as ``(key, size)``."""
+        soonest: Iterable[tuple[Any, ...]] = (
+            self._evictable.drain(self) if self._indexed else
+            sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached))
+        for _, key in soonest:
+            yield key, len(self._values[key][0])
 
     def _drop_value(self, key: int) -> None:
         value, meta = self._values.pop(key)

@@ -151,7 +151,8 @@ class ScanningStore:
             self._make_room(meta.source, len(data), False)
             self.quotas.add(meta.source, len(data))
         else:
-            self.quotas.replace(old[1].source, len(old[0]), meta.source, len(data))
+            self.quotas.replace(old[1].source, len(old[0]), meta.source, len(data),
+                                victims=self._victims, drop=self._drop_value)
         self._records[(kind, key)] = (data, meta)
 
     def delete_record(self, kind: str, key: int) -> None:
@@ -165,11 +166,11 @@ class ScanningStore:
                 "records": len(self._records), "stored_bytes": self.quotas.total_bytes}
 
     def _make_room(self, source: str, size: int, cached: bool) -> None:
-        def victims() -> list[tuple[Any, int]]:
-            held = sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached)
-            return [(key, len(self._values[key][0])) for _, key in held]
+        self.quotas.make_room(source, size, cached, self._victims, self._drop_value)
 
-        self.quotas.make_room(source, size, cached, victims, self._drop_value)
+    def _victims(self) -> list[tuple[Any, int]]:
+        held = sorted((m.expires, k) for k, (_, m) in self._values.items() if m.cached)
+        return [(key, len(self._values[key][0])) for _, key in held]
 
     def _drop_value(self, key: int) -> None:
         value, meta = self._values.pop(key)

@@ -188,6 +188,40 @@ def test_cached_copies_make_room_for_replicas(make_store: type) -> None:
         store.put_value(11, b"c" * 300, Meta(expires=1e9, cached=True, source="x"))
 
 
+def test_a_record_growing_in_place_makes_room_as_a_new_one_does(make_store: type) -> None:
+    store: Store = make_store(SMALL)
+    held = Meta(1e9, 1e9, source="10.0.0.1")
+    store.put_record("namespace", 1, b"v" * 100, 0.0, meta=held)
+    for i in range(6):  # 600 bytes of cached copies: 700 of the 1000 bytes held
+        store.put_value(10 + i, bytes([i]) * 100, Meta(500.0 + i, cached=True, source=f"h{i}"))
+    store.put_record("namespace", 2, b"n" * 350, 0.0, meta=Meta(1e9, 1e9, source="10.0.0.3"))
+    assert store.get_value(10) is None  # a new record evicted the soonest-expiring copy
+    # A newer, larger version of record 1 (+250 bytes) evicts what it needs, soonest first.
+    store.put_record("namespace", 1, b"w" * 350, 0.0, meta=held)
+    assert store.get_record("namespace", 1) == b"w" * 350
+    assert [store.get_value(10 + i) is not None for i in range(6)] == [False] * 3 + [True] * 3
+    assert store.stats()["stored_bytes"] == 350 + 350 + 300
+    # Growth that no eviction can fit changes nothing, and evicts nothing.
+    before = store.stats()
+    with pytest.raises(StorageFull):
+        store.put_record("namespace", 1, b"x" * 651, 0.0, meta=held)
+    assert store.stats() == before
+    # The per-host quota is not the total's: eviction does not get past it.
+    with pytest.raises(StorageFull):
+        store.put_record("namespace", 1, b"x" * 401, 0.0, meta=held)
+    assert store.stats() == before
+    assert [store.get_value(10 + i) is not None for i in range(6)] == [False] * 3 + [True] * 3
+
+
+def test_equal_expiries_evict_the_lower_key_first(make_store: type) -> None:
+    store: Store = make_store(Config(max_store_bytes=300, max_store_items=100))
+    for key in (9, 3, 2**255 + 1, 5):  # written out of key order, all expiring together
+        store.put_value(key, bytes([key % 251]) * 75, Meta(500.0, cached=True, source="h"))
+    store.put_value(7, b"r" * 150, Meta(1e9, 1e9, source="other"))  # evicts two
+    assert [k for k in (3, 5, 9, 2**255 + 1) if store.get_value(k) is not None] == [
+        9, 2**255 + 1]
+
+
 def test_total_item_quota(make_store: type) -> None:
     store: Store = make_store(SMALL)
     for i in range(20):
