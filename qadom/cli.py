@@ -5,8 +5,10 @@ down cleanly on SIGINT and SIGTERM. The one-shot commands (``set``, ``get``, ``a
 ``namespace-set``, ``namespace-get``, ``publish``) join the network through ``--bootstrap`` with a
 short-lived client peer that stays out of other nodes' routing tables, do one thing and leave;
 ``subscribe`` joins the same way and writes the topic's messages as they arrive until it has
-``--count`` of them or is stopped (relays push messages to the address a subscriber registered
-from, so a client peer receives them without being in anyone's routing table). ``keygen`` makes
+``--count`` of them, is stopped or its stdout's reader goes away (relays push messages to the
+address a subscriber registered from, so a client peer receives them without being in anyone's
+routing table). ``--timeout`` is the deadline of a one-shot command as a whole (of ``subscribe``'s
+joining and subscribing): each network step gets what is left of it. ``keygen`` makes
 the ed25519 identity that owns a namespace (:class:`qadom.identity.Identity`); ``info`` asks a
 running node on this machine for its summary (:mod:`qadom.info`).
 
@@ -17,7 +19,9 @@ value over the size limit, an identity file that is not one, a ``keygen`` FILE t
 without ``--force``); 1 for any other failure (not found, no node answered, timed out, a write
 no node took, a newer seq in the network, a port in use, closed stdout, a file that cannot be
 written). On failure stderr holds exactly one line, ``qadom: <reason>``; never a traceback
-(``--log-level debug`` logs one for an unexpected error).
+(``--log-level debug`` logs one for an unexpected error). A command whose stdout's reader goes
+away (``qadom subscribe 99 | head -n 1``) stops, unsubscribing first, and dies of SIGPIPE
+silently, as Unix filters do (status 141 in the shell).
 """
 
 from __future__ import annotations
@@ -30,13 +34,14 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import socket
 import sqlite3
 import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -83,7 +88,9 @@ The value is at most 8192 bytes; it is stored at the k nodes closest to its key.
   qadom get 0x626f674b4ba4fed89391a3390a68e8fdc9ccfff9d77b16c25a62d4c550dac2d4 -o value.bin
   KEY=$(qadom set photo.jpg) && qadom get "$KEY" | cmp - photo.jpg
 
-Exit status 1 with "not found" when no node reached holds the key.""",
+Exit status 1 with "not found" when no node reached holds the key. When the reader of stdout
+has gone (qadom get KEY | true), it dies of SIGPIPE without a word, as cat does (141 in the
+shell).""",
     "append": """examples:
   qadom append 1234 5678                     # add 5678 to the set under key 1234
   qadom append 0x4d2 0xff --bootstrap 127.0.0.1:9998""",
@@ -117,10 +124,15 @@ Writes the newest value's exact bytes; exit status 1 with "not found" when there
     "subscribe": """examples:
   qadom subscribe 99                         # each message, then a newline, until Ctrl-C
   qadom subscribe 99 --count 1 --hex         # the next message as one line of hex, then exit
+  qadom subscribe 99 --json | jq -r .text    # one JSON line a message, even one with newlines
+  qadom subscribe 99 | head -n 1             # the first line, then stop
   qadom --log-level info subscribe 99        # also logs when the subscription is in place
 
---timeout bounds joining and subscribing, not the wait for messages. Stopped by Ctrl-C or
-SIGTERM it unsubscribes and exits with status 0.""",
+By default each message is written as it is, then a newline: a message that holds newlines
+reads as several lines, so tell messages apart with --json or --hex. --timeout bounds joining
+and subscribing, not the wait for messages. Stopped by Ctrl-C or SIGTERM it unsubscribes and
+exits with status 0; when the reader of its stdout goes away (head has read enough) it
+unsubscribes at once and dies of SIGPIPE, as Unix filters do (status 141 in the shell).""",
 }
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
@@ -258,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a node to join through (repeatable, IP addresses of one "
                               "family; default 127.0.0.1:9999)")
     joining.add_argument("--timeout", type=parse_timeout, default=30.0, metavar="SECONDS",
-                         help="deadline of joining, and of the operation (default 30)")
+                         help="deadline of the whole command: joining and the operation, "
+                              "each step getting what is left (default 30; for subscribe, of "
+                              "joining and subscribing)")
 
     def one_shot(name: str, summary: str, description: str) -> argparse.ArgumentParser:
         return commands.add_parser(
@@ -329,12 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     listen = one_shot("subscribe", "write a topic's messages as they arrive",
                       "Subscribe to topic KEY and write each message to stdout as it arrives "
-                      "(its bytes, then a newline), until --count messages, SIGINT or SIGTERM.")
+                      "(its bytes, then a newline), until --count messages, SIGINT, SIGTERM "
+                      "or the reader of stdout goes away.")
     listen.add_argument("key", type=parse_id, metavar="KEY", help="decimal, or hex with 0x")
     listen.add_argument("--count", type=parse_count, default=None, metavar="N",
                         help="exit after N messages (default: run until stopped)")
-    listen.add_argument("--hex", action="store_true",
-                        help="write each message as one line of hex digits")
+    framing = listen.add_mutually_exclusive_group()
+    framing.add_argument("--hex", action="store_true",
+                         help="write each message as one line of hex digits")
+    framing.add_argument("--json", action="store_true",
+                         help='write each message as one line of JSON: {"text": ...} for UTF-8 '
+                              'text, {"hex": ...} for other bytes. Unlike NUL-terminated '
+                              "output it frames any message, even one holding NUL bytes, and "
+                              "one line a message suits head, wc -l, read and jq")
     listen.set_defaults(handler=_subscribe)
 
     info = commands.add_parser(
@@ -347,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true",
                       help="print the node's JSON document instead of a table")
     info.add_argument("--timeout", type=parse_timeout, default=5.0, metavar="SECONDS",
-                      help="how long to wait for the answer (default 5)")
+                      help="deadline of the whole command (default 5)")
     info.set_defaults(handler=_info)
     for command in commands.choices.values():
         # Also accepted after the command (``qadom serve --log-level debug``); SUPPRESS keeps
@@ -585,9 +606,10 @@ def _client_host(addresses: Sequence[Address]) -> str:
 
 class _ClientPeer(Peer):
     """The one-shot commands' peer. It keeps how many replicas stored its last namespace
-    record, which :meth:`Identity.set` does not return."""
+    record, which :meth:`Identity.set` does not return, and the command's deadline."""
 
     namespace_acks = 0
+    deadline: asyncio.Timeout | None = None  # set by _joined
 
     async def namespace_set(self, public_key: bytes, signature: bytes, key: int, value: bytes,
                             seq: int = 0) -> int:
@@ -596,24 +618,47 @@ class _ClientPeer(Peer):
 
 
 @asynccontextmanager
-async def _joined(args: argparse.Namespace) -> AsyncIterator[_ClientPeer]:
-    """A started client peer that joined through ``--bootstrap``; closed on exit."""
+async def _joined(args: argparse.Namespace, late: str | None = None
+                  ) -> AsyncIterator[_ClientPeer]:
+    """A started client peer that joined through ``--bootstrap``; closed on exit.
+
+    ``--timeout`` is the deadline of everything from the join to the end of the block, the
+    block's operations included (closing the peer comes after and takes no network step, so a
+    command that succeeded within it reports its result): a command of several network steps
+    (a join, then a namespace-set's reads and writes, up to three of each) gives each what is
+    left, not ``--timeout`` apiece. When it runs out, the step in progress is cancelled (which
+    ends it in the node: its lookup asks nobody more) and OperationTimeout says so: "could not
+    join..." during the join, ``late`` (default "COMMAND did not complete") after it.
+    ``peer.deadline``
+    is that deadline, for a command that lifts it (``subscribe``, once subscribed)."""
     addresses: list[Address] = args.bootstrap or [DEFAULT_NODE]
     _check_family(addresses, _client_host(addresses),
                   "the client's socket (of the first --bootstrap's family)")
     # client_only: requests carry a null sender id, so no node adds this fleeting peer to its
-    # routing table and hands it out to others after it has gone.
+    # routing table and hands it out to others after it has gone. Each operation's own deadline
+    # is --timeout too, so the one of the whole command always comes first.
     peer = _ClientPeer(_client_host(addresses), 0, config=Config(operation_timeout=args.timeout),
                        client_only=True)
-    async with peer:
-        try:
-            await peer.bootstrap(addresses)
-        except NoPeersError:
-            raise NoPeersError(f"no node answered at {_where(addresses)}") from None
-        except OperationTimeout:
-            raise OperationTimeout(f"could not join through {_where(addresses)} within "
-                                   f"{args.timeout:g} s") from None
-        yield peer
+    deadline = peer.deadline = asyncio.timeout(args.timeout)
+    joining = f"could not join through {_where(addresses)} within {args.timeout:g} s"
+    joined = False
+    try:
+        async with peer, deadline:
+            try:
+                await peer.bootstrap(addresses)
+            except NoPeersError:
+                raise NoPeersError(f"no node answered at {_where(addresses)}") from None
+            except OperationTimeout:
+                raise OperationTimeout(joining) from None
+            joined = True
+            yield peer
+    except TimeoutError:
+        if not deadline.expired():  # an OperationTimeout of the node's, already worded
+            raise
+        if not joined:
+            raise OperationTimeout(joining) from None
+        raise OperationTimeout(f"{late or args.command + ' did not complete'} within "
+                               f"{args.timeout:g} s") from None
 
 
 def _check_family(addresses: Sequence[Address], host: str, socket_name: str) -> None:
@@ -799,26 +844,80 @@ class _SubscriptionEnded(QadomError):
 
 async def _subscribe(args: argparse.Namespace) -> int:
     """Write the topic's messages until ``--count`` of them, or SIGINT or SIGTERM: a stop at any
-    time (even while joining) unsubscribes, leaves and exits 0."""
+    time (even while joining) unsubscribes, leaves and exits 0. When the reader of stdout goes
+    away, it stops the same way at once, without waiting for a message to fail to write, and
+    raises BrokenPipeError (the process then dies of SIGPIPE: :func:`main`)."""
     _require_stdout()
     stop = _stop_event()
+    reader_gone = asyncio.Event()
+
+    def on_reader_gone() -> None:
+        reader_gone.set()
+        stop.set()
+
+    _watch_stdout_reader(on_reader_gone)
     await _unless_stopped(stop, _receive(args))
+    if reader_gone.is_set():
+        raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
     return 0
 
 
 async def _receive(args: argparse.Namespace) -> None:
-    """Join, subscribe (both within ``--timeout``) and write each message as it arrives,
-    flushed, until ``--count`` messages."""
-    async with _joined(args) as peer, peer.subscribe(args.key) as messages:
+    """Join and subscribe (together within ``--timeout``), then write each message as it
+    arrives, flushed, until ``--count`` messages."""
+    late = f"could not subscribe to topic {args.key}"
+    async with _joined(args, late) as peer, peer.subscribe(args.key) as messages:
+        assert peer.deadline is not None
+        peer.deadline.reschedule(None)  # the wait for messages has no deadline
         # The one sign that publishing now reaches us (scripts wait for it: --log-level info).
         log.info("subscribed to topic %d through %d relays", args.key, messages.relays)
         received = 0
         async for message in messages:
-            await _write_stdout(message.hex().encode() + b"\n" if args.hex else message + b"\n")
+            await _write_stdout(_framed(message, args))
             received += 1
             if received == args.count:
                 return
     raise _SubscriptionEnded("the subscription ended")
+
+
+def _framed(message: bytes, args: argparse.Namespace) -> bytes:
+    """``message`` as ``subscribe`` writes it: one line of hex (``--hex``), one line of JSON
+    (``--json``: control characters, newlines and NUL bytes escaped, so a message is exactly
+    one line), or its bytes and a newline (a message holding a newline reads as more lines)."""
+    if args.hex:
+        return message.hex().encode() + b"\n"
+    if args.json:
+        try:
+            fields = {"text": message.decode("utf-8")}
+        except UnicodeDecodeError:
+            fields = {"hex": message.hex()}
+        return json.dumps(fields, ensure_ascii=False).encode() + b"\n"
+    return message + b"\n"
+
+
+def _watch_stdout_reader(on_gone: Callable[[], None]) -> None:
+    """Call ``on_gone`` on the running loop once stdout (fd 1) is a pipe or socket whose reader
+    has gone away (``qadom subscribe 99 | head -n 1``, after head has read its line).
+
+    A daemon thread waits in poll(2) asking for no event, so only POLLERR and POLLHUP wake it:
+    the state of a pipe with no reader left, never a pipe that can take more bytes. A regular
+    file, /dev/null or a terminal never wakes it. A subscriber between messages then stops at
+    once rather than at its next write, which may never come."""
+    if not hasattr(select, "poll"):
+        return  # the next write fails with EPIPE all the same
+    loop = asyncio.get_running_loop()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(1, 0)
+        try:
+            poller.poll()
+        except OSError:
+            return
+        with suppress(RuntimeError):  # the loop has closed: the command ended meanwhile
+            loop.call_soon_threadsafe(on_gone)
+
+    threading.Thread(target=watch, name="qadom-stdout-reader", daemon=True).start()
 
 
 async def _write_stdout(data: bytes) -> None:
@@ -863,13 +962,23 @@ async def _info(args: argparse.Namespace) -> int:
     where = format_address(args.node)
     peer = Peer(_client_host([args.node]), 0, config=Config(operation_timeout=args.timeout),
                 client_only=True)
-    async with peer:
-        try:
-            contact = await peer.ping(args.node)
-        except OperationTimeout:
+    deadline = asyncio.timeout(args.timeout)  # of the ping and the query together
+    contact = None
+    try:
+        async with peer, deadline:
+            try:
+                contact = await peer.ping(args.node)
+            except OperationTimeout:
+                raise OperationTimeout(f"no node answered at {where}") from None
+            address = contact.address
+            summary = await peer.run_service(lambda node, now: node.info.query(address, now))
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        if contact is None:
             raise OperationTimeout(f"no node answered at {where}") from None
-        summary = await peer.run_service(
-            lambda node, now: node.info.query(contact.address, now))
+        raise OperationTimeout(f"{where} did not send its summary within {args.timeout:g} s"
+                               ) from None
     print(json.dumps(summary, indent=2) if args.json else format_info(summary), flush=True)
     return 0
 
@@ -929,6 +1038,23 @@ def _open_standard_fds() -> None:
             os.set_inheritable(fd, True)
 
 
+def _die_of_sigpipe() -> int:
+    """End the process killed by SIGPIPE, as ``cat`` or ``yes`` whose reader went away: no
+    message, status 141 in the shell, which ``set -o pipefail`` scripts know (Python ignores
+    SIGPIPE, so a write to a pipe without a reader raised BrokenPipeError instead). Returns
+    128 + SIGPIPE only where there is no SIGPIPE to die of."""
+    # Whatever is left in sys.stdout's buffer must not be flushed to the pipe: nothing reads it.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    sigpipe = getattr(signal, "SIGPIPE", None)
+    if sigpipe is None:
+        return 141
+    signal.signal(sigpipe, signal.SIG_DFL)
+    signal.raise_signal(sigpipe)  # delivered to this thread before raise_signal returns
+    return 128 + int(sigpipe)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qadom`` console script."""
     _open_standard_fds()  # first: before any socket exists
@@ -948,11 +1074,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QadomError as exc:
         return _fail(1, exc)
     except BrokenPipeError:
-        # The reader went away (``qadom get KEY | head -c 10``): not worth a message, but
-        # Python's own flush at exit would print one; point stdout at nothing instead.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
+        # The reader went away (``qadom get KEY | head -c 10``), the command's work is undone
+        # (a subscription unsubscribed, the peer closed): end as a Unix filter does.
+        return _die_of_sigpipe()
     except OSError as exc:
         return _fail(1, exc.strerror or exc)
     except KeyboardInterrupt:

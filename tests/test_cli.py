@@ -8,6 +8,7 @@ Every process is bounded by a timeout and killed in a ``finally``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import json
 import os
@@ -21,11 +22,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 import pytest
 
-from qadom import Peer, StorageUnavailable, cli
+from qadom import Identity, Peer, StorageUnavailable, cli
 from qadom.cli import parse_address, parse_id, parse_port
 from qadom.ids import key_for
 from qadom.sqlite_store import SqliteStore
@@ -285,6 +286,93 @@ def test_a_bootstrap_address_of_the_other_ip_family_is_a_usage_error_naming_it(
     reason = last_error_line(result)
     assert "cannot resolve" not in reason
     assert "--bootstrap" in reason and "cannot reach" in reason and "IPv" in reason, reason
+
+
+class SlowLink(asyncio.DatagramProtocol):
+    """A UDP relay in front of one node that holds each datagram, either way, ``delay`` seconds:
+    a slow path to the network, for one client at a time. ``first`` is the loop time the
+    client's first datagram came (its peer has started: its command's deadline is running)."""
+
+    def __init__(self, node: tuple[str, int], delay: float) -> None:
+        self.node = node
+        self.delay = delay
+        self.client: tuple[str, int] | None = None
+        self.first: float | None = None
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        if addr == self.node:
+            to = self.client
+        else:
+            if self.first is None:
+                self.first = loop.time()
+            self.client, to = addr, self.node
+        if to is not None and self.transport is not None:
+            loop.call_later(self.delay, self.transport.sendto, data, to)
+
+
+ONE_WAY = 0.3  # a 0.6 s round trip: less than the 1 s a first request waits for its answer
+DEADLINE = 1.5  # more than a join's two round trips, less than any command's whole run
+EXIT_MARGIN = 2.0  # from the deadline to the end of the process: cancelling, closing, exiting
+
+
+@pytest.mark.parametrize("args", [
+    ["get", "1"],
+    ["set", "-"],
+    ["append", "1", "2"],
+    ["search", "1"],
+    ["namespace-get", "ab" * 32, "1"],
+    ["namespace-set", "--identity", "{identity}", "1", "-"],
+    ["publish", "1", "-"],
+    ["subscribe", "1"],
+    ["info", "--timeout", "0.9"],  # a ping and the query: one round trip each
+], ids=lambda args: args[0])
+async def test_timeout_bounds_a_whole_one_shot_command_on_a_slow_network(
+        tmp_path: Path, args: list[str]) -> None:
+    # Each network step fits in the timeout; all of them together do not. namespace-set makes
+    # five round trips (join, read, write), so it took twice its timeout when each step had
+    # the whole of it; subscribe, subscribed after four, then waited for messages for ever.
+    identity = tmp_path / "me.key"
+    Identity.generate().save(identity)
+    args = [arg.replace("{identity}", str(identity)) for arg in args]
+    loop = asyncio.get_running_loop()
+    async with Peer("127.0.0.1", 0) as node:
+        transport, link = await loop.create_datagram_endpoint(
+            lambda: SlowLink(node.address, ONE_WAY), local_addr=("127.0.0.1", 0))
+        where = "127.0.0.1:{}".format(transport.get_extra_info("sockname")[1])
+        options = (["--node", where] if args[0] == "info" else
+                   ["--bootstrap", where, "--timeout", str(DEADLINE)])
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "qadom", *args, *options, cwd=ROOT,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                out, err = await asyncio.wait_for(proc.communicate(b"value"), RUN_TIMEOUT)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            ended = loop.time()
+        finally:
+            transport.close()
+    assert proc.returncode is not None
+    result = subprocess.CompletedProcess(args, proc.returncode, out, err)
+    expected = {
+        "info": f"{where} did not send its summary within 0.9 s",
+        "subscribe": f"could not subscribe to topic 1 within {DEADLINE:g} s",
+    }.get(args[0], f"{args[0]} did not complete within {DEADLINE:g} s")
+    # A machine slow enough to spend the slack of the join's two round trips ends it there.
+    slow = {"info": f"no node answered at {where}"}.get(
+        args[0], f"could not join through {where} within {DEADLINE:g} s")
+    assert result.returncode == 1
+    assert one_line_error(result) in (expected, slow)
+    assert link.first is not None
+    timeout = 0.9 if args[0] == "info" else DEADLINE
+    assert ended - link.first < timeout + EXIT_MARGIN
 
 
 # ----------------------------------------------------------------------------- info
@@ -580,6 +668,23 @@ def qadom_closing(redirection: str, *args: str) -> subprocess.CompletedProcess[b
     return subprocess.run(
         ["sh", "-c", f'exec "$@" {redirection}', "sh", sys.executable, "-m", "qadom", *args],
         capture_output=True, timeout=RUN_TIMEOUT, cwd=ROOT, check=False)
+
+
+@pytest.mark.parametrize("command", ["get", "search"])
+def test_a_command_whose_reader_has_gone_dies_of_sigpipe_silently(
+        nodes: tuple[Node, Node], command: str) -> None:
+    a, _ = nodes
+    value = random.randbytes(32)
+    key = str(key_for(value))
+    assert qadom("set", "-", "--bootstrap", a.address, stdin=value).returncode == 0
+    assert qadom("append", key, "7", "--bootstrap", a.address).returncode == 0
+    # `true` has exited long before qadom writes: its write finds a pipe without a reader. As
+    # for cat or yes, the shell then reports SIGPIPE, 128 + 13 (it was a silent 1 before).
+    result = subprocess.run(
+        ["bash", "-c", 'set -o pipefail; "$@" | true; echo "$?"', "bash",
+         sys.executable, "-m", "qadom", command, key, "--bootstrap", a.address],
+        capture_output=True, timeout=RUN_TIMEOUT, cwd=ROOT, check=False)
+    assert (result.stdout, result.stderr) == (f"{128 + signal.SIGPIPE}\n".encode(), b"")
 
 
 def test_set_with_stdin_closed_is_a_usage_error() -> None:

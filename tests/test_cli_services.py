@@ -355,6 +355,60 @@ def test_subscribers_receive_exactly_count_messages_published_by_other_processes
     assert "Traceback" not in (tmp_path / "hex.log").read_text()
 
 
+def test_subscribe_json_writes_each_message_as_exactly_one_line(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, b = nodes
+    topic = str(random.getrandbits(256))
+    values = [b"two\nlines\n", b"nul\x00and \xc3\xa9", b"\xff\xfe\n", b""]
+    proc = start_subscriber(topic, "--count", str(len(values)), "--json",
+                            "--bootstrap", a.address, log=tmp_path / "sub.log")
+    try:
+        for value in values:
+            sent = qadom("publish", topic, "-", "--bootstrap", b.address, stdin=value)
+            assert (sent.returncode, sent.stderr) == (0, b""), sent.stderr
+        code, out = finish(proc)
+    finally:
+        stop(proc, signal.SIGKILL)
+    assert code == 0, (tmp_path / "sub.log").read_text()
+    lines = out.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == len(values) + 1, out
+    received = [json.loads(line) for line in lines[:-1]]
+    expected = [{"text": "two\nlines\n"}, {"text": "nul\x00and \u00e9"}, {"hex": "fffe0a"},
+                {"text": ""}]
+    assert sorted(received, key=json.dumps) == sorted(expected, key=json.dumps)
+
+
+def test_subscribe_takes_one_framing_at_most() -> None:
+    result = qadom("subscribe", "1", "--hex", "--json", "--bootstrap", "127.0.0.1:9")
+    assert result.returncode == 2
+    assert one_line_error(result).startswith("argument --json: not allowed with argument --hex")
+
+
+def test_a_subscriber_whose_reader_closes_the_pipe_unsubscribes_and_dies_of_sigpipe(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, b = nodes
+    topic = str(random.getrandbits(256))
+    log = tmp_path / "sub.log"
+    proc = start_subscriber(topic, "--bootstrap", a.address, log=log)
+    try:
+        assert proc.stdout is not None
+        sent = qadom("publish", topic, "-", "--bootstrap", b.address, stdin=b"first")
+        assert (sent.returncode, sent.stdout) == (0, b"2\n"), sent.stderr
+        assert _read_line(proc.stdout, START_TIMEOUT) == "first\n"
+        proc.stdout.close()  # as `qadom subscribe ... | head -n 1` once head has its line
+        # No message follows: the subscriber must see the pipe go without writing to it. It
+        # used to wait, subscribed, for a message to fail to write.
+        code = proc.wait(timeout=10)
+    finally:
+        stop(proc, signal.SIGKILL)
+    assert code == -signal.SIGPIPE, log.read_text()
+    assert "Traceback" not in log.read_text() and "qadom: " not in log.read_text()
+    before = forwarded(a), forwarded(b)
+    sent = qadom("publish", topic, "-", "--bootstrap", b.address, stdin=b"anyone?")
+    assert (sent.returncode, sent.stdout) == (0, b"2\n"), sent.stderr
+    assert (forwarded(a), forwarded(b)) == before  # it had unsubscribed from both relays
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_subscribe_stopped_by_a_signal_exits_0(
         nodes: tuple[Node, Node], tmp_path: Path, sig: signal.Signals) -> None:
