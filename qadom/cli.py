@@ -629,8 +629,8 @@ async def _joined(args: argparse.Namespace, late: str | None = None
     left, not ``--timeout`` apiece. When it runs out, the step in progress is cancelled (which
     ends it in the node: its lookup asks nobody more) and OperationTimeout says so: "could not
     join..." during the join, ``late`` (default "COMMAND did not complete") after it.
-    ``peer.deadline``
-    is that deadline, for a command that lifts it (``subscribe``, once subscribed)."""
+    ``peer.deadline`` is that deadline, for a command that lifts it (``subscribe``, once
+    subscribed)."""
     addresses: list[Address] = args.bootstrap or [DEFAULT_NODE]
     _check_family(addresses, _client_host(addresses),
                   "the client's socket (of the first --bootstrap's family)")
