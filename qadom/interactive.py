@@ -274,9 +274,8 @@ async def start(host: str = "127.0.0.1", port: int = 0, *,
     ``peer.address``."""
     addresses = [parse_address(a) for a in _address_list(bootstrap)]
     peer = Peer(host, port, config=config, **options)
-    await peer.start()
+    await peer.start()  # which keeps it serving at the prompt
     _started.append(peer)
-    serve_at_prompt()
     if addresses:
         try:
             await peer.bootstrap(addresses)

@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -115,7 +116,8 @@ class Peer:
     async def start(self) -> None:
         """Bind the UDP socket and start serving. Idempotent: concurrent calls bind one socket.
         A :meth:`close` while starting wins: the socket is closed again and PeerClosedError
-        raised."""
+        raised. Started at a terminal IPython prompt, the peer keeps serving while the prompt
+        waits (:func:`qadom.interactive.serve_at_prompt`)."""
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
@@ -123,6 +125,10 @@ class Peer:
                 raise PeerClosedError("this peer was closed; make a new one")
             if self._protocol is None:
                 await self._bind()
+        if "IPython" in sys.modules:  # else no prompt can be waiting
+            from .interactive import serve_at_prompt
+
+            serve_at_prompt()
 
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()

@@ -323,6 +323,32 @@ def test_ipython_prompt_serves_while_idle(tmp_path: Path) -> None:
             child.terminate(force=True)
 
 
+def test_a_plain_peer_started_at_the_ipython_prompt_serves_while_idle(tmp_path: Path) -> None:
+    """`Peer(...)` and `await peer.start()` typed at a terminal IPython prompt, without
+    qadom.interactive: the peer answers another process while the prompt waits."""
+    ipython_env = _env(IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1",
+                       TERM="xterm")
+    shell = _spawn(["-m", "IPython", "--no-banner", "--colors=nocolor"], ipython_env)
+    try:
+        shell.expect(r"In \[1\]")
+        shell.sendline("from qadom import Peer; peer = Peer('127.0.0.1', 0); "
+                       "await peer.start(); print('bound', peer.address[1])")
+        shell.expect(r"bound (\d+)")
+        port = int(shell.match.group(1))
+        shell.expect(r"In \[2\]")  # idle at the prompt from here on
+
+        async def ping() -> int:
+            async with Peer("127.0.0.1", 0, config=FAST) as client:
+                contact = await asyncio.wait_for(client.ping(("127.0.0.1", port)), WAIT)
+                return contact.address[1]
+
+        assert asyncio.run(ping()) == port
+        shell.sendline("exit")
+        shell.expect(pexpect.EOF)
+    finally:
+        shell.terminate(force=True)
+
+
 def test_ctrl_c_stops_an_await_at_the_ipython_prompt(tmp_path: Path) -> None:
     """Ctrl-C during `await peer.bootstrap(...)` at the prompt stops that operation where the
     cell awaited it (one KeyboardInterrupt, shown at the cell's line), instead of leaving it
