@@ -8,13 +8,20 @@ the SHA-256 of the value. Options: --host, --port (default 9997), --bootstrap HO
 127.0.0.1:9999); or QADOM_HOST, QADOM_PORT and QADOM_BOOTSTRAP in the environment.
 """
 
-from qadom.interactive import blocking, keep_serving, script_options, start_script_peer
+from qadom.interactive import (
+    blocking,
+    keep_serving,
+    script_errors,
+    script_options,
+    start_script_peer,
+)
 
 options = script_options("store b'sudo python' in qadom and print its key", port=9997,
                          bootstrap=["127.0.0.1:9999"])
 peer = start_script_peer("peer1", options)
 sync = blocking(peer)
 print(f"peer1 listening on {peer.address[0]}:{peer.address[1]}", flush=True)
-key = sync.set(b"sudo python")
+with script_errors("peer1"):
+    key = sync.set(b"sudo python")
 print(key, flush=True)
 keep_serving()

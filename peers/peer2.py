@@ -7,7 +7,13 @@ Options: --host, --port (default 9996), --bootstrap HOST:PORT (default 127.0.0.1
 QADOM_HOST, QADOM_PORT and QADOM_BOOTSTRAP in the environment.
 """
 
-from qadom.interactive import blocking, keep_serving, script_options, start_script_peer
+from qadom.interactive import (
+    blocking,
+    keep_serving,
+    script_errors,
+    script_options,
+    start_script_peer,
+)
 
 KEY = 44523492095186523269265158000087001266127815262863473237438729878159874507476
 
@@ -16,6 +22,7 @@ options = script_options("get b'sudo python' back from qadom", port=9996,
 peer = start_script_peer("peer2", options)
 sync = blocking(peer)
 print(f"peer2 listening on {peer.address[0]}:{peer.address[1]}", flush=True)
-value = sync.get(KEY)
+with script_errors("peer2", not_found="peers/peer1.py stores it: run it first"):
+    value = sync.get(KEY)
 print(value, flush=True)
 keep_serving()

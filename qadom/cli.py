@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
-import ipaddress
 import json
 import logging
 import os
@@ -48,7 +47,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import runner
 from .config import Config
-from .contact import Address, check_host_name, is_ip_literal, parse_host_port, port_number
+from .contact import (
+    Address,
+    check_host_name,
+    parse_host_port,
+    port_number,
+    unreachable_from,
+)
 from .errors import (
     DataDirInUse,
     InvalidArgument,
@@ -564,8 +569,7 @@ async def _start(peer: Peer, args: argparse.Namespace, data_dir: str | None,
     log.info("data in %s", data_dir or "memory only")
     # One machine-readable line first: scripts and tests read the bound address from it. It
     # comes after the signal handlers, so a script may stop the node cleanly as soon as it reads it.
-    host, port = peer.address
-    print(f"qadom serving on {host}:{port} id {peer.id}", flush=True)
+    print(f"qadom serving on {format_address(peer.address)} id {peer.id}", flush=True)
     http = await _start_http(peer, args)
     if http is not None:
         helpers.append(http)
@@ -665,15 +669,12 @@ def _check_family(addresses: Sequence[Address], host: str, socket_name: str) -> 
     """CommandLineError naming the first of ``addresses`` that is an IP address of the other
     family than a socket bound on ``host`` (one UDP socket reaches one IP family); host names
     are resolved in the socket's family when used."""
-    version = 6 if ":" in host else 4
-    for address in addresses:
-        if is_ip_literal(address[0]):
-            other = ipaddress.ip_address(address[0]).version
-            if other != version:
-                raise CommandLineError(
-                    f"--bootstrap {format_address(address)} is an IPv{other} address and "
-                    f"{socket_name} is IPv{version}: it cannot reach it; give addresses of "
-                    "one IP family")
+    mismatch = unreachable_from(host, addresses)
+    if mismatch is not None:
+        address, other, version = mismatch
+        raise CommandLineError(
+            f"--bootstrap {format_address(address)} is an IPv{other} address and "
+            f"{socket_name} is IPv{version}: it cannot reach it; give addresses of one IP family")
 
 
 def _where(addresses: Sequence[Address]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .errors import InvalidArgument, InvalidType
@@ -142,6 +143,20 @@ def parse_host_port(text: str) -> Address:
         raise InvalidArgument(
             f"port must be an integer in [1, 65535], not {port_text!r} (in {text!r})")
     return check_host_name(host), port
+
+
+def unreachable_from(host: str, addresses: Iterable[Address]) -> tuple[Address, int, int] | None:
+    """The first of ``addresses`` that is an IP address of the other family than a socket bound
+    on ``host`` (one UDP socket reaches one IP family), with its IP version and the socket's;
+    None when there is none. Host names are resolved in the socket's family when used, so they
+    are never named here."""
+    version = 6 if ":" in host else 4
+    for address in addresses:
+        if is_ip_literal(address[0]):
+            other = ipaddress.ip_address(address[0]).version
+            if other != version:
+                return address, other, version
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,13 +54,28 @@ import os
 import signal
 import sys
 import warnings
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .config import Config
-from .contact import Address, check_bind_host, parse_host_port
-from .errors import InvalidArgument, InvalidType, LoopRunningError, NoPeersError
+from .contact import Address, check_bind_host, parse_host_port, unreachable_from
+from .errors import (
+    InvalidArgument,
+    InvalidType,
+    LoopRunningError,
+    NoPeersError,
+    NotFoundError,
+    QadomError,
+)
 from .peer import Peer
 
 T = TypeVar("T")
@@ -457,7 +472,31 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
         addresses = tuple(parse_address(a) for a in joined)
     except InvalidArgument as exc:
         parser.error(f"{bootstrap_name}: {exc}")
+    mismatch = unreachable_from(host, addresses)
+    if mismatch is not None:
+        (other_host, other_port), other, version = mismatch
+        parser.error(f"{bootstrap_name}: {_hostport(other_host, other_port)} is an IPv{other} "
+                     f"address and {host_name} {host} is IPv{version}: a peer cannot reach it; "
+                     "give addresses of one IP family")
     return ScriptOptions(host, checked_port, addresses)
+
+
+@contextlib.contextmanager
+def script_errors(name: str, not_found: str = "") -> Iterator[None]:
+    """Around what a peer script does once its peer has joined: a failure qadom reports on
+    purpose (:class:`~qadom.errors.QadomError`) ends the script with one line, ``name: reason``
+    (SystemExit, status 1), ``not_found`` added to the reason of a NotFoundError; in a plain
+    script, Ctrl-C ends it quietly with status 130, as it ends the ``qadom`` command's one-shot
+    operations. At an IPython prompt a Ctrl-C stays a KeyboardInterrupt, which the prompt shows."""
+    try:
+        yield
+    except QadomError as exc:
+        hint = f"; {not_found}" if not_found and isinstance(exc, NotFoundError) else ""
+        raise SystemExit(f"{name}: {exc}{hint}") from None
+    except KeyboardInterrupt:
+        if front_end() != "script":
+            raise
+        raise SystemExit(130) from None
 
 
 def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:

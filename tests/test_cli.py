@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -731,6 +732,22 @@ def test_serve_with_stdin_closed_stops_cleanly_on_sigterm(tmp_path: Path) -> Non
         code = stop(proc)  # SIGTERM
     assert code == 0, log.read_text()
     assert "shutting down" in log.read_text()
+
+
+def test_serve_on_ipv6_names_its_address_with_brackets(tmp_path: Path) -> None:
+    """`[::1]:PORT`, as `qadom info` and `--bootstrap` write an IPv6 address."""
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "qadom", "serve", "--host", "::1",
+                                 "--port", "0", "--memory"], stdout=subprocess.PIPE, stderr=err,
+                                cwd=ROOT)
+    try:
+        assert proc.stdout is not None
+        line = _read_line(proc.stdout, START_TIMEOUT)
+    finally:
+        code = stop(proc)
+    assert re.match(r"qadom serving on \[::1\]:\d+ id \d+$", line), (line, log.read_text())
+    assert code == 0
 
 
 async def test_an_http_helper_whose_data_dir_refuses_its_key_names_the_store(

@@ -74,12 +74,13 @@ def test_script_options_arguments_then_environment_then_defaults() -> None:
     default = script_options("t", port=9997, bootstrap=["127.0.0.1:9999"], argv=[], environ={})
     assert (default.host, default.port, default.bootstrap) == (
         "127.0.0.1", 9997, (("127.0.0.1", 9999),))
-    env = {"QADOM_PORT": "0", "QADOM_BOOTSTRAP": "127.0.0.1:5000, 127.0.0.1:5001",
+    env = {"QADOM_PORT": "0", "QADOM_BOOTSTRAP": "[::1]:5000, [::1]:5001",
            "QADOM_HOST": "::1"}
     from_env = script_options("t", port=9997, bootstrap=["127.0.0.1:9999"], argv=[], environ=env)
     assert (from_env.host, from_env.port, from_env.bootstrap) == (
-        "::1", 0, (("127.0.0.1", 5000), ("127.0.0.1", 5001)))
-    argv = ["--port", "1234", "--bootstrap", "10.0.0.1:1", "--bootstrap", "10.0.0.2:2"]
+        "::1", 0, (("::1", 5000), ("::1", 5001)))
+    argv = ["--host", "127.0.0.1", "--port", "1234", "--bootstrap", "10.0.0.1:1",
+            "--bootstrap", "10.0.0.2:2"]
     from_args = script_options("t", port=9997, argv=argv, environ=env)
     assert (from_args.port, from_args.bootstrap) == (1234, (("10.0.0.1", 1), ("10.0.0.2", 2)))
     assert script_options("t", port=9999, argv=[], environ={"QADOM_BOOTSTRAP": ""}).bootstrap == ()
@@ -94,6 +95,10 @@ def test_script_options_arguments_then_environment_then_defaults() -> None:
     (["--host", "a..b"], {}, "--host"),  # an empty label: no socket can bind it
     ([], {"QADOM_HOST": "fe80::1%no such zone"}, "QADOM_HOST"),
     ([], {"QADOM_BOOTSTRAP": "nowhere"}, "QADOM_BOOTSTRAP"),
+    (["--host", "::1", "--bootstrap", "127.0.0.1:9999"], {}, "--bootstrap: 127.0.0.1:9999 is an"
+     " IPv4 address and --host ::1 is IPv6"),
+    (["--bootstrap", "[::1]:9999"], {"QADOM_HOST": "127.0.0.1"}, "--bootstrap: [::1]:9999"),
+    ([], {"QADOM_HOST": "::1", "QADOM_BOOTSTRAP": "127.0.0.1:9"}, "QADOM_BOOTSTRAP: 127.0.0.1:9"),
 ])
 def test_a_bad_script_option_is_a_usage_error_naming_it(
         argv: list[str], environ: dict[str, str], named: str,
@@ -396,3 +401,28 @@ def test_a_peer_script_says_plainly_why_it_cannot_start() -> None:
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
     assert done.stderr.startswith(f"peer0: cannot listen on 127.0.0.1:{port}: ")
     assert "in use" in done.stderr and "--port" in done.stderr
+
+
+def test_a_script_whose_operation_fails_says_so_in_one_line() -> None:
+    """peer2 run before peer1 has stored b'sudo python': one line saying what to run first,
+    exit status 1, no traceback; the same for a peer with nobody to ask."""
+    children: list[pexpect.spawn] = []
+    try:
+        peer0 = _spawn([str(PEERS / "peer0.py"), "--port", "0"], _env())
+        children.append(peer0)
+        peer0.expect(ADDRESS)
+        address = f"{peer0.match.group(1)}:{peer0.match.group(2)}"
+        peer0.expect(SERVING)
+        for env, reason in [
+            (_env(QADOM_PORT="0", QADOM_BOOTSTRAP=address),
+             f"peer2: no peer reached holds key {KEY}; peers/peer1.py stores it: run it first"),
+            (_env(QADOM_PORT="0", QADOM_BOOTSTRAP=""), "peer2: no peer known to ask"),
+        ]:
+            done = subprocess.run([sys.executable, str(PEERS / "peer2.py")], env=env,
+                                  cwd=str(ROOT), capture_output=True, text=True, timeout=WAIT)
+            assert done.returncode == 1, done.stderr
+            assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+            assert done.stderr.startswith(reason), done.stderr
+    finally:
+        for child in children:
+            child.terminate(force=True)
