@@ -770,6 +770,10 @@ async def _keygen(args: argparse.Namespace) -> int:
         raise CommandLineError(f"{path!r} exists: give --force to replace it")
     if os.path.isdir(path):  # '.', '/': no file name to write next to, and never replaceable
         raise OSError(errno.EISDIR, f"cannot write {path!r}: {os.strerror(errno.EISDIR)}")
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        # --force replaces a file keygen could have made, never a device, a pipe or a link
+        # (the file is replaced by a rename, which would put a plain file in their place).
+        raise CommandLineError(f"{path!r} is not a regular file: keygen replaces only a file")
     identity = Identity.generate()
     try:
         identity.save(path)

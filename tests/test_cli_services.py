@@ -112,6 +112,26 @@ def test_keygen_forced_onto_a_directory_fails_with_one_line(tmp_path: Path, targ
     assert list(where.iterdir()) == []
 
 
+@pytest.mark.parametrize("kind", ["pipe", "link"])
+def test_keygen_forced_onto_what_is_not_a_file_changes_nothing(tmp_path: Path, kind: str) -> None:
+    """A device, a pipe or a symbolic link stays what it is: --force replaces a file."""
+    path = tmp_path / "target"
+    kept = tmp_path / "kept.key"
+    if kind == "pipe":
+        os.mkfifo(path)
+    else:
+        saved = keygen(kept)
+        path.symlink_to(kept)
+    result = qadom("keygen", str(path), "--force")
+    assert result.returncode == 2
+    assert one_line_error(result) == (
+        f"{str(path)!r} is not a regular file: keygen replaces only a file")
+    mode = path.lstat().st_mode
+    assert stat.S_ISFIFO(mode) if kind == "pipe" else stat.S_ISLNK(mode)
+    if kind == "link":
+        assert Identity.load(kept).public_key.hex() == saved
+
+
 # ----------------------------------------------------------------------------- namespaces
 
 
