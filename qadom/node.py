@@ -98,6 +98,7 @@ log = logging.getLogger("qadom")
 T = TypeVar("T")
 TOKEN_BYTES = 16
 _MAX_HANDED = 1024  # neighbours whose last hand-over is remembered (see Node._hand_over)
+_SELF_LOOKUP_TRIES = 3  # lookups of our own id a join makes before it gives up (Node.bootstrap)
 BUG_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
 ReplyCallback = Callable[[Envelope | None, float], None]
@@ -595,7 +596,10 @@ class Node:
     def bootstrap(self, addresses: Iterable[Address], now: float) -> Call[int]:
         """Join as the paper says (section 2.3): contact the known addresses, look up our own id,
         then refresh every bucket farther than our closest neighbour. Resolves to the number of
-        contacts in the table; fails with NoPeersError if no address answered."""
+        contacts in the table; fails with NoPeersError if no address answered, and with
+        OperationTimeout if one did but none answered the lookup of our own id in
+        ``_SELF_LOOKUP_TRIES`` tries (a node that knew only its bootstrap peers would be cut
+        off once they leave)."""
         call: Call[int] = self.new_call("bootstrap", now)
         targets = list(dict.fromkeys(addresses))
         if not targets:
@@ -615,7 +619,23 @@ class Node:
             self.save_contacts()  # a durable node can rejoin from here on
             call.resolve(len(self.table))
 
-        def after_self_lookup(_: list[Contact], now: float) -> None:
+        lookups = [0]
+
+        def after_self_lookup(found: list[Contact], now: float) -> None:
+            if call.done:
+                return
+            if not found:
+                # A bootstrap peer answered the ping, but nobody answered the lookup (its
+                # requests were lost): a table of the bootstrap peers alone would leave this
+                # node cut off once they go. Look again; after the last try, the join fails.
+                lookups[0] += 1
+                if lookups[0] < _SELF_LOOKUP_TRIES:
+                    self.find_closest(self.id, now, after_self_lookup)
+                else:
+                    call.fail(OperationTimeout(
+                        "the bootstrap peers answered, but nobody answered the lookup of our "
+                        f"own id ({_SELF_LOOKUP_TRIES} tries)"))
+                return
             far = [b for b in self.table.buckets if not b.covers(self.id)]
             self._refresh(far, now, after_refresh)
 

@@ -3,7 +3,13 @@ again, but not while :meth:`SimNetwork.lookup` is measuring a lookup from it."""
 
 from __future__ import annotations
 
+from qadom import Config, OperationTimeout
+from qadom.call import Call
+from qadom.events import LookupFinished
+from qadom.node import Node
 from qadom.sim import SimNetwork
+
+CONFIG = Config(k=8, replacement_cache_size=8, maintenance_interval=300.0)
 
 
 def test_a_failed_churn_join_does_not_take_the_measured_origin_away_halfway() -> None:
@@ -29,3 +35,45 @@ def test_a_failed_churn_join_does_not_take_the_measured_origin_away_halfway() ->
     assert report.ok and report.rounds > 0, report
     assert joiner not in net.live_nodes()
     assert net.churn_log[-1][1:] == ("leave", joiner.address)
+
+
+def cut_off_after_the_pong(until_lookups: int, seed: int = 3,
+                           ) -> tuple[SimNetwork, Node, Call[int], list[LookupFinished]]:
+    """A newcomer joining a network of 20 through one node; right after that node's PONG, every
+    datagram to or from the newcomer is lost until ``until_lookups`` lookups of its own id have
+    ended (or the join has)."""
+    net = SimNetwork(seed, config=CONFIG)
+    nodes = net.build(20)
+    newcomer = net.add_node()
+    own: list[LookupFinished] = []
+    newcomer.add_listener(
+        lambda e: own.append(e) if isinstance(e, LookupFinished) and e.target == newcomer.id
+        else None)
+    joining = net.call(newcomer, newcomer.bootstrap, [net.address_of(nodes[0])])
+    while len(newcomer.table) == 0:
+        assert net.step()
+    net.partition(nodes)
+    while len(own) < until_lookups and not joining.done:
+        assert net.step()
+    net.heal()
+    return net, newcomer, joining, own
+
+
+def test_a_join_whose_own_lookup_nobody_answered_fails_rather_than_leave_a_node_cut_off() -> None:
+    net, _, joining, own = cut_off_after_the_pong(3)
+    net.run_for(60.0)
+    assert joining.done
+    error = joining.exception()
+    assert isinstance(error, OperationTimeout), joining
+    assert "lookup of our own id" in str(error)
+    assert len(own) == 3 and all(e.replies == 0 for e in own)
+    # Before, the join resolved with the bootstrap node alone in the table: once that node left,
+    # the newcomer was cut off for good while it counted as joined.
+
+
+def test_a_join_looks_up_its_own_id_again_when_nobody_answered_the_first_lookup() -> None:
+    net, newcomer, joining, own = cut_off_after_the_pong(1)
+    assert not joining.done and [e.replies for e in own] == [0]
+    contacts = net.run_call(joining)
+    assert contacts > 1 and len(newcomer.table) == contacts
+    assert own[1].replies > 0
