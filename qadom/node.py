@@ -42,7 +42,7 @@ from typing import Any, Protocol, TypeVar
 from .call import Call
 from .codec import Codec
 from .config import Config
-from .contact import LOOPBACK, Address, Contact, address_scope, host_key
+from .contact import LOOPBACK, Address, Contact, address_scope, host_key, make_contact
 from .dhtrecords import DhtRecordService
 from .errors import (
     InvalidArgument,
@@ -379,6 +379,7 @@ class Node:
         self._request_timers: list[tuple[float, int, int]] = []
         self._cancelled: set[int] = set()  # numbers of cancelled timers still in self._timers
         self.timer_changed = True  # a timer was added since the last get_timer() (see there)
+        self._timer_told = math.inf  # the deadline the last get_timer() returned (inf: None)
         self._pending: dict[int, _Request] = {}
         self._dead: dict[Address, float] = {}
         self._failures: dict[Address, int] = {}  # failed requests in a row, below the backoff
@@ -390,6 +391,12 @@ class Node:
         self._secret_at = now
         # Granted to us, by peer, with when each came (see _token_to_send).
         self._tokens: OrderedDict[Address, tuple[bytes, float]] = OrderedDict()
+        # How long a token granted to us is surely valid, and after how long surely dead
+        # (_token_to_send says why), from the config, computed once.
+        lasts = max(self.config.token_lifetime, self.config.maintenance_interval)
+        self._token_sure_for = lasts - min(self.config.maintenance_interval, lasts / 2)
+        self._token_dead_after = 2 * (self.config.token_lifetime
+                                      + self.config.maintenance_interval)
         self._granted: dict[Address, bytes] = {}  # ours, minted from the current secret
         self._proof_required: set[type[Message]] = set()
         self._verifying: dict[Address, float] = {}
@@ -487,10 +494,12 @@ class Node:
         retransmission deadline.
 
         :attr:`timer_changed` tells a driver whether it must ask again: it is True once a timer
-        was added since the last call, and while it is False the deadline returned last is no
-        later than the next one due (timers only went away), so an armed driver timer is still
-        early enough; it then fires, :meth:`handle_timer` does what is due, and the driver asks
-        again."""
+        earlier than the deadline returned last was added since the last call, and while it is
+        False the deadline returned last is no later than the next one due (timers only went
+        away, or came later than it), so an armed driver timer is still early enough; it then
+        fires, :meth:`handle_timer` does what is due, and the driver asks again. (A request's
+        retransmission timer mostly comes after the one armed: most requests then cost the
+        driver no call here.)"""
         self.timer_changed = False
         first = math.inf
         timers, cancelled = self._timers, self._cancelled
@@ -508,6 +517,7 @@ class Node:
             heappop(requests)
         if self._deadlines:
             first = min(first, next(iter(self._deadlines.values()))[0])
+        self._timer_told = first
         return None if first == math.inf else first
 
     def handle_timer(self, now: float) -> None:
@@ -856,7 +866,7 @@ class Node:
         cfg = self.config
         pad_to = 0 if sure else (
             cfg.min_request_size if message.LARGE_REPLY else cfg.min_small_request_size)
-        data = self.codec.encode(Envelope(rpc_id, self._sender, message, token, pad_to))
+        data = self.codec.encode_parts(rpc_id, self._sender, message, token, pad_to)
         req = _Request(rpc_id, address, message, data, expect_id, on_reply or _ignore_reply,
                        on_stall, now, cfg.rpc_retries if retry else 0)
         self._pending[rpc_id] = req
@@ -867,8 +877,10 @@ class Node:
     def _transmit(self, req: _Request, now: float) -> None:
         req.gen += 1
         self._send(req.data, req.address)
-        heappush(self._request_timers, (now + self.rpc_timeout, req.rpc_id, req.gen))
-        self.timer_changed = True
+        at = now + self.rpc_timeout
+        heappush(self._request_timers, (at, req.rpc_id, req.gen))
+        if at < self._timer_told:
+            self.timer_changed = True
 
     @property
     def rpc_timeout(self) -> float:
@@ -919,8 +931,8 @@ class Node:
             self.stats["challenged"] += 1
             req.challenged = True
             req.sent_at = now
-            req.data = self.codec.encode(Envelope(req.rpc_id, self._sender, req.message,
-                                                  envelope.token))
+            req.data = self.codec.encode_parts(req.rpc_id, self._sender, req.message,
+                                               envelope.token)
             self._transmit(req, now)
             return
         del self._pending[envelope.rpc_id]
@@ -934,11 +946,11 @@ class Node:
             if known is not None and known.address == address:
                 self.table.remove(req.expect_id)
             if sender is not None:
-                self._saw(Contact(sender, address), now)
+                self._saw(make_contact(sender, address), now)
             req.on_reply(None, now)
             return
         if sender is not None:
-            self._saw(Contact(sender, address), now)
+            self._saw(make_contact(sender, address), now)
         req.on_reply(envelope, now)
 
     def _on_request(self, envelope: Envelope, address: Address, now: float, size: int) -> None:
@@ -947,8 +959,8 @@ class Node:
             # Answer a refusal at most once a second per address; flood traffic gets nothing.
             self.stats["rate_limited"] += 1
             if self._refusals.allow(address, now):
-                refusal = self.codec.encode(Envelope(
-                    envelope.rpc_id, self._sender, Error(ErrorCode.RATE_LIMITED, "slow down")))
+                refusal = self.codec.encode_parts(
+                    envelope.rpc_id, self._sender, Error(ErrorCode.RATE_LIMITED, "slow down"))
                 if len(refusal) <= self.config.amplification_factor * size:
                     self._send(refusal, address)
             return
@@ -980,12 +992,12 @@ class Node:
                 self.stats["internal_errors"] += 1
                 self._log_bug(now, "internal error serving %s", type(message).__name__)
                 reply = Error(ErrorCode.INTERNAL, "internal error")
-        data = self.codec.encode(Envelope(envelope.rpc_id, self._sender, reply, grant))
+        data = self.codec.encode_parts(envelope.rpc_id, self._sender, reply, grant)
         bound = self.config.amplification_factor * size
         if not proven and len(data) > bound:
             # Never send an unproven address more than amplification_factor times what it sent:
             # a small Challenge instead, or nothing when even that would be too much.
-            data = self.codec.encode(Envelope(envelope.rpc_id, self._sender, Challenge(), grant))
+            data = self.codec.encode_parts(envelope.rpc_id, self._sender, Challenge(), grant)
             if len(data) > bound:
                 self.stats["too_small"] += 1
                 return
@@ -999,7 +1011,7 @@ class Node:
         """The size of the PING we would send to ``address`` (with the longest request id)."""
         token, sure = self._token_to_send(address, now)
         pad_to = 0 if sure else self.config.min_small_request_size
-        return len(self.codec.encode(Envelope(2**64 - 1, self._sender, Ping(), token, pad_to)))
+        return len(self.codec.encode_parts(2**64 - 1, self._sender, Ping(), token, pad_to))
 
     def require_proof(self, message_type: type[Message]) -> None:
         """Serve ``message_type`` only to requesters that proved their address with a token:
@@ -1035,12 +1047,10 @@ class Node:
         if kept is None:
             return None, False
         token, came = kept
-        cfg = self.config
         age = now - came
-        lasts = max(cfg.token_lifetime, cfg.maintenance_interval)
-        if age < lasts - min(cfg.maintenance_interval, lasts / 2):
+        if age < self._token_sure_for:
             return token, True
-        if age < 2 * (cfg.token_lifetime + cfg.maintenance_interval):
+        if age < self._token_dead_after:
             return token, False
         del self._tokens[address]
         return None, False
@@ -1216,7 +1226,8 @@ class Node:
         """Run ``fn(now)`` at ``deadline``; returns the timer's number, for :meth:`_cancel`."""
         self._timer_seq += 1
         heappush(self._timers, (deadline, self._timer_seq, fn))
-        self.timer_changed = True
+        if deadline < self._timer_told:
+            self.timer_changed = True
         return self._timer_seq
 
     def _cancel(self, timer: int) -> None:
@@ -1379,7 +1390,8 @@ class Node:
         seq = self._timer_seq
         deadlines = self._deadlines
         deadlines[seq] = (deadline, call)
-        self.timer_changed = True
+        if deadline < self._timer_told:
+            self.timer_changed = True
         call.add_done_callback(lambda _: _forget(deadlines, seq))
         return call
 

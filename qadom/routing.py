@@ -159,7 +159,9 @@ class RoutingTable:
         if not bucket.contacts:
             found = self.closest(target, 1)
             return found[0] if found else None
-        return min(bucket.contacts.values(), key=lambda c: c.id ^ target)
+        # A bucket's contacts are keyed by their ids: the nearest id, by a C-level key.
+        contacts = bucket.contacts
+        return contacts[min(contacts, key=target.__xor__)]
 
     def stale_buckets(self, now: float, interval: float) -> list[Bucket]:
         """Buckets with no lookup into their range for ``interval`` seconds (section 2.3)."""

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from .call import Call
-from .contact import Address
 from .node import Node
 
 T = TypeVar("T")
@@ -53,7 +52,8 @@ class NodeProtocol(asyncio.DatagramProtocol):
         # IPv6 sockets report (host, port, flowinfo, scope_id); the node keys peers by (host, port).
         if len(addr) != 2:
             addr = (str(addr[0]), int(addr[1]))
-        self.node.datagram_received(data, cast(Address, addr), self.loop.time() + self._offset)
+        self.node.datagram_received(data, addr,  # type: ignore[arg-type]  # (host, port) now
+                                    self.loop.time() + self._offset)
         self.flush()
 
     def error_received(self, exc: Exception) -> None:
