@@ -176,12 +176,14 @@ class Nodes(Message):
 
 @dataclass(frozen=True, slots=True)
 class Value(Message):
-    """The value held under the requested key."""
+    """The value held under the requested key, and how many seconds the holder's copy has
+    left (at most ``expire_time``): a copy cached from it never outlives it."""
 
     CODE = 66
     IS_REQUEST = False
-    FIELDS = (("value", Kind.VALUE),)
+    FIELDS = (("value", Kind.VALUE), ("ttl", Kind.UINT64))
     value: bytes
+    ttl: int = 86400
 
 
 @dataclass(frozen=True, slots=True)

@@ -689,7 +689,7 @@ class Node:
         if local is not None:
             call.resolve(local)
             return call
-        found: list[bytes] = []
+        found: list[Value] = []
         without: list[Contact] = []  # peers that answered without the value
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
@@ -698,7 +698,7 @@ class Node:
                 if key_for(message.value) != key:
                     self.punish(contact, now)
                     return None
-                found.append(message.value)
+                found.append(message)
                 lookup.stop()
                 return ()
             if isinstance(message, Nodes):
@@ -708,7 +708,7 @@ class Node:
 
         def on_finish(lookup: Lookup, now: float) -> None:
             if found:
-                call.resolve(found[0])
+                call.resolve(found[0].value)
                 self._cache_on_path(key, found[0], without, lookup, now)
             elif not lookup.closest():
                 call.fail(self.unanswered(lookup))
@@ -1248,7 +1248,9 @@ class Node:
                            now: float) -> Message:
         value = self.store.get_value(message.key, now)
         if value is not None:
-            return Value(value)
+            meta = self.store.value_meta(message.key)
+            left = self.config.expire_time if meta is None else meta.expires - now
+            return Value(value, int(min(self.config.expire_time, max(0.0, left))))
         return Nodes(tuple(self.table.closest(message.key, self.config.k, exclude=sender)))
 
     def _handle_store(self, message: Store, sender: int | None, address: Address,
@@ -1756,18 +1758,24 @@ class Node:
 
         self.find_closest(key, now, send_all)
 
-    def _cache_on_path(self, key: int, value: bytes, without: list[Contact], lookup: Lookup,
+    def _cache_on_path(self, key: int, found: Value, without: list[Contact], lookup: Lookup,
                        now: float) -> None:
         """Cache a found value at the closest peer on the lookup path that did not have it
-        (section 2.3), for 24 h halved once for each peer closer to the key than it."""
+        (section 2.3), for 24 h halved once for each peer the lookup saw between it and the k
+        closest to the key, where the value's replicas are: the k closest themselves do not
+        count, since every cache peer lies beyond them or among them, and counting them would
+        leave no lifetime worth sending (24 h / 2^k). Never for longer than the copy it was read
+        from has left (``found.ttl``): a value nobody renews is gone everywhere a day after its
+        last publication, cached copies included, however often it is read."""
         if not without:
             return
         target = min(without, key=lambda c: c.id ^ key)
-        between = sum(1 for cand in lookup.candidates() if cand.distance < target.id ^ key)
-        lifetime = math.ldexp(self.config.expire_time, -between)
+        closer = sum(1 for cand in lookup.candidates() if cand.distance < target.id ^ key)
+        lifetime = min(math.ldexp(self.config.expire_time, -max(0, closer - self.config.k)),
+                       found.ttl)
         if lifetime >= self.config.cache_min_lifetime:
             self.stats["cached_sent"] += 1
-            self.request(target.address, Store(value, int(lifetime), cache=True), now,
+            self.request(target.address, Store(found.value, int(lifetime), cache=True), now,
                          expect_id=target.id)
 
     def _emit(self, event: LookupEvent) -> None:

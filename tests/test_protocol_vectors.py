@@ -134,8 +134,8 @@ VECTORS: list[tuple[str, Envelope, bytes]] = [
            "83", ID, C, text("::1"), "17")),
     ("NODES, none", Envelope(1, None, Nodes(())),
      hexed("85 01 1841 01 f6 81 80")),
-    ("VALUE", Envelope(1, None, Value(b"hello")),
-     hexed("85 01 1842 01 f6 81 45", b"hello".hex())),
+    ("VALUE", Envelope(1, None, Value(b"hello", 600)),
+     hexed("85 01 1842 01 f6 82 45", b"hello".hex(), "190258")),
     ("STORED", Envelope(1, None, Stored()),
      hexed("85 01 1843 01 f6 80")),
     ("ENTRIES", Envelope(1, None, Entries((ID_B, ID_C), True, ())),
@@ -339,10 +339,11 @@ def test_field_kind_limits() -> None:
     assert CODEC.decode(error + hexed("790200", "c3a9" * 256)).message == Error(1, "é" * 256)
     with pytest.raises(ProtocolError):
         CODEC.decode(error + hexed("790101", "61" * 257))
-    value = hexed("85 01 1842 05 f6 81")
-    assert CODEC.decode(value + hexed("592000", "00" * 8192)).message == Value(bytes(8192))
+    value = hexed("85 01 1842 05 f6 82")
+    assert CODEC.decode(value + hexed("592000", "00" * 8192, "00")).message == Value(
+        bytes(8192), 0)
     with pytest.raises(ProtocolError):
-        CODEC.decode(value + hexed("592001", "00" * 8193))
+        CODEC.decode(value + hexed("592001", "00" * 8193, "00"))
 
 
 def test_datagram_size_limit() -> None:

@@ -234,8 +234,8 @@ def test_found_values_are_cached_on_the_path_with_a_shrinking_lifetime() -> None
     cached = [n for n in nodes if (m := n.store.value_meta(key)) is not None and m.cached]
     assert len(cached) == 1 and cached[0].id not in replicas
     cache = cached[0]
-    between = sum(1 for d in seen.values() if d < cache.id ^ key)
-    lifetime = int(math.ldexp(config.expire_time, -between))
+    between = sum(1 for d in seen.values() if d < cache.id ^ key) - config.k  # past the replicas
+    lifetime = int(math.ldexp(config.expire_time, -max(0, between)))
     meta = cache.store.value_meta(key)
     assert meta is not None and meta.republish_at == math.inf  # caches are never republished
     assert abs(meta.expires - (net.now + lifetime)) < 2.0
@@ -311,3 +311,54 @@ def test_nodes_started_at_the_same_instant_do_not_all_republish_in_the_same_tick
     # One storer's republish an hour per item is the aim; every storer's every hour would be
     # storers * 3.
     assert republished <= len(keys) * 3 * 3, (republished, storers * 3)
+
+
+def test_gets_through_peers_without_the_value_leave_cached_copies_at_default_k() -> None:
+    """With k = 20, a get whose path passed a peer without the value caches it there: the peers
+    the lookup saw closer to the key include the 20 replicas, which do not shorten the copy's
+    lifetime (else it would be 24 h / 2^20, under a second, and never sent)."""
+    net = SimNetwork(0)
+    nodes = net.build(300, spread=60)
+    paths = 0
+    keys = []
+    for i in range(10):
+        value = b"a popular value %d" % i
+        keys.append(key_for(value))
+        net.run_call(net.call(nodes[i], nodes[i].set, value), timeout=120)
+        for getter in nodes[50:80]:
+            events: list[LookupEvent] = []
+            stop = getter.add_listener(events.append)
+            assert net.run_call(net.call(getter, getter.get, keys[-1]), timeout=120) == value
+            stop()
+            paths += any(isinstance(e, LookupReply) and not e.found_value for e in events)
+    net.run_for(5.0)
+    lifetimes = [m.expires - net.now for n in nodes for key in keys
+                 if (m := n.store.value_meta(key)) is not None and m.cached]
+    assert paths > 0 and sum(n.stats["cached_sent"] for n in nodes) > 0
+    defaults = Config()
+    assert lifetimes and all(
+        defaults.cache_min_lifetime - 10 <= t <= defaults.expire_time for t in lifetimes)
+
+
+def test_a_cached_copy_never_outlives_the_copy_it_was_read_from() -> None:
+    """A value its publisher stopped renewing, read late in its day through peers without it:
+    the copy cached on the path ends when the replicas' copies end, not a day after the read."""
+    config = replace(CONFIG, k=4, alpha=1)
+    net = SimNetwork(seed=5, config=config)
+    nodes = net.add_nodes(60)
+    key = net.run_call(net.call(nodes[0], nodes[0].set, b"fading"))
+    assert nodes[0].forget(key)
+    net.run_for(23 * HOUR)
+    replicas = holders(nodes, key)
+    last = max(m.expires for n in replicas if (m := n.store.value_meta(key)) is not None)
+    assert last < net.now + 2 * HOUR  # what is left of the day
+    reader = max((n for n in nodes if n not in replicas), key=lambda n: n.id ^ key)
+    for replica in replicas:
+        reader.table.remove(replica.id)
+    assert net.run_call(net.call(reader, reader.get, key)) == b"fading"
+    assert reader.stats["cached_sent"] == 1
+    net.run_for(1.0)
+    cached = [m for n in nodes if (m := n.store.value_meta(key)) is not None and m.cached]
+    assert len(cached) == 1 and cached[0].expires <= last + 2.0
+    net.run_for(last - net.now + 3 * config.maintenance_interval)
+    assert holders(nodes, key) == []
