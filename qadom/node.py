@@ -646,8 +646,7 @@ class Node:
                         "the bootstrap peers answered, but nobody answered the lookup of our "
                         f"own id ({_SELF_LOOKUP_TRIES} tries)"))
                 return
-            far = [b for b in self.table.buckets if not b.covers(self.id)]
-            self._refresh(far, now, after_refresh)
+            self._refresh(self._to_refresh_after_join(found), now, after_refresh)
 
         def on_pong(envelope: Envelope | None, now: float) -> None:
             remaining[0] -= 1
@@ -841,7 +840,7 @@ class Node:
         call: Call[None] = self.new_call("refresh", now)
         buckets = (self.table.buckets if all_buckets
                    else self.table.stale_buckets(now, self.config.refresh_interval))
-        self._refresh(list(buckets), now, lambda now: call.resolve(None))
+        self._refresh([(b.lo, b.hi) for b in buckets], now, lambda now: call.resolve(None))
         return call
 
     # ================================================================== RPC layer
@@ -1530,20 +1529,46 @@ class Node:
         self.request(contact.address, Search(key, after), now, expect_id=contact.id,
                      on_reply=on_page)
 
-    def _refresh(self, buckets: list[Any], now: float,
+    def _to_refresh_after_join(self, found: list[Contact]) -> list[tuple[int, int]]:
+        """The id ranges a joining node refreshes once the lookup of its own id has ``found``
+        its closest peers: every k-bucket farther away than its closest neighbour (section 2.3).
+
+        The paper's table has one bucket per bit; ours splits only when a bucket overflows, so
+        a lookup that met k peers (as it does through a bootstrap node next to us) may leave a
+        single bucket with nothing farther to refresh, and the node would know nothing outside
+        its neighbourhood until the hourly refresh. So: the subtrees that branch off our id's
+        path above the k-th closest peer found (what lies below it is known: a node there would
+        be among the k closest), which are the farther buckets of a table that has split, and
+        every bucket of our table that does not cover our id (a relaxed split)."""
+        own = self.id
+        distances = sorted(c.id ^ own for c in found if c.id != own)
+        k = self.config.k
+        above = 256 - distances[k - 1].bit_length() if len(distances) >= k else 0
+        ranges = []
+        for depth in range(above):
+            shift = 255 - depth
+            lo = ((own >> shift) ^ 1) << shift
+            ranges.append((lo, lo + (1 << shift)))
+        known = set(ranges)
+        ranges += [(b.lo, b.hi) for b in self.table.buckets
+                   if not b.covers(own) and (b.lo, b.hi) not in known]
+        return ranges
+
+    def _refresh(self, ranges: list[tuple[int, int]], now: float,
                  then: Callable[[float], None]) -> None:
-        if not buckets or not len(self.table):
+        """Look up a random id in each id range ``[lo, hi)``, then ``then(now)``."""
+        if not ranges or not len(self.table):
             then(now)
             return
-        left = [len(buckets)]
+        left = [len(ranges)]
 
         def one_done(_: list[Contact], now: float) -> None:
             left[0] -= 1
             if left[0] == 0:
                 then(now)
 
-        for bucket in buckets:
-            self.find_closest(random_id_in(self.rng, bucket.lo, bucket.hi), now, one_done)
+        for lo, hi in ranges:
+            self.find_closest(random_id_in(self.rng, lo, hi), now, one_done)
 
     def _local_entries(self, key: int, now: float) -> builtins.set[int]:
         results: builtins.set[int] = set()
@@ -1590,7 +1615,7 @@ class Node:
                 log.info("rejoined the network: %d contacts", len(self.table))
             stale = self.table.stale_buckets(now, self.config.refresh_interval)
             if stale:
-                self._refresh(stale, now, lambda now: None)
+                self._refresh([(b.lo, b.hi) for b in stale], now, lambda now: None)
         elif now >= self._rejoin_at:
             self._rejoin(now)
 

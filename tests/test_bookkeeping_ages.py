@@ -80,7 +80,10 @@ def test_under_steady_churn_bookkeeping_holds_only_recent_peers() -> None:
     # only when a neighbour joins: fewer of those, and each matters for an hour).
     for name, seen in ever.items():
         kept = sum(len(structures(s)[name]) for s in stayers)
-        assert kept * (1 if name == "handed" else 3) < len(seen), (name, kept, len(seen))
+        # Tokens live half an hour, in which a stayer asks most live peers: kept, they would be
+        # every peer it ever met.
+        factor = {"handed": 1.0, "tokens": 1.5}.get(name, 3.0)
+        assert kept * factor < len(seen), (name, kept, len(seen))
 
 
 def test_a_token_is_sent_while_alive_and_forgotten_once_surely_dead() -> None:

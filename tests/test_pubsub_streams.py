@@ -323,7 +323,11 @@ def test_a_lossy_link_does_not_cut_a_live_subscriber_off() -> None:
     net.loss = 0.0
     net.run_for(10.0)
     assert sorted(got) == sorted(sent)
-    assert sum(n.stats["pubsub_lost_subscribers"] for n in nodes) == 0
+    # A relay drops a subscriber only after pubsub_silent_deliveries (3) DELIVERs in a row went
+    # unanswered through both their attempts: at 10% loss about once in 20 000 windows of three,
+    # under 0.1 expected in this run (of some 1 500 deliveries), while one lost exchange is not
+    # rare (3.6%); a relay that dropped it at every lost exchange would drop it dozens of times.
+    assert sum(n.stats["pubsub_lost_subscribers"] for n in nodes) <= 1
     assert sum(n.stats["timeouts"] for n in nodes) > 0  # DELIVERs (and others) went unanswered
 
 

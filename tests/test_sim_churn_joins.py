@@ -77,3 +77,25 @@ def test_a_join_looks_up_its_own_id_again_when_nobody_answered_the_first_lookup(
     contacts = net.run_call(joining)
     assert contacts > 1 and len(newcomer.table) == contacts
     assert own[1].replies > 0
+
+
+def test_a_join_through_a_neighbour_learns_the_rest_of_the_id_space() -> None:
+    """Joining through its nearest node, a newcomer's lookup of its own id meets only its
+    neighbourhood; the refresh after it still reaches every subtree farther than its closest
+    neighbour, though no bucket of its table covers them yet (section 2.3)."""
+    for seed in range(4):
+        net = SimNetwork(seed)
+        net.build(200)
+        new = net.add_node()
+        nearest = net.true_closest(new.id, 1, exclude=new.id)[0]
+        net.run_call(net.call(new, new.bootstrap, [net.address_of(net._by_id[nearest])]),
+                     timeout=120)
+        neighbour = min(c.id ^ new.id for c in new.table)
+        # Each subtree branching off our path above the neighbour's that holds nodes, half the
+        # id space first, has contacts in the table now.
+        populated = {(node_id ^ new.id).bit_length() for node_id in net._by_id} - {0}
+        branches = [256 - depth for depth in range(256 - neighbour.bit_length())]
+        assert 256 in populated and len(set(branches) & populated) >= 5
+        for branch in set(branches) & populated:
+            assert any((c.id ^ new.id).bit_length() == branch for c in new.table), (
+                seed, 256 - branch, len(new.table), len(new.table.buckets))

@@ -155,8 +155,10 @@ def test_one_failed_request_does_not_put_a_live_peer_in_backoff_two_in_a_row_do(
     net = SimNetwork(seed=14, config=replace(CONFIG, k=4))
     nodes = net.add_nodes(24)
     asker = nodes[0]
+    # A peer outside the table, whose bucket is full: answering, it can only wait as a
+    # replacement.
     peer = next(n for n in nodes[1:] if asker.table.get(n.id) is None
-                or asker.table.bucket_for(n.id).replacements)
+                and len(asker.table.bucket_for(n.id).contacts) >= 4)
     target = peer.id
     asked: list[int] = []
     asker.add_listener(lambda e: asked.append(e.contact.id)
