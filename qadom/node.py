@@ -153,10 +153,8 @@ class _NodeLookup(Lookup):
     """A lookup run by a node: also what the peers that refused it with an ERROR said, so
     that a read nobody answered can tell refusals from silence (:meth:`Node.unanswered`)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.refusals = 0  # requests that failed for an ERROR reply
-        self.first_refusal: Error | None = None
+    refusals = 0  # requests that failed for an ERROR reply (class defaults: no __init__ call)
+    first_refusal: Error | None = None
 
     def on_refusal(self, contact: Contact, error: Error) -> None:
         """``contact`` answered with ``error``: a failure (see :meth:`Lookup.on_failure`),
