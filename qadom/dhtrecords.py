@@ -208,7 +208,12 @@ def compress(pub_key: bytes) -> bytes:
 def verify(entry: Entry, key: str, mode: str) -> bool:
     """Whether ``entry``'s signature is valid for ``key`` and ``mode``. Never for an
     ``exp_time`` at or past :data:`EXP_TIME_LIMIT`, whose signature may be another write's."""
-    if len(entry.sign) != 64 or not _pinned(entry.exp_time):
+    return _pinned(entry.exp_time) and _signed(entry, key, mode)
+
+
+def _signed(entry: Entry, key: str, mode: str) -> bool:
+    """Whether ``entry``'s signature is valid over its text, whatever its ``exp_time``."""
+    if len(entry.sign) != 64:
         return False
     r = int.from_bytes(entry.sign[:32], "big")
     s = int.from_bytes(entry.sign[32:], "big")
@@ -722,12 +727,12 @@ class DhtRecordService:
             record = decode_record(message.record, self.config)
         except ProtocolError:
             record = None
-        if record is not None and not all(_pinned(e.exp_time) for e in record.entries):
-            return None  # a copy a holder took before EXP_TIME_LIMIT: not used, no lie either
         if record is None or record.key != key or not all(
-                verify(entry, key, record.mode) for entry in record.entries):
+                _signed(entry, key, record.mode) for entry in record.entries):
             self.node.punish(contact, now)
             return None
+        if not all(_pinned(entry.exp_time) for entry in record.entries):
+            return None  # a copy a holder took before EXP_TIME_LIMIT: not used, no lie either
         return record
 
     def _send_to(self, contacts: list[Contact], key: int, write: Record, now: float,

@@ -99,6 +99,11 @@ T = TypeVar("T")
 TOKEN_BYTES = 16
 _MAX_HANDED = 1024  # neighbours whose last hand-over is remembered (see Node._hand_over)
 _SELF_LOOKUP_TRIES = 3  # lookups of our own id a join makes before it gives up (Node.bootstrap)
+# Subtrees a join refreshes at most (Node._to_refresh_after_join): the k-th closest peer of a
+# network of N random ids lies about log2(N / k) levels down, so this binds only past 2^32 k
+# nodes, or when ids cluster around ours (chosen ids, or an attacker's), where a lookup for
+# each of up to 255 empty subtrees would only ask the same neighbours again.
+_JOIN_REFRESH_DEPTHS = 32
 BUG_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
 ReplyCallback = Callable[[Envelope | None, float], None]
@@ -1536,13 +1541,15 @@ class Node:
         single bucket with nothing farther to refresh, and the node would know nothing outside
         its neighbourhood until the hourly refresh. So: the subtrees that branch off our id's
         path above the k-th closest peer found (what lies below it is known: a node there would
-        be among the k closest), which are the farther buckets of a table that has split, and
-        every bucket of our table that does not cover our id (a relaxed split)."""
+        be among the k closest), the farthest ``_JOIN_REFRESH_DEPTHS`` of them at most, which
+        are the farther buckets of a table that has split, and every bucket of our table that
+        does not cover our id (a relaxed split)."""
         own = self.id
         distances = sorted(c.id ^ own for c in found if c.id != own)
         k = self.config.k
         above = 256 - distances[k - 1].bit_length() if len(distances) >= k else 0
         ranges = []
+        above = min(above, _JOIN_REFRESH_DEPTHS)
         for depth in range(above):
             shift = 255 - depth
             lo = ((own >> shift) ^ 1) << shift

@@ -241,6 +241,24 @@ def test_a_holder_of_a_record_signed_past_the_year_2286_is_not_read_nor_punished
     assert reader.stats["liars"] == 0
 
 
+def test_a_record_signed_past_the_year_2286_is_still_checked_for_lies(
+        net: tuple[SimNetwork, list[Node]]) -> None:
+    """Only a true copy is spared: an entry past the limit does not cover a record made for
+    another key, nor one whose signatures do not verify."""
+    network, nodes = net
+    wrong_key = write(ALICE, "other", "x", SECURED, 2 * 10**10)
+    unsigned = write(ALICE, "lie", "x", SECURED, 2 * 10**10)
+    unsigned = replace(unsigned, entries=(replace(unsigned.entries[0], sign=bytes(64)),))
+    for name, record in (("wanted", wrong_key), ("lie", unsigned)):
+        liar = min(nodes, key=lambda n: n.id ^ storage_key(name))
+        liar.store.put_record(RECORD_KIND, storage_key(name), encode_record(record), 0)
+        reader = max(nodes, key=lambda n: n.id ^ storage_key(name))
+        before = reader.stats["liars"]
+        with pytest.raises(NotFoundError):
+            network.run_call(network.call(reader, reader.dht_records.get, name))
+        assert reader.stats["liars"] > before, name
+
+
 # ---------------------------------------------------------------------------- the codec
 
 

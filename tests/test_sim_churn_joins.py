@@ -3,6 +3,8 @@ again, but not while :meth:`SimNetwork.lookup` is measuring a lookup from it."""
 
 from __future__ import annotations
 
+import random
+
 from qadom import Config, OperationTimeout
 from qadom.call import Call
 from qadom.events import LookupFinished
@@ -99,3 +101,19 @@ def test_a_join_through_a_neighbour_learns_the_rest_of_the_id_space() -> None:
         for branch in set(branches) & populated:
             assert any((c.id ^ new.id).bit_length() == branch for c in new.table), (
                 seed, 256 - branch, len(new.table), len(new.table.buckets))
+
+
+def test_a_join_among_ids_that_share_a_long_prefix_refreshes_a_bounded_number_of_subtrees() -> None:
+    """Ids clustered around the newcomer's (chosen, or an attacker's): the subtrees above its
+    k-th closest peer are nearly all empty, and it does not look up each of up to 255."""
+    net = SimNetwork(7)
+    base = random.Random(1).getrandbits(256) & ~0xFFFF  # 40 ids sharing 240 leading bits
+    nodes = [net.add_node(node_id=base | i) for i in range(1, 41)]
+    for node in nodes[1:]:
+        net.run_call(net.call(node, node.bootstrap, [net.address_of(nodes[0])]), timeout=600)
+    newcomer = net.add_node(node_id=base | 0x8000)
+    before = newcomer._lookup_seq
+    net.run_call(net.call(newcomer, newcomer.bootstrap, [net.address_of(nodes[0])]),
+                 timeout=600)
+    lookups = newcomer._lookup_seq - before
+    assert lookups <= 40, (lookups, len(newcomer.table.buckets))
