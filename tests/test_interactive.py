@@ -279,14 +279,20 @@ def _stop(child: pexpect.spawn) -> int | None:
     return status
 
 
+def _start_peer0(children: list[pexpect.spawn]) -> str:
+    """peer0 under plain python on a free port, serving; its HOST:PORT."""
+    peer0 = _spawn([str(PEERS / "peer0.py"), "--port", "0"], _env())
+    children.append(peer0)
+    peer0.expect(ADDRESS)
+    address = f"{peer0.match.group(1)}:{peer0.match.group(2)}"
+    peer0.expect(SERVING)
+    return address
+
+
 def test_peer_scripts_under_plain_python() -> None:
     children: list[pexpect.spawn] = []
     try:
-        peer0 = _spawn([str(PEERS / "peer0.py"), "--port", "0"], _env())
-        children.append(peer0)
-        peer0.expect(ADDRESS)
-        address = f"{peer0.match.group(1)}:{peer0.match.group(2)}"
-        peer0.expect(SERVING)
+        address = _start_peer0(children)
         env = _env(QADOM_PORT="0", QADOM_BOOTSTRAP=address)
         _run_peer1_and_peer2(env, children)
         # They keep serving until Ctrl-C, then close their peers and exit cleanly.
@@ -408,11 +414,7 @@ def test_a_script_whose_operation_fails_says_so_in_one_line() -> None:
     exit status 1, no traceback; the same for a peer with nobody to ask."""
     children: list[pexpect.spawn] = []
     try:
-        peer0 = _spawn([str(PEERS / "peer0.py"), "--port", "0"], _env())
-        children.append(peer0)
-        peer0.expect(ADDRESS)
-        address = f"{peer0.match.group(1)}:{peer0.match.group(2)}"
-        peer0.expect(SERVING)
+        address = _start_peer0(children)
         for env, reason in [
             (_env(QADOM_PORT="0", QADOM_BOOTSTRAP=address),
              f"peer2: no peer reached holds key {KEY}; peers/peer1.py stores it: run it first"),
