@@ -324,17 +324,21 @@ class ErrorLog(logging.Handler):
         self.records.append(record)
 
 
-@pytest.fixture(scope="module")
-def soak() -> Iterator[tuple[Soak, ErrorLog]]:
+def run_logged(scenario: Soak, hours: int) -> Iterator[tuple[Soak, ErrorLog]]:
+    """Run ``scenario`` for ``hours`` keeping what the "qadom" logger says; a fixture's body."""
     handler = ErrorLog()
     logger = logging.getLogger("qadom")
     logger.addHandler(handler)
     try:
-        scenario = Soak(2024)
-        scenario.run(72)
+        scenario.run(hours)
         yield scenario, handler
     finally:
         logger.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def soak() -> Iterator[tuple[Soak, ErrorLog]]:
+    yield from run_logged(Soak(2024), 72)
 
 
 def days(points: list[Checkpoint], first: float, last: float) -> list[Checkpoint]:

@@ -12,12 +12,11 @@ what the network stores stays level, and no node meets an internal error.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 
 import pytest
 import test_soak as soak_checks
-from test_soak import ErrorLog, Soak
+from test_soak import ErrorLog, Soak, run_logged
 
 SEED = 3
 HOURS = 48
@@ -25,17 +24,10 @@ HOURS = 48
 
 @pytest.fixture(scope="module")
 def rough() -> Iterator[tuple[Soak, ErrorLog]]:
-    handler = ErrorLog()
-    logger = logging.getLogger("qadom")
-    logger.addHandler(handler)
-    try:
-        scenario = Soak(SEED, nodes=24, loss=0.05)
-        net = scenario.net
-        net.duplicate, net.reorder, net.reorder_delay = 0.05, 0.2, 0.5
-        scenario.run(HOURS)
-        yield scenario, handler
-    finally:
-        logger.removeHandler(handler)
+    scenario = Soak(SEED, nodes=24, loss=0.05)
+    net = scenario.net
+    net.duplicate, net.reorder, net.reorder_delay = 0.05, 0.2, 0.5
+    yield from run_logged(scenario, HOURS)
 
 
 def test_the_network_duplicated_and_reordered_datagrams(rough: tuple[Soak, ErrorLog]) -> None:
