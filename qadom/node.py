@@ -640,10 +640,15 @@ class Node:
             if not found:
                 # A bootstrap peer answered the ping, but nobody answered the lookup (its
                 # requests were lost): a table of the bootstrap peers alone would leave this
-                # node cut off once they go. Look again; after the last try, the join fails.
+                # node cut off once they go. Look again, after rpc_timeout_max, then twice that
+                # (requests that answer fast wait little, and tries close together would meet
+                # the same burst of loss); after the last try, the join fails.
                 lookups[0] += 1
                 if lookups[0] < _SELF_LOOKUP_TRIES:
-                    self.find_closest(self.id, now, after_self_lookup)
+                    self._schedule(
+                        now + self.config.rpc_timeout_max * 2 ** (lookups[0] - 1),
+                        lambda now: None if call.done else self.find_closest(
+                            self.id, now, after_self_lookup))
                 else:
                     call.fail(OperationTimeout(
                         "the bootstrap peers answered, but nobody answered the lookup of our "

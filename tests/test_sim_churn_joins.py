@@ -4,6 +4,9 @@ again, but not while :meth:`SimNetwork.lookup` is measuring a lookup from it."""
 from __future__ import annotations
 
 import random
+from itertools import pairwise
+
+import pytest
 
 from qadom import Config, OperationTimeout
 from qadom.call import Call
@@ -69,6 +72,10 @@ def test_a_join_whose_own_lookup_nobody_answered_fails_rather_than_leave_a_node_
     assert isinstance(error, OperationTimeout), joining
     assert "lookup of our own id" in str(error)
     assert len(own) == 3 and all(e.replies == 0 for e in own)
+    # Spaced out, so as not to meet the same burst of loss: rpc_timeout_max, then twice that.
+    gaps = [later.now - later.duration - earlier.now for earlier, later in pairwise(own)]
+    wait = CONFIG.rpc_timeout_max
+    assert gaps == [pytest.approx(wait), pytest.approx(2 * wait)]
     # Before, the join resolved with the bootstrap node alone in the table: once that node left,
     # the newcomer was cut off for good while it counted as joined.
 
