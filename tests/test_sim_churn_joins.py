@@ -114,8 +114,8 @@ def test_a_join_among_ids_that_share_a_long_prefix_refreshes_a_bounded_number_of
     """Ids clustered around the newcomer's (chosen, or an attacker's): the subtrees above its
     k-th closest peer are nearly all empty, and it does not look up each of up to 255."""
     net = SimNetwork(7)
-    base = random.Random(1).getrandbits(256) & ~0xFFFF  # 40 ids sharing 240 leading bits
-    nodes = [net.add_node(node_id=base | i) for i in range(1, 41)]
+    base = random.Random(1).getrandbits(256) & ~0xFFFF  # 24 ids sharing 240 leading bits
+    nodes = [net.add_node(node_id=base | i) for i in range(1, 25)]
     for node in nodes[1:]:
         net.run_call(net.call(node, node.bootstrap, [net.address_of(nodes[0])]), timeout=600)
     newcomer = net.add_node(node_id=base | 0x8000)
