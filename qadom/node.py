@@ -1255,9 +1255,8 @@ class Node:
                            now: float) -> Message:
         value = self.store.get_value(message.key, now)
         if value is not None:
-            meta = self.store.value_meta(message.key)
-            left = self.config.expire_time if meta is None else meta.expires - now
-            return Value(value, int(min(self.config.expire_time, max(0.0, left))))
+            return Value(value, remaining_ttl(self.store.value_meta(message.key), now,
+                                              self.config))
         return Nodes(tuple(self.table.closest(message.key, self.config.k, exclude=sender)))
 
     def _handle_store(self, message: Store, sender: int | None, address: Address,
