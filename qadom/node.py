@@ -1253,10 +1253,9 @@ class Node:
 
     def _handle_find_value(self, message: FindValue, sender: int | None, address: Address,
                            now: float) -> Message:
-        value = self.store.get_value(message.key, now)
-        if value is not None:
-            return Value(value, remaining_ttl(self.store.value_meta(message.key), now,
-                                              self.config))
+        held = self.store.get_value_and_meta(message.key, now)
+        if held is not None:
+            return Value(held[0], remaining_ttl(held[1], now, self.config))
         return Nodes(tuple(self.table.closest(message.key, self.config.k, exclude=sender)))
 
     def _handle_store(self, message: Store, sender: int | None, address: Address,

@@ -416,6 +416,17 @@ class SqliteStore:
         return None if row is None else _meta(row)
 
     @_reading
+    def get_value_and_meta(self, key: int, now: float) -> tuple[bytes, Meta] | None:
+        row = self._db.execute(f"SELECT value, {_META_COLUMNS} FROM vals WHERE key = ?",
+                               (id_to_bytes(key),)).fetchone()
+        if row is None:
+            return None
+        meta = _meta(row[1:])
+        if not meta.original and meta.expires <= now:
+            return None
+        return bytes(row[0]), meta
+
+    @_reading
     def put_value(self, key: int, value: bytes, meta: Meta) -> None:
         row = self._db.execute(f"SELECT length(value), {_META_COLUMNS} FROM vals WHERE key = ?",
                                (id_to_bytes(key),)).fetchone()

@@ -312,6 +312,10 @@ class Store(Protocol):
 
     def value_meta(self, key: int) -> Meta | None: ...
 
+    def get_value_and_meta(self, key: int, now: float) -> tuple[bytes, Meta] | None:
+        """What :meth:`get_value` and :meth:`value_meta` answer together, in one read."""
+        ...
+
     def put_value(self, key: int, value: bytes, meta: Meta) -> None:
         """Store or update a value; raises StorageFull (changing nothing) when over quota."""
         ...
@@ -464,6 +468,10 @@ class MemoryStore:
     def value_meta(self, key: int) -> Meta | None:
         held = self._values.get(key)
         return None if held is None else held[1]
+
+    def get_value_and_meta(self, key: int, now: float) -> tuple[bytes, Meta] | None:
+        held = self._values.get(key)
+        return None if held is None or _expired(held[1], now) else held
 
     def put_value(self, key: int, value: bytes, meta: Meta) -> None:
         old = self._values.get(key)

@@ -560,3 +560,14 @@ def test_due_with_a_limit_below_one_returns_nothing(make_store: type) -> None:
     for limit in (0, -1):
         assert store.due(5.0, limit) == [] and store.due_records(5.0, limit) == []
         assert store.held_between(0, ID_SPACE, limit) == []
+
+
+def test_a_value_and_its_meta_read_together_answer_as_read_apart(make_store: type) -> None:
+    store: Store = make_store()
+    store.put_value(1, b"held", Meta(expires=100.0, source="h"))
+    store.put_value(2, b"ours", Meta(expires=100.0, original=True))
+    for key in (1, 2, 3):
+        for now in (99.0, 100.0, 500.0):
+            value, meta = store.get_value(key, now), store.value_meta(key)
+            together = store.get_value_and_meta(key, now)
+            assert together == (None if value is None else (value, meta)), (key, now)
