@@ -11,7 +11,8 @@ How it works (docs/PROTOCOL.md, "Publish/subscribe"):
 * A publisher looks up the same k closest and sends each a ``Publish`` carrying its stream id (a
   random 64-bit number per publishing node and topic) and the next sequence number of that stream.
   Each relay forwards it as ``Deliver`` to every live subscriber (and hands it to its own local
-  subscriptions).
+  subscriptions). A publisher that is itself among the k closest (a lookup never returns the
+  node running it) forwards its own messages to the subscribers registered with it too.
 * A subscriber receives up to k copies of each message. Its :class:`Inbox` passes on each message
   once, and in sequence order per stream: a message behind a gap waits up to
   ``pubsub_reorder_timeout`` for the missing one, then the gap is given up.
@@ -272,6 +273,12 @@ class RelayTable:
         """The live subscribers of ``topic``, in registration order."""
         subscribers = self._live(topic, now)
         return list(subscribers) if subscribers else []
+
+    def lease(self, topic: int, subscriber: Address) -> float | None:
+        """When the lease of ``subscriber`` on ``topic`` ends (None: not registered). Each
+        SUBSCRIBE, new or renewing, sets it anew."""
+        subscribers = self._topics.get(topic)
+        return None if subscribers is None else subscribers.get(subscriber)
 
     def expire(self, now: float) -> int:
         """Drop every lapsed lease; returns how many."""
@@ -698,7 +705,9 @@ class PubSubService:
     of untracked streams dropped, see :class:`Inbox`), ``pubsub_refused`` (subscriptions
     refused), ``pubsub_lost_subscribers`` (dropped after ``pubsub_silent_deliveries``
     DELIVERs in a row went unanswered), ``pubsub_delivery_refused`` (dropped for answering a
-    DELIVER with an ERROR) and ``pubsub_rounds`` (registration rounds).
+    DELIVER with an ERROR), ``pubsub_delivery_rate_limited`` (DELIVERs a subscriber's node
+    refused as over its request rate: it is not dropped for that) and ``pubsub_rounds``
+    (registration rounds).
     """
 
     def __init__(self, node: Node) -> None:
@@ -991,9 +1000,16 @@ class PubSubService:
             # another address may have taken its id meanwhile: never publish on it again.
             outbox.new_stream(self.node.rng.getrandbits(64))
         outbox.sent = now
+        # A lookup never returns the node that runs it, so when we are ourselves among the k
+        # closest to the topic, subscribers registered here would get nothing from us: relay
+        # our own messages as we relay everyone's (with k = 1 we may be the only relay).
+        here = len(closest) < self.node.config.k or any(
+            self.node.id ^ key < contact.id ^ key for contact in closest)
         for value, call in batch:
             message = Publish(key, outbox.stream, outbox.next_seq, value)
             outbox.next_seq += 1
+            if here:
+                self._forward(message, now)
             self._send_publish(outbox, message, call, closest, now)
 
     def _send_publish(self, outbox: _Outbox, message: Publish, call: Call[int],
@@ -1090,24 +1106,37 @@ class PubSubService:
                          f"more than {cfg.pubsub_rate:g} messages per second "
                          f"(bursts of {cfg.pubsub_burst}) from this sender")
         self.streams.record(message.key, message.stream, address, now, message.seq)
+        forwarded = self._forward(message, now)
+        local = self._topics.get(message.key)
+        if local is not None:
+            self._receive(local, message.stream, message.seq, message.value, now)
+        return Published(forwarded)
+
+    def _forward(self, message: Publish, now: float) -> int:
+        """Relay one message: a DELIVER to each live subscriber of its topic here; how many."""
+        node = self.node
         node.stats["pubsub_published"] += 1
         targets = self.relay.subscribers(message.key, now)
         deliver = Deliver(message.key, message.stream, message.seq, message.value)
         for target in targets:
             node.stats["pubsub_forwarded"] += 1
+            lease = self.relay.lease(message.key, target)
             node.request(target, deliver, now,
-                         on_reply=partial(self._on_delivered, message.key, target))
-        local = self._topics.get(message.key)
-        if local is not None:
-            self._receive(local, message.stream, message.seq, message.value, now)
-        return Published(len(targets))
+                         on_reply=partial(self._on_delivered, message.key, target, lease))
+        return len(targets)
 
-    def _on_delivered(self, key: int, target: Address, envelope: Envelope | None,
-                      now: float) -> None:
+    def _on_delivered(self, key: int, target: Address, lease: float | None,
+                      envelope: Envelope | None, now: float) -> None:
         """Stop forwarding to a subscriber before its lease lapses once it is no longer
-        subscribed (an ERROR answer) or gone (``pubsub_silent_deliveries`` DELIVERs in a row
-        unanswered)."""
+        subscribed (an ERROR answer, but RATE_LIMITED: that one says "not so fast", not "not
+        here") or gone (``pubsub_silent_deliveries`` DELIVERs in a row unanswered)."""
         silent, subscription, stats = self._silent, (key, target), self.node.stats
+        if self.relay.lease(key, target) != lease:
+            # The subscriber has subscribed (again) since this DELIVER left: what became of it
+            # says nothing of that subscription. A NOT_SUBSCRIBED for it, overtaken on the way
+            # by the SUBSCRIBE of a subscriber that left the topic and came back, would cut the
+            # new subscription off here until its next renewal.
+            return
         if envelope is None:
             count = silent.pop(subscription, 0) + 1
             if count < self.node.config.pubsub_silent_deliveries:
@@ -1119,7 +1148,16 @@ class PubSubService:
                 stats["pubsub_lost_subscribers"] += 1
             return
         silent.pop(subscription, None)
-        if isinstance(envelope.message, Error) and self.relay.unsubscribe(key, target):
+        reply = envelope.message
+        if not isinstance(reply, Error):
+            return
+        if reply.code == ErrorCode.RATE_LIMITED:
+            # The subscriber is there and still subscribed: its node's request limit refused this
+            # one DELIVER (several publishers, each within its pubsub_rate here, can together
+            # send it more than that limit). That message is lost from us, but dropping the
+            # subscriber would lose all the next ones, until its next renewal, without a word.
+            stats["pubsub_delivery_rate_limited"] += 1
+        elif self.relay.unsubscribe(key, target):
             stats["pubsub_delivery_refused"] += 1
 
     def _handle_deliver(self, message: Deliver, sender: int | None, address: Address,

@@ -373,6 +373,52 @@ def test_sim_deliveries_from_strangers_are_refused() -> None:
     assert Contact(relay.id, relay.address) in nodes[1].pubsub.relays_of(9)
 
 
+def test_sim_a_publisher_among_the_closest_relays_its_own_messages() -> None:
+    """A lookup never returns the node running it, so a publisher that is itself among the k
+    closest to a topic does not send itself its PUBLISH: it must forward its messages to the
+    subscribers registered with it. With k = 1 it is the topic's only relay."""
+    config = dataclasses.replace(SIM, k=1)
+    net, nodes = sim_network(20, seed=5, config=config)
+    publisher = nodes[1]
+    topic = publisher.id ^ 1  # the publisher is the closest peer to the topic
+    subscriber = max(nodes, key=lambda n: n.id ^ topic)
+    got: list[bytes] = []
+    _, call = sim_subscribe(net, subscriber, topic, got.append)
+    assert net.run_call(call) == 1
+    assert [c.id for c in subscriber.pubsub.relays_of(topic)] == [publisher.id]
+    assert net.run_call(net.call(publisher, publisher.pubsub.publish, topic, b"x")) == 1
+    net.run_for(3.0)
+    assert got == [b"x"]
+    assert publisher.stats["pubsub_forwarded"] == 1
+
+
+def test_sim_a_subscriber_refusing_a_burst_for_its_request_rate_keeps_its_relays() -> None:
+    """Three publishers each within their pubsub rate at each relay send a subscriber, through
+    each relay, more DELIVERs than its node's request burst: its node answers some with
+    RATE_LIMITED. That says "not so fast", not "not subscribed": the relays keep it, and what is
+    published next reaches it through every one of them."""
+    config = dataclasses.replace(SIM, pubsub_lease=60.0)
+    net, nodes = sim_network(30, seed=7, config=config)
+    subscriber, publishers = nodes[0], nodes[1:4]
+    topic = far_topic(nodes, [subscriber, *publishers], config.k)
+    got: list[bytes] = []
+    _, call = sim_subscribe(net, subscriber, topic, got.append)
+    assert net.run_call(call) == config.k
+    for p, publisher in enumerate(publishers):
+        for i in range(150):  # within pubsub_burst (200) at each relay
+            net.call(publisher, publisher.pubsub.publish, topic, b"%d:%d" % (p, i))
+    net.run_for(5.0)
+    assert subscriber.stats["rate_limited"] > 0  # the burst went over its request limit
+    assert len(relays_listing(net, topic, subscriber)) == config.k
+    assert sum(n.stats["pubsub_delivery_refused"] for n in nodes) == 0
+    assert sum(n.stats["pubsub_delivery_rate_limited"] for n in nodes) > 0
+    before = subscriber.stats["pubsub_duplicates"]
+    net.run_call(net.call(publishers[0], publishers[0].pubsub.publish, topic, b"next"))
+    net.run_for(3.0)
+    assert got.count(b"next") == 1
+    assert subscriber.stats["pubsub_duplicates"] - before == config.k - 1  # a copy from each
+
+
 # ============================================================================= real UDP
 
 SIZE = 24

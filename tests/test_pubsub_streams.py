@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import random
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 
@@ -25,6 +26,7 @@ from qadom.pubsub import (
     StreamTable,
     Subscribe,
     Subscribed,
+    SubscriptionHandle,
     Unsubscribe,
 )
 from qadom.sim import SimNetwork
@@ -686,22 +688,26 @@ def test_a_subscriber_back_after_leaving_starts_with_no_silent_deliveries() -> N
     relay = Node(config=Config())
     service = relay.pubsub
     subscriber = ("10.0.9.9", 4000)
+
+    def unanswered(now: float) -> None:  # a DELIVER to the subscription it holds now
+        service._on_delivered(5, subscriber, service.relay.lease(5, subscriber), None, now)
+
     assert isinstance(service._handle_subscribe(Subscribe(5, 60_000), None, subscriber, 0.0),
                       Subscribed)
     for _ in range(Config().pubsub_silent_deliveries - 1):
-        service._on_delivered(5, subscriber, None, 1.0)  # unanswered, short of the limit
+        unanswered(1.0)  # unanswered, short of the limit
     assert service.relay.subscribers(5, 1.0) == [subscriber]
     service._handle_unsubscribe(Unsubscribe(5), None, subscriber, 2.0)
     assert isinstance(service._handle_subscribe(Subscribe(5, 60_000), None, subscriber, 3.0),
                       Subscribed)
-    service._on_delivered(5, subscriber, None, 4.0)  # one unlucky DELIVER of the new one
+    unanswered(4.0)  # one unlucky DELIVER of the new one
     assert service.relay.subscribers(5, 4.0) == [subscriber]
     # Nor does a lapsed lease leave its count behind.
-    service._on_delivered(5, subscriber, None, 5.0)
+    unanswered(5.0)
     assert service.relay.expire(70.0) == 1
     assert isinstance(service._handle_subscribe(Subscribe(5, 60_000), None, subscriber, 70.0),
                       Subscribed)
-    service._on_delivered(5, subscriber, None, 71.0)
+    unanswered(71.0)
     assert service.relay.subscribers(5, 71.0) == [subscriber]
 
 
@@ -751,3 +757,41 @@ def test_a_burst_of_publishes_resent_is_forwarded_once() -> None:
         Published(1))
     assert relay.pubsub.streams.taken(5, 7, 2**64 - 1)
     assert not relay.pubsub.streams.taken(5, 7, 99)
+
+
+def test_a_subscriber_back_at_once_is_not_cut_off_by_an_answer_to_its_old_subscription() -> None:
+    """A subscriber leaves a topic and subscribes again at once while a publisher streams. A
+    DELIVER its relays sent before its UNSUBSCRIBE reached them is answered NOT_SUBSCRIBED (its
+    new subscription does not know the relay yet); with datagrams reordered, that answer can
+    reach a relay after the new SUBSCRIBE. It is about the old subscription: the relay keeps the
+    new one."""
+    config = dataclasses.replace(SIM, k=5, pubsub_lease=60.0)
+    for seed in (2, 11):  # seeds whose reordering makes such an answer overtake a SUBSCRIBE
+        net = SimNetwork(seed, config=config)
+        nodes = net.add_nodes(25)
+        net.reorder = 0.3
+        subscriber, publisher = nodes[0], nodes[1]
+        topic = far_topic(nodes, [subscriber, publisher], config.k)
+        handles: list[SubscriptionHandle] = []
+        start = partial(subscribe_again, subscriber, topic, handles)
+        assert net.run_call(net.call(subscriber, start)) == config.k
+        for i in range(50):
+            net.call(publisher, publisher.pubsub.publish, topic, b"first %d" % i)
+            net.run_for(0.01)
+        again = net.call(subscriber, start)  # leaves, and subscribes again
+        for i in range(50):
+            net.call(publisher, publisher.pubsub.publish, topic, b"again %d" % i)
+            net.run_for(0.01)
+        net.run_for(2.0)
+        assert again.result() == config.k
+        assert len(relays_of(net, topic, subscriber)) == config.k, seed
+
+
+def subscribe_again(node: Node, topic: int, handles: list[SubscriptionHandle],
+                    now: float) -> Call[int]:
+    """Close every subscription in ``handles`` and open a new one (added to them)."""
+    for handle in handles:
+        handle.close(now)
+    handle, call = node.pubsub.subscribe(topic, lambda value: None, now)
+    handles.append(handle)
+    return call
