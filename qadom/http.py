@@ -26,8 +26,9 @@ input is at fault) with a status that says why: 400 bad input, 401 a signature o
 refusal, 404 nothing found, 405 a method the path does not have, 409 a stale namespace sequence,
 413 too large, 429 rate limited, 502/503/504 the network or the peer could not answer. Every GET
 route answers HEAD too. Bodies may come with Content-Encoding gzip or deflate (decoded here, the
-limits applying to the decoded body); another coding is a 400, and so is an ``Expect`` other
-than ``100-continue`` (whose body is refused with a 413 before it is sent when it announces too
+limits applying to the decoded body); another coding is a 400, so is a Transfer-Encoding other
+than chunked, a JSON object that repeats a member name, and an ``Expect`` other than
+``100-continue`` (whose body is refused with a 413 before it is sent when it announces too
 many bytes). Every limit is in :class:`~qadom.config.Config`.
 
 A request aiohttp's parser refuses (a bad request line, a URL or header over 8190 bytes, a bad
@@ -60,7 +61,7 @@ from aiohttp.http import HttpProcessingError, HttpVersion11
 
 from . import __version__
 from .config import Config
-from .contact import Address, Contact, is_ip_literal
+from .contact import Address, Contact, check_bind_host, is_ip_literal
 from .dhtrecords import (
     SECURED,
     node_signing_key,
@@ -71,6 +72,7 @@ from .dhtrecords import (
 from .errors import (
     BadSignature,
     InvalidField,
+    InvalidType,
     NoPeersError,
     NotFoundError,
     OperationTimeout,
@@ -86,7 +88,7 @@ from .errors import (
     UsageError,
     ValueTooLarge,
 )
-from .peer import Peer
+from .peer import Peer, check_port
 
 log = logging.getLogger("qadom.http")
 
@@ -226,6 +228,20 @@ def _content_codings(request: web.Request) -> list[str]:
     return codings
 
 
+def _check_transfer_codings(request: web.Request) -> None:
+    """InvalidField("Transfer-Encoding"), a 400, for a transfer coding other than ``chunked``
+    (``identity`` dropped). aiohttp reads the chunks and leaves a coding applied before them
+    (``gzip, chunked``) as it was: the body would be taken, and stored, still coded."""
+    codings = [item.strip().lower()
+               for header in request.headers.getall("Transfer-Encoding", ())
+               for item in header.split(",")]
+    for coding in codings:
+        if coding and coding not in ("chunked", "identity"):
+            raise InvalidField("Transfer-Encoding", f"{coding!r} is not supported; send the "
+                               "body chunked or with a Content-Length, and name a gzip or "
+                               "deflate coding in Content-Encoding")
+
+
 def _deflate_bits(raw: bytes) -> int:
     """zlib's window bits for a deflate body: the zlib format when ``raw`` opens with a zlib
     header (RFC 1950), raw deflate otherwise."""
@@ -264,9 +280,10 @@ async def _body(request: web.Request) -> bytes:
 
     Guarantees: raises only QadomErrors: ValueTooLarge (413) when the body, as sent or decoded,
     exceeds ``http_max_body_size``; InvalidField (400) naming "Content-Encoding" for a coding
-    this helper does not decode, or "body" for data that does not decode or could not be read
-    (a bad chunked encoding)."""
+    this helper does not decode, "Transfer-Encoding" for a transfer coding other than chunked,
+    or "body" for data that does not decode or could not be read (a bad chunked encoding)."""
     limit = request.app[STATE].config.http_max_body_size
+    _check_transfer_codings(request)
     codings = _content_codings(request)
     if request.content_length is not None and request.content_length > limit:
         raise ValueTooLarge(f"the body of {request.content_length} bytes exceeds the "
@@ -286,14 +303,30 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose member names are all different; InvalidField("body") otherwise. JSON
+    leaves a repeated name undefined (RFC 8259, section 4): a proxy or a client library may read
+    the first where ``json`` keeps the last, so the request would mean two things."""
+    obj: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in obj:
+            raise InvalidField("body", f"has the member {name!r} twice in one object")
+        obj[name] = value
+    return obj
+
+
 async def _json(request: web.Request, *, required: bool = True) -> Any:
     """The JSON request body (any Content-Type: curl's -d sends a form type); InvalidField
-    ("body") when it is not JSON. An empty body is ``{}`` unless ``required``."""
+    ("body") when it is not JSON or repeats a member name in an object. An empty body is ``{}``
+    unless ``required``."""
     raw = await _body(request)
     if not raw.strip() and not required:
         return {}
     try:
-        return json.loads(raw.decode(), parse_constant=_no_constants)
+        return json.loads(raw.decode(), parse_constant=_no_constants,
+                          object_pairs_hook=_unique_members)
+    except InvalidField:
+        raise
     except (UnicodeDecodeError, ValueError, RecursionError):
         # ValueError covers JSONDecodeError, NaN/Infinity and integers too long to convert;
         # RecursionError deeply nested arrays.
@@ -928,12 +961,19 @@ def make_app(peer: Peer) -> web.Application:
 
 class HttpHelper:
     """Serves ``peer`` over HTTP at ``host:port`` on the running loop (``port=0`` picks a free
-    port; read it back from :attr:`address` after :meth:`start`)."""
+    port; read it back from :attr:`address` after :meth:`start`).
+
+    The arguments are checked as :class:`~qadom.peer.Peer` checks its own: InvalidType or
+    InvalidArgument for a ``peer`` that is no Peer, a host no socket can bind, or a port that is
+    not an int in [0, 65535] (a ``"80"``, ``True`` or ``1.5`` would otherwise bind port 80 or
+    1)."""
 
     def __init__(self, peer: Peer, host: str = "127.0.0.1", port: int = 0) -> None:
+        if not isinstance(peer, Peer):
+            raise InvalidType(f"peer must be a qadom Peer, not {type(peer).__name__}")
         self.peer = peer
-        self.host = host
-        self.port = port
+        self.host = check_bind_host(host)
+        self.port = check_port(port)
         self._runner: web.AppRunner | None = None
         self.address: Address | None = None
 

@@ -78,7 +78,7 @@ class Peer:
                  data_dir: str | os.PathLike[str] | None = None,
                  rng: random.Random | None = None, client_only: bool = False) -> None:
         check_bind_host(host)
-        _check_port(port)
+        check_port(port)
         if store is not None and data_dir is not None:
             raise InvalidArgument("give a store or a data_dir, not both")
         if config is not None and not isinstance(config, Config):
@@ -545,7 +545,9 @@ def _check_wire_fields(codec: Codec, message: Message) -> None:
         raise InvalidArgument(f"{name} cannot be sent: a field does not survive the wire")
 
 
-def _check_port(port: object) -> int:
+def check_port(port: object) -> int:
+    """``port`` if a socket may bind it: an int in [0, 65535] (0 picks a free one; ``bool``
+    refused); InvalidType / InvalidArgument otherwise."""
     if not isinstance(port, int) or isinstance(port, bool):
         raise InvalidType("port must be an int")
     if not 0 <= port < 65536:
@@ -567,7 +569,7 @@ def _check_addresses(addresses: Iterable[tuple[str, int]]) -> list[Address]:
             raise InvalidType("host must be a non-empty str")
         if "\0" in host:  # the resolver would read the name up to it: another host
             raise InvalidArgument(f"host {host!r} contains a NUL character")
-        if _check_port(port) == 0:
+        if check_port(port) == 0:
             raise InvalidArgument(f"port 0 names no peer ({host}:0)")
         checked.append((host, port))
     if not checked:

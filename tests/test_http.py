@@ -34,7 +34,7 @@ from qadom.dhtrecords import (
     make_entry,
     verify,
 )
-from qadom.errors import InvalidField
+from qadom.errors import InvalidArgument, InvalidField, InvalidType
 from qadom.http import PEER, HttpHelper, key_text, make_app
 from qadom.http import _body as read_body
 from qadom.namespace import signing_bytes
@@ -438,6 +438,32 @@ async def test_helper_on_a_real_port_closes_with_open_streams() -> None:
             await helper.close()
 
 
+@pytest.mark.parametrize(("host", "port", "error"), [
+    ("127.0.0.1", "0", InvalidType),  # a str port used to be bound ("80": port 80)
+    ("127.0.0.1", False, InvalidType),  # a bool too (True: port 1)
+    ("127.0.0.1", 0.0, InvalidType),
+    ("127.0.0.1", -1, InvalidArgument),  # OverflowError from bind()
+    ("127.0.0.1", 65536, InvalidArgument),
+    (5, 0, InvalidType),  # TypeError from aiohttp
+    ("127.0.0.1\x00", 0, InvalidArgument),  # ValueError from the resolver
+    ("fe80::1%no such interface", 0, InvalidArgument),
+])
+async def test_the_helper_s_host_and_port_are_checked_before_anything_is_bound(
+        host: object, port: object, error: type[Exception]) -> None:
+    async with Peer(config=FAST) as peer:
+        with pytest.raises(error):
+            helper = HttpHelper(peer, host, port)  # type: ignore[arg-type]
+            try:
+                await asyncio.wait_for(helper.start(), 10)
+            finally:
+                await helper.close()
+
+
+async def test_the_helper_serves_a_peer_and_nothing_else() -> None:
+    with pytest.raises(InvalidType, match="Peer"):
+        HttpHelper("127.0.0.1:9999")  # type: ignore[arg-type]
+
+
 async def test_a_client_hanging_up_ends_its_stream() -> None:
     async with udp_network(2) as peers, HttpHelper(peers[0]) as helper:
         assert helper.address is not None
@@ -652,6 +678,79 @@ async def test_a_request_aiohttp_cannot_parse_is_a_400_without_an_error_tracebac
     assert [r for r in caplog.records if r.name == "qadom.http.server"], caplog.records
     # The helper goes on serving.
     assert (await lone.get("/node")).status == 200
+
+
+def chunked(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+@pytest.mark.parametrize(("method", "path", "valid"), BODY_ROUTES)
+@pytest.mark.parametrize("coding", ["gzip, chunked", "x-gzip,chunked", "compress, chunked",
+                                    "deflate, identity, chunked"])
+async def test_a_transfer_coding_other_than_chunked_is_a_json_400_and_stores_nothing(
+        lone: Client, caplog: pytest.LogCaptureFixture, method: str, path: str, valid: bytes,
+        coding: str) -> None:
+    """aiohttp reads the chunks and leaves a transfer coding before them undone: ``POST
+    /values`` used to store the still-compressed bytes under their own hash."""
+    peer = lone.app[PEER]
+    before = peer.node.store.stats()
+    answer = await raw_exchange(lone, request_head(method, path, f"Transfer-Encoding: {coding}")
+                                + chunked(gzip.compress(valid)))
+    head, _, sent = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"application/json" in head, answer[:300]
+    refusal = json.loads(sent)
+    assert refusal["field"] == "Transfer-Encoding" and "not supported" in refusal["error"]
+    assert peer.node.store.stats() == before
+    assert peer.stats.get("requests_out", 0) == 0
+    no_error_logged(caplog)
+
+
+async def test_a_chunked_body_is_read_as_sent(lone: Client) -> None:
+    for coding in ("chunked", "identity, chunked", "Chunked"):
+        answer = await raw_exchange(lone, request_head("POST", "/values",
+                                                       f"Transfer-Encoding: {coding}")
+                                    + chunked(b"hello"))
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+        assert key_text(int.from_bytes(hashlib.sha256(b"hello").digest(), "big")).encode() \
+            in answer
+
+
+async def test_a_json_object_with_a_member_twice_is_a_400_naming_the_body_and_stores_nothing(
+        lone: Client, caplog: pytest.LogCaptureFixture) -> None:
+    """JSON leaves a repeated member name undefined: ``json`` kept the last, where a proxy or a
+    logging layer may show the first, so one request meant two things."""
+    peer = lone.app[PEER]
+    signed = json.dumps(body(ALICE, "twice", "signed"))
+    public = SigningKey(ALICE)
+    value = b"v"
+    signature = public.sign(signing_bytes(bytes(public.verify_key), 4, 1, value)).signature.hex()
+    namespace = f"/namespaces/{bytes(public.verify_key).hex()}/{key_text(4)}"
+    sent = [
+        ("POST", f"/entries/{key_text(1)}",
+         f'{{"value": "{key_text(2)}", "value": "{key_text(3)}"}}'),
+        ("POST", "/dht/twice", '{"data": "shown", ' + signed[1:]),  # the last data is signed
+        ("POST", "/dht/twice", signed.replace('"exp_time": null', '"exp_time": 1, '
+                                              '"exp_time": null')),
+        ("PUT", namespace, f'{{"value": "aGk=", "signature": "{signature}", "seq": 9, '
+                           f'"seq": 1, "value": "{base64.b64encode(value).decode()}"}}'),
+        ("POST", "/ping", '{"host": "127.0.0.1", "port": 9, "port": 10}'),
+        ("POST", "/refresh", '{"all_buckets": true, "all_buckets": false}'),
+        ("POST", "/bootstrap", '{"addresses": [{"host": "127.0.0.1", "host": "127.0.0.2", '
+                               '"port": 9}]}'),
+    ]
+    before = peer.node.store.stats()
+    for method, path, text in sent:
+        assert json.loads(text)  # valid for json.loads, which keeps the last
+        response = await lone.request(method, path, data=text.encode())
+        assert "twice" in await error_of(response, 400, "body"), (method, path)
+    assert peer.node.store.stats() == before
+    assert peer.stats.get("requests_out", 0) == 0
+    no_error_logged(caplog)
+    # The same bodies, each name once, are taken.
+    assert (await lone.post("/dht/twice", data=signed.encode())).status == 200
+    response = await lone.put(namespace, json={"value": base64.b64encode(value).decode(),
+                                               "signature": signature, "seq": 1})
+    assert response.status == 200, await response.text()
 
 
 @pytest.mark.parametrize(("method", "path", "valid"), [*BODY_ROUTES, ("GET", "/node", b"")])
