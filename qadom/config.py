@@ -150,17 +150,19 @@ class Config:
 
     dead_after_failures: int = 2
     """Requests to one address that must fail in a row (each after every attempt went
-    unanswered) before lookups skip it for ``dead_backoff``. One failure is weak evidence under
-    loss: with 10% loss a request and its resend both go unanswered about 4% of the time, and
-    backing off after one put, in a simulated network of 40 nodes publishing 10 messages a
-    second, up to a third of a topic's true closest nodes in backoff at once, so that a quarter
-    of the messages missed every relay of their subscribers. Two in a row happen to a live peer
-    about once in 700 requests; a departed peer costs one more failed request per node, which a
-    lookup does not wait for (a stalled request frees its slot at once)."""
+    unanswered, and within ``dead_backoff`` of the one before: a failure is trusted no longer
+    than the backoff it leads to) before lookups skip it for ``dead_backoff``. One failure is
+    weak evidence under loss: with 10% loss a request and its resend both go unanswered about 4%
+    of the time, and backing off after one put, in a simulated network of 40 nodes publishing 10
+    messages a second, up to a third of a topic's true closest nodes in backoff at once, so that
+    a quarter of the messages missed every relay of their subscribers. Two in a row happen to a
+    live peer about once in 700 requests; a departed peer costs one more failed request per
+    node, which a lookup does not wait for (a stalled request frees its slot at once)."""
 
     max_failure_counts: int = 10_000
-    """How many addresses with fewer than ``dead_after_failures`` failures are remembered; past
-    that the counts start afresh (a bound on memory, not a rule: it only delays a backoff)."""
+    """How many addresses with fewer than ``dead_after_failures`` failures are remembered (each
+    for ``dead_backoff`` after its last failure); past that the counts start afresh (a bound on
+    memory, not a rule: it only delays a backoff)."""
 
     liar_backoff: float = 600.0
     """The address of a contact caught lying (a value that does not hash to its key, a forged

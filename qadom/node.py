@@ -99,11 +99,12 @@ T = TypeVar("T")
 TOKEN_BYTES = 16
 _MAX_HANDED = 1024  # neighbours whose last hand-over is remembered (see Node._hand_over)
 _SELF_LOOKUP_TRIES = 3  # lookups of our own id a join makes before it gives up (Node.bootstrap)
-# Subtrees a join refreshes at most (Node._to_refresh_after_join): the k-th closest peer of a
-# network of N random ids lies about log2(N / k) levels down, so this binds only past 2^32 k
-# nodes, or when ids cluster around ours (chosen ids, or an attacker's), where a lookup for
-# each of up to 255 empty subtrees would only ask the same neighbours again.
-_JOIN_REFRESH_DEPTHS = 32
+# Id ranges a join refreshes at most, one lookup each (Node._to_refresh_after_join): the k-th
+# closest peer of a network of N random ids lies about log2(N / k) levels down, and the table
+# has about as many buckets farther than it, so this binds only past 2^32 k nodes, or when ids
+# cluster around ours (chosen ids, or an attacker's), where a lookup for each of up to 255 empty
+# subtrees or buckets would only ask the same neighbours again.
+_JOIN_REFRESH_RANGES = 32
 BUG_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
 ReplyCallback = Callable[[Envelope | None, float], None]
@@ -385,7 +386,9 @@ class Node:
         self._timer_told = math.inf  # the deadline the last get_timer() returned (inf: None)
         self._pending: dict[int, _Request] = {}
         self._dead: dict[Address, float] = {}
-        self._failures: dict[Address, int] = {}  # failed requests in a row, below the backoff
+        # Failed requests in a row below the backoff, and when the last one failed, oldest
+        # first (see _contact_failed and _forget_old_bookkeeping).
+        self._failures: OrderedDict[Address, tuple[int, float]] = OrderedDict()
         self._banned: dict[Address, float] = {}  # the addresses of liars
         # Address-proof tokens (docs/PROTOCOL.md, "Amplification"): secrets we mint ours with
         # (the previous one stays valid for one more rotation), and tokens peers granted us.
@@ -455,6 +458,7 @@ class Node:
         # another's republish first, which is what lets the others skip theirs (section 2.5).
         phase = (self.id >> (ID_BITS - 32)) / 2**32
         self._schedule(now + self.config.maintenance_interval * (1 - phase / 2), self._maintain)
+        self._renew_originals(now)
 
     # ================================================================== I/O interface
 
@@ -1185,20 +1189,25 @@ class Node:
         at that address that proves the address with a token), and a contact of our table only
         once the table gives it up as well (``stale_failures`` failures in a row, or one when a
         replacement waits): under loss a live peer fails single requests, and skipping it after
-        one would make a busy peer shun most of the network (see Config.dead_backoff)."""
+        one would make a busy peer shun most of the network (see Config.dead_backoff).
+
+        A failure counts toward the next one for ``dead_backoff`` only, as long as the backoff
+        that a full count sets lasts: the address is then asked again from a count of 0, and a
+        count short of a backoff is trusted no longer than a backoff is."""
+        cfg = self.config
         failures = self._failures
-        count = failures.get(address, 0) + 1
+        held = failures.pop(address, None)
+        count = 1 if held is None or held[1] + cfg.dead_backoff <= now else held[0] + 1
         if node_id is not None:
             known = self.table.get(node_id)
             if known is not None and known.address == address and not self.table.failed(node_id):
-                count = min(count, self.config.dead_after_failures - 1)
-        if count < self.config.dead_after_failures:
-            if len(failures) >= self.config.max_failure_counts:
+                count = min(count, cfg.dead_after_failures - 1)
+        if count < cfg.dead_after_failures:
+            if len(failures) >= cfg.max_failure_counts:
                 failures.clear()  # a bound on memory: the counts only delay a backoff
-            failures[address] = count
+            failures[address] = (count, now)  # the newest last, for _forget_old_bookkeeping
             return
-        failures.pop(address, None)
-        self._dead[address] = now + self.config.dead_backoff
+        self._dead[address] = now + cfg.dead_backoff
 
     def punish(self, contact: Contact, now: float) -> None:
         """``contact`` gave a false answer: drop the contacts our table holds at its address, and
@@ -1544,23 +1553,37 @@ class Node:
         single bucket with nothing farther to refresh, and the node would know nothing outside
         its neighbourhood until the hourly refresh. So: the subtrees that branch off our id's
         path above the k-th closest peer found (what lies below it is known: a node there would
-        be among the k closest), the farthest ``_JOIN_REFRESH_DEPTHS`` of them at most, which
-        are the farther buckets of a table that has split, and every bucket of our table that
-        does not cover our id (a relaxed split)."""
+        be among the k closest), which are the farther buckets of a table that has split, and
+        every bucket of our table that does not cover our id (a relaxed split), but for those
+        that lie wholly closer than that peer.
+
+        At most ``_JOIN_REFRESH_RANGES`` of them in all, the farthest first: a table that has
+        split along our id's path (a node bootstrapping again, its table full) holds a bucket
+        per level, up to 255 when ids cluster around ours, and a lookup for each would ask the
+        same neighbours again and again. With random ids, ranges farther than the k-th closest
+        number about log2(N / k) for N nodes, so the bound binds only with clustered ids or
+        past 2^32 k nodes; the nearest ranges it leaves out are then the ones the lookup of our
+        own id came closest to, and the hourly refresh of stale buckets reaches them."""
         own = self.id
         distances = sorted(c.id ^ own for c in found if c.id != own)
         k = self.config.k
-        above = 256 - distances[k - 1].bit_length() if len(distances) >= k else 0
+        kth = distances[k - 1] if len(distances) >= k else 0
+        above = 256 - kth.bit_length() if kth else 0  # fewer than k found: no subtree
         ranges = []
-        above = min(above, _JOIN_REFRESH_DEPTHS)
-        for depth in range(above):
+        for depth in range(min(above, _JOIN_REFRESH_RANGES)):
             shift = 255 - depth
             lo = ((own >> shift) ^ 1) << shift
             ranges.append((lo, lo + (1 << shift)))
         known = set(ranges)
+
+        def nearest(lo: int, hi: int) -> int:  # the least distance from us in [lo, hi)
+            return (lo ^ own) & -(hi - lo)
+
         ranges += [(b.lo, b.hi) for b in self.table.buckets
-                   if not b.covers(own) and (b.lo, b.hi) not in known]
-        return ranges
+                   if not b.covers(own) and (b.lo, b.hi) not in known
+                   and nearest(b.lo, b.hi) + (b.hi - b.lo) > kth]
+        ranges.sort(key=lambda r: nearest(*r), reverse=True)
+        return ranges[:_JOIN_REFRESH_RANGES]
 
     def _refresh(self, ranges: list[tuple[int, int]], now: float,
                  then: Callable[[float], None]) -> None:
@@ -1627,6 +1650,30 @@ class Node:
         elif now >= self._rejoin_at:
             self._rejoin(now)
 
+    def _renew_originals(self, now: float) -> None:
+        """At start, before the node serves anything: renew, as a republish would, the lifetime
+        of our own items and records (``original``) that ends before the first upkeep, or that
+        have none (records of a store from before records had a lifecycle), and leave them due,
+        so that the first upkeep sends them to the k closest with a fresh lifetime (section 2.5).
+        Forgotten before that, they then expire as any other, not kept forever with no
+        lifetime.
+
+        A node restarted after more than ``expire_time`` down holds its own items with their
+        lifetime lapsed, and every lifetime it sends is what is left of its copy's
+        (:func:`~qadom.storage.remaining_ttl`): until renewed, a hand-over, a VALUE or a
+        NAMESPACE_FOUND (which read repair passes on) would give them 1 s. The renewal counts as
+        our last republish: a copy sent from now on lives at most ``expire_time`` from now, so
+        after :meth:`forget` every copy is still gone ``expire_time`` after our last republish
+        (sending our own items with a full lifetime at every answer instead would let read
+        repair carry them past that). Only the sending waits for the first upkeep: at start the
+        routing table is empty, and a republish sent to nobody would put the next one off by
+        ``publisher_renew_after``. A store that refuses the renewal is logged and counted as a
+        refused upkeep step (:meth:`_store_step`), and the first upkeep renews them all the
+        same."""
+        cfg = self.config
+        with self._store_step("renew our own items"):
+            self.store.renew_originals(now + cfg.maintenance_interval, now + cfg.expire_time)
+
     def _forget_old_bookkeeping(self, now: float) -> None:
         """Forget the per-peer entries that can no longer change an answer, so that what a node
         keeps follows its recent traffic, not every address churn ever showed it. Each structure
@@ -1643,12 +1690,21 @@ class Node:
           a subscriber's inbox forgets the streams no copy or message can still come on
           (:meth:`PubSubService.forget_old`).
 
-        ``_failures`` is not swept by age: a count of failures below ``dead_after_failures``
-        matters however old it is (the next failure puts the address in backoff), so only its
-        bound (``max_failure_counts``) limits it. ``_dead``, ``_banned`` and ``_verifying`` are
-        swept by their own deadlines in :meth:`_maintain`, and ``_granted`` is emptied at every
-        change of secret."""
+        * ``_failures``: a count of failed requests whose last failure is ``dead_backoff`` old
+          or more counts for nothing (:meth:`_contact_failed` starts it afresh), as a backoff
+          that a full count sets ends then: with churn, the addresses that failed of late, not
+          every one that ever did (``max_failure_counts`` only bounds a burst). Ordered by the
+          last failure.
+
+        ``_dead``, ``_banned`` and ``_verifying`` are swept by their own deadlines in
+        :meth:`_maintain`, and ``_granted`` is emptied at every change of secret."""
         cfg = self.config
+        failures, backoff = self._failures, cfg.dead_backoff
+        while failures:
+            address, (_, failed) = next(iter(failures.items()))
+            if failed + backoff > now:  # the test _contact_failed counts a failure by
+                break
+            del failures[address]
         tokens = self._tokens
         dead_after = 2 * (cfg.token_lifetime + cfg.maintenance_interval)
         while tokens:

@@ -27,12 +27,14 @@ lifecycle as if they had just been stored: a namespace or /dht record
 this node wrote itself (source "", from its own set or put) becomes ours as original publisher,
 republished at once with a fresh lifetime and every 24 hours after, until forgotten; one received
 from a peer is republished at once too, with a full lifetime from then, and expires a day after
-the upgrade unless its publisher renews it. A record from a table that had no ``source`` column
-cannot be told apart, so it is taken as received (source ""): never as ours, which would
-republish another publisher's record forever. Records of other kinds (the node's identity) get
-no lifecycle: they never expire and are never republished. Rows a peer stored before the
-per-host quotas counted an IPv6 /64 as one host (``qadom.contact.host_key``) were charged to the
-sender's full address; opening the file charges them to its host, in one transaction.
+the upgrade unless its publisher renews it. A node given the file gives ours a lifetime before
+it serves (``Store.renew_originals``), so one forgotten before that first republish expires a
+day after the node started. A record from a table that had no ``source`` column cannot be told
+apart, so it is taken as received (source ""): never as ours, which would republish another
+publisher's record forever. Records of other kinds (the node's identity) get no lifecycle: they
+never expire and are never republished. Rows a peer stored before the per-host quotas counted an
+IPv6 /64 as one host (``qadom.contact.host_key``) were charged to the sender's full address;
+opening the file charges them to its host, in one transaction.
 
 A full disk (SQLite's "database or disk is full") refuses a write as a quota does, with
 :class:`~qadom.errors.StorageFull`, and changes nothing. So does a database that cannot be written
@@ -606,6 +608,20 @@ class SqliteStore:
                 "UPDATE records SET original = 0, republish_at = ? WHERE key = ? AND original = 1",
                 (NEVER, raw)).rowcount
         return changed > 0
+
+    def renew_originals(self, before: float, expires: float) -> int:
+        """See :meth:`Store.renew_originals <qadom.storage.Store.renew_originals>`: read through
+        the expiry indexes, which hold little else expiring so soon once :meth:`expire` ran, and
+        little else that never expires (the node's identity, records of an older file not yet
+        republished)."""
+        renewed = 0
+        with self._writing():
+            for table in ("vals", "entries", "records"):
+                renewed += self._db.execute(
+                    f"UPDATE {table} SET expires = ? "
+                    "WHERE (expires < ? OR expires = 9e999) AND original = 1",
+                    (expires, before)).rowcount
+        return renewed
 
     # ------------------------------------------------------------------ records, contacts, meta
 

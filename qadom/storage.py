@@ -359,6 +359,14 @@ class Store(Protocol):
         every kind); they then expire as any other. True if anything was ours."""
         ...
 
+    def renew_originals(self, before: float, expires: float) -> int:
+        """Give every item and record of ours (original) whose lifetime ends before ``before``,
+        or that has none (a record stored before records had a lifecycle), the lifetime
+        ``expires``, keeping its republish time (it stays due); returns how many. What a node
+        does before it serves: restarted after its own items' lifetime lapsed, or on a store
+        migrated from before records had a lifecycle (see :class:`~qadom.node.Node`)."""
+        ...
+
     def get_record(self, kind: str, key: int, now: float | None = None) -> bytes | None:
         """The record of ``kind`` (a service's name, e.g. ``"namespace"``) stored under ``key``
         (with ``now``: unless it has expired)."""
@@ -643,6 +651,31 @@ class MemoryStore:
                 self._index_record(kind, key, old, meta)
                 mine = True
         return mine
+
+    def renew_originals(self, before: float, expires: float) -> int:
+        """See :meth:`Store.renew_originals`: a scan of everything held (no index orders the
+        originals by expiry), done once, when a node starts; a store that lives in memory only
+        is then empty, unless handed over from a node before."""
+        renewed = 0
+        for key, (blob, old) in list(self._values.items()):
+            if old.original and (old.expires < before or old.expires == NEVER):
+                meta = replace(old, expires=expires)
+                self._values[key] = (blob, meta)
+                self._index_value(key, old, meta)
+                renewed += 1
+        for (key, value), old in list(self._entries.items()):
+            if old.original and (old.expires < before or old.expires == NEVER):
+                meta = replace(old, expires=expires)
+                self._entries[(key, value)] = meta
+                self._index_entry(key, value, old, meta)
+                renewed += 1
+        for (kind, key), (data, old) in list(self._records.items()):
+            if old.original and (old.expires < before or old.expires == NEVER):
+                meta = replace(old, expires=expires)
+                self._records[(kind, key)] = (data, meta)
+                self._index_record(kind, key, old, meta)
+                renewed += 1
+        return renewed
 
     # ------------------------------------------------------------------ records, contacts, meta
 

@@ -1,8 +1,8 @@
 """Per-peer bookkeeping follows recent traffic, not every address churn ever showed a node.
 
-Tokens granted to us, neighbours handed items over to, request and publish rate buckets and a
-subscriber's inbox streams are forgotten at the maintenance ticks once they can no longer change
-an answer; until then they answer as they always did.
+Tokens granted to us, neighbours handed items over to, counts of failed requests, request and
+publish rate buckets and a subscriber's inbox streams are forgotten at the maintenance ticks once
+they can no longer change an answer; until then they answer as they always did.
 """
 
 from __future__ import annotations
@@ -158,3 +158,33 @@ def test_an_inbox_forgets_a_silent_stream_but_not_one_a_copy_can_still_reach() -
     assert inbox.forget_idle(70.0, idle=68.0) == 1  # stream 2, heard last at 0.0
     assert inbox.forget_idle(72.9, idle=68.0) == 0  # stream 1, heard last at 5.0: not yet
     assert inbox.forget_idle(73.0, idle=68.0) == 1 and len(inbox) == 0
+
+
+def test_a_failure_counts_toward_a_backoff_only_as_long_as_a_backoff_lasts() -> None:
+    # Failed requests in a row below the backoff (dead_after_failures = 2): a count whose last
+    # failure is dead_backoff old is forgotten, at the next failure of that address and by the
+    # sweep, oldest first, which stops at the first count still of use.
+    node = Node(config=CONFIG, rng=random.Random(5), node_id=1, now=0.0)
+    backoff = CONFIG.dead_backoff
+    gone = [(f"10.0.0.{i}", 4000) for i in range(1, 6)]
+    for address in gone:
+        node.ping(address, 0.0)
+    run_ticks(node, 0.0, 20.0)
+    assert set(node._failures) == set(gone) and {c for c, _ in node._failures.values()} == {1}
+    times = [failed for _, failed in node._failures.values()]
+    assert times == sorted(times)  # the oldest first
+    first, second, *rest = list(node._failures)
+    # Again within the backoff: two in a row, the address is skipped.
+    node.ping(first, 20.0)
+    run_ticks(node, 20.0, 40.0)
+    assert first in node._dead and first not in node._failures
+    # Again once its last failure is a backoff old: the count starts afresh.
+    again = max(times) + backoff
+    node.ping(second, again)
+    run_ticks(node, again, again + 20.0)
+    assert second not in node._dead and node._failures[second][0] == 1
+    assert list(node._failures) == [*rest, second]  # the newest last
+    node._forget_old_bookkeeping(again)
+    assert list(node._failures) == [second]
+    node._forget_old_bookkeeping(node._failures[second][1] + backoff)
+    assert not node._failures

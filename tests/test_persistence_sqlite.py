@@ -225,6 +225,7 @@ def test_every_per_operation_query_is_served_by_an_index(tmp_path: Path) -> None
         store.delete_record("namespace", 5)
         store.forget(7)
         store.expire(110.0)
+        store.renew_originals(120.0, 500.0)
     finally:
         store._db.set_trace_callback(None)
     scans = []

@@ -124,3 +124,28 @@ def test_a_join_among_ids_that_share_a_long_prefix_refreshes_a_bounded_number_of
                  timeout=600)
     lookups = newcomer._lookup_seq - before
     assert lookups <= 40, (lookups, len(newcomer.table.buckets))
+
+
+def test_a_node_bootstrapping_again_among_clustered_ids_refreshes_a_bounded_number_of_ranges(
+        ) -> None:
+    """A node whose table has split along its id's path (ids clustered around its own) and that
+    bootstraps again: beside the subtrees, its table holds a bucket per level that does not cover
+    its id, and it does not look up each of them."""
+    net = SimNetwork(7, config=Config(k=4))
+    base = random.Random(1).getrandbits(256) & ~0xFF  # 20 ids sharing 248 leading bits
+    ids = random.Random(2).sample(range(1, 256), 20)
+    nodes = [net.add_node(node_id=base | i) for i in ids]
+    for node in nodes[1:]:
+        net.run_call(net.call(node, node.bootstrap, [net.address_of(nodes[0])]), timeout=600)
+    again = nodes[5]
+    farther = [b for b in again.table.buckets if not b.covers(again.id)]
+    assert len(farther) > 200  # the case at stake: far more than the bound
+    before = again._lookup_seq
+    net.run_call(net.call(again, again.bootstrap, [net.address_of(nodes[0])]), timeout=600)
+    lookups = again._lookup_seq - before
+    assert lookups <= 1 + 32, lookups  # its own id, then the farthest ranges
+    ranges = again._to_refresh_after_join(list(again.table))
+    top = 1 << 255
+    assert len(ranges) == 32 and ranges[0] == (~again.id & top, (~again.id & top) + top)
+    nearest = [(lo ^ again.id) & -(hi - lo) for lo, hi in ranges]
+    assert nearest == sorted(nearest, reverse=True)  # the farthest first

@@ -18,8 +18,10 @@ from qadom.dhtrecords import SECURED, Record, encode_record, make_entry
 from qadom.dhtrecords import storage_key as dht_key
 from qadom.errors import InvalidArgument, StorageFull
 from qadom.ids import ID_SPACE, id_to_bytes, key_for
+from qadom.messages import FindValue, Value
+from qadom.namespace import NamespaceFind, NamespaceFound
 from qadom.sqlite_store import SqliteStore
-from qadom.storage import ENTRY_SIZE, NEVER, Due, MemoryStore, Meta, Quotas, Store
+from qadom.storage import ENTRY_SIZE, NEVER, Due, MemoryStore, Meta, Quotas, Store, published_meta
 
 DEFAULT = Config()
 SMALL = Config(max_store_bytes=1000, max_store_items=20, max_bytes_per_source=400,
@@ -526,6 +528,101 @@ def test_migrated_records_get_their_lifecycle_at_the_first_maintenance(tmp_path:
             now + day, now + hour, source="10.0.0.1")
         assert store.expire(now + day) == 1  # received: gone a lifetime after the upgrade
         assert store.get_record("namespace", ours.storage_key) == ours.to_bytes()
+    finally:
+        store.close()
+
+
+def test_a_migrated_record_forgotten_before_the_first_maintenance_expires(
+        tmp_path: Path) -> None:
+    # Ours, with no expiry until the first republish: forgotten before it, it must still expire
+    # (a day after the node started), not be kept forever, off the schedule.
+    owner = SigningKey(bytes(32))
+    public = bytes(owner.verify_key)
+    data = cbor2.dumps(["qadom/namespace/v1", public, (1).to_bytes(32, "big"), 0, b"v"])
+    ours = NamespaceRecord(public, 1, 0, b"v", owner.sign(data).signature)
+    put = Record("k", SECURED, (make_entry((1).to_bytes(32, "big"), "k", "v", SECURED),))
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", [
+        ("namespace", id_to_bytes(ours.storage_key), ours.to_bytes(), ""),
+        ("dht", id_to_bytes(dht_key("k")), encode_record(put), "")])
+    db.commit()
+    db.close()
+    store = SqliteStore(path, DEFAULT)
+    node = Node(config=DEFAULT, store=store, now=1000.0)  # gives them a lifetime: it starts
+    try:
+        assert node.forget(ours.storage_key) and node.forget(dht_key("k"))
+        node.handle_timer(1000.0 + DEFAULT.maintenance_interval)
+        assert node.stats["republished"] == 0  # forgotten: not ours to renew any more
+        day = DEFAULT.expire_time
+        for kind, key in (("namespace", ours.storage_key), ("dht", dht_key("k"))):
+            assert store.record_meta(kind, key) == Meta(1000.0 + day)
+        assert store.expire(1000.0 + day - 1) == 0
+        assert store.expire(1000.0 + day) == 2
+        assert store.stats()["records"] == 0
+    finally:
+        store.close()
+
+
+def test_renewing_our_own_items_whose_lifetime_lapsed_keeps_them_due(make_store: type) -> None:
+    store: Store = make_store()
+    store.put_value(1, b"ours", Meta(100.0, 90.0, original=True))
+    store.put_value(2, b"ours, alive", Meta(500.0, 400.0, original=True))
+    store.put_value(3, b"theirs", Meta(100.0, 90.0, source="10.0.0.1"))
+    store.add_entry(4, 7, Meta(150.0, 90.0, original=True))
+    store.put_record("namespace", 5, b"r", 0.0, meta=Meta(100.0, 90.0, original=True))
+    store.put_record("dht", 6, b"r", 0.0, meta=Meta(NEVER, 0.0, original=True))  # no expiry
+    store.put_record("identity", 7, b"r", 0.0)  # no lifecycle, not ours
+    assert store.renew_originals(200.0, 1000.0) == 4
+    assert store.value_meta(1) == Meta(1000.0, 90.0, original=True)
+    assert store.value_meta(2) == Meta(500.0, 400.0, original=True)
+    assert store.value_meta(3) == Meta(100.0, 90.0, source="10.0.0.1")
+    assert store.entry_meta(4, 7) == Meta(1000.0, 90.0, original=True)
+    assert store.record_meta("namespace", 5) == Meta(1000.0, 90.0, original=True)
+    assert store.record_meta("dht", 6) == Meta(1000.0, 0.0, original=True)
+    assert store.record_meta("identity", 7) == Meta(NEVER)
+    assert [(d.key, d.item) for d in store.due(200.0, 10)] == [(1, b"ours"), (3, b"theirs"),
+                                                               (4, 7)]
+    assert [d.key for d in store.due_records(200.0, 10)] == [6, 5]
+    assert store.expire(1000.0) == 1  # theirs; ours never expire while ours
+    assert store.renew_originals(200.0, 2000.0) == 0
+
+
+def test_a_node_restarted_after_a_day_down_sends_its_own_items_with_a_full_lifetime(
+        tmp_path: Path) -> None:
+    # Published here at 1000, the node then down for two days: its own items' lifetime has
+    # lapsed. Before it serves, it renews them (not 1 s in its answers, which read repair would
+    # pass on) and leaves them due, so that its first upkeep sends them out.
+    owner = SigningKey(bytes(32))
+    public = bytes(owner.verify_key)
+    data = cbor2.dumps(["qadom/namespace/v1", public, (1).to_bytes(32, "big"), 0, b"v"])
+    record = NamespaceRecord(public, 1, 0, b"v", owner.sign(data).signature)
+    path = tmp_path / "qadom.sqlite3"
+    store = SqliteStore(path, DEFAULT)
+    store.put_value(key_for(b"ours"), b"ours", published_meta(1000.0, DEFAULT))
+    store.put_record("namespace", record.storage_key, record.to_bytes(), 1000.0,
+                     meta=published_meta(1000.0, DEFAULT))
+    store.close()
+    now = 1000.0 + 2 * DEFAULT.expire_time
+    store = SqliteStore(path, DEFAULT)
+    try:
+        store.expire(now)  # what a peer does when it opens its data dir
+        node = Node(config=DEFAULT, store=store, now=now)
+        day = int(DEFAULT.expire_time)
+        assert node._handle_find_value(FindValue(key_for(b"ours")), None, ("10.0.0.9", 1),
+                                       now) == Value(b"ours", day)
+        found = node.namespace._handle_find(NamespaceFind(record.storage_key), None,
+                                            ("10.0.0.9", 1), now)
+        assert isinstance(found, NamespaceFound) and found.ttl == day
+        assert {d.key for d in store.due(now, 10)} == {key_for(b"ours")}
+        assert [d.key for d in store.due_records(now, 10)] == [record.storage_key]
+        node.handle_timer(now + DEFAULT.maintenance_interval)  # the first upkeep sends them
+        then = now + DEFAULT.maintenance_interval
+        assert node.stats["republished"] == 2
+        assert store.value_meta(key_for(b"ours")) == published_meta(then, DEFAULT)
+        assert store.record_meta("namespace", record.storage_key) == published_meta(then,
+                                                                                   DEFAULT)
     finally:
         store.close()
 
