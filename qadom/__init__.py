@@ -2,39 +2,53 @@
 
 The public API is :class:`Peer`; the protocol core (:mod:`qadom.node`, :mod:`qadom.routing`,
 :mod:`qadom.lookup`, :mod:`qadom.codec`) is pure and can be driven without sockets.
+
+Importing ``qadom`` imports none of its modules: each name of ``__all__`` is imported from its
+module the first time it is used (``from qadom import Peer``, ``qadom.Peer``; PEP 562), so a
+program that needs one part does not wait for the rest, and the ``qadom`` command is ready to
+handle Ctrl-C before it loads the node (:mod:`qadom.cli`).
 """
 
-from .config import Config
-from .contact import Address, Contact
-from .errors import (
-    BadSignature,
-    DataDirInUse,
-    InvalidArgument,
-    InvalidType,
-    LoopRunningError,
-    NoPeersError,
-    NotFoundError,
-    OperationTimeout,
-    PeerClosedError,
-    ProtocolError,
-    QadomError,
-    RateLimited,
-    RemoteError,
-    StaleSequence,
-    StorageFull,
-    StorageUnavailable,
-    StoreUnusable,
-    SubscriptionMisuse,
-    TooManySubscribers,
-    UsageError,
-    ValueTooLarge,
-)
-from .identity import Identity
-from .ids import key_for
-from .namespace import NamespaceRecord
-from .node import Node
-from .peer import Peer
-from .subscription import Subscription
+from __future__ import annotations
+
+import importlib
+
+# typing.TYPE_CHECKING, which type checkers take for true, without importing typing: importing
+# this package imports nothing (importlib is loaded with Python itself).
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:  # the names below, for type checkers; imported lazily at run time
+    from .config import Config
+    from .contact import Address, Contact
+    from .errors import (
+        BadSignature,
+        DataDirInUse,
+        InvalidArgument,
+        InvalidType,
+        LoopRunningError,
+        NoPeersError,
+        NotFoundError,
+        OperationTimeout,
+        PeerClosedError,
+        ProtocolError,
+        QadomError,
+        RateLimited,
+        RemoteError,
+        StaleSequence,
+        StorageFull,
+        StorageUnavailable,
+        StoreUnusable,
+        SubscriptionMisuse,
+        TooManySubscribers,
+        UsageError,
+        ValueTooLarge,
+    )
+    from .identity import Identity
+    from .ids import key_for
+    from .namespace import NamespaceRecord
+    from .node import Node
+    from .peer import Peer
+    from .subscription import Subscription
 
 __version__ = "0.1.0"
 
@@ -70,3 +84,36 @@ __all__ = [
     "ValueTooLarge",
     "key_for",
 ]
+
+# The module of each name of __all__: the same as the imports above.
+_MODULE_OF = {
+    "Config": "config",
+    "Address": "contact",
+    "Contact": "contact",
+    **dict.fromkeys((
+        "BadSignature", "DataDirInUse", "InvalidArgument", "InvalidType", "LoopRunningError",
+        "NoPeersError", "NotFoundError", "OperationTimeout", "PeerClosedError", "ProtocolError",
+        "QadomError", "RateLimited", "RemoteError", "StaleSequence", "StorageFull",
+        "StorageUnavailable", "StoreUnusable", "SubscriptionMisuse", "TooManySubscribers",
+        "UsageError", "ValueTooLarge"), "errors"),
+    "Identity": "identity",
+    "key_for": "ids",
+    "NamespaceRecord": "namespace",
+    "Node": "node",
+    "Peer": "peer",
+    "Subscription": "subscription",
+}
+
+if not TYPE_CHECKING:  # for type checkers, a missing name stays an error, not Any
+
+    def __getattr__(name: str) -> object:
+        module = _MODULE_OF.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value  # from now on an ordinary attribute: no second call
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

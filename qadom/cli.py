@@ -13,63 +13,92 @@ the ed25519 identity that owns a namespace (:class:`qadom.identity.Identity`); `
 running node on this machine for its summary (:mod:`qadom.info`).
 
 Exit status: 0 on success, and for ``serve`` and ``subscribe`` stopped by SIGINT or SIGTERM at
-any time (even while they join); 2 for a bad argument (argparse's convention: a malformed key,
-public key or address, a host name that does not resolve, an unreadable file or closed stdin, a
-value over the size limit, an identity file that is not one, a ``keygen`` FILE that exists
-without ``--force``); 1 for any other failure (not found, no node answered, timed out, a write
-no node took, a newer seq in the network, a port in use, closed stdout, a file that cannot be
-written). On failure stderr holds exactly one line, ``qadom: <reason>``; never a traceback
-(``--log-level debug`` logs one for an unexpected error). A command whose stdout's reader goes
-away (``qadom subscribe 99 | head -n 1``) stops, unsubscribing first, and dies of SIGPIPE
-silently, as Unix filters do (status 141 in the shell).
+any time (even while they join) once :func:`main` runs them (before, while the command loads
+qadom and parses its arguments, a SIGINT kills it by the signal, without a traceback); 2 for a
+bad argument (argparse's convention: a malformed key, public key or address, a host name that
+does not resolve, an unreadable file or closed stdin, a value over the size limit, an identity
+file that is not one, a ``keygen`` FILE that exists without ``--force``); 1 for any other
+failure (not found, no node answered, timed out, a write no node took, a newer seq in the
+network, a port in use, closed stdout, a file that cannot be written). On failure stderr holds
+exactly one line, ``qadom: <reason>``; never a traceback (``--log-level debug`` logs one for an
+unexpected error). A command whose stdout's reader goes away
+(``qadom subscribe 99 | head -n 1``) stops, unsubscribing first, and dies of SIGPIPE silently,
+as Unix filters do (status 141 in the shell).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import errno
-import json
-import logging
-import os
-import re
-import select
 import signal
-import socket
-import sqlite3
-import stat
-import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from contextlib import asynccontextmanager, suppress
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from . import runner
-from .config import Config
-from .contact import (
-    Address,
-    check_host_name,
-    parse_host_port,
-    port_number,
-    unreachable_from,
-)
-from .errors import (
-    DataDirInUse,
-    InvalidArgument,
-    NoPeersError,
-    NotFoundError,
-    OperationTimeout,
-    QadomError,
-    StaleSequence,
-    StorageFull,
-    StorageUnavailable,
-    UsageError,
-)
-from .identity import Identity
-from .ids import ID_SPACE
-from .info import format_address, is_loopback
-from .peer import Peer
+
+@contextmanager
+def _sigint_kills() -> Iterator[None]:
+    """Within the block, SIGINT ends the process as its default action does: killed by the
+    signal (status 130 in the shell), without a word. Python's handler would raise
+    KeyboardInterrupt from wherever the program is, an import say, and print its traceback.
+    Python's handler is back when the block ends. Only in the main thread and only in place of
+    Python's handler: a SIGINT that is ignored (a background job of a shell script) stays
+    ignored, and a program's own handler stays."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# A Ctrl-C while the command starts, before main() turns it into an exit status, kills it
+# without a traceback. Most of that time goes to these imports, of the node and the libraries it
+# uses (a tenth of a second or more); importing the package ``qadom`` first imports nothing.
+with _sigint_kills():
+    import argparse
+    import asyncio
+    import errno
+    import json
+    import logging
+    import os
+    import re
+    import select
+    import socket
+    import sqlite3
+    import stat
+    import sys
+    from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+    from contextlib import asynccontextmanager, suppress
+    from pathlib import Path
+    from typing import TYPE_CHECKING, Any, NoReturn
+
+    from . import runner
+    from .config import Config
+    from .contact import (
+        Address,
+        check_host_name,
+        parse_host_port,
+        port_number,
+        unreachable_from,
+    )
+    from .errors import (
+        DataDirInUse,
+        InvalidArgument,
+        NoPeersError,
+        NotFoundError,
+        OperationTimeout,
+        QadomError,
+        StaleSequence,
+        StorageFull,
+        StorageUnavailable,
+        UsageError,
+    )
+    from .identity import Identity
+    from .ids import ID_SPACE
+    from .info import format_address, is_loopback
+    from .peer import Peer
 
 if TYPE_CHECKING:
     from .http import HttpHelper
@@ -482,8 +511,8 @@ def _stop_event() -> asyncio.Event:
 
 
 async def _start_http(peer: Peer, args: argparse.Namespace) -> HttpHelper | None:
-    """The HTTP helper serving ``peer`` as ``--http-port`` asks (None without it), started; its
-    address printed as ``qadom http on HOST:PORT``."""
+    """The HTTP helper serving ``peer`` as ``--http-port`` asks (None without it), started:
+    listening on ``http.address``."""
     if args.http_port is None:
         return None
     from .http import HttpHelper  # imported only here: aiohttp is slow to import
@@ -496,10 +525,6 @@ async def _start_http(peer: Peer, args: argparse.Namespace) -> HttpHelper | None
         raise type(exc)(f"cannot start the HTTP helper: {exc}") from None
     except OSError as exc:
         raise _socket_error(exc, "HTTP", (host, args.http_port)) from None
-    assert http.address is not None
-    # The second machine-readable line: where the HTTP helper listens (an IPv6 host in
-    # brackets, as in a URL).
-    print(f"qadom http on {format_address(http.address)}", flush=True)
     return http
 
 
@@ -543,12 +568,12 @@ async def _serve(args: argparse.Namespace) -> int:
     """Run a node until SIGINT or SIGTERM (exit 0, even while it starts or makes its first
     join). Fails, with the node closed, when it cannot start, or when no ``--bootstrap`` address
     answers."""
+    # From here on SIGINT and SIGTERM stop the node, while it checks its arguments, opens its
+    # store and binds its sockets as well as while it joins or serves.
+    stop = _stop_event()
     _check_family(args.bootstrap, args.host, f"--host {args.host}")
     data_dir = _data_dir(args)
     peer = Peer(args.host, args.port, data_dir=data_dir)  # locks data_dir while it runs
-    # From here on SIGINT and SIGTERM stop the node, while it opens its store and binds its
-    # sockets as well as while it joins or serves.
-    stop = _stop_event()
     helpers: list[HttpHelper] = []
     try:
         await _unless_stopped(stop, _start(peer, args, data_dir, helpers))
@@ -563,16 +588,21 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _start(peer: Peer, args: argparse.Namespace, data_dir: str | None,
                  helpers: list[HttpHelper]) -> None:
-    """Everything ``serve`` does before it waits for a signal: start ``peer``, print its address,
-    start the HTTP helper (appended to ``helpers``, for closing) and join."""
+    """Everything ``serve`` does before it waits for a signal: start ``peer`` and the HTTP helper
+    (appended to ``helpers``, for closing), print their addresses, and join."""
     await _start_peer(peer, data_dir)
     log.info("data in %s", data_dir or "memory only")
-    # One machine-readable line first: scripts and tests read the bound address from it. It
-    # comes after the signal handlers, so a script may stop the node cleanly as soon as it reads it.
-    print(f"qadom serving on {format_address(peer.address)} id {peer.id}", flush=True)
     http = await _start_http(peer, args)
     if http is not None:
         helpers.append(http)
+    # The machine-readable lines: scripts and tests read the bound addresses from them. They
+    # come once every socket the node serves on is bound, so a script that has read them knows
+    # the node is up (a port in use fails before them); and after the signal handlers, so it may
+    # stop the node cleanly as soon as it has read them. An IPv6 host is in brackets, as in a URL.
+    print(f"qadom serving on {format_address(peer.address)} id {peer.id}", flush=True)
+    if http is not None:
+        assert http.address is not None
+        print(f"qadom http on {format_address(http.address)}", flush=True)  # the next line
     await _join(peer, args, data_dir)
 
 
@@ -1062,16 +1092,20 @@ def _die_of_sigpipe() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qadom`` console script."""
-    _open_standard_fds()  # first: before any socket exists
-    parser = build_parser()
-    args = parse_args(parser, argv)
-    level = args.log_level or ("info" if args.command == "serve" else "warning")
-    handler: logging.Handler = (logging.StreamHandler(sys.stderr) if sys.stderr is not None
-                                else logging.NullHandler())
-    formatter_class = (logging.Formatter if args.command == "serve" or level == "debug"
-                       else _QuietFormatter)
-    handler.setFormatter(formatter_class("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    # Until the try below turns it into an exit status, a Ctrl-C kills the process by SIGINT,
+    # without a traceback, as it does while this module imports. asyncio's runner then handles
+    # it as it does for any asyncio program, and serve and subscribe install their own handlers.
+    with _sigint_kills():
+        _open_standard_fds()  # first: before any socket exists
+        parser = build_parser()
+        args = parse_args(parser, argv)
+        level = args.log_level or ("info" if args.command == "serve" else "warning")
+        handler: logging.Handler = (logging.StreamHandler(sys.stderr) if sys.stderr is not None
+                                    else logging.NullHandler())
+        formatter_class = (logging.Formatter if args.command == "serve" or level == "debug"
+                           else _QuietFormatter)
+        handler.setFormatter(formatter_class("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logging.basicConfig(level=level.upper(), handlers=[handler])
     try:
         code: int = runner.run(args.handler(args))
     except UsageError as exc:

@@ -553,6 +553,8 @@ def test_serve_names_a_host_that_does_not_resolve(option: str) -> None:
     result = qadom("serve", "--port", "0", "--memory", "--http-port", "0", option, "999.1.1.1")
     assert result.returncode == 2
     assert last_error_line(result).startswith("cannot resolve '999.1.1.1': ")
+    # Before, a bad --http-host failed after "qadom serving on ..." was printed.
+    assert result.stdout == b""
 
 
 def test_serve_with_an_http_host_but_no_http_port_is_a_usage_error() -> None:
@@ -584,6 +586,31 @@ def test_serve_on_a_busy_http_port_says_the_address_is_in_use() -> None:
     assert result.returncode == 1
     assert last_error_line(result) == (
         f"cannot bind HTTP on 127.0.0.1:{port}: {os.strerror(errno.EADDRINUSE)}")
+    # A script waiting for "qadom serving on" must not take the node for up. Before, that line
+    # came before the HTTP helper was bound.
+    assert result.stdout == b""
+
+
+def test_serve_names_its_http_address_next_to_its_udp_address_once_both_listen(
+        tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        # Unbuffered: each readline takes one line off the pipe, so select sees the next one.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qadom", "serve", "--port", "0", "--memory", "--http-port",
+             "0"], stdout=subprocess.PIPE, stderr=err, cwd=ROOT, bufsize=0)
+    try:
+        assert proc.stdout is not None
+        lines = [_read_line(proc.stdout, START_TIMEOUT) for _ in range(2)]
+        assert re.fullmatch(r"qadom serving on 127\.0\.0\.1:\d+ id \d+\n", lines[0]), lines
+        match = re.fullmatch(r"qadom http on 127\.0\.0\.1:(\d+)\n", lines[1])
+        assert match, (lines, log.read_text())
+        # Already listening: the line comes once the helper is bound.
+        with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=10):
+            pass
+    finally:
+        code = stop(proc)
+    assert code == 0, log.read_text()
 
 
 @pytest.mark.parametrize("below", [False, True])

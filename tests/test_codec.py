@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import qadom.node  # noqa: F401  (registers every message type, its services' too)
 from qadom import Config
 from qadom.codec import Codec
 from qadom.contact import Contact

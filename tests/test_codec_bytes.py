@@ -9,6 +9,7 @@ from cbor_reference import dump_envelope, plain_field
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
+import qadom.node  # noqa: F401  (registers every message type, its services' too)
 from qadom.codec import Codec
 from qadom.config import Config
 from qadom.contact import Contact

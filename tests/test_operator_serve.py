@@ -1,9 +1,13 @@
 """What the operator of ``qadom serve`` sees while the node starts: a stop by SIGINT or SIGTERM
-before it serves, and a data dir whose store cannot be read. Real ``qadom`` processes on
-127.0.0.1 (port 0), each bounded by a timeout and killed in a ``finally``."""
+before it serves, and a data dir whose store cannot be read; and a Ctrl-C while any ``qadom``
+command starts, even while Python still imports qadom (which makes that short: importing the
+package imports nothing until a name is used). Real ``qadom`` processes on 127.0.0.1 (port 0),
+each bounded by a timeout and killed in a ``finally``."""
 
 from __future__ import annotations
 
+import importlib
+import os
 import select
 import signal
 import sqlite3
@@ -14,6 +18,7 @@ from typing import IO
 
 import pytest
 
+import qadom
 from qadom.sqlite_store import SqliteStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,16 +82,16 @@ def test_serve_stopped_while_it_starts_exits_0_without_a_traceback(
     assert "serving on" not in rest  # it never served
 
 
-# A ``qadom serve`` that gets SIGINT before it has set up its own handling of it (the signal sent
-# while it works out its data directory): asyncio's runner turns it into KeyboardInterrupt.
-EARLY_SIGINT = """
+# A ``qadom serve`` that gets a signal while it works out its data directory, before it opens
+# its store or binds a socket.
+EARLY_SIGNAL = """
 import os, signal, sys
 from qadom import cli
 
 data_dir = cli._data_dir
 
 def interrupted(args):
-    os.kill(os.getpid(), signal.SIGINT)
+    os.kill(os.getpid(), signal.{name})
     return data_dir(args)
 
 cli._data_dir = interrupted
@@ -94,14 +99,132 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def test_serve_interrupted_before_it_handles_sigint_itself_exits_0(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_stopped_while_it_reads_its_arguments_exits_0(sig: signal.Signals) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", EARLY_SIGINT, "serve", "--port", "0", "--memory"],
-        capture_output=True, timeout=30, cwd=ROOT, check=False)
+        [sys.executable, "-c", EARLY_SIGNAL.format(name=sig.name), "serve", "--port", "0",
+         "--memory"], capture_output=True, timeout=30, cwd=ROOT, check=False)
     err = result.stderr.decode()
-    # Before: exit 130 with "qadom: interrupted", though serve documents 0 for a stop by SIGINT.
+    # Before: SIGINT exited 130 with "qadom: interrupted", then SIGTERM killed it (-15), though
+    # serve documents 0 for a stop by either, even while it starts.
     assert (result.returncode, result.stdout) == (0, b""), err
     assert "Traceback" not in err and "qadom: " not in err
+
+
+# Ctrl-C while a command starts, before it handles SIGINT itself. Python imports this module,
+# as sitecustomize, when it starts, before any of qadom's code runs; it sends the process SIGINT
+# at the point named by POINT, on every run: when the command imports the node ("qadom.peer",
+# which loads most of what qadom needs) or its own module ("qadom.cli"), or when it parses its
+# arguments ("parse").
+INTERRUPT_AT = """
+import argparse, os, signal, sys
+
+POINT = {point!r}
+
+def interrupt():
+    os.kill(os.getpid(), signal.SIGINT)
+
+class InterruptOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == POINT:
+            interrupt()
+        return None
+
+if POINT.startswith("qadom."):
+    sys.meta_path.insert(0, InterruptOnImport())
+else:
+    parse_known_args = argparse.ArgumentParser.parse_known_args
+
+    def interrupted(self, *args, **kwargs):
+        interrupt()
+        return parse_known_args(self, *args, **kwargs)
+
+    argparse.ArgumentParser.parse_known_args = interrupted
+"""
+
+# The two ways to start the command: ``python -m qadom``, and the console script, which runs
+# what pyproject.toml's [project.scripts] names, qadom.cli:main.
+ENTRIES = {
+    "python -m qadom": ["-m", "qadom"],
+    "qadom": ["-c", "import sys; from qadom.cli import main; sys.exit(main())"],
+}
+
+
+def _with_sitecustomize(directory: Path, code: str) -> dict[str, str]:
+    """The environment of a Python that imports ``code`` as sitecustomize when it starts."""
+    (directory / "sitecustomize.py").write_text(code)
+    path = os.pathsep.join(p for p in (str(directory), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+@pytest.mark.parametrize(("entry", "point"), [
+    *((entry, point) for entry in sorted(ENTRIES) for point in ("qadom.peer", "parse")),
+    # Only python -m can act before qadom.cli loads: the console script starts by importing it.
+    ("python -m qadom", "qadom.cli"),
+])
+@pytest.mark.parametrize("command", [["serve", "--port", "0", "--memory"],
+                                     ["get", "1", "--bootstrap", "127.0.0.1:9"]])
+def test_a_command_interrupted_as_it_starts_dies_of_sigint_without_a_traceback(
+        tmp_path: Path, entry: str, point: str, command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, *ENTRIES[entry], *command], capture_output=True, timeout=30, cwd=ROOT,
+        env=_with_sitecustomize(tmp_path, INTERRUPT_AT.format(point=point)), check=False)
+    # Before: Python's KeyboardInterrupt, raised from inside an import of qadom or from
+    # argparse, with its traceback on stderr.
+    assert result.stderr == b""
+    assert (result.returncode, result.stdout) == (-signal.SIGINT, b"")
+
+
+def test_importing_qadom_imports_none_of_its_modules_until_a_name_is_used() -> None:
+    # What lets the command handle a Ctrl-C before the node loads (qadom.cli imports it).
+    script = """
+import sys
+before = set(sys.modules)
+import qadom
+print(sorted(set(sys.modules) - before))
+from qadom import Peer
+print("qadom.peer" in sys.modules, Peer.__module__)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30,
+                            cwd=ROOT, check=True)
+    assert result.stdout.decode().splitlines() == ["['qadom']", "True qadom.peer"]
+
+
+def test_each_public_name_of_qadom_is_its_modules_object() -> None:
+    assert sorted(qadom._MODULE_OF) == sorted(qadom.__all__)
+    for name in qadom.__all__:
+        module = importlib.import_module(f"qadom.{qadom._MODULE_OF[name]}")
+        assert getattr(qadom, name) is getattr(module, name)
+        assert name in dir(qadom)
+    # An unknown name is an error for mypy as well: type checkers see no module __getattr__.
+    with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
+        qadom.Nonexistent  # type: ignore[attr-defined]  # noqa: B018
+
+
+# A one-shot command stopped once it has started, while it joins: this sitecustomize replaces
+# Peer.bootstrap by one that sends SIGINT, then waits. asyncio's runner stops the command, which
+# says so in one line (the guard that main() hands SIGINT back to Python's handler in time).
+INTERRUPTED_JOIN = """
+import asyncio, os, signal
+from qadom import peer
+
+async def bootstrap(self, addresses=None):
+    os.kill(os.getpid(), signal.SIGINT)
+    await asyncio.sleep(60)
+
+peer.Peer.bootstrap = bootstrap
+"""
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+def test_a_one_shot_command_interrupted_once_started_exits_130_with_one_line(
+        tmp_path: Path, entry: str) -> None:
+    result = subprocess.run(
+        [sys.executable, *ENTRIES[entry], "get", "1", "--bootstrap", "127.0.0.1:9"],
+        capture_output=True, timeout=30, cwd=ROOT,
+        env=_with_sitecustomize(tmp_path, INTERRUPTED_JOIN), check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        130, b"", b"qadom: interrupted\n")
 
 
 def _damage_the_meta_table(path: Path) -> None:
