@@ -961,9 +961,10 @@ async def _write_stdout(data: bytes) -> None:
     A reader that lags (``qadom subscribe 99 | slow-program``) fills the pipe and blocks the
     write: off the event loop, the peer meanwhile goes on answering its relays' DELIVERs and
     renewing its leases (blocked, it looked dead to its relays, which dropped it), the
-    subscription queues what arrives (``Config.pubsub_queue_size``), and SIGINT and SIGTERM
-    still stop the command. The thread is a daemon writing to the fd itself, so a stop leaves
-    it blocked without holding up the exit. A write error (EPIPE) is raised here."""
+    subscription queues what arrives (at most ``Config.pubsub_queue_size`` messages and
+    ``Config.pubsub_queue_bytes`` bytes), and SIGINT and SIGTERM still stop the command. The
+    thread is a daemon writing to the fd itself, so a stop leaves it blocked without holding up
+    the exit. A write error (EPIPE) is raised here."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 

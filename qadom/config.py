@@ -431,7 +431,15 @@ class Config:
 
     pubsub_queue_size: int = 10_000
     """Messages a Peer subscription buffers for a consumer that does not keep up; past this new
-    messages are dropped and counted (``stats["pubsub_dropped"]``)."""
+    messages are dropped and counted (``stats["pubsub_dropped"]``, and the subscription's
+    ``dropped``)."""
+
+    pubsub_queue_bytes: int = 4 * 1024 * 1024
+    """Bytes of messages (their values) a Peer subscription buffers for a consumer that does not
+    keep up; past this new messages are dropped and counted as past ``pubsub_queue_size``. The
+    count alone would let one subscription hold 10 000 full-size messages, 80 MiB; 4 MiB still
+    holds 512 of them (five seconds of one publisher at ``pubsub_rate``), and the whole 10 000 of
+    messages up to 419 bytes. At least ``max_value_size``, so any one message fits."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -536,6 +544,8 @@ class Config:
                 self.pubsub_max_publishers, self.pubsub_queue_size,
                 self.pubsub_streams_per_publisher, self.pubsub_max_streams) < 1:
             raise InvalidArgument("pubsub times and rates must be positive, its bounds at least 1")
+        if self.pubsub_queue_bytes < self.max_value_size:
+            raise InvalidArgument("pubsub_queue_bytes must hold a value (max_value_size bytes)")
         if self.pubsub_stream_lifetime < 1.5 * self.pubsub_copy_window:
             raise InvalidArgument(
                 f"pubsub_stream_lifetime must be at least 1.5 x the copy window of a message, "

@@ -11,8 +11,8 @@ Who is at fault is part of the name:
   sent and nothing was stored.
 * :class:`ProtocolError`: a *remote peer* (or a corrupted datagram) broke the wire protocol.
 * :class:`RemoteError`: a remote peer understood the request and refused it (it says why).
-* :class:`NotFoundError`, :class:`OperationTimeout`, :class:`PeerClosedError`: the state of the
-  network or of the peer object.
+* :class:`NotFoundError`, :class:`OperationTimeout`, :class:`PeerClosedError`,
+  :class:`SubscriptionClosed`: the state of the network or of the local objects.
 """
 
 from __future__ import annotations
@@ -47,6 +47,15 @@ class PeerClosedError(UsageError, RuntimeError):
 class SubscriptionMisuse(UsageError, RuntimeError):
     """A :class:`~qadom.subscription.Subscription` read before its ``async with`` block was
     entered, or entered a second time."""
+
+
+class SubscriptionClosed(QadomError, RuntimeError):
+    """A subscription was closed (:meth:`~qadom.subscription.Subscription.close`, from another
+    task) while it was still registering: entering it raises this, and the node's call for it
+    fails with it. Our own code ended it, not the network, so it is not a :class:`NoPeersError`
+    or an :class:`OperationTimeout` that a retry could cure; subscribe again for a new one. The
+    relays it had reached were sent UNSUBSCRIBE (unless another subscription of the same node to
+    the topic still holds them)."""
 
 
 class DataDirInUse(QadomError, RuntimeError):

@@ -67,6 +67,7 @@ from .errors import (
     OperationTimeout,
     RateLimited,
     RemoteError,
+    SubscriptionClosed,
     TooManySubscribers,
 )
 from .ids import check_id
@@ -681,16 +682,18 @@ class SubscriptionHandle:
     """One local subscriber's hold on a topic; :meth:`close` ends it (unsubscribing from the
     relays when it was the last one on this node)."""
 
-    def __init__(self, service: PubSubService, key: int, listener: Listener) -> None:
+    def __init__(self, service: PubSubService, key: int, listener: Listener,
+                 call: Call[int]) -> None:
         self.key = key
         self._service = service
         self._listener = listener
+        self._call = call  # the first registration, failed if it is closed before that is over
         self.closed = False
 
     def close(self, now: float) -> None:
         if not self.closed:
             self.closed = True
-            self._service._remove_listener(self.key, self._listener, now)
+            self._service._remove_listener(self.key, self._listener, self._call, now)
 
 
 class PubSubService:
@@ -761,12 +764,13 @@ class PubSubService:
         follows: at once, to the relays holding its lease, or after a new round when none
         does); it fails with
         TooManySubscribers / RemoteError when every relay refused, NoPeersError when there is no
-        peer to ask, OperationTimeout when none answered. The subscription keeps renewing until
-        closed, whatever the first round gave.
+        peer to ask, OperationTimeout when none answered, and SubscriptionClosed, at once, when
+        the handle is closed before. The subscription keeps renewing until closed, whatever the
+        first round gave.
         """
         check_id(key)
-        handle = SubscriptionHandle(self, key, listener)
         call: Call[int] = self.node.new_call("subscribe", now)
+        handle = SubscriptionHandle(self, key, listener, call)
         topic = self._topics.get(key)
         if topic is None:
             cfg = self.node.config
@@ -897,10 +901,17 @@ class PubSubService:
         if not topic.closed and topic.generation == generation:
             self._register(topic, now)
 
-    def _remove_listener(self, key: int, listener: Listener, now: float) -> None:
+    def _remove_listener(self, key: int, listener: Listener, call: Call[int],
+                         now: float) -> None:
+        # Closed while its first registration is under way: its own code ended it, which is
+        # no network failure (NoPeersError, OperationTimeout) that a caller might retry. The
+        # round goes on for the topic's other listeners, if any.
+        call.fail(SubscriptionClosed("the subscription was closed before it was registered"))
         topic = self._topics.get(key)
         if topic is None:
             return
+        if call in topic.waiting:
+            topic.waiting.remove(call)
         if listener in topic.listeners:
             topic.listeners.remove(listener)
         if topic.listeners:
@@ -910,8 +921,11 @@ class PubSubService:
         message = Unsubscribe(key)
         for address, (node_id, _) in topic.relays.items():
             self.node.request(address, message, now, expect_id=node_id)
-        for call in topic.waiting:
-            call.fail(NoPeersError("the subscription was closed before it was registered"))
+        # Each handle took its own call out as it closed; none should be left, but one left pending
+        # would never end (the topic's rounds are over).
+        for waiting in topic.waiting:
+            waiting.fail(SubscriptionClosed("the subscription was closed before it was "
+                                            "registered"))
         topic.waiting.clear()
 
     def _receive(self, topic: _Topic, stream: int, seq: int, value: bytes, now: float) -> None:

@@ -10,10 +10,14 @@ Entering registers at the topic's relays (see :mod:`qadom.pubsub`) and raises if
 A subscription is entered once; reading it before that, or entering it again, raises
 :class:`~qadom.errors.SubscriptionMisuse` (subscribe again for a new one).
 Leaving the block, cancelling the task, or :meth:`Subscription.close` unsubscribes; iteration then
-ends. If the peer is closed, iteration raises :class:`~qadom.errors.PeerClosedError` once the
-messages already received have been read. A consumer that falls more than
-``Config.pubsub_queue_size`` messages behind loses the newest ones (counted in
-``peer.stats["pubsub_dropped"]``).
+ends. Closed from another task while it is still registering, entering raises
+:class:`~qadom.errors.SubscriptionClosed`. If the peer is closed, iteration raises
+:class:`~qadom.errors.PeerClosedError` once the messages already received have been read.
+
+A consumer that does not keep up has its messages queued, at most ``Config.pubsub_queue_size``
+messages and ``Config.pubsub_queue_bytes`` bytes of them (4 MiB); past either bound the newest
+are dropped. :attr:`Subscription.dropped` counts those it lost, and
+``peer.stats["pubsub_dropped"]`` those of all subscriptions.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class Subscription:
         self._peer = peer
         self._queue: asyncio.Queue[bytes | _End] = asyncio.Queue()
         self._limit = peer.config.pubsub_queue_size
+        self._byte_limit = peer.config.pubsub_queue_bytes
+        self._queued_bytes = 0  # of the messages in the queue
+        self._dropped = 0
         self._handle: SubscriptionHandle | None = None
         self._peer_gone = False
         self._closed = False
@@ -92,10 +99,21 @@ class Subscription:
     def _on_value(self, value: bytes) -> None:
         if self._closed:
             return
-        if self._queue.qsize() >= self._limit:
+        if (self._queue.qsize() >= self._limit
+                or self._queued_bytes + len(value) > self._byte_limit):
+            self._dropped += 1
             self._peer.node.stats["pubsub_dropped"] += 1
             return
+        self._queued_bytes += len(value)
         self._queue.put_nowait(value)
+
+    @property
+    def dropped(self) -> int:
+        """Messages this subscription received but dropped because its reader had fallen behind
+        by ``Config.pubsub_queue_size`` messages or ``Config.pubsub_queue_bytes`` bytes. Missed
+        messages show here and nowhere in the iteration itself, which goes on with the next one
+        that had room."""
+        return self._dropped
 
     @property
     def closed(self) -> bool:
@@ -114,6 +132,7 @@ class Subscription:
             if self._peer_gone:
                 raise PeerClosedError("the peer was closed")
             raise StopAsyncIteration
+        self._queued_bytes -= len(item)
         return item
 
     def __repr__(self) -> str:

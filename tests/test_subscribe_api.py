@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from qadom import Config, NoPeersError
+from qadom import Config, NoPeersError, PeerClosedError
 from qadom.call import Call
 from qadom.contact import Address
+from qadom.errors import InvalidArgument, SubscriptionClosed
 from qadom.pubsub import Subscribe, Subscribed
 from qadom.sim import SimNetwork
 
@@ -188,3 +189,87 @@ def test_a_subscribe_overtaken_by_its_unsubscribe_is_undone_when_the_relay_answe
     assert relay.pubsub.relay.subscribers(topic, net.now) == [subscriber.address]
     net.run_for(1.0)  # its SUBSCRIBED reaches the subscriber, which says UNSUBSCRIBE again
     assert relay.pubsub.relay.subscribers(topic, net.now) == []
+
+
+def test_a_subscription_closed_before_it_is_registered_fails_as_closed_not_as_no_peers() -> None:
+    """Closing a subscription whose first round is under way ends its call at once with
+    SubscriptionClosed: its own code ended it, and a NoPeersError (or nothing until the round is
+    over, when another subscription shares the topic) would read as a network failure."""
+    net = SimNetwork(7, config=Config(k=5))
+    nodes = net.add_nodes(20)
+    subscriber = nodes[0]
+    topic = 4242
+    _, first_call = subscriber.pubsub.subscribe(topic, lambda value: None, net.now)
+    second, second_call = subscriber.pubsub.subscribe(topic, lambda value: None, net.now)
+    net.call(subscriber, lambda now: None)  # the lookup of the topic's relays is under way
+    assert not first_call.done and not second_call.done
+    net.call(subscriber, second.close)  # the first still holds the topic
+    assert isinstance(second_call.exception(), SubscriptionClosed)
+    assert net.run_call(first_call) == 5
+    third, third_call = subscriber.pubsub.subscribe(2**200 + 1, lambda value: None, net.now)
+    net.call(subscriber, lambda now: None)
+    net.call(subscriber, third.close)  # the only one on its topic
+    assert isinstance(third_call.exception(), SubscriptionClosed)
+    assert not isinstance(third_call.exception(), NoPeersError)
+    net.run_for(5.0)
+    assert not any(n.pubsub.relay.subscribers(2**200 + 1, net.now) for n in nodes)
+
+
+async def test_closing_a_subscription_that_is_being_entered_raises_subscription_closed() -> None:
+    config = dataclasses.replace(FAST, k=4)
+    async with udp_network(2, config=config) as (subscriber, relay):
+        await relay.close()  # the subscriber's lookup waits for it: entering takes a while
+        messages = subscriber.subscribe(7)
+        entering = asyncio.create_task(messages.__aenter__())
+        await wait_until(lambda: subscriber.node.stats["requests_out"] > 0, 5)
+        assert not entering.done()
+        messages.close()  # from another task
+        with pytest.raises(SubscriptionClosed):
+            await asyncio.wait_for(entering, 5)
+        assert messages.closed
+        # Closing the peer is another matter: entering says so.
+        messages = subscriber.subscribe(8)
+        entering = asyncio.create_task(messages.__aenter__())
+        await wait_until(lambda: messages in subscriber._subscriptions, 5)
+        await subscriber.close()
+        with pytest.raises(PeerClosedError):
+            await asyncio.wait_for(entering, 5)
+
+
+async def test_a_slow_reader_loses_the_newest_messages_past_its_byte_bound_and_sees_it() -> None:
+    """A subscription's queue holds at most pubsub_queue_bytes of messages, however few; what
+    does not fit is dropped, and the subscription counts it as the peer's stats do."""
+    big = b"x" * 8000
+    config = dataclasses.replace(FAST, k=4, pubsub_queue_bytes=2 * 8192)
+    async with udp_network(3, config=config) as peers:
+        subscriber, publisher = peers[1], peers[2]
+        topic = 31
+        async with subscriber.subscribe(topic) as messages:
+            for i in range(5):  # nobody reads meanwhile
+                assert await publisher.publish(topic, bytes([i]) + big) > 0
+            await wait_until(lambda: subscriber.node.stats["pubsub_received"] == 5, 5)
+            assert messages.dropped == 3 == subscriber.stats["pubsub_dropped"]
+            got = [await asyncio.wait_for(anext(messages), 5) for _ in range(2)]
+            assert [value[0] for value in got] == [0, 1]  # the oldest kept, the newest dropped
+            await publisher.publish(topic, b"\xff" + big)  # read, the queue has room again
+            assert (await asyncio.wait_for(anext(messages), 5))[0] == 0xFF
+            assert messages.dropped == 3
+
+
+async def test_a_slow_reader_past_its_message_bound_sees_how_many_it_lost() -> None:
+    config = dataclasses.replace(FAST, k=4, pubsub_queue_size=2)
+    async with udp_network(3, config=config) as peers:
+        subscriber, publisher = peers[1], peers[2]
+        async with subscriber.subscribe(32) as messages:
+            for i in range(5):
+                await publisher.publish(32, bytes([i]))
+            await wait_until(lambda: subscriber.node.stats["pubsub_received"] == 5, 5)
+            assert messages.dropped == 3 == subscriber.stats["pubsub_dropped"]
+            assert [await asyncio.wait_for(anext(messages), 5) for _ in range(2)] == [
+                b"\x00", b"\x01"]
+
+
+def test_the_byte_bound_of_a_subscription_queue_holds_at_least_one_value() -> None:
+    with pytest.raises(InvalidArgument):
+        Config(pubsub_queue_bytes=8191)  # max_value_size is 8192
+    assert Config(pubsub_queue_bytes=8192).pubsub_queue_bytes == 8192
