@@ -90,7 +90,6 @@ with _sigint_kills():
         NotFoundError,
         OperationTimeout,
         QadomError,
-        StaleSequence,
         StorageFull,
         StorageUnavailable,
         UsageError,
@@ -836,13 +835,8 @@ async def _namespace_set(args: argparse.Namespace) -> int:
     identity = _load_identity(args.identity)
     value = _read_value(args.file, Config().max_value_size)
     async with _joined(args) as peer:
-        try:
-            seq = await identity.set(peer, args.key, value)
-        except InvalidArgument as exc:
-            # KEY and the value passed their checks: what is left is the seq, when the network
-            # holds the last one there is (2**63 - 1). A state of the network, not a bad argument.
-            raise StaleSequence(f"cannot sign a newer version of key {args.key}: {exc}"
-                                ) from None
+        # At the last seq there is (2**63 - 1), StaleSequence: a state of the network.
+        seq = await identity.set(peer, args.key, value)
         if not peer.namespace_acks:
             raise _Unacknowledged("no node stored the record")
     print(seq, flush=True)

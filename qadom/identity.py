@@ -10,13 +10,16 @@ assert await peer.namespace_get(me.public_key, 42) == b"v1"
 ```
 
 Guarantees: the secret seed never appears in a repr; :meth:`Identity.save` writes the file
-atomically with mode 0600; :meth:`Identity.set` never reuses a ``seq`` it has already used for a
-key (it takes one more than both the highest seen in the network and the highest it signed itself).
+atomically with mode 0600, through a new file it creates itself; :meth:`Identity.set` never reuses
+a ``seq`` it has already used for a key (it takes one more than both the highest seen in the
+network and the highest it signed itself, and reserves it before it waits, so concurrent sets of
+one key take different ones).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +27,13 @@ from nacl.signing import SigningKey
 
 from .errors import InvalidArgument, InvalidType, NoPeersError, NotFoundError, StaleSequence
 from .ids import check_id
-from .namespace import NamespaceRecord, check_record_value, check_seq, signing_bytes
+from .namespace import (
+    SEQ_LIMIT,
+    NamespaceRecord,
+    check_record_value,
+    check_seq,
+    signing_bytes,
+)
 
 if TYPE_CHECKING:
     from .peer import Peer
@@ -75,8 +84,12 @@ class Identity:
         """Write the secret seed as hex to ``path``, readable and writable by the owner only,
         replacing the file atomically."""
         target = Path(path)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # mkstemp creates a new file (O_EXCL, so never one planted there beforehand, nor through
+        # a symbolic link) with mode 0600 and an unguessable name: the seed is never written into
+        # a file someone else made or can read.
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                    dir=target.parent)
+        temporary = Path(name)
         try:
             with os.fdopen(fd, "w", encoding="ascii") as handle:
                 handle.write(bytes(self._key).hex() + "\n")
@@ -120,13 +133,17 @@ class Identity:
             except (NotFoundError, NoPeersError):  # none stored, or nobody to ask (a lone peer)
                 current = -1
             seq = max(current, self._last.get(key, -1)) + 1
+            if seq >= SEQ_LIMIT:
+                raise StaleSequence(f"key {key} holds the highest seq, {SEQ_LIMIT - 1}: no newer "
+                                    "version can be signed", current)
+            # Taken before the first await: a concurrent set of the same key through this object
+            # picks a higher one, so no seq is ever signed twice with different values.
+            self._last[key] = seq
+            signature = self.sign(key, value, seq)
             try:
-                await peer.namespace_set(self.public_key, self.sign(key, value, seq), key, value,
-                                         seq)
+                await peer.namespace_set(self.public_key, signature, key, value, seq)
             except StaleSequence:
-                self._last[key] = max(self._last.get(key, -1), seq)
                 continue
-            self._last[key] = max(self._last.get(key, -1), seq)
             return seq
         raise StaleSequence(f"key {key} kept moving ahead: gave up after {_SET_ATTEMPTS} tries")
 

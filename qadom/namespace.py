@@ -355,8 +355,10 @@ class NamespaceService:
 
     ``node.stats`` counts ``namespace_stored`` (records accepted), ``namespace_refused`` (bad
     signatures and stale versions refused), ``namespace_forged`` (forged records met, from a
-    sender or in a reply), ``namespace_repairs`` (read-repair writes sent) and
-    ``namespace_corrupt`` (stored records that no longer decode, treated as absent).
+    sender or in a reply), ``namespace_repairs`` (read-repair writes sent),
+    ``namespace_unproven_refusals`` (replicas that refused a set as stale but showed no record
+    that justifies it) and ``namespace_corrupt`` (stored records that no longer decode, treated
+    as absent).
     """
 
     KIND = RECORD_KIND
@@ -449,13 +451,19 @@ class NamespaceService:
         """Store ``record`` at the k closest peers to its storage key, then here; resolves to the
         number of replicas that stored it.
 
-        Raises at once (nothing sent) with BadSignature, or StaleSequence when our own store holds
-        a newer record. The lookup of the k closest asks each for its record (NAMESPACE_FIND), and
-        if any holds a newer one the set fails with StaleSequence before anything is written
-        anywhere. If a replica still refuses the write as stale, the set fails too and nothing
-        is stored here. Otherwise we store it too, as its original publisher: we republish it
-        every 24 hours with a fresh lifetime until :meth:`forget`.
+        Raises at once (nothing sent) with ValueTooLarge (a value over ``max_value_size``),
+        BadSignature, or StaleSequence when our own store holds a newer record. The lookup of the
+        k closest asks each for its record (NAMESPACE_FIND), and if any holds a newer one the set
+        fails with StaleSequence before anything is written anywhere. A replica that still
+        refuses the write as stale must prove it: we ask it for its record again, and the set
+        fails (StaleSequence, nothing stored here) only if it shows a valid one ours may not
+        replace. A refusal it cannot back up is a lie, or a record that expired meanwhile: it is
+        not counted as a store, counted in ``stats["namespace_unproven_refusals"]``, and does not
+        fail the set, so a single hostile replica cannot veto every write to a key. Otherwise we
+        store it too, as its original publisher: we republish it every 24 hours with a fresh
+        lifetime until :meth:`forget`.
         """
+        check_record_value(record.value, self.node.config.max_value_size)
         record.verify()
         skey = record.storage_key
         supersedes(record, self.local(skey, now))  # StaleSequence before anything is sent
@@ -463,12 +471,12 @@ class NamespaceService:
         call: Call[int] = node.new_call("namespace_set", now)
         message = NamespaceStore.of(record, int(node.config.expire_time))
 
-        def finish(acks: int, stale: list[str], asked: int, now: float,
+        def finish(acks: int, held: NamespaceRecord | None, asked: int, now: float,
                    full: int = 0) -> None:
-            if stale:
+            if held is not None:
                 call.fail(StaleSequence(
-                    f"{len(stale)} of {asked} replicas refused seq {record.seq} of key "
-                    f"{record.key}: {stale[0]}"))
+                    f"a replica holds seq {held.seq} of key {record.key}, which seq "
+                    f"{record.seq} may not replace ({asked} asked)", held.seq))
                 return
             if full and not acks:
                 call.fail(StorageFull(f"all {full} replicas that answered are full"))
@@ -485,11 +493,33 @@ class NamespaceService:
                 return
 
             def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
-                errors = [r for _, r in replies if isinstance(r, Error)]
-                finish(sum(1 for _, r in replies if isinstance(r, NamespaceStored)),
-                       [e.reason for e in errors if e.code == ErrorCode.STALE_SEQUENCE],
-                       len(closest), now,
-                       sum(1 for e in errors if e.code == ErrorCode.STORAGE_FULL))
+                acks = sum(1 for _, r in replies if isinstance(r, NamespaceStored))
+                full = sum(1 for _, r in replies
+                           if isinstance(r, Error) and r.code == ErrorCode.STORAGE_FULL)
+                refused = [c for c, r in replies
+                           if isinstance(r, Error) and r.code == ErrorCode.STALE_SEQUENCE]
+                if not refused:
+                    finish(acks, None, len(closest), now, full)
+                    return
+
+                def proven(found: list[tuple[Contact, Message | None]], now: float) -> None:
+                    # A refusal counts only with the record that justifies it: an ERROR costs
+                    # nothing to send, a valid newer record only its owner can sign.
+                    held: list[NamespaceRecord] = []
+                    for contact, reply in found:
+                        record_held = (self._check_found(contact, reply, skey, now)
+                                       if isinstance(reply, NamespaceFound) else None)
+                        if record_held is not None:
+                            try:
+                                supersedes(record, record_held)
+                            except StaleSequence:
+                                held.append(record_held)
+                                continue
+                        node.stats["namespace_unproven_refusals"] += 1
+                    finish(acks, newest(held), len(closest), now, full)
+
+                if not call.done:
+                    node.ask_each(refused, NamespaceFind(skey), now, proven)
 
             node.ask_each(closest, message, now, done)
 

@@ -178,7 +178,7 @@ async def test_namespace_set_past_the_last_seq_fails_with_one_line(
                                      "-", "--bootstrap", a.address, stdin=b"next")
     assert result.returncode == 1
     assert one_line_error(result) == (
-        f"cannot sign a newer version of key {key}: seq must be in [0, 2**63), got {last + 1}")
+        f"key {key} holds the highest seq, {last}: no newer version can be signed")
 
 
 def test_namespace_get_of_a_missing_key_says_not_found(

@@ -3,6 +3,7 @@ Identity helper, on a virtual clock (qadom.sim) and over real UDP on 127.0.0.1 w
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import os
@@ -662,3 +663,120 @@ def test_a_namespace_set_that_every_replica_refuses_as_full_fails() -> None:
     with pytest.raises(StorageFull):
         net.run_call(net.call(writer, writer.namespace.set, record))
     assert all(n.store.get_record("namespace", record.storage_key) is None for n in replicas)
+
+
+# ======================================================================== hostile replicas, owners
+
+
+def test_sim_a_replica_that_refuses_every_write_as_stale_cannot_veto_a_set() -> None:
+    # An ERROR costs nothing to send: a replica that answers STALE_SEQUENCE to every write, with
+    # no newer record to show for it, must not make every set of the key fail (nor keep the
+    # writer from storing, and so republishing, its own record).
+    net, nodes = sim_network(seed=3)
+    record = signed(5, 0, b"v")
+    skey = record.storage_key
+    liar = closest_to(nodes, skey, 1)[0]
+    liar.register_handler(NamespaceStore, lambda message, sender, address, now: Error(
+        ErrorCode.STALE_SEQUENCE, "seq 0 of key 5 is older than the stored seq 99"))
+    writer = max(nodes, key=lambda n: n.id ^ skey)
+    assert net.run_call(net.call(writer, writer.namespace.set, record)) == SIM_CONFIG.k - 1
+    assert writer.namespace.local(skey) == record
+    assert writer.stats["namespace_unproven_refusals"] == 1
+    assert net.run_call(net.call(nodes[9], nodes[9].namespace.get, PUBLIC, 5)) == record
+
+
+def test_sim_a_refusal_backed_by_a_newer_record_still_fails_the_set() -> None:
+    # A replica that takes a newer version between the writer's lookup and its store refuses the
+    # store, and shows that version when asked: the set fails and says which seq is held.
+    net, nodes = sim_network(seed=3)
+    older, newer = signed(6, 0, b"old"), signed(6, 1, b"new")
+    skey = older.storage_key
+    replica = closest_to(nodes, skey, 1)[0]
+
+    def racing(message: NamespaceStore, sender: int | None, address: Any, now: float) -> Message:
+        replica.namespace.accept(newer, now, ttl=3600)  # the newer version lands first
+        return replica.namespace._handle_store(message, sender, address, now)
+
+    replica.register_handler(NamespaceStore, racing)
+    writer = max(nodes, key=lambda n: n.id ^ skey)
+    with pytest.raises(StaleSequence) as refused:
+        net.run_call(net.call(writer, writer.namespace.set, older))
+    assert refused.value.current == 1
+    assert writer.namespace.local(skey) is None
+    assert writer.stats["namespace_unproven_refusals"] == 0
+
+
+def test_a_node_set_of_a_value_over_the_limit_fails_at_once() -> None:
+    # Identity.record signs any size; the node's own set must refuse what no datagram can carry
+    # before anything is sent, not fail inside a handler and time out.
+    net, nodes = sim_network(12)
+    record = Identity.from_seed(bytes(32)).record(1, b"x" * (SIM_CONFIG.max_value_size + 1), 0)
+    sent = nodes[0].stats["requests_out"]
+    with pytest.raises(ValueTooLarge):
+        nodes[0].namespace.set(record, net.now)
+    assert nodes[0].stats["requests_out"] == sent
+    assert nodes[0].stats["internal_errors"] == 0
+
+
+async def test_concurrent_identity_sets_never_sign_one_seq_twice() -> None:
+    # Two sets of one key through one Identity, started together, both read the same current
+    # seq: each must still sign its own, or the network holds two values under one seq.
+    async with udp_network(4) as peers:
+        me = Identity.generate()
+        signed_seqs: list[tuple[int, bytes]] = []
+        sign = me.sign
+
+        def spy(key: int, value: bytes, seq: int) -> bytes:
+            signed_seqs.append((seq, value))
+            return sign(key, value, seq)
+
+        me.sign = spy  # type: ignore[method-assign]
+        seqs = await asyncio.wait_for(asyncio.gather(me.set(peers[1], 1, b"a"),
+                                                     me.set(peers[1], 1, b"b")), 30)
+        assert len({seq for seq, _ in signed_seqs}) == len(signed_seqs)
+        got = await asyncio.wait_for(peers[2].namespace_get_record(me.public_key, 1), 30)
+        assert got.seq == max(seqs)
+
+
+async def test_identity_set_at_the_highest_seq_says_the_key_cannot_move() -> None:
+    async with udp_network(1) as (peer,):
+        me = Identity.generate()
+        top = (1 << 63) - 1
+        await peer.namespace_set(me.public_key, me.sign(3, b"last", top), 3, b"last", top)
+        with pytest.raises(StaleSequence) as stuck:
+            await asyncio.wait_for(me.set(peer, 3, b"more"), 30)
+        assert stuck.value.current == top
+
+
+def test_identity_save_never_writes_the_seed_into_a_file_made_beforehand(
+        tmp_path: Path) -> None:
+    # Anyone who can write the directory could make the temporary file first, readable by all
+    # or as a link to a file of theirs; the seed must land only in a file save created itself.
+    me = Identity.generate()
+    path = tmp_path / "me.key"
+    planted = tmp_path / f".me.key.{os.getpid()}.tmp"
+    planted.write_text("")
+    planted.chmod(0o644)
+    elsewhere = tmp_path / "elsewhere"
+    me.save(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert Identity.load(path).public_key == me.public_key
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(elsewhere)
+    Identity.generate().save(path)
+    assert not elsewhere.exists()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_nobody_but_the_owner_makes_a_second_valid_signature_or_namespace() -> None:
+    # SECURITY.md: S + L (the classic ed25519 malleation) and small-order keys and R are refused,
+    # so a record has one valid signature per signing and a public key one namespace.
+    order = 2**252 + 27742317777372353535851937790883648493
+    record = signed(5, 1, b"v")
+    s = int.from_bytes(record.signature[32:], "little") + order
+    assert s < 1 << 256
+    assert not dataclasses.replace(
+        record, signature=record.signature[:32] + s.to_bytes(32, "little")).is_valid()
+    identity = (1).to_bytes(32, "little")  # the neutral point: small order
+    for public_key, r in ((identity, identity), (PUBLIC, identity), (identity, bytes(32))):
+        assert not NamespaceRecord(public_key, 5, 1, b"v", r + bytes(32)).is_valid()
