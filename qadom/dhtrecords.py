@@ -602,10 +602,11 @@ class DhtRecordService:
         everywhere ``expire_time`` after our last republish. True if we had put it."""
         return self.node.forget(storage_key(check_key(key, self.config)))
 
-    def republish(self, due: DueRecord, now: float) -> None:
+    def republish(self, due: DueRecord, now: float, missed: Callable[[float], None]) -> None:
         """Republish one record whose time has come (section 2.5): its live entries, in a
         fill-only DHT_PUT to the k closest, with a fresh lifetime from the node that put it and
-        what is left of it from a storer. A record none of whose entries is live is dropped."""
+        what is left of it from a storer (``missed(now)`` if that reached nobody). A record none of
+        whose entries is live is dropped."""
         node = self.node
         try:
             live = decode_record(due.data, self.config).live(now)
@@ -621,7 +622,7 @@ class DhtRecordService:
         node.store.put_record(due.kind, due.key, data, now, meta=bounded(meta, live))
         if ttl >= 1:
             node.stats["republished"] += 1
-            node.replicate(due.key, DhtPut(data, ttl, republish=True), now)
+            node.replicate(due.key, DhtPut(data, ttl, republish=True), now, missed=missed)
 
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None:
         """The fill-only DHT_PUT that gives a new neighbour the live entries of our copy of a

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -420,10 +420,10 @@ class NamespaceService:
         check_id(key)
         return self.node.forget(storage_key(public_key, key))
 
-    def republish(self, due: DueRecord, now: float) -> None:
+    def republish(self, due: DueRecord, now: float, missed: Callable[[float], None]) -> None:
         """Republish one record whose time has come (section 2.5): the signed record as is, in a
         NAMESPACE_STORE to the k closest, with a fresh lifetime from its original publisher and
-        what is left of it from a storer."""
+        what is left of it from a storer; ``missed(now)`` if that reached nobody."""
         node = self.node
         try:
             record = NamespaceRecord.from_bytes(due.data)
@@ -435,7 +435,7 @@ class NamespaceService:
         node.store.put_record(due.kind, due.key, due.data, now, meta=meta)
         if ttl >= 1:
             node.stats["republished"] += 1
-            node.replicate(due.key, NamespaceStore.of(record, ttl), now)
+            node.replicate(due.key, NamespaceStore.of(record, ttl), now, missed=missed)
 
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None:
         """The NAMESPACE_STORE that gives a new neighbour our copy of a record with ``ttl`` to

@@ -105,6 +105,13 @@ _SELF_LOOKUP_TRIES = 3  # lookups of our own id a join makes before it gives up 
 # cluster around ours (chosen ids, or an attacker's), where a lookup for each of up to 255 empty
 # subtrees or buckets would only ask the same neighbours again.
 _JOIN_REFRESH_RANGES = 32
+# Stale buckets an upkeep refreshes at most, one lookup each, the oldest first (Node._maintain):
+# with random ids a table holds about log2(N / k) + 1 buckets, so this binds only when ids cluster
+# around ours and the table has split along our id's path, up to 255 buckets, which would all
+# come stale in the same upkeep every hour (they split from one another, or were refreshed
+# together) and send as many lookups to the same neighbours at once. Those left wait for the
+# next upkeeps: a bucket is refreshed at most ceil(256 / 32) = 8 upkeeps after it came stale.
+_REFRESH_PER_UPKEEP = 32
 BUG_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
 ReplyCallback = Callable[[Envelope | None, float], None]
@@ -118,7 +125,9 @@ class RecordService(Protocol):
 
     KIND: str
 
-    def republish(self, due: DueRecord, now: float) -> None: ...
+    def republish(self, due: DueRecord, now: float, missed: Callable[[float], None]) -> None:
+        """Send ``due`` to the k closest, rescheduled; ``missed(now)`` if that reached nobody
+        (:meth:`Node.replicate`)."""
 
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None: ...
 
@@ -348,6 +357,7 @@ class Node:
     ``storage_unavailable`` (requests answered ERROR STORAGE_UNAVAILABLE: the store could not be
     read to answer them),
     ``rejoins`` (bootstraps through the saved contacts while the routing table was empty),
+    ``republish_missed`` (republishes that reached nobody, made again at the next upkeep),
     ``unreachable`` (lookup candidates and bootstrap addresses of the other IP family than our
     socket's, left out), ``contacts_out_of_scope`` (contacts named by a peer narrower in scope
     than itself, left out of a lookup).
@@ -1486,9 +1496,12 @@ class Node:
 
     def replicate(self, key: int, message: Message, now: float,
                   then: Callable[[int, float], None] = _ignore_acks,
-                  call: Call[Any] | None = None) -> None:
+                  call: Call[Any] | None = None, *,
+                  missed: Callable[[float], None] | None = None) -> None:
         """Look up the k closest to ``key`` and have each hold ``message``'s item;
-        ``then(acks, now)`` with how many of them confirmed it (a republish needs no answer).
+        ``then(acks, now)`` with how many of them confirmed it (a republish needs no answer),
+        and ``missed(now)`` too if it reached nobody: no peer kept it on the lookup nor answered
+        the request (a refusal is an answer).
 
         A :class:`Store` of a value of at most ``store_on_lookup_max`` bytes travels with the
         lookup itself (:class:`FindNodeStore`): each peer asked keeps the value if it counts
@@ -1502,6 +1515,8 @@ class Node:
             def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
                 acks = kept + sum(1 for _, reply in replies if isinstance(reply, Stored))
                 self.stats["replicas_acked"] += acks
+                if missed is not None and not stored_by and all(r is None for _, r in replies):
+                    missed(now)
                 then(acks, now)
 
             self.ask_each((c for c in closest if c.id not in stored_by), message, now, done)
@@ -1585,6 +1600,21 @@ class Node:
         ranges.sort(key=lambda r: nearest(*r), reverse=True)
         return ranges[:_JOIN_REFRESH_RANGES]
 
+    def _to_refresh(self, now: float) -> list[tuple[int, int]]:
+        """The id ranges of the buckets an upkeep refreshes: those with no lookup into their
+        range for ``refresh_interval`` (section 2.3), at most ``_REFRESH_PER_UPKEEP`` of them,
+        the longest without one first, and of those the farthest from us first (as a join
+        does). A refresh's lookup counts as a lookup into its bucket (the bucket is touched
+        when it starts), so the buckets left out come first at the next upkeep, and each is
+        refreshed at most ``ceil(len(buckets) / _REFRESH_PER_UPKEEP)`` upkeeps after it came
+        stale."""
+        own = self.id
+        stale = self.table.stale_buckets(now, self.config.refresh_interval)
+        if len(stale) > _REFRESH_PER_UPKEEP:
+            stale.sort(key=lambda b: (b.last_lookup, -((b.lo ^ own) & -(b.hi - b.lo))))
+            del stale[_REFRESH_PER_UPKEEP:]
+        return [(b.lo, b.hi) for b in stale]
+
     def _refresh(self, ranges: list[tuple[int, int]], now: float,
                  then: Callable[[float], None]) -> None:
         """Look up a random id in each id range ``[lo, hi)``, then ``then(now)``."""
@@ -1612,9 +1642,10 @@ class Node:
             after = values[-1]
 
     def _maintain(self, now: float) -> None:
-        """Periodic upkeep: expire and republish stored items, refresh stale buckets, save the
-        routing table, forget expired bookkeeping, rejoin through the saved contacts when the
-        routing table is empty.
+        """Periodic upkeep: expire and republish stored items (while the routing table is empty
+        none is sent: they stay due), refresh stale buckets (at most ``_REFRESH_PER_UPKEEP``,
+        the oldest first), save the routing table, forget expired bookkeeping, rejoin through
+        the saved contacts when the routing table is empty.
 
         A store that refuses a step (a durable store's full disk is StorageFull, a store that
         cannot be read or written now StorageUnavailable) costs that step only: it is logged and
@@ -1644,9 +1675,7 @@ class Node:
             if self._rejoining:
                 self._rejoining = False
                 log.info("rejoined the network: %d contacts", len(self.table))
-            stale = self.table.stale_buckets(now, self.config.refresh_interval)
-            if stale:
-                self._refresh([(b.lo, b.hi) for b in stale], now, lambda now: None)
+            self._refresh(self._to_refresh(now), now, lambda now: None)
         elif now >= self._rejoin_at:
             self._rejoin(now)
 
@@ -1665,9 +1694,9 @@ class Node:
         our last republish: a copy sent from now on lives at most ``expire_time`` from now, so
         after :meth:`forget` every copy is still gone ``expire_time`` after our last republish
         (sending our own items with a full lifetime at every answer instead would let read
-        repair carry them past that). Only the sending waits for the first upkeep: at start the
-        routing table is empty, and a republish sent to nobody would put the next one off by
-        ``publisher_renew_after``. A store that refuses the renewal is logged and counted as a
+        repair carry them past that). Only the sending waits for an upkeep: at start the
+        routing table is empty, and :meth:`_republish` sends nothing until it is not (the first
+        upkeep with contacts). A store that refuses the renewal is logged and counted as a
         refused upkeep step (:meth:`_store_step`), and the first upkeep renews them all the
         same."""
         cfg = self.config
@@ -1784,7 +1813,15 @@ class Node:
         which records due get at least half when values and entries are due too. An item or
         record whose rewrite the store refuses (StorageFull, or StorageUnavailable for a damaged
         page) is counted (``storage_errors``) and stays due for the next tick, holding back none
-        of the others."""
+        of the others.
+
+        A republish counts as done only once it reached somebody: with an empty routing table
+        (a start before the saved contacts answered, a network lost) nothing is sent and every
+        item stays due, and one that reached nobody (:meth:`_republish_missed`) is due again at
+        the next tick. Else a publisher whose renewal fell while it could reach nobody would put
+        the next one off by a day, while every copy on the network expires."""
+        if not len(self.table):
+            return
         cfg = self.config
         batch = cfg.republish_batch
         items = self.store.due(now, batch)
@@ -1793,13 +1830,14 @@ class Node:
             service = self._record_services.get(record.kind)
             try:
                 if service is not None:
-                    service.republish(record, now)
+                    service.republish(record, now, partial(
+                        self._republish_missed, record.kind, record.key, None, record.meta, now))
                 else:  # a kind no service republishes: keep it as it is, off the schedule
                     self.store.put_record(record.kind, record.key, record.data, now,
                                           meta=replace(record.meta, republish_at=NEVER))
             except StorageFull:
                 self.stats["storage_errors"] += 1
-        entries: dict[int, list[Message]] = {}  # multimap entries to send, by key
+        entries: dict[int, list[tuple[Message, Callable[[float], None]]]] = {}  # by key
         for due in items[:batch - len(records)]:
             meta = due.meta
             if meta.original:
@@ -1823,26 +1861,70 @@ class Node:
                 continue
             if ttl >= 1:
                 self.stats["republished"] += 1
+                missed = partial(self._republish_missed, None, due.key, due.item, due.meta, now)
                 if isinstance(message, Append):
-                    entries.setdefault(due.key, []).append(message)
+                    entries.setdefault(due.key, []).append((message, missed))
                 else:
-                    self.replicate(due.key, message, now)
+                    self.replicate(due.key, message, now, missed=missed)
         for key, appends in entries.items():
             self._replicate_entries(key, appends, now)
 
-    def _replicate_entries(self, key: int, appends: list[Message], now: float) -> None:
-        """Send every one of ``appends`` (entries under ``key``) to the k closest to ``key``,
-        found by one lookup: entries of one key often come due together (appended or received
-        together), and a lookup each would cost that many lookups of the same key."""
+    def _republish_missed(self, kind: str | None, key: int, item: bytes | int | None,
+                          due: Meta, sent: float, now: float) -> None:
+        """The republish at ``sent`` of an item (``kind`` None: the value, or the entry ``item``,
+        under ``key``) or of the record of ``kind`` under ``key``, which was ``due`` then,
+        reached nobody: it is due again (at the next tick), unless its bookkeeping changed since
+        that republish wrote it. A storer's republish received meanwhile counts as this hour's
+        (section 2.5), and a :meth:`forget` or a newer copy has its own schedule. Our own item's
+        lifetime stays the one that republish gave it: a forgotten item's copies are still gone
+        ``expire_time`` after our last republish, reached or not."""
+        self.stats["republish_missed"] += 1
+        cfg = self.config
+        interval = cfg.publisher_renew_after if due.original else cfg.republish_interval
+        store = self.store
+        try:
+            if kind is not None:
+                meta = store.record_meta(kind, key)
+                data = store.get_record(kind, key)
+                if meta is None or data is None or not _unchanged(meta, due, sent, interval):
+                    return
+                store.put_record(kind, key, data, now, meta=replace(meta, republish_at=now))
+            elif isinstance(item, int):
+                meta = store.entry_meta(key, item)
+                if meta is None or not _unchanged(meta, due, sent, interval):
+                    return
+                store.add_entry(key, item, replace(meta, republish_at=now))
+            else:
+                meta = store.value_meta(key)
+                value = store.get_value(key)
+                if meta is None or value is None or not _unchanged(meta, due, sent, interval):
+                    return
+                store.put_value(key, value, replace(meta, republish_at=now))
+        except StorageFull:
+            self.stats["storage_errors"] += 1
+
+    def _replicate_entries(self, key: int,
+                           appends: list[tuple[Message, Callable[[float], None]]],
+                           now: float) -> None:
+        """Send every one of ``appends`` (entries under ``key``, each with what to call if it
+        reached nobody) to the k closest to ``key``, found by one lookup: entries of one key
+        often come due together (appended or received together), and a lookup each would cost
+        that many lookups of the same key."""
         if len(appends) == 1:
-            self.replicate(key, appends[0], now)
+            message, missed = appends[0]
+            self.replicate(key, message, now, missed=missed)
             return
 
-        def count(replies: list[tuple[Contact, Message | None]], now: float) -> None:
-            self.stats["replicas_acked"] += sum(1 for _, r in replies if isinstance(r, Stored))
-
         def send_all(closest: list[Contact], now: float) -> None:
-            for message in appends:
+            for message, missed in appends:
+
+                def count(replies: list[tuple[Contact, Message | None]], now: float,
+                          missed: Callable[[float], None] = missed) -> None:
+                    self.stats["replicas_acked"] += sum(
+                        1 for _, r in replies if isinstance(r, Stored))
+                    if all(r is None for _, r in replies):
+                        missed(now)
+
                 self.ask_each(closest, message, now, count)
 
         self.find_closest(key, now, send_all)
@@ -1899,6 +1981,14 @@ def _live_closest(table: RoutingTable, target: int, count: int, dead: dict[Addre
         if len(live) >= count or len(picked) < width:
             return live[:count]
         width = count + 2 * (width - len(live))
+
+
+def _unchanged(meta: Meta, due: Meta, sent: float, interval: float) -> bool:
+    """Whether ``meta`` is still the bookkeeping a republish at ``sent`` of an item that was
+    ``due`` wrote: the same owner, next due within ``interval`` of it (a /dht record's at most:
+    its entries may end sooner). A copy received since moves the time to an interval after it,
+    and :meth:`Node.forget` to NEVER."""
+    return meta.original == due.original and sent < meta.republish_at <= sent + interval
 
 
 def _forget(deadlines: OrderedDict[int, tuple[float, Call[Any]]], seq: int) -> None:

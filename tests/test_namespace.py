@@ -476,6 +476,7 @@ def test_a_namespace_store_ttl_is_positive_capped_and_never_shortens() -> None:
 def test_a_maintenance_tick_shares_its_republish_batch_with_records() -> None:
     config = dataclasses.replace(SIM_CONFIG, republish_batch=4)
     node = Node(config=config, now=0.0)
+    node.table.seen(Contact(5, ("10.0.0.9", 4000)))  # somebody to send to (none answers yet)
     for i in range(10):
         node.store.put_value(i, bytes([i]), Meta(expires=1e9, republish_at=30.0))
         record = signed(i, 0, b"r")

@@ -515,6 +515,7 @@ def test_migrated_records_get_their_lifecycle_at_the_first_maintenance(tmp_path:
     db.close()
     store = SqliteStore(path, DEFAULT)
     node = Node(config=DEFAULT, store=store, now=1000.0)
+    node.table.seen(Contact(5, ("10.0.0.9", 4000)))  # somebody to send to (none answers yet)
     try:
         node.handle_timer(1000.0 + DEFAULT.maintenance_interval)
         now = 1000.0 + DEFAULT.maintenance_interval
@@ -617,8 +618,15 @@ def test_a_node_restarted_after_a_day_down_sends_its_own_items_with_a_full_lifet
         assert isinstance(found, NamespaceFound) and found.ttl == day
         assert {d.key for d in store.due(now, 10)} == {key_for(b"ours")}
         assert [d.key for d in store.due_records(now, 10)] == [record.storage_key]
-        node.handle_timer(now + DEFAULT.maintenance_interval)  # the first upkeep sends them
-        then = now + DEFAULT.maintenance_interval
+        # Its first upkeep, before any saved contact answered, sends nothing: they stay due.
+        node.handle_timer(now + DEFAULT.maintenance_interval)
+        assert node.stats["republished"] == 0
+        assert {d.key for d in store.due(now, 10)} == {key_for(b"ours")}
+        assert [d.key for d in store.due_records(now, 10)] == [record.storage_key]
+        # The first upkeep with contacts sends them.
+        node.table.seen(Contact(5, ("10.0.0.9", 4000)))
+        node.handle_timer(now + 2 * DEFAULT.maintenance_interval)
+        then = now + 2 * DEFAULT.maintenance_interval
         assert node.stats["republished"] == 2
         assert store.value_meta(key_for(b"ours")) == published_meta(then, DEFAULT)
         assert store.record_meta("namespace", record.storage_key) == published_meta(then,

@@ -337,7 +337,7 @@ def test_a_record_the_store_cannot_rewrite_holds_back_no_other_republish(
     are republished all the same (our own value included: held back, it would expire
     everywhere), and the record stays due for the next tick."""
     net = SimNetwork(seed=29, config=Config(k=8))
-    (node,) = net.add_nodes(1)
+    node, _ = net.add_nodes(2)  # with a peer to republish to
     store = SqliteStore(tmp_path / "store.sqlite3", net.config)
     node.store = store
     owner = SigningKey(bytes(range(32)))

@@ -4,6 +4,8 @@ storers, 24-hour republish by the original publisher, cache lifetimes and bucket
 from __future__ import annotations
 
 import math
+import random
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -294,6 +296,33 @@ def test_buckets_without_lookups_are_refreshed_every_hour() -> None:
         for bucket in node.table.buckets:
             assert net.now - bucket.last_lookup <= HOUR + CONFIG.maintenance_interval + 60
         node.table.check_invariants()
+
+
+def test_a_table_split_along_clustered_ids_refreshes_a_bounded_number_of_buckets_an_upkeep(
+        ) -> None:
+    """Ids clustered around a node's own split its table into a bucket per level, over 200:
+    they come stale together every hour, and an upkeep refreshes the 32 oldest, not all at
+    once; the others follow at the next upkeeps, so none waits long past its hour."""
+    config = Config(k=4)
+    net = SimNetwork(7, config=config)
+    base = random.Random(1).getrandbits(256) & ~0xFF  # 20 ids sharing 248 leading bits
+    ids = random.Random(2).sample(range(1, 256), 20)
+    nodes = [net.add_node(node_id=base | i) for i in ids]
+    for node in nodes[1:]:
+        net.run_call(net.call(node, node.bootstrap, [net.address_of(nodes[0])]), timeout=600)
+    node = nodes[5]
+    buckets = len(node.table.buckets)
+    assert buckets > 200  # the case at stake: far more than the bound
+    started: Counter[float] = Counter()
+    node.add_listener(
+        lambda e: started.update([e.now]) if isinstance(e, LookupStarted) else None)
+    upkeeps = math.ceil(buckets / 32)
+    for _ in range(3 * 12):
+        net.run_for(5 * 60)
+        oldest = min(b.last_lookup for b in node.table.buckets)
+        assert net.now - oldest <= HOUR + (upkeeps + 1) * config.maintenance_interval
+    assert max(started.values()) <= 32, started.most_common(3)
+    assert sum(started.values()) >= 2 * buckets  # each bucket was still refreshed every hour
 
 
 def test_nodes_started_at_the_same_instant_do_not_all_republish_in_the_same_tick() -> None:

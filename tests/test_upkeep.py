@@ -1,24 +1,29 @@
 """A node's periodic upkeep on a virtual clock: it rejoins on its own when its routing table is
-empty, and a store that refuses a step (a full disk) costs that step only."""
+empty, a republish that reached nobody is made again once it can, and a store that refuses a
+step (a full disk) costs that step only."""
 
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterable
 from dataclasses import replace
 
 import pytest
 
-from qadom import Config, StorageFull
+from qadom import Config, Identity, StorageFull
 from qadom.call import Call
 from qadom.contact import Contact
-from qadom.events import LookupRequest
+from qadom.events import LookupRequest, LookupStarted
+from qadom.ids import key_for
+from qadom.messages import Store
 from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import MemoryStore, Meta
 
 CONFIG = Config(k=8)
 MINUTE = CONFIG.maintenance_interval
+HOUR = 3600.0
 
 
 def empty_table(node: Node) -> None:
@@ -87,6 +92,161 @@ def test_a_drained_table_keeps_the_saved_contacts_until_it_holds_k_again() -> No
     net.run_for(MINUTE)
     # With k contacts again, what is saved is the table and nothing else.
     assert sorted(c.id for c in node.store.load_contacts()) == sorted(c.id for c in node.table)
+
+
+def holders(nodes: Iterable[Node], key: int, now: float) -> list[Node]:
+    return [n for n in nodes if n.store.get_value(key, now) is not None]
+
+
+def far_publisher(net: SimNetwork, nodes: list[Node], value: bytes) -> tuple[Node, float]:
+    """The node farthest from ``value``'s key publishes it: only the copies it sends answer a
+    get. Returns it and when it published."""
+    key = key_for(value)
+    publisher = max(nodes, key=lambda n: n.id ^ key)
+    assert net.run_call(net.call(publisher, publisher.set, value)) == key
+    return publisher, net.now
+
+
+def test_a_publisher_cut_off_at_its_renewal_renews_once_it_reaches_peers_again() -> None:
+    net = SimNetwork(seed=21, config=CONFIG)
+    nodes = net.add_nodes(24)
+    value = b"renewed by a publisher that was away"
+    key = key_for(value)
+    publisher, published = far_publisher(net, nodes, value)
+    others = [n for n in nodes if n is not publisher]
+    lookups: list[float] = []
+    publisher.add_listener(
+        lambda e: lookups.append(e.now) if isinstance(e, LookupStarted) else None)
+    # Its network goes down a little before the renewal, and comes back once the copies of the
+    # first publication have expired.
+    net.run_for(published + CONFIG.publisher_renew_after - 10 * MINUTE - net.now)
+    net.partition([publisher], others)
+    lookups.clear()
+    net.run_for(published + CONFIG.expire_time + 10 * MINUTE - net.now)
+    assert holders(others, key, net.now) == []
+    # The renewals that reached nobody were made again, but no more than a few lookups an
+    # upkeep, and none once its routing table had emptied.
+    assert 0 < len(lookups) <= 20 * CONFIG.alpha, len(lookups)
+    assert len(publisher.table) == 0
+    net.heal()
+    back = net.now
+    while not len(publisher.table) and net.now < back + HOUR:
+        net.run_for(10.0)
+    rejoined = net.now
+    assert rejoined - back <= 16 * MINUTE  # its next rejoin: the delay doubles up to here
+    # Sent to the k closest at its first upkeep with contacts, not a day later.
+    net.run_for(2 * MINUTE + CONFIG.operation_timeout)
+    assert len(holders(others, key, net.now)) >= CONFIG.k
+    # Found after the first copies' lifetime would have ended, and until the next renewal.
+    reader = others[0]
+    for _ in range(4):
+        net.run_for(6 * HOUR)
+        assert net.run_call(net.call(reader, reader.get, key)) == value
+
+
+def restart(net: SimNetwork, node: Node, store: MemoryStore) -> Node:
+    """``node`` started again on ``store`` (its id, its items, its saved contacts): a new node
+    at the same address, with an empty routing table."""
+    again = Node(config=node.config, rng=random.Random(node.id), node_id=node.id, store=store,
+                 now=net.now)
+    again.address = node.address
+    net.nodes[net.address_of(node)] = again
+    net.call(again, lambda now: None)  # its first timer armed
+    return again
+
+
+def test_a_publisher_restarted_after_a_day_away_sends_its_items_at_its_first_upkeep() -> None:
+    net = SimNetwork(seed=22, config=CONFIG)
+    nodes = net.add_nodes(24)
+    value = b"published before a day away"
+    key = key_for(value)
+    publisher, _ = far_publisher(net, nodes, value)
+    net.run_call(net.call(publisher, publisher.append, 77, 5))
+    me = Identity.from_seed(bytes(32))
+    record = me.record(32, b"a namespace record", 0)
+    net.run_call(net.call(publisher, publisher.namespace.set, record))
+    net.run_for(MINUTE)  # an upkeep saved its contacts
+    others = [n for n in nodes if n is not publisher]
+    # It stops: what it keeps is its store, which nothing touches while it is down.
+    store = publisher.store
+    assert isinstance(store, MemoryStore)
+    publisher.store = MemoryStore(CONFIG)
+    net.partition([publisher], others)
+    net.run_for(30 * HOUR)
+    assert holders(others, key, net.now) == []
+    net.heal()
+    again = restart(net, publisher, store)
+    assert len(again.table) == 0  # its saved contacts have not answered yet
+    net.run_for(2 * MINUTE + CONFIG.operation_timeout)
+    assert len(again.table) >= CONFIG.k
+    assert len(holders(others, key, net.now)) >= CONFIG.k
+    reader = others[0]
+    assert net.run_call(net.call(reader, reader.get, key)) == value
+    assert net.run_call(net.call(reader, reader.search, 77)) == {5}
+    assert net.run_call(net.call(reader, reader.namespace.get, me.public_key, 32)) == record
+    # Each was sent once: the republishes reached peers and are next due in a day.
+    assert again.stats["republish_missed"] == 0
+    assert again.stats["republished"] == 3
+
+
+def silent_neighbour(value: bytes, republish_at: float, *, original: bool = False,
+                     ) -> tuple[Node, int]:
+    """A node holding ``value`` (due at ``republish_at``) whose one contact never answers,
+    and the value's key."""
+    node = Node(config=CONFIG, rng=random.Random(3), node_id=1 << 255)
+    node.table.seen(Contact(5, ("127.9.9.9", 4000)))
+    key = key_for(value)
+    node.store.put_value(key, value, Meta(12 * HOUR, republish_at, original, source="x"))
+    return node, key
+
+
+def run_timers(node: Node, until: float) -> None:
+    """Run the node's timers up to ``until``; what it sends is lost."""
+    while (at := node.get_timer()) is not None and at <= until:
+        node.handle_timer(at)
+        node.datagrams_to_send()
+
+
+def test_a_republish_that_reached_nobody_is_due_again_at_the_next_upkeep() -> None:
+    node, key = silent_neighbour(b"due", 10.0)
+    run_timers(node, MINUTE)  # the first upkeep republishes it; every request fails
+    assert node.stats["republished"] == 1
+    assert node.stats["republish_missed"] == 1
+    meta = node.store.value_meta(key)
+    assert meta is not None and meta.republish_at < MINUTE  # due again, not in an hour
+    run_timers(node, 2 * MINUTE)
+    assert node.stats["republished"] == 2
+
+
+def test_a_copy_received_while_a_republish_went_unanswered_keeps_it_off_for_the_hour() -> None:
+    """Receiving the item from another storer counts as this hour's republish (section 2.5),
+    whatever became of ours."""
+    node, key = silent_neighbour(b"due", 10.0)
+    at = node.get_timer()
+    assert at is not None
+    run_timers(node, at)  # the upkeep sends it; the answers are awaited
+    assert node.stats["republished"] == 1
+    node._handle_store(Store(b"due", 3600), 7, ("127.9.9.8", 4000), at + 0.5)
+    run_timers(node, at + CONFIG.operation_timeout)
+    assert node.stats["republish_missed"] == 1
+    meta = node.store.value_meta(key)
+    assert meta is not None and meta.republish_at == at + 0.5 + CONFIG.republish_interval
+
+
+def test_an_item_forgotten_while_its_renewal_went_unanswered_is_not_sent_again() -> None:
+    node, key = silent_neighbour(b"ours", 10.0, original=True)
+    at = node.get_timer()
+    assert at is not None
+    run_timers(node, at)  # the renewal is sent with a fresh lifetime, and goes unanswered
+    meta = node.store.value_meta(key)
+    assert meta is not None and meta.expires == at + CONFIG.expire_time
+    assert node.forget(key)
+    run_timers(node, at + HOUR)
+    assert node.stats["republish_missed"] == 1
+    assert node.stats["republished"] == 1
+    meta = node.store.value_meta(key)
+    # Not ours any more: gone a lifetime after the last renewal sent, as forget promises.
+    assert meta is not None and not meta.original and meta.expires == at + CONFIG.expire_time
 
 
 def test_a_first_node_with_nothing_saved_waits_to_be_found() -> None:
