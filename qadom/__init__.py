@@ -110,12 +110,22 @@ if not TYPE_CHECKING:  # for type checkers, a missing name stays an error, not A
 
     def __getattr__(name: str) -> object:
         module = _MODULE_OF.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
-        globals()[name] = value  # from now on an ordinary attribute: no second call
-        return value
+        if module is not None:
+            value = getattr(importlib.import_module(f".{module}", __name__), name)
+            globals()[name] = value  # from now on an ordinary attribute: no second call
+            return value
+        if name.isidentifier() and not name.startswith("__"):
+            # A submodule (``qadom.errors.NotFoundError`` after ``import qadom``), imported now:
+            # importing it makes it an ordinary attribute of the package.
+            try:
+                return importlib.import_module(f".{name}", __name__)
+            except ModuleNotFoundError as exc:
+                if exc.name != f"{__name__}.{name}":
+                    raise  # the submodule exists, and something it imports is missing
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    # The public names and what the package holds, but its own machinery (not for completion).
+    hidden = {"TYPE_CHECKING", "annotations", "importlib", "_MODULE_OF"}
+    return sorted({*globals(), *__all__} - hidden)

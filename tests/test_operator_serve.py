@@ -199,6 +199,24 @@ def test_each_public_name_of_qadom_is_its_modules_object() -> None:
     # An unknown name is an error for mypy as well: type checkers see no module __getattr__.
     with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
         qadom.Nonexistent  # type: ignore[attr-defined]  # noqa: B018
+    assert not {"TYPE_CHECKING", "importlib", "_MODULE_OF"} & set(dir(qadom))
+
+
+def test_after_import_qadom_every_submodule_is_an_attribute_of_the_package() -> None:
+    # As when the package imported every module itself: qadom.errors, qadom.node... are there
+    # after a bare ``import qadom``, whatever was imported before or not.
+    script = """
+import qadom
+print(qadom.errors.NotFoundError.__module__, qadom.node.Node.__name__, qadom.storage.__name__)
+try:
+    qadom.nonexistent
+except AttributeError as exc:
+    print(exc)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30,
+                            cwd=ROOT, check=True)
+    assert result.stdout.decode().splitlines() == [
+        "qadom.errors Node qadom.storage", "module 'qadom' has no attribute 'nonexistent'"]
 
 
 # A one-shot command stopped once it has started, while it joins: this sitecustomize replaces
