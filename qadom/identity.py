@@ -133,9 +133,9 @@ class Identity:
             except (NotFoundError, NoPeersError):  # none stored, or nobody to ask (a lone peer)
                 current = -1
             seq = max(current, self._last.get(key, -1)) + 1
-            if seq >= SEQ_LIMIT:
+            if seq >= SEQ_LIMIT:  # the highest, seen in the network or signed here
                 raise StaleSequence(f"key {key} holds the highest seq, {SEQ_LIMIT - 1}: no newer "
-                                    "version can be signed", current)
+                                    "version can be signed", SEQ_LIMIT - 1)
             # Taken before the first await: a concurrent set of the same key through this object
             # picks a higher one, so no seq is ever signed twice with different values.
             self._last[key] = seq

@@ -473,6 +473,8 @@ class NamespaceService:
 
         def finish(acks: int, held: NamespaceRecord | None, asked: int, now: float,
                    full: int = 0) -> None:
+            if call.done:  # timed out (or the peer closed): the caller was told it failed
+                return
             if held is not None:
                 call.fail(StaleSequence(
                     f"a replica holds seq {held.seq} of key {record.key}, which seq "

@@ -1697,8 +1697,9 @@ class Node:
         repair carry them past that). Only the sending waits for an upkeep: at start the
         routing table is empty, and :meth:`_republish` sends nothing until it is not (the first
         upkeep with contacts). A store that refuses the renewal is logged and counted as a
-        refused upkeep step (:meth:`_store_step`), and the first upkeep renews them all the
-        same."""
+        refused upkeep step (:meth:`_store_step`); their lifetime is then renewed by the first
+        upkeep with contacts, which republishes them (until then what we send of them carries
+        what is left of their lifetime)."""
         cfg = self.config
         with self._store_step("renew our own items"):
             self.store.renew_originals(now + cfg.maintenance_interval, now + cfg.expire_time)

@@ -25,6 +25,7 @@ from qadom import (
     NamespaceRecord,
     Node,
     NotFoundError,
+    OperationTimeout,
     Peer,
     ProtocolError,
     QadomError,
@@ -707,6 +708,30 @@ def test_sim_a_refusal_backed_by_a_newer_record_still_fails_the_set() -> None:
     assert writer.stats["namespace_unproven_refusals"] == 0
 
 
+def test_sim_a_set_that_timed_out_while_its_stores_were_in_flight_stores_nothing_here() -> None:
+    # The caller was told the set failed: the writer must not then keep the record as its own
+    # (and republish it every day) because the replicas' answers came in after the deadline.
+    net, nodes = sim_network(seed=3)
+    record = signed(8, 0, b"late")
+    skey = record.storage_key
+    writer = max(nodes, key=lambda n: n.id ^ skey)
+    calls: list[Call[int]] = []
+    replica = closest_to(nodes, skey, 1)[0]
+
+    def deadline_passes(message: NamespaceStore, sender: int | None, address: Any,
+                        now: float) -> Message:
+        calls[0].fail(OperationTimeout("namespace_set timed out"))  # as its deadline would
+        return replica.namespace._handle_store(message, sender, address, now)
+
+    replica.register_handler(NamespaceStore, deadline_passes)
+    calls.append(net.call(writer, writer.namespace.set, record))
+    with pytest.raises(OperationTimeout):
+        net.run_call(calls[0])
+    net.run_for(10.0)  # every answer is in
+    assert replica.namespace.local(skey) == record
+    assert writer.namespace.local(skey) is None
+
+
 def test_a_node_set_of_a_value_over_the_limit_fails_at_once() -> None:
     # Identity.record signs any size; the node's own set must refuse what no datagram can carry
     # before anything is sent, not fail inside a handler and time out.
@@ -747,6 +772,11 @@ async def test_identity_set_at_the_highest_seq_says_the_key_cannot_move() -> Non
         with pytest.raises(StaleSequence) as stuck:
             await asyncio.wait_for(me.set(peer, 3, b"more"), 30)
         assert stuck.value.current == top
+        # The same when the highest is one this identity signed, not one the network holds.
+        me._last[4] = top
+        with pytest.raises(StaleSequence) as signed_here:
+            await asyncio.wait_for(me.set(peer, 4, b"more"), 30)
+        assert signed_here.value.current == top
 
 
 def test_identity_save_never_writes_the_seed_into_a_file_made_beforehand(
