@@ -602,7 +602,8 @@ class DhtRecordService:
         everywhere ``expire_time`` after our last republish. True if we had put it."""
         return self.node.forget(storage_key(check_key(key, self.config)))
 
-    def republish(self, due: DueRecord, now: float, missed: Callable[[float], None]) -> None:
+    def republish(self, due: DueRecord, now: float,
+                  missed: Callable[[float], None] | None = None) -> None:
         """Republish one record whose time has come (section 2.5): its live entries, in a
         fill-only DHT_PUT to the k closest, with a fresh lifetime from the node that put it and
         what is left of it from a storer (``missed(now)`` if that reached nobody). A record none of

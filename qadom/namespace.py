@@ -420,7 +420,8 @@ class NamespaceService:
         check_id(key)
         return self.node.forget(storage_key(public_key, key))
 
-    def republish(self, due: DueRecord, now: float, missed: Callable[[float], None]) -> None:
+    def republish(self, due: DueRecord, now: float,
+                  missed: Callable[[float], None] | None = None) -> None:
         """Republish one record whose time has come (section 2.5): the signed record as is, in a
         NAMESPACE_STORE to the k closest, with a fresh lifetime from its original publisher and
         what is left of it from a storer; ``missed(now)`` if that reached nobody."""

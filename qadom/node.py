@@ -125,7 +125,8 @@ class RecordService(Protocol):
 
     KIND: str
 
-    def republish(self, due: DueRecord, now: float, missed: Callable[[float], None]) -> None:
+    def republish(self, due: DueRecord, now: float,
+                  missed: Callable[[float], None] | None = None) -> None:
         """Send ``due`` to the k closest, rescheduled; ``missed(now)`` if that reached nobody
         (:meth:`Node.replicate`)."""
 
