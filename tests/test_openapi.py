@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,16 +113,33 @@ def test_the_served_document_is_the_one_tested(live: Live) -> None:
     schema.validate()  # a valid OpenAPI 3 document
 
 
-@schema.exclude(path=STREAM).parametrize()
-@settings(max_examples=EXAMPLES, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                                 HealthCheck.function_scoped_fixture])
-def test_no_500_and_no_answer_outside_the_document(case: schemathesis.Case[Any],
-                                                   live: Live) -> None:
-    if case.path in ("/ping", "/bootstrap"):
-        case.body = loopback_only(case.body, live.target_port)
-    response = case.call(base_url=live.base_url, timeout=30)
-    case.validate_response(response, checks=CHECKS)
+def _no_500_test(path: str, method: str) -> Any:
+    """The property for one operation: schemathesis's every phase (the document's examples, its
+    coverage cases, then generated ones) against the live helper."""
+
+    @schema.include(path=path, method=method).parametrize()
+    @settings(max_examples=EXAMPLES, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                     HealthCheck.function_scoped_fixture])
+    def test(case: schemathesis.Case[Any], live: Live) -> None:
+        if case.path in ("/ping", "/bootstrap"):
+            case.body = loopback_only(case.body, live.target_port)
+        response = case.call(base_url=live.base_url, timeout=30)
+        case.validate_response(response, checks=CHECKS)
+
+    return test
+
+
+# No 500 and no answer outside the document, whatever is sent: one test function per operation
+# but the stream (tested below), each under a name of its own, so that a run spread over
+# processes (pytest-xdist, which tells tests apart by name) runs every one of them.
+OPERATIONS = sorted((path, method) for path, item in openapi_document()["paths"].items()
+                    for method in item if method in ("get", "post", "put", "delete", "patch")
+                    and path != STREAM)
+for _path, _method in OPERATIONS:
+    _name = re.sub(r"[^a-z0-9]+", "_", f"{_method} {_path}".lower()).strip("_")
+    globals()[f"test_no_500_and_no_answer_outside_the_document_{_name}"] = _no_500_test(
+        _path, _method.upper())
 
 
 @given(case=schema[STREAM]["GET"].as_strategy())
