@@ -15,10 +15,23 @@ from qadom.codec import Codec
 from qadom.contact import Address
 from qadom.messages import Envelope, Message
 from qadom.node import Node
+from qadom.sim import SimNetwork
 
 # Loopback is fast; these keep a dead peer's cost small without mistaking a busy loop for a
 # dead peer (the machine running the suite may be loaded).
 FAST = Config(rpc_timeout=0.5, rpc_timeout_min=0.25, rpc_timeout_max=1.0, operation_timeout=20.0)
+
+
+def clustered_network(count: int) -> tuple[SimNetwork, list[Node]]:
+    """``count`` simulated nodes (k = 4) whose ids share their first 248 bits, each joined
+    through the first: each table splits along its id's path, a bucket per level, over 200."""
+    net = SimNetwork(7, config=Config(k=4))
+    base = random.Random(1).getrandbits(256) & ~0xFF
+    ids = random.Random(2).sample(range(1, 256), count)
+    nodes = [net.add_node(node_id=base | i) for i in ids]
+    for node in nodes[1:]:
+        net.run_call(net.call(node, node.bootstrap, [net.address_of(nodes[0])]), timeout=600)
+    return net, nodes
 
 
 @asynccontextmanager

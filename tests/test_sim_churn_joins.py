@@ -14,6 +14,8 @@ from qadom.events import LookupFinished
 from qadom.node import Node
 from qadom.sim import SimNetwork
 
+from helpers import clustered_network
+
 CONFIG = Config(k=8, replacement_cache_size=8, maintenance_interval=300.0)
 
 
@@ -131,12 +133,7 @@ def test_a_node_bootstrapping_again_among_clustered_ids_refreshes_a_bounded_numb
     """A node whose table has split along its id's path (ids clustered around its own) and that
     bootstraps again: beside the subtrees, its table holds a bucket per level that does not cover
     its id, and it does not look up each of them."""
-    net = SimNetwork(7, config=Config(k=4))
-    base = random.Random(1).getrandbits(256) & ~0xFF  # 20 ids sharing 248 leading bits
-    ids = random.Random(2).sample(range(1, 256), 20)
-    nodes = [net.add_node(node_id=base | i) for i in ids]
-    for node in nodes[1:]:
-        net.run_call(net.call(node, node.bootstrap, [net.address_of(nodes[0])]), timeout=600)
+    net, nodes = clustered_network(20)
     again = nodes[5]
     farther = [b for b in again.table.buckets if not b.covers(again.id)]
     assert len(farther) > 200  # the case at stake: far more than the bound

@@ -494,15 +494,16 @@ def test_sqlite_migrates_records_written_without_a_lifecycle(tmp_path: Path) -> 
         again.close()
 
 
-def test_migrated_records_get_their_lifecycle_at_the_first_maintenance(tmp_path: Path) -> None:
+def signed_record(key: int) -> NamespaceRecord:
+    """The namespace record of ``key`` (seq 0, value b"v") of the key pair of the zero seed."""
     owner = SigningKey(bytes(32))
     public = bytes(owner.verify_key)
+    data = cbor2.dumps(["qadom/namespace/v1", public, key.to_bytes(32, "big"), 0, b"v"])
+    return NamespaceRecord(public, key, 0, b"v", owner.sign(data).signature)
 
-    def signed(key: int) -> NamespaceRecord:
-        data = cbor2.dumps(["qadom/namespace/v1", public, key.to_bytes(32, "big"), 0, b"v"])
-        return NamespaceRecord(public, key, 0, b"v", owner.sign(data).signature)
 
-    ours, theirs = signed(1), signed(2)
+def test_migrated_records_get_their_lifecycle_at_the_first_maintenance(tmp_path: Path) -> None:
+    ours, theirs = signed_record(1), signed_record(2)
     put = Record("k", SECURED, (make_entry((1).to_bytes(32, "big"), "k", "v", SECURED),))
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
@@ -537,10 +538,7 @@ def test_a_migrated_record_forgotten_before_the_first_maintenance_expires(
         tmp_path: Path) -> None:
     # Ours, with no expiry until the first republish: forgotten before it, it must still expire
     # (a day after the node started), not be kept forever, off the schedule.
-    owner = SigningKey(bytes(32))
-    public = bytes(owner.verify_key)
-    data = cbor2.dumps(["qadom/namespace/v1", public, (1).to_bytes(32, "big"), 0, b"v"])
-    ours = NamespaceRecord(public, 1, 0, b"v", owner.sign(data).signature)
+    ours = signed_record(1)
     put = Record("k", SECURED, (make_entry((1).to_bytes(32, "big"), "k", "v", SECURED),))
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
@@ -595,10 +593,7 @@ def test_a_node_restarted_after_a_day_down_sends_its_own_items_with_a_full_lifet
     # Published here at 1000, the node then down for two days: its own items' lifetime has
     # lapsed. Before it serves, it renews them (not 1 s in its answers, which read repair would
     # pass on) and leaves them due, so that its first upkeep sends them out.
-    owner = SigningKey(bytes(32))
-    public = bytes(owner.verify_key)
-    data = cbor2.dumps(["qadom/namespace/v1", public, (1).to_bytes(32, "big"), 0, b"v"])
-    record = NamespaceRecord(public, 1, 0, b"v", owner.sign(data).signature)
+    record = signed_record(1)
     path = tmp_path / "qadom.sqlite3"
     store = SqliteStore(path, DEFAULT)
     store.put_value(key_for(b"ours"), b"ours", published_meta(1000.0, DEFAULT))

@@ -4,7 +4,6 @@ storers, 24-hour republish by the original publisher, cache lifetimes and bucket
 from __future__ import annotations
 
 import math
-import random
 from collections import Counter
 from dataclasses import replace
 
@@ -16,6 +15,8 @@ from qadom.ids import key_for
 from qadom.messages import Store
 from qadom.node import Node
 from qadom.sim import SimNetwork
+
+from helpers import clustered_network
 
 HOUR = 3600.0
 CONFIG = Config(k=8)  # small replica sets keep the simulated traffic small
@@ -303,13 +304,8 @@ def test_a_table_split_along_clustered_ids_refreshes_a_bounded_number_of_buckets
     """Ids clustered around a node's own split its table into a bucket per level, over 200:
     they come stale together every hour, and an upkeep refreshes the 32 oldest, not all at
     once; the others follow at the next upkeeps, so none waits long past its hour."""
-    config = Config(k=4)
-    net = SimNetwork(7, config=config)
-    base = random.Random(1).getrandbits(256) & ~0xFF  # 12 ids sharing 248 leading bits
-    ids = random.Random(2).sample(range(1, 256), 12)
-    nodes = [net.add_node(node_id=base | i) for i in ids]
-    for node in nodes[1:]:
-        net.run_call(net.call(node, node.bootstrap, [net.address_of(nodes[0])]), timeout=600)
+    net, nodes = clustered_network(12)
+    config = net.config
     node = nodes[5]
     buckets = len(node.table.buckets)
     assert buckets > 200  # the case at stake: far more than the bound
