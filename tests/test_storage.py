@@ -494,6 +494,17 @@ def test_sqlite_migrates_records_written_without_a_lifecycle(tmp_path: Path) -> 
         again.close()
 
 
+def old_file(path: Path, rows: list[tuple[str, bytes, bytes, str]]) -> Path:
+    """A store file of the schema from before records had a lifecycle (OLD_SCHEMA) holding the
+    records ``rows``: (kind, key, record, source)."""
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", rows)
+    db.commit()
+    db.close()
+    return path
+
+
 def signed_record(key: int) -> NamespaceRecord:
     """The namespace record of ``key`` (seq 0, value b"v") of the key pair of the zero seed."""
     owner = SigningKey(bytes(32))
@@ -505,15 +516,10 @@ def signed_record(key: int) -> NamespaceRecord:
 def test_migrated_records_get_their_lifecycle_at_the_first_maintenance(tmp_path: Path) -> None:
     ours, theirs = signed_record(1), signed_record(2)
     put = Record("k", SECURED, (make_entry((1).to_bytes(32, "big"), "k", "v", SECURED),))
-    path = tmp_path / "old.sqlite3"
-    db = sqlite3.connect(path)
-    db.executescript(OLD_SCHEMA)
-    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", [
+    path = old_file(tmp_path / "old.sqlite3", [
         ("namespace", id_to_bytes(ours.storage_key), ours.to_bytes(), ""),
         ("namespace", id_to_bytes(theirs.storage_key), theirs.to_bytes(), "10.0.0.1"),
         ("dht", id_to_bytes(dht_key("k")), encode_record(put), "")])
-    db.commit()
-    db.close()
     store = SqliteStore(path, DEFAULT)
     node = Node(config=DEFAULT, store=store, now=1000.0)
     node.table.seen(Contact(5, ("10.0.0.9", 4000)))  # somebody to send to (none answers yet)
@@ -540,14 +546,9 @@ def test_a_migrated_record_forgotten_before_the_first_maintenance_expires(
     # (a day after the node started), not be kept forever, off the schedule.
     ours = signed_record(1)
     put = Record("k", SECURED, (make_entry((1).to_bytes(32, "big"), "k", "v", SECURED),))
-    path = tmp_path / "old.sqlite3"
-    db = sqlite3.connect(path)
-    db.executescript(OLD_SCHEMA)
-    db.executemany("INSERT INTO records VALUES (?, ?, ?, ?)", [
+    path = old_file(tmp_path / "old.sqlite3", [
         ("namespace", id_to_bytes(ours.storage_key), ours.to_bytes(), ""),
         ("dht", id_to_bytes(dht_key("k")), encode_record(put), "")])
-    db.commit()
-    db.close()
     store = SqliteStore(path, DEFAULT)
     node = Node(config=DEFAULT, store=store, now=1000.0)  # gives them a lifetime: it starts
     try:
