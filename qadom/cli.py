@@ -20,8 +20,9 @@ does not resolve, an unreadable file or closed stdin, a value over the size limi
 file that is not one, a ``keygen`` FILE that exists without ``--force``); 1 for any other
 failure (not found, no node answered, timed out, a write no node took, a newer seq in the
 network, a port in use, closed stdout, a file that cannot be written). On failure stderr holds
-exactly one line, ``qadom: <reason>``; never a traceback (``--log-level debug`` logs one for an
-unexpected error). A command whose stdout's reader goes away
+exactly one line, ``qadom: <reason>`` (``subscribe`` may have warned before it that messages
+were dropped, see :class:`_DroppedWarnings`); never a traceback (``--log-level debug`` logs one
+for an unexpected error). A command whose stdout's reader goes away
 (``qadom subscribe 99 | head -n 1``) stops, unsubscribing first, and dies of SIGPIPE silently,
 as Unix filters do (status 141 in the shell).
 """
@@ -101,6 +102,7 @@ with _sigint_kills():
 
 if TYPE_CHECKING:
     from .http import HttpHelper
+    from .subscription import Subscription
 
 log = logging.getLogger("qadom")
 
@@ -165,13 +167,24 @@ By default each message is written as it is, then a newline: a message that hold
 reads as several lines, so tell messages apart with --json or --hex. --timeout bounds joining
 and subscribing, not the wait for messages. Stopped by Ctrl-C or SIGTERM it unsubscribes and
 exits with status 0; when the reader of its stdout goes away (head has read enough) it
-unsubscribes at once and dies of SIGPIPE, as Unix filters do (status 141 in the shell).""",
+unsubscribes at once and dies of SIGPIPE, as Unix filters do (status 141 in the shell).
+A reader that falls behind by 10 000 messages or 4 MiB loses the newer ones; stderr (never
+stdout) then says how many: "qadom: 18 messages dropped: the reader of stdout fell behind",
+at most one line every 10 seconds, and one for the rest when it stops.""",
 }
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 DEFAULT_NODE: Address = ("127.0.0.1", 9999)
 """Where the one-shot commands and ``info`` look for a node when not told."""
+
+DROPPED_CHECK = 1.0
+"""Seconds between two looks of ``subscribe`` at its subscription's count of dropped messages:
+a reader that falls behind hears of it within a second."""
+
+DROPPED_WARNING_GAP = 10.0
+"""Least seconds between two of ``subscribe``'s warnings that messages were dropped: a reader
+stuck for an hour costs at most 360 lines of stderr, not one per message lost."""
 
 _DECIMAL = re.compile(r"[0-9]+", re.ASCII)
 _HEX = re.compile(r"0[xX][0-9a-fA-F]+", re.ASCII)
@@ -885,28 +898,75 @@ async def _subscribe(args: argparse.Namespace) -> int:
         stop.set()
 
     _watch_stdout_reader(on_reader_gone)
-    await _unless_stopped(stop, _receive(args))
+    dropped = _DroppedWarnings()
+    await _unless_stopped(stop, _receive(args, dropped))
     if reader_gone.is_set():
         raise BrokenPipeError(errno.EPIPE, "the reader of stdout went away")
+    dropped.warn()  # what was dropped since the last warning, before a stop
     return 0
 
 
-async def _receive(args: argparse.Namespace) -> None:
+async def _receive(args: argparse.Namespace, dropped: _DroppedWarnings) -> None:
     """Join and subscribe (together within ``--timeout``), then write each message as it
-    arrives, flushed, until ``--count`` messages."""
+    arrives, flushed, until ``--count`` messages; ``dropped`` warns meanwhile of the messages
+    the subscription dropped."""
     late = f"could not subscribe to topic {args.key}"
     async with _joined(args, late) as peer, peer.subscribe(args.key) as messages:
         assert peer.deadline is not None
         peer.deadline.reschedule(None)  # the wait for messages has no deadline
         # The one sign that publishing now reaches us (scripts wait for it: --log-level info).
         log.info("subscribed to topic %d through %d relays", args.key, messages.relays)
-        received = 0
-        async for message in messages:
-            await _write_stdout(_framed(message, args))
-            received += 1
-            if received == args.count:
-                return
+        watching = asyncio.ensure_future(dropped.watch(messages))
+        try:
+            received = 0
+            async for message in messages:
+                await _write_stdout(_framed(message, args))
+                received += 1
+                if received == args.count:
+                    return
+        finally:
+            watching.cancel()
     raise _SubscriptionEnded("the subscription ended")
+
+
+class _DroppedWarnings:
+    """Tells stderr, one line ``qadom: N messages dropped: ...`` at a time, when ``subscribe``'s
+    subscription dropped messages because stdout fell behind them (:func:`_write_stdout`).
+
+    Not on stdout: it carries the messages, one line each for ``head -n``, ``wc -l`` and
+    ``jq`` (a line of another kind would be read as a message), and it is the stream that is
+    stuck. The first warning comes within ``DROPPED_CHECK`` seconds of a drop, the next ones
+    ``DROPPED_WARNING_GAP`` seconds apart at least, each with the count since the one before
+    and the total; a stop or ``--count`` tells what is left untold."""
+
+    def __init__(self, check: float = DROPPED_CHECK, gap: float = DROPPED_WARNING_GAP) -> None:
+        self.check = check
+        self.gap = gap
+        self.told = 0  # messages dropped as last told
+        self._messages: Subscription | None = None
+
+    async def watch(self, messages: Subscription) -> None:
+        """Warn of ``messages``' drops until cancelled."""
+        self._messages = messages
+        while True:
+            await asyncio.sleep(self.check)
+            if messages.dropped > self.told:
+                self.warn()
+                await asyncio.sleep(self.gap)
+
+    def warn(self) -> None:
+        """One line on stderr if messages were dropped since the last one (none if stderr is
+        closed)."""
+        total = self._messages.dropped if self._messages is not None else 0
+        if total <= self.told:
+            return
+        lost, self.told = total - self.told, total
+        noun = "message" if lost == 1 else "messages"
+        what = (f"{lost} {noun} dropped" if lost == total
+                else f"{lost} more {noun} dropped ({total} in all)")
+        if sys.stderr is not None:
+            print(f"qadom: {what}: the reader of stdout fell behind", file=sys.stderr,
+                  flush=True)
 
 
 def _framed(message: bytes, args: argparse.Namespace) -> bytes:

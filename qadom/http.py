@@ -51,7 +51,7 @@ import secrets
 import time
 import urllib.parse
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -89,6 +89,7 @@ from .errors import (
     ValueTooLarge,
 )
 from .peer import Peer, check_port
+from .subscription import Subscription
 
 log = logging.getLogger("qadom.http")
 
@@ -564,6 +565,8 @@ async def publish_post(request: web.Request) -> web.StreamResponse:
 async def subscribe_get(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: one ``message`` event per published value (data: base64), a comment
     line first once the subscription is active, and one every ``http_sse_keepalive`` seconds.
+    A client that fell behind is told so before the next message: a ``dropped`` event (see
+    :func:`_stream`).
 
     HEAD registers the subscription as GET does, so that it answers GET's status and headers,
     then unsubscribes at once (no stream)."""
@@ -594,9 +597,20 @@ async def subscribe_get(request: web.Request) -> web.StreamResponse:
         state.subscriptions -= 1
 
 
-async def _stream(response: web.StreamResponse, messages: AsyncIterator[bytes],
+async def _stream(response: web.StreamResponse, messages: Subscription,
                   state: HelperState) -> None:
+    """Write ``messages`` as events until the subscription ends or the helper closes.
+
+    A client that reads more slowly than messages come makes the writes wait, and the
+    subscription drops the newest past its bounds (``Config.pubsub_queue_size`` messages,
+    ``Config.pubsub_queue_bytes`` bytes). Before the next message the client is told how many
+    it lost since it was last told: ``event: dropped`` with the count as data and no ``id``, so
+    that the ids go on numbering the messages sent (an EventSource keeps its ``lastEventId``,
+    and ``onmessage`` sees no other event type). A subscription drops only while messages
+    wait (any one message fits its bounds), so a message always follows a drop and no count is
+    left untold on an idle stream."""
     iterator = aiter(messages)
+    told = 0  # messages.dropped as last written
     closing: asyncio.Future[Any] = asyncio.ensure_future(state.closing.wait())
     pending: asyncio.Future[bytes] | None = None
     count = 0
@@ -619,6 +633,9 @@ async def _stream(response: web.StreamResponse, messages: AsyncIterator[bytes],
                 value = task.result()
             except StopAsyncIteration:
                 return
+            if messages.dropped > told:
+                lost, told = messages.dropped - told, messages.dropped
+                await response.write(f"event: dropped\ndata: {lost}\n\n".encode())
             count += 1
             await response.write(f"id: {count}\nevent: message\ndata: {_b64(value)}\n\n".encode())
     finally:
@@ -720,6 +737,12 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 
 _OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 _NET = (502, 503, 504)  # the network or the peer could not answer
+_STREAM_TEXT = (
+    "A comment ': subscribed' once the subscription is registered, then one event 'message' per "
+    "message (data: base64; id: 1, 2, ... counting the messages sent) and a comment "
+    "': keepalive' on an idle stream. A client that reads more slowly than messages come loses "
+    "the newest past the subscription's bounds; before the next message an event 'dropped' "
+    "(no id) gives as data how many it lost since the last such event.")
 
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/dht/{key}", dht_post, "Write a signed record (SECURED or CONTROLLED)",
@@ -757,8 +780,10 @@ ROUTES: tuple[Route, ...] = (
           "Publish a message (raw bytes) to a topic; answers how many relays accepted it",
           ("key",), _OCTETS, _json_content(_ref("PublishResult")), (400, 413, 429, *_NET)),
     Route("GET", "/subscribe/{key}", subscribe_get,
-          "Subscribe to a topic as Server-Sent Events (event 'message', data base64)", ("key",),
-          None, {"text/event-stream": {"schema": {"type": "string"}}}, (400, *_NET)),
+          "Subscribe to a topic as Server-Sent Events (event 'message', data base64; event "
+          "'dropped', data the count of messages lost by falling behind)", ("key",), None,
+          {"text/event-stream": {"schema": {"type": "string", "description": _STREAM_TEXT}}},
+          (400, *_NET)),
     Route("GET", "/closest/{key}", closest_get,
           "The k closest nodes to a key that answered a lookup (never this node)", ("key",), None,
           _json_content(_ref("Closest")), (400, *_NET)),

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import random
+import re
 import signal
 import socket
 import stat
@@ -22,6 +23,7 @@ import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from test_cli import (
@@ -41,6 +43,7 @@ from test_cli import (
 
 from qadom import Identity, Peer, cli
 from qadom.cli import parse_address, parse_count, parse_public_key
+from qadom.subscription import Subscription
 
 
 @pytest.fixture(scope="module")
@@ -318,12 +321,14 @@ def test_a_join_that_runs_out_of_time_fails_with_one_line_within_the_timeout(
 # ----------------------------------------------------------------------------- publish/subscribe
 
 
-def start_subscriber(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    """A ``qadom subscribe`` process; returns once it logged that its subscription is in
-    place (so what is published from now on reaches it)."""
+def start_subscriber(*args: str, log: Path, program: tuple[str, ...] = ("-m", "qadom")
+                     ) -> subprocess.Popen[bytes]:
+    """A ``qadom subscribe`` process (``python -c SCRIPT`` with ``program=("-c", SCRIPT)``);
+    returns once it logged that its subscription is in place (so what is published from now
+    on reaches it)."""
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "qadom", "--log-level", "info", "subscribe", *args],
+            [sys.executable, *program, "--log-level", "info", "subscribe", *args],
             stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -495,6 +500,92 @@ async def test_a_subscriber_whose_reader_lags_still_stops_at_once_on_sigterm(
     finally:
         stop(proc, signal.SIGKILL)
     assert code == 0, log.read_text()
+
+
+ONE_WAITING = """
+import functools, sys
+from qadom import cli
+
+# A subscription that keeps one message for a reader that lags, not 10 000.
+cli.Config = functools.partial(cli.Config, pubsub_queue_size=1)
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+DROPPED = re.compile(r"qadom: (\d+) (?:more )?messages? dropped(?: \((\d+) in all\))?: "
+                     r"the reader of stdout fell behind")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe sizes as Linux has them")
+async def test_a_subscriber_whose_reader_falls_behind_says_so_on_stderr(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, _ = nodes
+    topic = random.getrandbits(256)
+    log = tmp_path / "sub.log"
+    proc = start_subscriber(str(topic), "--json", "--bootstrap", a.address, log=log,
+                            program=("-c", ONE_WAITING))
+    try:
+        assert proc.stdout is not None
+        pages = pipe_held(proc.stdout.fileno())[1] // 4096
+        # As one line of JSON, {"text": ...} and a newline, each message is one page of the
+        # pipe, written whole (at most PIPE_BUF bytes): nobody reads, so the pipe takes `pages`
+        # of them at most, one more may be being written and one wait in the subscription; it
+        # drops the rest.
+        values = [f"{i:05}".encode() + b"m" * 4078 for i in range(pages + 10)]
+        async with Peer("127.0.0.1", 0, client_only=True) as peer:
+            await asyncio.wait_for(peer.bootstrap([parse_address(a.address)]), RUN_TIMEOUT)
+            for value in values:
+                await asyncio.wait_for(peer.publish(topic, value), RUN_TIMEOUT)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not DROPPED.search(log.read_text()):  # within a second of the first drop
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            await asyncio.sleep(0.02)
+        # Stopped, it tells what it dropped since its last warning, if anything.
+        code, out = await asyncio.to_thread(finish, proc, signal.SIGTERM)
+    finally:
+        stop(proc, signal.SIGKILL)
+    text = log.read_text()
+    assert code == 0, text
+    warned = [DROPPED.fullmatch(line) for line in text.splitlines() if line.startswith("qadom:")]
+    assert warned and all(warned), text
+    counts = [int(match[1]) for match in warned if match is not None]
+    totals = [int(match[2] or match[1]) for match in warned if match is not None]
+    assert totals == [sum(counts[:i + 1]) for i in range(len(counts))], text
+    # stdout holds messages only, each one line of JSON, in order, and no message is both
+    # written and told as dropped. (Not every message need be either: the last deliveries may
+    # still be on their way to the subscriber when the signal comes, so their count is luck.)
+    sent = [json.loads(line) for line in out.splitlines()]
+    assert sent == [{"text": value.decode()} for value in values
+                    if {"text": value.decode()} in sent]
+    assert totals[-1] >= 1 and len(sent) + totals[-1] <= len(values), text
+
+
+async def test_warnings_of_dropped_messages_are_spaced_out_and_the_rest_told_at_the_stop(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    subscription = argparse.Namespace(dropped=0)  # stands for a Subscription
+    warnings = cli._DroppedWarnings(check=0.001, gap=3600)
+    watching = asyncio.ensure_future(warnings.watch(cast(Subscription, subscription)))
+    try:
+        subscription.dropped = 1
+        await asyncio.wait_for(_told(warnings, 1), 10)
+        # A reader that stays stuck loses more, checked many times over: no line until the gap
+        # has passed.
+        for _ in range(20):
+            subscription.dropped += 5
+            await asyncio.sleep(0.002)
+        assert capsys.readouterr() == (
+            "", "qadom: 1 message dropped: the reader of stdout fell behind\n")
+    finally:
+        watching.cancel()
+    warnings.warn()  # as a stop or --count does
+    warnings.warn()  # nothing new: nothing said
+    assert capsys.readouterr() == (
+        "", "qadom: 100 more messages dropped (101 in all): the reader of stdout fell behind\n")
+
+
+async def _told(warnings: cli._DroppedWarnings, count: int) -> None:
+    while warnings.told < count:
+        await asyncio.sleep(0.001)
 
 
 def test_subscribe_interrupted_while_it_joins_exits_0(tmp_path: Path) -> None:

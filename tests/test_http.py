@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import random
+import socket
 import time
 import zlib
 from collections.abc import AsyncIterator
@@ -309,6 +310,82 @@ async def test_publish_and_subscribe_as_server_sent_events(clients: Clients) -> 
     await error_of(await a.get("/subscribe/nope"), 400, "key")
     await error_of(await b.post("/publish/nope", data=b"x"), 400, "key")
     await error_of(await b.post(f"/publish/{topic}", data=b"x" * (FAST.max_value_size + 1)), 413)
+
+
+async def test_a_stream_that_fell_behind_tells_its_client_how_many_messages_it_lost() -> None:
+    # Subscriptions keep one message for a slow client; the relays and the subscriber's node let
+    # a fast publisher through.
+    config = replace(FAST, pubsub_queue_size=1, pubsub_rate=1e6, pubsub_burst=100_000,
+                     request_rate=1e6, request_burst=100_000)
+    topic = random.Random(8).getrandbits(256)
+    async with udp_network(2, config=config) as peers, HttpHelper(peers[0]) as helper:
+        assert helper.address is not None
+        loop = asyncio.get_running_loop()
+        with socket.socket() as sock:
+            # A receive window the kernel may not grow, and nobody reading it: the stream's
+            # writes soon wait, and the subscription drops what comes meanwhile.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.wait_for(loop.sock_connect(sock, helper.address), 10)
+            # HTTP/1.0: the body is the event stream itself, without chunked framing.
+            request = f"GET /subscribe/{key_text(topic)} HTTP/1.0\r\n\r\n".encode()
+            await loop.sock_sendall(sock, request)
+            received = b""
+            while b": subscribed\n\n" not in received:
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)
+                assert chunk, received
+                received += chunk
+            head, _, stream = received.partition(b"\r\n\r\n")
+            assert head.split(b" ")[1] == b"200" and stream == b": subscribed\n\n", received
+            published: list[bytes] = []
+            stalled = None  # how many had been published when the first was dropped
+            while stalled is None or len(published) < stalled + 5:  # and a few more
+                assert len(published) < 2000, "the stream never stalled"
+                value = len(published).to_bytes(4, "big") * 2048  # 8192 bytes, each its own
+                assert await asyncio.wait_for(peers[1].publish(topic, value), 10) >= 1
+                published.append(value)
+                if stalled is None and peers[0].node.stats["pubsub_dropped"]:
+                    stalled = len(published)
+            # Each message has reached the subscription (to be queued or dropped) before this.
+            await wait_until(lambda: peers[0].node.stats["pubsub_received"] == len(published))
+            dropped = peers[0].node.stats["pubsub_dropped"]
+            # Now read every message that was not dropped.
+            events: list[dict[str, str]] = []
+            stream = b""
+
+            async def read_all() -> None:
+                nonlocal stream
+                while sum(e["event"] == "message" for e in events) < len(published) - dropped:
+                    chunk = await loop.sock_recv(sock, 65536)
+                    assert chunk, "the stream ended"
+                    stream += chunk
+                    *blocks, stream = stream.split(b"\n\n")
+                    events.extend(dict(line.split(": ", 1) for line in block.decode().split("\n"))
+                                  for block in blocks if not block.startswith(b":"))
+
+            await asyncio.wait_for(read_all(), 30)
+    assert stream == b"" and peers[0].node.stats["pubsub_dropped"] == dropped
+    messages = [e for e in events if e["event"] == "message"]
+    assert sum(int(e["data"]) for e in events if e["event"] == "dropped") == dropped >= 5
+    assert {e["event"] for e in events} == {"message", "dropped"}
+    # The ids number the messages sent; a dropped event has none, and a message follows it.
+    assert [e["id"] for e in messages] == [str(i) for i in range(1, len(messages) + 1)]
+    assert all(set(e) == {"event", "data"} for e in events if e["event"] == "dropped")
+    assert events[-1]["event"] == "message"
+    # Sent in order; the lost ones, in the order they were lost, are newer than every message
+    # sent before the event that counts them.
+    sent = [base64.b64decode(e["data"]) for e in messages]
+    lost = [value for value in published if value not in sent]
+    assert [value for value in published if value in sent] == sent
+    before: list[bytes] = []
+    for event in events:
+        if event["event"] == "message":
+            before.append(base64.b64decode(event["data"]))
+            continue
+        counted, lost = lost[:int(event["data"])], lost[int(event["data"]):]
+        assert max((published.index(v) for v in before), default=-1) < min(
+            published.index(v) for v in counted)
+    assert lost == []
 
 
 async def test_stream_limit_gives_503() -> None:
