@@ -16,7 +16,8 @@ _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bo
                                        "str": (str,)}
 
 _POSITIVE = ("expire_time", "republish_interval", "publisher_republish_interval",
-             "token_lifetime", "request_rate", "host_request_rate")
+             "token_lifetime", "request_rate", "host_request_rate", "given_up_retry",
+             "given_up_lifetime")
 """Fields that must be above 0 (checked with the others in :meth:`Config.validate`)."""
 
 _AT_LEAST_ONE = ("request_burst", "host_request_burst", "rate_limit_senders",
@@ -29,7 +30,7 @@ republished, no bootstrap address taken)."""
 _NOT_NEGATIVE = ("dead_backoff", "liar_backoff", "verify_interval", "cache_min_lifetime",
                  "max_verifying", "max_tokens", "min_request_size", "min_small_request_size",
                  "max_store_bytes", "max_store_items", "max_bytes_per_source",
-                 "max_items_per_source")
+                 "max_items_per_source", "max_given_up", "given_up_pings")
 """Fields for which 0 means none (no backoff, nothing stored...) and below 0 means nothing."""
 
 _SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -163,6 +164,32 @@ class Config:
     """How many addresses with fewer than ``dead_after_failures`` failures are remembered (each
     for ``dead_backoff`` after its last failure); past that the counts start afresh (a bound on
     memory, not a rule: it only delays a backoff)."""
+
+    max_given_up: int = 256
+    """Contacts the routing table gave up with no replacement waiting that a node remembers, to
+    ping again later (the oldest are forgotten first; 0: none). Section 4.1 keeps such a contact
+    in its bucket, only flagged, so that a node whose network goes down does not void its
+    buckets; our table drops it after ``stale_failures`` failures (a departed contact would
+    otherwise stay and be handed out in answers), and without this a network cut for hours
+    stays split for good after it heals: each side gave up everyone across, and refresh lookups
+    only meet their own side. 256 holds the whole table of a node in a network of a million
+    (about k x log2(n / k) contacts), and a few contacts across are enough: refresh lookups
+    through them find the rest of their side."""
+
+    given_up_pings: int = 4
+    """Given-up contacts pinged at most per maintenance tick, and only those whose bucket has
+    room for them (a full bucket would only queue an answer as a replacement): a bound on the
+    traffic a cut or a wave of departures sets off, 4 a minute at the default tick."""
+
+    given_up_retry: float = 300.0
+    """The delay before a given-up contact is first pinged, doubling after each ping up to
+    ``refresh_interval``: five minutes spares a contact that just failed (most of them left for
+    good), and a cut of many hours still heals within about a refresh interval."""
+
+    given_up_lifetime: float = 86400.0
+    """How long a given-up contact is remembered (forgotten at the first maintenance tick after
+    that): a day, about 25 pings of one that never answers; a cut longer than that heals only
+    through the saved contacts or the bootstrap peers."""
 
     liar_backoff: float = 600.0
     """The address of a contact caught lying (a value that does not hash to its key, a forged

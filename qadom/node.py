@@ -358,6 +358,7 @@ class Node:
     ``storage_unavailable`` (requests answered ERROR STORAGE_UNAVAILABLE: the store could not be
     read to answer them),
     ``rejoins`` (bootstraps through the saved contacts while the routing table was empty),
+    ``given_up_pings`` (pings of contacts the table gave up, to bring them back: _retry_given_up),
     ``republish_missed`` (republishes that reached nobody, made again at the next upkeep),
     ``unreachable`` (lookup candidates and bootstrap addresses of the other IP family than our
     socket's, left out), ``contacts_out_of_scope`` (contacts named by a peer narrower in scope
@@ -400,6 +401,9 @@ class Node:
         # Failed requests in a row below the backoff, and when the last one failed, oldest
         # first (see _contact_failed and _forget_old_bookkeeping).
         self._failures: OrderedDict[Address, tuple[int, float]] = OrderedDict()
+        # Contacts the table gave up with no replacement waiting, by id, oldest first, as
+        # (contact, when given up, when next pinged, the delay after that) (_retry_given_up).
+        self._given_up: OrderedDict[int, tuple[Contact, float, float, float]] = OrderedDict()
         self._banned: dict[Address, float] = {}  # the addresses of liars
         # Address-proof tokens (docs/PROTOCOL.md, "Amplification"): secrets we mint ours with
         # (the previous one stays valid for one more rotation), and tokens peers granted us.
@@ -967,6 +971,7 @@ class Node:
             known = self.table.get(req.expect_id)
             if known is not None and known.address == address:
                 self.table.remove(req.expect_id)
+            self._given_up.pop(req.expect_id, None)
             if sender is not None:
                 self._saw(make_contact(sender, address), now)
             req.on_reply(None, now)
@@ -1128,6 +1133,7 @@ class Node:
         A contact banned for lying stays out until its ban ends, answers or not."""
         if self._is_banned(contact, now):
             return
+        self._given_up.pop(contact.id, None)  # back on its own: no need to ping it again
         self._dead.pop(contact.address, None)
         self._failures.pop(contact.address, None)
         table = self.table
@@ -1210,15 +1216,57 @@ class Node:
         held = failures.pop(address, None)
         count = 1 if held is None or held[1] + cfg.dead_backoff <= now else held[0] + 1
         if node_id is not None:
-            known = self.table.get(node_id)
-            if known is not None and known.address == address and not self.table.failed(node_id):
-                count = min(count, cfg.dead_after_failures - 1)
+            table = self.table
+            known = table.get(node_id)
+            if known is not None and known.address == address:
+                alone = not table.bucket_for(node_id).replacements
+                if not table.failed(node_id):
+                    count = min(count, cfg.dead_after_failures - 1)
+                elif alone:  # given up with nobody to take its place: ping it again later
+                    self._give_up(known, now)
         if count < cfg.dead_after_failures:
             if len(failures) >= cfg.max_failure_counts:
                 failures.clear()  # a bound on memory: the counts only delay a backoff
             failures[address] = (count, now)  # the newest last, for _forget_old_bookkeeping
             return
         self._dead[address] = now + cfg.dead_backoff
+
+    def _give_up(self, contact: Contact, now: float) -> None:
+        """The table gave ``contact`` up after ``stale_failures`` failures with no replacement
+        waiting: remember it, to ping it again (:meth:`_retry_given_up`). Section 4.1 would keep
+        it in its bucket, only flagged, so that a node cut off from the network (or from part
+        of it) for a while does not forget it for good; the table drops it instead, so that a
+        departed contact is not handed out in answers."""
+        cfg, pool = self.config, self._given_up
+        if not cfg.max_given_up:
+            return
+        pool.pop(contact.id, None)
+        while len(pool) >= cfg.max_given_up:
+            pool.popitem(last=False)  # a bound on memory: the oldest are the least likely back
+        pool[contact.id] = (contact, now, now + cfg.given_up_retry, cfg.given_up_retry)
+
+    def _retry_given_up(self, now: float) -> None:
+        """Ping up to ``given_up_pings`` given-up contacts whose next ping is due and whose
+        bucket has room for them, oldest given up first; each one's delay doubles, from
+        ``given_up_retry`` up to ``refresh_interval``. One that answers comes back through
+        :meth:`_saw` like any contact that answers us (and leaves the pool there), and refresh
+        lookups through it then find the rest of its side of a healed cut. None is pinged in a
+        network where no contact fails: the pool fills only with contacts the table gave up."""
+        cfg, pool, table = self.config, self._given_up, self.table
+        if not pool or not cfg.given_up_pings:
+            return
+        due: list[tuple[Contact, float, float]] = []
+        for contact, given, next_at, delay in pool.values():
+            if (next_at <= now and table.has_room_for(contact.id, contact.address[0])
+                    and self.reachable(contact.address)):
+                due.append((contact, given, delay))
+                if len(due) >= cfg.given_up_pings:
+                    break
+        for contact, given, delay in due:
+            pool[contact.id] = (contact, given, now + delay,
+                                min(2 * delay, max(cfg.refresh_interval, delay)))
+            self.stats["given_up_pings"] += 1
+            self.request(contact.address, Ping(), now, expect_id=contact.id)
 
     def punish(self, contact: Contact, now: float) -> None:
         """``contact`` gave a false answer: drop the contacts our table holds at its address, and
@@ -1645,8 +1693,9 @@ class Node:
     def _maintain(self, now: float) -> None:
         """Periodic upkeep: expire and republish stored items (while the routing table is empty
         none is sent: they stay due), refresh stale buckets (at most ``_REFRESH_PER_UPKEEP``,
-        the oldest first), save the routing table, forget expired bookkeeping, rejoin through
-        the saved contacts when the routing table is empty.
+        the oldest first), save the routing table, forget expired bookkeeping, ping a few
+        contacts the table gave up (:meth:`_retry_given_up`), rejoin through the saved contacts
+        when the routing table is empty.
 
         A store that refuses a step (a durable store's full disk is StorageFull, a store that
         cannot be read or written now StorageUnavailable) costs that step only: it is logged and
@@ -1660,6 +1709,7 @@ class Node:
         with self._store_step("save contacts"):
             self.save_contacts()
         self._forget_old_bookkeeping(now)
+        self._retry_given_up(now)
         for address in [a for a, until in self._dead.items() if until <= now]:
             del self._dead[address]
         for banned in [b for b, until in self._banned.items() if until <= now]:
@@ -1726,6 +1776,8 @@ class Node:
           that a full count sets ends then: with churn, the addresses that failed of late, not
           every one that ever did (``max_failure_counts`` only bounds a burst). Ordered by the
           last failure.
+        * ``_given_up``: a contact the table gave up ``given_up_lifetime`` ago or more is pinged
+          no more (:meth:`_retry_given_up`). Ordered by when it was given up.
 
         ``_dead``, ``_banned`` and ``_verifying`` are swept by their own deadlines in
         :meth:`_maintain`, and ``_granted`` is emptied at every change of secret."""
@@ -1749,6 +1801,12 @@ class Node:
             if at + interval > now:  # the test _hand_over skips a neighbour by
                 break
             del handed[node_id]
+        given_up, lifetime = self._given_up, cfg.given_up_lifetime
+        while given_up:
+            _, given, _, _ = next(iter(given_up.values()))
+            if given + lifetime > now:
+                break
+            given_up.popitem(last=False)
         self._address_rate.sweep(now)
         self._host_rate.sweep(now)
         self._refusals.sweep(now)

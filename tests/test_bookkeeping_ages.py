@@ -2,11 +2,13 @@
 
 Tokens granted to us, neighbours handed items over to, counts of failed requests, request and
 publish rate buckets and a subscriber's inbox streams are forgotten at the maintenance ticks once
-they can no longer change an answer; until then they answer as they always did.
+they can no longer change an answer; until then they answer as they always did. Contacts the
+routing table gave up are pinged ever more seldom, and forgotten after a day.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from qadom import Config
@@ -188,3 +190,64 @@ def test_a_failure_counts_toward_a_backoff_only_as_long_as_a_backoff_lasts() -> 
     assert list(node._failures) == [second]
     node._forget_old_bookkeeping(node._failures[second][1] + backoff)
     assert not node._failures
+
+
+def give_up(node: Node, contact: Contact, now: float) -> None:
+    """Put ``contact`` in ``node``'s table, then fail ``stale_failures`` requests to it."""
+    node.table.seen(contact)
+    for _ in range(node.config.stale_failures):
+        node._contact_failed(contact.address, contact.id, now)
+    assert contact.id not in node.table
+
+
+def test_a_given_up_contact_is_pinged_ever_more_seldom_then_forgotten_after_a_day() -> None:
+    # A contact the table gave up with no replacement waiting is pinged at the maintenance ticks
+    # with a delay doubling from given_up_retry up to refresh_interval, and forgotten once it has
+    # been given up for given_up_lifetime.
+    node = Node(config=CONFIG, rng=random.Random(5), node_id=1, now=0.0)
+    contact = Contact(1 << 255, ("10.0.0.7", 4000))
+    give_up(node, contact, 0.0)
+    assert list(node._given_up) == [contact.id]
+    pinged: list[float] = []
+    t = 0.0
+    while t <= CONFIG.given_up_lifetime + 2 * TICK:
+        before = node.stats["given_up_pings"]
+        node.handle_timer(t)
+        node.datagrams_to_send()
+        if node.stats["given_up_pings"] != before:
+            pinged.append(t)
+        t += 10.0
+    assert not node._given_up
+    assert pinged[0] >= CONFIG.given_up_retry and pinged[-1] < CONFIG.given_up_lifetime + TICK
+    gaps = [b - a for a, b in itertools.pairwise(pinged)]
+    delay = CONFIG.given_up_retry
+    for gap in gaps:  # each ping at the first tick its delay allows
+        assert delay <= gap < delay + TICK
+        delay = min(2 * delay, CONFIG.refresh_interval)
+    assert len(pinged) <= 4 + CONFIG.given_up_lifetime / CONFIG.refresh_interval
+
+
+def test_given_up_contacts_are_bounded_oldest_first_and_leave_when_back() -> None:
+    config = Config(k=8, maintenance_interval=300.0, max_given_up=2, given_up_pings=1)
+    node = Node(config=config, rng=random.Random(6), node_id=1, now=0.0)
+    gone = [Contact(i << 250, (f"10.0.0.{i}", 4000)) for i in range(1, 5)]
+    for i, contact in enumerate(gone[:3]):
+        give_up(node, contact, float(i))
+    assert list(node._given_up) == [gone[1].id, gone[2].id]  # the oldest forgotten first
+    # One that answers on its own comes back to the table and leaves the pool.
+    node._saw(gone[1], 10.0)
+    assert gone[1].id in node.table and list(node._given_up) == [gone[2].id]
+    # At most given_up_pings per tick.
+    give_up(node, gone[3], 11.0)
+    node._retry_given_up(11.0 + config.given_up_retry)
+    assert node.stats["given_up_pings"] == 1
+    # None pinged while its bucket has no room for it (it would only wait as a replacement).
+    full = Node(config=Config(k=1, maintenance_interval=300.0), rng=random.Random(7),
+                node_id=1, now=0.0)
+    far = Contact((1 << 255) + 2, ("10.0.0.8", 4000))
+    give_up(full, far, 0.0)
+    full.table.seen(Contact(1 << 254, ("10.0.0.9", 4000)))  # closer to us: the far half may
+    full.table.seen(Contact((1 << 255) + 1, ("10.0.0.10", 4000)))  # not split, and is full
+    assert not full.table.has_room_for(far.id)
+    full._retry_given_up(full.config.given_up_retry)
+    assert full.stats["given_up_pings"] == 0 and far.id in full._given_up

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from qadom import NotFoundError
+from qadom import Config, NotFoundError
 from qadom.node import Node
 from qadom.sim import SimNetwork, percentile
 
@@ -81,3 +81,33 @@ def test_partition_then_heal_reconverges_and_data_from_both_sides_is_found() -> 
     exact = sum(net.lookup(rng.choice(nodes), rng.getrandbits(256)).true_closest
                 for _ in range(40))
     assert exact >= 38
+
+
+def test_a_cut_of_half_a_day_heals_within_a_refresh_interval() -> None:
+    # During a long cut each side's tables give up every contact across (stale_failures failures
+    # with no replacement waiting), so after the heal refresh lookups meet only their own side:
+    # what brings the sides together again is each node pinging the contacts its table gave up
+    # (Config.max_given_up), whose delay has grown to refresh_interval by then.
+    config = Config(k=4, replacement_cache_size=4, maintenance_interval=300.0)
+    net = SimNetwork(seed=33, config=config, loss=0.02)
+    nodes = net.build(24, spread=config.maintenance_interval)
+    net.run_for(HOUR)
+    third, rest = nodes[:8], nodes[8:]
+    net.partition(third, rest)
+    net.run_for(12 * HOUR)
+    for side, other in ((third, rest), (rest, third)):
+        across = {n.id for n in other}
+        assert all(not any(c.id in across for c in n.table) for n in side)  # all given up
+    net.heal()
+    net.run_for(config.refresh_interval)
+    for side, other in ((third, rest), (rest, third)):
+        across = {n.id for n in other}
+        assert all(any(c.id in across for c in n.table) for n in side)
+    rng = random.Random(32)
+    for side, other in ((third, rest), (rest, third)):
+        for i in range(4):
+            writer = rng.choice(side)
+            value = b"written after the heal, #%d" % i
+            key = net.run_call(net.call(writer, writer.set, value))
+            for reader in rng.sample(other, 3):
+                assert net.run_call(net.call(reader, reader.get, key)) == value

@@ -4,7 +4,9 @@ Nodes of the simulator (qadom.sim) run for three virtual days over a lossy netwo
 leave and join every few hours, values are set and forgotten by publishers who stay and set by
 publishers who leave, multimap entries are appended, namespace and /dht records are written and
 overwritten, and a topic has subscribers and publishers. Every six virtual hours a checkpoint
-reads everything back from random live nodes and measures every node. What must hold:
+reads everything back from random nodes among those churn never removes (a reader removed halfway
+through its read would leave the read unfinished, which says nothing of the network) and
+measures every node. What must hold:
 
 * an item whose publisher still publishes it is found at every checkpoint, the newest version of
   a record; an item nobody republishes any more is found until 24 h after its last publication
@@ -89,6 +91,7 @@ def node_sizes(node: Node) -> dict[str, int]:
         "cancelled": len(node._cancelled),
         "dead": len(node._dead),
         "failures": len(node._failures),
+        "given_up": len(node._given_up),
         "banned": len(node._banned),
         "tokens": len(node._tokens),
         "granted": len(node._granted),
@@ -274,7 +277,9 @@ class Soak:
         self.checkpoints.append(point)
 
     def found(self, item: Item, live: list[Node]) -> bool:
-        reader = self.rng.choice([n for n in live if n is not item.publisher])
+        # The reader is one of the stayers, which churn never removes: any other live node may
+        # leave in the middle of its read, and a read whose reader is gone never completes.
+        reader = self.rng.choice([n for n in self.stayers if n is not item.publisher])
         try:
             if item.kind == "value":
                 return bool(self.call(reader, reader.get, item.key) == item.expected)
@@ -350,13 +355,14 @@ def days(points: list[Checkpoint], first: float, last: float) -> list[Checkpoint
 LEVEL = ("pending", "timers", "request_timers", "deadlines", "cancelled", "dead", "banned",
          "granted", "verifying", "listeners", "relay", "silent", "streams", "topics",
          "outboxes", "bugs_logged", "replacements", "bucket_failures", "contacts", "buckets",
-         "saved_contacts")
+         "saved_contacts", "given_up")
 # Sizes kept per address or stream ever met, forgotten least recently used first: they grow
 # with churn up to their configured bounds.
 CAPPED = {"failures": CONFIG.max_failure_counts, "tokens": CONFIG.max_tokens,
           "address_rate": CONFIG.rate_limit_senders, "host_rate": CONFIG.rate_limit_senders,
           "refusals": CONFIG.rate_limit_senders, "pubsub_limiter": CONFIG.pubsub_max_senders,
-          "handed": _MAX_HANDED, "inbox": CONFIG.pubsub_max_publishers}
+          "handed": _MAX_HANDED, "inbox": CONFIG.pubsub_max_publishers,
+          "given_up": CONFIG.max_given_up}
 
 
 def test_the_run_covered_three_days_of_churn_and_work(soak: tuple[Soak, ErrorLog]) -> None:
@@ -475,3 +481,24 @@ def test_a_dht_get_returns_the_overwrite_not_a_version_left_on_the_path() -> Non
         record = net.run_call(net.call(reader, reader.dht_records.get, DHT_KEY))
         read.append(record.entries[0].data)
     assert read.count("first") == 0, read
+
+
+def test_checkpoint_readers_are_nodes_churn_never_removes() -> None:
+    # Churn removes a node at a random instant, possibly in the middle of a read it makes: the
+    # read then never completes, and the checkpoint would count as missing an item the network
+    # holds. So the checkpoints read from the stayers only.
+    scenario = Soak(1, nodes=24)
+    readers: list[Node] = []
+    call = scenario.call
+
+    def recording(node: Node, operation: Callable[..., Any], *args: Any) -> Any:
+        readers.append(node)
+        return call(node, operation, *args)
+
+    scenario.start()
+    scenario.net.churn(leave=5, join=5, duration=CHURN_EVERY, keep=scenario.stayers)
+    scenario.net.run_for(HOUR)
+    scenario.call = recording  # type: ignore[method-assign]
+    scenario.checkpoint()
+    assert len(readers) == len(scenario.items) > 0
+    assert all(reader in scenario.stayers for reader in readers)
