@@ -126,6 +126,15 @@ if not TYPE_CHECKING:  # for type checkers, a missing name stays an error, not A
 
 
 def __dir__() -> list[str]:
-    # The public names and what the package holds, but its own machinery (not for completion).
-    hidden = {"TYPE_CHECKING", "annotations", "importlib", "_MODULE_OF"}
-    return sorted({*globals(), *__all__} - hidden)
+    # The public names, what the package holds and its public submodules, imported or not (what
+    # IPython completes: qadom.er<TAB> is qadom.errors before anything used it), but its own
+    # machinery (not for completion). pkgutil lists the files without importing them; it is
+    # imported here, not above, so that importing the package still imports nothing.
+    import pkgutil
+
+    hidden = {"TYPE_CHECKING", "annotations", "importlib", "_MODULE_OF", "__getattr__", "__dir__"}
+    submodules = {
+        module.name for module in pkgutil.iter_modules(__path__)
+        if not module.name.startswith("_")  # private ones and __main__ (python -m qadom)
+    }
+    return sorted({*globals(), *__all__, *submodules} - hidden)

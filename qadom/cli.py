@@ -13,16 +13,17 @@ the ed25519 identity that owns a namespace (:class:`qadom.identity.Identity`); `
 running node on this machine for its summary (:mod:`qadom.info`).
 
 Exit status: 0 on success, and for ``serve`` and ``subscribe`` stopped by SIGINT or SIGTERM at
-any time (even while they join) once :func:`main` runs them (before, while the command loads
-qadom and parses its arguments, a SIGINT kills it by the signal, without a traceback); 2 for a
-bad argument (argparse's convention: a malformed key, public key or address, a host name that
-does not resolve, an unreadable file or closed stdin, a value over the size limit, an identity
-file that is not one, a ``keygen`` FILE that exists without ``--force``); 1 for any other
-failure (not found, no node answered, timed out, a write no node took, a newer seq in the
-network, a port in use, closed stdout, a file that cannot be written). On failure stderr holds
-exactly one line, ``qadom: <reason>`` (``subscribe`` may have warned before it that messages
-were dropped, see :class:`_DroppedWarnings`); never a traceback (``--log-level debug`` logs one
-for an unexpected error). A command whose stdout's reader goes away
+any time (even while they join) once :func:`main` runs them, whatever signals follow while they
+stop (before, while the command loads qadom and parses its arguments, a SIGINT kills it by the
+signal, without a traceback); 2 for a bad argument (argparse's convention: a malformed key,
+public key or address, a host name that does not resolve, an unreadable file or closed stdin, a
+value over the size limit, an identity file that is not one, a ``keygen`` FILE that exists
+without ``--force``); 1 for any other failure (not found, no node answered, timed out, a write
+no node took, a newer seq in the network, a port in use, closed or full stdout, a file that
+cannot be written). On failure stderr holds exactly one line, ``qadom: <reason>``
+(``subscribe`` may have warned before it that messages were dropped, see
+:class:`_DroppedWarnings`); never a traceback (``--log-level debug`` logs one for an unexpected
+error). A command whose stdout's reader goes away
 (``qadom subscribe 99 | head -n 1``) stops, unsubscribing first, and dies of SIGPIPE silently,
 as Unix filters do (status 141 in the shell).
 """
@@ -40,9 +41,10 @@ def _sigint_kills() -> Iterator[None]:
     """Within the block, SIGINT ends the process as its default action does: killed by the
     signal (status 130 in the shell), without a word. Python's handler would raise
     KeyboardInterrupt from wherever the program is, an import say, and print its traceback.
-    Python's handler is back when the block ends. Only in the main thread and only in place of
-    Python's handler: a SIGINT that is ignored (a background job of a shell script) stays
-    ignored, and a program's own handler stays."""
+    Python's handler is back when the block ends, unless the block installed a handler of its
+    own (``serve`` and ``subscribe`` do: :class:`_StopSignals`), which stays. Only in the main
+    thread and only in place of Python's handler: a SIGINT that is ignored (a background job of a
+    shell script) stays ignored, and a program's own handler stays."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
@@ -51,7 +53,8 @@ def _sigint_kills() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if signal.getsignal(signal.SIGINT) is signal.SIG_DFL:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # A Ctrl-C while the command starts, before main() turns it into an exit status, kills it
@@ -73,6 +76,7 @@ with _sigint_kills():
     from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
     from contextlib import asynccontextmanager, suppress
     from pathlib import Path
+    from types import FrameType
     from typing import TYPE_CHECKING, Any, NoReturn
 
     from . import runner
@@ -111,7 +115,12 @@ EXAMPLES = {
   qadom serve --port 9999                    # data in the per-user data directory
   qadom serve --port 9998 --bootstrap 127.0.0.1:9999 --data-dir ~/qadom-9998
   qadom serve --port 9997 --bootstrap 127.0.0.1:9999 --memory --log-level debug
-  qadom serve --port 9998 --data-dir ~/qadom-9998   # restarted: same id and data; rejoins""",
+  qadom serve --port 9998 --data-dir ~/qadom-9998   # restarted: same id and data; rejoins
+
+Stopped by Ctrl-C or SIGTERM it exits with status 0, even when signalled again as it stops.
+With --bootstrap, it joins through those addresses; when none answers, it rejoins through the
+contacts saved in its data dir (a warning names the addresses) and exits with status 1 only if
+none of those answers either.""",
     "set": """examples:
   qadom set photo.jpg                        # prints the key (the value's SHA-256) in decimal
   printf 'sudo python' | qadom set -         # the value from stdin
@@ -166,8 +175,9 @@ Writes the newest value's exact bytes; exit status 1 with "not found" when there
 By default each message is written as it is, then a newline: a message that holds newlines
 reads as several lines, so tell messages apart with --json or --hex. --timeout bounds joining
 and subscribing, not the wait for messages. Stopped by Ctrl-C or SIGTERM it unsubscribes and
-exits with status 0; when the reader of its stdout goes away (head has read enough) it
-unsubscribes at once and dies of SIGPIPE, as Unix filters do (status 141 in the shell).
+exits with status 0, even when signalled again as it stops; when the reader of its stdout goes
+away (head has read enough) it unsubscribes at once and dies of SIGPIPE, as Unix filters do
+(status 141 in the shell).
 A reader that falls behind by 10 000 messages or 4 MiB loses the newer ones; stderr (never
 stdout) then says how many: "qadom: 18 messages dropped: the reader of stdout fell behind",
 at most one line every 10 seconds, and one for the rest when it stops.""",
@@ -293,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--bootstrap", type=parse_address, action="append", default=[],
                        metavar="HOST:PORT",
                        help="a known node to join through (repeatable; an IP address must be "
-                            "of the --host family)")
+                            "of the --host family); if none answers, the node rejoins through "
+                            "the contacts its data dir saved, if any")
     storage = serve.add_mutually_exclusive_group()
     storage.add_argument("--data-dir", default=None, metavar="DIR",
                          help="keep the node's id, contacts and data in DIR (SQLite), so a "
@@ -513,13 +524,63 @@ async def _start_peer(peer: Peer, data_dir: str | None) -> None:
         raise _data_dir_error(data_dir, exc) from None
 
 
-def _stop_event() -> asyncio.Event:
-    """An event that SIGINT and SIGTERM set, instead of ending the process."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM as a request to stop ``serve`` or ``subscribe``, which then exits 0.
+
+    The first of them makes both ignored (SIG_IGN) until the process exits, first thing, so
+    that a second one cannot end the stop early: GNU ``timeout`` signals the
+    command and then its process group, so the command gets its signal twice, and an impatient
+    user presses Ctrl-C again. The handler is Python's ``signal.signal`` one, not the event
+    loop's ``add_signal_handler``: closing a loop removes the handlers it added and puts back the
+    default ones (SIGINT raising KeyboardInterrupt, SIGTERM killing the process), and Python puts
+    back the default action of every signal its own handlers catch as it exits, while SIG_IGN is
+    left alone by both. A request that comes before the loop runs is kept for :meth:`event`.
+    Nothing puts the handlers back afterwards: :func:`main` ends the process."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._wake: Callable[[], None] | None = None
+
+    def install(self) -> None:
+        """Handle SIGINT and SIGTERM from now on (in the main thread only, as Python requires)."""
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        for each in _STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        self.requested = True
+        if self._wake is not None:
+            self._wake()
+
+    def event(self) -> asyncio.Event:
+        """An event set on the running loop once a stop is requested (at once if it was)."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:
+            # Thread-safe: the handler runs between any two bytecodes of the main thread, in
+            # the midst of the loop's own code.
+            with suppress(RuntimeError):  # the loop has closed: the command has ended anyway
+                loop.call_soon_threadsafe(stop.set)
+
+        self._wake = wake
+        if self.requested:
+            stop.set()
+        return stop
+
+
+def _stop_event(args: argparse.Namespace) -> asyncio.Event:
+    """An event that SIGINT and SIGTERM set, instead of ending the process (the handlers
+    :func:`main` installed for the command, else installed now)."""
+    stop_signals: _StopSignals | None = getattr(args, "stop_signals", None)
+    if stop_signals is None:
+        stop_signals = args.stop_signals = _StopSignals()
+        stop_signals.install()
+    return stop_signals.event()
 
 
 async def _start_http(peer: Peer, args: argparse.Namespace) -> HttpHelper | None:
@@ -541,15 +602,33 @@ async def _start_http(peer: Peer, args: argparse.Namespace) -> HttpHelper | None
 
 
 async def _join(peer: Peer, args: argparse.Namespace, data_dir: str | None) -> None:
-    """``serve``'s first join: through ``--bootstrap`` (NoPeersError naming the addresses if none
-    answers), else through the contacts saved in the data dir (a failure is only logged: the
-    node still serves, and others may join through it), else none."""
+    """``serve``'s first join: through ``--bootstrap``, else through the contacts saved in the
+    data dir (a failure is only logged: the node still serves, and others may join through it),
+    else none. When no ``--bootstrap`` address answers, the saved contacts are tried next (a
+    restart whose fixed seed is down, two nodes that name each other); NoPeersError names what
+    was tried when neither answers."""
     if args.bootstrap:
+        where = _where(args.bootstrap)
         try:
             size = await peer.bootstrap(args.bootstrap)
         except NoPeersError:
-            raise NoPeersError(f"could not join: no node answered at {_where(args.bootstrap)}"
-                               ) from None
+            saved = len(peer.node.store.load_contacts()) if data_dir is not None else 0
+            if not saved:
+                raise NoPeersError(f"could not join: no node answered at {where}") from None
+            log.warning("no node answered at %s: rejoining through the %d contacts saved in %s",
+                        where, saved, data_dir)
+            try:
+                size = await peer.bootstrap()
+            except NoPeersError:
+                raise NoPeersError(
+                    f"could not join: no node answered at {where} nor at any of the {saved} "
+                    f"contacts saved in {data_dir!r}") from None
+            except QadomError as exc:  # some answered, but not enough to join (a timeout)
+                raise type(exc)(
+                    f"could not join: no node answered at {where}, and rejoining through the "
+                    f"{saved} contacts saved in {data_dir!r} failed: {exc}") from None
+            log.info("rejoined through saved contacts; %d contacts", size)
+            return
         log.info("joined through %d address(es); %d contacts", len(args.bootstrap), size)
     elif data_dir is not None and peer.node.store.load_contacts():
         try:
@@ -579,10 +658,10 @@ async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) 
 async def _serve(args: argparse.Namespace) -> int:
     """Run a node until SIGINT or SIGTERM (exit 0, even while it starts or makes its first
     join). Fails, with the node closed, when it cannot start, or when no ``--bootstrap`` address
-    answers."""
+    answers, nor any contact its data dir saved."""
     # From here on SIGINT and SIGTERM stop the node, while it checks its arguments, opens its
     # store and binds its sockets as well as while it joins or serves.
-    stop = _stop_event()
+    stop = _stop_event(args)
     _check_family(args.bootstrap, args.host, f"--host {args.host}")
     data_dir = _data_dir(args)
     peer = Peer(args.host, args.port, data_dir=data_dir)  # locks data_dir while it runs
@@ -611,10 +690,10 @@ async def _start(peer: Peer, args: argparse.Namespace, data_dir: str | None,
     # come once every socket the node serves on is bound, so a script that has read them knows
     # the node is up (a port in use fails before them); and after the signal handlers, so it may
     # stop the node cleanly as soon as it has read them. An IPv6 host is in brackets, as in a URL.
-    print(f"qadom serving on {format_address(peer.address)} id {peer.id}", flush=True)
+    _print(f"qadom serving on {format_address(peer.address)} id {peer.id}")
     if http is not None:
         assert http.address is not None
-        print(f"qadom http on {format_address(http.address)}", flush=True)  # the next line
+        _print(f"qadom http on {format_address(http.address)}")  # the next line
     await _join(peer, args, data_dir)
 
 
@@ -746,11 +825,37 @@ def _read_value(name: str, limit: int) -> bytes:
     return data
 
 
+def _stdout_error(exc: OSError) -> OSError:
+    """The error to report for ``exc``, a failed write to stdout: one that says what failed
+    ("cannot write stdout: No space left on device"), as a file's names the file."""
+    return OSError(exc.errno, f"cannot write stdout: {exc.strerror or exc}")
+
+
+@contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """Within the block, a failed write to stdout raises :func:`_stdout_error`'s error; but a
+    reader that went away stays BrokenPipeError, of which :func:`main` dies silently."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise _stdout_error(exc) from None
+
+
+def _print(text: object) -> None:
+    """Print ``text`` and a newline on stdout, flushed (a failure as :func:`_writing_stdout`
+    says)."""
+    with _writing_stdout():
+        print(text, flush=True)
+
+
 def _write_output(name: str, data: bytes) -> None:
     """Write ``data`` exactly to file ``name`` (stdout for ``-``)."""
     if name == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        with _writing_stdout():
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
         return
     try:
         with open(name, "wb") as file:
@@ -767,7 +872,7 @@ async def _set(args: argparse.Namespace) -> int:
         key = await peer.set(value)
         if _acks(peer) == before:
             raise _Unacknowledged("no node stored the value")
-    print(key, flush=True)
+    _print(key)
     return 0
 
 
@@ -796,8 +901,9 @@ async def _search(args: argparse.Namespace) -> int:
     _require_stdout()
     async with _joined(args) as peer:
         values = await peer.search(args.key)
-    sys.stdout.write("".join(f"{value}\n" for value in sorted(values)))
-    sys.stdout.flush()
+    with _writing_stdout():
+        sys.stdout.write("".join(f"{value}\n" for value in sorted(values)))
+        sys.stdout.flush()
     return 0
 
 
@@ -821,7 +927,7 @@ async def _keygen(args: argparse.Namespace) -> int:
         identity.save(path)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write {path!r}: {exc.strerror or exc}") from None
-    print(identity.public_key.hex(), flush=True)
+    _print(identity.public_key.hex())
     return 0
 
 
@@ -852,7 +958,7 @@ async def _namespace_set(args: argparse.Namespace) -> int:
         seq = await identity.set(peer, args.key, value)
         if not peer.namespace_acks:
             raise _Unacknowledged("no node stored the record")
-    print(seq, flush=True)
+    _print(seq)
     return 0
 
 
@@ -876,7 +982,7 @@ async def _publish(args: argparse.Namespace) -> int:
         relays = await peer.publish(args.key, value)
     if not relays:
         raise _Unacknowledged("no relay accepted the message")
-    print(relays, flush=True)
+    _print(relays)
     return 0
 
 
@@ -890,7 +996,7 @@ async def _subscribe(args: argparse.Namespace) -> int:
     away, it stops the same way at once, without waiting for a message to fail to write, and
     raises BrokenPipeError (the process then dies of SIGPIPE: :func:`main`)."""
     _require_stdout()
-    stop = _stop_event()
+    stop = _stop_event(args)
     reader_gone = asyncio.Event()
 
     def on_reader_gone() -> None:
@@ -1018,7 +1124,8 @@ async def _write_stdout(data: bytes) -> None:
     subscription queues what arrives (at most ``Config.pubsub_queue_size`` messages and
     ``Config.pubsub_queue_bytes`` bytes), and SIGINT and SIGTERM still stop the command. The
     thread is a daemon writing to the fd itself, so a stop leaves it blocked without holding up
-    the exit. A write error (EPIPE) is raised here."""
+    the exit. A write error is raised here: BrokenPipeError when the reader went away, else
+    :func:`_stdout_error`'s."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
@@ -1035,8 +1142,10 @@ async def _write_stdout(data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(1, view):]
-        except OSError as exc:
+        except BrokenPipeError as exc:
             error = exc
+        except OSError as exc:
+            error = _stdout_error(exc)
         with suppress(RuntimeError):  # the loop has closed: the command was stopped meanwhile
             loop.call_soon_threadsafe(report, error)
 
@@ -1069,7 +1178,7 @@ async def _info(args: argparse.Namespace) -> int:
             raise OperationTimeout(f"no node answered at {where}") from None
         raise OperationTimeout(f"{where} did not send its summary within {args.timeout:g} s"
                                ) from None
-    print(json.dumps(summary, indent=2) if args.json else format_info(summary), flush=True)
+    _print(json.dumps(summary, indent=2) if args.json else format_info(summary))
     return 0
 
 
@@ -1145,11 +1254,17 @@ def _die_of_sigpipe() -> int:
     return 128 + int(sigpipe)
 
 
+_STOPPABLE = ("serve", "subscribe")
+"""The commands that SIGINT and SIGTERM stop with exit status 0 (:class:`_StopSignals`)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``qadom`` console script."""
     # Until the try below turns it into an exit status, a Ctrl-C kills the process by SIGINT,
     # without a traceback, as it does while this module imports. asyncio's runner then handles
-    # it as it does for any asyncio program, and serve and subscribe install their own handlers.
+    # it as it does for any asyncio program. Serve and subscribe handle SIGINT and SIGTERM
+    # themselves from the end of this block (no moment between where Python's handler would
+    # raise KeyboardInterrupt), so asyncio's runner leaves SIGINT to them.
     with _sigint_kills():
         _open_standard_fds()  # first: before any socket exists
         parser = build_parser()
@@ -1161,6 +1276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            else _QuietFormatter)
         handler.setFormatter(formatter_class("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logging.basicConfig(level=level.upper(), handlers=[handler])
+        if args.command in _STOPPABLE:
+            args.stop_signals = _StopSignals()
+            args.stop_signals.install()
     try:
         code: int = runner.run(args.handler(args))
     except UsageError as exc:
@@ -1174,7 +1292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(1, exc.strerror or exc)
     except KeyboardInterrupt:
-        if args.command in ("serve", "subscribe"):  # stopped before their handler took over
+        if args.command in _STOPPABLE:  # not expected: their handler is in place before
             return 0
         return _fail(130, "interrupted")
     except Exception as exc:  # a bug: one line for the user, the traceback at debug level

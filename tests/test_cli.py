@@ -791,3 +791,77 @@ async def test_an_http_helper_whose_data_dir_refuses_its_key_names_the_store(
         assert "bind" not in str(info.value)
     finally:
         await peer.close()
+
+
+# ----------------------------------------------------------------------------- a full stdout
+
+FULL = Path("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+needs_dev_full = pytest.mark.skipif(not FULL.exists(), reason="no /dev/full here")
+
+
+def qadom_into_full(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``qadom ARGS > /dev/full``."""
+    with FULL.open("wb") as full:
+        return subprocess.run([sys.executable, "-m", "qadom", *args], input=stdin, stdout=full,
+                              stderr=subprocess.PIPE, timeout=RUN_TIMEOUT, cwd=ROOT, check=False)
+
+
+@needs_dev_full
+@pytest.mark.parametrize("command", ["set", "get", "search", "publish", "info", "keygen",
+                                     "namespace-set", "namespace-get", "serve"])
+def test_a_command_whose_stdout_is_full_says_it_cannot_write_stdout(
+        nodes: tuple[Node, Node], tmp_path: Path, command: str) -> None:
+    a, _ = nodes
+    value = random.randbytes(32)
+    key = str(key_for(value))
+    assert qadom("set", "-", "--bootstrap", a.address, stdin=value).returncode == 0
+    assert qadom("append", key, "7", "--bootstrap", a.address).returncode == 0
+    identity = tmp_path / "me.key"
+    public_key = qadom("keygen", str(identity)).stdout.decode().strip()
+    assert qadom("namespace-set", "--identity", str(identity), key, "-", "--bootstrap",
+                 a.address, stdin=value).returncode == 0
+    joining = ["--bootstrap", a.address]
+    args = {
+        "set": ["set", "-", *joining],
+        "get": ["get", key, *joining],
+        "search": ["search", key, *joining],
+        "publish": ["publish", key, "-", *joining],
+        "info": ["info", "--node", a.address],
+        "keygen": ["keygen", str(tmp_path / "other.key")],
+        "namespace-set": ["namespace-set", "--identity", str(identity), key, "-", *joining],
+        "namespace-get": ["namespace-get", public_key, key, *joining],
+        "serve": ["serve", "--port", "0", "--memory"],
+    }[command]
+    result = qadom_into_full(*args, stdin=value)
+    # Before: "qadom: No space left on device", without saying what could not be written.
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    line = "qadom: cannot write stdout: No space left on device\n"
+    # serve logs its start before; the others write one line, that one.
+    assert err.endswith(line) if command == "serve" else err == line, err
+
+
+@needs_dev_full
+def test_a_subscriber_whose_stdout_is_full_says_it_cannot_write_stdout(
+        nodes: tuple[Node, Node], tmp_path: Path) -> None:
+    a, b = nodes
+    topic = random_key()
+    log = tmp_path / "sub.log"
+    with log.open("wb") as err, FULL.open("wb") as full:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qadom", "--log-level", "info", "subscribe", topic,
+             "--bootstrap", a.address], stdout=full, stderr=err, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "subscribed to topic" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"never subscribed: {log.read_text()}"
+            time.sleep(0.05)
+        sent = qadom("publish", topic, "-", "--bootstrap", b.address, stdin=b"hello")
+        assert sent.returncode == 0, sent.stderr
+        code = proc.wait(timeout=15)
+    finally:
+        stop(proc, signal.SIGKILL)
+    assert code == 1, log.read_text()
+    assert log.read_text().splitlines()[-1] == (
+        "qadom: cannot write stdout: No space left on device")

@@ -1,8 +1,9 @@
 """What the operator of ``qadom serve`` sees while the node starts: a stop by SIGINT or SIGTERM
-before it serves, and a data dir whose store cannot be read; and a Ctrl-C while any ``qadom``
-command starts, even while Python still imports qadom (which makes that short: importing the
-package imports nothing until a name is used). Real ``qadom`` processes on 127.0.0.1 (port 0),
-each bounded by a timeout and killed in a ``finally``."""
+before it serves, and a data dir whose store cannot be read; a second signal while ``serve`` or
+``subscribe`` stops; and a Ctrl-C while any ``qadom`` command starts, even while Python still
+imports qadom (which makes that short: importing the package imports nothing until a name is
+used). Real ``qadom`` processes on 127.0.0.1 (port 0), each bounded by a timeout and killed in a
+``finally``."""
 
 from __future__ import annotations
 
@@ -199,7 +200,24 @@ def test_each_public_name_of_qadom_is_its_modules_object() -> None:
     # An unknown name is an error for mypy as well: type checkers see no module __getattr__.
     with pytest.raises(AttributeError, match="no attribute 'Nonexistent'"):
         qadom.Nonexistent  # type: ignore[attr-defined]  # noqa: B018
-    assert not {"TYPE_CHECKING", "importlib", "_MODULE_OF"} & set(dir(qadom))
+    assert not {"TYPE_CHECKING", "importlib", "_MODULE_OF", "__getattr__", "__dir__",
+                "__main__"} & set(dir(qadom))
+
+
+def test_dir_of_qadom_lists_its_submodules_before_they_are_imported() -> None:
+    # What IPython completes after ``import qadom``: qadom.er<TAB> -> qadom.errors, while
+    # nothing but the package is imported, and listing them imports none of them.
+    script = """
+import sys
+import qadom
+names = dir(qadom)
+print([name for name in ("errors", "interactive", "runner", "widgets") if name in names])
+print(sorted(name for name in sys.modules if name.startswith("qadom")))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=30,
+                            cwd=ROOT, check=True)
+    assert result.stdout.decode().splitlines() == [
+        "['errors', 'interactive', 'runner', 'widgets']", "['qadom']"]
 
 
 def test_after_import_qadom_every_submodule_is_an_attribute_of_the_package() -> None:
@@ -280,3 +298,74 @@ def test_serve_on_a_damaged_store_names_the_data_dir_not_the_socket(tmp_path: Pa
         f"qadom: cannot use data dir {str(data_dir)!r}: this node's store cannot be read "
         "(database disk image is malformed)\n"), err
     assert "UDP" not in err
+
+
+# ``serve`` or ``subscribe`` stopped by a first signal while it joins (Peer.bootstrap replaced by
+# one that sends it, then waits), then sent a second signal at a fixed point of its stop, as GNU
+# timeout does (it signals the command, then the command's process group): while the peer
+# closes; once the command's event loop has closed (asyncio's loop, whose close puts back the
+# default handlers of the signals it handled); or as Python exits, once it has put back the
+# default handlers of the signals its own handlers caught (an object of __main__ is destroyed
+# after that, and sends it).
+SIGNALLED_TWICE = """
+import asyncio, os, signal, sys
+from qadom import cli, peer, runner
+
+SIG = signal.{sig}
+POINT = {point!r}
+
+
+def send(kill=os.kill, pid=os.getpid()):
+    kill(pid, SIG)
+
+
+async def bootstrap(self, addresses=None):
+    send()
+    await asyncio.Event().wait()
+
+
+peer.Peer.bootstrap = bootstrap
+if POINT == "while the peer closes":
+    close = peer.Peer.close
+
+    async def closing(self):
+        send()
+        await close(self)
+
+    peer.Peer.close = closing
+elif POINT == "once the loop closed":
+    runner.loop_factory = lambda: asyncio.new_event_loop
+    run = runner.run
+
+    def run_then_signal(main, **kwargs):
+        try:
+            return run(main, **kwargs)
+        finally:
+            send()
+
+    runner.run = run_then_signal
+else:
+    class SignalWhenDestroyed:
+        def __del__(self):
+            send()
+
+    last = SignalWhenDestroyed()
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("point", ["while the peer closes", "once the loop closed",
+                                   "as Python exits"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("command", [["serve", "--port", "0", "--memory"], ["subscribe", "1"]],
+                         ids=["serve", "subscribe"])
+def test_a_second_signal_during_the_stop_still_exits_0(
+        point: str, sig: signal.Signals, command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SIGNALLED_TWICE.format(sig=sig.name, point=point), *command,
+         "--bootstrap", "127.0.0.1:9"], capture_output=True, timeout=30, cwd=ROOT, check=False)
+    err = result.stderr.decode()
+    # Before: the second signal ended the stop by its default action, once the loop had put
+    # back the default handlers or Python had as it exits: -2 or -15 (130 or 143 in the shell).
+    assert result.returncode == 0, err
+    assert "Traceback" not in err and "qadom: " not in err
