@@ -806,20 +806,39 @@ def qadom_into_full(*args: str, stdin: bytes | None = None) -> subprocess.Comple
                               stderr=subprocess.PIPE, timeout=RUN_TIMEOUT, cwd=ROOT, check=False)
 
 
-@needs_dev_full
-@pytest.mark.parametrize("command", ["set", "get", "search", "publish", "info", "keygen",
-                                     "namespace-set", "namespace-get", "serve"])
-def test_a_command_whose_stdout_is_full_says_it_cannot_write_stdout(
-        nodes: tuple[Node, Node], tmp_path: Path, command: str) -> None:
+@dataclass
+class Stored:
+    """What the commands of the full-stdout test find: a value, an entry under its key, and a
+    namespace record of ``identity`` under it."""
+
+    value: bytes
+    key: str
+    identity: Path
+    public_key: str
+
+
+@pytest.fixture(scope="module")
+def stored(nodes: tuple[Node, Node], tmp_path_factory: pytest.TempPathFactory) -> Stored:
     a, _ = nodes
     value = random.randbytes(32)
     key = str(key_for(value))
     assert qadom("set", "-", "--bootstrap", a.address, stdin=value).returncode == 0
     assert qadom("append", key, "7", "--bootstrap", a.address).returncode == 0
-    identity = tmp_path / "me.key"
+    identity = tmp_path_factory.mktemp("identity") / "me.key"
     public_key = qadom("keygen", str(identity)).stdout.decode().strip()
     assert qadom("namespace-set", "--identity", str(identity), key, "-", "--bootstrap",
                  a.address, stdin=value).returncode == 0
+    return Stored(value, key, identity, public_key)
+
+
+@needs_dev_full
+@pytest.mark.parametrize("command", ["set", "get", "search", "publish", "info", "keygen",
+                                     "namespace-set", "namespace-get", "serve"])
+def test_a_command_whose_stdout_is_full_says_it_cannot_write_stdout(
+        nodes: tuple[Node, Node], stored: Stored, tmp_path: Path, command: str) -> None:
+    a, _ = nodes
+    value, key, identity, public_key = (stored.value, stored.key, stored.identity,
+                                        stored.public_key)
     joining = ["--bootstrap", a.address]
     args = {
         "set": ["set", "-", *joining],
