@@ -101,6 +101,27 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
     return proc.returncode
 
 
+def start_subscriber(*args: str, log: Path, program: tuple[str, ...] = ("-m", "qadom"),
+                     stdout: IO[bytes] | int = subprocess.PIPE) -> subprocess.Popen[bytes]:
+    """A ``qadom subscribe`` process (``python -c SCRIPT`` with ``program=("-c", SCRIPT)``),
+    writing to ``stdout``; returns once it logged that its subscription is in place (so what is
+    published from now on reaches it)."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, *program, "--log-level", "info", "subscribe", *args],
+            stdout=stdout, stderr=err, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while "subscribed to topic" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"never subscribed: {log.read_text()}"
+            time.sleep(0.05)
+    except BaseException:
+        stop(proc, signal.SIGKILL)
+        raise
+    return proc
+
+
 def wait_for_log(node: Node, text: str, timeout: float = START_TIMEOUT) -> None:
     """Bounded poll of ``node``'s stderr log until it holds ``text``."""
     deadline = time.monotonic() + timeout
@@ -866,16 +887,9 @@ def test_a_subscriber_whose_stdout_is_full_says_it_cannot_write_stdout(
     a, b = nodes
     topic = random_key()
     log = tmp_path / "sub.log"
-    with log.open("wb") as err, FULL.open("wb") as full:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "qadom", "--log-level", "info", "subscribe", topic,
-             "--bootstrap", a.address], stdout=full, stderr=err, cwd=ROOT)
+    with FULL.open("wb") as full:
+        proc = start_subscriber(topic, "--bootstrap", a.address, log=log, stdout=full)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "subscribed to topic" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"never subscribed: {log.read_text()}"
-            time.sleep(0.05)
         sent = qadom("publish", topic, "-", "--bootstrap", b.address, stdin=b"hello")
         assert sent.returncode == 0, sent.stderr
         code = proc.wait(timeout=15)

@@ -37,6 +37,7 @@ from test_cli import (
     one_line_error,
     qadom,
     start_serve,
+    start_subscriber,
     stop,
     wait_for_log,
 )
@@ -319,27 +320,6 @@ def test_a_join_that_runs_out_of_time_fails_with_one_line_within_the_timeout(
 
 
 # ----------------------------------------------------------------------------- publish/subscribe
-
-
-def start_subscriber(*args: str, log: Path, program: tuple[str, ...] = ("-m", "qadom")
-                     ) -> subprocess.Popen[bytes]:
-    """A ``qadom subscribe`` process (``python -c SCRIPT`` with ``program=("-c", SCRIPT)``);
-    returns once it logged that its subscription is in place (so what is published from now
-    on reaches it)."""
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, *program, "--log-level", "info", "subscribe", *args],
-            stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "subscribed to topic" not in log.read_text():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"never subscribed: {log.read_text()}"
-            time.sleep(0.05)
-    except BaseException:
-        stop(proc, signal.SIGKILL)
-        raise
-    return proc
 
 
 def finish(proc: subprocess.Popen[bytes], sig: int | None = None) -> tuple[int, bytes]:
