@@ -538,16 +538,34 @@ class _StopSignals:
     default ones (SIGINT raising KeyboardInterrupt, SIGTERM killing the process), and Python puts
     back the default action of every signal its own handlers catch as it exits, while SIG_IGN is
     left alone by both. A request that comes before the loop runs is kept for :meth:`event`.
-    Nothing puts the handlers back afterwards: :func:`main` ends the process."""
+    When the command ends, :meth:`restore` puts back the handlers ``before`` it was installed,
+    unless a stop was requested: then both stay ignored until the process exits (as the command
+    line's process then does), even for a program that called :func:`main` itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, before: dict[int, Any]) -> None:
         self.requested = False
         self._wake: Callable[[], None] | None = None
+        self._before = before  # the handlers to put back (restore), by signal
+        self._installed: list[int] = []
 
     def install(self) -> None:
-        """Handle SIGINT and SIGTERM from now on (in the main thread only, as Python requires)."""
+        """Handle SIGINT and SIGTERM from now on; only in the main thread (as Python requires:
+        elsewhere the command stops as the event loop's runner stops it), and a SIGINT that was
+        ignored when the command started (a background job of a script) stays ignored."""
+        if threading.current_thread() is not threading.main_thread():
+            return
         for signum in _STOP_SIGNALS:
+            if signum == signal.SIGINT and self._before.get(signum) is signal.SIG_IGN:
+                continue
             signal.signal(signum, self._on_signal)
+            self._installed.append(signum)
+
+    def restore(self) -> None:
+        """Put back the handlers :meth:`install` replaced, unless a stop was requested."""
+        if not self.requested:
+            for signum in self._installed:
+                signal.signal(signum, self._before[signum])
+        self._installed.clear()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         for each in _STOP_SIGNALS:
@@ -578,9 +596,17 @@ def _stop_event(args: argparse.Namespace) -> asyncio.Event:
     :func:`main` installed for the command, else installed now)."""
     stop_signals: _StopSignals | None = getattr(args, "stop_signals", None)
     if stop_signals is None:
-        stop_signals = args.stop_signals = _StopSignals()
+        stop_signals = args.stop_signals = _StopSignals(_handlers())
         stop_signals.install()
     return stop_signals.event()
+
+
+def _handlers() -> dict[int, Any]:
+    """The handlers of the stop signals now (none outside the main thread: no signal handling
+    there to put back)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.getsignal(signum) for signum in _STOP_SIGNALS}
 
 
 async def _start_http(peer: Peer, args: argparse.Namespace) -> HttpHelper | None:
@@ -1071,8 +1097,9 @@ class _DroppedWarnings:
         what = (f"{lost} {noun} dropped" if lost == total
                 else f"{lost} more {noun} dropped ({total} in all)")
         if sys.stderr is not None:
-            print(f"qadom: {what}: the reader of stdout fell behind", file=sys.stderr,
-                  flush=True)
+            with suppress(OSError):  # a stderr that cannot be written (full, its reader gone)
+                print(f"qadom: {what}: the reader of stdout fell behind", file=sys.stderr,
+                      flush=True)
 
 
 def _framed(message: bytes, args: argparse.Namespace) -> bytes:
@@ -1265,6 +1292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # it as it does for any asyncio program. Serve and subscribe handle SIGINT and SIGTERM
     # themselves from the end of this block (no moment between where Python's handler would
     # raise KeyboardInterrupt), so asyncio's runner leaves SIGINT to them.
+    before = _handlers()  # what a program calling main() gets back (_StopSignals.restore)
     with _sigint_kills():
         _open_standard_fds()  # first: before any socket exists
         parser = build_parser()
@@ -1276,9 +1304,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                            else _QuietFormatter)
         handler.setFormatter(formatter_class("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logging.basicConfig(level=level.upper(), handlers=[handler])
+        stop_signals = None
         if args.command in _STOPPABLE:
-            args.stop_signals = _StopSignals()
-            args.stop_signals.install()
+            stop_signals = args.stop_signals = _StopSignals(before)
+            stop_signals.install()
+    try:
+        return _run(args)
+    finally:
+        if stop_signals is not None:
+            stop_signals.restore()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command ``args`` names; its exit status (a failure said in one line)."""
     try:
         code: int = runner.run(args.handler(args))
     except UsageError as exc:

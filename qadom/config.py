@@ -172,9 +172,9 @@ class Config:
     buckets; our table drops it after ``stale_failures`` failures (a departed contact would
     otherwise stay and be handed out in answers), and without this a network cut for hours
     stays split for good after it heals: each side gave up everyone across, and refresh lookups
-    only meet their own side. 256 holds the whole table of a node in a network of a million
-    (about k x log2(n / k) contacts), and a few contacts across are enough: refresh lookups
-    through them find the rest of their side."""
+    only meet their own side. 256 is most of a node's table in a network of a million (about
+    k x log2(n / k) contacts, 312 at k = 20), and a few contacts across are enough: refresh
+    lookups through them find the rest of their side."""
 
     given_up_pings: int = 4
     """Given-up contacts pinged at most per maintenance tick, and only those whose bucket has
@@ -182,9 +182,10 @@ class Config:
     traffic a cut or a wave of departures sets off, 4 a minute at the default tick."""
 
     given_up_retry: float = 300.0
-    """The delay before a given-up contact is first pinged, doubling after each ping up to
-    ``refresh_interval``: five minutes spares a contact that just failed (most of them left for
-    good), and a cut of many hours still heals within about a refresh interval."""
+    """The delay before a given-up contact is first pinged, and between its first two pings;
+    each next one doubles, up to ``refresh_interval`` (pings 5, 10, 20, 40, 80 minutes after it
+    was given up, then hourly): five minutes spares a contact that just failed (most of them
+    left for good), and a cut of many hours still heals within about a refresh interval."""
 
     given_up_lifetime: float = 86400.0
     """How long a given-up contact is remembered (forgotten at the first maintenance tick after

@@ -971,7 +971,9 @@ class Node:
             known = self.table.get(req.expect_id)
             if known is not None and known.address == address:
                 self.table.remove(req.expect_id)
-            self._given_up.pop(req.expect_id, None)
+            given = self._given_up.get(req.expect_id)
+            if given is not None and given[0].address == address:
+                del self._given_up[req.expect_id]  # that contact is gone from that address
             if sender is not None:
                 self._saw(make_contact(sender, address), now)
             req.on_reply(None, now)
@@ -1246,19 +1248,20 @@ class Node:
         pool[contact.id] = (contact, now, now + cfg.given_up_retry, cfg.given_up_retry)
 
     def _retry_given_up(self, now: float) -> None:
-        """Ping up to ``given_up_pings`` given-up contacts whose next ping is due and whose
-        bucket has room for them, oldest given up first; each one's delay doubles, from
-        ``given_up_retry`` up to ``refresh_interval``. One that answers comes back through
-        :meth:`_saw` like any contact that answers us (and leaves the pool there), and refresh
-        lookups through it then find the rest of its side of a healed cut. None is pinged in a
-        network where no contact fails: the pool fills only with contacts the table gave up."""
+        """Ping up to ``given_up_pings`` given-up contacts whose next ping is due, whose bucket
+        has room for them and whose address is not banned, oldest given up first; the delay to
+        each one's next ping doubles, from ``given_up_retry`` up to ``refresh_interval``. One
+        that answers comes back through :meth:`_saw` like any contact that answers us (and
+        leaves the pool there), and refresh lookups through it then find the rest of its side
+        of a healed cut. None is pinged in a network where no contact fails: the pool fills
+        only with contacts the table gave up."""
         cfg, pool, table = self.config, self._given_up, self.table
         if not pool or not cfg.given_up_pings:
             return
         due: list[tuple[Contact, float, float]] = []
         for contact, given, next_at, delay in pool.values():
             if (next_at <= now and table.has_room_for(contact.id, contact.address[0])
-                    and self.reachable(contact.address)):
+                    and self.reachable(contact.address) and not self._is_banned(contact, now)):
                 due.append((contact, given, delay))
                 if len(due) >= cfg.given_up_pings:
                     break

@@ -13,6 +13,7 @@ import random
 
 from qadom import Config
 from qadom.contact import Contact
+from qadom.messages import Ping, Pong
 from qadom.node import Node
 from qadom.pubsub import Inbox
 from qadom.ratelimit import RateLimiter
@@ -251,3 +252,26 @@ def test_given_up_contacts_are_bounded_oldest_first_and_leave_when_back() -> Non
     assert not full.table.has_room_for(far.id)
     full._retry_given_up(full.config.given_up_retry)
     assert full.stats["given_up_pings"] == 0 and far.id in full._given_up
+
+
+def test_a_given_up_contact_is_not_pinged_while_banned_nor_forgotten_for_another_address() -> None:
+    node = Node(config=CONFIG, rng=random.Random(8), node_id=1, now=0.0)
+    contact = Contact(1 << 255, ("10.0.0.7", 4000))
+    give_up(node, contact, 0.0)
+    # Its address lied meanwhile: it is neither asked nor let back in while banned.
+    node.punish(contact, 1.0)
+    node._retry_given_up(CONFIG.given_up_retry)
+    assert node.stats["given_up_pings"] == 0 and contact.id in node._given_up
+    # Once the ban has ended, it is pinged again.
+    node._retry_given_up(1.0 + CONFIG.liar_backoff)
+    assert node.stats["given_up_pings"] == 1
+    # Another address answering for another id when asked for this one says nothing of the
+    # contact at its own address: it stays remembered.
+    elsewhere = ("10.0.0.8", 4000)
+    node.datagrams_to_send()  # the ping above
+    node.request(elsewhere, Ping(), 2000.0, expect_id=contact.id)
+    ((data, _),) = node.datagrams_to_send()
+    request = node.codec.decode(data)
+    reply = node.codec.encode_parts(request.rpc_id, 99, Pong())
+    node.datagram_received(reply, elsewhere, 2000.001)
+    assert node.stats["wrong_id"] == 1 and contact.id in node._given_up

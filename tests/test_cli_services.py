@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import fcntl
+import io
 import json
 import os
 import random
@@ -618,3 +620,16 @@ def test_every_new_command_has_help_with_examples(
     out = capsys.readouterr().out
     assert f"usage: qadom {command}" in out
     assert f"\nexamples:\n  qadom {command}" in out
+
+
+def test_a_warning_of_dropped_messages_to_a_stderr_that_cannot_be_written_is_lost_quietly(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    class Full(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sys, "stderr", Full())
+    warnings = cli._DroppedWarnings()
+    warnings._messages = cast(Subscription, argparse.Namespace(dropped=3))
+    warnings.warn()  # before: OSError, which turned a clean stop into a failure
+    assert warnings.told == 3

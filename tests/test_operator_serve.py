@@ -369,3 +369,58 @@ def test_a_second_signal_during_the_stop_still_exits_0(
     # back the default handlers or Python had as it exits: -2 or -15 (130 or 143 in the shell).
     assert result.returncode == 0, err
     assert "Traceback" not in err and "qadom: " not in err
+
+
+# A program that runs a command itself, in its own process (as the tests do), and whose command
+# ended without a stop signal: it gets its own SIGINT and SIGTERM handling back.
+MAIN_IN_PROCESS = """
+import signal, socket, sys
+from qadom import cli
+
+closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+closed.bind(("127.0.0.1", 0))
+port = closed.getsockname()[1]
+closed.close()  # nothing answers there
+code = cli.main(["serve", "--port", "0", "--memory", "--bootstrap", f"127.0.0.1:{port}"])
+print(code, signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+      signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+"""
+
+
+def test_a_command_run_in_process_gives_the_stop_signals_back_when_it_ends() -> None:
+    result = subprocess.run([sys.executable, "-c", MAIN_IN_PROCESS], capture_output=True,
+                            timeout=60, cwd=ROOT, check=False)
+    # Before: SIGINT and SIGTERM stayed with the ended command's handler, which ignored both
+    # for good at the first one.
+    lines = result.stdout.decode().splitlines()
+    assert lines[0].startswith("qadom serving on ") and lines[1:] == ["1 True True"], (
+        result.stdout.decode() + result.stderr.decode())
+
+
+def test_stop_signals_leave_an_ignored_sigint_ignored_and_need_the_main_thread() -> None:
+    script = """
+import signal, threading
+from qadom import cli
+
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job of a script
+stop = cli._StopSignals(cli._handlers())
+stop.install()
+print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN,
+      signal.getsignal(signal.SIGTERM) == stop._on_signal)
+stop.restore()
+print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+failures = []
+def elsewhere():
+    try:
+        cli._StopSignals(cli._handlers()).install()
+    except Exception as exc:
+        failures.append(exc)
+thread = threading.Thread(target=elsewhere)
+thread.start()
+thread.join()
+print(failures)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
+                            cwd=ROOT, check=False)
+    assert result.stdout.decode().split("\n")[:3] == ["True True", "True", "[]"], (
+        result.stdout.decode() + result.stderr.decode())
