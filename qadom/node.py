@@ -89,7 +89,7 @@ from .messages import (
 from .namespace import NamespaceService, check_record_value
 from .pubsub import PubSubService
 from .ratelimit import RateLimiter
-from .routing import RoutingTable, network_prefix
+from .routing import RoutingTable, network_prefix, range_distance
 from .storage import NEVER, Due, DueRecord, MemoryStore, Meta, remaining_ttl
 from .storage import Store as StoreBackend
 
@@ -99,19 +99,14 @@ T = TypeVar("T")
 TOKEN_BYTES = 16
 _MAX_HANDED = 1024  # neighbours whose last hand-over is remembered (see Node._hand_over)
 _SELF_LOOKUP_TRIES = 3  # lookups of our own id a join makes before it gives up (Node.bootstrap)
-# Id ranges a join refreshes at most, one lookup each (Node._to_refresh_after_join): the k-th
-# closest peer of a network of N random ids lies about log2(N / k) levels down, and the table
-# has about as many buckets farther than it, so this binds only past 2^32 k nodes, or when ids
-# cluster around ours (chosen ids, or an attacker's), where a lookup for each of up to 255 empty
-# subtrees or buckets would only ask the same neighbours again.
-_JOIN_REFRESH_RANGES = 32
-# Stale buckets an upkeep refreshes at most, one lookup each, the oldest first (Node._maintain):
-# with random ids a table holds about log2(N / k) + 1 buckets, so this binds only when ids cluster
-# around ours and the table has split along our id's path, up to 255 buckets, which would all
-# come stale in the same upkeep every hour (they split from one another, or were refreshed
-# together) and send as many lookups to the same neighbours at once. Those left wait for the
-# next upkeeps: a bucket is refreshed at most ceil(256 / 32) = 8 upkeeps after it came stale.
-_REFRESH_PER_UPKEEP = 32
+# Refresh lookups started at once at most, one per id range: by a join
+# (Node._to_refresh_after_join) and by an upkeep (Node._to_refresh), the farthest or oldest
+# first. With N random ids a table has about log2(N / k) + 1 buckets, so this binds only past
+# 2^32 k nodes, or when ids cluster around ours (chosen ids, or an attacker's) and the table has
+# split along our id's path: up to 255 buckets, which come stale together every hour, and a
+# lookup for each would ask the same neighbours again. An upkeep's leftovers go first at the
+# next ones: a bucket is refreshed at most ceil(256 / 32) = 8 upkeeps after it came stale.
+_REFRESH_RANGES = 32
 BUG_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
 ReplyCallback = Callable[[Envelope | None, float], None]
@@ -1624,7 +1619,7 @@ class Node:
         every bucket of our table that does not cover our id (a relaxed split), but for those
         that lie wholly closer than that peer.
 
-        At most ``_JOIN_REFRESH_RANGES`` of them in all, the farthest first: a table that has
+        At most ``_REFRESH_RANGES`` of them in all, the farthest first: a table that has
         split along our id's path (a node bootstrapping again, its table full) holds a bucket
         per level, up to 255 when ids cluster around ours, and a lookup for each would ask the
         same neighbours again and again. With random ids, ranges farther than the k-th closest
@@ -1637,34 +1632,30 @@ class Node:
         kth = distances[k - 1] if len(distances) >= k else 0
         above = 256 - kth.bit_length() if kth else 0  # fewer than k found: no subtree
         ranges = []
-        for depth in range(min(above, _JOIN_REFRESH_RANGES)):
+        for depth in range(min(above, _REFRESH_RANGES)):
             shift = 255 - depth
             lo = ((own >> shift) ^ 1) << shift
             ranges.append((lo, lo + (1 << shift)))
         known = set(ranges)
-
-        def nearest(lo: int, hi: int) -> int:  # the least distance from us in [lo, hi)
-            return (lo ^ own) & -(hi - lo)
-
         ranges += [(b.lo, b.hi) for b in self.table.buckets
                    if not b.covers(own) and (b.lo, b.hi) not in known
-                   and nearest(b.lo, b.hi) + (b.hi - b.lo) > kth]
-        ranges.sort(key=lambda r: nearest(*r), reverse=True)
-        return ranges[:_JOIN_REFRESH_RANGES]
+                   and range_distance(own, b.lo, b.hi) + (b.hi - b.lo) > kth]
+        ranges.sort(key=lambda r: range_distance(own, *r), reverse=True)
+        return ranges[:_REFRESH_RANGES]
 
     def _to_refresh(self, now: float) -> list[tuple[int, int]]:
         """The id ranges of the buckets an upkeep refreshes: those with no lookup into their
-        range for ``refresh_interval`` (section 2.3), at most ``_REFRESH_PER_UPKEEP`` of them,
+        range for ``refresh_interval`` (section 2.3), at most ``_REFRESH_RANGES`` of them,
         the longest without one first, and of those the farthest from us first (as a join
         does). A refresh's lookup counts as a lookup into its bucket (the bucket is touched
         when it starts), so the buckets left out come first at the next upkeep, and each is
-        refreshed at most ``ceil(len(buckets) / _REFRESH_PER_UPKEEP)`` upkeeps after it came
+        refreshed at most ``ceil(len(buckets) / _REFRESH_RANGES)`` upkeeps after it came
         stale."""
         own = self.id
         stale = self.table.stale_buckets(now, self.config.refresh_interval)
-        if len(stale) > _REFRESH_PER_UPKEEP:
-            stale.sort(key=lambda b: (b.last_lookup, -((b.lo ^ own) & -(b.hi - b.lo))))
-            del stale[_REFRESH_PER_UPKEEP:]
+        if len(stale) > _REFRESH_RANGES:
+            stale.sort(key=lambda b: (b.last_lookup, -range_distance(own, b.lo, b.hi)))
+            del stale[_REFRESH_RANGES:]
         return [(b.lo, b.hi) for b in stale]
 
     def _refresh(self, ranges: list[tuple[int, int]], now: float,
@@ -1695,7 +1686,7 @@ class Node:
 
     def _maintain(self, now: float) -> None:
         """Periodic upkeep: expire and republish stored items (while the routing table is empty
-        none is sent: they stay due), refresh stale buckets (at most ``_REFRESH_PER_UPKEEP``,
+        none is sent: they stay due), refresh stale buckets (at most ``_REFRESH_RANGES``,
         the oldest first), save the routing table, forget expired bookkeeping, ping a few
         contacts the table gave up (:meth:`_retry_given_up`), rejoin through the saved contacts
         when the routing table is empty.
