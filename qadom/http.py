@@ -212,14 +212,19 @@ _CODINGS: dict[str, int | None] = {"gzip": _GZIP, "x-gzip": _GZIP, "deflate": No
 _MAX_CODINGS = 2
 
 
+def _codings(request: web.Request, name: str) -> list[str]:
+    """The codings the request's ``name`` headers list, lowercase, in order, ``identity`` (no
+    coding) and empty items dropped."""
+    codings = (item.strip().lower() for header in request.headers.getall(name, ())
+               for item in header.split(","))
+    return [c for c in codings if c and c != "identity"]
+
+
 def _content_codings(request: web.Request) -> list[str]:
     """The codings of the request's Content-Encoding, in the order they were applied
     (``identity`` dropped). InvalidField("Content-Encoding"), a 400, for one this helper does not
     decode (br, zstd, compress...) or for more than ``_MAX_CODINGS`` of them."""
-    codings = [item.strip().lower()
-               for header in request.headers.getall("Content-Encoding", ())
-               for item in header.split(",")]
-    codings = [c for c in codings if c and c != "identity"]
+    codings = _codings(request, "Content-Encoding")
     for coding in codings:
         if coding not in _CODINGS:
             raise InvalidField("Content-Encoding", f"{coding!r} is not supported; send the body "
@@ -233,11 +238,8 @@ def _check_transfer_codings(request: web.Request) -> None:
     """InvalidField("Transfer-Encoding"), a 400, for a transfer coding other than ``chunked``
     (``identity`` dropped). aiohttp reads the chunks and leaves a coding applied before them
     (``gzip, chunked``) as it was: the body would be taken, and stored, still coded."""
-    codings = [item.strip().lower()
-               for header in request.headers.getall("Transfer-Encoding", ())
-               for item in header.split(",")]
-    for coding in codings:
-        if coding and coding not in ("chunked", "identity"):
+    for coding in _codings(request, "Transfer-Encoding"):
+        if coding != "chunked":
             raise InvalidField("Transfer-Encoding", f"{coding!r} is not supported; send the "
                                "body chunked or with a Content-Length, and name a gzip or "
                                "deflate coding in Content-Encoding")
