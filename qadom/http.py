@@ -739,6 +739,7 @@ def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
 
 _OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 _NET = (502, 503, 504)  # the network or the peer could not answer
+_EXPECT_ERRORS = (400, 413)  # what _expect answers on any route, before its handler runs
 _STREAM_TEXT = (
     "A comment ': subscribed' once the subscription is registered, then one event 'message' per "
     "message (data: base64; id: 1, 2, ... counting the messages sent) and a comment "
@@ -785,7 +786,7 @@ ROUTES: tuple[Route, ...] = (
           "Subscribe to a topic as Server-Sent Events (event 'message', data base64; event "
           "'dropped', data the count of messages lost by falling behind)", ("key",), None,
           {"text/event-stream": {"schema": {"type": "string", "description": _STREAM_TEXT}}},
-          (400, *_NET)),
+          (400, 429, *_NET)),
     Route("GET", "/closest/{key}", closest_get,
           "The k closest nodes to a key that answered a lookup (never this node)", ("key",), None,
           _json_content(_ref("Closest")), (400, *_NET)),
@@ -817,7 +818,9 @@ _SIG_SCHEMA = {"type": "string", "pattern": "^[0-9a-fA-F]{128}$",
 _ERROR_TEXT = {
     400: "Bad input; 'field' names it", 401: "A signature or ownership rule refused the write",
     404: "Nothing found", 409: "A newer or conflicting record is held (stale seq)",
-    413: "The body or the record is too large", 429: "Rate limited by the network",
+    413: ("The body or the record is too large (or the body an 'Expect: 100-continue' "
+          "announced)"),
+    429: "Rate limited by the network",
     502: "The network refused or answered wrongly",
     503: ("The peer is closed or closing, the helper is at its stream limit, the storage is "
           "full, or every relay of the topic is full"),
@@ -927,7 +930,8 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         responses: dict[str, Any] = {"200": {"description": "OK", "content": route.ok or {}}}
-        for status in route.errors:
+        # Any route answers an Expect header it cannot meet (_expect) with a 400 or a 413.
+        for status in sorted({*route.errors, *_EXPECT_ERRORS}):
             responses[str(status)] = {"description": _ERROR_TEXT[status],
                                       "content": _json_content(_ref("Error"))}
         operation: dict[str, Any] = {

@@ -36,7 +36,7 @@ from qadom.dhtrecords import (
     verify,
 )
 from qadom.errors import InvalidArgument, InvalidField, InvalidType
-from qadom.http import PEER, HttpHelper, key_text, make_app
+from qadom.http import PEER, ROUTES, HttpHelper, Route, key_text, make_app, openapi_document
 from qadom.http import _body as read_body
 from qadom.namespace import signing_bytes
 
@@ -564,6 +564,17 @@ async def test_publishing_too_fast_gives_429() -> None:
         await error_of(await client.post(url, data=b"second"), 429)
 
 
+async def test_a_subscription_every_relay_refused_for_our_rate_gives_429() -> None:
+    async with Peer(config=FAST) as peer, Peer(config=replace(
+            FAST, request_burst=2, request_rate=0.01)) as relay, TestClient(
+            TestServer(make_app(peer))) as client:
+        await asyncio.wait_for(peer.ping(relay.address), 10)  # the relay's burst is spent here
+        response = await client.get(f"/subscribe/{key_text(6)}")
+        assert "slow down" in await error_of(response, 429)
+        documented = openapi_document(FAST)["paths"]["/subscribe/{key}"]["get"]["responses"]
+        assert "429" in documented
+
+
 async def test_forget(clients: Clients) -> None:
     a, b, _ = clients
     key = (await (await a.post("/values", data=b"published here")).json())["key"]
@@ -841,6 +852,33 @@ async def test_an_expectation_other_than_100_continue_is_a_json_400_naming_expec
     assert peer.node.store.stats() == before
     assert peer.stats.get("requests_out", 0) == 0
     no_error_logged(caplog)
+
+
+def _concrete(path: str) -> str:
+    """A path of :data:`ROUTES` with its parameters filled in."""
+    return (path.replace("{public_key}", NS_PUBLIC).replace("/dht/{key}", "/dht/x")
+            .replace("{key}", key_text(5)))
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: f"{r.method} {r.path}")
+async def test_what_an_expect_header_answers_on_any_route_is_in_its_document(
+        lone: Client, route: Route) -> None:
+    documented = openapi_document(FAST)["paths"][route.path][route.method.lower()]["responses"]
+    path = _concrete(route.path)
+    answer = await raw_exchange(lone, request_head(route.method, path, "Expect: 200-ok",
+                                                   "Content-Length: 0"))
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b'"field": "Expect"' in answer
+    over = FAST.http_max_body_size + 1
+    head = request_head(route.method, path, f"Content-Length: {over}", "Expect: 100-continue")
+    reader, writer = await asyncio.open_connection(lone.server.host, lone.server.port)
+    try:
+        writer.write(head)  # the body is never sent: the client waits for 100 Continue
+        status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert status.startswith(b"HTTP/1.1 413 "), status
+    finally:
+        writer.close()
+    assert {"400", "413"} <= set(documented), sorted(documented)
 
 
 async def test_100_continue_is_refused_with_a_json_413_before_an_oversized_body_is_sent(
