@@ -364,7 +364,9 @@ class Node:
                  node_id: int | None = None, store: StoreBackend | None = None,
                  now: float = 0.0, client_only: bool = False) -> None:
         self.config = config or Config()
-        self.rng = rng or random.Random()
+        # Token secrets and request ids come from here: unpredictable unless a seeded generator
+        # is given (Peer says why one may be).
+        self.rng = rng or random.SystemRandom()
         self.id = check_id(node_id, "node_id") if node_id is not None else random_id(self.rng)
         self.store: StoreBackend = store if store is not None else MemoryStore(self.config)
         self.codec = Codec(self.config)

@@ -71,6 +71,12 @@ class Peer:
     With ``data_dir`` the peer keeps its id, contacts and data in SQLite there and holds an
     exclusive lock on the directory while it runs (:class:`~qadom.errors.DataDirInUse` for a
     second peer, in this process or another).
+
+    ``rng`` draws the node's id (without ``node_id``), its request ids, its token secrets and the
+    targets of its refreshes. The default is the operating system's generator
+    (:class:`random.SystemRandom`). A seeded :class:`random.Random` makes a run repeatable, for
+    tests and benchmarks, but anyone who sees a few hundred of its request ids can then predict
+    the rest and forge the node's tokens: never give one to a peer that others can reach.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, config: Config | None = None,
@@ -95,7 +101,7 @@ class Peer:
         self.host = host
         self.port = port
         self.config = config or Config()
-        self._rng = rng or random.Random()
+        self._rng = rng or random.SystemRandom()
         self._fixed_id = node_id is not None
         self._node_id = check_id(node_id, "node_id") if node_id is not None else random_id(
             self._rng)
