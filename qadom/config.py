@@ -211,13 +211,16 @@ class Config:
     pinged, so a flood of spoofed sources cannot make us send unbounded pings."""
 
     # --- request rate limits (per sending address and per sending host) ---
-    request_rate: float = 200.0
-    """Requests per second one address (host and port) may make of us. A lookup asks each peer
-    once, so an honest peer stays far below this even when it runs many lookups at once; a flood
-    from one address costs us at most this many answers a second."""
+    request_rate: float = 1000.0
+    """Requests per second one address (host and port) may make of us. Writes set the need: each
+    set or append sends each of the k closest peers to its key a request, and most a lookup
+    step too, so a peer writing to keys one peer holds asks it about twice per write (one
+    process on one core makes at most about 500 writes a second). A flood from one address costs
+    us at most this many answers a second, about 3% of a core."""
 
-    request_burst: int = 400
-    """Requests one address may make at once before ``request_rate`` applies."""
+    request_burst: int = 2000
+    """Requests one address may make at once before ``request_rate`` applies: a few hundred
+    writes started together (each about two requests to each of the k closest)."""
 
     host_request_rate: float = 2000.0
     """Requests per second all the ports of one non-loopback host may make together, so that one

@@ -3,7 +3,10 @@
 Subscribe with :meth:`qadom.node.Node.add_listener`. Every event carries the lookup's id, unique per
 node, and the core's time ``now``. For one lookup the order is: one :class:`LookupStarted`, then
 :class:`LookupRequest`, :class:`LookupReply` and :class:`LookupTimeout` events as they happen, then
-one :class:`LookupFinished`.
+one :class:`LookupFinished`. Each request ends in a :class:`LookupReply` or a final
+:class:`LookupTimeout` (a :class:`LookupRefused` when the contact answered with nothing of use),
+unless the lookup finished first. ``LookupFinished.failures`` also counts the candidates left out
+without a request (an address banned for lying, or of the IP family our socket cannot reach).
 """
 
 from __future__ import annotations
@@ -44,6 +47,16 @@ class LookupReply(LookupEvent):
 class LookupTimeout(LookupEvent):
     contact: Contact
     final: bool  # False: first attempt stalled, slot freed; True: the request failed for good
+
+
+@dataclass(frozen=True, slots=True)
+class LookupRefused(LookupTimeout):
+    """The contact answered, but not with what the lookup asked: an ERROR (its ``code``, e.g.
+    RATE_LIMITED) or a reply of no use here (``code`` None: the wrong kind, a value that does not
+    hash to its key). The request failed for good, as with a final :class:`LookupTimeout`, of
+    which this is a kind (``final`` is True)."""
+
+    code: int | None
 
 
 @dataclass(frozen=True, slots=True)

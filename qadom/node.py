@@ -52,12 +52,15 @@ from .errors import (
     OperationTimeout,
     ProtocolError,
     QadomError,
+    RateLimited,
+    RemoteError,
     StorageFull,
     StorageUnavailable,
 )
 from .events import (
     LookupEvent,
     LookupFinished,
+    LookupRefused,
     LookupReply,
     LookupRequest,
     LookupStarted,
@@ -128,7 +131,7 @@ class RecordService(Protocol):
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None: ...
 
 
-def _ignore_acks(acks: int, now: float) -> None:
+def _ignore_acks(acks: int, error: QadomError | None, now: float) -> None:
     return None
 
 
@@ -295,6 +298,8 @@ class _LookupRun:
         lookup, emit = self.lookup, self.emit
         if envelope is not None and isinstance(envelope.message, Error):
             lookup.on_refusal(contact, envelope.message)
+            if emit:
+                emit(LookupRefused(self.lookup_id, now, contact, True, envelope.message.code))
         elif envelope is None:
             lookup.on_failure(contact)
             if emit:
@@ -303,6 +308,8 @@ class _LookupRun:
             named = self.on_message(contact, envelope.message, lookup, now)
             if named is None:
                 lookup.on_failure(contact)
+                if emit:
+                    emit(LookupRefused(self.lookup_id, now, contact, True, None))
             else:
                 scope = address_scope(contact.address[0])
                 if scope != LOOPBACK:
@@ -761,27 +768,57 @@ class Node:
         return self._radius
 
     def set(self, value: bytes, now: float) -> Call[int]:
-        """Store ``value`` here and at the k closest peers to its key; resolves to the key."""
+        """Store ``value`` at the k closest peers to its key, then here; resolves to the key.
+
+        Fails, with nothing stored here, when there were peers to ask and none of them stored it
+        (:meth:`unstored` says how: StorageFull, RateLimited, RemoteError, OperationTimeout);
+        with no peer known it is stored here alone, and offered to peers as they come (hand-over
+        to a newcomer, and the publisher's republish)."""
         self.check_value(value)
         key = key_for(value)
         cfg = self.config
-        self.store.put_value(key, value, Meta(
-            now + cfg.expire_time, now + cfg.publisher_renew_after, original=True))
         call: Call[int] = self.new_call("set", now)
-        self.replicate(key, Store(value, int(cfg.expire_time)), now,
-                       lambda stored, now: call.resolve(key), call)
+
+        def replicated(acks: int, error: QadomError | None, now: float) -> None:
+            if call.done:  # timed out (or the peer closed): the caller was told it failed
+                return
+            if error is not None:
+                call.fail(error)
+                return
+            try:
+                self.store.put_value(key, value, Meta(
+                    now + cfg.expire_time, now + cfg.publisher_renew_after, original=True))
+            except StorageFull as exc:
+                call.fail(exc)
+                return
+            call.resolve(key)
+
+        self.replicate(key, Store(value, int(cfg.expire_time)), now, replicated, call)
         return call
 
     def append(self, key: int, value: int, now: float) -> Call[None]:
-        """Add ``value`` to the multimap set under ``key``, here and at the k closest peers."""
+        """Add ``value`` to the multimap set under ``key`` at the k closest peers, then here.
+        Fails as :meth:`set` does, with nothing stored here."""
         check_id(key)
         check_id(value, "value")
         cfg = self.config
-        self.store.add_entry(key, value, Meta(
-            now + cfg.expire_time, now + cfg.publisher_renew_after, original=True))
         call: Call[None] = self.new_call("append", now)
-        self.replicate(key, Append(key, value, int(cfg.expire_time)), now,
-                       lambda stored, now: call.resolve(None), call)
+
+        def replicated(acks: int, error: QadomError | None, now: float) -> None:
+            if call.done:
+                return
+            if error is not None:
+                call.fail(error)
+                return
+            try:
+                self.store.add_entry(key, value, Meta(
+                    now + cfg.expire_time, now + cfg.publisher_renew_after, original=True))
+            except StorageFull as exc:
+                call.fail(exc)
+                return
+            call.resolve(None)
+
+        self.replicate(key, Append(key, value, int(cfg.expire_time)), now, replicated, call)
         return call
 
     def unanswered(self, lookup: Lookup) -> QadomError:
@@ -1544,11 +1581,12 @@ class Node:
                      lambda lookup, now: then(lookup.closest(), now), call)
 
     def replicate(self, key: int, message: Message, now: float,
-                  then: Callable[[int, float], None] = _ignore_acks,
+                  then: Callable[[int, QadomError | None, float], None] = _ignore_acks,
                   call: Call[Any] | None = None, *,
                   missed: Callable[[float], None] | None = None) -> None:
         """Look up the k closest to ``key`` and have each hold ``message``'s item;
-        ``then(acks, now)`` with how many of them confirmed it (a republish needs no answer),
+        ``then(acks, error, now)`` with how many of them confirmed it (a republish needs no
+        answer) and, when none did although there were peers to ask, why (:meth:`unstored`);
         and ``missed(now)`` too if it reached nobody: no peer kept it on the lookup nor answered
         the request (a refusal is an answer).
 
@@ -1558,7 +1596,8 @@ class Node:
         get a separate Store. Anything else is sent to the final k closest after the lookup."""
         stored_by: builtins.set[int] = set()
 
-        def send_all(closest: list[Contact], now: float) -> None:
+        def send_all(lookup: Lookup, now: float) -> None:
+            closest = lookup.closest()
             kept = sum(1 for c in closest if c.id in stored_by)
 
             def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
@@ -1566,7 +1605,7 @@ class Node:
                 self.stats["replicas_acked"] += acks
                 if missed is not None and not stored_by and all(r is None for _, r in replies):
                     missed(now)
-                then(acks, now)
+                then(acks, None if acks else self.unstored(lookup, replies), now)
 
             self.ask_each((c for c in closest if c.id not in stored_by), message, now, done)
 
@@ -1582,9 +1621,38 @@ class Node:
                 return reply.nodes
 
             self.run_lookup(key, "node", FindNodeStore(message.value, message.ttl), now,
-                            on_message, lambda lookup, now: send_all(lookup.closest(), now), call)
+                            on_message, send_all, call)
         else:
-            self.find_closest(key, now, send_all, call)
+
+            def on_nodes(contact: Contact, reply: Message, lookup: Lookup,
+                         now: float) -> Iterable[Contact] | None:
+                return reply.nodes if isinstance(reply, Nodes) else None
+
+            self.run_lookup(key, "node", FindNode(key), now, on_nodes, send_all, call)
+
+    def unstored(self, lookup: Lookup,
+                 replies: list[tuple[Contact, Message | None]]) -> QadomError | None:
+        """Why a write that ``lookup`` found the k closest for was confirmed by none of them,
+        given their ``replies``; None when there was nobody to ask (no peer known: the write is
+        ours alone until peers come, as on the first node of a network).
+
+        Refusals speak for themselves: StorageFull when each peer that refused it was full,
+        RateLimited when one refused it for our rate, else the first refusal as a RemoteError.
+        With no refusal, OperationTimeout: the peers asked did not answer."""
+        refusals = [r for _, r in replies if isinstance(r, Error)]
+        if not replies:
+            error = self.unanswered(lookup)
+            return None if isinstance(error, NoPeersError) else error
+        if not refusals:
+            return OperationTimeout(f"none of the {len(replies)} closest peers asked to store "
+                                    "it answered")
+        said = f"{len(refusals)} of the {len(replies)} closest peers asked refused it"
+        codes = {r.code for r in refusals}
+        if codes <= {ErrorCode.STORAGE_FULL, ErrorCode.STORAGE_UNAVAILABLE}:
+            return StorageFull(f"{said}: their storage is full or failing")
+        if ErrorCode.RATE_LIMITED in codes:
+            return RateLimited(ErrorCode.RATE_LIMITED, f"{said}: slow down")
+        return RemoteError(refusals[0].code, f"{said}: {_describe(refusals[0])}")
 
     def _fetch_pages(self, contact: Contact, key: int, after: int, results: builtins.set[int],
                      pages: int, now: float, done: Callable[[float], None]) -> None:

@@ -317,8 +317,13 @@ class Peer:
         return await self._run(protocol.node.ping(resolved, protocol.now()))
 
     async def set(self, value: bytes) -> int:
-        """Store ``value`` (bytes, at most 8192) here and at the k closest peers; returns its key,
-        the SHA-256 of the value as an int."""
+        """Store ``value`` (bytes, at most 8192) at the k closest peers and here; returns its key,
+        the SHA-256 of the value as an int, once one of them stored it.
+
+        When there were peers to ask and none stored it, raises StorageFull (each that refused
+        was full), RateLimited (one refused it for our rate), RemoteError (another refusal) or
+        OperationTimeout (none answered), and nothing is stored here: try again later. A peer
+        that knows no other stores it here alone, and hands it to peers as they join."""
         protocol = self._running()
         return await self._run(protocol.node.set(value, protocol.now()))
 
@@ -329,7 +334,8 @@ class Peer:
         return await self._run(protocol.node.get(key, protocol.now()))
 
     async def append(self, key: int, value: int) -> None:
-        """Add ``value`` to the set stored under ``key`` (both ints in [0, 2**256))."""
+        """Add ``value`` to the set stored under ``key`` (both ints in [0, 2**256)), at the k
+        closest peers and here; fails as :meth:`set` does when none of them stored it."""
         protocol = self._running()
         await self._run(protocol.node.append(key, value, protocol.now()))
 

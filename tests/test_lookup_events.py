@@ -1,0 +1,52 @@
+"""Every request of a lookup ends in an event, so a display of it never shows a peer as asked
+after the lookup is over: a reply, a final timeout, or a refusal (an ERROR, or an answer of no
+use), which is a final timeout that says why."""
+
+from __future__ import annotations
+
+import random
+
+from qadom.events import LookupEvent, LookupRefused, LookupReply, LookupRequest, LookupTimeout
+from qadom.messages import Error, ErrorCode, FindNode, Message, Pong
+from qadom.sim import SimNetwork
+from qadom.widgets import ASKED, FAILED, LookupView
+
+
+def _ended(events: list[LookupEvent]) -> tuple[int, int, list[LookupRefused]]:
+    requests = sum(isinstance(e, LookupRequest) for e in events)
+    ended = sum(isinstance(e, LookupReply) or (isinstance(e, LookupTimeout) and e.final)
+                for e in events)
+    return requests, ended, [e for e in events if isinstance(e, LookupRefused)]
+
+
+def test_sim_refusals_and_useless_answers_end_their_requests_in_events() -> None:
+    net = SimNetwork(4)
+    nodes = net.build(200)
+    origin, target = nodes[0], random.Random(1).getrandbits(256)
+    closest = net.true_closest(target, 10, exclude=origin.id)
+    refusing, useless = set(closest[:5]), set(closest[5:])
+
+    def refuse(message: FindNode, sender: int | None, address: object, now: float) -> Message:
+        return Error(ErrorCode.RATE_LIMITED, "slow down")
+
+    def pong(message: FindNode, sender: int | None, address: object, now: float) -> Message:
+        return Pong()  # not the NODES a FIND_NODE asks for
+
+    for node in nodes:
+        if node.id in refusing:
+            node.register_handler(FindNode, refuse)
+        elif node.id in useless:
+            node.register_handler(FindNode, pong)
+    events: list[LookupEvent] = []
+    origin.add_listener(events.append)
+    view = LookupView(origin, target=target)
+    report = net.lookup(origin, target)
+    requests, ended, refused = _ended(events)
+    assert requests == report.requests and ended == requests
+    assert {e.contact.id for e in refused} == refusing | useless
+    assert {e.code for e in refused if e.contact.id in refusing} == {ErrorCode.RATE_LIMITED}
+    assert {e.code for e in refused if e.contact.id in useless} == {None}
+    assert all(e.final for e in refused)
+    assert report.failures == len(refused)
+    assert sum(p.state == ASKED for p in view.peers.values()) == 0
+    assert sum(p.state == FAILED for p in view.peers.values()) == report.failures

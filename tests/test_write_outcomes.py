@@ -1,0 +1,101 @@
+"""What set and append tell their caller: the key (or None) once a peer among the k closest
+stored the item, an error when there were peers to ask and none stored it. A failed write stores
+nothing here either, so the caller's retry is the only copy that will exist."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+
+import pytest
+
+from qadom import Config, Peer
+from qadom.errors import OperationTimeout, StorageFull
+from qadom.ids import key_for
+from qadom.sim import SimNetwork
+
+from helpers import FAST
+
+
+@asynccontextmanager
+async def writer_and_replicas(replica_config: Config, count: int = 3,
+                              ) -> AsyncIterator[tuple[Peer, list[Peer]]]:
+    """A writer with the default limits joined to ``count`` peers configured otherwise."""
+    async with AsyncExitStack() as stack:
+        writer = await stack.enter_async_context(Peer(config=FAST))
+        replicas = [await stack.enter_async_context(Peer(config=replica_config))
+                    for _ in range(count)]
+        for replica in replicas:
+            await asyncio.wait_for(replica.bootstrap([writer.address]), 10)
+        await asyncio.wait_for(writer.bootstrap([replicas[0].address]), 10)
+        assert len(writer.node.table) == count
+        yield writer, replicas
+
+
+async def test_a_set_every_replica_refused_as_full_fails_and_stores_nothing_here() -> None:
+    async with writer_and_replicas(replace(FAST, max_bytes_per_source=16)) as (writer, replicas):
+        value = b"v" * 100
+        with pytest.raises(StorageFull, match="3 of the 3 closest peers asked refused it"):
+            await asyncio.wait_for(writer.set(value), 20)
+        for peer in (writer, *replicas):
+            assert peer.node.store.get_value(key_for(value)) is None
+        assert writer.node.store.stats()["values"] == 0
+
+
+async def test_an_append_every_replica_refused_as_full_fails_and_stores_nothing_here() -> None:
+    async with writer_and_replicas(replace(FAST, max_bytes_per_source=16)) as (writer, replicas):
+        with pytest.raises(StorageFull):
+            await asyncio.wait_for(writer.append(7, 8), 20)
+        for peer in (writer, *replicas):
+            assert peer.node.store.entry_meta(7, 8) is None
+
+
+async def test_a_write_one_replica_took_succeeds_and_is_stored_here_too() -> None:
+    async with AsyncExitStack() as stack:  # one replica has room, two are full
+        writer = await stack.enter_async_context(Peer(config=FAST))
+        full = replace(FAST, max_bytes_per_source=16)
+        replicas = [await stack.enter_async_context(Peer(config=c)) for c in (full, full, FAST)]
+        for replica in replicas:
+            await asyncio.wait_for(replica.bootstrap([writer.address]), 10)
+        value = b"w" * 100
+        assert await asyncio.wait_for(writer.set(value), 20) == key_for(value)
+        await asyncio.wait_for(writer.append(7, 8), 20)
+        assert writer.node.store.get_value(key_for(value)) == value
+        assert writer.node.store.entry_meta(7, 8) is not None
+        assert replicas[2].node.store.get_value(key_for(value)) == value
+
+
+async def test_a_set_with_no_peer_known_is_stored_here_alone() -> None:
+    async with Peer(config=FAST) as lone:
+        key = await asyncio.wait_for(lone.set(b"first node"), 10)
+        assert lone.node.store.get_value(key) == b"first node"
+        await asyncio.wait_for(lone.append(1, 2), 10)
+        assert await asyncio.wait_for(lone.search(1), 10) == {2}
+
+
+async def test_a_set_no_replica_answered_fails_with_a_timeout() -> None:
+    async with writer_and_replicas(FAST, count=2) as (writer, replicas):
+        for replica in replicas:
+            replica.node.datagram_received = lambda *args: None  # type: ignore[method-assign]
+        with pytest.raises(OperationTimeout):
+            await asyncio.wait_for(writer.set(b"nobody listens"), 30)
+        assert writer.node.store.get_value(key_for(b"nobody listens")) is None
+
+
+def test_sim_three_hundred_appends_started_at_once_reach_every_replica() -> None:
+    # Each append asks each of the k closest about twice (a lookup step and the APPEND): a
+    # burst of writes to one key from one peer stays within the default request burst.
+    net = SimNetwork(21)
+    nodes = net.build(30)
+    writer, key = nodes[0], 1 << 200
+    calls = [net.call(writer, writer.append, key, value) for value in range(300)]
+    for call in calls:
+        net.run_call(call)
+    replicas = set(net.true_closest(key, writer.config.k, exclude=writer.id))
+    for node in nodes:
+        if node.id in replicas:
+            held = node.store.entries_after(key, None, 1000, net.now)[0]
+            assert len(held) == 300, len(held)
+    assert sum(node.stats["rate_limited"] for node in nodes) == 0
