@@ -342,7 +342,9 @@ class Peer:
     async def search(self, key: int) -> builtins.set[int]:
         """Every value appended under ``key`` that the k closest peers hold; empty when none.
         Raises NoPeersError when this peer holds none and knows no other peer, OperationTimeout
-        when none answered."""
+        when none answered. At most ``Config.max_search_pages`` pages of
+        ``Config.search_page_size`` values (160 000) are read from each peer: a key holding
+        more is read in part."""
         protocol = self._running()
         return await self._run(protocol.node.search(key, protocol.now()))
 
@@ -442,7 +444,9 @@ class Peer:
         """Send ``value`` (bytes, at most 8192) to the subscribers of topic ``key``; returns how
         many relays accepted it (at least one). Raises RateLimited when every relay refused for
         our rate, OperationTimeout when no relay answered, and NoPeersError when no peer is
-        known to relay the topic (as :meth:`subscribe` does)."""
+        known to relay the topic (as :meth:`subscribe` does). An OperationTimeout does not mean
+        nobody got it: a relay may have delivered it and its answer been lost or late, so a
+        publisher that sends it again may deliver it twice."""
         protocol = self._running()
         return await self._run(protocol.node.pubsub.publish(key, value, protocol.now()))
 
