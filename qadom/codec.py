@@ -48,6 +48,16 @@ def _id_in(raw: object) -> int:
     return id_from_bytes(raw)
 
 
+def _shown(raw: object) -> str:
+    """An unchecked decoded value as a few characters of text for an error message: an integer
+    of at most 64 bits as its digits, anything else as its type's name. Never formats a value of
+    unbounded size (the decimal digits of a huge integer cost quadratic time, and past 4300 of
+    them Python refuses to write them at all)."""
+    if type(raw) is int:
+        return str(raw) if -MAX_RPC_ID <= raw <= MAX_RPC_ID else "beyond 64 bits"
+    return f"of type {type(raw).__name__}"
+
+
 # Hosts that passed the full check, each mapped to one shared string. Parsing an IP literal costs
 # several microseconds, and a Nodes reply names up to k hosts, mostly the same few; the memo makes
 # the common case one dict lookup. Bounded: it is emptied when full, so a flood of distinct hosts
@@ -161,47 +171,57 @@ class Codec:
             raw = cbor2.loads(data)
         except Exception as exc:  # cbor2 raises several classes (and RecursionError) on bad input
             raise ProtocolError(f"not CBOR: {type(exc).__name__}") from None
-        if type(raw) is not list or not 5 <= len(raw) <= 7:
-            raise ProtocolError("envelope must be an array of 5 to 7 items")
-        if len(raw) == 5:
-            version, code, rpc_id, sender, fields = raw
-            token = None
-        else:
-            version, code, rpc_id, sender, fields, token = raw[:6]
-            if token is not None and (type(token) is not bytes or not 0 < len(token) <= MAX_TOKEN):
-                raise ProtocolError(f"token must be null or 1 to {MAX_TOKEN} bytes")
-            if len(raw) > 6 and type(raw[6]) is not bytes:
-                raise ProtocolError("padding must be a byte string")
-        if type(version) is not int or version != PROTOCOL_VERSION:
-            raise ProtocolError(f"unsupported protocol version {version!r}")
-        plan = self._plans.get(code) if type(code) is int else None
-        cls, decoders = plan if plan is not None else self._plan(code)
-        if type(rpc_id) is not int or not 0 <= rpc_id <= MAX_RPC_ID:
-            raise ProtocolError("rpc id must be an unsigned 64-bit integer")
-        if sender is not None:  # _id_in(sender), inline
-            if type(sender) is not bytes or len(sender) != ID_BYTES:
-                raise ProtocolError("id must be a 32-byte string")
-            sender = int.from_bytes(sender, "big")
-        if type(fields) is not list or len(fields) != len(decoders):
-            raise ProtocolError(f"{cls.__name__} takes {len(decoders)} fields")
-        # Equal lengths: each field meets its decoder. No field or one, the common cases, skip
-        # map (a few tenths of a microsecond).
-        if not fields:
-            values: tuple[object, ...] = ()
-        elif len(fields) == 1:
-            values = (decoders[0](fields[0]),)
-        else:
-            values = tuple(map(call, decoders, fields))
+        # Every check below raises ProtocolError itself; the handler after them is the last line
+        # of defence that keeps the guarantee should one of them meet a value it did not foresee.
+        # (A try block costs nothing until something is raised.)
         try:
-            message: Message = cls(*values)
-        except Exception as exc:  # a message class may check cross-field rules in __post_init__
-            raise ProtocolError(f"invalid {cls.__name__}: {exc}") from None
-        return _envelope(rpc_id, sender, message, token)
+            if type(raw) is not list or not 5 <= len(raw) <= 7:
+                raise ProtocolError("envelope must be an array of 5 to 7 items")
+            if len(raw) == 5:
+                version, code, rpc_id, sender, fields = raw
+                token = None
+            else:
+                version, code, rpc_id, sender, fields, token = raw[:6]
+                if token is not None and (type(token) is not bytes
+                                          or not 0 < len(token) <= MAX_TOKEN):
+                    raise ProtocolError(f"token must be null or 1 to {MAX_TOKEN} bytes")
+                if len(raw) > 6 and type(raw[6]) is not bytes:
+                    raise ProtocolError("padding must be a byte string")
+            if type(version) is not int or version != PROTOCOL_VERSION:
+                raise ProtocolError(f"unsupported protocol version {_shown(version)}")
+            plan = self._plans.get(code) if type(code) is int else None
+            cls, decoders = plan if plan is not None else self._plan(code)
+            if type(rpc_id) is not int or not 0 <= rpc_id <= MAX_RPC_ID:
+                raise ProtocolError("rpc id must be an unsigned 64-bit integer")
+            if sender is not None:  # _id_in(sender), inline
+                if type(sender) is not bytes or len(sender) != ID_BYTES:
+                    raise ProtocolError("id must be a 32-byte string")
+                sender = int.from_bytes(sender, "big")
+            if type(fields) is not list or len(fields) != len(decoders):
+                raise ProtocolError(f"{cls.__name__} takes {len(decoders)} fields")
+            # Equal lengths: each field meets its decoder. No field or one, the common cases, skip
+            # map (a few tenths of a microsecond).
+            if not fields:
+                values: tuple[object, ...] = ()
+            elif len(fields) == 1:
+                values = (decoders[0](fields[0]),)
+            else:
+                values = tuple(map(call, decoders, fields))
+            try:
+                message: Message = cls(*values)
+            except Exception as exc:  # a message class may check cross-field rules in
+                # __post_init__, with text of its own (never the values it was given)
+                raise ProtocolError(f"invalid {cls.__name__}: {exc}") from None
+            return _envelope(rpc_id, sender, message, token)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError(f"malformed envelope: {type(exc).__name__}") from None
 
     def _plan(self, code: object) -> tuple[type[Message], tuple[Callable[[object], object], ...]]:
         """The class and field decoders of a registered ``code``, kept for the next datagram."""
         if type(code) is not int or code not in MESSAGE_TYPES:
-            raise ProtocolError(f"unknown message code {code!r}")
+            raise ProtocolError(f"unknown message code {_shown(code)}")
         cls = MESSAGE_TYPES[code]
         plan = self._plans[code] = (cls, tuple(self._decoders[kind] for _, kind in cls.FIELDS))
         return plan

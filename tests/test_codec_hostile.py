@@ -1,0 +1,114 @@
+"""Hostile envelopes: integers of thousands of digits (CBOR bignums) in any slot, and checks
+that fail in a way they did not foresee, decode to ProtocolError and nothing else; over real UDP
+such datagrams are counted as malformed and log nothing."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+
+import cbor2
+import pytest
+
+import qadom.node  # noqa: F401  (registers every message type, its services' too)
+from qadom import Config
+from qadom.codec import Codec
+from qadom.errors import ProtocolError
+from qadom.messages import MESSAGE_TYPES, PROTOCOL_VERSION, FindNode, Kind
+
+from helpers import udp_network, wait_until
+
+# More decimal digits than Python writes by default (sys.get_int_max_str_digits(): 4300), and
+# still a datagram of about 2 KB.
+HUGE = 10**5000
+CODEC = Codec(Config())
+ID = bytes(32)
+
+# A valid wire value of each field kind: an envelope of these decodes, or is refused by its
+# message class's own rules; one slot replaced by a huge integer must be refused all the same.
+SAMPLE: dict[Kind, object] = {
+    Kind.ID: ID, Kind.OPT_ID: None, Kind.VALUE: b"", Kind.BOOL: False, Kind.UINT16: 0,
+    Kind.TEXT: "", Kind.CONTACTS: [], Kind.IDS: [], Kind.UINT64: 1, Kind.SHORT_BYTES: b"",
+}
+
+
+def negated(item: object) -> object:
+    """``item`` with every HUGE in it, at any depth, replaced by -HUGE."""
+    if isinstance(item, list):
+        return [negated(x) for x in item]
+    return -HUGE if item is HUGE else item
+
+
+def envelopes() -> list[tuple[str, bytes]]:
+    """(name, datagram) for a huge integer, positive and negative, in every slot of the
+    envelope, every field of every registered message, and every item of a contact or id list."""
+    cases: list[tuple[str, list[object]]] = [
+        ("version", [HUGE, 1, 1, None, []]),
+        ("code", [PROTOCOL_VERSION, HUGE, 1, None, []]),
+        ("rpc_id", [PROTOCOL_VERSION, 1, HUGE, None, []]),
+        ("sender", [PROTOCOL_VERSION, 1, 1, HUGE, []]),
+        ("fields", [PROTOCOL_VERSION, 1, 1, None, HUGE]),
+        ("token", [PROTOCOL_VERSION, 1, 1, None, [], HUGE]),
+        ("padding", [PROTOCOL_VERSION, 1, 1, None, [], None, HUGE]),
+        ("contact id", [PROTOCOL_VERSION, 65, 1, ID, [[[HUGE, "127.0.0.1", 1]]]]),
+        ("contact host", [PROTOCOL_VERSION, 65, 1, ID, [[[ID, HUGE, 1]]]]),
+        ("contact port", [PROTOCOL_VERSION, 65, 1, ID, [[[ID, "127.0.0.1", HUGE]]]]),
+        ("contact", [PROTOCOL_VERSION, 65, 1, ID, [[HUGE]]]),
+        ("listed id", [PROTOCOL_VERSION, 68, 1, ID, [[HUGE], False, []]]),
+    ]
+    for code, cls in sorted(MESSAGE_TYPES.items()):
+        for index, (name, _) in enumerate(cls.FIELDS):
+            fields = [SAMPLE[kind] for _, kind in cls.FIELDS]
+            fields[index] = HUGE
+            cases.append((f"{cls.__name__}.{name}", [PROTOCOL_VERSION, code, 1, ID, fields]))
+    out = []
+    for name, items in cases:
+        out.append((name, cbor2.dumps(items)))
+        out.append((f"{name} (negative)", cbor2.dumps(negated(items))))
+    return out
+
+
+CASES = envelopes()
+
+
+@pytest.mark.parametrize(("name", "data"), CASES, ids=[name for name, _ in CASES])
+def test_a_huge_integer_in_any_slot_is_a_protocol_error(name: str, data: bytes) -> None:
+    assert b"\xc2" in data or b"\xc3" in data  # the integer is there, as a bignum
+    assert len(data) <= CODEC.max_datagram
+    with pytest.raises(ProtocolError) as raised:
+        CODEC.decode(data)
+    assert len(str(raised.value)) < 200  # says what is wrong, without the value's digits
+
+
+def test_an_unforeseen_failure_of_a_check_is_a_protocol_error() -> None:
+    codec = Codec(Config())
+
+    def broken(raw: object) -> int:
+        raise OverflowError("a check that met what it did not foresee")
+
+    codec._decoders[Kind.ID] = broken  # before the first FindNode builds its plan
+    data = codec.encode_parts(1, None, FindNode(5))
+    with pytest.raises(ProtocolError):
+        codec.decode(data)
+
+
+async def test_huge_integers_over_udp_are_counted_as_malformed_and_log_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    datagrams = [data for _, data in CASES]
+    async with udp_network(2) as (a, b):
+        def counted(count: int) -> Callable[[], bool]:
+            return lambda: a.stats.get("malformed", 0) >= count
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.bind(("127.0.0.1", 0))
+            for count, data in enumerate(datagrams, 1):  # one at a time: none overflows a buffer
+                sender.sendto(data, a.address)
+                await wait_until(counted(count), timeout=5)
+        assert a.stats.get("malformed", 0) == len(datagrams)
+        key = await b.set(b"still fine")
+        assert await a.get(key) == b"still fine"
+        assert a.stats.get("internal_errors", 0) == 0
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [r for r in caplog.records if r.exc_info and r.levelno > logging.DEBUG] == []
