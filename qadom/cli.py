@@ -98,6 +98,7 @@ with _sigint_kills():
         StorageFull,
         StorageUnavailable,
         UsageError,
+        printable,
     )
     from .identity import Identity
     from .ids import ID_SPACE
@@ -493,12 +494,21 @@ def _not_a_directory(path: str) -> Path | None:
 
 
 def _data_dir_error(data_dir: str, exc: OSError | sqlite3.Error) -> CommandLineError:
-    """The error to report when ``data_dir`` cannot hold a node's data."""
+    """The error to report when ``data_dir`` cannot hold a node's data: naming the file at fault
+    (a lock file that is a directory, a database that cannot be written) when it is not the
+    data dir itself and the reason does not name it already."""
     blocker = _not_a_directory(data_dir)
     if blocker is not None:
         what = "it" if str(blocker) == str(Path(data_dir)) else repr(str(blocker))
         return CommandLineError(f"cannot use data dir {data_dir!r}: {what} is not a directory")
-    reason = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+    if not isinstance(exc, OSError):
+        return CommandLineError(f"cannot use data dir {data_dir!r}: {exc}")
+    reason = str(exc.strerror or exc)
+    if isinstance(exc.filename, (str, bytes, os.PathLike)):
+        filename = os.fsdecode(exc.filename)
+        if (os.path.abspath(filename) != os.path.abspath(data_dir)
+                and filename not in reason):
+            reason = f"{filename!r}: {reason}"
     return CommandLineError(f"cannot use data dir {data_dir!r}: {reason}")
 
 
@@ -1240,9 +1250,12 @@ class _QuietFormatter(logging.Formatter):
 
 
 def _fail(code: int, reason: object) -> int:
-    """Print ``qadom: <reason>`` on one line of stderr (nowhere if stderr is closed)."""
+    """Print ``qadom: <reason>`` on one line of stderr (nowhere if stderr is closed): runs of
+    white space become one space, and any other character that is not printable (a terminal
+    escape sequence's ESC, a BEL) becomes ``?``, whoever wrote the text."""
     if sys.stderr is not None:
-        print("qadom: " + " ".join(str(reason).split()), file=sys.stderr, flush=True)
+        text = " ".join(str(reason).split())
+        print("qadom: " + printable(text, None), file=sys.stderr, flush=True)
     return code
 
 

@@ -86,6 +86,7 @@ from .errors import (
     StorageUnavailable,
     Unauthorized,
     ValueTooLarge,
+    printable,
 )
 from .lookup import Lookup
 from .messages import Error, ErrorCode, Kind, Message, Nodes, Stored, register
@@ -870,12 +871,15 @@ class DhtRecordService:
 
 
 def _refusal_error(refused: DhtRefused | Error) -> QadomError:
+    """The error of a put every holder refused, ``refused`` the first refusal: its reason (the
+    holder's text) shortened and with any character that is not printable replaced."""
+    reason = printable(refused.reason)
     if isinstance(refused, Error):
         if refused.code == ErrorCode.STORAGE_FULL:
-            return StorageFull(refused.reason)
-        return RemoteError(refused.code, refused.reason)
+            return StorageFull(reason)
+        return RemoteError(refused.code, reason)
     if refused.code == RefusedCode.UNAUTHORIZED:
-        return Unauthorized(refused.reason)
+        return Unauthorized(reason)
     if refused.code == RefusedCode.TOO_LARGE:
-        return ValueTooLarge(refused.reason)
-    return RemoteError(refused.code, refused.reason)
+        return ValueTooLarge(reason)
+    return RemoteError(refused.code, reason)

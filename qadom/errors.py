@@ -19,6 +19,22 @@ from __future__ import annotations
 
 import os
 
+REMOTE_TEXT_LIMIT = 120  # the characters of a remote peer's text an exception message keeps
+
+
+def printable(text: str, limit: int | None = REMOTE_TEXT_LIMIT) -> str:
+    """``text`` made safe to show on a terminal or to put in an exception message: its first
+    ``limit`` characters (all of them if ``limit`` is None), each one that is not printable
+    (control characters such as ESC, BEL or a newline, format characters such as a
+    bidirectional override) replaced by ``?``.
+
+    Text a remote peer sent (the reason of an ERROR reply) goes through this before it becomes
+    part of an exception's message, so a peer can neither write terminal escape sequences to the
+    operator's screen nor fill it."""
+    if limit is not None:
+        text = text[:limit]
+    return "".join(c if c.isprintable() else "?" for c in text)
+
 
 class QadomError(Exception):
     """The root of every exception qadom raises on purpose."""
@@ -182,5 +198,7 @@ class TooManySubscribers(RemoteError):
 
 
 class RateLimited(RemoteError):
-    """Every relay asked refused a publish: this sender exceeded its message rate there
-    (``Config.pubsub_rate`` messages per second, bursts of ``Config.pubsub_burst``)."""
+    """Peers refused us for our rate: every relay asked refused a publish or a subscription
+    (``Config.pubsub_rate`` messages per second, bursts of ``Config.pubsub_burst``), or the k
+    closest peers that refused a set or an append did so for our requests
+    (``Config.request_rate``)."""

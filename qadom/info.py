@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .call import Call
 from .contact import Address, ip_of
-from .errors import OperationTimeout, ProtocolError, RemoteError
+from .errors import OperationTimeout, ProtocolError, RemoteError, printable
 from .messages import Envelope, Error, ErrorCode, Kind, Message, register
 
 if TYPE_CHECKING:
@@ -128,8 +128,9 @@ class InfoService:
 
     def query(self, address: Address, now: float) -> Call[dict[str, Any]]:
         """Ask the node at ``address`` for its summary. Fails with OperationTimeout when it does
-        not answer, RemoteError when it refuses (it is not on loopback with us), ProtocolError
-        when the answer is not a JSON object."""
+        not answer, RemoteError when it refuses (it is not on loopback with us; its reason
+        shortened and with any character that is not printable replaced), ProtocolError when
+        the answer is not a JSON object."""
         node = self.node
         call: Call[dict[str, Any]] = node.new_call("info", now)
 
@@ -139,7 +140,7 @@ class InfoService:
                 return
             message = envelope.message
             if isinstance(message, Error):
-                call.fail(RemoteError(message.code, message.reason))
+                call.fail(RemoteError(message.code, printable(message.reason)))
                 return
             if not isinstance(message, InfoReply):
                 call.fail(ProtocolError(f"INFO answered with {type(message).__name__}"))

@@ -69,6 +69,7 @@ from .errors import (
     RemoteError,
     SubscriptionClosed,
     TooManySubscribers,
+    printable,
 )
 from .ids import check_id
 from .messages import Envelope, Error, ErrorCode, Kind, Message, register
@@ -1213,8 +1214,11 @@ class PubSubService:
 
 
 def _refusal(error: Error, what: str) -> RemoteError:
+    """The error of a ``what`` every relay refused, ``error`` the first refusal: its reason (the
+    relay's text) shortened and with any character that is not printable replaced."""
+    reason = f"{what} refused by every relay: {printable(error.reason)}"
     if error.code == ErrorCode.RATE_LIMITED:
-        return RateLimited(error.code, f"{what} refused by every relay: {error.reason}")
+        return RateLimited(error.code, reason)
     if error.code == ErrorCode.TOO_MANY_SUBSCRIBERS:
-        return TooManySubscribers(error.code, f"{what} refused by every relay: {error.reason}")
-    return RemoteError(error.code, f"{what} refused by every relay: {error.reason}")
+        return TooManySubscribers(error.code, reason)
+    return RemoteError(error.code, reason)

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -644,6 +645,39 @@ def test_serve_with_a_data_dir_that_is_a_file_says_so(tmp_path: Path, below: boo
     what = repr(str(file)) if below else "it"
     assert one_line_error(result) == (
         f"cannot use data dir {str(data_dir)!r}: {what} is not a directory")
+
+
+def test_serve_names_the_file_in_the_data_dir_it_cannot_open(tmp_path: Path) -> None:
+    lock = tmp_path / "peer.lock"
+    lock.mkdir()
+    result = qadom("serve", "--port", "0", "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert one_line_error(result) == (
+        f"cannot use data dir {str(tmp_path)!r}: {str(lock)!r}: {os.strerror(errno.EISDIR)}")
+
+
+# Root may create files where the mode forbids it: as root, the command runs without the
+# capabilities that allow that (setpriv, of util-linux).
+_AS_USER = (["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner"]
+            if os.geteuid() == 0 else [])
+
+
+@pytest.mark.skipif(bool(_AS_USER) and shutil.which("setpriv") is None,
+                    reason="root without setpriv may create files where the mode forbids it")
+def test_serve_names_the_file_it_may_not_create_in_the_data_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    data_dir.chmod(0o500)
+    try:
+        result = subprocess.run(
+            [*_AS_USER, sys.executable, "-m", "qadom", "serve", "--port", "0", "--data-dir",
+             str(data_dir)], capture_output=True, timeout=RUN_TIMEOUT, cwd=ROOT, check=False)
+    finally:
+        data_dir.chmod(0o700)
+    assert result.returncode == 2
+    assert one_line_error(result) == (
+        f"cannot use data dir {str(data_dir)!r}: {str(data_dir / 'peer.lock')!r}: "
+        f"{os.strerror(errno.EACCES)}")
 
 
 def test_an_extra_argument_points_to_the_commands_help() -> None:
