@@ -56,6 +56,7 @@ from .errors import (
     RemoteError,
     StorageFull,
     StorageUnavailable,
+    printable,
 )
 from .events import (
     LookupEvent,
@@ -131,6 +132,10 @@ class RecordService(Protocol):
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None: ...
 
 
+_EXPIRE_AGAIN = 1.0
+"""Seconds between two batches of one mass expiry (:meth:`Node._expire`)."""
+
+
 def _ignore_acks(acks: int, error: QadomError | None, now: float) -> None:
     return None
 
@@ -188,7 +193,7 @@ def _describe(error: Error) -> str:
         code = ErrorCode(error.code).name
     except ValueError:
         code = f"code {error.code}"
-    reason = "".join(c if c.isprintable() else "?" for c in error.reason[:120])
+    reason = printable(error.reason)
     return f"{code} ({reason})" if reason else code
 
 
@@ -1766,8 +1771,7 @@ class Node:
         counted (``storage_errors``), and the other steps, which keep the node reachable, still
         run."""
         self._schedule(now + self.config.maintenance_interval, self._maintain)
-        with self._store_step("expire"):
-            self.stats["expired"] += self.store.expire(now)
+        self._expire(now)
         with self._store_step("republish"):
             self._republish(now)
         with self._store_step("save contacts"):
@@ -1793,6 +1797,17 @@ class Node:
             self._refresh(self._to_refresh(now), now, lambda now: None)
         elif now >= self._rejoin_at:
             self._rejoin(now)
+
+    def _expire(self, now: float) -> None:
+        """Drop the expired items, a batch at a time (a store's ``expire`` does at most its
+        ``expire_batch`` in one call, so that a mass expiry never holds up the node for long):
+        while a batch comes back full, the next follows a second later, not an upkeep later,
+        as expired items still count against the store's quotas until they are dropped."""
+        with self._store_step("expire"):
+            dropped = self.store.expire(now)
+            self.stats["expired"] += dropped
+            if dropped and dropped >= getattr(self.store, "expire_batch", math.inf):
+                self._schedule(now + _EXPIRE_AGAIN, self._expire)
 
     def _renew_originals(self, now: float) -> None:
         """At start, before the node serves anything: renew, as a republish would, the lifetime

@@ -475,7 +475,9 @@ class Peer:
             else:
                 self._node_id = id_from_bytes(saved)
             with contextlib.suppress(StorageFull):  # a full disk: the first upkeep tries again
-                store.expire(time.time())
+                # Everything that expired while the node was down goes before it serves.
+                while store.expire(time.time()) >= store.expire_batch:
+                    pass
         except BaseException:
             store.close()
             raise

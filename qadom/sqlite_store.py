@@ -16,7 +16,15 @@ its store left). A store is stamped with qadom's ``application_id`` and its sche
 Anything else is refused with :class:`StoreUnusable` and left exactly as it was: a file that is
 not an SQLite database (corrupt, truncated, something else), a database of another program, one
 written by a newer qadom (a schema this code does not know), or a file this process cannot open
-or write.
+or write (the stamp is written again at every opening to prove the file can be written). The
+file is held with an exclusive lock while the store is open, so two stores never share one file,
+even through a symbolic link from another data dir: the second is refused with
+:class:`~qadom.errors.DataDirInUse`.
+
+Damaged values. SQLite keeps no checksum of what it stores, so each value is stored with its
+SHA-256 (``digest``; a row from before that column must hash to its key) and checked at every
+read: a value whose bytes changed on the disk is never served, republished or handed over, and
+its row is deleted (see :meth:`SqliteStore._drop_damaged`).
 
 Migration. A database written before service records had a lifecycle has a ``records`` table
 without the ``expires``, ``republish_at`` and ``original`` columns (and, from the first durable
@@ -55,22 +63,32 @@ no query.
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import itertools
 import logging
+import os
 import sqlite3
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 from .config import Config
 from .contact import Contact, host_key
-from .errors import InvalidArgument, StorageFull, StorageUnavailable, StoreUnusable
-from .ids import ID_SPACE, id_from_bytes, id_to_bytes
-from .storage import ENTRY_SIZE, NEVER, Due, DueRecord, Meta, Quotas, record_meta
+from .errors import DataDirInUse, InvalidArgument, StorageFull, StorageUnavailable, StoreUnusable
+from .ids import ID_SPACE, id_from_bytes, id_to_bytes, key_for
+from .storage import (
+    ENTRY_SIZE,
+    EXPIRE_BATCH,
+    NEVER,
+    Due,
+    DueRecord,
+    Meta,
+    Quotas,
+    record_meta,
+)
 
 log = logging.getLogger("qadom")
 
@@ -87,6 +105,9 @@ _UNAVAILABLE = frozenset({
 _DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _DAMAGED_READS = frozenset({sqlite3.SQLITE_IOERR_READ, sqlite3.SQLITE_IOERR_SHORT_READ})
 
+_EXPIRED_CHUNK = 64
+"""Expired entries :meth:`SqliteStore.entries_after` reads in one query beyond its page."""
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 _T = TypeVar("_T")
@@ -95,7 +116,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS vals (
     key BLOB PRIMARY KEY, value BLOB NOT NULL, expires REAL NOT NULL,
     republish_at REAL NOT NULL, original INTEGER NOT NULL, cached INTEGER NOT NULL,
-    source TEXT NOT NULL);
+    source TEXT NOT NULL, digest BLOB);
 CREATE INDEX IF NOT EXISTS vals_republish ON vals (republish_at);
 CREATE INDEX IF NOT EXISTS vals_expires ON vals (expires);
 DROP INDEX IF EXISTS vals_cached;
@@ -225,20 +246,57 @@ class SqliteStore:
         the damaged pages commits all the same: such an outage lasts as long as the store is
         open, and is logged once."""
         self._damaged = False
+        self.expire_batch = EXPIRE_BATCH
+        """The most items one :meth:`expire` call drops."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = self._lock_file()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        timeout=self.config.sqlite_busy_timeout)
         except sqlite3.Error as exc:
+            self._lock.close()
             raise StoreUnusable(self.path, f"cannot open it: {exc}") from None
         try:
             self._open()
         except sqlite3.Error as exc:
             self._db.close()
+            self._lock.close()
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
+                raise StoreUnusable(self.path, f"this process cannot write it: {exc}") from None
             raise StoreUnusable(self.path, f"cannot use it as a qadom store: {exc}") from None
         except BaseException:
             self._db.close()
+            self._lock.close()
             raise
+
+    def _lock_file(self) -> IO[bytes]:
+        """Hold an exclusive ``flock`` on the database file (the file a symbolic link names,
+        created if missing) until :meth:`close`: two stores on one file, from two data dirs whose
+        database is one file through a link, or twice in one process, would each count what the
+        other writes wrong. DataDirInUse, nothing opened, when another store holds it;
+        StoreUnusable when the file cannot be opened.
+
+        On Linux ``flock`` locks are independent of the POSIX record locks SQLite takes on the
+        same file, so this lock never blocks SQLite's own (on NFS, where Linux emulates
+        ``flock`` with POSIX locks, SQLite's locking is unreliable anyway). Where ``fcntl`` is
+        missing, nothing is locked."""
+        resolved = self.path.resolve()
+        try:
+            lock = os.fdopen(os.open(resolved, os.O_RDONLY | os.O_CREAT, 0o644), "rb")
+        except OSError as exc:
+            raise StoreUnusable(self.path, f"cannot open it: {exc}") from None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover (no advisory locks on this platform)
+            return lock
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise DataDirInUse(f"the store {str(resolved)!r} is in use by another qadom store"
+                               ) from None
+        return lock
 
     def _open(self) -> None:
         """Check what the file holds before writing anything to it, then create or upgrade the
@@ -262,14 +320,17 @@ class SqliteStore:
         db.execute(f"PRAGMA journal_size_limit={int(self.config.sqlite_wal_limit)}")
         # Created or upgraded, and stamped, in one transaction: a process killed meanwhile leaves
         # the file as it was, never some of the tables without the others.
+        # The stamp is written at every opening, so that a file this process can read but not
+        # write (its mode, a read-only mount) is refused here, with StoreUnusable, rather than
+        # serving while it refuses every write.
         with db:
-            db.execute("BEGIN")
+            db.execute("BEGIN IMMEDIATE")
             self._execute_all(SCHEMA)
             self._migrate_records()
+            self._migrate_digests()
             self._execute_all(RECORD_INDEXES)
-            if (application_id, version) != (APPLICATION_ID, SCHEMA_VERSION):
-                db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._load_counts()
 
     def _execute_all(self, script: str) -> None:
@@ -301,6 +362,14 @@ class SqliteStore:
             self._db.execute(f"ALTER TABLE records ADD COLUMN {name} {ddl}")
         self._db.execute(f"UPDATE records SET republish_at = 0, original = {original} "
                          f"WHERE kind IN ({kinds})", _LIFECYCLE_KINDS)
+
+    def _migrate_digests(self) -> None:
+        """Give a vals table from before values carried their digest the ``digest`` column
+        (NULL in the rows it holds: see :meth:`_intact`), inside the transaction that opens the
+        file."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(vals)")}
+        if "digest" not in present:
+            self._db.execute("ALTER TABLE vals ADD COLUMN digest BLOB")
 
     def _load_counts(self, *, rekey: bool = True) -> None:
         """Count what the file holds, per source, and what cached copies hold (the quotas), and
@@ -361,7 +430,9 @@ class SqliteStore:
         restored with it, so they never drift from what was committed, and a refusal costs no
         recount of the file (a node on a full disk refuses every write). A full disk is
         StorageFull; a database that cannot be written now is StorageUnavailable (see
-        :meth:`_refusal`)."""
+        :meth:`_refusal`). Only a transaction that changed a row ends an outage: one that found
+        nothing to write (a sweep with nothing expired) never wrote to the disk."""
+        changes = self._db.total_changes
         try:
             with self.quotas.transaction(), self._counts.transaction(), self._db:
                 self._db.execute("BEGIN")
@@ -371,7 +442,8 @@ class SqliteStore:
             if refusal is None:
                 raise
             raise refusal from None
-        if self.unavailable is not None and not self._damaged:
+        if (self.unavailable is not None and not self._damaged
+                and self._db.total_changes != changes):
             log.warning("the store %s accepts writes again", self.path)
             self.unavailable = None
 
@@ -402,14 +474,58 @@ class SqliteStore:
 
     @_reading
     def get_value(self, key: int, now: float | None = None) -> bytes | None:
-        row = self._db.execute("SELECT value, expires, original FROM vals WHERE key = ?",
+        """The value, None when it is missing, expired at ``now`` or damaged (see
+        :meth:`_intact`)."""
+        row = self._db.execute("SELECT value, expires, original, digest FROM vals WHERE key = ?",
                                (id_to_bytes(key),)).fetchone()
         if row is None:
             return None
-        value, expires, original = row
+        value, expires, original, digest = row
         if now is not None and not original and expires <= now:
             return None
+        if not self._intact(key, value, digest):
+            self._drop_damaged([key])
+            return None
         return bytes(value)
+
+    def _intact(self, key: int, value: bytes, digest: bytes | None) -> bool:
+        """Whether a value row read back is what was stored: its SHA-256 is the digest written
+        with it (a row from before values carried one: its key, the SHA-256 every value a node
+        stores is kept under). SQLite keeps no checksum of what it stores, so bytes changed on
+        the disk would otherwise be served as good, and every peer served them would take this
+        node for a liar."""
+        if digest is None:
+            return key_for(bytes(value)) == key
+        return hashlib.sha256(value).digest() == bytes(digest)
+
+    def _drop_damaged(self, keys: list[int]) -> None:
+        """Delete the value rows under ``keys``, found damaged (:meth:`_intact`), and log each.
+
+        A damaged copy is never served, republished or handed over, and it is deleted rather
+        than kept: nothing can mend it here, while the k closest peers hold good copies (a
+        replica comes back with their next republish; a value we published ourselves is no
+        longer republished by us, as the warning says, and must be set again). Deleting it
+        frees its quota and takes it off the schedule, where it would stay due forever. A store
+        that cannot be written now keeps the row, still never returned."""
+        try:
+            with self._writing():
+                for key in keys:
+                    row = self._db.execute(
+                        f"SELECT length(value), {_META_COLUMNS} FROM vals WHERE key = ?",
+                        (id_to_bytes(key),)).fetchone()
+                    if row is None:
+                        continue
+                    meta = _meta(row[1:])
+                    self.quotas.remove(meta.source, int(row[0]), meta.cached)
+                    self._counts.values -= 1
+                    self._counts.value_bytes -= int(row[0])
+                    self._db.execute("DELETE FROM vals WHERE key = ?", (id_to_bytes(key),))
+                    log.warning("the store %s held a damaged copy of the value %064x (its bytes "
+                                "changed on the disk); it was deleted%s", self.path, key,
+                                ", and is no longer republished by this node: set it again"
+                                if meta.original else "")
+        except StorageFull:
+            pass  # logged by _refusal; the damaged rows are skipped at every read until then
 
     @_reading
     def value_meta(self, key: int) -> Meta | None:
@@ -419,17 +535,23 @@ class SqliteStore:
 
     @_reading
     def get_value_and_meta(self, key: int, now: float) -> tuple[bytes, Meta] | None:
-        row = self._db.execute(f"SELECT value, {_META_COLUMNS} FROM vals WHERE key = ?",
+        """As :meth:`get_value`: never a damaged value."""
+        row = self._db.execute(f"SELECT value, digest, {_META_COLUMNS} FROM vals WHERE key = ?",
                                (id_to_bytes(key),)).fetchone()
         if row is None:
             return None
-        meta = _meta(row[1:])
+        meta = _meta(row[2:])
         if not meta.original and meta.expires <= now:
+            return None
+        if not self._intact(key, row[0], row[1]):
+            self._drop_damaged([key])
             return None
         return bytes(row[0]), meta
 
     @_reading
     def put_value(self, key: int, value: bytes, meta: Meta) -> None:
+        """Stored with its SHA-256 (:meth:`_intact` checks every read against it)."""
+        digest = hashlib.sha256(value).digest()
         row = self._db.execute(f"SELECT length(value), {_META_COLUMNS} FROM vals WHERE key = ?",
                                (id_to_bytes(key),)).fetchone()
         with self._writing():
@@ -445,14 +567,15 @@ class SqliteStore:
                 self._counts.value_bytes += len(value) - int(row[0])
                 # A key names one value (its SHA-256): storing it again, as every republish
                 # does, changes only its bookkeeping, so the blob is not written again.
+                # A damaged copy differs from the value: the whole row is written again.
                 if int(row[0]) == len(value) and self._db.execute(
                         "UPDATE vals SET expires = ?, republish_at = ?, original = ?, cached = ?, "
-                        "source = ? WHERE key = ? AND value = ?",
-                        (*_meta_params(meta), id_to_bytes(key), value)).rowcount:
+                        "source = ?, digest = ? WHERE key = ? AND value = ?",
+                        (*_meta_params(meta), digest, id_to_bytes(key), value)).rowcount:
                     return
-            self._db.execute(f"INSERT OR REPLACE INTO vals (key, value, {_META_COLUMNS}) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                             (id_to_bytes(key), value, *_meta_params(meta)))
+            self._db.execute(f"INSERT OR REPLACE INTO vals (key, value, {_META_COLUMNS}, digest) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (id_to_bytes(key), value, *_meta_params(meta), digest))
 
     # ------------------------------------------------------------------ entries
 
@@ -483,15 +606,61 @@ class SqliteStore:
     @_reading
     def entries_after(self, key: int, after: int | None, limit: int, now: float | None = None,
                       ) -> tuple[list[int], bool]:
+        """See :meth:`Store.entries_after <qadom.storage.Store.entries_after>`. With ``now``,
+        the entries expired and not yet swept that the page steps over are deleted (as
+        :meth:`expire` deletes them, in one transaction), so that each is read by one call
+        only: the cost of a call is its page plus the expired entries it meets for the first
+        time, never every expired entry of the key at every SEARCH until the sweep."""
         limit = max(0, limit)
+        raw = id_to_bytes(key)
         low = b"" if after is None else id_to_bytes(after)
-        live, params = ("", ()) if now is None else (
-            " AND (original = 1 OR expires > ?)", (now,))  # not expired (see expire)
-        rows = self._db.execute(
-            f"SELECT value FROM entries WHERE key = ? AND value > ?{live} ORDER BY value LIMIT ?",
-            (id_to_bytes(key), low, *params, limit + 1)).fetchall()
-        values = [id_from_bytes(bytes(row[0])) for row in rows[:limit]]
-        return values, len(rows) > limit
+        if now is None:
+            rows = self._db.execute(
+                "SELECT value FROM entries WHERE key = ? AND value > ? ORDER BY value LIMIT ?",
+                (raw, low, limit + 1)).fetchall()
+            return [id_from_bytes(bytes(row[0])) for row in rows[:limit]], len(rows) > limit
+        page: list[int] = []
+        dead: list[tuple[bytes, str]] = []  # expired (as expire drops them): value, source
+        chunk = limit + 1 + _EXPIRED_CHUNK
+        more = False
+        while not more:
+            rows = self._db.execute(
+                "SELECT value, original, expires, source FROM entries WHERE key = ? AND value > ? "
+                "ORDER BY value LIMIT ?", (raw, low, chunk)).fetchall()
+            for value, original, expires, source in rows:
+                if not original and expires <= now:
+                    dead.append((bytes(value), str(source)))
+                elif len(page) == limit:
+                    more = True
+                    break
+                else:
+                    page.append(id_from_bytes(bytes(value)))
+            if len(rows) < chunk:
+                break
+            low = bytes(rows[-1][0])
+        if dead:
+            self._drop_expired_entries(raw, dead, now)
+        return page, more
+
+    def _drop_expired_entries(self, raw_key: bytes, dead: list[tuple[bytes, str]],
+                              now: float) -> None:
+        """Delete the entries ``dead`` (value, source) under ``raw_key``, expired at ``now``, as
+        :meth:`expire` would; a store that cannot be written now keeps them (still skipped by
+        every read that gives ``now``)."""
+        try:
+            with self._writing():
+                deleted = 0
+                for value, source in dead:
+                    if self._db.execute(
+                            "DELETE FROM entries WHERE key = ? AND value = ? AND original = 0 "
+                            "AND expires <= ?", (raw_key, value, now)).rowcount:
+                        self.quotas.remove(source, ENTRY_SIZE)
+                        self._counts.entries -= 1
+                        deleted += 1
+                if deleted and not self._has_entries(raw_key):
+                    self._counts.entry_keys -= 1
+        except StorageFull:
+            pass  # logged by _refusal
 
     def _has_entries(self, raw_key: bytes) -> bool:
         """Whether any entry is stored under the key (one lookup in the primary key)."""
@@ -507,10 +676,10 @@ class SqliteStore:
         never hold back an entry due sooner."""
         if limit <= 0:  # SQLite reads a negative LIMIT as none at all
             return []
-        values = [((meta.republish_at, key), Due(key, bytes(value), meta))
-                  for key, value, meta in self._rows(
-                      f"SELECT key, value, {_META_COLUMNS} FROM vals WHERE republish_at <= ? "
-                      "ORDER BY republish_at, key LIMIT ?", (now, limit))]
+        values = [((meta.republish_at, key), Due(key, value, meta))
+                  for key, value, meta in self._intact_values(
+                      f"SELECT key, value, {_META_COLUMNS}, digest FROM vals "
+                      "WHERE republish_at <= ? ORDER BY republish_at, key LIMIT ?", (now, limit))]
         entries = [((meta.republish_at, key, id_from_bytes(bytes(value))),
                     Due(key, id_from_bytes(bytes(value)), meta))
                    for key, value, meta in self._rows(
@@ -518,6 +687,23 @@ class SqliteStore:
                        "WHERE republish_at <= ? ORDER BY republish_at, key, value LIMIT ?",
                        (now, limit))]
         return _first(limit, values, entries)
+
+    def _intact_values(self, sql: str, params: tuple[object, ...],
+                       ) -> list[tuple[int, bytes, Meta]]:
+        """``(key, value, Meta)`` of each row of ``sql`` (which selects a key, the value,
+        :data:`_META_COLUMNS` and the digest) whose value is intact; the damaged ones are left
+        out and deleted (:meth:`_drop_damaged`)."""
+        found: list[tuple[int, bytes, Meta]] = []
+        damaged: list[int] = []
+        for raw, value, *rest, digest in self._db.execute(sql, params).fetchall():
+            key = id_from_bytes(bytes(raw))
+            if self._intact(key, value, digest):
+                found.append((key, bytes(value), _meta(rest)))
+            else:
+                damaged.append(key)
+        if damaged:
+            self._drop_damaged(damaged)
+        return found
 
     def _rows(self, sql: str, params: tuple[object, ...]) -> Iterator[tuple[int, Any, Meta]]:
         """``(key, second column, Meta)`` of each row of ``sql``, which selects a key, one more
@@ -537,8 +723,8 @@ class SqliteStore:
         # "+cached": SQLite would otherwise read the cached index for every value that is not a
         # cached copy, to test its key, instead of reading only the keys in the range.
         values: list[tuple[tuple[Any, ...], Due | DueRecord]]
-        values = [((key, 0), Due(key, bytes(value), meta)) for key, value, meta in self._rows(
-            f"SELECT key, value, {_META_COLUMNS} FROM vals WHERE key >= ?{bound} "
+        values = [((key, 0), Due(key, value, meta)) for key, value, meta in self._intact_values(
+            f"SELECT key, value, {_META_COLUMNS}, digest FROM vals WHERE key >= ?{bound} "
             "AND +cached = 0 ORDER BY key LIMIT ?", (*params, limit))]
         entries: list[tuple[tuple[Any, ...], Due | DueRecord]]
         entries = [((key, 1, id_from_bytes(bytes(value))),
@@ -556,44 +742,45 @@ class SqliteStore:
         return _first(limit, values, entries, records)
 
     def expire(self, now: float) -> int:
-        dropped = 0
+        """See :meth:`Store.expire <qadom.storage.Store.expire>`: at most :attr:`expire_batch`
+        items and records, the soonest expired first, read through the expiry indexes and
+        deleted in one transaction; a call that returns ``expire_batch`` may have left more for
+        the next. Each table's rows are read and deleted in the same order (expiry, then
+        rowid), so the rows deleted are the rows counted."""
+        batch = max(0, self.expire_batch)
+        tables = (("vals", "length(value)"), ("entries", str(ENTRY_SIZE)),
+                  ("records", "length(data)"))
+        soonest = "original = 0 AND expires <= ? ORDER BY expires, rowid LIMIT ?"
         with self._writing():
-            cached_bytes, cached_items = self._db.execute(
-                "SELECT COALESCE(SUM(length(value)), 0), COUNT(*) FROM vals "
-                "WHERE original = 0 AND cached = 1 AND expires <= ?", (now,)).fetchone()
-            self.quotas.cached_bytes -= int(cached_bytes)
-            self.quotas.cached_items -= int(cached_items)
+            found: list[tuple[tuple[Any, ...], tuple[str, str, int, bool, bytes]]] = []
+            for tag, (table, size) in enumerate(tables):
+                cached = "cached" if table == "vals" else "0"
+                found.extend(
+                    ((expires, tag, rowid), (table, str(source), int(length), bool(is_cached),
+                                             bytes(key)))
+                    for rowid, expires, source, length, is_cached, key in self._db.execute(
+                        f"SELECT rowid, expires, source, {size}, {cached}, key FROM {table} "
+                        f"WHERE {soonest}", (now, batch)))
+            found.sort(key=lambda pair: pair[0])
+            dropped = [row for _, row in found[:batch]]
             counts = self._counts
-            for source, size_sum, count in self._db.execute(
-                    "SELECT source, SUM(length(value)), COUNT(*) FROM vals "
-                    "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
-                self.quotas.unload(source, int(size_sum), int(count))
-                counts.values -= int(count)
-                counts.value_bytes -= int(size_sum)
-                dropped += int(count)
-            # One pass over the expiring entries: their sources (for the quotas) and their keys
-            # (those left with no entry no longer count, checked below).
-            per_source: Counter[str] = Counter()
-            keys: set[bytes] = set()
-            for key, source in self._db.execute(
-                    "SELECT key, source FROM entries WHERE original = 0 AND expires <= ?", (now,)):
-                per_source[source] += 1
-                keys.add(bytes(key))
-            for source, count in per_source.items():
-                self.quotas.unload(source, count * ENTRY_SIZE, count)
-                counts.entries -= count
-                dropped += count
-            for source, size_sum, count in self._db.execute(
-                    "SELECT source, SUM(length(data)), COUNT(*) FROM records "
-                    "WHERE original = 0 AND expires <= ? GROUP BY source", (now,)).fetchall():
-                self.quotas.unload(source, int(size_sum), int(count))
-                counts.records -= int(count)
-                dropped += int(count)
-            self._db.execute("DELETE FROM vals WHERE original = 0 AND expires <= ?", (now,))
-            self._db.execute("DELETE FROM entries WHERE original = 0 AND expires <= ?", (now,))
-            self._db.execute("DELETE FROM records WHERE original = 0 AND expires <= ?", (now,))
+            keys: set[bytes] = set()  # keys of entries dropped: those left with none are counted
+            for table, source, length, is_cached, key in dropped:
+                self.quotas.remove(source, length, is_cached)
+                if table == "vals":
+                    counts.values -= 1
+                    counts.value_bytes -= length
+                elif table == "entries":
+                    counts.entries -= 1
+                    keys.add(key)
+                else:
+                    counts.records -= 1
+            for table, _ in tables:  # run even when none is due: a read-only disk refuses it
+                self._db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "
+                                 f"WHERE {soonest})",
+                                 (now, sum(1 for row in dropped if row[0] == table)))
             counts.entry_keys -= sum(1 for key in keys if not self._has_entries(key))
-        return dropped
+        return len(dropped)
 
     def forget(self, key: int) -> bool:
         raw = id_to_bytes(key)
@@ -721,7 +908,16 @@ class SqliteStore:
         }
 
     def close(self) -> None:
+        """Close the database and release its lock (:meth:`_lock_file`)."""
         self._db.close()
+        self._lock.close()
+
+    def __del__(self) -> None:
+        """A store dropped without :meth:`close` releases its lock when collected."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None and not lock.closed:
+            self._db.close()
+            lock.close()
 
     # ------------------------------------------------------------------ internals
 

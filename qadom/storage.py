@@ -18,9 +18,9 @@ contacts and the node's identity (``meta`` blobs).
 * a read of a durable store whose database cannot be read now (a failing disk, a damaged
   file) raises :class:`~qadom.errors.StorageUnavailable` and changed nothing, never the
   database's own error; :class:`MemoryStore` never refuses a read;
-* an expired item is never returned once :meth:`Store.expire` has run past its expiry, and
-  :meth:`Store.get_value`, :meth:`Store.get_record` and :meth:`Store.entries_after` with ``now``
-  never return an expired one;
+* an expired item is never returned once :meth:`Store.expire` has dropped it (a bounded batch
+  per call, the soonest expired first), and :meth:`Store.get_value`, :meth:`Store.get_record` and
+  :meth:`Store.entries_after` with ``now`` never return an expired one;
 * quotas (:class:`Quotas`) hold at every moment;
 * :meth:`Store.stats` costs O(1) (a remote peer may ask for it): its counts are kept as the store
   changes, and equal a fresh count of what it holds after every write, refused or not.
@@ -28,8 +28,8 @@ contacts and the node's identity (``meta`` blobs).
 Eviction rule: a full store *refuses* new items rather than evicting stored ones, because an item
 held as one of the k replicas is a promise to the network. Only cached copies (which the network
 can always rebuild) make room: when a write that is not itself a cached copy would exceed the
-total quotas, cached copies are evicted, soonest-expiring first. Expired items free their room at
-the next :meth:`Store.expire` (every ``maintenance_interval``).
+total quotas, cached copies are evicted, soonest-expiring first. Expired items free their room
+when :meth:`Store.expire` drops them (every ``maintenance_interval``, a bounded batch at a time).
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ from .ids import ID_SPACE
 
 ENTRY_SIZE = 32
 """Bytes a multimap entry counts for in quotas (its 256-bit value)."""
+
+EXPIRE_BATCH = 4096
+"""The most items and records one :meth:`Store.expire` of :class:`MemoryStore` and
+:class:`~qadom.sqlite_store.SqliteStore` drops (their ``expire_batch``): a few tens of
+milliseconds of the event loop. A node sweeps every ``maintenance_interval``, so more expiring at
+once are dropped over the next ticks; until then every read that gives the time skips them."""
 
 NEVER = float("inf")
 
@@ -350,8 +356,11 @@ class Store(Protocol):
         ...
 
     def expire(self, now: float) -> int:
-        """Drop every item and record expired at ``now`` (original ones excepted); returns how
-        many."""
+        """Drop items and records expired at ``now`` (original ones excepted), the soonest
+        expired first; returns how many. A store may bound the work of one call (MemoryStore and
+        SqliteStore drop at most their ``expire_batch``, :data:`EXPIRE_BATCH` by default): a
+        call that returns that many may have left more for the next call, and the reads that
+        give ``now`` skip those meanwhile."""
         ...
 
     def forget(self, key: int) -> bool:
@@ -440,6 +449,8 @@ class MemoryStore:
 
     def __init__(self, config: Config | None = None) -> None:
         self.quotas = Quotas(config or Config())
+        self.expire_batch = EXPIRE_BATCH
+        """The most items and records one :meth:`expire` call drops."""
         self._values: dict[int, tuple[bytes, Meta]] = {}
         self._sets: dict[int, list[int]] = {}
         self._entries: dict[tuple[int, int], Meta] = {}
@@ -526,21 +537,31 @@ class MemoryStore:
 
     def entries_after(self, key: int, after: int | None, limit: int, now: float | None = None,
                       ) -> tuple[list[int], bool]:
+        """See :meth:`Store.entries_after`. With ``now``, the entries expired since the last
+        sweep that the page steps over are dropped (as :meth:`expire` drops them), so each is
+        met by one call only: a call costs O(page + expired entries met for the first time),
+        not every expired entry of the key at every SEARCH until the sweep."""
         limit = max(0, limit)
         values = self._sets.get(key, [])
         start = 0 if after is None else bisect.bisect_right(values, after)
         if now is None:
             return values[start:start + limit], start + limit < len(values)
-        # The set still holds entries expired since the last sweep: step over them.
         page: list[int] = []
+        dead: list[int] = []
+        more = False
+        end = len(values)
         for i in range(start, len(values)):
             value = values[i]
             if _expired(self._entries[(key, value)], now):
-                continue
-            if len(page) == limit:
-                return page, True
-            page.append(value)
-        return page, False
+                dead.append(value)
+            elif len(page) == limit:
+                more, end = True, i
+                break
+            else:
+                page.append(value)
+        if dead:
+            self._drop_entries(key, start, end, dead, now)
+        return page, more
 
     # ------------------------------------------------------------------ schedule
 
@@ -610,22 +631,35 @@ class MemoryStore:
         return found
 
     def expire(self, now: float) -> int:
-        """See :meth:`Store.expire`: in O((expired + garbage met) log n)."""
+        """See :meth:`Store.expire`: at most :attr:`expire_batch` items and records, the soonest
+        expired first, in O((dropped + garbage met) log n)."""
+        batch = max(0, self.expire_batch)
+        # (expiry, kind of item, entry of its index): 0 a value, 1 an entry, 2 a record.
+        found: list[tuple[float, int, tuple[Any, ...]]]
         if self._indexed:
-            dead_values = [key for _, key in self._value_expiry.pop(self, now)]
-            dead_entries = [(key, value) for _, key, value in self._entry_expiry.pop(self, now)]
-            dead_records = [(kind, key) for _, key, kind in self._record_expiry.pop(self, now)]
+            found = [(e[0], tag, e) for tag, index in enumerate(
+                (self._value_expiry, self._entry_expiry, self._record_expiry))
+                for e in index.pop(self, now, batch)]
         else:
-            dead_values = [k for k, (_, m) in self._values.items() if _dead(m, now)]
-            dead_entries = [ke for ke, m in self._entries.items() if _dead(m, now)]
-            dead_records = [kk for kk, (_, m) in self._records.items() if _dead(m, now)]
-        for key in dead_values:
-            self._drop_value(key)
-        for key, value in dead_entries:
-            self._drop_entry(key, value)
-        for kind, key in dead_records:
-            self.delete_record(kind, key)
-        return len(dead_values) + len(dead_entries) + len(dead_records)
+            found = [(m.expires, 0, (m.expires, k)) for k, (_, m) in self._values.items()
+                     if _dead(m, now)]
+            found += [(m.expires, 1, (m.expires, *ke)) for ke, m in self._entries.items()
+                      if _dead(m, now)]
+            found += [(m.expires, 2, (m.expires, k, kind))
+                      for (kind, k), (_, m) in self._records.items() if _dead(m, now)]
+        found.sort(key=lambda item: item[:2])
+        if self._indexed:  # popped but left for the next call: back into their indexes
+            indexes = (self._value_expiry, self._entry_expiry, self._record_expiry)
+            for _, tag, entry in found[batch:]:
+                indexes[tag].put_back(entry)
+        for _, tag, entry in found[:batch]:
+            if tag == 0:
+                self._drop_value(entry[1])
+            elif tag == 1:
+                self._drop_entry(entry[1], entry[2])
+            else:
+                self.delete_record(entry[2], entry[1])
+        return min(len(found), batch)
 
     def forget(self, key: int) -> bool:
         """See :meth:`Store.forget`: reads only what is stored under ``key``."""
@@ -765,6 +799,24 @@ class MemoryStore:
         self.quotas.remove(meta.source, len(value), meta.cached)
         self._value_bytes -= len(value)
         self._index_value(key, meta, None)
+
+    def _drop_entries(self, key: int, start: int, end: int, dead: list[int], now: float) -> None:
+        """Drop the entries ``dead`` under ``key``, expired at ``now`` and all at positions
+        ``start`` to ``end`` of its set, in O(end - start) plus O(log n) for each (one by one,
+        :meth:`_drop_entry` would shift the set's list once per entry). An entry that
+        :meth:`expire` would keep (one that never expires, when ``now`` is infinite) is kept."""
+        gone = {value for value in dead if _dead(self._entries[(key, value)], now)}
+        if not gone:
+            return
+        values = self._sets[key]
+        values[start:end] = [value for value in values[start:end] if value not in gone]
+        for value in gone:
+            meta = self._entries.pop((key, value))
+            self.quotas.remove(meta.source, ENTRY_SIZE)
+            self._index_entry(key, value, meta, None)
+        if not values:
+            del self._sets[key]
+            self._reindex(key)
 
     def _drop_entry(self, key: int, value: int) -> None:
         meta = self._entries.pop((key, value))
@@ -998,16 +1050,21 @@ class _TimeIndex:
             heapq.heappush(heap, entry)
         return found
 
-    def pop(self, store: MemoryStore, now: float) -> list[tuple[Any, ...]]:
-        """Every live entry whose time is at or before ``now``, soonest first, taken out: the
-        caller drops each of those items (and reports it with :meth:`moved`)."""
+    def pop(self, store: MemoryStore, now: float, limit: int) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` live entries whose time is at or before ``now``, soonest first, taken
+        out: the caller drops each of those items (and reports it with :meth:`moved`), or gives
+        it back with :meth:`put_back`."""
         heap, current = self._heap, self._current
         found: list[tuple[Any, ...]] = []
-        while heap and heap[0][0] <= now:
+        while heap and len(found) < limit and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             if current(store, entry) == entry[0] and (not found or found[-1] != entry):
                 found.append(entry)
         return found
+
+    def put_back(self, entry: tuple[Any, ...]) -> None:
+        """Return a live entry :meth:`pop` took out and whose item was not dropped."""
+        heapq.heappush(self._heap, entry)
 
     def drain(self, store: MemoryStore) -> Iterator[tuple[Any, ...]]:
         """The live entries, soonest first, each taken out as it is yielded: the caller drops

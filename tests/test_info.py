@@ -14,8 +14,10 @@ import pytest
 from qadom import Config, Node
 from qadom.contact import Address, Contact
 from qadom.errors import OperationTimeout, ProtocolError, RemoteError
+from qadom.ids import key_for
 from qadom.info import InfoReply, InfoRequest, is_loopback
 from qadom.messages import Envelope, Error, ErrorCode
+from qadom.storage import Meta
 
 SERVER: Address = ("127.0.0.1", 9000)
 
@@ -46,8 +48,7 @@ def ask(server: Node, source: Address, now: float) -> dict[str, object] | BaseEx
 def test_info_is_answered_to_loopback_sources(source: str) -> None:
     server = make_node(1, SERVER, now=100.0)
     server.table.seen(Contact(12345, ("127.0.0.1", 9001)))
-    server.set(b"abc", 100.0)  # stored here, and sent towards the contact
-    server.datagrams_to_send()  # which never answers
+    server.store.put_value(key_for(b"abc"), b"abc", Meta(100.0 + 86400, original=True))
     summary = ask(server, (source, 5000), now=142.5)
     assert isinstance(summary, dict)
     assert summary["id"] == str(server.id)

@@ -123,7 +123,8 @@ def test_a_data_dir_of_the_first_schema_opens_with_every_record(tmp_path: Path) 
         ("namespace", id_to_bytes(1), b"a namespace record"),
         ("dht", id_to_bytes(2), b"a dht record"),
         ("identity", id_to_bytes(3), b"secret")])
-    db.execute("INSERT INTO vals VALUES (?, ?, 1e12, 5.0, 1, 0, '')", (id_to_bytes(9), b"ours"))
+    ours = key_for(b"ours")  # a value's key is its SHA-256: a row that breaks it is damaged
+    db.execute("INSERT INTO vals VALUES (?, ?, 1e12, 5.0, 1, 0, '')", (id_to_bytes(ours), b"ours"))
     db.executemany("INSERT INTO entries VALUES (?, ?, 1e12, 5.0, 0, 0, '10.0.0.1')", [
         (id_to_bytes(key), id_to_bytes(value)) for key, value in ((4, 1), (4, 2), (5, 1))])
     db.execute("INSERT INTO meta VALUES ('node_id', ?)", (b"\x07" * 32,))
@@ -133,7 +134,7 @@ def test_a_data_dir_of_the_first_schema_opens_with_every_record(tmp_path: Path) 
     store = SqliteStore(path, DEFAULT)
     try:
         assert store.get_meta("node_id") == b"\x07" * 32
-        assert store.get_value(9) == b"ours"
+        assert store.get_value(ours) == b"ours"
         assert store.get_record("namespace", 1) == b"a namespace record"
         assert store.get_record("identity", 3) == b"secret"
         # Who sent them is unknown: never taken for ours (that would republish another
@@ -313,8 +314,9 @@ def test_handing_over_a_range_reads_the_range_not_every_value(tmp_path: Path) ->
     with store._db:
         store._db.execute("BEGIN")
         store._db.executemany(
-            "INSERT INTO vals VALUES (?, x'00', 1e12, 1e12, 0, ?, '10.0.0.1')",
-            ((id_to_bytes(key), int(key % 10 == 0)) for key in range(20_000)))
+            "INSERT INTO vals VALUES (?, x'00', 1e12, 1e12, 0, ?, '10.0.0.1', ?)",
+            ((id_to_bytes(key), int(key % 10 == 0), hashlib.sha256(b"\0").digest())
+             for key in range(20_000)))
     store.close()
     store = SqliteStore(path, DEFAULT)
     steps = [0]

@@ -397,7 +397,7 @@ def test_sim_a_subscriber_refusing_a_burst_for_its_request_rate_keeps_its_relays
     each relay, more DELIVERs than its node's request burst: its node answers some with
     RATE_LIMITED. That says "not so fast", not "not subscribed": the relays keep it, and what is
     published next reaches it through every one of them."""
-    config = dataclasses.replace(SIM, pubsub_lease=60.0)
+    config = dataclasses.replace(SIM, pubsub_lease=60.0, request_rate=200.0, request_burst=400)
     net, nodes = sim_network(30, seed=7, config=config)
     subscriber, publishers = nodes[0], nodes[1:4]
     topic = far_topic(nodes, [subscriber, *publishers], config.k)

@@ -111,16 +111,20 @@ def test_expired_entries_are_not_served_before_the_sweep(make_store: type) -> No
     store.add_entry(9, 3, Meta(expires=5.0, original=True))  # ours: lives while we publish it
     store.add_entry(9, 4, Meta(expires=10.0))
     assert store.entries_after(9, None, 10, 9.0) == ([1, 2, 3, 4], False)
+    assert store.entries_after(9, None, 10) == ([1, 2, 3, 4], False)  # no clock: what is held
+    assert store.entries_after(9, 2, 1, 10.0) == ([3], False)  # only expired ones follow
+    assert store.entries_after(9, None, 10) == ([1, 2, 3], False)  # 4 met expired: dropped
     assert store.entries_after(9, None, 10, 10.0) == ([2, 3], False)  # gone at their expiry
     assert store.entries_after(9, None, 1, 10.0) == ([2], True)
-    assert store.entries_after(9, 2, 1, 10.0) == ([3], False)  # only expired ones follow
-    assert store.entries_after(9, None, 10, 1e9) == ([3], False)
     for limit in (0, -1):  # no page, but whether live entries follow
         assert store.entries_after(9, None, limit, 10.0) == ([], True)
         assert store.entries_after(9, 3, limit, 10.0) == ([], False)
-    assert store.entries_after(9, None, 10) == ([1, 2, 3, 4], False)  # no clock: what is held
-    assert store.expire(10.0) == 2
+    # An expired entry a read met is dropped as the sweep drops it, and counted as gone.
     assert store.entries_after(9, None, 10) == ([2, 3], False)
+    assert store.stats()["entries"] == 2 and store.quotas.total_items == 2
+    assert store.entries_after(9, None, 10, 1e9) == ([3], False)
+    assert store.expire(1e9) == 0
+    assert store.entries_after(9, None, 10) == ([3], False)
 
 
 def test_paging_across_expired_entries_serves_every_live_one_once(make_store: type) -> None:
@@ -300,8 +304,12 @@ def test_sqlite_survives_reopening_with_quotas_intact(tmp_path: Path) -> None:
 
 def recount(store: Store) -> tuple[int, int, int, int, dict[str, list[int]]]:
     """The quota totals counted afresh from what the store holds."""
-    if isinstance(store, SqliteStore):
-        fresh = SqliteStore(store.path, store.config)  # counts the committed file
+    if isinstance(store, SqliteStore):  # counts a copy of the committed file (a store holds a
+        copy = store.path.with_name(store.path.name + ".copy")  # lock on its own)
+        copy.unlink(missing_ok=True)
+        with contextlib.closing(sqlite3.connect(copy)) as target:
+            store._db.backup(target)
+        fresh = SqliteStore(copy, store.config)
         quotas = fresh.quotas
         fresh.close()
     else:
@@ -461,7 +469,7 @@ def test_sqlite_migrates_records_written_without_a_lifecycle(tmp_path: Path) -> 
         ("dht", id_to_bytes(4), b"stored for another", "10.0.0.2"),
         ("identity", id_to_bytes(5), b"secret", "")])
     db.execute("INSERT INTO vals VALUES (?, ?, 1e9, 5.0, 0, 0, '10.0.0.1')",
-               (id_to_bytes(9), b"value"))
+               (id_to_bytes(key_for(b"value")), b"value"))  # a value is kept under its SHA-256
     db.commit()
     db.close()
 
@@ -470,7 +478,7 @@ def test_sqlite_migrates_records_written_without_a_lifecycle(tmp_path: Path) -> 
         assert store.get_record("namespace", 1) == b"published here"
         assert store.get_record("dht", 4, 1e12) == b"stored for another"
         assert store.get_record("identity", 5) == b"secret"
-        assert store.get_value(9) == b"value"
+        assert store.get_value(key_for(b"value")) == b"value"
         # Written here: ours, as original publisher; received: no expiry until the first
         # republish (at the first maintenance) gives it a full lifetime. Both are due at once.
         assert store.record_meta("namespace", 1) == Meta(NEVER, 0.0, original=True)

@@ -373,3 +373,20 @@ def test_publish_subscribe_under_loss_delivers_nearly_every_message() -> None:
         received = got[node.id]
         assert len(received) == len(set(received))  # never twice
         assert len(received) >= 0.95 * sent, len(received)
+
+
+def test_a_mass_expiry_is_dropped_a_batch_a_second_not_a_batch_an_upkeep() -> None:
+    store = MemoryStore(CONFIG)
+    store.expire_batch = 10
+    node = Node(config=CONFIG, store=store, now=0.0)
+    for value in range(35):
+        store.add_entry(7, value, Meta(expires=100.0, source="192.0.2.1"))
+    start = MINUTE * (100.0 // MINUTE + 1)  # the first upkeep after the entries expired
+    node.handle_timer(start)
+    assert node.stats["expired"] == 10
+    for second in (1.0, 2.0, 3.0):
+        node.handle_timer(start + second)
+    assert node.stats["expired"] == 35
+    assert store.stats()["entries"] == 0
+    node.handle_timer(start + 10.0)  # nothing left: no more sweeps between upkeeps
+    assert node.stats["expired"] == 35
