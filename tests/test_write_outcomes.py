@@ -10,9 +10,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
 from qadom import Config, Peer
 from qadom.errors import OperationTimeout, StorageFull
+from qadom.http import key_text, make_app, openapi_document
 from qadom.ids import key_for
 from qadom.sim import SimNetwork
 
@@ -99,3 +101,16 @@ def test_sim_three_hundred_appends_started_at_once_reach_every_replica() -> None
             held = node.store.entries_after(key, None, 1000, net.now)[0]
             assert len(held) == 300, len(held)
     assert sum(node.stats["rate_limited"] for node in nodes) == 0
+
+
+async def test_over_http_a_write_every_replica_refused_as_full_is_a_503_and_documented() -> None:
+    async with writer_and_replicas(replace(FAST, max_bytes_per_source=16)) as (writer, _), \
+            TestClient(TestServer(make_app(writer))) as client:
+        response = await client.post("/values", data=b"v" * 100)
+        assert response.status == 503, await response.text()
+        assert "refused it" in (await response.json())["error"]
+        response = await client.post(f"/entries/{key_text(7)}", json={"value": key_text(8)})
+        assert response.status == 503, await response.text()
+        document = openapi_document(FAST)["paths"]
+        for path in ("/values", "/entries/{key}"):
+            assert {"429", "502", "503", "504"} <= set(document[path]["post"]["responses"])
