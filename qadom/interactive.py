@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import errno
 import inspect
@@ -82,6 +83,10 @@ T = TypeVar("T")
 
 _script_loop: asyncio.AbstractEventLoop | None = None
 _started: list[Peer] = []
+_closing_at_exit: asyncio.AbstractEventLoop | None = None  # the loop _close_at_exit runs on
+EXIT_TIMEOUT = 5.0
+"""Seconds the peers still open when the interpreter exits may take to close (see
+:func:`serve_at_prompt`)."""
 
 
 # ---------------------------------------------------------------------- where we run
@@ -131,9 +136,17 @@ def will_prompt() -> bool:
 def serve_at_prompt() -> bool:
     """Make terminal IPython run its prompt on the peers' loop (``%gui asyncio``), so peers keep
     serving while the prompt waits. Returns True when the prompt will keep the loop running (always
-    so in Jupyter); warns and returns False when it cannot."""
+    so in Jupyter); warns and returns False when it cannot.
+
+    When it returns True, the peers started here (:func:`started`) that are still open when the
+    interpreter exits (``exit`` at the prompt, a kernel shut down) are closed then, on the loop
+    they run on if it is not running, within :data:`EXIT_TIMEOUT` seconds: their subscriptions
+    are ended at their relays (UNSUBSCRIBE), the contacts of a peer with a data directory are
+    saved, and their sockets are closed."""
     where = front_end()
     if where != "ipython":
+        if where == "jupyter":
+            _close_peers_at_exit()
         return where == "jupyter"
     if not will_prompt():  # `ipython script.py`: no prompt follows; serve_forever will serve
         return False
@@ -143,14 +156,37 @@ def serve_at_prompt() -> bool:
         warnings.warn("IPython's --simple-prompt cannot run the event loop while it waits: the "
                       "peer answers only while a cell runs", RuntimeWarning, stacklevel=2)
         return False
-    if shell.active_eventloop == "asyncio":
-        return True
-    if shell.active_eventloop is not None:
+    if shell.active_eventloop is not None and shell.active_eventloop != "asyncio":
         warnings.warn(f"IPython already integrates the {shell.active_eventloop!r} event loop: the "
                       "peer answers only while a cell runs", RuntimeWarning, stacklevel=2)
         return False
-    shell.enable_gui("asyncio")
+    if shell.active_eventloop is None:
+        shell.enable_gui("asyncio")
+    _close_peers_at_exit()
     return True
+
+
+def _close_peers_at_exit() -> None:
+    """Register :func:`_close_at_exit` once, for the loop the peers run on."""
+    global _closing_at_exit
+    if _closing_at_exit is None:
+        _closing_at_exit = event_loop()
+        atexit.register(_close_at_exit)
+
+
+def _close_at_exit() -> None:
+    """Close the peers started here that are still open (the atexit hook of
+    :func:`serve_at_prompt`), bounded by :data:`EXIT_TIMEOUT`. Nothing runs on a loop that is
+    running or closed; a failure is one line on stderr, not a traceback."""
+    loop = _closing_at_exit
+    if not started() or loop is None or loop.is_running() or loop.is_closed():
+        return
+    task = loop.create_task(asyncio.wait_for(close(), EXIT_TIMEOUT))
+    try:
+        loop.run_until_complete(task)
+    except BaseException as exc:  # Ctrl-C or a failure while exiting: say so and go on exiting
+        task.cancel()
+        print(f"qadom: could not close the peers at exit: {exc!r}", file=sys.stderr)
 
 
 def _interrupt_cells(shell: Any) -> None:

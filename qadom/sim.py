@@ -35,6 +35,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
+import math
 import random
 import statistics
 from collections.abc import Callable, Iterable, Sequence
@@ -54,8 +55,12 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 Latency = tuple[float, float] | Callable[[random.Random], float]
-"""One-way delay of a datagram: ``(min, max)`` seconds drawn uniformly, or a function that draws
-one delay from the simulator's generator (see :func:`lognormal_latency`)."""
+"""One-way delay of a datagram: ``(min, max)`` seconds drawn uniformly (finite, ``0 <= min <=
+max``), or a function that draws one delay from the simulator's generator (see
+:func:`lognormal_latency`); each delay it draws must be a finite number of seconds >= 0, else the
+send that drew it raises InvalidArgument naming the delay."""
+
+_INF = math.inf
 
 _DELIVER = 0
 _TIMER = 1
@@ -65,9 +70,10 @@ _CHURN = 2
 def lognormal_latency(median: float, sigma: float = 0.5,
                       cap: float = 1.0) -> Callable[[random.Random], float]:
     """A long-tailed delay distribution (as measured on wide-area paths): log-normal with the
-    given median, capped at ``cap`` seconds."""
-    if median <= 0 or sigma < 0 or cap < median:
-        raise InvalidArgument("need median > 0, sigma >= 0 and cap >= median")
+    given median, capped at ``cap`` seconds. All three must be finite numbers (NaN is refused:
+    it would make every delay NaN)."""
+    if not (0 < median < math.inf and 0 <= sigma < math.inf and median <= cap < math.inf):
+        raise InvalidArgument("need finite median > 0, sigma >= 0 and cap >= median")
 
     def draw(rng: random.Random) -> float:
         return min(cap, rng.lognormvariate(0.0, sigma) * median)
@@ -169,13 +175,11 @@ class SimNetwork:
         for name, p in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder)):
             if not 0.0 <= p <= 1.0:
                 raise InvalidArgument(f"{name} must be a probability in [0, 1]")
-        if not callable(latency) and not 0.0 <= latency[0] <= latency[1]:
-            raise InvalidArgument("latency (min, max) needs 0 <= min <= max")
-        if not reorder_delay >= 0.0:
-            raise InvalidArgument("reorder_delay must not be negative")
+        if not 0.0 <= reorder_delay < math.inf:
+            raise InvalidArgument("reorder_delay must be a finite number of seconds >= 0")
         self.rng = random.Random(seed)
         self.config = config or Config()
-        self.latency = latency
+        self.latency = latency  # checked by the property
         self.loss = loss
         self.duplicate = duplicate
         self.reorder = reorder
@@ -200,6 +204,16 @@ class SimNetwork:
         # A node whose churn join failed while it was the measured origin: it leaves once the
         # measurement is over, not halfway through it.
         self._unjoined: Node | None = None
+
+    @property
+    def latency(self) -> Latency:
+        """The one-way delay (see :data:`Latency`), checked whenever it is set."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, latency: Latency) -> None:
+        _check_latency(latency)
+        self._latency = latency
 
     # ------------------------------------------------------------------ building
 
@@ -269,8 +283,8 @@ class SimNetwork:
         """
         if self.nodes:
             raise InvalidArgument("build() needs an empty network; use add_nodes() to grow one")
-        if count < 1 or joins < 0 or not spread >= 0.0:
-            raise InvalidArgument("need count >= 1, joins >= 0 and spread >= 0")
+        if count < 1 or joins < 0 or not 0.0 <= spread < math.inf:
+            raise InvalidArgument("need count >= 1, joins >= 0 and a finite spread >= 0")
         built = []
         for _ in range(count):
             built.append(self.add_node())
@@ -297,6 +311,8 @@ class SimNetwork:
 
     def leave(self, count: int, *, keep: Iterable[Node] = ()) -> list[Node]:
         """Take ``count`` random live nodes off the network now (never those in ``keep``)."""
+        if count < 0:
+            raise InvalidArgument(f"the number of nodes to leave must not be negative, not {count}")
         kept = {n.id for n in keep}
         pool = [i for i in self._live_ids if i not in kept]
         if count > len(pool):
@@ -316,10 +332,14 @@ class SimNetwork:
         random live node, and its bootstrap call is appended to :attr:`joins`; a node whose
         bootstrap fails (its datagrams lost, or that node gone meanwhile) leaves again, once the
         lookup being measured is over if it is that lookup's origin. They happen as
-        :meth:`run_for` or :meth:`run_call` reach their times."""
-        if leave < 0 or join < 0 or duration < 0:
-            raise InvalidArgument("leave, join and duration must not be negative")
+        :meth:`run_for` or :meth:`run_call` reach their times. ``start`` and ``duration`` must
+        be finite (an event at an infinite or NaN time would never happen)."""
+        if leave < 0 or join < 0 or not 0 <= duration < math.inf:
+            raise InvalidArgument("leave, join and duration must not be negative, and duration "
+                                  "must be finite")
         begin = self.now if start is None else start
+        if not math.isfinite(begin):
+            raise InvalidArgument(f"churn needs a finite start time, not {begin!r}")
         if begin < self.now:
             raise InvalidArgument("churn cannot be scheduled in the past")
         kept = frozenset(n.id for n in keep)
@@ -332,7 +352,10 @@ class SimNetwork:
     # ------------------------------------------------------------------ driving
 
     def call(self, node: Node, operation: Callable[..., R], *args: Any) -> R:
-        """Start ``operation(*args, now)`` on ``node`` (e.g. ``net.call(n, n.get, key)``)."""
+        """Start ``operation(*args, now)`` on ``node`` (e.g. ``net.call(n, n.get, key)``).
+        ``node`` must be live on this network: InvalidArgument otherwise (a node that left would
+        only wait out the operation's deadline, one of another network would never hear back)."""
+        self._check_live(node)
         result = operation(*args, self.now)
         self._after_input(self.address_of(node), node)
         return result
@@ -387,9 +410,12 @@ class SimNetwork:
         return call.result()
 
     def run_for(self, duration: float) -> None:
-        """Run every event up to ``now + duration``; the clock then stands at that time."""
+        """Run every event up to ``now + duration``; the clock then stands at that time.
+        ``duration`` must be finite (the periodic timers would otherwise run forever)."""
         if not duration >= 0:
             raise InvalidArgument("the virtual clock does not run backwards")
+        if duration == math.inf:
+            raise InvalidArgument("run_for needs a finite duration")
         until = self.now + duration
         events, process, pop = self._events, self._process, heapq.heappop
         while events and events[0][0] <= until:
@@ -424,8 +450,10 @@ class SimNetwork:
         return heapq.nsmallest(count, pool, key=target.__xor__)
 
     def lookup(self, node: Node, target: int) -> LookupReport:
-        """Run one node lookup (``find_nodes``) from ``node`` to completion and report it."""
+        """Run one node lookup (``find_nodes``) from ``node`` to completion and report it.
+        ``node`` must be live on this network (InvalidArgument otherwise, as for :meth:`call`)."""
         check_id(target, "target")
+        self._check_live(node)
         events: list[LookupEvent] = []
         unsubscribe = node.add_listener(events.append)
         traffic_before = node.stats["datagrams_in"] + node.stats["datagrams_out"]
@@ -535,12 +563,27 @@ class SimNetwork:
         self._sides = None
         self._log("heal", ("", 0))
 
+    def _check_live(self, node: Node) -> None:
+        address = node.address
+        if address is None or self.nodes.get(address) is not node or address in self.down:
+            raise InvalidArgument("node is not live on this network")
+
     def _delay(self) -> float:
-        latency = self.latency
+        latency = self._latency
         rng = self.rng
-        # rng.uniform(lo, hi) without its call: it is lo + (hi - lo) * random(), the same float
-        delay = (latency(rng) if callable(latency)
-                 else latency[0] + (latency[1] - latency[0]) * rng.random())
+        if callable(latency):
+            delay = latency(rng)
+            # One check per draw, consuming no randomness: a negative delay would deliver in the
+            # past, NaN or inf never (or out of order), a str would fail deep in the heap.
+            if not ((delay.__class__ is float or (isinstance(delay, (int, float))
+                                                   and not isinstance(delay, bool)))
+                    and 0.0 <= delay < _INF):
+                raise InvalidArgument(f"the latency function drew the delay {delay!r}: a delay "
+                                      "must be a finite number of seconds >= 0")
+        else:
+            # rng.uniform(lo, hi) without its call: it is lo + (hi - lo) * random(), the same
+            # float
+            delay = latency[0] + (latency[1] - latency[0]) * rng.random()
         if self.reorder and rng.random() < self.reorder:
             delay += rng.random() * self.reorder_delay
         return delay
@@ -631,6 +674,19 @@ class SimNetwork:
     def _push(self, when: float, kind: int, payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._events, (when, self._seq, kind, payload))
+
+
+def _check_latency(latency: Any) -> None:
+    """InvalidArgument unless ``latency`` is a :data:`Latency`: a callable, or a 2-tuple of
+    finite numbers with ``0 <= min <= max``."""
+    if callable(latency):
+        return
+    if not isinstance(latency, tuple) or len(latency) != 2 or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in latency):
+        raise InvalidArgument(f"latency must be a (min, max) pair of seconds or a function of "
+                              f"the generator, not {latency!r}")
+    if not 0.0 <= latency[0] <= latency[1] < math.inf:
+        raise InvalidArgument("latency (min, max) needs finite 0 <= min <= max")
 
 
 class _TableFiller:

@@ -102,11 +102,57 @@ def _node_of(source: Any) -> Node:
 
 
 class _View:
+    """What every view shares: following a source, and closing.
+
+    Guarantee: once the view is closed, by :meth:`close` or by closing its widget (from Python,
+    ``view.widget.close()``, or from the front end, which closes the widget's comm), it no longer
+    listens to any node and its widgets are closed, so that it costs the node nothing; a closed
+    view does not follow a source again. A view is not closed by clearing the output that shows
+    it (the widget lives on in the kernel): a cell that is run again should close the views its
+    last run made, e.g. ``view.close()`` before making a new one."""
+
     widget: Any
     errors = 0  # events a view failed to show (logged); the node it watches is not affected
+    closed = False
+    _unsubscribe: Callable[[], None] | None = None
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
         return self.widget._repr_mimebundle_(**kwargs)
+
+    def _follow(self, source: EventSource, fn: Callable[[LookupEvent], None]) -> None:
+        """Listen to ``source`` with ``fn`` (guarded) instead of any earlier source."""
+        if self.closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed; make a new one")
+        self.detach()
+        self._unsubscribe = source.add_listener(self._guard(fn))
+
+    def detach(self) -> None:
+        """Stop following the source (the view keeps showing what it showed)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def close(self) -> None:
+        """Stop following the source and close the view's widgets (the front end removes them).
+        Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        self.detach()
+        _close_tree(self.widget)
+
+    def _close_with_widget(self) -> None:
+        """Close the view when its widget is closed: ``widget.close()`` (its ``comm`` becomes
+        None) or the front end closing the widget's comm."""
+        self.widget.observe(self._on_comm, names="comm")
+        self._on_comm({"new": self.widget.comm})
+
+    def _on_comm(self, change: dict[str, Any]) -> None:
+        comm = change["new"]
+        if comm is None:
+            self.close()
+        elif callable(getattr(comm, "on_close", None)):
+            comm.on_close(lambda message: self.close())
 
     def _guard(self, fn: Callable[[LookupEvent], None]) -> Callable[[LookupEvent], None]:
         """``fn`` as a listener that never raises into the node, counting its failures in the
@@ -121,6 +167,13 @@ class _View:
         return listener
 
 
+def _close_tree(widget: Any) -> None:
+    """Close ``widget`` and the widgets it holds (ipywidgets keeps every open widget)."""
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
+
+
 # ====================================================================== one lookup
 
 class LookupView(_View):
@@ -129,7 +182,8 @@ class LookupView(_View):
     It shows the first lookup that starts on ``source`` after it is attached and matches
     ``target`` and ``kind`` when given (``"node"``, ``"value"``, ``"search"``...); with
     ``once=False`` each new matching lookup replaces the one shown. :meth:`attach` follows another
-    source; :meth:`detach` stops following.
+    source; :meth:`detach` stops following; :meth:`close` (or closing ``view.widget``) stops
+    following for good.
     """
 
     def __init__(self, source: EventSource | None = None, *, target: int | None = None,
@@ -138,7 +192,6 @@ class LookupView(_View):
         self.want_kind = kind
         self.once = once
         self.chart_size = chart_size
-        self._unsubscribe: Callable[[], None] | None = None
         self._reset()
         self._header = widgets.HTML()
         self._chart = widgets.HTML()
@@ -146,6 +199,7 @@ class LookupView(_View):
         self.row_widgets: dict[int, Any] = {}
         self.widget = widgets.VBox([self._header, widgets.HTML(LEGEND), self._chart,
                                     self._rows])
+        self._close_with_widget()
         self._render_all()
         if source is not None:
             self.attach(source)
@@ -164,15 +218,10 @@ class LookupView(_View):
     # ------------------------------------------------------------------ following
 
     def attach(self, source: EventSource) -> LookupView:
-        """Follow the lookups of ``source`` (a Peer or a Node) instead of any earlier one."""
-        self.detach()
-        self._unsubscribe = source.add_listener(self._guard(self.on_event))
+        """Follow the lookups of ``source`` (a Peer or a Node) instead of any earlier one.
+        RuntimeError once the view is closed."""
+        self._follow(source, self.on_event)
         return self
-
-    def detach(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
 
     @property
     def following(self) -> bool:
@@ -346,7 +395,8 @@ class RoutingTableView(_View):
     """How full each k-bucket of ``source``'s routing table is, and who is in it.
 
     With ``live`` (the default) it re-reads the table on each lookup event of ``source`` (tables
-    change as lookups meet peers); :meth:`refresh` re-reads it at any time.
+    change as lookups meet peers) until :meth:`detach` or :meth:`close` (or closing
+    ``view.widget``); :meth:`refresh` re-reads it at any time.
     """
 
     def __init__(self, source: Any, *, live: bool = True, max_prefix_bits: int = 24) -> None:
@@ -357,15 +407,10 @@ class RoutingTableView(_View):
         self._summary = widgets.HTML()
         self._table = widgets.VBox()
         self.widget = widgets.VBox([self._summary, self._table])
-        self._unsubscribe: Callable[[], None] | None = None
+        self._close_with_widget()
         self.refresh()
         if live:
-            self._unsubscribe = self.node.add_listener(self._guard(lambda event: self.refresh()))
-
-    def detach(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+            self._follow(self.node, lambda event: self.refresh())
 
     def shown(self) -> list[BucketRow]:
         return list(self.rows)
@@ -421,7 +466,8 @@ class NetworkView(_View):
     ``network`` is a :class:`~qadom.sim.SimNetwork` or an iterable of started Peers. After
     :meth:`watch` (a Peer or Node of that network) the lookups it runs are drawn as they go: the
     target (red mark), the peers asked (coloured as in :class:`LookupView`) and an edge from each
-    peer to the peers it named that were then asked. :meth:`refresh` re-reads who is up.
+    peer to the peers it named that were then asked. :meth:`refresh` re-reads who is up;
+    :meth:`detach` stops drawing, :meth:`close` (or closing ``view.widget``) for good.
     """
 
     def __init__(self, network: Any, *, watch: EventSource | None = None, target: int | None = None,
@@ -436,7 +482,7 @@ class NetworkView(_View):
         self._summary = widgets.HTML()
         self._ring = widgets.HTML()
         self.widget = widgets.VBox([self._summary, widgets.HTML(LEGEND), self._ring])
-        self._unsubscribe: Callable[[], None] | None = None
+        self._close_with_widget()
         self.refresh()
         if watch is not None:
             self.watch(watch)
@@ -444,16 +490,16 @@ class NetworkView(_View):
     # ------------------------------------------------------------------ following
 
     def watch(self, source: EventSource) -> NetworkView:
-        """Draw the lookups ``source`` runs (each new one replaces the last)."""
-        self.detach()
+        """Draw the lookups ``source`` runs (each new one replaces the last). RuntimeError once
+        the view is closed."""
+        self._follow(source, self._on_event)
         self.origin = getattr(source, "id", None)
-        self._unsubscribe = source.add_listener(self._guard(self._on_event))
         return self
 
-    def detach(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+    def close(self) -> None:
+        """As for every view (:meth:`_View.close`), the lookup it draws included."""
+        super().close()
+        self.lookup.close()  # the lookup it draws (never attached itself): its widgets
 
     def _on_event(self, event: LookupEvent) -> None:
         before = self.lookup.lookup_id

@@ -13,6 +13,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -39,7 +40,7 @@ from qadom.interactive import (
     will_prompt,
 )
 
-from helpers import FAST
+from helpers import FAST, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "peers"
@@ -392,6 +393,37 @@ def test_ctrl_c_stops_an_await_at_the_ipython_prompt(tmp_path: Path) -> None:
         peer0.expect(pexpect.EOF)
     finally:
         peer0.terminate(force=True)
+
+
+async def test_exiting_ipython_closes_the_peers_started_at_its_prompt(tmp_path: Path) -> None:
+    """`exit` at a terminal IPython prompt closes the peer started there: its relay (a peer in
+    this process) drops its subscription at once (UNSUBSCRIBE), not when the 60 s lease
+    lapses."""
+    topic = 99
+    async with Peer("127.0.0.1", 0, config=FAST) as relay:
+
+        def subscribers() -> int:
+            return len(relay.node.pubsub.relay.subscribers(topic, time.time()))
+
+        ipython_env = _env(IPYTHONDIR=str(tmp_path / "ipython"), PROMPT_TOOLKIT_NO_CPR="1",
+                           TERM="xterm")
+        shell = _spawn(["-m", "IPython", "--no-banner", "--colors=nocolor"], ipython_env)
+        try:
+            # pexpect blocks: it waits in a thread, so that this loop runs the relay meanwhile
+            await asyncio.to_thread(shell.expect, r"In \[1\]")
+            shell.sendline("from qadom.interactive import start_peer; "
+                           f"peer = start_peer(port=0, bootstrap={relay.address!r})")
+            await asyncio.to_thread(shell.expect, r"In \[2\]")
+            shell.sendline(f"messages = await peer.subscribe({topic}).__aenter__(); "
+                           "print('relays', messages.relays)")
+            await asyncio.to_thread(shell.expect, r"relays (\d+)")
+            assert shell.match.group(1) == "1" and subscribers() == 1
+            await asyncio.to_thread(shell.expect, r"In \[3\]")
+            shell.sendline("exit")
+            await asyncio.to_thread(shell.expect, pexpect.EOF)
+        finally:
+            shell.terminate(force=True)
+        await wait_until(lambda: subscribers() == 0, timeout=5)  # the lease is 60 s
 
 
 def test_a_peer_script_says_plainly_why_it_cannot_start() -> None:

@@ -3,10 +3,18 @@ what the virtual clock allows."""
 
 from __future__ import annotations
 
+import itertools
+import math
+import random
+import re
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from qadom.errors import InvalidArgument
-from qadom.sim import SimNetwork
+from qadom.node import Node
+from qadom.sim import SimNetwork, lognormal_latency
 
 
 def test_churn_never_takes_away_the_origin_of_a_measured_lookup() -> None:
@@ -70,3 +78,107 @@ def test_churn_spares_the_nodes_kept() -> None:
     net.churn(leave=1, duration=1.0, keep=kept)  # only kept nodes are live: none leaves
     net.run_for(5.0)
     assert len(net.live_nodes()) == 4
+
+
+def _bounded(net: SimNetwork, events: int = 20_000) -> SimNetwork:
+    """``net``, failing the test once it has processed ``events`` events: a call that would run
+    the simulator without end fails instead of hanging."""
+    process = net._process
+    count = itertools.count()
+
+    def counted(event: tuple[float, int, int, Any]) -> None:
+        if next(count) >= events:
+            raise AssertionError(f"the simulator ran on past {events} events")
+        process(event)
+
+    net._process = counted  # type: ignore[method-assign]
+    return net
+
+
+@pytest.mark.parametrize(("built", "run"), [
+    (True, lambda net: net.run_for(math.inf)),
+    (False, lambda net: net.build(3, spread=math.inf)),
+    (True, lambda net: net.churn(leave=1, duration=math.nan)),
+    (True, lambda net: net.churn(leave=1, duration=math.inf)),
+    (True, lambda net: net.churn(leave=1, start=math.nan)),
+    (True, lambda net: net.churn(leave=1, start=math.inf)),
+    (True, lambda net: net.leave(-1)),
+], ids=["run_for-inf", "spread-inf", "churn-duration-nan", "churn-duration-inf",
+        "churn-start-nan", "churn-start-inf", "leave-negative"])
+def test_times_and_counts_that_would_hang_or_never_fire_are_refused(
+        built: bool, run: Callable[[SimNetwork], object]) -> None:
+    # run_for(inf) and build(spread=inf) would run the periodic timers forever; a churn event at
+    # a NaN or infinite time never fires (NaN also breaks the order of the event heap).
+    net = _bounded(SimNetwork(7))
+    if built:
+        net.build(5)
+    events = list(net._events)
+    with pytest.raises(InvalidArgument):
+        run(net)
+    assert net._events == events and net.now == 0.0
+    assert len(net.live_nodes()) == (5 if built else 0)
+
+
+@pytest.mark.parametrize("args", [(math.nan,), (0.05, math.nan), (0.05, 0.5, math.nan),
+                                  (0.05, math.inf), (0.05, 0.5, math.inf)])
+def test_a_lognormal_latency_needs_finite_parameters(args: tuple[float, ...]) -> None:
+    with pytest.raises(InvalidArgument):
+        lognormal_latency(*args)
+
+
+@pytest.mark.parametrize("latency", [0.05, None, (0.01,), (0.01, 0.02, 0.03), ("0", "1"),
+                                     (0.0, math.inf), (True, True)])
+def test_a_latency_neither_a_function_nor_a_pair_of_finite_seconds_is_refused(
+        latency: object) -> None:
+    with pytest.raises(InvalidArgument):
+        SimNetwork(8, latency=latency)  # type: ignore[arg-type]
+    net = SimNetwork(8)
+    with pytest.raises(InvalidArgument):
+        net.latency = latency  # type: ignore[assignment]
+    assert net.latency == (0.01, 0.05)
+
+
+@pytest.mark.parametrize("drawn", [-0.5, math.nan, math.inf, "0.1", None, True])
+def test_a_latency_function_drawing_a_bad_delay_is_named(drawn: object) -> None:
+    # A negative delay would deliver in the past, NaN or inf never: the send that drew it fails
+    # at once, naming the delay, instead of a lookup reporting nonsense or a bare TypeError.
+    net = _bounded(SimNetwork(9, latency=lambda rng: drawn))  # type: ignore[arg-type, return-value]
+    net.build(10)
+    origin = net.live_nodes()[0]
+    with pytest.raises(InvalidArgument, match=re.escape(repr(drawn))):
+        net.lookup(origin, 12345)
+    assert all(when >= 0.0 and math.isfinite(when) for when, *_ in net._events)
+
+
+def test_checking_each_drawn_delay_consumes_no_randomness() -> None:
+    # The same seed gives the same run with a (correct) latency function as before the check:
+    # the first delays drawn are exactly those of the generator alone.
+    def run() -> list[tuple[object, ...]]:
+        net = SimNetwork(10, latency=lognormal_latency(0.03), trace=True)
+        net.build(30)
+        net.lookups(3)
+        assert net.trace is not None
+        return net.trace
+
+    first = run()
+    assert first == run() and len(first) > 50
+    net = SimNetwork(10, latency=lambda rng: rng.random() / 10)
+    twin = random.Random(10)
+    assert [net._delay() for _ in range(3)] == [twin.random() / 10 for _ in range(3)]
+
+
+def test_a_node_that_left_or_of_another_network_cannot_run_operations_here() -> None:
+    net = SimNetwork(11)
+    net.build(20)
+    other = SimNetwork(12)
+    stranger = other.build(5)[0]
+    gone = net.live_nodes()[3]
+    net.remove(gone)
+    for node in (gone, stranger, Node()):
+        with pytest.raises(InvalidArgument, match="not live on this network"):
+            net.lookup(node, 12345)
+        with pytest.raises(InvalidArgument, match="not live on this network"):
+            net.call(node, node.find_nodes, 12345)
+    assert net.now == 0.0  # no virtual time spent waiting on them
+    report = net.lookup(net.live_nodes()[0], 12345)  # a live one still runs
+    assert report.ok and report.true_closest

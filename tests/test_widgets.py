@@ -10,7 +10,9 @@ import asyncio
 import random
 import re
 import xml.etree.ElementTree as ET
+from typing import Any
 
+import comm
 import pytest
 
 from qadom import Config
@@ -248,3 +250,55 @@ async def test_play_runs_a_simulated_call_with_views_updating() -> None:
     with pytest.raises(TimeoutError):
         await play(net, net.call(origin, origin.find_nodes, target ^ 7), watch=origin,
                    delay=0, max_events=2)
+
+
+def _front_end_closes(widget: Any) -> None:
+    """What the kernel does when the front end closes a widget: a comm_close message, handled by
+    the comm manager."""
+    comm_id = widget.comm.comm_id
+    message = {"content": {"comm_id": comm_id, "data": {}}}
+    comm.get_comm_manager().comm_close(None, "", message)  # type: ignore[arg-type]  # no stream
+
+
+@pytest.mark.parametrize("how", ["view.close()", "view.widget.close()", "front end"])
+def test_a_closed_view_no_longer_listens_to_the_node(how: str) -> None:
+    # A notebook cell run again leaves its old views behind: each must cost the node nothing
+    # once closed, however it was closed.
+    net, nodes, target = small_network()
+    origin = nodes[0]
+    before = list(origin._listeners)
+    lookup, ring, table = (LookupView(origin, once=False), NetworkView(net, watch=origin),
+                           RoutingTableView(origin))
+    views: list[Any] = [lookup, ring, table]
+    assert len(origin._listeners) == len(before) + 3
+    inner = [w for view in views for w in _tree(view.widget)] + list(_tree(ring.lookup.widget))
+    for view in views:
+        if how == "view.close()":
+            view.close()
+        elif how == "view.widget.close()":
+            view.widget.close()
+        else:
+            _front_end_closes(view.widget)
+    assert origin._listeners == before
+    assert all(view.closed for view in views) and ring.lookup.closed
+    assert all(w.comm is None for w in inner)  # every widget of every view closed too
+    shown_ring = ring._ring.value
+    dropped = table.shown()[0].ids[0]
+    origin.table.remove(dropped)
+    report = net.lookup(origin, target)
+    assert report.ok
+    assert lookup.lookup_id is None and lookup.status == "waiting for a lookup"
+    assert ring.lookup.lookup_id is None and ring._ring.value == shown_ring
+    assert dropped in table.shown()[0].ids  # not re-read
+    assert [view.errors for view in views] == [0, 0, 0]
+    for view in views:
+        view.close()  # again: nothing happens
+    with pytest.raises(RuntimeError):
+        lookup.attach(origin)
+    with pytest.raises(RuntimeError):
+        ring.watch(origin)
+    assert origin._listeners == before
+
+
+def _tree(widget: Any) -> list[Any]:
+    return [widget, *(w for child in getattr(widget, "children", ()) for w in _tree(child))]
