@@ -17,9 +17,9 @@ Anything else is refused with :class:`StoreUnusable` and left exactly as it was:
 not an SQLite database (corrupt, truncated, something else), a database of another program, one
 written by a newer qadom (a schema this code does not know), or a file this process cannot open
 or write (the stamp is written again at every opening to prove the file can be written). The
-file is held with an exclusive lock while the store is open, so two stores never share one file,
-even through a symbolic link from another data dir: the second is refused with
-:class:`~qadom.errors.DataDirInUse`.
+store holds an exclusive lock (on a file beside the database, its name and ``.lock``) while it is
+open, so two stores never share one file, even through a symbolic link from another data dir: the
+second is refused with :class:`~qadom.errors.DataDirInUse`.
 
 Damaged values. SQLite keeps no checksum of what it stores, so each value is stored with its
 SHA-256 (``digest``; a row from before that column must hash to its key) and checked at every
@@ -271,21 +271,22 @@ class SqliteStore:
             raise
 
     def _lock_file(self) -> IO[bytes]:
-        """Hold an exclusive ``flock`` on the database file (the file a symbolic link names,
-        created if missing) until :meth:`close`: two stores on one file, from two data dirs whose
-        database is one file through a link, or twice in one process, would each count what the
-        other writes wrong. DataDirInUse, nothing opened, when another store holds it;
-        StoreUnusable when the file cannot be opened.
+        """Hold an exclusive ``flock`` on a lock file beside the database file (the file a
+        symbolic link names, its name and ``.lock``) until :meth:`close`: two stores on one
+        file, from two data dirs whose database is one file through a link, or twice in one
+        process, would each count what the other writes wrong. DataDirInUse, nothing opened,
+        when another store holds it; StoreUnusable when the lock file cannot be opened.
 
-        On Linux ``flock`` locks are independent of the POSIX record locks SQLite takes on the
-        same file, so this lock never blocks SQLite's own (on NFS, where Linux emulates
-        ``flock`` with POSIX locks, SQLite's locking is unreliable anyway). Where ``fcntl`` is
-        missing, nothing is locked."""
+        The lock is never taken on the database file itself: closing a descriptor of a file
+        drops every POSIX lock this process holds on it, SQLite's own included, and the
+        descriptor of a refused second store would be closed. Where ``fcntl`` is missing,
+        nothing is locked."""
         resolved = self.path.resolve()
+        path = resolved.with_name(resolved.name + ".lock")
         try:
-            lock = os.fdopen(os.open(resolved, os.O_RDONLY | os.O_CREAT, 0o644), "rb")
+            lock = os.fdopen(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NONBLOCK, 0o644), "rb")
         except OSError as exc:
-            raise StoreUnusable(self.path, f"cannot open it: {exc}") from None
+            raise StoreUnusable(path, f"cannot open it: {exc}") from None
         try:
             import fcntl
         except ImportError:  # pragma: no cover (no advisory locks on this platform)
@@ -610,7 +611,9 @@ class SqliteStore:
         the entries expired and not yet swept that the page steps over are deleted (as
         :meth:`expire` deletes them, in one transaction), so that each is read by one call
         only: the cost of a call is its page plus the expired entries it meets for the first
-        time, never every expired entry of the key at every SEARCH until the sweep."""
+        time, never every expired entry of the key at every SEARCH until the sweep. At most
+        :attr:`expire_batch` are deleted by one call, as by one :meth:`expire`: past that, the
+        expired entries are only stepped over."""
         limit = max(0, limit)
         raw = id_to_bytes(key)
         low = b"" if after is None else id_to_bytes(after)
@@ -629,7 +632,8 @@ class SqliteStore:
                 "ORDER BY value LIMIT ?", (raw, low, chunk)).fetchall()
             for value, original, expires, source in rows:
                 if not original and expires <= now:
-                    dead.append((bytes(value), str(source)))
+                    if len(dead) < self.expire_batch:
+                        dead.append((bytes(value), str(source)))
                 elif len(page) == limit:
                     more = True
                     break

@@ -339,7 +339,10 @@ class Store(Protocol):
 
         With ``now``, entries expired at ``now`` (as :meth:`expire` would drop them) are skipped
         as if they were gone: the page is short only when no live entry follows it, and "more"
-        means a live one does. A ``limit`` below one is taken as 0."""
+        means a live one does. Such a read may drop, as :meth:`expire` would, some of the
+        expired entries it steps over (MemoryStore and SqliteStore drop up to their
+        ``expire_batch``), so ``now`` must be the present. A ``limit`` below one is taken as
+        0."""
         ...
 
     def due(self, now: float, limit: int) -> list[Due]:
@@ -538,9 +541,10 @@ class MemoryStore:
     def entries_after(self, key: int, after: int | None, limit: int, now: float | None = None,
                       ) -> tuple[list[int], bool]:
         """See :meth:`Store.entries_after`. With ``now``, the entries expired since the last
-        sweep that the page steps over are dropped (as :meth:`expire` drops them), so each is
-        met by one call only: a call costs O(page + expired entries met for the first time),
-        not every expired entry of the key at every SEARCH until the sweep."""
+        sweep that the page steps over are dropped (as :meth:`expire` drops them), at most
+        :attr:`expire_batch` of them (as one :meth:`expire`; the others are only stepped over),
+        so each is met by few calls: a search does not pay for every expired entry of the key
+        at every SEARCH until the sweep."""
         limit = max(0, limit)
         values = self._sets.get(key, [])
         start = 0 if after is None else bisect.bisect_right(values, after)
@@ -553,7 +557,8 @@ class MemoryStore:
         for i in range(start, len(values)):
             value = values[i]
             if _expired(self._entries[(key, value)], now):
-                dead.append(value)
+                if len(dead) < self.expire_batch:
+                    dead.append(value)
             elif len(page) == limit:
                 more, end = True, i
                 break

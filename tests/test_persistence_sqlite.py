@@ -46,7 +46,9 @@ def test_a_corrupt_file_is_refused_with_a_qadom_error_and_left_as_is(tmp_path: P
     path.write_bytes(garbage)
     assert "not a database" in str(refused(path))
     assert path.read_bytes() == garbage
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["qadom.sqlite3"]
+    # Nothing written beside it but the store's empty lock file (no journal, no WAL).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qadom.sqlite3", "qadom.sqlite3.lock"]
+    assert (tmp_path / "qadom.sqlite3.lock").stat().st_size == 0
 
 
 def test_another_programs_database_is_refused_and_left_untouched(tmp_path: Path) -> None:

@@ -264,3 +264,41 @@ def test_a_sqlite_search_steps_over_each_expired_entry_once(tmp_path: Path) -> N
         assert store._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0] == 2
     finally:
         store.close()
+
+
+def test_one_search_drops_at_most_a_batch_of_expired_entries(make_store: Store) -> None:
+    store = make_store
+    assert isinstance(store, (MemoryStore, SqliteStore))
+    store.expire_batch = 100
+    for i in range(250):
+        store.add_entry(42, i, Meta(1.0, source="10.0.0.1"))
+    store.add_entry(42, 5000, Meta(1e12, source="10.0.0.1"))
+    counts = []
+    for _ in range(4):
+        assert store.entries_after(42, None, 160, 2.0) == ([5000], False)
+        counts.append(store.stats()["entries"])
+    assert counts == [151, 51, 1, 1]  # a batch per search, as a sweep would drop
+    store.close()
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_a_second_store_refused_in_this_process_leaves_sqlites_own_locks(tmp_path: Path) -> None:
+    # Closing any descriptor of a file drops every POSIX lock the process holds on it: the
+    # refused store must never have opened the database file itself.
+    path = tmp_path / "qadom.sqlite3"
+    store = SqliteStore(path, DEFAULT)
+    inode = os.stat(path).st_ino
+
+    def posix_locks() -> int:
+        lines = Path("/proc/locks").read_text().splitlines()
+        return sum(" POSIX " in line and f":{inode} " in line and str(os.getpid()) in line
+                   for line in lines)
+
+    try:
+        before = posix_locks()
+        assert before > 0  # SQLite holds a shared lock while the database is open (WAL)
+        with pytest.raises(DataDirInUse):
+            SqliteStore(path, DEFAULT)
+        assert posix_locks() == before
+    finally:
+        store.close()
