@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the names below, for type checkers; imported lazily at run 
         TooManySubscribers,
         UsageError,
         ValueTooLarge,
+        WrongLoopError,
     )
     from .identity import Identity
     from .ids import key_for
@@ -84,6 +85,7 @@ __all__ = [
     "TooManySubscribers",
     "UsageError",
     "ValueTooLarge",
+    "WrongLoopError",
     "key_for",
 ]
 
@@ -97,7 +99,7 @@ _MODULE_OF = {
         "NoPeersError", "NotFoundError", "OperationTimeout", "PeerClosedError", "ProtocolError",
         "QadomError", "RateLimited", "RemoteError", "StaleSequence", "StorageFull",
         "StorageUnavailable", "StoreUnusable", "SubscriptionClosed", "SubscriptionMisuse",
-        "TooManySubscribers", "UsageError", "ValueTooLarge"), "errors"),
+        "TooManySubscribers", "UsageError", "ValueTooLarge", "WrongLoopError"), "errors"),
     "Identity": "identity",
     "key_for": "ids",
     "NamespaceRecord": "namespace",

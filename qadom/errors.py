@@ -84,6 +84,13 @@ class LoopRunningError(UsageError, RuntimeError):
     coroutine): nothing was started; write ``await`` instead."""
 
 
+class WrongLoopError(UsageError, RuntimeError):
+    """A :class:`~qadom.peer.Peer` was used from an event loop other than the one it was started
+    on (a loop in another thread, a later ``asyncio.run()``), or after that loop ended: a peer
+    serves only on its own loop, while that loop runs. Nothing was started; use the peer from
+    its loop, or close it and start a new one on this loop."""
+
+
 class ProtocolError(QadomError):
     """Bytes from the network that are not a valid qadom message, or a reply that breaks the rules.
 

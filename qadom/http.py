@@ -967,8 +967,12 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def make_app(peer: Peer) -> web.Application:
-    """The aiohttp application serving ``peer`` (which must be started): for :class:`HttpHelper`,
-    or for aiohttp's ``TestServer`` in tests."""
+    """The aiohttp application serving ``peer``: for :class:`HttpHelper`, or for aiohttp's
+    ``TestServer`` in tests. PeerClosedError, before anything is made, unless ``peer`` is
+    running (started, and not closed)."""
+    if not peer.running:
+        raise PeerClosedError("the peer is closed" if peer.closed else
+                              "the peer is not running: start it before serving it over HTTP")
     config = peer.config
     secret = node_signing_key(peer.node.store, time.time(), lambda: secrets.token_bytes(32))
     # auto_decompress off: _body decodes Content-Encoding itself, so that a body aiohttp could
@@ -997,7 +1001,10 @@ class HttpHelper:
     The arguments are checked as :class:`~qadom.peer.Peer` checks its own: InvalidType or
     InvalidArgument for a ``peer`` that is no Peer, a host no socket can bind, or a port that is
     not an int in [0, 65535] (a ``"80"``, ``True`` or ``1.5`` would otherwise bind port 80 or
-    1)."""
+    1).
+
+    :meth:`start` is idempotent: concurrent calls bind one server. A :meth:`close` while
+    starting waits for the start to be over, then closes what it bound."""
 
     def __init__(self, peer: Peer, host: str = "127.0.0.1", port: int = 0) -> None:
         if not isinstance(peer, Peer):
@@ -1006,25 +1013,39 @@ class HttpHelper:
         self.host = check_bind_host(host)
         self.port = check_port(port)
         self._runner: web.AppRunner | None = None
+        self._starting: asyncio.Lock | None = None  # held by a start, and by a close
         self.address: Address | None = None
 
+    def _lock(self) -> asyncio.Lock:
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        return self._starting
+
     async def start(self) -> None:
+        """Bind the server and serve the peer; PeerClosedError, before anything is bound, when
+        the peer is not running. A start cancelled or failed on the way leaves nothing
+        bound."""
         if self._runner is not None:
             return
-        # handler_cancellation: a client that hangs up cancels its handler, so an event stream
-        # ends (and unsubscribes) as soon as its client is gone, not at the next keepalive.
-        runner = web.AppRunner(make_app(self.peer), handler_cancellation=True,
-                               shutdown_timeout=self.peer.config.http_shutdown_timeout)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        sockname = runner.addresses[0]
-        self.address = (str(sockname[0]), int(sockname[1]))
+        async with self._lock():
+            if self._runner is not None:  # another start bound it meanwhile
+                return
+            app = make_app(self.peer)
+            # handler_cancellation: a client that hangs up cancels its handler, so an event
+            # stream ends (and unsubscribes) as soon as its client is gone, not at the next
+            # keepalive.
+            runner = web.AppRunner(app, handler_cancellation=True,
+                                   shutdown_timeout=self.peer.config.http_shutdown_timeout)
+            try:
+                await runner.setup()
+                site = web.TCPSite(runner, self.host, self.port)
+                await site.start()
+            except BaseException:
+                await runner.cleanup()
+                raise
+            self._runner = runner
+            sockname = runner.addresses[0]
+            self.address = (str(sockname[0]), int(sockname[1]))
 
     @property
     def open_streams(self) -> int:
@@ -1032,9 +1053,12 @@ class HttpHelper:
         return self._runner.app[STATE].subscriptions if self._runner is not None else 0
 
     async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        """Stop serving (idempotent). A start under way is waited for, and what it bound is
+        closed."""
+        async with self._lock():
+            runner, self._runner = self._runner, None
+            if runner is not None:
+                await runner.cleanup()
 
     async def __aenter__(self) -> HttpHelper:
         await self.start()

@@ -906,7 +906,9 @@ class Node:
         call: Call[None] = self.new_call("refresh", now)
         buckets = (self.table.buckets if all_buckets
                    else self.table.stale_buckets(now, self.config.refresh_interval))
-        self._refresh([(b.lo, b.hi) for b in buckets], now, lambda now: call.resolve(None))
+        # The lookups stop asking once the call is done: its deadline, or a caller who stopped
+        # waiting (a cancelled Peer.refresh).
+        self._refresh([(b.lo, b.hi) for b in buckets], now, lambda now: call.resolve(None), call)
         return call
 
     # ================================================================== RPC layer
@@ -1734,8 +1736,10 @@ class Node:
         return [(b.lo, b.hi) for b in stale]
 
     def _refresh(self, ranges: list[tuple[int, int]], now: float,
-                 then: Callable[[float], None]) -> None:
-        """Look up a random id in each id range ``[lo, hi)``, then ``then(now)``."""
+                 then: Callable[[float], None], call: Call[Any] | None = None) -> None:
+        """Look up a random id in each id range ``[lo, hi)``, then ``then(now)``. Once ``call``
+        is done, the lookups stop asking (see :meth:`run_lookup`); without it they run to their
+        end (upkeep, a join)."""
         if not ranges or not len(self.table):
             then(now)
             return
@@ -1747,7 +1751,7 @@ class Node:
                 then(now)
 
         for lo, hi in ranges:
-            self.find_closest(random_id_in(self.rng, lo, hi), now, one_done)
+            self.find_closest(random_id_in(self.rng, lo, hi), now, one_done, call)
 
     def _local_entries(self, key: int, now: float) -> builtins.set[int]:
         results: builtins.set[int] = set()

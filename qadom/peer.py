@@ -42,6 +42,7 @@ from .errors import (
     PeerClosedError,
     ProtocolError,
     StorageFull,
+    WrongLoopError,
 )
 from .ids import check_id, id_from_bytes, id_to_bytes, random_id
 from .messages import Envelope, Kind, Message
@@ -124,6 +125,8 @@ class Peer:
         A :meth:`close` while starting wins: the socket is closed again and PeerClosedError
         raised. Started at a terminal IPython prompt, the peer keeps serving while the prompt
         waits (:func:`qadom.interactive.serve_at_prompt`)."""
+        if self._protocol is not None:
+            _check_loop(self._protocol.loop)  # started already, on another loop
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
@@ -187,30 +190,53 @@ class Peer:
 
     async def close(self) -> None:
         """Stop serving and close the socket; pending operations fail with PeerClosedError, and
-        open subscriptions end, their relays told (UNSUBSCRIBE) while the socket is still open."""
+        open subscriptions end, their relays told (UNSUBSCRIBE) while the socket is still open.
+
+        Called from another thread's loop while the peer's own loop runs, the close runs on the
+        peer's loop and this waits for it. Once the peer's loop has ended (the peer was started
+        under an earlier ``asyncio.run()``), the socket, the store and the data dir are released
+        at once, here; the relays of its subscriptions are not told (they drop it when its lease
+        runs out). Whatever fails on the way, the socket, the store and the data dir lock are
+        released; WrongLoopError after the release when the socket of an ended loop could not
+        be reached (a loop that does not expose it)."""
+        protocol = self._protocol
+        if protocol is not None and protocol.loop is not asyncio.get_running_loop() and (
+                protocol.loop.is_running()):  # in another thread: close it there
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.close(),
+                                                                       protocol.loop))
+            return
         self._closed = True
-        if self._protocol is not None and self._protocol.transport is not None:
+        ended = protocol is not None and protocol.loop.is_closed()
+        if protocol is not None and protocol.transport is not None and not ended:
             for subscription in list(self._subscriptions):
                 try:
                     subscription._peer_closed()  # sends UNSUBSCRIBE, then ends its iteration
                 except Exception:  # a bug: the socket, the data dir and the waiters still go
                     log.exception("could not unsubscribe %r while closing", subscription)
-        protocol, self._protocol = self._protocol, None
-        if protocol is not None and protocol.transport is not None:
-            protocol.transport.close()
-        if protocol is not None and self.data_dir is not None:
-            store = protocol.node.store
-            try:
-                protocol.node.save_contacts()
-            except Exception as exc:  # a full disk, say: those saved by the last upkeep stay
-                log.warning("could not save contacts in %s: %s", self.data_dir, exc)
-            finally:
+        self._protocol = None
+        socket_closed = True
+        try:
+            if protocol is not None:
+                socket_closed = protocol.close()
+        finally:
+            if protocol is not None and self.data_dir is not None:
+                store = protocol.node.store
                 try:
-                    store.close()
+                    protocol.node.save_contacts()
+                except Exception as exc:  # a full disk, say: those saved by the last upkeep stay
+                    log.warning("could not save contacts in %s: %s", self.data_dir, exc)
                 finally:
-                    self._unlock()
-        self._fail_pending("the peer was closed")
-        await asyncio.sleep(0)  # let the transport's connection_lost run
+                    try:
+                        store.close()
+                    finally:
+                        self._unlock()
+            self._fail_pending("the peer was closed")
+        if not socket_closed:
+            raise WrongLoopError("the event loop this peer was started on has ended, and its "
+                                 "socket could not be closed from here: close a peer on its "
+                                 "own loop, before that loop ends")
+        if not ended:
+            await asyncio.sleep(0)  # let the transport's connection_lost run
 
     def _socket_lost(self) -> None:
         """The socket was closed: by :meth:`close`, or under a running peer by an error the loop
@@ -222,7 +248,7 @@ class Peer:
     def _fail_pending(self, reason: str) -> None:
         """End every operation and subscription in progress with PeerClosedError(reason)."""
         for future in list(self._futures):
-            if not future.done():
+            if not future.done() and not future.get_loop().is_closed():
                 future.set_exception(PeerClosedError(reason))
         self._futures.clear()
         for subscription in list(self._subscriptions):
@@ -262,8 +288,11 @@ class Peer:
     def running(self) -> bool:
         """Started, not closed, and its socket open (an error the event loop treats as fatal
         closes the socket: logged on the ``qadom`` logger and counted as ``socket_lost``; the
-        operations and subscriptions in progress then end with PeerClosedError)."""
-        return self._protocol is not None and self._protocol.transport is not None
+        operations and subscriptions in progress then end with PeerClosedError), on an event loop
+        that has not ended (a peer serves only while the loop it was started on runs)."""
+        protocol = self._protocol
+        return (protocol is not None and protocol.transport is not None
+                and not protocol.loop.is_closed())
 
     @property
     def closed(self) -> bool:
@@ -484,10 +513,14 @@ class Peer:
         return store
 
     def _running(self) -> NodeProtocol:
+        """The running peer's protocol, for an operation to start on. PeerClosedError when the
+        peer is not running; WrongLoopError, before anything is started, when called from
+        another event loop than the peer's (or after the peer's loop ended)."""
         protocol = self._protocol
         if protocol is None:
             raise PeerClosedError("the peer is closed" if self._closed else
                                   "the peer is not started: await peer.start() first")
+        _check_loop(protocol.loop)
         if protocol.transport is None:
             raise PeerClosedError(_SOCKET_LOST)
         return protocol
@@ -561,6 +594,28 @@ def _check_wire_fields(codec: Codec, message: Message) -> None:
         raise InvalidArgument(f"{name} cannot be sent: {exc}") from None
     if not same:
         raise InvalidArgument(f"{name} cannot be sent: a field does not survive the wire")
+
+
+def _check_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Nothing if the peer whose loop is ``loop`` may be used here: on that loop, or from no
+    running loop while that one is not running either (plain code between two
+    ``loop.run_until_complete`` calls). WrongLoopError otherwise: the peer's node is driven by
+    its loop alone, so an operation from another loop (another thread's, or a later
+    ``asyncio.run()``) would race that loop, and could never be awaited here."""
+    try:
+        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        current = None
+    if current is loop:
+        return
+    if loop.is_closed():
+        raise WrongLoopError("the event loop this peer was started on has ended (a peer serves "
+                             "only while its loop runs: start, use and close it under one "
+                             "asyncio.run()); close it and start a new peer on this loop")
+    if current is not None or loop.is_running():
+        raise WrongLoopError("this peer runs on another event loop (another thread's, or an "
+                             "earlier asyncio.run()'s): use it from that loop "
+                             "(asyncio.run_coroutine_threadsafe from another thread)")
 
 
 def check_port(port: object) -> int:

@@ -642,8 +642,8 @@ class Inbox:
 class _Topic:
     """Our own subscription to one topic: local listeners, relays, inbox, renewal state."""
 
-    __slots__ = ("closed", "gap_timer", "generation", "inbox", "key", "listeners", "registered",
-                 "relays", "waiting")
+    __slots__ = ("closed", "ended", "gap_timer", "generation", "inbox", "key", "listeners",
+                 "registered", "relays", "waiting")
 
     def __init__(self, key: int, inbox: Inbox) -> None:
         self.key = key
@@ -657,14 +657,20 @@ class _Topic:
         self.waiting: list[Call[int]] = []
         self.gap_timer: float | None = None
         self.closed = False
+        # Done once the topic is closed (its last listener gone): its lookups stop asking then,
+        # a first registration's as a renewal's (see Node.run_lookup).
+        self.ended: Call[None] = Call("subscription")
 
 
 class _Outbox:
     """Our publications to one topic: the stream id, the next seq, when messages last left, and
     the messages waiting for the lookup of the topic's relays (non-empty exactly while a lookup
-    is under way; they are numbered when they leave)."""
+    is under way; they are numbered when they leave). ``lookup``, the call that lookup runs for,
+    is done once every message waiting has its call done (each caller stopped waiting, or the
+    deadlines passed): the lookup then asks nobody more, and the messages go to the closest
+    peers it had found (a write is not undone)."""
 
-    __slots__ = ("next_seq", "pending", "sent", "stream", "switched")
+    __slots__ = ("lookup", "next_seq", "pending", "sent", "stream", "switched", "waiting")
 
     def __init__(self, stream: int) -> None:
         self.stream = stream
@@ -672,6 +678,8 @@ class _Outbox:
         self.sent = 0.0
         self.switched: float | None = None  # when a STREAM_TAKEN last moved us to a new stream
         self.pending: list[tuple[bytes, Call[int]]] = []
+        self.lookup: Call[None] | None = None  # while a lookup is under way
+        self.waiting = 0  # the calls of ``pending`` not done yet
 
     def new_stream(self, stream: int) -> None:
         """Go on with stream ``stream`` from seq 0 (messages already numbered keep theirs)."""
@@ -860,7 +868,7 @@ class PubSubService:
                 node.request(contact.address, message, now, expect_id=contact.id,
                              on_reply=partial(on_reply, contact))
 
-        node.find_closest(topic.key, now, send_all)
+        node.find_closest(topic.key, now, send_all, topic.ended)
 
     def _round_over(self, topic: _Topic, generation: int, accepted: int, refusals: list[Error],
                     failed: int, now: float, granted: float | None = None) -> None:
@@ -918,6 +926,7 @@ class PubSubService:
         if topic.listeners:
             return
         topic.closed = True
+        topic.ended.resolve(None)  # its lookup under way stops asking
         del self._topics[key]
         message = Unsubscribe(key)
         for address, (node_id, _) in topic.relays.items():
@@ -998,14 +1007,29 @@ class PubSubService:
             self._outboxes.move_to_end(key)
         call: Call[int] = node.new_call("publish", now)
         outbox.pending.append((value, call))
-        if len(outbox.pending) == 1:  # no lookup under way: start one
-            node.find_closest(key, now, partial(self._send_pending, key, outbox))
+        outbox.waiting += 1
+        lookup = outbox.lookup
+        if lookup is None:  # no lookup under way: start one
+            lookup = outbox.lookup = Call("publish")
+            call.add_done_callback(partial(self._publish_done, outbox, lookup))
+            node.find_closest(key, now, partial(self._send_pending, key, outbox), lookup)
+        else:
+            call.add_done_callback(partial(self._publish_done, outbox, lookup))
         return call
+
+    @staticmethod
+    def _publish_done(outbox: _Outbox, lookup: Call[None], _: Call[int]) -> None:
+        """A publish's call is done: once none waiting for ``lookup`` is left, it stops asking."""
+        if outbox.lookup is lookup:  # else its messages have left already
+            outbox.waiting -= 1
+            if not outbox.waiting:
+                lookup.resolve(None)
 
     def _send_pending(self, key: int, outbox: _Outbox, closest: list[Contact],
                       now: float) -> None:
         """The lookup is over: number the waiting messages, in order, and send them."""
         batch, outbox.pending = outbox.pending, []
+        outbox.lookup, outbox.waiting = None, 0
         if not closest:  # nothing leaves, so nothing is numbered: subscribers see no gap
             for _, call in batch:
                 call.fail(NoPeersError(f"no peer known to relay topic {key}"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -70,6 +71,30 @@ class NodeProtocol(asyncio.DatagramProtocol):
             self._timer = None
         if self._on_lost is not None:
             self._on_lost()
+
+    def close(self) -> bool:
+        """Close the socket. While the loop is open, through the transport (``connection_lost``
+        follows on the loop); once the loop is closed, nothing can run on it again, so what the
+        transport would have run there runs here, at once: the socket is closed, then
+        ``connection_lost``. False when the socket of a closed loop cannot be reached (a loop
+        that exposes neither) and stays open."""
+        transport = self.transport
+        if transport is None:
+            return True
+        if not self.loop.is_closed():
+            transport.close()
+            return True
+        lost: Any = getattr(transport, "_call_connection_lost", None)
+        if callable(lost):  # asyncio's transports: closes the socket, calls connection_lost
+            lost(None)
+            return True
+        sock = transport.get_extra_info("socket")
+        sock = getattr(sock, "_sock", sock)  # asyncio's TransportSocket wraps the socket
+        if isinstance(sock, socket.socket):
+            sock.close()
+            self.connection_lost(None)
+            return True
+        return False
 
     # ------------------------------------------------------------------ driving the node
 

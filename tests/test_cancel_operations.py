@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from qadom import PeerClosedError
+from qadom.contact import Address
+from qadom.messages import Message
 
 from helpers import FAST, udp_network, wait_until
 
@@ -65,3 +69,42 @@ async def test_closing_the_peer_while_subscribing_raises_peer_closed() -> None:
         with pytest.raises(PeerClosedError):
             await asyncio.wait_for(entering, 1)
         assert subscription.closed
+
+
+@pytest.mark.parametrize("operation", ["publish", "subscribe", "refresh"])
+async def test_a_cancelled_lookup_of_publish_subscribe_refresh_asks_nobody_more(
+        operation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelling a publish, a subscribe while it registers or a refresh among silent peers
+    stops their lookups as a cancelled get's: once the requests already out have run out, no
+    FIND_NODE was sent after the cancel (each lookup had peers left to ask)."""
+    async with udp_network(12, config=QUICK) as peers:
+        peer = peers[0]
+        for other in peers[1:]:
+            await other.close()  # in peer's table, and silent now
+        node = peer.node
+        asked: list[str] = []
+        request = node.request
+
+        def counting(address: Address, message: Message, now: float, **options: Any) -> int:
+            asked.append(type(message).__name__)
+            return request(address, message, now, **options)
+
+        monkeypatch.setattr(node, "request", counting)
+
+        async def subscribe() -> None:
+            async with peer.subscribe(5):
+                pass
+
+        starts: dict[str, Callable[[], Awaitable[Any]]] = {
+            "publish": lambda: peer.publish(12345, b"m"), "subscribe": subscribe,
+            "refresh": lambda: peer.refresh(all_buckets=True)}
+        task = asyncio.ensure_future(starts[operation]())
+        await asyncio.sleep(0)  # the first requests of the lookup are out
+        assert "FindNode" in asked
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 2)
+        before = asked.count("FindNode")
+        await wait_until(lambda: not node._pending, 5)  # those sent already run out
+        assert asked.count("FindNode") == before
+        assert not node._deadlines

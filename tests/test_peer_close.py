@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,23 @@ async def test_close_releases_everything_when_unsubscribing_fails(
             await asyncio.wait_for(reading, 1)
         async with Peer("127.0.0.1", 0, config=config, data_dir=tmp_path) as again:
             assert again.id == peer.id  # the data dir was released
+
+
+def test_close_after_the_loop_ended_releases_everything(tmp_path: Path) -> None:
+    """A peer started under one ``asyncio.run()`` and closed under a later one: its loop has
+    ended, so it no longer runs, and close() still closes its socket, its store and the data
+    dir lock, without a builtin RuntimeError; the directory and the port serve again."""
+    peer = Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path)
+    asyncio.run(peer.start())
+    assert not peer.running  # its loop is closed: nothing serves it
+    asyncio.run(asyncio.wait_for(peer.close(), 5))
+    assert peer.closed and not peer.running
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+        again.bind(peer.address)  # the socket was closed: its port is free
+    asyncio.run(asyncio.wait_for(peer.close(), 5))  # a second close has nothing left to do
+
+    async def restart() -> int:
+        async with Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path) as other:
+            return other.id
+
+    assert asyncio.run(asyncio.wait_for(restart(), 5)) == peer.id  # the data dir was released
