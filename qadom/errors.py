@@ -206,6 +206,6 @@ class TooManySubscribers(RemoteError):
 
 class RateLimited(RemoteError):
     """Peers refused us for our rate: every relay asked refused a publish or a subscription
-    (``Config.pubsub_rate`` messages per second, bursts of ``Config.pubsub_burst``), or the k
-    closest peers that refused a set or an append did so for our requests
-    (``Config.request_rate``)."""
+    (``Config.pubsub_rate`` messages per second, bursts of ``Config.pubsub_burst``), or a set or
+    an append no peer took, which one of the peers asked refused for our requests
+    (``Config.request_rate``: over it, a peer answers one refusal a second and drops the rest)."""

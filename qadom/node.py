@@ -94,7 +94,7 @@ from .namespace import NamespaceService, check_record_value
 from .pubsub import PubSubService
 from .ratelimit import RateLimiter
 from .routing import RoutingTable, network_prefix, range_distance
-from .storage import NEVER, Due, DueRecord, MemoryStore, Meta, remaining_ttl
+from .storage import ENTRY_SIZE, NEVER, Due, DueRecord, MemoryStore, Meta, remaining_ttl
 from .storage import Store as StoreBackend
 
 log = logging.getLogger("qadom")
@@ -130,6 +130,12 @@ class RecordService(Protocol):
         (:meth:`Node.replicate`)."""
 
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None: ...
+
+
+def _named_nodes(contact: Contact, message: Message, lookup: Lookup,
+                 now: float) -> Iterable[Contact] | None:
+    """A FIND_NODE lookup's reading of a reply: the contacts of a NODES, else none of use."""
+    return message.nodes if isinstance(message, Nodes) else None
 
 
 _EXPIRE_AGAIN = 1.0
@@ -444,6 +450,9 @@ class Node:
         self._rejoin_at = now
         self._rejoin_delay = cfg.maintenance_interval
         self._rejoining = False  # rejoining through saved contacts since the table emptied
+        # Keys with a set or append on its way (how many), and those of them forgotten meanwhile.
+        self._writing: dict[int, int] = {}
+        self._forgotten_while_writing: builtins.set[int] = set()
         # The IP family of our socket (True: IPv6) when the driver sets it: an address of the
         # other family cannot be reached from it, so a lookup does not ask a candidate there nor
         # a bootstrap ping it. None: any address (the simulator).
@@ -775,14 +784,69 @@ class Node:
     def set(self, value: bytes, now: float) -> Call[int]:
         """Store ``value`` at the k closest peers to its key, then here; resolves to the key.
 
+        Raises StorageFull at once, with nothing sent, when our own store has no room for it.
         Fails, with nothing stored here, when there were peers to ask and none of them stored it
         (:meth:`unstored` says how: StorageFull, RateLimited, RemoteError, OperationTimeout);
         with no peer known it is stored here alone, and offered to peers as they come (hand-over
-        to a newcomer, and the publisher's republish)."""
+        to a newcomer, and the publisher's republish). A peer whose known contacts all failed of
+        late asks none and fails with OperationTimeout."""
         self.check_value(value)
         key = key_for(value)
         cfg = self.config
+        if self.store.value_meta(key) is None:
+            self._check_room(len(value))
         call: Call[int] = self.new_call("set", now)
+
+        def keep(meta: Meta) -> int:
+            self.store.put_value(key, value, meta)
+            return key
+
+        self.replicate(key, Store(value, int(cfg.expire_time)), now,
+                       self._written(key, call, keep), call)
+        return call
+
+    def append(self, key: int, value: int, now: float) -> Call[None]:
+        """Add ``value`` to the multimap set under ``key`` at the k closest peers, then here.
+        Raises and fails as :meth:`set` does, with nothing stored here."""
+        check_id(key)
+        check_id(value, "value")
+        cfg = self.config
+        if self.store.entry_meta(key, value) is None:
+            self._check_room(ENTRY_SIZE)
+        call: Call[None] = self.new_call("append", now)
+
+        def keep(meta: Meta) -> None:
+            self.store.add_entry(key, value, meta)
+
+        self.replicate(key, Append(key, value, int(cfg.expire_time)), now,
+                       self._written(key, call, keep), call)
+        return call
+
+    def _check_room(self, size: int) -> None:
+        """StorageFull unless our store can take one more item of ``size`` bytes of our own
+        (cached copies, which it evicts for it, counted as room): a write we could not keep
+        is refused before it reaches the network."""
+        quotas = self.store.quotas
+        quotas.check("", size, freeable=quotas.cached_bytes, freeable_items=quotas.cached_items)
+
+    def _written(self, key: int, call: Call[T], keep: Callable[[Meta], T],
+                 ) -> Callable[[int, QadomError | None, float], None]:
+        """The end of a set or an append of ``key`` once :meth:`replicate` is done: fail
+        ``call`` with the network's refusal, else store the item here as ours with
+        ``keep(meta)`` and resolve ``call`` with what it returns. A :meth:`forget` of ``key``
+        while the write was on its way is kept: the item is then stored, not published."""
+        writing = self._writing
+        writing[key] = writing.get(key, 0) + 1
+
+        def done(call: Call[T]) -> None:
+            left = writing.pop(key) - 1
+            if left:
+                writing[key] = left
+            else:
+                self._forgotten_while_writing.discard(key)
+
+        call.add_done_callback(done)
+        cfg = self.config
 
         def replicated(acks: int, error: QadomError | None, now: float) -> None:
             if call.done:  # timed out (or the peer closed): the caller was told it failed
@@ -790,41 +854,17 @@ class Node:
             if error is not None:
                 call.fail(error)
                 return
+            ours = key not in self._forgotten_while_writing
             try:
-                self.store.put_value(key, value, Meta(
-                    now + cfg.expire_time, now + cfg.publisher_renew_after, original=True))
+                result = keep(Meta(now + cfg.expire_time,
+                                   now + cfg.publisher_renew_after if ours else NEVER,
+                                   original=ours))
             except StorageFull as exc:
                 call.fail(exc)
                 return
-            call.resolve(key)
+            call.resolve(result)
 
-        self.replicate(key, Store(value, int(cfg.expire_time)), now, replicated, call)
-        return call
-
-    def append(self, key: int, value: int, now: float) -> Call[None]:
-        """Add ``value`` to the multimap set under ``key`` at the k closest peers, then here.
-        Fails as :meth:`set` does, with nothing stored here."""
-        check_id(key)
-        check_id(value, "value")
-        cfg = self.config
-        call: Call[None] = self.new_call("append", now)
-
-        def replicated(acks: int, error: QadomError | None, now: float) -> None:
-            if call.done:
-                return
-            if error is not None:
-                call.fail(error)
-                return
-            try:
-                self.store.add_entry(key, value, Meta(
-                    now + cfg.expire_time, now + cfg.publisher_renew_after, original=True))
-            except StorageFull as exc:
-                call.fail(exc)
-                return
-            call.resolve(None)
-
-        self.replicate(key, Append(key, value, int(cfg.expire_time)), now, replicated, call)
-        return call
+        return replicated
 
     def unanswered(self, lookup: Lookup) -> QadomError:
         """Why a read that no peer answered found nothing: no peer known (NoPeersError), or
@@ -852,8 +892,13 @@ class Node:
     def forget(self, key: int) -> bool:
         """Stop republishing ``key`` as its original publisher (a value, multimap entries, or a
         service record stored under that key); our copies and the network's then expire
-        ``expire_time`` after the last republish. True if we had published it."""
+        ``expire_time`` after the last republish. True if we had published it, or a set or an
+        append of it is on its way (it is then stored here as a copy, not published)."""
         check_id(key)
+        if key in self._writing:  # a set or append of it on its way: it will not be ours
+            self._forgotten_while_writing.add(key)
+            self.store.forget(key)
+            return True
         return self.store.forget(key)
 
     def search(self, key: int, now: float) -> Call[builtins.set[int]]:
@@ -1580,12 +1625,13 @@ class Node:
     def find_closest(self, target: int, now: float,
                     then: Callable[[list[Contact], float], None],
                     call: Call[Any] | None = None) -> None:
-        def on_message(contact: Contact, message: Message, lookup: Lookup,
-                       now: float) -> Iterable[Contact] | None:
-            return message.nodes if isinstance(message, Nodes) else None
+        """Look up the k closest to ``target``; ``then(closest, now)`` with those that answered."""
+        self._find_nodes(target, now, lambda lookup, now: then(lookup.closest(), now), call)
 
-        self.run_lookup(target, "node", FindNode(target), now, on_message,
-                     lambda lookup, now: then(lookup.closest(), now), call)
+    def _find_nodes(self, target: int, now: float, then: Callable[[Lookup, float], None],
+                    call: Call[Any] | None = None) -> None:
+        """A FIND_NODE lookup for ``target``; ``then(lookup, now)`` once it is over."""
+        self.run_lookup(target, "node", FindNode(target), now, _named_nodes, then, call)
 
     def replicate(self, key: int, message: Message, now: float,
                   then: Callable[[int, QadomError | None, float], None] = _ignore_acks,
@@ -1605,6 +1651,8 @@ class Node:
 
         def send_all(lookup: Lookup, now: float) -> None:
             closest = lookup.closest()
+            # Only the final k closest count: a peer that kept the value on the way but turned
+            # out farther is not where a lookup for the key will look.
             kept = sum(1 for c in closest if c.id in stored_by)
 
             def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
@@ -1630,12 +1678,7 @@ class Node:
             self.run_lookup(key, "node", FindNodeStore(message.value, message.ttl), now,
                             on_message, send_all, call)
         else:
-
-            def on_nodes(contact: Contact, reply: Message, lookup: Lookup,
-                         now: float) -> Iterable[Contact] | None:
-                return reply.nodes if isinstance(reply, Nodes) else None
-
-            self.run_lookup(key, "node", FindNode(key), now, on_nodes, send_all, call)
+            self._find_nodes(key, now, send_all, call)
 
     def unstored(self, lookup: Lookup,
                  replies: list[tuple[Contact, Message | None]]) -> QadomError | None:
@@ -1644,12 +1687,20 @@ class Node:
         ours alone until peers come, as on the first node of a network).
 
         Refusals speak for themselves: StorageFull when each peer that refused it was full,
-        RateLimited when one refused it for our rate, else the first refusal as a RemoteError.
-        With no refusal, OperationTimeout: the peers asked did not answer."""
+        RateLimited when one refused it for our rate (the request to store it, or the lookup),
+        else the first refusal as a RemoteError. With no refusal, OperationTimeout: the peers
+        asked did not answer."""
         refusals = [r for _, r in replies if isinstance(r, Error)]
-        if not replies:
+        if not replies:  # nobody answered the lookup (or nobody could be asked)
             error = self.unanswered(lookup)
-            return None if isinstance(error, NoPeersError) else error
+            if isinstance(error, NoPeersError):
+                return None
+            first = lookup.first_refusal if isinstance(lookup, _NodeLookup) else None
+            if first is not None and first.code == ErrorCode.RATE_LIMITED:
+                # A peer over its limit answers one refusal a second and drops the rest: the
+                # silence of the others has the same cause.
+                return RateLimited(ErrorCode.RATE_LIMITED, f"{error}: slow down")
+            return error
         if not refusals:
             return OperationTimeout(f"none of the {len(replies)} closest peers asked to store "
                                     "it answered")

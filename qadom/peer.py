@@ -351,8 +351,10 @@ class Peer:
 
         When there were peers to ask and none stored it, raises StorageFull (each that refused
         was full), RateLimited (one refused it for our rate), RemoteError (another refusal) or
-        OperationTimeout (none answered), and nothing is stored here: try again later. A peer
-        that knows no other stores it here alone, and hands it to peers as they join."""
+        OperationTimeout (none answered, or every contact we know failed of late), and nothing
+        is stored here: try again later. StorageFull at once, nothing sent, when this peer's own
+        store has no room for it. A peer that knows no other stores it here alone, and hands it
+        to peers as they join."""
         protocol = self._running()
         return await self._run(protocol.node.set(value, protocol.now()))
 
@@ -505,7 +507,7 @@ class Peer:
                 self._node_id = id_from_bytes(saved)
             with contextlib.suppress(StorageFull):  # a full disk: the first upkeep tries again
                 # Everything that expired while the node was down goes before it serves.
-                while store.expire(time.time()) >= store.expire_batch:
+                while 0 < store.expire_batch <= store.expire(time.time()):
                     pass
         except BaseException:
             store.close()

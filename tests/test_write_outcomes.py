@@ -5,7 +5,7 @@ nothing here either, so the caller's retry is the only copy that will exist."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 
@@ -13,10 +13,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from qadom import Config, Peer
-from qadom.errors import OperationTimeout, StorageFull
+from qadom.errors import OperationTimeout, RateLimited, RemoteError, StorageFull
 from qadom.http import key_text, make_app, openapi_document
 from qadom.ids import key_for
+from qadom.messages import Error, ErrorCode, FindNodeStore, Message, NodesStored, Pong, Store
+from qadom.node import Node
 from qadom.sim import SimNetwork
+from qadom.storage import NEVER
 
 from helpers import FAST
 
@@ -114,3 +117,69 @@ async def test_over_http_a_write_every_replica_refused_as_full_is_a_503_and_docu
         document = openapi_document(FAST)["paths"]
         for path in ("/values", "/entries/{key}"):
             assert {"429", "502", "503", "504"} <= set(document[path]["post"]["responses"])
+
+
+def _refusing_network(find_node_store: object, store: object) -> tuple[SimNetwork, Node]:
+    """A simulated network whose peers other than the writer answer FIND_NODE_STORE and STORE
+    with the given replies (messages, or None: served as usual)."""
+    net = SimNetwork(31)
+    nodes = net.build(25)
+    writer = nodes[0]
+    for node in nodes[1:]:
+        for kind, reply in ((FindNodeStore, find_node_store), (Store, store)):
+            if reply is not None:
+                node.register_handler(kind, _answer(node, reply))
+    return net, writer
+
+
+def _answer(node: Node, reply: object) -> Callable[..., Message]:
+    def handler(message: Message, sender: int | None, address: object, now: float) -> Message:
+        if reply == "not held":  # the contacts, as usual, but the value not kept
+            key = key_for(message.value)  # type: ignore[attr-defined]
+            return NodesStored(tuple(node.table.closest(key, node.config.k)), False)
+        assert isinstance(reply, Message)
+        return reply
+    return handler
+
+
+@pytest.mark.parametrize(("find_node_store", "store", "error", "text"), [
+    (Error(ErrorCode.RATE_LIMITED, "slow down"), None, RateLimited, "slow down"),
+    ("not held", Error(ErrorCode.RATE_LIMITED, "slow down"), RateLimited, "refused it"),
+    ("not held", Error(ErrorCode.STORAGE_FULL, "full"), StorageFull, "refused it"),
+    ("not held", Error(ErrorCode.BAD_REQUEST, "no"), RemoteError, "BAD_REQUEST"),
+    ("not held", Pong(), OperationTimeout, "asked to store it answered"),
+])
+def test_sim_a_set_no_peer_stored_says_why_and_stores_nothing_here(
+        find_node_store: object, store: object, error: type[Exception], text: str) -> None:
+    net, writer = _refusing_network(find_node_store, store)
+    value = b"refused"
+    with pytest.raises(error, match=text):
+        net.run_call(net.call(writer, writer.set, value))
+    assert writer.store.get_value(key_for(value)) is None
+
+
+def test_a_set_our_own_store_has_no_room_for_is_refused_before_anything_is_sent() -> None:
+    net = SimNetwork(32)
+    nodes = net.build(10)
+    writer = nodes[0]
+    writer.store.quotas.config = replace(writer.config, max_store_bytes=50)
+    sent = writer.stats["requests_out"]
+    with pytest.raises(StorageFull):
+        net.call(writer, writer.set, b"y" * 100)
+    with pytest.raises(StorageFull):
+        writer.store.quotas.config = replace(writer.config, max_store_items=0)
+        net.call(writer, writer.append, 1, 2)
+    assert writer.stats["requests_out"] == sent
+    assert all(node.store.stats()["values"] == 0 for node in nodes)
+
+
+def test_sim_a_key_forgotten_while_its_set_is_on_its_way_is_not_republished() -> None:
+    net = SimNetwork(33)
+    nodes = net.build(20)
+    writer = nodes[0]
+    call = net.call(writer, writer.set, b"changed my mind")
+    assert writer.forget(key_for(b"changed my mind"))
+    key = net.run_call(call)
+    meta = writer.store.value_meta(key)
+    assert meta is not None and not meta.original and meta.republish_at == NEVER
+    assert not writer.forget(key)  # nothing left to forget
