@@ -30,7 +30,8 @@ republished, no bootstrap address taken)."""
 _NOT_NEGATIVE = ("dead_backoff", "liar_backoff", "verify_interval", "cache_min_lifetime",
                  "max_verifying", "max_tokens", "min_request_size", "min_small_request_size",
                  "max_store_bytes", "max_store_items", "max_bytes_per_source",
-                 "max_items_per_source", "max_given_up", "given_up_pings")
+                 "max_items_per_source", "max_given_up", "given_up_pings",
+                 "socket_receive_buffer")
 """Fields for which 0 means none (no backoff, nothing stored...) and below 0 means nothing."""
 
 _SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -267,6 +268,13 @@ class Config:
     max_datagram_size: int = 8192 + 512
     """Largest datagram sent or accepted: one full value plus its envelope. IP fragments larger
     datagrams transparently; a bound keeps memory per request small."""
+
+    socket_receive_buffer: int = 4 * 1024 * 1024
+    """Bytes the kernel may queue for our UDP socket before it drops what arrives (SO_RCVBUF;
+    0 keeps the system's default). The default of Linux, about 208 KiB, holds about a hundred
+    datagrams as the kernel counts them: a peer that starts a few hundred writes at once gets
+    more answers than that in a moment, and each one dropped costs a retry or a write. The
+    kernel caps the request at ``net.core.rmem_max``."""
 
     search_page_size: int = 160
     """Multimap values per search reply page: 160 x 34 bytes of values plus k contacts (about

@@ -1651,9 +1651,9 @@ class Node:
 
         def send_all(lookup: Lookup, now: float) -> None:
             closest = lookup.closest()
-            # Only the final k closest count: a peer that kept the value on the way but turned
-            # out farther is not where a lookup for the key will look.
-            kept = sum(1 for c in closest if c.id in stored_by)
+            # A peer that kept the value on the way counts even if it turned out farther than
+            # the final k closest: it republishes its copy to them within the hour.
+            kept = len(stored_by)
 
             def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
                 acks = kept + sum(1 for _, reply in replies if isinstance(reply, Stored))

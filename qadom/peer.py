@@ -171,6 +171,11 @@ class Peer:
             raise PeerClosedError("the peer was closed while it was starting")
         self._protocol = protocol
         self._node = protocol.node
+        if self.config.socket_receive_buffer:
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):  # a loop without a socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                self.config.socket_receive_buffer)
         sockname = transport.get_extra_info("sockname")
         self._address = (sockname[0], sockname[1])
         protocol.node.address = self._address
@@ -347,7 +352,8 @@ class Peer:
 
     async def set(self, value: bytes) -> int:
         """Store ``value`` (bytes, at most 8192) at the k closest peers and here; returns its key,
-        the SHA-256 of the value as an int, once one of them stored it.
+        the SHA-256 of the value as an int, once a peer stored it (one of them, or one the
+        lookup met on the way, which republishes it to them within the hour).
 
         When there were peers to ask and none stored it, raises StorageFull (each that refused
         was full), RateLimited (one refused it for our rate), RemoteError (another refusal) or

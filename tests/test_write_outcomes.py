@@ -5,9 +5,11 @@ nothing here either, so the caller's retry is the only copy that will exist."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -183,3 +185,20 @@ def test_sim_a_key_forgotten_while_its_set_is_on_its_way_is_not_republished() ->
     meta = writer.store.value_meta(key)
     assert meta is not None and not meta.original and meta.republish_at == NEVER
     assert not writer.forget(key)  # nothing left to forget
+
+
+@pytest.mark.skipif(not Path("/proc/sys/net/core/rmem_max").exists(), reason="Linux sysctl")
+async def test_the_socket_can_queue_a_burst_of_answers() -> None:
+    # The kernel's default receive buffer holds about a hundred datagrams: a burst of writes
+    # gets more answers than that at once, and what overflows is lost.
+    cap = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    async with Peer(config=FAST) as peer, Peer(config=replace(
+            FAST, socket_receive_buffer=0)) as default:
+        def size(p: Peer) -> int:
+            sock = p._protocol.transport.get_extra_info("socket")  # type: ignore[union-attr]
+            return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+        wanted = min(FAST.socket_receive_buffer, cap)
+        assert size(peer) >= wanted  # Linux reports twice what it was given
+        if wanted > size(default):
+            assert size(peer) > size(default)
