@@ -133,20 +133,21 @@ def will_prompt() -> bool:
     return bool(TerminalIPythonApp.instance().interact)
 
 
-def serve_at_prompt() -> bool:
+def serve_at_prompt(peer: Peer | None = None) -> bool:
     """Make terminal IPython run its prompt on the peers' loop (``%gui asyncio``), so peers keep
     serving while the prompt waits. Returns True when the prompt will keep the loop running (always
-    so in Jupyter); warns and returns False when it cannot.
+    so in Jupyter); warns and returns False when it cannot. :meth:`Peer.start` calls it with the
+    peer it started.
 
-    When it returns True, the peers started here (:func:`started`) that are still open when the
-    interpreter exits (``exit`` at the prompt, a kernel shut down) are closed then, on the loop
-    they run on if it is not running, within :data:`EXIT_TIMEOUT` seconds: their subscriptions
-    are ended at their relays (UNSUBSCRIBE), the contacts of a peer with a data directory are
-    saved, and their sockets are closed."""
+    When it returns True, ``peer`` counts among the peers started here (:func:`started`), and
+    those still open when the interpreter exits (``exit`` at the prompt, a kernel shut down) are
+    closed then, on the loop they run on if it is not running, within :data:`EXIT_TIMEOUT`
+    seconds: their subscriptions are ended at their relays (UNSUBSCRIBE), the contacts of a peer
+    with a data directory are saved, and their sockets are closed."""
     where = front_end()
     if where != "ipython":
         if where == "jupyter":
-            _close_peers_at_exit()
+            _close_peers_at_exit(peer)
         return where == "jupyter"
     if not will_prompt():  # `ipython script.py`: no prompt follows; serve_forever will serve
         return False
@@ -162,13 +163,16 @@ def serve_at_prompt() -> bool:
         return False
     if shell.active_eventloop is None:
         shell.enable_gui("asyncio")
-    _close_peers_at_exit()
+    _close_peers_at_exit(peer)
     return True
 
 
-def _close_peers_at_exit() -> None:
-    """Register :func:`_close_at_exit` once, for the loop the peers run on."""
+def _close_peers_at_exit(peer: Peer | None) -> None:
+    """Register :func:`_close_at_exit` once, for the loop the peers run on; ``peer`` is closed
+    then too."""
     global _closing_at_exit
+    if peer is not None and peer not in _started:
+        _started.append(peer)
     if _closing_at_exit is None:
         _closing_at_exit = event_loop()
         atexit.register(_close_at_exit)
@@ -325,8 +329,9 @@ async def start(host: str = "127.0.0.1", port: int = 0, *,
     ``peer.address``."""
     addresses = [parse_address(a) for a in _address_list(bootstrap)]
     peer = Peer(host, port, config=config, **options)
-    await peer.start()  # which keeps it serving at the prompt
-    _started.append(peer)
+    await peer.start()  # which keeps it serving at the prompt, and may have listed it
+    if peer not in _started:
+        _started.append(peer)
     if addresses:
         try:
             await peer.bootstrap(addresses)

@@ -137,7 +137,7 @@ class Peer:
         if "IPython" in sys.modules:  # else no prompt can be waiting
             from .interactive import serve_at_prompt
 
-            serve_at_prompt()
+            serve_at_prompt(self)
 
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()

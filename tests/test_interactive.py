@@ -395,10 +395,16 @@ def test_ctrl_c_stops_an_await_at_the_ipython_prompt(tmp_path: Path) -> None:
         peer0.terminate(force=True)
 
 
-async def test_exiting_ipython_closes_the_peers_started_at_its_prompt(tmp_path: Path) -> None:
-    """`exit` at a terminal IPython prompt closes the peer started there: its relay (a peer in
-    this process) drops its subscription at once (UNSUBSCRIBE), not when the 60 s lease
-    lapses."""
+@pytest.mark.parametrize("started", [
+    "from qadom.interactive import start_peer; peer = start_peer(port=0, bootstrap={relay!r})",
+    "from qadom import Peer; peer = Peer(port=0); await peer.start(); "
+    "await peer.bootstrap([{relay!r}])",
+], ids=["start_peer", "Peer.start"])
+async def test_exiting_ipython_closes_the_peers_started_at_its_prompt(
+        tmp_path: Path, started: str) -> None:
+    """`exit` at a terminal IPython prompt closes the peer started there, however it was
+    started: its relay (a peer in this process) drops its subscription at once (UNSUBSCRIBE),
+    not when the 60 s lease lapses."""
     topic = 99
     async with Peer("127.0.0.1", 0, config=FAST) as relay:
 
@@ -411,8 +417,7 @@ async def test_exiting_ipython_closes_the_peers_started_at_its_prompt(tmp_path: 
         try:
             # pexpect blocks: it waits in a thread, so that this loop runs the relay meanwhile
             await asyncio.to_thread(shell.expect, r"In \[1\]")
-            shell.sendline("from qadom.interactive import start_peer; "
-                           f"peer = start_peer(port=0, bootstrap={relay.address!r})")
+            shell.sendline(started.format(relay=relay.address))
             await asyncio.to_thread(shell.expect, r"In \[2\]")
             shell.sendline(f"messages = await peer.subscribe({topic}).__aenter__(); "
                            "print('relays', messages.relays)")
