@@ -169,7 +169,7 @@ Writes the newest value's exact bytes; exit status 1 with "not found" when there
     "subscribe": """examples:
   qadom subscribe 99                         # each message, then a newline, until Ctrl-C
   qadom subscribe 99 --count 1 --hex         # the next message as one line of hex, then exit
-  qadom subscribe 99 --json | jq -r .text    # one JSON line a message, even one with newlines
+  qadom subscribe 99 --json | jq -r '.text // .hex'  # a JSON line a message, newlines and all
   qadom subscribe 99 | head -n 1             # the first line, then stop
   qadom --log-level info subscribe 99        # also logs when the subscription is in place
 
@@ -672,7 +672,9 @@ async def _join(peer: Peer, args: argparse.Namespace, data_dir: str | None) -> N
             log.info("rejoined through saved contacts; %d contacts", size)
         except QadomError as exc:
             # Every old neighbour is gone: still a working node others can join through.
-            log.warning("could not rejoin through saved contacts: %s", exc)
+            log.warning("none of the contacts saved in %s answered (%s): serving; peers can "
+                        "join through this node, and it tries its saved contacts again",
+                        data_dir, exc)
 
 
 async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
