@@ -363,8 +363,10 @@ class Node:
 
     ``stats`` counts: ``datagrams_in/out``, ``bytes_in/out``, ``malformed`` (undecodable
     datagrams), ``unexpected`` (replies to no request of ours from that address), ``requests_in``,
-    ``requests_out``, ``retries``, ``timeouts`` (requests failed for good), ``wrong_id`` (replies
-    from an id other than the one asked), ``liars`` (contacts dropped for a false answer),
+    ``requests_out``, ``retries``, ``timeouts`` (requests failed for good),
+    ``timeouts_rate_limited`` (of those, the ones not held against a peer that had just refused
+    us for our rate), ``wrong_id`` (replies from an id other than the one asked), ``liars``
+    (contacts dropped for a false answer),
     ``internal_errors`` (bugs caught at the boundary; always 0 in a healthy node),
     ``storage_errors`` (maintenance steps, hand-overs or republished items the store refused, a
     full disk; reads that went on without our own copy, which could not be read),
@@ -450,6 +452,8 @@ class Node:
         self._rejoin_at = now
         self._rejoin_delay = cfg.maintenance_interval
         self._rejoining = False  # rejoining through saved contacts since the table emptied
+        # Address -> until when its silence is its rate limit, not a failure (_note_limited).
+        self._limited_by: dict[Address, float] = {}
         # Keys with a set or append on its way (how many), and those of them forgotten meanwhile.
         self._writing: dict[int, int] = {}
         self._forgotten_while_writing: builtins.set[int] = set()
@@ -1050,6 +1054,9 @@ class Node:
         del self._pending[envelope.rpc_id]
         if req.attempts == 1:  # Karn's rule: only unambiguous samples
             self._sample_rtt(now - req.sent_at)
+        message = envelope.message
+        if type(message) is Error and message.code == ErrorCode.RATE_LIMITED:
+            self._note_limited(address, now)
         sender = envelope.sender
         if req.expect_id is not None and sender != req.expect_id:
             # The address now answers for another id: the contact we had is gone.
@@ -1300,6 +1307,11 @@ class Node:
         that a full count sets lasts: the address is then asked again from a count of 0, and a
         count short of a backoff is trusted no longer than a backoff is."""
         cfg = self.config
+        if self._limited_by.get(address, -math.inf) > now:
+            # It told us it refuses us for our rate, and a peer over its limit answers one
+            # refusal a second and drops the rest: this silence is that, not a departure.
+            self.stats["timeouts_rate_limited"] += 1
+            return
         failures = self._failures
         held = failures.pop(address, None)
         count = 1 if held is None or held[1] + cfg.dead_backoff <= now else held[0] + 1
@@ -1318,6 +1330,18 @@ class Node:
             failures[address] = (count, now)  # the newest last, for _forget_old_bookkeeping
             return
         self._dead[address] = now + cfg.dead_backoff
+
+    def _note_limited(self, address: Address, now: float) -> None:
+        """``address`` answered RATE_LIMITED: the requests to it that go unanswered for as long
+        as one sent now may wait for its last attempt do not count as failures
+        (:meth:`_contact_failed`), so a peer that asks too fast does not drop a live contact,
+        its only one perhaps, for it."""
+        cfg = self.config
+        limited = self._limited_by
+        limited.pop(address, None)
+        if len(limited) >= cfg.max_failure_counts:
+            limited.pop(next(iter(limited)))  # the oldest: a bound on memory
+        limited[address] = now + (1 + cfg.rpc_retries) * cfg.rpc_timeout_max
 
     def _give_up(self, contact: Contact, now: float) -> None:
         """The table gave ``contact`` up after ``stale_failures`` failures with no replacement
@@ -1913,6 +1937,9 @@ class Node:
         * ``_given_up``: a contact the table gave up ``given_up_lifetime`` ago or more is pinged
           no more (:meth:`_retry_given_up`). Ordered by when it was given up.
 
+        * ``_limited_by``: the grace after a RATE_LIMITED answer ends at a time, and the entries
+          are ordered by it.
+
         ``_dead``, ``_banned`` and ``_verifying`` are swept by their own deadlines in
         :meth:`_maintain`, and ``_granted`` is emptied at every change of secret."""
         cfg = self.config
@@ -1922,6 +1949,9 @@ class Node:
             if failed + backoff > now:  # the test _contact_failed counts a failure by
                 break
             del failures[address]
+        limited = self._limited_by
+        while limited and next(iter(limited.values())) <= now:
+            del limited[next(iter(limited))]
         tokens = self._tokens
         dead_after = 2 * (cfg.token_lifetime + cfg.maintenance_interval)
         while tokens:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from qadom import Config
 from qadom.codec import Codec
 from qadom.messages import Envelope, Error, ErrorCode, Ping, Pong
 from qadom.node import Node
 from qadom.ratelimit import RateLimiter
+from qadom.sim import SimNetwork
 
 CONFIG = Config(request_rate=10.0, request_burst=20, host_request_rate=30.0,
                 host_request_burst=50)
@@ -61,3 +63,21 @@ def test_many_ports_of_one_remote_host_share_a_budget_but_loopback_does_not() ->
                 for port in range(1000, 1010)
                 for m in flood(node, ("127.0.0.1", port), 10, now=0.0))
     assert local == 100
+
+
+def test_sim_a_peer_that_refuses_us_for_our_rate_stays_in_our_table() -> None:
+    # Over its limit a peer answers one RATE_LIMITED a second and drops the rest: the requests it
+    # drops time out, and counted as failures they would make us drop a live contact (here our
+    # only one, leaving us no peer at all).
+    net = SimNetwork(5)
+    strict = net.add_node(config=replace(net.config, request_rate=1.0, request_burst=5))
+    eager = net.add_node()
+    net.run_call(net.call(eager, eager.bootstrap, [net.address_of(strict)]))
+    assert strict.id in eager.table
+    calls = [net.call(eager, eager.ping, net.address_of(strict)) for _ in range(60)]
+    net.run_for(30.0)
+    assert all(call.done for call in calls)
+    assert strict.stats["rate_limited"] > 0 and eager.stats["timeouts_rate_limited"] > 0
+    assert strict.id in eager.table
+    assert net.address_of(strict) not in eager._dead
+    assert net.run_call(net.call(eager, eager.ping, net.address_of(strict))).id == strict.id
