@@ -465,15 +465,20 @@ class StreamTable:
 
 
 class _Stream:
-    __slots__ = ("gap_since", "heard", "held", "held_bytes", "next_seq", "started")
+    __slots__ = ("heard", "held", "held_bytes", "next_seq", "started")
 
     def __init__(self, now: float) -> None:
         self.next_seq = 0
-        self.held: dict[int, bytes] = {}
+        # The messages held behind a gap, seq -> (message, when it came), in the order they
+        # came: the first is the one that has waited longest.
+        self.held: OrderedDict[int, tuple[bytes, float]] = OrderedDict()
         self.held_bytes = 0  # the length of the messages in ``held``
-        self.gap_since: float | None = None
         self.started = False  # something was passed on (gaps before that were never ours)
         self.heard = now  # when the last copy of any of its messages came
+
+    def waiting_since(self) -> float:
+        """When the message held longest came (only while some is held)."""
+        return next(iter(self.held.values()))[1]
 
 
 class Inbox:
@@ -482,12 +487,15 @@ class Inbox:
     Each publisher stream is tracked by the next sequence number it expects, 0 for a stream not
     heard before (streams start at 0). A message below it, or already held, is a duplicate and
     dropped. The expected one is passed on at once with any held successors. One above it is held
-    behind the gap; a gap open for ``reorder_timeout`` (or with more than ``max_held`` messages
-    behind it) is given up: delivery resumes at the lowest held message. So a subscriber that
-    joins a stream midway gets its first message after ``reorder_timeout``, and a stream's first
-    messages overtaking each other still come out in order. The messages held by all streams
-    together never exceed ``max_held_bytes``: past it, the stream holding the most gives up its
-    gap at once (so a publisher that sends only out of order costs the others nothing).
+    behind the gap. Once a held message has waited ``reorder_timeout`` since it came, every gap
+    before it is given up, and with more than ``max_held`` held the lowest gap is: delivery
+    resumes at the lowest held message. So no message waits longer than ``reorder_timeout``,
+    however many gaps come before it (a publisher over its rate leaves one before most messages
+    a relay took from it). A subscriber that joins a stream midway gets its first message after
+    ``reorder_timeout``, and a stream's first messages overtaking each other still come out in
+    order. The messages held by all streams together never exceed ``max_held_bytes``: past it,
+    the stream holding the most gives up its gap at once (so a publisher that sends only out of
+    order costs the others nothing).
 
     At most ``max_streams`` streams are tracked. A new stream takes the place of the least recently
     heard one, but never of one heard within ``guard`` seconds or holding messages (a stream silent
@@ -528,22 +536,20 @@ class Inbox:
             self.duplicates += 1
             return []
         if seq > stream.next_seq:
-            stream.held[seq] = value
+            stream.held[seq] = (value, now)
             stream.held_bytes += len(value)
             self.held_bytes += len(value)
-            if stream.gap_since is None:
-                stream.gap_since = now
             released: list[bytes] = []
             if len(stream.held) > self.max_held:
-                released.extend(self._skip(stream, now))
+                released.extend(self._skip(stream))
             # Also after that skip: it may release a few bytes only, behind one gap.
             if self.held_bytes > self.max_held_bytes:
-                released.extend(self._make_room(now))
+                released.extend(self._make_room())
             return released
         stream.next_seq += 1
         stream.started = True
         out = [value]
-        out.extend(self._drain(stream, now))
+        out.extend(self._drain(stream))
         return out
 
     def __len__(self) -> int:
@@ -580,59 +586,63 @@ class Inbox:
         return True
 
     def expire(self, now: float) -> list[bytes]:
-        """Give up every gap open for ``reorder_timeout``, and every gap of a stream not heard
-        for ``guard``; returns what that releases.
+        """Give up every gap before a message held for ``reorder_timeout``, and every gap of a
+        stream not heard for ``guard``; returns what that releases.
 
-        Each gap gets its own ``reorder_timeout`` (one behind released messages is timed from
-        their release), so a stream holding many messages, each behind a gap, would hold some
-        for far longer than ``guard``, and a stream holding messages cannot be forgotten: while
-        it was the least recently heard, no new stream would find room. Once it was silent for
-        ``guard`` its gaps are all given up: each message it misses was published before one it
-        holds, so every copy of it would have come by then."""
+        A message held behind gaps waits ``reorder_timeout`` from when it came, however many
+        gaps come before it: once it has, they are all given up at once. (Timing each gap from
+        the release of the messages before it instead made every gap add a timeout to the wait
+        of all the messages after it: a publisher over its rate, whose publishes refused by
+        every relay each left a gap in its stream, as they were numbered before they left,
+        reached its subscribers two messages a second, the rest held until the stream fell
+        silent.) A stream silent for ``guard`` gives up all its gaps too: each message it misses
+        was published before one it holds, so every copy of it would have come by then."""
         out: list[bytes] = []
         for stream in self._streams.values():
             # The same sums as next_deadline(), so a timer set for that deadline always finds
-            # the gap due (``now - gap_since`` could round below the timeout).
+            # the gap due (``now - waiting_since`` could round below the timeout).
             silent = stream.heard + self.guard <= now
-            while stream.gap_since is not None and (
-                    silent or stream.gap_since + self.reorder_timeout <= now):
-                out.extend(self._skip(stream, now))
+            while stream.held and (
+                    silent or stream.waiting_since() + self.reorder_timeout <= now):
+                out.extend(self._skip(stream))
         return out
 
     def next_deadline(self) -> float | None:
-        """When the oldest open gap times out, or a stream holding messages has been silent
-        for ``guard`` (None: no gap)."""
-        due = [min(s.gap_since + self.reorder_timeout, s.heard + self.guard)
-               for s in self._streams.values() if s.gap_since is not None]
+        """When the message held longest has waited ``reorder_timeout``, or a stream holding
+        messages has been silent for ``guard`` (None: no gap)."""
+        due = [min(s.waiting_since() + self.reorder_timeout, s.heard + self.guard)
+               for s in self._streams.values() if s.held]
         return min(due) if due else None
 
-    def _make_room(self, now: float) -> list[bytes]:
+    def _make_room(self) -> list[bytes]:
         """Give up gaps, the stream holding the most first, until ``max_held_bytes`` holds."""
         out: list[bytes] = []
         while self.held_bytes > self.max_held_bytes:
             fullest = max(self._streams.values(), key=lambda s: s.held_bytes)
-            out.extend(self._skip(fullest, now))
+            out.extend(self._skip(fullest))
         return out
 
-    def _skip(self, stream: _Stream, now: float) -> list[bytes]:
+    def _skip(self, stream: _Stream) -> list[bytes]:
+        """Give up the gap before the lowest held message: release it and its successors."""
         first = min(stream.held)
         if stream.started:
             self.skipped += first - stream.next_seq
         stream.next_seq = first
-        return self._drain(stream, now)
+        return self._drain(stream)
 
-    def _drain(self, stream: _Stream, now: float) -> list[bytes]:
+    def _drain(self, stream: _Stream) -> list[bytes]:
         out = []
         held = stream.held
         while stream.next_seq in held:
-            value = held.pop(stream.next_seq)
+            value, _ = held.pop(stream.next_seq)
             stream.held_bytes -= len(value)
             self.held_bytes -= len(value)
             out.append(value)
             stream.next_seq += 1
         stream.started = True
-        # A gap still open behind the released messages is timed from now.
-        stream.gap_since = now if stream.held else None
+        # A gap still open behind the released messages is due when the message held longest
+        # behind it (or behind a later gap) has waited reorder_timeout since it came: timed
+        # from now instead, each gap would add a timeout to the wait of every message after it.
         return out
 
 
