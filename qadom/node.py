@@ -1650,11 +1650,12 @@ class Node:
                     then: Callable[[list[Contact], float], None],
                     call: Call[Any] | None = None) -> None:
         """Look up the k closest to ``target``; ``then(closest, now)`` with those that answered."""
-        self._find_nodes(target, now, lambda lookup, now: then(lookup.closest(), now), call)
+        self.closest_lookup(target, now, lambda lookup, now: then(lookup.closest(), now), call)
 
-    def _find_nodes(self, target: int, now: float, then: Callable[[Lookup, float], None],
-                    call: Call[Any] | None = None) -> None:
-        """A FIND_NODE lookup for ``target``; ``then(lookup, now)`` once it is over."""
+    def closest_lookup(self, target: int, now: float, then: Callable[[Lookup, float], None],
+                       call: Call[Any] | None = None) -> None:
+        """As :meth:`find_closest`, but ``then(lookup, now)`` gets the lookup itself: its
+        ``closest()``, and when that is empty why (:meth:`unreached`)."""
         self.run_lookup(target, "node", FindNode(target), now, _named_nodes, then, call)
 
     def replicate(self, key: int, message: Message, now: float,
@@ -1702,7 +1703,19 @@ class Node:
             self.run_lookup(key, "node", FindNodeStore(message.value, message.ttl), now,
                             on_message, send_all, call)
         else:
-            self._find_nodes(key, now, send_all, call)
+            self.closest_lookup(key, now, send_all, call)
+
+    def unreached(self, lookup: Lookup) -> QadomError:
+        """Why a lookup that was to find peers to send to (a write, a publish) found none:
+        NoPeersError when no peer is known, RateLimited when one refused it for our rate, else
+        as :meth:`unanswered` says."""
+        error = self.unanswered(lookup)
+        first = lookup.first_refusal if isinstance(lookup, _NodeLookup) else None
+        if first is not None and first.code == ErrorCode.RATE_LIMITED:
+            # A peer over its limit answers one refusal a second and drops the rest: the
+            # silence of the others has the same cause.
+            return RateLimited(ErrorCode.RATE_LIMITED, f"{error}: slow down")
+        return error
 
     def unstored(self, lookup: Lookup,
                  replies: list[tuple[Contact, Message | None]]) -> QadomError | None:
@@ -1716,15 +1729,8 @@ class Node:
         asked did not answer."""
         refusals = [r for _, r in replies if isinstance(r, Error)]
         if not replies:  # nobody answered the lookup (or nobody could be asked)
-            error = self.unanswered(lookup)
-            if isinstance(error, NoPeersError):
-                return None
-            first = lookup.first_refusal if isinstance(lookup, _NodeLookup) else None
-            if first is not None and first.code == ErrorCode.RATE_LIMITED:
-                # A peer over its limit answers one refusal a second and drops the rest: the
-                # silence of the others has the same cause.
-                return RateLimited(ErrorCode.RATE_LIMITED, f"{error}: slow down")
-            return error
+            error = self.unreached(lookup)
+            return None if isinstance(error, NoPeersError) else error
         if not refusals:
             return OperationTimeout(f"none of the {len(replies)} closest peers asked to store "
                                     "it answered")

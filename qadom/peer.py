@@ -481,9 +481,12 @@ class Peer:
         """Send ``value`` (bytes, at most 8192) to the subscribers of topic ``key``; returns how
         many relays accepted it (at least one). Raises RateLimited when every relay refused for
         our rate, OperationTimeout when no relay answered, and NoPeersError when no peer is
-        known to relay the topic (as :meth:`subscribe` does). An OperationTimeout does not mean
-        nobody got it: a relay may have delivered it and its answer been lost or late, so a
-        publisher that sends it again may deliver it twice."""
+        known to relay the topic (as :meth:`subscribe` does); RateLimited too when the lookup of
+        the relays was refused for our request rate. An OperationTimeout does not mean nobody
+        got it: a relay may have delivered it and its answer been lost or late, so a publisher
+        that sends it again may deliver it twice. Nor does a RateLimited when this peer is
+        itself among the topic's relays: it passes its own message on to the subscribers
+        registered with it at once."""
         protocol = self._running()
         return await self._run(protocol.node.pubsub.publish(key, value, protocol.now()))
 

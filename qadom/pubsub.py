@@ -72,6 +72,7 @@ from .errors import (
     printable,
 )
 from .ids import check_id
+from .lookup import Lookup
 from .messages import Envelope, Error, ErrorCode, Kind, Message, register
 from .ratelimit import RateLimiter
 
@@ -1022,7 +1023,7 @@ class PubSubService:
         if lookup is None:  # no lookup under way: start one
             lookup = outbox.lookup = Call("publish")
             call.add_done_callback(partial(self._publish_done, outbox, lookup))
-            node.find_closest(key, now, partial(self._send_pending, key, outbox), lookup)
+            node.closest_lookup(key, now, partial(self._send_pending, key, outbox), lookup)
         else:
             call.add_done_callback(partial(self._publish_done, outbox, lookup))
         return call
@@ -1035,14 +1036,19 @@ class PubSubService:
             if not outbox.waiting:
                 lookup.resolve(None)
 
-    def _send_pending(self, key: int, outbox: _Outbox, closest: list[Contact],
-                      now: float) -> None:
+    def _send_pending(self, key: int, outbox: _Outbox, found: Lookup, now: float) -> None:
         """The lookup is over: number the waiting messages, in order, and send them."""
         batch, outbox.pending = outbox.pending, []
         outbox.lookup, outbox.waiting = None, 0
+        closest = found.closest()
         if not closest:  # nothing leaves, so nothing is numbered: subscribers see no gap
+            # NoPeersError only when no peer is known: peers that refused the lookup for our
+            # request rate (RateLimited) or did not answer it (OperationTimeout) are there.
+            error = self.node.unreached(found)
+            if isinstance(error, NoPeersError):
+                error = NoPeersError(f"no peer known to relay topic {key}")
             for _, call in batch:
-                call.fail(NoPeersError(f"no peer known to relay topic {key}"))
+                call.fail(error)
             return
         if outbox.next_seq and now - outbox.sent >= self._stream_idle:
             # Relays may have forgotten our stream by the time these messages reach them, and

@@ -105,3 +105,21 @@ def test_sim_a_publisher_over_its_rate_reaches_a_subscriber_within_the_reorder_t
     assert slowest <= SIM.pubsub_reorder_timeout + 0.2, slowest
     assert subscriber.pubsub._topics[topic].inbox.held_bytes == 0
 
+
+def test_sim_a_publish_whose_lookup_was_refused_for_our_request_rate_is_rate_limited() -> None:
+    """A publisher asking its only contact faster than that node's request rate gets the
+    lookup of the topic refused (RATE_LIMITED): the publish fails with RateLimited, not with a
+    NoPeersError saying no peer is known, and the contact stays known."""
+    config = Config(k=5, request_rate=5.0, request_burst=5, pubsub_rate=1000.0,
+                    pubsub_burst=1000)
+    net = SimNetwork(3, config=config)
+    _relay, publisher = net.add_nodes(2)
+    errors: list[BaseException] = []
+    for i in range(40):  # one after the other, as fast as they complete
+        call = net.call(publisher, publisher.pubsub.publish, 5, b"%d" % i)
+        try:
+            net.run_call(call)
+        except Exception as exc:
+            errors.append(exc)
+    assert errors and all(isinstance(e, RateLimited) for e in errors), errors
+    assert len(publisher.table) == 1
