@@ -1714,7 +1714,8 @@ class Node:
         if first is not None and first.code == ErrorCode.RATE_LIMITED:
             # A peer over its limit answers one refusal a second and drops the rest: the
             # silence of the others has the same cause.
-            return RateLimited(ErrorCode.RATE_LIMITED, f"{error}: slow down")
+            return RateLimited(ErrorCode.RATE_LIMITED,
+                               f"the lookup was refused for our request rate ({error})")
         return error
 
     def unstored(self, lookup: Lookup,

@@ -65,6 +65,7 @@ from .contact import Address, Contact, host_key
 from .errors import (
     NoPeersError,
     OperationTimeout,
+    QadomError,
     RateLimited,
     RemoteError,
     SubscriptionClosed,
@@ -784,7 +785,8 @@ class PubSubService:
         follows: at once, to the relays holding its lease, or after a new round when none
         does); it fails with
         TooManySubscribers / RemoteError when every relay refused, NoPeersError when there is no
-        peer to ask, OperationTimeout when none answered, and SubscriptionClosed, at once, when
+        peer to ask, RateLimited when the lookup of the relays was refused for our request rate,
+        OperationTimeout when none answered, and SubscriptionClosed, at once, when
         the handle is closed before. The subscription keeps renewing until closed, whatever the
         first round gave.
         """
@@ -831,9 +833,10 @@ class PubSubService:
         lease = node.config.pubsub_lease
         lease_ms = max(1, round(lease * 1000))
 
-        def send_all(closest: list[Contact], now: float) -> None:
+        def send_all(found: Lookup, now: float) -> None:
             if topic.closed or topic.generation != generation:
                 return
+            closest = found.closest()
             # The relays are now these k closest. One of an earlier round that is not among them
             # (dead, or overtaken by a closer peer) gets NOT_SUBSCRIBED for its next delivery and
             # forgets us; its lease would lapse anyway.
@@ -841,7 +844,7 @@ class PubSubService:
             # A relay new this round holds no lease of ours until it answers SUBSCRIBED.
             topic.relays = {c.address: previous.get(c.address, (c.id, now)) for c in closest}
             if not closest:
-                self._round_over(topic, generation, 0, [], 0, now)
+                self._round_over(topic, generation, 0, [], 0, now, unreached=node.unreached(found))
                 return
             left = [len(closest)]
             accepted = [0]
@@ -879,10 +882,14 @@ class PubSubService:
                 node.request(contact.address, message, now, expect_id=contact.id,
                              on_reply=partial(on_reply, contact))
 
-        node.find_closest(topic.key, now, send_all, topic.ended)
+        node.closest_lookup(topic.key, now, send_all, topic.ended)
 
     def _round_over(self, topic: _Topic, generation: int, accepted: int, refusals: list[Error],
-                    failed: int, now: float, granted: float | None = None) -> None:
+                    failed: int, now: float, granted: float | None = None, *,
+                    unreached: QadomError | None = None) -> None:
+        """A registration round ended: schedule the next, and answer the subscriptions waiting
+        for their first. ``unreached``: why the round's lookup found no relay (Node.unreached),
+        when it found none."""
         if topic.closed or topic.generation != generation:
             return
         cfg = self.node.config
@@ -909,6 +916,8 @@ class PubSubService:
                     error = _refusal(refusals[0], "subscription")
                 elif failed:
                     error = OperationTimeout(f"no relay of topic {topic.key} answered")
+                elif unreached is not None and not isinstance(unreached, NoPeersError):
+                    error = unreached  # peers are known: they refused or did not answer
                 else:
                     error = NoPeersError(f"no peer known to relay topic {topic.key}")
             for call in waiting:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from qadom import Config, Node, RateLimited
+from qadom import Config, Node, NoPeersError, RateLimited
 from qadom.call import Call
 from qadom.pubsub import Inbox
 from qadom.sim import SimNetwork
@@ -123,3 +123,24 @@ def test_sim_a_publish_whose_lookup_was_refused_for_our_request_rate_is_rate_lim
             errors.append(exc)
     assert errors and all(isinstance(e, RateLimited) for e in errors), errors
     assert len(publisher.table) == 1
+
+
+def test_sim_a_subscription_whose_lookup_was_refused_for_our_request_rate_is_rate_limited(
+        ) -> None:
+    """The same for a subscription: its first registration's lookup refused for our rate says
+    so (RateLimited), not that no peer is known."""
+    config = Config(k=5, request_rate=0.01, request_burst=3)
+    net = SimNetwork(4, config=config)
+    _relay, subscriber = net.add_nodes(2)
+    errors: list[BaseException] = []
+    for topic in range(6):  # one after the other, each a registration round
+        _, call = net.call(subscriber, subscriber.pubsub.subscribe, topic, lambda message: None)
+        try:
+            net.run_call(call)
+        except Exception as exc:
+            errors.append(exc)
+    # Over its limit the relay answers one refusal a second and drops the rest: a round it was
+    # silent to times out; none says no peer is known.
+    assert any(isinstance(e, RateLimited) for e in errors), errors
+    assert not any(isinstance(e, NoPeersError) for e in errors), errors
+    assert len(subscriber.table) == 1
