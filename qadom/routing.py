@@ -149,12 +149,16 @@ class RoutingTable:
         picked: list[Contact] = []
         # range_distance(target, b.lo, b.hi), inline: this runs for every FIND_NODE answered.
         for bucket in sorted(self.buckets, key=lambda b: (b.lo ^ target) & -(b.hi - b.lo)):
-            if bucket.contacts:
-                picked.extend(bucket.contacts.values())
-                if len(picked) > count:  # one spare, in case ``exclude`` is among them
+            contacts = bucket.contacts
+            if contacts:
+                if exclude in contacts:  # left out here, in the one bucket that can hold it
+                    picked.extend([c for c in contacts.values() if c.id != exclude])
+                else:
+                    picked.extend(contacts.values())
+                # Enough once ``count`` are in hand: mostly the first bucket taken holds exactly
+                # k, and the next one is neither taken nor sorted.
+                if len(picked) >= count:
                     break
-        if exclude is not None:
-            picked = [c for c in picked if c.id != exclude]
         picked.sort(key=lambda c: c.id ^ target)
         del picked[count:]
         return picked
