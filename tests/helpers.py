@@ -93,3 +93,15 @@ EXAMPLE: dict[str, Any] = {
                     "exp_time": None},
         "sign": "d3f1d0cfeb6e9913ffe1759e9a5a331a65dade83f53ca6ef60f2c588238c4cc2497d6f48b1968e"
                 "31e98fc749d1887d6bb546718f2676a3308f9701a6b399c2c1"}}
+
+
+def far_topic(nodes: list[Node], participants: list[Node], k: int, seed: int | None = None) -> int:
+    """A topic whose 2k closest nodes include none of ``participants`` (so none of them relays
+    it, for itself or for the others); drawn from a generator seeded with ``seed`` (k without)."""
+    rng = random.Random(k if seed is None else seed)
+    for _ in range(1000):
+        topic = rng.getrandbits(256)
+        closest = sorted(nodes, key=lambda n: n.id ^ topic)[:2 * k]
+        if not any(p in closest for p in participants):
+            return topic
+    raise AssertionError("no such topic in this network")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import random
 import statistics
 import time
 from collections.abc import Callable
@@ -49,7 +48,7 @@ from qadom.pubsub import (
 from qadom.ratelimit import RateLimiter
 from qadom.sim import SimNetwork
 
-from helpers import FAST, udp_network, wait_until
+from helpers import FAST, far_topic, udp_network, wait_until
 
 A = ("127.0.0.1", 1)
 B = ("127.0.0.1", 2)
@@ -177,18 +176,6 @@ def sim_subscribe(net: SimNetwork, node: Node, topic: int, listener: Callable[[b
 
     call = net.call(node, start)
     return handles[0], call
-
-
-def far_topic(nodes: list[Node], participants: list[Node], k: int) -> int:
-    """A topic whose 2k closest nodes include none of ``participants`` (so none of them relays
-    it, for itself or for the others)."""
-    rng = random.Random(k)
-    for _ in range(1000):
-        topic = rng.getrandbits(256)
-        closest = sorted(nodes, key=lambda n: n.id ^ topic)[:2 * k]
-        if not any(p in closest for p in participants):
-            return topic
-    raise AssertionError("no such topic in this network")
 
 
 def sim_close(net: SimNetwork, node: Node, handle: SubscriptionHandle) -> None:

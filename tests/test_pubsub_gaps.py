@@ -5,12 +5,12 @@ gap before it. The pure inbox on a virtual clock, then the protocol on the simul
 
 from __future__ import annotations
 
-import random
-
-from qadom import Config, Node, NoPeersError, RateLimited
+from qadom import Config, NoPeersError, RateLimited
 from qadom.call import Call
 from qadom.pubsub import Inbox
 from qadom.sim import SimNetwork
+
+from helpers import far_topic
 
 
 def test_inbox_holds_no_message_longer_than_the_reorder_timeout_however_many_gaps() -> None:
@@ -54,17 +54,6 @@ def test_inbox_gives_up_at_once_every_gap_before_an_overdue_message() -> None:
 
 
 SIM = Config(k=5, pubsub_lease=3.0, pubsub_rate=20.0, pubsub_burst=10)
-
-
-def far_topic(nodes: list[Node], participants: list[Node], k: int, seed: int) -> int:
-    """A topic whose 2k closest nodes include none of ``participants``."""
-    rng = random.Random(seed)
-    for _ in range(1000):
-        topic = rng.getrandbits(256)
-        closest = sorted(nodes, key=lambda n: n.id ^ topic)[:2 * k]
-        if not any(p in closest for p in participants):
-            return topic
-    raise AssertionError("no such topic in this network")
 
 
 def test_sim_a_publisher_over_its_rate_reaches_a_subscriber_within_the_reorder_timeout() -> None:
