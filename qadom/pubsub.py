@@ -1026,13 +1026,18 @@ class PubSubService:
         else:
             self._outboxes.move_to_end(key)
         call: Call[int] = node.new_call("publish", now)
+        lookup = outbox.lookup
+        if lookup is not None and lookup.done:
+            # Stopped: every publish it was for gave up (cancelled, or past its deadline), and
+            # it asks nobody more. Its messages go nowhere; this one gets a lookup of its own.
+            outbox.pending, outbox.waiting, lookup = [], 0, None
         outbox.pending.append((value, call))
         outbox.waiting += 1
-        lookup = outbox.lookup
         if lookup is None:  # no lookup under way: start one
             lookup = outbox.lookup = Call("publish")
             call.add_done_callback(partial(self._publish_done, outbox, lookup))
-            node.closest_lookup(key, now, partial(self._send_pending, key, outbox), lookup)
+            node.closest_lookup(key, now, partial(self._send_pending, key, outbox, lookup),
+                                lookup)
         else:
             call.add_done_callback(partial(self._publish_done, outbox, lookup))
         return call
@@ -1045,8 +1050,12 @@ class PubSubService:
             if not outbox.waiting:
                 lookup.resolve(None)
 
-    def _send_pending(self, key: int, outbox: _Outbox, found: Lookup, now: float) -> None:
-        """The lookup is over: number the waiting messages, in order, and send them."""
+    def _send_pending(self, key: int, outbox: _Outbox, lookup: Call[None], found: Lookup,
+                      now: float) -> None:
+        """The lookup is over: number the waiting messages, in order, and send them (none if
+        the outbox has moved on to another lookup since this one was stopped)."""
+        if outbox.lookup is not lookup:
+            return
         batch, outbox.pending = outbox.pending, []
         outbox.lookup, outbox.waiting = None, 0
         closest = found.closest()

@@ -11,7 +11,9 @@ import pytest
 
 from qadom import PeerClosedError
 from qadom.contact import Address
+from qadom.errors import OperationAbandoned
 from qadom.messages import Message
+from qadom.sim import SimNetwork
 
 from helpers import FAST, udp_network, wait_until
 
@@ -108,3 +110,15 @@ async def test_a_cancelled_lookup_of_publish_subscribe_refresh_asks_nobody_more(
         await wait_until(lambda: not node._pending, 5)  # those sent already run out
         assert asked.count("FindNode") == before
         assert not node._deadlines
+
+
+def test_sim_a_publish_after_one_given_up_gets_a_lookup_of_its_own() -> None:
+    # The given-up publish stopped its lookup; the next one to the topic must not join it and
+    # go to the few relays it had found by then.
+    net = SimNetwork(40)
+    node = net.build(40)[0]
+    alone = net.run_call(net.call(node, node.pubsub.publish, 12346, b"alone"))
+    given_up = net.call(node, node.pubsub.publish, 12345, b"first")
+    given_up.fail(OperationAbandoned("the caller stopped waiting"))
+    second = net.call(node, node.pubsub.publish, 12345, b"second")
+    assert net.run_call(second) == alone == node.config.k
