@@ -364,9 +364,9 @@ class Node:
     ``stats`` counts: ``datagrams_in/out``, ``bytes_in/out``, ``malformed`` (undecodable
     datagrams), ``unexpected`` (replies to no request of ours from that address), ``requests_in``,
     ``requests_out``, ``retries``, ``timeouts`` (requests failed for good),
-    ``timeouts_rate_limited`` (of those, the ones not held against a peer that had just refused
-    us for our rate), ``wrong_id`` (replies from an id other than the one asked), ``liars``
-    (contacts dropped for a false answer),
+    ``timeouts_rate_limited`` (of those, the ones not held against the table's contact of
+    a peer that had just refused us for our rate), ``wrong_id`` (replies from an id other than
+    the one asked), ``liars`` (contacts dropped for a false answer),
     ``internal_errors`` (bugs caught at the boundary; always 0 in a healthy node),
     ``storage_errors`` (maintenance steps, hand-overs or republished items the store refused, a
     full disk; reads that went on without our own copy, which could not be read),
@@ -454,9 +454,9 @@ class Node:
         self._rejoining = False  # rejoining through saved contacts since the table emptied
         # Address -> until when its silence is its rate limit, not a failure (_note_limited).
         self._limited_by: dict[Address, float] = {}
-        # Keys with a set or append on its way (how many), and those of them forgotten meanwhile.
-        self._writing: dict[int, int] = {}
-        self._forgotten_while_writing: builtins.set[int] = set()
+        # Keys with a set or append on its way: how many, and how many forgets of the key came
+        # since the first of them started (a write forgotten on its way is not published).
+        self._writing: dict[int, list[int]] = {}
         # The IP family of our socket (True: IPv6) when the driver sets it: an address of the
         # other family cannot be reached from it, so a lookup does not ask a candidate there nor
         # a bootstrap ping it. None: any address (the simulator).
@@ -801,12 +801,11 @@ class Node:
             self._check_room(len(value))
         call: Call[int] = self.new_call("set", now)
 
-        def keep(meta: Meta) -> int:
+        def keep(meta: Meta) -> None:
             self.store.put_value(key, value, meta)
-            return key
 
         self.replicate(key, Store(value, int(cfg.expire_time)), now,
-                       self._written(key, call, keep), call)
+                       self._written(key, call, key, keep), call)
         return call
 
     def append(self, key: int, value: int, now: float) -> Call[None]:
@@ -823,7 +822,7 @@ class Node:
             self.store.add_entry(key, value, meta)
 
         self.replicate(key, Append(key, value, int(cfg.expire_time)), now,
-                       self._written(key, call, keep), call)
+                       self._written(key, call, None, keep), call)
         return call
 
     def _check_room(self, size: int) -> None:
@@ -833,21 +832,22 @@ class Node:
         quotas = self.store.quotas
         quotas.check("", size, freeable=quotas.cached_bytes, freeable_items=quotas.cached_items)
 
-    def _written(self, key: int, call: Call[T], keep: Callable[[Meta], T],
+    def _written(self, key: int, call: Call[T], result: T, keep: Callable[[Meta], None],
                  ) -> Callable[[int, QadomError | None, float], None]:
         """The end of a set or an append of ``key`` once :meth:`replicate` is done: fail
         ``call`` with the network's refusal, else store the item here as ours with
-        ``keep(meta)`` and resolve ``call`` with what it returns. A :meth:`forget` of ``key``
-        while the write was on its way is kept: the item is then stored, not published."""
+        ``keep(meta)`` and resolve ``call`` with ``result``. A :meth:`forget` of ``key`` while
+        the write was on its way holds: that write is then neither stored here nor published
+        (a write of the key asked for after the forget is, as usual)."""
         writing = self._writing
-        writing[key] = writing.get(key, 0) + 1
+        state = writing.setdefault(key, [0, 0])  # [writes on their way, forgets since]
+        state[0] += 1
+        forgets = state[1]
 
         def done(call: Call[T]) -> None:
-            left = writing.pop(key) - 1
-            if left:
-                writing[key] = left
-            else:
-                self._forgotten_while_writing.discard(key)
+            state[0] -= 1
+            if not state[0]:
+                del writing[key]
 
         call.add_done_callback(done)
         cfg = self.config
@@ -858,14 +858,13 @@ class Node:
             if error is not None:
                 call.fail(error)
                 return
-            ours = key not in self._forgotten_while_writing
-            try:
-                result = keep(Meta(now + cfg.expire_time,
-                                   now + cfg.publisher_renew_after if ours else NEVER,
-                                   original=ours))
-            except StorageFull as exc:
-                call.fail(exc)
-                return
+            if state[1] == forgets:  # no forget of the key since this write started
+                try:
+                    keep(Meta(now + cfg.expire_time, now + cfg.publisher_renew_after,
+                              original=True))
+                except StorageFull as exc:
+                    call.fail(exc)
+                    return
             call.resolve(result)
 
         return replicated
@@ -897,10 +896,11 @@ class Node:
         """Stop republishing ``key`` as its original publisher (a value, multimap entries, or a
         service record stored under that key); our copies and the network's then expire
         ``expire_time`` after the last republish. True if we had published it, or a set or an
-        append of it is on its way (it is then stored here as a copy, not published)."""
+        append of it is on its way (it is then neither stored here nor published)."""
         check_id(key)
-        if key in self._writing:  # a set or append of it on its way: it will not be ours
-            self._forgotten_while_writing.add(key)
+        state = self._writing.get(key)
+        if state is not None:  # a set or append of it on its way: it will not be ours
+            state[1] += 1
             self.store.forget(key)
             return True
         return self.store.forget(key)
@@ -1307,15 +1307,16 @@ class Node:
         that a full count sets lasts: the address is then asked again from a count of 0, and a
         count short of a backoff is trusted no longer than a backoff is."""
         cfg = self.config
-        if self._limited_by.get(address, -math.inf) > now:
-            # It told us it refuses us for our rate, and a peer over its limit answers one
-            # refusal a second and drops the rest: this silence is that, not a departure.
+        # It told us it refuses us for our rate, and a peer over its limit answers one refusal a
+        # second and drops the rest: this silence is that, not a departure. It counts toward a
+        # backoff (we should ask it less), but our table keeps the contact.
+        limited = self._limited_by.get(address, -math.inf) > now
+        if limited:
             self.stats["timeouts_rate_limited"] += 1
-            return
         failures = self._failures
         held = failures.pop(address, None)
         count = 1 if held is None or held[1] + cfg.dead_backoff <= now else held[0] + 1
-        if node_id is not None:
+        if node_id is not None and not limited:
             table = self.table
             known = table.get(node_id)
             if known is not None and known.address == address:
@@ -1333,9 +1334,9 @@ class Node:
 
     def _note_limited(self, address: Address, now: float) -> None:
         """``address`` answered RATE_LIMITED: the requests to it that go unanswered for as long
-        as one sent now may wait for its last attempt do not count as failures
-        (:meth:`_contact_failed`), so a peer that asks too fast does not drop a live contact,
-        its only one perhaps, for it."""
+        as one sent now may wait for its last attempt do not count against its contact in our
+        table (:meth:`_contact_failed`; they still count toward a backoff), so a peer that asks
+        too fast does not drop a live contact, its only one perhaps, for it."""
         cfg = self.config
         limited = self._limited_by
         limited.pop(address, None)

@@ -78,6 +78,5 @@ def test_sim_a_peer_that_refuses_us_for_our_rate_stays_in_our_table() -> None:
     net.run_for(30.0)
     assert all(call.done for call in calls)
     assert strict.stats["rate_limited"] > 0 and eager.stats["timeouts_rate_limited"] > 0
-    assert strict.id in eager.table
-    assert net.address_of(strict) not in eager._dead
+    assert strict.id in eager.table  # though its silence backs our lookups off it for a while
     assert net.run_call(net.call(eager, eager.ping, net.address_of(strict))).id == strict.id

@@ -182,8 +182,7 @@ def test_sim_a_key_forgotten_while_its_set_is_on_its_way_is_not_republished() ->
     call = net.call(writer, writer.set, b"changed my mind")
     assert writer.forget(key_for(b"changed my mind"))
     key = net.run_call(call)
-    meta = writer.store.value_meta(key)
-    assert meta is not None and not meta.original and meta.republish_at == NEVER
+    assert writer.store.value_meta(key) is None  # neither kept here nor published
     assert not writer.forget(key)  # nothing left to forget
 
 
@@ -202,3 +201,18 @@ async def test_the_socket_can_queue_a_burst_of_answers() -> None:
         assert size(peer) >= wanted  # Linux reports twice what it was given
         if wanted > size(default):
             assert size(peer) > size(default)
+
+
+def test_sim_a_set_started_after_a_forget_is_published_though_an_earlier_one_is_on_its_way(
+        ) -> None:
+    net = SimNetwork(34)
+    writer = net.build(20)[0]
+    value = b"forgotten, then set again"
+    first = net.call(writer, writer.set, value)
+    assert writer.forget(key_for(value))
+    again = net.call(writer, writer.set, value)  # asked for after the forget: published
+    net.run_call(first)
+    net.run_call(again)
+    meta = writer.store.value_meta(key_for(value))
+    assert meta is not None and meta.original and meta.republish_at != NEVER
+    assert writer._writing == {}
