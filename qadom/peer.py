@@ -201,7 +201,8 @@ class Peer:
         peer's loop and this waits for it. Once the peer's loop has ended (the peer was started
         under an earlier ``asyncio.run()``), the socket, the store and the data dir are released
         at once, here; the relays of its subscriptions are not told (they drop it when its lease
-        runs out). Whatever fails on the way, the socket, the store and the data dir lock are
+        runs out). So too when the peer's loop stands idle, neither running nor closed, and
+        another loop calls this (the relays are told then). Whatever fails on the way, the socket, the store and the data dir lock are
         released; WrongLoopError after the release when the socket of an ended loop could not
         be reached (a loop that does not expose it)."""
         protocol = self._protocol

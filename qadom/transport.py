@@ -11,6 +11,7 @@ immune to wall-clock jumps while stored timestamps stay meaningful across restar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -73,17 +74,27 @@ class NodeProtocol(asyncio.DatagramProtocol):
             self._on_lost()
 
     def close(self) -> bool:
-        """Close the socket. While the loop is open, through the transport (``connection_lost``
-        follows on the loop); once the loop is closed, nothing can run on it again, so what the
-        transport would have run there runs here, at once: the socket is closed, then
-        ``connection_lost``. False when the socket of a closed loop cannot be reached (a loop
-        that exposes neither) and stays open."""
+        """Close the socket. From a callback of its loop, or while that loop runs, through the
+        transport (``connection_lost`` follows on the loop). Once the loop is closed, or while
+        it stands idle and another runs (it may never run again), what the transport would
+        have run there runs here, at once: the socket leaves the loop's watch, is closed, then
+        ``connection_lost``. False when such a socket cannot be reached (a loop that exposes
+        neither) and stays open."""
         transport = self.transport
         if transport is None:
             return True
-        if not self.loop.is_closed():
+        loop = self.loop
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        if not loop.is_closed() and (loop.is_running() or loop is current):
             transport.close()
             return True
+        if not loop.is_closed():
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(Exception):  # a loop that does not watch it so
+                loop.remove_reader(sock.fileno())
         lost: Any = getattr(transport, "_call_connection_lost", None)
         if callable(lost):  # asyncio's transports: closes the socket, calls connection_lost
             lost(None)

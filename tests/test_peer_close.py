@@ -68,3 +68,20 @@ def test_close_after_the_loop_ended_releases_everything(tmp_path: Path) -> None:
             return other.id
 
     assert asyncio.run(asyncio.wait_for(restart(), 5)) == peer.id  # the data dir was released
+
+
+def test_close_from_another_loop_while_the_peers_loop_stands_idle_frees_its_port() -> None:
+    """The peer's loop is open but not running (run_until_complete between two steps), and the
+    close comes from another loop: that loop may never run again, so its socket is closed at
+    once, here, and taken off its watch; the loop can still run and close cleanly after."""
+    loop = asyncio.new_event_loop()
+    try:
+        peer = Peer("127.0.0.1", 0, config=FAST)
+        loop.run_until_complete(peer.start())
+        asyncio.run(asyncio.wait_for(peer.close(), 5))
+        assert peer.closed and not peer.running
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
+            again.bind(peer.address)  # the socket was closed: its port is free
+        loop.run_until_complete(asyncio.sleep(0.01))  # nothing of the peer's left to run
+    finally:
+        loop.close()
