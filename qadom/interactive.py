@@ -191,6 +191,8 @@ def _close_at_exit() -> None:
         loop.run_until_complete(task)
     except BaseException as exc:  # Ctrl-C or a failure while exiting: say so and go on exiting
         task.cancel()
+        with contextlib.suppress(BaseException):  # let the cancelled task end, quietly
+            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
         print(f"qadom: could not close the peers at exit: {exc!r}", file=sys.stderr)
 
 

@@ -465,3 +465,28 @@ def test_a_script_whose_operation_fails_says_so_in_one_line() -> None:
     finally:
         for child in children:
             child.terminate(force=True)
+
+
+def test_a_ctrl_c_while_closing_at_exit_ends_the_close_quietly(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C while the exit hook closes the peers: one line on stderr, and the close it
+    interrupted is ended, not left pending on the loop (which would warn as Python exits)."""
+    import qadom.interactive as interactive
+
+    loop = asyncio.new_event_loop()
+    try:
+        async def slow_close() -> None:
+            await asyncio.sleep(3600)
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(interactive, "_closing_at_exit", loop)
+        monkeypatch.setattr(interactive, "started", lambda: [object()])
+        monkeypatch.setattr(interactive, "close", slow_close)
+        loop.call_later(0.01, interrupt)
+        interactive._close_at_exit()
+        assert asyncio.all_tasks(loop) == set()
+        assert capsys.readouterr().err.startswith("qadom: could not close the peers at exit: ")
+    finally:
+        loop.close()
