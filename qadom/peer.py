@@ -202,9 +202,10 @@ class Peer:
         under an earlier ``asyncio.run()``), the socket, the store and the data dir are released
         at once, here; the relays of its subscriptions are not told (they drop it when its lease
         runs out). So too when the peer's loop stands idle, neither running nor closed, and
-        another loop calls this (the relays are told then). Whatever fails on the way, the socket, the store and the data dir lock are
-        released; WrongLoopError after the release when the socket of an ended loop could not
-        be reached (a loop that does not expose it)."""
+        another loop calls this (the relays are told then). Whatever fails on the way, the
+        socket, the store and the data dir lock are released; WrongLoopError after the release
+        when the socket of an ended or idle loop could not be reached (a loop that does not
+        expose it)."""
         protocol = self._protocol
         if protocol is not None and protocol.loop is not asyncio.get_running_loop() and (
                 protocol.loop.is_running()):  # in another thread: close it there
