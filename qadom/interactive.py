@@ -172,7 +172,7 @@ def _close_peers_at_exit(peer: Peer | None) -> None:
     then too."""
     global _closing_at_exit
     if peer is not None and peer not in _started:
-        _started[:] = [each for each in _started if not each.closed]  # none kept alive here
+        started()  # forgets the closed ones: none is kept alive here
         _started.append(peer)
     if _closing_at_exit is None:
         _closing_at_exit = event_loop()

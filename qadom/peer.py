@@ -52,7 +52,7 @@ from .routing import RoutingTable
 from .sqlite_store import SqliteStore
 from .storage import Store
 from .subscription import Subscription
-from .transport import NodeProtocol
+from .transport import NodeProtocol, running_loop
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -239,9 +239,9 @@ class Peer:
                         self._unlock()
             self._fail_pending("the peer was closed")
         if not socket_closed:
-            raise WrongLoopError("the event loop this peer was started on has ended, and its "
-                                 "socket could not be closed from here: close a peer on its "
-                                 "own loop, before that loop ends")
+            raise WrongLoopError("the event loop this peer was started on is not running, and "
+                                 "its socket could not be closed from here: close a peer on "
+                                 "its own loop, before that loop ends")
         if not ended:
             await asyncio.sleep(0)  # let the transport's connection_lost run
 
@@ -615,10 +615,7 @@ def _check_loop(loop: asyncio.AbstractEventLoop) -> None:
     ``loop.run_until_complete`` calls). WrongLoopError otherwise: the peer's node is driven by
     its loop alone, so an operation from another loop (another thread's, or a later
     ``asyncio.run()``) would race that loop, and could never be awaited here."""
-    try:
-        current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-    except RuntimeError:
-        current = None
+    current = running_loop()
     if current is loop:
         return
     if loop.is_closed():

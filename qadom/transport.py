@@ -25,6 +25,14 @@ T = TypeVar("T")
 log = logging.getLogger("qadom")
 
 
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class NodeProtocol(asyncio.DatagramProtocol):
     """Runs one :class:`Node` on one UDP socket. ``make_node(now)`` builds the node on this
     adapter's clock; ``on_lost()`` runs once the socket is closed, by whoever closed it (the
@@ -84,11 +92,7 @@ class NodeProtocol(asyncio.DatagramProtocol):
         if transport is None:
             return True
         loop = self.loop
-        try:
-            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        if not loop.is_closed() and (loop.is_running() or loop is current):
+        if not loop.is_closed() and (loop.is_running() or loop is running_loop()):
             transport.close()
             return True
         if not loop.is_closed():
