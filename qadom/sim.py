@@ -36,6 +36,7 @@ import bisect
 import contextlib
 import heapq
 import math
+import operator
 import random
 import statistics
 from collections.abc import Callable, Iterable, Sequence
@@ -46,7 +47,7 @@ from typing import Any, TypeVar
 from .call import Call
 from .config import Config
 from .contact import Address, Contact
-from .errors import InvalidArgument, OperationTimeout
+from .errors import InvalidArgument, InvalidType, OperationTimeout
 from .events import LookupEvent, LookupFinished, LookupStarted
 from .ids import ID_BITS, check_id
 from .node import Node
@@ -240,7 +241,7 @@ class SimNetwork:
         """Add ``count`` nodes; with ``bootstrap`` each joins for real (ping, lookup of its own
         id, bucket refresh) through a random live node, one after the other."""
         added = []
-        for _ in range(count):
+        for _ in range(_count("count", count)):
             via = self._random_live_address()
             node = self.add_node()
             added.append(node)
@@ -281,10 +282,11 @@ class SimNetwork:
 
         The network must be empty.
         """
+        count, joins = _count("count", count, 1), _count("joins", joins)
         if self.nodes:
             raise InvalidArgument("build() needs an empty network; use add_nodes() to grow one")
-        if count < 1 or joins < 0 or not 0.0 <= spread < math.inf:
-            raise InvalidArgument("need count >= 1, joins >= 0 and a finite spread >= 0")
+        if not 0.0 <= spread < math.inf:
+            raise InvalidArgument("need a finite spread >= 0")
         built = []
         for _ in range(count):
             built.append(self.add_node())
@@ -311,8 +313,7 @@ class SimNetwork:
 
     def leave(self, count: int, *, keep: Iterable[Node] = ()) -> list[Node]:
         """Take ``count`` random live nodes off the network now (never those in ``keep``)."""
-        if count < 0:
-            raise InvalidArgument(f"the number of nodes to leave must not be negative, not {count}")
+        count = _count("the number of nodes to leave", count)
         kept = {n.id for n in keep}
         pool = [i for i in self._live_ids if i not in kept]
         if count > len(pool):
@@ -334,9 +335,9 @@ class SimNetwork:
         lookup being measured is over if it is that lookup's origin. They happen as
         :meth:`run_for` or :meth:`run_call` reach their times. ``start`` and ``duration`` must
         be finite (an event at an infinite or NaN time would never happen)."""
-        if leave < 0 or join < 0 or not 0 <= duration < math.inf:
-            raise InvalidArgument("leave, join and duration must not be negative, and duration "
-                                  "must be finite")
+        leave, join = _count("leave", leave), _count("join", join)
+        if not 0 <= duration < math.inf:
+            raise InvalidArgument("duration must be finite and not negative")
         begin = self.now if start is None else start
         if not math.isfinite(begin):
             raise InvalidArgument(f"churn needs a finite start time, not {begin!r}")
@@ -433,6 +434,7 @@ class SimNetwork:
 
     def true_closest(self, target: int, count: int, *, exclude: int | None = None) -> list[int]:
         """The ids of the ``count`` live nodes closest to ``target`` by XOR, closest first."""
+        count = _count("count", count)
         ids = self._live_ids
         need = count + (1 if exclude is not None else 0)
         # The smallest aligned subtree around the target holding enough ids holds the closest
@@ -493,7 +495,7 @@ class SimNetwork:
         """``count`` lookups of random ids from random live nodes, one after the other, with
         ``gap`` virtual seconds of network time between them (churn events happen there)."""
         reports = []
-        for _ in range(count):
+        for _ in range(_count("count", count)):
             if not self._live_ids:
                 break
             origin = self._by_id[self.rng.choice(self._live_ids)]
@@ -674,6 +676,21 @@ class SimNetwork:
     def _push(self, when: float, kind: int, payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._events, (when, self._seq, kind, payload))
+
+
+def _count(name: str, value: Any, least: int = 0) -> int:
+    """``value`` as a count of at least ``least``: InvalidType unless it is an integer (a float
+    such as 2.5 or 2.0 is not one: the simulator never rounds a number of nodes or lookups for
+    the caller), InvalidArgument when it is below ``least``."""
+    if isinstance(value, bool):
+        raise InvalidType(f"{name} must be an integer, not {value!r}")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise InvalidType(f"{name} must be an integer, not {value!r}") from None
+    if count < least:
+        raise InvalidArgument(f"{name} must be at least {least}, not {count}")
+    return count
 
 
 def _check_latency(latency: Any) -> None:

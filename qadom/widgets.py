@@ -174,6 +174,17 @@ def _close_tree(widget: Any) -> None:
     widget.close()
 
 
+def _replace_children(box: Any, children: tuple[Any, ...]) -> None:
+    """Show ``children`` in ``box`` and close the widgets it held that are not among them, so a
+    view redrawn for hours does not keep every row it ever drew open in the kernel."""
+    kept = {id(child) for child in children}
+    old = box.children
+    box.children = children
+    for child in old:
+        if id(child) not in kept:
+            _close_tree(child)
+
+
 # ====================================================================== one lookup
 
 class LookupView(_View):
@@ -276,7 +287,7 @@ class LookupView(_View):
         self.initial = event.initial
         self.started_at = self.now = event.now
         self.row_widgets = {}
-        self._rows.children = ()
+        _replace_children(self._rows, ())
         self._render_all()
 
     # ------------------------------------------------------------------ what is shown
@@ -428,7 +439,7 @@ class RoutingTableView(_View):
         self._summary.value = (
             f"<b>routing table of {short(self.node.id)}…</b>: {len(table)} contacts in "
             f"{len(table.buckets)} buckets (k = {table.k})")
-        self._table.children = tuple(self._row_widget(row) for row in self.rows)
+        _replace_children(self._table, tuple(self._row_widget(row) for row in self.rows))
 
     def _row_widget(self, row: BucketRow) -> Any:
         bits = row.prefix if len(row.prefix) <= self.max_prefix_bits else (

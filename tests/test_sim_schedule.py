@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from qadom.errors import InvalidArgument
+from qadom.errors import InvalidArgument, InvalidType
 from qadom.node import Node
 from qadom.sim import SimNetwork, lognormal_latency
 
@@ -116,6 +116,36 @@ def test_times_and_counts_that_would_hang_or_never_fire_are_refused(
     with pytest.raises(InvalidArgument):
         run(net)
     assert net._events == events and net.now == 0.0
+    assert len(net.live_nodes()) == (5 if built else 0)
+
+
+@pytest.mark.parametrize(("built", "error", "run"), [
+    (True, InvalidType, lambda net: net.churn(join=2.5)),
+    (True, InvalidType, lambda net: net.churn(leave=2.0)),
+    (True, InvalidType, lambda net: net.leave(1.5)),
+    (True, InvalidType, lambda net: net.add_nodes(2.5)),
+    (True, InvalidType, lambda net: net.lookups("3")),
+    (True, InvalidType, lambda net: net.true_closest(1, 2.5)),
+    (False, InvalidType, lambda net: net.build(3.0)),
+    (False, InvalidType, lambda net: net.build(3, joins=1.5)),
+    (True, InvalidArgument, lambda net: net.add_nodes(-1)),
+    (True, InvalidArgument, lambda net: net.lookups(-1)),
+    (True, InvalidArgument, lambda net: net.churn(join=-1)),
+    (False, InvalidArgument, lambda net: net.build(0)),
+], ids=["churn-join-float", "churn-leave-float", "leave-float", "add_nodes-float",
+        "lookups-str", "true_closest-float", "build-float", "build-joins-float",
+        "add_nodes-negative", "lookups-negative", "churn-join-negative", "build-zero"])
+def test_counts_must_be_whole_numbers_and_nothing_happens_otherwise(
+        built: bool, error: type[Exception], run: Callable[[SimNetwork], object]) -> None:
+    # A count of nodes or lookups is never rounded for the caller; a negative one was a silent
+    # no-op for add_nodes() and lookups(), and a float a bare TypeError from deep inside.
+    net = _bounded(SimNetwork(7))
+    if built:
+        net.build(5)
+    events, stats = list(net._events), net.delivered
+    with pytest.raises(error):
+        run(net)
+    assert net._events == events and net.now == 0.0 and net.delivered == stats
     assert len(net.live_nodes()) == (5 if built else 0)
 
 

@@ -302,3 +302,25 @@ def test_a_closed_view_no_longer_listens_to_the_node(how: str) -> None:
 
 def _tree(widget: Any) -> list[Any]:
     return [widget, *(w for child in getattr(widget, "children", ()) for w in _tree(child))]
+
+
+def test_redrawn_rows_are_closed_not_left_open_in_the_kernel() -> None:
+    # ipywidgets keeps every open widget in the kernel until it is closed: rows replaced by a
+    # redraw (a table that changed, a new lookup shown) must be closed, or a live view leaks
+    # widgets for as long as it runs.
+    net, nodes, _ = small_network()
+    origin = nodes[0]
+    table, lookup = RoutingTableView(origin), LookupView(origin, once=False)
+    rng = random.Random(5)
+    net.run_call(net.call(origin, origin.find_nodes, rng.getrandbits(256)))
+    old_rows = [w for row in table._table.children for w in _tree(row)]
+    old_rounds = [w for row in lookup._rows.children for w in _tree(row)]
+    assert old_rows and old_rounds
+    origin.table.remove(table.shown()[0].ids[0])  # the table changes: its rows are redrawn
+    net.run_call(net.call(origin, origin.find_nodes, rng.getrandbits(256)))
+    assert all(w.comm is None for w in old_rows + old_rounds)
+    shown = [w for box in (table._table, lookup._rows) for row in box.children for w in _tree(row)]
+    assert shown and all(w.comm is not None for w in shown)
+    assert len(table._table.children) == len(origin.table.buckets)
+    table.close()
+    lookup.close()
