@@ -175,11 +175,17 @@ class _Request:
 
 
 class _NodeLookup(Lookup):
-    """A lookup run by a node: also what the peers that refused it with an ERROR said, so
-    that a read nobody answered can tell refusals from silence (:meth:`Node.unanswered`)."""
+    """A lookup run by a node: also what the peers that refused it with an ERROR said, and how
+    many stayed silent, so that an operation nobody answered can tell refusals from silence,
+    and a rate limit from either (:meth:`Node.unanswered`, :meth:`Node.unreached`). Counts and
+    the first refusal only: its memory does not grow with the requests it makes."""
 
-    refusals = 0  # requests that failed for an ERROR reply (class defaults: no __init__ call)
+    # Class defaults: no __init__ call.
+    refusals = 0  # requests that failed for an ERROR reply
     first_refusal: Error | None = None
+    rate_refusals = 0  # of the refusals, those for our request rate (RATE_LIMITED)
+    silent = 0  # requests that failed with every attempt unanswered
+    silent_limited = 0  # of those, to a peer whose silence our rate explains (Node._silenced)
 
     def on_refusal(self, contact: Contact, error: Error) -> None:
         """``contact`` answered with ``error``: a failure (see :meth:`Lookup.on_failure`),
@@ -188,8 +194,20 @@ class _NodeLookup(Lookup):
         self.on_failure(contact)
         if self.failures > failures:
             self.refusals += 1
+            if error.code == ErrorCode.RATE_LIMITED:
+                self.rate_refusals += 1
             if self.first_refusal is None:
                 self.first_refusal = error
+
+    def on_silence(self, contact: Contact, limited: bool) -> None:
+        """``contact`` never answered: a failure, counted as silence if it ended the request, and
+        as silence our rate explains with ``limited``."""
+        failures = self.failures
+        self.on_failure(contact)
+        if self.failures > failures:
+            self.silent += 1
+            if limited:
+                self.silent_limited += 1
 
 
 def _describe(error: Error) -> str:
@@ -312,7 +330,7 @@ class _LookupRun:
             if emit:
                 emit(LookupRefused(self.lookup_id, now, contact, True, envelope.message.code))
         elif envelope is None:
-            lookup.on_failure(contact)
+            lookup.on_silence(contact, self.node._silenced(contact.address, now))
             if emit:
                 emit(LookupTimeout(self.lookup_id, now, contact, True))
         else:
@@ -653,7 +671,12 @@ class Node:
         contacts in the table; fails with NoPeersError if no address answered, and with
         OperationTimeout if one did but none answered the lookup of our own id in
         ``_SELF_LOOKUP_TRIES`` tries (a node that knew only its bootstrap peers would be cut
-        off once they leave)."""
+        off once they leave).
+
+        Once the call is done before the join is (its deadline, or a caller who stopped
+        waiting: a cancelled Peer.bootstrap), the join asks nobody more: no lookup starts, and
+        the lookup of our own id and the bucket refreshes under way stop asking (the requests
+        already out run their course)."""
         call: Call[int] = self.new_call("bootstrap", now)
         targets = list(dict.fromkeys(addresses))
         if not targets:
@@ -689,23 +712,23 @@ class Node:
                     self._schedule(
                         now + self.config.rpc_timeout_max * 2 ** (lookups[0] - 1),
                         lambda now: None if call.done else self.find_closest(
-                            self.id, now, after_self_lookup))
+                            self.id, now, after_self_lookup, call))
                 else:
                     call.fail(OperationTimeout(
                         "the bootstrap peers answered, but nobody answered the lookup of our "
                         f"own id ({_SELF_LOOKUP_TRIES} tries)"))
                 return
-            self._refresh(self._to_refresh_after_join(found), now, after_refresh)
+            self._refresh(self._to_refresh_after_join(found), now, after_refresh, call)
 
         def on_pong(envelope: Envelope | None, now: float) -> None:
             remaining[0] -= 1
             if envelope is not None and envelope.sender is not None:
                 answered[0] += 1
-            if remaining[0] == 0:
+            if remaining[0] == 0 and not call.done:
                 if not answered[0]:
                     call.fail(NoPeersError("no bootstrap address answered"))
                 else:
-                    self.find_closest(self.id, now, after_self_lookup)
+                    self.find_closest(self.id, now, after_self_lookup, call)
 
         for address in targets:
             self.request(address, Ping(), now, on_reply=on_pong)
@@ -875,19 +898,26 @@ class Node:
         was asked (OperationTimeout). Either way it is no sign that the network holds nothing.
 
         The message tells silence from refusals: peers that answered with an ERROR (a store
-        they cannot read, a rate limit...) answered, and what the first of them said is given."""
+        they cannot read, a rate limit...) answered, and what the first of them said is given.
+        It also says so when most of the peers that stayed silent had just refused us for our
+        request rate (a peer over its limit answers one refusal a second and drops the rest),
+        though a read reports that as OperationTimeout all the same."""
         if lookup.candidates():
             refusals = lookup.refusals if isinstance(lookup, _NodeLookup) else 0
             first = lookup.first_refusal if isinstance(lookup, _NodeLookup) else None
+            rate = ""
+            if isinstance(lookup, _NodeLookup) and _mostly(lookup.silent_limited, lookup.silent):
+                rate = (f" ({lookup.silent_limited} of the {lookup.silent} that stayed silent "
+                        "had just refused us for our request rate: slow down)")
             if not refusals or first is None:
-                return OperationTimeout("no peer answered the lookup")
+                return OperationTimeout(f"no peer answered the lookup{rate}")
             said = _describe(first)
             if refusals >= lookup.requests:
                 return OperationTimeout(f"every peer asked answered with an error: {said}")
             return OperationTimeout(
                 f"no peer answered the lookup with a result: {refusals} of the "
                 f"{lookup.requests} asked answered with an error (the first: {said}), the "
-                "others with nothing of use")
+                f"others with nothing of use{rate}")
         if len(self.table):
             return OperationTimeout("every known peer failed to answer of late; none was asked")
         return NoPeersError("no peer known to ask: join a network first (bootstrap)")
@@ -1310,7 +1340,7 @@ class Node:
         # It told us it refuses us for our rate, and a peer over its limit answers one refusal a
         # second and drops the rest: this silence is that, not a departure. It counts toward a
         # backoff (we should ask it less), but our table keeps the contact.
-        limited = self._limited_by.get(address, -math.inf) > now
+        limited = self._silenced(address, now)
         if limited:
             self.stats["timeouts_rate_limited"] += 1
         failures = self._failures
@@ -1343,6 +1373,12 @@ class Node:
         if len(limited) >= cfg.max_failure_counts:
             limited.pop(next(iter(limited)))  # the oldest: a bound on memory
         limited[address] = now + (1 + cfg.rpc_retries) * cfg.rpc_timeout_max
+
+    def _silenced(self, address: Address, now: float) -> bool:
+        """Whether silence from ``address`` at ``now`` is explained by our request rate: it
+        answered RATE_LIMITED recently enough that a request sent after that refusal may still
+        have been waiting for its last attempt (:meth:`_note_limited`)."""
+        return self._limited_by.get(address, -math.inf) > now
 
     def _give_up(self, contact: Contact, now: float) -> None:
         """The table gave ``contact`` up after ``stale_failures`` failures with no replacement
@@ -1542,11 +1578,16 @@ class Node:
         return call
 
     def ask_each(self, contacts: Iterable[Contact], message: Message, now: float,
-                 then: Callable[[list[tuple[Contact, Message | None]], float], None]) -> None:
+                 then: Callable[[list[tuple[Contact, Message | None]], float], None], *,
+                 silenced: builtins.set[int] | None = None) -> None:
         """Send ``message`` to every contact (each must answer from its own id), then run
         ``then(replies, now)`` once, when all have answered or failed: ``replies`` pairs each
         contact with its reply message (an :class:`Error` included), or None when it never
-        answered, in the order the outcomes came. With no contacts, it runs at once."""
+        answered, in the order the outcomes came. With no contacts, it runs at once.
+
+        ``silenced``: the ids of the contacts that never answered while our request rate
+        explained their silence (they had just refused us for it) are added to it, judged when
+        their request failed."""
         asked = list(contacts)
         replies: list[tuple[Contact, Message | None]] = []
         if not asked:
@@ -1554,6 +1595,9 @@ class Node:
             return
 
         def on_reply(contact: Contact, envelope: Envelope | None, now: float) -> None:
+            if envelope is None and silenced is not None and self._silenced(
+                    contact.address, now):
+                silenced.add(contact.id)
             replies.append((contact, None if envelope is None else envelope.message))
             if len(replies) == len(asked):
                 then(replies, now)
@@ -1680,15 +1724,18 @@ class Node:
             # A peer that kept the value on the way counts even if it turned out farther than
             # the final k closest: it republishes its copy to them within the hour.
             kept = len(stored_by)
+            silenced: builtins.set[int] = set()
 
             def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
                 acks = kept + sum(1 for _, reply in replies if isinstance(reply, Stored))
                 self.stats["replicas_acked"] += acks
                 if missed is not None and not stored_by and all(r is None for _, r in replies):
                     missed(now)
-                then(acks, None if acks else self.unstored(lookup, replies), now)
+                then(acks, None if acks else self.unstored(lookup, replies, len(silenced)),
+                     now)
 
-            self.ask_each((c for c in closest if c.id not in stored_by), message, now, done)
+            self.ask_each((c for c in closest if c.id not in stored_by), message, now, done,
+                          silenced=silenced)
 
         if (isinstance(message, Store) and not message.cache
                 and len(message.value) <= self.config.store_on_lookup_max):
@@ -1708,40 +1755,58 @@ class Node:
 
     def unreached(self, lookup: Lookup) -> QadomError:
         """Why a lookup that was to find peers to send to (a write, a publish) found none:
-        NoPeersError when no peer is known, RateLimited when one refused it for our rate, else
-        as :meth:`unanswered` says."""
+        NoPeersError when no peer is known; RateLimited when a peer refused it for our rate, or
+        when most of the peers that stayed silent (more than half) had refused us for our rate
+        so recently that their silence is that (a peer over its limit answers one refusal a
+        second and drops the rest; see :meth:`_note_limited`); else as :meth:`unanswered`
+        says. Every refusal counts, not only the first."""
         error = self.unanswered(lookup)
-        first = lookup.first_refusal if isinstance(lookup, _NodeLookup) else None
-        if first is not None and first.code == ErrorCode.RATE_LIMITED:
-            # A peer over its limit answers one refusal a second and drops the rest: the
-            # silence of the others has the same cause.
+        if isinstance(error, NoPeersError) or not isinstance(lookup, _NodeLookup):
+            return error
+        if lookup.rate_refusals:
             return RateLimited(ErrorCode.RATE_LIMITED,
-                               f"the lookup was refused for our request rate ({error})")
+                               f"the lookup was refused for our request rate by "
+                               f"{lookup.rate_refusals} of the {lookup.requests} peers asked "
+                               f"({error})")
+        if _mostly(lookup.silent_limited, lookup.silent):
+            return RateLimited(ErrorCode.RATE_LIMITED,
+                               f"{lookup.silent_limited} of the {lookup.silent} peers that did "
+                               "not answer the lookup had just refused us for our request "
+                               "rate: slow down")
         return error
 
-    def unstored(self, lookup: Lookup,
-                 replies: list[tuple[Contact, Message | None]]) -> QadomError | None:
+    def unstored(self, lookup: Lookup, replies: list[tuple[Contact, Message | None]],
+                 silenced: int = 0) -> QadomError | None:
         """Why a write that ``lookup`` found the k closest for was confirmed by none of them,
-        given their ``replies``; None when there was nobody to ask (no peer known: the write is
-        ours alone until peers come, as on the first node of a network).
+        given their ``replies``, of which ``silenced`` were silences our rate explains (see
+        :meth:`ask_each`); None when there was nobody to ask (no peer known: the write is ours
+        alone until peers come, as on the first node of a network).
 
-        Refusals speak for themselves: StorageFull when each peer that refused it was full,
-        RateLimited when one refused it for our rate (the request to store it, or the lookup),
+        RateLimited when one refused it for our rate, or when most of those that stayed silent
+        (more than half) had just refused us for our rate (a peer over its limit answers one
+        refusal a second and drops the rest): slowing down is what would get it stored. Else
+        the refusals speak for themselves: StorageFull when each peer that refused it was full,
         else the first refusal as a RemoteError. With no refusal, OperationTimeout: the peers
-        asked did not answer."""
-        refusals = [r for _, r in replies if isinstance(r, Error)]
+        asked did not answer. When no peer answered the lookup, as :meth:`unreached` says."""
         if not replies:  # nobody answered the lookup (or nobody could be asked)
             error = self.unreached(lookup)
             return None if isinstance(error, NoPeersError) else error
+        refusals = [r for _, r in replies if isinstance(r, Error)]
+        codes = {r.code for r in refusals}
+        said = f"{len(refusals)} of the {len(replies)} closest peers asked refused it"
+        if ErrorCode.RATE_LIMITED in codes:
+            return RateLimited(ErrorCode.RATE_LIMITED, f"{said}: slow down")
+        silent = sum(1 for _, r in replies if r is None)
+        if _mostly(silenced, silent):
+            return RateLimited(ErrorCode.RATE_LIMITED,
+                               f"{silenced} of the {silent} closest peers asked to store it "
+                               "that did not answer had just refused us for our request rate: "
+                               "slow down")
         if not refusals:
             return OperationTimeout(f"none of the {len(replies)} closest peers asked to store "
                                     "it answered")
-        said = f"{len(refusals)} of the {len(replies)} closest peers asked refused it"
-        codes = {r.code for r in refusals}
         if codes <= {ErrorCode.STORAGE_FULL, ErrorCode.STORAGE_UNAVAILABLE}:
             return StorageFull(f"{said}: their storage is full or failing")
-        if ErrorCode.RATE_LIMITED in codes:
-            return RateLimited(ErrorCode.RATE_LIMITED, f"{said}: slow down")
         return RemoteError(refusals[0].code, f"{said}: {_describe(refusals[0])}")
 
     def _fetch_pages(self, contact: Contact, key: int, after: int, results: builtins.set[int],
@@ -1822,7 +1887,7 @@ class Node:
                  then: Callable[[float], None], call: Call[Any] | None = None) -> None:
         """Look up a random id in each id range ``[lo, hi)``, then ``then(now)``. Once ``call``
         is done, the lookups stop asking (see :meth:`run_lookup`); without it they run to their
-        end (upkeep, a join)."""
+        end (upkeep)."""
         if not ranges or not len(self.table):
             then(now)
             return
@@ -2192,6 +2257,11 @@ class Node:
     def check_value(self, value: object) -> bytes:
         """``value`` if it is bytes within ``max_value_size``; InvalidType / ValueTooLarge."""
         return check_record_value(value, self.config.max_value_size)
+
+
+def _mostly(part: int, whole: int) -> bool:
+    """Whether ``part`` is more than half of ``whole`` (never when ``whole`` is 0)."""
+    return 2 * part > whole
 
 
 def _mint_token(address: Address, secret: bytes) -> bytes:

@@ -785,7 +785,8 @@ class PubSubService:
         follows: at once, to the relays holding its lease, or after a new round when none
         does); it fails with
         TooManySubscribers / RemoteError when every relay refused, NoPeersError when there is no
-        peer to ask, RateLimited when the lookup of the relays was refused for our request rate,
+        peer to ask, RateLimited when the lookup of the relays was refused for our request rate
+        (or most of the peers that did not answer it had just refused us for it),
         OperationTimeout when none answered, and SubscriptionClosed, at once, when
         the handle is closed before. The subscription keeps renewing until closed, whatever the
         first round gave.

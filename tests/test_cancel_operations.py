@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from qadom import PeerClosedError
+from qadom.codec import Codec
 from qadom.contact import Address
 from qadom.errors import OperationAbandoned
-from qadom.messages import Message
+from qadom.messages import Envelope, FindNode, Message
 from qadom.sim import SimNetwork
 
 from helpers import FAST, udp_network, wait_until
@@ -122,3 +123,46 @@ def test_sim_a_publish_after_one_given_up_gets_a_lookup_of_its_own() -> None:
     given_up.fail(OperationAbandoned("the caller stopped waiting"))
     second = net.call(node, node.pubsub.publish, 12345, b"second")
     assert net.run_call(second) == alone == node.config.k
+
+
+@pytest.mark.parametrize("stage", ["pings", "lookup of our own id", "bucket refreshes"])
+def test_sim_a_cancelled_bootstrap_sends_no_new_request(
+        stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bootstrap given up (as Peer.bootstrap's cancelled wait gives it up) while its pings
+    are out, while it looks up our own id or while it refreshes the buckets of the join sends
+    no new request from then on: only the resends of the requests already out (as a cancelled
+    get's), and none once they have run out."""
+    net = SimNetwork(5)
+    nodes = net.build(60)
+    node = net.add_node()
+    codec = Codec(node.config)
+    sent: list[Envelope] = []
+    send = node._send
+
+    def recording(data: bytes, address: Address) -> None:
+        sent.append(codec.decode(data))
+        send(data, address)
+
+    monkeypatch.setattr(node, "_send", recording)
+    call = net.call(node, node.bootstrap, [net.address_of(nodes[0])])
+
+    def reached() -> bool:
+        targets = [e.message.target for e in sent if isinstance(e.message, FindNode)]
+        if stage == "pings":
+            return True
+        if stage == "lookup of our own id":
+            return node.id in targets
+        return any(t != node.id for t in targets)
+
+    for _ in range(10_000):
+        if reached():
+            break
+        assert net.step() and not call.done
+    call.fail(OperationAbandoned("the caller stopped waiting"))
+    out = set(node._pending)
+    assert out  # the join had requests under way
+    before = len(sent)
+    net.run_for((1 + node.config.rpc_retries) * node.config.rpc_timeout_max + 1)
+    assert not node._pending
+    new = [e for e in sent[before:] if e.message.IS_REQUEST and e.rpc_id not in out]
+    assert new == []

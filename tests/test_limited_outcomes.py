@@ -1,0 +1,146 @@
+"""What a writer over its peers' request rate is told: RateLimited, whether the peers said so
+or, over their limit, answered one refusal a second and dropped the rest; OperationTimeout when
+the silence is not explained by our rate. Reads are told OperationTimeout, saying why."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from qadom import Config
+from qadom.call import Call
+from qadom.codec import Codec
+from qadom.contact import Address, Contact
+from qadom.errors import OperationTimeout, RateLimited
+from qadom.ids import key_for
+from qadom.messages import Error, ErrorCode, FindNodeStore, Message, NodesStored
+from qadom.node import Node
+from qadom.sim import SimNetwork
+
+from helpers import answer_requests
+
+Reply = Callable[[Address, Message], "tuple[int, Message] | None"]
+
+
+def _node_and_peers(count: int = 4) -> tuple[Node, Codec, list[Contact]]:
+    """A sans-IO node (k = count) whose table holds ``count`` peers, none of them answering
+    yet."""
+    node = Node(node_id=0, now=0.0, config=replace(Config(), k=count))
+    peers = [Contact((i + 1) << 240, (f"10.0.0.{i + 1}", 4000)) for i in range(count)]
+    for peer in peers:
+        node.table.seen(peer)
+    return node, Codec(node.config), peers
+
+
+def _run(node: Node, codec: Codec, call: Call[Any], reply: Reply, now: float) -> float:
+    """Answer what ``node`` sends with ``reply`` and run its timers until ``call`` is done."""
+    for _ in range(200):
+        answer_requests(node, codec, reply, now)
+        if call.done:
+            return now
+        timer = node.get_timer()
+        assert timer is not None
+        now = max(now, timer)
+        node.handle_timer(now)
+    raise AssertionError(f"{call!r} did not complete")
+
+
+def _refuse_for_rate(node: Node, codec: Codec, peers: list[Contact], now: float) -> None:
+    """Each of ``peers`` refuses a ping of ours for our rate, as a peer over its limit does."""
+    ids = {p.address: p.id for p in peers}
+    for peer in peers:
+        node.ping(peer.address, now)
+    answer_requests(node, codec, lambda address, message: (
+        ids[address], Error(ErrorCode.RATE_LIMITED, "slow down")), now)
+
+
+@pytest.mark.parametrize("operation", ["set", "append"])
+def test_a_write_whose_lookup_was_refused_for_our_rate_after_another_refusal_is_rate_limited(
+        operation: str) -> None:
+    """Every refusal the lookup got counts, not only the first: the first peer asked could not
+    read its store, the others refused us for our rate."""
+    node, codec, peers = _node_and_peers()
+    ids = {p.address: p.id for p in peers}
+    asked: list[Address] = []
+
+    def reply(address: Address, message: Message) -> tuple[int, Message]:
+        asked.append(address)
+        if len(asked) == 1:
+            return ids[address], Error(ErrorCode.STORAGE_UNAVAILABLE, "disk failing")
+        return ids[address], Error(ErrorCode.RATE_LIMITED, "slow down")
+
+    call = (node.set(b"value", 0.0) if operation == "set" else node.append(7, 8, 0.0))
+    _run(node, codec, call, reply, 0.0)
+    assert len(set(asked)) == len(peers)
+    with pytest.raises(RateLimited, match="refused for our request rate"):
+        call.result()
+    assert node.store.get_value(key_for(b"value")) is None
+    assert node.store.entry_meta(7, 8) is None
+
+
+def test_a_write_nobody_answered_is_blamed_on_our_rate_only_when_most_silent_peers_refused_us(
+        ) -> None:
+    """The rule for silence: RateLimited when more than half of the peers that stayed silent
+    (the lookup's, or those asked to store the value) had refused us for our rate within the
+    time a request to them may take; OperationTimeout otherwise, and once that time is over (a
+    peer silent long after it refused us may be gone)."""
+    window = (1 + Config().rpc_retries) * Config().rpc_timeout_max
+    outcomes: dict[tuple[str, int, float], str] = {}
+    for phase, limited, start in [(phase, limited, 0.0) for phase in ("lookup", "store")
+                                  for limited in (0, 2, 3, 4)] + [("lookup", 4, window)]:
+        node, codec, peers = _node_and_peers()
+        ids = {p.address: p.id for p in peers}
+        _refuse_for_rate(node, codec, peers[:limited], 0.0)
+
+        def reply(address: Address, message: Message, phase: str = phase,
+                  ids: dict[Address, int] = ids) -> tuple[int, Message] | None:
+            if phase == "store" and isinstance(message, FindNodeStore):
+                return ids[address], NodesStored((), False)  # named nobody, kept nothing
+            return None  # silent
+
+        call = node.set(b"value", start)
+        _run(node, codec, call, reply, start)
+        error = call.exception()
+        assert error is not None
+        outcomes[phase, limited, start] = type(error).__name__
+        assert ("store it" in str(error)) is (phase == "store"), error  # the phase it failed in
+        assert node.store.get_value(key_for(b"value")) is None
+    assert outcomes == {
+        ("lookup", 0, 0.0): "OperationTimeout", ("lookup", 2, 0.0): "OperationTimeout",
+        ("lookup", 3, 0.0): "RateLimited", ("lookup", 4, 0.0): "RateLimited",
+        ("store", 0, 0.0): "OperationTimeout", ("store", 2, 0.0): "OperationTimeout",
+        ("store", 3, 0.0): "RateLimited", ("store", 4, 0.0): "RateLimited",
+        ("lookup", 4, window): "OperationTimeout"}
+
+
+def test_a_read_among_peers_silent_for_our_rate_says_so_and_is_a_timeout() -> None:
+    node, codec, peers = _node_and_peers()
+    _refuse_for_rate(node, codec, peers[:3], 0.0)
+    call = node.get(12345, 0.0)
+    _run(node, codec, call, lambda address, message: None, 0.0)
+    with pytest.raises(OperationTimeout, match="3 of the 4 that stayed silent had just "
+                       "refused us for our request rate"):
+        call.result()
+
+
+@pytest.mark.parametrize("operation", ["set", "append"])
+def test_sim_a_writer_far_over_its_peers_rate_limit_is_told_rate_limited_not_timeout(
+        operation: str) -> None:
+    """Sixty writes started at once to peers that take one request a second (bursts of two):
+    each peer answers one RATE_LIMITED a second and drops the rest, so most writes meet only
+    silence, from peers that just refused us for our rate. Each write that fails says so."""
+    net = SimNetwork(1, config=Config(request_rate=1.0, request_burst=2))
+    writer = net.build(8)[0]
+    calls: list[Call[Any]] = (
+        [net.call(writer, writer.set, b"v%d" % i) for i in range(60)] if operation == "set"
+        else [net.call(writer, writer.append, 1 << 200, i) for i in range(60)])
+    net.run_for(writer.config.operation_timeout + 1)
+    assert all(call.done for call in calls)
+    outcomes = collections.Counter(
+        type(call.exception()).__name__ if call.exception() else "stored" for call in calls)
+    assert outcomes["RateLimited"] >= 30, outcomes
+    assert set(outcomes) <= {"RateLimited", "stored"}, outcomes
