@@ -87,9 +87,11 @@ from .errors import (
     Unauthorized,
     UsageError,
     ValueTooLarge,
+    WrongLoopError,
 )
 from .peer import Peer, check_port
 from .subscription import Subscription
+from .transport import run_in_loop
 
 log = logging.getLogger("qadom.http")
 
@@ -994,6 +996,15 @@ def make_app(peer: Peer) -> web.Application:
     return app
 
 
+def _stop_listening(runner: web.AppRunner) -> None:
+    """Close ``runner``'s listening sockets now, synchronously, from any thread: each comes off
+    its loop's watch (unless that loop has ended) and is closed."""
+    for site in runner.sites:
+        server = getattr(site, "_server", None)  # aiohttp keeps the asyncio.Server there
+        if server is not None:
+            server.close()
+
+
 class HttpHelper:
     """Serves ``peer`` over HTTP at ``host:port`` on the running loop (``port=0`` picks a free
     port; read it back from :attr:`address` after :meth:`start`).
@@ -1004,7 +1015,15 @@ class HttpHelper:
     1).
 
     :meth:`start` is idempotent: concurrent calls bind one server. A :meth:`close` while
-    starting waits for the start to be over, then closes what it bound."""
+    starting waits for the start to be over, then closes what it bound.
+
+    The helper serves on the event loop of its peer, as the peer does: :meth:`start` from any
+    other loop raises :class:`~qadom.errors.WrongLoopError`, nothing bound. :meth:`close` works
+    from any loop, as :meth:`Peer.close <qadom.peer.Peer.close>` does: from another thread
+    while the helper's loop runs, it closes there and waits for it; once that loop has ended
+    (a later ``asyncio.run()``, or its thread's ended), or while it stands idle, the listening
+    socket is closed at once, here, and the connections still open are left to that loop
+    (an ended loop serves them no more)."""
 
     def __init__(self, peer: Peer, host: str = "127.0.0.1", port: int = 0) -> None:
         if not isinstance(peer, Peer):
@@ -1014,6 +1033,7 @@ class HttpHelper:
         self.port = check_port(port)
         self._runner: web.AppRunner | None = None
         self._starting: asyncio.Lock | None = None  # held by a start, and by a close
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves on
         self.address: Address | None = None
 
     def _lock(self) -> asyncio.Lock:
@@ -1023,14 +1043,22 @@ class HttpHelper:
 
     async def start(self) -> None:
         """Bind the server and serve the peer; PeerClosedError, before anything is bound, when
-        the peer is not running. A start cancelled or failed on the way leaves nothing
-        bound."""
+        the peer is not running, WrongLoopError when it runs on another event loop (or the
+        helper serves on another already). A start cancelled or failed on the way leaves
+        nothing bound."""
+        loop = asyncio.get_running_loop()
         if self._runner is not None:
+            if self._loop is not loop:
+                raise WrongLoopError("this HTTP helper serves on another event loop (another "
+                                     "thread's, or an earlier asyncio.run()'s): start and close "
+                                     "it on its peer's loop")
             return
+        self.peer._running()  # PeerClosedError, or WrongLoopError for a peer of another loop
         async with self._lock():
             if self._runner is not None:  # another start bound it meanwhile
                 return
             app = make_app(self.peer)
+            self._loop = loop
             # handler_cancellation: a client that hangs up cancels its handler, so an event
             # stream ends (and unsubscribes) as soon as its client is gone, not at the next
             # keepalive.
@@ -1054,11 +1082,46 @@ class HttpHelper:
 
     async def close(self) -> None:
         """Stop serving (idempotent). A start under way is waited for, and what it bound is
-        closed."""
+        closed. From any loop: see the class docstring."""
+        loop = self._loop
+        if loop is not None and loop is not asyncio.get_running_loop():
+            if loop.is_running() and await run_in_loop(loop, self._close_in_own_loop):
+                return
+            self._release_here()  # that loop ended, stands idle, or stopped meanwhile
+            return
         async with self._lock():
             runner, self._runner = self._runner, None
             if runner is not None:
                 await runner.cleanup()
+
+    def _close_in_own_loop(self) -> asyncio.Future[None]:
+        """On the helper's loop, for a close from another thread: the listening socket closes
+        at once (so it is closed even if the loop stops before the rest), then the close runs
+        there."""
+        if self._runner is not None:
+            _stop_listening(self._runner)
+        return asyncio.ensure_future(self.close())
+
+    def _release_here(self) -> None:
+        """For a close from another loop while the helper's does not run: the listening socket
+        is closed at once, the connections aborted (closed here when that loop has ended, by
+        that loop when it runs again otherwise)."""
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        _stop_listening(runner)
+        ended = self._loop is None or self._loop.is_closed()
+        server = runner.server
+        for handler in server.connections if server is not None else []:
+            transport = handler.transport
+            if transport is None:
+                continue
+            with contextlib.suppress(RuntimeError):  # an ended loop cannot be handed the close
+                transport.abort()
+            lost: Any = getattr(transport, "_call_connection_lost", None)
+            if ended and callable(lost):  # asyncio's transports: closes the socket here
+                with contextlib.suppress(Exception):  # the handler's cleanup needs its loop
+                    lost(None)
 
     async def __aenter__(self) -> HttpHelper:
         await self.start()

@@ -52,7 +52,7 @@ from .routing import RoutingTable
 from .sqlite_store import SqliteStore
 from .storage import Store
 from .subscription import Subscription
-from .transport import NodeProtocol, running_loop
+from .transport import NodeProtocol, run_in_loop, running_loop
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -117,6 +117,7 @@ class Peer:
         self._address: Address | None = None
         self._lock: IO[bytes] | None = None  # held on data_dir while the peer runs
         self._starting: asyncio.Lock | None = None
+        self._binding: asyncio.Future[None] | None = None  # done once a start under way is over
 
     # ------------------------------------------------------------------ life cycle
 
@@ -140,6 +141,14 @@ class Peer:
             serve_at_prompt(self)
 
     async def _bind(self) -> None:
+        binding = self._binding = asyncio.get_running_loop().create_future()
+        try:
+            await self._bind_socket()
+        finally:
+            self._binding = None
+            binding.set_result(None)
+
+    async def _bind_socket(self) -> None:
         loop = asyncio.get_running_loop()
         if self.data_dir is not None and self._store is None:
             self._lock = _lock_data_dir(self.data_dir)
@@ -196,22 +205,38 @@ class Peer:
     async def close(self) -> None:
         """Stop serving and close the socket; pending operations fail with PeerClosedError, and
         open subscriptions end, their relays told (UNSUBSCRIBE) while the socket is still open.
+        A start under way on this loop is waited for: once this returns, the peer holds nothing.
 
         Called from another thread's loop while the peer's own loop runs, the close runs on the
         peer's loop and this waits for it. Once the peer's loop has ended (the peer was started
-        under an earlier ``asyncio.run()``), the socket, the store and the data dir are released
-        at once, here; the relays of its subscriptions are not told (they drop it when its lease
-        runs out). So too when the peer's loop stands idle, neither running nor closed, and
-        another loop calls this (the relays are told then). Whatever fails on the way, the
-        socket, the store and the data dir lock are released; WrongLoopError after the release
-        when the socket of an ended or idle loop could not be reached (a loop that does not
-        expose it)."""
+        under an earlier ``asyncio.run()``, here or in another thread), the socket, the store
+        and the data dir are released at once, here, from any thread; the relays of its
+        subscriptions are not told (they drop it when its lease runs out). So too when the
+        peer's loop stands idle, neither running nor closed, and another loop calls this (the
+        relays are told then), and when the peer's loop stops before it could run the close.
+        Whatever fails on the way, the socket, the store and the data dir lock are released;
+        WrongLoopError after the release when the socket of an ended or idle loop could not be
+        reached (a loop that does not expose it)."""
         protocol = self._protocol
-        if protocol is not None and protocol.loop is not asyncio.get_running_loop() and (
-                protocol.loop.is_running()):  # in another thread: close it there
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self.close(),
-                                                                       protocol.loop))
-            return
+        here = asyncio.get_running_loop()
+        if protocol is not None and protocol.loop is not here and protocol.loop.is_running():
+            def close_there() -> None:
+                self._close_now()
+
+            # In another thread: close it there, unless that loop stops first.
+            if await run_in_loop(protocol.loop, close_there):
+                return
+        ended = self._close_now()
+        binding = self._binding
+        if binding is not None and binding.get_loop() is here:
+            await asyncio.wait({binding})  # the start sees the close and releases what it bound
+        if not ended:
+            await asyncio.sleep(0)  # let the transport's connection_lost run
+
+    def _close_now(self) -> bool:
+        """What :meth:`close` does, at once, on the peer's loop or (that loop not running)
+        here. True when the peer's loop has ended."""
+        protocol = self._protocol
         self._closed = True
         ended = protocol is not None and protocol.loop.is_closed()
         if protocol is not None and protocol.transport is not None and not ended:
@@ -236,14 +261,14 @@ class Peer:
                     try:
                         store.close()
                     finally:
+                        self._store = None
                         self._unlock()
             self._fail_pending("the peer was closed")
         if not socket_closed:
             raise WrongLoopError("the event loop this peer was started on is not running, and "
                                  "its socket could not be closed from here: close a peer on "
                                  "its own loop, before that loop ends")
-        if not ended:
-            await asyncio.sleep(0)  # let the transport's connection_lost run
+        return ended
 
     def _socket_lost(self) -> None:
         """The socket was closed: by :meth:`close`, or under a running peer by an error the loop
@@ -333,7 +358,8 @@ class Peer:
         NoPeersError when none answers. Host names are resolved first.
 
         Without ``addresses``, rejoin through the contacts saved in the store (a peer restarted
-        with the same ``data_dir``); InvalidArgument if none were saved."""
+        with the same ``data_dir``); InvalidArgument if none were saved. Cancelling it stops the
+        join: no new request is sent (those already out run their course)."""
         protocol = self._running()
         if addresses is None:
             saved = [c.address for c in protocol.node.store.load_contacts()]
@@ -358,8 +384,9 @@ class Peer:
         lookup met on the way, which republishes it to them within the hour).
 
         When there were peers to ask and none stored it, raises StorageFull (each that refused
-        was full), RateLimited (one refused it for our rate), RemoteError (another refusal) or
-        OperationTimeout (none answered, or every contact we know failed of late), and nothing
+        was full), RateLimited (one refused it for our rate, or most of those that stayed silent
+        had just refused us for it), RemoteError (another refusal) or OperationTimeout (none
+        answered, not for our rate, or every contact we know failed of late), and nothing
         is stored here: try again later. StorageFull at once, nothing sent, when this peer's own
         store has no room for it. A peer that knows no other stores it here alone, and hands it
         to peers as they join."""
@@ -484,7 +511,8 @@ class Peer:
         many relays accepted it (at least one). Raises RateLimited when every relay refused for
         our rate, OperationTimeout when no relay answered, and NoPeersError when no peer is
         known to relay the topic (as :meth:`subscribe` does); RateLimited too when the lookup of
-        the relays was refused for our request rate. An OperationTimeout does not mean nobody
+        the relays was refused for our request rate, or most of the peers that did not answer it
+        had just refused us for it. An OperationTimeout does not mean nobody
         got it: a relay may have delivered it and its answer been lost or late, so a publisher
         that sends it again may deliver it twice. Nor does a RateLimited when this peer is
         itself among the topic's relays: it passes its own message on to the subscribers

@@ -225,6 +225,9 @@ class _Counts:
 class SqliteStore:
     """A :class:`~qadom.storage.Store` in the SQLite file ``path`` (created if missing).
 
+    One thread at a time may use it, not necessarily the one that opened it: a peer's store is
+    used on its loop's thread, and may be closed from another once that loop has ended.
+
     :class:`StoreUnusable` (the file left as it was) when the file cannot be a qadom store; see
     the module docstring."""
 
@@ -251,8 +254,12 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = self._lock_file()
         try:
+            # check_same_thread off: the store is used by one thread at a time (its node's
+            # loop), but not always the one that opened it (a peer whose loop ran in a worker
+            # thread is closed from the main thread once that thread ended).
             self._db = sqlite3.connect(self.path, isolation_level=None,
-                                       timeout=self.config.sqlite_busy_timeout)
+                                       timeout=self.config.sqlite_busy_timeout,
+                                       check_same_thread=False)
         except sqlite3.Error as exc:
             self._lock.close()
             raise StoreUnusable(self.path, f"cannot open it: {exc}") from None
@@ -912,9 +919,13 @@ class SqliteStore:
         }
 
     def close(self) -> None:
-        """Close the database and release its lock (:meth:`_lock_file`)."""
-        self._db.close()
-        self._lock.close()
+        """Close the database (the last connection to it checkpoints the WAL into the file)
+        and release its lock (:meth:`_lock_file`), from any thread; idempotent. The lock is
+        released even when closing the database fails."""
+        try:
+            self._db.close()
+        finally:
+            self._lock.close()
 
     def __del__(self) -> None:
         """A store dropped without :meth:`close` releases its lock when collected."""

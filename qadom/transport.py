@@ -11,9 +11,11 @@ immune to wall-clock jumps while stored timestamps stay meaningful across restar
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -31,6 +33,73 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+_POLL = 0.02
+"""How often :func:`run_in_loop` looks whether the loop it waits on still runs (seconds)."""
+
+
+async def run_in_loop(loop: asyncio.AbstractEventLoop,
+                      step: Callable[[], asyncio.Future[Any] | None]) -> bool:
+    """Run ``step()`` on ``loop``, which runs in another thread, and wait here until it is over:
+    True then, with what ``step`` raised raised here. ``step`` runs there synchronously and may
+    return a future of that loop, waited for too; without one, the wait ends once the callbacks
+    ``step`` scheduled there have run.
+
+    False, ``step`` never run there, when ``loop`` stops or closes before it ran (a thread's
+    ``asyncio.run()`` ending meanwhile): the caller does the work here instead. Once ``step``
+    has run, a loop that stops before the rest is over ends the wait too, with True: what
+    remained is that loop's. So this never waits on a loop that no longer runs."""
+    claim = threading.Lock()  # taken by whichever runs step: that loop, or this give-up
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def settle(error: BaseException | None) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # nobody waits now
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+    def finish(result: asyncio.Future[Any] | None = None) -> None:
+        settle(None if result is None or result.cancelled() else result.exception())
+
+    def run() -> None:
+        if not claim.acquire(blocking=False):  # given up on from here: the caller did it
+            return
+        try:
+            waited = step()
+        except Exception as exc:  # the caller's to see, not that loop's
+            settle(exc)
+            return
+        except BaseException as exc:  # KeyboardInterrupt...: that loop's too
+            settle(exc)
+            raise
+        if waited is None:
+            loop.call_soon(finish)  # after the callbacks step scheduled (connection_lost...)
+        else:
+            waited.add_done_callback(finish)
+
+    try:
+        loop.call_soon_threadsafe(run)
+    except RuntimeError:  # the loop closed since the caller looked
+        if loop.is_closed():
+            return False
+        raise
+    waiting = asyncio.wrap_future(done)
+    try:
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=_POLL)
+            if not waiting.done() and not loop.is_running():  # it may never run again
+                if claim.acquire(blocking=False):
+                    return False
+                if done.done():  # step raised there
+                    done.result()
+                return True
+        waiting.result()
+        return True
+    finally:
+        if not waiting.done():
+            waiting.cancel()
 
 
 class NodeProtocol(asyncio.DatagramProtocol):

@@ -92,3 +92,49 @@ async def test_start_on_a_peer_not_running_raises_peer_closed(
             make_app(peer)
         await helper.close()
     assert not sites
+
+
+async def _serve_one_request(peer: Peer, helper: HttpHelper, client: socket.socket) -> None:
+    """Start ``peer`` and ``helper`` on the running loop; ``client`` connects and gets one reply
+    on a connection it keeps alive."""
+    await peer.start()
+    await helper.start()
+    assert helper.address is not None
+    client.settimeout(2)
+    client.connect(helper.address)
+    client.sendall(b"GET /nothing-here HTTP/1.1\r\nHost: qadom\r\n\r\n")
+    reply = await asyncio.get_running_loop().run_in_executor(None, client.recv, 12)
+    assert reply.startswith(b"HTTP/1.1")
+
+
+def test_close_after_the_loop_ended_frees_the_port() -> None:
+    """A helper started under one ``asyncio.run()``, a client connection still open, closed
+    under a later one: no builtin RuntimeError, and its port is free again."""
+    peer = Peer("127.0.0.1", 0, config=FAST)
+    helper = HttpHelper(peer)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
+        asyncio.run(asyncio.wait_for(_serve_one_request(peer, helper, client), 5))
+        assert helper.address is not None
+        asyncio.run(asyncio.wait_for(helper.close(), 5))
+        assert not listening(helper.address)
+        asyncio.run(asyncio.wait_for(helper.close(), 5))  # a second close has nothing to do
+    asyncio.run(asyncio.wait_for(peer.close(), 5))
+
+
+def test_close_from_another_loop_while_the_helpers_loop_stands_idle_frees_the_port() -> None:
+    """The helper's loop is open but not running, and the close comes from another loop: the
+    listening socket is closed at once, here; the loop can still run and close cleanly after."""
+    loop = asyncio.new_event_loop()
+    peer = Peer("127.0.0.1", 0, config=FAST)
+    helper = HttpHelper(peer)
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
+            loop.run_until_complete(
+                asyncio.wait_for(_serve_one_request(peer, helper, client), 5))
+            assert helper.address is not None
+            asyncio.run(asyncio.wait_for(helper.close(), 5))
+            assert not listening(helper.address)
+        loop.run_until_complete(asyncio.wait_for(helper.close(), 5))
+        loop.run_until_complete(asyncio.wait_for(peer.close(), 5))
+    finally:
+        loop.close()

@@ -85,3 +85,21 @@ def test_close_from_another_loop_while_the_peers_loop_stands_idle_frees_its_port
         loop.run_until_complete(asyncio.sleep(0.01))  # nothing of the peer's left to run
     finally:
         loop.close()
+
+
+async def test_close_while_starting_releases_the_data_dir_before_it_returns(
+        tmp_path: Path) -> None:
+    """close() while start() is binding the socket waits for the start to be over: once it
+    returns, the socket is closed and the data dir free for a new peer, and the start raised
+    PeerClosedError. The host is a name (resolving to 127.0.0.1 in the resolver's thread), so
+    the bind spans several turns of the loop."""
+    peer = Peer("localhost", 0, config=FAST, data_dir=tmp_path)
+    starting = asyncio.ensure_future(peer.start())
+    await asyncio.sleep(0)  # the data dir is taken and the name being resolved
+    assert not starting.done()
+    await asyncio.wait_for(peer.close(), 5)
+    assert starting.done()
+    with pytest.raises(PeerClosedError):
+        starting.result()
+    async with Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path) as again:
+        assert again.id == peer.id  # the data dir was released
