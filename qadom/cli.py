@@ -24,8 +24,10 @@ cannot be written). On failure stderr holds exactly one line, ``qadom: <reason>`
 (``subscribe`` may have warned before it that messages were dropped, see
 :class:`_DroppedWarnings`); never a traceback (``--log-level debug`` logs one for an unexpected
 error). A command whose stdout's reader goes away
-(``qadom subscribe 99 | head -n 1``) stops, unsubscribing first, and dies of SIGPIPE silently,
-as Unix filters do (status 141 in the shell).
+(``qadom subscribe 99 | head -n 1``, ``qadom get KEY | true``, ``qadom --help | true``) stops,
+unsubscribing first, and dies of SIGPIPE silently, as Unix filters do (status 141 in the
+shell); except ``serve``, a server, which keeps serving and logs to stderr what it could not
+write (:func:`_announce`).
 """
 
 from __future__ import annotations
@@ -83,7 +85,9 @@ with _sigint_kills():
     from .config import Config
     from .contact import (
         Address,
+        Contact,
         check_host_name,
+        ip_of,
         parse_host_port,
         port_number,
         unreachable_from,
@@ -106,6 +110,8 @@ with _sigint_kills():
     from .peer import Peer
 
 if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
     from .http import HttpHelper
     from .subscription import Subscription
 
@@ -120,8 +126,12 @@ EXAMPLES = {
 
 Stopped by Ctrl-C or SIGTERM it exits with status 0, even when signalled again as it stops.
 With --bootstrap, it joins through those addresses; when none answers, it rejoins through the
-contacts saved in its data dir (a warning names the addresses) and exits with status 1 only if
-none of those answers either.""",
+other contacts saved in its data dir (a warning names the addresses) and exits with status 1
+only if none of those answers either, or none is left.
+stdout gets one line, "qadom serving on HOST:PORT id ID" (and "qadom http on HOST:PORT" with
+--http-port) once it listens; the log goes to stderr. When the reader of stdout goes away
+(qadom serve | head -n 1), the node keeps serving and logs the lines it could not write; a
+stdout that cannot be written otherwise (a full disk) stops it with status 1.""",
     "set": """examples:
   qadom set photo.jpg                        # prints the key (the value's SHA-256) in decimal
   printf 'sudo python' | qadom set -         # the value from stdin
@@ -209,10 +219,28 @@ class CommandLineError(UsageError, ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with qadom's error format: one line ``qadom: <reason>`` on stderr, exit 2."""
+    """argparse with qadom's error format: one line ``qadom: <reason>`` on stderr, exit 2; and
+    help that fails to reach stdout is a failure, as any command's output is (argparse ignores
+    the error and exits 0): ``qadom --help > /dev/full`` exits 1 saying it cannot write stdout,
+    ``qadom --help >&-`` exits 1 saying stdout is closed, and ``qadom --help | true`` dies of
+    SIGPIPE (:func:`main`)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"qadom: {message} (see '{self.prog} --help')\n")
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if not message:
+            return
+        # argparse passes stderr itself for its errors; help and usage come with sys.stdout,
+        # None when stdout is closed (argparse would then write them to stderr).
+        if file is None or file is sys.stdout:
+            _require_stdout()
+            with _writing_stdout():
+                sys.stdout.write(message)
+                sys.stdout.flush()  # here, not at exit, where a failure is not reported
+            return
+        with suppress(AttributeError, OSError):  # a closed or broken stderr: nowhere to say so
+            file.write(message)
 
 
 def parse_host(text: str) -> str:
@@ -640,29 +668,36 @@ async def _start_http(peer: Peer, args: argparse.Namespace) -> HttpHelper | None
 async def _join(peer: Peer, args: argparse.Namespace, data_dir: str | None) -> None:
     """``serve``'s first join: through ``--bootstrap``, else through the contacts saved in the
     data dir (a failure is only logged: the node still serves, and others may join through it),
-    else none. When no ``--bootstrap`` address answers, the saved contacts are tried next (a
-    restart whose fixed seed is down, two nodes that name each other); NoPeersError names what
-    was tried when neither answers."""
+    else none. When no ``--bootstrap`` address answers, the saved contacts other than those
+    addresses are tried next (a restart whose fixed seed is down, two nodes that name each
+    other): an address that just failed to answer is not asked again, nor its timeout waited for
+    twice. NoPeersError names what was tried when neither answers, and says so when the data dir
+    saved no other contact."""
     if args.bootstrap:
         where = _where(args.bootstrap)
         try:
             size = await peer.bootstrap(args.bootstrap)
         except NoPeersError:
-            saved = len(peer.node.store.load_contacts()) if data_dir is not None else 0
-            if not saved:
-                raise NoPeersError(f"could not join: no node answered at {where}") from None
-            log.warning("no node answered at %s: rejoining through the %d contacts saved in %s",
-                        where, saved, data_dir)
+            saved = peer.node.store.load_contacts() if data_dir is not None else []
+            others = await _other_contacts(peer, saved, args.bootstrap)
+            if not others:
+                unless = (f", and {data_dir!r} saved no other contact to rejoin through"
+                          if saved else "")
+                raise NoPeersError(f"could not join: no node answered at {where}{unless}"
+                                   ) from None
+            log.warning("no node answered at %s: rejoining through the %d other contacts saved "
+                        "in %s", where, len(others), data_dir)
             try:
-                size = await peer.bootstrap()
+                size = await peer.bootstrap(others)
             except NoPeersError:
                 raise NoPeersError(
-                    f"could not join: no node answered at {where} nor at any of the {saved} "
-                    f"contacts saved in {data_dir!r}") from None
+                    f"could not join: no node answered at {where} nor at any of the "
+                    f"{len(others)} contacts saved in {data_dir!r}") from None
             except QadomError as exc:  # some answered, but not enough to join (a timeout)
                 raise type(exc)(
                     f"could not join: no node answered at {where}, and rejoining through the "
-                    f"{saved} contacts saved in {data_dir!r} failed: {exc}") from None
+                    f"{len(others)} contacts saved in {data_dir!r} failed: {exc}"
+                ) from None
             log.info("rejoined through saved contacts; %d contacts", size)
             return
         log.info("joined through %d address(es); %d contacts", len(args.bootstrap), size)
@@ -675,6 +710,39 @@ async def _join(peer: Peer, args: argparse.Namespace, data_dir: str | None) -> N
             log.warning("none of the contacts saved in %s answered (%s): serving; peers can "
                         "join through this node, and it tries its saved contacts again",
                         data_dir, exc)
+
+
+async def _other_contacts(peer: Peer, saved: Sequence[Contact], tried: Sequence[Address]
+                          ) -> list[Address]:
+    """The addresses of the ``saved`` contacts that ``peer``'s socket can reach (IP literals of
+    its family) and that are none of the ``tried`` addresses, once host names among these are
+    resolved as the join resolved them (``localhost:9999`` is the saved ``127.0.0.1:9999``)."""
+    ipv6 = ":" in peer.host  # the family Peer resolves names in, and its socket's
+    tried_keys: set[tuple[str, int]] = set()
+    loop = asyncio.get_running_loop()
+    for host, port in tried:
+        tried_keys.add(_address_key(host, port))
+        if ip_of(host) is None:
+            family = socket.AF_INET6 if ipv6 else socket.AF_INET
+            with suppress(OSError, UnicodeError):  # a name that does not resolve: none to skip
+                for *_, sockaddr in await loop.getaddrinfo(host, port, family=family,
+                                                           type=socket.SOCK_DGRAM):
+                    tried_keys.add(_address_key(str(sockaddr[0]), int(sockaddr[1])))
+    others: list[Address] = []
+    for contact in saved:
+        host, port = contact.address
+        if (":" in host) != ipv6 or _address_key(host, port) in tried_keys:
+            continue
+        if contact.address not in others:
+            others.append(contact.address)
+    return others
+
+
+def _address_key(host: str, port: int) -> tuple[str, int]:
+    """``(host, port)`` as one address is spelt whatever its spelling: an IP literal in its
+    canonical form (IPv4-mapped as the IPv4 address), a host name in lower case."""
+    address = ip_of(host)
+    return (host.lower() if address is None else str(address), port)
 
 
 async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
@@ -696,7 +764,8 @@ async def _unless_stopped(stop: asyncio.Event, work: Coroutine[Any, Any, None]) 
 async def _serve(args: argparse.Namespace) -> int:
     """Run a node until SIGINT or SIGTERM (exit 0, even while it starts or makes its first
     join). Fails, with the node closed, when it cannot start, or when no ``--bootstrap`` address
-    answers, nor any contact its data dir saved."""
+    answers, nor any other contact its data dir saved. A reader of stdout that goes away does
+    not stop it (:func:`_announce`)."""
     # From here on SIGINT and SIGTERM stop the node, while it checks its arguments, opens its
     # store and binds its sockets as well as while it joins or serves.
     stop = _stop_event(args)
@@ -728,11 +797,33 @@ async def _start(peer: Peer, args: argparse.Namespace, data_dir: str | None,
     # come once every socket the node serves on is bound, so a script that has read them knows
     # the node is up (a port in use fails before them); and after the signal handlers, so it may
     # stop the node cleanly as soon as it has read them. An IPv6 host is in brackets, as in a URL.
-    _print(f"qadom serving on {format_address(peer.address)} id {peer.id}")
+    lines = [f"qadom serving on {format_address(peer.address)} id {peer.id}"]
     if http is not None:
         assert http.address is not None
-        _print(f"qadom http on {format_address(http.address)}")  # the next line
+        lines.append(f"qadom http on {format_address(http.address)}")  # the next line
+    _announce(lines)
     await _join(peer, args, data_dir)
+
+
+def _announce(lines: Sequence[str]) -> None:
+    """Print ``serve``'s ``lines`` on stdout, each flushed.
+
+    A reader of stdout that went away (``qadom serve | head -n 1``, or a supervisor that stopped
+    reading) does not stop the node: a server's work is serving, and stdout only tells its
+    addresses. The node keeps serving, stdout is dropped from then on (onto os.devnull, so no
+    later write fails), and each line not written is logged to stderr instead, with the
+    warning that stdout is gone. Any other failure to write stdout (a full disk) raises, as for
+    every command: the node then stops before it joins, exit 1, saying it cannot write
+    stdout."""
+    for index, line in enumerate(lines):
+        try:
+            _print(line)
+        except BrokenPipeError:
+            _drop_stdout()
+            for unwritten in lines[index:]:
+                log.warning("the reader of stdout went away; serving on without it: %s",
+                            unwritten)
+            return
 
 
 # ------------------------------------------------------------------------- one-shot commands
@@ -883,9 +974,12 @@ def _writing_stdout() -> Iterator[None]:
 
 def _print(text: object) -> None:
     """Print ``text`` and a newline on stdout, flushed (a failure as :func:`_writing_stdout`
-    says)."""
+    says). One write, even when stdout is unbuffered (``PYTHONUNBUFFERED``): a reader that stops
+    after the first byte (``qadom info | head -c 1``) has had it all, rather than leaving the
+    newline to a pipe without a reader."""
     with _writing_stdout():
-        print(text, flush=True)
+        sys.stdout.write(f"{text}\n")
+        sys.stdout.flush()
 
 
 def _write_output(name: str, data: bytes) -> None:
@@ -1217,27 +1311,42 @@ async def _info(args: argparse.Namespace) -> int:
             raise OperationTimeout(f"no node answered at {where}") from None
         raise OperationTimeout(f"{where} did not send its summary within {args.timeout:g} s"
                                ) from None
-    _print(json.dumps(summary, indent=2) if args.json else format_info(summary))
+    # ensure_ascii (the default): every character of the node's strings past "~", and every
+    # control character, is written as a \uXXXX escape, so the JSON is ASCII text that holds no
+    # terminal escape sequence; allow_nan=False: never NaN or Infinity, which are not JSON.
+    _print(json.dumps(summary, indent=2, ensure_ascii=True, allow_nan=False) if args.json
+           else format_info(summary))
     return 0
 
 
 def format_info(summary: dict[str, Any]) -> str:
-    """A node's INFO summary (:meth:`qadom.info.InfoService.summary`) as aligned text lines."""
-    buckets = summary.get("buckets") or {}
-    store = dict(summary.get("store") or {})
+    """A node's INFO summary (:meth:`qadom.info.InfoService.summary`) as aligned text lines.
+
+    The summary is the node's word, whatever it holds: every name and value it gives is shown
+    through :func:`qadom.errors.printable`, so a control character (ESC starting a terminal
+    escape sequence, BEL, a newline making up a line of its own) or a bidirectional override
+    shows as ``?``; and a field of an unexpected type is shown as it is rather than failing."""
+    buckets = _object(summary.get("buckets"))
+    store = dict(_object(summary.get("store")))
     fill = buckets.get("fill") or []
+    shown_fill = " ".join(map(str, fill)) if isinstance(fill, list) else fill
     rows = [
         ("id", summary.get("id")),
         ("address", summary.get("address")),
         ("uptime", f"{summary.get('uptime', 0)} s"),
         ("contacts", f"{summary.get('contacts')} (k = {summary.get('k')}, "
                      f"{buckets.get('replacements', 0)} waiting as replacements)"),
-        ("buckets", f"{buckets.get('count')}, contacts in each: {' '.join(map(str, fill))}"),
+        ("buckets", f"{buckets.get('count')}, contacts in each: {shown_fill}"),
         ("values", f"{store.pop('values', 0)} ({store.pop('value_bytes', 0)} bytes)"),
         ("multimap", f"{store.pop('entries', 0)} entries in {store.pop('entry_keys', 0)} sets"),
     ]
     rows += [(name.replace("_", " "), value) for name, value in store.items()]
-    return "\n".join(f"{name:<13}{value}" for name, value in rows)
+    return "\n".join(printable(f"{name:<13}{value}", None) for name, value in rows)
+
+
+def _object(value: object) -> dict[str, Any]:
+    """``value`` if it is a JSON object (a dict), else an empty one."""
+    return value if isinstance(value, dict) else {}
 
 
 # ------------------------------------------------------------------------------ entry point
@@ -1279,15 +1388,33 @@ def _open_standard_fds() -> None:
             os.set_inheritable(fd, True)
 
 
+def _write_failed(exc: OSError | QadomError) -> int:
+    """The exit status of a command whose output could not be written (``exc``): it dies of
+    SIGPIPE silently when the reader went away (BrokenPipeError), as Unix filters do; any other
+    failure (a closed or full stdout, a file that cannot be written) is said in one line, exit
+    1."""
+    if isinstance(exc, BrokenPipeError):
+        return _die_of_sigpipe()
+    if isinstance(exc, OSError):
+        return _fail(1, exc.strerror or exc)
+    return _fail(1, exc)
+
+
+def _drop_stdout() -> None:
+    """Point fd 1 at os.devnull: what is left in ``sys.stdout``'s buffer, and whatever is
+    written from now on, goes nowhere, rather than failing again (at exit too, where Python
+    would report it as an "Exception ignored" and exit 120)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
 def _die_of_sigpipe() -> int:
     """End the process killed by SIGPIPE, as ``cat`` or ``yes`` whose reader went away: no
     message, status 141 in the shell, which ``set -o pipefail`` scripts know (Python ignores
     SIGPIPE, so a write to a pipe without a reader raised BrokenPipeError instead). Returns
     128 + SIGPIPE only where there is no SIGPIPE to die of."""
-    # Whatever is left in sys.stdout's buffer must not be flushed to the pipe: nothing reads it.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.close(devnull)
+    _drop_stdout()  # what is left in sys.stdout's buffer must not go to the pipe: nothing reads
     sigpipe = getattr(signal, "SIGPIPE", None)
     if sigpipe is None:
         return 141
@@ -1311,7 +1438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with _sigint_kills():
         _open_standard_fds()  # first: before any socket exists
         parser = build_parser()
-        args = parse_args(parser, argv)
+        try:
+            args = parse_args(parser, argv)  # exits 0 once --help is written
+        except (_StdoutClosed, OSError) as exc:  # --help could not be written
+            return _write_failed(exc)
         level = args.log_level or ("info" if args.command == "serve" else "warning")
         handler: logging.Handler = (logging.StreamHandler(sys.stderr) if sys.stderr is not None
                                     else logging.NullHandler())
@@ -1338,12 +1468,10 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(2, exc)
     except QadomError as exc:
         return _fail(1, exc)
-    except BrokenPipeError:
-        # The reader went away (``qadom get KEY | head -c 10``), the command's work is undone
-        # (a subscription unsubscribed, the peer closed): end as a Unix filter does.
-        return _die_of_sigpipe()
     except OSError as exc:
-        return _fail(1, exc.strerror or exc)
+        # BrokenPipeError: the reader went away (``qadom get KEY | head -c 10``), the command's
+        # work is undone (a subscription unsubscribed, the peer closed).
+        return _write_failed(exc)
     except KeyboardInterrupt:
         if args.command in _STOPPABLE:  # not expected: their handler is in place before
             return 0

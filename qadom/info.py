@@ -12,7 +12,10 @@ Guarantees:
   :attr:`~qadom.messages.ErrorCode.UNSUPPORTED`, exactly as for a request the node does not serve.
 * The document always fits in one reply: it is at most ``Config.max_value_size`` bytes of UTF-8
   JSON (details are dropped, counters first, before that could be exceeded).
-* A reply that is not a JSON object fails the query with :class:`~qadom.errors.ProtocolError`.
+* A reply that is not a JSON object fails the query with :class:`~qadom.errors.ProtocolError`;
+  so does one holding ``NaN``, ``Infinity`` or a number too large for a float (``1e400``),
+  which Python's parser would take but which are not JSON: a summary that was accepted can be
+  written out again as valid JSON (``qadom info --json``).
 
 Wire messages: request 20 (:class:`InfoRequest`), reply 84 (:class:`InfoReply`), in the block of
 codes reserved for running a durable node. This module is pure: time comes in as ``now``.
@@ -21,6 +24,7 @@ codes reserved for running a durable node. This module is pure: time comes in as
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -146,7 +150,8 @@ class InfoService:
                 call.fail(ProtocolError(f"INFO answered with {type(message).__name__}"))
                 return
             try:
-                summary = json.loads(message.document.decode("utf-8"))
+                summary = json.loads(message.document.decode("utf-8"),
+                                     parse_constant=_not_json, parse_float=_finite)
             except (UnicodeDecodeError, ValueError):
                 call.fail(ProtocolError("INFO reply is not UTF-8 JSON"))
                 return
@@ -163,6 +168,20 @@ class InfoService:
         if not is_loopback(address[0]):
             return Error(ErrorCode.UNSUPPORTED, "INFO is answered to loopback addresses only")
         return InfoReply(self.document(now))
+
+
+def _not_json(constant: str) -> float:
+    """Refuses ``NaN``, ``Infinity`` and ``-Infinity``, which JSON does not have."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent as a float; ValueError when it is too large
+    for one (``1e400`` would be infinity)."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is out of a float's range")
+    return number
 
 
 def _dump(summary: dict[str, Any]) -> bytes:

@@ -101,7 +101,10 @@ def test_query_of_a_silent_address_times_out() -> None:
 
 
 @pytest.mark.parametrize("reply", [InfoReply(b"\xff\xfe"), InfoReply(b"[1, 2]"),
-                                   Error(ErrorCode.INTERNAL, "broken")])
+                                   Error(ErrorCode.INTERNAL, "broken"),
+                                   # Not JSON, though Python's parser takes them (as NaN, inf):
+                                   InfoReply(b'{"uptime": NaN}'), InfoReply(b'{"k": Infinity}'),
+                                   InfoReply(b'{"k": -Infinity}'), InfoReply(b'{"k": 1e400}')])
 def test_query_fails_on_a_bad_answer(reply: InfoReply | Error) -> None:
     client = make_node(2, ("127.0.0.1", 9100))
     call = client.info.query(SERVER, 0.0)
@@ -112,3 +115,15 @@ def test_query_fails_on_a_bad_answer(reply: InfoReply | Error) -> None:
     client.datagram_received(answer, SERVER, 0.1)
     error = call.exception()
     assert isinstance(error, RemoteError if isinstance(reply, Error) else ProtocolError)
+
+
+def test_query_takes_json_numbers_of_every_kind() -> None:
+    client = make_node(2, ("127.0.0.1", 9100))
+    call = client.info.query(SERVER, 0.0)
+    ((data, _),) = client.datagrams_to_send()
+    request = client.codec.decode(data)
+    document = b'{"uptime": 1.5e3, "k": 20, "big": 123456789012345678901234567890, "x": -0.0}'
+    answer = client.codec.encode(Envelope(request.rpc_id, 555, InfoReply(document)))
+    client.datagram_received(answer, SERVER, 0.1)
+    assert call.result() == {"uptime": 1500.0, "k": 20, "big": 123456789012345678901234567890,
+                             "x": -0.0}
