@@ -49,6 +49,7 @@ from .errors import (
     InvalidType,
     NoPeersError,
     NotFoundError,
+    OperationAbandoned,
     OperationTimeout,
     ProtocolError,
     QadomError,
@@ -227,7 +228,8 @@ class _LookupRun:
     it; it points to none of them, so a finished run is freed at once, without the collector."""
 
     __slots__ = ("call", "emit", "finished", "hedge_timer", "kind", "lookup", "lookup_id",
-                 "message", "node", "on_finish", "on_message", "refilled", "started")
+                 "message", "node", "on_finish", "on_message", "refilled", "started",
+                 "touched_before")
 
     def __init__(self, node: Node, lookup: _NodeLookup, lookup_id: int, kind: str,
                  message: Message, on_message: OnMessage,
@@ -246,14 +248,17 @@ class _LookupRun:
         self.refilled = False
         self.hedge_timer = 0  # the probe's hedge timer, while it may still fire
         self.emit = node._emit if node._listeners else None
+        self.touched_before = -math.inf  # the bucket's lookup time before this one touched it
 
     def pump(self, now: float) -> None:
         """Send what the lookup asks for; finish if it is done."""
         if self.finished:
             return
         lookup, node, emit = self.lookup, self.node, self.emit
-        if self.call is not None and self.call.done:
+        if self.call is not None and self.call.done and not lookup.stopped:
             lookup.stop()
+            # Not a lookup into the target's bucket after all: upkeep still refreshes it.
+            node.table.untouch(lookup.target, self.started, self.touched_before)
         self._refill(now)
         banned, ipv6 = node._banned, node.ipv6
         chosen = lookup.next_requests()
@@ -673,11 +678,16 @@ class Node:
         ``_SELF_LOOKUP_TRIES`` tries (a node that knew only its bootstrap peers would be cut
         off once they leave).
 
-        Once the call is done before the join is (its deadline, or a caller who stopped
-        waiting: a cancelled Peer.bootstrap), the join asks nobody more: no lookup starts, and
-        the lookup of our own id and the bucket refreshes under way stop asking (the requests
-        already out run their course)."""
+        Once the caller stopped waiting (a cancelled Peer.bootstrap: the call failed with
+        OperationAbandoned), the join asks nobody more: no lookup starts, and the lookup of our
+        own id and the bucket refreshes under way stop asking (the requests already out run
+        their course). A join past the call's deadline instead ends the lookups it started, so
+        that the buckets it began to refresh are filled all the same."""
         call: Call[int] = self.new_call("bootstrap", now)
+        given_up: Call[None] = Call("bootstrap given up")  # done once nobody waits for the join
+        call.add_done_callback(
+            lambda c: given_up.resolve(None) if isinstance(c.exception(), OperationAbandoned)
+            else None)
         targets = list(dict.fromkeys(addresses))
         if not targets:
             call.fail(InvalidArgument("bootstrap needs at least one address"))
@@ -712,13 +722,13 @@ class Node:
                     self._schedule(
                         now + self.config.rpc_timeout_max * 2 ** (lookups[0] - 1),
                         lambda now: None if call.done else self.find_closest(
-                            self.id, now, after_self_lookup, call))
+                            self.id, now, after_self_lookup, given_up))
                 else:
                     call.fail(OperationTimeout(
                         "the bootstrap peers answered, but nobody answered the lookup of our "
                         f"own id ({_SELF_LOOKUP_TRIES} tries)"))
                 return
-            self._refresh(self._to_refresh_after_join(found), now, after_refresh, call)
+            self._refresh(self._to_refresh_after_join(found), now, after_refresh, given_up)
 
         def on_pong(envelope: Envelope | None, now: float) -> None:
             remaining[0] -= 1
@@ -728,7 +738,7 @@ class Node:
                 if not answered[0]:
                     call.fail(NoPeersError("no bootstrap address answered"))
                 else:
-                    self.find_closest(self.id, now, after_self_lookup, call)
+                    self.find_closest(self.id, now, after_self_lookup, given_up)
 
         for address in targets:
             self.request(address, Ping(), now, on_reply=on_pong)
@@ -1683,9 +1693,10 @@ class Node:
                                  max_per_network=cfg.max_lookup_contacts_per_prefix,
                                  max_candidates=cfg.lookup_max_candidates,
                                  max_requests=cfg.lookup_max_requests)
-        table.touch(target, now)
+        touched_before = table.touch(target, now)
         run = _LookupRun(self, lookup, self._lookup_seq, kind, message, on_message, on_finish,
                          call, now)
+        run.touched_before = touched_before
         if run.emit:
             run.emit(LookupStarted(run.lookup_id, now, target, kind,
                                    tuple(c.contact for c in lookup.candidates())))

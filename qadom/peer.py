@@ -146,7 +146,8 @@ class Peer:
             await self._bind_socket()
         finally:
             self._binding = None
-            binding.set_result(None)
+            if not binding.get_loop().is_closed():  # else it is dropped, its loop gone
+                binding.set_result(None)
 
     async def _bind_socket(self) -> None:
         loop = asyncio.get_running_loop()
@@ -205,7 +206,8 @@ class Peer:
     async def close(self) -> None:
         """Stop serving and close the socket; pending operations fail with PeerClosedError, and
         open subscriptions end, their relays told (UNSUBSCRIBE) while the socket is still open.
-        A start under way on this loop is waited for: once this returns, the peer holds nothing.
+        A start under way is waited for, on this loop or another thread's: once this returns,
+        the peer holds nothing (a start whose loop stopped halfway is released here).
 
         Called from another thread's loop while the peer's own loop runs, the close runs on the
         peer's loop and this waits for it. Once the peer's loop has ended (the peer was started
@@ -226,12 +228,27 @@ class Peer:
             # In another thread: close it there, unless that loop stops first.
             if await run_in_loop(protocol.loop, close_there):
                 return
+        binding = self._binding
+        if protocol is None and binding is not None and binding.get_loop() is not here:
+            await self._close_while_binding_elsewhere(binding)
         ended = self._close_now()
         binding = self._binding
         if binding is not None and binding.get_loop() is here:
             await asyncio.wait({binding})  # the start sees the close and releases what it bound
         if not ended:
             await asyncio.sleep(0)  # let the transport's connection_lost run
+
+    async def _close_while_binding_elsewhere(self, binding: asyncio.Future[None]) -> None:
+        """A close while a start binds on another thread's loop: the start sees the close once
+        its bind is over, and releases what it bound; this waits for that, there. If that loop
+        stops with the start unfinished (it may never run again, and nothing runs there now),
+        the store and the data dir are released here instead."""
+        self._closed = True
+        there = binding.get_loop()
+        if there.is_running():
+            await run_in_loop(there, lambda: binding)
+        if not binding.done() and not there.is_running():
+            self._close_data_dir()
 
     def _close_now(self) -> bool:
         """What :meth:`close` does, at once, on the peer's loop or (that loop not running)

@@ -180,9 +180,20 @@ class RoutingTable:
 
     # ------------------------------------------------------------------ updates
 
-    def touch(self, target: int, now: float) -> None:
-        """Record a lookup for ``target``: its bucket needs no refresh for a while."""
-        self.bucket_for(target).last_lookup = now
+    def touch(self, target: int, now: float) -> float:
+        """Record a lookup for ``target``: its bucket needs no refresh for a while. Returns
+        the bucket's previous lookup time, for :meth:`untouch`."""
+        bucket = self.bucket_for(target)
+        previous, bucket.last_lookup = bucket.last_lookup, now
+        return previous
+
+    def untouch(self, target: int, touched: float, previous: float) -> None:
+        """Take back :meth:`touch` ``(target, touched)``, which returned ``previous``: the lookup
+        for ``target`` stopped before it was done. Only if no later lookup touched the bucket
+        meanwhile (its mark is still ``touched``)."""
+        bucket = self.bucket_for(target)
+        if bucket.last_lookup == touched:
+            bucket.last_lookup = previous
 
     def seen(self, contact: Contact) -> Contact | None:
         """Record that ``contact`` answered us. Returns a contact to ping, or None.

@@ -168,9 +168,14 @@ class _View:
 
 
 def _close_tree(widget: Any) -> None:
-    """Close ``widget`` and the widgets it holds (ipywidgets keeps every open widget)."""
+    """Close ``widget`` and the widgets it holds: its children, and its layout and style,
+    which are widgets of their own (ipywidgets keeps every open widget, and closing a widget
+    closes none of these)."""
     for child in getattr(widget, "children", ()):
         _close_tree(child)
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if isinstance(part, widgets.Widget):
+            part.close()
     widget.close()
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from qadom import PeerClosedError
+from qadom import Config, OperationTimeout, PeerClosedError
 from qadom.codec import Codec
 from qadom.contact import Address
 from qadom.errors import OperationAbandoned
@@ -166,3 +166,52 @@ def test_sim_a_cancelled_bootstrap_sends_no_new_request(
     assert not node._pending
     new = [e for e in sent[before:] if e.message.IS_REQUEST and e.rpc_id not in out]
     assert new == []
+
+
+def test_sim_a_join_past_its_deadline_still_fills_the_buckets_it_began_to_refresh() -> None:
+    """A join whose deadline passes while it refreshes its buckets (a rejoin from upkeep may,
+    nobody waiting on it) lets those lookups end: each marked its bucket looked up as it began,
+    and upkeep refreshes a bucket only once it has gone ``refresh_interval`` without one."""
+    net = SimNetwork(3, config=Config(k=8), latency=(0.2, 0.6))
+    nodes = net.build(400)
+    # The lookup of our own id takes about 5 s at this latency: the deadline falls while the
+    # bucket refreshes of the join are under way.
+    node = net.add_node(config=Config(k=8, operation_timeout=5.5))
+    call = net.call(node, node.bootstrap, [net.address_of(nodes[0])])
+    net.run_for(300)  # five upkeep rounds, well inside refresh_interval
+    assert call.done and isinstance(call.exception(), OperationTimeout)
+    thin = [(len(b.contacts), net.now - b.last_lookup) for b in node.table.buckets
+            if len(b.contacts) < node.config.k]
+    # 400 random ids: every bucket of the table spans far more than k nodes.
+    assert thin == [], f"{len(node.table)} contacts; buckets short of k: {thin}"
+
+
+@pytest.mark.parametrize("given_up", [False, True])
+def test_sim_a_lookup_given_up_is_no_lookup_into_its_bucket(given_up: bool) -> None:
+    """A bucket counts as looked up (and upkeep leaves it alone for ``refresh_interval``) once
+    a lookup into it ran; one given up on the way does not count, unless another lookup
+    touched the bucket meanwhile."""
+    net = SimNetwork(11, latency=(0.05, 0.1))
+    nodes = net.build(200)
+    node = nodes[0]
+    net.run_for(10)
+    target = node.id ^ (1 << 255) ^ 12345  # in the farthest bucket: a full one, never split
+    bucket = node.table.bucket_for(target)
+    before = bucket.last_lookup
+    assert before < net.now
+    call = net.call(node, node.find_nodes, target)
+    assert bucket.last_lookup == net.now  # touched as the lookup begins
+    touched = net.now
+    if given_up:
+        net.step()
+        call.fail(OperationAbandoned("the caller stopped waiting"))
+    net.run_for(5)
+    assert call.done
+    assert bucket.last_lookup == (before if given_up else touched)
+    # Another lookup into the bucket while one is given up keeps its own mark.
+    first = net.call(node, node.find_nodes, target ^ 1)
+    net.run_for(0.01)
+    second = net.call(node, node.find_nodes, target ^ 2)
+    first.fail(OperationAbandoned("the caller stopped waiting"))
+    net.run_for(5)
+    assert second.done and bucket.last_lookup > touched

@@ -202,3 +202,86 @@ async def test_helper_started_from_another_loop_raises_wrong_loop(
         assert not listening(helper.address)
     finally:
         on(other_loop, peer.close())
+
+
+def _start_held_in_bind(loop: asyncio.AbstractEventLoop, data_dir: Path
+                        ) -> tuple[Peer, Any, Any]:
+    """A durable peer whose start, on ``loop`` (running in another thread), is held inside the
+    socket's bind (data dir locked, store open) until the returned gate is released there.
+    Returns the peer, the gate's release and the start's concurrent future."""
+    real = loop.create_datagram_endpoint
+    entered = threading.Event()
+    gate: asyncio.Future[None] = on(loop, _new_future())
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        await gate
+        return await real(*args, **kwargs)
+
+    loop.create_datagram_endpoint = held  # type: ignore[method-assign]
+    peer = Peer("127.0.0.1", 0, config=FAST, data_dir=data_dir)
+    starting = asyncio.run_coroutine_threadsafe(peer.start(), loop)
+    assert entered.wait(5)
+
+    def release() -> None:
+        loop.call_soon_threadsafe(lambda: gate.done() or gate.set_result(None))
+
+    return peer, release, starting
+
+
+async def _new_future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+async def _node_id_in(data_dir: Path) -> int:
+    async with Peer("127.0.0.1", 0, config=FAST, data_dir=data_dir) as again:
+        return again.id
+
+
+def test_a_close_from_another_thread_waits_for_the_start_binding_there(
+        other_loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    """close() from this thread while the peer's start binds on its loop in another: once the
+    bind is over the start releases what it bound, and close returns only then."""
+    peer, release, starting = _start_held_in_bind(other_loop, tmp_path)
+
+    async def close_then_release() -> None:
+        closing = asyncio.ensure_future(peer.close())
+        await asyncio.sleep(0.05)  # close is waiting on the bind; no outcome depends on this
+        assert not closing.done()
+        release()
+        await asyncio.wait_for(closing, 5)
+
+    asyncio.run(close_then_release())
+    with pytest.raises(Exception, match="closed while it was starting"):
+        starting.result(5)
+    assert asyncio.run(asyncio.wait_for(_node_id_in(tmp_path), 5)) == peer.id
+
+
+@pytest.mark.parametrize("close_first", [True, False], ids=["close-then-stop", "stop-then-close"])
+def test_a_start_whose_loop_stopped_halfway_is_released_by_the_close(
+        close_first: bool, tmp_path: Path) -> None:
+    """The peer's loop, in another thread, stops (and is closed) while the start is inside its
+    bind: a close, whether it was waiting then or comes after, releases the data dir."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    peer, _release, _starting = _start_held_in_bind(loop, tmp_path)
+
+    async def close() -> None:
+        closing = asyncio.ensure_future(peer.close())
+        if close_first:
+            await asyncio.sleep(0.05)  # close is waiting on the bind
+            assert not closing.done()
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.wait_for(closing, 5)
+
+    try:
+        asyncio.run(close())
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        assert not thread.is_alive()
+        loop.close()
+    asyncio.run(asyncio.wait_for(peer.close(), 5))  # again, the loop closed: nothing left
+    assert peer.closed
+    assert asyncio.run(asyncio.wait_for(_node_id_in(tmp_path), 5)) == peer.id

@@ -14,6 +14,8 @@ from typing import Any
 
 import comm
 import pytest
+from ipywidgets import Widget
+from ipywidgets.widgets.widget import _instances  # every open widget, by id
 
 from qadom import Config
 from qadom.events import LookupEvent, LookupFinished, LookupReply, LookupRequest, LookupStarted
@@ -301,7 +303,10 @@ def test_a_closed_view_no_longer_listens_to_the_node(how: str) -> None:
 
 
 def _tree(widget: Any) -> list[Any]:
-    return [widget, *(w for child in getattr(widget, "children", ()) for w in _tree(child))]
+    """``widget`` and every widget it holds: children, layouts and styles."""
+    parts = [getattr(widget, "layout", None), getattr(widget, "style", None)]
+    return [widget, *(p for p in parts if isinstance(p, Widget)),
+            *(w for child in getattr(widget, "children", ()) for w in _tree(child))]
 
 
 def test_redrawn_rows_are_closed_not_left_open_in_the_kernel() -> None:
@@ -316,11 +321,19 @@ def test_redrawn_rows_are_closed_not_left_open_in_the_kernel() -> None:
     old_rows = [w for row in table._table.children for w in _tree(row)]
     old_rounds = [w for row in lookup._rows.children for w in _tree(row)]
     assert old_rows and old_rounds
-    origin.table.remove(table.shown()[0].ids[0])  # the table changes: its rows are redrawn
-    net.run_call(net.call(origin, origin.find_nodes, rng.getrandbits(256)))
+    open_counts: dict[tuple[int, int], set[int]] = {}  # rows shown -> widgets open
+    for _ in range(6):
+        origin.table.remove(table.shown()[0].ids[0])  # the table changes: its rows are redrawn
+        net.run_call(net.call(origin, origin.find_nodes, rng.getrandbits(256)))
+        rows = (len(table._table.children), len(lookup._rows.children))
+        open_counts.setdefault(rows, set()).add(len(_instances))
     assert all(w.comm is None for w in old_rows + old_rounds)
     shown = [w for box in (table._table, lookup._rows) for row in box.children for w in _tree(row)]
     assert shown and all(w.comm is not None for w in shown)
     assert len(table._table.children) == len(origin.table.buckets)
+    # As many widgets open after each redraw of as many rows: a row's layout and style are
+    # widgets too, closed with it.
+    assert max(len(counts) for counts in open_counts.values()) == 1, open_counts
+    assert len(open_counts) < 6, open_counts  # some redraws showed as many rows
     table.close()
     lookup.close()
