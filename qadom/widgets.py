@@ -497,7 +497,9 @@ class NetworkView(_View):
         self._base = ""
         self._summary = widgets.HTML()
         self._ring = widgets.HTML()
-        self.widget = widgets.VBox([self._summary, widgets.HTML(LEGEND), self._ring])
+        self.widget = widgets.VBox([self._summary, widgets.HTML(
+            LEGEND + " <small>black dot: the lookup's origin; red mark: its target</small>"),
+            self._ring])
         self._close_with_widget()
         self.refresh()
         if watch is not None:
