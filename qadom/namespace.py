@@ -33,6 +33,13 @@ Guarantees:
   with :meth:`NamespaceService.set` republishes it as is every 24 hours with a fresh TTL until
   :meth:`NamespaceService.forget`. A republish is a NAMESPACE_STORE like any other, so an older
   ``seq`` republished to a replica holding a newer one is refused there.
+* A publisher stops renewing its record once a newer ``seq`` of the same key is proven to exist:
+  when a newer version replaces ours here (from any sender), we keep it only as a storer, with
+  the lifetime it came with; when a replica refuses our renewal as stale, we ask it for its
+  record, and a valid one with a higher ``seq`` ends our publishing (we keep it as a storer if
+  we count ourselves among its k closest, else we drop ours). A refusal proves nothing by
+  itself. So the newer version lives by its own publisher's renewals, and once it expires the
+  key is unset: an older ``seq`` never comes back while a newer one of its owner lived.
 
 This module is part of the sans-IO core: no asyncio, no sockets, no clock; ``now`` comes in.
 Records persist through the node's :class:`~qadom.storage.Store` as generic records of kind
@@ -356,9 +363,10 @@ class NamespaceService:
     ``node.stats`` counts ``namespace_stored`` (records accepted), ``namespace_refused`` (bad
     signatures and stale versions refused), ``namespace_forged`` (forged records met, from a
     sender or in a reply), ``namespace_repairs`` (read-repair writes sent),
-    ``namespace_unproven_refusals`` (replicas that refused a set as stale but showed no record
-    that justifies it) and ``namespace_corrupt`` (stored records that no longer decode, treated
-    as absent).
+    ``namespace_unproven_refusals`` (replicas that refused a set or our renewal as stale but
+    showed no record that justifies it), ``namespace_superseded`` (records of ours we stopped
+    renewing because a replica showed a newer ``seq``) and ``namespace_corrupt`` (stored records
+    that no longer decode, treated as absent).
     """
 
     KIND = RECORD_KIND
@@ -389,8 +397,10 @@ class NamespaceService:
         it is the record we already hold. ``ttl`` is the lifetime it came with (positive
         seconds, capped at ``expire_time``; the same record again never shortens the lifetime we
         hold, see :func:`~qadom.storage.received_meta`); None: we publish it ourselves, as
-        its original publisher, with a full lifetime. Raises BadSignature, StaleSequence or
-        StorageFull (quotas of the sending host ``source``), storing nothing."""
+        its original publisher, with a full lifetime. A newer version received replaces even a
+        record we publish, and is kept as a storer's copy, never ours to renew: its own
+        publisher renews it, and it expires when they stop. Raises BadSignature, StaleSequence
+        or StorageFull (quotas of the sending host ``source``), storing nothing."""
         store, skey = self.node.store, record.storage_key
         try:
             record.verify()
@@ -405,7 +415,10 @@ class NamespaceService:
         if ttl is None:
             meta = published_meta(now, self.node.config)
         else:
-            meta = received_meta(old, ttl, now, self.node.config, source, same=not newer)
+            # A newer version ends our publishing of the older one (old.original): renewing it
+            # as ours would keep it alive past its own publisher's lifetime, and past its forget.
+            meta = received_meta(None if newer else old, ttl, now, self.node.config, source,
+                                 same=not newer)
         if newer or meta != old:
             store.put_record(RECORD_KIND, skey, record.to_bytes(), now, meta=meta)
         if newer:
@@ -415,7 +428,8 @@ class NamespaceService:
     def forget(self, public_key: bytes, key: int) -> bool:
         """Stop republishing the record of ``key`` in the namespace of ``public_key`` as its
         original publisher; it then expires everywhere ``expire_time`` after our last
-        republish. True if we had published it (with :meth:`set`)."""
+        republish. True if we had published it (with :meth:`set`) and no newer version of it
+        has ended our publishing since."""
         check_public_key(public_key)
         check_id(key)
         return self.node.forget(storage_key(public_key, key))
@@ -424,7 +438,9 @@ class NamespaceService:
                   missed: Callable[[float], None] | None = None) -> None:
         """Republish one record whose time has come (section 2.5): the signed record as is, in a
         NAMESPACE_STORE to the k closest, with a fresh lifetime from its original publisher and
-        what is left of it from a storer; ``missed(now)`` if that reached nobody."""
+        what is left of it from a storer; ``missed(now)`` if that reached nobody. A replica
+        that refuses our own record's renewal as stale is asked for the record it holds (see
+        :meth:`_renew`)."""
         node = self.node
         try:
             record = NamespaceRecord.from_bytes(due.data)
@@ -436,7 +452,96 @@ class NamespaceService:
         node.store.put_record(due.kind, due.key, due.data, now, meta=meta)
         if ttl >= 1:
             node.stats["republished"] += 1
-            node.replicate(due.key, NamespaceStore.of(record, ttl), now, missed=missed)
+            if meta.original:
+                self._renew(record, ttl, now, missed)
+            else:
+                node.replicate(due.key, NamespaceStore.of(record, ttl), now, missed=missed)
+
+    def _renew(self, record: NamespaceRecord, ttl: int, now: float,
+               missed: Callable[[float], None] | None) -> None:
+        """Send our own ``record`` to the k closest with ``ttl``, as :meth:`Node.replicate`
+        does (``missed(now)`` if no peer answered), then ask each replica that refused it as
+        stale for the record it holds: a valid one with a higher ``seq`` ends our publishing
+        (:meth:`_superseded`). A refusal alone costs nothing to send and proves nothing."""
+        node = self.node
+        message = NamespaceStore.of(record, ttl)
+
+        def send_all(lookup: Lookup, now: float) -> None:
+            closest = lookup.closest()
+
+            def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
+                if missed is not None and all(reply is None for _, reply in replies):
+                    missed(now)
+                refused = [c for c, r in replies
+                           if isinstance(r, Error) and r.code == ErrorCode.STALE_SEQUENCE]
+                if refused:
+                    self._held_against(record, refused, now, lambda held, now: (
+                        self._superseded(record, held, closest, now)))
+
+            node.ask_each(closest, message, now, done)
+
+        node.closest_lookup(record.storage_key, now, send_all)
+
+    def _held_against(self, record: NamespaceRecord, refused: list[Contact], now: float,
+                      then: Callable[[list[tuple[Contact, NamespaceRecord, int]], float], None]
+                      ) -> None:
+        """Ask each of the replicas ``refused`` (they refused ``record`` as stale) for the record
+        it holds, then ``then(held, now)`` with the valid ones ``record`` may not replace, each
+        with the replica that showed it and what is left of its lifetime there. A refusal not
+        backed so is counted in ``stats["namespace_unproven_refusals"]``; a forged record
+        shown punishes its sender (:meth:`_check_found`)."""
+        node, skey = self.node, record.storage_key
+
+        def proven(found: list[tuple[Contact, Message | None]], now: float) -> None:
+            # A refusal counts only with the record that justifies it: an ERROR costs nothing to
+            # send, a valid newer record only its owner can sign.
+            held: list[tuple[Contact, NamespaceRecord, int]] = []
+            for contact, reply in found:
+                if isinstance(reply, NamespaceFound):
+                    shown = self._check_found(contact, reply, skey, now)
+                    if shown is not None:
+                        try:
+                            supersedes(record, shown)
+                        except StaleSequence:
+                            held.append((contact, shown, reply.ttl))
+                            continue
+                node.stats["namespace_unproven_refusals"] += 1
+            then(held, now)
+
+        node.ask_each(refused, NamespaceFind(skey), now, proven)
+
+    def _superseded(self, record: NamespaceRecord,
+                    held: list[tuple[Contact, NamespaceRecord, int]], closest: list[Contact],
+                    now: float) -> None:
+        """Replicas showed ``held`` against our renewal of ``record``: if one is a valid record
+        with a higher ``seq`` and we still hold ``record``, we stop publishing it. We keep the
+        newest shown instead, as a storer with the lifetime left of it, if fewer than k of
+        ``closest`` (the k closest the renewal's lookup found) are closer to its storage key than
+        we are; else we drop ours, so that neither our renewals nor a read repair from our copy
+        can bring the older version back once the newer one expired. A same ``seq`` with another
+        value (only its owner can sign one) proves nothing newer: we keep renewing ours."""
+        newer = [h for h in held if h[1].seq > record.seq]
+        if not newer:
+            return
+        contact, best, ttl = max(newer, key=lambda h: (h[1].seq, h[1].signature))
+        node, skey = self.node, record.storage_key
+        try:
+            if self.local(skey, now) != record:
+                return  # changed meanwhile (our own newer set, a newer copy): its rules hold
+            node.stats["namespace_superseded"] += 1
+            distance = node.id ^ skey
+            if sum(1 for c in closest if c.id ^ skey < distance) < node.config.k:
+                try:
+                    self.accept(best, now, host_key(contact.address[0]),
+                                max(1, min(ttl, int(node.config.expire_time))))
+                    return
+                except StorageUnavailable:
+                    raise
+                except QadomError:  # over the sender's quota here: ours goes all the same
+                    pass
+            node.store.delete_record(RECORD_KIND, skey)
+        except StorageUnavailable:  # our store's trouble: the next renewal is refused again
+            node.stats["storage_errors"] += 1
 
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None:
         """The NAMESPACE_STORE that gives a new neighbour our copy of a record with ``ttl`` to
@@ -462,7 +567,8 @@ class NamespaceService:
         not counted as a store, counted in ``stats["namespace_unproven_refusals"]``, and does not
         fail the set, so a single hostile replica cannot veto every write to a key. Otherwise we
         store it too, as its original publisher: we republish it every 24 hours with a fresh
-        lifetime until :meth:`forget`.
+        lifetime until :meth:`forget`, or until a newer ``seq`` of the key is proven (see the
+        module's guarantees).
         """
         check_record_value(record.value, self.node.config.max_value_size)
         record.verify()
@@ -505,24 +611,12 @@ class NamespaceService:
                     finish(acks, None, len(closest), now, full)
                     return
 
-                def proven(found: list[tuple[Contact, Message | None]], now: float) -> None:
-                    # A refusal counts only with the record that justifies it: an ERROR costs
-                    # nothing to send, a valid newer record only its owner can sign.
-                    held: list[NamespaceRecord] = []
-                    for contact, reply in found:
-                        record_held = (self._check_found(contact, reply, skey, now)
-                                       if isinstance(reply, NamespaceFound) else None)
-                        if record_held is not None:
-                            try:
-                                supersedes(record, record_held)
-                            except StaleSequence:
-                                held.append(record_held)
-                                continue
-                        node.stats["namespace_unproven_refusals"] += 1
-                    finish(acks, newest(held), len(closest), now, full)
+                def proven(held: list[tuple[Contact, NamespaceRecord, int]],
+                           now: float) -> None:
+                    finish(acks, newest(r for _, r, _ in held), len(closest), now, full)
 
                 if not call.done:
-                    node.ask_each(refused, NamespaceFind(skey), now, proven)
+                    self._held_against(record, refused, now, proven)
 
             node.ask_each(closest, message, now, done)
 
