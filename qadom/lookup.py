@@ -40,6 +40,7 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 from enum import Enum
 from operator import attrgetter
@@ -114,6 +115,10 @@ class Lookup:
         self.crowded = 0  # candidates refused because their network had its share
         self._order: list[Candidate] = []
         self._by_id: dict[int, Candidate] = {}
+        # How many of the closest candidates are settled (see _settle), and how many of those
+        # answered: what next_requests and finished would otherwise walk again at every input.
+        self._settled = 0
+        self._settled_answered = 0
         self.in_flight = 0
         self.stopped = False
         self.requests = 0
@@ -137,8 +142,9 @@ class Lookup:
             return []
         likely = self._likely
         chosen: list[Candidate] = []
-        eligible = 0
-        for cand in self._order:
+        # The settled candidates ahead are each eligible if they answered, and never asked.
+        start, eligible = self._settle()
+        for cand in self._order[start:]:
             if (self.in_flight >= self.alpha or eligible >= self.k
                     or self.requests >= self.max_requests):
                 break
@@ -187,6 +193,8 @@ class Lookup:
             return
         if cand.state is _IN_FLIGHT:
             self.in_flight -= 1
+        elif cand.state is _ANSWERED:  # found out later (a lie): the settled count changes
+            self._settled = self._settled_answered = 0
         cand.state = _FAILED
         self.failures += 1
         if self._network is not None:
@@ -226,16 +234,8 @@ class Lookup:
             return False
         if self.requests >= self.max_requests:  # asks nobody more: done once nothing is in flight
             return self.in_flight == 0
-        eligible = 0
-        for cand in self._order:
-            if cand.state is _FAILED:
-                continue
-            if cand.state is not _ANSWERED:
-                return False
-            eligible += 1
-            if eligible >= self.k:
-                break
-        return True
+        settled, answered = self._settle()
+        return answered >= self.k or settled == len(self._order)
 
     def closest(self, count: int | None = None) -> list[Contact]:
         """The closest candidates that answered, closest first (the lookup's result)."""
@@ -250,6 +250,24 @@ class Lookup:
         return list(self._order)
 
     # ------------------------------------------------------------------ internals
+
+    def _settle(self) -> tuple[int, int]:
+        """The number of closest candidates that are settled (each answered or failed: no
+        input but a lie found out later changes those), and how many of them answered.
+        Remembered between calls, so a candidate is walked past once while the order holds;
+        taken back when a candidate comes in among them, when candidates are forgotten
+        (:meth:`_trim`), or when one that answered fails."""
+        order, settled, answered = self._order, self._settled, self._settled_answered
+        end = len(order)
+        while settled < end:
+            state = order[settled].state
+            if state is _ANSWERED:
+                answered += 1
+            elif state is not _FAILED:
+                break
+            settled += 1
+        self._settled, self._settled_answered = settled, answered
+        return settled, answered
 
     def _ask(self, cand: Candidate) -> Candidate:
         cand.state = _IN_FLIGHT
@@ -291,10 +309,13 @@ class Lookup:
             added.append(cand)
         if not added:
             return []
-        self._order.extend(added)
-        self._order.sort(key=_DISTANCE)
-        if len(self._order) > self.max_candidates:
-            self._trim(len(self._order) - self.max_candidates)
+        order = self._order
+        order.extend(added)
+        order.sort(key=_DISTANCE)
+        if self._settled and bisect.bisect_left(order, min(added)) < self._settled:
+            self._settled = self._settled_answered = 0  # one came in among the settled
+        if len(order) > self.max_candidates:
+            self._trim(len(order) - self.max_candidates)
         return [cand.contact for cand in added if cand.contact.id in by_id]
 
     def _trim(self, excess: int) -> None:
@@ -331,6 +352,7 @@ class Lookup:
             else:
                 kept.append(cand)
         self._order = kept
+        self._settled = self._settled_answered = 0
 
     def _release_share(self, contact: Contact) -> None:
         """``contact`` leaves the lookup without failing: its network's share is free again."""

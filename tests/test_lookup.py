@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from qadom.contact import Contact
 from qadom.lookup import Lookup, State
 
@@ -101,3 +103,70 @@ def test_one_network_gets_at_most_its_share_of_a_lookup() -> None:
     assert [x.contact.id for x in lookup.next_requests()] == [1]
     named = [on(60, "9.9.9.9"), on(61, "127.0.0.1"), on(62, "127.0.0.2"), on(63, "127.0.0.3")]
     assert lookup.on_reply(sybils[0], named) == named and lookup.crowded == 19
+
+
+def _walked_finished(lookup: Lookup) -> bool:
+    """``finished`` walked from the closest candidate at every call, as by definition."""
+    if lookup.stopped:
+        return True
+    if lookup.requests >= lookup.max_requests:
+        return lookup.in_flight == 0
+    eligible = 0
+    for cand in lookup.candidates():
+        if cand.state is State.FAILED:
+            continue
+        if cand.state is not State.ANSWERED:
+            return False
+        eligible += 1
+        if eligible >= lookup.k:
+            break
+    return True
+
+
+def _walked_next(lookup: Lookup) -> list[int]:
+    """The ids ``next_requests`` must choose (a lookup without probing), walked from the
+    closest candidate, as by definition."""
+    if lookup.stopped or lookup.requests >= lookup.max_requests:
+        return []
+    chosen: list[int] = []
+    in_flight, requests, eligible = lookup.in_flight, lookup.requests, 0
+    for cand in lookup.candidates():
+        if in_flight >= lookup.alpha or eligible >= lookup.k or requests >= lookup.max_requests:
+            break
+        if cand.state is State.FAILED:
+            continue
+        eligible += 1
+        if cand.state is State.WAITING:
+            chosen.append(cand.contact.id)
+            in_flight += 1
+            requests += 1
+    return chosen
+
+
+def test_what_is_asked_and_when_it_ends_match_a_walk_from_the_closest_every_time() -> None:
+    # next_requests and finished remember how far the closest candidates are settled; every
+    # input (a reply naming closer or farther peers, a stall, a failure of one in flight or of
+    # one that answered, a trim) must give what a walk from the closest candidate gives.
+    rng = random.Random(2024)
+    for _ in range(300):
+        k, alpha = rng.randint(1, 6), rng.randint(1, 3)
+        universe = [c(i) for i in rng.sample(range(1, 400), 60)]
+        lookup = Lookup(0, k=k, alpha=alpha, initial=rng.sample(universe, rng.randint(1, 8)),
+                        max_candidates=rng.choice([k, 12, 100]), max_requests=40)
+        for _ in range(80):
+            assert lookup.finished is _walked_finished(lookup)
+            expected = _walked_next(lookup)
+            assert [x.contact.id for x in lookup.next_requests()] == expected
+            asked = [x for x in lookup.candidates()
+                     if x.state in (State.IN_FLIGHT, State.STALLED, State.ANSWERED)]
+            if not asked:
+                break
+            cand = rng.choice(asked)
+            roll = rng.random()
+            if roll < 0.6:
+                lookup.on_reply(cand.contact, rng.sample(universe, rng.randint(0, 5)))
+            elif roll < 0.75:
+                lookup.on_stall(cand.contact)
+            else:
+                lookup.on_failure(cand.contact)  # one that answered too: a lie found out
+        assert lookup.finished is _walked_finished(lookup)
