@@ -249,6 +249,12 @@ class Lookup:
         self._ensure()
         return list(self._order)
 
+    def gathered(self) -> list[Candidate]:
+        """The candidates gathered so far, closest first: unlike :meth:`candidates`, without
+        gathering the ``later`` ones first, so that looking changes nothing (a probe's other
+        first candidates are gathered only if it misses)."""
+        return list(self._order)
+
     # ------------------------------------------------------------------ internals
 
     def _settle(self) -> tuple[int, int]:

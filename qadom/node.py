@@ -393,6 +393,101 @@ class _LookupRun:
             self.pump(now)
 
 
+# Whether a probe's reply ends its lookup by itself (it holds the value), and what the lookup
+# then does with it in place of its on_message and on_finish (see Node.run_lookup).
+ProbeHit = Callable[[Message], bool]
+OnHit = Callable[[Message, float], None]
+
+
+class _Probe:
+    """A value lookup while its probe, a likely holder asked alone, is its only request (see
+    :meth:`Node.run_lookup`). Most probes find the value, and the lookup then asks nobody else:
+    that case is settled here, without a :class:`Lookup` or a :class:`_LookupRun`. Any other
+    outcome (no value, an error, silence, a stall, the hedge delay passed) first builds them as
+    the probe left them, then hands them that outcome and every later one, so that the lookup
+    goes on exactly as if it had had them from the start."""
+
+    __slots__ = ("call", "contact", "hedge_timer", "hit", "kind", "likely", "lookup_id",
+                 "message", "node", "on_finish", "on_hit", "on_message", "run", "seeds",
+                 "settled", "skip", "started", "target", "touched_before")
+
+    def __init__(self, node: Node, lookup_id: int, target: int, kind: str, message: Message,
+                 contact: Contact, on_message: OnMessage,
+                 on_finish: Callable[[Lookup, float], None], hit: ProbeHit, on_hit: OnHit,
+                 call: Call[Any] | None, now: float, seeds: Callable[[], list[Contact]],
+                 skip: Callable[[Contact], bool], likely: Callable[[Contact], bool]) -> None:
+        self.node = node
+        self.lookup_id = lookup_id
+        self.target = target
+        self.kind = kind
+        self.message = message
+        self.contact = contact
+        self.on_message = on_message
+        self.on_finish = on_finish
+        self.hit = hit
+        self.on_hit = on_hit
+        self.call = call
+        self.started = now
+        self.seeds = seeds
+        self.skip = skip
+        self.likely = likely
+        self.hedge_timer = 0  # the hedge timer, as _LookupRun.hedge_timer
+        self.touched_before = -math.inf
+        self.settled = False  # the probe found the value: the lookup is over
+        self.run: _LookupRun | None = None  # the whole lookup, once the probe missed
+
+    def _lookup_run(self) -> _LookupRun:
+        """The whole lookup, as :meth:`Node.run_lookup` builds it, with its probe asked."""
+        run = self.run
+        if run is not None:
+            return run
+        node = self.node
+        cfg = node.config
+        # The probe was chosen past ``skip`` when the lookup started: it is a candidate
+        # whatever befell its address since (a failure, a ban), as it was from the start.
+        lookup = _NodeLookup(self.target, cfg.k, cfg.alpha, (self.contact,), own_id=node.id,
+                             likely=self.likely, later=self.seeds, network=_network,
+                             max_per_network=cfg.max_lookup_contacts_per_prefix,
+                             max_candidates=cfg.lookup_max_candidates,
+                             max_requests=cfg.lookup_max_requests)
+        lookup._skip = self.skip
+        lookup.next_requests()  # the probe, asked alone
+        run = self.run = _LookupRun(node, lookup, self.lookup_id, self.kind, self.message,
+                                    self.on_message, self.on_finish, self.call, self.started)
+        run.emit = None  # nobody listened when the lookup started: nobody hears of it
+        run.touched_before = self.touched_before
+        run.hedge_timer = self.hedge_timer
+        return run
+
+    def on_reply(self, envelope: Envelope | None, now: float) -> None:
+        if self.settled:
+            return
+        if self.run is None and envelope is not None:
+            message = envelope.message
+            if not isinstance(message, Error) and self.hit(message):
+                self.settled = True
+                node = self.node
+                if self.hedge_timer:
+                    node._cancel(self.hedge_timer)
+                    self.hedge_timer = 0
+                try:
+                    self.on_hit(message, now)
+                except StorageUnavailable as exc:  # as _LookupRun.pump
+                    node.stats["storage_errors"] += 1
+                    if self.call is not None:
+                        self.call.fail(exc)
+                return
+        self._lookup_run().on_reply(self.contact, envelope, now)
+
+    def on_stall(self, now: float) -> None:
+        if not self.settled:
+            self._lookup_run().on_stall(self.contact, now)
+
+    def hedge(self, now: float) -> None:
+        if not self.settled:
+            self._lookup_run().hedge(now)
+
+
 class Node:
     """One Kademlia node's protocol state. See the module docstring for how to drive it.
 
@@ -808,8 +903,16 @@ class Node:
             else:
                 call.fail(NotFoundError(f"no peer reached holds key {key}"))
 
+        def hit(message: Message) -> bool:
+            return isinstance(message, Value) and key_for(message.value) == key
+
+        def on_hit(message: Message, now: float) -> None:
+            # As on_finish with the probe's value found first: nobody to cache it at.
+            assert isinstance(message, Value)
+            call.resolve(message.value)
+
         self.run_lookup(key, "value", FindValue(key), now, on_message, on_finish, call,
-                        probe=self.config.probe_gets)
+                        probe=self.config.probe_gets, hit=hit, on_hit=on_hit)
         return call
 
     def holder_radius(self, now: float) -> int:
@@ -1652,7 +1755,8 @@ class Node:
 
     def run_lookup(self, target: int, kind: str, message: Message, now: float,
                    on_message: OnMessage, on_finish: Callable[[Lookup, float], None],
-                   call: Call[Any] | None = None, *, probe: bool = False) -> None:
+                   call: Call[Any] | None = None, *, probe: bool = False,
+                   hit: ProbeHit | None = None, on_hit: OnHit | None = None) -> None:
         """Run one iterative lookup for ``target`` asking ``message`` of each peer.
 
         ``on_message`` interprets each reply (see :data:`OnMessage`); ``on_finish`` runs once when
@@ -1665,6 +1769,12 @@ class Node:
         stayed silent for :attr:`probe_hedge`, so a slow or dead probe costs at most that delay.
         When our own closest contact is a likely holder, the other first candidates are not even
         gathered unless the probe misses.
+
+        ``hit(message)`` says whether a probe's reply ends the lookup by itself (it holds the
+        value), and ``on_hit(message, now)`` must then do what ``on_message`` and ``on_finish``
+        would do with that reply alone. Given both, and while nobody listens to lookup events,
+        a probe that hits is settled with ``on_hit`` and the lookup's state is built only when
+        it misses; the requests, timers, statistics and outcome are the same either way.
         """
         cfg = self.config
         self._lookup_seq += 1
@@ -1693,6 +1803,18 @@ class Node:
 
             nearest = table.nearest(target)
         if nearest is not None and likely is not None and likely(nearest) and not skip(nearest):
+            if (hit is not None and on_hit is not None and not self._listeners
+                    and self.reachable(nearest.address)):
+                # The probe is asked on its own; the lookup is built only if it misses.
+                light = _Probe(self, self._lookup_seq, target, kind, message, nearest,
+                               on_message, on_finish, hit, on_hit, call, now, seeds, skip,
+                               likely)
+                light.touched_before = table.touch(target, now)
+                self.request(nearest.address, message, now, expect_id=nearest.id,
+                             on_reply=light.on_reply, on_stall=light.on_stall)
+                self.stats["probes"] += 1
+                light.hedge_timer = self._schedule(now + self.probe_hedge, light.hedge)
+                return
             # The probe is built alone; the other seeds only if it misses.
             lookup = _NodeLookup(target, cfg.k, cfg.alpha, (nearest,), own_id=self.id, skip=skip,
                                  likely=likely, later=seeds, network=_network,
@@ -1711,7 +1833,7 @@ class Node:
         run.touched_before = touched_before
         if run.emit:
             run.emit(LookupStarted(run.lookup_id, now, target, kind,
-                                   tuple(c.contact for c in lookup.candidates())))
+                                   tuple(c.contact for c in lookup.gathered())))
         run.pump(now)
 
     def find_closest(self, target: int, now: float,

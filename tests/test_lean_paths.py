@@ -13,6 +13,7 @@ from test_lookup import c
 from qadom import Config
 from qadom.codec import Codec
 from qadom.contact import Address, Contact
+from qadom.errors import OperationAbandoned
 from qadom.ids import key_for
 from qadom.lookup import Lookup, State
 from qadom.messages import Envelope, Error, ErrorCode, FindNodeStore, Message, NodesStored, Store
@@ -309,3 +310,66 @@ def test_timer_changed_says_when_a_driver_must_ask_for_the_deadline_again() -> N
     # ...and a timer added by any path is reported.
     client.schedule(2.0, lambda now: None)
     assert client.timer_changed and client.get_timer() == 2.0
+
+
+def _gets_under_trouble(seed: int, listen: bool) -> list[object]:
+    """Gets under loss, duplication and reordering, with holders gone, liars holding wrong
+    values and callers giving up; with ``listen``, every node has a lookup listener. Returns
+    everything observable: the network's trace, each call's outcome, each node's statistics,
+    bucket marks and bookkeeping."""
+    config = replace(CONFIG, rpc_timeout=0.2, rpc_timeout_min=0.05, rpc_timeout_max=0.4,
+                     operation_timeout=3.0)
+    net = SimNetwork(seed, config=config, latency=(0.002, 0.06), loss=0.15, duplicate=0.05,
+                     reorder=0.1, reorder_delay=0.05, trace=True)
+    nodes = net.build(40)
+    rng = random.Random(seed)
+    values = [rng.randbytes(50) for _ in range(20)]
+    outcomes: list[object] = []
+    for value in values:
+        setter = nodes[rng.randrange(len(nodes))]
+        call = net.call(setter, setter.set, value)
+        net.run_for(5.0)
+        outcomes.append(repr(call.exception()))
+    for value in values[:4]:  # liars: wrong values under real keys
+        nodes[rng.randrange(len(nodes))].store.put_value(key_for(value), b"evil", Meta(1e9))
+    live = []
+    for node in nodes:
+        if rng.random() < 0.2:
+            net.remove(node)  # its probes go unanswered, stall and are hedged
+        else:
+            live.append(node)
+    if listen:
+        for node in nodes:
+            node.add_listener(lambda event: None)
+    calls = []
+    for _ in range(150):
+        node = live[rng.randrange(len(live))]
+        key = key_for(values[rng.randrange(len(values))]) if rng.random() < 0.85 else (
+            rng.getrandbits(256))
+        calls.append(net.call(node, node.get, key))
+        if rng.random() < 0.1:
+            calls[rng.randrange(len(calls))].fail(OperationAbandoned("the caller gave up"))
+        for _ in range(rng.randrange(0, 20)):
+            if not net.step():
+                break
+    net.run_for(10.0)
+    outcomes += [(call.done, repr(call.exception()) if call.exception() else call.result())
+                 for call in calls]
+    for node in nodes:
+        outcomes.append(sorted(node.stats.items()))
+        outcomes.append([b.last_lookup for b in node.table.buckets])
+        outcomes.append((len(node._pending), len(node._timers), len(node._cancelled)))
+    assert net.trace is not None
+    return [*net.trace, *outcomes]
+
+
+def test_a_get_settled_by_its_probe_alone_behaves_as_a_whole_lookup() -> None:
+    # Without listeners, a probe that finds the value settles the get without building the
+    # lookup, which is built only when the probe misses; with listeners the lookup is built at
+    # once (its events need it). Datagrams, outcomes, statistics and timers must not differ.
+    for seed in (3, 4):
+        lean = _gets_under_trouble(seed, listen=False)
+        assert lean == _gets_under_trouble(seed, listen=True)
+        probes = sum(dict(o).get("probes", 0) for o in lean
+                     if isinstance(o, list) and o and isinstance(o[0], tuple))
+        assert probes > 50
