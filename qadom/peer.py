@@ -221,6 +221,10 @@ class Peer:
         reached (a loop that does not expose it)."""
         protocol = self._protocol
         here = asyncio.get_running_loop()
+        binding = self._binding
+        if protocol is None and binding is not None and binding.get_loop() is not here:
+            await self._close_while_binding_elsewhere(binding)
+            protocol = self._protocol  # a start that saw no close yet has bound it meanwhile
         if protocol is not None and protocol.loop is not here and protocol.loop.is_running():
             def close_there() -> None:
                 self._close_now()
@@ -228,9 +232,6 @@ class Peer:
             # In another thread: close it there, unless that loop stops first.
             if await run_in_loop(protocol.loop, close_there):
                 return
-        binding = self._binding
-        if protocol is None and binding is not None and binding.get_loop() is not here:
-            await self._close_while_binding_elsewhere(binding)
         ended = self._close_now()
         binding = self._binding
         if binding is not None and binding.get_loop() is here:
