@@ -261,6 +261,13 @@ class Codec:
             if type(item) is not list or len(item) != 3:
                 raise ProtocolError("contact must be [id, host, port]")
             node_id, host, port = item
+            if type(node_id) is bytes and type(port) is int:
+                # A contact decoded before at the same address (most contacts of a reply):
+                # equal to a checked id, host and port, so it passes every check below.
+                contact = memo.get(node_id)
+                if contact is not None and contact.address == (host, port):
+                    contacts.append(contact)
+                    continue
             if type(port) is not int or not 0 < port < 65536:
                 raise ProtocolError("contact port out of range")
             if type(node_id) is not bytes or len(node_id) != ID_BYTES:

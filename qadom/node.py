@@ -1603,18 +1603,23 @@ class Node:
 
     def _handle_store(self, message: Store, sender: int | None, address: Address,
                       now: float) -> Message:
-        key = key_for(message.value)
+        return self._store_value(key_for(message.value), message.value, message.ttl,
+                                 message.cache, address, now)
+
+    def _store_value(self, key: int, value: bytes, ttl: int, cache: bool, address: Address,
+                     now: float) -> Message:
+        """What a STORE of ``value`` (whose key is ``key``) from ``address`` is answered."""
         try:
             old = self.store.value_meta(key)
         except StorageUnavailable as exc:  # refused as a write the store cannot make
             return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
-        meta = self._received_meta(old, message.ttl, message.cache, address, now)
+        meta = self._received_meta(old, ttl, cache, address, now)
         if meta is None:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
         if old is not None and old.original:
             return Stored()  # we publish it ourselves; our schedule rules
         try:
-            self.store.put_value(key, message.value, meta)
+            self.store.put_value(key, value, meta)
         except StorageFull as exc:
             return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         return Stored()
@@ -1629,7 +1634,8 @@ class Node:
         mine = self.id ^ key
         if len(nodes) >= k and nodes[-1].id ^ key < mine:
             return NodesStored(nodes, False)  # k known contacts are closer: not ours to hold
-        reply = self._handle_store(Store(message.value, message.ttl), sender, address, now)
+        # As a STORE of the value (without its cache flag) would be answered.
+        reply = self._store_value(key, message.value, message.ttl, False, address, now)
         if isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST:
             return reply
         return NodesStored(nodes, isinstance(reply, Stored))

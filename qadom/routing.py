@@ -68,6 +68,9 @@ def network_prefix(host: str) -> str | None:
     return prefix
 
 
+_values = dict.values
+
+
 class Bucket:
     """One k-bucket: contacts with ids in ``[lo, hi)``, least recently seen first."""
 
@@ -151,10 +154,12 @@ class RoutingTable:
         for bucket in sorted(self.buckets, key=lambda b: (b.lo ^ target) & -(b.hi - b.lo)):
             contacts = bucket.contacts
             if contacts:
+                # The bucket's contacts in the dict's own order (dict.values, not the ordered
+                # dict's: that one looks every id up again, hashing it); sorted below anyway.
                 if exclude in contacts:  # left out here, in the one bucket that can hold it
-                    picked.extend([c for c in contacts.values() if c.id != exclude])
+                    picked.extend([c for c in _values(contacts) if c.id != exclude])
                 else:
-                    picked.extend(contacts.values())
+                    picked.extend(_values(contacts))
                 # Enough once ``count`` are in hand: mostly the first bucket taken holds exactly
                 # k, and the next one is neither taken nor sorted.
                 if len(picked) >= count:

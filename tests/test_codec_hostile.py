@@ -14,8 +14,9 @@ import pytest
 import qadom.node  # noqa: F401  (registers every message type, its services' too)
 from qadom import Config
 from qadom.codec import Codec
+from qadom.contact import Contact
 from qadom.errors import ProtocolError
-from qadom.messages import MESSAGE_TYPES, PROTOCOL_VERSION, FindNode, Kind
+from qadom.messages import MESSAGE_TYPES, PROTOCOL_VERSION, FindNode, Kind, NodesStored
 
 from helpers import udp_network, wait_until
 
@@ -112,3 +113,29 @@ async def test_huge_integers_over_udp_are_counted_as_malformed_and_log_nothing(
         assert a.stats.get("internal_errors", 0) == 0
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert [r for r in caplog.records if r.exc_info and r.levelno > logging.DEBUG] == []
+
+
+def test_a_known_contact_id_with_a_bad_host_or_port_is_checked_again() -> None:
+    """A contact whose id was decoded before is reused only for the same host and port: the
+    same id with a port that is a boolean, out of range, or a host that is not text is refused
+    as it would be for an id never seen."""
+    codec = Codec(Config())
+    node_id = bytes(range(32))
+    good = [node_id, "127.0.0.1", 1]
+
+    def reply(contact: list[object]) -> bytes:
+        return cbor2.dumps([PROTOCOL_VERSION, 69, 7, None, [[contact], True]])
+
+    def nodes(data: bytes) -> tuple[Contact, ...]:
+        message = codec.decode(data).message
+        assert isinstance(message, NodesStored)
+        return message.nodes
+
+    (decoded,) = nodes(reply(good))
+    assert decoded.address == ("127.0.0.1", 1)
+    for bad in ([node_id, "127.0.0.1", True], [node_id, "127.0.0.1", 0],
+                [node_id, "127.0.0.1", 65536], [node_id, b"127.0.0.1", 1],
+                [node_id, "127.0.0.1", 1.0], [node_id[:31], "127.0.0.1", 1]):
+        with pytest.raises(ProtocolError):
+            codec.decode(reply(bad))
+    assert nodes(reply(good)) == (decoded,)
