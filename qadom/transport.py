@@ -145,7 +145,8 @@ class NodeProtocol(asyncio.DatagramProtocol):
             log.error("the UDP socket was closed by an error: %r", exc)
         self.transport = None
         if self._timer is not None:
-            self._timer.cancel()
+            with contextlib.suppress(RuntimeError):  # a closed loop's timer has nothing to stop
+                self._timer.cancel()
             self._timer = None
         if self._on_lost is not None:
             self._on_lost()
@@ -178,6 +179,12 @@ class NodeProtocol(asyncio.DatagramProtocol):
             sock.close()
             self.connection_lost(None)
             return True
+        fileno = getattr(sock, "fileno", None)
+        if loop.is_closed() and callable(fileno) and fileno() == -1:
+            # A loop that closed its sockets as it was closed (uvloop's): nothing is left open,
+            # only connection_lost never ran.
+            self.connection_lost(None)
+            return True
         return False
 
     # ------------------------------------------------------------------ driving the node
@@ -188,6 +195,10 @@ class NodeProtocol(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None:
             return
+        if out and transport.is_closing():
+            # Closed, connection_lost not run yet (the node's callbacks may still send as the
+            # peer closes): the transport would drop them, warning after a few.
+            out = []
         for data, address in out:
             try:
                 transport.sendto(data, address)

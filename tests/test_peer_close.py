@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import socket
+import warnings
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,55 @@ async def test_close_while_starting_releases_the_data_dir_before_it_returns(
         starting.result()
     async with Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path) as again:
         assert again.id == peer.id  # the data dir was released
+
+
+def test_a_peer_whose_uvloop_loop_ended_closes_without_error(tmp_path: Path) -> None:
+    """uvloop closes the sockets of a loop as the loop is closed: a close afterwards, from a
+    later asyncio.run(), finds nothing open and says so by returning, not by WrongLoopError;
+    the data dir is free again."""
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    peer = Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path)
+    try:
+        loop.run_until_complete(asyncio.wait_for(peer.start(), 5))
+    finally:
+        with warnings.catch_warnings():  # uvloop warns of the transport it closes itself
+            warnings.simplefilter("ignore", ResourceWarning)
+            loop.close()
+    asyncio.run(asyncio.wait_for(peer.close(), 5))
+    assert not peer.running
+
+    async def reopen() -> int:
+        async with Peer("127.0.0.1", 0, config=FAST, data_dir=tmp_path) as again:
+            return again.id
+
+    assert asyncio.run(asyncio.wait_for(reopen(), 5)) == peer.id
+
+
+def test_what_a_closing_peer_still_sends_is_dropped_without_warnings(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Callbacks that run as a peer closes may still hand datagrams to its socket, after the
+    transport closed and before connection_lost: they are dropped quietly, not handed to the
+    closed transport, which drops them too but (uvloop's) logs a warning for each after the
+    fifth."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        peer = Peer("127.0.0.1", 0, config=FAST)
+        await peer.start()
+        protocol = peer._protocol
+        assert protocol is not None and protocol.transport is not None
+        protocol.transport.close()  # as close() does; connection_lost comes at the next turn
+        for port in range(40000, 40010):  # ten pings, to ten addresses
+            protocol.node.ping(("127.0.0.1", port), protocol.now())
+            protocol.flush()
+        assert protocol.node.stats["requests_out"] == 10
+        await peer.close()
+
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 5))
+    finally:
+        loop.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
