@@ -187,11 +187,17 @@ class _Request:
         self.sent_at = now
 
 
+_FAR = 1 << 256
+"""Farther from any target than every id (XOR distances are below 2**256)."""
+
+
 class _NodeLookup(Lookup):
     """A lookup run by a node: also what the peers that refused it with an ERROR said, and how
     many stayed silent, so that an operation nobody answered can tell refusals from silence,
-    and a rate limit from either (:meth:`Node.unanswered`, :meth:`Node.unreached`). Counts and
-    the first refusal only: its memory does not grow with the requests it makes."""
+    and a rate limit from either (:meth:`Node.unanswered`, :meth:`Node.unreached`); and how
+    close to the target the closest candidate that failed for our request rate was, so that a
+    write stored only farther out can tell (:meth:`Node.replicate`). Counts, the first refusal
+    and one distance only: its memory does not grow with the requests it makes."""
 
     # Class defaults: no __init__ call.
     refusals = 0  # requests that failed for an ERROR reply
@@ -199,6 +205,9 @@ class _NodeLookup(Lookup):
     rate_refusals = 0  # of the refusals, those for our request rate (RATE_LIMITED)
     silent = 0  # requests that failed with every attempt unanswered
     silent_limited = 0  # of those, to a peer whose silence our rate explains (Node._silenced)
+    # The smallest distance to the target of a candidate that failed for our rate (refused
+    # RATE_LIMITED, or silent while that explains it); _FAR when none did.
+    limited_distance = _FAR
 
     def on_refusal(self, contact: Contact, error: Error) -> None:
         """``contact`` answered with ``error``: a failure (see :meth:`Lookup.on_failure`),
@@ -209,6 +218,7 @@ class _NodeLookup(Lookup):
             self.refusals += 1
             if error.code == ErrorCode.RATE_LIMITED:
                 self.rate_refusals += 1
+                self._limited(contact)
             if self.first_refusal is None:
                 self.first_refusal = error
 
@@ -221,6 +231,13 @@ class _NodeLookup(Lookup):
             self.silent += 1
             if limited:
                 self.silent_limited += 1
+                self._limited(contact)
+
+    def _limited(self, contact: Contact) -> None:
+        """``contact`` failed for our request rate: remember how close to the target it is."""
+        distance = contact.id ^ self.target
+        if distance < self.limited_distance:
+            self.limited_distance = distance
 
 
 def _describe(error: Error) -> str:
@@ -938,10 +955,12 @@ class Node:
 
         Raises StorageFull at once, with nothing sent, when our own store has no room for it.
         Fails, with nothing stored here, when there were peers to ask and none of them stored it
-        (:meth:`unstored` says how: StorageFull, RateLimited, RemoteError, OperationTimeout);
-        with no peer known it is stored here alone, and offered to peers as they come (hand-over
-        to a newcomer, and the publisher's republish). A peer whose known contacts all failed of
-        late asks none and fails with OperationTimeout."""
+        (:meth:`unstored` says how: StorageFull, RateLimited, RemoteError, OperationTimeout),
+        and with RateLimited when only peers farther from the key than one that refused us for
+        our request rate stored it (:meth:`overtaken`: readers would look for it at that closer
+        peer first, and miss it); with no peer known it is stored here alone, and offered to
+        peers as they come (hand-over to a newcomer, and the publisher's republish). A peer
+        whose known contacts all failed of late asks none and fails with OperationTimeout."""
         self.check_value(value)
         key = key_for(value)
         cfg = self.config
@@ -1860,9 +1879,10 @@ class Node:
                   missed: Callable[[float], None] | None = None) -> None:
         """Look up the k closest to ``key`` and have each hold ``message``'s item;
         ``then(acks, error, now)`` with how many of them confirmed it (a republish needs no
-        answer) and, when none did although there were peers to ask, why (:meth:`unstored`);
-        and ``missed(now)`` too if it reached nobody: no peer kept it on the lookup nor answered
-        the request (a refusal is an answer).
+        answer) and, when none did although there were peers to ask, why (:meth:`unstored`),
+        or when only peers farther from the key than one that failed us for our request rate
+        did, RateLimited (:meth:`overtaken`); and ``missed(now)`` too if it reached nobody: no
+        peer kept it on the lookup nor answered the request (a refusal is an answer).
 
         A :class:`Store` of a value of at most ``store_on_lookup_max`` bytes travels with the
         lookup itself (:class:`FindNodeStore`): each peer asked keeps the value if it counts
@@ -1882,8 +1902,8 @@ class Node:
                 self.stats["replicas_acked"] += acks
                 if missed is not None and not stored_by and all(r is None for _, r in replies):
                     missed(now)
-                then(acks, None if acks else self.unstored(lookup, replies, len(silenced)),
-                     now)
+                then(acks, self.overtaken(lookup, replies, silenced, stored_by, acks) if acks
+                     else self.unstored(lookup, replies, len(silenced)), now)
 
             self.ask_each((c for c in closest if c.id not in stored_by), message, now, done,
                           silenced=silenced)
@@ -1925,6 +1945,45 @@ class Node:
                                "not answer the lookup had just refused us for our request "
                                "rate: slow down")
         return error
+
+    def overtaken(self, lookup: Lookup, replies: list[tuple[Contact, Message | None]],
+                  silenced: builtins.set[int], stored_by: builtins.set[int], acks: int,
+                  ) -> RateLimited | None:
+        """Why a write that peers confirmed is not stored where readers look: RateLimited when
+        a peer closer to the key than every peer that stored it failed us for our request rate,
+        in ``lookup`` or among ``replies`` (it refused us RATE_LIMITED, or stayed silent while
+        that explains its silence: its id is in ``silenced``); ``stored_by`` holds the ids of
+        the peers that kept it on the lookup. None when a peer at least as close as each of
+        those stored it, or when none failed for our rate.
+
+        A lookup for the key ends at the k closest that answer it: the writer's, cut short by
+        its own rate, settles on peers farther out, and a reader's, which those closer peers
+        answer, may end among them before it reaches a peer that holds the item (until a
+        republish, within the hour, brings it closer). The rule is cautious: it fails a write
+        that one closer peer refused although readers would most often still find it, so that
+        a write reported stored is one readers find; over the limit, slowing down is the remedy
+        either way. A closer peer that failed for any other reason counts for nothing here: it
+        may be gone, and the closest live peers are where readers look."""
+        key = lookup.target
+        limited = lookup.limited_distance if isinstance(lookup, _NodeLookup) else _FAR
+        nearest = _FAR
+        for contact, reply in replies:
+            distance = contact.id ^ key
+            if isinstance(reply, Stored):
+                nearest = min(nearest, distance)
+            elif (contact.id in silenced if reply is None
+                  else isinstance(reply, Error) and reply.code == ErrorCode.RATE_LIMITED):
+                limited = min(limited, distance)
+        if limited == _FAR:
+            return None
+        for node_id in stored_by:
+            nearest = min(nearest, node_id ^ key)
+        if nearest <= limited:
+            return None
+        return RateLimited(ErrorCode.RATE_LIMITED,
+                           f"only peers farther from the key stored it ({acks}); closer ones, "
+                           "where readers look for it, refused us for our request rate: slow "
+                           "down")
 
     def unstored(self, lookup: Lookup, replies: list[tuple[Contact, Message | None]],
                  silenced: int = 0) -> QadomError | None:

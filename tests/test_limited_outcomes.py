@@ -1,6 +1,8 @@
 """What a writer over its peers' request rate is told: RateLimited, whether the peers said so
 or, over their limit, answered one refusal a second and dropped the rest; OperationTimeout when
-the silence is not explained by our rate. Reads are told OperationTimeout, saying why."""
+the silence is not explained by our rate; RateLimited too when only peers farther from the key
+than one that failed us for our rate stored the item, where readers do not look. Reads are told
+OperationTimeout, saying why."""
 
 from __future__ import annotations
 
@@ -17,7 +19,16 @@ from qadom.codec import Codec
 from qadom.contact import Address, Contact
 from qadom.errors import OperationTimeout, RateLimited
 from qadom.ids import key_for
-from qadom.messages import Error, ErrorCode, FindNodeStore, Message, NodesStored
+from qadom.messages import (
+    Error,
+    ErrorCode,
+    FindNode,
+    FindNodeStore,
+    Message,
+    Nodes,
+    NodesStored,
+    Stored,
+)
 from qadom.node import Node
 from qadom.sim import SimNetwork
 
@@ -144,3 +155,93 @@ def test_sim_a_writer_far_over_its_peers_rate_limit_is_told_rate_limited_not_tim
         type(call.exception()).__name__ if call.exception() else "stored" for call in calls)
     assert outcomes["RateLimited"] >= 30, outcomes
     assert set(outcomes) <= {"RateLimited", "stored"}, outcomes
+
+
+def _by_distance(peers: list[Contact], key: int) -> list[Contact]:
+    return sorted(peers, key=lambda p: p.id ^ key)
+
+
+@pytest.mark.parametrize("failure", ["refused", "silent"])
+@pytest.mark.parametrize("phase", ["lookup", "store"])
+@pytest.mark.parametrize("operation", ["set", "append"])
+def test_a_write_stored_only_farther_than_peers_that_failed_us_for_our_rate_is_rate_limited(
+        operation: str, phase: str, failure: str) -> None:
+    """The peers closest to the key refuse us for our rate (or, over their limit, stay silent
+    after such a refusal), in the lookup or when asked to store; farther ones store it. Readers
+    ask the closest peers that answer them, so the write fails with RateLimited and nothing is
+    stored here. Once a peer at least as close as each peer that failed us for our rate stores
+    it (the closest, here), the same write succeeds; so does one whose closer peers are silent
+    for no reason of ours (they may be gone: churn, which republishing heals)."""
+    key = key_for(b"value") if operation == "set" else 7
+    outcomes: list[str] = []
+    for limited, failing in [(True, 2), (True, 1), (False, 2)]:
+        node, codec, peers = _node_and_peers()
+        ids = {p.address: p.id for p in peers}
+        order = _by_distance(peers, key)
+        # The closest ``failing`` peers fail (the closest of all only when failing == 2; with
+        # failing == 1 it is the second closest, and the closest stores it).
+        closer = {p.address for p in (order[:2] if failing == 2 else order[1:2])}
+        if limited and failure == "silent":
+            _refuse_for_rate(node, codec, [p for p in peers if p.address in closer], 0.0)
+
+        def reply(address: Address, message: Message, closer: set[Address] = closer,
+                  ids: dict[Address, int] = ids, limited: bool = limited,
+                  ) -> tuple[int, Message] | None:
+            lookup = isinstance(message, (FindNode, FindNodeStore))
+            if address in closer and (phase == "lookup" or not lookup):
+                if limited and failure == "refused":
+                    return ids[address], Error(ErrorCode.RATE_LIMITED, "slow down")
+                return None  # silent
+            if isinstance(message, FindNodeStore):
+                return ids[address], NodesStored((), address not in closer)
+            if isinstance(message, FindNode):
+                return ids[address], Nodes(())
+            return ids[address], Stored()
+
+        call = node.set(b"value", 0.0) if operation == "set" else node.append(key, 8, 0.0)
+        _run(node, codec, call, reply, 0.0)
+        error = call.exception()
+        outcomes.append("stored" if error is None else type(error).__name__)
+        held = (node.store.get_value(key) if operation == "set"
+                else node.store.entry_meta(key, 8)) is not None
+        assert held is (error is None)
+        if error is not None:
+            assert "refused us for our request rate" in str(error), error
+    assert outcomes == ["RateLimited", "stored", "stored"]
+
+
+@pytest.mark.parametrize("operation", ["set", "append"])
+def test_sim_every_write_a_writer_over_its_peers_rate_limit_is_told_stored_is_readable(
+        operation: str) -> None:
+    """Forty writes started at once to peers that take two requests a second (bursts of four):
+    the closest peers to the keys refuse most of them, or drop them, for the writer's rate, and
+    its lookups settle on farther peers that answered. A write those alone stored is not where
+    readers look: it fails with RateLimited. Each write told it was stored is read back by
+    another node, one read every few seconds (within the peers' limits)."""
+    net = SimNetwork(0, config=Config(k=4, request_rate=2.0, request_burst=4))
+    nodes = net.build(16)
+    writer, reader = nodes[0], nodes[-1]
+    keys = ([key_for(b"v%d" % i) for i in range(40)] if operation == "set"
+            else [1 << 200 | i for i in range(40)])
+    calls: list[Call[Any]] = (
+        [net.call(writer, writer.set, b"v%d" % i) for i in range(40)] if operation == "set"
+        else [net.call(writer, writer.append, key, 5) for key in keys])
+    net.run_for(writer.config.operation_timeout + 1)
+    assert all(call.done for call in calls)
+    outcomes = collections.Counter(
+        type(call.exception()).__name__ if call.exception() else "stored" for call in calls)
+    assert outcomes["stored"] and set(outcomes) <= {"RateLimited", "stored"}, outcomes
+    unreadable = []
+    for i, (key, call) in enumerate(zip(keys, calls, strict=True)):
+        if call.exception() is not None:
+            continue
+        net.run_for(3.0)
+        read: Call[Any] = (net.call(reader, reader.get, key) if operation == "set"
+                           else net.call(reader, reader.search, key))
+        try:
+            found: object = net.run_call(read)
+        except OperationTimeout:
+            found = None
+        if found != (b"v%d" % i if operation == "set" else {5}):
+            unreadable.append(i)
+    assert not unreadable, (unreadable, outcomes)
