@@ -73,6 +73,18 @@ def listening(address: tuple[str, int]) -> bool:
         return probe.connect_ex(address) == 0
 
 
+def answers(address: tuple[str, int]) -> bool:
+    """Whether an HTTP server at ``address`` answers a request, on a connection it then closes
+    itself: unlike a bare connect, no connection is left for the server to accept after the
+    probe (and possibly after the server's own close)."""
+    with socket.create_connection(address, timeout=2) as client:
+        client.sendall(b"GET /nothing-here HTTP/1.1\r\nHost: qadom\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := client.recv(4096):
+            reply += chunk
+    return reply.startswith(b"HTTP/1.1 ")
+
+
 def port_free(address: tuple[str, int]) -> bool:
     """Whether a UDP socket can bind ``address`` now."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
@@ -202,7 +214,7 @@ async def test_helper_started_from_another_loop_raises_wrong_loop(
         assert helper.address is not None
         with pytest.raises(WrongLoopError):
             await asyncio.wait_for(helper.start(), 5)
-        assert listening(helper.address)  # still serving, on its own loop
+        assert answers(helper.address)  # still serving, on its own loop
         await asyncio.wait_for(helper.close(), 5)
         assert not listening(helper.address)
     finally:
