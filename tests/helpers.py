@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from qadom import Config, Peer
 from qadom.codec import Codec
@@ -105,3 +105,11 @@ def far_topic(nodes: list[Node], participants: list[Node], k: int, seed: int | N
         if not any(p in closest for p in participants):
             return topic
     raise AssertionError("no such topic in this network")
+
+
+T = TypeVar("T")
+
+
+def on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` on ``loop`` (running in another thread) and return its result."""
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(10)

@@ -8,7 +8,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,33 +17,9 @@ import pytest
 from qadom import Peer, PeerClosedError, WrongLoopError
 from qadom.http import HttpHelper
 
-from helpers import FAST
+from helpers import FAST, on
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def other_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """An event loop running in a thread of its own; stopped and closed after the test."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        assert not thread.is_alive()
-        # A stop ends the loop after the callbacks already due, not those they scheduled (a
-        # closed transport's last step, say): run those here before the loop is closed.
-        for _ in range(3):
-            loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
-
-
-def on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on ``loop`` (running in another thread) and return its result."""
-    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(10)
 
 
 def in_thread(main: Callable[[], T]) -> T:

@@ -5,36 +5,12 @@ anything starts in the node."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
 
 import pytest
 
 from qadom import Peer, UsageError, WrongLoopError
 
-from helpers import FAST
-
-T = TypeVar("T")
-
-
-@pytest.fixture
-def other_loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """An event loop running in a thread of its own; stopped and closed after the test."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield loop
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
-
-
-def on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on ``loop`` (running in another thread) and return its result."""
-    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(10)
+from helpers import FAST, on
 
 
 async def test_operations_from_another_threads_loop_raise_wrong_loop(
