@@ -62,6 +62,10 @@ class Message:
     IS_REQUEST: ClassVar[bool]
     LARGE_REPLY: ClassVar[bool] = False
     """A request whose answer may be large: sent padded to a peer that gave us no token yet."""
+    RATE_OF_ITS_OWN: ClassVar[bool] = False
+    """A request that its handler limits at a rate of its own (a PUBLISH, by the publisher's
+    message rate), so that a RATE_LIMITED answer to it may speak of that rate, not of the rate of
+    our requests to that peer."""
 
 
 # ----------------------------------------------------------------------------- requests

@@ -1229,7 +1229,8 @@ class Node:
         if req.attempts == 1:  # Karn's rule: only unambiguous samples
             self._sample_rtt(now - req.sent_at)
         message = envelope.message
-        if type(message) is Error and message.code == ErrorCode.RATE_LIMITED:
+        if (type(message) is Error and message.code == ErrorCode.RATE_LIMITED
+                and not req.message.RATE_OF_ITS_OWN):  # a PUBLISH over the publishing rate
             self._note_limited(address, now)
         sender = envelope.sender
         if req.expect_id is not None and sender != req.expect_id:

@@ -138,6 +138,7 @@ class Publish(Message):
 
     CODE = 14
     IS_REQUEST = True
+    RATE_OF_ITS_OWN = True  # Config.pubsub_rate, per publisher
     FIELDS = (("key", Kind.ID), ("stream", Kind.UINT64), ("seq", Kind.UINT64),
               ("value", Kind.VALUE))
     key: int

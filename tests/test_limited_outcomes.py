@@ -30,6 +30,7 @@ from qadom.messages import (
     Stored,
 )
 from qadom.node import Node
+from qadom.pubsub import Publish
 from qadom.sim import SimNetwork
 
 from helpers import answer_requests
@@ -245,3 +246,31 @@ def test_sim_every_write_a_writer_over_its_peers_rate_limit_is_told_stored_is_re
         if found != (b"v%d" % i if operation == "set" else {5}):
             unreadable.append(i)
     assert not unreadable, (unreadable, outcomes)
+
+
+@pytest.mark.parametrize("refused", ["nothing", "a publish"])
+def test_a_publish_refused_for_the_publishing_rate_says_nothing_of_our_request_rate(
+        refused: str) -> None:
+    """A relay refuses our PUBLISH for the publisher's message rate (``pubsub_rate``), not for
+    the rate of our requests; when it then leaves, a write that the other closest peers stored
+    succeeds as it would have without that refusal: its silence is a departure."""
+    node, codec, peers = _node_and_peers()
+    key = key_for(b"value")
+    ids = {p.address: p.id for p in peers}
+    closest = min(peers, key=lambda p: p.id ^ key)
+    if refused == "a publish":
+        node.request(closest.address, Publish(1 << 200, 1, 0, b"x"), 0.0)
+        answer_requests(node, codec, lambda address, message: (ids[address], Error(
+            ErrorCode.RATE_LIMITED, "more than 10 messages per second from this sender")), 0.0)
+
+    def reply(address: Address, message: Message) -> tuple[int, Message] | None:
+        if address == closest.address:
+            return None  # gone
+        if isinstance(message, FindNodeStore):
+            return ids[address], NodesStored((), True)
+        return ids[address], Stored()
+
+    call = node.set(b"value", 0.0)
+    _run(node, codec, call, reply, 0.0)
+    assert call.exception() is None
+    assert node.stats["replicas_acked"] == 3
