@@ -70,7 +70,7 @@ from .events import (
 )
 from .ids import ID_BITS, ID_SPACE, check_id, key_for, random_id, random_id_in
 from .info import InfoService, is_loopback
-from .lookup import Lookup
+from .lookup import Lookup, State
 from .messages import (
     Append,
     Challenge,
@@ -195,9 +195,10 @@ class _NodeLookup(Lookup):
     """A lookup run by a node: also what the peers that refused it with an ERROR said, and how
     many stayed silent, so that an operation nobody answered can tell refusals from silence,
     and a rate limit from either (:meth:`Node.unanswered`, :meth:`Node.unreached`); and how
-    close to the target the closest candidate that failed for our request rate was, so that a
-    write stored only farther out can tell (:meth:`Node.replicate`). Counts, the first refusal
-    and one distance only: its memory does not grow with the requests it makes."""
+    close to the target the k closest candidates that failed for our request rate were, so
+    that a write stored only farther out can tell whether readers would reach it
+    (:meth:`Node.overtaken`). Counts, the first refusal and at most k distances: its memory
+    does not grow with the requests it makes."""
 
     # Class defaults: no __init__ call.
     refusals = 0  # requests that failed for an ERROR reply
@@ -205,9 +206,10 @@ class _NodeLookup(Lookup):
     rate_refusals = 0  # of the refusals, those for our request rate (RATE_LIMITED)
     silent = 0  # requests that failed with every attempt unanswered
     silent_limited = 0  # of those, to a peer whose silence our rate explains (Node._silenced)
-    # The smallest distance to the target of a candidate that failed for our rate (refused
-    # RATE_LIMITED, or silent while that explains it); _FAR when none did.
-    limited_distance = _FAR
+    # The distances to the target of the k closest candidates that failed for our rate (refused
+    # RATE_LIMITED, or silent while that explains it), closest first; empty when none did. A
+    # candidate fails at most once, so no distance is there twice.
+    limited_distances: tuple[int, ...] = ()
 
     def on_refusal(self, contact: Contact, error: Error) -> None:
         """``contact`` answered with ``error``: a failure (see :meth:`Lookup.on_failure`),
@@ -234,10 +236,12 @@ class _NodeLookup(Lookup):
                 self._limited(contact)
 
     def _limited(self, contact: Contact) -> None:
-        """``contact`` failed for our request rate: remember how close to the target it is."""
+        """``contact`` failed for our request rate: keep its distance to the target if it is
+        among the k closest of those that did (farther ones cannot change the outcome)."""
         distance = contact.id ^ self.target
-        if distance < self.limited_distance:
-            self.limited_distance = distance
+        kept = self.limited_distances
+        if len(kept) < self.k or distance < kept[-1]:
+            self.limited_distances = tuple(sorted((*kept, distance)))[:self.k]
 
 
 def _describe(error: Error) -> str:
@@ -956,11 +960,13 @@ class Node:
         Raises StorageFull at once, with nothing sent, when our own store has no room for it.
         Fails, with nothing stored here, when there were peers to ask and none of them stored it
         (:meth:`unstored` says how: StorageFull, RateLimited, RemoteError, OperationTimeout),
-        and with RateLimited when only peers farther from the key than one that refused us for
-        our request rate stored it (:meth:`overtaken`: readers would look for it at that closer
-        peer first, and miss it); with no peer known it is stored here alone, and offered to
-        peers as they come (hand-over to a newcomer, and the publisher's republish). A peer
-        whose known contacts all failed of late asks none and fails with OperationTimeout."""
+        and with RateLimited when at least k peers known to be live are closer to the key than
+        the nearest peer that stored it and one of those failed us for our request rate
+        (:meth:`overtaken`: readers would end their lookup among those k, and miss it); with
+        fewer than k of them it succeeds. With no peer known it is stored here alone, and
+        offered to peers as they come (hand-over to a newcomer, and the publisher's republish).
+        A peer whose known contacts all failed of late asks none and fails with
+        OperationTimeout."""
         self.check_value(value)
         key = key_for(value)
         cfg = self.config
@@ -1881,9 +1887,11 @@ class Node:
         """Look up the k closest to ``key`` and have each hold ``message``'s item;
         ``then(acks, error, now)`` with how many of them confirmed it (a republish needs no
         answer) and, when none did although there were peers to ask, why (:meth:`unstored`),
-        or when only peers farther from the key than one that failed us for our request rate
-        did, RateLimited (:meth:`overtaken`); and ``missed(now)`` too if it reached nobody: no
-        peer kept it on the lookup nor answered the request (a refusal is an answer).
+        or RateLimited when at least k peers known to be live (peers that failed us for our
+        request rate, and peers that answered without storing it) are closer to the key than
+        the nearest peer that did and one of those failed us for our rate (:meth:`overtaken`);
+        and ``missed(now)`` too if it reached nobody: no peer kept it on the lookup nor
+        answered the request (a refusal is an answer).
 
         A :class:`Store` of a value of at most ``store_on_lookup_max`` bytes travels with the
         lookup itself (:class:`FindNodeStore`): each peer asked keeps the value if it counts
@@ -1951,40 +1959,57 @@ class Node:
                   silenced: builtins.set[int], stored_by: builtins.set[int], acks: int,
                   ) -> RateLimited | None:
         """Why a write that peers confirmed is not stored where readers look: RateLimited when
-        a peer closer to the key than every peer that stored it failed us for our request rate,
-        in ``lookup`` or among ``replies`` (it refused us RATE_LIMITED, or stayed silent while
-        that explains its silence: its id is in ``silenced``); ``stored_by`` holds the ids of
-        the peers that kept it on the lookup. None when a peer at least as close as each of
-        those stored it, or when none failed for our rate.
+        at least k peers known to be live are closer to the key than the nearest peer that
+        stored it, and at least one of those failed us for our request rate; None otherwise.
 
-        A lookup for the key ends at the k closest that answer it: the writer's, cut short by
-        its own rate, settles on peers farther out, and a reader's, which those closer peers
-        answer, may end among them before it reaches a peer that holds the item (until a
-        republish, within the hour, brings it closer). The rule is cautious: it fails a write
-        that one closer peer refused although readers would most often still find it, so that
-        a write reported stored is one readers find; over the limit, slowing down is the remedy
-        either way. A closer peer that failed for any other reason counts for nothing here: it
-        may be gone, and the closest live peers are where readers look."""
+        ``stored_by`` holds the ids of the peers that kept it on ``lookup``; ``replies`` are
+        those of the peers asked to store it after. A peer failed us for our rate when it
+        refused us RATE_LIMITED, or stayed silent while that explains its silence (its id is
+        in ``silenced``), in ``lookup`` or among ``replies``. Live are those peers (they
+        answer others, within their limits) and the peers that answered ``lookup`` or the
+        store without storing it (a refusal is an answer); a closer peer that failed for any
+        other reason, or that was never asked, counts for nothing here: it may be gone.
+
+        Why k: a reader's lookup for the key goes on until the k closest peers that answer it
+        have answered, so it reaches a peer that holds the item unless k live peers are closer
+        to the key; the writer's lookup, cut short by its own rate, may have settled on peers
+        farther out than a reader's would. With fewer than k closer live peers the write is
+        where readers look; with k or more of them, none of which stored it because some
+        failed for our rate, readers may end among them before they reach it (until a
+        republish, within the hour, brings it closer), and slowing down is the remedy. Only
+        the peers this write heard of are counted: one closer still that it never learnt of
+        may stand between readers and the item, as it may for any write.
+
+        At most k distances are kept of each kind and the lookup's candidates, closest first,
+        are walked only as far as the nearest storer: the cost does not grow with the lookup."""
+        limited = set(lookup.limited_distances) if isinstance(lookup, _NodeLookup) else set()
         key = lookup.target
-        limited = lookup.limited_distance if isinstance(lookup, _NodeLookup) else _FAR
-        nearest = _FAR
+        nearest = min((node_id ^ key for node_id in stored_by), default=_FAR)
         for contact, reply in replies:
             distance = contact.id ^ key
             if isinstance(reply, Stored):
                 nearest = min(nearest, distance)
             elif (contact.id in silenced if reply is None
                   else isinstance(reply, Error) and reply.code == ErrorCode.RATE_LIMITED):
-                limited = min(limited, distance)
-        if limited == _FAR:
+                limited.add(distance)
+        closer_limited = sum(1 for distance in limited if distance < nearest)
+        if not closer_limited:
             return None
-        for node_id in stored_by:
-            nearest = min(nearest, node_id ^ key)
-        if nearest <= limited:
+        # Distances are unique per peer (XOR with one key), so a set of them counts each once:
+        # a peer that answered the lookup and then refused the store for our rate, say.
+        live = {distance for distance in limited if distance < nearest}
+        k = lookup.k
+        for cand in lookup.gathered():  # closest first
+            if cand.distance >= nearest or len(live) >= k:
+                break
+            if cand.state is State.ANSWERED:  # storers are not closer than the nearest one
+                live.add(cand.distance)
+        if len(live) < k:
             return None
         return RateLimited(ErrorCode.RATE_LIMITED,
-                           f"only peers farther from the key stored it ({acks}); closer ones, "
-                           "where readers look for it, refused us for our request rate: slow "
-                           "down")
+                           f"only peers farther from the key stored it ({acks}); {len(live)} "
+                           f"closer ones answer readers, and {closer_limited} of those refused "
+                           "us for our request rate: slow down")
 
     def unstored(self, lookup: Lookup, replies: list[tuple[Contact, Message | None]],
                  silenced: int = 0) -> QadomError | None:

@@ -405,9 +405,9 @@ class Peer:
         was full), RateLimited (one refused it for our rate, or most of those that stayed silent
         had just refused us for it), RemoteError (another refusal) or OperationTimeout (none
         answered, not for our rate, or every contact we know failed of late), and nothing
-        is stored here: try again later. RateLimited too, nothing stored here, when only peers
-        farther from the key than one that refused us for our rate stored it (readers would
-        look at that closer peer first). StorageFull at once, nothing sent, when this peer's own
+        is stored here: try again later. RateLimited too, nothing stored here, when k live
+        peers are closer to the key than every peer that stored it and one of them refused us
+        for our rate (a reader's lookup would end among them). StorageFull at once, nothing sent, when this peer's own
         store has no room for it. A peer that knows no other stores it here alone, and hands it
         to peers as they join."""
         protocol = self._running()

@@ -1,8 +1,8 @@
 """What a writer over its peers' request rate is told: RateLimited, whether the peers said so
 or, over their limit, answered one refusal a second and dropped the rest; OperationTimeout when
-the silence is not explained by our rate; RateLimited too when only peers farther from the key
-than one that failed us for our rate stored the item, where readers do not look. Reads are told
-OperationTimeout, saying why."""
+the silence is not explained by our rate; RateLimited too when k live peers, one of which failed
+us for our rate, are closer to the key than each peer that stored the item: readers end among
+them and do not reach it. Reads are told OperationTimeout, saying why."""
 
 from __future__ import annotations
 
@@ -38,10 +38,11 @@ from helpers import answer_requests
 Reply = Callable[[Address, Message], "tuple[int, Message] | None"]
 
 
-def _node_and_peers(count: int = 4) -> tuple[Node, Codec, list[Contact]]:
-    """A sans-IO node (k = count) whose table holds ``count`` peers, none of them answering
-    yet."""
-    node = Node(node_id=0, now=0.0, config=replace(Config(), k=count))
+def _node_and_peers(count: int = 4, k: int | None = None,
+                    ) -> tuple[Node, Codec, list[Contact]]:
+    """A sans-IO node (k = ``k``, else ``count``) whose table holds ``count`` peers, none of
+    them answering yet."""
+    node = Node(node_id=0, now=0.0, config=replace(Config(), k=count if k is None else k))
     peers = [Contact((i + 1) << 240, (f"10.0.0.{i + 1}", 4000)) for i in range(count)]
     for peer in peers:
         node.table.seen(peer)
@@ -167,48 +168,52 @@ def _by_distance(peers: list[Contact], key: int) -> list[Contact]:
 @pytest.mark.parametrize("operation", ["set", "append"])
 def test_a_write_stored_only_farther_than_peers_that_failed_us_for_our_rate_is_rate_limited(
         operation: str, phase: str, failure: str) -> None:
-    """The peers closest to the key refuse us for our rate (or, over their limit, stay silent
-    after such a refusal), in the lookup or when asked to store; farther ones store it. Readers
-    ask the closest peers that answer them, so the write fails with RateLimited and nothing is
-    stored here. Once a peer at least as close as each peer that failed us for our rate stores
-    it (the closest, here), the same write succeeds; so does one whose closer peers are silent
-    for no reason of ours (they may be gone: churn, which republishing heals)."""
+    """Six peers, k = 4, each with a role by its rank in distance to the key, closest first:
+    R fails us for our rate (refuses RATE_LIMITED, or, over its limit, stays silent after such
+    a refusal), S is silent for no reason of ours, in the lookup or when asked to store; A
+    answers without storing (it is full); K stores. A reader's lookup ends at the k closest
+    that answer it, so a write is not where readers look, and fails with RateLimited with
+    nothing stored here, when k live peers (R and A: R answers others) are closer than each
+    peer that stored it and one of them failed us for our rate. With fewer than k such peers,
+    a closer peer that stored it, or closer peers silent for no reason of ours (they may be
+    gone: churn, which republishing heals), the same write succeeds."""
     key = key_for(b"value") if operation == "set" else 7
-    outcomes: list[str] = []
-    for limited, failing in [(True, 2), (True, 1), (False, 2)]:
-        node, codec, peers = _node_and_peers()
+    cases = {"RRRRKK": "RateLimited", "RAAAKK": "RateLimited", "RRKKKK": "stored",
+             "RAAKKK": "stored", "KRRRRK": "stored", "SSKKKK": "stored"}
+    outcomes: dict[str, str] = {}
+    for roles in cases:
+        node, codec, peers = _node_and_peers(6, k=4)
         ids = {p.address: p.id for p in peers}
-        order = _by_distance(peers, key)
-        # The closest ``failing`` peers fail (the closest of all only when failing == 2; with
-        # failing == 1 it is the second closest, and the closest stores it).
-        closer = {p.address for p in (order[:2] if failing == 2 else order[1:2])}
-        if limited and failure == "silent":
-            _refuse_for_rate(node, codec, [p for p in peers if p.address in closer], 0.0)
+        role = {p.address: r for p, r in zip(_by_distance(peers, key), roles, strict=True)}
+        if failure == "silent":
+            _refuse_for_rate(node, codec, [p for p in peers if role[p.address] == "R"], 0.0)
 
-        def reply(address: Address, message: Message, closer: set[Address] = closer,
-                  ids: dict[Address, int] = ids, limited: bool = limited,
-                  ) -> tuple[int, Message] | None:
+        def reply(address: Address, message: Message, role: dict[Address, str] = role,
+                  ids: dict[Address, int] = ids) -> tuple[int, Message] | None:
             lookup = isinstance(message, (FindNode, FindNodeStore))
-            if address in closer and (phase == "lookup" or not lookup):
-                if limited and failure == "refused":
+            mine = role[address]
+            if mine in "RS" and (phase == "lookup" or not lookup):
+                if mine == "R" and failure == "refused":
                     return ids[address], Error(ErrorCode.RATE_LIMITED, "slow down")
                 return None  # silent
             if isinstance(message, FindNodeStore):
-                return ids[address], NodesStored((), address not in closer)
+                return ids[address], NodesStored((), mine == "K")
             if isinstance(message, FindNode):
                 return ids[address], Nodes(())
+            if mine == "A":
+                return ids[address], Error(ErrorCode.STORAGE_FULL, "full")
             return ids[address], Stored()
 
         call = node.set(b"value", 0.0) if operation == "set" else node.append(key, 8, 0.0)
         _run(node, codec, call, reply, 0.0)
         error = call.exception()
-        outcomes.append("stored" if error is None else type(error).__name__)
+        outcomes[roles] = "stored" if error is None else type(error).__name__
         held = (node.store.get_value(key) if operation == "set"
                 else node.store.entry_meta(key, 8)) is not None
         assert held is (error is None)
-        if error is not None:
+        if error is not None and node.stats["replicas_acked"]:
             assert "refused us for our request rate" in str(error), error
-    assert outcomes == ["RateLimited", "stored", "stored"]
+    assert outcomes == cases
 
 
 @pytest.mark.parametrize("operation", ["set", "append"])
@@ -216,9 +221,10 @@ def test_sim_every_write_a_writer_over_its_peers_rate_limit_is_told_stored_is_re
         operation: str) -> None:
     """Forty writes started at once to peers that take two requests a second (bursts of four):
     the closest peers to the keys refuse most of them, or drop them, for the writer's rate, and
-    its lookups settle on farther peers that answered. A write those alone stored is not where
-    readers look: it fails with RateLimited. Each write told it was stored is read back by
-    another node, one read every few seconds (within the peers' limits)."""
+    its lookups settle on farther peers that answered. A write those alone stored behind k live
+    closer peers is not where readers look: it fails with RateLimited. Each write told it was
+    stored is read back by another node, one read every few seconds (within the peers'
+    limits)."""
     net = SimNetwork(0, config=Config(k=4, request_rate=2.0, request_burst=4))
     nodes = net.build(16)
     writer, reader = nodes[0], nodes[-1]
