@@ -407,9 +407,9 @@ class Peer:
         answered, not for our rate, or every contact we know failed of late), and nothing
         is stored here: try again later. RateLimited too, nothing stored here, when k live
         peers are closer to the key than every peer that stored it and one of them refused us
-        for our rate (a reader's lookup would end among them). StorageFull at once, nothing sent, when this peer's own
-        store has no room for it. A peer that knows no other stores it here alone, and hands it
-        to peers as they join."""
+        for our rate (a reader's lookup would end among them). StorageFull at once, nothing
+        sent, when this peer's own store has no room for it. A peer that knows no other stores
+        it here alone, and hands it to peers as they join."""
         protocol = self._running()
         return await self._run(protocol.node.set(value, protocol.now()))
 
