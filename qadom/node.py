@@ -463,14 +463,9 @@ class _Probe:
         if run is not None:
             return run
         node = self.node
-        cfg = node.config
         # The probe was chosen past ``skip`` when the lookup started: it is a candidate
         # whatever befell its address since (a failure, a ban), as it was from the start.
-        lookup = _NodeLookup(self.target, cfg.k, cfg.alpha, (self.contact,), own_id=node.id,
-                             likely=self.likely, later=self.seeds, network=_network,
-                             max_per_network=cfg.max_lookup_contacts_per_prefix,
-                             max_candidates=cfg.lookup_max_candidates,
-                             max_requests=cfg.lookup_max_requests)
+        lookup = node._new_lookup(self.target, (self.contact,), None, self.likely, self.seeds)
         lookup._skip = self.skip
         lookup.next_requests()  # the probe, asked alone
         run = self.run = _LookupRun(node, lookup, self.lookup_id, self.kind, self.message,
@@ -1848,17 +1843,9 @@ class Node:
                 light.hedge_timer = self._schedule(now + self.probe_hedge, light.hedge)
                 return
             # The probe is built alone; the other seeds only if it misses.
-            lookup = _NodeLookup(target, cfg.k, cfg.alpha, (nearest,), own_id=self.id, skip=skip,
-                                 likely=likely, later=seeds, network=_network,
-                                 max_per_network=cfg.max_lookup_contacts_per_prefix,
-                                 max_candidates=cfg.lookup_max_candidates,
-                                 max_requests=cfg.lookup_max_requests)
+            lookup = self._new_lookup(target, (nearest,), skip, likely, seeds)
         else:
-            lookup = _NodeLookup(target, cfg.k, cfg.alpha, seeds(), own_id=self.id, skip=skip,
-                                 likely=likely, network=_network,
-                                 max_per_network=cfg.max_lookup_contacts_per_prefix,
-                                 max_candidates=cfg.lookup_max_candidates,
-                                 max_requests=cfg.lookup_max_requests)
+            lookup = self._new_lookup(target, seeds(), skip, likely)
         touched_before = table.touch(target, now)
         run = _LookupRun(self, lookup, self._lookup_seq, kind, message, on_message, on_finish,
                          call, now)
@@ -1867,6 +1854,18 @@ class Node:
             run.emit(LookupStarted(run.lookup_id, now, target, kind,
                                    tuple(c.contact for c in lookup.gathered())))
         run.pump(now)
+
+    def _new_lookup(self, target: int, initial: Iterable[Contact],
+                    skip: Callable[[Contact], bool] | None,
+                    likely: Callable[[Contact], bool] | None,
+                    later: Callable[[], Iterable[Contact]] | None = None) -> _NodeLookup:
+        """A lookup for ``target`` with this node's limits (see :class:`Lookup`)."""
+        cfg = self.config
+        return _NodeLookup(target, cfg.k, cfg.alpha, initial, own_id=self.id, skip=skip,
+                           likely=likely, later=later, network=_network,
+                           max_per_network=cfg.max_lookup_contacts_per_prefix,
+                           max_candidates=cfg.lookup_max_candidates,
+                           max_requests=cfg.lookup_max_requests)
 
     def find_closest(self, target: int, now: float,
                     then: Callable[[list[Contact], float], None],
