@@ -193,8 +193,8 @@ class NamespaceRecord:
         """Raise :class:`~qadom.errors.BadSignature` unless the signature verifies."""
         if not self.is_valid():
             raise BadSignature(
-                f"the signature of seq {self.seq} of key {self.key} does not verify with public "
-                f"key {self.public_key.hex()} over the documented signed bytes")
+                f"the signature of seq {self.seq} of key {self.key:064x} does not verify with "
+                f"public key {self.public_key.hex()} over the documented signed bytes")
 
     def is_valid(self) -> bool:
         """Whether the signature verifies (and the fields have their sizes)."""
@@ -234,7 +234,7 @@ class NamespaceRecord:
         return cls(public_key, int.from_bytes(key, "big"), seq, value, signature)
 
     def __repr__(self) -> str:
-        return (f"NamespaceRecord(public_key={self.public_key.hex()[:16]}…, key={self.key}, "
+        return (f"NamespaceRecord(public_key={self.public_key.hex()[:16]}…, key={self.key:064x}, "
                 f"seq={self.seq}, value=<{len(self.value)} bytes>)")
 
 
@@ -248,10 +248,10 @@ def supersedes(new: NamespaceRecord, old: NamespaceRecord | None) -> bool:
     if new.seq == old.seq and new.value == old.value:
         return False
     if new.seq == old.seq:
-        raise StaleSequence(f"seq {new.seq} of key {new.key} is already stored with another "
-                            "value; a change needs a higher seq", old.seq)
-    raise StaleSequence(f"seq {new.seq} of key {new.key} is older than the stored seq {old.seq}",
-                        old.seq)
+        raise StaleSequence(f"seq {new.seq} of key {new.key:064x} is already stored with "
+                            "another value; a change needs a higher seq", old.seq)
+    raise StaleSequence(f"seq {new.seq} of key {new.key:064x} is older than the stored seq "
+                        f"{old.seq}", old.seq)
 
 
 def newest(records: Iterable[NamespaceRecord]) -> NamespaceRecord | None:
@@ -584,7 +584,7 @@ class NamespaceService:
                 return
             if held is not None:
                 call.fail(StaleSequence(
-                    f"a replica holds seq {held.seq} of key {record.key}, which seq "
+                    f"a replica holds seq {held.seq} of key {record.key:064x}, which seq "
                     f"{record.seq} may not replace ({asked} asked)", held.seq))
                 return
             if full and not acks:
@@ -629,8 +629,7 @@ class NamespaceService:
                 try:
                     supersedes(record, held)
                 except StaleSequence as exc:
-                    call.fail(StaleSequence(
-                        f"a replica holds seq {held.seq} of key {record.key}: {exc}", held.seq))
+                    call.fail(StaleSequence(f"a replica holds seq {held.seq}: {exc}", held.seq))
                     lookup.stop()
                     return ()
                 return message.nodes
@@ -686,7 +685,7 @@ class NamespaceService:
             best = newest([*found, local] if local is not None else found)
             if best is None:
                 call.fail(NotFoundError(
-                    f"no peer reached holds key {key} of public key {public_key.hex()}")
+                    f"no peer reached holds key {key:064x} of public key {public_key.hex()}")
                     if answers else node.unanswered(lookup))
                 return
             call.resolve(best)

@@ -917,7 +917,7 @@ class Node:
             elif not lookup.closest():
                 call.fail(self.unanswered(lookup))
             else:
-                call.fail(NotFoundError(f"no peer reached holds key {key}"))
+                call.fail(NotFoundError(f"no peer reached holds key {key:064x}"))
 
         def hit(message: Message) -> bool:
             return isinstance(message, Value) and key_for(message.value) == key
@@ -2216,8 +2216,20 @@ class Node:
         upkeep with contacts). A store that refuses the renewal is logged and counted as a
         refused upkeep step (:meth:`_store_step`); their lifetime is then renewed by the first
         upkeep with contacts, which republishes them (until then what we send of them carries
-        what is left of their lifetime)."""
+        what is left of their lifetime).
+
+        First, no saved time is left later than this node would set it now
+        (:meth:`~qadom.storage.Store.cap_times`): a republish of our own at most
+        ``publisher_renew_after`` from now, of an item or record held for others at most
+        ``republish_interval`` from now, and every lifetime at most ``expire_time`` from now,
+        the longest any write gives (a publication, a renewal, a STORE's TTL, capped at it). The
+        store keeps times as the node's clock read them, in Unix seconds: a node restarted with
+        its clock set back after it ran ahead would otherwise renew its items only once the
+        time its clock was ahead had passed, after every replica had expired."""
         cfg = self.config
+        with self._store_step("bound the saved times"):
+            self.store.cap_times(now + cfg.publisher_renew_after, now + cfg.republish_interval,
+                                 now + cfg.expire_time)
         with self._store_step("renew our own items"):
             self.store.renew_originals(now + cfg.maintenance_interval, now + cfg.expire_time)
 

@@ -454,7 +454,8 @@ def test_a_script_whose_operation_fails_says_so_in_one_line() -> None:
         address = _start_peer0(children)
         for env, reason in [
             (_env(QADOM_PORT="0", QADOM_BOOTSTRAP=address),
-             f"peer2: no peer reached holds key {KEY}; peers/peer1.py stores it: run it first"),
+             f"peer2: no peer reached holds key {KEY:064x}; peers/peer1.py stores it: "
+             "run it first"),
             (_env(QADOM_PORT="0", QADOM_BOOTSTRAP=""), "peer2: no peer known to ask"),
         ]:
             done = subprocess.run([sys.executable, str(PEERS / "peer2.py")], env=env,
