@@ -643,10 +643,17 @@ class DhtRecordService:
         record), then sent to the k closest, which check it again. Fails with Unauthorized or
         ValueTooLarge when refused by us or by every holder; stores locally once accepted, as
         the record's original publisher (renewed every 24 hours until :meth:`forget`).
+
+        Raises StorageFull at once, with nothing sent, when our own store has no room for the
+        record the write makes of our copy (:meth:`_landing`); an overwrite of a record we hold
+        needs room only for what it adds. Checked again when the lookup ends: if our copy or
+        our store changed meanwhile so that the write no longer lands or fits here, the put
+        fails so, still with nothing sent. A store that fills up (or a disk that fails) while
+        the write is on its way to the k closest fails it with StorageFull after they stored it.
         """
         node = self.node
         key = storage_key(check_key(write.key, self.config))
-        apply_write(load(node.store, key, self.config, now), write, now, self.config)
+        self._landing(key, write, now)
         call: Call[PutResult] = node.new_call("dht_put", now)
         seen: list[Record] = []
 
@@ -666,6 +673,7 @@ class DhtRecordService:
             try:
                 for record in seen:
                     apply_write(record, write, now, self.config)
+                self._landing(key, write, now)  # our copy, and our room, as they are now
             except QadomError as exc:
                 call.fail(exc)
                 return
@@ -736,6 +744,27 @@ class DhtRecordService:
             return None
         if not all(_pinned(entry.exp_time) for entry in record.entries):
             return None  # a copy a holder took before EXP_TIME_LIMIT: not used, no lie either
+        return record
+
+    def _landing(self, key: int, write: Record, now: float) -> Record:
+        """The record ``write`` makes of our copy of ``key``, which our store has room for:
+        Unauthorized or ValueTooLarge as :func:`apply_write` says, StorageFull past our quotas
+        (counted as :meth:`Store.put_record` counts them, with cached copies, which it evicts
+        for us, as room). A record held under ``key``, expired or not, is replaced in place:
+        it costs no new item, and its bytes count as free; a new one is one more item of ours.
+        A write refused here is never sent: the k closest would keep a record we report as
+        not written (and a SECURED key would be claimed for a day)."""
+        store = self.node.store
+        record = apply_write(load(store, key, self.config, now), write, now, self.config)
+        size = len(encode_record(record))
+        quotas = store.quotas
+        held = store.get_record(RECORD_KIND, key)  # without now: what put_record would replace
+        if held is None:
+            quotas.check("", size, freeable=quotas.cached_bytes,
+                         freeable_items=quotas.cached_items)
+        elif (quotas.total_bytes - len(held) + size
+              > quotas.config.max_store_bytes + quotas.cached_bytes):
+            raise StorageFull("this node's storage is full")
         return record
 
     def _send_to(self, contacts: list[Contact], key: int, write: Record, now: float,

@@ -406,6 +406,78 @@ def test_a_put_that_every_holder_refuses_as_full_fails() -> None:
     assert all(n.store.get_record(RECORD_KIND, storage_key("k")) is None for n in holders_)
 
 
+def records_held(nodes: list[Node], *keys: str) -> list[dict[str, bytes]]:
+    """What each node's store holds of the /dht records of ``keys``."""
+    return [{key: data for key in keys
+             if (data := n.store.get_record(RECORD_KIND, storage_key(key))) is not None}
+            for n in nodes]
+
+
+def network_with_writer(writer_config: Config) -> tuple[SimNetwork, Node, list[Node]]:
+    """Twelve nodes (k=5) and a writer among them, with its own config, holding nothing."""
+    network = SimNetwork(seed=21, config=Config(k=5))
+    others = network.add_nodes(12)
+    writer = network.add_node(config=writer_config)
+    network.run_call(network.call(writer, writer.bootstrap, [network.address_of(others[0])]))
+    return network, writer, others
+
+
+FIRST = write(ALICE, "first", "v1")
+
+
+@pytest.mark.parametrize("quota", ["items", "bytes"])
+def test_a_put_through_a_node_whose_store_is_full_fails_with_nothing_sent(quota: str) -> None:
+    # The writer's store takes exactly one record: FIRST.
+    room = (Config(k=5, max_store_items=1) if quota == "items"
+            else Config(k=5, max_store_bytes=len(encode_record(FIRST))))
+    network, writer, others = network_with_writer(room)
+    network.run_call(network.call(writer, writer.dht_records.put, FIRST))
+    assert writer.store.quotas.total_items == 1 and len(holders(others, "first")) == 5
+    before = records_held(others, "first", "second")
+    with pytest.raises(StorageFull):  # at once: nothing reaches the network
+        network.call(writer, writer.dht_records.put, write(ALICE, "second", "v"))
+    network.run_for(30)
+    assert records_held(others, "first", "second") == before
+    assert writer.dht_records.local("second", network.now) is None
+    # The key is still free: another owner writes it through a node with room.
+    other = others[3]
+    network.run_call(network.call(other, other.dht_records.put, write(BOB, "second", "mine")))
+
+
+def test_an_overwrite_into_a_full_store_needs_room_only_for_what_it_adds() -> None:
+    network, writer, others = network_with_writer(
+        Config(k=5, max_store_items=1, max_store_bytes=len(encode_record(FIRST))))
+    network.run_call(network.call(writer, writer.dht_records.put, FIRST))
+    # The owner's overwrite of the same size replaces the record in the room it holds.
+    result = network.run_call(network.call(writer, writer.dht_records.put,
+                                           write(ALICE, "first", "v2")))
+    assert result.stored == 5
+    got = network.run_call(network.call(others[7], others[7].dht_records.get, "first"))
+    assert got.entries[0].data == "v2"
+    # One that grows the record past the byte quota is refused before it is sent, as is a
+    # record of another key (one more item): the holders keep v2, as the writer does.
+    before = records_held(others, "first", "other")
+    for refused in (write(ALICE, "first", "v3, longer"), write(BOB, "other", "v")):
+        with pytest.raises(StorageFull):
+            network.call(writer, writer.dht_records.put, refused)
+    network.run_for(30)
+    assert records_held(others, "first", "other") == before
+    assert writer.dht_records.local("first", network.now) == write(ALICE, "first", "v2")
+
+
+def test_a_put_whose_room_is_taken_during_its_lookup_fails_with_nothing_sent() -> None:
+    network, writer, others = network_with_writer(Config(k=5, max_store_items=1))
+    call = network.call(writer, writer.dht_records.put, write(ALICE, "second", "v"))
+    # While the lookup runs, a record sent to the writer takes its one item.
+    first = encode_record(FIRST)
+    stored = writer.dht_records._handle_put(DhtPut(first), None, ("127.0.0.9", 1), network.now)
+    assert isinstance(stored, Stored)
+    with pytest.raises(StorageFull):
+        network.run_call(call)
+    network.run_for(30)
+    assert records_held(others, "second") == [{}] * len(others)
+
+
 # ---------------------------------------------------------------------------- lifecycle
 
 HOUR = 3600.0
