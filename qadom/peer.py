@@ -554,7 +554,8 @@ class Peer:
         ours): a peer restarted with the same data dir is the same node. What expired while the
         node was down is dropped before it serves anything (the node's clock is Unix time), not
         a maintenance interval later. StoreUnusable (an OSError naming the file, which is left
-        as it was) when the file there cannot be a qadom store."""
+        as it was) when the file there cannot be a qadom store; StorageUnavailable when its disk
+        is too full to open it."""
         store = SqliteStore(data_dir / "qadom.sqlite3", self.config)
         try:
             saved = store.get_meta("node_id")

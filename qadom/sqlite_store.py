@@ -16,7 +16,9 @@ its store left). A store is stamped with qadom's ``application_id`` and its sche
 Anything else is refused with :class:`StoreUnusable` and left exactly as it was: a file that is
 not an SQLite database (corrupt, truncated, something else), a database of another program, one
 written by a newer qadom (a schema this code does not know), or a file this process cannot open
-or write (the stamp is written again at every opening to prove the file can be written). The
+or write (the stamp is written again at every opening to prove the file can be written). A
+file whose disk is too full to stamp it is no fault of the file: opening it raises
+:class:`~qadom.errors.StorageUnavailable`, which says so, and leaves everything stored in it. The
 store holds an exclusive lock (on a file beside the database, its name and ``.lock``) while it is
 open, so two stores never share one file, even through a symbolic link from another data dir: the
 second is refused with :class:`~qadom.errors.DataDirInUse`.
@@ -228,8 +230,9 @@ class SqliteStore:
     One thread at a time may use it, not necessarily the one that opened it: a peer's store is
     used on its loop's thread, and may be closed from another once that loop has ended.
 
-    :class:`StoreUnusable` (the file left as it was) when the file cannot be a qadom store; see
-    the module docstring."""
+    :class:`StoreUnusable` (the file left as it was) when the file cannot be a qadom store,
+    :class:`~qadom.errors.StorageUnavailable` when its disk is too full to open it; see the
+    module docstring."""
 
     def __init__(self, path: str | Path, config: Config | None = None) -> None:
         self.config = config or Config()
@@ -269,6 +272,10 @@ class SqliteStore:
             self._db.close()
             self._lock.close()
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code == sqlite3.SQLITE_FULL:  # the disk, not the file: nothing in it is lost
+                raise StorageUnavailable(
+                    f"the disk holding the store {str(self.path)!r} is full ({exc}); nothing "
+                    "stored in it was lost: free some room on it and start again") from None
             if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
                 raise StoreUnusable(self.path, f"this process cannot write it: {exc}") from None
             raise StoreUnusable(self.path, f"cannot use it as a qadom store: {exc}") from None
@@ -308,7 +315,8 @@ class SqliteStore:
 
     def _open(self) -> None:
         """Check what the file holds before writing anything to it, then create or upgrade the
-        schema and count the quotas."""
+        schema and count the quotas, in one transaction that a refusal rolls back: a file
+        refused here is left byte for byte as it was."""
         db = self._db
         # The first read of the file: SQLite checks its header here ("file is not a database").
         application_id = int(db.execute("PRAGMA application_id").fetchone()[0])
@@ -323,14 +331,17 @@ class SqliteStore:
         if version > SCHEMA_VERSION:
             raise StoreUnusable(self.path, f"written by a newer qadom (schema {version}, this "
                                 f"one knows {SCHEMA_VERSION}); it was left as it is")
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
-        db.execute(f"PRAGMA journal_size_limit={int(self.config.sqlite_wal_limit)}")
         # Created or upgraded, and stamped, in one transaction: a process killed meanwhile leaves
         # the file as it was, never some of the tables without the others.
         # The stamp is written at every opening, so that a file this process can read but not
         # write (its mode, a read-only mount) is refused here, with StoreUnusable, rather than
         # serving while it refuses every write.
+        # The tables are counted inside that transaction: counting reads every page of them,
+        # and a damaged one refuses the file, whose transaction is then rolled back. Only then
+        # is the file switched to WAL (a file from before the stamp may have kept SQLite's
+        # rollback journal), as that switch writes the file's header at once: a refused file is
+        # left exactly as it was. That transaction runs with SQLite's default synchronous
+        # (FULL), the safe one with a rollback journal.
         with db:
             db.execute("BEGIN IMMEDIATE")
             self._execute_all(SCHEMA)
@@ -339,7 +350,15 @@ class SqliteStore:
             self._execute_all(RECORD_INDEXES)
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        self._load_counts()
+            legacy = self._load_counts()
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.config.sqlite_synchronous.upper()}")
+        db.execute(f"PRAGMA journal_size_limit={int(self.config.sqlite_wal_limit)}")
+        # One read in WAL mode opens the write-ahead log now, so that the store holds SQLite's
+        # shared lock on the file from its opening on, whatever journal the file had.
+        db.execute("PRAGMA schema_version").fetchone()
+        if legacy and self._rekey_sources(legacy):
+            self._load_counts()
 
     def _execute_all(self, script: str) -> None:
         """The statements of ``script``, in the transaction under way (executescript would
@@ -379,9 +398,11 @@ class SqliteStore:
         if "digest" not in present:
             self._db.execute("ALTER TABLE vals ADD COLUMN digest BLOB")
 
-    def _load_counts(self, *, rekey: bool = True) -> None:
+    def _load_counts(self) -> set[str]:
         """Count what the file holds, per source, and what cached copies hold (the quotas), and
-        what :meth:`stats` reports: the one time the whole file is counted."""
+        what :meth:`stats` reports: the one time the whole file is counted (twice when its rows
+        are charged to their host anew). Returns the tables with rows charged to a source that
+        is not a host key (see :meth:`_rekey_sources`)."""
         quotas = self.quotas = Quotas(self.config)
         counts = self._counts = _Counts()
         legacy: set[str] = set()  # tables with rows charged to a source that is not a host key
@@ -399,14 +420,13 @@ class SqliteStore:
                     counts.entries += int(count)
                 else:
                     counts.records += int(count)
-        if legacy and rekey and self._rekey_sources(legacy):
-            return self._load_counts(rekey=False)
         counts.entry_keys = int(self._db.execute(
             "SELECT COUNT(DISTINCT key) FROM entries").fetchone()[0])
         cached_bytes, cached_items = self._db.execute(
             "SELECT COALESCE(SUM(length(value)), 0), COUNT(*) FROM vals WHERE cached = 1"
         ).fetchone()
         quotas.cached_bytes, quotas.cached_items = int(cached_bytes), int(cached_items)
+        return legacy
 
     def _rekey_sources(self, tables: set[str]) -> bool:
         """Charge the rows of ``tables`` to the host key of their source, in one transaction,
@@ -820,6 +840,28 @@ class SqliteStore:
                     "WHERE (expires < ? OR expires = 9e999) AND original = 1",
                     (expires, before)).rowcount
         return renewed
+
+    def cap_times(self, ours: float, others: float, expires: float) -> int:
+        """See :meth:`Store.cap_times <qadom.storage.Store.cap_times>`: one UPDATE of each
+        table in one transaction, each reading the rows beyond a bound through the republish
+        and expiry indexes (SQLite's OR of index ranges), not the whole table. The range of the
+        others' republish times holds our own items due later than ``others`` too: a node's own
+        publications, few beside what it holds for others."""
+        beyond = ("(republish_at > :others AND republish_at < 9e999 AND original = 0) "
+                  "OR (republish_at > :ours AND republish_at < 9e999 AND original = 1) "
+                  "OR (expires > :expires AND expires < 9e999)")
+        bounds = {"ours": ours, "others": others, "expires": expires}
+        capped = 0
+        with self._writing():
+            for table in ("vals", "entries", "records"):
+                capped += self._db.execute(
+                    f"UPDATE {table} SET republish_at = CASE "
+                    "WHEN republish_at >= 9e999 THEN republish_at "
+                    "WHEN original = 1 THEN MIN(republish_at, :ours) "
+                    "ELSE MIN(republish_at, :others) END, "
+                    "expires = CASE WHEN expires >= 9e999 THEN expires "
+                    f"ELSE MIN(expires, :expires) END WHERE {beyond}", bounds).rowcount
+        return capped
 
     # ------------------------------------------------------------------ records, contacts, meta
 

@@ -379,6 +379,17 @@ class Store(Protocol):
         migrated from before records had a lifecycle (see :class:`~qadom.node.Node`)."""
         ...
 
+    def cap_times(self, ours: float, others: float, expires: float) -> int:
+        """Bring back every saved time that lies later than a write could set it now, and
+        return how many items and records changed: the republish time of our own items and
+        records (``original``) to at most ``ours``, that of the others (held for their
+        publishers) to at most ``others``, and the lifetime of every one to at most
+        ``expires``. NEVER stays NEVER (an item kept off the schedule, a record that never
+        expires). What a node does before it serves (see :class:`~qadom.node.Node`): times are
+        kept as the node's clock read them, and one restarted with its clock set back would
+        otherwise wait out the time its clock was ahead, its replicas expiring meanwhile."""
+        ...
+
     def get_record(self, kind: str, key: int, now: float | None = None) -> bytes | None:
         """The record of ``kind`` (a service's name, e.g. ``"namespace"``) stored under ``key``
         (with ``now``: unless it has expired)."""
@@ -716,6 +727,30 @@ class MemoryStore:
                 renewed += 1
         return renewed
 
+    def cap_times(self, ours: float, others: float, expires: float) -> int:
+        """See :meth:`Store.cap_times`: a scan of everything held, done once, when a node starts
+        (as :meth:`renew_originals`)."""
+        capped = 0
+        for key, (blob, old) in list(self._values.items()):
+            meta = _capped(old, ours, others, expires)
+            if meta is not old:
+                self._values[key] = (blob, meta)
+                self._index_value(key, old, meta)
+                capped += 1
+        for (key, value), old in list(self._entries.items()):
+            meta = _capped(old, ours, others, expires)
+            if meta is not old:
+                self._entries[(key, value)] = meta
+                self._index_entry(key, value, old, meta)
+                capped += 1
+        for (kind, key), (data, old) in list(self._records.items()):
+            meta = _capped(old, ours, others, expires)
+            if meta is not old:
+                self._records[(kind, key)] = (data, meta)
+                self._index_record(kind, key, old, meta)
+                capped += 1
+        return capped
+
     # ------------------------------------------------------------------ records, contacts, meta
 
     def get_record(self, kind: str, key: int, now: float | None = None) -> bytes | None:
@@ -911,6 +946,19 @@ class MemoryStore:
             self._keys.add(key)
         elif not keep:
             self._keys.discard(key)
+
+
+def _capped(meta: Meta, ours: float, others: float, expires: float) -> Meta:
+    """``meta`` with its times brought back as :meth:`Store.cap_times` says; ``meta`` itself
+    when neither lies beyond its bound."""
+    republish_at = ours if meta.original else others
+    if meta.republish_at == NEVER or meta.republish_at <= republish_at:
+        republish_at = meta.republish_at
+    if meta.expires == NEVER or meta.expires <= expires:
+        expires = meta.expires
+    if republish_at == meta.republish_at and expires == meta.expires:
+        return meta
+    return replace(meta, republish_at=republish_at, expires=expires)
 
 
 def _expired(meta: Meta, now: float) -> bool:

@@ -19,7 +19,7 @@ import pytest
 import qadom
 from qadom import Config
 from qadom.contact import Contact
-from qadom.errors import QadomError, StorageFull
+from qadom.errors import QadomError, StorageFull, StorageUnavailable
 from qadom.ids import ID_SPACE, id_to_bytes, key_for
 from qadom.sqlite_store import SqliteStore
 from qadom.storage import NEVER, Meta
@@ -83,6 +83,77 @@ def test_a_database_from_a_newer_qadom_is_refused(tmp_path: Path) -> None:
         assert db.execute("PRAGMA user_version").fetchone()[0] == version + 1
     finally:
         db.close()
+
+
+def _stored(path: Path, *, before_the_stamp: bool) -> None:
+    """A store of 200 values of 300 bytes in ``path``, closed; ``before_the_stamp``: as a qadom
+    from before the stamp left it (a rollback journal, no application_id or user_version)."""
+    store = SqliteStore(path, DEFAULT)
+    try:
+        for i in range(200):
+            store.put_value(*_value(i, 300), Meta(1e12, source="10.0.0.1"))
+    finally:
+        store.close()
+    if before_the_stamp:
+        db = sqlite3.connect(path)
+        db.execute("PRAGMA journal_mode=DELETE")
+        db.execute("PRAGMA application_id = 0")
+        db.execute("PRAGMA user_version = 0")
+        db.commit()
+        db.close()
+
+
+@pytest.mark.parametrize("before_the_stamp", [False, True], ids=["current", "before-stamp"])
+def test_a_store_with_a_damaged_table_page_is_refused_and_left_byte_for_byte(
+        tmp_path: Path, before_the_stamp: bool) -> None:
+    path = tmp_path / "qadom.sqlite3"
+    _stored(path, before_the_stamp=before_the_stamp)
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    page = data.find(_value(100, 300)[1]) // page_size  # a leaf page of the values' table
+    assert page > 0
+    data[page * page_size:(page + 1) * page_size] = b"\xa5" * page_size
+    path.write_bytes(data)
+    before = bytes(data)
+    # Found when the tables are counted, after the checks of the header and the schema.
+    assert "malformed" in str(refused(path))
+    assert path.read_bytes() == before  # neither switched to WAL, nor stamped, nor upgraded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qadom.sqlite3", "qadom.sqlite3.lock"]
+
+
+def test_a_full_disk_at_start_says_so_and_leaves_the_store_as_it_was(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "qadom.sqlite3"
+    _stored(path, before_the_stamp=True)
+    db = sqlite3.connect(path)  # the records' indexes to create again: the file must grow
+    for index in ("records_republish", "records_expires", "records_key"):
+        db.execute(f"DROP INDEX {index}")
+    db.execute("VACUUM")
+    db.close()
+    before = path.read_bytes()
+    connect = sqlite3.connect
+
+    def no_room(*args: object, **kwargs: object) -> sqlite3.Connection:
+        """A connection whose file may not grow: SQLite's "database or disk is full"."""
+        db = connect(*args, **kwargs)  # type: ignore[arg-type]
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+        return db
+
+    monkeypatch.setattr(sqlite3, "connect", no_room)
+    with pytest.raises(StorageUnavailable) as info:
+        SqliteStore(path, DEFAULT).close()
+    message = str(info.value)
+    assert "is full" in message and "nothing stored in it was lost" in message, message
+    assert str(path) in message and "qadom store" not in message
+    assert path.read_bytes() == before
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    again = SqliteStore(path, DEFAULT)  # room again: it opens, with everything it held
+    try:
+        assert again.stats()["values"] == 200
+        assert again.get_value(_value(7, 300)[0]) == _value(7, 300)[1]
+    finally:
+        again.close()
 
 
 def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
@@ -229,6 +300,7 @@ def test_every_per_operation_query_is_served_by_an_index(tmp_path: Path) -> None
         store.forget(7)
         store.expire(110.0)
         store.renew_originals(120.0, 500.0)
+        store.cap_times(130.0, 125.0, 140.0)
     finally:
         store._db.set_trace_callback(None)
     scans = []

@@ -6,6 +6,7 @@ import contextlib
 import random
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cbor2
@@ -13,6 +14,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from qadom import Config, NamespaceRecord, Node
+from qadom import storage as storage_module
 from qadom.contact import Contact
 from qadom.dhtrecords import SECURED, Record, encode_record, make_entry
 from qadom.dhtrecords import storage_key as dht_key
@@ -637,6 +639,64 @@ def test_a_node_restarted_after_a_day_down_sends_its_own_items_with_a_full_lifet
                                                                                    DEFAULT)
     finally:
         store.close()
+
+
+def test_a_node_restarted_with_its_clock_set_back_keeps_no_time_beyond_its_own(
+        make_store: type) -> None:
+    # Everything here was stored while the node's clock ran an hour ahead; it starts again with
+    # the clock set right. Unix times are kept, so each would otherwise come an hour late: our
+    # own renewal among them, after every replica had expired.
+    store: Store = make_store()
+    now, ahead = 1000.0, 1000.0 + 3600.0
+    day, renew, hour = DEFAULT.expire_time, DEFAULT.publisher_renew_after, 3600.0
+    theirs = Meta(ahead + day, ahead + DEFAULT.republish_interval, source="10.0.0.1")
+    store.put_value(1, b"ours", published_meta(ahead, DEFAULT))
+    store.put_value(2, b"theirs", theirs)
+    store.put_value(3, b"cached", Meta(ahead + day, cached=True))  # never republished
+    store.put_value(4, b"forgotten", Meta(ahead + day))  # ours once, off the schedule
+    store.put_value(5, b"in time", Meta(now + 100.0, now + 50.0, source="10.0.0.1"))
+    store.add_entry(6, 7, replace(theirs, expires=now + 200.0))
+    store.add_entry(6, 8, published_meta(ahead, DEFAULT))
+    store.put_record("namespace", 9, b"r", ahead, meta=published_meta(ahead, DEFAULT))
+    store.put_record("dht", 10, b"r", ahead, meta=theirs)
+    store.put_record("identity", 11, b"me", ahead)  # no lifecycle: never expires
+
+    Node(config=DEFAULT, store=store, now=now)
+
+    assert store.value_meta(1) == published_meta(now, DEFAULT)
+    assert store.value_meta(2) == Meta(now + day, now + hour, source="10.0.0.1")
+    assert store.value_meta(3) == Meta(now + day, cached=True)
+    assert store.value_meta(4) == Meta(now + day)
+    assert store.value_meta(5) == Meta(now + 100.0, now + 50.0, source="10.0.0.1")
+    assert store.entry_meta(6, 7) == Meta(now + 200.0, now + hour, source="10.0.0.1")
+    assert store.entry_meta(6, 8) == published_meta(now, DEFAULT)
+    assert store.record_meta("namespace", 9) == published_meta(now, DEFAULT)
+    assert store.record_meta("dht", 10) == Meta(now + day, now + hour, source="10.0.0.1")
+    assert store.record_meta("identity", 11) == Meta(NEVER)
+    # Due, and expired, on the node's own clock.
+    assert [(d.key, d.item) for d in store.due(now + hour, 10)] == [
+        (5, b"in time"), (2, b"theirs"), (6, 7)]
+    assert [(d.key, d.item) for d in store.due(now + renew, 10)][-2:] == [(1, b"ours"), (6, 8)]
+    assert [d.key for d in store.due_records(now + renew, 10)] == [10, 9]
+    assert store.expire(now + day - 1) == 2  # the entry and the value held in time
+    assert store.expire(now + day) == 4 and store.get_value(3) is None
+    assert store.cap_times(now + renew, now + hour, now + day) == 0  # nothing left beyond
+
+
+def test_capped_times_keep_the_memory_stores_indexes_exact(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage_module, "INDEX_AT", 0)  # indexed from the first item
+    store = MemoryStore(DEFAULT)
+    for key in range(1, 5):
+        store.put_value(key, bytes([key]), Meta(5000.0 + key, 4000.0 + key))
+    store.put_value(5, b"cached", Meta(5000.0, cached=True))
+    store.add_entry(9, 1, Meta(5000.0, 4000.0))
+    store.put_record("dht", 9, b"r", 0.0, meta=Meta(5000.0, 4000.0, original=True))
+    assert store.cap_times(300.0, 200.0, 500.0) == 7
+    assert [d.key for d in store.due(200.0, 10)] == [1, 2, 3, 4, 9]
+    assert [d.key for d in store.due_records(300.0, 10)] == [9]
+    assert store.expire(500.0) == 6  # the original record never expires
+    assert store.stats()["values"] == 0 and store.stats()["records"] == 1
 
 
 def test_an_empty_routing_table_keeps_the_saved_contacts(make_store: type) -> None:
