@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -133,10 +134,10 @@ def test_a_full_disk_at_start_says_so_and_leaves_the_store_as_it_was(
     before = path.read_bytes()
     connect = sqlite3.connect
 
-    def no_room(*args: object, **kwargs: object) -> sqlite3.Connection:
+    def no_room(*args: Any, **kwargs: Any) -> sqlite3.Connection:
         """A connection whose file may not grow: SQLite's "database or disk is full"."""
-        db = connect(*args, **kwargs)  # type: ignore[arg-type]
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db: sqlite3.Connection = connect(*args, **kwargs)
+        pages = int(db.execute("PRAGMA page_count").fetchone()[0])
         db.execute(f"PRAGMA max_page_count = {pages}")
         return db
 
