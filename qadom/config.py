@@ -386,7 +386,9 @@ class Config:
     """Lease a subscriber asks of each relay (the k closest peers to the topic). A relay that dies
     is replaced at the next renewal (``pubsub_renewals`` per lease), so a dead relay's place stays
     empty for about a third of a lease at most; a minute costs a few datagrams per topic per relay
-    per minute."""
+    per minute. Subscriptions are not handed over (a relay cannot vouch for a subscriber's
+    address), so peers that join closer to the topic than its relays get its subscribers at
+    their next renewals too, within a third of a lease."""
 
     pubsub_max_lease: float = 600.0
     """Longest lease a relay grants: a subscriber that vanished without unsubscribing stops
@@ -417,11 +419,20 @@ class Config:
     """Senders whose rate a relay tracks at once (least recently seen forgotten first)."""
 
     pubsub_silent_deliveries: int = 3
-    """DELIVERs to one subscriber that may go unanswered in a row (every attempt) before its
-    relay stops forwarding to it; an ERROR answer stops it at once. One would cut a live
-    subscriber off until its next renewal at every unlucky DELIVER (both attempts lost: about
-    1% of them at 5% loss); three in a row hardly ever happen to a live one, and cost a
-    departed subscriber's relay two more DELIVERs."""
+    """Unanswered DELIVERs (every attempt) in a row after which a relay stops forwarding to a
+    subscriber; an ERROR answer stops it at once, any other answer starts the count afresh.
+    A failed DELIVER counts only if it failed at least ``(1 + rpc_retries) x rpc_timeout_max``
+    (the longest a request takes to fail, 4 s at the defaults) after the last one counted: it
+    was then sent after that one had failed, so each counted is a try of its own. DELIVERs out
+    at the same time fail together (an outage of a second, a burst the subscriber could not
+    all answer) and are one piece of evidence, not several; counting each would drop a
+    subscriber cut off for a second, and it would lose every message until its next renewal (a
+    third of a lease). One counted failure would cut a live subscriber off at every unlucky
+    DELIVER (both attempts lost: about 1% of them at 5% loss); three, the first and the last
+    sent 8 s apart (4.5 s should the timeouts shrink meanwhile) with no answer to anything in
+    between, are a subscriber that is gone. One gone for good costs its relay three DELIVERs,
+    or those sent within about 3 x 4 s = 12 s of the first it missed when messages come more
+    often."""
 
     pubsub_streams_per_publisher: int = 4
     """Live streams one publisher address may have per topic at one relay; a PUBLISH opening

@@ -7,7 +7,8 @@ How it works (docs/PROTOCOL.md, "Publish/subscribe"):
   its relays granted, if shorter than asked) with a fresh lookup, so
   when a relay dies its successor among the k closest is registered at the next renewal (at once
   when a renewal finds a relay dead). Leaving sends ``Unsubscribe``; a subscriber that vanishes is
-  forgotten when its lease lapses or when a delivery to it fails.
+  forgotten when its lease lapses or when deliveries to it keep failing
+  (``pubsub_silent_deliveries``).
 * A publisher looks up the same k closest and sends each a ``Publish`` carrying its stream id (a
   random 64-bit number per publishing node and topic) and the next sequence number of that stream.
   Each relay forwards it as ``Deliver`` to every live subscriber (and hands it to its own local
@@ -53,7 +54,7 @@ timer heap. No asyncio, sockets or clock here.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -675,24 +676,37 @@ class _Topic:
         self.ended: Call[None] = Call("subscription")
 
 
+class _Batch:
+    """Messages published to one topic while one lookup of its relays was under way: they wait
+    for it and leave together, in order. ``lookup``, the call that lookup runs for, is done once
+    every message of the batch has its call done (each caller stopped waiting, or the deadlines
+    passed): the lookup then asks nobody more, and the messages go to the closest peers it had
+    found (a write is not undone)."""
+
+    __slots__ = ("found", "lookup", "messages", "waiting")
+
+    def __init__(self) -> None:
+        self.lookup: Call[None] = Call("publish")
+        self.messages: list[tuple[bytes, Call[int]]] = []
+        self.waiting = 0  # the calls of ``messages`` not done yet
+        self.found: Lookup | None = None  # the lookup, once it has ended
+
+
 class _Outbox:
     """Our publications to one topic: the stream id, the next seq, when messages last left, and
-    the messages waiting for the lookup of the topic's relays (non-empty exactly while a lookup
-    is under way; they are numbered when they leave). ``lookup``, the call that lookup runs for,
-    is done once every message waiting has its call done (each caller stopped waiting, or the
-    deadlines passed): the lookup then asks nobody more, and the messages go to the closest
-    peers it had found (a write is not undone)."""
+    the batches of messages waiting for lookups of the topic's relays, oldest first (none
+    exactly while no lookup is under way; messages are numbered when they leave). A batch
+    leaves only once every batch before it has, so messages are numbered and sent in the order
+    they were published, even when a later lookup ends first."""
 
-    __slots__ = ("lookup", "next_seq", "pending", "sent", "stream", "switched", "waiting")
+    __slots__ = ("batches", "next_seq", "sent", "stream", "switched")
 
     def __init__(self, stream: int) -> None:
         self.stream = stream
         self.next_seq = 0
         self.sent = 0.0
         self.switched: float | None = None  # when a STREAM_TAKEN last moved us to a new stream
-        self.pending: list[tuple[bytes, Call[int]]] = []
-        self.lookup: Call[None] | None = None  # while a lookup is under way
-        self.waiting = 0  # the calls of ``pending`` not done yet
+        self.batches: deque[_Batch] = deque()
 
     def new_stream(self, stream: int) -> None:
         """Go on with stream ``stream`` from seq 0 (messages already numbered keep theirs)."""
@@ -742,10 +756,15 @@ class PubSubService:
             cfg.pubsub_max_topics, cfg.pubsub_max_subscribers, cfg.pubsub_max_lease,
             max_per_host=max(1, cfg.pubsub_max_topics // HOST_SHARE),
             max_per_host_topic=max(1, cfg.pubsub_max_subscribers // HOST_SHARE))
-        # (topic, subscriber) -> DELIVERs to it unanswered in a row, for those with some; as
-        # many as the relay keeps topics, the longest silent forgotten first. A SUBSCRIBE or
-        # UNSUBSCRIBE from the subscriber clears its count.
-        self._silent: dict[tuple[int, Address], int] = {}
+        # (topic, subscriber) -> (unanswered DELIVERs to it counted in a row, when the last of
+        # them failed), for those with some; as many as the relay keeps topics, the longest
+        # silent forgotten first. A SUBSCRIBE or UNSUBSCRIBE from the subscriber, or an answer
+        # to any DELIVER, clears its count.
+        self._silent: dict[tuple[int, Address], tuple[int, float]] = {}
+        # The longest a request takes to fail: each of its 1 + rpc_retries attempts waits at
+        # most rpc_timeout_max. So a DELIVER that fails this long after another one failed was
+        # sent after that one had failed (see _on_delivered).
+        self._request_lifetime = (1 + cfg.rpc_retries) * cfg.rpc_timeout_max
         self.limiter: RateLimiter[Address] = RateLimiter(cfg.pubsub_rate, cfg.pubsub_burst,
                                                          cfg.pubsub_max_senders)
         self.streams = StreamTable(
@@ -1007,7 +1026,10 @@ class PubSubService:
 
         Messages to one topic leave in the order they were published: those published while a
         lookup of the topic is under way wait for it and go out together after it, in order, so
-        concurrent publishes cannot overtake each other on their way to the relays. They go out
+        concurrent publishes cannot overtake each other on their way to the relays. A publish
+        given up (its call failed: cancelled, or past its deadline) still goes out, to the
+        closest peers its lookup had found (a write is not undone), and before any published
+        after it, which gets a lookup of its own once no publish waits for that one. They go out
         on a new stream after a silence relays may have forgotten ours in, or after a relay
         answered that it keeps ours for another address (at most once per
         ``pubsub_stream_lifetime`` unless every relay answered so, so one relay answering that
@@ -1019,7 +1041,7 @@ class PubSubService:
         outbox = self._outboxes.get(key)
         if outbox is None:
             if len(self._outboxes) >= node.config.pubsub_max_topics:
-                idle = next((k for k, o in self._outboxes.items() if not o.pending), None)
+                idle = next((k for k, o in self._outboxes.items() if not o.batches), None)
                 if idle is None:
                     raise RateLimited(ErrorCode.RATE_LIMITED, "publishing to "
                                       f"{len(self._outboxes)} topics at once; wait for some")
@@ -1028,38 +1050,48 @@ class PubSubService:
         else:
             self._outboxes.move_to_end(key)
         call: Call[int] = node.new_call("publish", now)
-        lookup = outbox.lookup
-        if lookup is not None and lookup.done:
-            # Stopped: every publish it was for gave up (cancelled, or past its deadline), and
-            # it asks nobody more. Its messages go nowhere; this one gets a lookup of its own.
-            outbox.pending, outbox.waiting, lookup = [], 0, None
-        outbox.pending.append((value, call))
-        outbox.waiting += 1
-        if lookup is None:  # no lookup under way: start one
-            lookup = outbox.lookup = Call("publish")
-            call.add_done_callback(partial(self._publish_done, outbox, lookup))
-            node.closest_lookup(key, now, partial(self._send_pending, key, outbox, lookup),
-                                lookup)
-        else:
-            call.add_done_callback(partial(self._publish_done, outbox, lookup))
+        batches = outbox.batches
+        start = not batches or batches[-1].lookup.done
+        if start:
+            # No lookup under way, or the last one stopped: every publish it was for gave up
+            # (cancelled, or past its deadline), and it asks nobody more. This one gets a lookup
+            # of its own; those still leave when theirs ends, to the closest it had found, and
+            # before this one.
+            batches.append(_Batch())
+        batch = batches[-1]
+        batch.messages.append((value, call))
+        batch.waiting += 1
+        call.add_done_callback(partial(self._publish_done, batch))
+        if start:
+            node.closest_lookup(key, now, partial(self._lookup_over, key, outbox, batch),
+                                batch.lookup)
         return call
 
     @staticmethod
-    def _publish_done(outbox: _Outbox, lookup: Call[None], _: Call[int]) -> None:
-        """A publish's call is done: once none waiting for ``lookup`` is left, it stops asking."""
-        if outbox.lookup is lookup:  # else its messages have left already
-            outbox.waiting -= 1
-            if not outbox.waiting:
-                lookup.resolve(None)
+    def _publish_done(batch: _Batch, _: Call[int]) -> None:
+        """A publish's call is done: once none waiting for the batch's lookup is left, it stops
+        asking."""
+        if batch.found is None:  # else the lookup has ended
+            batch.waiting -= 1
+            if not batch.waiting:
+                batch.lookup.resolve(None)
 
-    def _send_pending(self, key: int, outbox: _Outbox, lookup: Call[None], found: Lookup,
-                      now: float) -> None:
-        """The lookup is over: number the waiting messages, in order, and send them (none if
-        the outbox has moved on to another lookup since this one was stopped)."""
-        if outbox.lookup is not lookup:
-            return
-        batch, outbox.pending = outbox.pending, []
-        outbox.lookup, outbox.waiting = None, 0
+    def _lookup_over(self, key: int, outbox: _Outbox, batch: _Batch, found: Lookup,
+                     now: float) -> None:
+        """The lookup of ``batch`` has ended: send it, once every batch before it has left, and
+        the later batches whose lookups ended already."""
+        batch.found = found
+        batches = outbox.batches
+        while batches:
+            ended = batches[0].found
+            if ended is None:
+                break
+            self._send_batch(key, outbox, batches.popleft().messages, ended, now)
+
+    def _send_batch(self, key: int, outbox: _Outbox, batch: list[tuple[bytes, Call[int]]],
+                    found: Lookup, now: float) -> None:
+        """Number the messages of one batch, in order, and send them to the closest peers its
+        lookup found."""
         closest = found.closest()
         if not closest:  # nothing leaves, so nothing is numbered: subscribers see no gap
             # NoPeersError only when no peer is known: peers that refused the lookup for our
@@ -1204,7 +1236,8 @@ class PubSubService:
                       envelope: Envelope | None, now: float) -> None:
         """Stop forwarding to a subscriber before its lease lapses once it is no longer
         subscribed (an ERROR answer, but RATE_LIMITED: that one says "not so fast", not "not
-        here") or gone (``pubsub_silent_deliveries`` DELIVERs in a row unanswered)."""
+        here") or gone (``pubsub_silent_deliveries`` DELIVERs in a row unanswered, each failed
+        at least a request's longest lifetime after the one counted before it)."""
         silent, subscription, stats = self._silent, (key, target), self.node.stats
         if self.relay.lease(key, target) != lease:
             # The subscriber has subscribed (again) since this DELIVER left: what became of it
@@ -1213,12 +1246,23 @@ class PubSubService:
             # new subscription off here until its next renewal.
             return
         if envelope is None:
-            count = silent.pop(subscription, 0) + 1
+            count, last = silent.get(subscription, (0, 0.0))
+            if count and now < last + self._request_lifetime:
+                # Sent before the failure counted last was known (no request takes longer to
+                # fail): lost to the same outage, or in the same burst, as that one. DELIVERs
+                # out together fail together, so they are one piece of evidence, not several:
+                # counting each would drop a subscriber cut off for a second, or sent a burst
+                # it could not all answer, and it would lose every message until its next
+                # renewal.
+                return
+            count += 1
             if count < self.node.config.pubsub_silent_deliveries:
-                silent[subscription] = count  # the most recent last
+                silent.pop(subscription, None)
+                silent[subscription] = (count, now)  # the most recent last
                 if len(silent) > self.node.config.pubsub_max_topics:
                     del silent[next(iter(silent))]
                 return
+            silent.pop(subscription, None)
             if self.relay.unsubscribe(key, target):
                 stats["pubsub_lost_subscribers"] += 1
             return
@@ -1269,6 +1313,11 @@ class PubSubService:
         """Drop lapsed leases even on topics nobody publishes to; re-armed while any remain."""
         self._sweep_armed = False
         self.relay.expire(now)
+        # The counts of unanswered DELIVERs to subscriptions that lapsed can count for nothing
+        # more (a new subscription starts afresh).
+        silent, lease = self._silent, self.relay.lease
+        for topic, address in [s for s in silent if lease(*s) is None]:
+            del silent[topic, address]
         if len(self.relay):
             self._arm_sweep(now)
 

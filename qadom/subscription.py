@@ -137,4 +137,6 @@ class Subscription:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Subscription {self.key:064x}"[:22] + f"… {state}>"
+        # The key as errors, the HTTP API and the CLI write it: every digit, so that two keys
+        # are never shown alike (small ones all begin with zeros).
+        return f"<Subscription {self.key:064x} {state}>"

@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import pytest
 
 from qadom import Config, OperationTimeout, PeerClosedError
+from qadom.call import Call
 from qadom.codec import Codec
 from qadom.contact import Address
 from qadom.errors import OperationAbandoned
+from qadom.lookup import Lookup
 from qadom.messages import Envelope, FindNode, Message
 from qadom.sim import SimNetwork
 
-from helpers import FAST, udp_network, wait_until
+from helpers import FAST, far_topic, udp_network, wait_until
 
 # Short request timeouts: a lookup among silent peers moves on quickly, and the operation
 # deadline (operation_timeout) stays far beyond the test.
@@ -123,6 +126,44 @@ def test_sim_a_publish_after_one_given_up_gets_a_lookup_of_its_own() -> None:
     given_up.fail(OperationAbandoned("the caller stopped waiting"))
     second = net.call(node, node.pubsub.publish, 12345, b"second")
     assert net.run_call(second) == alone == node.config.k
+
+
+@pytest.mark.parametrize("first_ends_last", [False, True])
+def test_sim_a_given_up_publish_followed_by_another_still_goes_out_first(
+        first_ends_last: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write is not undone: a publish given up goes to the closest peers its stopped lookup
+    had found even when another publish to the topic follows before that lookup has ended, and
+    its message is numbered and sent before the next one, whichever lookup ends first (the
+    next one's lookup may end first: here the stopped one's ending is held back a second)."""
+    net = SimNetwork(41, config=Config(k=8))
+    nodes = net.build(40)
+    subscriber, publisher = nodes[0], nodes[1]
+    topic = far_topic(nodes, [subscriber, publisher], net.config.k)
+    got: list[bytes] = []
+
+    def start(now: float) -> Call[int]:
+        return subscriber.pubsub.subscribe(topic, got.append, now)[1]
+
+    assert net.run_call(net.call(subscriber, start)) == net.config.k
+    if first_ends_last:
+        lookup = publisher.closest_lookup
+        held = [True]
+
+        def slow_first(target: int, now: float, then: Callable[[Lookup, float], None],
+                       call: Call[Any] | None = None) -> None:
+            def later(found: Lookup, now: float) -> None:
+                publisher.schedule(now + 1.0, partial(then, found))
+
+            first, held[0] = held[0], False
+            lookup(target, now, later if first else then, call)
+
+        monkeypatch.setattr(publisher, "closest_lookup", slow_first)
+    given_up = net.call(publisher, publisher.pubsub.publish, topic, b"given up")
+    given_up.fail(OperationAbandoned("the caller stopped waiting"))
+    second = net.call(publisher, publisher.pubsub.publish, topic, b"next")
+    assert net.run_call(second) == net.config.k  # a lookup of its own, to all k relays
+    net.run_for(5.0)
+    assert got == [b"given up", b"next"]
 
 
 @pytest.mark.parametrize("stage", ["pings", "lookup of our own id", "bucket refreshes"])
