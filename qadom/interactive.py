@@ -548,8 +548,9 @@ def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
     fix ends the script with one line saying so (:class:`SystemExit`, status 1) instead of a
     traceback: the port is taken, the host cannot be bound, a bootstrap address cannot be
     reached from the host (a name that does not resolve, an address of the other IP family), no
-    peer answers at the bootstrap addresses. A join that fails, or that Ctrl-C stops, closes the
-    peer again."""
+    peer answers at the bootstrap addresses (the peer's own address answering is no peer), or
+    the join fails otherwise (``{name}: could not join through {addresses}: {reason}``). A join
+    that fails, or that Ctrl-C stops, closes the peer again."""
     try:
         peer = start_peer(options.host, options.port, **kwargs)
     except OSError as exc:
@@ -565,12 +566,19 @@ def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
             wait(peer.bootstrap(list(options.bootstrap)))
         except BaseException as exc:  # Ctrl-C included: as start_peer, close a failed join
             wait(close(peer))
+            if isinstance(exc, NoPeersError) and all(
+                    tuple(address) == tuple(peer.address[:2]) for address in options.bootstrap):
+                raise SystemExit(f"{name}: cannot join through {where}: this peer listens there "
+                                 "itself; join through another peer with --bootstrap HOST:PORT "
+                                 "(the first peer joins through none)") from None
             if isinstance(exc, NoPeersError):
                 raise SystemExit(f"{name}: no peer answered at {where}; start one there first "
                                  "(peers/peer0.py), or join through another with --bootstrap "
                                  "HOST:PORT") from None
             if isinstance(exc, InvalidArgument):  # a name that does not resolve, say
                 raise SystemExit(f"{name}: cannot join through {where}: {exc}") from None
+            if isinstance(exc, QadomError):  # peers answered, but the join did not complete
+                raise SystemExit(f"{name}: could not join through {where}: {exc}") from None
             raise
     return peer
 

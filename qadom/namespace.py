@@ -569,11 +569,19 @@ class NamespaceService:
         store it too, as its original publisher: we republish it every 24 hours with a fresh
         lifetime until :meth:`forget`, or until a newer ``seq`` of the key is proven (see the
         module's guarantees).
+
+        Raises StorageFull at once, with nothing sent, when our own store has no room for the
+        record (:meth:`_check_room`); replacing a record we hold needs room only for what it
+        adds. Both checks of our own store are made again when the lookup ends: if a newer
+        record or another item took its place or its room meanwhile, the set fails so, still
+        with nothing sent. A store that fills up (or a disk that fails) while the record is on
+        its way to the k closest fails the set with StorageFull after they stored it.
         """
         check_record_value(record.value, self.node.config.max_value_size)
         record.verify()
         skey = record.storage_key
         supersedes(record, self.local(skey, now))  # StaleSequence before anything is sent
+        self._check_room(record)  # StorageFull before anything is sent
         node = self.node
         call: Call[int] = node.new_call("namespace_set", now)
         message = NamespaceStore.of(record, int(node.config.expire_time))
@@ -599,6 +607,12 @@ class NamespaceService:
 
         def send_all(closest: list[Contact], now: float) -> None:
             if call.done:
+                return
+            try:  # our copy, and our room, as they are now
+                supersedes(record, self.local(skey, now))
+                self._check_room(record)
+            except QadomError as exc:
+                call.fail(exc)
                 return
 
             def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
@@ -638,6 +652,24 @@ class NamespaceService:
         node.run_lookup(skey, "namespace", NamespaceFind(skey), now, on_message,
                         lambda lookup, now: send_all(lookup.closest(), now), call)
         return call
+
+    def _check_room(self, record: NamespaceRecord) -> None:
+        """StorageFull unless our store has room for ``record`` as ours, counted as
+        :meth:`Store.put_record` counts it (cached copies, which it evicts for us, as room). A
+        record held under its storage key, expired or not, is replaced in place: it costs no
+        new item, and its bytes count as free; a new one is one more item of ours. A set
+        refused here is never sent: the k closest would keep a record we report as not
+        written."""
+        store = self.node.store
+        size = len(record.to_bytes())
+        quotas = store.quotas
+        held = store.get_record(RECORD_KIND, record.storage_key)  # what put_record replaces
+        if held is None:
+            quotas.check("", size, freeable=quotas.cached_bytes,
+                         freeable_items=quotas.cached_items)
+        elif (quotas.total_bytes - len(held) + size
+              > quotas.config.max_store_bytes + quotas.cached_bytes):
+            raise StorageFull("this node's storage is full")
 
     def _check_found(self, contact: Contact, message: NamespaceFound, skey: int,
                      now: float) -> NamespaceRecord | None:

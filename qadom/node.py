@@ -799,7 +799,10 @@ class Node:
         contacts in the table; fails with NoPeersError if no address answered, and with
         OperationTimeout if one did but none answered the lookup of our own id in
         ``_SELF_LOOKUP_TRIES`` tries (a node that knew only its bootstrap peers would be cut
-        off once they leave).
+        off once they leave). An answer with our own id is not a peer answering: it is our own
+        address (or another node using our id, which we could not join through either), so a
+        join through nothing but our own addresses fails with NoPeersError once the pings are
+        over, with no lookup.
 
         Once the caller stopped waiting (a cancelled Peer.bootstrap: the call failed with
         OperationAbandoned), the join asks nobody more: no lookup starts, and the lookup of our
@@ -824,6 +827,7 @@ class Node:
                 return call
         remaining = [len(targets)]
         answered = [0]
+        ourselves = [0]  # answers with our own id
 
         def after_refresh(now: float) -> None:
             self.save_contacts()  # a durable node can rejoin from here on
@@ -855,10 +859,16 @@ class Node:
 
         def on_pong(envelope: Envelope | None, now: float) -> None:
             remaining[0] -= 1
-            if envelope is not None and envelope.sender is not None:
+            if envelope is not None and envelope.sender == self.id:
+                ourselves[0] += 1
+            elif envelope is not None and envelope.sender is not None:
                 answered[0] += 1
             if remaining[0] == 0 and not call.done:
-                if not answered[0]:
+                if not answered[0] and ourselves[0]:
+                    call.fail(NoPeersError(
+                        "no bootstrap address answered but this node itself (an address of "
+                        "ours, or another node with our id)"))
+                elif not answered[0]:
                     call.fail(NoPeersError("no bootstrap address answered"))
                 else:
                     self.find_closest(self.id, now, after_self_lookup, given_up)

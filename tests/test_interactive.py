@@ -21,7 +21,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from qadom import InvalidArgument, InvalidType, NoPeersError, Peer, key_for
+from qadom import Config, InvalidArgument, InvalidType, NoPeersError, Peer, key_for
 from qadom.errors import LoopRunningError
 from qadom.interactive import (
     ScriptOptions,
@@ -39,6 +39,7 @@ from qadom.interactive import (
     wait,
     will_prompt,
 )
+from qadom.messages import Error, ErrorCode, FindNode
 
 from helpers import FAST, wait_until
 
@@ -183,6 +184,24 @@ def test_a_script_peer_that_cannot_reach_its_bootstrap_says_so(
         start_script_peer("peer9", options, config=FAST)
     assert str(info.value.code).startswith("peer9: cannot join through [::1]:9999: ")
     assert started() == []
+
+
+def test_a_script_peer_whose_join_fails_otherwise_says_so(script_loop: None) -> None:
+    """A bootstrap peer that answers the ping but never the lookup of our own id: the join
+    fails with OperationTimeout, which ends the script with one line (SystemExit), not a
+    traceback; the peer is closed again."""
+    quick = Config(rpc_timeout=0.05, rpc_timeout_min=0.05, rpc_timeout_max=0.1)
+    mute = start_peer(port=0, config=quick)
+    mute.node.register_handler(FindNode, lambda message, sender, address, now: Error(
+        ErrorCode.INTERNAL, "internal error"))  # a lookup takes an ERROR as no answer
+    options = ScriptOptions("127.0.0.1", 0, (mute.address,))
+    with pytest.raises(SystemExit) as info:
+        start_script_peer("peer9", options, config=quick)
+    assert str(info.value.code) == (
+        f"peer9: could not join through 127.0.0.1:{mute.address[1]}: the bootstrap peers "
+        "answered, but nobody answered the lookup of our own id (3 tries)")
+    assert started() == [mute]
+    wait(close(mute))
 
 
 def test_ctrl_c_while_a_script_peer_joins_closes_it(script_loop: None) -> None:
@@ -444,6 +463,22 @@ def test_a_peer_script_says_plainly_why_it_cannot_start() -> None:
     assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
     assert done.stderr.startswith(f"peer0: cannot listen on 127.0.0.1:{port}: ")
     assert "in use" in done.stderr and "--port" in done.stderr
+
+
+def test_a_peer_script_told_to_join_through_itself_says_so_in_one_line() -> None:
+    """peer0 given its own address as --bootstrap: its own answer is no peer, so one line at
+    once (not the lookups' timeouts, then a traceback), exit status 1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run([sys.executable, str(PEERS / "peer0.py"), "--port", str(port),
+                           "--bootstrap", f"127.0.0.1:{port}"],
+                          env=_env(), cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=WAIT)
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith(f"peer0: cannot join through 127.0.0.1:{port}: this peer "
+                                  "listens there itself; "), done.stderr
 
 
 def test_a_script_whose_operation_fails_says_so_in_one_line() -> None:

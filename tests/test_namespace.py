@@ -667,6 +667,77 @@ def test_a_namespace_set_that_every_replica_refuses_as_full_fails() -> None:
     assert all(n.store.get_record("namespace", record.storage_key) is None for n in replicas)
 
 
+def writer_with_room(room: Config) -> tuple[SimNetwork, Node, list[Node]]:
+    """Twelve nodes and a writer among them with its own config, holding nothing."""
+    net = SimNetwork(seed=21, config=SIM_CONFIG)
+    others = net.add_nodes(12)
+    writer = net.add_node(config=room)
+    net.run_call(net.call(writer, writer.bootstrap, [net.address_of(others[0])]))
+    return net, writer, others
+
+
+def namespace_held(nodes: list[Node], *records: NamespaceRecord) -> list[list[bytes | None]]:
+    """What each node's store holds at the storage keys of ``records``."""
+    return [[n.store.get_record(RECORD_KIND, r.storage_key) for r in records] for n in nodes]
+
+
+FIRST = signed(11, 0, b"first")
+
+
+@pytest.mark.parametrize("quota", ["items", "bytes"])
+def test_a_namespace_set_through_a_node_whose_store_is_full_fails_with_nothing_sent(
+        quota: str) -> None:
+    # The writer's store takes exactly one record: FIRST.
+    room = (dataclasses.replace(SIM_CONFIG, max_store_items=1) if quota == "items"
+            else dataclasses.replace(SIM_CONFIG, max_store_bytes=len(FIRST.to_bytes())))
+    net, writer, others = writer_with_room(room)
+    assert net.run_call(net.call(writer, writer.namespace.set, FIRST)) == SIM_CONFIG.k
+    second = signed(12, 0, b"second")
+    before = namespace_held(others, FIRST, second)
+    sent = writer.stats["requests_out"]
+    with pytest.raises(StorageFull):  # at once: nothing reaches the network
+        writer.namespace.set(second, net.now)
+    assert writer.stats["requests_out"] == sent
+    net.run_for(30)
+    assert namespace_held(others, FIRST, second) == before
+    assert writer.namespace.local(second.storage_key) is None
+    # The key is still free: a node with room writes it.
+    assert net.run_call(net.call(others[3], others[3].namespace.set, second)) == SIM_CONFIG.k
+
+
+def test_a_namespace_set_into_a_full_store_needs_room_only_for_what_it_adds() -> None:
+    net, writer, others = writer_with_room(dataclasses.replace(
+        SIM_CONFIG, max_store_items=1, max_store_bytes=len(FIRST.to_bytes())))
+    net.run_call(net.call(writer, writer.namespace.set, FIRST))
+    # A newer version of the same size replaces the record in the room it holds.
+    same_size = signed(11, 1, b"newer")
+    assert net.run_call(net.call(writer, writer.namespace.set, same_size)) == SIM_CONFIG.k
+    # One that grows the record past the byte quota is refused before it is sent, as is a record
+    # of another key (one more item): every replica keeps what it held, as the writer does.
+    grown, other = signed(11, 2, b"newer and longer"), signed(13, 0, b"v")
+    before = namespace_held(others, FIRST, other)
+    for refused in (grown, other):
+        with pytest.raises(StorageFull):
+            writer.namespace.set(refused, net.now)
+    net.run_for(30)
+    assert namespace_held(others, FIRST, other) == before
+    assert writer.namespace.local(FIRST.storage_key) == same_size
+
+
+def test_a_namespace_set_whose_room_is_taken_during_its_lookup_fails_with_nothing_sent() -> None:
+    net, writer, others = writer_with_room(dataclasses.replace(SIM_CONFIG, max_store_items=1))
+    second = signed(12, 0, b"second")
+    call = net.call(writer, writer.namespace.set, second)
+    # While the lookup runs, a record sent to the writer takes its one item.
+    stored = writer.namespace._handle_store(NamespaceStore.of(FIRST, 3600), None,
+                                            ("127.0.0.9", 1), net.now)
+    assert isinstance(stored, NamespaceStored)
+    with pytest.raises(StorageFull):
+        net.run_call(call)
+    net.run_for(30)
+    assert namespace_held(others, second) == [[None]] * len(others)
+
+
 # ======================================================================== hostile replicas, owners
 
 
