@@ -43,9 +43,11 @@ def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 def check_bind_host(host: object) -> str:
     """``host`` if a socket may be asked to bind it: an IP literal, a name the resolver can be
-    asked about, or "" (every interface); InvalidType for a non-str, InvalidArgument for a host
-    no socket can bind (a NUL, which the resolver would cut the name at; an IPv6 zone that names
-    no interface; a name with an empty or overlong label)."""
+    asked about, or "" (every interface: a :class:`~qadom.peer.Peer`'s UDP socket binds it as
+    0.0.0.0, every IPv4 one, "::" being the IPv6 spelling); InvalidType for a non-str,
+    InvalidArgument for a host no socket can bind (a NUL, which the resolver would cut the name
+    at; an IPv6 zone that names no interface; a name with an empty or overlong label). Whether a
+    name resolves is found out when the socket is bound."""
     if not isinstance(host, str):
         raise InvalidType("host must be a str")
     if "\0" in host:
@@ -131,14 +133,18 @@ def check_host_name(text: str) -> str:
 def parse_host_port(text: str) -> Address:
     """``"HOST:PORT"`` (``"[::1]:9999"`` for IPv6) as the address of a peer to reach.
     Guarantees: brackets balance and enclose the whole host, the port is written in ASCII digits
-    and is in [1, 65535] (port 0 names no peer), the host passes :func:`check_host_name`;
-    InvalidArgument otherwise."""
+    and is in [1, 65535] (port 0 names no peer), a host with a colon in it is an IPv6 literal
+    (the port follows the last colon: ``"::1:9999"`` is ``::1`` port 9999, and ``"::1"`` alone
+    has no port), the host passes :func:`check_host_name`; InvalidArgument otherwise."""
     host, sep, port_text = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or "[" in host or "]" in host:
+    if (not sep or not host or "[" in host or "]" in host
+            or (":" in host and ip_of(host) is None)):  # an IPv6 address with no port after it
         raise InvalidArgument(f"expected HOST:PORT ([HOST]:PORT for IPv6), got {text!r}")
     port = port_number(port_text)
+    if port is None and ip_of(text) is not None:  # "::ffff:1.2.3.4": no port either
+        raise InvalidArgument(f"expected HOST:PORT ([HOST]:PORT for IPv6), got {text!r}")
     if not port:  # None or 0
         raise InvalidArgument(
             f"port must be an integer in [1, 65535], not {port_text!r} (in {text!r})")

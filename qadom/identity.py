@@ -42,6 +42,12 @@ SEED_BYTES = 32
 _SET_ATTEMPTS = 3  # a concurrent writer with the same key can make a seq stale between read and set
 
 
+def _naming(exc: OSError, path: str | os.PathLike[str]) -> OSError:
+    """``exc`` as an error about ``path``: the temporary file a save failed to create, write or
+    rename is a name the caller never gave (the same subclass, by its errno, and reason)."""
+    return OSError(exc.errno, exc.strerror or str(exc), os.fspath(path))
+
+
 class Identity:
     """An ed25519 signing key for namespace records (PyNaCl)."""
 
@@ -82,13 +88,17 @@ class Identity:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the secret seed as hex to ``path``, readable and writable by the owner only,
-        replacing the file atomically."""
+        replacing the file atomically. An OSError names ``path`` (its ``filename``), never the
+        temporary file written next to it (FileNotFoundError when its directory is missing)."""
         target = Path(path)
         # mkstemp creates a new file (O_EXCL, so never one planted there beforehand, nor through
         # a symbolic link) with mode 0600 and an unguessable name: the seed is never written into
         # a file someone else made or can read.
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                    dir=target.parent)
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                        dir=target.parent)
+        except OSError as exc:
+            raise _naming(exc, path) from None
         temporary = Path(name)
         try:
             with os.fdopen(fd, "w", encoding="ascii") as handle:
@@ -96,8 +106,10 @@ class Identity:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, target)
-        except BaseException:
+        except BaseException as exc:
             temporary.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise _naming(exc, path) from None
             raise
 
     # ------------------------------------------------------------------ signing

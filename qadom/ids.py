@@ -18,7 +18,13 @@ ID_SPACE = 1 << ID_BITS
 
 
 def key_for(value: bytes) -> int:
-    """The content address of ``value``: SHA-256 as a big-endian integer below 2**256."""
+    """The content address of ``value``: SHA-256 as a big-endian integer below 2**256, the key
+    :meth:`~qadom.peer.Peer.set` stores ``value`` under. ``value`` is ``bytes`` (or a subclass),
+    the type ``set`` takes; anything else raises InvalidType: a ``str`` (``text.encode()`` is
+    what to hash) and the buffers SHA-256 could read as they are (``bytearray``, ``memoryview``,
+    an array: ``bytes(buffer)`` is what to hash) too."""
+    if not isinstance(value, bytes):
+        raise InvalidType(f"value must be bytes, not {type(value).__name__}")
     return int.from_bytes(hashlib.sha256(value).digest(), "big")
 
 

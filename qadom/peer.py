@@ -42,6 +42,7 @@ from .errors import (
     PeerClosedError,
     ProtocolError,
     StorageFull,
+    StoreUnusable,
     WrongLoopError,
 )
 from .ids import check_id, id_from_bytes, id_to_bytes, random_id
@@ -65,7 +66,8 @@ class Peer:
     """One qadom peer: a :class:`~qadom.node.Node` served on a UDP socket by asyncio.
 
     Nothing happens on construction but checking the arguments; :meth:`start` binds the socket
-    (``port=0`` picks a free port; read it back from :attr:`address`). Every method that needs
+    (``port=0`` picks a free port; read it back from :attr:`address`; ``host=""`` binds every
+    IPv4 interface, as ``"0.0.0.0"`` does, ``"::"`` every IPv6 one). Every method that needs
     the running node raises :class:`~qadom.errors.PeerClosedError` before :meth:`start`, after
     :meth:`close`, and once an error has closed the socket (see :attr:`running`).
 
@@ -124,8 +126,10 @@ class Peer:
     async def start(self) -> None:
         """Bind the UDP socket and start serving. Idempotent: concurrent calls bind one socket.
         A :meth:`close` while starting wins: the socket is closed again and PeerClosedError
-        raised. Started at a terminal IPython prompt, the peer keeps serving while the prompt
-        waits (:func:`qadom.interactive.serve_at_prompt`)."""
+        raised. A ``host`` that does not resolve raises InvalidArgument naming it, nothing left
+        bound and the data dir released; ``""`` binds 0.0.0.0 (every IPv4 interface). Started
+        at a terminal IPython prompt, the peer keeps serving while the prompt waits
+        (:func:`qadom.interactive.serve_at_prompt`)."""
         if self._protocol is not None:
             _check_loop(self._protocol.loop)  # started already, on another loop
         if self._starting is None:
@@ -170,10 +174,13 @@ class Peer:
         try:
             transport, protocol = await loop.create_datagram_endpoint(
                 lambda: NodeProtocol(make_node, loop, self._socket_lost),
-                local_addr=(self.host, self.port),
+                local_addr=(self.host or "0.0.0.0", self.port),  # "": every interface
                 family=family)
-        except BaseException:  # the port is taken, say: do not leave the data dir open
+        except BaseException as exc:  # the port is taken, say: do not leave the data dir open
             self._close_data_dir()
+            if isinstance(exc, socket.gaierror):  # the resolver's error does not name the host
+                raise InvalidArgument(
+                    f"cannot resolve {self.host!r}: {exc.strerror or exc}") from None
             raise
         if self._closed:  # close() ran while the socket was being bound
             transport.close()
@@ -461,7 +468,9 @@ class Peer:
         return self._running().node.forget(key)
 
     def saved_contacts(self) -> list[Contact]:
-        """The contacts a durable store saved for a restart (empty without a data dir)."""
+        """The contacts the store keeps for a rejoin, which :meth:`bootstrap` without addresses
+        pings: a data dir's outlive the process, for a restart; a memory store's (the default,
+        or one given as ``store``) live as long as the store does."""
         return self._running().node.store.load_contacts()
 
     async def find_nodes(self, target: int) -> list[Contact]:
@@ -712,9 +721,17 @@ def _check_addresses(addresses: Iterable[tuple[str, int]]) -> list[Address]:
 def _lock_data_dir(data_dir: Path) -> IO[bytes]:
     """Create ``data_dir`` if needed and hold an exclusive lock on it (a ``peer.lock`` file kept
     open): two peers sharing a directory would share one id and one database. The lock goes with
-    the file, so with the process however it ends. DataDirInUse when another holds it; OSError
-    (with the path) when the directory cannot be used."""
-    os.makedirs(data_dir, exist_ok=True)
+    the file, so with the process however it ends. DataDirInUse when another holds it;
+    StoreUnusable naming the path when it, or a parent, is not a directory; OSError (with the
+    path) when the directory cannot be used otherwise."""
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # "File exists" would not say what is wrong
+        blocker = next((path for path in (data_dir, *data_dir.parents)
+                        if os.path.lexists(path) and not path.is_dir()), data_dir)
+        reason = ("not a directory" if blocker == data_dir
+                  else f"{str(blocker)!r} is not a directory")
+        raise StoreUnusable(data_dir, reason) from None
     lock = open(data_dir / "peer.lock", "ab")  # noqa: SIM115 (held open while the peer runs)
     try:
         import fcntl

@@ -526,6 +526,7 @@ def test_parse_address_accepts_host_port_and_bracketed_ipv6() -> None:
     "127.0.0.1:٢١٠٠٠",  # Arabic-Indic digits: str.isdigit() says yes, a port they are not
     "127.0.0.1:²", "[::1:21000", "::1]:21000", "[[::1]]:1", "[]:1", "[::1]21000", ":1", "host:",
     "host", "host:0", "host:65536", "host:+1", "host: 1", "host:1 ", "host:000001", "a..b:1",
+    "::1", "2001:db8::1", "::ffff:1.2.3.4",  # IPv6 addresses with no port after them
 ])
 def test_parse_address_refuses_loose_spellings(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
