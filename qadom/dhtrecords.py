@@ -757,14 +757,8 @@ class DhtRecordService:
         store = self.node.store
         record = apply_write(load(store, key, self.config, now), write, now, self.config)
         size = len(encode_record(record))
-        quotas = store.quotas
         held = store.get_record(RECORD_KIND, key)  # without now: what put_record would replace
-        if held is None:
-            quotas.check("", size, freeable=quotas.cached_bytes,
-                         freeable_items=quotas.cached_items)
-        elif (quotas.total_bytes - len(held) + size
-              > quotas.config.max_store_bytes + quotas.cached_bytes):
-            raise StorageFull("this node's storage is full")
+        store.quotas.check_own(size, None if held is None else len(held))
         return record
 
     def _send_to(self, contacts: list[Contact], key: int, write: Record, now: float,

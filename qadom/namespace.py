@@ -662,14 +662,8 @@ class NamespaceService:
         written."""
         store = self.node.store
         size = len(record.to_bytes())
-        quotas = store.quotas
         held = store.get_record(RECORD_KIND, record.storage_key)  # what put_record replaces
-        if held is None:
-            quotas.check("", size, freeable=quotas.cached_bytes,
-                         freeable_items=quotas.cached_items)
-        elif (quotas.total_bytes - len(held) + size
-              > quotas.config.max_store_bytes + quotas.cached_bytes):
-            raise StorageFull("this node's storage is full")
+        store.quotas.check_own(size, None if held is None else len(held))
 
     def _check_found(self, contact: Contact, message: NamespaceFound, skey: int,
                      now: float) -> NamespaceRecord | None:

@@ -216,6 +216,17 @@ class Quotas:
             if used[0] + size > cfg.max_bytes_per_source or used[1] + 1 > cfg.max_items_per_source:
                 raise StorageFull(f"storage quota for {source} is exhausted")
 
+    def check_own(self, size: int, replaced: int | None = None) -> None:
+        """Raise StorageFull unless one item of our own of ``size`` bytes fits, counting cached
+        copies, which the store evicts for our items, as room: a new item when ``replaced`` is
+        None, else one that takes the place of ``replaced`` bytes held in place (no new item, and
+        those bytes free). What a write checks before it sends anything, so that one we could
+        not keep never reaches the network."""
+        if replaced is None:
+            self.check("", size, freeable=self.cached_bytes, freeable_items=self.cached_items)
+        elif self.total_bytes - replaced + size > self.config.max_store_bytes + self.cached_bytes:
+            raise StorageFull("this node's storage is full")
+
     def make_room(self, source: str, size: int, cached: bool,
                   victims: Callable[[], Iterable[tuple[Any, int]]],
                   drop: Callable[[Any], None]) -> None:
