@@ -130,6 +130,13 @@ def check_host_name(text: str) -> str:
     return text
 
 
+def format_address(address: Address) -> str:
+    """``host:port``, with IPv6 hosts in brackets (``[::1]:9999``), as :func:`parse_host_port`
+    reads it back."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_host_port(text: str) -> Address:
     """``"HOST:PORT"`` (``"[::1]:9999"`` for IPv6) as the address of a peer to reach.
     Guarantees: brackets balance and enclose the whole host, the port is written in ASCII digits
@@ -176,7 +183,7 @@ class Contact:
     time it is sent (a routing table's contacts are sent over and over); not part of equality."""
 
     def __repr__(self) -> str:
-        return f"Contact({self.id:064x}"[:17] + f"…, {self.address[0]}:{self.address[1]})"
+        return f"Contact({self.id:064x}"[:17] + f"…, {format_address(self.address)})"
 
 
 _new = object.__new__

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .call import Call
 from .contact import Address, ip_of
+from .contact import format_address as format_address  # re-exported for the front ends
 from .errors import OperationTimeout, ProtocolError, RemoteError, printable
 from .messages import Envelope, Error, ErrorCode, Kind, Message, register
 
@@ -68,12 +69,6 @@ def is_loopback(host: str) -> bool:
         return True
     address = ip_of(host)
     return address is not None and address.is_loopback
-
-
-def format_address(address: Address) -> str:
-    """``host:port``, with IPv6 hosts in brackets."""
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class InfoService:

@@ -42,7 +42,15 @@ from typing import Any, Protocol, TypeVar
 from .call import Call
 from .codec import Codec
 from .config import Config
-from .contact import LOOPBACK, Address, Contact, address_scope, host_key, make_contact
+from .contact import (
+    LOOPBACK,
+    Address,
+    Contact,
+    address_scope,
+    format_address,
+    host_key,
+    make_contact,
+)
 from .dhtrecords import DhtRecordService
 from .errors import (
     InvalidArgument,
@@ -786,7 +794,7 @@ class Node:
 
         def on_reply(envelope: Envelope | None, now: float) -> None:
             if envelope is None or envelope.sender is None:
-                call.fail(OperationTimeout(f"no answer from {address[0]}:{address[1]}"))
+                call.fail(OperationTimeout(f"no answer from {format_address(address)}"))
             else:
                 call.resolve(Contact(envelope.sender, address))
 
@@ -882,10 +890,22 @@ class Node:
         return self.ipv6 is None or (":" in address[0]) is self.ipv6
 
     def find_nodes(self, target: int, now: float) -> Call[list[Contact]]:
-        """The k closest live contacts to ``target`` in the network (an iterative lookup)."""
+        """The k closest live contacts to ``target`` in the network (an iterative lookup): those
+        that answered it, closest first, never this node. Never empty: a lookup that no peer
+        answered fails as :meth:`unanswered` says (NoPeersError when this node knows no other,
+        OperationTimeout when none answered, as a read does), since an empty answer would
+        claim a network with nobody in it."""
         check_id(target, "target")
         call: Call[list[Contact]] = self.new_call("find_nodes", now)
-        self.find_closest(target, now, lambda closest, now: call.resolve(closest), call)
+
+        def then(lookup: Lookup, now: float) -> None:
+            closest = lookup.closest()
+            if closest:
+                call.resolve(closest)
+            else:
+                call.fail(self.unanswered(lookup))
+
+        self.closest_lookup(target, now, then, call)
         return call
 
     def get(self, key: int, now: float) -> Call[bytes]:
@@ -1732,7 +1752,7 @@ class Node:
 
         def on_reply(envelope: Envelope | None, now: float) -> None:
             if envelope is None:
-                call.fail(OperationTimeout(f"no answer from {address[0]}:{address[1]}"))
+                call.fail(OperationTimeout(f"no answer from {format_address(address)}"))
             else:
                 call.resolve(envelope.message)
 

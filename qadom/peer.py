@@ -33,7 +33,7 @@ from typing import IO, Any, TypeVar
 from .call import Call
 from .codec import Codec
 from .config import Config
-from .contact import Address, Contact, check_bind_host, is_ip_literal
+from .contact import Address, Contact, check_bind_host, format_address, is_ip_literal
 from .errors import (
     DataDirInUse,
     InvalidArgument,
@@ -380,7 +380,10 @@ class Peer:
     async def bootstrap(self, addresses: Iterable[tuple[str, int]] | None = None) -> int:
         """Join the network through any of ``addresses``: ping them, look up our own id and
         refresh our buckets (paper section 2.3). Returns the routing table's size. Raises
-        NoPeersError when none answers. Host names are resolved first.
+        NoPeersError when none answers. Host names are resolved first, in our socket's IP
+        family. An IP address of the other family (one UDP socket reaches one family) is
+        skipped when at least one address is not; when every one is, InvalidArgument names the
+        first and both families.
 
         Without ``addresses``, rejoin through the contacts saved in the store (a peer restarted
         with the same ``data_dir``); InvalidArgument if none were saved. Cancelling it stops the
@@ -391,12 +394,20 @@ class Peer:
             if not saved:
                 raise InvalidArgument("no saved contacts to rejoin from; give addresses")
             return await self._run(protocol.node.bootstrap(saved, protocol.now()))
-        resolved = [await self._resolve(address) for address in _check_addresses(addresses)]
+        checked = _check_addresses(addresses)
+        ours = [address for address in checked if self._other_family(address) is None]
+        if not ours:
+            version = self._other_family(checked[0])
+            assert version is not None
+            raise self._unreachable(checked[0], version)
+        resolved = [await self._resolve(address) for address in ours]
         protocol = self._running()  # closed while resolving: start nothing
         return await self._run(protocol.node.bootstrap(resolved, protocol.now()))
 
     async def ping(self, address: tuple[str, int]) -> Contact:
-        """The contact answering at ``address`` (OperationTimeout if nobody does)."""
+        """The contact answering at ``address`` (OperationTimeout if nobody does).
+        InvalidArgument, nothing sent, for an IP address of the other family than our
+        socket's, which cannot reach it."""
         protocol = self._running()
         (checked,) = _check_addresses([address])
         resolved = await self._resolve(checked)
@@ -474,7 +485,9 @@ class Peer:
         return self._running().node.store.load_contacts()
 
     async def find_nodes(self, target: int) -> list[Contact]:
-        """The k closest contacts to ``target`` in the network."""
+        """The k closest contacts to ``target`` in the network that answered the lookup,
+        closest first, never this peer. Never empty: NoPeersError when this peer knows no other,
+        OperationTimeout when none answered (as :meth:`get` fails)."""
         protocol = self._running()
         return await self._run(protocol.node.find_nodes(target, protocol.now()))
 
@@ -612,17 +625,38 @@ class Peer:
         finally:
             self._futures.discard(future)
 
+    def _other_family(self, address: Address) -> int | None:
+        """The IP version of ``address`` if it is an IP literal of the other family than our
+        socket's (which cannot reach it); None for one of ours and for a host name."""
+        with contextlib.suppress(ValueError):
+            version = ipaddress.ip_address(address[0]).version
+            if version != self._version():
+                return version
+        return None
+
+    def _version(self) -> int:
+        """Our socket's IP version (the family :meth:`_bind_socket` binds)."""
+        return 6 if ":" in self.host else 4
+
+    def _unreachable(self, address: Address, version: int) -> InvalidArgument:
+        """The error for ``address``, an IP address of IP version ``version`` that our socket
+        cannot reach, naming it and both families as the CLI and HTTP API do."""
+        return InvalidArgument(
+            f"{format_address(address)} is an IPv{version} address and this peer's socket is "
+            f"IPv{self._version()}: it cannot reach it")
+
     async def _resolve(self, address: Address) -> Address:
         host, port = address
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        family = socket.AF_INET6 if self._version() == 6 else socket.AF_INET
         if "%" in host and not is_ip_literal(host):
             raise InvalidArgument(f"{host!r} has an IPv6 zone that names no interface")
+        other = self._other_family(address)
+        if other is not None:  # the resolver would call it a name it cannot resolve
+            raise self._unreachable(address, other)
         with contextlib.suppress(ValueError):
-            literal = ipaddress.ip_address(host)
             # An IP literal of our socket's family needs no resolver (asyncio's getaddrinfo runs
             # in a thread pool even for literals: tens of microseconds per call).
-            if (literal.version == 6) == (family == socket.AF_INET6):
-                return (str(literal), port)
+            return (str(ipaddress.ip_address(host)), port)
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
@@ -632,7 +666,7 @@ class Peer:
         return (str(sockaddr[0]), int(sockaddr[1]))
 
     def __repr__(self) -> str:
-        where = (f"{self._address[0]}:{self._address[1]}" if self.running and self._address
+        where = (format_address(self._address) if self.running and self._address
                  else "closed" if self._closed else "not started")
         return f"<Peer {self.id:064x}"[:14] + f"… {where}>"
 
