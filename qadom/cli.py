@@ -700,7 +700,7 @@ async def _join(peer: Peer, args: argparse.Namespace, data_dir: str | None) -> N
                 ) from None
             log.info("rejoined through saved contacts; %d contacts", size)
             return
-        log.info("joined through %d address(es); %d contacts", len(args.bootstrap), size)
+        log.info("joined through %s; %d contacts", where, size)
     elif data_dir is not None and peer.node.store.load_contacts():
         try:
             size = await peer.bootstrap()  # rejoin through the contacts saved last time

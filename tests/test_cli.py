@@ -150,7 +150,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node
         b = start_serve("--data-dir", str(tmp / "b"), "--bootstrap", a.address,
                         stderr=tmp / "b.log")
         started.append(b)
-        wait_for_log(b, "joined through 1 address(es)")
+        wait_for_log(b, f"joined through {a.address};")
         yield a, b
     finally:
         for node in started:
@@ -464,7 +464,7 @@ def test_serve_with_a_data_dir_restarts_as_the_same_node_and_rejoins(
     first = start_serve("--data-dir", str(data), "--bootstrap", a.address,
                         stderr=tmp_path / "c1.log")
     try:
-        wait_for_log(first, "joined through 1 address(es)")
+        wait_for_log(first, f"joined through {a.address};")
         twin = qadom("serve", "--port", "0", "--data-dir", str(data), timeout=START_TIMEOUT)
         assert twin.returncode == 2
         assert "is in use by another qadom" in one_line_error(twin)

@@ -59,7 +59,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node
         started.append(a)
         b = start_serve("--memory", "--bootstrap", a.address, stderr=tmp / "b.log")
         started.append(b)
-        wait_for_log(b, "joined through 1 address(es)")
+        wait_for_log(b, f"joined through {a.address};")
         yield a, b
     finally:
         for node in started:
