@@ -1027,8 +1027,7 @@ class Node:
         """StorageFull unless our store can take one more item of ``size`` bytes of our own
         (cached copies, which it evicts for it, counted as room): a write we could not keep
         is refused before it reaches the network."""
-        quotas = self.store.quotas
-        quotas.check("", size, freeable=quotas.cached_bytes, freeable_items=quotas.cached_items)
+        self.store.quotas.check_own(size)
 
     def _written(self, key: int, call: Call[T], result: T, keep: Callable[[Meta], None],
                  ) -> Callable[[int, QadomError | None, float], None]:
