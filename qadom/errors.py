@@ -155,7 +155,11 @@ class OperationAbandoned(QadomError):
 
 
 class NoPeersError(QadomError, ConnectionError):
-    """A bootstrap reached none of the given addresses."""
+    """A bootstrap reached none of the given addresses (or an operation found no peer to ask).
+    ``only_ourselves`` is True when the one answer a bootstrap had came from this node itself:
+    its addresses were this node's own."""
+
+    only_ourselves = False
 
 
 # --- signed records (the /dht records of qadom.dhtrecords) ---

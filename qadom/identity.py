@@ -146,8 +146,8 @@ class Identity:
                 current = -1
             seq = max(current, self._last.get(key, -1)) + 1
             if seq >= SEQ_LIMIT:  # the highest, seen in the network or signed here
-                raise StaleSequence(f"key {key} holds the highest seq, {SEQ_LIMIT - 1}: no newer "
-                                    "version can be signed", SEQ_LIMIT - 1)
+                raise StaleSequence(f"key 0x{key:064x} holds the highest seq, {SEQ_LIMIT - 1}: no "
+                                    "newer version can be signed", SEQ_LIMIT - 1)
             # Taken before the first await: a concurrent set of the same key through this object
             # picks a higher one, so no seq is ever signed twice with different values.
             self._last[key] = seq
@@ -157,7 +157,8 @@ class Identity:
             except StaleSequence:
                 continue
             return seq
-        raise StaleSequence(f"key {key} kept moving ahead: gave up after {_SET_ATTEMPTS} tries")
+        raise StaleSequence(f"key 0x{key:064x} kept moving ahead: gave up after {_SET_ATTEMPTS} "
+                            "tries")
 
     async def get(self, peer: Peer, key: int) -> bytes:
         """The newest value of ``key`` in this identity's namespace (KeyError when none)."""

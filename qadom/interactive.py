@@ -560,14 +560,16 @@ def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
                       "with --port (0: any free one)")
         raise SystemExit(f"{name}: cannot listen on {_hostport(options.host, options.port)}: "
                          f"{reason}") from None
+    except InvalidArgument as exc:  # a host that does not resolve
+        raise SystemExit(f"{name}: cannot listen on {_hostport(options.host, options.port)}: "
+                         f"{exc}") from None
     if options.bootstrap:
         where = ", ".join(_hostport(*address) for address in options.bootstrap)
         try:
             wait(peer.bootstrap(list(options.bootstrap)))
         except BaseException as exc:  # Ctrl-C included: as start_peer, close a failed join
             wait(close(peer))
-            if isinstance(exc, NoPeersError) and all(
-                    tuple(address) == tuple(peer.address[:2]) for address in options.bootstrap):
+            if isinstance(exc, NoPeersError) and exc.only_ourselves:
                 raise SystemExit(f"{name}: cannot join through {where}: this peer listens there "
                                  "itself; join through another peer with --bootstrap HOST:PORT "
                                  "(the first peer joins through none)") from None

@@ -193,7 +193,7 @@ class NamespaceRecord:
         """Raise :class:`~qadom.errors.BadSignature` unless the signature verifies."""
         if not self.is_valid():
             raise BadSignature(
-                f"the signature of seq {self.seq} of key {self.key:064x} does not verify with "
+                f"the signature of seq {self.seq} of key 0x{self.key:064x} does not verify with "
                 f"public key {self.public_key.hex()} over the documented signed bytes")
 
     def is_valid(self) -> bool:
@@ -248,9 +248,9 @@ def supersedes(new: NamespaceRecord, old: NamespaceRecord | None) -> bool:
     if new.seq == old.seq and new.value == old.value:
         return False
     if new.seq == old.seq:
-        raise StaleSequence(f"seq {new.seq} of key {new.key:064x} is already stored with "
+        raise StaleSequence(f"seq {new.seq} of key 0x{new.key:064x} is already stored with "
                             "another value; a change needs a higher seq", old.seq)
-    raise StaleSequence(f"seq {new.seq} of key {new.key:064x} is older than the stored seq "
+    raise StaleSequence(f"seq {new.seq} of key 0x{new.key:064x} is older than the stored seq "
                         f"{old.seq}", old.seq)
 
 
@@ -592,7 +592,7 @@ class NamespaceService:
                 return
             if held is not None:
                 call.fail(StaleSequence(
-                    f"a replica holds seq {held.seq} of key {record.key:064x}, which seq "
+                    f"a replica holds seq {held.seq} of key 0x{record.key:064x}, which seq "
                     f"{record.seq} may not replace ({asked} asked)", held.seq))
                 return
             if full and not acks:
@@ -711,7 +711,7 @@ class NamespaceService:
             best = newest([*found, local] if local is not None else found)
             if best is None:
                 call.fail(NotFoundError(
-                    f"no peer reached holds key {key:064x} of public key {public_key.hex()}")
+                    f"no peer reached holds key 0x{key:064x} of public key {public_key.hex()}")
                     if answers else node.unanswered(lookup))
                 return
             call.resolve(best)

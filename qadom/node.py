@@ -873,9 +873,10 @@ class Node:
                 answered[0] += 1
             if remaining[0] == 0 and not call.done:
                 if not answered[0] and ourselves[0]:
-                    call.fail(NoPeersError(
-                        "no bootstrap address answered but this node itself (an address of "
-                        "ours, or another node with our id)"))
+                    error = NoPeersError("no bootstrap address answered but this node itself (an "
+                                         "address of ours, or another node with our id)")
+                    error.only_ourselves = True
+                    call.fail(error)
                 elif not answered[0]:
                     call.fail(NoPeersError("no bootstrap address answered"))
                 else:
@@ -947,7 +948,7 @@ class Node:
             elif not lookup.closest():
                 call.fail(self.unanswered(lookup))
             else:
-                call.fail(NotFoundError(f"no peer reached holds key {key:064x}"))
+                call.fail(NotFoundError(f"no peer reached holds key 0x{key:064x}"))
 
         def hit(message: Message) -> bool:
             return isinstance(message, Value) and key_for(message.value) == key

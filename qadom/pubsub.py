@@ -936,11 +936,11 @@ class PubSubService:
                     self.node.stats["pubsub_refused"] += 1
                     error = _refusal(refusals[0], "subscription")
                 elif failed:
-                    error = OperationTimeout(f"no relay of topic {topic.key:064x} answered")
+                    error = OperationTimeout(f"no relay of topic 0x{topic.key:064x} answered")
                 elif unreached is not None and not isinstance(unreached, NoPeersError):
                     error = unreached  # peers are known: they refused or did not answer
                 else:
-                    error = NoPeersError(f"no peer known to relay topic {topic.key:064x}")
+                    error = NoPeersError(f"no peer known to relay topic 0x{topic.key:064x}")
             for call in waiting:
                 if error is None:
                     call.resolve(accepted)
@@ -1098,7 +1098,7 @@ class PubSubService:
             # request rate (RateLimited) or did not answer it (OperationTimeout) are there.
             error = self.node.unreached(found)
             if isinstance(error, NoPeersError):
-                error = NoPeersError(f"no peer known to relay topic {key:064x}")
+                error = NoPeersError(f"no peer known to relay topic 0x{key:064x}")
             for _, call in batch:
                 call.fail(error)
             return
@@ -1142,7 +1142,7 @@ class PubSubService:
             if not accepted and refusals:
                 call.fail(_refusal(refusals[0], "publish"))
             elif not accepted:
-                call.fail(OperationTimeout(f"no relay of topic {message.key:064x} answered"))
+                call.fail(OperationTimeout(f"no relay of topic 0x{message.key:064x} answered"))
             else:
                 call.resolve(accepted)
 

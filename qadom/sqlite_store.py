@@ -16,12 +16,14 @@ its store left). A store is stamped with qadom's ``application_id`` and its sche
 Anything else is refused with :class:`StoreUnusable` and left exactly as it was: a file that is
 not an SQLite database (corrupt, truncated, something else), a database of another program, one
 written by a newer qadom (a schema this code does not know), or a file this process cannot open
-or write (the stamp is written again at every opening to prove the file can be written). A
-file whose disk is too full to stamp it is no fault of the file: opening it raises
-:class:`~qadom.errors.StorageUnavailable`, which says so, and leaves everything stored in it. The
-store holds an exclusive lock (on a file beside the database, its name and ``.lock``) while it is
-open, so two stores never share one file, even through a symbolic link from another data dir: the
-second is refused with :class:`~qadom.errors.DataDirInUse`.
+or write (the stamp is written again at every opening to prove the file can be written). One
+exception, SQLite's own: a write-ahead log a killed process left beside the file is folded into
+it when the refused file is closed, as SQLite recovers any database it opens; what the file
+holds is the same, its bytes are not. A file whose disk is too full to stamp it is no fault of
+the file: opening it raises :class:`~qadom.errors.StorageUnavailable`, which says so, and leaves
+everything stored in it. The store holds an exclusive lock (on a file beside the database, its
+name and ``.lock``) while it is open, so two stores never share one file, even through a symbolic
+link from another data dir: the second is refused with :class:`~qadom.errors.DataDirInUse`.
 
 Damaged values. SQLite keeps no checksum of what it stores, so each value is stored with its
 SHA-256 (``digest``; a row from before that column must hash to its key) and checked at every

@@ -184,7 +184,7 @@ async def test_namespace_set_past_the_last_seq_fails_with_one_line(
                                      "-", "--bootstrap", a.address, stdin=b"next")
     assert result.returncode == 1
     assert one_line_error(result) == (
-        f"key {key} holds the highest seq, {last}: no newer version can be signed")
+        f"key 0x{key:064x} holds the highest seq, {last}: no newer version can be signed")
 
 
 def test_namespace_get_of_a_missing_key_says_not_found(
@@ -299,7 +299,8 @@ async def test_namespace_set_follows_another_writers_seq_and_fails_with_one_line
                          str(path), str(key), "-", "--bootstrap", a.address],
         input=b"old", capture_output=True, timeout=RUN_TIMEOUT, cwd=ROOT, check=False)
     assert stale.returncode == 1
-    assert one_line_error(stale) == f"key {key} kept moving ahead: gave up after 3 tries"
+    assert one_line_error(stale) == (
+        f"key 0x{key:064x} kept moving ahead: gave up after 3 tries")
     got = await asyncio.to_thread(qadom, "namespace-get", owner.public_key.hex(), str(key),
                                   "--bootstrap", a.address)
     assert got.stdout == b"six"

@@ -204,6 +204,39 @@ def test_a_script_peer_whose_join_fails_otherwise_says_so(script_loop: None) -> 
     wait(close(mute))
 
 
+def test_a_script_peer_whose_host_does_not_resolve_says_so_in_one_line(
+        script_loop: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolver's answer for a name (stubbed: no query leaves the machine) ends the script
+    with one line naming the host, not a traceback."""
+    real = socket.getaddrinfo
+
+    def resolve(host: object, *args: object, **kwargs: object) -> object:
+        if host == "nowhere.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with pytest.raises(SystemExit) as info:
+        start_script_peer("peer9", ScriptOptions("nowhere.invalid", 0, ()))
+    assert str(info.value.code) == ("peer9: cannot listen on nowhere.invalid:0: cannot resolve "
+                                    "'nowhere.invalid': Name or service not known")
+    assert started() == []
+
+
+def test_a_script_peer_told_to_join_through_its_own_name_says_so(script_loop: None) -> None:
+    """Its own address spelled as a name (localhost for 127.0.0.1) is its own address too."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))  # a port the OS gave, free again for the peer
+    port = probe.getsockname()[1]
+    probe.close()
+    options = ScriptOptions("127.0.0.1", port, (("localhost", port),))
+    with pytest.raises(SystemExit) as info:
+        start_script_peer("peer9", options, config=FAST)
+    assert str(info.value.code).startswith(
+        f"peer9: cannot join through localhost:{port}: this peer listens there itself")
+    assert started() == []
+
+
 def test_ctrl_c_while_a_script_peer_joins_closes_it(script_loop: None) -> None:
     """As start_peer with bootstrap: Ctrl-C during the join leaves no half-joined peer serving
     (at an `ipython -i` prompt it would go on answering others)."""
@@ -489,7 +522,7 @@ def test_a_script_whose_operation_fails_says_so_in_one_line() -> None:
         address = _start_peer0(children)
         for env, reason in [
             (_env(QADOM_PORT="0", QADOM_BOOTSTRAP=address),
-             f"peer2: no peer reached holds key {KEY:064x}; peers/peer1.py stores it: "
+             f"peer2: no peer reached holds key 0x{KEY:064x}; peers/peer1.py stores it: "
              "run it first"),
             (_env(QADOM_PORT="0", QADOM_BOOTSTRAP=""), "peer2: no peer known to ask"),
         ]:

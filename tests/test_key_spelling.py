@@ -1,5 +1,6 @@
-"""Errors name a 256-bit key or topic as the rest of qadom writes one: 64 hexadecimal digits (as
-the HTTP API, the CLI and the widgets do), never as a 78-digit decimal number."""
+"""Errors name a 256-bit key or topic in hexadecimal: ``0x`` and 64 digits, which the command
+line and Python's ``int(text, 0)`` read back as that key (and the HTTP API without the ``0x``),
+never as a 78-digit decimal number nor as bare digits a reader could take for decimal."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from qadom.namespace import NamespaceRecord, supersedes
 from qadom.sim import SimNetwork
 
 KEY = 2**255 + 0xABCDEF  # 78 decimal digits, 64 hex
-HEX = f"{KEY:064x}"
+HEX = f"0x{KEY:064x}"
 OWNER = SigningKey(bytes(range(32)))
 PUBLIC = bytes(OWNER.verify_key)
 CONFIG = Config(k=4, alpha=2)
@@ -57,7 +58,7 @@ def test_a_bad_signature_and_a_stale_seq_name_the_key_in_hex() -> None:
     with pytest.raises(StaleSequence) as changed:
         supersedes(_record(3, b"x"), good)
     _says_hex(changed.value)
-    assert HEX in repr(good)
+    assert f"{KEY:064x}" in repr(good)
 
 
 def test_a_topic_nobody_can_relay_is_named_in_hex() -> None:
