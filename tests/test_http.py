@@ -1030,3 +1030,14 @@ async def test_a_lone_node_has_no_relay_to_publish_or_subscribe_through(lone: Cl
     published = await error_of(await lone.post(f"/publish/{topic}", data=b"to nobody"), 502)
     subscribed = await error_of(await lone.get(f"/subscribe/{topic}"), 502)
     assert "no peer known to relay" in published and "no peer known to relay" in subscribed
+
+
+async def test_closest_that_nobody_answered_fails_as_a_read_does() -> None:
+    """502 on a node that knows no other; 504 when every peer it knows is silent (one that has
+    closed: its port answers nothing)."""
+    async with Peer(config=FAST) as peer, TestClient(TestServer(make_app(peer))) as client:
+        await error_of(await client.get(f"/closest/{key_text(7)}"), 502)
+        async with Peer(config=FAST) as gone:
+            await peer.ping(gone.address)
+        assert len(peer.node.table) == 1
+        await error_of(await client.get(f"/closest/{key_text(7)}"), 504)
