@@ -555,7 +555,11 @@ class NamespaceService:
 
     def set(self, record: NamespaceRecord, now: float) -> Call[int]:
         """Store ``record`` at the k closest peers to its storage key, then here; resolves to the
-        number of replicas that stored it.
+        number of replicas that stored it: at least 1, or 0 on a node that knows no other peer
+        (the record is then ours alone until peers come, as a set's value). When there were
+        peers to ask and none stored it, the set fails as a set of a value does
+        (:meth:`Node.unstored <qadom.node.Node.unstored>`: OperationTimeout when none answered,
+        RateLimited, StorageFull, or the first refusal), nothing stored here.
 
         Raises at once (nothing sent) with ValueTooLarge (a value over ``max_value_size``),
         BadSignature, or StaleSequence when our own store holds a newer record. The lookup of the
@@ -587,7 +591,7 @@ class NamespaceService:
         message = NamespaceStore.of(record, int(node.config.expire_time))
 
         def finish(acks: int, held: NamespaceRecord | None, asked: int, now: float,
-                   full: int = 0) -> None:
+                   full: int = 0, unstored: QadomError | None = None) -> None:
             if call.done:  # timed out (or the peer closed): the caller was told it failed
                 return
             if held is not None:
@@ -598,6 +602,9 @@ class NamespaceService:
             if full and not acks:
                 call.fail(StorageFull(f"all {full} replicas that answered are full"))
                 return
+            if unstored is not None:  # peers to ask, and none took it
+                call.fail(unstored)
+                return
             try:
                 self.accept(record, now)
             except QadomError as exc:  # a newer record arrived here meanwhile
@@ -605,9 +612,11 @@ class NamespaceService:
                 return
             call.resolve(acks)
 
-        def send_all(closest: list[Contact], now: float) -> None:
+        def send_all(lookup: Lookup, now: float) -> None:
             if call.done:
                 return
+            closest = lookup.closest()
+            silenced: set[int] = set()
             try:  # our copy, and our room, as they are now
                 supersedes(record, self.local(skey, now))
                 self._check_room(record)
@@ -621,18 +630,22 @@ class NamespaceService:
                            if isinstance(r, Error) and r.code == ErrorCode.STORAGE_FULL)
                 refused = [c for c, r in replies
                            if isinstance(r, Error) and r.code == ErrorCode.STALE_SEQUENCE]
+                # Why none took it, when there were peers to ask (None on a node that knows
+                # no other: the record is ours alone until peers come).
+                unstored = None if acks else node.unstored(lookup, replies, len(silenced))
                 if not refused:
-                    finish(acks, None, len(closest), now, full)
+                    finish(acks, None, len(closest), now, full, unstored)
                     return
 
                 def proven(held: list[tuple[Contact, NamespaceRecord, int]],
                            now: float) -> None:
-                    finish(acks, newest(r for _, r, _ in held), len(closest), now, full)
+                    finish(acks, newest(r for _, r, _ in held), len(closest), now, full,
+                           unstored)
 
                 if not call.done:
                     self._held_against(record, refused, now, proven)
 
-            node.ask_each(closest, message, now, done)
+            node.ask_each(closest, message, now, done, silenced=silenced)
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
                        now: float) -> Iterable[Contact] | None:
@@ -649,8 +662,7 @@ class NamespaceService:
                 return message.nodes
             return message.nodes if isinstance(message, Nodes) else None
 
-        node.run_lookup(skey, "namespace", NamespaceFind(skey), now, on_message,
-                        lambda lookup, now: send_all(lookup.closest(), now), call)
+        node.run_lookup(skey, "namespace", NamespaceFind(skey), now, on_message, send_all, call)
         return call
 
     def _check_room(self, record: NamespaceRecord) -> None:

@@ -163,6 +163,11 @@ class NodeProtocol(asyncio.DatagramProtocol):
             return True
         loop = self.loop
         if not loop.is_closed() and (loop.is_running() or loop is running_loop()):
+            # The node's timer goes now, not at connection_lost, which the loop runs later: a
+            # timer due meanwhile would run the node on a store its peer closes at once.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             transport.close()
             return True
         if not loop.is_closed():
@@ -195,10 +200,11 @@ class NodeProtocol(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None:
             return
-        if out and transport.is_closing():
+        if transport.is_closing():
             # Closed, connection_lost not run yet (the node's callbacks may still send as the
-            # peer closes): the transport would drop them, warning after a few.
-            out = []
+            # peer closes): the transport would drop them, warning after a few, and the node
+            # gets no timer again.
+            return
         for data, address in out:
             try:
                 transport.sendto(data, address)
@@ -218,6 +224,9 @@ class NodeProtocol(asyncio.DatagramProtocol):
 
     def _on_timer(self) -> None:
         self._timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():  # closed: the node runs no more
+            return
         # The loop may run a timer a clock tick early; never hand the node a time before it.
         self.node.handle_timer(max(self.now(), self._timer_at))
         self.flush()

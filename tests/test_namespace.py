@@ -882,3 +882,20 @@ def test_nobody_but_the_owner_makes_a_second_valid_signature_or_namespace() -> N
     identity = (1).to_bytes(32, "little")  # the neutral point: small order
     for public_key, r in ((identity, identity), (PUBLIC, identity), (identity, bytes(32))):
         assert not NamespaceRecord(public_key, 5, 1, b"v", r + bytes(32)).is_valid()
+
+
+def test_sim_a_namespace_set_that_no_peer_took_fails_as_a_set_does() -> None:
+    """A writer whose known peers have all left: the set fails (OperationTimeout, nothing stored
+    here), as a set of a value does, instead of resolving to 0 replicas while only the writer
+    holds the record. A node that knows no other peer still stores it and resolves to 0."""
+    net, nodes = sim_network(count=6, seed=4)
+    writer = nodes[0]
+    for node in nodes[1:]:
+        net.remove(node)
+    record = signed(77, 0, b"v")
+    with pytest.raises(OperationTimeout):
+        net.run_call(net.call(writer, writer.namespace.set, record))
+    assert writer.namespace.local(record.storage_key) is None
+    alone = SimNetwork(5, config=SIM_CONFIG).add_nodes(1)[0]
+    assert alone.namespace.set(record, 0.0).result() == 0
+    assert alone.namespace.local(record.storage_key) == record

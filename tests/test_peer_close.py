@@ -156,3 +156,23 @@ def test_what_a_closing_peer_still_sends_is_dropped_without_warnings(
     finally:
         loop.close()
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+async def test_a_node_timer_due_as_its_peer_closes_never_runs(tmp_path: Path) -> None:
+    """The node's armed timer goes with close() itself, not at connection_lost, which the loop
+    runs later: a timer due in between would run node code (a write's end, storing here) on the
+    store the peer has just closed. One already queued by the loop does nothing once closed."""
+    peer = Peer("127.0.0.1", 0, data_dir=tmp_path / "d")
+    await peer.start()
+    protocol = peer._protocol
+    assert protocol is not None
+    ran: list[float] = []
+    peer.node.schedule(protocol.now(), ran.append)  # due at once: the loop's next turn
+    protocol.flush()
+    assert protocol._timer is not None
+    protocol.close()
+    assert protocol._timer is None  # cancelled at once
+    protocol._on_timer()  # as a loop that had queued it already would
+    await peer.close()
+    protocol._on_timer()
+    assert ran == [] and peer.node.stats["internal_errors"] == 0
