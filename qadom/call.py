@@ -12,10 +12,13 @@ T = TypeVar("T")
 class Call(Generic[T]):
     """Completes exactly once, with a result or an exception; later completions are ignored."""
 
-    __slots__ = ("_callbacks", "_done", "_error", "_result", "name")
+    __slots__ = ("_callbacks", "_done", "_error", "_result", "name", "started_by")
 
     def __init__(self, name: str = "") -> None:
         self.name = name
+        # An opaque mark of what started the call, None when unmarked: the simulator marks the
+        # calls its network starts, so that another network refuses to run them.
+        self.started_by: object = None
         self._done = False
         self._result: T | None = None
         self._error: BaseException | None = None

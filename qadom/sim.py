@@ -48,7 +48,14 @@ from .call import Call
 from .config import Config
 from .contact import Address, Contact
 from .errors import InvalidArgument, InvalidType, OperationTimeout
-from .events import LookupEvent, LookupFinished, LookupStarted
+from .events import (
+    LookupEvent,
+    LookupFinished,
+    LookupReply,
+    LookupRequest,
+    LookupStarted,
+    LookupTimeout,
+)
 from .ids import ID_BITS, check_id
 from .node import Node
 
@@ -95,6 +102,10 @@ class LookupReport:
     :meth:`SimNetwork.stats`.
     ``true_closest`` and ``closest_found`` compare the lookup's result with the ``expected`` closest
     live nodes to the target (the origin excluded), known from the simulator's global view.
+    A lookup whose operation failed before the lookup finished (``ok`` False: its deadline
+    passed) reports what it did until then: ``rounds``, ``requests``, ``replies`` and
+    ``failures`` are counted from its events up to the failure, ``latency`` runs to the failure,
+    and the result it had not delivered counts as nothing found.
     """
 
     origin: Address
@@ -132,7 +143,13 @@ class TableFill:
 
 def summarize(reports: Sequence[LookupReport]) -> dict[str, float]:
     """Aggregate lookup reports: success rates, and median / 95th percentile / max of rounds,
-    messages and latency."""
+    requests, messages and latency.
+
+    ``rounds`` and ``requests`` are taken over the lookups that completed (``ok``) only: a failed
+    lookup was cut off by its deadline, and the few rounds it ran until then would pull the
+    figures of lookups that converged down (NaN when no lookup completed). ``messages`` and
+    ``latency`` are taken over every lookup: what a failed one cost and how long its caller
+    waited are real. ``failed`` counts the lookups that did not complete."""
     if not reports:
         return {"lookups": 0}
     n = len(reports)
@@ -143,9 +160,16 @@ def summarize(reports: Sequence[LookupReport]) -> dict[str, float]:
         "exact_k": sum(r.exact for r in reports) / n,
         "closest_found_mean": statistics.fmean(
             r.closest_found / r.expected if r.expected else 1.0 for r in reports),
+        "failed": sum(not r.ok for r in reports),
     }
+    completed = [r for r in reports if r.ok]
     for name in ("rounds", "messages", "requests", "latency"):
-        values = sorted(float(getattr(r, name)) for r in reports)
+        over = completed if name in ("rounds", "requests") else reports
+        values = sorted(float(getattr(r, name)) for r in over)
+        if not values:
+            for suffix in ("p50", "p95", "max"):
+                out[f"{name}_{suffix}"] = math.nan
+            continue
         out[f"{name}_p50"] = percentile(values, 50)
         out[f"{name}_p95"] = percentile(values, 95)
         out[f"{name}_max"] = values[-1]
@@ -205,6 +229,9 @@ class SimNetwork:
         # A node whose churn join failed while it was the measured origin: it leaves once the
         # measurement is over, not halfway through it.
         self._unjoined: Node | None = None
+        # The mark of the calls this network starts (Call.started_by): an object of its own,
+        # so that a call does not keep the network alive.
+        self._mark = object()
 
     @property
     def latency(self) -> Latency:
@@ -301,7 +328,11 @@ class SimNetwork:
         return built
 
     def remove(self, node: Node) -> None:
-        """Take ``node`` off the network for good: it neither sends nor receives again."""
+        """Take ``node`` off the network for good: it neither sends nor receives again.
+        ``node`` must be one of this network's nodes (InvalidArgument otherwise: a node of
+        another network may share an address with one of ours, which would be taken down in its
+        place); removing one that has already left does nothing."""
+        self._check_member(node)
         address = self.address_of(node)
         if address in self.down:
             return
@@ -355,10 +386,21 @@ class SimNetwork:
     def call(self, node: Node, operation: Callable[..., R], *args: Any) -> R:
         """Start ``operation(*args, now)`` on ``node`` (e.g. ``net.call(n, n.get, key)``).
         ``node`` must be live on this network: InvalidArgument otherwise (a node that left would
-        only wait out the operation's deadline, one of another network would never hear back)."""
+        only wait out the operation's deadline, one of another network would never hear back).
+        An operation bound to a node, or to a service of a node (``n.namespace.set``), must be
+        bound to ``node``: InvalidArgument otherwise, before it runs (another node's operation
+        would run there while only ``node``'s datagrams went out). The calls it returns (alone
+        or in a tuple) are marked as this network's, for :meth:`run_call`."""
         self._check_live(node)
+        bound = _bound_node(operation)
+        if bound is not None and bound is not node:
+            raise InvalidArgument("the operation belongs to another node than the one given: "
+                                  "use net.call(n, n.operation, ...)")
         result = operation(*args, self.now)
         self._after_input(self.address_of(node), node)
+        for started in (result if isinstance(result, tuple) else (result,)):
+            if isinstance(started, Call) and started.started_by is None:
+                started.started_by = self._mark
         return result
 
     def step(self) -> bool:
@@ -401,7 +443,18 @@ class SimNetwork:
 
     def run_call(self, call: Call[T], *, timeout: float | None = None) -> T:
         """Run events until ``call`` completes (bounded by ``timeout`` virtual seconds, the
-        operation timeout by default); returns its result or raises its exception."""
+        operation timeout by default); returns its result or raises its exception.
+
+        ``call`` must be a :class:`~qadom.call.Call` (InvalidType otherwise) that another
+        network did not start (InvalidArgument, before any virtual time is spent: events here
+        would never complete it). The calls :meth:`call` returns are known; a call made directly
+        on a node (``n.get(key, net.now)``) carries no mark and is run as given: the caller
+        must make it on one of this network's nodes."""
+        if not isinstance(call, Call):
+            raise InvalidType(f"run_call needs a Call (as net.call() returns), not "
+                              f"{type(call).__name__}")
+        if call.started_by is not None and call.started_by is not self._mark:
+            raise InvalidArgument(f"{call!r} was started on another network: run it there")
         limit = self.now + (timeout if timeout is not None else self.config.operation_timeout * 2)
         events, process, pop = self._events, self._process, heapq.heappop
         while not call.done:
@@ -473,17 +526,24 @@ class SimNetwork:
             if self._unjoined is not None:
                 unjoined, self._unjoined = self._unjoined, None
                 self.remove(unjoined)
-        finished = next((e for e in events if isinstance(e, LookupFinished)
-                         and e.lookup_id == lookup_id), None)
+        mine = [e for e in events if e.lookup_id == lookup_id]
+        finished = next((e for e in mine if isinstance(e, LookupFinished)), None)
+        if finished is not None:
+            counts = (finished.rounds, finished.requests, finished.replies, finished.failures)
+        else:
+            # The operation failed (its deadline) before the lookup finished: what the lookup
+            # did until then, counted as the lookup counts (a request per contact asked, its
+            # round; a final timeout or a refusal per request failed for good).
+            counts = (max((e.round for e in mine if isinstance(e, LookupRequest)), default=0),
+                      sum(isinstance(e, LookupRequest) for e in mine),
+                      sum(isinstance(e, LookupReply) for e in mine),
+                      sum(isinstance(e, LookupTimeout) and e.final for e in mine))
         truth = self.true_closest(target, node.config.k, exclude=node.id)
         found = {c.id for c in finished.closest} if finished else set()
         return LookupReport(
             origin=self.address_of(node), target=target,
             ok=call.done and call.exception() is None,
-            rounds=finished.rounds if finished else 0,
-            requests=finished.requests if finished else 0,
-            replies=finished.replies if finished else 0,
-            failures=finished.failures if finished else 0,
+            rounds=counts[0], requests=counts[1], replies=counts[2], failures=counts[3],
             messages=node.stats["datagrams_in"] + node.stats["datagrams_out"] - traffic_before,
             latency=(finished.now if finished else self.now) - started,
             true_closest=bool(truth) and truth[0] in found,
@@ -505,7 +565,10 @@ class SimNetwork:
         return reports
 
     def table_fill(self, node: Node) -> TableFill:
-        """The state of ``node``'s routing table, compared with the true membership."""
+        """The state of ``node``'s routing table, compared with the true membership. ``node``
+        must be one of this network's nodes (one that left included): InvalidArgument otherwise,
+        as another network's table compared with this membership means nothing."""
+        self._check_member(node)
         table = node.table
         truth = self.true_closest(node.id, node.config.k, exclude=node.id)
         down = self.down
@@ -569,6 +632,12 @@ class SimNetwork:
         address = node.address
         if address is None or self.nodes.get(address) is not node or address in self.down:
             raise InvalidArgument("node is not live on this network")
+
+    def _check_member(self, node: Node) -> None:
+        """InvalidArgument unless ``node`` is one of this network's nodes (live or gone)."""
+        address = getattr(node, "address", None)
+        if address is None or self.nodes.get(address) is not node:
+            raise InvalidArgument("node is not one of this network's nodes")
 
     def _delay(self) -> float:
         latency = self._latency
@@ -676,6 +745,18 @@ class SimNetwork:
     def _push(self, when: float, kind: int, payload: Any) -> None:
         self._seq += 1
         heapq.heappush(self._events, (when, self._seq, kind, payload))
+
+
+def _bound_node(operation: Callable[..., Any]) -> Node | None:
+    """The node ``operation`` is a method of, directly or through one of its services (whose
+    ``node`` attribute is that node), seen through :func:`functools.partial`; None for a plain
+    function or a method of anything else."""
+    while isinstance(operation, partial):
+        operation = operation.func
+    owner = getattr(operation, "__self__", None)
+    if owner is not None and not isinstance(owner, Node):
+        owner = getattr(owner, "node", None)
+    return owner if isinstance(owner, Node) else None
 
 
 def _count(name: str, value: Any, least: int = 0) -> int:

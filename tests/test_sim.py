@@ -4,17 +4,25 @@ lookups; its reports agree with a brute-force view of the network."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from qadom.config import Config
 from qadom.errors import InvalidArgument
-from qadom.events import LookupEvent, LookupFinished
+from qadom.events import (
+    LookupEvent,
+    LookupFinished,
+    LookupReply,
+    LookupRequest,
+    LookupStarted,
+)
 from qadom.node import Node
 from qadom.sim import LookupReport, SimNetwork, lognormal_latency, summarize
 
@@ -229,6 +237,41 @@ def test_summarize() -> None:
     assert summary["rounds_p50"] <= summary["rounds_p95"] <= summary["rounds_max"]
     assert summary["rounds_max"] == max(r.rounds for r in reports)
     assert summarize([]) == {"lookups": 0}
+
+
+def test_a_lookup_cut_off_by_its_deadline_reports_what_it_did_and_is_left_out_of_rounds() -> None:
+    # Half a second of deadline, round trips of 0.2 to 0.6 s: the operation fails while the
+    # lookup is still asking. Its report counts the requests and replies it had by then (as its
+    # events show), not zeros, and summarize() keeps it out of the rounds and requests figures
+    # (it did not converge) while its messages and latency still count.
+    net = SimNetwork(7, config=Config(operation_timeout=0.5), latency=(0.1, 0.3))
+    net.build(150)
+    origin = net.live_nodes()[5]
+    target = random.Random(1).getrandbits(256)
+    events: list[LookupEvent] = []
+    unsubscribe = origin.add_listener(events.append)
+    report = net.lookup(origin, target)
+    unsubscribe()
+    (lookup_id,) = [e.lookup_id for e in events if isinstance(e, LookupStarted)]
+    events = [e for e in events if e.lookup_id == lookup_id]
+    assert not report.ok and report.latency == pytest.approx(0.5)
+    assert not any(isinstance(e, LookupFinished) for e in events)  # cut off, not finished
+    requests = [e for e in events if isinstance(e, LookupRequest)]
+    replies = [e for e in events if isinstance(e, LookupReply)]
+    assert report.requests == len(requests) >= origin.config.alpha
+    assert report.replies == len(replies) >= 1
+    assert report.rounds == max(e.round for e in requests) >= 1
+    assert report.failures == 0 and report.closest_found == 0
+    done = [replace(report, ok=True, rounds=3, requests=9),
+            replace(report, ok=True, rounds=5, requests=11, latency=0.2)]
+    summary = summarize([report, *done])
+    assert summary["lookups"] == 3 and summary["failed"] == 1
+    assert (summary["rounds_p50"], summary["rounds_max"]) == (3, 5)
+    assert (summary["requests_p50"], summary["requests_max"]) == (9, 11)
+    assert summary["latency_max"] == pytest.approx(0.5)  # the failed one waited longest
+    alone = summarize([report])
+    assert alone["failed"] == 1 and math.isnan(alone["rounds_p50"])
+    assert alone["messages_p50"] == report.messages
 
 
 # ---------------------------------------------------------------------------- the fast build

@@ -3,6 +3,7 @@ what the virtual clock allows."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
@@ -212,3 +213,65 @@ def test_a_node_that_left_or_of_another_network_cannot_run_operations_here() -> 
     assert net.now == 0.0  # no virtual time spent waiting on them
     report = net.lookup(net.live_nodes()[0], 12345)  # a live one still runs
     assert report.ok and report.true_closest
+
+
+def test_a_call_of_another_network_or_no_call_at_all_is_refused_at_once() -> None:
+    # Events here would never complete another network's call: running them until its deadline
+    # and then reporting a timeout would blame the wrong thing, after a minute of virtual time.
+    net = _bounded(SimNetwork(13))
+    net.build(30)
+    other = SimNetwork(14)
+    stranger = other.build(30)[0]
+    foreign = other.call(stranger, stranger.find_nodes, 12345)
+    events, delivered = list(net._events), net.delivered
+    with pytest.raises(InvalidArgument, match="another network"):
+        net.run_call(foreign)
+    with pytest.raises(InvalidType, match="int"):
+        net.run_call(12)  # type: ignore[arg-type]
+    assert net.now == 0.0 and net._events == events and net.delivered == delivered
+    assert len(other.run_call(foreign)) == other.config.k  # its own network runs it
+    # Calls made here run: through call(), in a tuple (a subscription and its registration),
+    # and directly on one of this network's nodes.
+    node = net.live_nodes()[0]
+    assert len(net.run_call(net.call(node, node.find_nodes, 999))) == net.config.k
+    _, registered = net.call(node, node.pubsub.subscribe, 77, lambda *_: None)
+    assert registered.started_by is not None
+    assert net.run_call(registered) >= 1
+    direct = node.find_nodes(4242, net.now)
+    net.call(node, lambda now: None)  # its datagrams go out
+    assert len(net.run_call(direct)) == net.config.k
+
+
+def test_an_operation_of_another_node_is_refused_before_it_runs() -> None:
+    # net.call(a, b.find_nodes, ...) ran b's lookup but sent only a's datagrams: b's requests
+    # sat in its queue and the call waited out its deadline.
+    net = _bounded(SimNetwork(15))
+    net.build(20)
+    a, b = net.live_nodes()[:2]
+    for operation in (b.find_nodes, b.namespace.get, functools.partial(b.find_nodes)):
+        with pytest.raises(InvalidArgument, match="another node"):
+            net.call(a, operation, 12345)
+    assert b.stats["requests_out"] == 0 and not b.datagrams_to_send()
+    assert net.now == 0.0 and net.sent == 0
+    assert net.call(a, lambda now: now) == 0.0  # a plain function is run as given
+    assert len(net.run_call(net.call(a, functools.partial(a.find_nodes, 12345)))) == 19
+
+
+def test_removing_or_measuring_a_node_of_another_network_is_refused() -> None:
+    # A node of another network may share an address with one of ours: remove() took ours down
+    # while still counting it live, and every later report expected it to answer.
+    net = SimNetwork(16)
+    net.build(30)
+    stranger = SimNetwork(17).build(5)[0]
+    ours = net.nodes[stranger.address]  # type: ignore[index]
+    for misuse in (net.remove, net.table_fill):
+        with pytest.raises(InvalidArgument, match="not one of this network's nodes"):
+            misuse(stranger)
+        with pytest.raises(InvalidArgument, match="not one of this network's nodes"):
+            misuse(Node())
+    assert net.stats()["live"] == 30 and net.stats()["left"] == 0 and not net.down
+    assert ours in net.live_nodes() and net.lookup(ours, 12345).ok
+    net.remove(ours)
+    net.remove(ours)  # removing a node that already left does nothing
+    assert net.stats()["live"] == 29 and net.stats()["left"] == 1
+    assert net.table_fill(ours).address == stranger.address  # a node that left is still ours
