@@ -21,6 +21,16 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
 * A candidate's *round* is one more than the round of the peer that named it (initial contacts are
   round 1); the lookup's round count is the highest round asked. Rounds are what the paper's
   O(log n) bound counts.
+* A candidate is one id at one address. Another address named for an id already among the
+  candidates is kept as an *alternate* of that candidate (see "Bounds"), unless the candidate
+  answered (its id answered from its address), the id was asked at that address before, or the
+  same input already offered another address for it (one reply offers one address per id).
+  When the candidate fails (silence, an ERROR, another id answering), it is asked again at its
+  first alternate, as if newly named there (its network's share included); a candidate that
+  failed is asked again at an address named for it later in the same way. So a peer that names
+  the closest ids at addresses that do not answer for them cannot hide the real peers that
+  others name at their real addresses. An outcome counts only for the address its candidate
+  stands at: a late reply, stall or failure of an address it left is ignored.
 * Network diversity (not in the paper): with a ``network`` rule, at most ``max_per_network``
   candidates of one network (the rule's answer; None: not limited) that have not failed are in
   a lookup, so peers of one network cannot crowd out the others by naming each other (an
@@ -32,10 +42,12 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
   :attr:`Lookup.max_requests` requests are asked, after which the lookup ends once none is in
   flight; at most :attr:`Lookup.max_candidates` candidates are kept, past which the farthest are
   forgotten, failed ones first, then ones not asked yet or that answered (never one in flight
-  or stalled, nor one of the ``k`` closest that answered); and at most as many refused
-  candidates are kept aside. So peers that keep naming new contacts cannot make a lookup hold,
-  or scan at every reply, more than a fixed number of candidates, nor make it ask without end
-  until its deadline.
+  or stalled, nor one of the ``k`` closest that answered); at most as many refused
+  candidates are kept aside; at most :data:`MAX_ALTERNATES` alternates per candidate and
+  ``max_candidates`` in all are kept (an address named past them is dropped), and one address
+  a candidate left per request asked. So peers that keep naming new contacts cannot make a
+  lookup hold, or scan at every reply, more than a fixed number of candidates (and
+  addresses), nor make it ask without end until its deadline.
 """
 
 from __future__ import annotations
@@ -45,13 +57,18 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 from operator import attrgetter
 
-from .contact import Contact
+from .contact import Address, Contact, make_contact
 
 _DISTANCE = attrgetter("distance")
 
 MAX_CANDIDATES = 1024
 """Candidates one lookup keeps, and refused candidates it keeps aside, at most, unless told
 otherwise (``Config.lookup_max_candidates`` says why)."""
+
+MAX_ALTERNATES = 3
+"""Alternate addresses one lookup keeps for one candidate at most (see the module docstring):
+as many peers as this, each naming an id at an address of its own before an honest peer names
+its real one, are needed to hide it."""
 
 MAX_REQUESTS = 512
 """Requests one lookup asks at most, unless told otherwise (``Config.lookup_max_requests`` says
@@ -86,6 +103,11 @@ class Candidate:
         return self.distance < other.distance
 
 
+_ABSENT = Candidate(make_contact(-1, ("", 0)), -1, 0)
+"""What :meth:`Lookup._add` finds for an id not among the candidates: its contact is none
+that a peer names, so one test tells a contact named again from the others."""
+
+
 class Lookup:
     """The state of one iterative lookup for ``target``."""
 
@@ -115,6 +137,12 @@ class Lookup:
         self.crowded = 0  # candidates refused because their network had its share
         self._order: list[Candidate] = []
         self._by_id: dict[int, Candidate] = {}
+        # Per candidate id, its alternates, first to ask first: (contact, round); and the
+        # addresses it left (asked, failed), never taken again. Empty for an honest network,
+        # which never names one id at two addresses.
+        self._alternates: dict[int, list[tuple[Contact, int]]] = {}
+        self._alternate_count = 0  # contacts in self._alternates, at most max_candidates
+        self._left: dict[int, list[Address]] = {}
         # How many of the closest candidates are settled (see _settle), and how many of those
         # answered: what next_requests and finished would otherwise walk again at every input.
         self._settled = 0
@@ -163,14 +191,19 @@ class Lookup:
         return chosen
 
     def on_reply(self, contact: Contact, named: Iterable[Contact]) -> list[Contact]:
-        """``contact`` answered and named ``named``; returns the contacts that were new."""
+        """``contact`` answered and named ``named``; returns the contacts that were new (with
+        those a failed candidate is now to be asked at)."""
         cand = self._by_id.get(contact.id)
         if cand is None or cand.state in (_ANSWERED, _FAILED, _WAITING):
             return []
+        if cand.contact is not contact and cand.contact.address != contact.address:
+            return []  # an address it left answered late
         if cand.state is _IN_FLIGHT:
             self.in_flight -= 1
         cand.state = _ANSWERED
         self.replies += 1
+        if self._alternates:  # it answered from its address: no other is asked for it
+            self._drop_alternates(contact.id)
         if self.stopped:
             return []
         if cand is self.probe:  # it did not have the value
@@ -180,17 +213,21 @@ class Lookup:
     def on_stall(self, contact: Contact) -> None:
         """The first attempt to ``contact`` timed out: free its slot for the next candidate."""
         cand = self._by_id.get(contact.id)
-        if cand is not None and cand.state is _IN_FLIGHT:
+        if cand is not None and cand.state is _IN_FLIGHT and (
+                cand.contact is contact or cand.contact.address == contact.address):
             cand.state = _STALLED
             self.in_flight -= 1
             if cand is self.probe:
                 self.widen()
 
     def on_failure(self, contact: Contact) -> None:
-        """The request to ``contact`` failed for good (timeout, error, or a lie)."""
+        """The request to ``contact`` failed for good (timeout, error, or a lie). A candidate
+        with an alternate is to be asked again there (see the module docstring)."""
         cand = self._by_id.get(contact.id)
         if cand is None or cand.state in (_FAILED, _WAITING):
             return
+        if cand.contact is not contact and cand.contact.address != contact.address:
+            return  # an address it left failed late
         if cand.state is _IN_FLIGHT:
             self.in_flight -= 1
         elif cand.state is _ANSWERED:  # found out later (a lie): the settled count changes
@@ -201,6 +238,8 @@ class Lookup:
             self._free_share(cand.contact)
         if cand is self.probe:
             self.widen()
+        if self._alternates:
+            self._next_alternate(cand)
 
     def widen(self) -> None:
         """End probing: the probe, if one is out, no longer holds the others back, and no
@@ -298,9 +337,35 @@ class Lookup:
         own_id = self.own_id
         target = self.target
         added: list[Candidate] = []
+        # Ids this input named at another address than their candidate's, and the failed
+        # candidates it moved (both None, unless peers name one id at two addresses).
+        named: list[int] | None = None
+        revived: list[Contact] | None = None
+        known_as, absent = by_id.get, _ABSENT  # one hash of the 256-bit id per contact named
         for contact in contacts:
             node_id = contact.id
-            if node_id in by_id or node_id == own_id or (skip is not None and skip(contact)):
+            known = known_as(node_id, absent)
+            if known.contact is contact:  # named again as the very contact known: most are
+                continue
+            if known is not absent:
+                # Named again as an equal contact (the routing table's, or decoded before): it
+                # takes the known one's place, as the codec decodes a contact it met before as
+                # one object, so the next naming is that object again. Seldom at another
+                # address; never for one that answered (which takes no other address).
+                if known.state is not _ANSWERED:
+                    if known.contact.address == contact.address:
+                        known.contact = contact
+                        continue
+                    if named is None:
+                        named = []
+                    if node_id not in named and known not in added:  # one address per input
+                        named.append(node_id)
+                        if self._named_at(known, contact, round_):
+                            if revived is None:
+                                revived = []
+                            revived.append(contact)
+                continue
+            if node_id == own_id or (skip is not None and skip(contact)):
                 continue
             if network is not None:
                 name = network(contact)
@@ -313,8 +378,10 @@ class Lookup:
                     self._per_network[name] = count + 1
             cand = by_id[node_id] = Candidate(contact, node_id ^ target, round_)
             added.append(cand)
+        if revived is not None:  # a failed candidate is to be asked again: not settled now
+            self._settled = self._settled_answered = 0
         if not added:
-            return []
+            return [] if revived is None else revived
         order = self._order
         order.extend(added)
         order.sort(key=_DISTANCE)
@@ -322,7 +389,83 @@ class Lookup:
             self._settled = self._settled_answered = 0  # one came in among the settled
         if len(order) > self.max_candidates:
             self._trim(len(order) - self.max_candidates)
-        return [cand.contact for cand in added if cand.contact.id in by_id]
+        new = [cand.contact for cand in added if cand.contact.id in by_id]
+        if revived is not None:
+            for contact in revived:
+                moved = by_id.get(contact.id)
+                if moved is not None and moved.contact is contact:  # not forgotten since
+                    new.append(contact)
+        return new
+
+    def _named_at(self, cand: Candidate, contact: Contact, round_: int) -> bool:
+        """``contact`` names ``cand``'s id at another address: keep it as an alternate of
+        ``cand`` (bounded), or, if ``cand`` failed, move it there at once. True if it moved."""
+        state = cand.state
+        if state is _ANSWERED:
+            return False
+        node_id, address = contact.id, contact.address
+        left = self._left.get(node_id)
+        if left is not None and address in left:
+            return False  # asked there before
+        alternates = self._alternates.get(node_id)
+        if alternates is not None and any(other.address == address for other, _ in alternates):
+            return False
+        if self._skip is not None and self._skip(contact):
+            return False
+        if state is _FAILED:
+            return self._move(cand, contact, round_)
+        if self._alternate_count >= self.max_candidates:
+            return False
+        if alternates is None:
+            alternates = self._alternates[node_id] = []
+        elif len(alternates) >= MAX_ALTERNATES:
+            return False
+        alternates.append((contact, round_))
+        self._alternate_count += 1
+        return False
+
+    def _move(self, cand: Candidate, contact: Contact, round_: int) -> bool:
+        """Move ``cand``, which failed (it holds no network share), to ``contact``, its id at
+        another address, to be asked there as if newly named: it takes a share of that
+        address's network, or is refused for it like any candidate (then kept aside under its
+        new address, and False)."""
+        network = self._network
+        if network is not None:
+            name = network(contact)
+            if name is not None:
+                count = self._per_network.get(name, 0)
+                if count >= self._max_per_network:
+                    self.crowded += 1
+                    self._refuse(name, contact, round_)
+                    return False
+                self._per_network[name] = count + 1
+        left = self._left.get(contact.id)
+        if left is None:
+            left = self._left[contact.id] = []
+        left.append(cand.contact.address)  # one per request asked: bounded by max_requests
+        cand.contact = contact
+        cand.round = round_
+        cand.state = _WAITING
+        return True
+
+    def _next_alternate(self, cand: Candidate) -> None:
+        """``cand`` just failed: move it to its first alternate that its network's share
+        admits (those it does not are kept aside, as refused candidates are)."""
+        node_id = cand.contact.id
+        alternates = self._alternates.get(node_id)
+        if alternates is None:
+            return
+        while alternates and cand.state is _FAILED:
+            contact, round_ = alternates.pop(0)
+            self._alternate_count -= 1
+            self._move(cand, contact, round_)  # it was asked, so not among the settled
+        if not alternates:
+            del self._alternates[node_id]
+
+    def _drop_alternates(self, node_id: int) -> None:
+        dropped = self._alternates.pop(node_id, None)
+        if dropped is not None:
+            self._alternate_count -= len(dropped)
 
     def _trim(self, excess: int) -> None:
         """Forget ``excess`` candidates (fewer if only in-flight, stalled and the ``k`` closest
@@ -353,6 +496,10 @@ class Lookup:
         for cand in order:
             if id(cand) in victims:
                 del self._by_id[cand.contact.id]
+                if self._alternates:
+                    self._drop_alternates(cand.contact.id)
+                if self._left:
+                    self._left.pop(cand.contact.id, None)
                 if cand.state is not _FAILED:
                     self._release_share(cand.contact)
             else:

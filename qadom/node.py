@@ -216,7 +216,7 @@ class _NodeLookup(Lookup):
     silent_limited = 0  # of those, to a peer whose silence our rate explains (Node._silenced)
     # The distances to the target of the k closest candidates that failed for our rate (refused
     # RATE_LIMITED, or silent while that explains it), closest first; empty when none did. A
-    # candidate fails at most once, so no distance is there twice.
+    # candidate may fail at more than one address (Lookup's alternates): kept once.
     limited_distances: tuple[int, ...] = ()
 
     def on_refusal(self, contact: Contact, error: Error) -> None:
@@ -248,6 +248,8 @@ class _NodeLookup(Lookup):
         among the k closest of those that did (farther ones cannot change the outcome)."""
         distance = contact.id ^ self.target
         kept = self.limited_distances
+        if distance in kept:
+            return
         if len(kept) < self.k or distance < kept[-1]:
             self.limited_distances = tuple(sorted((*kept, distance)))[:self.k]
 
@@ -2511,7 +2513,9 @@ class Node:
         count, since every cache peer lies beyond them or among them, and counting them would
         leave no lifetime worth sending (24 h / 2^k). Never for longer than the copy it was read
         from has left (``found.ttl``): a value nobody renews is gone everywhere a day after its
-        last publication, cached copies included, however often it is read."""
+        last publication, cached copies included, however often it is read. Never at an
+        address banned since it answered (it lied to this lookup or another)."""
+        without = [c for c in without if not self._is_banned(c, now)]
         if not without:
             return
         target = min(without, key=lambda c: c.id ^ key)
