@@ -685,18 +685,19 @@ async def _join(peer: Peer, args: argparse.Namespace, data_dir: str | None) -> N
                           if saved else "")
                 raise NoPeersError(f"could not join: no node answered at {where}{unless}"
                                    ) from None
-            log.warning("no node answered at %s: rejoining through the %d other contacts saved "
-                        "in %s", where, len(others), data_dir)
+            log.warning("no node answered at %s: rejoining through the %s saved in %s", where,
+                        _contacts(len(others), "other contact"), data_dir)
             try:
                 size = await peer.bootstrap(others)
             except NoPeersError:
+                every = "the" if len(others) == 1 else "any of the"
                 raise NoPeersError(
-                    f"could not join: no node answered at {where} nor at any of the "
-                    f"{len(others)} contacts saved in {data_dir!r}") from None
+                    f"could not join: no node answered at {where} nor at {every} "
+                    f"{_contacts(len(others), 'contact')} saved in {data_dir!r}") from None
             except QadomError as exc:  # some answered, but not enough to join (a timeout)
                 raise type(exc)(
                     f"could not join: no node answered at {where}, and rejoining through the "
-                    f"{len(others)} contacts saved in {data_dir!r} failed: {exc}"
+                    f"{_contacts(len(others), 'contact')} saved in {data_dir!r} failed: {exc}"
                 ) from None
             log.info("rejoined through saved contacts; %d contacts", size)
             return
@@ -927,6 +928,11 @@ def _check_family(addresses: Sequence[Address], host: str, socket_name: str) -> 
             f"{socket_name} is IPv{version}: it cannot reach it; give addresses of one IP family")
 
 
+def _contacts(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural unless one: "1 other contact", "3 other contacts"."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def _where(addresses: Sequence[Address]) -> str:
     return ", ".join(format_address(address) for address in addresses)
 
@@ -1049,7 +1055,7 @@ async def _keygen(args: argparse.Namespace) -> int:
     if not args.force and os.path.lexists(path):
         raise CommandLineError(f"{path!r} exists: give --force to replace it")
     if os.path.isdir(path):  # '.', '/': no file name to write next to, and never replaceable
-        raise OSError(errno.EISDIR, f"cannot write {path!r}: {os.strerror(errno.EISDIR)}")
+        raise CommandLineError(f"{path!r} is a directory: keygen writes only a file")
     if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
         # --force replaces a file keygen could have made, never a device, a pipe or a link
         # (the file is replaced by a rename, which would put a plain file in their place).

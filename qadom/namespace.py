@@ -556,8 +556,9 @@ class NamespaceService:
     def set(self, record: NamespaceRecord, now: float) -> Call[int]:
         """Store ``record`` at the k closest peers to its storage key, then here; resolves to the
         number of replicas that stored it: at least 1, or 0 on a node that knows no other peer
-        (the record is then ours alone until peers come, as a set's value). When there were
-        peers to ask and none stored it, the set fails as a set of a value does
+        (the record is then ours alone until peers come, as a set's value), or when every
+        replica that answered refused it as stale without backing it (see below). When there
+        were peers to ask and none stored it or refused it so, the set fails as a value's does
         (:meth:`Node.unstored <qadom.node.Node.unstored>`: OperationTimeout when none answered,
         RateLimited, StorageFull, or the first refusal), nothing stored here.
 
@@ -631,8 +632,11 @@ class NamespaceService:
                 refused = [c for c, r in replies
                            if isinstance(r, Error) and r.code == ErrorCode.STALE_SEQUENCE]
                 # Why none took it, when there were peers to ask (None on a node that knows
-                # no other: the record is ours alone until peers come).
-                unstored = None if acks else node.unstored(lookup, replies, len(silenced))
+                # no other: the record is ours alone until peers come). A refusal as stale
+                # answers for the replica: backed, it fails the set below; unbacked, it may not
+                # (one hostile replica would veto every write), so the set stands.
+                unstored = (None if acks or refused
+                            else node.unstored(lookup, replies, len(silenced)))
                 if not refused:
                     finish(acks, None, len(closest), now, full, unstored)
                     return

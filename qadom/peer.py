@@ -517,8 +517,12 @@ class Peer:
                             seq: int = 0) -> int:
         """Store version ``seq`` of ``key`` in the namespace of ``public_key`` (32 bytes), signed
         with ``signature`` (64 bytes, ed25519 over :func:`qadom.namespace.signing_bytes`); value
-        bytes of at most 8192, seq an int in [0, 2**63). Returns how many replicas stored it.
-        Raises BadSignature (nothing sent) or StaleSequence (a newer version is stored)."""
+        bytes of at most 8192, seq an int in [0, 2**63). Returns how many replicas stored it (0
+        on a peer that knows no other). Raises BadSignature or StorageFull (this peer has no
+        room for it) with nothing sent, StaleSequence when a newer version is stored, and as
+        :meth:`set` does when there were peers to ask and none stored it (OperationTimeout,
+        RateLimited, StorageFull...): :meth:`NamespaceService.set
+        <qadom.namespace.NamespaceService.set>` says when each applies."""
         protocol = self._running()
         record = NamespaceRecord.checked(public_key, key, seq, value, signature,
                                          max_value_size=self.config.max_value_size)

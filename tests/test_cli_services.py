@@ -113,8 +113,8 @@ def test_keygen_forced_onto_a_directory_fails_with_one_line(tmp_path: Path, targ
     result = subprocess.run([sys.executable, "-m", "qadom", "keygen", path, "--force"],
                             capture_output=True, timeout=RUN_TIMEOUT, cwd=where, check=False,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 1
-    assert one_line_error(result) == f"cannot write {path!r}: Is a directory"
+    assert result.returncode == 2  # a bad argument, as any FILE that is not a file
+    assert one_line_error(result) == f"{path!r} is a directory: keygen writes only a file"
     assert list(where.iterdir()) == []
 
 

@@ -899,3 +899,16 @@ def test_sim_a_namespace_set_that_no_peer_took_fails_as_a_set_does() -> None:
     alone = SimNetwork(5, config=SIM_CONFIG).add_nodes(1)[0]
     assert alone.namespace.set(record, 0.0).result() == 0
     assert alone.namespace.local(record.storage_key) == record
+
+
+def test_sim_replicas_that_all_refuse_as_stale_unbacked_cannot_veto_a_set() -> None:
+    """Every replica answers STALE_SEQUENCE and shows no record when asked: no store, but no
+    veto either; the writer keeps the record (as its publisher) and the set resolves to 0."""
+    net, nodes = sim_network(count=10, seed=6)
+    writer = nodes[0]
+    for liar in nodes[1:]:
+        liar.register_handler(NamespaceStore, lambda message, sender, address, now: Error(
+            ErrorCode.STALE_SEQUENCE, "no"))
+    record = signed(78, 0, b"v")
+    assert net.run_call(net.call(writer, writer.namespace.set, record)) == 0
+    assert writer.namespace.local(record.storage_key) == record
