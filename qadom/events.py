@@ -70,3 +70,6 @@ class LookupFinished(LookupEvent):
     replies: int
     failures: int
     duration: float
+    # The operation ended before the lookup did (cancelled, or past its deadline): it was
+    # stopped there, and ``found_value`` is False.
+    given_up: bool = False

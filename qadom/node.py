@@ -270,8 +270,8 @@ class _LookupRun:
     :class:`Lookup` chooses, feeds it the replies, and ends once. Requests and timers point to
     it; it points to none of them, so a finished run is freed at once, without the collector."""
 
-    __slots__ = ("call", "emit", "finished", "hedge_timer", "kind", "lookup", "lookup_id",
-                 "message", "node", "on_finish", "on_message", "refilled", "started",
+    __slots__ = ("call", "emit", "finished", "given_up", "hedge_timer", "kind", "lookup",
+                 "lookup_id", "message", "node", "on_finish", "on_message", "refilled", "started",
                  "touched_before")
 
     def __init__(self, node: Node, lookup: _NodeLookup, lookup_id: int, kind: str,
@@ -288,6 +288,7 @@ class _LookupRun:
         self.call = call
         self.started = now
         self.finished = False
+        self.given_up = False  # stopped because its operation ended first (see pump)
         self.refilled = False
         self.hedge_timer = 0  # the probe's hedge timer, while it may still fire
         self.emit = node._emit if node._listeners else None
@@ -299,6 +300,8 @@ class _LookupRun:
             return
         lookup, node, emit = self.lookup, self.node, self.emit
         if self.call is not None and self.call.done and not lookup.stopped:
+            # The operation ended first (cancelled, past its deadline): asking more is of no use.
+            self.given_up = True
             lookup.stop()
             # Not a lookup into the target's bucket after all: upkeep still refreshes it.
             node.table.untouch(lookup.target, self.started, self.touched_before)
@@ -345,9 +348,10 @@ class _LookupRun:
                 self.hedge_timer = 0
             if emit:
                 emit(LookupFinished(self.lookup_id, now, lookup.target, self.kind,
-                                    lookup.stopped, tuple(lookup.closest()), lookup.rounds,
-                                    lookup.requests, lookup.replies, lookup.failures,
-                                    now - self.started))
+                                    lookup.stopped and not self.given_up,
+                                    tuple(lookup.closest()), lookup.rounds, lookup.requests,
+                                    lookup.replies, lookup.failures, now - self.started,
+                                    self.given_up))
             try:
                 self.on_finish(lookup, now)
             except StorageUnavailable as exc:

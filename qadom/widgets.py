@@ -311,6 +311,8 @@ class LookupView(_View):
             return "waiting for a lookup"
         if self.finished is None:
             return "running"
+        if self.finished.given_up:
+            return "given up"
         return "found the value" if self.finished.found_value else "converged"
 
     # ------------------------------------------------------------------ rendering

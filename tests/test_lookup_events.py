@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import random
 
-from qadom.events import LookupEvent, LookupRefused, LookupReply, LookupRequest, LookupTimeout
+from qadom.errors import OperationAbandoned
+from qadom.events import (
+    LookupEvent,
+    LookupFinished,
+    LookupRefused,
+    LookupReply,
+    LookupRequest,
+    LookupTimeout,
+)
 from qadom.messages import Error, ErrorCode, FindNode, Message, Pong
 from qadom.sim import SimNetwork
 from qadom.widgets import ASKED, FAILED, LookupView
@@ -50,3 +58,25 @@ def test_sim_refusals_and_useless_answers_end_their_requests_in_events() -> None
     assert report.failures == len(refused)
     assert sum(p.state == ASKED for p in view.peers.values()) == 0
     assert sum(p.state == FAILED for p in view.peers.values()) == report.failures
+
+
+def test_sim_a_lookup_its_operation_gave_up_on_is_not_said_to_have_found_a_value() -> None:
+    """A find_nodes cancelled while its lookup asks: the lookup stops at the next reply, and
+    its LookupFinished says it was given up, not that it found the value; so does the view."""
+    net = SimNetwork(5)
+    nodes = net.build(60)
+    origin, target = nodes[0], random.Random(2).getrandbits(256)
+    events: list[LookupEvent] = []
+    origin.add_listener(events.append)
+    view = LookupView(origin, target=target)
+    call = net.call(origin, origin.find_nodes, target)
+    call.fail(OperationAbandoned("find_nodes was cancelled"))
+    net.run_for(5.0)
+    (finished,) = [e for e in events if isinstance(e, LookupFinished)]
+    assert finished.given_up and not finished.found_value
+    assert view.status == "given up"
+    quiet: list[LookupEvent] = []
+    origin.add_listener(quiet.append)
+    assert net.run_call(net.call(origin, origin.find_nodes, target))
+    (done,) = [e for e in quiet if isinstance(e, LookupFinished)]
+    assert not done.given_up and not done.found_value
