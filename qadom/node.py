@@ -36,7 +36,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from functools import partial
-from heapq import heappop, heappush
+from heapq import heappop, heappush, nsmallest
 from typing import Any, Protocol, TypeVar
 
 from .call import Call
@@ -363,7 +363,11 @@ class _LookupRun:
 
     def _refill(self, now: float) -> None:
         """When every candidate near the target failed (a partition, a dead neighbourhood), fall
-        back once on the rest of the routing table before giving up."""
+        back once on the rest of the routing table before giving up; and when the table had no
+        one left to ask either (every contact failed of late: a cut, or our own overload), on
+        the k closest of the contacts it gave up that are out of backoff, which would otherwise
+        be pinged back only minutes later (:meth:`Node._retry_given_up`): one that answers
+        comes back into the table as any contact that answers us."""
         lookup = self.lookup
         if (lookup.finished and not lookup.stopped and not self.refilled
                 and len(lookup.closest()) < lookup.k):
@@ -372,6 +376,11 @@ class _LookupRun:
             dead = node._dead
             lookup.add(c for c in node.table.closest(lookup.target, len(node.table))
                        if dead.get(c.address, 0.0) <= now)
+            if lookup.finished and node._given_up:
+                target = lookup.target
+                lookup.add(nsmallest(lookup.k, (
+                    entry[0] for entry in node._given_up.values()
+                    if dead.get(entry[0].address, 0.0) <= now), key=lambda c: c.id ^ target))
 
     def on_reply(self, contact: Contact, envelope: Envelope | None, now: float) -> None:
         if self.finished:
@@ -1074,7 +1083,8 @@ class Node:
         return replicated
 
     def unanswered(self, lookup: Lookup) -> QadomError:
-        """Why a read that no peer answered found nothing: no peer known (NoPeersError), or
+        """Why a read that no peer answered found nothing: no peer known (NoPeersError: none in
+        the table, nor any it gave up and may ping back), or
         none of those asked answered with a result, or every peer known failed of late and none
         was asked (OperationTimeout). Either way it is no sign that the network holds nothing.
 
@@ -1099,7 +1109,7 @@ class Node:
                 f"no peer answered the lookup with a result: {refusals} of the "
                 f"{lookup.requests} asked answered with an error (the first: {said}), the "
                 f"others with nothing of use{rate}")
-        if len(self.table):
+        if len(self.table) or self._given_up:  # the table gave up those it held: still peers
             return OperationTimeout("every known peer failed to answer of late; none was asked")
         return NoPeersError("no peer known to ask: join a network first (bootstrap)")
 

@@ -4,8 +4,11 @@ nothing. What the node holds itself is still read."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from qadom import Config, Identity, NoPeersError, NotFoundError, OperationTimeout, Peer
 from qadom.call import Call
@@ -131,3 +134,28 @@ def test_a_read_some_peers_refuse_and_the_others_ignore_says_both() -> None:
     assert text.startswith("no peer answered the lookup with a result: 2 of the "), text
     assert "answered with an error (the first: STORAGE_UNAVAILABLE (the disk?is gone))" in text
 
+
+
+def test_sim_a_node_whose_table_gave_everyone_up_asks_them_again_and_says_so() -> None:
+    """Cut off from every contact until its table has given them all up (as its own overload
+    can do to a node): a read says OperationTimeout (peers are known: the table gave them up),
+    not NoPeersError's "join a network first"; and once the cut heals, the next lookup asks the
+    contacts the table gave up, out of backoff, at once, instead of minutes later, and those
+    that answer are back in the table."""
+    net = SimNetwork(8)
+    nodes = net.build(30)
+    origin = nodes[0]
+    net.partition([origin], nodes[1:])
+    for _ in range(12):
+        if not len(origin.table):
+            break
+        with contextlib.suppress(OperationTimeout, NoPeersError):
+            net.run_call(net.call(origin, origin.find_nodes, origin.id ^ 1))
+    assert len(origin.table) == 0 and origin._given_up
+    with pytest.raises(OperationTimeout):
+        net.run_call(net.call(origin, origin.find_nodes, 12345))
+    net.heal()
+    net.run_for(origin.config.dead_backoff + 1)  # out of backoff, well before any ping back
+    assert origin.stats["given_up_pings"] == 0
+    found = net.run_call(net.call(origin, origin.find_nodes, 12345))
+    assert found and len(origin.table) >= len(found)
