@@ -296,8 +296,10 @@ def parse_public_key(text: str) -> bytes:
 
 
 def parse_count(text: str) -> int:
-    """A positive number of messages, in ASCII digits."""
-    if not _DECIMAL.fullmatch(text) or len(text) > 18 or int(text) < 1:
+    """A positive number of messages, in ASCII digits, of at most 18 of them."""
+    if _DECIMAL.fullmatch(text) and len(text) > 18:
+        raise argparse.ArgumentTypeError(f"{text} is too many: at most 18 digits")
+    if not _DECIMAL.fullmatch(text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return int(text)
 

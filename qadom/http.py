@@ -111,6 +111,8 @@ class HelperState:
     public_key: bytes
     subscriptions: int = 0
     closing: asyncio.Event = field(default_factory=asyncio.Event)
+    # The connections of the event streams being written (see _on_shutdown).
+    streams: set[asyncio.Transport] = field(default_factory=set)
 
 
 PEER = web.AppKey("peer", Peer)
@@ -589,6 +591,9 @@ async def subscribe_get(request: web.Request) -> web.StreamResponse:
             await response.prepare(request)
             if request.method == "HEAD":
                 return response
+            transport = request.transport
+            if transport is not None:
+                state.streams.add(transport)
             try:
                 await response.write(b": subscribed\n\n")
                 await _stream(response, messages, state)
@@ -596,6 +601,9 @@ async def subscribe_get(request: web.Request) -> web.StreamResponse:
                 # The client went away, or the peer closed: the stream just ends (its status and
                 # headers are sent already, so there is no error answer to give).
                 pass
+            finally:
+                if transport is not None:
+                    state.streams.discard(transport)
             return response
     finally:
         state.subscriptions -= 1
@@ -965,7 +973,14 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
 
 
 async def _on_shutdown(app: web.Application) -> None:
-    app[STATE].closing.set()  # ends every event stream, so shutdown never waits on one
+    state = app[STATE]
+    state.closing.set()  # ends every event stream, so shutdown never waits on one
+    # A stream whose client stopped reading waits in a write for room in its connection, and
+    # would see that only once the write ends: its connection is cut instead, at once (a
+    # graceful end would wait for room again, once per shutdown timeout).
+    for transport in list(state.streams):
+        if transport.get_write_buffer_size():
+            transport.abort()
 
 
 def make_app(peer: Peer) -> web.Application:

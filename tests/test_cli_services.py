@@ -603,9 +603,11 @@ def test_subscribe_count_must_be_a_positive_integer() -> None:
         "argument --count: expected a positive integer, got '0' (see 'qadom subscribe --help')")
     assert parse_count("1") == 1
     assert parse_count("007") == 7
-    for text in ["-1", "two", "1.5", "٣", "+1", " 1", "", "9" * 19]:
+    for text in ["-1", "two", "1.5", "٣", "+1", " 1", ""]:
         with pytest.raises(argparse.ArgumentTypeError, match="positive integer"):
             parse_count(text)
+    with pytest.raises(argparse.ArgumentTypeError, match="too many: at most 18 digits"):
+        parse_count("9" * 19)
 
 
 # ----------------------------------------------------------------------------- help

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from qadom import Peer, PeerClosedError
-from qadom.http import HttpHelper, make_app
+from qadom.http import HttpHelper, key_text, make_app
 
 from helpers import FAST
 
@@ -138,3 +139,42 @@ def test_close_from_another_loop_while_the_helpers_loop_stands_idle_frees_the_po
         loop.run_until_complete(asyncio.wait_for(peer.close(), 5))
     finally:
         loop.close()
+
+
+async def test_close_cuts_a_stream_whose_client_stopped_reading_at_once() -> None:
+    """An event stream whose client reads nothing more waits in a write for room; closing the
+    helper cuts that connection at once rather than waiting the shutdown timeout (twice: once
+    for the handler, once for the end of its response)."""
+    config = replace(FAST, pubsub_rate=1e6, pubsub_burst=100_000, http_shutdown_timeout=5.0)
+    async with Peer("127.0.0.1", 0, config=config) as relay, \
+            Peer("127.0.0.1", 0, config=config) as publisher:
+        await asyncio.wait_for(publisher.bootstrap([relay.address]), 10)
+        helper = HttpHelper(relay, "127.0.0.1", 0)
+        await asyncio.wait_for(helper.start(), 10)
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            assert helper.address is not None
+            await asyncio.wait_for(loop.sock_connect(client, helper.address), 10)
+            await loop.sock_sendall(client, f"GET /subscribe/{key_text(7)} HTTP/1.1\r\n"
+                                            "Host: qadom\r\n\r\n".encode())
+            got = b""
+            while b": subscribed" not in got:
+                got += await asyncio.wait_for(loop.sock_recv(client, 4096), 10)
+            (handler,) = helper._runner.server.connections  # type: ignore[union-attr]
+            transport = handler.transport
+            assert transport is not None
+            # Until the stream's connection holds more than it lets a write add to (aiohttp's
+            # high-water mark, 64 KiB): the stream's next write then waits for room.
+            for n in range(400):
+                await asyncio.wait_for(publisher.publish(7, n.to_bytes(4, "big") * 2048), 10)
+                if transport.get_write_buffer_size() > 2**16:
+                    break
+            assert transport.get_write_buffer_size() > 2**16
+            await asyncio.wait_for(publisher.publish(7, b"one more"), 10)
+            await asyncio.wait_for(helper.close(), config.http_shutdown_timeout - 1)
+            assert helper.open_streams == 0
+        finally:
+            client.close()
