@@ -367,15 +367,8 @@ class Lookup:
                 continue
             if node_id == own_id or (skip is not None and skip(contact)):
                 continue
-            if network is not None:
-                name = network(contact)
-                if name is not None:
-                    count = self._per_network.get(name, 0)
-                    if count >= self._max_per_network:
-                        self.crowded += 1
-                        self._refuse(name, contact, round_)
-                        continue
-                    self._per_network[name] = count + 1
+            if network is not None and not self._admit(contact, round_):
+                continue
             cand = by_id[node_id] = Candidate(contact, node_id ^ target, round_)
             added.append(cand)
         if revived is not None:  # a failed candidate is to be asked again: not settled now
@@ -424,21 +417,29 @@ class Lookup:
         self._alternate_count += 1
         return False
 
+    def _admit(self, contact: Contact, round_: int) -> bool:
+        """Whether ``contact`` may stand as a candidate under the network-diversity rule: it
+        takes a share of its network (True), or, that network's shares all taken, is refused
+        (counted in :attr:`crowded`, kept aside) and False."""
+        network = self._network
+        name = network(contact) if network is not None else None
+        if name is None:
+            return True
+        count = self._per_network.get(name, 0)
+        if count >= self._max_per_network:
+            self.crowded += 1
+            self._refuse(name, contact, round_)
+            return False
+        self._per_network[name] = count + 1
+        return True
+
     def _move(self, cand: Candidate, contact: Contact, round_: int) -> bool:
         """Move ``cand``, which failed (it holds no network share), to ``contact``, its id at
         another address, to be asked there as if newly named: it takes a share of that
         address's network, or is refused for it like any candidate (then kept aside under its
         new address, and False)."""
-        network = self._network
-        if network is not None:
-            name = network(contact)
-            if name is not None:
-                count = self._per_network.get(name, 0)
-                if count >= self._max_per_network:
-                    self.crowded += 1
-                    self._refuse(name, contact, round_)
-                    return False
-                self._per_network[name] = count + 1
+        if not self._admit(contact, round_):
+            return False
         left = self._left.get(contact.id)
         if left is None:
             left = self._left[contact.id] = []
