@@ -2060,8 +2060,9 @@ class Node:
                  silenced: int = 0) -> QadomError | None:
         """Why a write that ``lookup`` found the k closest for was confirmed by none of them,
         given their ``replies``, of which ``silenced`` were silences our rate explains (see
-        :meth:`ask_each`); None when there was nobody to ask (no peer known: the write is ours
-        alone until peers come, as on the first node of a network).
+        :meth:`ask_each`); None when there was nobody to ask (no peer known, or only contacts our
+        table gave up, none of which answered: the write is ours alone until peers come, as on
+        the first node of a network).
 
         RateLimited when one refused it for our rate, or when most of those that stayed silent
         (more than half) had just refused us for our rate (a peer over its limit answers one
@@ -2071,7 +2072,12 @@ class Node:
         asked did not answer. When no peer answered the lookup, as :meth:`unreached` says."""
         if not replies:  # nobody answered the lookup (or nobody could be asked)
             error = self.unreached(lookup)
-            return None if isinstance(error, NoPeersError) else error
+            if isinstance(error, NoPeersError) or not len(self.table):
+                # Nobody left in our table either: every contact failed of late and was given
+                # up (a network lost, or one cut off from us). Ours alone until peers come, as
+                # with none known; the contacts given up are still pinged back.
+                return None
+            return error
         refusals = [r for _, r in replies if isinstance(r, Error)]
         codes = {r.code for r in refusals}
         said = f"{len(refusals)} of the {len(replies)} closest peers asked refused it"

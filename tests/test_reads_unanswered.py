@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from qadom import Config, Identity, NoPeersError, NotFoundError, OperationTimeout, Peer
+from qadom import Config, Identity, NoPeersError, NotFoundError, OperationTimeout, Peer, key_for
 from qadom.call import Call
 from qadom.contact import Address
 from qadom.messages import Error, ErrorCode, FindValue, Search
@@ -159,3 +159,27 @@ def test_sim_a_node_whose_table_gave_everyone_up_asks_them_again_and_says_so() -
     assert origin.stats["given_up_pings"] == 0
     found = net.run_call(net.call(origin, origin.find_nodes, 12345))
     assert found and len(origin.table) >= len(found)
+
+
+def test_sim_a_node_whose_every_peer_left_for_good_still_writes_alone() -> None:
+    """Once its table has given up every contact (its network gone), a write is stored here
+    alone, as on the first node of a network, at once and once those contacts are out of
+    backoff and asked again; a read still says OperationTimeout, peers being known."""
+    net = SimNetwork(8)
+    nodes = net.build(6)
+    me = nodes[0]
+    for node in nodes[1:]:
+        net.remove(node)
+    for i in range(40):
+        if not len(me.table):
+            break
+        with contextlib.suppress(OperationTimeout, NoPeersError):
+            net.run_call(net.call(me, me.find_nodes, me.id ^ (i + 1)))
+    assert len(me.table) == 0 and me._given_up
+    for wait in (0.0, me.config.dead_backoff + 1, 3600.0):
+        net.run_for(wait)
+        value = b"alone after %d s" % wait
+        assert net.run_call(net.call(me, me.set, value)) == key_for(value)
+        assert me.store.get_value(key_for(value)) == value
+    with pytest.raises(OperationTimeout):
+        net.run_call(net.call(me, me.get, 1234))
