@@ -975,11 +975,12 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
 async def _on_shutdown(app: web.Application) -> None:
     state = app[STATE]
     state.closing.set()  # ends every event stream, so shutdown never waits on one
-    # A stream whose client stopped reading waits in a write for room in its connection, and
-    # would see that only once the write ends: its connection is cut instead, at once (a
-    # graceful end would wait for room again, once per shutdown timeout).
+    # A stream whose client stopped reading waits in a write for room in its connection (its
+    # buffer past the low-water mark: writing paused), and would see that only once the write
+    # ends: its connection is cut instead, at once (a graceful end would wait for room again,
+    # once per shutdown timeout). A client still keeping up gets a graceful end.
     for transport in list(state.streams):
-        if transport.get_write_buffer_size():
+        if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]:
             transport.abort()
 
 
