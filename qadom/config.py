@@ -361,6 +361,13 @@ class Config:
     """Seconds between comment lines on an idle Server-Sent Events stream, so that proxies and
     clients keep the connection open and a vanished client is noticed."""
 
+    http_sse_write_timeout: float = 60.0
+    """Seconds one write to a Server-Sent Events stream may wait for its client to read before
+    the stream is cut. A slow client only loses messages (newer ones are dropped past the
+    subscription's bounds); one that reads nothing at all would hold its stream, one of
+    ``http_max_subscriptions``, for as long as it keeps the connection open: 64 such clients
+    would shut everyone else out. A minute is far longer than any reading client stalls."""
+
     http_max_subscriptions: int = 64
     """Server-Sent Events streams open at once; each holds a subscription, so a client cannot open
     them without bound (503 beyond it)."""
@@ -583,7 +590,8 @@ class Config:
             raise InvalidArgument("need 0 < dht_max_record_size <= max_value_size, dht_max_key_size"
                                   " >= 1")
         if self.http_max_body_size < self.max_value_size or self.http_max_subscriptions < 0 or min(
-                self.http_sse_keepalive, self.http_shutdown_timeout) <= 0:
+                self.http_sse_keepalive, self.http_shutdown_timeout,
+                self.http_sse_write_timeout) <= 0:
             raise InvalidArgument("http_max_body_size must hold a value; http intervals positive")
         if min(self.pubsub_lease, self.pubsub_max_lease, self.pubsub_rate,
                self.pubsub_reorder_timeout, self.pubsub_stream_lifetime) <= 0 or min(

@@ -595,8 +595,8 @@ async def subscribe_get(request: web.Request) -> web.StreamResponse:
             if transport is not None:
                 state.streams.add(transport)
             try:
-                await response.write(b": subscribed\n\n")
-                await _stream(response, messages, state)
+                await _send(response, b": subscribed\n\n", state, transport)
+                await _stream(response, messages, state, transport)
             except (ConnectionError, QadomError):
                 # The client went away, or the peer closed: the stream just ends (its status and
                 # headers are sent already, so there is no error answer to give).
@@ -609,8 +609,23 @@ async def subscribe_get(request: web.Request) -> web.StreamResponse:
         state.subscriptions -= 1
 
 
+async def _send(response: web.StreamResponse, data: bytes, state: HelperState,
+                transport: asyncio.Transport | None) -> None:
+    """Write ``data`` to an event stream. ConnectionResetError, the connection cut, when the
+    write waited ``Config.http_sse_write_timeout`` for its client to read: a client that reads
+    nothing would otherwise hold its stream, one of a few, for as long as it stays connected."""
+    try:
+        async with asyncio.timeout(state.config.http_sse_write_timeout):
+            await response.write(data)
+    except TimeoutError:
+        if transport is not None:
+            transport.abort()
+        raise ConnectionResetError("the client read nothing for "
+                                   f"{state.config.http_sse_write_timeout:g} s") from None
+
+
 async def _stream(response: web.StreamResponse, messages: Subscription,
-                  state: HelperState) -> None:
+                  state: HelperState, transport: asyncio.Transport | None) -> None:
     """Write ``messages`` as events until the subscription ends or the helper closes.
 
     A client that reads more slowly than messages come makes the writes wait, and the
@@ -638,7 +653,7 @@ async def _stream(response: web.StreamResponse, messages: Subscription,
             if closing in done:
                 return
             if pending not in done:
-                await response.write(b": keepalive\n\n")
+                await _send(response, b": keepalive\n\n", state, transport)
                 continue
             task, pending = pending, None
             try:
@@ -647,9 +662,11 @@ async def _stream(response: web.StreamResponse, messages: Subscription,
                 return
             if messages.dropped > told:
                 lost, told = messages.dropped - told, messages.dropped
-                await response.write(f"event: dropped\ndata: {lost}\n\n".encode())
+                await _send(response, f"event: dropped\ndata: {lost}\n\n".encode(), state,
+                            transport)
             count += 1
-            await response.write(f"id: {count}\nevent: message\ndata: {_b64(value)}\n\n".encode())
+            await _send(response, f"id: {count}\nevent: message\ndata: {_b64(value)}\n\n".encode(),
+                        state, transport)
     finally:
         closing.cancel()
         if pending is not None:

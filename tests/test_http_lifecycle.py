@@ -9,13 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from qadom import Peer, PeerClosedError
 from qadom.http import HttpHelper, key_text, make_app
 
-from helpers import FAST
+from helpers import FAST, wait_until
 
 
 class CountingSite(web.TCPSite):
@@ -178,3 +179,40 @@ async def test_close_cuts_a_stream_whose_client_stopped_reading_at_once() -> Non
             assert helper.open_streams == 0
         finally:
             client.close()
+
+
+async def test_a_stream_whose_client_reads_nothing_is_cut_after_the_write_timeout() -> None:
+    """A client that stops reading would hold its stream, one of http_max_subscriptions, for as
+    long as it stays connected: once a write has waited http_sse_write_timeout for it, the
+    stream is cut and its place freed, while the helper serves on."""
+    config = replace(FAST, pubsub_rate=1e6, pubsub_burst=100_000, http_sse_write_timeout=0.2)
+    async with Peer("127.0.0.1", 0, config=config) as relay, \
+            Peer("127.0.0.1", 0, config=config) as publisher:
+        await asyncio.wait_for(publisher.bootstrap([relay.address]), 10)
+        helper = HttpHelper(relay, "127.0.0.1", 0)
+        await asyncio.wait_for(helper.start(), 10)
+        loop = asyncio.get_running_loop()
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        try:
+            assert helper.address is not None
+            await asyncio.wait_for(loop.sock_connect(client, helper.address), 10)
+            await loop.sock_sendall(client, f"GET /subscribe/{key_text(7)} HTTP/1.1\r\n"
+                                            "Host: qadom\r\n\r\n".encode())
+            got = b""
+            while b": subscribed" not in got:
+                got += await asyncio.wait_for(loop.sock_recv(client, 4096), 10)
+            assert helper.open_streams == 1
+            for n in range(400):  # until a write waits: the stream is cut soon after
+                await asyncio.wait_for(publisher.publish(7, n.to_bytes(4, "big") * 2048), 10)
+                if helper.open_streams == 0:
+                    break
+            await wait_until(lambda: helper.open_streams == 0, timeout=10)
+            async with aiohttp.ClientSession() as session:  # the helper serves on
+                answer = await asyncio.wait_for(session.get(
+                    f"http://127.0.0.1:{helper.address[1]}/node"), 10)
+                assert answer.status == 200
+        finally:
+            client.close()
+            await asyncio.wait_for(helper.close(), 10)
