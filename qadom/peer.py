@@ -659,8 +659,14 @@ class Peer:
             raise self._unreachable(address, other)
         with contextlib.suppress(ValueError):
             # An IP literal of our socket's family needs no resolver (asyncio's getaddrinfo runs
-            # in a thread pool even for literals: tens of microseconds per call).
-            return (str(ipaddress.ip_address(host)), port)
+            # in a thread pool even for literals: tens of microseconds per call). It is spelled
+            # as the socket reports the addresses datagrams come from, so that replies match the
+            # requests sent: an IPv4-mapped one with its IPv4 part dotted ("::ffff:127.0.0.1",
+            # where ipaddress writes "::ffff:7f00:1").
+            literal = ipaddress.ip_address(host)
+            if isinstance(literal, ipaddress.IPv6Address) and literal.ipv4_mapped is not None:
+                return (f"::ffff:{literal.ipv4_mapped}", port)
+            return (str(literal), port)
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)

@@ -148,3 +148,15 @@ def test_a_lone_peers_find_nodes_fails_with_no_peers() -> None:
                 await asyncio.wait_for(peer.find_nodes(12345), WAIT)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("spelling", ["::ffff:127.0.0.1", "::ffff:7f00:1", "::FFFF:127.0.0.1"])
+async def test_a_dual_stack_peer_reaches_an_ipv4_peer_through_its_mapped_address(
+        spelling: str) -> None:
+    """A peer on "::" (both families on Linux) pinging an IPv4 peer at its IPv4-mapped address,
+    however it is written: the reply comes from the address as the socket spells it, and is
+    taken as the answer (it timed out as unexpected when "::ffff:7f00:1" was asked)."""
+    async with Peer("127.0.0.1", 0, config=FAST) as v4, Peer("::", 0, config=FAST) as dual:
+        contact = await asyncio.wait_for(dual.ping((spelling, v4.address[1])), WAIT)
+        assert contact.id == v4.id
+        assert contact.address == ("::ffff:127.0.0.1", v4.address[1])
