@@ -4,7 +4,9 @@ helper whatever the order of the calls, and none for a peer that is not running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
@@ -13,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from qadom import Peer, PeerClosedError
+from qadom import Config, Peer, PeerClosedError
 from qadom.http import HttpHelper, key_text, make_app
 
 from helpers import FAST, wait_until
@@ -142,11 +144,11 @@ def test_close_from_another_loop_while_the_helpers_loop_stands_idle_frees_the_po
         loop.close()
 
 
-async def test_close_cuts_a_stream_whose_client_stopped_reading_at_once() -> None:
-    """An event stream whose client reads nothing more waits in a write for room; closing the
-    helper cuts that connection at once rather than waiting the shutdown timeout (twice: once
-    for the handler, once for the end of its response)."""
-    config = replace(FAST, pubsub_rate=1e6, pubsub_burst=100_000, http_shutdown_timeout=5.0)
+@contextlib.asynccontextmanager
+async def _stalled_stream(config: Config) -> AsyncIterator[tuple[HttpHelper, Peer]]:
+    """An HTTP helper on a relay of topic 7 and a peer that publishes to it; one client holds an
+    event stream of the topic open, read up to ``: subscribed`` and never again (a receive
+    buffer of 4 KiB, so the stream's writes soon wait for room)."""
     async with Peer("127.0.0.1", 0, config=config) as relay, \
             Peer("127.0.0.1", 0, config=config) as publisher:
         await asyncio.wait_for(publisher.bootstrap([relay.address]), 10)
@@ -164,21 +166,31 @@ async def test_close_cuts_a_stream_whose_client_stopped_reading_at_once() -> Non
             got = b""
             while b": subscribed" not in got:
                 got += await asyncio.wait_for(loop.sock_recv(client, 4096), 10)
-            (handler,) = helper._runner.server.connections  # type: ignore[union-attr]
-            transport = handler.transport
-            assert transport is not None
-            # Until the stream's connection holds more than it lets a write add to (aiohttp's
-            # high-water mark, 64 KiB): the stream's next write then waits for room.
-            for n in range(400):
-                await asyncio.wait_for(publisher.publish(7, n.to_bytes(4, "big") * 2048), 10)
-                if transport.get_write_buffer_size() > 2**16:
-                    break
-            assert transport.get_write_buffer_size() > 2**16
-            await asyncio.wait_for(publisher.publish(7, b"one more"), 10)
-            await asyncio.wait_for(helper.close(), config.http_shutdown_timeout - 1)
-            assert helper.open_streams == 0
+            yield helper, publisher
         finally:
             client.close()
+            await asyncio.wait_for(helper.close(), 10)
+
+
+async def test_close_cuts_a_stream_whose_client_stopped_reading_at_once() -> None:
+    """An event stream whose client reads nothing more waits in a write for room; closing the
+    helper cuts that connection at once rather than waiting the shutdown timeout (twice: once
+    for the handler, once for the end of its response)."""
+    config = replace(FAST, pubsub_rate=1e6, pubsub_burst=100_000, http_shutdown_timeout=5.0)
+    async with _stalled_stream(config) as (helper, publisher):
+        (handler,) = helper._runner.server.connections  # type: ignore[union-attr]
+        transport = handler.transport
+        assert transport is not None
+        # Until the stream's connection holds more than it lets a write add to (aiohttp's
+        # high-water mark, 64 KiB): the stream's next write then waits for room.
+        for n in range(400):
+            await asyncio.wait_for(publisher.publish(7, n.to_bytes(4, "big") * 2048), 10)
+            if transport.get_write_buffer_size() > 2**16:
+                break
+        assert transport.get_write_buffer_size() > 2**16
+        await asyncio.wait_for(publisher.publish(7, b"one more"), 10)
+        await asyncio.wait_for(helper.close(), config.http_shutdown_timeout - 1)
+        assert helper.open_streams == 0
 
 
 async def test_a_stream_whose_client_reads_nothing_is_cut_after_the_write_timeout() -> None:
@@ -186,33 +198,14 @@ async def test_a_stream_whose_client_reads_nothing_is_cut_after_the_write_timeou
     long as it stays connected: once a write has waited http_sse_write_timeout for it, the
     stream is cut and its place freed, while the helper serves on."""
     config = replace(FAST, pubsub_rate=1e6, pubsub_burst=100_000, http_sse_write_timeout=0.2)
-    async with Peer("127.0.0.1", 0, config=config) as relay, \
-            Peer("127.0.0.1", 0, config=config) as publisher:
-        await asyncio.wait_for(publisher.bootstrap([relay.address]), 10)
-        helper = HttpHelper(relay, "127.0.0.1", 0)
-        await asyncio.wait_for(helper.start(), 10)
-        loop = asyncio.get_running_loop()
-        client = socket.socket()
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        client.setblocking(False)
-        try:
-            assert helper.address is not None
-            await asyncio.wait_for(loop.sock_connect(client, helper.address), 10)
-            await loop.sock_sendall(client, f"GET /subscribe/{key_text(7)} HTTP/1.1\r\n"
-                                            "Host: qadom\r\n\r\n".encode())
-            got = b""
-            while b": subscribed" not in got:
-                got += await asyncio.wait_for(loop.sock_recv(client, 4096), 10)
-            assert helper.open_streams == 1
-            for n in range(400):  # until a write waits: the stream is cut soon after
-                await asyncio.wait_for(publisher.publish(7, n.to_bytes(4, "big") * 2048), 10)
-                if helper.open_streams == 0:
-                    break
-            await wait_until(lambda: helper.open_streams == 0, timeout=10)
-            async with aiohttp.ClientSession() as session:  # the helper serves on
-                answer = await asyncio.wait_for(session.get(
-                    f"http://127.0.0.1:{helper.address[1]}/node"), 10)
-                assert answer.status == 200
-        finally:
-            client.close()
-            await asyncio.wait_for(helper.close(), 10)
+    async with _stalled_stream(config) as (helper, publisher):
+        assert helper.open_streams == 1 and helper.address is not None
+        for n in range(400):  # until a write waits: the stream is cut soon after
+            await asyncio.wait_for(publisher.publish(7, n.to_bytes(4, "big") * 2048), 10)
+            if helper.open_streams == 0:
+                break
+        await wait_until(lambda: helper.open_streams == 0, timeout=10)
+        async with aiohttp.ClientSession() as session:  # the helper serves on
+            answer = await asyncio.wait_for(session.get(
+                f"http://127.0.0.1:{helper.address[1]}/node"), 10)
+            assert answer.status == 200
