@@ -629,15 +629,18 @@ class SimNetwork:
         self._log("heal", ("", 0))
 
     def _check_live(self, node: Node) -> None:
-        address = node.address
-        if address is None or self.nodes.get(address) is not node or address in self.down:
+        """InvalidArgument unless ``node`` is one of this network's nodes and has not left."""
+        if not self._is_member(node) or node.address in self.down:
             raise InvalidArgument("node is not live on this network")
 
     def _check_member(self, node: Node) -> None:
         """InvalidArgument unless ``node`` is one of this network's nodes (live or gone)."""
-        address = getattr(node, "address", None)
-        if address is None or self.nodes.get(address) is not node:
+        if not self._is_member(node):
             raise InvalidArgument("node is not one of this network's nodes")
+
+    def _is_member(self, node: Node) -> bool:
+        address = getattr(node, "address", None)
+        return address is not None and self.nodes.get(address) is node
 
     def _delay(self) -> float:
         latency = self._latency
