@@ -68,7 +68,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .config import Config
-from .contact import Address, check_bind_host, parse_host_port, unreachable_from
+from .contact import (
+    Address,
+    check_bind_host,
+    format_address,
+    parse_host_port,
+    unreachable_from,
+)
 from .errors import (
     InvalidArgument,
     InvalidType,
@@ -519,9 +525,10 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
     mismatch = unreachable_from(host, addresses)
     if mismatch is not None:
         (other_host, other_port), other, version = mismatch
-        parser.error(f"{bootstrap_name}: {_hostport(other_host, other_port)} is an IPv{other} "
-                     f"address and {host_name} {host} is IPv{version}: a peer cannot reach it; "
-                     "give addresses of one IP family")
+        where = format_address((other_host, other_port))
+        parser.error(f"{bootstrap_name}: {where} is an IPv{other} address and {host_name} "
+                     f"{host} is IPv{version}: a peer cannot reach it; give addresses of one IP "
+                     "family")
     return ScriptOptions(host, checked_port, addresses)
 
 
@@ -551,6 +558,7 @@ def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
     peer answers at the bootstrap addresses (the peer's own address answering is no peer), or
     the join fails otherwise (``{name}: could not join through {addresses}: {reason}``). A join
     that fails, or that Ctrl-C stops, closes the peer again."""
+    listen = format_address((options.host, options.port))
     try:
         peer = start_peer(options.host, options.port, **kwargs)
     except OSError as exc:
@@ -558,13 +566,11 @@ def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
         if exc.errno == errno.EADDRINUSE:
             reason = (f"{reason.lower()} (another peer or `qadom serve`?); choose another port "
                       "with --port (0: any free one)")
-        raise SystemExit(f"{name}: cannot listen on {_hostport(options.host, options.port)}: "
-                         f"{reason}") from None
+        raise SystemExit(f"{name}: cannot listen on {listen}: {reason}") from None
     except InvalidArgument as exc:  # a host that does not resolve
-        raise SystemExit(f"{name}: cannot listen on {_hostport(options.host, options.port)}: "
-                         f"{exc}") from None
+        raise SystemExit(f"{name}: cannot listen on {listen}: {exc}") from None
     if options.bootstrap:
-        where = ", ".join(_hostport(*address) for address in options.bootstrap)
+        where = ", ".join(format_address(address) for address in options.bootstrap)
         try:
             wait(peer.bootstrap(list(options.bootstrap)))
         except BaseException as exc:  # Ctrl-C included: as start_peer, close a failed join
@@ -586,9 +592,6 @@ def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
 
 
 # ---------------------------------------------------------------------- internals
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _ipython_shell() -> Any:
