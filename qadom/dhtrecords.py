@@ -62,7 +62,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -302,7 +301,7 @@ def parse_write(key: str, body: object, config: Config) -> Record:
     exp_time = pub.get("exp_time")
     if exp_time is not None and (
             isinstance(exp_time, bool) or not isinstance(exp_time, int | float)
-            or not math.isfinite(exp_time) or abs(exp_time) >= MAX_EXP_TIME):
+            or not _in_format(exp_time)):
         raise InvalidField("authorization.pub_key.exp_time",
                            "must be null or a number of Unix seconds below 2**53")
     if not _pinned(exp_time):
@@ -316,6 +315,14 @@ def parse_write(key: str, body: object, config: Config) -> Record:
         raise ValueTooLarge(f"data: the record would be {size} bytes; the limit is "
                             f"{config.dht_max_record_size}")
     return record
+
+
+def _in_format(exp_time: int | float) -> bool:
+    """Whether ``exp_time`` lies within :data:`MAX_EXP_TIME` (so is neither NaN nor infinite).
+
+    Compared exactly, never through float(): JSON and CBOR (bignums) both carry integers too
+    large for a float, which math.isfinite() and float() refuse with OverflowError."""
+    return abs(exp_time) < MAX_EXP_TIME  # False for NaN: every comparison with it is
 
 
 def _utf8_size(text: str, field: str) -> int:
@@ -447,7 +454,7 @@ def decode_record(data: bytes, config: Config) -> Record:
                 type(signature) is not bytes or len(signature) != 64):
             raise ProtocolError("bad entry fields")
         if exp_time is not None and (type(exp_time) not in (int, float) or
-                                     not math.isfinite(exp_time) or abs(exp_time) >= MAX_EXP_TIME):
+                                     not _in_format(exp_time)):
             raise ProtocolError("bad entry exp_time")
         try:
             text.encode()

@@ -383,6 +383,9 @@ class _LookupRun:
                     if dead.get(entry[0].address, 0.0) <= now), key=lambda c: c.id ^ target))
 
     def on_reply(self, contact: Contact, envelope: Envelope | None, now: float) -> None:
+        """Feed the lookup ``contact``'s reply (None: it stayed silent), then go on. A reply
+        that ``on_message`` raises on counts as a failed one (and as ``internal_errors``, or as
+        ``storage_errors`` for StorageUnavailable): no reply can freeze a lookup."""
         if self.finished:
             return
         lookup, emit = self.lookup, self.emit
@@ -395,7 +398,23 @@ class _LookupRun:
             if emit:
                 emit(LookupTimeout(self.lookup_id, now, contact, True))
         else:
-            named = self.on_message(contact, envelope.message, lookup, now)
+            node = self.node
+            try:
+                named = self.on_message(contact, envelope.message, lookup, now)
+            except StorageUnavailable:
+                # A rule read a store that cannot be read now: no bug (as datagram_received).
+                node.stats["storage_errors"] += 1
+                log.debug("the store refused a read judging a reply from %s", contact.address,
+                          exc_info=True)
+                named = None
+            except Exception:
+                # A bug in a rule, which a peer's reply may trigger at will: the reply counts
+                # as a failed one, so the lookup moves on to others instead of waiting for its
+                # deadline on a request that will never be settled.
+                node.stats["internal_errors"] += 1
+                node._log_bug(now, "internal error judging a %s reply",
+                              type(envelope.message).__name__)
+                named = None
             if named is None:
                 lookup.on_failure(contact)
                 if emit:
