@@ -429,7 +429,9 @@ class NamespaceService:
         """Stop republishing the record of ``key`` in the namespace of ``public_key`` as its
         original publisher; it then expires everywhere ``expire_time`` after our last
         republish. True if we had published it (with :meth:`set`) and no newer version of it
-        has ended our publishing since."""
+        has ended our publishing since, or if a :meth:`set` of it is on its way: that record is
+        then neither stored here as ours nor renewed (a set asked for after the forget is stored
+        and renewed as usual)."""
         check_public_key(public_key)
         check_id(key)
         return self.node.forget(storage_key(public_key, key))
@@ -573,7 +575,9 @@ class NamespaceService:
         fail the set, so a single hostile replica cannot veto every write to a key. Otherwise we
         store it too, as its original publisher: we republish it every 24 hours with a fresh
         lifetime until :meth:`forget`, or until a newer ``seq`` of the key is proven (see the
-        module's guarantees).
+        module's guarantees). A :meth:`forget` of the key while the set is on its way holds as
+        for a value's (:meth:`Node.forget <qadom.node.Node.forget>`): the set resolves as it
+        would have, but the record is neither stored here as ours nor renewed.
 
         Raises StorageFull at once, with nothing sent, when our own store has no room for the
         record (:meth:`_check_room`); replacing a record we hold needs room only for what it
@@ -590,6 +594,20 @@ class NamespaceService:
         node = self.node
         call: Call[int] = node.new_call("namespace_set", now)
         message = NamespaceStore.of(record, int(node.config.expire_time))
+        # A write of the storage key on its way, in the node's own bookkeeping of sets (see
+        # Node._written): Node.forget of the key meanwhile counts a forget there, and then this
+        # record must not become ours at the end, else it would be renewed past the forget.
+        writing = node._writing
+        state = writing.setdefault(skey, [0, 0])  # [writes on their way, forgets since]
+        state[0] += 1
+        forgets = state[1]
+
+        def written(call: Call[int]) -> None:
+            state[0] -= 1
+            if not state[0]:
+                del writing[skey]
+
+        call.add_done_callback(written)
 
         def finish(acks: int, held: NamespaceRecord | None, asked: int, now: float,
                    full: int = 0, unstored: QadomError | None = None) -> None:
@@ -605,6 +623,9 @@ class NamespaceService:
                 return
             if unstored is not None:  # peers to ask, and none took it
                 call.fail(unstored)
+                return
+            if state[1] != forgets:  # forgotten since this set started: not ours to keep
+                call.resolve(acks)
                 return
             try:
                 self.accept(record, now)

@@ -543,7 +543,9 @@ class Peer:
     def namespace_forget(self, public_key: bytes, key: int) -> bool:
         """Stop republishing ``key`` of the namespace of ``public_key`` (a record this peer
         stored with :meth:`namespace_set`); it then expires everywhere ``expire_time`` after our
-        last republish. True if it was ours."""
+        last republish. True if it was ours, or a :meth:`namespace_set` of it is on its way: that
+        record is then neither kept here as ours nor renewed (a set asked for after the forget
+        is, as usual)."""
         return self._running().node.namespace.forget(public_key, key)
 
     def dht_forget(self, key: str) -> bool:
