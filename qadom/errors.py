@@ -148,6 +148,17 @@ class OperationTimeout(QadomError, TimeoutError):
     """An operation did not complete within its deadline."""
 
 
+class IncompleteSearch(OperationTimeout):
+    """A search read part of a key's set and could not read the rest: a page failed (no answer,
+    or an ERROR) at every peer holding the key that could be asked for it, or no page came for
+    ``Config.operation_timeout``. ``values`` holds what was read, a part of the set: a search
+    never returns a part as if it were the whole."""
+
+    def __init__(self, message: str, values: set[int]) -> None:
+        super().__init__(message)
+        self.values = values
+
+
 class OperationAbandoned(QadomError):
     """The caller stopped waiting for an operation (its task was cancelled): the node ended it as
     its deadline would have. Only the node's own bookkeeping sees it; the caller sees its

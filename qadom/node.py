@@ -53,6 +53,7 @@ from .contact import (
 )
 from .dhtrecords import DhtRecordService
 from .errors import (
+    IncompleteSearch,
     InvalidArgument,
     InvalidType,
     NoPeersError,
@@ -1149,14 +1150,28 @@ class Node:
         """The union of the multimap sets under ``key`` held here and by the k closest peers (and
         any peer met on the way); an empty set when none, but a failure as :meth:`unanswered`
         says when we hold none and no peer answered. Entries held here that cannot be read
-        now (StorageUnavailable) are left out: the k closest peers hold them too."""
+        now (StorageUnavailable) are left out: the k closest peers hold them too.
+
+        A set larger than one page (``search_page_size`` values) is then read page by page from
+        each of the k closest that said more follow, at most ``max_search_pages`` pages of each
+        peer (a set larger than that is read in part). A page a peer does not serve (no answer
+        to any attempt, an ERROR, or "more" with no value past the point asked) is asked, from
+        the same point, of another peer that answered the lookup and may hold values past it;
+        each peer is asked at most once from each point. When none is left, the search fails
+        with IncompleteSearch (an OperationTimeout) holding the values read: it never resolves
+        with part of the set. The lookup has ``operation_timeout``; then the deadline moves
+        to ``operation_timeout`` after each page that comes, so a read whose pages keep coming
+        completes however long it is, and one that stalls fails with IncompleteSearch. Once
+        the call is done (failed, or abandoned by its caller), no more page is asked for."""
         check_id(key)
-        call: Call[builtins.set[int]] = self.new_call("search", now)
+        call: Call[builtins.set[int]] = Call("search")
         try:
             results = self._local_entries(key, now)
         except StorageUnavailable:
             self.stats["storage_errors"] += 1
             results = set()
+        paging = _Paging(self, key, call, results, now)
+        holders = paging.holders
         more: dict[int, int] = {}  # contact id -> last value of its first page, when more follow
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
@@ -1166,25 +1181,15 @@ class Node:
             results.update(message.values)
             if message.more and message.values:
                 more[contact.id] = message.values[-1]
+            holders[contact.id] = _Holder(contact, message.values, contact.id in more)
             return message.nodes
 
         def on_finish(lookup: Lookup, now: float) -> None:
             if not results and not lookup.closest():
                 call.fail(self.unanswered(lookup))  # not "empty": nobody was asked, or answered
                 return
-            paging = [c for c in lookup.closest() if c.id in more]
-            if not paging:
-                call.resolve(results)
-                return
-            left = [len(paging)]
-
-            def one_done(now: float) -> None:
-                left[0] -= 1
-                if left[0] == 0:
-                    call.resolve(results)
-
-            for contact in paging:
-                self._fetch_pages(contact, key, more[contact.id], results, 1, now, one_done)
+            paging.begin([(holders[c.id], more[c.id]) for c in lookup.closest() if c.id in more],
+                         now)
 
         self.run_lookup(key, "search", Search(key, None), now, on_message, on_finish, call)
         return call
@@ -2115,27 +2120,15 @@ class Node:
             return StorageFull(f"{said}: their storage is full or failing")
         return RemoteError(refusals[0].code, f"{said}: {_describe(refusals[0])}")
 
-    def _fetch_pages(self, contact: Contact, key: int, after: int, results: builtins.set[int],
-                     pages: int, now: float, done: Callable[[float], None]) -> None:
-        """Fetch the search pages of ``contact`` after ``after`` one at a time into ``results``."""
-        if pages >= self.config.max_search_pages:
-            done(now)
+    def _fetch_pages(self, paging: _Paging, holder: _Holder, after: int, now: float) -> None:
+        """Ask ``holder`` for its page of ``paging``'s key after ``after``; the answer, or the
+        failure of every attempt, goes to :meth:`_Paging.on_page`. Nothing is sent once the
+        search's call is done: a search that failed or was abandoned asks for no more pages."""
+        if paging.call.done:
             return
-
-        def on_page(envelope: Envelope | None, now: float) -> None:
-            message = None if envelope is None else envelope.message
-            if not isinstance(message, Entries):
-                done(now)
-                return
-            values = [v for v in message.values if v > after]  # a page must move forward
-            results.update(values)
-            if message.more and values:
-                self._fetch_pages(contact, key, max(values), results, pages + 1, now, done)
-            else:
-                done(now)
-
-        self.request(contact.address, Search(key, after), now, expect_id=contact.id,
-                     on_reply=on_page)
+        contact = holder.contact
+        self.request(contact.address, Search(paging.key, after), now, expect_id=contact.id,
+                     on_reply=partial(paging.on_page, holder, after))
 
     def _to_refresh_after_join(self, found: list[Contact]) -> list[tuple[int, int]]:
         """The id ranges a joining node refreshes once the lookup of its own id has ``found``
@@ -2619,3 +2612,148 @@ def _forget(deadlines: OrderedDict[int, tuple[float, Call[Any]]], seq: int) -> N
 
 def _ignore_reply(envelope: Envelope | None, now: float) -> None:
     return None
+
+
+class _Holder:
+    """A peer that answered a search's lookup with ENTRIES, as the search's paging sees it."""
+
+    __slots__ = ("contact", "more", "pages", "reach", "start")
+
+    def __init__(self, contact: Contact, values: Iterable[int], more: bool) -> None:
+        self.contact = contact
+        self.pages = 1  # pages read from it: its answer to the lookup was the first
+        self.reach = max(values, default=-1)  # the greatest value it sent
+        self.more = more  # its last page said more values follow
+        # Where the pages being read from it began (-1: its first page); None while none are.
+        # At most one page request to it is under way at a time.
+        self.start: int | None = None
+
+
+class _Paging:
+    """The pages of one search after its lookup (:meth:`Node.search`): which holder is read from
+    which point, which page failed where, and the search's deadline."""
+
+    def __init__(self, node: Node, key: int, call: Call[builtins.set[int]],
+                 results: builtins.set[int], now: float) -> None:
+        self.node = node
+        self.key = key
+        self.call = call
+        self.results = results
+        self.holders: dict[int, _Holder] = {}  # by id, every peer that answered with ENTRIES
+        self.tried: builtins.set[tuple[int, int]] = set()  # (holder id, point) pages asked for
+        self.running = 0  # holders being read
+        self.paging = False  # the lookup is over
+        self.watch: Call[None] | None = None
+        self.renew(now)
+        call.add_done_callback(self._ended)
+
+    def renew(self, now: float) -> None:
+        """Move the search's deadline to ``operation_timeout`` from ``now``. The deadline is a
+        call of the node's deadline queue (Node.new_call), replaced by a new one, which keeps
+        that queue in order: all its deadlines are the same timeout after their start."""
+        old = self.watch
+        self.watch = watch = self.node.new_call("search", now)
+        watch.add_done_callback(self._expired)
+        if old is not None:
+            old.resolve(None)  # the node forgets it
+
+    def _expired(self, watch: Call[None]) -> None:
+        error = watch.exception()
+        if error is None or watch is not self.watch:
+            return  # replaced by a later deadline, or the search ended
+        if self.paging:
+            limit = self.node.config.operation_timeout
+            error = IncompleteSearch(
+                f"search incomplete: {len(self.results)} values read, then no page came for "
+                f"{limit:g} s", self.results)
+        self.call.fail(error)
+
+    def _ended(self, call: Call[builtins.set[int]]) -> None:
+        if self.watch is not None:
+            self.watch.resolve(None)
+
+    def begin(self, first: list[tuple[_Holder, int]], now: float) -> None:
+        """Read each holder of ``first`` after the point given with it (the last value of its
+        first page); resolve the call once no holder is being read."""
+        self.paging = True
+        cap = self.node.config.max_search_pages
+        for holder, after in first:
+            if holder.pages < cap:
+                holder.start = -1
+                self.running += 1
+                self.node._fetch_pages(self, holder, after, now)
+        if not self.running:
+            self.call.resolve(self.results)
+
+    def on_page(self, holder: _Holder, after: int, envelope: Envelope | None,
+                now: float) -> None:
+        """``holder``'s answer to the request for its page after ``after`` (None: every attempt
+        went unanswered): take its values and ask for the next page, or read it elsewhere."""
+        if self.call.done:
+            return  # failed or abandoned: nothing is read any more
+        message = None if envelope is None else envelope.message
+        if not isinstance(message, Entries):  # no answer to any attempt, or an ERROR
+            self._failed(holder, after, now)
+            return
+        values = [v for v in message.values if v > after]  # a page must move forward
+        if message.more and not values:  # more that cannot be read from this peer
+            self._failed(holder, after, now)
+            return
+        self.renew(now)
+        self.results.update(values)
+        holder.pages += 1
+        holder.more = message.more
+        holder.reach = max(holder.reach, max(values, default=-1))
+        if message.more and holder.pages < self.node.config.max_search_pages:
+            self.node._fetch_pages(self, holder, max(values), now)
+            return
+        holder.start = None  # read to its end, or to max_search_pages
+        self.running -= 1
+        if not self.running:
+            self.call.resolve(self.results)
+
+    def _failed(self, holder: _Holder, after: int, now: float) -> None:
+        """``holder`` did not serve its page after ``after``: read that page and the rest from
+        another holder, or fail the search when there is none."""
+        self.tried.add((holder.contact.id, after))
+        holder.start = None
+        self.running -= 1
+        other = self._substitute(holder, after)
+        if other is None:
+            self.call.fail(IncompleteSearch(
+                f"search incomplete: {len(self.results)} values read, but the values after "
+                f"{after} could be read from none of the peers holding the key (each one asked "
+                "failed to answer or refused)", self.results))
+            return
+        if other.start is not None:
+            return  # being read from before ``after``: its pages bring its values past it
+        self.tried.add((other.contact.id, after))
+        other.start = after
+        self.running += 1
+        self.node._fetch_pages(self, other, after, now)
+
+    def _substitute(self, failed: _Holder, after: int) -> _Holder | None:
+        """The holder to read the values after ``after`` from in place of ``failed``: first one
+        being read from before that point (its next pages bring them, at no extra request),
+        else one not asked from there yet that may hold values past it (its last page said
+        more, or it sent one) with pages left under max_search_pages, those that said more
+        first, then those that reached furthest. None when none is left."""
+        cap = self.node.config.max_search_pages
+        best: _Holder | None = None
+        best_rank = (-1, -1)
+        for holder in self.holders.values():
+            if holder is failed:
+                continue
+            if holder.start is not None:
+                if holder.start > after:
+                    continue  # read from a later point only: it would not bring these values
+                rank = (2, holder.reach)
+            elif (holder.contact.id, after) in self.tried:
+                continue
+            elif holder.pages < cap and (holder.more or holder.reach > after):
+                rank = (int(holder.more), holder.reach)
+            else:
+                continue  # known to hold nothing past ``after``, or out of pages
+            if rank > best_rank:
+                best, best_rank = holder, rank
+        return best
