@@ -25,7 +25,9 @@ loop: it raises :class:`~qadom.errors.LoopRunningError` and nothing is started; 
 
 Ctrl-C stops what a blocking call or an ``await`` cell at the terminal prompt is waiting for: the
 operation is cancelled where it waits and KeyboardInterrupt is shown, as for any other cell; it
-does not run on in the background (a peer that was joining is closed again).
+does not run on in the background (a peer that was joining is closed again). That holds wherever
+the Ctrl-C lands: while the loop runs a peer's own code, it takes effect once that code is done
+(never half-way through it); and it still holds after ``%autoawait asyncio``.
 
 Limits, stated plainly: while a *synchronous* cell runs at the terminal prompt (a long loop, a
 ``time.sleep``) the loop is not running and the peer does not answer until the cell ends. With
@@ -52,8 +54,10 @@ import contextlib
 import errno
 import inspect
 import os
+import re
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import (
     Awaitable,
@@ -204,29 +208,95 @@ def _close_at_exit() -> None:
 
 def _interrupt_cells(shell: Any) -> None:
     """Make Ctrl-C stop an ``await`` cell where it waits, as it stops any other cell: IPython's
-    own runner lets the interrupted cell run on in the loop, which the prompt keeps running."""
+    own runner lets the interrupted cell run on in the loop, which the prompt keeps running. It
+    stays so when ``%autoawait asyncio`` (or anything else) sets IPython's runner again."""
     from IPython.core import async_helpers
 
     if shell.loop_runner is getattr(async_helpers, "_asyncio_runner", None):
         shell.loop_runner = _run_cell
+    shell.observe(_keep_interrupting_cells, names="loop_runner")  # once: traitlets dedupes
+
+
+def _keep_interrupting_cells(change: Any) -> None:
+    """Put :func:`_run_cell` back when IPython's asyncio runner replaces it (``%autoawait
+    asyncio`` sets the runner each time); another runner (trio, curio) is left alone."""
+    from IPython.core import async_helpers
+
+    if change.new is getattr(async_helpers, "_asyncio_runner", None):
+        change.owner.loop_runner = _run_cell
 
 
 def _run_cell(coroutine: Coroutine[Any, Any, T]) -> T:
     """IPython's asyncio runner, except that a Ctrl-C which arrives while the cell awaits is
-    raised in the cell, at its ``await``: IPython shows it there and the cell ends."""
+    raised in the cell, at its ``await``: IPython shows it there and the cell ends. It never
+    lands inside a callback the loop runs (see :class:`_CtrlC`)."""
     from IPython.core.async_helpers import get_asyncio_loop
 
     loop: asyncio.AbstractEventLoop = get_asyncio_loop()  # type: ignore[no-untyped-call]
     cell = _Interruptible(coroutine)
     task = loop.create_task(cell)
-    while True:
-        try:
-            return loop.run_until_complete(task)
-        except KeyboardInterrupt:
-            if task.done():
-                raise
-            cell.interrupted = True
-            task.cancel()
+    with _CtrlC(loop, task, cell):
+        while True:
+            try:
+                return loop.run_until_complete(task)
+            except KeyboardInterrupt:  # raised in the loop all the same (see _CtrlC)
+                if task.done():
+                    raise
+                cell.interrupted = True
+                task.cancel()
+
+
+class _CtrlC:
+    """Within ``with``, Ctrl-C cancels ``task`` from the loop, between two callbacks, as
+    :class:`asyncio.Runner` does, instead of raising KeyboardInterrupt wherever the loop happens
+    to be: inside a peer's own code (a datagram half sent, the node's timer not re-armed, an
+    operation that goes on in the background) the operation could not be abandoned.
+    ``interrupted`` then says the cancellation was Ctrl-C's, and ``cell`` (if given) is told
+    before it is cancelled.
+
+    Installed only in the main thread and where SIGINT has Python's default handler (a handler
+    of the program's own is left alone), and the default handler is back afterwards. A Ctrl-C
+    when ``task`` is done, or once its cancellation has been delivered and it still runs, raises
+    KeyboardInterrupt at once, as by default: a second Ctrl-C still stops a task that ignores
+    the first."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any],
+                 cell: _Interruptible[Any] | None = None) -> None:
+        self._loop = loop
+        self._task = task
+        self._cell = cell
+        self._asked = False  # a Ctrl-C came and its cancellation is on its way
+        self.interrupted = False  # the cancellation was delivered
+        self._handler = self._on_sigint  # one bound method, to find it again in __exit__
+        self._installed = False
+
+    def __enter__(self) -> _CtrlC:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            with contextlib.suppress(ValueError):  # an interpreter without signal support
+                signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._installed and signal.getsignal(signal.SIGINT) is self._handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        if self._task.done() or self.interrupted:
+            raise KeyboardInterrupt
+        if not self._asked:
+            self._asked = True
+            # Thread-safe: it also wakes a loop blocked in select(), which a signal does not.
+            self._loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        if self._task.done():
+            return  # it completed first: its outcome stands
+        self.interrupted = True
+        if self._cell is not None:
+            self._cell.interrupted = True
+        self._task.cancel()
 
 
 class _Interruptible(Coroutine[Any, Any, T]):
@@ -280,16 +350,20 @@ def wait(awaitable: Awaitable[T], timeout: float | None = None) -> T:
     if timeout is not None:
         coroutine = asyncio.wait_for(coroutine, timeout)
     task = loop.create_task(coroutine)
-    try:
-        return loop.run_until_complete(task)
-    except KeyboardInterrupt:
-        if task.done():
-            raise
-    # Ctrl-C while the loop waited: cancel the operation (a peer being started is closed again)
-    # rather than leave it pending, to run on whenever the loop runs next.
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        loop.run_until_complete(task)
+    with _CtrlC(loop, task) as ctrl_c:
+        try:
+            return loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if not ctrl_c.interrupted:
+                raise
+        except KeyboardInterrupt:  # raised in the loop all the same (see _CtrlC)
+            if task.done():
+                raise
+            # Cancel the operation (a peer being started is closed again) rather than leave it
+            # pending, to run on whenever the loop runs next.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                loop.run_until_complete(task)
     raise KeyboardInterrupt
 
 
@@ -465,6 +539,9 @@ def parse_port(port: object) -> int:
     return port
 
 
+_PORT_DIGITS = re.compile(r"[0-9]{1,10}")  # a port number as script_options takes it
+
+
 @dataclass(frozen=True)
 class ScriptOptions:
     """Where a peer script listens and whom it joins through."""
@@ -487,7 +564,7 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
     parser.add_argument("--host", default=None,
                         help="address to bind (env QADOM_HOST; default "
                              f"{env.get('QADOM_HOST', '127.0.0.1')})")
-    parser.add_argument("--port", type=int, default=None,
+    parser.add_argument("--port", default=None,  # checked below, as QADOM_PORT is
                         help=f"UDP port, 0 for any free one (env QADOM_PORT; default {port})")
     parser.add_argument("--bootstrap", action="append", default=None, metavar="HOST:PORT",
                         help="peer to join through (env QADOM_BOOTSTRAP; default "
@@ -500,14 +577,15 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
         check_bind_host(host)
     except InvalidArgument as exc:
         parser.error(f"{host_name}: {exc}")
-    chosen_port = args.port
-    port_name = "--port"
-    if chosen_port is None:
-        port_name = "QADOM_PORT"
-        text = env.get("QADOM_PORT", str(port))
-        if not text.strip().isdigit():
-            parser.error(f"QADOM_PORT must be a port number, not {text!r}")
-        chosen_port = int(text)
+    port_text, port_name = args.port, "--port"
+    if port_text is None:
+        port_text, port_name = env.get("QADOM_PORT", str(port)), "QADOM_PORT"
+    # ASCII digits only: int() also takes other scripts' digits ('٣' is 3) and underscores, and
+    # str.isdigit() takes '²', which int() refuses. Ten digits are more than any port needs, and
+    # keep int() below its limit on the length of what it converts.
+    if _PORT_DIGITS.fullmatch(port_text.strip()) is None:
+        parser.error(f"{port_name} must be a port number, not {port_text!r}")
+    chosen_port = int(port_text)
     joined = args.bootstrap
     bootstrap_name = "--bootstrap"
     if joined is None:

@@ -25,6 +25,7 @@ import random
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
@@ -338,8 +339,10 @@ class Peer:
         return self.node.table
 
     @property
-    def stats(self) -> dict[str, int]:
-        return dict(self.node.stats)
+    def stats(self) -> Counter[str]:
+        """A copy of the node's counters, by name: a counter that has not counted yet reads 0
+        (``peer.stats["pubsub_dropped"]``), as in ``peer.node.stats``."""
+        return Counter(self.node.stats)
 
     @property
     def running(self) -> bool:
@@ -623,15 +626,37 @@ class Peer:
     async def _run(self, call: Call[T]) -> T:
         """Wait for ``call``. A wait that is cancelled (``task.cancel()``, ``asyncio.wait_for``
         running out) ends ``call`` in the node as its deadline would, so that its lookup stops
-        asking rather than run on with nobody waiting."""
+        asking rather than run on with nobody waiting; so does any exception that ends the wait
+        before ``call`` completes, even one raised while its first datagrams are sent (a
+        KeyboardInterrupt that a signal raises there)."""
         protocol = self._running()
-        future = protocol.wrap(call)
+        # NodeProtocol.wrap, except that the future is ours before the flush that sends what
+        # starting the call queued: an exception from that flush abandons the call as well.
+        future: asyncio.Future[T] = protocol.loop.create_future()
+
+        def done(call: Call[T]) -> None:
+            if future.done():
+                return
+            error = call.exception()
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(call.result())
+
         self._futures.add(future)
         try:
+            call.add_done_callback(done)
+            protocol.flush()
             return await future
         except BaseException:
-            if future.cancelled() and not call.done:
-                call.fail(OperationAbandoned(f"{call.name or 'the operation'} was cancelled"))
+            # A future done with an outcome (the call's, or PeerClosedError as the peer closed)
+            # leaves the call alone; otherwise nobody waits for it any more. A future still
+            # pending is cancelled first, so that the call's failure is not left in it unread.
+            how = "cancelled" if future.cancelled() else "interrupted"
+            if (future.cancelled() or future.cancel()) and not call.done:
+                call.fail(OperationAbandoned(f"{call.name or 'the operation'} was {how}"))
+                if not protocol.loop.is_closed():
+                    protocol.flush()  # the node's timer, which the flush may not have re-armed
             raise
         finally:
             self._futures.discard(future)
