@@ -607,7 +607,9 @@ class DhtRecordService:
 
     def forget(self, key: str) -> bool:
         """Stop republishing the record of ``key`` as the node that put it; it then expires
-        everywhere ``expire_time`` after our last republish. True if we had put it."""
+        everywhere ``expire_time`` after our last republish. True if we had put it, or if a
+        :meth:`put` of it is on its way: that write is then neither kept here as ours nor
+        renewed (a put asked for after the forget is kept and renewed as usual)."""
         return self.node.forget(storage_key(check_key(key, self.config)))
 
     def republish(self, due: DueRecord, now: float,
@@ -657,11 +659,18 @@ class DhtRecordService:
         our store changed meanwhile so that the write no longer lands or fits here, the put
         fails so, still with nothing sent. A store that fills up (or a disk that fails) while
         the write is on its way to the k closest fails it with StorageFull after they stored it.
+
+        A :meth:`forget` of the key while the put is on its way holds as for a value's set
+        (:meth:`Node.forget <qadom.node.Node.forget>`): the put resolves as it would have, but
+        the write is neither stored here as ours nor renewed.
         """
         node = self.node
         key = storage_key(check_key(write.key, self.config))
         self._landing(key, write, now)
         call: Call[PutResult] = node.new_call("dht_put", now)
+        # A Node.forget of the key while the put is on its way means it must not become ours
+        # at the end, else it would be renewed past the forget.
+        forgotten = node._register_write(key, call)
         seen: list[Record] = []
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
@@ -684,7 +693,7 @@ class DhtRecordService:
             except QadomError as exc:
                 call.fail(exc)
                 return
-            self._send_to(lookup.closest(), key, write, now, call)
+            self._send_to(lookup.closest(), key, write, now, call, forgotten)
 
         node.run_lookup(key, "dht", DhtFind(key), now, on_message, on_finish, call)
         return call
@@ -769,7 +778,7 @@ class DhtRecordService:
         return record
 
     def _send_to(self, contacts: list[Contact], key: int, write: Record, now: float,
-                 call: Call[PutResult]) -> None:
+                 call: Call[PutResult], forgotten: Callable[[], bool]) -> None:
         encoded = encode_record(write)
         message = DhtPut(encoded, int(self.config.expire_time))
 
@@ -778,7 +787,11 @@ class DhtRecordService:
             # Rule refusals, and errors such as a full store.
             refusals = [reply for _, reply in replies if isinstance(reply, (DhtRefused, Error))]
             if stored or not refusals:
-                self._store_local(key, write, now, call, PutResult(stored, len(refusals)))
+                result = PutResult(stored, len(refusals))
+                if forgotten():  # forgotten since this put started: not ours to keep
+                    call.resolve(result)
+                else:
+                    self._store_local(key, write, now, call, result)
             else:
                 call.fail(_refusal_error(refusals[0]))
 

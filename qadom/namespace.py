@@ -594,20 +594,9 @@ class NamespaceService:
         node = self.node
         call: Call[int] = node.new_call("namespace_set", now)
         message = NamespaceStore.of(record, int(node.config.expire_time))
-        # A write of the storage key on its way, in the node's own bookkeeping of sets (see
-        # Node._written): Node.forget of the key meanwhile counts a forget there, and then this
+        # A write of the storage key on its way: a Node.forget of the key meanwhile means this
         # record must not become ours at the end, else it would be renewed past the forget.
-        writing = node._writing
-        state = writing.setdefault(skey, [0, 0])  # [writes on their way, forgets since]
-        state[0] += 1
-        forgets = state[1]
-
-        def written(call: Call[int]) -> None:
-            state[0] -= 1
-            if not state[0]:
-                del writing[skey]
-
-        call.add_done_callback(written)
+        forgotten = node._register_write(skey, call)
 
         def finish(acks: int, held: NamespaceRecord | None, asked: int, now: float,
                    full: int = 0, unstored: QadomError | None = None) -> None:
@@ -624,7 +613,7 @@ class NamespaceService:
             if unstored is not None:  # peers to ask, and none took it
                 call.fail(unstored)
                 return
-            if state[1] != forgets:  # forgotten since this set started: not ours to keep
+            if forgotten():  # forgotten since this set started: not ours to keep
                 call.resolve(acks)
                 return
             try:

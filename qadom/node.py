@@ -313,7 +313,7 @@ class _LookupRun:
             skipped = False
             for cand in chosen:
                 contact = cand.contact
-                if banned and banned.get(contact.address, 0.0) > now:
+                if banned and banned.get(contact.address, -math.inf) > now:
                     # Its address lied (to this lookup or another) since it was named: a liar
                     # is not asked while its ban lasts, whatever id it was named with.
                     lookup.on_failure(contact)
@@ -376,12 +376,13 @@ class _LookupRun:
             node = self.node
             dead = node._dead
             lookup.add(c for c in node.table.closest(lookup.target, len(node.table))
-                       if dead.get(c.address, 0.0) <= now)
+                       if dead.get(c.address, -math.inf) <= now)
             if lookup.finished and node._given_up:
                 target = lookup.target
                 lookup.add(nsmallest(lookup.k, (
                     entry[0] for entry in node._given_up.values()
-                    if dead.get(entry[0].address, 0.0) <= now), key=lambda c: c.id ^ target))
+                    if dead.get(entry[0].address, -math.inf) <= now),
+                    key=lambda c: c.id ^ target))
 
     def on_reply(self, contact: Contact, envelope: Envelope | None, now: float) -> None:
         """Feed the lookup ``contact``'s reply (None: it stayed silent), then go on. A reply
@@ -519,13 +520,28 @@ class _Probe:
         return run
 
     def on_reply(self, envelope: Envelope | None, now: float) -> None:
+        """Settle the lookup with the probe's reply if ``hit`` says it holds the value, else
+        hand the reply to the whole lookup. A reply that ``hit`` or ``on_hit`` raises on (a
+        bug, which a peer's reply may trigger at will) is counted as ``internal_errors`` (as
+        ``storage_errors`` for StorageUnavailable from ``hit``) and fails the probe, as
+        :meth:`_LookupRun.on_reply` does: the lookup goes on with others instead of waiting for
+        its deadline. StorageUnavailable from ``on_hit`` fails the operation at once, as from
+        an ``on_finish``."""
         if self.settled:
             return
         if self.run is None and envelope is not None:
             message = envelope.message
-            if not isinstance(message, Error) and self.hit(message):
+            node = self.node
+            try:
+                hit = not isinstance(message, Error) and self.hit(message)
+            except StorageUnavailable:
+                self._failed(message, now, bug=False)
+                return
+            except Exception:
+                self._failed(message, now, bug=True)
+                return
+            if hit:
                 self.settled = True
-                node = self.node
                 if self.hedge_timer:
                     node._cancel(self.hedge_timer)
                     self.hedge_timer = 0
@@ -535,8 +551,28 @@ class _Probe:
                     node.stats["storage_errors"] += 1
                     if self.call is not None:
                         self.call.fail(exc)
+                except Exception:
+                    self.settled = False  # not settled after all: the lookup goes on
+                    self._failed(message, now, bug=True)
                 return
         self._lookup_run().on_reply(self.contact, envelope, now)
+
+    def _failed(self, message: Message, now: float, *, bug: bool) -> None:
+        """The probe's reply ``message`` made ``hit`` or ``on_hit`` raise (the exception being
+        handled): count it (and log a ``bug`` with its traceback), and go on with the whole
+        lookup with the probe failed, as :meth:`_LookupRun.on_reply` does with a reply its
+        ``on_message`` raises on."""
+        node = self.node
+        if bug:
+            node.stats["internal_errors"] += 1
+            node._log_bug(now, "internal error judging a %s reply", type(message).__name__)
+        else:  # a store that cannot be read now: no bug (as datagram_received)
+            node.stats["storage_errors"] += 1
+            log.debug("the store refused a read judging a reply from %s", self.contact.address,
+                      exc_info=True)
+        run = self._lookup_run()
+        run.lookup.on_failure(self.contact)
+        run.pump(now)
 
     def on_stall(self, now: float) -> None:
         if not self.settled:
@@ -1065,6 +1101,25 @@ class Node:
         is refused before it reaches the network."""
         self.store.quotas.check_own(size)
 
+    def _register_write(self, key: int, call: Call[Any]) -> Callable[[], bool]:
+        """Count a write of ``key`` (a set, an append, a namespace set, a /dht put) as on its
+        way until ``call`` is done, and return a test of whether :meth:`forget` of ``key`` came
+        since: a write forgotten on its way must not become ours when it ends, else it would
+        be renewed past the forget. Every kind of write registers here, so that one
+        :meth:`forget` covers them all."""
+        writing = self._writing
+        state = writing.setdefault(key, [0, 0])  # [writes on their way, forgets since]
+        state[0] += 1
+        forgets = state[1]
+
+        def done(call: Call[Any]) -> None:
+            state[0] -= 1
+            if not state[0]:
+                del writing[key]
+
+        call.add_done_callback(done)
+        return lambda: state[1] != forgets
+
     def _written(self, key: int, call: Call[T], result: T, keep: Callable[[Meta], None],
                  ) -> Callable[[int, QadomError | None, float], None]:
         """The end of a set or an append of ``key`` once :meth:`replicate` is done: fail
@@ -1072,17 +1127,7 @@ class Node:
         ``keep(meta)`` and resolve ``call`` with ``result``. A :meth:`forget` of ``key`` while
         the write was on its way holds: that write is then neither stored here nor published
         (a write of the key asked for after the forget is, as usual)."""
-        writing = self._writing
-        state = writing.setdefault(key, [0, 0])  # [writes on their way, forgets since]
-        state[0] += 1
-        forgets = state[1]
-
-        def done(call: Call[T]) -> None:
-            state[0] -= 1
-            if not state[0]:
-                del writing[key]
-
-        call.add_done_callback(done)
+        forgotten = self._register_write(key, call)
         cfg = self.config
 
         def replicated(acks: int, error: QadomError | None, now: float) -> None:
@@ -1091,7 +1136,7 @@ class Node:
             if error is not None:
                 call.fail(error)
                 return
-            if state[1] == forgets:  # no forget of the key since this write started
+            if not forgotten():  # no forget of the key since this write started
                 try:
                     keep(Meta(now + cfg.expire_time, now + cfg.publisher_renew_after,
                               original=True))
@@ -1136,11 +1181,12 @@ class Node:
     def forget(self, key: int) -> bool:
         """Stop republishing ``key`` as its original publisher (a value, multimap entries, or a
         service record stored under that key); our copies and the network's then expire
-        ``expire_time`` after the last republish. True if we had published it, or a set or an
-        append of it is on its way (it is then neither stored here nor published)."""
+        ``expire_time`` after the last republish. True if we had published it, or a write of it
+        is on its way (a set, an append, a namespace set or a /dht put whose storage key it
+        is): that write is then neither kept here as ours nor renewed."""
         check_id(key)
         state = self._writing.get(key)
-        if state is not None:  # a set or append of it on its way: it will not be ours
+        if state is not None:  # a write of it on its way: it will not be ours
             state[1] += 1
             self.store.forget(key)
             return True
@@ -1646,10 +1692,10 @@ class Node:
         self.table.remove_address(address)  # its replacements too: none takes a freed slot
         until = now + self.config.liar_backoff
         self._banned[address] = until
-        self._dead[address] = max(self._dead.get(address, 0.0), until)
+        self._dead[address] = max(self._dead.get(address, -math.inf), until)
 
     def _is_banned(self, contact: Contact, now: float) -> bool:
-        return self._banned.get(contact.address, 0.0) > now
+        return self._banned.get(contact.address, -math.inf) > now
 
     def _sample_rtt(self, sample: float) -> None:
         if self._srtt is None:
@@ -1888,7 +1934,8 @@ class Node:
         banned = self._banned
 
         def skip(c: Contact) -> bool:
-            return dead.get(c.address, 0.0) > now or banned.get(c.address, 0.0) > now
+            return (dead.get(c.address, -math.inf) > now
+                    or banned.get(c.address, -math.inf) > now)
 
         likely: Callable[[Contact], bool] | None = None
         nearest = None
@@ -2592,7 +2639,7 @@ def _live_closest(table: RoutingTable, target: int, count: int, dead: dict[Addre
     width = count
     while True:
         picked = table.closest(target, width)
-        live = [c for c in picked if dead.get(c.address, 0.0) <= now]
+        live = [c for c in picked if dead.get(c.address, -math.inf) <= now]
         if len(live) >= count or len(picked) < width:
             return live[:count]
         width = count + 2 * (width - len(live))
