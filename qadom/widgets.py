@@ -26,6 +26,7 @@ import asyncio
 import html
 import logging
 import math
+import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -34,6 +35,7 @@ import ipywidgets as widgets
 
 from .call import Call
 from .contact import Contact
+from .errors import InvalidArgument, InvalidType
 from .events import (
     LookupEvent,
     LookupFinished,
@@ -47,6 +49,12 @@ from .node import Node
 
 T = TypeVar("T")
 log = logging.getLogger("qadom.widgets")
+
+# The smallest drawings that still have room inside their margins: the chart's axes and labels
+# take 28 pixels on each side of a plot 5/8 as high as it is wide, the ring 28 pixels around a
+# circle (its margin and the target's mark). Below these a view would draw a negative size.
+MIN_CHART_SIZE = 100
+MIN_RING_SIZE = 100
 
 # What became of a request, and its colour: the same in every view.
 ASKED = "asked"  # sent, no reply (yet); stays so if the lookup ended before an answer
@@ -99,6 +107,31 @@ def _node_of(source: Any) -> Node:
     if not isinstance(node, Node):
         raise TypeError(f"expected a Peer or a Node, not {type(source).__name__}")
     return node
+
+
+def _whole(name: str, value: Any, least: int) -> int:
+    """``value`` as an integer of at least ``least``: InvalidType unless it is an integer (a bool
+    or a float is not one), InvalidArgument below ``least``."""
+    if isinstance(value, bool):
+        raise InvalidType(f"{name} must be an integer, not {value!r}")
+    try:
+        whole = operator.index(value)
+    except TypeError:
+        raise InvalidType(f"{name} must be an integer, not {value!r}") from None
+    if whole < least:
+        raise InvalidArgument(f"{name} must be at least {least}, not {whole}")
+    return whole
+
+
+def _seconds(name: str, value: Any) -> float:
+    """``value`` as a finite number of seconds, at least 0: InvalidType unless it is a number (a
+    bool is not one), InvalidArgument when it is negative or not finite (NaN, infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidType(f"{name} must be a number of seconds, not {value!r}")
+    if not (math.isfinite(value) and value >= 0):
+        raise InvalidArgument(f"{name} must be a finite number of seconds, at least 0, "
+                              f"not {value!r}")
+    return float(value)
 
 
 class _View:
@@ -200,14 +233,17 @@ class LookupView(_View):
     ``once=False`` each new matching lookup replaces the one shown. :meth:`attach` follows another
     source; :meth:`detach` stops following; :meth:`close` (or closing ``view.widget``) stops
     following for good.
+
+    ``chart_size`` is the chart's width in pixels, an integer of at least
+    :data:`MIN_CHART_SIZE` (InvalidType, InvalidArgument otherwise, before anything is made).
     """
 
     def __init__(self, source: EventSource | None = None, *, target: int | None = None,
                  kind: str | None = None, once: bool = True, chart_size: int = 320) -> None:
+        self.chart_size = _whole("chart_size", chart_size, MIN_CHART_SIZE)
         self.want_target = target
         self.want_kind = kind
         self.once = once
-        self.chart_size = chart_size
         self._reset()
         self._header = widgets.HTML()
         self._chart = widgets.HTML()
@@ -415,11 +451,14 @@ class RoutingTableView(_View):
     With ``live`` (the default) it re-reads the table on each lookup event of ``source`` (tables
     change as lookups meet peers) until :meth:`detach` or :meth:`close` (or closing
     ``view.widget``); :meth:`refresh` re-reads it at any time.
+
+    A bucket's prefix is shown up to ``max_prefix_bits`` bits (then "…"), an integer of at
+    least 1 (InvalidType, InvalidArgument otherwise, before anything is made).
     """
 
     def __init__(self, source: Any, *, live: bool = True, max_prefix_bits: int = 24) -> None:
+        self.max_prefix_bits = _whole("max_prefix_bits", max_prefix_bits, 1)
         self.node = _node_of(source)
-        self.max_prefix_bits = max_prefix_bits
         self.rows: list[BucketRow] = []
         self._signature: tuple[Any, ...] | None = None
         self._summary = widgets.HTML()
@@ -484,19 +523,26 @@ class NetworkView(_View):
     ``network`` is a :class:`~qadom.sim.SimNetwork` or an iterable of started Peers. After
     :meth:`watch` (a Peer or Node of that network) the lookups it runs are drawn as they go: the
     target (red mark), the peers asked (coloured as in :class:`LookupView`) and an edge from each
-    peer to the peers it named that were then asked. :meth:`refresh` re-reads who is up;
-    :meth:`detach` stops drawing, :meth:`close` (or closing ``view.widget``) for good.
+    peer to the peers it named that were then asked. :meth:`refresh` re-reads who is up (the
+    dots and the counts of nodes up and down); the summary line's virtual time and datagram
+    counts (of a SimNetwork) are re-read whenever the ring is redrawn, so they stay in step with
+    the lookup drawn. :meth:`detach` stops drawing, :meth:`close` (or closing ``view.widget``)
+    for good.
+
+    ``size`` is the ring's width and height in pixels, an integer of at least
+    :data:`MIN_RING_SIZE` (InvalidType, InvalidArgument otherwise, before anything is made).
     """
 
     def __init__(self, network: Any, *, watch: EventSource | None = None, target: int | None = None,
                  size: int = 420) -> None:
+        self.size = _whole("size", size, MIN_RING_SIZE)
         self.network = network
-        self.size = size
         self.members: list[Member] = []
         self.lookup = LookupView(target=target, once=False)
         self.named_by: dict[int, int] = {}  # asked peer id -> id of the peer that named it
         self.origin: int | None = None
         self._base = ""
+        self._members_line = ""
         self._summary = widgets.HTML()
         self._ring = widgets.HTML()
         self.widget = widgets.VBox([self._summary, widgets.HTML(
@@ -556,16 +602,21 @@ class NetworkView(_View):
         self._base = self._dots([m for m in self.members if m.up], "#5fa8d3") + self._dots(
             [m for m in self.members if not m.up], "#ccc")
         up = sum(m.up for m in self.members)
+        self._members_line = (f"<b>network</b>: {len(self.members)} nodes, {up} up, "
+                              f"{len(self.members) - up} down")
+        self._render_ring()
+
+    # ------------------------------------------------------------------ rendering
+
+    def _render_summary(self) -> None:
+        """The members as last read, and the simulator's clock and counters as they are now:
+        a few attributes, cheap enough to re-read at every lookup event."""
         stats = ""
         if hasattr(self.network, "delivered"):
             stats = (f" · virtual time {self.network.now:.1f} s · "
                      f"{self.network.delivered} datagrams delivered, "
                      f"{self.network.dropped} dropped")
-        self._summary.value = (f"<b>network</b>: {len(self.members)} nodes, {up} up, "
-                               f"{len(self.members) - up} down{stats}")
-        self._render_ring()
-
-    # ------------------------------------------------------------------ rendering
+        self._summary.value = self._members_line + stats
 
     def _xy(self, node_id: int, shrink: float = 0.0) -> tuple[float, float]:
         angle = 2 * math.pi * (node_id / ID_SPACE)
@@ -612,6 +663,7 @@ class NetworkView(_View):
                          f"{len(lookup.peers)} asked</text>")
         parts.append("</svg>")
         self._ring.value = "".join(parts)
+        self._render_summary()
 
 
 def _members(network: Any) -> Iterable[Member]:
@@ -633,7 +685,25 @@ async def play(network: Any, call: Call[T], *, watch: EventSource, delay: float 
     seconds after each event that made ``watch`` emit a lookup event, so views attached to it
     can be watched as they update. Returns the call's result (or raises its exception); raises
     TimeoutError past ``timeout`` virtual seconds (twice the operation timeout by default) or
-    ``max_events`` events."""
+    ``max_events`` events.
+
+    Refused before any event runs: a ``call`` that is not a :class:`~qadom.call.Call`
+    (InvalidType), or one that another network started (InvalidArgument, as
+    :meth:`~qadom.sim.SimNetwork.run_call` refuses it: events here would never complete it); a
+    ``delay`` or ``timeout`` that is not a finite number of seconds, at least 0, or a
+    ``max_events`` that is not an integer of at least 1 (InvalidType for a wrong type,
+    InvalidArgument for a value out of range)."""
+    if not isinstance(call, Call):
+        raise InvalidType(f"play needs a Call (as network.call() returns), not "
+                          f"{type(call).__name__}")
+    # The mark network.call() puts on the calls it starts: a call bearing another network's
+    # mark would only wait here until it timed out.
+    if call.started_by is not None and call.started_by is not getattr(network, "_mark", None):
+        raise InvalidArgument(f"{call!r} was started on another network: run it there")
+    delay = _seconds("delay", delay)
+    if timeout is not None:
+        timeout = _seconds("timeout", timeout)
+    max_events = _whole("max_events", max_events, 1)
     fired = [False]
 
     def mark(event: LookupEvent) -> None:
