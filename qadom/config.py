@@ -201,7 +201,9 @@ class Config:
 
     operation_timeout: float = 30.0
     """Hard deadline of any one Peer operation (get, set, search...). Lookups normally end far
-    sooner; this bounds the worst case so a caller never waits forever."""
+    sooner; this bounds the worst case so a caller never waits forever. A search reading a set
+    of many pages has it for its lookup, then for each wait between two pages (so a long read
+    completes while its pages keep coming, and one that stalls fails)."""
 
     verify_interval: float = 60.0
     """An unknown peer that sends us requests is pinged at most once per this interval before it

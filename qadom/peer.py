@@ -559,7 +559,8 @@ class Peer:
     def dht_forget(self, key: str) -> bool:
         """Stop republishing the /dht record of ``key`` that this peer wrote (the HTTP helper's
         ``POST /dht/{key}``); it then expires everywhere ``expire_time`` after our last
-        republish. True if it was ours."""
+        republish. True if it was ours, or a put of it is on its way: that record is then
+        neither kept here as ours nor renewed (a put asked for after the forget is, as usual)."""
         return self._running().node.dht_records.forget(key)
 
     async def publish(self, key: int, value: bytes) -> int:
@@ -630,23 +631,10 @@ class Peer:
         before ``call`` completes, even one raised while its first datagrams are sent (a
         KeyboardInterrupt that a signal raises there)."""
         protocol = self._running()
-        # NodeProtocol.wrap, except that the future is ours before the flush that sends what
-        # starting the call queued: an exception from that flush abandons the call as well.
-        future: asyncio.Future[T] = protocol.loop.create_future()
-
-        def done(call: Call[T]) -> None:
-            if future.done():
-                return
-            error = call.exception()
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(call.result())
-
+        future = protocol.future_of(call)
         self._futures.add(future)
         try:
-            call.add_done_callback(done)
-            protocol.flush()
+            protocol.flush()  # sends what starting the call queued, once the future is ours
             return await future
         except BaseException:
             # A future done with an outcome (the call's, or PeerClosedError as the peer closed)

@@ -231,8 +231,11 @@ class NodeProtocol(asyncio.DatagramProtocol):
         self.node.handle_timer(max(self.now(), self._timer_at))
         self.flush()
 
-    def wrap(self, call: Call[T]) -> asyncio.Future[T]:
-        """An asyncio future that completes with ``call``; flushes what starting it queued."""
+    def future_of(self, call: Call[T]) -> asyncio.Future[T]:
+        """An asyncio future that completes with ``call``. Nothing is flushed here: the caller
+        flushes what starting the call queued (see :meth:`flush`) once it holds the future, so
+        that an exception raised while sending (a KeyboardInterrupt from a signal) still finds
+        the future in its hands."""
         future: asyncio.Future[T] = self.loop.create_future()
 
         def done(call: Call[T]) -> None:
@@ -245,5 +248,4 @@ class NodeProtocol(asyncio.DatagramProtocol):
                 future.set_result(call.result())
 
         call.add_done_callback(done)
-        self.flush()
         return future
