@@ -5,9 +5,15 @@ How it works (docs/PROTOCOL.md, "Publish/subscribe"):
 * A subscriber looks up the k closest peers to the topic key (its *relays*) and sends each a
   ``Subscribe`` with a lease. It renews ``pubsub_renewals`` times per lease (the lease most of
   its relays granted, if shorter than asked) with a fresh lookup, so
-  when a relay dies its successor among the k closest is registered at the next renewal (at once
-  when a renewal finds a relay dead). Leaving sends ``Unsubscribe``; a subscriber that vanishes is
-  forgotten when its lease lapses or when deliveries to it keep failing
+  when a relay dies its successor among the k closest is registered at the next renewal; sooner
+  when fewer than half the relays a round asked hold its lease (some did not answer): after
+  ``rpc_timeout_min``, then twice as long at each such round in a row, up to the renewal
+  interval. A relay that leaves a renewal unanswered, or that the renewal's lookup misses
+  (unless k closer peers were found), stays a relay, its deliveries accepted, while the lease it
+  confirmed last may still hold it at the next round (through one such round at the defaults):
+  under loss that is a lost datagram far more often than a departure, and a relay answered
+  NOT_SUBSCRIBED forgets a subscriber it holds. Leaving sends ``Unsubscribe``; a subscriber that
+  vanishes is forgotten when its lease lapses or when deliveries to it keep failing
   (``pubsub_silent_deliveries``).
 * A publisher looks up the same k closest and sends each a ``Publish`` carrying its stream id (a
   random 64-bit number per publishing node and topic) and the next sequence number of that stream.
@@ -656,17 +662,21 @@ class Inbox:
 class _Topic:
     """Our own subscription to one topic: local listeners, relays, inbox, renewal state."""
 
-    __slots__ = ("closed", "ended", "gap_timer", "generation", "inbox", "key", "listeners",
-                 "registered", "relays", "waiting")
+    __slots__ = ("closed", "ended", "gap_timer", "generation", "inbox", "interval", "key",
+                 "listeners", "looking", "registered", "relays", "retry", "waiting")
 
-    def __init__(self, key: int, inbox: Inbox) -> None:
+    def __init__(self, key: int, inbox: Inbox, interval: float) -> None:
         self.key = key
         self.listeners: list[Listener] = []
-        # relay address -> (relay id, lease expiry); an entry is made when a Subscribe is sent,
-        # so a delivery racing the Subscribed reply is accepted.
+        # relay address -> (relay id, when the lease it last confirmed ends); an entry is made
+        # when a Subscribe is sent (ending then: a relay new this round holds no lease of ours
+        # until it answers), so a delivery racing the Subscribed reply is accepted.
         self.relays: dict[Address, tuple[int, float]] = {}
         self.inbox = inbox
         self.generation = 0
+        self.interval = interval  # between renewals, as the last round set it
+        self.looking = 0.0  # how long the lookup of the latest round took
+        self.retry = 0.0  # the delay of the next early round (0: the last round was not early)
         self.registered = False  # the first registration round is over
         self.waiting: list[Call[int]] = []
         self.gap_timer: float | None = None
@@ -819,13 +829,14 @@ class PubSubService:
             cfg = self.node.config
             topic = self._topics[key] = _Topic(key, Inbox(
                 cfg.pubsub_reorder_timeout, cfg.pubsub_reorder_buffer, cfg.pubsub_max_publishers,
-                guard=cfg.pubsub_copy_window, max_held_bytes=cfg.pubsub_reorder_bytes))
+                guard=cfg.pubsub_copy_window, max_held_bytes=cfg.pubsub_reorder_bytes),
+                cfg.pubsub_lease / cfg.pubsub_renewals)
             topic.listeners.append(listener)
             topic.waiting.append(call)
             self._register(topic, now)
         else:
             topic.listeners.append(listener)
-            live = sum(1 for _, expiry in topic.relays.values() if expiry > now)
+            live = sum(1 for _, until in topic.relays.values() if until > now)
             if topic.registered and live:
                 call.resolve(live)
             else:
@@ -839,33 +850,50 @@ class PubSubService:
         return handle, call
 
     def relays_of(self, key: int) -> list[Contact]:
-        """The relays our subscription to ``key`` is registered at (for inspection)."""
+        """The relays our subscription to ``key`` is registered at, or may still be (a relay
+        that did not confirm the latest round is kept a while, see :meth:`_keeps`), and those
+        a round under way is asking (for inspection)."""
         topic = self._topics.get(key)
         if topic is None:
             return []
         return [Contact(node_id, address) for address, (node_id, _) in topic.relays.items()]
 
     def _register(self, topic: _Topic, now: float) -> None:
-        """One registration round: look up the k closest to the topic and (re)subscribe at each."""
+        """One registration round: look up the k closest to the topic and (re)subscribe at each.
+
+        The relays are then these k closest, and those of earlier rounds that did not confirm
+        this one but still hold the lease they confirmed last (:meth:`_keeps`): under loss a
+        lookup misses a relay, or a SUBSCRIBED is lost, far more often than a relay leaves, and
+        one we stopped counting would be answered NOT_SUBSCRIBED at its next delivery and drop
+        us while it still holds us."""
         topic.generation += 1
         generation = topic.generation
         node = self.node
         node.stats["pubsub_rounds"] += 1
         lease = node.config.pubsub_lease
         lease_ms = max(1, round(lease * 1000))
+        started = now
 
         def send_all(found: Lookup, now: float) -> None:
             if topic.closed or topic.generation != generation:
                 return
+            topic.looking = now - started
             closest = found.closest()
-            # The relays are now these k closest. One of an earlier round that is not among them
-            # (dead, or overtaken by a closer peer) gets NOT_SUBSCRIBED for its next delivery and
-            # forgets us; its lease would lapse anyway.
             previous = topic.relays
             # A relay new this round holds no lease of ours until it answers SUBSCRIBED.
             topic.relays = {c.address: previous.get(c.address, (c.id, now)) for c in closest}
+            # One of an earlier round that is not among them stays while it may hold us, unless
+            # a closer peer overtook it: the lookup found k peers all closer to the topic. A relay
+            # that is no longer ours gets NOT_SUBSCRIBED for its next delivery and forgets us.
+            farthest = (max(c.id ^ topic.key for c in closest)
+                        if len(closest) >= node.config.k else None)
+            for address, (node_id, until) in previous.items():
+                if address not in topic.relays and self._keeps(topic, until, now) and (
+                        farthest is None or node_id ^ topic.key < farthest):
+                    topic.relays[address] = (node_id, until)
             if not closest:
-                self._round_over(topic, generation, 0, [], 0, now, unreached=node.unreached(found))
+                self._round_over(topic, generation, 0, [], 0, 0, now,
+                                 unreached=node.unreached(found))
                 return
             left = [len(closest)]
             accepted = [0]
@@ -887,16 +915,22 @@ class PubSubService:
                     accepted[0] += 1
                     grants.append(reply.lease_ms / 1000)
                     topic.relays[contact.address] = (contact.id, now + reply.lease_ms / 1000)
+                elif isinstance(reply, Error):
+                    topic.relays.pop(contact.address, None)  # it holds no lease of ours
+                    refusals.append(reply)
                 else:
-                    topic.relays.pop(contact.address, None)
-                    if isinstance(reply, Error):
-                        refusals.append(reply)
-                    else:
-                        failed[0] += 1
+                    # No answer: the SUBSCRIBE or its SUBSCRIBED was lost, or the relay is gone.
+                    # Lost is far likelier under loss, and then the relay holds us: it stays
+                    # (its deliveries accepted) while the lease it confirmed last may hold us.
+                    failed[0] += 1
+                    held = topic.relays.get(contact.address)
+                    if (held is not None and topic.generation == generation
+                            and not self._keeps(topic, held[1], now)):
+                        del topic.relays[contact.address]
                 left[0] -= 1
                 if left[0] == 0:
-                    self._round_over(topic, generation, accepted[0], refusals, failed[0], now,
-                                     median_low(grants) if grants else None)
+                    self._round_over(topic, generation, accepted[0], refusals, failed[0],
+                                     len(closest), now, median_low(grants) if grants else None)
 
             message = Subscribe(topic.key, lease_ms)
             for contact in closest:
@@ -905,12 +939,24 @@ class PubSubService:
 
         node.closest_lookup(topic.key, now, send_all, topic.ended)
 
+    @staticmethod
+    def _keeps(topic: _Topic, until: float, now: float) -> bool:
+        """Whether a relay that did not confirm the latest round stays one of ours: while the
+        lease it confirmed last (ending at ``until``) would still hold it when the next round's
+        SUBSCRIBE reaches it, a renewal interval and a lookup as long as the latest one from
+        now. So at the defaults a relay is kept through one round it did not confirm, and
+        dropped at the second in a row (``pubsub_renewals``: two renewals in a row may be lost
+        before a lease lapses): then its lease lapses before we can renew it, unless our
+        SUBSCRIBEs reached it and only its answers were lost. A relay that never confirmed is
+        not kept."""
+        return until > now + topic.interval + topic.looking
+
     def _round_over(self, topic: _Topic, generation: int, accepted: int, refusals: list[Error],
-                    failed: int, now: float, granted: float | None = None, *,
+                    failed: int, asked: int, now: float, granted: float | None = None, *,
                     unreached: QadomError | None = None) -> None:
         """A registration round ended: schedule the next, and answer the subscriptions waiting
-        for their first. ``unreached``: why the round's lookup found no relay (Node.unreached),
-        when it found none."""
+        for their first. ``asked``: the relays the round sent SUBSCRIBE to; ``unreached``: why
+        the round's lookup found no relay (Node.unreached), when it found none."""
         if topic.closed or topic.generation != generation:
             return
         cfg = self.node.config
@@ -921,11 +967,21 @@ class PubSubService:
             # between rounds. Not the shortest: one relay granting a millisecond must not make
             # us renew at every turn. Never more often than rpc_timeout_min.
             interval = max(granted / cfg.pubsub_renewals, min(interval, cfg.rpc_timeout_min))
-        if failed or (not (accepted or refusals) and len(self.node.table)):
-            # A relay did not answer (or the lookup reached nobody although we know peers): the
-            # dead are now skipped by lookups, so a lookup now finds their successors among the
-            # k closest. Register there without waiting for the next renewal.
-            interval = min(interval, cfg.rpc_timeout_min)
+        topic.interval = interval
+        holding = sum(1 for _, until in topic.relays.values() if until > now)
+        if (failed and 2 * holding < asked) or (
+                not (accepted or refusals) and len(self.node.table)):
+            # Fewer than half the relays asked hold a lease of ours, some for not answering (or
+            # the lookup reached nobody although we know peers): the dead are skipped by lookups
+            # once they failed us a few times, so a lookup soon finds their successors among
+            # the k closest. Register again before the next renewal: after rpc_timeout_min, then
+            # twice as long at each early round in a row, up to a renewal interval. Not at once
+            # after any silence: under loss most rounds miss an answer or two, and each early
+            # round loses more (its failures also put live relays in the lookups' backoff).
+            topic.retry = min(interval, max(cfg.rpc_timeout_min, 2 * topic.retry))
+            interval = topic.retry
+        else:
+            topic.retry = 0.0
         self.node.schedule(now + interval, partial(self._renew, topic, generation))
         if not topic.registered:
             topic.registered = True
