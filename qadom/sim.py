@@ -45,9 +45,10 @@ from functools import partial
 from typing import Any, TypeVar
 
 from .call import Call
+from .codec import Codec
 from .config import Config
 from .contact import Address, Contact
-from .errors import InvalidArgument, InvalidType, OperationTimeout
+from .errors import InvalidArgument, InvalidType, NoPeersError, OperationTimeout, ProtocolError
 from .events import (
     LookupEvent,
     LookupFinished,
@@ -57,6 +58,7 @@ from .events import (
     LookupTimeout,
 )
 from .ids import ID_BITS, check_id
+from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, FindNode, Ping
 from .node import Node
 
 T = TypeVar("T")
@@ -93,13 +95,25 @@ def lognormal_latency(median: float, sigma: float = 0.5,
 class LookupReport:
     """What one simulated lookup did, and whether it found the truth.
 
-    ``messages`` counts the datagrams the origin sent and received while the lookup ran: its
-    requests, retries and the replies, plus the verification pings its requests provoked (a peer
-    asked for the first time that has room for the origin in its table pings it back before
-    adding it). What arrives after the lookup ended (replies to requests still in flight, late
-    verification pings: about one datagram per lookup at 1 000 nodes) is not counted, nor are the
-    further pings those verifications set off between other nodes; all show in
-    :meth:`SimNetwork.stats`.
+    ``messages`` counts this lookup's datagrams at the origin while the lookup ran, and nothing
+    else the origin sent or received meanwhile (its other operations, its maintenance, the
+    requests it served): the lookup's requests (every attempt: retries, and a resend that proves
+    the origin's address after a CHALLENGE) and every reply to them (a reply delivered twice
+    counts twice, as the origin received it twice); the verification pings its requests provoked
+    (a peer asked for the first time that has room for the origin in its table pings it back
+    before adding it) and the origin's answers to them; and what the origin sent while handling
+    one of those datagrams (a ping-before-evict when a peer that answered finds its bucket of the
+    origin's table full, the origin's own ping to verify a peer that pinged it, the copies
+    handed over to a new neighbour) with the replies to those requests. Replies are paired with
+    requests by request id. Two things are told apart by what the datagram says alone, and may
+    count a datagram that is not the lookup's: the lookup's own requests are the origin's
+    FIND_NODE requests for its target (another operation of the origin's looking up the same id
+    beside it would be counted too), and a verification is a PING from a peer the lookup asked
+    (one that the origin's other requests to that peer, or that peer's own ping-before-evict,
+    set off is counted too). What arrives after the lookup ended (replies to requests still in
+    flight, late verification pings: about one datagram per lookup at 1 000 nodes) is not
+    counted, nor are the further pings those verifications set off between other nodes; all
+    show in :meth:`SimNetwork.stats`.
     ``true_closest`` and ``closest_found`` compare the lookup's result with the ``expected`` closest
     live nodes to the target (the origin excluded), known from the simulator's global view.
     A lookup whose operation failed before the lookup finished (``ok`` False: its deadline
@@ -226,6 +240,7 @@ class SimNetwork:
         self._by_id: dict[int, Node] = {}
         self._sides: dict[Address, int] | None = None  # set while the network is partitioned
         self._measured: int | None = None  # the origin of the lookup lookup() is measuring
+        self._traffic: _LookupTraffic | None = None  # that lookup's datagrams at its origin
         # A node whose churn join failed while it was the measured origin: it leaves once the
         # measurement is over, not halfway through it.
         self._unjoined: Node | None = None
@@ -264,17 +279,56 @@ class SimNetwork:
         assert node.address is not None
         return node.address
 
-    def add_nodes(self, count: int, *, bootstrap: bool = True) -> list[Node]:
+    def add_nodes(self, count: int, *, bootstrap: bool = True, tries: int = 5) -> list[Node]:
         """Add ``count`` nodes; with ``bootstrap`` each joins for real (ping, lookup of its own
-        id, bucket refresh) through a random live node, one after the other."""
+        id, bucket refresh) through a random live node, one after the other.
+
+        Under loss a join can fail: its bootstrap pings lost (NoPeersError), or every lookup of
+        its own id (OperationTimeout). The node then joins again through another random live
+        node (one not tried yet while there is one), up to ``tries`` joins in all (at least 1).
+        A node whose last join fails leaves the network, as a churn join that fails does (see
+        :meth:`churn`), and add_nodes raises that join's error: no node that did not join stays
+        live. The nodes that joined before it stay, live and joined; none is added after it.
+        A node that the churn schedule takes off the network while it joins has left, as any
+        node may: it is not tried again, and add_nodes goes on."""
+        count, tries = _count("count", count), _count("tries", tries, 1)
         added = []
-        for _ in range(_count("count", count)):
+        for _ in range(count):
             via = self._random_live_address()
             node = self.add_node()
             added.append(node)
             if bootstrap and via is not None:
-                self.run_call(self.call(node, node.bootstrap, [via]))
+                self._join(node, via, tries)
         return added
+
+    def _join(self, node: Node, via: Address, tries: int) -> None:
+        """Bootstrap ``node`` through ``via``, then through other live nodes, as
+        :meth:`add_nodes` says."""
+        tried = {via}
+        for attempt in range(1, tries + 1):
+            joining = self.call(node, node.bootstrap, [via])
+            try:
+                self.run_call(joining)
+                return
+            except BaseException as error:
+                failed = isinstance(error, (NoPeersError, OperationTimeout))
+                if self.address_of(node) in self.down:  # taken off by the churn schedule
+                    if failed:
+                        return
+                    raise
+                # A call still running (past run_call's own bound) is no failed join to try
+                # again: two joins of one node would run side by side.
+                if not failed or not joining.done or attempt == tries:
+                    self.remove(node)
+                    raise
+            others = [i for i in self._live_ids if i != node.id]
+            fresh = [i for i in others if self.address_of(self._by_id[i]) not in tried]
+            pool = fresh or others
+            if not pool:  # nobody else is live (they left meanwhile): no join can succeed
+                self.remove(node)
+                raise NoPeersError("no live node left to join through")
+            via = self.address_of(self._by_id[pool[self.rng.randrange(len(pool))]])
+            tried.add(via)
 
     def build(self, count: int, *, joins: int = 0, spread: float = 0.0) -> list[Node]:
         """Build a network of ``count`` nodes quickly, then let ``joins`` more join for real.
@@ -298,7 +352,9 @@ class SimNetwork:
         is what a node that has heard from the whole network would hold under Kademlia's
         keep-the-oldest policy, the state that joins and bucket refreshes converge to. The
         ``joins`` nodes added afterwards go through the real bootstrap (:meth:`add_nodes`), so
-        the join path is exercised at full size too.
+        the join path is exercised at full size too. Under loss each of them tries its join a
+        few times as :meth:`add_nodes` says, and build raises as it does (the built network and
+        the joins that succeeded stay; the node whose joins all failed has left).
 
         With ``spread``, the nodes start one after the other over ``spread`` virtual seconds
         (the clock advances between two), so that their periodic timers (maintenance,
@@ -427,6 +483,9 @@ class SimNetwork:
             self.delivered += 1
             if self.trace is not None:
                 self.trace.append((when, "deliver", source, destination, data))
+            traffic = self._traffic
+            if traffic is not None and destination == traffic.address:
+                traffic.received(data, source)
             node.datagram_received(data, source, self.now)
             self._after_input(destination, node)
         elif kind == _TIMER:
@@ -453,8 +512,7 @@ class SimNetwork:
         if not isinstance(call, Call):
             raise InvalidType(f"run_call needs a Call (as net.call() returns), not "
                               f"{type(call).__name__}")
-        if call.started_by is not None and call.started_by is not self._mark:
-            raise InvalidArgument(f"{call!r} was started on another network: run it there")
+        self.check_ours(call)
         limit = self.now + (timeout if timeout is not None else self.config.operation_timeout * 2)
         events, process, pop = self._events, self._process, heapq.heappop
         while not call.done:
@@ -462,6 +520,12 @@ class SimNetwork:
                 raise OperationTimeout(f"{call!r} did not complete by virtual time {limit}")
             process(pop(events))
         return call.result()
+
+    def check_ours(self, call: Call[Any]) -> None:
+        """InvalidArgument if another network started ``call`` (:meth:`call` marks the calls it
+        starts): events here would never complete it. A call without a mark passes."""
+        if call.started_by is not None and call.started_by is not self._mark:
+            raise InvalidArgument(f"{call!r} was started on another network: run it there")
 
     def run_for(self, duration: float) -> None:
         """Run every event up to ``now + duration``; the clock then stands at that time.
@@ -511,9 +575,10 @@ class SimNetwork:
         self._check_live(node)
         events: list[LookupEvent] = []
         unsubscribe = node.add_listener(events.append)
-        traffic_before = node.stats["datagrams_in"] + node.stats["datagrams_out"]
+        traffic = _LookupTraffic(self.address_of(node), target, Codec(node.config))
         started = self.now
         self._measured = node.id
+        self._traffic = traffic
         try:
             call = self.call(node, node.find_nodes, target)
             lookup_id = next((e.lookup_id for e in events
@@ -522,6 +587,7 @@ class SimNetwork:
                 self.run_call(call)
         finally:
             self._measured = None
+            self._traffic = None
             unsubscribe()
             if self._unjoined is not None:
                 unjoined, self._unjoined = self._unjoined, None
@@ -544,7 +610,7 @@ class SimNetwork:
             origin=self.address_of(node), target=target,
             ok=call.done and call.exception() is None,
             rounds=counts[0], requests=counts[1], replies=counts[2], failures=counts[3],
-            messages=node.stats["datagrams_in"] + node.stats["datagrams_out"] - traffic_before,
+            messages=traffic.count,
             latency=(finished.now if finished else self.now) - started,
             true_closest=bool(truth) and truth[0] in found,
             closest_found=sum(1 for i in truth if i in found),
@@ -664,6 +730,9 @@ class SimNetwork:
 
     def _after_input(self, address: Address, node: Node) -> None:
         out = node.datagrams_to_send()
+        traffic = self._traffic
+        if traffic is not None and address == traffic.address:
+            traffic.sent(out)
         if out:
             now = self.now
             down = address in self.down
@@ -788,6 +857,103 @@ def _check_latency(latency: Any) -> None:
                               f"the generator, not {latency!r}")
     if not 0.0 <= latency[0] <= latency[1] < math.inf:
         raise InvalidArgument("latency (min, max) needs finite 0 <= min <= max")
+
+
+class _LookupTraffic:
+    """The datagrams of the lookup :meth:`SimNetwork.lookup` is measuring, counted at its origin
+    as :attr:`LookupReport.messages` says: the simulator shows it every datagram the origin
+    receives (:meth:`received`, before the origin handles it) and every batch it sends
+    (:meth:`sent`, after each input).
+
+    It reads a datagram's message code and request id from its first bytes (:func:`_header`),
+    and decodes in full only the origin's FIND_NODE requests, to compare their target: decoding
+    every reply a second time (the contacts of each NODES) would cost the simulator about a
+    third more time per lookup."""
+
+    __slots__ = ("address", "asked", "codec", "count", "provoked", "rpc_ids", "target")
+
+    def __init__(self, address: Address, target: int, codec: Codec) -> None:
+        self.address = address
+        self.target = target
+        self.codec = codec
+        self.count = 0
+        self.rpc_ids: set[int] = set()  # the requests of the lookup, and those it provoked
+        self.asked: set[Address] = set()  # where those requests went
+        # The datagram being handled is the lookup's: what the origin sends now, it sends for
+        # the lookup.
+        self.provoked = False
+
+    def received(self, data: bytes, source: Address) -> None:
+        header = _header(data)
+        ours = False
+        if header is not None:
+            code, rpc_id, is_request = header
+            # A request: a peer the lookup asked verifying the origin before adding it to its
+            # table. A reply: to a request of the lookup's.
+            ours = (code == _PING and source in self.asked) if is_request else (
+                rpc_id in self.rpc_ids)
+        self.count += ours
+        self.provoked = ours
+
+    def sent(self, out: list[tuple[bytes, Address]]) -> None:
+        provoked, self.provoked = self.provoked, False
+        for data, destination in out:
+            header = _header(data)
+            if header is None:
+                continue
+            code, rpc_id, is_request = header
+            if not is_request:  # an answer to the datagram just handled
+                self.count += provoked
+            elif provoked or rpc_id in self.rpc_ids or (
+                    code == _FIND_NODE and self._finds_target(data)):
+                self.count += 1
+                self.rpc_ids.add(rpc_id)
+                self.asked.add(destination)
+
+    def _finds_target(self, data: bytes) -> bool:
+        try:
+            message = self.codec.decode(data).message
+        except ProtocolError:
+            return False
+        return isinstance(message, FindNode) and message.target == self.target
+
+
+_PING = Ping.CODE
+_FIND_NODE = FindNode.CODE
+
+
+def _header(data: bytes) -> tuple[int, int, bool] | None:
+    """The message code, request id and whether it is a request, of a datagram, read from the
+    head of its envelope ``[version, code, rpc_id, ...]`` (see :mod:`qadom.codec`) without
+    decoding the rest; None when the datagram does not start as an envelope of a known
+    message does."""
+    try:
+        if not 0x85 <= data[0] <= 0x87:  # an array of 5 to 7 items
+            return None
+        version, at = _uint(data, 1)
+        code, at = _uint(data, at)
+        rpc_id, _ = _uint(data, at)
+    except (IndexError, ValueError):
+        return None
+    cls = MESSAGE_TYPES.get(code)
+    if version != PROTOCOL_VERSION or cls is None:
+        return None
+    return code, rpc_id, cls.IS_REQUEST
+
+
+def _uint(data: bytes, at: int) -> tuple[int, int]:
+    """The CBOR unsigned integer at ``data[at]``, and where the next item starts; ValueError if
+    there is none there, IndexError if the data ends first."""
+    head = data[at]
+    info = head & 31
+    if head >> 5 != 0 or info > 27:
+        raise ValueError("not an unsigned integer")
+    if info < 24:
+        return info, at + 1
+    size = 1 << (info - 24)  # 1, 2, 4 or 8 bytes follow
+    if at + 1 + size > len(data):
+        raise IndexError("truncated")
+    return int.from_bytes(data[at + 1:at + 1 + size], "big"), at + 1 + size
 
 
 class _TableFiller:

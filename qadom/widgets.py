@@ -696,10 +696,7 @@ async def play(network: Any, call: Call[T], *, watch: EventSource, delay: float 
     if not isinstance(call, Call):
         raise InvalidType(f"play needs a Call (as network.call() returns), not "
                           f"{type(call).__name__}")
-    # The mark network.call() puts on the calls it starts: a call bearing another network's
-    # mark would only wait here until it timed out.
-    if call.started_by is not None and call.started_by is not getattr(network, "_mark", None):
-        raise InvalidArgument(f"{call!r} was started on another network: run it there")
+    network.check_ours(call)  # another network's call would only wait here until it timed out
     delay = _seconds("delay", delay)
     if timeout is not None:
         timeout = _seconds("timeout", timeout)
