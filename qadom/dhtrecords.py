@@ -651,7 +651,9 @@ class DhtRecordService:
         meets on the way (so a forged overwrite fails even through a node that never held the
         record), then sent to the k closest, which check it again. Fails with Unauthorized or
         ValueTooLarge when refused by us or by every holder; stores locally once accepted, as
-        the record's original publisher (renewed every 24 hours until :meth:`forget`).
+        the record's original publisher (renewed every 24 hours until :meth:`forget`, or until
+        a client's write through another node changes the record here: that node renews it
+        then, see :meth:`_handle_put`).
 
         Raises StorageFull at once, with nothing sent, when our own store has no room for the
         record the write makes of our copy (:meth:`_landing`); an overwrite of a record we hold
@@ -827,8 +829,11 @@ class DhtRecordService:
         (:meth:`_fill_owners`), and otherwise merely count the republish as this hour's when our
         record holds every entry sent (the same record, whose lifetime the TTL may then extend).
         The format has no version, so this is what keeps a lagging storer's older copy from
-        replacing a newer one. What it stores is charged to the sending host
-        (:func:`~qadom.contact.host_key`)."""
+        replacing a newer one. A client's write that changes a record we put ourselves ends our
+        publishing of it: we keep the result as a storer's copy (its lifetime as above, counting
+        the one ours had), renewed by the node that ran the write until it forgets it. What it
+        stores is charged to the sending host (:func:`~qadom.contact.host_key`); a record we
+        publish stays charged to us."""
         source = host_key(address[0])
         if message.ttl <= 0:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
@@ -861,7 +866,9 @@ class DhtRecordService:
                 if merged is not current:
                     # Our record, our lifecycle: only the missing owners were added. The record
                     # grew by what the sender sent: charged to its host, as a write would be.
-                    grown = None if old is None else replace(old, source=source)
+                    # Our own (original) record stays charged to us.
+                    grown = None if old is None else (
+                        old if old.original else replace(old, source=source))
                     try:
                         store.put_record(RECORD_KIND, key, encode_record(merged), now,
                                          meta=grown)
@@ -871,8 +878,14 @@ class DhtRecordService:
             if not set(record.entries) <= set(current.entries):
                 return Stored()  # fill-only: our record stays as it is
             record, same = current, True
-        meta = received_meta(old, message.ttl, now, self.config, source, same=same)
-        if old is not None and not same and not old.original:
+        # A client's write that changes a record we put ends our publishing of it, as a newer
+        # namespace record does: the node that ran this write publishes it, and renewing it
+        # here too would keep it alive past that node's forget. We keep it as a storer's copy,
+        # charged to the sender. The same record written again leaves ours as it is.
+        replaced = old is not None and old.original and not same and record != current
+        meta = received_meta(None if replaced else old, message.ttl, now, self.config, source,
+                             same=same)
+        if old is not None and not same and not meta.original:
             # A client's write lands on a live record: it may lengthen the lifetime held, never
             # shorten it. The TTL is not signed and a write may be replayed (GET serves it) or,
             # CONTROLLED, come from any key: with its own short TTL it would otherwise end the

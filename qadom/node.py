@@ -2468,7 +2468,10 @@ class Node:
         which records due get at least half when values and entries are due too. An item or
         record whose rewrite the store refuses (StorageFull, or StorageUnavailable for a damaged
         page) is counted (``storage_errors``) and stays due for the next tick, holding back none
-        of the others.
+        of the others; it is logged when such refusals start and when a tick meets none again,
+        not at every tick. A rewrite no larger than what it replaces is never refused for the
+        quotas (:meth:`Quotas.replace <qadom.storage.Quotas.replace>`), so a store over lower
+        limits than it was filled under still renews what it holds.
 
         A republish counts as done only once it reached somebody: with an empty routing table
         (a start before the saved contacts answered, a network lost) nothing is sent and every
@@ -2481,6 +2484,7 @@ class Node:
         batch = cfg.republish_batch
         items = self.store.due(now, batch)
         records = self.store.due_records(now, max(batch - len(items), batch // 2))
+        refused: list[StorageFull] = []  # the refusals of our own store this tick
         for record in records:
             service = self._record_services.get(record.kind)
             try:
@@ -2490,8 +2494,9 @@ class Node:
                 else:  # a kind no service republishes: keep it as it is, off the schedule
                     self.store.put_record(record.kind, record.key, record.data, now,
                                           meta=replace(record.meta, republish_at=NEVER))
-            except StorageFull:
+            except StorageFull as exc:
                 self.stats["storage_errors"] += 1
+                refused.append(exc)
         entries: dict[int, list[tuple[Message, Callable[[float], None]]]] = {}  # by key
         for due in items[:batch - len(records)]:
             meta = due.meta
@@ -2511,8 +2516,9 @@ class Node:
                 else:
                     self.store.add_entry(due.key, due.item, meta)
                     message = Append(due.key, due.item, int(ttl))
-            except StorageFull:
+            except StorageFull as exc:
                 self.stats["storage_errors"] += 1
+                refused.append(exc)
                 continue
             if ttl >= 1:
                 self.stats["republished"] += 1
@@ -2523,6 +2529,16 @@ class Node:
                     self.replicate(due.key, message, now, missed=missed)
         for key, appends in entries.items():
             self._replicate_entries(key, appends, now)
+        # What our store refuses stays due and is met again at every tick: logged as a failing
+        # upkeep step is (_store_step), when it starts and when it ends.
+        what = "renew the items due"
+        if refused and what not in self._failing_steps:
+            self._failing_steps.add(what)
+            log.warning("maintenance could not %s: our store refused %d of them: %s", what,
+                        len(refused), refused[0])
+        elif not refused and what in self._failing_steps:
+            self._failing_steps.discard(what)
+            log.warning("maintenance could %s again", what)
 
     def _republish_missed(self, kind: str | None, key: int, item: bytes | int | None,
                           due: Meta, sent: float, now: float) -> None:

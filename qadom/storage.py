@@ -21,7 +21,9 @@ contacts and the node's identity (``meta`` blobs).
 * an expired item is never returned once :meth:`Store.expire` has dropped it (a bounded batch
   per call, the soonest expired first), and :meth:`Store.get_value`, :meth:`Store.get_record` and
   :meth:`Store.entries_after` with ``now`` never return an expired one;
-* quotas (:class:`Quotas`) hold at every moment;
+* quotas (:class:`Quotas`) hold at every moment: no write takes the store past them, and a
+  store that holds more than they allow (opened with lower limits than it was filled under) only
+  shrinks, while what it holds is still rewritten in place (:meth:`Quotas.replace`);
 * :meth:`Store.stats` costs O(1) (a remote peer may ask for it): its counts are kept as the store
   changes, and equal a fresh count of what it holds after every write, refused or not.
 
@@ -118,9 +120,12 @@ def received_meta(old: Meta | None, ttl: int, now: float, config: Config, source
     Its lifetime is the TTL capped at ``expire_time``. When the record sent is the one we hold
     (``same``) the lifetime we hold is never shortened and its first sender stays charged for
     it; a new version lives by its own TTL and is charged to its sender. Receiving it counts as
-    this hour's republish. A record we publish ourselves keeps our schedule."""
+    this hour's republish. A record we publish ourselves keeps our bookkeeping, schedule and
+    charge alike (an original's ``source`` is never moved to a remote host): a caller that
+    receives a version that replaces ours passes ``old`` None, which ends our publishing of it
+    (the received version is then a storer's copy, renewed by its own publisher)."""
     if old is not None and old.original:
-        return old if same else replace(old, source=source)
+        return old
     expires = now + min(float(ttl), config.expire_time)
     republish_at = now + config.republish_interval
     if old is not None and same:
@@ -220,11 +225,13 @@ class Quotas:
         """Raise StorageFull unless one item of our own of ``size`` bytes fits, counting cached
         copies, which the store evicts for our items, as room: a new item when ``replaced`` is
         None, else one that takes the place of ``replaced`` bytes held in place (no new item, and
-        those bytes free). What a write checks before it sends anything, so that one we could
-        not keep never reaches the network."""
+        those bytes free; one no larger always fits, as :meth:`replace` admits it). What a write
+        checks before it sends anything, so that one we could not keep never reaches the
+        network."""
         if replaced is None:
             self.check("", size, freeable=self.cached_bytes, freeable_items=self.cached_items)
-        elif self.total_bytes - replaced + size > self.config.max_store_bytes + self.cached_bytes:
+        elif size > replaced and (self.total_bytes - replaced + size
+                                  > self.config.max_store_bytes + self.cached_bytes):
             raise StorageFull("this node's storage is full")
 
     def make_room(self, source: str, size: int, cached: bool,
@@ -258,22 +265,29 @@ class Quotas:
         """Account for an item replaced in place by a version of ``new_size`` bytes from
         ``new_source``; StorageFull, changing nothing, if it does not fit.
 
-        A larger version that only the total bytes stand in the way of makes room as a new item
-        does (:meth:`make_room`) when ``victims`` and ``drop`` are given and neither version is
-        a cached copy: ``victims()`` must not yield the item replaced."""
+        A version no larger than the one it replaces always fits the total quotas, and also
+        the per-host ones when it comes from the same host: a store may hold more than its
+        limits allow (restarted with lower ones, or with rows charged anew to their host, see
+        :class:`~qadom.sqlite_store.SqliteStore`), and the rewrite of an item's bookkeeping
+        (a republish, a refresh of a replica) must not be refused for what it already holds,
+        else the item would never be renewed again. A larger version that only the total bytes
+        stand in the way of makes room as a new item does (:meth:`make_room`) when ``victims``
+        and ``drop`` are given and neither version is a cached copy: ``victims()`` must not
+        yield the item replaced."""
         cfg = self.config
+        grows = new_size > old_size
         over = self.total_bytes - old_size + new_size - cfg.max_store_bytes
         freeable = 0 if victims is None or old_cached or new_cached else self.cached_bytes
-        if over > freeable:
+        if grows and over > freeable:
             raise StorageFull("this node's storage is full")
-        if new_source:
+        if new_source and (grows or new_source != old_source):
             used_bytes, used_items = self._by_source.get(new_source, [0, 0])
             if new_source == old_source:
                 used_bytes, used_items = used_bytes - old_size, used_items - 1
             if (used_bytes + new_size > cfg.max_bytes_per_source
                     or used_items + 1 > cfg.max_items_per_source):
                 raise StorageFull(f"storage quota for {new_source} is exhausted")
-        if over > 0 and victims is not None and drop is not None:
+        if grows and over > 0 and victims is not None and drop is not None:
             for handle, _ in victims():
                 drop(handle)
                 if self.total_bytes - old_size + new_size <= cfg.max_store_bytes:
