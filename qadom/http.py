@@ -183,19 +183,21 @@ def _address(item: object, name: str, family: int) -> Address:
     """A ``{"host": IP literal, "port": 1-65535}`` object whose host is of IP version ``family``
     (4 or 6: that of this node's socket, which cannot reach the other). Host names are refused:
     resolving them would let any HTTP client make this node query DNS. InvalidField naming
-    ``name.host`` or ``name.port`` otherwise."""
+    ``name.host`` or ``name.port`` otherwise (``host`` or ``port`` when ``name`` is "": the
+    request body itself, whose fields are named undotted)."""
     if not isinstance(item, dict):
-        raise InvalidField(name, "must be an object with host and port")
+        raise InvalidField(name or "body", "must be an object with host and port")
+    where = f"{name}." if name else ""
     host, port = item.get("host"), item.get("port")
     if not isinstance(host, str):
-        raise InvalidField(f"{name}.host", "must be an IP address")
+        raise InvalidField(f"{where}host", "must be an IP address")
     if not is_ip_literal(host):  # the codec's rule: an IPv6 zone must name an interface
-        raise InvalidField(f"{name}.host", "must be an IP address")
+        raise InvalidField(f"{where}host", "must be an IP address")
     version = ipaddress.ip_address(host).version
     if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
-        raise InvalidField(f"{name}.port", "must be an integer in [1, 65535]")
+        raise InvalidField(f"{where}port", "must be an integer in [1, 65535]")
     if version != family:
-        raise InvalidField(f"{name}.host", f"is an IPv{version} address, and this node's socket "
+        raise InvalidField(f"{where}host", f"is an IPv{version} address, and this node's socket "
                            f"is IPv{family}: it cannot reach it")
     return host, port
 
@@ -695,7 +697,7 @@ async def bootstrap_post(request: web.Request) -> web.StreamResponse:
 
 async def ping_post(request: web.Request) -> web.StreamResponse:
     peer = _peer(request)
-    address = _address(_object(await _json(request)), "body", _family(peer))
+    address = _address(_object(await _json(request)), "", _family(peer))
     contact = await peer.ping(address)
     return web.json_response(_contact_json(contact))
 

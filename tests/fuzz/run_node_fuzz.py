@@ -18,7 +18,7 @@ from fuzzing import check_invariants, feed, loaded_node, random_datagram
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="time budget (default 30)")
     parser.add_argument("--count", type=int, default=1_000_000,
                         help="datagram budget (default 1 000 000)")
