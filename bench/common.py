@@ -6,14 +6,16 @@ each operation by its own timeout; what did not finish is reported, never waited
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
+import math
 import os
 import platform
 import resource
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -51,7 +53,13 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 @dataclass
 class Phase:
-    """The outcome of one bounded batch of operations."""
+    """The outcome of one bounded batch of operations.
+
+    ``latencies`` holds one entry per operation that ran, failed ones included (one cut off by
+    the per-operation timeout counts as exactly that timeout), so the percentiles describe what
+    every caller waited, not only the lucky ones. Operations that never started (``unfinished``)
+    have none. ``ok`` lists the positions, in the order given, of the operations that
+    succeeded."""
 
     name: str
     attempted: int = 0
@@ -59,9 +67,15 @@ class Phase:
     failed: int = 0
     unfinished: int = 0  # not started or cut off by the phase deadline
     elapsed: float = 0.0
-    latencies: list[float] = field(default_factory=list)  # of successful operations, seconds
+    latencies: list[float] = field(default_factory=list)  # of every operation run, seconds
     datagrams: int = 0
     gc_seconds: float = 0.0  # time the garbage collector held the process during the phase
+    ok: list[int] = field(default_factory=list)  # positions of the operations that succeeded
+
+    @property
+    def total(self) -> int:
+        """Every operation the phase was given: attempted or not."""
+        return self.attempted + self.unfinished
 
     @property
     def ops_per_s(self) -> float:
@@ -82,7 +96,18 @@ class Phase:
 
     @property
     def success_rate(self) -> float:
-        return self.succeeded / self.attempted if self.attempted else float("nan")
+        """Succeeded over every operation given, those the deadline left unstarted included."""
+        return self.succeeded / self.total if self.total else float("nan")
+
+    @property
+    def incomplete(self) -> int:
+        """Operations that failed or never ran."""
+        return self.failed + self.unfinished
+
+
+LATENCY_NOTE = ("latency percentiles are over every operation run, failed ones included (one cut "
+                "off by --op-timeout counts as that long); operations --phase-limit left "
+                "unstarted have none")
 
 
 async def run_phase(name: str, operations: Sequence[Callable[[], Awaitable[bool]]], *,
@@ -93,9 +118,16 @@ async def run_phase(name: str, operations: Sequence[Callable[[], Awaitable[bool]
     Each operation returns True on success; an exception or a False counts as a failure, and an
     operation still running after ``op_timeout`` seconds is cancelled and counted failed. No new
     operation starts after ``deadline`` seconds of wall time; those are counted unfinished.
+    Every operation that ran has its latency recorded, capped at ``op_timeout``.
+
+    Garbage is collected before the timed region starts, so what an earlier phase (or another
+    implementation's run) left behind is not collected on this phase's clock.
     """
+    if in_flight < 1:
+        raise ValueError(f"in_flight must be at least 1, not {in_flight}")
     phase = Phase(name)
-    queue = list(reversed(operations))
+    queue = list(reversed(list(enumerate(operations))))
+    gc.collect()
     start = time.perf_counter()
     stop_at = start + deadline
     before = datagrams()
@@ -109,27 +141,29 @@ async def run_phase(name: str, operations: Sequence[Callable[[], Awaitable[bool]
 
     async def worker() -> None:
         while queue and time.perf_counter() < stop_at:
-            operation = queue.pop()
+            position, operation = queue.pop()
             phase.attempted += 1
             began = time.perf_counter()
             try:
                 ok = await asyncio.wait_for(operation(), op_timeout)
             except Exception:  # includes the timeout
                 ok = False
+            phase.latencies.append(min(time.perf_counter() - began, op_timeout))
             if ok:
                 phase.succeeded += 1
-                phase.latencies.append(time.perf_counter() - began)
+                phase.ok.append(position)
             else:
                 phase.failed += 1
 
     gc.callbacks.append(gc_timer)
     try:
-        await asyncio.gather(*(worker() for _ in range(max(1, in_flight))))
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
     finally:
         gc.callbacks.remove(gc_timer)
     phase.elapsed = time.perf_counter() - start
     phase.unfinished = len(queue)
     phase.datagrams = datagrams() - before
+    phase.ok.sort()
     return phase
 
 
@@ -223,3 +257,76 @@ def ratio(ours: float, theirs: float) -> float:
     if theirs == 0 or theirs != theirs or ours != ours:
         return float("nan")
     return ours / theirs
+
+
+HIGHER_BETTER = "ratio (higher is better)"
+LOWER_BETTER = "ratio (lower is better)"
+
+
+def shortfall(got: float, want: float) -> str:
+    """The verdict on a "at least ``want``" target measured at ``got``: "met", "MISSED by Nx",
+    or, when nothing was measured (``got`` zero or NaN), "MISSED" with the reason."""
+    if got != got:
+        return "MISSED (not measured: no operation completed on one side)"
+    if got >= want:
+        return "met"
+    if got <= 0:
+        return "MISSED (no operation completed)"
+    return f"MISSED by {want / got:.1f}x"
+
+
+def latency_unjudged(phases: Mapping[str, Phase]) -> str:
+    """Why the latencies of ``phases`` (by implementation) cannot be compared, or "" when they
+    can: a latency target is judged only when every operation of every side succeeded, as a
+    side whose failures or unstarted operations are left out would look faster than it is."""
+    reasons = [f"{impl}: {p.incomplete} of {p.total} failed or unfinished" if p.total
+               else f"{impl}: no operation" for impl, p in phases.items()
+               if p.incomplete or not p.total]
+    return "; ".join(reasons)
+
+
+# --------------------------------------------------------------------------- argument types
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = _parse(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer of at least 0."""
+    value = _parse(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    value = _parse(float, text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, not {text}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a share in [0, 1) (1 would leave nothing to measure)."""
+    value = _parse(float, text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, not {text}")
+    return value
+
+
+def _parse(kind: Callable[[str], T], text: str) -> T:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def share_of(count: int, share: float) -> int:
+    """``share`` of ``count`` items, rounded to the nearest (30% of 100 is 30, 29% is 29)."""
+    return round(count * share)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import load, machine, table
+from bench.common import load, machine, positive_int, table
 from qadom.codec import Codec
 from qadom.config import Config
 from qadom.contact import Contact
@@ -34,9 +34,13 @@ def best_us(fn: Callable[[], object], number: int, repeat: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--number", type=int, default=2000)
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--number", type=positive_int, default=2000,
+                        help="calls per timing (at least 64: the routing figures time a 64th "
+                        "of them, 64 calls each)")
+    parser.add_argument("--repeat", type=positive_int, default=15)
     args = parser.parse_args(argv)
+    if args.number < 64:
+        parser.error(f"--number must be at least 64, not {args.number}")
     rng = random.Random(1)
     codec = Codec(Config())
     contacts = tuple(Contact(rng.getrandbits(256), ("127.0.0.1", 40000 + i)) for i in range(20))

@@ -27,11 +27,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import collect, current_rss_mb, load, machine, table, targets
+from bench.common import (
+    collect,
+    current_rss_mb,
+    fraction,
+    load,
+    machine,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    share_of,
+    table,
+    targets,
+)
 from qadom import Config
 from qadom.sim import SimNetwork, summarize
 
 RPC_RETRIES = Config().rpc_retries
+
+# What a scenario's row and verdict read from summarize(), which returns only {"lookups": 0}
+# when there was no lookup to summarize.
+SUMMARY_KEYS = ("rounds_p50", "rounds_p95", "rounds_max", "requests_p50", "messages_p50",
+                "latency_p50", "latency_p95", "true_closest", "exact_k", "ok")
+
+
+def complete(summary: dict[str, float]) -> dict[str, float]:
+    """``summary`` with every figure a row reads, NaN for those it lacks (no lookup ran)."""
+    return {key: float("nan") for key in SUMMARY_KEYS} | summary
+
+
+def _share(value: float) -> str:
+    return "-" if value != value else f"{value:.1%}"
 
 
 def scenario(size: int, lookups: int, churn: float, loss: float, seed: int,
@@ -46,19 +72,19 @@ def scenario(size: int, lookups: int, churn: float, loss: float, seed: int,
     memory = current_rss_mb() - base
     fill = net.fill_summary()
     if churn:
-        net.leave(int(size * churn))
+        net.leave(share_of(size, churn))
     net.loss = loss
     sent = net.sent
     started = time.perf_counter()
     reports = net.lookups(lookups)
     elapsed = time.perf_counter() - started
-    summary = summarize(reports)
+    summary = complete(summarize(reports))
     row: list[object] = [
         f"{size:,}", f"{churn:.0%}", f"{loss:.0%}", built, memory, memory * 1024 / size,
         elapsed, summary["rounds_p50"], summary["rounds_p95"], summary["rounds_max"],
         summary["requests_p50"], summary["messages_p50"], (net.sent - sent) / max(1, lookups),
         summary["latency_p50"] * 1000, summary["latency_p95"] * 1000,
-        f"{summary['true_closest']:.1%}", f"{summary['exact_k']:.1%}", f"{summary['ok']:.1%}",
+        _share(summary["true_closest"]), _share(summary["exact_k"]), _share(summary["ok"]),
     ]
     summary.update(built=built, memory_mb=memory, elapsed=elapsed,
                    contacts_p50=fill["contacts_p50"], buckets_p50=fill["buckets_p50"])
@@ -74,16 +100,23 @@ HEADERS = ["nodes", "churn", "loss", "build s", "memory MiB", "KiB/node", "looku
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000])
-    parser.add_argument("--lookups", type=int, default=1000)
-    parser.add_argument("--churn", type=float, default=0.3)
-    parser.add_argument("--loss", type=float, default=0.1)
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--lookups", type=positive_int, default=1000)
+    parser.add_argument("--churn", type=fraction, default=0.3,
+                        help="share of the nodes taken off, in [0, 1), rounded to the nearest "
+                        "node (at least one must stay)")
+    parser.add_argument("--loss", type=fraction, default=0.1,
+                        help="share of all datagrams dropped, in [0, 1)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--rpc-retries", type=int, default=RPC_RETRIES,
+    parser.add_argument("--rpc-retries", type=non_negative_int, default=RPC_RETRIES,
                         help="resends of an unanswered request (Config.rpc_retries)")
-    parser.add_argument("--timeout", type=float, default=900.0,
+    parser.add_argument("--timeout", type=positive_float, default=900.0,
                         help="seconds one scenario may take before the run is abandoned")
     args = parser.parse_args(argv)
+    for size in args.sizes:
+        if share_of(size, args.churn) >= size:
+            parser.error(f"--churn {args.churn} takes off every one of {size} nodes: no lookup "
+                         f"could run")
     print(f"# qadom simulated at scale\n\nmachine: {machine()}, {load()}\n")
     print(f"{args.lookups} random lookups per scenario, one after the other; seed {args.seed}; "
           f"rpc_retries {args.rpc_retries}\n")

@@ -28,7 +28,7 @@ from types import ModuleType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import qadom.storage
-from bench.common import collect, current_rss_mb, load, machine, table
+from bench.common import collect, current_rss_mb, load, machine, positive_int, table
 from qadom import Config
 
 HOUR, DAY = 3600.0, 86400.0
@@ -50,14 +50,19 @@ def storage_module(path: str | None) -> ModuleType:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--items", type=positive_int, default=1_000_000)
+    parser.add_argument("--repeat", type=positive_int, default=5)
     parser.add_argument("--storage", help="another qadom/storage.py to measure")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    n_values, n_records = args.items * 55 // 100, args.items * 5 // 100
+    # "forget" forgets one of our values per repeat: one in a thousand values is ours.
+    ours = len(range(7, n_values, 1000))
+    if ours < args.repeat:
+        parser.error(f"--items {args.items} holds {ours} values of our own, fewer than "
+                     f"--repeat {args.repeat} forgets need")
     module = storage_module(args.storage)
     Meta = module.Meta
-    n_values, n_records = args.items * 55 // 100, args.items * 5 // 100
     n_entry_keys = (args.items - n_values - n_records) // 4  # four entries under each key
     config = Config(max_store_items=2 * args.items + 10, max_store_bytes=1 << 40,
                     max_items_per_source=2 * args.items + 10, max_bytes_per_source=1 << 40)
