@@ -17,12 +17,12 @@ _TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bo
 
 _POSITIVE = ("expire_time", "republish_interval", "publisher_republish_interval",
              "token_lifetime", "request_rate", "host_request_rate", "given_up_retry",
-             "given_up_lifetime")
+             "given_up_lifetime", "dht_verify_rate")
 """Fields that must be above 0 (checked with the others in :meth:`Config.validate`)."""
 
 _AT_LEAST_ONE = ("request_burst", "host_request_burst", "rate_limit_senders",
                  "amplification_factor", "max_search_pages", "republish_batch",
-                 "http_max_bootstrap_addresses")
+                 "http_max_bootstrap_addresses", "dht_verify_burst")
 """Counts that must be at least 1: with none, a node answers nobody (no burst, no sender tracked,
 no bytes allowed to an unproven address) or never does its job (no page fetched, no item
 republished, no bootstrap address taken)."""
@@ -211,15 +211,19 @@ class Config:
 
     max_verifying: int = 10_000
     """Unknown requesters being verified at once. Past this, new requesters are served but not
-    pinged, so a flood of spoofed sources cannot make us send unbounded pings."""
+    pinged, so a flood of spoofed sources cannot make us send unbounded pings. Requesters that
+    proved their address with a token have as many of their own, which spoofed ones cannot use
+    up."""
 
     # --- request rate limits (per sending address and per sending host) ---
     request_rate: float = 1000.0
-    """Requests per second one address (host and port) may make of us. Writes set the need: each
-    set or append sends each of the k closest peers to its key a request, and most a lookup
-    step too, so a peer writing to keys one peer holds asks it about twice per write (one
-    process on one core makes at most about 500 writes a second). A flood from one address costs
-    us at most this many answers a second, about 3% of a core."""
+    """Requests per second one address (host and port) may make of us, counted apart for requests
+    that prove the address with a token and those that do not (so spoofed ones cannot spend a
+    peer's own budget; the host limits below likewise). Writes set the need: each set or append
+    sends each of the k closest peers to its key a request, and most a lookup step too, so a
+    peer writing to keys one peer holds asks it about twice per write (one process on one core
+    makes at most about 500 writes a second). A flood from one address costs us at most twice
+    this many answers a second (proven and not), about 6% of a core."""
 
     request_burst: int = 2000
     """Requests one address may make at once before ``request_rate`` applies: a few hundred
@@ -389,6 +393,22 @@ class Config:
     dht_max_record_size: int = 8192
     """Largest encoded /dht record (all its entries), so a whole record travels in one reply
     datagram, like a value; at most ``max_value_size``."""
+
+    dht_verify_rate: float = 200.0
+    """Signatures per second the republished /dht records (DHT_PUT with ``republish``) of one
+    non-loopback host may make us verify (a token bucket per host; over it the DHT_PUT is
+    answered RATE_LIMITED, nothing stored). An entry we already hold byte for byte is not
+    verified again, so this binds only entries new to us. One verification costs about 50 us,
+    several times the handling of a PING, and a record of ``dht_max_record_size`` carries up to
+    77 entries: unbounded, a host replaying one record we refuse (one bad signature last, a full
+    quota) at ``host_request_rate`` would spend 7 CPU-seconds of ours a second. 200 a second is
+    about 1% of a core per host; a record refused for it reaches us again by the next hourly
+    republish of any of its k storers."""
+
+    dht_verify_burst: int = 2000
+    """Signatures one host's republishes may make us verify at once before ``dht_verify_rate``
+    applies: a hand-over or an hourly batch (``republish_batch`` records, most of one or a few
+    entries) passes whole, and costs at most a tenth of a CPU-second."""
 
     # --- publish/subscribe (qadom.pubsub) ---
     pubsub_lease: float = 60.0

@@ -84,23 +84,77 @@ def host_key(host: str) -> str:
 
 
 LOOPBACK, LOCAL, GLOBAL = 0, 1, 2
-"""The scopes of :func:`address_scope`, narrowest first."""
+"""The scopes of :func:`address_scope` that a peer may stand at, narrowest first."""
+
+NOWHERE = -1
+"""The scope of :func:`address_scope` of an address that is no peer's: a multicast address, or
+the IPv4 broadcast 255.255.255.255 (a datagram sent there reaches every host of a network)."""
 
 _SCOPES: dict[str, int] = {}  # host -> its address_scope (a bounded memo)
 _SCOPES_MAX = 16_384
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_RESERVED_V6 = ipaddress.IPv6Network("::/8")
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address that a datagram sent to the IPv6 ``address`` is carried to, when the
+    address embeds one: under NAT64's well-known prefix 64:ff9b::/96 (RFC 6052, a translator
+    sends it on to that IPv4 address), 6to4's 2002::/16 (RFC 3056), Teredo's 2001::/32 (its
+    client's address, RFC 4380), or in the rest of ::/8 as its last 32 bits (the deprecated
+    IPv4-compatible ``::a.b.c.d``, which an automatic tunnel carries there). None otherwise, and
+    for ``::`` and ``::1``."""
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    sixtofour = address.sixtofour
+    if sixtofour is not None:
+        return sixtofour
+    teredo = address.teredo
+    if teredo is not None:
+        return teredo[1]
+    if address in _RESERVED_V6 and not (address.is_loopback or address.is_unspecified):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _scope_of(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    if address.is_multicast:
+        return NOWHERE
+    if address.is_loopback or address.is_unspecified:
+        return LOOPBACK
+    if address.version == 4:
+        if address == _BROADCAST:
+            return NOWHERE
+        # is_global is False for the reserved 240.0.0.0/4 too.
+        return GLOBAL if address.is_global else LOCAL
+    assert isinstance(address, ipaddress.IPv6Address)
+    embedded = embedded_ipv4(address)
+    if embedded is not None:
+        # What the datagram reaches: never wider than the IPv4 address it is carried to. NAT64
+        # and 6to4 carry it across the Internet; a Teredo address (which IANA's registry does
+        # not call globally reachable) and a deprecated IPv4-compatible one are reached
+        # through a tunnel of this machine's, if at all.
+        wide = GLOBAL if address in _NAT64 or address.sixtofour is not None else LOCAL
+        return min(wide, _scope_of(embedded))
+    if address.is_site_local or address.is_reserved:  # routed nowhere on the Internet
+        return LOCAL
+    return GLOBAL if address.is_global else LOCAL
+
 
 def address_scope(host: str) -> int:
-    """How far out ``host`` is: LOOPBACK (this machine: a loopback address, or the unspecified
-    0.0.0.0 or ::, which a datagram sent to reaches this machine too), LOCAL (a private,
-    link-local or other address that is not globally routable) or GLOBAL. An IPv4-mapped
-    address has its IPv4 address's scope; a host that is not an IP literal is LOCAL."""
+    """How far out ``host`` is: NOWHERE (no peer's: a multicast address, or the IPv4 broadcast
+    255.255.255.255), LOOPBACK (this machine: a loopback address, or the unspecified 0.0.0.0 or
+    ::, which a datagram sent to reaches this machine too), LOCAL (a private, link-local,
+    site-local, reserved or other address that is not globally routable) or GLOBAL. An IPv6
+    address that embeds the IPv4 address a datagram sent to it is carried to
+    (:func:`embedded_ipv4`) is no wider than that IPv4 address, and a Teredo or IPv4-compatible
+    one is LOCAL at most. An IPv4-mapped address has its IPv4 address's scope; a host that is
+    not an IP literal is LOCAL."""
     scope = _SCOPES.get(host)
     if scope is None:
         address = ip_of(host)
-        scope = (LOCAL if address is None
-                 else LOOPBACK if address.is_loopback or address.is_unspecified
-                 else GLOBAL if address.is_global else LOCAL)
+        scope = LOCAL if address is None else _scope_of(address)
         if len(_SCOPES) >= _SCOPES_MAX:
             _SCOPES.clear()
         _SCOPES[host] = scope

@@ -27,7 +27,9 @@ overwrite on its own, whoever forwards it:
   :class:`~qadom.errors.ValueTooLarge`;
 * a refused write changes nothing stored.
 
-Public keys are compared by their compressed form, so both spellings of one key are one owner.
+Public keys are compared by their compressed form, so both spellings of one key are one owner
+(:func:`owner_of` finds it without decompressing a point: a key off the curve owns nothing, as no
+signature verifies with it).
 High-S signatures are accepted (normalised to low S before libsecp256k1, which only accepts low S):
 clients sign with libraries that produce either.
 
@@ -59,13 +61,13 @@ requests 16 (:class:`DhtPut`) and 17 (:class:`DhtFind`), replies 80 (:class:`Dht
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import IntEnum
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -80,6 +82,7 @@ from .errors import (
     NotFoundError,
     ProtocolError,
     QadomError,
+    RateLimited,
     RemoteError,
     StorageFull,
     StorageUnavailable,
@@ -87,8 +90,10 @@ from .errors import (
     ValueTooLarge,
     printable,
 )
+from .info import is_loopback
 from .lookup import Lookup
 from .messages import Error, ErrorCode, Kind, Message, Nodes, Stored, register
+from .ratelimit import RateLimiter
 from .storage import (
     NEVER,
     DueRecord,
@@ -130,6 +135,9 @@ _REPLY_OVERHEAD = 128
 
 # The order of the secp256k1 group: signature scalars must lie in [1, N).
 _N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+# The prime of the secp256k1 field: coordinates of public keys lie in [0, P).
+_P = 2**256 - 2**32 - 977
+_P_BYTES = _P.to_bytes(32, "big")
 _HEX = re.compile(r"[0-9a-fA-F]*")
 
 ExpTime = int | float | None
@@ -203,6 +211,33 @@ def signed_message(key: str, data: str, exp_time: ExpTime, mode: str) -> bytes:
 def compress(pub_key: bytes) -> bytes:
     """The compressed SEC1 form of a public key; ValueError if it is not a curve point."""
     return PublicKey(pub_key).format(compressed=True)
+
+
+def owner_of(pub_key: bytes) -> bytes:
+    """The compressed SEC1 form of ``pub_key`` (what ownership compares), as :func:`compress`
+    gives it for every key libsecp256k1 takes, without decompressing a point (which costs a
+    square root modulo p: about 7 us a key, paid for every entry of every record decoded).
+
+    ValueError unless ``pub_key`` is a SEC1 form: compressed (02/03, x below p), uncompressed
+    (04) or hybrid (06/07, of y's parity) with (x, y) a point of the curve. A compressed key's x
+    is not checked to lie on the curve: such a key is no point, so no signature verifies with it
+    and every write it makes is refused (:func:`verify`), and its bytes are those of no other
+    key's compressed form, so it owns nothing another key owns."""
+    size = len(pub_key)
+    prefix = pub_key[0] if size else -1
+    if size == 33 and prefix in (2, 3):
+        if pub_key[1:] >= _P_BYTES:  # big-endian: bytes compare as the numbers do
+            raise ValueError("x is not below the field prime")
+        return bytes(pub_key)
+    if size == 65 and prefix in (4, 6, 7):
+        x = int.from_bytes(pub_key[1:33], "big")
+        y = int.from_bytes(pub_key[33:], "big")
+        if x >= _P or y >= _P or (y * y - x * x * x - 7) % _P:
+            raise ValueError("not a point of secp256k1")
+        if prefix != 4 and prefix & 1 != y & 1:
+            raise ValueError("a hybrid key of the other parity")
+        return bytes((2 | (y & 1),)) + pub_key[1:33]
+    raise ValueError("not a SEC1 public key")
 
 
 def verify(entry: Entry, key: str, mode: str) -> bool:
@@ -349,25 +384,59 @@ def _hex_field(value: object, field: str, sizes: tuple[int, ...]) -> bytes:
 def check_entry(record: Record, now: float) -> None:
     """Raise Unauthorized unless every entry of ``record`` is signed and unexpired."""
     for entry in record.entries:
-        if not entry.live(now):
-            raise Unauthorized("exp_time is already past")
-        if not _pinned(entry.exp_time):
-            raise Unauthorized("exp_time is not below 10000000000 (the year 2286)")
-        if not verify(entry, record.key, record.mode):
-            raise Unauthorized("the signature does not verify")
+        _check(entry, record.key, record.mode, now, verified=False)
+
+
+def _check(entry: Entry, key: str, mode: str, now: float, *, verified: bool,
+           spend: Callable[[], bool] | None = None) -> None:
+    """Raise Unauthorized unless ``entry`` is unexpired and its signature verifies for ``key``
+    and ``mode``; with ``verified``, the signature is taken as verified already (the entry
+    repeats one of a record we hold, see :func:`signed_fields`). ``spend()`` is asked before a
+    signature is verified: False raises RateLimited, with nothing verified."""
+    if not entry.live(now):
+        raise Unauthorized("exp_time is already past")
+    if not _pinned(entry.exp_time):
+        raise Unauthorized("exp_time is not below 10000000000 (the year 2286)")
+    if verified:
+        return
+    if spend is not None and not spend():
+        raise RateLimited(ErrorCode.RATE_LIMITED,
+                          "too many signatures to verify from this host: slow down")
+    if not verify(entry, key, mode):
+        raise Unauthorized("the signature does not verify")
+
+
+def signed_fields(entry: Entry) -> tuple[str, bytes, str, bytes]:
+    """What decides whether ``entry``'s signature verifies, besides the record's key and mode:
+    two entries with the same fields under one key and mode verify alike. ``exp_time`` counts by
+    its text (the one signed), so 1800000000 and 1800000000.0 differ here as they do there."""
+    return entry.data, entry.pub_key, str(entry.exp_time), entry.sign
+
+
+def held_fields(current: Record | None, record: Record) -> frozenset[tuple[str, bytes, str, bytes]]:
+    """The :func:`signed_fields` of the entries of ``current`` (a record we hold, whose every
+    signature was verified when it was stored) that count as verified in ``record``: all of them
+    when both have one key and one mode, else none."""
+    if current is None or current.key != record.key or current.mode != record.mode:
+        return frozenset()
+    return frozenset(signed_fields(entry) for entry in current.entries)
 
 
 def apply_write(existing: Record | None, write: Record, now: float, config: Config) -> Record:
     """The record after ``write`` (a one-entry record) lands on ``existing``.
 
     Raises Unauthorized (bad signature, expired, not the owner, other mode) or ValueTooLarge (the
-    record would exceed its size limit); see the module docstring.
+    record would exceed its size limit); see the module docstring. ``existing`` is a record whose
+    signatures were verified (a record we hold, or one a peer showed that
+    :meth:`DhtRecordService._verified` took): a write that repeats a live entry of it byte for
+    byte (:func:`signed_fields`) is checked for its expiry, not verified again.
     """
     if len(write.entries) != 1:
         raise Unauthorized("a write carries exactly one entry")
-    check_entry(write, now)
     (entry,) = write.entries
     current = existing.live(now) if existing is not None else None
+    _check(entry, write.key, write.mode, now,
+           verified=signed_fields(entry) in held_fields(current, write))
     if current is None:
         return write
     if current.key != write.key:
@@ -384,23 +453,82 @@ def apply_write(existing: Record | None, write: Record, now: float, config: Conf
         entries = list(others)
         entries.insert(mine[0] if mine else len(entries), entry)  # keep each key's place
         result = replace(current, entries=tuple(entries))
-    size = len(encode_record(result))
+    _check_size(len(encode_record(result)), config)
+    return result
+
+
+def apply_record(record: Record, now: float, config: Config,
+                 held: frozenset[tuple[str, bytes, str, bytes]] = frozenset(),
+                 spend: Callable[[], bool] | None = None) -> Record:
+    """``record`` (any number of entries, as a republish carries it) rebuilt from nothing as
+    :func:`apply_write` would make it entry by entry (an owner's later entry takes its earlier
+    one's place; a SECURED record has one owner): what a holder without a record stores. Raises
+    Unauthorized for the first entry :func:`apply_write` would refuse, or ValueTooLarge when the
+    record exceeds its size limit.
+
+    Each entry is checked once and the record encoded once, so the cost is linear in its
+    entries. An entry whose :func:`signed_fields` are in ``held`` (see :func:`held_fields`) is
+    not verified again; ``spend()`` is asked before each signature that is, and False raises
+    RateLimited (the entries before it were verified, nothing is applied)."""
+    entries: list[Entry] = []
+    places: dict[bytes, int] = {}
+    for entry in record.entries:
+        _check(entry, record.key, record.mode, now, verified=signed_fields(entry) in held,
+               spend=spend)
+        place = places.get(entry.owner)
+        if place is not None:
+            entries[place] = entry
+        elif entries and record.mode == SECURED:
+            raise Unauthorized("the key is held by another public key")
+        else:
+            places[entry.owner] = len(entries)
+            entries.append(entry)
+    if not entries:
+        raise Unauthorized("a record has at least one entry")
+    result = record if len(entries) == len(record.entries) else replace(
+        record, entries=tuple(entries))
+    _check_size(len(encode_record(result)), config)
+    return result
+
+
+def fill_owners(current: Record, sent: Record, config: Config) -> Record:
+    """``current`` (a live CONTROLLED record) with the entries of ``sent`` (already checked, as
+    :func:`apply_record` checks them) whose owners it has no entry of, appended in their order
+    as far as they fit within ``dht_max_record_size`` (an entry that does not fit is left out,
+    a later smaller one may still be added); ``current`` itself when none is added. A republish
+    so fills in the owners a holder missed, and never replaces the entry an owner has there,
+    which may be newer than the one sent. The record is
+    encoded once, whatever the number of entries: each entry's share of the encoding is added
+    to the total (a CBOR array is its head and its items one after the other)."""
+    owners = {entry.owner for entry in current.entries}
+    missing = [entry for entry in sent.entries if entry.owner not in owners]
+    if not missing:
+        return current
+    added: list[Entry] = []
+    size = len(encode_record(current))
+    count = len(current.entries)
+    for entry in missing:
+        if entry.owner in owners:
+            continue  # two entries of one owner in ``sent``: the first is taken
+        grown = (size + len(_encode_entry(entry))
+                 + _array_head(count + 1) - _array_head(count))
+        if grown > config.dht_max_record_size:
+            continue  # the record is full for this one: keep what fits
+        owners.add(entry.owner)
+        added.append(entry)
+        size, count = grown, count + 1
+    return replace(current, entries=current.entries + tuple(added)) if added else current
+
+
+def _check_size(size: int, config: Config) -> None:
     if size > config.dht_max_record_size:
         raise ValueTooLarge(f"data: the record would be {size} bytes; the limit is "
                             f"{config.dht_max_record_size}")
-    return result
 
 
-def apply_record(record: Record, now: float, config: Config) -> Record:
-    """``record`` (any number of entries, as a republish carries it) rebuilt entry by entry with
-    :func:`apply_write` from nothing: what a holder without a record stores. Raises Unauthorized
-    or ValueTooLarge as :func:`apply_write` does for any entry."""
-    result: Record | None = None
-    for entry in record.entries:
-        result = apply_write(result, replace(record, entries=(entry,)), now, config)
-    if result is None:
-        raise Unauthorized("a record has at least one entry")
-    return result
+def _array_head(count: int) -> int:
+    """The bytes of the head of a CBOR array of ``count`` items."""
+    return 1 if count < 24 else 2 if count < 2**8 else 3 if count < 2**16 else 5
 
 
 def bounded(meta: Meta, record: Record) -> Meta:
@@ -424,8 +552,15 @@ def encode_record(record: Record) -> bytes:
     return data
 
 
+def _encode_entry(entry: Entry) -> bytes:
+    """One entry as :func:`encode_record` encodes it within the record."""
+    data: bytes = cbor2.dumps([entry.data, entry.pub_key, entry.exp_time, entry.sign])
+    return data
+
+
 def decode_record(data: bytes, config: Config) -> Record:
-    """Inverse of :func:`encode_record` with every field checked (not the signatures); raises
+    """Inverse of :func:`encode_record` with every field checked (not the signatures, nor
+    whether a compressed public key lies on the curve: see :func:`owner_of`); raises
     :class:`ProtocolError` and nothing else."""
     try:
         raw = cbor2.loads(data)
@@ -458,7 +593,7 @@ def decode_record(data: bytes, config: Config) -> Record:
             raise ProtocolError("bad entry exp_time")
         try:
             text.encode()
-            owner = bytes(compress(pub_key))
+            owner = owner_of(pub_key)
         except (ValueError, UnicodeEncodeError):
             raise ProtocolError("bad entry public key or text") from None
         if owner in owners:
@@ -471,7 +606,11 @@ def decode_record(data: bytes, config: Config) -> Record:
 def load(store: Store, key: int, config: Config, now: float | None = None) -> Record | None:
     """The record stored under ``key`` (with ``now``: unless its lifetime has ended), or None
     (also for a corrupt one, which is unusable)."""
-    data = store.get_record(RECORD_KIND, key, now)
+    return _decoded(store.get_record(RECORD_KIND, key, now), config)
+
+
+def _decoded(data: bytes | None, config: Config) -> Record | None:
+    """The record ``data`` holds, None for none or a corrupt one."""
     if data is None:
         return None
     try:
@@ -522,11 +661,15 @@ class DhtPut(Message):
     record a holder republishes and only fills: a receiver that holds a live record for the key
     keeps its own (renewing its lifetime when it holds every entry sent, and adding to a
     CONTROLLED record the entries of owners it has none of). Answered by
-    :class:`~qadom.messages.Stored` or :class:`DhtRefused`, or ``Error(BAD_REQUEST)`` for a ttl
-    of 0 (nothing stored)."""
+    :class:`~qadom.messages.Stored` or :class:`DhtRefused`, ``Error(BAD_REQUEST)`` for a ttl
+    of 0, or ``Error(RATE_LIMITED)`` for a republish whose signatures would exceed its host's
+    verification budget (``Config.dht_verify_rate``); nothing is stored on an error."""
 
     CODE = 16
     IS_REQUEST = True
+    # A RATE_LIMITED answer speaks of the verification budget, not of our request rate: the
+    # peer still answers our other requests.
+    RATE_OF_ITS_OWN = True
     FIELDS = (("write", Kind.VALUE), ("ttl", Kind.UINT64), ("republish", Kind.BOOL))
     write: bytes
     ttl: int = 86400
@@ -595,7 +738,13 @@ class DhtRecordService:
         self.node = node
         self.config = node.config
         node.register_handler(DhtPut, self._handle_put)
+        node.require_proof(DhtPut)  # a write, charged to its source's host quota
         node.register_handler(DhtFind, self._handle_find)
+        # The signatures each host's republishes may make us verify (_handle_put), a token
+        # bucket per host: loopback is exempt, as from the request rates.
+        self._verify_budget: RateLimiter[str] = RateLimiter(
+            self.config.dht_verify_rate, self.config.dht_verify_burst,
+            self.config.rate_limit_senders)
 
     # ------------------------------------------------------------------ operations
 
@@ -826,14 +975,22 @@ class DhtRecordService:
         live entries are checked one by one (:func:`apply_record`; an entry that expired on the
         way is left out) and stored only if we hold no live record for the key; holding one, we
         keep it and its lifecycle, add to a CONTROLLED one the entries of owners it has none of
-        (:meth:`_fill_owners`), and otherwise merely count the republish as this hour's when our
+        (:func:`fill_owners`), and otherwise merely count the republish as this hour's when our
         record holds every entry sent (the same record, whose lifetime the TTL may then extend).
         The format has no version, so this is what keeps a lagging storer's older copy from
         replacing a newer one. A client's write that changes a record we put ourselves ends our
         publishing of it: we keep the result as a storer's copy (its lifetime as above, counting
         the one ours had), renewed by the node that ran the write until it forgets it. What it
         stores is charged to the sending host (:func:`~qadom.contact.host_key`); a record we
-        publish stays charged to us."""
+        publish stays charged to us.
+
+        CPU: a signature is verified only for an entry we do not hold byte for byte (under the
+        same key and mode), and a record is encoded a bounded number of times whatever its
+        entries; the record we hold sent again, byte for byte, costs a decode and a compare
+        (nothing verified, nothing encoded). A republish spends one unit of its host's
+        ``dht_verify_rate`` budget per signature verified (loopback is exempt); over it, it is
+        answered RATE_LIMITED with nothing stored (counted in ``stats["dht_verify_limited"]``).
+        A client's write carries one entry: one signature at most, as any signed request."""
         source = host_key(address[0])
         if message.ttl <= 0:
             return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
@@ -843,26 +1000,43 @@ class DhtRecordService:
             return DhtRefused(RefusedCode.MALFORMED, str(exc)[:200])
         key = storage_key(write.key)
         store = self.node.store
-        existing = load(store, key, self.config, now)
+        data = store.get_record(RECORD_KIND, key, now)
+        # The record we hold sent again (a republish, a replay) is decoded once, not twice.
+        existing = write if data == message.write else _decoded(data, self.config)
         current = existing.live(now) if existing is not None else None
         old = store.record_meta(RECORD_KIND, key) if current is not None else None
         try:
-            if message.republish:
+            if (message.republish and existing is write and current is not None
+                    and len(message.write) <= self.config.dht_max_record_size
+                    and all(_pinned(entry.exp_time) for entry in current.entries)):
+                # The record we hold, byte for byte: its live entries were checked when we
+                # stored it, and apply_record would give it back as it is.
+                record = current
+            elif message.republish:
                 # The sender sent the entries live at its clock; one that has expired since (on
                 # the way, or during the sender's lookup) is left out, not held against the rest.
-                record = apply_record(write.live(now) or write, now, self.config)
+                # Entries we hold byte for byte are not verified again; the others spend the
+                # sending host's budget.
+                sent = write.live(now) or write
+                budget = self._verify_budget
+                budget.sweep(now)  # forgets the refilled buckets, so it follows recent traffic
+                spend = None if is_loopback(address[0]) else partial(budget.allow, source, now)
+                record = apply_record(sent, now, self.config, held_fields(current, sent), spend)
             else:
                 record = apply_write(existing, write, now, self.config)
         except Unauthorized as exc:
             return DhtRefused(RefusedCode.UNAUTHORIZED, str(exc)[:200])
         except ValueTooLarge as exc:
             return DhtRefused(RefusedCode.TOO_LARGE, str(exc)[:200])
+        except RateLimited as exc:
+            self.node.stats["dht_verify_limited"] += 1
+            return Error(ErrorCode.RATE_LIMITED, exc.reason)
         same = False
         if message.republish and current is not None:
             if current.mode != record.mode:
                 return Stored()  # fill-only: our record stays as it is
             if current.mode == CONTROLLED:
-                merged = self._fill_owners(current, record, now)
+                merged = fill_owners(current, record, self.config)
                 if merged is not current:
                     # Our record, our lifecycle: only the missing owners were added. The record
                     # grew by what the sender sent: charged to its host, as a write would be.
@@ -875,7 +1049,7 @@ class DhtRecordService:
                     except StorageFull as exc:
                         return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
                     return Stored()
-            if not set(record.entries) <= set(current.entries):
+            if record is not current and not set(record.entries) <= set(current.entries):
                 return Stored()  # fill-only: our record stays as it is
             record, same = current, True
         # A client's write that changes a record we put ends our publishing of it, as a newer
@@ -896,23 +1070,12 @@ class DhtRecordService:
         if same and meta == old:
             return Stored()
         try:
-            store.put_record(RECORD_KIND, key, encode_record(record), now, meta=meta)
+            # What we hold, unchanged, is stored as it is (not encoded again).
+            encoded = data if data is not None and record is existing else encode_record(record)
+            store.put_record(RECORD_KIND, key, encoded, now, meta=meta)
         except StorageFull as exc:
             return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         return Stored()
-
-    def _fill_owners(self, current: Record, sent: Record, now: float) -> Record:
-        """``current`` (a CONTROLLED record we hold) with the entries of ``sent`` whose owners
-        it has no entry of, as far as they fit: a republish fills in owners we missed, and never
-        replaces the entry an owner has here, which may be newer than the one sent."""
-        held = {entry.owner for entry in current.entries}
-        merged = current
-        for entry in sent.entries:
-            if entry.owner not in held:
-                with contextlib.suppress(ValueTooLarge):  # the record is full: keep what fits
-                    merged = apply_write(merged, replace(sent, entries=(entry,)), now,
-                                         self.config)
-        return merged
 
     def _handle_find(self, message: DhtFind, sender: int | None, address: Address,
                      now: float) -> Message:

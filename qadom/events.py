@@ -6,7 +6,8 @@ node, and the core's time ``now``. For one lookup the order is: one :class:`Look
 one :class:`LookupFinished`. Each request ends in a :class:`LookupReply` or a final
 :class:`LookupTimeout` (a :class:`LookupRefused` when the contact answered with nothing of use),
 unless the lookup finished first. ``LookupFinished.failures`` also counts the candidates left out
-without a request (an address banned for lying, or of the IP family our socket cannot reach).
+without a request (an address banned for lying, of the IP family our socket cannot reach, or
+a multicast or broadcast address, which is never asked).
 """
 
 from __future__ import annotations

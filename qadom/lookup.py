@@ -31,6 +31,16 @@ Rules, as the paper has them with the "keep alpha in flight" refinement:
   the closest ids at addresses that do not answer for them cannot hide the real peers that
   others name at their real addresses. An outcome counts only for the address its candidate
   stands at: a late reply, stall or failure of an address it left is ignored.
+* One address (not in the paper; peers name addresses of their choosing, and many ids named at
+  one address must not make a lookup send it a request each): at most one request is out to an
+  address at a time, and at most two go to it in all: a second only if the first was answered,
+  for another id if the id asked answered it, else only for the id that did; none if the first
+  failed (silence, an ERROR, a lie). A candidate at an address that takes no more requests
+  fails at once, without a request (nor counted in :attr:`Lookup.failures`), and a contact named
+  at one is not taken, nor kept as an alternate; one at an address with a request out waits for
+  its outcome. An id named at the wrong address is still asked at its own (see the alternates
+  above), and a fake id named at a peer's address cannot hide that peer, which answers the fake
+  as itself and is asked next. Honest peers never name two ids at one address.
 * Network diversity (not in the paper): with a ``network`` rule, at most ``max_per_network``
   candidates of one network (the rule's answer; None: not limited) that have not failed are in
   a lookup, so peers of one network cannot crowd out the others by naming each other (an
@@ -73,6 +83,10 @@ its real one, are needed to hide it."""
 MAX_REQUESTS = 512
 """Requests one lookup asks at most, unless told otherwise (``Config.lookup_max_requests`` says
 why)."""
+
+
+_ASKING, _OPEN, _SPENT = -1, -2, -3
+"""What :attr:`Lookup._addresses` holds for an address besides an id (ids are not negative)."""
 
 
 class State(Enum):
@@ -143,6 +157,12 @@ class Lookup:
         self._alternates: dict[int, list[tuple[Contact, int]]] = {}
         self._alternate_count = 0  # contacts in self._alternates, at most max_candidates
         self._left: dict[int, list[Address]] = {}
+        # Per address this lookup asked: _ASKING while its first request is out; then _OPEN if
+        # it answered as the id asked (one more request, for another id, may go there), the id
+        # it answered as for another (which alone may be asked there, once more), or _SPENT (it
+        # failed, or its second request went out: nobody may). At most one entry per request:
+        # bounded by max_requests.
+        self._addresses: dict[Address, int] = {}
         # How many of the closest candidates are settled (see _settle), and how many of those
         # answered: what next_requests and finished would otherwise walk again at every input.
         self._settled = 0
@@ -169,25 +189,41 @@ class Lookup:
         if self.stopped or self.probe is not None or self.requests >= self.max_requests:
             return []
         likely = self._likely
+        addresses = self._addresses
         chosen: list[Candidate] = []
-        # The settled candidates ahead are each eligible if they answered, and never asked.
-        start, eligible = self._settle()
-        for cand in self._order[start:]:
-            if (self.in_flight >= self.alpha or eligible >= self.k
-                    or self.requests >= self.max_requests):
-                break
-            if cand.state is _FAILED:
-                continue
-            eligible += 1
-            if cand.state is _WAITING:
-                if likely is not None and not chosen and likely(cand.contact):
-                    self.probe = cand  # asked alone
-                    chosen.append(self._ask(cand))
+        walking = True
+        while walking:
+            walking = False
+            # The settled candidates ahead are each eligible if they answered, and never asked.
+            start, eligible = self._settle()
+            for cand in self._order[start:]:
+                if (self.in_flight >= self.alpha or eligible >= self.k
+                        or self.requests >= self.max_requests):
                     break
-                if self._later is not None:  # more than the initial candidate is needed
-                    self._ensure()
-                    return self.next_requests()
-                chosen.append(self._ask(cand))
+                if cand.state is _FAILED:
+                    continue
+                if cand.state is _WAITING and addresses:
+                    held = addresses.get(cand.contact.address)
+                    if held is not None and held != _OPEN and held != cand.contact.id:
+                        if held == _ASKING:  # asked there for another id: wait for the outcome
+                            eligible += 1
+                            continue
+                        # Its address failed, answered as another id or was asked twice: so it
+                        # fails, and the walk starts again, as failing moves candidates
+                        # (alternates, shares).
+                        self._fail(cand)
+                        walking = True
+                        break
+                eligible += 1
+                if cand.state is _WAITING:
+                    if likely is not None and not chosen and likely(cand.contact):
+                        self.probe = cand  # asked alone
+                        chosen.append(self._ask(cand))
+                        break
+                    if self._later is not None:  # more than the initial candidate is needed
+                        self._ensure()
+                        return self.next_requests()
+                    chosen.append(self._ask(cand))
         return chosen
 
     def on_reply(self, contact: Contact, named: Iterable[Contact]) -> list[Contact]:
@@ -201,6 +237,9 @@ class Lookup:
         if cand.state is _IN_FLIGHT:
             self.in_flight -= 1
         cand.state = _ANSWERED
+        addresses, address = self._addresses, cand.contact.address
+        if addresses.get(address) == _ASKING:  # the first request there: one more may go
+            addresses[address] = _OPEN
         self.replies += 1
         if self._alternates:  # it answered from its address: no other is asked for it
             self._drop_alternates(contact.id)
@@ -220,26 +259,21 @@ class Lookup:
             if cand is self.probe:
                 self.widen()
 
-    def on_failure(self, contact: Contact) -> None:
-        """The request to ``contact`` failed for good (timeout, error, or a lie). A candidate
-        with an alternate is to be asked again there (see the module docstring)."""
+    def on_failure(self, contact: Contact, answered_as: int | None = None) -> None:
+        """The request to ``contact`` failed for good (timeout, error, or a lie), or its address
+        answered as ``answered_as``, another id. A candidate with an alternate is to be asked
+        again there (see the module docstring). No other candidate is asked at that address,
+        but ``answered_as`` if this was the first request there."""
         cand = self._by_id.get(contact.id)
         if cand is None or cand.state in (_FAILED, _WAITING):
             return
         if cand.contact is not contact and cand.contact.address != contact.address:
             return  # an address it left failed late
-        if cand.state is _IN_FLIGHT:
-            self.in_flight -= 1
-        elif cand.state is _ANSWERED:  # found out later (a lie): the settled count changes
-            self._settled = self._settled_answered = 0
-        cand.state = _FAILED
+        addresses, address = self._addresses, cand.contact.address
+        addresses[address] = (answered_as if answered_as is not None and answered_as >= 0
+                              and addresses.get(address) == _ASKING else _SPENT)
         self.failures += 1
-        if self._network is not None:
-            self._free_share(cand.contact)
-        if cand is self.probe:
-            self.widen()
-        if self._alternates:
-            self._next_alternate(cand)
+        self._fail(cand)
 
     def widen(self) -> None:
         """End probing: the probe, if one is out, no longer holds the others back, and no
@@ -315,11 +349,29 @@ class Lookup:
         return settled, answered
 
     def _ask(self, cand: Candidate) -> Candidate:
+        address = cand.contact.address
+        # The first request there, or the second: the last.
+        self._addresses[address] = _ASKING if address not in self._addresses else _SPENT
         cand.state = _IN_FLIGHT
         self.in_flight += 1
         self.requests += 1
         self.rounds = max(self.rounds, cand.round)
         return cand
+
+    def _fail(self, cand: Candidate) -> None:
+        """``cand`` failed: it frees its slot and its network's share, and moves to its
+        alternate if it has one."""
+        if cand.state is _IN_FLIGHT:
+            self.in_flight -= 1
+        elif cand.state is _ANSWERED:  # found out later (a lie): the settled count changes
+            self._settled = self._settled_answered = 0
+        cand.state = _FAILED
+        if self._network is not None:
+            self._free_share(cand.contact)
+        if cand is self.probe:
+            self.widen()
+        if self._alternates:
+            self._next_alternate(cand)
 
     def _ensure(self) -> None:
         """Gather the ``later`` candidates, if not done yet."""
@@ -342,6 +394,7 @@ class Lookup:
         named: list[int] | None = None
         revived: list[Contact] | None = None
         known_as, absent = by_id.get, _ABSENT  # one hash of the 256-bit id per contact named
+        addresses = self._addresses
         for contact in contacts:
             node_id = contact.id
             known = known_as(node_id, absent)
@@ -366,6 +419,8 @@ class Lookup:
                             revived.append(contact)
                 continue
             if node_id == own_id or (skip is not None and skip(contact)):
+                continue
+            if addresses and not self._may_stand(contact):
                 continue
             if network is not None and not self._admit(contact, round_):
                 continue
@@ -405,6 +460,8 @@ class Lookup:
             return False
         if self._skip is not None and self._skip(contact):
             return False
+        if not self._may_stand(contact):
+            return False
         if state is _FAILED:
             return self._move(cand, contact, round_)
         if self._alternate_count >= self.max_candidates:
@@ -416,6 +473,13 @@ class Lookup:
         alternates.append((contact, round_))
         self._alternate_count += 1
         return False
+
+    def _may_stand(self, contact: Contact) -> bool:
+        """Whether ``contact`` may be asked at its address: none of this lookup's requests went
+        there, or only the first one, which is still out, or was answered by the id asked, or
+        by ``contact``'s id for another."""
+        held = self._addresses.get(contact.address)
+        return held is None or held in (_ASKING, _OPEN) or held == contact.id
 
     def _admit(self, contact: Contact, round_: int) -> bool:
         """Whether ``contact`` may stand as a candidate under the network-diversity rule: it
@@ -437,8 +501,8 @@ class Lookup:
         """Move ``cand``, which failed (it holds no network share), to ``contact``, its id at
         another address, to be asked there as if newly named: it takes a share of that
         address's network, or is refused for it like any candidate (then kept aside under its
-        new address, and False)."""
-        if not self._admit(contact, round_):
+        new address, and False). Not to an address it may no longer stand at (False)."""
+        if not self._may_stand(contact) or not self._admit(contact, round_):
             return False
         left = self._left.get(contact.id)
         if left is None:

@@ -375,6 +375,7 @@ class NamespaceService:
     def __init__(self, node: Node) -> None:
         self.node = node
         node.register_handler(NamespaceStore, self._handle_store)
+        node.require_proof(NamespaceStore)  # a write, charged to its source's host quota
         node.register_handler(NamespaceFind, self._handle_find)
 
     # ------------------------------------------------------------------ local store

@@ -233,11 +233,12 @@ class _NodeLookup(Lookup):
             if self.first_refusal is None:
                 self.first_refusal = error
 
-    def on_silence(self, contact: Contact, limited: bool) -> None:
-        """``contact`` never answered: a failure, counted as silence if it ended the request, and
-        as silence our rate explains with ``limited``."""
+    def on_silence(self, contact: Contact, limited: bool, answered_as: int | None = None) -> None:
+        """``contact`` never answered (its address answered as ``answered_as``, another id, if
+        given): a failure, counted as silence if it ended the request, and as silence our rate
+        explains with ``limited``."""
         failures = self.failures
-        self.on_failure(contact)
+        self.on_failure(contact, answered_as)
         if self.failures > failures:
             self.silent += 1
             if limited:
@@ -253,6 +254,24 @@ class _NodeLookup(Lookup):
             return
         if len(kept) < self.k or distance < kept[-1]:
             self.limited_distances = tuple(sorted((*kept, distance)))[:self.k]
+
+
+class _Asked:
+    """The ``on_reply`` of a lookup's request to ``contact``: the reply, or None, goes to
+    ``run``; :meth:`answered_as` instead when the address answered as another id, which the
+    lookup may then still ask there (:meth:`Lookup.on_failure`)."""
+
+    __slots__ = ("contact", "run")
+
+    def __init__(self, run: _LookupRun, contact: Contact) -> None:
+        self.run = run
+        self.contact = contact
+
+    def __call__(self, envelope: Envelope | None, now: float) -> None:
+        self.run.on_reply(self.contact, envelope, now)
+
+    def answered_as(self, node_id: int, now: float) -> None:
+        self.run.on_reply(self.contact, None, now, node_id)
 
 
 def _describe(error: Error) -> str:
@@ -325,11 +344,19 @@ class _LookupRun:
                     lookup.on_failure(contact)
                     skipped = True
                     continue
+                if address_scope(contact.address[0]) < LOOPBACK:
+                    # A multicast or broadcast address, which a loopback peer may have named
+                    # (_in_scope leaves out the others' at once): no peer's, and a request there
+                    # would reach every host of a network, ours included.
+                    node.stats["contacts_out_of_scope"] += 1
+                    lookup.on_failure(contact)
+                    skipped = True
+                    continue
                 if emit:
                     emit(LookupRequest(self.lookup_id, now, contact, contact.id ^ lookup.target,
                                        cand.round))
                 node.request(contact.address, self.message, now, expect_id=contact.id,
-                             on_reply=partial(self.on_reply, contact),
+                             on_reply=_Asked(self, contact),
                              on_stall=partial(self.on_stall, contact))
                 if cand is lookup.probe:  # asked alone: widen if it is slow to answer
                     node.stats["probes"] += 1
@@ -384,10 +411,12 @@ class _LookupRun:
                     if dead.get(entry[0].address, -math.inf) <= now),
                     key=lambda c: c.id ^ target))
 
-    def on_reply(self, contact: Contact, envelope: Envelope | None, now: float) -> None:
-        """Feed the lookup ``contact``'s reply (None: it stayed silent), then go on. A reply
-        that ``on_message`` raises on counts as a failed one (and as ``internal_errors``, or as
-        ``storage_errors`` for StorageUnavailable): no reply can freeze a lookup."""
+    def on_reply(self, contact: Contact, envelope: Envelope | None, now: float,
+                 answered_as: int | None = None) -> None:
+        """Feed the lookup ``contact``'s reply (None: it stayed silent, or its address answered
+        as ``answered_as``, another id), then go on. A reply that ``on_message`` raises on
+        counts as a failed one (and as ``internal_errors``, or as ``storage_errors`` for
+        StorageUnavailable): no reply can freeze a lookup."""
         if self.finished:
             return
         lookup, emit = self.lookup, self.emit
@@ -396,7 +425,7 @@ class _LookupRun:
             if emit:
                 emit(LookupRefused(self.lookup_id, now, contact, True, envelope.message.code))
         elif envelope is None:
-            lookup.on_silence(contact, self.node._silenced(contact.address, now))
+            lookup.on_silence(contact, self.node._silenced(contact.address, now), answered_as)
             if emit:
                 emit(LookupTimeout(self.lookup_id, now, contact, True))
         else:
@@ -423,7 +452,7 @@ class _LookupRun:
                     emit(LookupRefused(self.lookup_id, now, contact, True, None))
             else:
                 scope = address_scope(contact.address[0])
-                if scope != LOOPBACK:
+                if scope != LOOPBACK:  # a loopback peer's are trusted but for NOWHERE (pump)
                     named = self._in_scope(named, scope)
                 new = lookup.on_reply(contact, named)
                 if emit:
@@ -434,7 +463,10 @@ class _LookupRun:
         """The contacts of ``named`` that a peer of ``scope`` may send us to: none narrower than
         its own. A peer out on the Internet that names a loopback or private address would have
         us send requests to services of our own machine or network; a peer on our network may
-        name peers on it. What is left out is counted (``contacts_out_of_scope``)."""
+        name peers on it. A multicast or broadcast address (NOWHERE, narrower than every
+        ``scope``) is no peer's, and a request sent there would reach every host of a network,
+        ours included (a loopback peer's contacts are not filtered here: :meth:`pump` refuses to
+        ask those). What is left out is counted (``contacts_out_of_scope``)."""
         named = list(named)
         kept = [c for c in named if address_scope(c.address[0]) >= scope]
         if len(kept) != len(named):
@@ -661,17 +693,32 @@ class Node:
         self._token_dead_after = 2 * (self.config.token_lifetime
                                       + self.config.maintenance_interval)
         self._granted: dict[Address, bytes] = {}  # ours, minted from the current secret
-        self._proof_required: set[type[Message]] = set()
+        # The requests served only to proven requesters (require_proof), each with what serves
+        # it to an unproven one instead of a CHALLENGE (None: nothing does).
+        self._proof_required: dict[type[Message], Handler | None] = {}
+        # Requesters pinged for verification (_note_requester), and when: those whose request
+        # was unproven, and those whose request proved its address, in a pool of their own so
+        # that spoofed requests cannot fill the room of the proven ones.
         self._verifying: dict[Address, float] = {}
+        self._verifying_proven: dict[Address, float] = {}
         # Neighbours we handed items over to, and when, oldest hand-over first (_hand_over).
         self._handed: OrderedDict[int, float] = OrderedDict()
         self._listeners: list[Callable[[LookupEvent], None]] = []
         cfg = self.config
+        # Request budgets (_within_rate): unproven requests spend these...
         self._address_rate: RateLimiter[Address] = RateLimiter(
             cfg.request_rate, cfg.request_burst, cfg.rate_limit_senders)
         self._host_rate: RateLimiter[str] = RateLimiter(
             cfg.host_request_rate, cfg.host_request_burst, cfg.rate_limit_senders)
-        self._refusals: RateLimiter[Address] = RateLimiter(1.0, 1, cfg.rate_limit_senders)
+        # ... and requests with a valid token these, so that requests spoofed in a peer's name
+        # cannot spend the budget of the peer itself.
+        self._proven_address_rate: RateLimiter[Address] = RateLimiter(
+            cfg.request_rate, cfg.request_burst, cfg.rate_limit_senders)
+        self._proven_host_rate: RateLimiter[str] = RateLimiter(
+            cfg.host_request_rate, cfg.host_request_burst, cfg.rate_limit_senders)
+        # One RATE_LIMITED refusal a second per address, and per proof: (address, proven).
+        self._refusals: RateLimiter[tuple[Address, bool]] = RateLimiter(
+            1.0, 1, cfg.rate_limit_senders)
         self._lookup_seq = 0
         # When an empty routing table may next rejoin through the saved contacts (_rejoin).
         self._rejoin_at = now
@@ -705,6 +752,14 @@ class Node:
             Search: self._handle_search,
             FindNodeStore: self._handle_find_node_store,
         }
+        # Every write is served only to a requester that proved its address: what it stores is
+        # charged to that address's host (the storage quotas), which a spoofed source would
+        # otherwise fill in another's name. A FIND_NODE_STORE is a lookup step too: unproven,
+        # it gets its contacts and stored false (and a token), so the lookup goes on and only
+        # the STORE its writer sends the final k closest after the lookup carries the value.
+        self.require_proof(Store)
+        self.require_proof(Append)
+        self.require_proof(FindNodeStore, unproven=self._handle_find_node_unproven)
         self.dht_records = DhtRecordService(self)  # signed /dht records (qadom.dhtrecords)
         self.namespace = NamespaceService(self)  # signed namespaces (qadom.namespace)
         # The services whose records have a lifecycle, by record kind: they republish them
@@ -1361,7 +1416,11 @@ class Node:
                 del self._given_up[req.expect_id]  # that contact is gone from that address
             if sender is not None:
                 self._saw(make_contact(sender, address), now)
-            req.on_reply(None, now)
+            if sender is not None and isinstance(req.on_reply, _Asked):
+                # A lookup's: it asks no other id there, but may still ask the one that answered.
+                req.on_reply.answered_as(sender, now)
+            else:
+                req.on_reply(None, now)
             return
         if sender is not None:
             self._saw(make_contact(sender, address), now)
@@ -1369,31 +1428,37 @@ class Node:
 
     def _on_request(self, envelope: Envelope, address: Address, now: float, size: int) -> None:
         self.stats["requests_in"] += 1
-        if not self._within_rate(address, now):
-            # Answer a refusal at most once a second per address; flood traffic gets nothing.
-            self.stats["rate_limited"] += 1
-            if self._refusals.allow(address, now):
-                refusal = self.codec.encode_parts(
-                    envelope.rpc_id, self._sender, Error(ErrorCode.RATE_LIMITED, "slow down"))
-                if len(refusal) <= self.config.amplification_factor * size:
-                    self._send(refusal, address)
-            return
-        sender = envelope.sender
         # Only a token proves the source address. A claimed sender id proves nothing: ids and
         # addresses are public, so a spoofer could name a victim of our routing table.
         token = envelope.token
         current = token is not None and hmac.compare_digest(token, self.token_for(address))
         proven = current or (token is not None and hmac.compare_digest(
             token, _mint_token(address, self._old_secret)))
+        # Proof comes first: a proven request spends a budget that spoofed ones cannot.
+        if not self._within_rate(address, now, proven):
+            # Answer a refusal at most once a second per address; flood traffic gets nothing.
+            self.stats["rate_limited"] += 1
+            if self._refusals.allow((address, proven), now):
+                refusal = self.codec.encode_parts(
+                    envelope.rpc_id, self._sender, Error(ErrorCode.RATE_LIMITED, "slow down"))
+                if len(refusal) <= self.config.amplification_factor * size:
+                    self._send(refusal, address)
+            return
+        sender = envelope.sender
         # A token of the previous secret dies at the next rotation: grant a fresh one, so that
         # a peer that keeps asking never meets a CHALLENGE.
         grant = None if current else self.token_for(address)
         message = envelope.message
-        handler = self._handlers.get(type(message))
-        if not proven and type(message) in self._proof_required:
-            reply: Message = Challenge()
-        elif handler is None:
-            reply = Error(ErrorCode.UNSUPPORTED, "request not served here")
+        kind = type(message)
+        if not proven and kind in self._proof_required:
+            # Served unproven only by what changes nothing (require_proof), else CHALLENGE.
+            handler = self._proof_required[kind]
+            unserved: Message = Challenge()
+        else:
+            handler = self._handlers.get(kind)
+            unserved = Error(ErrorCode.UNSUPPORTED, "request not served here")
+        if handler is None:
+            reply = unserved
         else:
             try:
                 reply = handler(message, sender, address, now)
@@ -1427,11 +1492,16 @@ class Node:
         pad_to = 0 if sure else self.config.min_small_request_size
         return len(self.codec.encode_parts(2**64 - 1, self._sender, Ping(), token, pad_to))
 
-    def require_proof(self, message_type: type[Message]) -> None:
+    def require_proof(self, message_type: type[Message], *,
+                      unproven: Handler | None = None) -> None:
         """Serve ``message_type`` only to requesters that proved their address with a token:
-        for requests that make us send to that address later (pubsub
-        subscriptions), where a spoofed source would turn us into a reflector."""
-        self._proof_required.add(message_type)
+        for requests that make us send to that address later (pubsub subscriptions), where a
+        spoofed source would turn us into a reflector, and for those that act in the name of
+        their source address (every write, charged to its host's storage quota; a DELIVER,
+        taken as its relay's). An unproven one is answered CHALLENGE (with a token, so the
+        requester resends it proven), or, given ``unproven``, what ``unproven(message,
+        sender_id, address, now)`` returns, which must change nothing stored."""
+        self._proof_required[message_type] = unproven
 
     def token_for(self, address: Address) -> bytes:
         """The token this node currently grants ``address`` (what its replies carry). Minted
@@ -1476,13 +1546,19 @@ class Node:
         if len(tokens) > self.config.max_tokens:
             tokens.popitem(last=False)
 
-    def _within_rate(self, address: Address, now: float) -> bool:
+    def _within_rate(self, address: Address, now: float, proven: bool = False) -> bool:
         """Per-address and (for non-loopback hosts) per-host request budgets, a host being an
-        IPv4 address or an IPv6 /64 (:func:`~qadom.contact.host_key`)."""
-        if not self._address_rate.allow(address, now):
+        IPv4 address or an IPv6 /64 (:func:`~qadom.contact.host_key`). Requests that proved
+        their address have budgets of their own, apart from the unproven ones': requests
+        spoofed from an address, however many, never spend what its own requests may."""
+        if proven:
+            address_rate, host_rate = self._proven_address_rate, self._proven_host_rate
+        else:
+            address_rate, host_rate = self._address_rate, self._host_rate
+        if not address_rate.allow(address, now):
             return False
         host = address[0]
-        return is_loopback(host) or self._host_rate.allow(host_key(host), now)
+        return is_loopback(host) or host_rate.allow(host_key(host), now)
 
     def _note_requester(self, sender: int, address: Address, now: float,
                         budget: int | None) -> None:
@@ -1492,15 +1568,24 @@ class Node:
 
         A contact's id and address are public: a request without a token, in its name from its
         address, may come from anybody and proves no sign of life (else a spoofer could keep a
-        dead contact in its bucket and out of the lookups' backoff)."""
+        dead contact in its bucket and out of the lookups' backoff).
+
+        An address is pinged at most once per ``verify_interval`` (whatever answers that ping
+        from it is seen, under the id it answers with), and at most ``max_verifying``
+        addresses are being verified at once for unproven requests, and as many for proven
+        ones, apart: spoofed requests, which can fill the first, never keep a requester that
+        proved its address from being verified."""
         known = self.table.get(sender)
         if known is not None:
             if known.address == address and budget is None:
                 self._saw(known, now)
             return
-        if self._verifying.get(address, -1e300) + self.config.verify_interval > now:
+        pinged = max(self._verifying.get(address, -1e300),
+                     self._verifying_proven.get(address, -1e300))
+        if pinged + self.config.verify_interval > now:
             return
-        if len(self._verifying) >= self.config.max_verifying:
+        pool = self._verifying if budget is not None else self._verifying_proven
+        if len(pool) >= self.config.max_verifying:
             return
         if not self.table.has_room_for(sender, address[0]):
             # Its bucket is full of contacts that keep answering: verifying it would only queue
@@ -1510,20 +1595,29 @@ class Node:
         if budget is not None and budget < self._ping_size(address, now):
             self.stats["verify_skipped"] += 1
             return
-        self._verifying[address] = now
+        pool[address] = now
         # Toward an address not proven, the ping goes once: a resend would be sent to a spoofed
         # source too, past the amplification bound the budget keeps.
         self.request(address, Ping(), now, expect_id=sender, retry=budget is None)
 
     def _saw(self, contact: Contact, now: float) -> None:
-        """``contact`` answered us: update the table, pinging an old contact if a bucket is full.
-        A contact banned for lying stays out until its ban ends, answers or not."""
+        """``contact`` answered us, or made a request that proved its address with a token:
+        update the table, pinging an old contact if a bucket is full. One address is one process,
+        which has one id: a contact of the table at that address under another id is gone (the
+        process restarted with a new id) and leaves the table. Only traffic that proved the
+        address comes here, so a spoofer cannot drop a contact so. A contact banned for lying
+        stays out until its ban ends, answers or not."""
         if self._is_banned(contact, now):
             return
         self._given_up.pop(contact.id, None)  # back on its own: no need to ping it again
         self._dead.pop(contact.address, None)
         self._failures.pop(contact.address, None)
         table = self.table
+        held = table.ids_at(contact.address)
+        if held and held != (contact.id,):
+            for stale in held:
+                if stale != contact.id:
+                    table.remove(stale)
         added = table.added
         to_ping = table.seen(contact)
         if to_ping is not None:
@@ -1760,6 +1854,16 @@ class Node:
         except StorageFull as exc:
             return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         return Stored()
+
+    def _handle_find_node_unproven(self, message: FindNodeStore, sender: int | None,
+                                   address: Address, now: float) -> Message:
+        """An unproven FIND_NODE_STORE: answered as a FIND_NODE of its key, with ``stored``
+        false, storing nothing (its writer sends the value again in a proven STORE if we turn
+        out to be among the k closest; see ``require_proof`` in ``__init__``)."""
+        if message.ttl <= 0:  # refused as a proven one would be
+            return Error(ErrorCode.BAD_REQUEST, "ttl must be positive")
+        key = key_for(message.value)
+        return NodesStored(tuple(self.table.closest(key, self.config.k, exclude=sender)), False)
 
     def _handle_find_node_store(self, message: FindNodeStore, sender: int | None,
                                 address: Address, now: float) -> Message:
@@ -2285,8 +2389,9 @@ class Node:
             self._secret_at = now
             self._granted.clear()
         horizon = now - self.config.verify_interval
-        for address in [a for a, at in self._verifying.items() if at <= horizon]:
-            del self._verifying[address]
+        for pool in (self._verifying, self._verifying_proven):
+            for address in [a for a, at in pool.items() if at <= horizon]:
+                del pool[address]
         if len(self.table):
             self._rejoin_delay = self.config.maintenance_interval
             if self._rejoining:
@@ -2371,8 +2476,9 @@ class Node:
         * ``_limited_by``: the grace after a RATE_LIMITED answer ends at a time, and the entries
           are ordered by it.
 
-        ``_dead``, ``_banned`` and ``_verifying`` are swept by their own deadlines in
-        :meth:`_maintain`, and ``_granted`` is emptied at every change of secret."""
+        ``_dead``, ``_banned``, ``_verifying`` and ``_verifying_proven`` are swept by their
+        own deadlines in :meth:`_maintain`, and ``_granted`` is emptied at every change of
+        secret."""
         cfg = self.config
         failures, backoff = self._failures, cfg.dead_backoff
         while failures:
@@ -2404,6 +2510,8 @@ class Node:
             given_up.popitem(last=False)
         self._address_rate.sweep(now)
         self._host_rate.sweep(now)
+        self._proven_address_rate.sweep(now)
+        self._proven_host_rate.sweep(now)
         self._refusals.sweep(now)
         self.pubsub.forget_old(now)
 

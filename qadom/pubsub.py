@@ -803,6 +803,11 @@ class PubSubService:
         node.register_handler(Publish, self._handle_publish)
         node.require_proof(Publish)
         node.register_handler(Deliver, self._handle_deliver)
+        # A subscriber takes a DELIVER for its relay's by its source address: a forged one would
+        # pass on a forged message, and one far ahead in a publisher's stream would have the
+        # publisher's next messages dropped as duplicates. A relay holds the subscriber's token
+        # after its first DELIVER (a stale one costs a CHALLENGE and a resend).
+        node.require_proof(Deliver)
 
     # ------------------------------------------------------------------ subscriber side
 

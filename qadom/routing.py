@@ -11,23 +11,30 @@ Invariants (checked by :meth:`RoutingTable.check_invariants` in the tests):
 * every range has a power-of-two width and is aligned to it (it is a subtree of the id trie);
 * a contact sits in the one bucket whose range holds its id, at most once in the whole table, and
   never has our own id;
-* no bucket holds more than ``k`` contacts, nor more than ``replacement_cache_size`` replacements,
-  and only a full bucket keeps replacements (a free slot, after a removal or a split, takes the
-  newest one the diversity limits allow).
+* no bucket holds more than ``k`` contacts, nor more than ``replacement_cache_size`` replacements
+  (one, the newcomer that set off a ping-before-evict, when that is 0), and only a full bucket
+  keeps replacements (a free slot, after a removal or a split, takes the newest one the diversity
+  limits allow).
 
 Only contacts that have *answered us from their address* may be passed to :meth:`seen`; the table
 does not check that, the caller (:mod:`qadom.node`) does. When a bucket is full, :meth:`seen` splits
 it if it may (it covers our own id, or the paper's relaxed rule: the newcomer would be among our k
 closest contacts) and otherwise parks the newcomer in the replacement cache and names the bucket's
 least-recently-seen contact, which the caller pings and evicts only if it does not answer
-(ping-before-evict: old contacts that stay up are preferred, section 2.2).
+(ping-before-evict: old contacts that stay up are preferred, section 2.2). With
+``replacement_cache_size`` 0 the newcomer still waits for that one ping, as in the paper, and is
+dropped if the pinged contact answers.
 
 Network diversity (not in the paper; discv5 and mainline DHT implementations do the same): a
 contact from a public address is refused when its /24 (IPv4) or /64 (IPv6) network already has
 ``max_bucket_per_prefix`` contacts in its bucket or ``max_table_per_prefix`` in the table, so that
-many ids on few networks cannot fill the table (an eclipse). Loopback, private and link-local
-addresses are not limited. Refused contacts are counted in :attr:`RoutingTable.prefix_refused`.
-Invariant: the limits hold for every bucket and the whole table.
+many ids on few networks cannot fill the table (an eclipse). A bucket's replacement cache counts
+too: one network holds at most ``max_bucket_per_prefix`` (else ``max_table_per_prefix``) places
+among a bucket's contacts and replacements together, and a newcomer from a network at that share
+takes the place of its network's oldest replacement, so that one network cannot flush the
+replacements of the others. Loopback, private and link-local addresses are not limited. Refused
+contacts are counted in :attr:`RoutingTable.prefix_refused`. Invariant: the limits hold for every
+bucket and the whole table.
 """
 
 from __future__ import annotations
@@ -35,9 +42,9 @@ from __future__ import annotations
 import bisect
 import ipaddress
 from collections import Counter, OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
-from .contact import Address, Contact, ip_of
+from .contact import GLOBAL, Address, Contact, address_scope, embedded_ipv4, ip_of
 from .ids import ID_SPACE
 
 _PREFIXES: dict[str, str | None] = {}  # host -> network prefix (a bounded memo)
@@ -52,14 +59,21 @@ def range_distance(target: int, lo: int, hi: int) -> int:
 
 def network_prefix(host: str) -> str | None:
     """The public network ``host`` belongs to, as the text of its /24 (IPv4) or /64 (IPv6); None
-    for addresses that are not limited (loopback, private, link-local...) or not IP literals."""
+    for addresses that are not limited, being no GLOBAL ones (:func:`~qadom.contact.address_scope`:
+    loopback, private, link-local, multicast...), or not IP literals. An IPv6 address that
+    embeds the IPv4 address it reaches (NAT64, 6to4: :func:`~qadom.contact.embedded_ipv4`)
+    belongs to that IPv4 address's network: one IPv4 address holds a whole 6to4 /48, and every
+    NAT64 address shares one /64."""
     prefix = _PREFIXES.get(host, "")
     if prefix != "":
         return prefix
     address = ip_of(host)
-    if address is None or not address.is_global:
+    if address is None or address_scope(host) != GLOBAL:
         prefix = None
     else:
+        if address.version == 6:
+            assert isinstance(address, ipaddress.IPv6Address)
+            address = embedded_ipv4(address) or address
         bits = 24 if address.version == 4 else 64
         prefix = str(ipaddress.ip_network(f"{address}/{bits}", strict=False))
     if len(_PREFIXES) >= _PREFIXES_MAX:
@@ -121,6 +135,8 @@ class RoutingTable:
         self._los: list[int] = [0]
         self._size = 0
         self._per_prefix: dict[str, int] = {}  # contacts in the table per limited network
+        # The ids of the contacts at each address (ids_at): mostly one; a tuple, the smallest.
+        self._at: dict[Address, tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -136,6 +152,10 @@ class RoutingTable:
 
     def get(self, node_id: int) -> Contact | None:
         return self.bucket_for(node_id).contacts.get(node_id)
+
+    def ids_at(self, address: Address) -> tuple[int, ...]:
+        """The ids of the contacts at ``address`` (mostly none or one)."""
+        return self._at.get(address, ())
 
     def bucket_for(self, node_id: int) -> Bucket:
         return self.buckets[bisect.bisect_right(self._los, node_id) - 1]
@@ -221,6 +241,9 @@ class RoutingTable:
                     bucket.failures.pop(contact.id, None)
                     if bucket.pinging == contact.id:
                         bucket.pinging = None
+                        if not self.replacement_cache_size:
+                            # Without a cache, the newcomer waited only for this ping's outcome.
+                            bucket.replacements.clear()
                 return None
             if len(bucket.contacts) < self.k:
                 if not self._diverse(bucket, contact.address[0]):
@@ -244,15 +267,20 @@ class RoutingTable:
             return None
 
     def has_room_for(self, node_id: int, host: str | None = None) -> bool:
-        """Whether :meth:`seen` would add ``node_id`` (at ``host``, when given) now: its bucket
-        has room or may split, and the network diversity limits allow it; rather than only queue
-        it as a replacement or refuse it."""
+        """Whether the table would hold ``node_id`` after :meth:`seen` of it at ``host`` now
+        (without ``host``, leaving the network diversity limits out for the newcomer itself):
+        False for our own id, an id the table holds already, and a newcomer :meth:`seen` would
+        only queue as a replacement or refuse. Exact: a full bucket that may split is split in
+        simulation, with the replacements each half takes in, as :meth:`seen` would (one of them
+        may be ``node_id`` itself); the table is not changed."""
         if node_id == self.own_id:
             return False
         bucket = self.bucket_for(node_id)
-        if host is not None and not self._diverse(bucket, host):
+        if node_id in bucket.contacts:
             return False
-        return len(bucket.contacts) < self.k or self._may_split(bucket, node_id)
+        if len(bucket.contacts) < self.k:
+            return host is None or self._diverse(bucket, host)
+        return self._may_split(bucket, node_id) and self._room_after_splits(bucket, node_id, host)
 
     def failed(self, node_id: int) -> bool:
         """Record that ``node_id`` did not answer a request. Returns True if it was removed.
@@ -281,6 +309,10 @@ class RoutingTable:
         if gone is None:
             return
         self._size -= 1
+        at = self._at
+        held = at.pop(gone.address)
+        if len(held) > 1:
+            at[gone.address] = tuple(i for i in held if i != node_id)
         prefix = network_prefix(gone.address[0]) if self._per_prefix else None
         if prefix is not None:
             left = self._per_prefix[prefix] - 1
@@ -311,19 +343,26 @@ class RoutingTable:
 
     def _promote(self, bucket: Bucket) -> None:
         """Fill ``bucket``'s free slots from its replacement cache, newest first, with those the
-        diversity limits allow (section 4.1): a bucket with room keeps nobody waiting."""
+        diversity limits allow (section 4.1): a bucket with room keeps nobody waiting. Those taken
+        keep the order they were seen in: the newest ends most recently seen."""
+        taken: list[int] = []
         while bucket.replacements and len(bucket.contacts) < self.k:
             _, newest = bucket.replacements.popitem(last=True)
             if self._diverse(bucket, newest.address[0]):
                 self._put(bucket, newest)
+                taken.append(newest.id)
             else:
                 self.prefix_refused += 1
+        if len(taken) > 1:
+            for node_id in reversed(taken):  # oldest first to the most-recently-seen end
+                bucket.contacts.move_to_end(node_id)
 
     def _put(self, bucket: Bucket, contact: Contact) -> None:
         """Add ``contact`` (known to be allowed) to ``bucket``, which has room."""
         bucket.contacts[contact.id] = contact
         self._size += 1
         self.added += 1
+        self._at[contact.address] = (*self._at.get(contact.address, ()), contact.id)
         if self.max_bucket_per_prefix or self.max_table_per_prefix:
             prefix = network_prefix(contact.address[0])
             if prefix is not None:
@@ -331,24 +370,43 @@ class RoutingTable:
 
     def _diverse(self, bucket: Bucket, host: str) -> bool:
         """Whether the network diversity limits let a contact at ``host`` into ``bucket``."""
+        return self._allows(host, bucket.contacts.values(), self._per_prefix)
+
+    def _allows(self, host: str, contacts: Iterable[Contact], counts: Mapping[str, int]) -> bool:
+        """Whether the network diversity limits let a contact at ``host`` join ``contacts`` (a
+        bucket's), with ``counts`` contacts per network in the whole table."""
         per_bucket, per_table = self.max_bucket_per_prefix, self.max_table_per_prefix
         if not per_bucket and not per_table:
             return True
         prefix = network_prefix(host)
         if prefix is None:
             return True
-        if per_table and self._per_prefix.get(prefix, 0) >= per_table:
+        if per_table and counts.get(prefix, 0) >= per_table:
             return False
-        return not per_bucket or sum(1 for c in bucket.contacts.values()
+        return not per_bucket or sum(1 for c in contacts
                                      if network_prefix(c.address[0]) == prefix) < per_bucket
 
     def _add_replacement(self, bucket: Bucket, contact: Contact) -> None:
-        if self.replacement_cache_size == 0:
-            return
-        bucket.replacements.pop(contact.id, None)
-        bucket.replacements[contact.id] = contact
-        while len(bucket.replacements) > self.replacement_cache_size:
-            bucket.replacements.popitem(last=False)
+        """Queue ``contact`` (allowed into ``bucket`` by :meth:`_diverse`) as the newest of
+        ``bucket``'s replacements. Its network's share of the bucket counts the replacements too:
+        at that share, the newcomer takes the place of its network's oldest replacement (there is
+        one: the contacts alone are below the share, or :meth:`_diverse` refused it); else, with
+        the cache full, of the oldest replacement. Without a cache, it waits alone, for the
+        ping-before-evict it sets off (the paper's rule)."""
+        replacements = bucket.replacements
+        replacements.pop(contact.id, None)
+        share = self.max_bucket_per_prefix or self.max_table_per_prefix
+        prefix = network_prefix(contact.address[0]) if share else None
+        if prefix is not None:
+            queued = [i for i, c in replacements.items() if network_prefix(c.address[0]) == prefix]
+            if queued:
+                held = sum(1 for c in bucket.contacts.values()
+                           if network_prefix(c.address[0]) == prefix)
+                for node_id in queued[:held + len(queued) + 1 - share]:
+                    del replacements[node_id]
+        replacements[contact.id] = contact
+        while len(replacements) > (self.replacement_cache_size or 1):
+            replacements.popitem(last=False)
 
     def _may_split(self, bucket: Bucket, new_id: int) -> bool:
         if bucket.hi - bucket.lo < 2:
@@ -386,6 +444,8 @@ class RoutingTable:
             (low if node_id < mid else high).replacements[node_id] = contact
         for node_id, count in bucket.failures.items():
             (low if node_id < mid else high).failures[node_id] = count
+        if bucket.pinging is not None:  # the ping under way goes on, in the pinged one's half
+            (low if bucket.pinging < mid else high).pinging = bucket.pinging
         index = self.buckets.index(bucket)
         self.buckets[index:index + 1] = [low, high]
         self._los[index:index + 1] = [low.lo, high.lo]
@@ -393,6 +453,48 @@ class RoutingTable:
         # halves now have room, which the contacts waiting for it take.
         self._promote(low)
         self._promote(high)
+
+    def _room_after_splits(self, bucket: Bucket, node_id: int, host: str | None) -> bool:
+        """:meth:`has_room_for` ``node_id`` (at ``host``) when its full ``bucket`` may split
+        for it: :meth:`_split` (with its promotions) and :meth:`_may_split` done on copies of the
+        halves that would hold ``node_id``, until one has room or may split no more."""
+        own, k = self.own_id, self.k
+        lo, hi = bucket.lo, bucket.hi
+        contacts = list(bucket.contacts.values())
+        waiting = list(bucket.replacements.values())  # oldest first
+        limited = bool(self.max_bucket_per_prefix or self.max_table_per_prefix)
+        counts = dict(self._per_prefix) if limited else self._per_prefix  # as promotions change
+        block = (lo ^ own) & -(hi - lo)
+        closer = sum(len(other.contacts) for other in self.buckets
+                     if other is not bucket and (other.lo ^ own) & -(other.hi - other.lo) < block)
+        while True:
+            mid = (lo + hi) // 2
+            halves: list[tuple[int, int, list[Contact], list[Contact]]] = []
+            for a, b in ((lo, mid), (mid, hi)):  # promoted low half first, as _split does
+                half = [c for c in contacts if a <= c.id < b]
+                queue = [c for c in waiting if a <= c.id < b]
+                while queue and len(half) < k:
+                    newest = queue.pop()
+                    if self._allows(newest.address[0], half, counts):
+                        half.append(newest)
+                        prefix = network_prefix(newest.address[0]) if limited else None
+                        if prefix is not None:
+                            counts[prefix] = counts.get(prefix, 0) + 1
+                halves.append((a, b, half, queue))
+            (lo, hi, contacts, waiting), (s_lo, s_hi, sibling, _) = (
+                halves if node_id < mid else halves[::-1])
+            if (s_lo ^ own) & -(s_hi - s_lo) < (lo ^ own) & -(hi - lo):
+                closer += len(sibling)
+            if any(c.id == node_id for c in contacts):
+                return True  # it waited as a replacement, and its half took it in
+            if len(contacts) < k:
+                return host is None or self._allows(host, contacts, counts)
+            if hi - lo < 2:
+                return False
+            if not lo <= own < hi:  # the relaxed rule, as in _may_split
+                distance = node_id ^ own
+                if closer + sum(1 for c in contacts if c.id ^ own < distance) >= k:
+                    return False
 
     def check_invariants(self) -> None:
         """Raise AssertionError if any invariant in the module docstring is broken."""
@@ -405,7 +507,8 @@ class RoutingTable:
             assert width > 0 and width & (width - 1) == 0, "width must be a power of two"
             assert bucket.lo % width == 0, "bucket must be aligned to its width"
             assert len(bucket.contacts) <= self.k
-            assert len(bucket.replacements) <= self.replacement_cache_size
+            assert len(bucket.replacements) <= (self.replacement_cache_size or (
+                bucket.pinging is not None))
             for node_id, contact in bucket.contacts.items():
                 assert contact.id == node_id and bucket.covers(node_id)
                 assert node_id != self.own_id and node_id not in seen_ids
@@ -416,11 +519,20 @@ class RoutingTable:
                 "a bucket with room keeps no replacements")
             total += len(bucket.contacts)
             expected_lo = bucket.hi
-            if self.max_bucket_per_prefix:
+            share = self.max_bucket_per_prefix or self.max_table_per_prefix
+            if share:
                 here = Counter(network_prefix(c.address[0]) for c in bucket.contacts.values())
                 here.pop(None, None)
-                assert max(here.values(), default=0) <= self.max_bucket_per_prefix
+                assert max(here.values(), default=0) <= (self.max_bucket_per_prefix or share)
+                here.update(network_prefix(c.address[0]) for c in bucket.replacements.values())
+                here.pop(None, None)
+                assert max(here.values(), default=0) <= share, "a network over its share"
         assert expected_lo == ID_SPACE and total == self._size
+        at: dict[Address, list[int]] = {}
+        for contact in self:
+            at.setdefault(contact.address, []).append(contact.id)
+        assert {a: sorted(ids) for a, ids in at.items()} == {
+            a: sorted(ids) for a, ids in self._at.items()}, "the address index is off"
         if self.max_bucket_per_prefix or self.max_table_per_prefix:
             everywhere = Counter(network_prefix(c.address[0]) for c in self)
             everywhere.pop(None, None)

@@ -32,7 +32,9 @@ def test_host_key_is_the_ipv4_address_or_the_ipv6_slash_64() -> None:
 
 def ask(node: Node, address: Address, message: Message, rpc_id: int) -> object:
     codec = Codec(CONFIG)
-    node.datagram_received(codec.encode(Envelope(rpc_id, None, message, None, 600)), address, 1.0)
+    # With the token the node grants the address: writes are served to proven requesters only.
+    token = node.token_for(address)
+    node.datagram_received(codec.encode(Envelope(rpc_id, None, message, token, 600)), address, 1.0)
     replies = [codec.decode(data).message for data, to in node.datagrams_to_send() if to == address]
     return replies[0] if replies else None
 

@@ -131,6 +131,8 @@ def _refusing_network(find_node_store: object, store: object) -> tuple[SimNetwor
         for kind, reply in ((FindNodeStore, find_node_store), (Store, store)):
             if reply is not None:
                 node.register_handler(kind, _answer(node, reply))
+        if find_node_store is not None:  # from an unproven writer too, which it serves apart
+            node.require_proof(FindNodeStore, unproven=_answer(node, find_node_store))
     return net, writer
 
 
