@@ -1410,7 +1410,9 @@ class Node:
             self.stats["wrong_id"] += 1
             known = self.table.get(req.expect_id)
             if known is not None and known.address == address:
+                waiting = list(self.table.bucket_for(req.expect_id).replacements.values())
                 self.table.remove(req.expect_id)
+                self._hand_over_promoted(waiting, now)
             given = self._given_up.get(req.expect_id)
             if given is not None and given[0].address == address:
                 del self._given_up[req.expect_id]  # that contact is gone from that address
@@ -1625,6 +1627,17 @@ class Node:
         if table.added != added and self.store.quotas.total_items:
             self._hand_over(contact, now)
 
+    def _hand_over_promoted(self, waiting: list[Contact], now: float) -> None:
+        """The contacts of ``waiting`` (replacements of the buckets contacts just left) that
+        the table promoted in their place entered it: each gets its items as a newcomer does
+        (:meth:`_hand_over`)."""
+        if not self.store.quotas.total_items:
+            return
+        for contact in waiting:
+            held = self.table.get(contact.id)
+            if held is not None and held.address == contact.address:
+                self._hand_over(contact, now)
+
     def _hand_over(self, newcomer: Contact, now: float) -> None:
         """Section 2.5: a node that learns of a new node stores to it the items it should hold,
         and, so that only one node does, only the items whose key it is itself the closest to.
@@ -1706,11 +1719,13 @@ class Node:
             table = self.table
             known = table.get(node_id)
             if known is not None and known.address == address:
-                alone = not table.bucket_for(node_id).replacements
+                waiting = list(table.bucket_for(node_id).replacements.values())
                 if not table.failed(node_id):
                     count = min(count, cfg.dead_after_failures - 1)
-                elif alone:  # given up with nobody to take its place: ping it again later
+                elif not waiting:  # given up with nobody to take its place: ping it again later
                     self._give_up(known, now)
+                else:
+                    self._hand_over_promoted(waiting, now)
         if count < cfg.dead_after_failures:
             if len(failures) >= cfg.max_failure_counts:
                 failures.clear()  # a bound on memory: the counts only delay a backoff
@@ -1783,7 +1798,12 @@ class Node:
         evicted and shut out."""
         self.stats["liars"] += 1
         address = contact.address
-        self.table.remove_address(address)  # its replacements too: none takes a freed slot
+        table = self.table
+        waiting = [waiting for held in table if held.address == address
+                   for waiting in table.bucket_for(held.id).replacements.values()
+                   if waiting.address != address]
+        table.remove_address(address)  # its replacements too: none takes a freed slot
+        self._hand_over_promoted(waiting, now)
         until = now + self.config.liar_backoff
         self._banned[address] = until
         self._dead[address] = max(self._dead.get(address, -math.inf), until)
