@@ -1604,10 +1604,7 @@ class Node:
 
     def _saw(self, contact: Contact, now: float) -> None:
         """``contact`` answered us, or made a request that proved its address with a token:
-        update the table, pinging an old contact if a bucket is full. One address is one process,
-        which has one id: a contact of the table at that address under another id is gone (the
-        process restarted with a new id) and leaves the table. Only traffic that proved the
-        address comes here, so a spoofer cannot drop a contact so. A contact banned for lying
+        update the table, pinging an old contact if a bucket is full. A contact banned for lying
         stays out until its ban ends, answers or not."""
         if self._is_banned(contact, now):
             return
@@ -1615,11 +1612,6 @@ class Node:
         self._dead.pop(contact.address, None)
         self._failures.pop(contact.address, None)
         table = self.table
-        held = table.ids_at(contact.address)
-        if held and held != (contact.id,):
-            for stale in held:
-                if stale != contact.id:
-                    table.remove(stale)
         added = table.added
         to_ping = table.seen(contact)
         if to_ping is not None:

@@ -135,8 +135,6 @@ class RoutingTable:
         self._los: list[int] = [0]
         self._size = 0
         self._per_prefix: dict[str, int] = {}  # contacts in the table per limited network
-        # The ids of the contacts at each address (ids_at): mostly one; a tuple, the smallest.
-        self._at: dict[Address, tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -152,10 +150,6 @@ class RoutingTable:
 
     def get(self, node_id: int) -> Contact | None:
         return self.bucket_for(node_id).contacts.get(node_id)
-
-    def ids_at(self, address: Address) -> tuple[int, ...]:
-        """The ids of the contacts at ``address`` (mostly none or one)."""
-        return self._at.get(address, ())
 
     def bucket_for(self, node_id: int) -> Bucket:
         return self.buckets[bisect.bisect_right(self._los, node_id) - 1]
@@ -309,10 +303,6 @@ class RoutingTable:
         if gone is None:
             return
         self._size -= 1
-        at = self._at
-        held = at.pop(gone.address)
-        if len(held) > 1:
-            at[gone.address] = tuple(i for i in held if i != node_id)
         prefix = network_prefix(gone.address[0]) if self._per_prefix else None
         if prefix is not None:
             left = self._per_prefix[prefix] - 1
@@ -362,7 +352,6 @@ class RoutingTable:
         bucket.contacts[contact.id] = contact
         self._size += 1
         self.added += 1
-        self._at[contact.address] = (*self._at.get(contact.address, ()), contact.id)
         if self.max_bucket_per_prefix or self.max_table_per_prefix:
             prefix = network_prefix(contact.address[0])
             if prefix is not None:
@@ -528,11 +517,6 @@ class RoutingTable:
                 here.pop(None, None)
                 assert max(here.values(), default=0) <= share, "a network over its share"
         assert expected_lo == ID_SPACE and total == self._size
-        at: dict[Address, list[int]] = {}
-        for contact in self:
-            at.setdefault(contact.address, []).append(contact.id)
-        assert {a: sorted(ids) for a, ids in at.items()} == {
-            a: sorted(ids) for a, ids in self._at.items()}, "the address index is off"
         if self.max_bucket_per_prefix or self.max_table_per_prefix:
             everywhere = Counter(network_prefix(c.address[0]) for c in self)
             everywhere.pop(None, None)

@@ -92,36 +92,6 @@ def test_replacements_promoted_after_a_split_keep_the_order_they_were_seen_in() 
     assert list(table.bucket_for(H).contacts) == [*newer, H + 200]
 
 
-# ------------------------------------------------------------------ one id per address
-
-def test_an_id_that_answers_from_a_contacts_address_replaces_that_contact() -> None:
-    """The process at an address restarted with a new id: the old id leaves the table (and our
-    answers) once the new one answers from that address, whichever request it answered."""
-    config = Config(k=4)
-    node, codec = Node(config=config, node_id=0, now=0.0), Codec(config)
-    address: Address = ("10.0.0.9", 4000)
-    old, new = H + 1, H + 2
-    node.ping(address, 0.0)
-    (request, _), = drain(node, codec)
-    answer(node, codec, request, old, address, 0.0)
-    assert old in node.table
-    # A request from the new id, without a token, proves nothing: the old contact stays...
-    node.datagram_received(codec.encode(Envelope(7, new, Ping())), address, 1.0)
-    sent = drain(node, codec)
-    assert old in node.table and new not in node.table
-    (verify, _), = [(e, a) for e, a in sent if e.message.IS_REQUEST]
-    # ... until the address answers our ping under the new id.
-    answer(node, codec, verify, new, address, 1.0)
-    assert old not in node.table and node.table.get(new) == Contact(new, address)
-    assert node.table.closest(H, 4) == [Contact(new, address)]
-    # A plain ping (a bootstrap's) answered under yet another id does the same.
-    node.ping(address, 2.0)
-    (request, _), = drain(node, codec)
-    answer(node, codec, request, H + 3, address, 2.0)
-    assert [c.id for c in node.table] == [H + 3]
-    node.table.check_invariants()
-
-
 # ------------------------------------------------------------------ has_room_for is exact
 
 @settings(max_examples=60, deadline=None)
