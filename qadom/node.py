@@ -693,6 +693,9 @@ class Node:
         self._token_dead_after = 2 * (self.config.token_lifetime
                                       + self.config.maintenance_interval)
         self._granted: dict[Address, bytes] = {}  # ours, minted from the current secret
+        # Minted from the previous secret, which tokens granted before the last change still
+        # prove: remembered too, so a flood of requests with wrong tokens costs no HMAC each.
+        self._granted_old: dict[Address, bytes] = {}
         # The requests served only to proven requesters (require_proof), each with what serves
         # it to an unproven one instead of a CHALLENGE (None: nothing does).
         self._proof_required: dict[type[Message], Handler | None] = {}
@@ -1435,7 +1438,7 @@ class Node:
         token = envelope.token
         current = token is not None and hmac.compare_digest(token, self.token_for(address))
         proven = current or (token is not None and hmac.compare_digest(
-            token, _mint_token(address, self._old_secret)))
+            token, self._old_token_for(address)))
         # Proof comes first: a proven request spends a budget that spoofed ones cannot.
         if not self._within_rate(address, now, proven):
             # Answer a refusal at most once a second per address; flood traffic gets nothing.
@@ -1513,6 +1516,16 @@ class Node:
             if len(self._granted) >= self.config.max_tokens:
                 self._granted.clear()
             token = self._granted[address] = _mint_token(address, self._secret)
+        return token
+
+    def _old_token_for(self, address: Address) -> bytes:
+        """The token the previous secret granted ``address`` (still accepted), remembered as
+        :meth:`token_for` remembers the current one."""
+        token = self._granted_old.get(address)
+        if token is None:
+            if len(self._granted_old) >= self.config.max_tokens:
+                self._granted_old.clear()
+            token = self._granted_old[address] = _mint_token(address, self._old_secret)
         return token
 
     def _token_to_send(self, address: Address, now: float) -> tuple[bytes | None, bool]:
@@ -2399,7 +2412,7 @@ class Node:
         if now - self._secret_at >= self.config.token_lifetime:
             self._old_secret, self._secret = self._secret, self.rng.randbytes(32)
             self._secret_at = now
-            self._granted.clear()
+            self._granted_old, self._granted = self._granted, {}
         horizon = now - self.config.verify_interval
         for pool in (self._verifying, self._verifying_proven):
             for address in [a for a, at in pool.items() if at <= horizon]:
@@ -2489,8 +2502,8 @@ class Node:
           are ordered by it.
 
         ``_dead``, ``_banned``, ``_verifying`` and ``_verifying_proven`` are swept by their
-        own deadlines in :meth:`_maintain`, and ``_granted`` is emptied at every change of
-        secret."""
+        own deadlines in :meth:`_maintain`, and ``_granted`` becomes ``_granted_old`` at every
+        change of secret (the one before is dropped)."""
         cfg = self.config
         failures, backoff = self._failures, cfg.dead_backoff
         while failures:

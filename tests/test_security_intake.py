@@ -228,3 +228,30 @@ def test_spoofed_requests_cannot_keep_a_proven_requester_from_being_verified() -
         sent = [CODEC.decode(out).message for out, to in node.datagrams_to_send() if to == proven]
         assert sent == ([Pong(), Ping()] if i < cfg.max_verifying else [Pong()])
     assert len(node._verifying) == len(node._verifying_proven) == cfg.max_verifying
+
+
+def test_requests_with_wrong_tokens_cost_no_hmac_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Proof is checked before the rate limit, against the current and the previous secret's
+    tokens: both are minted once per address and remembered, so a flood of requests with wrong
+    tokens from one address costs one HMAC per secret, not one per datagram."""
+    import qadom.node as node_module
+    node = Node(config=replace(CONFIG, request_rate=10.0, request_burst=20), node_id=1, now=0.0)
+    minted: list[Address] = []
+    mint = node_module._mint_token
+
+    def counting(address: Address, secret: bytes) -> bytes:
+        minted.append(address)
+        return mint(address, secret)
+
+    monkeypatch.setattr(node_module, "_mint_token", counting)
+    for rpc_id in range(1, 501):
+        send(node, VICTIM, Ping(), rpc_id, token=bytes(16))
+    assert node.stats["rate_limited"] > 0  # the flood went past the limit too
+    assert minted == [VICTIM, VICTIM]  # the current secret's token and the previous one's
+    # After a change of secret the old tokens are those granted until then: no HMAC again.
+    node.handle_timer(CONFIG.token_lifetime + CONFIG.maintenance_interval + 1.0)
+    minted.clear()
+    for rpc_id in range(501, 601):
+        send(node, VICTIM, Ping(), rpc_id, token=bytes(16),
+             now=CONFIG.token_lifetime + CONFIG.maintenance_interval + 2.0)
+    assert minted == [VICTIM]  # the new current secret's token only
