@@ -1263,7 +1263,10 @@ class Node:
         the same point, of another peer that answered the lookup and may hold values past it;
         each peer is asked at most once from each point. When none is left, the search fails
         with IncompleteSearch (an OperationTimeout) holding the values read: it never resolves
-        with part of the set. The lookup has ``operation_timeout``; then the deadline moves
+        with part of what the peers that answered hold. (A peer read in another's place
+        answers for its own set: when it holds fewer values past that point than the peer that
+        failed, those are missing from the union, as they would be had the failed peer not
+        answered the lookup at all.) The lookup has ``operation_timeout``; then the deadline moves
         to ``operation_timeout`` after each page that comes, so a read whose pages keep coming
         completes however long it is, and one that stalls fails with IncompleteSearch. Once
         the call is done (failed, or abandoned by its caller), no more page is asked for."""
