@@ -27,7 +27,9 @@ Ctrl-C stops what a blocking call or an ``await`` cell at the terminal prompt is
 operation is cancelled where it waits and KeyboardInterrupt is shown, as for any other cell; it
 does not run on in the background (a peer that was joining is closed again). That holds wherever
 the Ctrl-C lands: while the loop runs a peer's own code, it takes effect once that code is done
-(never half-way through it); and it still holds after ``%autoawait asyncio``.
+(never half-way through it); and it still holds after ``%autoawait asyncio``. A second Ctrl-C
+raises KeyboardInterrupt at once, wherever it lands, as by default: it stops code that never
+returns to the loop (an endless loop or a ``time.sleep`` in an ``await`` cell).
 
 Limits, stated plainly: while a *synchronous* cell runs at the terminal prompt (a long loop, a
 ``time.sleep``) the loop is not running and the peer does not answer until the cell ends. With
@@ -255,17 +257,18 @@ class _CtrlC:
     before it is cancelled.
 
     Installed only in the main thread and where SIGINT has Python's default handler (a handler
-    of the program's own is left alone), and the default handler is back afterwards. A Ctrl-C
-    when ``task`` is done, or once its cancellation has been delivered and it still runs, raises
-    KeyboardInterrupt at once, as by default: a second Ctrl-C still stops a task that ignores
-    the first."""
+    of the program's own is left alone), and the default handler is back afterwards. Only the
+    first Ctrl-C is deferred so: a Ctrl-C when ``task`` is done, and any later one, raises
+    KeyboardInterrupt at once, wherever it lands, as by default, whether the cancellation was
+    delivered or not. A second Ctrl-C thus still stops a task that ignores the first, or that
+    runs synchronous code (a long loop, a ``time.sleep``) and never lets the loop deliver it."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any],
                  cell: _Interruptible[Any] | None = None) -> None:
         self._loop = loop
         self._task = task
         self._cell = cell
-        self._asked = False  # a Ctrl-C came and its cancellation is on its way
+        self._count = 0  # the Ctrl-Cs that came
         self.interrupted = False  # the cancellation was delivered
         self._handler = self._on_sigint  # one bound method, to find it again in __exit__
         self._installed = False
@@ -283,12 +286,14 @@ class _CtrlC:
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _on_sigint(self, signum: int, frame: object) -> None:
-        if self._task.done() or self.interrupted:
-            raise KeyboardInterrupt
-        if not self._asked:
-            self._asked = True
+        self._count += 1
+        if self._count == 1 and not self._task.done():
             # Thread-safe: it also wakes a loop blocked in select(), which a signal does not.
             self._loop.call_soon_threadsafe(self._cancel)
+            return
+        # A later one may come while the task runs code that does not return to the loop, the
+        # cancellation still queued behind it: only raising here stops that code.
+        raise KeyboardInterrupt
 
     def _cancel(self) -> None:
         if self._task.done():

@@ -16,6 +16,7 @@ import gc
 import signal
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +38,7 @@ from qadom.interactive import (
     shutdown,
     start_peer,
     started,
+    wait,
     will_prompt,
 )
 
@@ -247,3 +249,52 @@ def test_a_port_in_ascii_digits_is_taken() -> None:
     assert script_options("t", port=9999, argv=["--port", " 80 "], environ={}).port == 80
     assert script_options("t", port=9999, argv=[], environ={"QADOM_PORT": "0"}).port == 0
     assert script_options("t", port=9999, argv=[], environ={}).port == 9999
+
+
+
+async def ctrl_c_twice_in_synchronous_code(steps: list[str]) -> str:
+    """After its first ``await``, synchronous code that does not return to the loop for up to
+    two seconds (a long loop, a ``time.sleep``, as in a cell), with a Ctrl-C in each of its
+    first two steps. ``steps`` lists each step as it starts: "Ctrl-C" or "went on"."""
+    await asyncio.sleep(0)
+    deadline = time.monotonic() + 2.0  # bounded, should the Ctrl-Cs not stop it
+    while time.monotonic() < deadline:
+        ctrl_c = len(steps) < 2
+        steps.append("Ctrl-C" if ctrl_c else "went on")
+        if ctrl_c:
+            signal.raise_signal(signal.SIGINT)
+        time.sleep(0.01)
+    return "ran to the end"
+
+
+def test_a_second_ctrl_c_stops_a_blocking_call_in_synchronous_code(script_loop: None) -> None:
+    """The first Ctrl-C is left for the loop to deliver, which it cannot while the task runs
+    synchronous code; the second raises KeyboardInterrupt where it lands, as by default."""
+    steps: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        wait(ctrl_c_twice_in_synchronous_code(steps))
+    assert steps == ["Ctrl-C", "Ctrl-C"]  # at the second, not before, and nothing after
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert asyncio.all_tasks(event_loop()) == set()
+    assert wait(asyncio.sleep(0, "next")) == "next"  # the first Ctrl-C does not stop the next
+
+
+@pytest.mark.parametrize("magic", [None, ("autoawait", "asyncio")], ids=["default", "autoawait"])
+def test_a_second_ctrl_c_stops_an_await_cell_in_synchronous_code(
+        default_sigint: None, ipython_shell: Any, magic: tuple[str, str] | None) -> None:
+    """An ``await`` cell that goes on in synchronous code (an endless loop, say) ends at the
+    second Ctrl-C with KeyboardInterrupt: the kernel is not left unable to interrupt it."""
+    from IPython.core.async_helpers import get_asyncio_loop
+
+    shell = ipython_shell
+    _interrupt_cells(shell)  # as starting a peer at the terminal prompt does
+    if magic is not None:
+        shell.run_line_magic(*magic)
+    steps: list[str] = []
+    shell.user_ns.update(asyncio=asyncio, spin=ctrl_c_twice_in_synchronous_code, steps=steps)
+    result = shell.run_cell("await spin(steps)")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert steps == ["Ctrl-C", "Ctrl-C"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert asyncio.all_tasks(get_asyncio_loop()) == set()  # type: ignore[no-untyped-call]
+    assert shell.run_cell("await asyncio.sleep(0, 'next')").result == "next"
