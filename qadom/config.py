@@ -402,13 +402,17 @@ class Config:
     several times the handling of a PING, and a record of ``dht_max_record_size`` carries up to
     77 entries: unbounded, a host replaying one record we refuse (one bad signature last, a full
     quota) at ``host_request_rate`` would spend 7 CPU-seconds of ours a second. 200 a second is
-    about 1% of a core per host; a record refused for it reaches us again by the next hourly
-    republish of any of its k storers."""
+    about 1% of a core per host (2% at 0.1 ms a verification); a record refused for it reaches
+    us again by the next hourly republish of any of its k storers."""
 
-    dht_verify_burst: int = 2000
+    dht_verify_burst: int = 15_400
     """Signatures one host's republishes may make us verify at once before ``dht_verify_rate``
-    applies: a hand-over or an hourly batch (``republish_batch`` records, most of one or a few
-    entries) passes whole, and costs at most a tenth of a CPU-second."""
+    applies: ``republish_batch`` (200) records of the most entries a record of
+    ``dht_max_record_size`` holds (77), so a hand-over or one tick's republish batch passes
+    whole whatever its records' entries (raise it when raising either). A verification costs
+    about 50 us (measured; up to 0.1 ms on a slow core), so a host that spends it all, replaying
+    or sending fresh records, costs 0.8 CPU-second (1.5 at 0.1 ms), then ``dht_verify_rate``'s
+    share; the budget is whole again 77 s after it was spent."""
 
     # --- publish/subscribe (qadom.pubsub) ---
     pubsub_lease: float = 60.0

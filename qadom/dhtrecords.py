@@ -6,7 +6,7 @@ The format is the one the ``/dht/{key}`` HTTP API speaks (docs/HTTP.md). A clien
 optional expiry ``exp_time`` (Unix seconds or None) and a 64-byte compact ECDSA signature r||s over
 the 20-byte digest::
 
-    sha1((sha1(key).hexdigest() + data + str(exp_time) + persist_mode).encode()).digest()
+    sha1((sha1(key.encode()).hexdigest() + data + str(exp_time) + persist_mode).encode()).digest()
 
 which ECDSA signs as its SHA-256 (coincurve's default hasher); ``exp_time`` None is the text
 ``None``. The record under a key has a mode:
@@ -801,8 +801,9 @@ class DhtRecordService:
         record), then sent to the k closest, which check it again. Fails with Unauthorized or
         ValueTooLarge when refused by us or by every holder; stores locally once accepted, as
         the record's original publisher (renewed every 24 hours until :meth:`forget`, or until
-        a client's write through another node changes the record here: that node renews it
-        then, see :meth:`_handle_put`).
+        a client's write through another node replaces an owner's entry of the record here: that
+        node renews it then, see :meth:`_handle_put`; a CONTROLLED write that only adds another
+        owner's entry leaves it ours, and we renew that entry with ours).
 
         Raises StorageFull at once, with nothing sent, when our own store has no room for the
         record the write makes of our copy (:meth:`_landing`); an overwrite of a record we hold
@@ -978,9 +979,12 @@ class DhtRecordService:
         (:func:`fill_owners`), and otherwise merely count the republish as this hour's when our
         record holds every entry sent (the same record, whose lifetime the TTL may then extend).
         The format has no version, so this is what keeps a lagging storer's older copy from
-        replacing a newer one. A client's write that changes a record we put ourselves ends our
-        publishing of it: we keep the result as a storer's copy (its lifetime as above, counting
-        the one ours had), renewed by the node that ran the write until it forgets it. What it
+        replacing a newer one. A client's write that replaces an owner's entry of a record we
+        put ourselves (a SECURED overwrite, a CONTROLLED owner's newer entry) ends our publishing
+        of it: we keep the result as a storer's copy (its lifetime as above, counting the one ours
+        had), renewed by the node that ran the write until it forgets it. One that only adds an
+        owner's entry to a CONTROLLED record we put leaves it ours, renewed by us with the new
+        entry in it (else the entries we put would leave the network with that write). What it
         stores is charged to the sending host (:func:`~qadom.contact.host_key`); a record we
         publish stays charged to us.
 
@@ -1052,11 +1056,15 @@ class DhtRecordService:
             if record is not current and not set(record.entries) <= set(current.entries):
                 return Stored()  # fill-only: our record stays as it is
             record, same = current, True
-        # A client's write that changes a record we put ends our publishing of it, as a newer
-        # namespace record does: the node that ran this write publishes it, and renewing it
-        # here too would keep it alive past that node's forget. We keep it as a storer's copy,
-        # charged to the sender. The same record written again leaves ours as it is.
-        replaced = old is not None and old.original and not same and record != current
+        # A client's write that replaces an owner's entry in a record we put ends our publishing
+        # of it, as a newer namespace record does: the node that ran this write publishes it,
+        # and renewing it here too would keep it alive past that node's forget. We keep it as a
+        # storer's copy, charged to the sender. A write that only adds another owner's entry
+        # to a CONTROLLED record leaves ours as ours: we still publish the entries we put (and
+        # renew the new one with them), or they would leave the network once that other node
+        # forgets its write or goes away. The same entry written again leaves ours as it is.
+        replaced = (old is not None and old.original and not same and current is not None
+                    and not message.republish and _replaces_entry(current, write))
         meta = received_meta(None if replaced else old, message.ttl, now, self.config, source,
                              same=same)
         if old is not None and not same and not meta.original:
@@ -1087,6 +1095,14 @@ class DhtRecordService:
         encoded = encode_record(live)
         room = (self.config.max_datagram_size - _REPLY_OVERHEAD - len(encoded)) // _CONTACT_BYTES
         return DhtRecord(encoded, tuple(nodes[:max(0, room)]))
+
+
+def _replaces_entry(current: Record, write: Record) -> bool:
+    """Whether ``write`` (a one-entry record) changes the entry its owner has in ``current``:
+    a SECURED overwrite, or a CONTROLLED owner's newer write; False for an owner ``current``
+    has no entry of, and for an entry written again byte for byte."""
+    return any(held.owner == entry.owner and held != entry
+               for entry in write.entries for held in current.entries)
 
 
 def _refusal_error(refused: DhtRefused | Error) -> QadomError:
