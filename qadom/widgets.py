@@ -26,7 +26,6 @@ import asyncio
 import html
 import logging
 import math
-import operator
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -46,6 +45,7 @@ from .events import (
 )
 from .ids import ID_BITS, ID_SPACE
 from .node import Node
+from .sim import _count
 
 T = TypeVar("T")
 log = logging.getLogger("qadom.widgets")
@@ -107,20 +107,6 @@ def _node_of(source: Any) -> Node:
     if not isinstance(node, Node):
         raise TypeError(f"expected a Peer or a Node, not {type(source).__name__}")
     return node
-
-
-def _whole(name: str, value: Any, least: int) -> int:
-    """``value`` as an integer of at least ``least``: InvalidType unless it is an integer (a bool
-    or a float is not one), InvalidArgument below ``least``."""
-    if isinstance(value, bool):
-        raise InvalidType(f"{name} must be an integer, not {value!r}")
-    try:
-        whole = operator.index(value)
-    except TypeError:
-        raise InvalidType(f"{name} must be an integer, not {value!r}") from None
-    if whole < least:
-        raise InvalidArgument(f"{name} must be at least {least}, not {whole}")
-    return whole
 
 
 def _seconds(name: str, value: Any) -> float:
@@ -240,7 +226,7 @@ class LookupView(_View):
 
     def __init__(self, source: EventSource | None = None, *, target: int | None = None,
                  kind: str | None = None, once: bool = True, chart_size: int = 320) -> None:
-        self.chart_size = _whole("chart_size", chart_size, MIN_CHART_SIZE)
+        self.chart_size = _count("chart_size", chart_size, MIN_CHART_SIZE)
         self.want_target = target
         self.want_kind = kind
         self.once = once
@@ -457,7 +443,7 @@ class RoutingTableView(_View):
     """
 
     def __init__(self, source: Any, *, live: bool = True, max_prefix_bits: int = 24) -> None:
-        self.max_prefix_bits = _whole("max_prefix_bits", max_prefix_bits, 1)
+        self.max_prefix_bits = _count("max_prefix_bits", max_prefix_bits, 1)
         self.node = _node_of(source)
         self.rows: list[BucketRow] = []
         self._signature: tuple[Any, ...] | None = None
@@ -535,7 +521,7 @@ class NetworkView(_View):
 
     def __init__(self, network: Any, *, watch: EventSource | None = None, target: int | None = None,
                  size: int = 420) -> None:
-        self.size = _whole("size", size, MIN_RING_SIZE)
+        self.size = _count("size", size, MIN_RING_SIZE)
         self.network = network
         self.members: list[Member] = []
         self.lookup = LookupView(target=target, once=False)
@@ -700,7 +686,7 @@ async def play(network: Any, call: Call[T], *, watch: EventSource, delay: float 
     delay = _seconds("delay", delay)
     if timeout is not None:
         timeout = _seconds("timeout", timeout)
-    max_events = _whole("max_events", max_events, 1)
+    max_events = _count("max_events", max_events, 1)
     fired = [False]
 
     def mark(event: LookupEvent) -> None:

@@ -113,3 +113,18 @@ T = TypeVar("T")
 def on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
     """Run ``coroutine`` on ``loop`` (running in another thread) and return its result."""
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result(10)
+
+
+def deliver(nodes: dict[Address, Node], now: float) -> None:
+    """Carry every datagram the sans-IO ``nodes`` (keyed by their addresses) send to its
+    destination at ``now`` until none is left; AssertionError if they never fall quiet."""
+    for _ in range(10_000):
+        moved = False
+        for node in nodes.values():
+            assert node.address is not None
+            for data, address in node.datagrams_to_send():
+                moved = True
+                nodes[address].datagram_received(data, node.address, now)
+        if not moved:
+            return
+    raise AssertionError("the nodes never fell quiet")

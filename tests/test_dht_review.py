@@ -27,6 +27,8 @@ from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import Meta, published_meta
 
+from helpers import deliver
+
 T0 = 1_700_000_000.0
 HOUR = 3600.0
 # Public addresses: loopback has no verification budget.
@@ -131,20 +133,6 @@ def full_record(key: str, config: Config) -> Record:
             return Record(key, CONTROLLED, tuple(entries))
         entries.append(entry)
     raise AssertionError("the record never filled up")
-
-
-def deliver(nodes: dict[Address, Node], now: float) -> None:
-    """Carry every datagram the nodes send to its destination at ``now`` until none is left."""
-    for _ in range(10_000):
-        moved = False
-        for node in nodes.values():
-            assert node.address is not None
-            for data, address in node.datagrams_to_send():
-                moved = True
-                nodes[address].datagram_received(data, node.address, now)
-        if not moved:
-            return
-    raise AssertionError("the nodes never fell quiet")
 
 
 def test_a_hand_over_of_full_records_passes_whole_at_the_default_config() -> None:

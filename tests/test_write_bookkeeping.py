@@ -22,7 +22,7 @@ from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import NEVER
 
-from helpers import answer_requests
+from helpers import answer_requests, deliver
 
 CONFIG = Config(k=8)
 HOUR = 3600.0
@@ -173,20 +173,6 @@ def test_a_probe_reply_the_rule_raises_on_fails_the_probe_and_the_lookup_finishe
 
 
 # ---------------------------------------------------------------------------- a negative clock
-
-
-def deliver(nodes: dict[Address, Node], now: float) -> None:
-    """Carry every datagram the nodes send to its destination at ``now`` until none is left."""
-    for _ in range(1000):
-        moved = False
-        for node in nodes.values():
-            assert node.address is not None
-            for data, address in node.datagrams_to_send():
-                moved = True
-                nodes[address].datagram_received(data, node.address, now)
-        if not moved:
-            return
-    raise AssertionError("the nodes never fell quiet")
 
 
 def joined_and_looked_up(t0: float) -> tuple[list[list[Address]], list[Address], bytes, bytes]:
