@@ -5,9 +5,12 @@ Import them with `from helpers import ...` (pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from qadom import Config, Peer
@@ -128,3 +131,21 @@ def deliver(nodes: dict[Address, Node], now: float) -> None:
         if not moved:
             return
     raise AssertionError("the nodes never fell quiet")
+
+
+KERNEL = "qadom-test-python"
+"""The name of the Jupyter kernel :func:`kernel_environment` describes."""
+
+
+def kernel_environment(home: Path) -> dict[str, str]:
+    """The environment of a Jupyter kernel of this interpreter, named :data:`KERNEL`, with its
+    kernelspec and every Jupyter, IPython and matplotlib directory under ``home`` (nothing is
+    installed outside it)."""
+    spec = home / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "qadom tests", "language": "python"}))
+    return {"JUPYTER_PATH": str(home), "JUPYTER_PLATFORM_DIRS": "1",
+            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython"),
+            "MPLCONFIGDIR": str(home / "matplotlib")}

@@ -7,16 +7,15 @@ through the environment variables each notebook's parameters cell reads.
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from helpers import KERNEL, kernel_environment
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-KERNEL = "qadom-test-python"
 SMALL = {
     "QADOM_NB_PEERS": "4",
     "QADOM_NB_NODES": "60",
@@ -65,15 +64,7 @@ def test_there_are_three_notebooks() -> None:
 
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("jupyter")
-    spec = home / "kernels" / KERNEL
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "qadom tests", "language": "python"}))
-    return {"JUPYTER_PATH": str(home), "JUPYTER_PLATFORM_DIRS": "1",
-            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython"),
-            "MPLCONFIGDIR": str(home / "matplotlib"), **SMALL}
+    return {**kernel_environment(tmp_path_factory.mktemp("jupyter")), **SMALL}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -8,10 +8,8 @@ notebooks run in a real Jupyter kernel, as in tests/test_notebooks.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +24,10 @@ from qadom.events import LookupEvent
 from qadom.sim import SimNetwork
 from qadom.widgets import LookupView, NetworkView, RoutingTableView, play
 
+from helpers import KERNEL, kernel_environment
+
 SMALL = Config(k=4, alpha=2, replacement_cache_size=4)
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-KERNEL = "qadom-test-python"
 TARGET = 0x5EED << 200
 
 
@@ -205,15 +204,7 @@ def test_notebook_refuses_sizes_too_small_in_its_parameters_cell(
 @pytest.fixture(scope="module")
 def kernel_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A kernelspec for this interpreter in a temporary directory (nothing is installed)."""
-    home = tmp_path_factory.mktemp("jupyter")
-    spec = home / "kernels" / KERNEL
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "qadom tests", "language": "python"}))
-    return {"JUPYTER_PATH": str(home), "JUPYTER_PLATFORM_DIRS": "1",
-            "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython"),
-            "MPLCONFIGDIR": str(home / "matplotlib"), "QADOM_NB_DELAY": "0"}
+    return {**kernel_environment(tmp_path_factory.mktemp("jupyter")), "QADOM_NB_DELAY": "0"}
 
 
 @pytest.mark.parametrize(("name", "environment", "expected"), [
