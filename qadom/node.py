@@ -1620,20 +1620,36 @@ class Node:
 
     def _saw(self, contact: Contact, now: float) -> None:
         """``contact`` answered us, or made a request that proved its address with a token:
-        update the table, pinging an old contact if a bucket is full. A contact banned for lying
-        stays out until its ban ends, answers or not."""
+        update the table, pinging an old contact if a bucket is full, and hand items over
+        (:meth:`_hand_over`) to each contact that entered it: ``contact``, and the replacements
+        a bucket's split took in. A contact banned for lying stays out until its ban ends,
+        answers or not."""
         if self._is_banned(contact, now):
             return
         self._given_up.pop(contact.id, None)  # back on its own: no need to ping it again
         self._dead.pop(contact.address, None)
         self._failures.pop(contact.address, None)
         table = self.table
-        added = table.added
-        to_ping = table.seen(contact)
+        entered: list[Contact] = []
+        to_ping = table.seen(contact, entered)
         if to_ping is not None:
-            self.request(to_ping.address, Ping(), now, expect_id=to_ping.id)
-        if table.added != added and self.store.quotas.total_items:
-            self._hand_over(contact, now)
+            pinged = to_ping
+
+            def settle(envelope: Envelope | None, at: float) -> None:
+                # However the ping-before-evict ended, its bucket may ask for the next one. An
+                # answer (seen), a failure (failed) or a removal (another id answered) settled
+                # it already; what is left is a silence that _contact_failed blamed on our own
+                # rate, which says nothing about the contact: it keeps its place.
+                held = table.get(pinged.id)
+                if held is not None and held.address == pinged.address:
+                    table.kept(pinged.id)
+
+            self.request(to_ping.address, Ping(), now, expect_id=to_ping.id, on_reply=settle)
+        if entered and self.store.quotas.total_items:
+            # The contact itself, and the replacements a split of its bucket promoted: each
+            # entered the table, perhaps among our k closest (section 2.5).
+            for newcomer in entered:
+                self._hand_over(newcomer, now)
 
     def _hand_over_promoted(self, waiting: list[Contact], now: float) -> None:
         """The contacts of ``waiting`` (replacements of the buckets contacts just left) that

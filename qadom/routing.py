@@ -21,7 +21,8 @@ does not check that, the caller (:mod:`qadom.node`) does. When a bucket is full,
 it if it may (it covers our own id, or the paper's relaxed rule: the newcomer would be among our k
 closest contacts) and otherwise parks the newcomer in the replacement cache and names the bucket's
 least-recently-seen contact, which the caller pings and evicts only if it does not answer
-(ping-before-evict: old contacts that stay up are preferred, section 2.2). With
+(ping-before-evict: old contacts that stay up are preferred, section 2.2); a bucket has one such
+ping under way at a time, and asks for another once the caller reports how the last one ended. With
 ``replacement_cache_size`` 0 the newcomer still waits for that one ping, as in the paper, and is
 dropped if the pinged contact answers.
 
@@ -130,7 +131,6 @@ class RoutingTable:
         self.max_bucket_per_prefix = max_bucket_per_prefix  # 0: no limit
         self.max_table_per_prefix = max_table_per_prefix  # 0: no limit
         self.prefix_refused = 0  # contacts refused by the network diversity limits
-        self.added = 0  # contacts ever added (a caller compares it to see whether seen() added)
         self.buckets: list[Bucket] = [Bucket(0, ID_SPACE, now)]
         self._los: list[int] = [0]
         self._size = 0
@@ -214,15 +214,20 @@ class RoutingTable:
         if bucket.last_lookup == touched:
             bucket.last_lookup = previous
 
-    def seen(self, contact: Contact) -> Contact | None:
+    def seen(self, contact: Contact, entered: list[Contact] | None = None) -> Contact | None:
         """Record that ``contact`` answered us. Returns a contact to ping, or None.
 
         The contact is added (or moved to the most-recently-seen end). When its bucket is full and
         may not split, the contact goes to the replacement cache and the return value is the
         bucket's least-recently-seen contact, which the caller should ping, then report with
-        :meth:`seen` (it answered) or :meth:`failed` (it did not). Only one such ping per bucket is
-        asked for at a time. A contact whose id is known at another address is ignored: the known
-        one keeps its place until it fails.
+        :meth:`seen` (it answered), :meth:`failed` (it did not) or :meth:`kept` (its silence says
+        nothing about it). Only one such ping per bucket is asked for at a time, until one of
+        those reports (or the pinged contact's removal) ends it. A contact whose id is known at
+        another address is ignored: the known one keeps its place until it fails.
+
+        The contacts that entered the table are appended to ``entered``, when given, each once:
+        ``contact`` if it was added, and the replacements that the halves of a split bucket took
+        in (``contact`` among them, if it waited as one).
         """
         if contact.id == self.own_id:
             return None
@@ -246,9 +251,13 @@ class RoutingTable:
                     return None
                 bucket.replacements.pop(contact.id, None)
                 self._put(bucket, contact)
+                if entered is not None:
+                    entered.append(contact)
                 return None
             if self._may_split(bucket, contact.id):
-                self._split(bucket)
+                promoted = self._split(bucket)
+                if entered is not None:
+                    entered.extend(promoted)
                 continue
             if not self._diverse(bucket, contact.address[0]):
                 self.prefix_refused += 1
@@ -259,6 +268,20 @@ class RoutingTable:
                 bucket.pinging = oldest.id
                 return oldest
             return None
+
+    def kept(self, node_id: int) -> None:
+        """The ping-before-evict of ``node_id`` (the contact :meth:`seen` named) ended with
+        neither :meth:`seen` nor :meth:`failed` of it: its silence says nothing about it (the
+        caller blames it on its own request rate). It keeps its place, as a contact that answers
+        does (without a replacement cache the newcomer that waited for the ping is dropped), but
+        neither moves to the most-recently-seen end nor has its failures forgotten, since it did
+        not answer; its bucket may ask for another ping-before-evict. Nothing happens when
+        ``node_id`` is not the contact its bucket is pinging (that ping ended already)."""
+        bucket = self.bucket_for(node_id)
+        if bucket.pinging == node_id:
+            bucket.pinging = None
+            if not self.replacement_cache_size:
+                bucket.replacements.clear()
 
     def has_room_for(self, node_id: int, host: str | None = None) -> bool:
         """Whether the table would hold ``node_id`` after :meth:`seen` of it at ``host`` now
@@ -331,27 +354,28 @@ class RoutingTable:
 
     # ------------------------------------------------------------------ internals
 
-    def _promote(self, bucket: Bucket) -> None:
+    def _promote(self, bucket: Bucket) -> list[Contact]:
         """Fill ``bucket``'s free slots from its replacement cache, newest first, with those the
         diversity limits allow (section 4.1): a bucket with room keeps nobody waiting. Those taken
-        keep the order they were seen in: the newest ends most recently seen."""
-        taken: list[int] = []
+        keep the order they were seen in: the newest ends most recently seen. Returns those
+        taken."""
+        taken: list[Contact] = []
         while bucket.replacements and len(bucket.contacts) < self.k:
             _, newest = bucket.replacements.popitem(last=True)
             if self._diverse(bucket, newest.address[0]):
                 self._put(bucket, newest)
-                taken.append(newest.id)
+                taken.append(newest)
             else:
                 self.prefix_refused += 1
         if len(taken) > 1:
-            for node_id in reversed(taken):  # oldest first to the most-recently-seen end
-                bucket.contacts.move_to_end(node_id)
+            for contact in reversed(taken):  # oldest first to the most-recently-seen end
+                bucket.contacts.move_to_end(contact.id)
+        return taken
 
     def _put(self, bucket: Bucket, contact: Contact) -> None:
         """Add ``contact`` (known to be allowed) to ``bucket``, which has room."""
         bucket.contacts[contact.id] = contact
         self._size += 1
-        self.added += 1
         if self.max_bucket_per_prefix or self.max_table_per_prefix:
             prefix = network_prefix(contact.address[0])
             if prefix is not None:
@@ -423,7 +447,8 @@ class RoutingTable:
                 closer += 1
         return closer < self.k
 
-    def _split(self, bucket: Bucket) -> None:
+    def _split(self, bucket: Bucket) -> list[Contact]:
+        """Split ``bucket`` in halves; returns the replacements they took in (:meth:`_promote`)."""
         mid = (bucket.lo + bucket.hi) // 2
         low = Bucket(bucket.lo, mid, bucket.last_lookup)
         high = Bucket(mid, bucket.hi, bucket.last_lookup)
@@ -440,8 +465,7 @@ class RoutingTable:
         self._los[index:index + 1] = [low.lo, high.lo]
         # A bucket full enough to keep replacements may split later (relaxed splitting): the
         # halves now have room, which the contacts waiting for it take.
-        self._promote(low)
-        self._promote(high)
+        return self._promote(low) + self._promote(high)
 
     def _room_after_splits(self, bucket: Bucket, node_id: int, host: str | None) -> bool:
         """:meth:`has_room_for` ``node_id`` (at ``host``) when its full ``bucket`` may split
