@@ -801,9 +801,10 @@ class DhtRecordService:
         record), then sent to the k closest, which check it again. Fails with Unauthorized or
         ValueTooLarge when refused by us or by every holder; stores locally once accepted, as
         the record's original publisher (renewed every 24 hours until :meth:`forget`, or until
-        a client's write through another node replaces an owner's entry of the record here: that
-        node renews it then, see :meth:`_handle_put`; a CONTROLLED write that only adds another
-        owner's entry leaves it ours, and we renew that entry with ours).
+        a client's write through another node replaces here the entry of an owner we put, by
+        this put or an earlier one: that node renews it then, see :meth:`_handle_put`; a
+        CONTROLLED write that adds or replaces the entry of any other owner leaves it ours, and
+        we renew that entry with ours).
 
         Raises StorageFull at once, with nothing sent, when our own store has no room for the
         record the write makes of our copy (:meth:`_landing`); an overwrite of a record we hold
@@ -953,15 +954,24 @@ class DhtRecordService:
                      result: PutResult) -> None:
         if call.done:
             return
+        store = self.node.store
         try:
-            record = apply_write(load(self.node.store, key, self.config, now), write, now,
-                                 self.config)
+            existing = load(store, key, self.config, now)
+            record = apply_write(existing, write, now, self.config)
+            held = store.record_meta(RECORD_KIND, key)
         except QadomError as exc:  # expired meanwhile, or a concurrent write took the key
             call.fail(exc)
             return
-        meta = bounded(published_meta(now, self.config), record)  # we put it: ours to renew
+        # We put it: ours to renew. The owners we put are this write's and those we put before
+        # that still have their entry in the record (see _handle_put).
+        kept = {entry.owner for entry in record.entries}
+        owners = frozenset(owner for owner in _our_owners(
+            held, existing.live(now) if existing is not None else None) if owner in kept)
+        meta = bounded(published_meta(now, self.config,
+                                      owners=owners | {entry.owner for entry in write.entries}),
+                       record)
         try:
-            self.node.store.put_record(RECORD_KIND, key, encode_record(record), now, meta=meta)
+            store.put_record(RECORD_KIND, key, encode_record(record), now, meta=meta)
         except StorageFull as exc:
             call.fail(exc)
             return
@@ -979,14 +989,15 @@ class DhtRecordService:
         (:func:`fill_owners`), and otherwise merely count the republish as this hour's when our
         record holds every entry sent (the same record, whose lifetime the TTL may then extend).
         The format has no version, so this is what keeps a lagging storer's older copy from
-        replacing a newer one. A client's write that replaces an owner's entry of a record we
-        put ourselves (a SECURED overwrite, a CONTROLLED owner's newer entry) ends our publishing
-        of it: we keep the result as a storer's copy (its lifetime as above, counting the one ours
-        had), renewed by the node that ran the write until it forgets it. One that only adds an
-        owner's entry to a CONTROLLED record we put leaves it ours, renewed by us with the new
-        entry in it (else the entries we put would leave the network with that write). What it
-        stores is charged to the sending host (:func:`~qadom.contact.host_key`); a record we
-        publish stays charged to us.
+        replacing a newer one. A client's write that replaces, in a record we put ourselves,
+        the entry of an owner we put (:attr:`Meta.owners`: a SECURED overwrite, a CONTROLLED
+        owner's newer entry) ends our publishing of it: we keep the result as a storer's copy
+        (its lifetime as above, counting the one ours had), renewed by the node that ran the
+        write until it forgets it. One that adds or replaces the entry of another owner of a
+        CONTROLLED record we put leaves it ours, renewed by us with the new entry in it (else
+        the entries we put would leave the network with that write, or with that owner's next
+        one). What it stores is charged to the sending host (:func:`~qadom.contact.host_key`); a
+        record we publish stays charged to us.
 
         CPU: a signature is verified only for an entry we do not hold byte for byte (under the
         same key and mode), and a record is encoded a bounded number of times whatever its
@@ -1056,15 +1067,17 @@ class DhtRecordService:
             if record is not current and not set(record.entries) <= set(current.entries):
                 return Stored()  # fill-only: our record stays as it is
             record, same = current, True
-        # A client's write that replaces an owner's entry in a record we put ends our publishing
-        # of it, as a newer namespace record does: the node that ran this write publishes it,
-        # and renewing it here too would keep it alive past that node's forget. We keep it as a
-        # storer's copy, charged to the sender. A write that only adds another owner's entry
-        # to a CONTROLLED record leaves ours as ours: we still publish the entries we put (and
-        # renew the new one with them), or they would leave the network once that other node
-        # forgets its write or goes away. The same entry written again leaves ours as it is.
+        # A client's write that replaces the entry of an owner we put, in a record we put, ends
+        # our publishing of it, as a newer namespace record does: the node that ran this write
+        # publishes it, and renewing it here too would keep it alive past that node's forget. We
+        # keep it as a storer's copy, charged to the sender. A write that adds or replaces the
+        # entry of another owner of a CONTROLLED record leaves ours as ours: we still publish
+        # the entries we put (and renew that owner's with them), or they would leave the network
+        # once the node that ran that write forgets it or goes away. The same entry written
+        # again leaves ours as it is.
         replaced = (old is not None and old.original and not same and current is not None
-                    and not message.republish and _replaces_entry(current, write))
+                    and not message.republish
+                    and _replaces_entry(current, write, _our_owners(old, current)))
         meta = received_meta(None if replaced else old, message.ttl, now, self.config, source,
                              same=same)
         if old is not None and not same and not meta.original:
@@ -1097,12 +1110,24 @@ class DhtRecordService:
         return DhtRecord(encoded, tuple(nodes[:max(0, room)]))
 
 
-def _replaces_entry(current: Record, write: Record) -> bool:
-    """Whether ``write`` (a one-entry record) changes the entry its owner has in ``current``:
-    a SECURED overwrite, or a CONTROLLED owner's newer write; False for an owner ``current``
-    has no entry of, and for an entry written again byte for byte."""
-    return any(held.owner == entry.owner and held != entry
+def _replaces_entry(current: Record, write: Record, ours: frozenset[bytes]) -> bool:
+    """Whether ``write`` (a one-entry record) changes the entry its owner has in ``current``,
+    that owner being one of ``ours``: a SECURED overwrite, or a CONTROLLED owner's newer write;
+    False for an owner not in ``ours`` or that ``current`` has no entry of, and for an entry
+    written again byte for byte."""
+    return any(held.owner == entry.owner and held != entry and held.owner in ours
                for entry in write.entries for held in current.entries)
+
+
+def _our_owners(meta: Meta | None, current: Record | None) -> frozenset[bytes]:
+    """The owners we put of ``current``, the live record we hold with ``meta`` (None: we hold
+    none): none unless the record is ours, else :attr:`Meta.owners`, or every owner it holds
+    when they were not kept (a record of ours stored before they were)."""
+    if meta is None or not meta.original or current is None:
+        return frozenset()
+    if meta.owners is not None:
+        return meta.owners
+    return frozenset(entry.owner for entry in current.entries)
 
 
 def _refusal_error(refused: DhtRefused | Error) -> QadomError:

@@ -46,7 +46,9 @@ apart, so it is taken as received (source ""): never as ours, which would republ
 publisher's record forever. Records of other kinds (the node's identity) get no lifecycle: they
 never expire and are never republished. Rows a peer stored before the per-host quotas counted an
 IPv6 /64 as one host (``qadom.contact.host_key``) were charged to the sender's full address;
-opening the file charges them to its host, in one transaction.
+opening the file charges them to its host, in one transaction. A records table from before /dht
+records kept the owners this node put (``Meta.owners``) gains the ``owners`` column, NULL in the
+rows it holds: every owner a record of ours holds counts as ours, as all did before.
 
 A full disk (SQLite's "database or disk is full") refuses a write as a quota does, with
 :class:`~qadom.errors.StorageFull`, and changes nothing. So does a database that cannot be written
@@ -78,6 +80,8 @@ from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import IO, Any, Concatenate, ParamSpec, TypeVar
+
+import cbor2
 
 from .config import Config
 from .contact import Contact, host_key
@@ -134,7 +138,7 @@ CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL, key BLOB NOT NULL, data BLOB NOT NULL, source TEXT NOT NULL,
     expires REAL NOT NULL DEFAULT 9e999, republish_at REAL NOT NULL DEFAULT 9e999,
-    original INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (kind, key));
+    original INTEGER NOT NULL DEFAULT 0, owners BLOB, PRIMARY KEY (kind, key));
 CREATE TABLE IF NOT EXISTS contacts (
     id BLOB PRIMARY KEY, host TEXT NOT NULL, port INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, data BLOB NOT NULL);
@@ -162,7 +166,7 @@ _RECORD_COLUMNS = (("source", "TEXT NOT NULL DEFAULT ''"),
 _LIFECYCLE_KINDS = ("namespace", "dht")
 
 _META_COLUMNS = "expires, republish_at, original, cached, source"
-_RECORD_META_COLUMNS = "expires, republish_at, original, source"
+_RECORD_META_COLUMNS = "expires, republish_at, original, source, owners"
 
 
 def _meta(row: tuple[float, float, int, int, str]) -> Meta:
@@ -174,9 +178,34 @@ def _meta_params(meta: Meta) -> tuple[float, float, int, int, str]:
     return (meta.expires, meta.republish_at, int(meta.original), int(meta.cached), meta.source)
 
 
-def _record_meta(row: tuple[float, float, int, str]) -> Meta:
-    expires, republish_at, original, source = row
-    return Meta(expires, republish_at, bool(original), False, source)
+def _record_meta(row: tuple[float, float, int, str, bytes | None]) -> Meta:
+    expires, republish_at, original, source, owners = row
+    return Meta(expires, republish_at, bool(original), False, source, _owners(owners))
+
+
+def _owners_blob(owners: frozenset[bytes] | None) -> bytes | None:
+    """How a record's :attr:`Meta.owners` is stored: a CBOR array of the keys, sorted (NULL for
+    None)."""
+    if owners is None:
+        return None
+    blob: bytes = cbor2.dumps(sorted(owners))
+    return blob
+
+
+def _owners(blob: bytes | None) -> frozenset[bytes] | None:
+    """The :attr:`Meta.owners` an ``owners`` column holds: None for NULL, and for a blob that is
+    not an array of byte strings (every owner of the record then counts as ours, as for a record
+    stored before owners were kept, rather than none, which would renew it past a newer owner's
+    forget)."""
+    if blob is None:
+        return None
+    try:
+        owners = cbor2.loads(bytes(blob))
+    except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
+        return None
+    if not isinstance(owners, list) or not all(isinstance(key, bytes) for key in owners):
+        return None
+    return frozenset(owners)
 
 
 def _first(limit: int, *runs: Iterable[tuple[tuple[Any, ...], _T]]) -> list[_T]:
@@ -349,6 +378,7 @@ class SqliteStore:
             self._execute_all(SCHEMA)
             self._migrate_records()
             self._migrate_digests()
+            self._migrate_owners()
             self._execute_all(RECORD_INDEXES)
             db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -399,6 +429,14 @@ class SqliteStore:
         present = {row[1] for row in self._db.execute("PRAGMA table_info(vals)")}
         if "digest" not in present:
             self._db.execute("ALTER TABLE vals ADD COLUMN digest BLOB")
+
+    def _migrate_owners(self) -> None:
+        """Give a records table from before /dht records kept the owners we put
+        (:attr:`Meta.owners`) the ``owners`` column (NULL in the rows it holds: every owner of a
+        record of ours then counts as ours), inside the transaction that opens the file."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(records)")}
+        if "owners" not in present:
+            self._db.execute("ALTER TABLE records ADD COLUMN owners BLOB")
 
     def _load_counts(self) -> set[str]:
         """Count what the file holds, per source, and what cached copies hold (the quotas), and
@@ -910,9 +948,9 @@ class SqliteStore:
                                     victims=self._victims, drop=self._drop_cached)
             self._db.execute(
                 f"INSERT OR REPLACE INTO records (kind, key, data, {_RECORD_META_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (kind, id_to_bytes(key), data, meta.expires, meta.republish_at,
-                 int(meta.original), meta.source))
+                 int(meta.original), meta.source, _owners_blob(meta.owners)))
 
     @_reading
     def delete_record(self, kind: str, key: int) -> None:

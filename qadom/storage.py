@@ -78,6 +78,13 @@ class Meta:
     source: str = ""
     """The host of the peer that sent it (for IPv6 its /64, :func:`~qadom.contact.host_key`),
     for the per-host quotas; "" when stored locally."""
+    owners: frozenset[bytes] | None = None
+    """Of a /dht record we put (``original``): the owners (compressed public keys) whose
+    entries we wrote ourselves. Only a client's newer entry of one of them, written through
+    another node, ends our publishing of the record (see
+    :meth:`qadom.dhtrecords.DhtRecordService._handle_put`). None for every other item (one
+    pointer, nothing more, for the values that make most of a store), and for a record of ours
+    kept before its owners were: every owner it holds then counts as ours (as all did before)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +112,13 @@ class DueRecord:
 # publisher every 24 hours with a fresh one.
 
 
-def published_meta(now: float, config: Config) -> Meta:
+def published_meta(now: float, config: Config, *,
+                   owners: frozenset[bytes] | None = None) -> Meta:
     """The bookkeeping of an item we publish ourselves: a full lifetime, renewed every
-    ``publisher_renew_after`` (about 24 hours) until forgotten."""
+    ``publisher_renew_after`` (about 24 hours) until forgotten; ``owners`` as :attr:`Meta.owners`
+    says (a /dht record's only)."""
     return Meta(now + config.expire_time, now + config.publisher_renew_after,
-                original=True)
+                original=True, owners=owners)
 
 
 def received_meta(old: Meta | None, ttl: int, now: float, config: Config, source: str, *,
@@ -120,10 +129,11 @@ def received_meta(old: Meta | None, ttl: int, now: float, config: Config, source
     Its lifetime is the TTL capped at ``expire_time``. When the record sent is the one we hold
     (``same``) the lifetime we hold is never shortened and its first sender stays charged for
     it; a new version lives by its own TTL and is charged to its sender. Receiving it counts as
-    this hour's republish. A record we publish ourselves keeps our bookkeeping, schedule and
-    charge alike (an original's ``source`` is never moved to a remote host): a caller that
-    receives a version that replaces ours passes ``old`` None, which ends our publishing of it
-    (the received version is then a storer's copy, renewed by its own publisher)."""
+    this hour's republish. A record we publish ourselves keeps our bookkeeping, schedule, charge
+    and :attr:`Meta.owners` alike (an original's ``source`` is never moved to a remote host): a
+    caller that receives a version that replaces ours passes ``old`` None, which ends our
+    publishing of it (the received version is then a storer's copy, renewed by its own
+    publisher)."""
     if old is not None and old.original:
         return old
     expires = now + min(float(ttl), config.expire_time)
