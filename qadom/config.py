@@ -31,7 +31,7 @@ _NOT_NEGATIVE = ("dead_backoff", "liar_backoff", "verify_interval", "cache_min_l
                  "max_verifying", "max_tokens", "min_request_size", "min_small_request_size",
                  "max_store_bytes", "max_store_items", "max_bytes_per_source",
                  "max_items_per_source", "max_given_up", "given_up_pings",
-                 "socket_receive_buffer")
+                 "socket_receive_buffer", "max_peer_rtts", "max_failed_rpcs")
 """Fields for which 0 means none (no backoff, nothing stored...) and below 0 means nothing."""
 
 _SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -110,6 +110,20 @@ class Config:
 
     rpc_timeout_max: float = 2.0
     """Upper bound of the adaptive timeout: a peer slower than this is no help to a lookup."""
+
+    max_peer_rtts: int = 1024
+    """Addresses with a round-trip estimate of their own (those that answered later than the
+    node-wide timeout: ``Node.rpc_timeout_to``), the least recently measured forgotten first; a
+    forgotten one is timed by the node-wide estimate again and fails one request to earn its own
+    back. Three floats each: a bound on memory, not a rule, far above the slow contacts a table
+    holds (0: none; every address is timed by the node-wide estimate)."""
+
+    max_failed_rpcs: int = 1024
+    """Failed requests remembered for ``rpc_timeout_max`` after they fail, so that a reply that
+    comes after all gives its address a round-trip sample of its own (``max_peer_rtts``); the
+    oldest forgotten first. A node fails a few requests a second under heavy churn: this covers
+    far more than the last two seconds of failures (0: none, a late reply is dropped unmeasured).
+    """
 
     rpc_retries: int = 1
     """Resends of a request that got no reply (same request id, so a late first reply still counts).

@@ -744,8 +744,16 @@ class Node:
         self._radius = 0
         self._radius_at = -math.inf
         self._radius_size = -1
+        # The node-wide round-trip estimate (RFC 6298): the timeout of every address without
+        # one of its own.
         self._srtt: float | None = None
         self._rttvar = 0.0
+        # Addresses that answered later than the node-wide timeout, with an estimate of their
+        # own as (srtt, rttvar, when last sampled), least recently sampled first (_sample_rtt).
+        self._peer_rtt: OrderedDict[Address, tuple[float, float, float]] = OrderedDict()
+        # Requests that failed, by request id, as (address, first sent, forgotten at), oldest
+        # first: a reply that comes after all is still a round-trip sample (_late_reply).
+        self._failed_rpcs: OrderedDict[int, tuple[Address, float, float]] = OrderedDict()
         self._handlers: dict[type[Message], Handler] = {
             Ping: self._handle_ping,
             FindNode: self._handle_find_node,
@@ -1345,7 +1353,7 @@ class Node:
     def _transmit(self, req: _Request, now: float) -> None:
         req.gen += 1
         self._send(req.data, req.address)
-        at = now + self.rpc_timeout
+        at = now + self.rpc_timeout_to(req.address)
         heappush(self._request_timers, (at, req.rpc_id, req.gen))
         if at < self._timer_told:
             self.timer_changed = True
@@ -1358,6 +1366,19 @@ class Node:
         if self._srtt is None:
             return cfg.rpc_timeout
         return min(cfg.rpc_timeout_max, max(cfg.rpc_timeout_min, self._srtt + 4 * self._rttvar))
+
+    def rpc_timeout_to(self, address: Address) -> float:
+        """The per-attempt timeout of a request to ``address``: :attr:`rpc_timeout`, or longer
+        for an address that answered later than that (RFC 6298 per destination, from that
+        address's own round trips, at most ``rpc_timeout_max``). Never shorter than
+        :attr:`rpc_timeout`: an address with no round trip of its own, a dead or unknown peer
+        among them, is waited for exactly as long as the node-wide estimate says."""
+        timeout = self.rpc_timeout
+        own = self._peer_rtt.get(address)
+        if own is None:
+            return timeout
+        srtt, rttvar, _ = own
+        return min(self.config.rpc_timeout_max, max(timeout, srtt + 4 * rttvar))
 
     @property
     def probe_hedge(self) -> float:
@@ -1383,13 +1404,45 @@ class Node:
             return
         del self._pending[rpc_id]
         self.stats["timeouts"] += 1
+        self._remember_failed(req, now)
         self._contact_failed(req.address, req.expect_id, now)
         req.on_reply(None, now)
+
+    def _remember_failed(self, req: _Request, now: float) -> None:
+        """Remember a failed request for ``rpc_timeout_max``, so that a reply that comes after
+        all still measures its address (:meth:`_late_reply`); at most ``max_failed_rpcs``, the
+        oldest forgotten first."""
+        cfg, failed = self.config, self._failed_rpcs
+        if not cfg.max_failed_rpcs:
+            return
+        # Kept oldest first, each for the same time: the expired ones are at the front.
+        while failed and (len(failed) >= cfg.max_failed_rpcs
+                          or next(iter(failed.values()))[2] <= now):
+            failed.popitem(last=False)
+        failed[req.rpc_id] = (req.address, req.sent_at, now + cfg.rpc_timeout_max)
+
+    def _late_reply(self, rpc_id: int, address: Address, now: float) -> None:
+        """A reply to no open request: if it answers one of ours that failed of late, from the
+        address it was sent to, its address is slower than the timeout it was given. Karn's rule
+        takes no sample from a request that timed out, so without this the estimate of a peer
+        slower than the others' timeout could never grow toward its round trip, and every request
+        to it would fail though it answers each one. The sample is the time since the first
+        attempt: a reply to a later attempt makes it longer than the round trip, never shorter,
+        so the timeout it sets is long enough. Once only (a reply to a resend is not another
+        sample)."""
+        entry = self._failed_rpcs.get(rpc_id)
+        if entry is None or entry[0] != address:
+            return
+        del self._failed_rpcs[rpc_id]
+        if entry[2] > now:
+            self._sample_rtt(now - entry[1], address, now, late=True)
 
     def _on_reply(self, envelope: Envelope, address: Address, now: float) -> None:
         req = self._pending.get(envelope.rpc_id)
         if req is None or req.address != address:
             self.stats["unexpected"] += 1
+            if req is None:
+                self._late_reply(envelope.rpc_id, address, now)
             return
         if envelope.token is not None:
             self._keep_token(address, envelope.token, now)
@@ -1405,7 +1458,7 @@ class Node:
             return
         del self._pending[envelope.rpc_id]
         if req.attempts == 1:  # Karn's rule: only unambiguous samples
-            self._sample_rtt(now - req.sent_at)
+            self._sample_rtt(now - req.sent_at, address, now)
         message = envelope.message
         if (type(message) is Error and message.code == ErrorCode.RATE_LIMITED
                 and not req.message.RATE_OF_ITS_OWN):  # a PUBLISH over the publishing rate
@@ -1835,12 +1888,35 @@ class Node:
     def _is_banned(self, contact: Contact, now: float) -> bool:
         return self._banned.get(contact.address, -math.inf) > now
 
-    def _sample_rtt(self, sample: float) -> None:
-        if self._srtt is None:
-            self._srtt, self._rttvar = sample, sample / 2
+    def _sample_rtt(self, sample: float, address: Address, now: float, *,
+                    late: bool = False) -> None:
+        """Take one round-trip sample of ``address`` (RFC 6298 smoothing). It feeds the
+        node-wide estimate, unless the address has one of its own: one that answered later
+        than the node-wide timeout (``late``, from :meth:`_late_reply`) gets its own, fed by its
+        samples from then on, for as long as it leads to a longer timeout than the node-wide one
+        (:meth:`rpc_timeout_to`); so the estimate that times out unknown and dead peers is that
+        of the peers that answer within it, as fast as one slow peer or none would leave it."""
+        peers = self._peer_rtt
+        own = peers.pop(address, None)
+        if own is None and not late:
+            if self._srtt is None:
+                self._srtt, self._rttvar = sample, sample / 2
+            else:
+                self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
+                self._srtt = 0.875 * self._srtt + 0.125 * sample
+            return
+        if own is None:
+            srtt, rttvar = sample, sample / 2
         else:
-            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
-            self._srtt = 0.875 * self._srtt + 0.125 * sample
+            srtt, rttvar, _ = own
+            rttvar = 0.75 * rttvar + 0.25 * abs(srtt - sample)
+            srtt = 0.875 * srtt + 0.125 * sample
+        limit = self.config.max_peer_rtts
+        if not limit or srtt + 4 * rttvar <= self.rpc_timeout:
+            return  # no slower than the others now: the node-wide estimate is its own again
+        while len(peers) >= limit:
+            peers.popitem(last=False)  # the least recently sampled
+        peers[address] = (srtt, rttvar, now)  # the newest last, for _forget_old_bookkeeping
 
     def _send(self, data: bytes, address: Address) -> None:
         self.stats["datagrams_out"] += 1
@@ -2519,6 +2595,12 @@ class Node:
 
         * ``_limited_by``: the grace after a RATE_LIMITED answer ends at a time, and the entries
           are ordered by it.
+        * ``_peer_rtt``: an address's own round-trip estimate not sampled for
+          ``refresh_interval`` tells little of its path now; the address is timed by the
+          node-wide estimate again, as one never slow (it earns its own back with a late reply,
+          :meth:`_late_reply`). Ordered by the last sample.
+        * ``_failed_rpcs``: a failed request is remembered ``rpc_timeout_max`` for a late reply;
+          the entries are ordered by when they are forgotten.
 
         ``_dead``, ``_banned``, ``_verifying`` and ``_verifying_proven`` are swept by their
         own deadlines in :meth:`_maintain`, and ``_granted`` becomes ``_granted_old`` at every
@@ -2533,6 +2615,12 @@ class Node:
         limited = self._limited_by
         while limited and next(iter(limited.values())) <= now:
             del limited[next(iter(limited))]
+        peer_rtt, interval = self._peer_rtt, cfg.refresh_interval
+        while peer_rtt and next(iter(peer_rtt.values()))[2] + interval <= now:
+            peer_rtt.popitem(last=False)
+        failed_rpcs = self._failed_rpcs
+        while failed_rpcs and next(iter(failed_rpcs.values()))[2] <= now:
+            failed_rpcs.popitem(last=False)
         tokens = self._tokens
         dead_after = 2 * (cfg.token_lifetime + cfg.maintenance_interval)
         while tokens:
