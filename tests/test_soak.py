@@ -95,10 +95,16 @@ def node_sizes(node: Node) -> dict[str, int]:
         "banned": len(node._banned),
         "tokens": len(node._tokens),
         "granted": len(node._granted),
+        "granted_old": len(node._granted_old),
         "verifying": len(node._verifying),
+        "verifying_proven": len(node._verifying_proven),
         "handed": len(node._handed),
         "address_rate": len(node._address_rate),
         "host_rate": len(node._host_rate),
+        "proven_address_rate": len(node._proven_address_rate),
+        "proven_host_rate": len(node._proven_host_rate),
+        "peer_rtt": len(node._peer_rtt),
+        "failed_rpcs": len(node._failed_rpcs),
         "refusals": len(node._refusals),
         "bugs_logged": len(node._bugs_logged),
         "listeners": len(node._listeners),
@@ -353,13 +359,16 @@ def days(points: list[Checkpoint], first: float, last: float) -> list[Checkpoint
 # Sizes that follow the work in progress (requests and lookups under way, fresh bookkeeping):
 # they must be no larger on day 3 than on day 1, give or take a few lookups under way.
 LEVEL = ("pending", "timers", "request_timers", "deadlines", "cancelled", "dead", "banned",
-         "granted", "verifying", "listeners", "relay", "silent", "streams", "topics",
-         "outboxes", "bugs_logged", "replacements", "bucket_failures", "contacts", "buckets",
-         "saved_contacts", "given_up")
+         "granted", "granted_old", "verifying", "verifying_proven", "listeners", "relay",
+         "silent", "streams", "topics", "outboxes", "bugs_logged", "replacements",
+         "bucket_failures", "contacts", "buckets", "saved_contacts", "given_up")
 # Sizes kept per address or stream ever met, forgotten least recently used first: they grow
 # with churn up to their configured bounds.
 CAPPED = {"failures": CONFIG.max_failure_counts, "tokens": CONFIG.max_tokens,
           "address_rate": CONFIG.rate_limit_senders, "host_rate": CONFIG.rate_limit_senders,
+          "proven_address_rate": CONFIG.rate_limit_senders,
+          "proven_host_rate": CONFIG.rate_limit_senders,
+          "peer_rtt": CONFIG.max_peer_rtts, "failed_rpcs": CONFIG.max_failed_rpcs,
           "refusals": CONFIG.rate_limit_senders, "pubsub_limiter": CONFIG.pubsub_max_senders,
           "handed": _MAX_HANDED, "inbox": CONFIG.pubsub_max_publishers,
           "given_up": CONFIG.max_given_up}
