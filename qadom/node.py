@@ -187,7 +187,7 @@ class _Request:
         self.message = message
         self.data = data
         self.gen = 0  # bumped at every (re)send; a timer of an older send is stale
-        self.challenged = False
+        self.challenged: bytes | None = None  # the token a CHALLENGE granted, once resent with it
         self.expect_id = expect_id
         self.on_reply = on_reply
         self.on_stall = on_stall
@@ -1446,16 +1446,21 @@ class Node:
             return
         if envelope.token is not None:
             self._keep_token(address, envelope.token, now)
-        if (isinstance(envelope.message, Challenge) and envelope.token is not None
-                and not req.challenged):
-            # Prove our address, once per request, with the token just granted.
-            self.stats["challenged"] += 1
-            req.challenged = True
-            req.sent_at = now
-            req.data = self.codec.encode_parts(req.rpc_id, self._sender, req.message,
-                                               envelope.token)
-            self._transmit(req, now)
-            return
+        if isinstance(envelope.message, Challenge) and envelope.token is not None:
+            if req.challenged is None:
+                # Prove our address, once per request, with the token just granted.
+                self.stats["challenged"] += 1
+                req.challenged = envelope.token
+                req.sent_at = now
+                req.data = self.codec.encode_parts(req.rpc_id, self._sender, req.message,
+                                                   envelope.token)
+                self._transmit(req, now)
+                return
+            if envelope.token == req.challenged:
+                # The same CHALLENGE again: the answer to a copy sent before the proof (a
+                # resend that crossed the first CHALLENGE). The proven copy's answer is still
+                # to come; the request waits for it, or for its timer.
+                return
         del self._pending[envelope.rpc_id]
         if req.attempts == 1:  # Karn's rule: only unambiguous samples
             self._sample_rtt(now - req.sent_at, address, now)

@@ -255,3 +255,41 @@ def test_requests_with_wrong_tokens_cost_no_hmac_each(monkeypatch: pytest.Monkey
         send(node, VICTIM, Ping(), rpc_id, token=bytes(16),
              now=CONFIG.token_lifetime + CONFIG.maintenance_interval + 2.0)
     assert minted == [VICTIM]  # the new current secret's token only
+
+
+def test_a_write_whose_resend_crossed_its_challenge_gets_its_real_answer() -> None:
+    """A write without a token whose first copy is answered late (after our resend): both
+    copies get a CHALLENGE. The first makes us resend with the token; the second, which answers
+    the copy sent before the proof, is not the request's answer: the proven copy's STORED is."""
+    client, server = Node(rng=random.Random(1), now=0.0), Node(rng=random.Random(2), now=0.0)
+    client.address, server.address = ("127.0.0.1", 1000), ("127.0.0.1", 2000)
+    got: list[Envelope | None] = []
+    client.request(server.address, Store(b"x" * 100), 0.0, expect_id=server.id,
+                   on_reply=lambda envelope, _now: got.append(envelope))
+    first = client.datagrams_to_send()
+    timer = client.get_timer()
+    assert timer is not None
+    client.handle_timer(timer)  # the first copy is slow to answer: resent, still unproven
+    copies = first + client.datagrams_to_send()
+    assert len(copies) == 2
+    now = timer + 0.1
+
+    def carry(sender: Node, receiver: Node, datagrams: list[tuple[bytes, Address]]) -> list[
+            tuple[bytes, Address]]:
+        assert sender.address is not None
+        for data, _ in datagrams:
+            receiver.datagram_received(data, sender.address, now)
+        return receiver.datagrams_to_send()
+
+    def replies(datagrams: list[tuple[bytes, Address]]) -> list[tuple[bytes, Address]]:
+        # (the server also pings the client, a requester it does not know, to verify it)
+        return [(d, a) for d, a in datagrams if not CODEC.decode(d).message.IS_REQUEST]
+
+    challenges = replies(carry(client, server, copies))
+    assert [type(CODEC.decode(d).message) for d, _ in challenges] == [Challenge, Challenge]
+    proven = carry(server, client, challenges)  # one resend with the token, not two
+    assert [type(CODEC.decode(d).message) for d, _ in proven] == [Store]
+    answers = replies(carry(client, server, proven))
+    carry(server, client, answers)
+    assert [type(e.message) for e in got if e is not None] == [Stored] and len(got) == 1
+    assert client.stats["unexpected"] == 0 and client.stats["challenged"] == 1
