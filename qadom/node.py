@@ -753,7 +753,8 @@ class Node:
         self._peer_rtt: OrderedDict[Address, tuple[float, float, float]] = OrderedDict()
         # Requests that failed, by request id, as (address, first sent, forgotten at), oldest
         # first: a reply that comes after all is still a round-trip sample (_late_reply).
-        self._failed_rpcs: OrderedDict[int, tuple[Address, float, float]] = OrderedDict()
+        self._failed_rpcs: OrderedDict[int, tuple[Address, int | None, float, float]] = (
+            OrderedDict())
         self._handlers: dict[type[Message], Handler] = {
             Ping: self._handle_ping,
             FindNode: self._handle_find_node,
@@ -1404,6 +1405,9 @@ class Node:
             return
         del self._pending[rpc_id]
         self.stats["timeouts"] += 1
+        # A timeout of its own, earned by late replies, ends with a request that failed: a peer
+        # gone silent is given up as fast as any other (it earns it again if it answers late).
+        self._peer_rtt.pop(req.address, None)
         self._remember_failed(req, now)
         self._contact_failed(req.address, req.expect_id, now)
         req.on_reply(None, now)
@@ -1417,11 +1421,12 @@ class Node:
             return
         # Kept oldest first, each for the same time: the expired ones are at the front.
         while failed and (len(failed) >= cfg.max_failed_rpcs
-                          or next(iter(failed.values()))[2] <= now):
+                          or next(iter(failed.values()))[3] <= now):
             failed.popitem(last=False)
-        failed[req.rpc_id] = (req.address, req.sent_at, now + cfg.rpc_timeout_max)
+        failed[req.rpc_id] = (req.address, req.expect_id, req.sent_at, now + cfg.rpc_timeout_max)
 
-    def _late_reply(self, rpc_id: int, address: Address, now: float) -> None:
+    def _late_reply(self, rpc_id: int, address: Address, sender: int | None,
+                    now: float) -> None:
         """A reply to no open request: if it answers one of ours that failed of late, from the
         address it was sent to, its address is slower than the timeout it was given. Karn's rule
         takes no sample from a request that timed out, so without this the estimate of a peer
@@ -1429,20 +1434,22 @@ class Node:
         to it would fail though it answers each one. The sample is the time since the first
         attempt: a reply to a later attempt makes it longer than the round trip, never shorter,
         so the timeout it sets is long enough. Once only (a reply to a resend is not another
-        sample)."""
+        sample), and only from the id the request was for: another id answering there says
+        nothing of the contact we asked, which is gone."""
         entry = self._failed_rpcs.get(rpc_id)
         if entry is None or entry[0] != address:
             return
         del self._failed_rpcs[rpc_id]
-        if entry[2] > now:
-            self._sample_rtt(now - entry[1], address, now, late=True)
+        expected, sent, until = entry[1:]
+        if until > now and (expected is None or sender == expected):
+            self._sample_rtt(now - sent, address, now, late=True)
 
     def _on_reply(self, envelope: Envelope, address: Address, now: float) -> None:
         req = self._pending.get(envelope.rpc_id)
         if req is None or req.address != address:
             self.stats["unexpected"] += 1
             if req is None:
-                self._late_reply(envelope.rpc_id, address, now)
+                self._late_reply(envelope.rpc_id, address, envelope.sender, now)
             return
         if envelope.token is not None:
             self._keep_token(address, envelope.token, now)
@@ -2624,7 +2631,7 @@ class Node:
         while peer_rtt and next(iter(peer_rtt.values()))[2] + interval <= now:
             peer_rtt.popitem(last=False)
         failed_rpcs = self._failed_rpcs
-        while failed_rpcs and next(iter(failed_rpcs.values()))[2] <= now:
+        while failed_rpcs and next(iter(failed_rpcs.values()))[3] <= now:
             failed_rpcs.popitem(last=False)
         tokens = self._tokens
         dead_after = 2 * (cfg.token_lifetime + cfg.maintenance_interval)

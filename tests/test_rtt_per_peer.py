@@ -199,3 +199,26 @@ def test_a_lossy_network_of_peers_within_the_timeout_gives_no_address_its_own() 
     assert all(r.ok for r in reports)
     for node in nodes:
         assert not node._peer_rtt
+
+
+def test_a_timeout_of_its_own_ends_with_a_request_that_fails() -> None:
+    """A slow contact that then goes silent is given up in its own time once, and from then on
+    as fast as any address: the timeout it earned by answering late ends with a failure (it
+    earns it again with its next late reply)."""
+    wire = wire_with_slow_contact()
+    node = wire.node
+    assert wire.ping(SLOW, SLOW_ID) == [False]
+    assert node.rpc_timeout_to(SLOW) > node.rpc_timeout
+    wire.peers[SLOW] = (SLOW_ID, None)
+    assert wire.ping(SLOW, SLOW_ID) == [False]
+    assert SLOW not in node._peer_rtt and node.rpc_timeout_to(SLOW) == node.rpc_timeout
+
+
+def test_a_late_reply_under_another_id_measures_nothing() -> None:
+    """The contact asked is gone from the address when another id answers there: its late
+    answer says nothing of the round trip to the contact we asked."""
+    wire = wire_with_slow_contact()
+    wire.peers[SLOW] = (SLOW_ID + 1, 0.6)  # the process there restarted under another id
+    assert wire.ping(SLOW, SLOW_ID) == [False]
+    assert SLOW not in wire.node._peer_rtt
+    assert wire.node.rpc_timeout_to(SLOW) == wire.node.rpc_timeout
