@@ -149,3 +149,15 @@ def kernel_environment(home: Path) -> dict[str, str]:
     return {"JUPYTER_PATH": str(home), "JUPYTER_PLATFORM_DIRS": "1",
             "JUPYTER_RUNTIME_DIR": str(home / "runtime"), "IPYTHONDIR": str(home / "ipython"),
             "MPLCONFIGDIR": str(home / "matplotlib")}
+
+
+def ask_proven(node: Node, message: Message, source: Address, now: float) -> Message:
+    """Hand the sans-IO ``node`` ``message`` from ``source`` with the token ``node`` grants
+    that address (a request whose source is proven), and return its one reply to it."""
+    codec = Codec(node.config)
+    token = node.token_for(source)
+    node.datagram_received(codec.encode(Envelope(7, None, message, token)), source, now)
+    replies = [codec.decode(data).message for data, address in node.datagrams_to_send()
+               if address == source]
+    assert len(replies) == 1
+    return replies[0]

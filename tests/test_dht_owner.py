@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from qadom import Config, NotFoundError
-from qadom.codec import Codec
-from qadom.contact import Address
 from qadom.dhtrecords import (
     CONTROLLED,
     RECORD_KIND,
@@ -25,11 +23,13 @@ from qadom.dhtrecords import (
     storage_key,
 )
 from qadom.ids import id_to_bytes
-from qadom.messages import Envelope, Message, Stored
+from qadom.messages import Stored
 from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.sqlite_store import SqliteStore
 from qadom.storage import Meta, published_meta
+
+from helpers import ask_proven
 
 T0 = 1_700_000_000.0
 HOUR = 3600.0
@@ -45,17 +45,6 @@ def secret(i: int) -> bytes:
 def owner(i: int) -> bytes:
     """The compressed public key of ``secret(i)``: the owner its entries count for."""
     return public_key(secret(i))
-
-
-def ask(node: Node, message: Message, source: Address, now: float) -> Message:
-    """``message`` from ``source`` (with its token, so its address is proven), and the reply."""
-    codec = Codec(node.config)
-    token = node.token_for(source)
-    node.datagram_received(codec.encode(Envelope(7, None, message, token)), source, now)
-    replies = [codec.decode(data).message for data, address in node.datagrams_to_send()
-               if address == source]
-    assert len(replies) == 1
-    return replies[0]
 
 
 def write(secret_: bytes, data: str) -> DhtPut:
@@ -135,13 +124,14 @@ def test_only_a_write_replacing_an_entry_of_an_owner_we_put_ends_our_publishing(
                           meta=ours)
     # Y's entry, then Y's newer one and an older one again: carried, the record stays ours.
     for at, data in ((10, "Y's data"), (20, "Y's newer data"), (30, "Y's data")):
-        assert isinstance(ask(node, write(secret(22), data), HOST, T0 + at), Stored)
+        assert isinstance(ask_proven(node, write(secret(22), data), HOST, T0 + at), Stored)
         held = node.dht_records.local(KEY, T0 + at)
         assert held is not None and [e.data for e in held.entries] == ["X's data", data]
         assert node.store.record_meta(RECORD_KIND, skey) == ours
     # X's newer entry through another peer replaces ours: that peer renews the record now.
     now = T0 + HOUR
-    assert isinstance(ask(node, write(secret(11), "X's newer data"), OTHER_HOST, now), Stored)
+    newer = write(secret(11), "X's newer data")
+    assert isinstance(ask_proven(node, newer, OTHER_HOST, now), Stored)
     meta = node.store.record_meta(RECORD_KIND, skey)
     assert meta is not None and not meta.original and meta.source == OTHER_HOST[0]
 
@@ -157,9 +147,9 @@ def test_a_record_of_ours_kept_without_its_owners_counts_every_owner_it_holds_as
     ours = published_meta(T0, config)
     node.store.put_record(RECORD_KIND, skey, encode_record(Record(KEY, CONTROLLED, (x,))), T0,
                           meta=ours)
-    assert isinstance(ask(node, write(secret(22), "Y's data"), HOST, T0 + 10), Stored)
+    assert isinstance(ask_proven(node, write(secret(22), "Y's data"), HOST, T0 + 10), Stored)
     assert node.store.record_meta(RECORD_KIND, skey) == ours
-    assert isinstance(ask(node, write(secret(22), "Y's newer data"), HOST, T0 + 20), Stored)
+    assert isinstance(ask_proven(node, write(secret(22), "Y's newer data"), HOST, T0 + 20), Stored)
     meta = node.store.record_meta(RECORD_KIND, skey)
     assert meta is not None and not meta.original and meta.source == HOST[0]
     held = node.dht_records.local(KEY, T0 + 20)

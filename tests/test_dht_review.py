@@ -9,8 +9,6 @@ import random
 import pytest
 
 from qadom import Config, NotFoundError, dhtrecords
-from qadom.codec import Codec
-from qadom.contact import Address
 from qadom.dhtrecords import (
     CONTROLLED,
     RECORD_KIND,
@@ -22,12 +20,12 @@ from qadom.dhtrecords import (
     sign,
     storage_key,
 )
-from qadom.messages import Envelope, Error, ErrorCode, Message, Stored
+from qadom.messages import Error, ErrorCode, Stored
 from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import Meta, published_meta
 
-from helpers import deliver
+from helpers import ask_proven, deliver
 
 T0 = 1_700_000_000.0
 HOUR = 3600.0
@@ -38,17 +36,6 @@ OTHER_HOST = ("203.0.113.7", 5000)
 
 def secret(i: int) -> bytes:
     return (i + 1).to_bytes(32, "big")
-
-
-def ask(node: Node, message: Message, source: Address, now: float) -> Message:
-    """``message`` from ``source`` (with its token, so its address is proven), and the reply."""
-    codec = Codec(node.config)
-    token = node.token_for(source)
-    node.datagram_received(codec.encode(Envelope(7, None, message, token)), source, now)
-    replies = [codec.decode(data).message for data, address in node.datagrams_to_send()
-               if address == source]
-    assert len(replies) == 1
-    return replies[0]
 
 
 def write(secret_: bytes, key: str, data: str) -> DhtPut:
@@ -73,18 +60,18 @@ def test_another_owners_controlled_write_leaves_our_record_ours() -> None:
 
     # Owner Y writes its own entry through another peer: added, and the record stays ours.
     y_put = write(secret(22), key, "Y's data")
-    assert isinstance(ask(node, y_put, HOST, T0 + 10), Stored)
+    assert isinstance(ask_proven(node, y_put, HOST, T0 + 10), Stored)
     held = node.dht_records.local(key, T0 + 10)
     assert held is not None and [e.data for e in held.entries] == ["X's data", "Y's data"]
     assert node.store.record_meta(RECORD_KIND, skey) == ours
     # The same entry written again changes nothing either.
-    assert isinstance(ask(node, y_put, HOST, T0 + 20), Stored)
+    assert isinstance(ask_proven(node, y_put, HOST, T0 + 20), Stored)
     assert node.store.record_meta(RECORD_KIND, skey) == ours
 
     # An owner's newer entry (X's own, through another peer) ends our publishing: that peer
     # renews the record now, and ours is a storer's copy charged to the sender.
     now = T0 + HOUR
-    assert isinstance(ask(node, write(secret(11), key, "X's newer data"), OTHER_HOST, now),
+    assert isinstance(ask_proven(node, write(secret(11), key, "X's newer data"), OTHER_HOST, now),
                       Stored)
     held = node.dht_records.local(key, now)
     assert held is not None and [e.data for e in held.entries] == ["X's newer data", "Y's data"]
@@ -175,12 +162,12 @@ def test_a_hosts_flood_verifies_at_most_the_default_burst_then_the_rate(
         86400, republish=True)
     limited = 0
     for _ in range(2 * config.dht_verify_burst // len(full.entries)):
-        reply = ask(node, forged, HOST, T0)
+        reply = ask_proven(node, forged, HOST, T0)
         limited += isinstance(reply, Error) and reply.code == ErrorCode.RATE_LIMITED
     assert verified == config.dht_verify_burst
     assert limited > 0 and node.stats["dht_verify_limited"] == limited
     assert node.store.stats()["records"] == 0
     # Ten seconds later, the rate's worth more and no more.
     for _ in range(100):
-        ask(node, forged, HOST, T0 + 10)
+        ask_proven(node, forged, HOST, T0 + 10)
     assert verified == config.dht_verify_burst + int(10 * config.dht_verify_rate)
