@@ -241,11 +241,23 @@ def _run_cell(coroutine: Coroutine[Any, Any, T]) -> T:
         while True:
             try:
                 return loop.run_until_complete(task)
-            except KeyboardInterrupt:  # raised in the loop all the same (see _CtrlC)
+            except KeyboardInterrupt as interrupt:  # raised in the loop all the same (_CtrlC)
                 if task.done():
+                    _read_outcome(task, interrupt)
                     raise
                 cell.interrupted = True
                 task.cancel()
+
+
+def _read_outcome(task: asyncio.Future[Any], interrupt: KeyboardInterrupt) -> None:
+    """``task`` is done as a KeyboardInterrupt is raised: read its outcome, so that asyncio
+    does not report it later as never retrieved (a second Ctrl-C raised inside the task ends it
+    with that very KeyboardInterrupt). Another exception it ended with becomes the interrupt's
+    cause, shown with it rather than lost."""
+    if not task.cancelled():
+        error = task.exception()
+        if error is not None and error is not interrupt:
+            interrupt.__cause__ = error
 
 
 class _CtrlC:
@@ -361,8 +373,9 @@ def wait(awaitable: Awaitable[T], timeout: float | None = None) -> T:
         except asyncio.CancelledError:
             if not ctrl_c.interrupted:
                 raise
-        except KeyboardInterrupt:  # raised in the loop all the same (see _CtrlC)
+        except KeyboardInterrupt as interrupt:  # raised in the loop all the same (see _CtrlC)
             if task.done():
+                _read_outcome(task, interrupt)
                 raise
             # Cancel the operation (a peer being started is closed again) rather than leave it
             # pending, to run on whenever the loop runs next.
