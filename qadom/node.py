@@ -1532,6 +1532,8 @@ class Node:
             unserved = Error(ErrorCode.UNSUPPORTED, "request not served here")
         if handler is None:
             reply = unserved
+            if type(reply) is Challenge:
+                self.stats["challenges_sent"] += 1
         else:
             try:
                 reply = handler(message, sender, address, now)

@@ -80,6 +80,7 @@ def test_an_unproven_write_is_challenged_and_stores_nothing(name: str, pad_to: i
     write = WRITES[name]
     replies = send(node, VICTIM, write, 1, pad_to=pad_to)
     assert [type(r.message) for r in replies] == [Challenge]
+    assert node.stats["challenges_sent"] == 1  # counted as the amplification bound's are
     token = replies[0].token
     assert token == node.token_for(VICTIM)
     assert node.store.quotas.total_items == 0
