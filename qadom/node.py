@@ -732,6 +732,8 @@ class Node:
         # Keys with a set or append on its way: how many, and how many forgets of the key came
         # since the first of them started (a write forgotten on its way is not published).
         self._writing: dict[int, list[int]] = {}
+        # Bytes and items of our own that sets and appends on their way will store here.
+        self._reserved = [0, 0]
         # The IP family of our socket (True: IPv6) when the driver sets it: an address of the
         # other family cannot be reached from it, so a lookup does not ask a candidate there nor
         # a bootstrap ping it. None: any address (the simulator).
@@ -1134,9 +1136,12 @@ class Node:
         self.check_value(value)
         key = key_for(value)
         cfg = self.config
-        if self.store.value_meta(key) is None:
+        new = self.store.value_meta(key) is None
+        if new:
             self._check_room(len(value))
         call: Call[int] = self.new_call("set", now)
+        if new:
+            self._reserve(len(value), call)
 
         def keep(meta: Meta) -> None:
             self.store.put_value(key, value, meta)
@@ -1151,9 +1156,12 @@ class Node:
         check_id(key)
         check_id(value, "value")
         cfg = self.config
-        if self.store.entry_meta(key, value) is None:
+        new = self.store.entry_meta(key, value) is None
+        if new:
             self._check_room(ENTRY_SIZE)
         call: Call[None] = self.new_call("append", now)
+        if new:
+            self._reserve(ENTRY_SIZE, call)
 
         def keep(meta: Meta) -> None:
             self.store.add_entry(key, value, meta)
@@ -1164,9 +1172,24 @@ class Node:
 
     def _check_room(self, size: int) -> None:
         """StorageFull unless our store can take one more item of ``size`` bytes of our own
-        (cached copies, which it evicts for it, counted as room): a write we could not keep
-        is refused before it reaches the network."""
-        self.store.quotas.check_own(size)
+        (cached copies, which it evicts for it, counted as room) besides those of the sets and
+        appends on their way (:meth:`_reserve`): a write we could not keep is refused before it
+        reaches the network, also when many are asked for at once."""
+        bytes_, items = self._reserved
+        self.store.quotas.check_own(size, pending=bytes_, pending_items=items)
+
+    def _reserve(self, size: int, call: Call[Any]) -> None:
+        """Hold room for a new item of our own of ``size`` bytes until ``call`` (its set or
+        append) is done: by then it is stored here, or it never will be."""
+        reserved = self._reserved
+        reserved[0] += size
+        reserved[1] += 1
+
+        def release(call: Call[Any]) -> None:
+            reserved[0] -= size
+            reserved[1] -= 1
+
+        call.add_done_callback(release)
 
     def _register_write(self, key: int, call: Call[Any]) -> Callable[[], bool]:
         """Count a write of ``key`` (a set, an append, a namespace set, a /dht put) as on its

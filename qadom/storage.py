@@ -231,15 +231,18 @@ class Quotas:
             if used[0] + size > cfg.max_bytes_per_source or used[1] + 1 > cfg.max_items_per_source:
                 raise StorageFull(f"storage quota for {source} is exhausted")
 
-    def check_own(self, size: int, replaced: int | None = None) -> None:
+    def check_own(self, size: int, replaced: int | None = None, *, pending: int = 0,
+                  pending_items: int = 0) -> None:
         """Raise StorageFull unless one item of our own of ``size`` bytes fits, counting cached
         copies, which the store evicts for our items, as room: a new item when ``replaced`` is
         None, else one that takes the place of ``replaced`` bytes held in place (no new item, and
         those bytes free; one no larger always fits, as :meth:`replace` admits it). What a write
         checks before it sends anything, so that one we could not keep never reaches the
-        network."""
+        network. ``pending`` bytes in ``pending_items`` new items of our own, of writes on their
+        way that passed this check and are not stored yet, count as taken."""
         if replaced is None:
-            self.check("", size, freeable=self.cached_bytes, freeable_items=self.cached_items)
+            self.check("", size + pending, freeable=self.cached_bytes,
+                       freeable_items=self.cached_items - pending_items)
         elif size > replaced and (self.total_bytes - replaced + size
                                   > self.config.max_store_bytes + self.cached_bytes):
             raise StorageFull("this node's storage is full")

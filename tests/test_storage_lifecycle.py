@@ -9,6 +9,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from qadom.dhtrecords import (
     storage_key,
 )
 from qadom.errors import StorageFull
+from qadom.ids import key_for
 from qadom.messages import Stored
 from qadom.node import Node
 from qadom.sim import SimNetwork
@@ -277,3 +279,43 @@ def test_a_write_that_leaves_our_dht_record_as_it_is_keeps_it_ours() -> None:
     assert not node.forget(skey)
     assert node.store.quotas.total_bytes == len(encode_record(
         apply_write(both, changed, 30.0, node.config)))
+
+
+@pytest.mark.parametrize("kind", ["set", "append"])
+def test_writes_asked_for_at_once_hold_room_for_what_they_will_store(kind: str) -> None:
+    """Our own store has room for one more item, and five writes are asked for at once: each
+    checks for room before it sends anything, counting the room of the writes already on their
+    way, so one goes out and the four others fail with StorageFull at once, nothing sent.
+    (Before, all five passed the check, went out, and four failed after the network had stored
+    them.)"""
+    config = Config(k=4)
+    net = SimNetwork(5, config=config)
+    nodes = net.build(12)
+    writer = net.add_node(config=replace(config, max_store_items=8))
+    net.run_call(net.call(writer, writer.bootstrap, [net.address_of(nodes[0])]))
+
+    def write(i: int) -> Any:
+        if kind == "set":
+            return net.call(writer, writer.set, b"item %d" % i)
+        return net.call(writer, writer.append, 1000 + i, i)
+
+    for i in range(7):
+        net.run_call(write(i))
+    assert writer.store.quotas.total_items - writer.store.quotas.cached_items == 7
+    calls: dict[int, Any] = {}
+    refused = []
+    for i in range(5):
+        try:
+            calls[i] = write(100 + i)
+        except StorageFull:  # at once, nothing sent
+            refused.append(i)
+    assert len(refused) == 4 and len(calls) == 1
+    net.run_for(60.0)
+    ((went, call),) = calls.items()
+    assert call.done and call.exception() is None
+    for i in range(5):  # no peer holds what was refused: nothing was sent
+        if kind == "set":
+            held = [n for n in nodes if n.store.value_meta(key_for(b"item %d" % (100 + i)))]
+        else:
+            held = [n for n in nodes if n.store.entry_meta(1100 + i, 100 + i)]
+        assert bool(held) == (i == went), i
