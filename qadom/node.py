@@ -1606,9 +1606,7 @@ class Node:
         once per address and secret, then remembered (bounded), so requests cost no HMAC."""
         token = self._granted.get(address)
         if token is None:
-            if len(self._granted) >= self.config.max_tokens:
-                self._granted.clear()
-            token = self._granted[address] = _mint_token(address, self._secret)
+            token = _remember_token(self._granted, address, self._secret, self.config.max_tokens)
         return token
 
     def _old_token_for(self, address: Address) -> bytes:
@@ -1616,9 +1614,8 @@ class Node:
         :meth:`token_for` remembers the current one."""
         token = self._granted_old.get(address)
         if token is None:
-            if len(self._granted_old) >= self.config.max_tokens:
-                self._granted_old.clear()
-            token = self._granted_old[address] = _mint_token(address, self._old_secret)
+            token = _remember_token(self._granted_old, address, self._old_secret,
+                                    self.config.max_tokens)
         return token
 
     def _token_to_send(self, address: Address, now: float) -> tuple[bytes | None, bool]:
@@ -2915,6 +2912,16 @@ class Node:
 def _mostly(part: int, whole: int) -> bool:
     """Whether ``part`` is more than half of ``whole`` (never when ``whole`` is 0)."""
     return 2 * part > whole
+
+
+def _remember_token(granted: dict[Address, bytes], address: Address, secret: bytes,
+                    limit: int) -> bytes:
+    """Mint the token ``secret`` grants ``address`` and keep it in ``granted``, which holds at
+    most ``limit`` (emptied when full: a token forgotten is only minted again)."""
+    if len(granted) >= limit:
+        granted.clear()
+    token = granted[address] = _mint_token(address, secret)
+    return token
 
 
 def _mint_token(address: Address, secret: bytes) -> bytes:

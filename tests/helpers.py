@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from qadom import Config, Peer
 from qadom.codec import Codec
-from qadom.contact import Address
+from qadom.contact import Address, Contact
 from qadom.messages import Envelope, Message
 from qadom.node import Node
 from qadom.sim import SimNetwork
@@ -161,3 +161,15 @@ def ask_proven(node: Node, message: Message, source: Address, now: float) -> Mes
                if address == source]
     assert len(replies) == 1
     return replies[0]
+
+
+def node_near(target: int, count: int = 3) -> tuple[Node, Codec, list[Contact]]:
+    """A sans-IO node (k and alpha ``count``, id 0) whose table holds ``count`` contacts close
+    to ``target``, closest first, at 10.0.0.1, 10.0.0.2..., and a codec of its config."""
+    config = Config(k=count, alpha=count)
+    node = Node(node_id=0, now=0.0, config=config)
+    contacts = [Contact(target ^ (1 << (100 + i)), (f"10.0.0.{i + 1}", 4000))
+                for i in range(count)]
+    for contact in contacts:
+        node.table.seen(contact)
+    return node, Codec(config), contacts

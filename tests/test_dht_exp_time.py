@@ -14,7 +14,6 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from qadom import Config
-from qadom.codec import Codec
 from qadom.contact import Address, Contact
 from qadom.dhtrecords import (
     SECURED,
@@ -31,9 +30,8 @@ from qadom.errors import InvalidField, ProtocolError, StorageUnavailable
 from qadom.http import make_app
 from qadom.lookup import Lookup
 from qadom.messages import FindNode, Message, Nodes
-from qadom.node import Node
 
-from helpers import FAST, answer_requests, udp_network
+from helpers import FAST, answer_requests, node_near, udp_network
 
 ALICE = (11).to_bytes(32, "big")
 HUGE = 10**400  # past what a float holds: float(HUGE) raises OverflowError
@@ -131,13 +129,8 @@ def test_a_reply_the_rule_raises_on_fails_that_contact_and_the_lookup_finishes(
     """A bug in a lookup's on_message that a reply triggers is counted and logged as one (a
     store that cannot be read is counted as such, and is no bug), and the reply counts as
     failed: the lookup goes on without it and finishes."""
-    config = replace(Config(), k=3, alpha=3)
-    node = Node(node_id=0, now=0.0, config=config)
-    codec = Codec(config)
     target = 1 << 200
-    contacts = [Contact(target ^ (1 << (100 + i)), (f"10.0.0.{i + 1}", 4000)) for i in range(3)]
-    for contact in contacts:
-        node.table.seen(contact)
+    node, codec, contacts = node_near(target)
     broken = contacts[0]
     ids = {c.address: c.id for c in contacts}
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import replace
 
 import pytest
 
 from qadom import Config
-from qadom.codec import Codec
 from qadom.contact import Address, Contact
 from qadom.dhtrecords import RECORD_KIND, SECURED, Record, make_entry, storage_key
 from qadom.errors import StorageUnavailable, Unauthorized
@@ -22,7 +20,7 @@ from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import NEVER
 
-from helpers import answer_requests, deliver
+from helpers import answer_requests, deliver, node_near
 
 CONFIG = Config(k=8)
 HOUR = 3600.0
@@ -127,13 +125,8 @@ def test_a_probe_reply_the_rule_raises_on_fails_the_probe_and_the_lookup_finishe
     """A value lookup's probe answers with the value, and judging it raises (in ``hit`` or in
     ``on_hit``): counted, logged as a bug (a store that cannot be read is no bug), and the
     probe counts as failed, so the lookup goes on to the other peers and finishes."""
-    config = replace(Config(), k=3, alpha=3)
-    node = Node(node_id=0, now=0.0, config=config)
-    codec = Codec(config)
     target = 1 << 200
-    contacts = [Contact(target ^ (1 << (100 + i)), (f"10.0.0.{i + 1}", 4000)) for i in range(3)]
-    for contact in contacts:
-        node.table.seen(contact)
+    node, codec, contacts = node_near(target)
     probe = contacts[0]  # the closest to the target: a likely holder, asked alone first
     ids = {c.address: c.id for c in contacts}
 
