@@ -31,7 +31,8 @@ _NOT_NEGATIVE = ("dead_backoff", "liar_backoff", "verify_interval", "cache_min_l
                  "max_verifying", "max_tokens", "min_request_size", "min_small_request_size",
                  "max_store_bytes", "max_store_items", "max_bytes_per_source",
                  "max_items_per_source", "max_given_up", "given_up_pings",
-                 "socket_receive_buffer", "max_peer_rtts", "max_failed_rpcs")
+                 "socket_receive_buffer", "max_peer_rtts", "max_failed_rpcs",
+                 "max_requests_in_flight", "max_queued_requests")
 """Fields for which 0 means none (no backoff, nothing stored...) and below 0 means nothing."""
 
 _SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -124,6 +125,22 @@ class Config:
     oldest forgotten first. A node fails a few requests a second under heavy churn: this covers
     far more than the last two seconds of failures (0: none, a late reply is dropped unmeasured).
     """
+
+    max_requests_in_flight: int = 32
+    """Requests of ours out to one address at once; more wait, oldest first, until one of those
+    is answered or fails (0: no limit). A burst of operations started together (thousands of
+    gets a caller gathers) would otherwise send the few peers nearest their keys more datagrams
+    in a moment than a socket buffer holds: the kernel drops them, every request to those peers
+    times out, and the node puts its best contacts into backoff for its own excess, failing
+    everything for half a minute. 32 requests of at most a few KB each stay well inside a peer's
+    receive buffer, and far above what ordinary traffic keeps out to one address (a lookup has
+    at most one request out to an address)."""
+
+    max_queued_requests: int = 10_000
+    """Requests waiting for a free place (``max_requests_in_flight``), all addresses together:
+    one more fails at once, unsent, as if unanswered (but with no count against its address).
+    A bound on memory, a request's datagram each (some hundred bytes, a full value's 8.5 KB at
+    most): far above what a burst of a few thousand operations queues."""
 
     rpc_retries: int = 1
     """Resends of a request that got no reply (same request id, so a late first reply still counts).

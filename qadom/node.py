@@ -32,8 +32,9 @@ import hmac
 import logging
 import math
 import random
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
+from copy import copy
 from dataclasses import replace
 from functools import partial
 from heapq import heappop, heappush, nsmallest
@@ -671,6 +672,13 @@ class Node:
         self.timer_changed = True  # a timer was added since the last get_timer() (see there)
         self._timer_told = math.inf  # the deadline the last get_timer() returned (inf: None)
         self._pending: dict[int, _Request] = {}
+        # Reads in progress that a read of the same kind and key may still share (_SharedRead).
+        self._reads: dict[tuple[str, int], _SharedRead] = {}
+        # Requests out per address (max_requests_in_flight), those waiting there for a place,
+        # oldest first, and how many wait in all (max_queued_requests).
+        self._in_flight: dict[Address, int] = {}
+        self._waiting: dict[Address, deque[_Request]] = {}
+        self._queued = 0
         self._dead: dict[Address, float] = {}
         # Failed requests in a row below the backoff, and when the last one failed, oldest
         # first (see _contact_failed and _forget_old_bookkeeping).
@@ -1053,7 +1061,10 @@ class Node:
         """The value whose SHA-256 is ``key``, from our store or the network; fails with
         NotFoundError when no peer reached has it, and as :meth:`unanswered` says when no peer
         answered. A store that cannot be read now (StorageUnavailable) is passed over: the k
-        closest peers hold the value too."""
+        closest peers hold the value too.
+
+        Gets of one key asked while a lookup for it has had no answer yet share that lookup
+        (see :class:`_SharedRead`): a burst of identical reads costs the network one."""
         check_id(key)
         call: Call[bytes] = self.new_call("get", now)
         try:
@@ -1064,11 +1075,19 @@ class Node:
         if local is not None:
             call.resolve(local)
             return call
+        shared = self._reads.get(("get", key))
+        if shared is not None:
+            self.stats["reads_shared"] += 1
+            shared.join(call)
+            return call
+        inner: Call[bytes] = Call("get")
+        shared = _SharedRead(self._reads, ("get", key), inner, call)
         found: list[Value] = []
         without: list[Contact] = []  # peers that answered without the value
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
                        now: float) -> Iterable[Contact] | None:
+            shared.close()
             if isinstance(message, Value):
                 if key_for(message.value) != key:
                     self.punish(contact, now)
@@ -1083,22 +1102,23 @@ class Node:
 
         def on_finish(lookup: Lookup, now: float) -> None:
             if found:
-                call.resolve(found[0].value)
+                inner.resolve(found[0].value)
                 self._cache_on_path(key, found[0], without, lookup, now)
             elif not lookup.closest():
-                call.fail(self.unanswered(lookup))
+                inner.fail(self.unanswered(lookup))
             else:
-                call.fail(NotFoundError(f"no peer reached holds key 0x{key:064x}"))
+                inner.fail(NotFoundError(f"no peer reached holds key 0x{key:064x}"))
 
         def hit(message: Message) -> bool:
+            shared.close()
             return isinstance(message, Value) and key_for(message.value) == key
 
         def on_hit(message: Message, now: float) -> None:
             # As on_finish with the probe's value found first: nobody to cache it at.
             assert isinstance(message, Value)
-            call.resolve(message.value)
+            inner.resolve(message.value)
 
-        self.run_lookup(key, "value", FindValue(key), now, on_message, on_finish, call,
+        self.run_lookup(key, "value", FindValue(key), now, on_message, on_finish, inner,
                         probe=self.config.probe_gets, hit=hit, on_hit=on_hit)
         return call
 
@@ -1301,20 +1321,31 @@ class Node:
         answered the lookup at all.) The lookup has ``operation_timeout``; then the deadline moves
         to ``operation_timeout`` after each page that comes, so a read whose pages keep coming
         completes however long it is, and one that stalls fails with IncompleteSearch. Once
-        the call is done (failed, or abandoned by its caller), no more page is asked for."""
+        the call is done (failed, or abandoned by its caller), no more page is asked for.
+
+        Searches of one key asked while a lookup for it has had no answer yet share that lookup
+        and its pages (see :class:`_SharedRead`); each gets a set of its own."""
         check_id(key)
         call: Call[builtins.set[int]] = Call("search")
+        shared = self._reads.get(("search", key))
+        if shared is not None:
+            self.stats["reads_shared"] += 1
+            shared.join(call)
+            return call
+        inner: Call[builtins.set[int]] = Call("search")
+        shared = _SharedRead(self._reads, ("search", key), inner, call)
         try:
             results = self._local_entries(key, now)
         except StorageUnavailable:
             self.stats["storage_errors"] += 1
             results = set()
-        paging = _Paging(self, key, call, results, now)
+        paging = _Paging(self, key, inner, results, now)
         holders = paging.holders
         more: dict[int, int] = {}  # contact id -> last value of its first page, when more follow
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
                        now: float) -> Iterable[Contact] | None:
+            shared.close()
             if not isinstance(message, Entries):
                 return None
             results.update(message.values)
@@ -1325,12 +1356,12 @@ class Node:
 
         def on_finish(lookup: Lookup, now: float) -> None:
             if not results and not lookup.closest():
-                call.fail(self.unanswered(lookup))  # not "empty": nobody was asked, or answered
+                inner.fail(self.unanswered(lookup))  # not "empty": nobody was asked, or answered
                 return
             paging.begin([(holders[c.id], more[c.id]) for c in lookup.closest() if c.id in more],
                          now)
 
-        self.run_lookup(key, "search", Search(key, None), now, on_message, on_finish, call)
+        self.run_lookup(key, "search", Search(key, None), now, on_message, on_finish, inner)
         return call
 
     def refresh(self, now: float, *, all_buckets: bool = False) -> Call[None]:
@@ -1355,6 +1386,13 @@ class Node:
         attempt timed out or the answer came from another id than ``expect_id``. ``on_stall(now)``
         runs when the first attempt times out and a retry goes out. Without ``retry`` the request
         is sent once (``Config.rpc_retries`` resends otherwise).
+
+        At most ``max_requests_in_flight`` requests are out to one address: another waits, in
+        the order asked, for one of those to end, and its attempts and their timeouts start when
+        it goes out. One that waits for an address that entered the lookups' backoff meanwhile,
+        or for a lookup that has finished, fails then unsent (a finished lookup's is dropped
+        with nobody to tell). Past ``max_queued_requests`` waiting in all, a request fails at
+        once, unsent. A request that fails unsent counts against no contact.
         """
         rpc_id = self.rng.getrandbits(64)
         while rpc_id in self._pending:
@@ -1371,8 +1409,66 @@ class Node:
                        on_stall, now, cfg.rpc_retries if retry else 0)
         self._pending[rpc_id] = req
         self.stats["requests_out"] += 1
+        cap = cfg.max_requests_in_flight
+        out = self._in_flight.get(address, 0)
+        if cap and out >= cap:
+            if self._queued >= cfg.max_queued_requests:
+                self.stats["requests_shed"] += 1
+                # Failed on the timer queue, not here: the caller is mid-way (a lookup choosing
+                # whom to ask) and must not see its outcome before this call returns.
+                self._schedule(now, partial(self._unsent, rpc_id))
+                return rpc_id
+            self.stats["requests_queued"] += 1
+            self._queued += 1
+            waiting = self._waiting.get(address)
+            if waiting is None:
+                waiting = self._waiting[address] = deque()
+            waiting.append(req)
+            return rpc_id
+        self._in_flight[address] = out + 1
         self._transmit(req, now)
         return rpc_id
+
+    def _unsent(self, rpc_id: int, now: float) -> None:
+        """Fail a request that never went out (see :meth:`request`), as unanswered."""
+        req = self._pending.pop(rpc_id, None)
+        if req is not None:
+            req.on_reply(None, now)
+
+    def _ended(self, address: Address, now: float) -> None:
+        """A request out to ``address`` ended (answered, or failed for good): its place goes to
+        the oldest request waiting for one there, if any is still of use (see :meth:`request`)."""
+        waiting = self._waiting.get(address)
+        while waiting:
+            req = waiting.popleft()
+            self._queued -= 1
+            if not waiting:
+                del self._waiting[address]
+            if self._pending.get(req.rpc_id) is not req:
+                continue
+            ask = req.on_reply
+            if type(ask) is _Asked:
+                run = ask.run
+                if run.finished:  # nobody listens for its answer
+                    del self._pending[req.rpc_id]
+                    self.stats["requests_dropped"] += 1
+                    continue
+                if ((run.call is not None and run.call.done)
+                        or self._dead.get(address, -math.inf) > now):
+                    # Its operation ended meanwhile (the lookup stops at its next input), or
+                    # the address failed meanwhile (the lookup takes it as unanswered, as it
+                    # would not have asked it now): unsent, and the next one waiting goes out.
+                    self.stats["requests_dropped"] += 1
+                    self._schedule(now, partial(self._unsent, req.rpc_id))
+                    continue
+            req.sent_at = now
+            self._transmit(req, now)
+            return
+        out = self._in_flight.get(address, 0) - 1
+        if out > 0:
+            self._in_flight[address] = out
+        else:
+            self._in_flight.pop(address, None)
 
     def _transmit(self, req: _Request, now: float) -> None:
         req.gen += 1
@@ -1433,7 +1529,10 @@ class Node:
         self._peer_rtt.pop(req.address, None)
         self._remember_failed(req, now)
         self._contact_failed(req.address, req.expect_id, now)
-        req.on_reply(None, now)
+        try:
+            req.on_reply(None, now)
+        finally:
+            self._ended(req.address, now)
 
     def _remember_failed(self, req: _Request, now: float) -> None:
         """Remember a failed request for ``rpc_timeout_max``, so that a reply that comes after
@@ -1492,35 +1591,39 @@ class Node:
                 # to come; the request waits for it, or for its timer.
                 return
         del self._pending[envelope.rpc_id]
-        if req.attempts == 1:  # Karn's rule: only unambiguous samples
-            self._sample_rtt(now - req.sent_at, address, now)
-        message = envelope.message
-        if (type(message) is Error and message.code == ErrorCode.RATE_LIMITED
-                and not req.message.RATE_OF_ITS_OWN):  # a PUBLISH over the publishing rate
-            self._note_limited(address, now)
-        sender = envelope.sender
-        if req.expect_id is not None and sender != req.expect_id:
-            # The address now answers for another id: the contact we had is gone.
-            self.stats["wrong_id"] += 1
-            known = self.table.get(req.expect_id)
-            if known is not None and known.address == address:
-                waiting = list(self.table.bucket_for(req.expect_id).replacements.values())
-                self.table.remove(req.expect_id)
-                self._hand_over_promoted(waiting, now)
-            given = self._given_up.get(req.expect_id)
-            if given is not None and given[0].address == address:
-                del self._given_up[req.expect_id]  # that contact is gone from that address
+        try:
+            if req.attempts == 1:  # Karn's rule: only unambiguous samples
+                self._sample_rtt(now - req.sent_at, address, now)
+            message = envelope.message
+            if (type(message) is Error and message.code == ErrorCode.RATE_LIMITED
+                    and not req.message.RATE_OF_ITS_OWN):  # a PUBLISH over the publishing rate
+                self._note_limited(address, now)
+            sender = envelope.sender
+            if req.expect_id is not None and sender != req.expect_id:
+                # The address now answers for another id: the contact we had is gone.
+                self.stats["wrong_id"] += 1
+                known = self.table.get(req.expect_id)
+                if known is not None and known.address == address:
+                    waiting = list(self.table.bucket_for(req.expect_id).replacements.values())
+                    self.table.remove(req.expect_id)
+                    self._hand_over_promoted(waiting, now)
+                given = self._given_up.get(req.expect_id)
+                if given is not None and given[0].address == address:
+                    del self._given_up[req.expect_id]  # that contact is gone from that address
+                if sender is not None:
+                    self._saw(make_contact(sender, address), now)
+                if sender is not None and isinstance(req.on_reply, _Asked):
+                    # A lookup's: it asks no other id there, but may still ask the one that
+                    # answered.
+                    req.on_reply.answered_as(sender, now)
+                else:
+                    req.on_reply(None, now)
+                return
             if sender is not None:
                 self._saw(make_contact(sender, address), now)
-            if sender is not None and isinstance(req.on_reply, _Asked):
-                # A lookup's: it asks no other id there, but may still ask the one that answered.
-                req.on_reply.answered_as(sender, now)
-            else:
-                req.on_reply(None, now)
-            return
-        if sender is not None:
-            self._saw(make_contact(sender, address), now)
-        req.on_reply(envelope, now)
+            req.on_reply(envelope, now)
+        finally:
+            self._ended(address, now)
 
     def _on_request(self, envelope: Envelope, address: Address, now: float, size: int) -> None:
         self.stats["requests_in"] += 1
@@ -2959,6 +3062,62 @@ def _forget(deadlines: OrderedDict[int, tuple[float, Call[Any]]], seq: int) -> N
 
 def _ignore_reply(envelope: Envelope | None, now: float) -> None:
     return None
+
+
+class _SharedRead:
+    """One read's lookup serving every caller of the same read (kind and key) that asks while
+    it has had no answer yet: each caller holds a call of its own, completed with the shared
+    outcome (a result copied with ``copy``, so no caller sees another's changes; an exception
+    shared as an asyncio future shares it). The shared lookup runs while any caller still
+    waits: once every one of their calls is done (its deadline passed, or it was abandoned),
+    the lookup's call fails with OperationAbandoned and it stops asking. Once the lookup has
+    heard an answer (:meth:`close`), a new read starts a lookup of its own: a read shares only
+    a lookup that had heard nothing when the read was asked, so it never gets an outcome made
+    of answers given before it was asked (a value stored meanwhile is not missed for them)."""
+
+    __slots__ = ("callers", "inner", "key", "open", "reads", "waiting")
+
+    def __init__(self, reads: dict[tuple[str, int], _SharedRead], key: tuple[str, int],
+                 inner: Call[Any], first: Call[Any]) -> None:
+        self.reads = reads
+        self.key = key
+        self.inner = inner
+        self.callers: list[Call[Any]] = []
+        self.waiting = 0  # callers whose calls are not done
+        self.open = True
+        reads[key] = self
+        self.join(first)
+        inner.add_done_callback(self._settled)
+
+    def join(self, caller: Call[Any]) -> None:
+        self.callers.append(caller)
+        self.waiting += 1
+        caller.add_done_callback(self._left)
+
+    def close(self) -> None:
+        """No caller joins any more: the lookup has heard an answer, or ended."""
+        if self.open:
+            self.open = False
+            if self.reads.get(self.key) is self:
+                del self.reads[self.key]
+
+    def _settled(self, inner: Call[Any]) -> None:
+        self.close()
+        error = inner.exception()
+        if error is not None:
+            for caller in self.callers:
+                caller.fail(error)
+            return
+        result = inner.result()
+        for caller in self.callers:
+            caller.resolve(copy(result) if isinstance(result, builtins.set) else result)
+
+    def _left(self, caller: Call[Any]) -> None:
+        self.waiting -= 1
+        if not self.waiting and not self.inner.done:
+            self.close()
+            self.inner.fail(OperationAbandoned(
+                f"every caller of this {self.inner.name} stopped waiting"))
 
 
 class _Holder:

@@ -380,13 +380,14 @@ def test_sim_a_publisher_among_the_closest_relays_its_own_messages() -> None:
 
 
 def test_sim_a_subscriber_refusing_a_burst_for_its_request_rate_keeps_its_relays() -> None:
-    """Three publishers each within their pubsub rate at each relay send a subscriber, through
-    each relay, more DELIVERs than its node's request burst: its node answers some with
-    RATE_LIMITED. That says "not so fast", not "not subscribed": the relays keep it, and what is
-    published next reaches it through every one of them."""
+    """Six publishers each within their pubsub rate at each relay send a subscriber, through
+    each relay, more DELIVERs than its node's request burst and rate allow (each relay keeps
+    ``max_requests_in_flight`` of them out at once): its node answers some with RATE_LIMITED.
+    That says "not so fast", not "not subscribed": the relays keep it, and what is published
+    next reaches it through every one of them."""
     config = dataclasses.replace(SIM, pubsub_lease=60.0, request_rate=200.0, request_burst=400)
     net, nodes = sim_network(30, seed=7, config=config)
-    subscriber, publishers = nodes[0], nodes[1:4]
+    subscriber, publishers = nodes[0], nodes[1:7]
     topic = far_topic(nodes, [subscriber, *publishers], config.k)
     got: list[bytes] = []
     _, call = sim_subscribe(net, subscriber, topic, got.append)
