@@ -668,10 +668,12 @@ class _Topic:
     def __init__(self, key: int, inbox: Inbox, interval: float) -> None:
         self.key = key
         self.listeners: list[Listener] = []
-        # relay address -> (relay id, when the lease it last confirmed ends); an entry is made
-        # when a Subscribe is sent (ending then: a relay new this round holds no lease of ours
-        # until it answers), so a delivery racing the Subscribed reply is accepted.
-        self.relays: dict[Address, tuple[int, float]] = {}
+        # relay address -> (relay id, when the lease it last confirmed ends, the round that sent
+        # it our latest Subscribe); an entry is made when a Subscribe is sent (ending then: a
+        # relay new this round holds no lease of ours until it answers), so a delivery racing
+        # the Subscribed reply is accepted. Rounds overlap (see PubSubService.subscribe): only
+        # the answer to the latest Subscribe a relay was sent changes its entry.
+        self.relays: dict[Address, tuple[int, float, int]] = {}
         self.inbox = inbox
         self.generation = 0
         self.interval = interval  # between renewals, as the last round set it
@@ -841,7 +843,7 @@ class PubSubService:
             self._register(topic, now)
         else:
             topic.listeners.append(listener)
-            live = sum(1 for _, until in topic.relays.values() if until > now)
+            live = sum(1 for _, until, _ in topic.relays.values() if until > now)
             if topic.registered and live:
                 call.resolve(live)
             else:
@@ -861,7 +863,7 @@ class PubSubService:
         topic = self._topics.get(key)
         if topic is None:
             return []
-        return [Contact(node_id, address) for address, (node_id, _) in topic.relays.items()]
+        return [Contact(node_id, address) for address, (node_id, _, _) in topic.relays.items()]
 
     def _register(self, topic: _Topic, now: float) -> None:
         """One registration round: look up the k closest to the topic and (re)subscribe at each.
@@ -870,7 +872,12 @@ class PubSubService:
         this one but still hold the lease they confirmed last (:meth:`_keeps`): under loss a
         lookup misses a relay, or a SUBSCRIBED is lost, far more often than a relay leaves, and
         one we stopped counting would be answered NOT_SUBSCRIBED at its next delivery and drop
-        us while it still holds us."""
+        us while it still holds us.
+
+        A round started while an earlier one's SUBSCRIBEs are out supersedes it: an answer to
+        the earlier round never makes a relay ours again that this one dropped, and whether a
+        relay both asked stays is decided by this round's answer alone (a SUBSCRIBED to the
+        earlier one may still lengthen the lease we count it holding)."""
         topic.generation += 1
         generation = topic.generation
         node = self.node
@@ -885,17 +892,21 @@ class PubSubService:
             topic.looking = now - started
             closest = found.closest()
             previous = topic.relays
-            # A relay new this round holds no lease of ours until it answers SUBSCRIBED.
-            topic.relays = {c.address: previous.get(c.address, (c.id, now)) for c in closest}
+            # A relay new this round holds no lease of ours until it answers SUBSCRIBED. Each is
+            # sent this round's SUBSCRIBE: an answer to an earlier one no longer speaks for it.
+            topic.relays = {}
+            for c in closest:
+                node_id, until, _ = previous.get(c.address, (c.id, now, generation))
+                topic.relays[c.address] = (node_id, until, generation)
             # One of an earlier round that is not among them stays while it may hold us, unless
             # a closer peer overtook it: the lookup found k peers all closer to the topic. A relay
             # that is no longer ours gets NOT_SUBSCRIBED for its next delivery and forgets us.
             farthest = (max(c.id ^ topic.key for c in closest)
                         if len(closest) >= node.config.k else None)
-            for address, (node_id, until) in previous.items():
+            for address, (node_id, until, asked) in previous.items():
                 if address not in topic.relays and self._keeps(topic, until, now) and (
                         farthest is None or node_id ^ topic.key < farthest):
-                    topic.relays[address] = (node_id, until)
+                    topic.relays[address] = (node_id, until, asked)
             if not closest:
                 self._round_over(topic, generation, 0, [], 0, 0, now,
                                  unreached=node.unreached(found))
@@ -916,20 +927,32 @@ class PubSubService:
                         node.request(contact.address, Unsubscribe(topic.key), now,
                                      expect_id=contact.id)
                     return
+                # Rounds overlap (a subscription to a topic no relay holds starts one while a
+                # renewal's SUBSCRIBEs are still out, see subscribe). An answer changes nothing
+                # of a relay a later round dropped (or never used): that one gets NOT_SUBSCRIBED
+                # at its next DELIVER and forgets us, as the round meant. Of a relay still ours
+                # that a later round sent a SUBSCRIBE of its own, only the answer to that one
+                # decides whether it stays, in whatever order the two answers come; a SUBSCRIBED
+                # to the earlier one still tells how long it holds us.
+                held = topic.relays.get(contact.address)
                 if isinstance(reply, Subscribed):
                     accepted[0] += 1
                     grants.append(reply.lease_ms / 1000)
-                    topic.relays[contact.address] = (contact.id, now + reply.lease_ms / 1000)
+                    if held is not None:
+                        until = now + reply.lease_ms / 1000
+                        if held[2] != generation:
+                            until = max(until, held[1])
+                        topic.relays[contact.address] = (contact.id, until, held[2])
                 elif isinstance(reply, Error):
-                    topic.relays.pop(contact.address, None)  # it holds no lease of ours
+                    if held is not None and held[2] == generation:
+                        del topic.relays[contact.address]  # it holds no lease of ours
                     refusals.append(reply)
                 else:
                     # No answer: the SUBSCRIBE or its SUBSCRIBED was lost, or the relay is gone.
                     # Lost is far likelier under loss, and then the relay holds us: it stays
                     # (its deliveries accepted) while the lease it confirmed last may hold us.
                     failed[0] += 1
-                    held = topic.relays.get(contact.address)
-                    if (held is not None and topic.generation == generation
+                    if (held is not None and held[2] == generation
                             and not self._keeps(topic, held[1], now)):
                         del topic.relays[contact.address]
                 left[0] -= 1
@@ -973,7 +996,7 @@ class PubSubService:
             # us renew at every turn. Never more often than rpc_timeout_min.
             interval = max(granted / cfg.pubsub_renewals, min(interval, cfg.rpc_timeout_min))
         topic.interval = interval
-        holding = sum(1 for _, until in topic.relays.values() if until > now)
+        holding = sum(1 for _, until, _ in topic.relays.values() if until > now)
         if (failed and 2 * holding < asked) or (
                 not (accepted or refusals) and len(self.node.table)):
             # Fewer than half the relays asked hold a lease of ours, some for not answering (or
@@ -1031,7 +1054,7 @@ class PubSubService:
         topic.ended.resolve(None)  # its lookup under way stops asking
         del self._topics[key]
         message = Unsubscribe(key)
-        for address, (node_id, _) in topic.relays.items():
+        for address, (node_id, _, _) in topic.relays.items():
             self.node.request(address, message, now, expect_id=node_id)
         # Each handle took its own call out as it closed; none should be left, but one left pending
         # would never end (the topic's rounds are over).
