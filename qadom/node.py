@@ -1822,7 +1822,13 @@ class Node:
         table = self.table
         entered: list[Contact] = []
         to_ping = table.seen(contact, entered)
-        if to_ping is not None:
+        if to_ping is not None and (table.bucket_for(to_ping.id).answered_ping_at
+                                    + self.config.ping_before_evict_interval > now):
+            # Its bucket's last ping-before-evict was answered a moment ago: the newcomer waits
+            # as a replacement without another (Config.ping_before_evict_interval).
+            self.stats["evict_pings_put_off"] += 1
+            table.kept(to_ping.id)
+        elif to_ping is not None:
             pinged = to_ping
 
             def settle(envelope: Envelope | None, at: float) -> None:
@@ -1833,6 +1839,8 @@ class Node:
                 held = table.get(pinged.id)
                 if held is not None and held.address == pinged.address:
                     table.kept(pinged.id)
+                    if envelope is not None:  # it answered as itself
+                        table.bucket_for(pinged.id).answered_ping_at = at
 
             self.request(to_ping.address, Ping(), now, expect_id=to_ping.id, on_reply=settle)
         if entered and self.store.quotas.total_items:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -89,7 +90,8 @@ _values = dict.values
 class Bucket:
     """One k-bucket: contacts with ids in ``[lo, hi)``, least recently seen first."""
 
-    __slots__ = ("contacts", "failures", "hi", "last_lookup", "lo", "pinging", "replacements")
+    __slots__ = ("answered_ping_at", "contacts", "failures", "hi", "last_lookup", "lo", "pinging",
+                 "replacements")
 
     def __init__(self, lo: int, hi: int, last_lookup: float) -> None:
         self.lo = lo
@@ -99,6 +101,9 @@ class Bucket:
         self.failures: dict[int, int] = {}
         self.last_lookup = last_lookup
         self.pinging: int | None = None  # id of the contact under ping-before-evict, if any
+        # When a ping-before-evict of this bucket was last answered (Node._saw): the caller's
+        # clock, for Config.ping_before_evict_interval.
+        self.answered_ping_at = -math.inf
 
     def covers(self, node_id: int) -> bool:
         return self.lo <= node_id < self.hi

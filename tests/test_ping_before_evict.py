@@ -49,8 +49,10 @@ def test_however_a_ping_before_evict_ends_the_bucket_may_ask_for_another(
     time B's refusal explains says nothing about B (it keeps its place; without a replacement
     cache N, which waited only for that ping, is dropped, as when B answers). Whatever the
     ending, the bucket is pinging nobody after it, and the next newcomer sets off a ping of the
-    bucket's least recently seen contact: newcomers do not all end in the replacement cache."""
-    config = Config(k=2, replacement_cache_size=cache)
+    bucket's least recently seen contact: newcomers do not all end in the replacement cache
+    (with no interval between pings: ping_before_evict_interval, tested below, puts off the
+    next one after an answered ping)."""
+    config = Config(k=2, replacement_cache_size=cache, ping_before_evict_interval=0)
     node = Node(node_id=0, now=0.0, config=config)
     codec = Codec(config)
     for i in (1, 2):  # our neighbourhood: the far bucket may not split
@@ -190,3 +192,49 @@ def test_a_replacement_a_split_promotes_among_our_k_closest_is_handed_its_items(
               if isinstance(envelope.message, Store)]
     assert [(store.value, address) for store, address in stores] == [(value, d.address)], sent
     assert not any(isinstance(envelope.message, Store) for envelope, _ in answered(d, 3.0))
+
+
+@pytest.mark.parametrize("ending", ["answers", "silent"])
+def test_after_an_answered_ping_before_evict_newcomers_wait_without_one_for_a_while(
+        ending: str) -> None:
+    """Our far bucket (k = 2) is full. A newcomer sets off a ping of its least recently seen
+    contact B. If B answers, newcomers within ``ping_before_evict_interval`` wait as
+    replacements without a ping; the first after it pings the bucket's least recently seen
+    contact again. If B stays silent, it is evicted as before, and the next newcomer is not put
+    off."""
+    config = Config(k=2, replacement_cache_size=20, ping_before_evict_interval=60.0)
+    node = Node(node_id=0, now=0.0, config=config)
+    codec = Codec(config)
+    for i in (1, 2):  # our neighbourhood: the far bucket may not split
+        node.table.seen(Contact(i, (f"10.0.0.{i}", 4000)))
+    b, c = Contact(H + 1, ("10.0.1.1", 4000)), Contact(H + 2, ("10.0.1.2", 4000))
+    node.table.seen(b)
+    node.table.seen(c)
+    bucket = node.table.bucket_for(H)
+    newcomers = [Contact(H + 3 + i, (f"10.0.1.{3 + i}", 4000)) for i in range(3)]
+    ids = {p.address: p.id for p in (b, c, *newcomers)}
+
+    def reply(address: Address, message: Message) -> tuple[int, Message] | None:
+        if address == b.address and ending == "silent":
+            return None
+        return ids[address], Pong()
+
+    node.ping(newcomers[0].address, 0.0)
+    asked = answer_requests(node, codec, reply, 0.0)
+    assert asked == [newcomers[0].address, b.address]
+    _run_timers(node, 10.0)
+    node.ping(newcomers[1].address, 10.0)
+    asked = answer_requests(node, codec, reply, 10.0)
+    if ending == "answers":
+        assert asked == [newcomers[1].address]  # no ping of B: it answered one 10 s ago
+        assert node.stats["evict_pings_put_off"] == 1
+        assert bucket.pinging is None and list(bucket.contacts) == [c.id, b.id]
+        assert newcomers[1].id in bucket.replacements
+        _run_timers(node, 70.0)
+        node.ping(newcomers[2].address, 70.0)
+        asked = answer_requests(node, codec, reply, 70.0)
+        assert asked == [newcomers[2].address, c.address]  # past the interval: a ping again
+    else:
+        assert b.id not in bucket.contacts  # evicted: the newcomer took its place
+        assert asked[0] == newcomers[1].address and node.stats["evict_pings_put_off"] == 0
+    node.table.check_invariants()
