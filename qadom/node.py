@@ -178,7 +178,7 @@ class _Request:
     """One outstanding request of ours."""
 
     __slots__ = ("address", "attempts", "challenged", "data", "expect_id", "gen", "message",
-                 "on_reply", "on_stall", "retries", "rpc_id", "sent_at")
+                 "on_reply", "on_stall", "placed", "retries", "rpc_id", "sent_at")
 
     def __init__(self, rpc_id: int, address: Address, message: Message, data: bytes,
                  expect_id: int | None, on_reply: ReplyCallback,
@@ -195,6 +195,9 @@ class _Request:
         self.attempts = 1
         self.retries = retries  # resends after a timeout before the request fails
         self.sent_at = now
+        # Whether it holds one of its address's places (Config.max_requests_in_flight): from
+        # when it goes out until it ends.
+        self.placed = False
 
 
 _FAR = 1 << 256
@@ -255,6 +258,40 @@ class _NodeLookup(Lookup):
             return
         if len(kept) < self.k or distance < kept[-1]:
             self.limited_distances = tuple(sorted((*kept, distance)))[:self.k]
+
+
+class _Skip:
+    """A lookup's rule for the contacts it does not ask (:class:`Lookup`'s ``skip``): those
+    whose address is in the node's backoff (it failed of late) or banned (a liar), as of the
+    lookup's start. It keeps the distances to the target of the k closest contacts it passed
+    over for a backoff (:meth:`note`; at most k numbers), which a read that found nothing counts
+    among the peers that did not answer it (:meth:`Node.unheard`)."""
+
+    __slots__ = ("banned", "dead", "distances", "k", "now", "target")
+
+    def __init__(self, dead: dict[Address, float], banned: dict[Address, float], now: float,
+                 target: int, k: int) -> None:
+        self.dead = dead
+        self.banned = banned
+        self.now = now
+        self.target = target
+        self.k = k
+        self.distances: tuple[int, ...] = ()  # closest first
+
+    def __call__(self, contact: Contact) -> bool:
+        if self.dead.get(contact.address, -math.inf) > self.now:
+            self.note(contact)
+            return True
+        return self.banned.get(contact.address, -math.inf) > self.now
+
+    def note(self, contact: Contact) -> None:
+        """``contact`` was passed over for a backoff of its address."""
+        distance = contact.id ^ self.target
+        kept = self.distances
+        if distance in kept:
+            return
+        if len(kept) < self.k or distance < kept[-1]:
+            self.distances = tuple(sorted((*kept, distance)))[:self.k]
 
 
 class _Asked:
@@ -672,8 +709,10 @@ class Node:
         self.timer_changed = True  # a timer was added since the last get_timer() (see there)
         self._timer_told = math.inf  # the deadline the last get_timer() returned (inf: None)
         self._pending: dict[int, _Request] = {}
-        # Reads in progress that a read of the same kind and key may still share (_SharedRead).
+        # Reads in progress that a read of the same kind and key may still share (_SharedRead),
+        # and how many writes of ours have ended (a read shares none that began before one).
         self._reads: dict[tuple[str, int], _SharedRead] = {}
+        self._writes_done = 0
         # Requests out per address (max_requests_in_flight), those waiting there for a place,
         # oldest first, and how many wait in all (max_queued_requests).
         self._in_flight: dict[Address, int] = {}
@@ -1059,8 +1098,9 @@ class Node:
 
     def get(self, key: int, now: float) -> Call[bytes]:
         """The value whose SHA-256 is ``key``, from our store or the network; fails with
-        NotFoundError when no peer reached has it, and as :meth:`unanswered` says when no peer
-        answered. A store that cannot be read now (StorageUnavailable) is passed over: the k
+        NotFoundError when no peer reached has it, as :meth:`unanswered` says when no peer
+        answered, and as :meth:`unheard` says when too many of those nearest it did not. A
+        store that cannot be read now (StorageUnavailable) is passed over: the k
         closest peers hold the value too.
 
         Gets of one key asked while a lookup for it has had no answer yet share that lookup
@@ -1076,12 +1116,12 @@ class Node:
             call.resolve(local)
             return call
         shared = self._reads.get(("get", key))
-        if shared is not None:
+        if shared is not None and shared.writes == self._writes_done:
             self.stats["reads_shared"] += 1
             shared.join(call)
             return call
         inner: Call[bytes] = Call("get")
-        shared = _SharedRead(self._reads, ("get", key), inner, call)
+        shared = _SharedRead(self._reads, ("get", key), inner, call, self._writes_done)
         found: list[Value] = []
         without: list[Contact] = []  # peers that answered without the value
 
@@ -1107,7 +1147,8 @@ class Node:
             elif not lookup.closest():
                 inner.fail(self.unanswered(lookup))
             else:
-                inner.fail(NotFoundError(f"no peer reached holds key 0x{key:064x}"))
+                missing = f"no peer reached holds key 0x{key:064x}"
+                inner.fail(self.unheard(lookup, missing) or NotFoundError(missing))
 
         def hit(message: Message) -> bool:
             shared.close()
@@ -1223,6 +1264,7 @@ class Node:
         forgets = state[1]
 
         def done(call: Call[Any]) -> None:
+            self._writes_done += 1
             state[0] -= 1
             if not state[0]:
                 del writing[key]
@@ -1288,6 +1330,31 @@ class Node:
             return OperationTimeout("every known peer failed to answer of late; none was asked")
         return NoPeersError("no peer known to ask: join a network first (bootstrap)")
 
+    def unheard(self, lookup: Lookup, missing: str) -> OperationTimeout | None:
+        """Why a read whose lookup found nothing (``missing`` says what) may not say that the
+        network holds nothing: more of the peers it should have heard from failed it than
+        answered it. Those that failed are the requests that went unanswered or were refused
+        with an ERROR, and the contacts near the target it passed over because their addresses
+        failed of late (any of the k closest to it, closer than its k-th closest that answered);
+        those that answered are the closest that did, at most k. None when at least as many
+        answered: under churn some of the closest peers are always gone, and the others hold
+        copies too. With it, a read cut off from the peers near a key (their socket buffers
+        full, a partition, our own backoff after such failures) fails with OperationTimeout
+        instead of saying NotFound, or an empty set, for data they may well hold."""
+        answered = lookup.closest()
+        failed = 0
+        if isinstance(lookup, _NodeLookup):
+            failed = lookup.silent + lookup.refusals
+        skip = lookup._skip
+        if isinstance(skip, _Skip) and skip.distances:
+            bound = (answered[-1].id ^ lookup.target if len(answered) >= lookup.k else _FAR)
+            failed += sum(1 for distance in skip.distances if distance < bound)
+        if failed <= len(answered):
+            return None
+        return OperationTimeout(
+            f"{missing}, but {failed} of the peers nearest it did not answer (failed of late, "
+            f"silent, or refusing), against {len(answered)} that answered: it may be held there")
+
     def forget(self, key: int) -> bool:
         """Stop republishing ``key`` as its original publisher (a value, multimap entries, or a
         service record stored under that key); our copies and the network's then expire
@@ -1305,8 +1372,10 @@ class Node:
     def search(self, key: int, now: float) -> Call[builtins.set[int]]:
         """The union of the multimap sets under ``key`` held here and by the k closest peers (and
         any peer met on the way); an empty set when none, but a failure as :meth:`unanswered`
-        says when we hold none and no peer answered. Entries held here that cannot be read
-        now (StorageUnavailable) are left out: the k closest peers hold them too.
+        says when we hold none and no peer answered, and as :meth:`unheard` says when none was
+        read and too many of those nearest the key did not answer. Entries held here that
+        cannot be read now (StorageUnavailable) are left out: the k closest peers hold them
+        too.
 
         A set larger than one page (``search_page_size`` values) is then read page by page from
         each of the k closest that said more follow, at most ``max_search_pages`` pages of each
@@ -1328,18 +1397,21 @@ class Node:
         check_id(key)
         call: Call[builtins.set[int]] = Call("search")
         shared = self._reads.get(("search", key))
-        if shared is not None:
+        if shared is not None and shared.writes == self._writes_done:
             self.stats["reads_shared"] += 1
             shared.join(call)
+            if shared.renew is not None:  # the lookup's deadline counts from this search too
+                shared.renew(now)
             return call
         inner: Call[builtins.set[int]] = Call("search")
-        shared = _SharedRead(self._reads, ("search", key), inner, call)
+        shared = _SharedRead(self._reads, ("search", key), inner, call, self._writes_done)
         try:
             results = self._local_entries(key, now)
         except StorageUnavailable:
             self.stats["storage_errors"] += 1
             results = set()
         paging = _Paging(self, key, inner, results, now)
+        shared.renew = paging.renew
         holders = paging.holders
         more: dict[int, int] = {}  # contact id -> last value of its first page, when more follow
 
@@ -1357,6 +1429,11 @@ class Node:
         def on_finish(lookup: Lookup, now: float) -> None:
             if not results and not lookup.closest():
                 inner.fail(self.unanswered(lookup))  # not "empty": nobody was asked, or answered
+                return
+            silenced = None if results else self.unheard(
+                lookup, f"no peer reached holds an entry under key 0x{key:064x}")
+            if silenced is not None:  # not "empty" either: those that would know were silent
+                inner.fail(silenced)
                 return
             paging.begin([(holders[c.id], more[c.id]) for c in lookup.closest() if c.id in more],
                          now)
@@ -1388,11 +1465,14 @@ class Node:
         is sent once (``Config.rpc_retries`` resends otherwise).
 
         At most ``max_requests_in_flight`` requests are out to one address: another waits, in
-        the order asked, for one of those to end, and its attempts and their timeouts start when
-        it goes out. One that waits for an address that entered the lookups' backoff meanwhile,
-        or for a lookup that has finished, fails then unsent (a finished lookup's is dropped
-        with nobody to tell). Past ``max_queued_requests`` waiting in all, a request fails at
-        once, unsent. A request that fails unsent counts against no contact.
+        the order asked, for one of those to end, and its attempts and their timeouts start
+        when it goes out (a lookup's waits in its place among the lookup's ``alpha``: a lookup
+        stalled by requests waiting would ask others, queued in turn, and an overrun node would
+        only overrun itself more). When the address enters the lookups' backoff, every request
+        waiting for it fails unsent; so does a lookup's whose operation
+        is over (one of a finished lookup is dropped, with nobody to tell). Past
+        ``max_queued_requests`` waiting in all, a request fails at once, unsent. A request that
+        fails unsent counts against no contact.
         """
         rpc_id = self.rng.getrandbits(64)
         while rpc_id in self._pending:
@@ -1426,6 +1506,7 @@ class Node:
             waiting.append(req)
             return rpc_id
         self._in_flight[address] = out + 1
+        req.placed = True
         self._transmit(req, now)
         return rpc_id
 
@@ -1435,34 +1516,42 @@ class Node:
         if req is not None:
             req.on_reply(None, now)
 
-    def _ended(self, address: Address, now: float) -> None:
-        """A request out to ``address`` ended (answered, or failed for good): its place goes to
-        the oldest request waiting for one there, if any is still of use (see :meth:`request`)."""
+    def _unplace(self, req: _Request, now: float) -> None:
+        """``req`` ended (answered, or failed for good): its place at its address goes to the
+        oldest request waiting for one there that is still of use (see :meth:`request`). If the
+        address is in backoff now, none is: every request waiting there fails unsent."""
+        address = req.address
+        freed, req.placed = req.placed, False
         waiting = self._waiting.get(address)
+        dead = self._dead.get(address, -math.inf) > now
+        if not freed and not (waiting and dead):
+            return
+        # (Without a place to give, the loop runs only to fail those waiting, unsent.)
         while waiting:
-            req = waiting.popleft()
+            queued = waiting.popleft()
             self._queued -= 1
             if not waiting:
                 del self._waiting[address]
-            if self._pending.get(req.rpc_id) is not req:
+            if self._pending.get(queued.rpc_id) is not queued:
                 continue
-            ask = req.on_reply
-            if type(ask) is _Asked:
-                run = ask.run
-                if run.finished:  # nobody listens for its answer
-                    del self._pending[req.rpc_id]
-                    self.stats["requests_dropped"] += 1
-                    continue
-                if ((run.call is not None and run.call.done)
-                        or self._dead.get(address, -math.inf) > now):
-                    # Its operation ended meanwhile (the lookup stops at its next input), or
-                    # the address failed meanwhile (the lookup takes it as unanswered, as it
-                    # would not have asked it now): unsent, and the next one waiting goes out.
-                    self.stats["requests_dropped"] += 1
-                    self._schedule(now, partial(self._unsent, req.rpc_id))
-                    continue
-            req.sent_at = now
-            self._transmit(req, now)
+            ask = queued.on_reply
+            if type(ask) is _Asked and ask.run.finished:  # nobody listens for its answer
+                del self._pending[queued.rpc_id]
+                self.stats["requests_dropped"] += 1
+                continue
+            if dead or (type(ask) is _Asked and ask.run.call is not None
+                        and ask.run.call.done):
+                # The address failed meanwhile (a lookup takes it as unanswered, as it would
+                # not have asked it now), or the lookup's operation ended meanwhile (it stops at
+                # its next input): unsent, and the next one waiting is looked at.
+                self.stats["requests_dropped"] += 1
+                self._schedule(now, partial(self._unsent, queued.rpc_id))
+                continue
+            queued.sent_at = now
+            queued.placed = True
+            self._transmit(queued, now)
+            return
+        if not freed:
             return
         out = self._in_flight.get(address, 0) - 1
         if out > 0:
@@ -1519,20 +1608,24 @@ class Node:
             req.attempts += 1
             self.stats["retries"] += 1
             self._transmit(req, now)
+            # The resend keeps the place: a first attempt that went unanswered is as likely a
+            # sign of a peer (or a process) overrun by requests as of a lost datagram, and more
+            # requests would only make it worse.
             if req.on_stall is not None and req.attempts == 2:
                 req.on_stall(now)
             return
         del self._pending[rpc_id]
         self.stats["timeouts"] += 1
-        # A timeout of its own, earned by late replies, ends with a request that failed: a peer
-        # gone silent is given up as fast as any other (it earns it again if it answers late).
-        self._peer_rtt.pop(req.address, None)
-        self._remember_failed(req, now)
-        self._contact_failed(req.address, req.expect_id, now)
         try:
+            # A timeout of its own, earned by late replies, ends with a request that failed: a
+            # peer gone silent is given up as fast as any other (it earns it again if it
+            # answers late).
+            self._peer_rtt.pop(req.address, None)
+            self._remember_failed(req, now)
+            self._contact_failed(req.address, req.expect_id, now)
             req.on_reply(None, now)
         finally:
-            self._ended(req.address, now)
+            self._unplace(req, now)
 
     def _remember_failed(self, req: _Request, now: float) -> None:
         """Remember a failed request for ``rpc_timeout_max``, so that a reply that comes after
@@ -1623,7 +1716,7 @@ class Node:
                 self._saw(make_contact(sender, address), now)
             req.on_reply(envelope, now)
         finally:
-            self._ended(address, now)
+            self._unplace(req, now)
 
     def _on_request(self, envelope: Envelope, address: Address, now: float, size: int) -> None:
         self.stats["requests_in"] += 1
@@ -2293,18 +2386,14 @@ class Node:
         dead = self._dead
         table = self.table
 
+        skip = _Skip(dead, self._banned, now, target, cfg.k)
+
         def seeds() -> list[Contact]:
             # The k closest contacts not in backoff: if the k closest in the table are all dead,
             # skipping them must not leave the lookup with nobody to ask. The table is read
             # wider only as far as contacts in backoff are met: the backoff holds addresses
             # that never made it into the table too, and its size must not set the cost.
-            return _live_closest(table, target, cfg.k, dead, now)
-
-        banned = self._banned
-
-        def skip(c: Contact) -> bool:
-            return (dead.get(c.address, -math.inf) > now
-                    or banned.get(c.address, -math.inf) > now)
+            return _live_closest(table, target, cfg.k, dead, now, skip.note)
 
         likely: Callable[[Contact], bool] | None = None
         nearest = None
@@ -3042,15 +3131,20 @@ def _mint_token(address: Address, secret: bytes) -> bytes:
 
 
 def _live_closest(table: RoutingTable, target: int, count: int, dead: dict[Address, float],
-                  now: float) -> list[Contact]:
+                  now: float, passed: Callable[[Contact], None] | None = None) -> list[Contact]:
     """The ``count`` contacts of ``table`` closest to ``target`` whose address is not in backoff
     (``dead``, until when). Reads ``count`` contacts, then twice as many as long as some of
     those read were in backoff: the cost follows the contacts in backoff near ``target``, not
-    how many addresses ``dead`` holds."""
+    how many addresses ``dead`` holds. ``passed(contact)`` is told of each one in backoff met
+    (perhaps more than once)."""
     width = count
     while True:
         picked = table.closest(target, width)
         live = [c for c in picked if dead.get(c.address, -math.inf) <= now]
+        if passed is not None and len(live) < len(picked):
+            for c in picked:
+                if dead.get(c.address, -math.inf) > now:
+                    passed(c)
         if len(live) >= count or len(picked) < width:
             return live[:count]
         width = count + 2 * (width - len(live))
@@ -3078,18 +3172,22 @@ class _SharedRead:
     outcome (a result copied with ``copy``, so no caller sees another's changes; an exception
     shared as an asyncio future shares it). The shared lookup runs while any caller still
     waits: once every one of their calls is done (its deadline passed, or it was abandoned),
-    the lookup's call fails with OperationAbandoned and it stops asking. Once the lookup has
-    heard an answer (:meth:`close`), a new read starts a lookup of its own: a read shares only
-    a lookup that had heard nothing when the read was asked, so it never gets an outcome made
-    of answers given before it was asked (a value stored meanwhile is not missed for them)."""
+    the lookup's call fails with OperationAbandoned and it stops asking. (A get's caller has its
+    own deadline; a search's lookup has its deadline moved by each search that joins it:
+    ``renew``.) A read joins only a lookup that has heard no answer yet (:meth:`close`) and
+    that started after the last of the node's own writes ended (``writes``, the node's count of
+    writes ended when it started): a write that ended before a read was asked, on this node,
+    is never missed for a lookup, or a read of our own store, that came before it."""
 
-    __slots__ = ("callers", "inner", "key", "open", "reads", "waiting")
+    __slots__ = ("callers", "inner", "key", "open", "reads", "renew", "waiting", "writes")
 
     def __init__(self, reads: dict[tuple[str, int], _SharedRead], key: tuple[str, int],
-                 inner: Call[Any], first: Call[Any]) -> None:
+                 inner: Call[Any], first: Call[Any], writes: int) -> None:
         self.reads = reads
         self.key = key
         self.inner = inner
+        self.writes = writes
+        self.renew: Callable[[float], None] | None = None
         self.callers: list[Call[Any]] = []
         self.waiting = 0  # callers whose calls are not done
         self.open = True

@@ -436,7 +436,9 @@ class Peer:
 
     async def get(self, key: int) -> bytes:
         """The value stored under ``key``; raises KeyError (NotFoundError) when no peer has it,
-        NoPeersError when this peer knows no other and OperationTimeout when none answered."""
+        NoPeersError when this peer knows no other and OperationTimeout when none answered, or
+        when more of the peers nearest the key failed to answer than answered without it (they
+        may hold it: docs/PROTOCOL.md, "Lookups")."""
         protocol = self._running()
         return await self._run(protocol.node.get(key, protocol.now()))
 
@@ -447,16 +449,16 @@ class Peer:
         await self._run(protocol.node.append(key, value, protocol.now()))
 
     async def search(self, key: int) -> builtins.set[int]:
-        """Every value appended under ``key`` that the k closest peers hold; empty when none.
-        Raises NoPeersError when this peer holds none and knows no other peer, OperationTimeout
-        when none answered. A set larger than one page (``Config.search_page_size`` values) is
-        read page by page, and a page one peer does not serve is asked of another that holds
-        the key: when none serves it, or no page comes for ``Config.operation_timeout``, this
-        raises IncompleteSearch (an OperationTimeout whose ``values`` holds what was read),
-        never returning part of the set as the whole. A read whose pages keep coming is not cut
-        short by the operation timeout, however long it takes. At most
-        ``Config.max_search_pages`` pages (160 000 values) are read from each peer: a key holding
-        more is read in part."""
+        """Every value appended under ``key`` that the k closest peers hold; empty when none. Raises
+        NoPeersError when this peer holds none and knows no other peer, OperationTimeout when none
+        answered, or when none was read and more of the peers nearest the key failed to answer than
+        answered (as :meth:`get`). A set larger than one page (``Config.search_page_size`` values)
+        is read page by page, and a page one peer does not serve is asked of another that holds the
+        key: when none serves it, or no page comes for ``Config.operation_timeout``, this raises
+        IncompleteSearch (an OperationTimeout whose ``values`` holds what was read), never returning
+        part of the set as the whole. A read whose pages keep coming is not cut short by the
+        operation timeout, however long it takes. At most ``Config.max_search_pages`` pages (160 000
+        values) are read from each peer: a key holding more is read in part."""
         protocol = self._running()
         return await self._run(protocol.node.search(key, protocol.now()))
 

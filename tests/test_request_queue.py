@@ -3,13 +3,14 @@ identical reads (qadom.node._SharedRead), on the sans-IO core with a virtual clo
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from qadom import Config
 from qadom.call import Call
 from qadom.codec import Codec
 from qadom.contact import Address
-from qadom.errors import OperationAbandoned
+from qadom.errors import OperationAbandoned, OperationTimeout
 from qadom.ids import key_for
 from qadom.messages import Entries, Envelope, Message, Nodes, Ping, Pong, Value
 from qadom.node import Node
@@ -32,7 +33,9 @@ def answer(node: Node, request: Envelope, address: Address, message: Message, se
 
 
 def test_requests_past_the_bound_wait_and_go_out_in_order_as_places_free() -> None:
-    node = Node(node_id=0, now=0.0, config=Config(max_requests_in_flight=4))
+    # (Failures put no address into backoff here: that fails those waiting, tested below.)
+    node = Node(node_id=0, now=0.0, rng=random.Random(1),
+                config=Config(max_requests_in_flight=4, dead_after_failures=100))
     replies: list[tuple[int, Envelope | None]] = []
 
     def note(i: int) -> Callable[[Envelope | None, float], None]:
@@ -48,8 +51,9 @@ def test_requests_past_the_bound_wait_and_go_out_in_order_as_places_free() -> No
     (nxt, address), = sent(node)
     assert (nxt.rpc_id, address) == (ids[4], A)  # the oldest waiting one takes the place
     assert replies == [(0, replies[0][1])] and replies[0][1] is not None
-    # The four out time out and are resent; those waiting stay unsent. When the four fail for
-    # good, each failure sends the next one waiting, whose attempts start only then.
+    # The four out time out and are resent, keeping their places (a peer that does not answer
+    # may be overrun: more requests would not help it); those waiting stay unsent. When the four
+    # fail for good, each failure sends the next one waiting, whose attempts start only then.
     node.handle_timer(100.0)
     assert sorted(e.rpc_id for e, a in sent(node) if a == A) == sorted(ids[1:5])
     assert replies[1:] == []
@@ -59,11 +63,11 @@ def test_requests_past_the_bound_wait_and_go_out_in_order_as_places_free() -> No
     for at in (300.0, 400.0, 500.0, 600.0):
         node.handle_timer(at)
     assert sorted(i for i, _ in replies) == list(range(10))  # every one ended, none lost
-    assert not node._in_flight and not node._waiting
+    assert not node._in_flight and not node._waiting and not node._queued
 
 
 def test_past_the_queue_bound_a_request_fails_unsent_and_counts_against_nobody() -> None:
-    node = Node(node_id=0, now=0.0,
+    node = Node(node_id=0, now=0.0, rng=random.Random(2),
                 config=Config(max_requests_in_flight=1, max_queued_requests=2))
     replies: list[Envelope | None] = []
     for _ in range(4):
@@ -78,12 +82,12 @@ def test_past_the_queue_bound_a_request_fails_unsent_and_counts_against_nobody()
 def test_a_lookup_request_waiting_for_an_address_that_failed_meanwhile_is_not_sent() -> None:
     target = 1 << 200
     _, _, contacts = node_near(target)
-    node = Node(node_id=0, now=0.0, config=Config(
+    node = Node(node_id=0, now=0.0, rng=random.Random(3), config=Config(
         k=3, alpha=3, max_requests_in_flight=1, dead_after_failures=1, stale_failures=1,
-        probe_gets=False))
+        probe_gets=False, rpc_retries=0))  # (no resend: the first timeout is a failure)
     for contact in contacts:
         node.table.seen(contact)
-    first, second = node.get(target, 0.0), node.get(target ^ 1, 0.0)
+    gets = [node.get(target ^ i, 0.0) for i in range(3)]  # each asks the dead one first
     dead = contacts[0].address
     to_dead: list[Envelope] = []
     for now in (0.0, 5.0, 10.0, 15.0):  # the others answer at once; the first never does
@@ -98,11 +102,12 @@ def test_a_lookup_request_waiting_for_an_address_that_failed_meanwhile_is_not_se
                     answer(node, request, address, Nodes(()), holder.id, now)
             out = sent(node)
     assert dead in node._dead
-    # The first lookup's request there, and its resend; never the second lookup's, which
-    # waited behind it until the address had failed, and then was dropped unsent.
-    assert len(to_dead) == 2 and to_dead[0].rpc_id == to_dead[1].rpc_id
-    assert node.stats["requests_dropped"] == 1
-    assert first.done and second.done
+    # The first lookup's request there; never the others', still waiting when it failed and
+    # put the address into backoff: they were dropped unsent, and their lookups went on.
+    assert len(to_dead) == 1
+    assert node.stats["requests_dropped"] == 2
+    assert all(get.done for get in gets)
+    assert not node._waiting and not node._queued
 
 
 def test_identical_gets_share_one_lookup_while_it_has_heard_nothing() -> None:
@@ -165,3 +170,50 @@ def test_searches_sharing_a_lookup_each_get_a_set_of_their_own() -> None:
     assert results == [{4, 9}] * 3
     results[0].add(1)
     assert results[1] == {4, 9} and len({id(r) for r in results}) == 3
+
+
+def test_a_read_shares_no_lookup_begun_before_a_write_of_ours_ended() -> None:
+    key = 1 << 205
+    node, _, _ = node_near(key)
+    early = node.search(key, 0.0)
+    sent(node)
+    write: Call[None] = Call("append")
+    node._register_write(key, write)  # any write of ours (set, append, namespace, /dht)
+    write.resolve(None)  # ... ended: a read asked now must see what it stored
+    late = node.search(key, 0.1)
+    assert node.stats["reads_shared"] == 0 and sent(node)  # a lookup of its own
+    assert not early.done and not late.done
+
+
+def test_a_search_that_joins_a_lookup_moves_its_deadline() -> None:
+    key = 1 << 206
+    _, _, contacts = node_near(key)
+    config = Config(k=3, alpha=3, rpc_timeout=10.0, rpc_timeout_max=10.0, rpc_timeout_min=10.0,
+                    operation_timeout=30.0)
+    node = Node(node_id=0, now=0.0, rng=random.Random(5), config=config)
+    for contact in contacts:
+        node.table.seen(contact)
+    early = node.search(key, 0.0)  # nobody answers: the lookup waits on its timeouts
+    sent(node)
+    node.handle_timer(25.0)
+    late = node.search(key, 25.0)
+    assert node.stats["reads_shared"] == 1
+    node.handle_timer(31.0)
+    assert not late.done  # asked at 25: not past its 30 s at 31
+    node.handle_timer(56.0)
+    assert late.done and isinstance(late.exception(), OperationTimeout)
+    assert early.done
+
+
+def test_every_request_waiting_for_an_address_that_enters_backoff_fails_unsent() -> None:
+    node = Node(node_id=0, now=0.0, rng=random.Random(6), config=Config(
+        max_requests_in_flight=1, rpc_retries=0, dead_after_failures=1))
+    replies: list[Envelope | None] = []
+    for _ in range(3):  # pings, writes, deliveries alike: not only a lookup's requests
+        node.request(A, Ping(), 0.0, on_reply=lambda e, now: replies.append(e))
+    assert len(sent(node)) == 1
+    node.handle_timer(5.0)  # the one out fails: the address enters backoff
+    assert A in node._dead
+    node.handle_timer(5.0)
+    assert replies == [None] * 3 and sent(node) == []
+    assert node.stats["requests_dropped"] == 2 and not node._waiting
