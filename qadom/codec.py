@@ -30,7 +30,7 @@ import cbor2
 from .config import MAX_CONTACTS, Config
 from .contact import Contact, is_ip_literal, make_contact
 from .errors import InvalidArgument, ProtocolError
-from .ids import ID_BYTES, id_from_bytes, id_to_bytes
+from .ids import ID_BYTES, id_to_bytes
 from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, Envelope, Kind, Message
 from .messages import make_envelope as _envelope
 
@@ -41,11 +41,14 @@ MAX_HOST = 45  # the longest textual IPv6 address
 MAX_TOKEN = 32
 MAX_SHORT_BYTES = 64  # an ed25519 signature, the longest fixed-size field
 
+# int.from_bytes bound once: reading it off int builds a new bound method at every call.
+_from_bytes = int.from_bytes
+
 
 def _id_in(raw: object) -> int:
     if type(raw) is not bytes or len(raw) != ID_BYTES:
         raise ProtocolError("id must be a 32-byte string")
-    return id_from_bytes(raw)
+    return _from_bytes(raw, "big")
 
 
 def _shown(raw: object) -> str:
@@ -111,6 +114,10 @@ class Codec:
         # may be registered after this codec is made, and register() never replaces a code.
         # At most one entry per registered code.
         self._plans: dict[int, tuple[type[Message], tuple[Callable[[object], object], ...]]] = {}
+        # The last sender id written, and its item: a node writes its own id into almost every
+        # datagram it sends (the same int object each time, so an identity check finds it).
+        self._sender: int | None = None
+        self._sender_item = b""
 
     # ------------------------------------------------------------------ encoding
 
@@ -124,8 +131,8 @@ class Codec:
         """``encode(Envelope(rpc_id, sender, message, token, pad_to))``, the same bytes, without
         building the envelope (the node's every send: a frozen dataclass costs a microsecond)."""
         cls = type(message)
-        plan = _ENCODE_PLANS.get(cls) or _encode_plan(cls)
-        # The first five items, written directly (see "CBOR writing" below). The common cases
+        prefix, fields_head, writers = _ENCODE_PLANS.get(cls) or _encode_plan(cls)
+        # The items, written directly (see "CBOR writing" below), into one join. The common cases
         # are written inline, without a helper call each (a few tenths of a microsecond per
         # call, several calls per datagram): a random request id (8 bytes from 2**32), an id,
         # a message of at most one field, a token of under 256 bytes.
@@ -133,27 +140,34 @@ class Codec:
             rpc_id_item = (_UINT64_HEAD | rpc_id).to_bytes(9, "big")
         else:
             rpc_id_item = _dump_item(rpc_id)
-        sender_item = b"\xf6" if sender is None else _ID_HEAD + sender.to_bytes(ID_BYTES, "big")
-        writers = plan.writers
+        if sender is None:
+            sender_item = b"\xf6"
+        elif sender is self._sender:  # the node's own id, in almost every datagram it sends
+            sender_item = self._sender_item
+        else:
+            sender_item = _ID_HEAD + sender.to_bytes(ID_BYTES, "big")
+            self._sender, self._sender_item = sender, sender_item
+        # The array's head, and its 6th item when there is a token (what _close writes).
+        if token is None:
+            head, tail = _ARRAY_5, b""
+        elif type(token) is bytes and len(token) < 256:
+            head, tail = _ARRAY_6, _HEADS[2][len(token)] + token
+        else:
+            head, tail = _ARRAY_6, _dump_item(token)
         if not writers:
-            core = b"".join([plan.prefix, rpc_id_item, sender_item, plan.fields_head])
+            data = b"".join([head, prefix, rpc_id_item, sender_item, fields_head, tail])
         elif len(writers) == 1:
             name, write = writers[0]
-            core = b"".join([plan.prefix, rpc_id_item, sender_item, plan.fields_head,
-                             write(getattr(message, name))])
+            data = b"".join([head, prefix, rpc_id_item, sender_item, fields_head,
+                             write(getattr(message, name)), tail])
         else:
-            core = b"".join([plan.prefix, rpc_id_item, sender_item, plan.fields_head,
-                             *[write(getattr(message, name)) for name, write in writers]])
-        if token is None:
-            data = _HEADS[4][5] + core  # _close(core, None)
-        elif type(token) is bytes and len(token) < 256:
-            data = b"".join([_HEADS[4][6], core, _HEADS[2][len(token)], token])
-        else:
-            data = _close(core, token)
+            data = b"".join([head, prefix, rpc_id_item, sender_item, fields_head,
+                             *[write(getattr(message, name)) for name, write in writers], tail])
         if len(data) < pad_to:
             # A 6th (null token) and 7th item of zero bytes; with their heads the datagram ends
-            # up to 4 bytes longer than pad_to, never shorter.
-            data = _close(core, token, bytes(pad_to - len(data)))
+            # up to 4 bytes longer than pad_to, never shorter. The first five items are what
+            # lies between the one-byte head and the token.
+            data = _close(data[1:len(data) - len(tail)], token, bytes(pad_to - len(data)))
         if len(data) > self.max_datagram:
             raise InvalidArgument(
                 f"{cls.__name__} of {len(data)} bytes exceeds the "
@@ -175,18 +189,26 @@ class Codec:
         # of defence that keeps the guarantee should one of them meet a value it did not foresee.
         # (A try block costs nothing until something is raised.)
         try:
-            if type(raw) is not list or not 5 <= len(raw) <= 7:
+            if type(raw) is not list:
                 raise ProtocolError("envelope must be an array of 5 to 7 items")
-            if len(raw) == 5:
+            size = len(raw)
+            if size == 5:
                 version, code, rpc_id, sender, fields = raw
                 token = None
-            else:
-                version, code, rpc_id, sender, fields, token = raw[:6]
+            elif size == 6:  # with a token: most requests, and replies granting one
+                version, code, rpc_id, sender, fields, token = raw
                 if token is not None and (type(token) is not bytes
                                           or not 0 < len(token) <= MAX_TOKEN):
                     raise ProtocolError(f"token must be null or 1 to {MAX_TOKEN} bytes")
-                if len(raw) > 6 and type(raw[6]) is not bytes:
+            elif size == 7:
+                version, code, rpc_id, sender, fields, token, padding = raw
+                if token is not None and (type(token) is not bytes
+                                          or not 0 < len(token) <= MAX_TOKEN):
+                    raise ProtocolError(f"token must be null or 1 to {MAX_TOKEN} bytes")
+                if type(padding) is not bytes:
                     raise ProtocolError("padding must be a byte string")
+            else:
+                raise ProtocolError("envelope must be an array of 5 to 7 items")
             if type(version) is not int or version != PROTOCOL_VERSION:
                 raise ProtocolError(f"unsupported protocol version {_shown(version)}")
             plan = self._plans.get(code) if type(code) is int else None
@@ -196,7 +218,7 @@ class Codec:
             if sender is not None:  # _id_in(sender), inline
                 if type(sender) is not bytes or len(sender) != ID_BYTES:
                     raise ProtocolError("id must be a 32-byte string")
-                sender = int.from_bytes(sender, "big")
+                sender = _from_bytes(sender, "big")
             if type(fields) is not list or len(fields) != len(decoders):
                 raise ProtocolError(f"{cls.__name__} takes {len(decoders)} fields")
             # Equal lengths: each field meets its decoder. No field or one, the common cases, skip
@@ -277,7 +299,7 @@ class Codec:
             contact = memo.get(node_id)
             if contact is None or contact.address != (host, port):
                 known = hosts.get(host)
-                contact = make_contact(int.from_bytes(node_id, "big"),
+                contact = make_contact(_from_bytes(node_id, "big"),
                                        (known if known is not None else _check_host(host), port))
                 if len(memo) >= _DECODED_CONTACTS_MAX:
                     memo.clear()
@@ -362,6 +384,7 @@ def _close(core: bytes, token: bytes | None, padding: bytes | None = None) -> by
     return _HEADS[4][5] + core
 
 
+_ARRAY_5, _ARRAY_6 = _HEADS[4][5], _HEADS[4][6]  # the heads of a datagram without / with a token
 _CONTACT_HEAD = _HEADS[4][3] + _ID_HEAD  # an array of 3 items, the first a 32-byte string
 
 
@@ -429,15 +452,18 @@ class _EncodePlan(NamedTuple):
     writers: tuple[tuple[str, Callable[[Any], bytes]], ...]  # (attribute, writer), wire order
 
 
+_Plan = tuple[bytes, bytes, tuple[tuple[str, Callable[[Any], bytes]], ...]]
+"""An :class:`_EncodePlan`'s items as a plain tuple, which unpacks faster than the named one."""
+
 # One plan per message class, built on first use: at most one entry per class.
-_ENCODE_PLANS: dict[type[Message], _EncodePlan] = {}
+_ENCODE_PLANS: dict[type[Message], _Plan] = {}
 
 
-def _encode_plan(cls: type[Message]) -> _EncodePlan:
+def _encode_plan(cls: type[Message]) -> _Plan:
     """Build and keep the plan of ``cls`` (fields without a writer of their own are written as
     they are)."""
     plan = _EncodePlan(_VERSION + _dump_item(cls.CODE), _head(4, len(cls.FIELDS)),
                        tuple((name, _FIELD_WRITERS.get(kind, _dump_item))
                              for name, kind in cls.FIELDS))
-    _ENCODE_PLANS[cls] = plan
-    return plan
+    kept = _ENCODE_PLANS[cls] = (plan.prefix, plan.fields_head, plan.writers)
+    return kept

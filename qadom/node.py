@@ -161,6 +161,9 @@ def _named_nodes(contact: Contact, message: Message, lookup: Lookup,
     return message.nodes if isinstance(message, Nodes) else None
 
 
+RPC_IDS_AT_ONCE = 64
+"""Request ids a node drawing them from the operating system reads at once (Node._draw_ahead)."""
+
 _EXPIRE_AGAIN = 1.0
 """Seconds between two batches of one mass expiry (:meth:`Node._expire`)."""
 
@@ -709,6 +712,13 @@ class Node:
         self.timer_changed = True  # a timer was added since the last get_timer() (see there)
         self._timer_told = math.inf  # the deadline the last get_timer() returned (inf: None)
         self._pending: dict[int, _Request] = {}
+        # Request ids: from the operating system's generator (the default), drawn ahead in
+        # batches (_draw_ahead) and kept here until used; from any other (a seeded one, for
+        # repeatable runs), one at a time as they are needed, as ever.
+        self._rpc_ids: list[int] = []
+        self._draw_rpc_id: Callable[[], int] = (
+            self._draw_ahead if type(self.rng) is random.SystemRandom
+            else partial(self.rng.getrandbits, 64))
         # Reads in progress that a read of the same kind and key may still share (_SharedRead),
         # and how many writes of ours have ended (a read shares none that began before one).
         self._reads: dict[tuple[str, int], _SharedRead] = {}
@@ -983,7 +993,7 @@ class Node:
             if envelope is None or envelope.sender is None:
                 call.fail(OperationTimeout(f"no answer from {format_address(address)}"))
             else:
-                call.resolve(Contact(envelope.sender, address))
+                call.resolve(make_contact(envelope.sender, address))
 
         self.request(address, Ping(), now, on_reply=on_reply)
         return call
@@ -1474,9 +1484,10 @@ class Node:
         ``max_queued_requests`` waiting in all, a request fails at once, unsent. A request that
         fails unsent counts against no contact.
         """
-        rpc_id = self.rng.getrandbits(64)
+        ids = self._rpc_ids
+        rpc_id = ids.pop() if ids else self._draw_rpc_id()
         while rpc_id in self._pending:
-            rpc_id = self.rng.getrandbits(64)
+            rpc_id = ids.pop() if ids else self._draw_rpc_id()
         token, sure = self._token_to_send(address, now)
         # Without a token from this peer that is surely still valid, a request is padded so that
         # the answer fits the peer's amplification bound (see amplification_factor): a lot if
@@ -1509,6 +1520,14 @@ class Node:
         req.placed = True
         self._transmit(req, now)
         return rpc_id
+
+    def _draw_ahead(self) -> int:
+        """The next request id of a node drawing them from the operating system's generator:
+        ``RPC_IDS_AT_ONCE`` are read at once, in one call (a read of 8 bytes costs about as much
+        as the rest of sending a small request), and handed out one by one (:meth:`request`)."""
+        ids = self._rpc_ids
+        ids.extend(memoryview(self.rng.randbytes(8 * RPC_IDS_AT_ONCE)).cast("Q"))
+        return ids.pop()
 
     def _unsent(self, rpc_id: int, now: float) -> None:
         """Fail a request that never went out (see :meth:`request`), as unanswered."""
@@ -1574,7 +1593,12 @@ class Node:
         cfg = self.config
         if self._srtt is None:
             return cfg.rpc_timeout
-        return min(cfg.rpc_timeout_max, max(cfg.rpc_timeout_min, self._srtt + 4 * self._rttvar))
+        # min(rpc_timeout_max, max(rpc_timeout_min, ...)) without the builtins' calls: this runs
+        # for every request sent.
+        timeout = self._srtt + 4 * self._rttvar
+        if not timeout > cfg.rpc_timeout_min:
+            timeout = cfg.rpc_timeout_min
+        return timeout if timeout < cfg.rpc_timeout_max else cfg.rpc_timeout_max
 
     def rpc_timeout_to(self, address: Address) -> float:
         """The per-attempt timeout of a request to ``address``: :attr:`rpc_timeout`, or longer
@@ -1907,11 +1931,17 @@ class Node:
         (:meth:`_hand_over`) to each contact that entered it: ``contact``, and the replacements
         a bucket's split took in. A contact banned for lying stays out until its ban ends,
         answers or not."""
-        if self._is_banned(contact, now):
+        address = contact.address
+        # _is_banned, and the pops below, inline and only where there is something: this runs
+        # for every reply and every proven request.
+        if self._banned and self._banned.get(address, -math.inf) > now:
             return
-        self._given_up.pop(contact.id, None)  # back on its own: no need to ping it again
-        self._dead.pop(contact.address, None)
-        self._failures.pop(contact.address, None)
+        if self._given_up:
+            self._given_up.pop(contact.id, None)  # back on its own: no need to ping it again
+        if self._dead:
+            self._dead.pop(address, None)
+        if self._failures:
+            self._failures.pop(address, None)
         table = self.table
         entered: list[Contact] = []
         to_ping = table.seen(contact, entered)

@@ -41,7 +41,9 @@ class RateLimiter(Generic[K]):
             buckets.move_to_end(sender)
             tokens, updated = held
             if now > updated:
-                tokens = min(float(self.burst), tokens + (now - updated) * self.rate)
+                # min(burst, refilled), without the builtin's call
+                refilled = tokens + (now - updated) * self.rate
+                tokens = refilled if refilled < self.burst else float(self.burst)
                 updated = now
         allowed = tokens >= 1.0
         buckets[sender] = (tokens - 1.0 if allowed else tokens, updated)

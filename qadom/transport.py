@@ -196,7 +196,10 @@ class NodeProtocol(asyncio.DatagramProtocol):
 
     def flush(self) -> None:
         """Send every queued datagram and re-arm the timer; call after every input to the node."""
-        out = self.node.datagrams_to_send()
+        node = self.node
+        out = node.datagrams_to_send()
+        if not out and self._timer is not None and not node.timer_changed:
+            return  # nothing to send, and the armed timer is no later than the node's next one
         transport = self.transport
         if transport is None:
             return
@@ -209,10 +212,10 @@ class NodeProtocol(asyncio.DatagramProtocol):
             try:
                 transport.sendto(data, address)
             except (OSError, ValueError):  # uvloop raises for an address of the other family
-                self.node.stats["socket_errors"] += 1
-        if self._timer is not None and not self.node.timer_changed:
+                node.stats["socket_errors"] += 1
+        if self._timer is not None and not node.timer_changed:
             return  # the armed timer is no later than the node's next deadline
-        deadline = self.node.get_timer()
+        deadline = node.get_timer()
         if deadline is None:
             return
         if self._timer is not None:
