@@ -315,6 +315,26 @@ class _Asked:
         self.run.on_reply(self.contact, None, now, node_id)
 
 
+def _still_wanted(on_reply: ReplyCallback, dead: bool) -> bool | None:
+    """Whether a request that waited for a place (Node.request) is still of use, by what its
+    answer goes to: None when nobody listens for it (its lookup finished), False when it is to
+    fail unsent (its operation ended meanwhile, or it is a lookup's or a probe's and its address
+    failed meanwhile: the lookup would not ask it now), True to send it."""
+    if type(on_reply) is _Asked:
+        run = on_reply.run
+        if run.finished:
+            return None
+        return not (dead or (run.call is not None and run.call.done))
+    owner = getattr(on_reply, "__self__", None)
+    if isinstance(owner, _Probe):
+        return not (dead or owner.settled or (owner.call is not None and owner.call.done))
+    if type(on_reply) is partial:
+        paging = getattr(on_reply.func, "__self__", None)
+        if isinstance(paging, _Paging):
+            return not paging.call.done
+    return True
+
+
 def _describe(error: Error) -> str:
     """An ERROR reply as text for a message: its code's name and its reason, shortened, with
     any character that is not printable replaced (the reason is the remote peer's text)."""
@@ -1478,11 +1498,12 @@ class Node:
         the order asked, for one of those to end, and its attempts and their timeouts start
         when it goes out (a lookup's waits in its place among the lookup's ``alpha``: a lookup
         stalled by requests waiting would ask others, queued in turn, and an overrun node would
-        only overrun itself more). When the address enters the lookups' backoff, every request
-        waiting for it fails unsent; so does a lookup's whose operation
-        is over (one of a finished lookup is dropped, with nobody to tell). Past
-        ``max_queued_requests`` waiting in all, a request fails at once, unsent. A request that
-        fails unsent counts against no contact.
+        only overrun itself more). A request waiting that is of no use any more is not sent
+        (:func:`_still_wanted`): a lookup's or a probe's whose address entered the lookups'
+        backoff fails unsent at once, as does one (a search's page too) whose operation is over;
+        one of a finished lookup is dropped, with nobody to tell. Past ``max_queued_requests``
+        waiting in all, a request fails at once, unsent. A request that fails unsent counts
+        against no contact.
         """
         ids = self._rpc_ids
         rpc_id = ids.pop() if ids else self._draw_rpc_id()
@@ -1537,46 +1558,60 @@ class Node:
 
     def _unplace(self, req: _Request, now: float) -> None:
         """``req`` ended (answered, or failed for good): its place at its address goes to the
-        oldest request waiting for one there that is still of use (see :meth:`request`). If the
-        address is in backoff now, none is: every request waiting there fails unsent."""
+        oldest request waiting for one there that is still of use (see :meth:`request` and
+        :func:`_still_wanted`). If the address is in backoff now, a lookup's request waiting
+        there is not: each fails unsent at once. (Others go out in turn: a write, a delivery or
+        a hand-over to a peer that failed a few requests under loss is still likely answered.)"""
         address = req.address
         freed, req.placed = req.placed, False
         waiting = self._waiting.get(address)
         dead = self._dead.get(address, -math.inf) > now
         if not freed and not (waiting and dead):
             return
-        # (Without a place to give, the loop runs only to fail those waiting, unsent.)
+        # Without a place to give (or once it is given), the requests waiting are looked at
+        # only when the address failed, to fail its lookups' requests unsent; the others keep
+        # their turn.
+        placing = freed
+        kept: deque[_Request] = deque()
         while waiting:
             queued = waiting.popleft()
             self._queued -= 1
-            if not waiting:
-                del self._waiting[address]
             if self._pending.get(queued.rpc_id) is not queued:
                 continue
-            ask = queued.on_reply
-            if type(ask) is _Asked and ask.run.finished:  # nobody listens for its answer
+            wanted = _still_wanted(queued.on_reply, dead)
+            if wanted is None:  # nobody listens for its answer
                 del self._pending[queued.rpc_id]
                 self.stats["requests_dropped"] += 1
                 continue
-            if dead or (type(ask) is _Asked and ask.run.call is not None
-                        and ask.run.call.done):
-                # The address failed meanwhile (a lookup takes it as unanswered, as it would
-                # not have asked it now), or the lookup's operation ended meanwhile (it stops at
-                # its next input): unsent, and the next one waiting is looked at.
+            if not wanted:
+                # Its operation ended meanwhile (it stops at its next input), or its lookup's
+                # address failed meanwhile (taken as unanswered, as the lookup would not have
+                # asked it now): unsent, and the next one waiting is looked at.
                 self.stats["requests_dropped"] += 1
                 self._schedule(now, partial(self._unsent, queued.rpc_id))
                 continue
-            queued.sent_at = now
-            queued.placed = True
-            self._transmit(queued, now)
-            return
-        if not freed:
-            return
-        out = self._in_flight.get(address, 0) - 1
-        if out > 0:
-            self._in_flight[address] = out
-        else:
-            self._in_flight.pop(address, None)
+            if placing:
+                placing = False
+                queued.sent_at = now
+                queued.placed = True
+                self._transmit(queued, now)
+            else:
+                kept.append(queued)
+                self._queued += 1
+            if not dead:
+                break
+        if kept:
+            if waiting:
+                kept.extend(waiting)
+            self._waiting[address] = kept
+        elif waiting is not None and not waiting:
+            self._waiting.pop(address, None)
+        if placing:  # nobody took the place
+            out = self._in_flight.get(address, 0) - 1
+            if out > 0:
+                self._in_flight[address] = out
+            else:
+                self._in_flight.pop(address, None)
 
     def _transmit(self, req: _Request, now: float) -> None:
         req.gen += 1
