@@ -424,6 +424,13 @@ class Config:
     """Addresses one ``POST /bootstrap`` may name (400 beyond it): joining needs one that answers,
     and each costs a PING, so a request cannot make the node send without bound."""
 
+    http_body_timeout: float = 30.0
+    """Seconds the HTTP helper waits for a request's whole body (HTTP 408 past it, and the
+    connection is closed). A client that sends a body a byte at a time would otherwise hold its
+    handler, and the memory of what it sent, for as long as it likes; hundreds of them would hold
+    as many. A body of at most ``http_max_body_size`` takes well under a second on any link that
+    can use the helper."""
+
     http_shutdown_timeout: float = 2.0
     """How long closing the helper waits for requests in progress before it cuts them; streams
     never end by themselves, so this bounds every shutdown."""
@@ -659,7 +666,7 @@ class Config:
                                   " >= 1")
         if self.http_max_body_size < self.max_value_size or self.http_max_subscriptions < 0 or min(
                 self.http_sse_keepalive, self.http_shutdown_timeout,
-                self.http_sse_write_timeout) <= 0:
+                self.http_sse_write_timeout, self.http_body_timeout) <= 0:
             raise InvalidArgument("http_max_body_size must hold a value; http intervals positive")
         if min(self.pubsub_lease, self.pubsub_max_lease, self.pubsub_rate,
                self.pubsub_reorder_timeout, self.pubsub_stream_lifetime) <= 0 or min(

@@ -48,6 +48,11 @@ class InvalidArgument(UsageError, ValueError):
     """An argument has the right type but a value out of range (a key >= 2**256, a bad port)."""
 
 
+class SlowRequest(UsageError, TimeoutError):
+    """An HTTP request's body did not arrive within ``Config.http_body_timeout`` (HTTP 408): a
+    client that sends it a byte at a time would hold a handler for as long as it likes."""
+
+
 class ValueTooLarge(InvalidArgument):
     """A value is larger than the configured maximum (8192 bytes by default)."""
 

@@ -19,17 +19,17 @@ exactly 64 hexadecimal digits, the 256-bit number big-endian and zero-padded; ei
 accepted, lowercase is written. Binary data inside JSON is base64 (RFC 4648, with padding); raw
 values travel as ``application/octet-stream`` bodies.
 
-Guarantees: every answer is JSON except the raw value of ``GET /values/{key}``, the event
-stream of ``GET /subscribe/{key}`` and the plain-text 400 aiohttp's parser gives a request that is
-not valid HTTP (see below); an error is ``{"error": reason, "field": name}`` (``field`` when one
-input is at fault) with a status that says why: 400 bad input, 401 a signature or ownership
-refusal, 404 nothing found, 405 a method the path does not have, 409 a stale namespace sequence,
-413 too large, 429 rate limited, 502/503/504 the network or the peer could not answer. Every GET
-route answers HEAD too. Bodies may come with Content-Encoding gzip or deflate (decoded here, the
-limits applying to the decoded body); another coding is a 400, so is a Transfer-Encoding other
-than chunked, a JSON object that repeats a member name, and an ``Expect`` other than
-``100-continue`` (whose body is refused with a 413 before it is sent when it announces too
-many bytes). Every limit is in :class:`~qadom.config.Config`.
+Guarantees: every answer is JSON except the raw value of ``GET /values/{key}``, the event stream of
+``GET /subscribe/{key}`` and the plain-text 400 aiohttp's parser gives a request that is not valid
+HTTP (see below); an error is ``{"error": reason, "field": name}`` (``field`` when one input is at
+fault) with a status that says why: 400 bad input, 401 a signature or ownership refusal, 404 nothing
+found, 405 a method the path does not have, 408 a body that did not arrive within
+``http_body_timeout``, 409 a stale namespace sequence, 413 too large, 429 rate limited, 502/503/504
+the network or the peer could not answer. Every GET route answers HEAD too. Bodies may come with
+Content-Encoding gzip or deflate (decoded here, the limits applying to the decoded body); another
+coding is a 400, so is a Transfer-Encoding other than chunked, a JSON object that repeats a member
+name, and an ``Expect`` other than ``100-continue`` (whose body is refused with a 413 before it is
+sent when it announces too many bytes). Every limit is in :class:`~qadom.config.Config`.
 
 A request aiohttp's parser refuses (a bad request line, a URL or header over 8190 bytes, a bad
 Content-Length or chunk) is answered by aiohttp itself before any application code runs: a
@@ -81,6 +81,7 @@ from .errors import (
     RateLimited,
     RemoteError,
     ServiceUnavailable,
+    SlowRequest,
     StaleSequence,
     StorageFull,
     TooManySubscribers,
@@ -298,7 +299,11 @@ async def _body(request: web.Request) -> bytes:
         raise ValueTooLarge(f"the body of {request.content_length} bytes exceeds the "
                             f"{limit}-byte limit")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(request.app[STATE].config.http_body_timeout):
+            raw = await request.read()
+    except TimeoutError:
+        raise SlowRequest(f"the body did not arrive within "
+                          f"{request.app[STATE].config.http_body_timeout:g} s") from None
     except web.HTTPRequestEntityTooLarge:
         raise ValueTooLarge(f"the body exceeds the {limit}-byte limit") from None
     except web.RequestPayloadError:
@@ -354,6 +359,7 @@ def _object(body: Any) -> dict[str, Any]:
 def _status(exc: QadomError) -> int:
     """The HTTP status of a deliberate qadom error (see the module docstring)."""
     table: list[tuple[type[QadomError], int]] = [
+        (SlowRequest, 408),
         (Unauthorized, 401),
         (BadSignature, 401),
         (ValueTooLarge, 413),
@@ -424,7 +430,10 @@ async def _errors_as_json(request: web.Request,
         status = _status(exc)
         if status >= 500:
             log.info("%s %s: %s", request.method, request.path, exc)
-        return error_response(status, str(exc), name)
+        response = error_response(status, str(exc), name)
+        if status == 408:
+            response.force_close()  # the rest of the body may still come: no next request
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -450,7 +459,13 @@ async def _expect(request: web.Request) -> web.StreamResponse | None:
                                   f"the {limit}-byte limit")
         response.force_close()  # the body will not come: this connection cannot go on
         return response
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    try:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    except ConnectionResetError:
+        # The client hung up before the interim answer (aiohttp's ClientConnectionResetError
+        # is one): its fault, not ours, and nobody is left to answer. Ended here as any other
+        # hang-up, with no error logged for it.
+        raise asyncio.CancelledError from None
     request.writer.output_size = 0  # as aiohttp's handler does: the answer is yet to come
     return None
 
