@@ -11,6 +11,7 @@ import logging
 import socket
 
 import aiohttp
+import pytest
 
 from qadom import Peer
 from qadom.http import HttpHelper
@@ -18,41 +19,28 @@ from qadom.http import HttpHelper
 from helpers import FAST, wait_until
 
 
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-async def test_a_client_that_asks_for_100_continue_and_hangs_up_logs_no_error() -> None:
-    records = Records()
-    root = logging.getLogger()
-    root.addHandler(records)
-    try:
-        async with Peer("127.0.0.1", 0, config=FAST) as peer, \
-                HttpHelper(peer, "127.0.0.1", 0) as http:
-            assert http.address is not None
-            head = (b"POST /values HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
-                    b"Expect: 100-continue\r\n\r\n")
-            for _ in range(20):
-                with socket.create_connection(http.address) as sock:
-                    sock.sendall(head)
-                    sock.shutdown(socket.SHUT_WR)
-            host, port = http.address
-            async with aiohttp.ClientSession() as session, \
-                    session.get(f"http://{host}:{port}/node") as response:
-                assert response.status == 200  # the helper goes on serving
-            # Every hang-up handled: the server holds none of their connections any more.
-            runner = http._runner
-            assert runner is not None and runner.server is not None
-            server = runner.server
-            await wait_until(lambda: not server.connections, 10)
-    finally:
-        root.removeHandler(records)
-    errors = [r for r in records.records if r.levelno >= logging.ERROR]
+async def test_a_client_that_asks_for_100_continue_and_hangs_up_logs_no_error(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with Peer("127.0.0.1", 0, config=FAST) as peer, \
+            HttpHelper(peer, "127.0.0.1", 0) as http:
+        assert http.address is not None
+        head = (b"POST /values HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n"
+                b"Expect: 100-continue\r\n\r\n")
+        for _ in range(20):
+            with socket.create_connection(http.address) as sock:
+                sock.sendall(head)
+                sock.shutdown(socket.SHUT_WR)
+        host, port = http.address
+        async with aiohttp.ClientSession() as session, \
+                session.get(f"http://{host}:{port}/node") as response:
+            assert response.status == 200  # the helper goes on serving
+        # Every hang-up handled: the server holds none of their connections any more.
+        runner = http._runner
+        assert runner is not None and runner.server is not None
+        server = runner.server
+        await wait_until(lambda: not server.connections, 10)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
 
 
