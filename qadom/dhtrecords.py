@@ -854,8 +854,9 @@ class DhtRecordService:
     def get(self, key: str, now: float) -> Call[Record]:
         """The live record of ``key`` held by the peer closest to its storage key among those
         the lookup reached (ourselves included) that hold a validly signed one; fails with
-        NotFoundError, or as :meth:`Node.unanswered` says when no peer answered and we hold
-        none.
+        NotFoundError, as :meth:`Node.unanswered` says when no peer answered and we hold none,
+        or as :meth:`Node.unheard` says when more of the peers nearest it failed us than
+        answered.
 
         Records carry no version, so the lookup runs on to the k closest rather than stop at
         the first copy: an overwrite reaches the k closest, while a peer that was one of them
@@ -889,8 +890,10 @@ class DhtRecordService:
             if own is not None:
                 found.append((node.id ^ skey, own))
             if not found:
-                call.fail(NotFoundError(f"no record under key {key!r}") if lookup.closest()
-                          else node.unanswered(lookup))
+                missing = f"no record under key {key!r}"
+                # Not "not found" when more of those nearest the key failed us than answered.
+                call.fail((node.unheard(lookup, missing) or NotFoundError(missing))
+                          if lookup.closest() else node.unanswered(lookup))
             else:
                 call.resolve(min(found, key=lambda held: held[0])[1])
 

@@ -706,8 +706,9 @@ class NamespaceService:
     def get(self, public_key: bytes, key: int, now: float) -> Call[NamespaceRecord]:
         """The valid record with the highest ``seq`` held here or by any replica reached (a full
         lookup of the storage key, not stopped at the first record); fails with NotFoundError
-        when there is none, and as :meth:`Node.unanswered` says when no peer answered and we
-        hold none. Then repairs the replicas that hold an older one or none."""
+        when there is none, as :meth:`Node.unanswered` says when no peer answered and we hold
+        none, and as :meth:`Node.unheard` says when more of the peers nearest it failed us than
+        answered. Then repairs the replicas that hold an older one or none."""
         check_public_key(public_key)
         check_id(key)
         skey = storage_key(public_key, key)
@@ -737,9 +738,13 @@ class NamespaceService:
             found = [r for _, r, _ in answers.values() if r is not None]
             best = newest([*found, local] if local is not None else found)
             if best is None:
-                call.fail(NotFoundError(
-                    f"no peer reached holds key 0x{key:064x} of public key {public_key.hex()}")
-                    if answers else node.unanswered(lookup))
+                if not answers:
+                    call.fail(node.unanswered(lookup))
+                    return
+                missing = (f"no peer reached holds key 0x{key:064x} of public key "
+                           f"{public_key.hex()}")
+                # Not "not found" when more of those nearest the key failed us than answered.
+                call.fail(node.unheard(lookup, missing) or NotFoundError(missing))
                 return
             call.resolve(best)
             self._repair(best, lookup.closest(), answers, local, now)

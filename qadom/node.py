@@ -226,6 +226,10 @@ class _NodeLookup(Lookup):
     # RATE_LIMITED, or silent while that explains it), closest first; empty when none did. A
     # candidate may fail at more than one address (Lookup's alternates): kept once.
     limited_distances: tuple[int, ...] = ()
+    # The same for the k + 1 closest candidates that failed by silence or an ERROR, whatever the
+    # reason (Node.unheard, which needs to know whether more than k did): not those whose answer
+    # was of no use, which answered.
+    unheard_distances: tuple[int, ...] = ()
 
     def on_refusal(self, contact: Contact, error: Error) -> None:
         """``contact`` answered with ``error``: a failure (see :meth:`Lookup.on_failure`),
@@ -234,6 +238,8 @@ class _NodeLookup(Lookup):
         self.on_failure(contact)
         if self.failures > failures:
             self.refusals += 1
+            self.unheard_distances = _nearest(self.unheard_distances, contact.id ^ self.target,
+                                              self.k + 1)
             if error.code == ErrorCode.RATE_LIMITED:
                 self.rate_refusals += 1
                 self._limited(contact)
@@ -248,6 +254,8 @@ class _NodeLookup(Lookup):
         self.on_failure(contact, answered_as)
         if self.failures > failures:
             self.silent += 1
+            self.unheard_distances = _nearest(self.unheard_distances, contact.id ^ self.target,
+                                              self.k + 1)
             if limited:
                 self.silent_limited += 1
                 self._limited(contact)
@@ -255,20 +263,25 @@ class _NodeLookup(Lookup):
     def _limited(self, contact: Contact) -> None:
         """``contact`` failed for our request rate: keep its distance to the target if it is
         among the k closest of those that did (farther ones cannot change the outcome)."""
-        distance = contact.id ^ self.target
-        kept = self.limited_distances
-        if distance in kept:
-            return
-        if len(kept) < self.k or distance < kept[-1]:
-            self.limited_distances = tuple(sorted((*kept, distance)))[:self.k]
+        self.limited_distances = _nearest(self.limited_distances, contact.id ^ self.target,
+                                          self.k)
+
+
+def _nearest(kept: tuple[int, ...], distance: int, k: int) -> tuple[int, ...]:
+    """``kept`` (at most ``k`` distances, smallest first) with ``distance`` in it if it is
+    among the ``k`` smallest and not there yet."""
+    if distance in kept or (len(kept) >= k and distance >= kept[-1]):
+        return kept
+    return tuple(sorted((*kept, distance)))[:k]
 
 
 class _Skip:
     """A lookup's rule for the contacts it does not ask (:class:`Lookup`'s ``skip``): those
     whose address is in the node's backoff (it failed of late) or banned (a liar), as of the
-    lookup's start. It keeps the distances to the target of the k closest contacts it passed
-    over for a backoff (:meth:`note`; at most k numbers), which a read that found nothing counts
-    among the peers that did not answer it (:meth:`Node.unheard`)."""
+    lookup's start. It keeps the distances to the target of the k + 1 closest contacts it passed
+    over for a backoff (:meth:`note`; at most k + 1 numbers), which a read that found nothing
+    counts among the peers that did not answer it (:meth:`Node.unheard`, which needs to know
+    whether more than k did)."""
 
     __slots__ = ("banned", "dead", "distances", "k", "now", "target")
 
@@ -289,12 +302,7 @@ class _Skip:
 
     def note(self, contact: Contact) -> None:
         """``contact`` was passed over for a backoff of its address."""
-        distance = contact.id ^ self.target
-        kept = self.distances
-        if distance in kept:
-            return
-        if len(kept) < self.k or distance < kept[-1]:
-            self.distances = tuple(sorted((*kept, distance)))[:self.k]
+        self.distances = _nearest(self.distances, contact.id ^ self.target, self.k + 1)
 
 
 class _Asked:
@@ -1363,21 +1371,22 @@ class Node:
     def unheard(self, lookup: Lookup, missing: str) -> OperationTimeout | None:
         """Why a read whose lookup found nothing (``missing`` says what) may not say that the
         network holds nothing: more of the peers it should have heard from failed it than
-        answered it. Those that failed are the requests that went unanswered or were refused
-        with an ERROR, and the contacts near the target it passed over because their addresses
-        failed of late (any of the k closest to it, closer than its k-th closest that answered);
-        those that answered are the closest that did, at most k. None when at least as many
-        answered: under churn some of the closest peers are always gone, and the others hold
-        copies too. With it, a read cut off from the peers near a key (their socket buffers
-        full, a partition, our own backoff after such failures) fails with OperationTimeout
-        instead of saying NotFound, or an empty set, for data they may well hold."""
+        answered it. Those are the peers closer to the target than its k-th closest that
+        answered (all of them, with fewer than k answers): those that failed it (unanswered, or
+        refused with an ERROR; not those whose answer was of no use, which answered), and those
+        it passed over because their addresses failed of late; those that answered are the
+        closest that did, at most k. None when at least as many answered: under churn some of
+        the closest peers are always gone, and the others hold copies too. With it, a read cut
+        off from the peers near a key (their socket buffers full, a partition, our own backoff
+        after such failures) fails with OperationTimeout instead of saying NotFound, or an empty
+        set, for data they may well hold."""
         answered = lookup.closest()
+        bound = answered[-1].id ^ lookup.target if len(answered) >= lookup.k else _FAR
         failed = 0
         if isinstance(lookup, _NodeLookup):
-            failed = lookup.silent + lookup.refusals
+            failed = sum(1 for distance in lookup.unheard_distances if distance < bound)
         skip = lookup._skip
-        if isinstance(skip, _Skip) and skip.distances:
-            bound = (answered[-1].id ^ lookup.target if len(answered) >= lookup.k else _FAR)
+        if isinstance(skip, _Skip):
             failed += sum(1 for distance in skip.distances if distance < bound)
         if failed <= len(answered):
             return None

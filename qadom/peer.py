@@ -540,7 +540,8 @@ class Peer:
 
     async def namespace_get(self, public_key: bytes, key: int) -> bytes:
         """The newest value of ``key`` in the namespace of ``public_key``; KeyError
-        (NotFoundError) when none."""
+        (NotFoundError) when none, OperationTimeout when more of the peers nearest it failed to
+        answer than answered (as :meth:`get`)."""
         return (await self.namespace_get_record(public_key, key)).value
 
     async def namespace_get_record(self, public_key: bytes, key: int) -> NamespaceRecord:

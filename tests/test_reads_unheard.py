@@ -5,12 +5,25 @@ may hold it, and the read fails with OperationTimeout (Node.unheard). Sans-IO, v
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
+import cbor2
+import pytest
+from nacl.signing import SigningKey
+
+from qadom.call import Call
 from qadom.config import Config
 from qadom.contact import Address, Contact
+from qadom.dhtrecords import SECURED, Record, make_entry
+from qadom.dhtrecords import storage_key as dht_key
 from qadom.errors import NotFoundError, OperationTimeout
-from qadom.messages import Entries, Message, Nodes, Search
+from qadom.ids import key_for
+from qadom.messages import Entries, Error, ErrorCode, Message, Nodes, Search
+from qadom.namespace import NamespaceRecord
+from qadom.namespace import storage_key as ns_key
 from qadom.node import Node
+from qadom.sim import SimNetwork
 
 from helpers import answer_requests, node_near
 
@@ -76,3 +89,66 @@ def test_peers_passed_over_for_a_backoff_count_as_not_answering() -> None:
     asked = answer_requests(node, node.codec, lambda a, m: (ids[a], Nodes(tuple(near))), 1.0)
     assert asked and set(asked) <= set(ids)  # only the far one is asked
     assert call.done and isinstance(call.exception(), OperationTimeout), call.exception()
+
+
+def test_failures_far_from_the_key_do_not_make_a_missing_value_a_timeout() -> None:
+    """The lookup's first requests go to far contacts: one names the peers near the key, the
+    others refuse (an ERROR, a failure as silence is). The near ones answer without the value:
+    those near answered and none near failed, so NotFound, however many far ones failed on the
+    way."""
+    node = Node(node_id=0, now=0.0, rng=random.Random(3),
+                config=Config(k=2, alpha=5, probe_gets=False))
+    far = [Contact(1 << (255 - i), (f"10.0.2.{i + 1}", 4000)) for i in range(5)]  # 5 buckets
+    near = [Contact(TARGET ^ (1 << (100 + i)), (f"10.0.3.{i + 1}", 4000)) for i in range(2)]
+    for contact in far:
+        node.table.seen(contact)
+    ids = {c.address: c.id for c in (*far, *near)}
+
+    def reply(address: Address, message: Message) -> tuple[int, Message] | None:
+        if address == far[0].address:
+            return ids[address], Nodes(tuple(near))
+        if address in {c.address for c in near}:
+            return ids[address], Nodes(())
+        return ids[address], Error(ErrorCode.INTERNAL, "cannot serve it")
+
+    call = node.get(TARGET, 0.0)
+    for now in (0.0, 5.0, 10.0, 15.0):
+        node.handle_timer(now)
+        answer_requests(node, node.codec, reply, now)
+    assert isinstance(call.exception(), NotFoundError), call.exception()
+
+
+def test_namespace_and_dht_reads_cut_off_from_the_holders_do_not_say_not_found() -> None:
+    """The 30 nodes nearest each key are cut off from the reader (a partition): a get, a
+    namespace read and a /dht read all fail with OperationTimeout, none says NotFound; once the
+    partition heals, each finds its record."""
+    net = SimNetwork(3)
+    nodes = net.build(80)
+    writer = nodes[0]
+    owner = SigningKey(b"\x05" * 32)
+    public = bytes(owner.verify_key)
+    signed = cbor2.dumps(["qadom/namespace/v1", public, (42).to_bytes(32, "big"), 1, b"ns"])
+    record = NamespaceRecord(public, 42, 1, b"ns", owner.sign(signed).signature)
+    entry = make_entry((1).to_bytes(32, "big"), "name", "dht value", SECURED, None)
+    net.run_call(net.call(writer, writer.set, b"plain value"))
+    net.run_call(net.call(writer, writer.namespace.set, record))
+    net.run_call(net.call(writer, writer.dht_records.put, Record("name", SECURED, (entry,))))
+    keys = {"get": key_for(b"plain value"), "namespace": ns_key(public, 42),
+            "dht": dht_key("name")}
+
+    def nearest(key: int) -> list[Node]:
+        return sorted(net.live_nodes(), key=lambda n: n.id ^ key)[:30]
+
+    cut = {id(n) for key in keys.values() for n in nearest(key)}
+    reader = next(n for n in net.live_nodes() if id(n) not in cut and n is not writer)
+    reads: dict[str, Callable[[], Call[Any]]] = {
+        "get": lambda: net.call(reader, reader.get, keys["get"]),
+        "namespace": lambda: net.call(reader, reader.namespace.get, public, 42),
+        "dht": lambda: net.call(reader, reader.dht_records.get, "name")}
+    for name, key in keys.items():
+        held = nearest(key)
+        net.partition([n for n in net.live_nodes() if n not in held], held)
+        with pytest.raises(OperationTimeout):
+            net.run_call(reads[name]())
+        net.heal()
+        assert net.run_call(reads[name]()) is not None
