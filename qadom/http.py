@@ -861,7 +861,9 @@ _SIG_SCHEMA = {"type": "string", "pattern": "^[0-9a-fA-F]{128}$",
                "description": "ed25519 signature (64 bytes), hex"}
 _ERROR_TEXT = {
     400: "Bad input; 'field' names it", 401: "A signature or ownership rule refused the write",
-    404: "Nothing found", 409: "A newer or conflicting record is held (stale seq)",
+    404: "Nothing found",
+    408: "The body did not arrive within the helper's time for it (the connection is closed)",
+    409: "A newer or conflicting record is held (stale seq)",
     413: ("The body or the record is too large (or the body an 'Expect: 100-continue' "
           "announced)"),
     429: "Rate limited by the network",
@@ -974,8 +976,10 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         responses: dict[str, Any] = {"200": {"description": "OK", "content": route.ok or {}}}
-        # Any route answers an Expect header it cannot meet (_expect) with a 400 or a 413.
-        for status in sorted({*route.errors, *_EXPECT_ERRORS}):
+        # Any route answers an Expect header it cannot meet (_expect) with a 400 or a 413, and
+        # one that reads a body answers 408 when it does not come in time (_body).
+        slow = (408,) if route.body is not None else ()
+        for status in sorted({*route.errors, *_EXPECT_ERRORS, *slow}):
             responses[str(status)] = {"description": _ERROR_TEXT[status],
                                       "content": _json_content(_ref("Error"))}
         operation: dict[str, Any] = {

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from qadom import Peer
-from qadom.http import HttpHelper
+from qadom.http import HttpHelper, openapi_document
 
 from helpers import FAST, wait_until
 
@@ -64,3 +64,15 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_json_408_and_the_connect
         writer.close()
         assert "did not arrive within 0.3 s" in json.loads(body)["error"]
         assert peer.node.store.quotas.total_items == stored  # nothing stored
+
+
+def test_the_openapi_document_lists_the_408_of_every_route_that_reads_a_body() -> None:
+    document = openapi_document()
+    with_body = [(path, method) for path, item in document["paths"].items()
+                 for method, operation in item.items() if "requestBody" in operation]
+    assert with_body  # writes, publish, bootstrap, ping, refresh
+    for path, method in with_body:
+        assert "408" in document["paths"][path][method]["responses"], (method, path)
+    without = [(path, method) for path, item in document["paths"].items()
+               for method, operation in item.items() if "requestBody" not in operation]
+    assert all("408" not in document["paths"][p][m]["responses"] for p, m in without)
