@@ -1390,8 +1390,10 @@ class Node:
             failed += sum(1 for distance in skip.distances if distance < bound)
         if failed <= len(answered):
             return None
+        # At most k + 1 of each kind are kept: enough to tell, not always to count.
+        many = f"more than {lookup.k}" if failed > lookup.k else str(failed)
         return OperationTimeout(
-            f"{missing}, but {failed} of the peers nearest it did not answer (failed of late, "
+            f"{missing}, but {many} of the peers nearest it did not answer (failed of late, "
             f"silent, or refusing), against {len(answered)} that answered: it may be held there")
 
     def forget(self, key: int) -> bool:
