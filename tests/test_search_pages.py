@@ -77,6 +77,20 @@ def _paging_started(net: SimNetwork, call: Call[set[int]], sent: list[Search]) -
     assert sent and not call.done
 
 
+def _holders_vanish_while_paging(monkeypatch: pytest.MonkeyPatch, net: SimNetwork,
+                                 nodes: list[Node], key: int, holders: list[Node], seed: int,
+                                 ) -> tuple[Call[set[int]], list[Search]]:
+    """Start a search of ``key`` by a reader that holds none of it, and once it is paging, take
+    every holder off the network: its call, and the page requests it sends."""
+    reader = _readers(nodes, holders, 1, seed=seed)[0]
+    sent = _page_requests(monkeypatch, reader)
+    call = net.call(reader, reader.search, key)
+    _paging_started(net, call, sent)
+    for holder in holders:
+        net.remove(holder)
+    return call, sent
+
+
 def test_search_under_moderate_loss_returns_the_whole_set() -> None:
     # 300 values, 30 pages of 10 on each of the 8 holders: at 20% loss a page request fails
     # (both attempts lost) about one time in eight, so most holders' reads break on the way.
@@ -137,12 +151,7 @@ def test_a_page_no_holder_serves_fails_the_search_with_what_was_read(
 def test_a_search_whose_holders_vanish_fails_and_stops_asking(
         monkeypatch: pytest.MonkeyPatch) -> None:
     net, nodes, key, holders = _keyed(5, 1000, PAGES_OF_10)
-    reader = _readers(nodes, holders, 1, seed=5)[0]
-    sent = _page_requests(monkeypatch, reader)
-    call = net.call(reader, reader.search, key)
-    _paging_started(net, call, sent)
-    for holder in holders:
-        net.remove(holder)
+    call, sent = _holders_vanish_while_paging(monkeypatch, net, nodes, key, holders, seed=5)
     with pytest.raises(IncompleteSearch) as failed:
         net.run_call(call)
     assert 0 < len(failed.value.values) < 1000
@@ -170,12 +179,7 @@ def test_a_search_no_page_reaches_for_operation_timeout_fails(
     config = Config(k=8, search_page_size=10, operation_timeout=3.0, rpc_timeout=2.0,
                     rpc_timeout_min=2.0, rpc_timeout_max=2.0)
     net, nodes, key, holders = _keyed(2, 1000, config)
-    reader = _readers(nodes, holders, 1, seed=2)[0]
-    sent = _page_requests(monkeypatch, reader)
-    call = net.call(reader, reader.search, key)
-    _paging_started(net, call, sent)
-    for holder in holders:
-        net.remove(holder)
+    call, sent = _holders_vanish_while_paging(monkeypatch, net, nodes, key, holders, seed=2)
     with pytest.raises(IncompleteSearch, match=r"values read, then no page came for 3 s"):
         net.run_call(call)
     asked = len(sent)
