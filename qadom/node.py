@@ -1576,12 +1576,20 @@ class Node:
         address = req.address
         freed, req.placed = req.placed, False
         waiting = self._waiting.get(address)
+        if not waiting:  # the common case, every reply: nobody waits there
+            if freed:
+                out = self._in_flight[address] - 1
+                if out:
+                    self._in_flight[address] = out
+                else:
+                    del self._in_flight[address]
+            return
         dead = self._dead.get(address, -math.inf) > now
-        if not freed and not (waiting and dead):
+        if not freed and not dead:
             return
         # Without a place to give (or once it is given), the requests waiting are looked at
         # only when the address failed, to fail its lookups' requests unsent; the others keep
-        # their turn.
+        # their turn (in ``kept``, used only then).
         placing = freed
         kept: deque[_Request] = deque()
         while waiting:
