@@ -38,6 +38,17 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
 _POLL = 0.02
 """How often :func:`run_in_loop` looks whether the loop it waits on still runs (seconds)."""
 
+_READ_BATCH = 32
+"""Datagrams read in one go when a selector loop reports the socket readable. asyncio's own
+datagram transport reads one per loop iteration, so under a burst the replies that are already
+in the socket wait an iteration each, and a timer that falls due meanwhile times their requests
+out though they were answered (uvloop reads up to 32 at a time itself). Bounded, so that one busy
+socket cannot keep the loop from its other sockets and its timers."""
+
+_READ_SIZE = 65536
+"""The receive buffer of those reads: larger than any UDP payload, so a datagram is never cut
+short (the codec refuses one over its limit by its length)."""
+
 
 async def run_in_loop(loop: asyncio.AbstractEventLoop,
                       step: Callable[[], asyncio.Future[Any] | None]) -> bool:
@@ -117,6 +128,10 @@ class NodeProtocol(asyncio.DatagramProtocol):
         self.node = make_node(self.now())
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        # A second descriptor of the transport's socket, to read what is waiting after each
+        # datagram the transport hands over (see _READ_BATCH); None on loops that read in
+        # batches themselves (uvloop) or expose no socket.
+        self._reader: socket.socket | None = None
 
     def now(self) -> float:
         """The node's clock: monotonic, in Unix seconds."""
@@ -126,6 +141,12 @@ class NodeProtocol(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
+        if isinstance(self.loop, asyncio.selector_events.BaseSelectorEventLoop):
+            sock = transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):  # no descriptor to spare: as before
+                reader = socket.fromfd(sock.fileno(), sock.family, sock.type)
+                reader.setblocking(False)
+                self._reader = reader
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
         # IPv6 sockets report (host, port, flowinfo, scope_id); the node keys peers by (host, port).
@@ -133,13 +154,40 @@ class NodeProtocol(asyncio.DatagramProtocol):
             addr = (str(addr[0]), int(addr[1]))
         self.node.datagram_received(data, addr,  # type: ignore[arg-type]  # (host, port) now
                                     self.loop.time() + self._offset)
+        if self._reader is not None:
+            self._read_waiting(self._reader)
         self.flush()
+
+    def _read_waiting(self, reader: socket.socket) -> None:
+        """Hand the node what else is waiting in the socket, up to a batch (see _READ_BATCH), so
+        that replies already here are read before the timers of their requests run."""
+        node = self.node
+        for _ in range(_READ_BATCH - 1):
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            try:
+                data, addr = reader.recvfrom(_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return  # nothing more: the common case, one datagram per wakeup
+            except OSError as exc:
+                self.error_received(exc)
+                return
+            if len(addr) != 2:
+                addr = (str(addr[0]), int(addr[1]))
+            node.datagram_received(data, addr, self.loop.time() + self._offset)
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable...) surface here; the request's timeout handles them.
         self.node.stats["socket_errors"] += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._close_reader()
         if exc is not None:  # the loop closed the socket on an error: say so where users look
             self.node.stats["socket_lost"] += 1
             log.error("the UDP socket was closed by an error: %r", exc)
@@ -161,6 +209,7 @@ class NodeProtocol(asyncio.DatagramProtocol):
         transport = self.transport
         if transport is None:
             return True
+        self._close_reader()  # nothing is read once closing; the socket goes with the transport
         loop = self.loop
         if not loop.is_closed() and (loop.is_running() or loop is running_loop()):
             # The node's timer goes now, not at connection_lost, which the loop runs later: a

@@ -1,0 +1,59 @@
+"""Replies that arrived while the event loop was held up are read before the timers of their
+requests, which fell due meanwhile, run: on asyncio's own loop, whose datagram transport reads
+one datagram per loop iteration, because the adapter reads what is waiting in batches
+(qadom.transport._READ_BATCH); uvloop reads in batches itself. Real UDP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+import time
+
+import pytest
+
+from qadom import Config, Peer
+from qadom.codec import Codec
+from qadom.messages import Ping, Pong
+
+from helpers import FAST, wait_until
+
+REQUESTS = 20  # under max_requests_in_flight: all go out at once
+TIMEOUT = 0.05
+CONFIG = dataclasses.replace(FAST, rpc_timeout=TIMEOUT, rpc_timeout_min=TIMEOUT,
+                             rpc_timeout_max=TIMEOUT)
+
+
+async def test_replies_waiting_in_the_socket_are_read_before_overdue_timers() -> None:
+    codec = Codec(Config())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as remote:
+        remote.bind(("127.0.0.1", 0))
+        remote.settimeout(5)
+        async with Peer("127.0.0.1", 0, config=CONFIG) as peer:
+            asked = [asyncio.ensure_future(peer.request(remote.getsockname(), Ping()))
+                     for _ in range(REQUESTS)]
+            await wait_until(lambda: peer.stats["requests_out"] >= REQUESTS, timeout=5)
+            for _ in range(REQUESTS):  # all sent already: each read finds one at once
+                data, _ = remote.recvfrom(65536)
+                request = codec.decode(data)
+                assert isinstance(request.message, Ping)
+                # On loopback the reply is in the peer's socket when sendto returns.
+                remote.sendto(codec.encode_parts(request.rpc_id, None, Pong()), peer.address)
+            # Hold the loop up (as a long computation in a notebook cell would) until every
+            # request's timer is overdue: the loop then finds both the socket readable and the
+            # timer due in the same iteration.
+            time.sleep(4 * TIMEOUT)
+            replies = await asyncio.wait_for(asyncio.gather(*asked), 5)
+            assert replies == [Pong()] * REQUESTS
+            assert peer.stats["retries"] == 0  # no reply was left waiting behind a timer
+            assert peer.stats["unexpected"] == 0
+
+
+def test_on_uvloop_too() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(
+            test_replies_waiting_in_the_socket_are_read_before_overdue_timers())
+    finally:
+        loop.close()
