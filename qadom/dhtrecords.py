@@ -799,7 +799,14 @@ class DhtRecordService:
         The write is checked here first, against our copy and against every record the lookup
         meets on the way (so a forged overwrite fails even through a node that never held the
         record), then sent to the k closest, which check it again. Fails with Unauthorized or
-        ValueTooLarge when refused by us or by every holder; stores locally once accepted, as
+        ValueTooLarge when refused by us, or by a holder while none of them stored it. When
+        there were peers to ask and none stored it nor refused it by the rules, it fails as a
+        value's set does (:meth:`Node.unstored <qadom.node.Node.unstored>`: RateLimited,
+        StorageFull, RemoteError, or OperationTimeout when none answered), and when no peer
+        answered the lookup, as :meth:`Node.unreached <qadom.node.Node.unreached>` says; a
+        failed put stores nothing here. A node that knows no other peer (or whose contacts all
+        failed of late and were given up) keeps it alone, resolving to ``stored`` 0, until
+        peers come. Once one of the k closest stored it, it is stored here too, as
         the record's original publisher (renewed every 24 hours until :meth:`forget`, or until
         a client's write through another node replaces here the entry of an owner we put, by
         this put or an earlier one: that node renews it then, see :meth:`_handle_put`; a
@@ -846,7 +853,7 @@ class DhtRecordService:
             except QadomError as exc:
                 call.fail(exc)
                 return
-            self._send_to(lookup.closest(), key, write, now, call, forgotten)
+            self._send_to(lookup, key, write, now, call, forgotten)
 
         node.run_lookup(key, "dht", DhtFind(key), now, on_message, on_finish, call)
         return call
@@ -933,25 +940,42 @@ class DhtRecordService:
         store.quotas.check_own(size, None if held is None else len(held))
         return record
 
-    def _send_to(self, contacts: list[Contact], key: int, write: Record, now: float,
+    def _send_to(self, lookup: Lookup, key: int, write: Record, now: float,
                  call: Call[PutResult], forgotten: Callable[[], bool]) -> None:
+        """Send ``write`` to the k closest ``lookup`` found; once they answered, store it here
+        too if one of them stored it, or if there was nobody to ask (a lone node keeps it
+        alone until peers come, as a set does). Else fail ``call`` with nothing stored here: a
+        rule refusal (DHT_REFUSED) speaks for the write, and otherwise as :meth:`Node.unstored
+        <qadom.node.Node.unstored>` says, as for a value's set (RateLimited, StorageFull,
+        RemoteError, or OperationTimeout when none of them answered)."""
         encoded = encode_record(write)
         message = DhtPut(encoded, int(self.config.expire_time))
+        silenced: set[int] = set()
 
         def done(replies: list[tuple[Contact, Message | None]], now: float) -> None:
             stored = sum(1 for _, reply in replies if isinstance(reply, Stored))
             # Rule refusals, and errors such as a full store.
             refusals = [reply for _, reply in replies if isinstance(reply, (DhtRefused, Error))]
-            if stored or not refusals:
-                result = PutResult(stored, len(refusals))
-                if forgotten():  # forgotten since this put started: not ours to keep
-                    call.resolve(result)
-                else:
-                    self._store_local(key, write, now, call, result)
+            error: QadomError | None = None
+            if not stored:
+                ruled = [reply for reply in refusals if isinstance(reply, DhtRefused)]
+                # A rule refusal is the write's own fault, whatever the others said; without
+                # one, none took it, for a reason the store of a value would fail for too
+                # (None when there was nobody to ask).
+                error = (_refusal_error(ruled[0]) if ruled
+                         else self.node.unstored(lookup, replies, len(silenced)))
+                if isinstance(error, StorageFull) and refusals:  # with what the holder said
+                    error = StorageFull(f"{error}: {printable(refusals[0].reason)}")
+            if error is not None:
+                call.fail(error)
+                return
+            result = PutResult(stored, len(refusals))
+            if forgotten():  # forgotten since this put started: not ours to keep
+                call.resolve(result)
             else:
-                call.fail(_refusal_error(refusals[0]))
+                self._store_local(key, write, now, call, result)
 
-        self.node.ask_each(contacts, message, now, done)
+        self.node.ask_each(lookup.closest(), message, now, done, silenced=silenced)
 
     def _store_local(self, key: int, write: Record, now: float, call: Call[PutResult],
                      result: PutResult) -> None:
@@ -1133,14 +1157,11 @@ def _our_owners(meta: Meta | None, current: Record | None) -> frozenset[bytes]:
     return frozenset(entry.owner for entry in current.entries)
 
 
-def _refusal_error(refused: DhtRefused | Error) -> QadomError:
-    """The error of a put every holder refused, ``refused`` the first refusal: its reason (the
-    holder's text) shortened and with any character that is not printable replaced."""
+def _refusal_error(refused: DhtRefused) -> QadomError:
+    """The error of a put no holder stored and one refused by its rules, ``refused`` the first
+    such refusal: its reason (the holder's text) shortened and with any character that is not
+    printable replaced."""
     reason = printable(refused.reason)
-    if isinstance(refused, Error):
-        if refused.code == ErrorCode.STORAGE_FULL:
-            return StorageFull(reason)
-        return RemoteError(refused.code, reason)
     if refused.code == RefusedCode.UNAUTHORIZED:
         return Unauthorized(reason)
     if refused.code == RefusedCode.TOO_LARGE:

@@ -226,7 +226,8 @@ class TooManySubscribers(RemoteError):
 
 class RateLimited(RemoteError):
     """Peers refused us for our rate: every relay asked refused a publish or a subscription
-    (``Config.pubsub_rate`` messages per second, bursts of ``Config.pubsub_burst``), or a set or
-    an append no peer took, which one of the peers asked refused for our requests, or which most
+    (``Config.pubsub_rate`` messages per second, bursts of ``Config.pubsub_burst``), or a write
+    (a set, an append, a namespace or /dht write) no peer took, which one of the peers asked
+    refused for our requests, or which most
     of the peers that stayed silent had just refused for them (``Config.request_rate``: over it,
     a peer answers one refusal a second and drops the rest)."""

@@ -794,7 +794,7 @@ _STREAM_TEXT = (
 ROUTES: tuple[Route, ...] = (
     Route("POST", "/dht/{key}", dht_post, "Write a signed record (SECURED or CONTROLLED)",
           ("dht_key",), _json_content(_ref("DhtWrite")),
-          _json_content(_ref("DhtWriteResult")), (400, 401, 413, *_NET)),
+          _json_content(_ref("DhtWriteResult")), (400, 401, 413, 429, *_NET)),
     Route("GET", "/dht/{key}", dht_get,
           "Read a record, signed by this node's secp256k1 key", ("dht_key",), None,
           _json_content(_ref("DhtWrite")), (400, 404, *_NET)),
@@ -816,7 +816,7 @@ ROUTES: tuple[Route, ...] = (
     Route("PUT", "/namespaces/{public_key}/{key}", namespace_put,
           "Write a signed namespace record", ("public_key", "key"),
           _json_content(_ref("NamespaceWrite")), _json_content(_ref("NamespaceResult")),
-          (400, 401, 409, 413, *_NET)),
+          (400, 401, 409, 413, 429, *_NET)),
     Route("GET", "/namespaces/{public_key}/{key}", namespace_get,
           "Read a namespace record (value, seq and signature)", ("public_key", "key"), None,
           _json_content(_ref("NamespaceRecord")), (400, 404, *_NET)),
