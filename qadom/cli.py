@@ -701,13 +701,13 @@ async def _join(peer: Peer, args: argparse.Namespace, data_dir: str | None) -> N
                     f"could not join: no node answered at {where}, and rejoining through the "
                     f"{_contacts(len(others), 'contact')} saved in {data_dir!r} failed: {exc}"
                 ) from None
-            log.info("rejoined through saved contacts; %d contacts", size)
+            log.info("rejoined through saved contacts; %s", _contacts(size, "contact"))
             return
-        log.info("joined through %s; %d contacts", where, size)
+        log.info("joined through %s; %s", where, _contacts(size, "contact"))
     elif data_dir is not None and peer.node.store.load_contacts():
         try:
             size = await peer.bootstrap()  # rejoin through the contacts saved last time
-            log.info("rejoined through saved contacts; %d contacts", size)
+            log.info("rejoined through saved contacts; %s", _contacts(size, "contact"))
         except QadomError as exc:
             # Every old neighbour is gone: still a working node others can join through.
             log.warning("none of the contacts saved in %s answered (%s): serving; peers can "
@@ -768,7 +768,9 @@ async def _serve(args: argparse.Namespace) -> int:
     """Run a node until SIGINT or SIGTERM (exit 0, even while it starts or makes its first
     join). Fails, with the node closed, when it cannot start, or when no ``--bootstrap`` address
     answers, nor any other contact its data dir saved. A reader of stdout that goes away does
-    not stop it (:func:`_announce`)."""
+    not stop it (:func:`_announce`); a stdout closed when it starts does: exit 1, before it
+    opens or binds anything, as for every command that writes stdout."""
+    _require_stdout()  # the addresses it prints are how a script learns where it serves
     # From here on SIGINT and SIGTERM stop the node, while it checks its arguments, opens its
     # store and binds its sockets as well as while it joins or serves.
     stop = _stop_event(args)
@@ -1054,14 +1056,16 @@ async def _keygen(args: argparse.Namespace) -> int:
     path: str = args.file
     if not path:
         raise CommandLineError("FILE must name a file")
-    if not args.force and os.path.lexists(path):
-        raise CommandLineError(f"{path!r} exists: give --force to replace it")
+    # What --force cannot replace is refused first: telling to give --force would only lead
+    # to a second refusal.
     if os.path.isdir(path):  # '.', '/': no file name to write next to, and never replaceable
         raise CommandLineError(f"{path!r} is a directory: keygen writes only a file")
     if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
         # --force replaces a file keygen could have made, never a device, a pipe or a link
         # (the file is replaced by a rename, which would put a plain file in their place).
         raise CommandLineError(f"{path!r} is not a regular file: keygen replaces only a file")
+    if not args.force and os.path.lexists(path):
+        raise CommandLineError(f"{path!r} exists: give --force to replace it")
     identity = Identity.generate()
     try:
         identity.save(path)

@@ -653,7 +653,9 @@ def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
     reached from the host (a name that does not resolve, an address of the other IP family), no
     peer answers at the bootstrap addresses (the peer's own address answering is no peer), or
     the join fails otherwise (``{name}: could not join through {addresses}: {reason}``). A join
-    that fails, or that Ctrl-C stops, closes the peer again."""
+    that fails, or that Ctrl-C stops, closes the peer again; Ctrl-C during the join then ends a
+    plain script quietly with status 130, as :func:`script_errors` does once it has joined (at
+    an IPython prompt it stays a KeyboardInterrupt)."""
     listen = format_address((options.host, options.port))
     try:
         peer = start_peer(options.host, options.port, **kwargs)
@@ -683,6 +685,8 @@ def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
                 raise SystemExit(f"{name}: cannot join through {where}: {exc}") from None
             if isinstance(exc, QadomError):  # peers answered, but the join did not complete
                 raise SystemExit(f"{name}: could not join through {where}: {exc}") from None
+            if isinstance(exc, KeyboardInterrupt) and front_end() == "script":
+                raise SystemExit(130) from None  # as script_errors ends one
             raise
     return peer
 

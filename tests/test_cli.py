@@ -780,6 +780,10 @@ def test_set_with_stdin_closed_is_a_usage_error() -> None:
     ["get", "1", "--bootstrap", "127.0.0.1:9"],
     ["search", "1234", "--bootstrap", "127.0.0.1:9"],
     ["info", "--node", "127.0.0.1:9"],
+    # serve prints the addresses it serves on: before, it bound its sockets, then failed to
+    # print them with "unexpected error: AttributeError".
+    ["serve", "--port", "0", "--memory"],
+    ["serve", "--port", "0", "--memory", "--http-port", "0"],
 ])
 def test_a_command_with_stdout_closed_fails_before_doing_anything(args: list[str]) -> None:
     result = qadom_closing(">&-", *args)

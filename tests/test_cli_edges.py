@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import select
@@ -304,13 +305,14 @@ async def test_a_bootstrap_address_that_is_the_only_saved_contact_is_not_asked_t
 
 
 async def test_serve_rejoins_through_the_saved_contacts_other_than_its_bootstrap_address(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     silent = Silent()
     live = Peer("127.0.0.1", 0, config=FAST)
     await live.start()
     try:
         saved = [Contact(12345, ("127.0.0.1", silent.port)), Contact(live.id, live.address)]
-        peer = await join_with_saved(tmp_path / "node", saved, f"127.0.0.1:{silent.port}")
+        with caplog.at_level(logging.INFO, logger="qadom"):
+            peer = await join_with_saved(tmp_path / "node", saved, f"127.0.0.1:{silent.port}")
         try:
             assert live.id in {contact.id for contact in peer.node.table}
         finally:
@@ -319,3 +321,24 @@ async def test_serve_rejoins_through_the_saved_contacts_other_than_its_bootstrap
     finally:
         await live.close()
         silent.close()
+    assert "rejoined through saved contacts; 1 contact" in caplog.messages  # before: "1 contacts"
+
+
+async def test_serve_logs_its_join_through_its_bootstrap_address(
+        caplog: pytest.LogCaptureFixture) -> None:
+    live = Peer("127.0.0.1", 0, config=FAST)
+    await live.start()
+    try:
+        peer = Peer("127.0.0.1", 0, config=FAST)
+        await peer.start()
+        try:
+            args = cli.parse_args(cli.build_parser(), [
+                "serve", "--port", "0", "--memory", "--bootstrap", f"127.0.0.1:{live.address[1]}"])
+            with caplog.at_level(logging.INFO, logger="qadom"):
+                await asyncio.wait_for(cli._join(peer, args, None), 10)
+        finally:
+            await peer.close()
+    finally:
+        await live.close()
+    # Before: "1 contacts".
+    assert f"joined through 127.0.0.1:{live.address[1]}; 1 contact" in caplog.messages

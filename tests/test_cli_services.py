@@ -138,6 +138,27 @@ def test_keygen_forced_onto_what_is_not_a_file_changes_nothing(tmp_path: Path, k
         assert Identity.load(kept).public_key.hex() == saved
 
 
+@pytest.mark.parametrize("kind", ["directory", "dangling link"])
+@pytest.mark.parametrize("force", [[], ["--force"]])
+async def test_keygen_onto_what_force_cannot_replace_says_so_with_or_without_force(
+        tmp_path: Path, kind: str, force: list[str]) -> None:
+    """The refusal --force would meet anyway, not a hint to give --force."""
+    path = tmp_path / "target"
+    if kind == "directory":
+        path.mkdir()
+        reason = f"{str(path)!r} is a directory: keygen writes only a file"
+    else:
+        path.symlink_to(tmp_path / "nowhere")
+        reason = f"{str(path)!r} is not a regular file: keygen replaces only a file"
+    args = cli.parse_args(cli.build_parser(), ["keygen", str(path), *force])
+    with pytest.raises(cli.CommandLineError) as refused:
+        await cli._keygen(args)
+    # Before, without --force: "exists: give --force to replace it", then this with it.
+    assert str(refused.value) == reason
+    assert sorted(tmp_path.iterdir()) == [path]
+    assert path.is_dir() if kind == "directory" else not path.exists() and path.is_symlink()
+
+
 # ----------------------------------------------------------------------------- namespaces
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from qadom import Config, InvalidArgument, InvalidType, NoPeersError, Peer, key_for
+from qadom import Config, InvalidArgument, InvalidType, NoPeersError, Peer, interactive, key_for
 from qadom.errors import LoopRunningError
 from qadom.interactive import (
     ScriptOptions,
@@ -237,11 +237,24 @@ def test_a_script_peer_told_to_join_through_its_own_name_says_so(script_loop: No
     assert started() == []
 
 
-def test_ctrl_c_while_a_script_peer_joins_closes_it(script_loop: None) -> None:
+@pytest.mark.parametrize("where", ["script", "ipython"])
+def test_ctrl_c_while_a_script_peer_joins_closes_it(
+        script_loop: None, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """As start_peer with bootstrap: Ctrl-C during the join leaves no half-joined peer serving
-    (at an `ipython -i` prompt it would go on answering others)."""
-    with interrupted_at_first_datagram() as silent, pytest.raises(KeyboardInterrupt):
+    (at an `ipython -i` prompt it would go on answering others). A plain script then ends
+    quietly with status 130, as script_errors ends it after the join; at the prompt the
+    KeyboardInterrupt stays, for the prompt to show."""
+    # The front end is only what front_end says: with IPython not imported, starting the peer
+    # looks for no real prompt to serve at (Peer.start).
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    monkeypatch.setattr(interactive, "front_end", lambda: where)
+    with (interrupted_at_first_datagram() as silent,
+          pytest.raises((SystemExit, KeyboardInterrupt)) as info):
         start_script_peer("peer9", ScriptOptions("127.0.0.1", 0, (silent,)), config=FAST)
+    if where == "script":  # before: a KeyboardInterrupt, which Python shows with a traceback
+        assert isinstance(info.value, SystemExit) and info.value.code == 130
+    else:
+        assert type(info.value) is KeyboardInterrupt
     assert started() == []
     assert asyncio.all_tasks(event_loop()) == set()
 
