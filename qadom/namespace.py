@@ -33,13 +33,19 @@ Guarantees:
   with :meth:`NamespaceService.set` republishes it as is every 24 hours with a fresh TTL until
   :meth:`NamespaceService.forget`. A republish is a NAMESPACE_STORE like any other, so an older
   ``seq`` republished to a replica holding a newer one is refused there.
-* A publisher stops renewing its record once a newer ``seq`` of the same key is proven to exist:
-  when a newer version replaces ours here (from any sender), we keep it only as a storer, with
-  the lifetime it came with; when a replica refuses our renewal as stale, we ask it for its
-  record, and a valid one with a higher ``seq`` ends our publishing (we keep it as a storer if
-  we count ourselves among its k closest, else we drop ours). A refusal proves nothing by
+* A publisher stops renewing its record, and a storer republishing its copy, once a newer
+  ``seq`` of the same key is proven to exist: when a newer version replaces ours here (from any
+  sender), we keep it only as a storer, with the lifetime it came with; when a replica refuses
+  our republish as stale, we ask it for its record, and a valid one with a higher ``seq`` ends
+  our republishing (we keep it as a storer, with the lifetime left of it, if we count ourselves
+  among its k closest, else we drop ours) and is sent, with the lifetime left of it, to the
+  peers that took ours in that republish (a peer outside the k closest that the newer version
+  never reached, met when one of the k closest did not answer). A refusal proves nothing by
   itself. So the newer version lives by its own publisher's renewals, and once it expires the
-  key is unset: an older ``seq`` never comes back while a newer one of its owner lived.
+  key is unset: an older ``seq`` never comes back while a newer one of its owner lived. Only a
+  peer that holds the older one and hears nothing of the newer one until it expired (cut off,
+  or its correction lost, for that long) can bring it back; and the older record replayed
+  after the newer one expired is, to every replica, a first write.
 
 This module is part of the sans-IO core: no asyncio, no sockets, no clock; ``now`` comes in.
 Records persist through the node's :class:`~qadom.storage.Store` as generic records of kind
@@ -362,11 +368,12 @@ class NamespaceService:
 
     ``node.stats`` counts ``namespace_stored`` (records accepted), ``namespace_refused`` (bad
     signatures and stale versions refused), ``namespace_forged`` (forged records met, from a
-    sender or in a reply), ``namespace_repairs`` (read-repair writes sent),
-    ``namespace_unproven_refusals`` (replicas that refused a set or our renewal as stale but
-    showed no record that justifies it), ``namespace_superseded`` (records of ours we stopped
-    renewing because a replica showed a newer ``seq``) and ``namespace_corrupt`` (stored records
-    that no longer decode, treated as absent).
+    sender or in a reply), ``namespace_repairs`` (read-repair writes sent, and newer records sent
+    to the peers that took an older one we republished), ``namespace_unproven_refusals``
+    (replicas that refused a set or our republish as stale but showed no record that justifies
+    it), ``namespace_superseded`` (records we stopped renewing or republishing because a replica
+    showed a newer ``seq``) and ``namespace_corrupt`` (stored records that no longer decode,
+    treated as absent).
     """
 
     KIND = RECORD_KIND
@@ -442,8 +449,7 @@ class NamespaceService:
         """Republish one record whose time has come (section 2.5): the signed record as is, in a
         NAMESPACE_STORE to the k closest, with a fresh lifetime from its original publisher and
         what is left of it from a storer; ``missed(now)`` if that reached nobody. A replica
-        that refuses our own record's renewal as stale is asked for the record it holds (see
-        :meth:`_renew`)."""
+        that refuses it as stale is asked for the record it holds (see :meth:`_send`)."""
         node = self.node
         try:
             record = NamespaceRecord.from_bytes(due.data)
@@ -455,17 +461,16 @@ class NamespaceService:
         node.store.put_record(due.kind, due.key, due.data, now, meta=meta)
         if ttl >= 1:
             node.stats["republished"] += 1
-            if meta.original:
-                self._renew(record, ttl, now, missed)
-            else:
-                node.replicate(due.key, NamespaceStore.of(record, ttl), now, missed=missed)
+            self._send(record, ttl, now, missed)
 
-    def _renew(self, record: NamespaceRecord, ttl: int, now: float,
-               missed: Callable[[float], None] | None) -> None:
-        """Send our own ``record`` to the k closest with ``ttl``, as :meth:`Node.replicate`
-        does (``missed(now)`` if no peer answered), then ask each replica that refused it as
-        stale for the record it holds: a valid one with a higher ``seq`` ends our publishing
-        (:meth:`_superseded`). A refusal alone costs nothing to send and proves nothing."""
+    def _send(self, record: NamespaceRecord, ttl: int, now: float,
+              missed: Callable[[float], None] | None) -> None:
+        """Send our ``record`` (ours to renew, or a storer's copy) to the k closest with ``ttl``,
+        as :meth:`Node.replicate <qadom.node.Node.replicate>` does (``missed(now)`` if no peer
+        answered), then ask each replica that refused it as stale for the record it holds: a
+        valid one with a higher ``seq`` ends our republishing of ours, and is sent to the peers
+        that stored ours (:meth:`_superseded`). A refusal alone costs nothing to send and proves
+        nothing."""
         node = self.node
         message = NamespaceStore.of(record, ttl)
 
@@ -478,8 +483,9 @@ class NamespaceService:
                 refused = [c for c, r in replies
                            if isinstance(r, Error) and r.code == ErrorCode.STALE_SEQUENCE]
                 if refused:
+                    stored = [c for c, r in replies if isinstance(r, NamespaceStored)]
                     self._held_against(record, refused, now, lambda held, now: (
-                        self._superseded(record, held, closest, now)))
+                        self._superseded(record, held, closest, stored, now)))
 
             node.ask_each(closest, message, now, done)
 
@@ -515,19 +521,27 @@ class NamespaceService:
 
     def _superseded(self, record: NamespaceRecord,
                     held: list[tuple[Contact, NamespaceRecord, int]], closest: list[Contact],
-                    now: float) -> None:
-        """Replicas showed ``held`` against our renewal of ``record``: if one is a valid record
-        with a higher ``seq`` and we still hold ``record``, we stop publishing it. We keep the
-        newest shown instead, as a storer with the lifetime left of it, if fewer than k of
-        ``closest`` (the k closest the renewal's lookup found) are closer to its storage key than
-        we are; else we drop ours, so that neither our renewals nor a read repair from our copy
-        can bring the older version back once the newer one expired. A same ``seq`` with another
-        value (only its owner can sign one) proves nothing newer: we keep renewing ours."""
+                    stored: list[Contact], now: float) -> None:
+        """Replicas showed ``held`` against our republish of ``record``, which the peers
+        ``stored`` took. If one is a valid record with a higher ``seq``, the newest shown is sent
+        to each of ``stored`` with the lifetime left of it (they took ours with a lifetime that
+        may outlast it, often by a day when ours was a renewal, and would bring ours back once
+        it expired), and if we still hold ``record`` we stop republishing it. We keep the newest
+        shown instead, as a storer with the lifetime left of it, if fewer than k of ``closest``
+        (the k closest the republish's lookup found) are closer to its storage key than we are;
+        else we drop ours, so that neither our republishing nor a read repair from our copy can
+        bring the older version back once the newer one expired. A same ``seq`` with another
+        value (only its owner can sign one) proves nothing newer: we keep republishing ours."""
         newer = [h for h in held if h[1].seq > record.seq]
         if not newer:
             return
         contact, best, ttl = max(newer, key=lambda h: (h[1].seq, h[1].signature))
         node, skey = self.node, record.storage_key
+        ttl = max(1, min(ttl, int(node.config.expire_time)))  # never a fresh lifetime
+        correction = NamespaceStore.of(best, ttl)
+        for peer in stored:
+            node.stats["namespace_repairs"] += 1
+            node.request(peer.address, correction, now, expect_id=peer.id)
         try:
             if self.local(skey, now) != record:
                 return  # changed meanwhile (our own newer set, a newer copy): its rules hold
@@ -535,15 +549,14 @@ class NamespaceService:
             distance = node.id ^ skey
             if sum(1 for c in closest if c.id ^ skey < distance) < node.config.k:
                 try:
-                    self.accept(best, now, host_key(contact.address[0]),
-                                max(1, min(ttl, int(node.config.expire_time))))
+                    self.accept(best, now, host_key(contact.address[0]), ttl)
                     return
                 except StorageUnavailable:
                     raise
                 except QadomError:  # over the sender's quota here: ours goes all the same
                     pass
             node.store.delete_record(RECORD_KIND, skey)
-        except StorageUnavailable:  # our store's trouble: the next renewal is refused again
+        except StorageUnavailable:  # our store's trouble: the next republish is refused again
             node.stats["storage_errors"] += 1
 
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None:
