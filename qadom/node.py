@@ -3022,14 +3022,19 @@ class Node:
         """Send every item whose time has come to the k closest (section 2.5): our own items
         with a fresh lifetime every ``publisher_renew_after``, items we store for others
         with what is left of theirs every ``republish_interval``. Service records follow the
-        same schedule, each sent by its service. A tick sends at most ``republish_batch``, of
-        which records due get at least half when values and entries are due too. An item or
-        record whose rewrite the store refuses (StorageFull, or StorageUnavailable for a damaged
-        page) is counted (``storage_errors``) and stays due for the next tick, holding back none
-        of the others; it is logged when such refusals start and when a tick meets none again,
-        not at every tick. A rewrite no larger than what it replaces is never refused for the
-        quotas (:meth:`Quotas.replace <qadom.storage.Quotas.replace>`), so a store over lower
-        limits than it was filled under still renews what it holds.
+        same schedule, each sent by its service. A tick sends at most ``republish_batch``: our
+        own items and records first, the soonest due first, then those we store for others in
+        the room left, the soonest due first; in each, records due get at least half of the room
+        when values and entries are due too. So no republish of others' items holds back the
+        renewals of a bulk of our own due at once: they are spread over the ticks of
+        ``publisher_renew_window``, and land before the copies of the last renewal expire as
+        long as the bulk fits them (:attr:`~qadom.config.Config.publisher_renew_after`). An
+        item or record whose rewrite the store refuses (StorageFull, or StorageUnavailable for
+        a damaged page) is counted (``storage_errors``) and stays due for the next tick,
+        holding back none of the others; it is logged when such refusals start and when a tick
+        meets none again, not at every tick. A rewrite no larger than what it replaces is never
+        refused for the quotas (:meth:`Quotas.replace <qadom.storage.Quotas.replace>`), so a
+        store over lower limits than it was filled under still renews what it holds.
 
         A republish counts as done only once it reached somebody: with an empty routing table
         (a start before the saved contacts answered, a network lost) nothing is sent and every
@@ -3040,8 +3045,20 @@ class Node:
             return
         cfg = self.config
         batch = cfg.republish_batch
-        items = self.store.due(now, batch)
-        records = self.store.due_records(now, max(batch - len(items), batch // 2))
+        store = self.store
+        # Our own first: our renewal is all that keeps an item of ours alive, while an item we
+        # store for others has k storers to repair it (one an hour is enough), and their
+        # republishes, due every hour, would otherwise hold ours back past their copies' expiry.
+        items, records = _share_batch(store.due(now, batch, originals=True),
+                                      store.due_records(now, batch, originals=True), batch)
+        room = batch - len(items) - len(records)
+        if room:  # every one of ours due is in: those we store for others fill the rest
+            theirs, their_records = _share_batch(
+                [due for due in store.due(now, len(items) + room) if not due.meta.original],
+                [due for due in store.due_records(now, len(records) + room)
+                 if not due.meta.original], room)
+            items += theirs
+            records += their_records
         refused: list[StorageFull] = []  # the refusals of our own store this tick
         for record in records:
             service = self._record_services.get(record.kind)
@@ -3056,7 +3073,7 @@ class Node:
                 self.stats["storage_errors"] += 1
                 refused.append(exc)
         entries: dict[int, list[tuple[Message, Callable[[float], None]]]] = {}  # by key
-        for due in items[:batch - len(records)]:
+        for due in items:
             meta = due.meta
             if meta.original:
                 ttl = cfg.expire_time
@@ -3240,6 +3257,15 @@ def _unchanged(meta: Meta, due: Meta, sent: float, interval: float) -> bool:
     its entries may end sooner). A copy received since moves the time to an interval after it,
     and :meth:`Node.forget` to NEVER."""
     return meta.original == due.original and sent < meta.republish_at <= sent + interval
+
+
+def _share_batch(items: list[Due], records: list[DueRecord], room: int,
+                 ) -> tuple[list[Due], list[DueRecord]]:
+    """The first of ``items`` and of ``records`` (each soonest due first) that one tick's
+    ``room`` republishes: all of both when they fit, else the records at least half of it (all
+    of it when no item is due) and the items the rest."""
+    taken = min(len(records), max(room - len(items), room // 2))
+    return items[:room - taken], records[:taken]
 
 
 def _forget(deadlines: OrderedDict[int, tuple[float, Call[Any]]], seq: int) -> None:

@@ -126,6 +126,7 @@ CREATE TABLE IF NOT EXISTS vals (
     republish_at REAL NOT NULL, original INTEGER NOT NULL, cached INTEGER NOT NULL,
     source TEXT NOT NULL, digest BLOB);
 CREATE INDEX IF NOT EXISTS vals_republish ON vals (republish_at);
+CREATE INDEX IF NOT EXISTS vals_renewal ON vals (republish_at) WHERE original = 1;
 CREATE INDEX IF NOT EXISTS vals_expires ON vals (expires);
 DROP INDEX IF EXISTS vals_cached;
 CREATE INDEX IF NOT EXISTS vals_cached_key ON vals (cached, expires, key);
@@ -134,6 +135,7 @@ CREATE TABLE IF NOT EXISTS entries (
     republish_at REAL NOT NULL, original INTEGER NOT NULL, cached INTEGER NOT NULL,
     source TEXT NOT NULL, PRIMARY KEY (key, value));
 CREATE INDEX IF NOT EXISTS entries_republish ON entries (republish_at);
+CREATE INDEX IF NOT EXISTS entries_renewal ON entries (republish_at) WHERE original = 1;
 CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
 CREATE TABLE IF NOT EXISTS records (
     kind TEXT NOT NULL, key BLOB NOT NULL, data BLOB NOT NULL, source TEXT NOT NULL,
@@ -147,6 +149,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, data BLOB NOT NULL);
 # Indexes on the columns the record migration adds: created once those columns exist.
 RECORD_INDEXES = """
 CREATE INDEX IF NOT EXISTS records_republish ON records (republish_at);
+CREATE INDEX IF NOT EXISTS records_renewal ON records (republish_at) WHERE original = 1;
 CREATE INDEX IF NOT EXISTS records_expires ON records (expires);
 CREATE INDEX IF NOT EXISTS records_key ON records (key);
 """
@@ -166,6 +169,10 @@ _RECORD_COLUMNS = (("source", "TEXT NOT NULL DEFAULT ''"),
 _LIFECYCLE_KINDS = ("namespace", "dht")
 
 _META_COLUMNS = "expires, republish_at, original, cached, source"
+_OURS = "original = 1 AND "
+"""The condition of a query of our own items due (``due`` with ``originals``), as the
+``*_renewal`` partial indexes are made: SQLite reads such an index only for a query whose
+condition contains the index's own."""
 _RECORD_META_COLUMNS = "expires, republish_at, original, source, owners"
 
 
@@ -741,21 +748,24 @@ class SqliteStore:
     # ------------------------------------------------------------------ schedule
 
     @_reading
-    def due(self, now: float, limit: int) -> list[Due]:
+    def due(self, now: float, limit: int, originals: bool = False) -> list[Due]:
         """Soonest first, as :meth:`MemoryStore.due <qadom.storage.MemoryStore.due>` (ties: by
         key, a value before the entries under its key, entries by value): values due later
-        never hold back an entry due sooner."""
+        never hold back an entry due sooner. With ``originals``, only our own, read through
+        indexes of those only (``*_renewal``)."""
         if limit <= 0:  # SQLite reads a negative LIMIT as none at all
             return []
+        ours = _OURS if originals else ""
         values = [((meta.republish_at, key), Due(key, value, meta))
                   for key, value, meta in self._intact_values(
                       f"SELECT key, value, {_META_COLUMNS}, digest FROM vals "
-                      "WHERE republish_at <= ? ORDER BY republish_at, key LIMIT ?", (now, limit))]
+                      f"WHERE {ours}republish_at <= ? ORDER BY republish_at, key LIMIT ?",
+                      (now, limit))]
         entries = [((meta.republish_at, key, id_from_bytes(bytes(value))),
                     Due(key, id_from_bytes(bytes(value)), meta))
                    for key, value, meta in self._rows(
                        f"SELECT key, value, {_META_COLUMNS} FROM entries "
-                       "WHERE republish_at <= ? ORDER BY republish_at, key, value LIMIT ?",
+                       f"WHERE {ours}republish_at <= ? ORDER BY republish_at, key, value LIMIT ?",
                        (now, limit))]
         return _first(limit, values, entries)
 
@@ -906,12 +916,15 @@ class SqliteStore:
     # ------------------------------------------------------------------ records, contacts, meta
 
     @_reading
-    def due_records(self, now: float, limit: int) -> list[DueRecord]:
-        """Soonest first (ties: by key, then kind), as MemoryStore."""
+    def due_records(self, now: float, limit: int, originals: bool = False,
+                    ) -> list[DueRecord]:
+        """Soonest first (ties: by key, then kind), with ``originals`` only our own, as
+        MemoryStore."""
+        ours = _OURS if originals else ""
         return [DueRecord(kind, id_from_bytes(bytes(key)), bytes(data), _record_meta(rest))
                 for kind, key, data, *rest in self._db.execute(
                     f"SELECT kind, key, data, {_RECORD_META_COLUMNS} FROM records "
-                    "WHERE republish_at <= ? ORDER BY republish_at, key, kind LIMIT ?",
+                    f"WHERE {ours}republish_at <= ? ORDER BY republish_at, key, kind LIMIT ?",
                     (now, max(0, limit)))]
 
     @_reading

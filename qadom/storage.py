@@ -383,12 +383,16 @@ class Store(Protocol):
         0."""
         ...
 
-    def due(self, now: float, limit: int) -> list[Due]:
-        """Up to ``limit`` items whose republish time is at or before ``now``."""
+    def due(self, now: float, limit: int, originals: bool = False) -> list[Due]:
+        """Up to ``limit`` items whose republish time is at or before ``now``, soonest first;
+        with ``originals``, only our own (:attr:`Meta.original`), which the node renews before
+        the others."""
         ...
 
-    def due_records(self, now: float, limit: int) -> list[DueRecord]:
-        """Up to ``limit`` service records whose republish time is at or before ``now``."""
+    def due_records(self, now: float, limit: int, originals: bool = False,
+                    ) -> list[DueRecord]:
+        """Up to ``limit`` service records whose republish time is at or before ``now``,
+        soonest first; with ``originals``, only our own."""
         ...
 
     def held_between(self, lo: int, hi: int, limit: int) -> list[Due | DueRecord]:
@@ -484,9 +488,10 @@ class MemoryStore:
 
     * :meth:`expire` reads time indexes by expiry (original items have no entry: they never
       expire), :meth:`due` and :meth:`due_records` time indexes by republish time (items kept
-      off the schedule, ``republish_at`` NEVER, have none), eviction a time index of the cached
-      copies by expiry; see :class:`_TimeIndex` for how they stay exact and bounded as items
-      are replaced with a new :class:`Meta` at every update;
+      off the schedule, ``republish_at`` NEVER, have none; with ``originals``, indexes of our
+      own items and records only), eviction a time index of the cached copies by expiry; see
+      :class:`_TimeIndex` for how they stay exact and bounded as items are replaced with a new
+      :class:`Meta` at every update;
     * :meth:`held_between` reads a sorted index of the keys it could hand over (a value that is
       not a cached copy, an entry, or a record with a lifecycle), then those keys' items;
     * :meth:`forget` reads the items under its key only (records through an index of the kinds
@@ -521,6 +526,11 @@ class MemoryStore:
         self._value_republish: _TimeIndex
         self._entry_republish: _TimeIndex
         self._record_republish: _TimeIndex
+        # Our own (original) items and records only, by republish time: the renewals the node
+        # sends before the others (due with originals). Values and entries share one index, as
+        # due merges them: (time, key) and (time, key, value).
+        self._item_renewal: _TimeIndex
+        self._record_renewal: _TimeIndex
         self._evictable: _TimeIndex
         # The keys held_between may return something under, in order (O(log n) to add or
         # discard one, O(log n + what it yields) to read a range).
@@ -619,20 +629,26 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ schedule
 
-    def due(self, now: float, limit: int) -> list[Due]:
+    def due(self, now: float, limit: int, originals: bool = False) -> list[Due]:
         """Up to ``limit`` values and entries whose republish time is at or before ``now``,
-        soonest first (see the class docstring), in O((limit + garbage met) log n)."""
+        soonest first (see the class docstring), with ``originals`` only our own, in
+        O((limit + garbage met) log n)."""
         if limit <= 0:
             return []
-        if self._indexed:
-            values = self._value_republish.peek(self, now, limit)
-            entries = self._entry_republish.peek(self, now, limit)
+        soonest: Iterable[tuple[Any, ...]]
+        if self._indexed and originals:
+            soonest = self._item_renewal.peek(self, now, limit)
+        elif self._indexed:
+            soonest = heapq.merge(self._value_republish.peek(self, now, limit),
+                                  self._entry_republish.peek(self, now, limit))
         else:
             values = heapq.nsmallest(limit, ((m.republish_at, k) for k, (_, m)
-                                             in self._values.items() if _due(m, now)))
+                                             in self._values.items()
+                                             if _due(m, now) and (m.original or not originals)))
             entries = heapq.nsmallest(limit, ((m.republish_at, k, v) for (k, v), m
-                                              in self._entries.items() if _due(m, now)))
-        soonest = heapq.merge(values, entries)
+                                              in self._entries.items()
+                                              if _due(m, now) and (m.original or not originals)))
+            soonest = heapq.merge(values, entries)
         found: list[Due] = []
         # (time, key) sorts before (time, key, value): a value before the entries under its key.
         for entry in itertools.islice(soonest, limit):
@@ -643,17 +659,21 @@ class MemoryStore:
                 found.append(Due(entry[1], entry[2], self._entries[(entry[1], entry[2])]))
         return found
 
-    def due_records(self, now: float, limit: int) -> list[DueRecord]:
+    def due_records(self, now: float, limit: int, originals: bool = False,
+                    ) -> list[DueRecord]:
         """Up to ``limit`` service records whose republish time is at or before ``now``,
-        soonest first (ties by key, then kind), in O((limit + garbage met) log n)."""
+        soonest first (ties by key, then kind), with ``originals`` only our own, in
+        O((limit + garbage met) log n)."""
         found: list[DueRecord] = []
         if limit <= 0:
             return found
         if self._indexed:
-            records = self._record_republish.peek(self, now, limit)
+            index = self._record_renewal if originals else self._record_republish
+            records = index.peek(self, now, limit)
         else:
             records = heapq.nsmallest(limit, ((m.republish_at, k, kind) for (kind, k), (_, m)
-                                              in self._records.items() if _due(m, now)))
+                                              in self._records.items()
+                                              if _due(m, now) and (m.original or not originals)))
         for _, key, kind in records:
             data, meta = self._records[(kind, key)]
             found.append(DueRecord(kind, key, data, meta))
@@ -923,18 +943,23 @@ class MemoryStore:
         self._value_republish = _TimeIndex(_value_republish)
         self._entry_republish = _TimeIndex(_entry_republish)
         self._record_republish = _TimeIndex(_record_republish)
+        self._item_renewal = _TimeIndex(_item_renewal)
+        self._record_renewal = _TimeIndex(_record_renewal)
         self._evictable = _TimeIndex(_value_eviction)
         self._keys = SortedList(self._handed_keys(0, ID_SPACE))
         for key, (_, meta) in self._values.items():
             self._value_expiry.moved(self, None, _expiry(meta), key)
             self._value_republish.moved(self, None, _republish(meta), key)
+            self._item_renewal.moved(self, None, _renewal(meta), key)
             self._evictable.moved(self, None, _eviction(meta), key)
         for (key, value), meta in self._entries.items():
             self._entry_expiry.moved(self, None, _expiry(meta), key, value)
             self._entry_republish.moved(self, None, _republish(meta), key, value)
+            self._item_renewal.moved(self, None, _renewal(meta), key, value)
         for (kind, key), (_, meta) in self._records.items():
             self._record_expiry.moved(self, None, _expiry(meta), key, kind)
             self._record_republish.moved(self, None, _republish(meta), key, kind)
+            self._record_renewal.moved(self, None, _renewal(meta), key, kind)
 
     def _handed_keys(self, lo: int, hi: int) -> set[int]:
         """The keys in ``[lo, hi)`` held_between may return something under (a scan)."""
@@ -949,6 +974,7 @@ class MemoryStore:
             return
         self._value_expiry.moved(self, _expiry(old), _expiry(new), key)
         self._value_republish.moved(self, _republish(old), _republish(new), key)
+        self._item_renewal.moved(self, _renewal(old), _renewal(new), key)
         if (old is not None and old.cached) or (new is not None and new.cached):
             self._evictable.moved(self, _eviction(old), _eviction(new), key)
         if (old is not None and not old.cached) != (new is not None and not new.cached):
@@ -962,12 +988,14 @@ class MemoryStore:
             return
         self._entry_expiry.moved(self, _expiry(old), _expiry(new), key, value)
         self._entry_republish.moved(self, _republish(old), _republish(new), key, value)
+        self._item_renewal.moved(self, _renewal(old), _renewal(new), key, value)
 
     def _index_record(self, kind: str, key: int, old: Meta | None, new: Meta | None) -> None:
         if not self._indexed:
             return
         self._record_expiry.moved(self, _expiry(old), _expiry(new), key, kind)
         self._record_republish.moved(self, _republish(old), _republish(new), key, kind)
+        self._record_renewal.moved(self, _renewal(old), _renewal(new), key, kind)
         if _has_lifecycle(old) != _has_lifecycle(new):
             self._reindex(key)
 
@@ -1029,6 +1057,11 @@ def _republish(meta: Meta | None) -> float | None:
     return None if meta is None or meta.republish_at == NEVER else meta.republish_at
 
 
+def _renewal(meta: Meta | None) -> float | None:
+    """When our own item falls due; None: never, not ours (or not held)."""
+    return _republish(meta) if meta is not None and meta.original else None
+
+
 def _eviction(meta: Meta | None) -> float | None:
     """The order in which a cached copy makes room (its expiry, NEVER included); None: the
     value is not a cached copy (or not held)."""
@@ -1066,6 +1099,14 @@ def _entry_republish(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
 
 def _record_republish(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
     return _republish(store.record_meta(e[2], e[1]))
+
+
+def _item_renewal(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
+    return _renewal(store.value_meta(e[1]) if len(e) == 2 else store.entry_meta(e[1], e[2]))
+
+
+def _record_renewal(store: MemoryStore, e: tuple[Any, ...]) -> float | None:
+    return _renewal(store.record_meta(e[2], e[1]))
 
 
 def _value_eviction(store: MemoryStore, e: tuple[Any, ...]) -> float | None:

@@ -99,7 +99,7 @@ def test_sim_a_near_publisher_keeps_a_newer_seq_only_for_its_own_lifetime(ends: 
         net.run_for(1.5 * DAY)  # the writer renewed it once
         assert writer.stats["republished"] >= 1
         assert writer.namespace.forget(PUBLIC, KEY) is True
-        lived = 2 * DAY  # from its last renewal
+        lived = DAY + CONFIG.publisher_renew_after  # from its last renewal
 
     seen = reads(net, reader, written, written + lived + 2 * DAY)
     assert {seq for hours, seq in seen if hours < (lived - TICK) / HOUR} == {2}
