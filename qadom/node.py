@@ -2039,14 +2039,22 @@ class Node:
 
     def _hand_over(self, newcomer: Contact, now: float) -> None:
         """Section 2.5: a node that learns of a new node stores to it the items it should hold,
-        and, so that only one node does, only the items whose key it is itself the closest to.
+        and, so that only one node does, only the items whose key it is itself the closest to:
+        an item goes to the newcomer when the newcomer is one of the k closest to its key among
+        the contacts we know, and no contact we know besides the newcomer is closer to the key
+        than we are. So each key is sent by the holders that know no node closer to it than
+        themselves: the one closest holder, as long as holders know a contact in every subtree
+        along their id's path that holds a node (as Kademlia's tables do); a farther holder
+        sends it too only while it knows no node closer to the key than itself.
 
-        A newcomer can be one of the k closest to such a key only if it is one of our own k
-        closest contacts; and the keys we are surely the closest to, among the contacts we know
-        besides the newcomer, are those that share more leading bits with our id than any of
-        those contacts does: one range of ids. So this is a range read of our store, done only
-        when a contact joins our neighbourhood, bounded by ``republish_batch`` items; keys we are
-        the closest to outside that range reach the newcomer by the hourly republish.
+        This runs only when a contact joins our neighbourhood (one of our own k closest: the
+        newcomer is taken to be one of the k closest to a key we are the closest to only then),
+        and reads only the ranges of our store where such keys lie: the ids that share more
+        leading bits with our id than any other contact's id does (we are the closest to all of
+        them), then, nearest first, each sibling subtree along our id's path that holds no
+        contact besides the newcomer (we are the closest to a key there unless a contact on
+        our side of it is closer: checked key by key). At most ``republish_batch`` items in all
+        per newcomer; keys past that bound reach the newcomer by the hourly republish.
 
         A neighbour is handed items over once per ``republish_interval``: one that leaves our
         table and comes back (dropped after its answers were lost, say, or while it refused the
@@ -2059,20 +2067,35 @@ class Node:
         handed = self._handed
         if handed.get(newcomer.id, -math.inf) + cfg.republish_interval > now:
             return
-        others = [c for c in ours if c.id != newcomer.id]
-        if others:  # the ids sharing one leading bit more with us than any other contact does
-            width = 1 << ((others[0].id ^ self.id).bit_length() - 1)
-            lo = self.id & ~(width - 1)
-        else:  # we know nobody else: we are the closest to every key
-            lo, width = 0, ID_SPACE
+        own, batch = self.id, cfg.republish_batch
+        # The bits at which a contact's id first differs from ours: the sibling subtree at each
+        # of them holds a contact, closer than us to its every key. At any other bit the sibling
+        # holds none, and its keys are closer to us than to any contact beyond it.
+        levels = {(c.id ^ own).bit_length() - 1 for c in table if c.id != newcomer.id}
+        ranges = [(0, ID_SPACE)]  # we know nobody else: we are the closest to every key
+        if levels:
+            nearest = min(levels)  # our own subtree below it holds no contact but the newcomer
+            ranges = [(own & -(1 << nearest), 1 << nearest)]
+            ranges += [((own ^ (1 << level)) & -(1 << level), 1 << level)
+                       for level in range(nearest + 1, ID_BITS) if level not in levels]
         held: list[Due | DueRecord] = []
         with self._store_step("hand over"):  # a store that cannot be read hands nothing over
-            held = self.store.held_between(lo, lo + width, cfg.republish_batch)
+            found: list[Due | DueRecord] = []
+            for lo, width in ranges:
+                found += self.store.held_between(lo, lo + width, batch - len(found))
+                if len(found) >= batch:
+                    break
+            held = found
         copies: list[Message] = []
         for due in held:
-            if ((not due.meta.original and due.meta.expires - now < 1)
-                    or newcomer not in table.closest(due.key, cfg.k)):
+            if not due.meta.original and due.meta.expires - now < 1:
                 continue
+            closest = table.closest(due.key, cfg.k + 1)
+            if newcomer not in closest[:cfg.k]:
+                continue
+            rival = next((c for c in closest if c.id != newcomer.id), None)
+            if rival is not None and rival.id ^ due.key < own ^ due.key:
+                continue  # a contact we know is closer to the key: it sends it, not us
             ttl = remaining_ttl(due.meta, now, cfg)
             if isinstance(due, DueRecord):
                 service = self._record_services.get(due.kind)
