@@ -358,7 +358,10 @@ class Config:
     together; records get at least half when both are due), so a node holding many items spreads
     its republishing over several ticks instead of sending one burst: 12 000 an hour at the
     defaults. Our own items and records (original publisher) go first, the soonest due first;
-    those we store for others take what room is left (see :attr:`publisher_renew_window`)."""
+    those we store for others take what room is left (see :attr:`publisher_renew_window`), so
+    they wait while a whole batch of our own is due at every tick (more than 12 000 of our own
+    due an hour, a restart after a day away with a store that large, or a batch of our own
+    that our damaged store keeps refusing to rewrite): their other storers renew them meanwhile."""
 
     publisher_renew_window: float = 3600.0
     """How long before the copies of its last renewal expire (less ``operation_timeout``) the

@@ -2041,11 +2041,12 @@ class Node:
         """Section 2.5: a node that learns of a new node stores to it the items it should hold,
         and, so that only one node does, only the items whose key it is itself the closest to:
         an item goes to the newcomer when the newcomer is one of the k closest to its key among
-        the contacts we know, and no contact we know besides the newcomer is closer to the key
-        than we are. So each key is sent by the holders that know no node closer to it than
-        themselves: the one closest holder, as long as holders know a contact in every subtree
-        along their id's path that holds a node (as Kademlia's tables do); a farther holder
-        sends it too only while it knows no node closer to the key than itself.
+        the nodes we know (our contacts and ourselves), and no contact we know besides the
+        newcomer is closer to the key than we are. So each key is sent by the holders that know
+        no node closer to it than themselves: the one closest holder, as long as holders know a
+        contact in every subtree along their id's path that holds a node (as Kademlia's tables
+        do); a farther holder sends it too only while it knows no node closer to the key than
+        itself.
 
         This runs only when a contact joins our neighbourhood (one of our own k closest: the
         newcomer is taken to be one of the k closest to a key we are the closest to only then),
@@ -2090,12 +2091,14 @@ class Node:
         for due in held:
             if not due.meta.original and due.meta.expires - now < 1:
                 continue
-            closest = table.closest(due.key, cfg.k + 1)
-            if newcomer not in closest[:cfg.k]:
+            closest = [c.id for c in table.closest(due.key, cfg.k)]  # the table leaves us out
+            if newcomer.id not in closest:
                 continue
-            rival = next((c for c in closest if c.id != newcomer.id), None)
-            if rival is not None and rival.id ^ due.key < own ^ due.key:
+            rival = next((i for i in closest if i != newcomer.id), None)
+            if rival is not None and rival ^ due.key < own ^ due.key:
                 continue  # a contact we know is closer to the key: it sends it, not us
+            if own ^ due.key < newcomer.id ^ due.key and closest.index(newcomer.id) == cfg.k - 1:
+                continue  # with us before it, the newcomer is the (k+1)-th closest we know
             ttl = remaining_ttl(due.meta, now, cfg)
             if isinstance(due, DueRecord):
                 service = self._record_services.get(due.kind)
@@ -3054,7 +3057,9 @@ class Node:
         long as the bulk fits them (:attr:`~qadom.config.Config.publisher_renew_after`). An
         item or record whose rewrite the store refuses (StorageFull, or StorageUnavailable for
         a damaged page) is counted (``storage_errors``) and stays due for the next tick,
-        holding back none of the others; it is logged when such refusals start and when a tick
+        holding back none of the others in this one (at the next, one of our own still comes
+        first: see :attr:`~qadom.config.Config.republish_batch`); it is logged when such
+        refusals start and when a tick
         meets none again, not at every tick. A rewrite no larger than what it replaces is never
         refused for the quotas (:meth:`Quotas.replace <qadom.storage.Quotas.replace>`), so a
         store over lower limits than it was filled under still renews what it holds.

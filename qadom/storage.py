@@ -72,7 +72,7 @@ class Meta:
     republish_at: float = NEVER
     """When this node must next republish the item to the k closest (NEVER: not at all)."""
     original: bool = False
-    """We published it: renewed every ``publisher_renew_after`` (about 24 h) until forgotten."""
+    """We published it: renewed every ``publisher_renew_after`` (about 23 h) until forgotten."""
     cached: bool = False
     """A cached copy along a lookup path: never republished, first to be evicted."""
     source: str = ""
@@ -115,7 +115,7 @@ class DueRecord:
 def published_meta(now: float, config: Config, *,
                    owners: frozenset[bytes] | None = None) -> Meta:
     """The bookkeeping of an item we publish ourselves: a full lifetime, renewed every
-    ``publisher_renew_after`` (about 24 hours) until forgotten; ``owners`` as :attr:`Meta.owners`
+    ``publisher_renew_after`` (about 23 hours) until forgotten; ``owners`` as :attr:`Meta.owners`
     says (a /dht record's only)."""
     return Meta(now + config.expire_time, now + config.publisher_renew_after,
                 original=True, owners=owners)

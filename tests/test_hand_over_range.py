@@ -78,3 +78,18 @@ def test_a_holder_hands_over_no_key_that_a_contact_it_knows_is_closer_to() -> No
     sent = [codec.decode(data).message for data, address in holder.datagrams_to_send()
             if address == newcomer.address]
     assert [m.key for m in sent if isinstance(m, Append)] == [mine]
+
+
+def test_a_newcomer_that_is_the_k_plus_first_closest_counting_the_holder_gets_nothing() -> None:
+    """The routing table leaves its own node out: a newcomer that is the k-th closest contact
+    to a key, but the (k+1)-th node counting the holder, is not one of its k closest."""
+    config = Config(k=2)
+    holder = Node(config=config, rng=random.Random(1), node_id=1)  # key 0: distances 1, 2, 3
+    holder.store.add_entry(0, 5, Meta(1e9, 1e9, original=True))
+    holder.table.seen(Contact(2, ("127.0.0.2", 4000)))
+    newcomer = Contact(3, ("127.0.0.3", 4000))
+    holder._saw(newcomer, 10.0)
+    sent = [Codec(config).decode(data).message for data, address in holder.datagrams_to_send()
+            if address == newcomer.address]
+    assert [m for m in sent if isinstance(m, Append)] == []
+    assert holder.stats["handed_over"] == 0
