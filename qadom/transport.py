@@ -128,10 +128,12 @@ class NodeProtocol(asyncio.DatagramProtocol):
         self.node = make_node(self.now())
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        # A second descriptor of the transport's socket, to read what is waiting after each
-        # datagram the transport hands over (see _READ_BATCH); None on loops that read in
-        # batches themselves (uvloop) or expose no socket.
+        # The socket under asyncio's selector transport, to read what is waiting after each
+        # datagram the transport hands over (see _READ_BATCH), and that transport; None on
+        # loops that read in batches themselves (uvloop) or expose no socket.
         self._reader: socket.socket | None = None
+        self._socket: asyncio.DatagramTransport | None = None
+        self._batching = False
 
     def now(self) -> float:
         """The node's clock: monotonic, in Unix seconds."""
@@ -142,11 +144,11 @@ class NodeProtocol(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
         if isinstance(self.loop, asyncio.selector_events.BaseSelectorEventLoop):
-            sock = transport.get_extra_info("socket")
-            with contextlib.suppress(OSError, AttributeError):  # no descriptor to spare: as before
-                reader = socket.fromfd(sock.fileno(), sock.family, sock.type)
-                reader.setblocking(False)
-                self._reader = reader
+            # asyncio's TransportSocket wraps the socket, and offers no reads: the transport
+            # owns it (and closes it); we only read from it, on the loop, as the transport does.
+            sock = getattr(transport.get_extra_info("socket"), "_sock", None)
+            if isinstance(sock, socket.socket):
+                self._reader, self._socket = sock, self.transport
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
         # IPv6 sockets report (host, port, flowinfo, scope_id); the node keys peers by (host, port).
@@ -154,33 +156,37 @@ class NodeProtocol(asyncio.DatagramProtocol):
             addr = (str(addr[0]), int(addr[1]))
         self.node.datagram_received(data, addr,  # type: ignore[arg-type]  # (host, port) now
                                     self.loop.time() + self._offset)
+        if self._batching:
+            return  # one of a batch: the batch's first datagram flushes once it is over
         if self._reader is not None:
             self._read_waiting(self._reader)
         self.flush()
 
     def _read_waiting(self, reader: socket.socket) -> None:
-        """Hand the node what else is waiting in the socket, up to a batch (see _READ_BATCH), so
-        that replies already here are read before the timers of their requests run."""
-        node = self.node
-        for _ in range(_READ_BATCH - 1):
-            transport = self.transport
-            if transport is None or transport.is_closing():
-                return
-            try:
-                data, addr = reader.recvfrom(_READ_SIZE)
-            except (BlockingIOError, InterruptedError):
-                return  # nothing more: the common case, one datagram per wakeup
-            except OSError as exc:
-                self.error_received(exc)
-                return
-            if len(addr) != 2:
-                addr = (str(addr[0]), int(addr[1]))
-            node.datagram_received(data, addr, self.loop.time() + self._offset)
+        """Hand on what else is waiting in the socket, up to a batch (see _READ_BATCH), so that
+        replies already here are read before the timers of their requests run. Each goes where
+        the transport would deliver it (through :mod:`qadom.faults`' rules when they are put in
+        front of us), and none starts a batch of its own."""
+        self._batching = True
+        try:
+            for _ in range(_READ_BATCH - 1):
+                transport = self._socket
+                if transport is None or transport.is_closing() or self.transport is None:
+                    return
+                try:
+                    data, addr = reader.recvfrom(_READ_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    return  # nothing more: the common case, one datagram per wakeup
+                except OSError as exc:
+                    self.error_received(exc)
+                    return
+                cast(asyncio.DatagramProtocol, transport.get_protocol()).datagram_received(
+                    data, addr)
+        finally:
+            self._batching = False
 
     def _close_reader(self) -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.close()
+        self._reader = self._socket = None  # the transport closes the socket
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors (port unreachable...) surface here; the request's timeout handles them.

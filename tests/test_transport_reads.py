@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import random
 import socket
 import time
 
@@ -14,6 +16,7 @@ import pytest
 
 from qadom import Config, Peer
 from qadom.codec import Codec
+from qadom.faults import FaultRule, inject_faults
 from qadom.messages import Ping, Pong
 
 from helpers import FAST, wait_until
@@ -57,3 +60,28 @@ def test_on_uvloop_too() -> None:
             test_replies_waiting_in_the_socket_are_read_before_overdue_timers())
     finally:
         loop.close()
+
+
+async def test_each_datagram_of_a_batch_meets_the_injected_faults() -> None:
+    """Faults put in front of the peer (qadom.faults) see every datagram read in a batch, as
+    they see each one the transport hands over: an incoming rule that duplicates every datagram
+    doubles all of those that waited in the socket, and counts each."""
+    async with Peer("127.0.0.1", 0, config=FAST) as peer:
+        link = inject_faults(peer, random.Random(1), incoming=FaultRule(duplicate=1.0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(REQUESTS):  # no await in between: all of them wait in the socket
+                sender.sendto(b"not a datagram of ours %d" % i, peer.address)
+        await wait_until(lambda: peer.stats["datagrams_in"] >= 2 * REQUESTS, timeout=5)
+        assert link.counts["in_duplicated"] == REQUESTS
+        assert link.counts["in_sent"] == peer.stats["datagrams_in"] == 2 * REQUESTS
+        assert peer.stats["malformed"] == 2 * REQUESTS
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+async def test_a_peer_holds_one_descriptor() -> None:
+    """The batch reads use the transport's own socket: a peer costs a process one descriptor,
+    so a process runs as many peers as its descriptor limit allows."""
+    before = len(os.listdir("/proc/self/fd"))
+    async with Peer("127.0.0.1", 0, config=FAST):
+        assert len(os.listdir("/proc/self/fd")) == before + 1
+    assert len(os.listdir("/proc/self/fd")) == before
