@@ -13,10 +13,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from qadom import Config, Peer
+import cbor2
+from nacl.signing import SigningKey
+
+from qadom import Config, NotFoundError, Peer
 from qadom.codec import Codec
 from qadom.contact import Address, Contact
 from qadom.messages import Envelope, Message
+from qadom.namespace import NamespaceRecord
 from qadom.node import Node
 from qadom.sim import SimNetwork
 
@@ -173,3 +177,19 @@ def node_near(target: int, count: int = 3) -> tuple[Node, Codec, list[Contact]]:
     for contact in contacts:
         node.table.seen(contact)
     return node, Codec(config), contacts
+
+
+def signed_record(owner: SigningKey, key: int, seq: int, value: bytes) -> NamespaceRecord:
+    """Version ``seq`` of ``key`` in ``owner``'s namespace, signed with plain PyNaCl over the
+    documented bytes."""
+    public = bytes(owner.verify_key)
+    data = cbor2.dumps(["qadom/namespace/v1", public, key.to_bytes(32, "big"), seq, value])
+    return NamespaceRecord(public, key, seq, value, owner.sign(data).signature)
+
+
+def read_seq(net: SimNetwork, reader: Node, public: bytes, key: int) -> int | None:
+    """The seq a namespace get of ``key`` by ``reader`` returns, None when the key is unset."""
+    try:
+        return net.run_call(net.call(reader, reader.namespace.get, public, key)).seq
+    except NotFoundError:
+        return None

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import cbor2
 import pytest
 from nacl.signing import SigningKey
 
-from qadom import Config, NotFoundError
+from qadom import Config
 from qadom.messages import Error, ErrorCode, Message
 from qadom.namespace import RECORD_KIND, NamespaceRecord, NamespaceStore
 from qadom.node import Node
 from qadom.sim import SimNetwork
+
+from helpers import read_seq, signed_record
 
 OWNER = SigningKey(bytes(range(32)))
 PUBLIC = bytes(OWNER.verify_key)
@@ -27,9 +28,7 @@ KEY = 42
 
 
 def signed(seq: int, value: bytes) -> NamespaceRecord:
-    """A record signed with plain PyNaCl over the documented bytes."""
-    data = cbor2.dumps(["qadom/namespace/v1", PUBLIC, KEY.to_bytes(32, "big"), seq, value])
-    return NamespaceRecord(PUBLIC, KEY, seq, value, OWNER.sign(data).signature)
+    return signed_record(OWNER, KEY, seq, value)
 
 
 V1, V2 = signed(1, b"one"), signed(2, b"two")
@@ -43,11 +42,7 @@ def network(seed: int) -> tuple[SimNetwork, list[Node]]:
 
 
 def read(net: SimNetwork, reader: Node) -> int | None:
-    """The seq a get by ``reader`` returns, None when the key is unset."""
-    try:
-        return net.run_call(net.call(reader, reader.namespace.get, PUBLIC, KEY)).seq
-    except NotFoundError:
-        return None
+    return read_seq(net, reader, PUBLIC, KEY)
 
 
 def reads(net: SimNetwork, reader: Node, since: float,
