@@ -2091,8 +2091,8 @@ class Node:
         for due in held:
             if not due.meta.original and due.meta.expires - now < 1:
                 continue
-            closest = [c.id for c in table.closest(due.key, cfg.k)]  # the table leaves us out
-            if newcomer.id not in closest:
+            closest = [c.id for c in table.closest(due.key, cfg.k + 1)]  # leaves us out
+            if newcomer.id not in closest[:cfg.k]:
                 continue
             rival = next((i for i in closest if i != newcomer.id), None)
             if rival is not None and rival ^ due.key < own ^ due.key:

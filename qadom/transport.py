@@ -48,9 +48,10 @@ socket cannot keep the loop from its other sockets and its timers."""
 
 _BATCH_AFTER = 0.001
 """A batch is read only when the loop comes back to the socket this long (seconds) or more after
-it last did: only then can datagrams have piled up in it (a loop held up, or busy with many
-callbacks an iteration). A steady exchange, one datagram at a time, skips the read that would
-find nothing (a system call and an exception: 7 to 12% of a round trip on loopback, measured)."""
+it last did (a loop held up, or busy with many callbacks an iteration, in which datagrams can
+pile up), or after a full batch (more may wait). A steady exchange, one datagram at a time,
+skips the read that would find nothing (a system call and an exception: 7 to 12% of a round
+trip on loopback, measured)."""
 
 _READ_SIZE = 65536
 """The receive buffer of those reads: larger than any UDP payload, so a datagram is never cut
@@ -169,30 +170,32 @@ class NodeProtocol(asyncio.DatagramProtocol):
             return  # one of a batch: the batch's first datagram flushes once it is over
         if self._reader is not None:
             last, self._last_input = self._last_input, now
-            if now - last >= _BATCH_AFTER:
-                self._read_waiting(self._reader)
+            if now - last >= _BATCH_AFTER and self._read_waiting(self._reader):
+                self._last_input = -math.inf  # a full batch: more may wait, read one next time
         self.flush()
 
-    def _read_waiting(self, reader: socket.socket) -> None:
+    def _read_waiting(self, reader: socket.socket) -> bool:
         """Hand on what else is waiting in the socket, up to a batch (see _READ_BATCH), so that
         replies already here are read before the timers of their requests run. Each goes where
         the transport would deliver it (through :mod:`qadom.faults`' rules when they are put in
-        front of us), and none starts a batch of its own."""
+        front of us), and none starts a batch of its own. True when the batch was full: more
+        may be waiting."""
         self._batching = True
         try:
             for _ in range(_READ_BATCH - 1):
                 transport = self._socket
                 if transport is None or transport.is_closing() or self.transport is None:
-                    return
+                    return False
                 try:
                     data, addr = reader.recvfrom(_READ_SIZE)
                 except (BlockingIOError, InterruptedError):
-                    return  # nothing more: the common case, one datagram per wakeup
+                    return False  # nothing more: the common case, one datagram per wakeup
                 except OSError as exc:
                     self.error_received(exc)
-                    return
+                    return False
                 cast(asyncio.DatagramProtocol, transport.get_protocol()).datagram_received(
                     data, addr)
+            return True
         finally:
             self._batching = False
 

@@ -93,3 +93,18 @@ def test_a_newcomer_that_is_the_k_plus_first_closest_counting_the_holder_gets_no
             if address == newcomer.address]
     assert [m for m in sent if isinstance(m, Append)] == []
     assert holder.stats["handed_over"] == 0
+
+
+def test_with_k_1_a_holder_farther_than_another_contact_hands_nothing_over() -> None:
+    """With k = 1 the newcomer alone is the k closest contact to a key, and a contact the holder
+    knows may still be closer to the key than the holder: that contact sends it, not us."""
+    config = Config(k=1)
+    holder = Node(config=config, rng=random.Random(1), node_id=60)  # key 8: distance 52
+    holder.store.add_entry(8, 5, Meta(1e9, 1e9, original=True))
+    holder.table.seen(Contact(37, ("127.0.0.2", 4000)))  # distance 45
+    newcomer = Contact(42, ("127.0.0.3", 4000))  # distance 34
+    holder._saw(newcomer, 10.0)
+    sent = [Codec(config).decode(data).message for data, address in holder.datagrams_to_send()
+            if address == newcomer.address]
+    assert [m for m in sent if isinstance(m, Append)] == []
+    assert holder.stats["handed_over"] == 0

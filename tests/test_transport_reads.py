@@ -85,3 +85,17 @@ async def test_a_peer_holds_one_descriptor() -> None:
     async with Peer("127.0.0.1", 0, config=FAST):
         assert len(os.listdir("/proc/self/fd")) == before + 1
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+async def test_a_backlog_is_read_a_full_batch_per_loop_iteration_until_it_is_gone() -> None:
+    """After a full batch the next wakeup reads a batch again, however soon it comes: 100
+    datagrams waiting in the socket are all read in four batches, within five turns of the loop
+    (the first turn may resume this test before it reads the socket; asyncio's transport alone
+    reads one datagram a turn)."""
+    async with Peer("127.0.0.1", 0, config=FAST) as peer:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(100):  # no await in between: all of them wait in the socket
+                sender.sendto(b"not a datagram of ours %d" % i, peer.address)
+        for _ in range(5):
+            await asyncio.sleep(0)  # one turn of the loop
+        assert peer.stats["datagrams_in"] == 100
