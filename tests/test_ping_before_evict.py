@@ -143,13 +143,15 @@ def test_seen_reports_the_contacts_that_entered_the_table() -> None:
     table.check_invariants()
 
 
-def test_a_replacement_a_split_promotes_among_our_k_closest_is_handed_its_items() -> None:
+def test_a_replacement_a_split_promotes_among_our_k_closest_is_handed_only_its_items() -> None:
     """A (k = 2) holds a value whose key it is the closest to. Its far bucket of B and C is full,
     D (closer to A than both) waits as a replacement, since two contacts of A's neighbourhood
     are closer still. One of them leaves; then E answers: fewer than k contacts are closer than
     E, so the far bucket splits, its half holding D takes D in, and E waits in the other half,
-    full. D entered A's table among A's k closest and the k closest to the key: A sends it the
-    value (once), and nothing to E, which did not enter."""
+    full. D entered A's table among A's k closest, but it is not one of the k closest to the
+    key: A and the neighbour left are closer to it. So A sends it nothing, nor to E, which did
+    not enter (a newcomer that is one of the k closest is handed its items:
+    tests/test_hand_over_range.py)."""
     config = Config(k=2)
     value = b"handed over on a split"
     key = key_for(value)
@@ -190,7 +192,8 @@ def test_a_replacement_a_split_promotes_among_our_k_closest_is_handed_its_items(
     assert d in node.table.closest(node.id, config.k)
     stores = [(envelope.message, address) for envelope, address in sent
               if isinstance(envelope.message, Store)]
-    assert [(store.value, address) for store, address in stores] == [(value, d.address)], sent
+    assert n1.id ^ key < d.id ^ key  # with A (the closest), D is the (k+1)-th to the key
+    assert stores == [], sent
     assert not any(isinstance(envelope.message, Store) for envelope, _ in answered(d, 3.0))
 
 
