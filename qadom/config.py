@@ -312,7 +312,9 @@ class Config:
 
     # --- sizes ---
     max_value_size: int = 8192
-    """Largest value ``set`` accepts, inclusive: 8 KiB, as promised to qadom's users."""
+    """Largest value ``set`` accepts, inclusive: 8 KiB, as promised to qadom's users. At least
+    512: a node's INFO summary travels as one value, and without its details (its id, address
+    and counts) it takes up to about 350 bytes (:mod:`qadom.info`)."""
 
     max_datagram_size: int = 8192 + 512
     """Largest datagram sent or accepted: one full value plus its envelope. IP fragments larger
@@ -675,7 +677,9 @@ class Config:
             raise InvalidArgument("replacement cache, stale_failures or rpc_retries out of range")
         if not 0 < self.rpc_timeout_min <= self.rpc_timeout <= self.rpc_timeout_max:
             raise InvalidArgument("need 0 < rpc_timeout_min <= rpc_timeout <= rpc_timeout_max")
-        if self.max_value_size < 1 or self.max_datagram_size < self.max_value_size + 256:
+        if self.max_value_size < 512:
+            raise InvalidArgument("max_value_size must be at least 512 (an INFO summary fits)")
+        if self.max_datagram_size < self.max_value_size + 256:
             raise InvalidArgument("max_datagram_size must exceed max_value_size by 256 bytes")
         if self.search_page_size < 1 or self.search_page_size * 34 + self.k * 80 + 128 > (
             self.max_datagram_size

@@ -13,7 +13,7 @@ import pytest
 
 from qadom import Config, Node
 from qadom.contact import Address, Contact
-from qadom.errors import OperationTimeout, ProtocolError, RemoteError
+from qadom.errors import InvalidArgument, OperationTimeout, ProtocolError, RemoteError
 from qadom.ids import key_for
 from qadom.info import InfoReply, InfoRequest, is_loopback
 from qadom.messages import Envelope, Error, ErrorCode
@@ -127,3 +127,34 @@ def test_query_takes_json_numbers_of_every_kind() -> None:
     client.datagram_received(answer, SERVER, 0.1)
     assert call.result() == {"uptime": 1500.0, "k": 20, "big": 123456789012345678901234567890,
                              "x": -0.0}
+
+
+SMALLEST = Config(max_value_size=512, dht_max_record_size=512)
+
+
+def test_a_value_limit_below_the_smallest_summary_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="max_value_size"):
+        Config(max_value_size=511, dht_max_record_size=511)
+
+
+def test_the_smallest_value_limit_still_carries_the_longest_summary() -> None:
+    """The largest id, the longest address, an uptime of decades and full counts: shed to its
+    core, the summary fits the smallest accepted value and reaches the asker."""
+    longest: Address = ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 65535)
+    server = Node(config=SMALLEST, rng=random.Random(1), node_id=2**256 - 1, now=0.0)
+    server.address = longest
+    rng = random.Random(2)
+    for _ in range(3000):
+        server.table.seen(Contact(rng.getrandbits(256), ("127.0.0.1", rng.randrange(1, 65536))))
+    client = Node(config=SMALLEST, rng=random.Random(3), now=0.0)
+    client.address = ("::1", 65535)
+    now = 2e9 + 0.123
+    call = client.info.query(longest, now)
+    deliver(client, ("::1", 65535), server, now)
+    deliver(server, longest, client, now)
+    assert call.done and call.exception() is None, call.exception()
+    summary = call.result()
+    assert summary["id"] == str(2**256 - 1)
+    assert summary["address"] == f"[{longest[0]}]:65535"
+    assert summary["uptime"] == round(now, 3)
+    assert client.stats["malformed"] == 0
