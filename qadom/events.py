@@ -71,6 +71,7 @@ class LookupFinished(LookupEvent):
     replies: int
     failures: int
     duration: float
-    # The operation ended before the lookup did (cancelled, or past its deadline): it was
-    # stopped there, and ``found_value`` is False.
+    # The operation ended before the lookup did (cancelled, past its deadline, or failed on a
+    # reply, as a namespace set that a replica's newer record refutes): it was stopped there,
+    # and ``found_value`` is False.
     given_up: bool = False

@@ -684,8 +684,9 @@ class NamespaceService:
                 try:
                     supersedes(record, held)
                 except StaleSequence as exc:
+                    # The set fails here; the lookup then stops as given up (its operation
+                    # ended first), not as one that found what it looked for.
                     call.fail(StaleSequence(f"a replica holds seq {held.seq}: {exc}", held.seq))
-                    lookup.stop()
                     return ()
                 return message.nodes
             return message.nodes if isinstance(message, Nodes) else None

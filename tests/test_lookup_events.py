@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import random
 
-from qadom.errors import OperationAbandoned
+import pytest
+from nacl.signing import SigningKey
+
+from qadom.errors import OperationAbandoned, StaleSequence
 from qadom.events import (
     LookupEvent,
     LookupFinished,
@@ -16,8 +19,11 @@ from qadom.events import (
     LookupTimeout,
 )
 from qadom.messages import Error, ErrorCode, FindNode, Message, Pong
+from qadom.namespace import storage_key
 from qadom.sim import SimNetwork
 from qadom.widgets import ASKED, FAILED, LookupView
+
+from helpers import signed_record
 
 
 def _ended(events: list[LookupEvent]) -> tuple[int, int, list[LookupRefused]]:
@@ -80,3 +86,25 @@ def test_sim_a_lookup_its_operation_gave_up_on_is_not_said_to_have_found_a_value
     assert net.run_call(net.call(origin, origin.find_nodes, target))
     (done,) = [e for e in quiet if isinstance(e, LookupFinished)]
     assert not done.given_up and not done.found_value
+
+
+def test_a_namespace_set_refuted_by_a_newer_record_ends_given_up_not_found() -> None:
+    """A replica holding a newer seq fails the set: its lookup stopped because the operation
+    ended, which the events and the view say, instead of "found the value"."""
+    net = SimNetwork(4)
+    nodes = net.build(200)
+    owner = SigningKey(b"\x01" * 32)
+    net.run_call(net.call(nodes[0], nodes[0].namespace.set, signed_record(owner, 7, 2, b"new")))
+    skey = storage_key(bytes(owner.verify_key), 7)
+    writer = next(n for n in nodes[1:] if n.namespace.local(skey, net.now) is None)
+    view = LookupView(writer, kind="namespace")
+    events: list[LookupEvent] = []
+    writer.add_listener(events.append)
+    with pytest.raises(StaleSequence):
+        net.run_call(net.call(writer, writer.namespace.set, signed_record(owner, 7, 1, b"old")))
+    finished = [e for e in events if isinstance(e, LookupFinished)]
+    assert len(finished) == 1 and finished[0].kind == "namespace"
+    assert finished[0].given_up and not finished[0].found_value
+    assert not any(e.found_value for e in events if isinstance(e, LookupReply))
+    assert view.status == "given up"
+    view.close()
