@@ -75,6 +75,7 @@ from coincurve import PrivateKey, PublicKey
 from coincurve.ecdsa import cdata_to_der, der_to_cdata, deserialize_compact, serialize_compact
 
 from .call import Call
+from .cbor import loads as cbor_loads
 from .config import Config
 from .contact import Address, Contact, host_key
 from .errors import (
@@ -563,7 +564,7 @@ def decode_record(data: bytes, config: Config) -> Record:
     whether a compressed public key lies on the curve: see :func:`owner_of`); raises
     :class:`ProtocolError` and nothing else."""
     try:
-        raw = cbor2.loads(data)
+        raw = cbor_loads(data)
     except Exception as exc:  # cbor2 raises several classes on bad input
         raise ProtocolError(f"record is not CBOR: {type(exc).__name__}") from None
     if type(raw) is not list or len(raw) != 4 or type(raw[0]) is not int or (
@@ -625,7 +626,7 @@ def node_signing_key(store: Store, now: float, new_secret: Callable[[], bytes]) 
     data = store.get_record(IDENTITY_KIND, IDENTITY_KEY)
     if data is not None:
         try:
-            raw = cbor2.loads(data)
+            raw = cbor_loads(data)
             secret = raw.get("secp256k1") if isinstance(raw, dict) else None
             if isinstance(secret, bytes):
                 PrivateKey(secret)  # raises ValueError if not a valid scalar

@@ -65,6 +65,7 @@ from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from .call import Call
+from .cbor import loads as cbor_loads
 from .contact import Address, Contact, host_key
 from .errors import (
     BadSignature,
@@ -224,7 +225,7 @@ class NamespaceRecord:
         """Inverse of :meth:`to_bytes`; raises :class:`~qadom.errors.ProtocolError` on anything
         malformed (the signature is not verified here)."""
         try:
-            raw = cbor2.loads(data)
+            raw = cbor_loads(data)
         except Exception as exc:  # cbor2 raises several classes on bad input
             raise ProtocolError(f"stored namespace record is not CBOR: {type(exc).__name__}"
                                 ) from None

@@ -83,6 +83,7 @@ from typing import IO, Any, Concatenate, ParamSpec, TypeVar
 
 import cbor2
 
+from .cbor import loads as cbor_loads
 from .config import Config
 from .contact import Contact, host_key
 from .errors import DataDirInUse, InvalidArgument, StorageFull, StorageUnavailable, StoreUnusable
@@ -207,7 +208,7 @@ def _owners(blob: bytes | None) -> frozenset[bytes] | None:
     if blob is None:
         return None
     try:
-        owners = cbor2.loads(bytes(blob))
+        owners = cbor_loads(bytes(blob))
     except (cbor2.CBORDecodeError, ValueError, TypeError, OverflowError, RecursionError):
         return None
     if not isinstance(owners, list) or not all(isinstance(key, bytes) for key in owners):

@@ -4,8 +4,10 @@ such datagrams are counted as malformed and log nothing."""
 
 from __future__ import annotations
 
+import email.parser
 import logging
 import socket
+import uuid
 from collections.abc import Callable
 
 import cbor2
@@ -15,8 +17,10 @@ import qadom.node  # noqa: F401  (registers every message type, its services' to
 from qadom import Config
 from qadom.codec import Codec
 from qadom.contact import Contact
+from qadom.dhtrecords import decode_record
 from qadom.errors import ProtocolError
 from qadom.messages import MESSAGE_TYPES, PROTOCOL_VERSION, FindNode, Kind, NodesStored
+from qadom.namespace import NamespaceRecord
 
 from helpers import udp_network, wait_until
 
@@ -139,3 +143,46 @@ def test_a_known_contact_id_with_a_bad_host_or_port_is_checked_again() -> None:
         with pytest.raises(ProtocolError):
             codec.decode(reply(bad))
     assert nodes(reply(good)) == (decoded,)
+
+
+# Every tag that cbor2 decodes to a type of its own (dates, decimals, regular expressions, MIME
+# messages, UUIDs, IP addresses, sets...), and one it does not know.
+BUILT_IN_TAGS = (0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 1004,
+                 43000, 55799, 12345)
+MIME = "Content-Type: multipart/mixed; boundary=a\n\n" + "--a\n\n" * 1300
+
+
+def tagged(tag: int) -> bytes:
+    """A FindNode whose rpc id is written as ``tag`` wrapping a payload of its usual kind."""
+    payload: object = {36: MIME, 37: bytes(16), 35: "a+", 5: [3, 10**2000], 4: [3, 10**2000],
+                       0: "2020-01-01T00:00:00Z", 260: bytes(4), 261: [24, bytes(4)]}.get(tag, 1)
+    return cbor2.dumps([PROTOCOL_VERSION, FindNode.CODE, cbor2.CBORTag(tag, payload), ID, [ID]])
+
+
+@pytest.mark.parametrize("tag", BUILT_IN_TAGS)
+def test_a_tag_of_no_qadom_type_is_refused_before_what_it_tags_is_read(
+        tag: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cbor2 would parse a MIME message (tag 36) with the email parser, a bigfloat (tag 5) with
+    decimal arithmetic: milliseconds for one datagram. The tag is refused as it is met."""
+    parsed: list[str] = []
+
+    def parse(what: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: parsed.append(what)
+
+    monkeypatch.setattr(email.parser.Parser, "parsestr", parse("mime"))
+    monkeypatch.setattr(uuid.UUID, "__init__", parse("uuid"))
+    data = tagged(tag)
+    assert len(data) <= CODEC.max_datagram
+    with pytest.raises(ProtocolError, match="not CBOR"):
+        CODEC.decode(data)
+    assert parsed == []
+    for decode in (lambda d: decode_record(d, Config()), NamespaceRecord.from_bytes):
+        with pytest.raises(ProtocolError):
+            decode(cbor2.dumps([1, cbor2.CBORTag(tag, 1), 0, b""]))
+
+
+def test_bignums_still_decode() -> None:
+    plain = CODEC.encode_parts(7, None, FindNode(5))
+    written = cbor2.dumps([PROTOCOL_VERSION, FindNode.CODE, cbor2.CBORTag(2, b"\x07"), None,
+                           [(5).to_bytes(32, "big")]])
+    assert CODEC.decode(written) == CODEC.decode(plain)
