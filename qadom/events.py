@@ -7,7 +7,8 @@ one :class:`LookupFinished`. Each request ends in a :class:`LookupReply` or a fi
 :class:`LookupTimeout` (a :class:`LookupRefused` when the contact answered with nothing of use),
 unless the lookup finished first. ``LookupFinished.failures`` also counts the candidates left out
 without a request (an address banned for lying, of the IP family our socket cannot reach, or
-a multicast or broadcast address, which is never asked).
+a multicast or broadcast address, which is never asked); its ``requests`` and ``rounds`` count
+only the requests sent, one :class:`LookupRequest` each.
 """
 
 from __future__ import annotations

@@ -169,10 +169,11 @@ class Lookup:
         self._settled_answered = 0
         self.in_flight = 0
         self.stopped = False
-        self.requests = 0
+        self._chosen = 0  # requests chosen (next_requests), sent or not: what max_requests bounds
+        self._asked_rounds: list[int] = []  # the round of each request sent, as chosen
         self.replies = 0
         self.failures = 0
-        self.rounds = 0
+        self.rounds = 0  # the latest round of a request sent
         # ``later``: more first-round candidates, gathered only when the lookup needs more than
         # ``initial``. A probe asks one candidate and usually ends with its answer, so a driver
         # whose closest contact is a likely holder passes that one as ``initial`` and the rest
@@ -186,7 +187,7 @@ class Lookup:
     def next_requests(self) -> list[Candidate]:
         """The candidates to ask now (marked in flight). Empty when alpha are in flight or none
         is eligible. Call after every input."""
-        if self.stopped or self.probe is not None or self.requests >= self.max_requests:
+        if self.stopped or self.probe is not None or self._chosen >= self.max_requests:
             return []
         likely = self._likely
         addresses = self._addresses
@@ -198,7 +199,7 @@ class Lookup:
             start, eligible = self._settle()
             for cand in self._order[start:]:
                 if (self.in_flight >= self.alpha or eligible >= self.k
-                        or self.requests >= self.max_requests):
+                        or self._chosen >= self.max_requests):
                     break
                 if cand.state is _FAILED:
                     continue
@@ -275,6 +276,25 @@ class Lookup:
         self.failures += 1
         self._fail(cand)
 
+    def unask(self, contact: Contact) -> None:
+        """The request just chosen for ``contact`` (by :meth:`next_requests`) is not sent after
+        all (its driver cannot or will not reach the address): it fails as with
+        :meth:`on_failure`, and counts in neither ``requests`` nor ``rounds``, which count the
+        requests sent. It still counts against ``max_requests``, so candidates left out so
+        cannot make a lookup walk further than one that asks them."""
+        cand = self._by_id.get(contact.id)
+        if cand is None or cand.state is not _IN_FLIGHT or cand.contact is not contact:
+            return
+        self.on_failure(contact)
+        rounds = self._asked_rounds
+        rounds.remove(cand.round)
+        self.rounds = max(rounds, default=0)
+
+    @property
+    def requests(self) -> int:
+        """The requests sent (each candidate's first attempt; its retry is not counted)."""
+        return len(self._asked_rounds)
+
     def widen(self) -> None:
         """End probing: the probe, if one is out, no longer holds the others back, and no
         candidate is asked alone again; ``alpha`` at a time from now on."""
@@ -305,7 +325,7 @@ class Lookup:
             return True
         if self._later is not None:  # first-round candidates not gathered yet
             return False
-        if self.requests >= self.max_requests:  # asks nobody more: done once nothing is in flight
+        if self._chosen >= self.max_requests:  # asks nobody more: done once nothing is in flight
             return self.in_flight == 0
         settled, answered = self._settle()
         return answered >= self.k or settled == len(self._order)
@@ -354,8 +374,10 @@ class Lookup:
         self._addresses[address] = _ASKING if address not in self._addresses else _SPENT
         cand.state = _IN_FLIGHT
         self.in_flight += 1
-        self.requests += 1
-        self.rounds = max(self.rounds, cand.round)
+        self._chosen += 1
+        self._asked_rounds.append(cand.round)
+        if cand.round > self.rounds:
+            self.rounds = cand.round
         return cand
 
     def _fail(self, cand: Candidate) -> None:

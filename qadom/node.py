@@ -404,13 +404,13 @@ class _LookupRun:
                 if banned and banned.get(contact.address, -math.inf) > now:
                     # Its address lied (to this lookup or another) since it was named: a liar
                     # is not asked while its ban lasts, whatever id it was named with.
-                    lookup.on_failure(contact)
+                    lookup.unask(contact)
                     skipped = True
                     continue
                 if ipv6 is not None and (":" in contact.address[0]) is not ipv6:
                     # Named by a peer of both families: our socket cannot reach it.
                     node.stats["unreachable"] += 1
-                    lookup.on_failure(contact)
+                    lookup.unask(contact)
                     skipped = True
                     continue
                 if address_scope(contact.address[0]) < LOOPBACK:
@@ -418,7 +418,7 @@ class _LookupRun:
                     # (_in_scope leaves out the others' at once): no peer's, and a request there
                     # would reach every host of a network, ours included.
                     node.stats["contacts_out_of_scope"] += 1
-                    lookup.on_failure(contact)
+                    lookup.unask(contact)
                     skipped = True
                     continue
                 if emit:

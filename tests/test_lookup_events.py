@@ -9,6 +9,8 @@ import random
 import pytest
 from nacl.signing import SigningKey
 
+from qadom import Config, Node
+from qadom.contact import Contact
 from qadom.errors import OperationAbandoned, StaleSequence
 from qadom.events import (
     LookupEvent,
@@ -18,7 +20,7 @@ from qadom.events import (
     LookupRequest,
     LookupTimeout,
 )
-from qadom.messages import Error, ErrorCode, FindNode, Message, Pong
+from qadom.messages import Error, ErrorCode, FindNode, Message, Nodes, Pong
 from qadom.namespace import storage_key
 from qadom.sim import SimNetwork
 from qadom.widgets import ASKED, FAILED, LookupView
@@ -108,3 +110,29 @@ def test_a_namespace_set_refuted_by_a_newer_record_ends_given_up_not_found() -> 
     assert not any(e.found_value for e in events if isinstance(e, LookupReply))
     assert view.status == "given up"
     view.close()
+
+
+def test_a_candidate_left_out_without_a_request_is_no_request_and_no_round() -> None:
+    """Peers name a contact at a multicast address, closer to the target than any node: the
+    lookup leaves it out (no datagram goes there), so it counts as a failure, not as a request,
+    and the rounds are those of the requests sent."""
+    net = SimNetwork(1, config=Config(k=4, alpha=1))
+    nodes = net.build(12)
+    origin, target = nodes[0], random.Random(7).getrandbits(256)
+    nowhere = Contact(target ^ 1, ("224.0.0.1", 4000))
+    for node in nodes[1:]:
+        def handler(message: FindNode, sender: int | None, address: object, now: float,
+                    node: Node = node) -> Message:
+            honest = node.table.closest(message.target, node.config.k, exclude=sender)
+            return Nodes(tuple([nowhere, *honest])[:node.config.k])
+
+        node.register_handler(FindNode, handler)
+    events: list[LookupEvent] = []
+    origin.add_listener(events.append)
+    report = net.lookup(origin, target)
+    (finished,) = [e for e in events if isinstance(e, LookupFinished)]
+    asked = [e for e in events if isinstance(e, LookupRequest)]
+    assert origin.stats["contacts_out_of_scope"] >= 1
+    assert report.requests == finished.requests == len(asked)
+    assert finished.rounds == max(e.round for e in asked) == report.rounds
+    assert finished.failures >= 1
