@@ -363,7 +363,13 @@ class Config:
     those we store for others take what room is left (see :attr:`publisher_renew_window`), so
     they wait while a whole batch of our own is due at every tick (more than 12 000 of our own
     due an hour, a restart after a day away with a store that large, or a batch of our own
-    that our damaged store keeps refusing to rewrite): their other storers renew them meanwhile."""
+    that our damaged store keeps refusing to rewrite): their other storers renew them meanwhile.
+
+    It bounds hand-overs too (section 2.5: copies sent to a newcomer among our k closest): at
+    most this many items per newcomer, and per host (a public address's /24 or /64, a private
+    address; loopback is exempt) per ``republish_interval``, so that one network cycling ports
+    and free ids buys one newcomer's share an hour, as an honest newcomer gets, not one a join
+    (see ``Node._hand_over``)."""
 
     publisher_renew_window: float = 3600.0
     """How long before the copies of its last renewal expire (less ``operation_timeout``) the

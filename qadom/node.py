@@ -44,6 +44,7 @@ from .call import Call
 from .codec import Codec
 from .config import Config
 from .contact import (
+    GLOBAL,
     LOOPBACK,
     Address,
     Contact,
@@ -175,6 +176,20 @@ def _ignore_acks(acks: int, error: QadomError | None, now: float) -> None:
 def _network(contact: Contact) -> str | None:
     """The public network of a lookup candidate (Config.max_lookup_contacts_per_prefix)."""
     return network_prefix(contact.address[0])
+
+
+def _hand_over_host(host: str) -> str | None:
+    """What one budget of hand-overs (:meth:`Node._hand_over`) counts as one host: a public
+    address's network (its /24 or /64, :func:`~qadom.routing.network_prefix`), as the routing
+    table's network diversity limits count it, since the ports and addresses of one network
+    take turns in the same places of our table; a private or link-local address itself
+    (:func:`~qadom.contact.host_key`), as the request rates count it; None, no budget, for a
+    loopback address, which every peer of one machine shares (tests, the simulator, the
+    benchmarks) and from which only this machine's own processes send."""
+    scope = address_scope(host)
+    if scope == LOOPBACK:
+        return None
+    return network_prefix(host) if scope == GLOBAL else host_key(host)
 
 
 class _Request:
@@ -701,6 +716,11 @@ class Node:
     ``rejoins`` (bootstraps through the saved contacts while the routing table was empty),
     ``given_up_pings`` (pings of contacts the table gave up, to bring them back: _retry_given_up),
     ``republish_missed`` (republishes that reached nobody, made again at the next upkeep),
+    ``handed_over`` (copies of items sent to newcomers among our k closest: _hand_over),
+    ``hand_overs_refused`` (hand-overs refused, or cut short, because their address was handed
+    items under another id within ``republish_interval``, or their host, loopback aside, was
+    handed ``republish_batch`` items in it already; a contact that entered through a reply
+    under another id than the one asked is handed nothing then, and not counted here),
     ``unreachable`` (lookup candidates and bootstrap addresses of the other IP family than our
     socket's, left out), ``contacts_out_of_scope`` (contacts named by a peer narrower in scope
     than itself, left out of a lookup).
@@ -789,8 +809,14 @@ class Node:
         # that spoofed requests cannot fill the room of the proven ones.
         self._verifying: dict[Address, float] = {}
         self._verifying_proven: dict[Address, float] = {}
-        # Neighbours we handed items over to, and when, oldest hand-over first (_hand_over).
+        # Neighbours we handed items over to, and when, oldest hand-over first (_hand_over);
+        # the addresses handed items over to, and when, in the same order; and per host
+        # (_hand_over_host) when its budget's interval began and how many items it was
+        # handed in it, oldest interval first. Ids cost nothing: without the last two, a peer
+        # that answers under ever new ids would be handed a batch of copies for each.
         self._handed: OrderedDict[int, float] = OrderedDict()
+        self._handed_addresses: OrderedDict[Address, float] = OrderedDict()
+        self._handed_hosts: OrderedDict[str, tuple[float, int]] = OrderedDict()
         self._listeners: list[Callable[[LookupEvent], None]] = []
         cfg = self.config
         # Request budgets (_within_rate): unproven requests spend these...
@@ -1513,34 +1539,41 @@ class Node:
         (:func:`_still_wanted`): a lookup's or a probe's whose address entered the lookups'
         backoff fails unsent at once, as does one (a search's page too) whose operation is over;
         one of a finished lookup is dropped, with nobody to tell. Past ``max_queued_requests``
-        waiting in all, a request fails at once, unsent. A request that fails unsent counts
-        against no contact.
+        waiting in all, a request fails at once, unsent (and never encoded). A request that
+        fails unsent counts against no contact.
         """
         ids = self._rpc_ids
         rpc_id = ids.pop() if ids else self._draw_rpc_id()
         while rpc_id in self._pending:
             rpc_id = ids.pop() if ids else self._draw_rpc_id()
+        cfg = self.config
+        on_reply = on_reply or _ignore_reply
+        retries = cfg.rpc_retries if retry else 0
+        cap = cfg.max_requests_in_flight
+        out = self._in_flight.get(address, 0)
+        if cap and out >= cap and self._queued >= cfg.max_queued_requests:
+            # Shed: it never goes out, so it is not encoded (a burst of them, hand-overs to
+            # an address that answers nothing, say, would cost an encoding each for nothing).
+            self._pending[rpc_id] = _Request(rpc_id, address, message, b"", expect_id,
+                                             on_reply, on_stall, now, retries)
+            self.stats["requests_out"] += 1
+            self.stats["requests_shed"] += 1
+            # Failed on the timer queue, not here: the caller is mid-way (a lookup choosing
+            # whom to ask) and must not see its outcome before this call returns.
+            self._schedule(now, partial(self._unsent, rpc_id))
+            return rpc_id
         token, sure = self._token_to_send(address, now)
         # Without a token from this peer that is surely still valid, a request is padded so that
         # the answer fits the peer's amplification bound (see amplification_factor): a lot if
         # the answer may be large.
-        cfg = self.config
         pad_to = 0 if sure else (
             cfg.min_request_size if message.LARGE_REPLY else cfg.min_small_request_size)
         data = self.codec.encode_parts(rpc_id, self._sender, message, token, pad_to)
-        req = _Request(rpc_id, address, message, data, expect_id, on_reply or _ignore_reply,
-                       on_stall, now, cfg.rpc_retries if retry else 0)
+        req = _Request(rpc_id, address, message, data, expect_id, on_reply, on_stall, now,
+                       retries)
         self._pending[rpc_id] = req
         self.stats["requests_out"] += 1
-        cap = cfg.max_requests_in_flight
-        out = self._in_flight.get(address, 0)
         if cap and out >= cap:
-            if self._queued >= cfg.max_queued_requests:
-                self.stats["requests_shed"] += 1
-                # Failed on the timer queue, not here: the caller is mid-way (a lookup choosing
-                # whom to ask) and must not see its outcome before this call returns.
-                self._schedule(now, partial(self._unsent, rpc_id))
-                return rpc_id
             self.stats["requests_queued"] += 1
             self._queued += 1
             waiting = self._waiting.get(address)
@@ -1782,7 +1815,11 @@ class Node:
                 if given is not None and given[0].address == address:
                     del self._given_up[req.expect_id]  # that contact is gone from that address
                 if sender is not None:
-                    self._saw(make_contact(sender, address), now)
+                    # Seen, but handed nothing now: it answered a request meant for another
+                    # id, and an address can answer under a new id at every reply, each of
+                    # which would otherwise cost us a hand-over. Its items come with the hourly
+                    # republish.
+                    self._saw(make_contact(sender, address), now, hand_over=False)
                 if sender is not None and isinstance(req.on_reply, _Asked):
                     # A lookup's: it asks no other id there, but may still ask the one that
                     # answered.
@@ -1979,12 +2016,12 @@ class Node:
         # source too, past the amplification bound the budget keeps.
         self.request(address, Ping(), now, expect_id=sender, retry=budget is None)
 
-    def _saw(self, contact: Contact, now: float) -> None:
+    def _saw(self, contact: Contact, now: float, *, hand_over: bool = True) -> None:
         """``contact`` answered us, or made a request that proved its address with a token:
         update the table, pinging an old contact if a bucket is full, and hand items over
-        (:meth:`_hand_over`) to each contact that entered it: ``contact``, and the replacements
-        a bucket's split took in. A contact banned for lying stays out until its ban ends,
-        answers or not."""
+        (:meth:`_hand_over`) to each contact that entered it: ``contact`` (unless not
+        ``hand_over``), and the replacements a bucket's split took in. A contact banned for
+        lying stays out until its ban ends, answers or not."""
         address = contact.address
         # _is_banned, and the pops below, inline and only where there is something: this runs
         # for every reply and every proven request.
@@ -2024,7 +2061,8 @@ class Node:
             # The contact itself, and the replacements a split of its bucket promoted: each
             # entered the table, perhaps among our k closest (section 2.5).
             for newcomer in entered:
-                self._hand_over(newcomer, now)
+                if hand_over or newcomer.id != contact.id:
+                    self._hand_over(newcomer, now)
 
     def _hand_over_promoted(self, waiting: list[Contact], now: float) -> None:
         """The contacts of ``waiting`` (replacements of the buckets contacts just left) that
@@ -2060,15 +2098,36 @@ class Node:
         A neighbour is handed items over once per ``republish_interval``: one that leaves our
         table and comes back (dropped after its answers were lost, say, or while it refused the
         very burst of copies we sent it) gets the rest by the hourly republish, so a hand-over
-        never sets off another."""
+        never sets off another. As ids cost nothing, hand-overs are charged to where they go
+        too: an address handed items over within the last ``republish_interval`` is handed
+        none under another id, and one host (:func:`_hand_over_host`: a public address's /24
+        or /64, a private address itself; loopback is exempt) is handed at most
+        ``republish_batch`` items per ``republish_interval``, counted from its first hand-over
+        in it; the newcomer gets the first of its items that fit. A hand-over refused, or cut
+        short, for either is counted in ``stats["hand_overs_refused"]``; the items reach the
+        newcomer by the hourly republish."""
         cfg, table = self.config, self.table
         ours = table.closest(self.id, cfg.k + 1)
         if newcomer not in ours[:cfg.k]:
             return
         handed = self._handed
-        if handed.get(newcomer.id, -math.inf) + cfg.republish_interval > now:
+        interval = cfg.republish_interval
+        if handed.get(newcomer.id, -math.inf) + interval > now:
             return
         own, batch = self.id, cfg.republish_batch
+        address = newcomer.address
+        if self._handed_addresses.get(address, -math.inf) + interval > now:
+            self.stats["hand_overs_refused"] += 1
+            return
+        host = _hand_over_host(address[0])
+        room = batch
+        if host is not None:
+            began, spent = self._handed_hosts.get(host, (-math.inf, 0))
+            if began + interval > now:
+                room -= spent
+            if room <= 0:
+                self.stats["hand_overs_refused"] += 1
+                return
         # The bits at which a contact's id first differs from ours: the sibling subtree at each
         # of them holds a contact, closer than us to its every key. At any other bit the sibling
         # holds none, and its keys are closer to us than to any contact beyond it.
@@ -2110,10 +2169,29 @@ class Node:
                               else Append(due.key, due.item, ttl))
         if not copies:
             return
+        if len(copies) > room:
+            self.stats["hand_overs_refused"] += 1
+            del copies[room:]
         if len(handed) >= _MAX_HANDED:
             handed.clear()  # a bound on memory: at worst one more hand-over to a neighbour
         handed[newcomer.id] = now
         handed.move_to_end(newcomer.id)  # oldest first, for _forget_old_bookkeeping
+        # Oldest first too; a bound on memory that forgets the oldest: at worst one more
+        # hand-over to an address, or a fresh budget to a host, that an hour would have given.
+        addresses, hosts = self._handed_addresses, self._handed_hosts
+        addresses.pop(address, None)
+        if len(addresses) >= _MAX_HANDED:
+            addresses.popitem(last=False)
+        addresses[address] = now
+        if host is not None:
+            began, spent = hosts.get(host, (-math.inf, 0))
+            if began + interval > now:
+                hosts[host] = (began, spent + len(copies))  # in its place: ordered by began
+            else:  # its budget's interval begins now
+                hosts.pop(host, None)
+                if len(hosts) >= _MAX_HANDED:
+                    hosts.popitem(last=False)
+                hosts[host] = (now, len(copies))
         for copy in copies:
             self.stats["handed_over"] += 1
             self.request(newcomer.address, copy, now, expect_id=newcomer.id)
@@ -2924,6 +3002,9 @@ class Node:
           kept or not, none is sent. Ordered by when each came (``_keep_token``).
         * ``_handed``: a neighbour handed items over to ``republish_interval`` ago or more is
           handed them over again as if it had never been (:meth:`_hand_over`). Ordered by when.
+          So is ``_handed_addresses``, per address; ``_handed_hosts``: a host whose hand-over
+          budget's interval began ``republish_interval`` ago or more has its whole budget
+          again, as one never handed anything. Ordered by when its interval began.
         * the request rate limiters: a sender whose bucket has refilled is allowed the same as
           one never seen (:meth:`RateLimiter.sweep`); so are publishers at the pubsub relay, and
           a subscriber's inbox forgets the streams no copy or message can still come on
@@ -2978,6 +3059,12 @@ class Node:
             if at + interval > now:  # the test _hand_over skips a neighbour by
                 break
             del handed[node_id]
+        handed_addresses = self._handed_addresses
+        while handed_addresses and next(iter(handed_addresses.values())) + interval <= now:
+            handed_addresses.popitem(last=False)  # as _hand_over refuses an address by
+        handed_hosts = self._handed_hosts
+        while handed_hosts and next(iter(handed_hosts.values()))[0] + interval <= now:
+            handed_hosts.popitem(last=False)  # as _hand_over starts a host's interval anew
         given_up, lifetime = self._given_up, cfg.given_up_lifetime
         while given_up:
             _, given, _, _ = next(iter(given_up.values()))
