@@ -1,51 +1,39 @@
-"""Reading CBOR that other peers wrote: :func:`loads`, cbor2's decoder without its tagged types.
+"""Reading CBOR that other peers wrote: cbor2's decoder without its tagged types.
 
 cbor2 decodes many tagged types by default (dates, decimal fractions, regular expressions, MIME
 messages, UUIDs, IP addresses...), some at a cost far beyond their size: an 8 KB MIME message
 (tag 36) takes milliseconds of the email parser, an 8 KB bigfloat (tag 5) milliseconds of decimal
 arithmetic, against microseconds for a whole well-formed datagram. No qadom format has a field of
-any such type, so an input carrying one is malformed whatever it would decode to: :func:`loads`
-refuses the tag as soon as it meets it, before reading what it tags.
+any such type, so an input carrying one is malformed whatever it would decode to.
 
-Guarantee: the only tags decoded are 2 and 3 (bignums: integers, which a peer may write that way;
-docs/PROTOCOL.md). Any other tag raises :class:`cbor2.CBORDecodeError`, as malformed CBOR does.
+Guarantee: :func:`loads` (and ``cbor2.loads`` given :data:`REFUSED` and :func:`refuse`, as the
+codec calls it) decodes tags 2 and 3 (bignums: integers, which a peer may write that way;
+docs/PROTOCOL.md) and raises :class:`cbor2.CBORDecodeError` on any other tag, as on malformed
+CBOR: a tag that cbor2 gives a type of its own is refused as it is met, before what it tags is
+read; a tag it does not know, once its plain content is read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import cbor2
 
-_DECODED = frozenset({2, 3})
 
-
-def _refuse(decoder: Any, immutable: bool = False) -> Any:
+def refuse(decoder: Any, *args: Any) -> Any:
+    """A semantic decoder, and a tag hook, that refuses the tag it is called for."""
     raise cbor2.CBORDecodeError("a semantic tag that no qadom format uses")
 
 
-class _RefuseTags(Mapping[int, Callable[[Any, bool], Any]]):
-    """cbor2's ``semantic_decoders``: every tag but those of ``_DECODED`` maps to a decoder that
-    refuses it (cbor2 looks each tag it meets up here, and decodes it itself on a KeyError). It
-    lists nothing: it answers any tag it is asked about, as a default would."""
-
-    def __getitem__(self, tag: int) -> Callable[[Any, bool], Any]:
-        if tag in _DECODED:
-            raise KeyError(tag)
-        return _refuse
-
-    def __len__(self) -> int:
-        return 0
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-
-_REFUSE_TAGS = _RefuseTags()
+# Every tag that cbor2 decodes to a type of its own, but the bignums. A plain dict, which
+# cbor2 reads at no cost per call; tests/test_codec_hostile.py checks that the installed cbor2
+# knows no other tag.
+REFUSED: dict[int, Any] = dict.fromkeys(
+    (0, 1, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261, 1004, 43000, 55799),
+    refuse)
 
 
 def loads(data: bytes) -> Any:
     """``data`` decoded as :func:`cbor2.loads` does, but for the tags this module refuses; raises
     what cbor2 raises on malformed input (:class:`cbor2.CBORDecodeError` and a few others)."""
-    return cbor2.loads(data, semantic_decoders=_REFUSE_TAGS)
+    return cbor2.loads(data, semantic_decoders=REFUSED, tag_hook=refuse)
