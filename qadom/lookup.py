@@ -285,9 +285,10 @@ class Lookup:
         cand = self._by_id.get(contact.id)
         if cand is None or cand.state is not _IN_FLIGHT or cand.contact is not contact:
             return
+        asked_in = cand.round  # failing may move it to an alternate address, and its round
         self.on_failure(contact)
         rounds = self._asked_rounds
-        rounds.remove(cand.round)
+        rounds.remove(asked_in)
         self.rounds = max(rounds, default=0)
 
     @property

@@ -128,7 +128,10 @@ class LookupReport:
     rounds: int
     requests: int  # lookup requests sent (first attempts)
     replies: int
-    failures: int  # requests that failed for good
+    # Requests that failed for good, and candidates left out without a request (an address of
+    # the other IP family, banned or multicast); of a lookup its operation's deadline ended,
+    # only the requests, as its events show them.
+    failures: int
     messages: int
     latency: float  # virtual seconds from start to finish
     true_closest: bool  # the single closest live node is in the result

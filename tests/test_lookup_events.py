@@ -20,6 +20,7 @@ from qadom.events import (
     LookupRequest,
     LookupTimeout,
 )
+from qadom.lookup import Lookup
 from qadom.messages import Error, ErrorCode, FindNode, Message, Nodes, Pong
 from qadom.namespace import storage_key
 from qadom.sim import SimNetwork
@@ -136,3 +137,23 @@ def test_a_candidate_left_out_without_a_request_is_no_request_and_no_round() -> 
     assert report.requests == finished.requests == len(asked)
     assert finished.rounds == max(e.round for e in asked) == report.rounds
     assert finished.failures >= 1
+
+
+def test_a_candidate_left_out_at_one_address_is_asked_at_its_other() -> None:
+    """X is named at a multicast address (left out) and, by a closer peer, at its own: the
+    lookup asks it there, and counts the rounds and requests of what it sent."""
+    p = Contact(1 << 200, ("127.0.0.2", 4000))
+    q = Contact(1 << 100, ("127.0.0.3", 4000))
+    x = Contact(1 << 150, ("224.0.0.1", 4000))
+    x_real = Contact(x.id, ("127.0.0.4", 4000))
+    lookup = Lookup(0, 3, 1, [p])
+    assert [c.contact for c in lookup.next_requests()] == [p]
+    lookup.on_reply(p, [q, x])
+    assert [c.contact for c in lookup.next_requests()] == [q]
+    lookup.on_reply(q, [x_real])  # another address for x: its alternate, in round 3
+    assert [c.contact for c in lookup.next_requests()] == [x]
+    lookup.unask(x)  # the driver does not send to a multicast address
+    assert (lookup.requests, lookup.rounds) == (2, 2)
+    (again,) = lookup.next_requests()
+    assert again.contact.address == x_real.address and again.round == 3
+    assert (lookup.requests, lookup.rounds) == (3, 3)
