@@ -9,8 +9,8 @@ any such type, so an input carrying one is malformed whatever it would decode to
 Guarantee: :func:`loads` (and ``cbor2.loads`` given :data:`REFUSED` and :func:`refuse`, as the
 codec calls it) decodes tags 2 and 3 (bignums: integers, which a peer may write that way;
 docs/PROTOCOL.md) and raises :class:`cbor2.CBORDecodeError` on any other tag, as on malformed
-CBOR: a tag that cbor2 gives a type of its own is refused as it is met, before what it tags is
-read; a tag it does not know, once its plain content is read.
+CBOR. What a tag holds is decoded as plain CBOR first (strings, arrays, integers: as cheap as
+any datagram), then the tag is refused: no tag's own decoder ever runs.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from typing import Any
 import cbor2
 
 
-def refuse(decoder: Any, *args: Any) -> Any:
-    """A semantic decoder, and a tag hook, that refuses the tag it is called for."""
+def refuse(content: Any, *args: Any) -> Any:
+    """A semantic decoder (given what the tag holds, decoded), and a tag hook (given the
+    decoder and the tag), that refuses the tag it is called for."""
     raise cbor2.CBORDecodeError("a semantic tag that no qadom format uses")
 
 

@@ -183,7 +183,8 @@ class Codec:
         if len(data) > self.max_datagram:
             raise ProtocolError(f"datagram of {len(data)} bytes exceeds the limit")
         try:
-            # Tags refused as met (qadom.cbor): a MIME message or a bigfloat costs milliseconds.
+            # Tags refused, no tag's decoder run (qadom.cbor): a MIME message or a bigfloat
+            # would cost milliseconds.
             raw = cbor2.loads(data, semantic_decoders=REFUSED, tag_hook=refuse)
         except Exception as exc:  # cbor2 raises several classes (and RecursionError) on bad input
             raise ProtocolError(f"not CBOR: {type(exc).__name__}") from None

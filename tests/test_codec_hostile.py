@@ -161,10 +161,10 @@ def tagged(tag: int) -> bytes:
 
 
 @pytest.mark.parametrize("tag", BUILT_IN_TAGS)
-def test_a_tag_of_no_qadom_type_is_refused_before_what_it_tags_is_read(
+def test_a_tag_of_no_qadom_type_is_refused_without_running_its_decoder(
         tag: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """cbor2 would parse a MIME message (tag 36) with the email parser, a bigfloat (tag 5) with
-    decimal arithmetic: milliseconds for one datagram. The tag is refused as it is met."""
+    decimal arithmetic: milliseconds for one datagram. The tag is refused, its decoder not run."""
     parsed: list[str] = []
 
     def parse(what: str) -> Callable[..., None]:
