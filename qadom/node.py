@@ -3395,14 +3395,16 @@ class _SharedRead:
     """One read's lookup serving every caller of the same read (kind and key) that asks while
     it has had no answer yet: each caller holds a call of its own, completed with the shared
     outcome (a result copied with ``copy``, so no caller sees another's changes; an exception
-    shared as an asyncio future shares it). The shared lookup runs while any caller still
-    waits: once every one of their calls is done (its deadline passed, or it was abandoned),
-    the lookup's call fails with OperationAbandoned and it stops asking. (A get's caller has its
-    own deadline; a search's lookup has its deadline moved by each search that joins it:
-    ``renew``.) A read joins only a lookup that has heard no answer yet (:meth:`close`) and
-    that started after the last of the node's own writes ended (``writes``, the node's count of
-    writes ended when it started): a write that ended before a read was asked, on this node,
-    is never missed for a lookup, or a read of our own store, that came before it."""
+    shared as an asyncio future shares it, but for an IncompleteSearch: each caller gets one
+    of its own, with its own copy of the values read). The shared lookup runs while any
+    caller still waits: once every one of their calls is done (its deadline passed, or it was
+    abandoned), the lookup's call fails with OperationAbandoned and it stops asking. (A get's
+    caller has its own deadline; a search's lookup has its deadline moved by each search that
+    joins it: ``renew``.) A read joins only a lookup that has heard no answer yet
+    (:meth:`close`) and that started after the last of the node's own writes ended
+    (``writes``, the node's count of writes ended when it started): a write that ended before a
+    read was asked, on this node, is never missed for a lookup, or a read of our own store,
+    that came before it."""
 
     __slots__ = ("callers", "inner", "key", "open", "reads", "renew", "waiting", "writes")
 
@@ -3437,7 +3439,10 @@ class _SharedRead:
         error = inner.exception()
         if error is not None:
             for caller in self.callers:
-                caller.fail(error)
+                if isinstance(error, IncompleteSearch):  # what was read, each caller's own
+                    caller.fail(IncompleteSearch(str(error), copy(error.values)))
+                else:
+                    caller.fail(error)
             return
         result = inner.result()
         for caller in self.callers:
