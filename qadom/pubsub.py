@@ -14,7 +14,10 @@ How it works (docs/PROTOCOL.md, "Publish/subscribe"):
   under loss that is a lost datagram far more often than a departure, and a relay answered
   NOT_SUBSCRIBED forgets a subscriber it holds. Leaving sends ``Unsubscribe``; a subscriber that
   vanishes is forgotten when its lease lapses or when deliveries to it keep failing
-  (``pubsub_silent_deliveries``).
+  (``pubsub_silent_deliveries``). An ``Unsubscribe`` that reaches a relay after the
+  ``Subscribe`` of a later subscription to the topic (resent, duplicated or delayed) does not
+  cut that one off for long: the relay is sent ``Subscribe`` again once the ``Unsubscribe`` is
+  over, and again once none of its datagrams can still be on the way.
 * A publisher looks up the same k closest and sends each a ``Publish`` carrying its stream id (a
   random 64-bit number per publishing node and topic) and the next sequence number of that stream.
   Each relay forwards it as ``Deliver`` to every live subscriber (and hands it to its own local
@@ -757,8 +760,9 @@ class PubSubService:
     refused), ``pubsub_lost_subscribers`` (dropped after ``pubsub_silent_deliveries``
     DELIVERs in a row went unanswered), ``pubsub_delivery_refused`` (dropped for answering a
     DELIVER with an ERROR), ``pubsub_delivery_rate_limited`` (DELIVERs a subscriber's node
-    refused as over its request rate: it is not dropped for that) and ``pubsub_rounds``
-    (registration rounds).
+    refused as over its request rate: it is not dropped for that), ``pubsub_rounds``
+    (registration rounds) and ``pubsub_subscribed_again`` (SUBSCRIBEs sent again to a relay after
+    an UNSUBSCRIBE of an earlier subscription to the topic, see :meth:`_unsubscribe`).
     """
 
     def __init__(self, node: Node) -> None:
@@ -924,8 +928,7 @@ class PubSubService:
                         # Closed while this SUBSCRIBE was out: our UNSUBSCRIBE may have reached
                         # the relay first, so say it again now that the relay has us. Not once
                         # the topic is subscribed to again: the relay holds that subscription.
-                        node.request(contact.address, Unsubscribe(topic.key), now,
-                                     expect_id=contact.id)
+                        self._unsubscribe(topic.key, contact.address, contact.id, now)
                     return
                 # Rounds overlap (a subscription to a topic no relay holds starts one while a
                 # renewal's SUBSCRIBEs are still out, see subscribe). An answer changes nothing
@@ -1053,15 +1056,71 @@ class PubSubService:
         topic.closed = True
         topic.ended.resolve(None)  # its lookup under way stops asking
         del self._topics[key]
-        message = Unsubscribe(key)
         for address, (node_id, _, _) in topic.relays.items():
-            self.node.request(address, message, now, expect_id=node_id)
+            self._unsubscribe(key, address, node_id, now)
         # Each handle took its own call out as it closed; none should be left, but one left pending
         # would never end (the topic's rounds are over).
         for waiting in topic.waiting:
             waiting.fail(SubscriptionClosed("the subscription was closed before it was "
                                             "registered"))
         topic.waiting.clear()
+
+    def _unsubscribe(self, key: int, address: Address, node_id: int, now: float) -> None:
+        """Tell the relay at ``address`` we no longer follow ``key``.
+
+        A relay cannot tell which of our subscriptions to a topic an UNSUBSCRIBE meant: one of
+        a subscription we closed reaching it after the SUBSCRIBE of the next one (resent after
+        a lost datagram, duplicated, or held up on the way) drops that one, which still counts
+        the relay as its own and would hear nothing from it until its next round. So once the
+        UNSUBSCRIBE is over, answered or not, and again once no datagram of it can still be on
+        the way, a subscription to the topic that has asked that relay sends it SUBSCRIBE again
+        (:meth:`_subscribe_again`)."""
+        self.node.request(address, Unsubscribe(key), now, expect_id=node_id,
+                          on_reply=partial(self._unsubscribe_over, key, address))
+
+    def _unsubscribe_over(self, key: int, address: Address, envelope: Envelope | None,
+                          now: float) -> None:
+        """An UNSUBSCRIBE of ``key`` to ``address`` ended (see :meth:`_unsubscribe`). Every
+        attempt of it has left by now, and a datagram is in transit for less than
+        ``rpc_timeout_max`` (as :attr:`~qadom.config.Config.pubsub_copy_window` reasons): a
+        SUBSCRIBE that leaves then reaches the relay after all of them."""
+        self._subscribe_again(key, address, now)
+        self.node.schedule(now + self.node.config.rpc_timeout_max,
+                           partial(self._subscribe_again, key, address))
+
+    def _subscribe_again(self, key: int, address: Address, now: float) -> None:
+        """If our subscription to ``key`` has sent SUBSCRIBE to the relay at ``address`` (it
+        is among its relays), send it another: an UNSUBSCRIBE of an earlier subscription may
+        have reached the relay after that one. Its answer only tells how long the relay holds
+        us, or, refused, that it does not (unless a later round asked it since)."""
+        topic = self._topics.get(key)
+        held = None if topic is None else topic.relays.get(address)
+        if topic is None or held is None:
+            return
+        node_id, asked = held[0], held[2]
+        node = self.node
+        node.stats["pubsub_subscribed_again"] += 1
+
+        def on_reply(envelope: Envelope | None, now: float) -> None:
+            reply = None if envelope is None else envelope.message
+            if topic.closed:
+                if isinstance(reply, Subscribed) and key not in self._topics:
+                    # Closed while this SUBSCRIBE was out: say UNSUBSCRIBE again, as a round's
+                    # late SUBSCRIBED makes us do.
+                    self._unsubscribe(key, address, node_id, now)
+                return
+            held = topic.relays.get(address)
+            if held is None:
+                return  # a later round dropped it: NOT_SUBSCRIBED at its next DELIVER
+            if isinstance(reply, Subscribed):
+                topic.relays[address] = (held[0], max(held[1], now + reply.lease_ms / 1000),
+                                         held[2])
+            elif isinstance(reply, Error) and held[2] == asked:
+                del topic.relays[address]  # it holds no lease of ours
+
+        lease_ms = max(1, round(node.config.pubsub_lease * 1000))
+        node.request(address, Subscribe(key, lease_ms), now, expect_id=node_id,
+                     on_reply=on_reply)
 
     def _receive(self, topic: _Topic, stream: int, seq: int, value: bytes, now: float) -> None:
         inbox = topic.inbox
