@@ -3473,7 +3473,8 @@ class _Holder:
 
 class _Paging:
     """The pages of one search after its lookup (:meth:`Node.search`): which holder is read from
-    which point, which page failed where, and the search's deadline."""
+    which point, which holder was read to its end from which point, which page failed where,
+    and the search's deadline."""
 
     def __init__(self, node: Node, key: int, call: Call[builtins.set[int]],
                  results: builtins.set[int], now: float) -> None:
@@ -3483,6 +3484,9 @@ class _Paging:
         self.results = results
         self.holders: dict[int, _Holder] = {}  # by id, every peer that answered with ENTRIES
         self.tried: builtins.set[tuple[int, int]] = set()  # (holder id, point) pages asked for
+        # By holder id, the earliest point (-1: its first page) from which a read of it went on
+        # to a page that said no more follow: every value it holds past that point is read.
+        self.ended: dict[int, int] = {}
         self.running = 0  # holders being read
         self.paging = False  # the lookup is over
         self.watch: Call[None] | None = None
@@ -3516,8 +3520,12 @@ class _Paging:
 
     def begin(self, first: list[tuple[_Holder, int]], now: float) -> None:
         """Read each holder of ``first`` after the point given with it (the last value of its
-        first page); resolve the call once no holder is being read."""
+        first page); resolve the call once no holder is being read. A holder whose answer to the
+        lookup held values and said no more follow was read to its end by it."""
         self.paging = True
+        for holder in self.holders.values():
+            if not holder.more and holder.reach >= 0:
+                self.ended[holder.contact.id] = -1
         cap = self.node.config.max_search_pages
         for holder, after in first:
             if holder.pages < cap:
@@ -3549,6 +3557,9 @@ class _Paging:
         if message.more and holder.pages < self.node.config.max_search_pages:
             self.node._fetch_pages(self, holder, max(values), now)
             return
+        if not message.more and holder.start is not None:  # read to its end from its start
+            self.ended[holder.contact.id] = min(self.ended.get(holder.contact.id, holder.start),
+                                                holder.start)
         holder.start = None  # read to its end, or to max_search_pages
         self.running -= 1
         if not self.running:
@@ -3556,7 +3567,9 @@ class _Paging:
 
     def _failed(self, holder: _Holder, after: int, now: float) -> None:
         """``holder`` did not serve its page after ``after``: read that page and the rest from
-        another holder, or fail the search when there is none."""
+        another holder, or fail the search when there is none. A holder read to its end from
+        at or before that point that sent a value past it stands in for it at no request: what
+        it holds past the point is read."""
         self.tried.add((holder.contact.id, after))
         holder.start = None
         self.running -= 1
@@ -3567,6 +3580,12 @@ class _Paging:
                 f"{after} could be read from none of the peers holding the key (each one asked "
                 "failed to answer or refused)", self.results))
             return
+        if self._brought(other, after):
+            # Read to its end from at or before ``after``: what it holds past it is in the
+            # results already, and asking it again would bring it twice.
+            if not self.running:
+                self.call.resolve(self.results)
+            return
         if other.start is not None:
             return  # being read from before ``after``: its pages bring its values past it
         self.tried.add((other.contact.id, after))
@@ -3574,19 +3593,30 @@ class _Paging:
         self.running += 1
         self.node._fetch_pages(self, other, after, now)
 
+    def _brought(self, holder: _Holder, after: int) -> bool:
+        """Whether ``holder`` was read to its end from at or before ``after`` and sent a value
+        past it: then every value it holds past ``after`` is read. (One that sent none past it
+        is known to hold none there, and is no substitute for a holder that failed there.)"""
+        ended = self.ended.get(holder.contact.id)
+        return ended is not None and ended <= after < holder.reach
+
     def _substitute(self, failed: _Holder, after: int) -> _Holder | None:
         """The holder to read the values after ``after`` from in place of ``failed``: first one
-        being read from before that point (its next pages bring them, at no extra request),
-        else one not asked from there yet that may hold values past it (its last page said
-        more, or it sent one) with pages left under max_search_pages, those that said more
-        first, then those that reached furthest. None when none is left."""
+        read to its end from at or before that point that sent a value past it (its values past
+        it are read already: no request), then one being read from before that point (its next
+        pages bring them, at no extra request), else one not asked from there yet that may hold
+        values past it (its last page said more, or it sent one) with pages left under
+        max_search_pages, those that said more first, then those that reached furthest. None
+        when none is left."""
         cap = self.node.config.max_search_pages
         best: _Holder | None = None
         best_rank = (-1, -1)
         for holder in self.holders.values():
             if holder is failed:
                 continue
-            if holder.start is not None:
+            if self._brought(holder, after):
+                rank = (3, holder.reach)
+            elif holder.start is not None:
                 if holder.start > after:
                     continue  # read from a later point only: it would not bring these values
                 rank = (2, holder.reach)
