@@ -1448,16 +1448,18 @@ class Node:
         each of the k closest that said more follow, at most ``max_search_pages`` pages of each
         peer (a set larger than that is read in part). A page a peer does not serve (no answer
         to any attempt, an ERROR, or "more" with no value past the point asked) is asked, from
-        the same point, of another peer that answered the lookup and may hold values past it;
-        each peer is asked at most once from each point. When none is left, the search fails
-        with IncompleteSearch (an OperationTimeout) holding the values read: it never resolves
-        with part of what the peers that answered hold. (A peer read in another's place
-        answers for its own set: when it holds fewer values past that point than the peer that
-        failed, those are missing from the union, as they would be had the failed peer not
-        answered the lookup at all.) The lookup has ``operation_timeout``; then the deadline moves
-        to ``operation_timeout`` after each page that comes, so a read whose pages keep coming
-        completes however long it is, and one that stalls fails with IncompleteSearch. Once
-        the call is done (failed, or abandoned by its caller), no more page is asked for.
+        the same point, of another peer that answered the lookup and may hold values past it
+        (none is asked when one already read to its end from at or before that point sent a
+        value past it: those are read); each peer is asked at most once from each point. When
+        none is left, the search fails with IncompleteSearch (an OperationTimeout) holding the
+        values read: it never resolves with part of what the peers that answered hold. (A peer
+        read in another's place answers for its own set: when it holds fewer values past that
+        point than the peer that failed, those are missing from the union, as they would be had
+        the failed peer not answered the lookup at all.) The lookup has ``operation_timeout``;
+        then the deadline moves to ``operation_timeout`` after each page that comes, so a read
+        whose pages keep coming completes however long it is, and one that stalls fails with
+        IncompleteSearch. Once the call is done (failed, or abandoned by its caller), no more
+        page is asked for.
 
         Searches of one key asked while a lookup for it has had no answer yet share that lookup
         and its pages (see :class:`_SharedRead`); each gets a set of its own."""
