@@ -1450,12 +1450,13 @@ class Node:
         to any attempt, an ERROR, or "more" with no value past the point asked) is asked, from
         the same point, of another peer that answered the lookup and may hold values past it
         (none is asked when one already read to its end from at or before that point sent a
-        value past it: those are read); each peer is asked at most once from each point. When
-        none is left, the search fails with IncompleteSearch (an OperationTimeout) holding the
-        values read: it never resolves with part of what the peers that answered hold. (A peer
-        read in another's place answers for its own set: when it holds fewer values past that
-        point than the peer that failed, those are missing from the union, as they would be had
-        the failed peer not answered the lookup at all.) The lookup has ``operation_timeout``;
+        value past it, or when the set held here has a value past it: those are read); each
+        peer is asked at most once from each point. When none is left, the search fails with
+        IncompleteSearch (an OperationTimeout) holding the values read: it never resolves with
+        part of what the peers that answered hold. (A peer, or the set held here, read in
+        another's place answers for its own set: when it holds fewer values past that point
+        than the peer that failed, those are missing from the union, as they would be had the
+        failed peer not answered the lookup at all.) The lookup has ``operation_timeout``;
         then the deadline moves to ``operation_timeout`` after each page that comes, so a read
         whose pages keep coming completes however long it is, and one that stalls fails with
         IncompleteSearch. Once the call is done (failed, or abandoned by its caller), no more
@@ -3484,6 +3485,10 @@ class _Paging:
         self.key = key
         self.call = call
         self.results = results
+        # ``results`` is our own store's set, read whole (to its end, from its first value)
+        # before the lookup: it answers for the values past any point below its greatest, as a
+        # holder read to its end does.
+        self.own_reach = max(results, default=-1)
         self.holders: dict[int, _Holder] = {}  # by id, every peer that answered with ENTRIES
         self.tried: builtins.set[tuple[int, int]] = set()  # (holder id, point) pages asked for
         # By holder id, the earliest point (-1: its first page) from which a read of it went on
@@ -3570,21 +3575,23 @@ class _Paging:
     def _failed(self, holder: _Holder, after: int, now: float) -> None:
         """``holder`` did not serve its page after ``after``: read that page and the rest from
         another holder, or fail the search when there is none. A holder read to its end from
-        at or before that point that sent a value past it stands in for it at no request: what
-        it holds past the point is read."""
+        at or before that point that sent a value past it, or our own store's set when it
+        holds one, stands in for it at no request: what it holds past the point is read."""
         self.tried.add((holder.contact.id, after))
         holder.start = None
         self.running -= 1
-        other = self._substitute(holder, after)
-        if other is None:
-            self.call.fail(IncompleteSearch(
-                f"search incomplete: {len(self.results)} values read, but the values after "
-                f"{after} could be read from none of the peers holding the key (each one asked "
-                "failed to answer or refused)", self.results))
-            return
-        if self._brought(other, after):
-            # Read to its end from at or before ``after``: what it holds past it is in the
-            # results already, and asking it again would bring it twice.
+        other = None  # our own store's set holds a value past ``after``: it stands in
+        if after >= self.own_reach:
+            other = self._substitute(holder, after)
+            if other is None:
+                self.call.fail(IncompleteSearch(
+                    f"search incomplete: {len(self.results)} values read, but the values after "
+                    f"{after} could be read from none of the peers holding the key (each one "
+                    "asked failed to answer or refused)", self.results))
+                return
+        if other is None or self._brought(other, after):
+            # Our store, or ``other``, was read to its end from at or before ``after``: what it
+            # holds past it is in the results already, and asking again would bring it twice.
             if not self.running:
                 self.call.resolve(self.results)
             return

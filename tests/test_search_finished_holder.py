@@ -1,14 +1,14 @@
 """A search's paging (Node.search) counts what it already read to the end: a holder read to its
 end from at or before a point where another holder's page failed (or whose whole set came with
-its answer to the lookup) already sent what it holds past that point, so the failed page is
-neither asked of it again nor, when it has gone since, a reason for IncompleteSearch. A holder
-that sent no value past the failed point, or whose read began after it, covers nothing there:
-the search asks on, or fails. Sans-IO, virtual clock."""
+its answer to the lookup), and the searching node's own store, already hold the values past that
+point, so the failed page is neither asked of it again nor, when it has gone since, a reason for
+IncompleteSearch. A holder (or our store) that sent no value past the failed point, or whose read
+began after it, covers nothing there: the search asks on, or fails. Sans-IO, virtual clock."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -18,6 +18,7 @@ from qadom.contact import Address, Contact
 from qadom.errors import IncompleteSearch
 from qadom.messages import Entries, Envelope, Message, Nodes, Search
 from qadom.node import Node, _Holder, _Paging
+from qadom.storage import Meta
 
 from helpers import answer_requests, node_near
 
@@ -33,17 +34,19 @@ def _page(values: list[int], after: int | None) -> Entries:
     return Entries(tuple(rest[:PAGE]), len(rest) > PAGE, ())
 
 
-def _search(held: list[list[int]], silent: Silent,
+def _search(held: list[list[int]], silent: Silent, own: Iterable[int] = (),
             ) -> tuple[Call[set[int]], list[tuple[int, int]]]:
     """A search of TARGET by a node (k = 2) that knows two peers near it, holder i holding
-    ``held[i]`` and serving it page by page but for the page requests ``silent`` names. Time
-    runs in 5 s steps (each attempt of a request goes unanswered by the next) until the search
-    is done. Its call, and the page requests (holder, after) it sent, retries included, in
-    order."""
+    ``held[i]`` and serving it page by page but for the page requests ``silent`` names; the
+    node's own store holds ``own``. Time runs in 5 s steps (each attempt of a request goes
+    unanswered by the next) until the search is done. Its call, and the page requests
+    (holder, after) it sent, retries included, in order."""
     _, _, contacts = node_near(TARGET, 2)
     node = Node(node_id=0, now=0.0, rng=random.Random(7), config=Config(k=2, alpha=2))
     for contact in contacts:
         node.table.seen(contact)
+    for value in own:
+        node.store.add_entry(TARGET, value, Meta(86400.0, 3600.0))
     index = {c.address: i for i, c in enumerate(contacts)}
     asked: list[tuple[int, int]] = []
 
@@ -105,6 +108,23 @@ def test_a_whole_set_in_the_answer_to_the_lookup_is_not_asked_for_again() -> Non
     call, asked = _search([WHOLE, part], lambda holder, after: holder == 0)
     assert call.result() == set(WHOLE[:PAGE]) | set(part)
     assert _asked_of(asked, 1) == []
+
+
+def test_the_searching_nodes_own_store_stands_in_for_a_failed_page() -> None:
+    # Neither holder serves its second page; the searching node holds the whole set itself,
+    # read whole before its lookup.
+    call, asked = _search([WHOLE, WHOLE], lambda holder, after: True, own=WHOLE)
+    assert call.exception() is None, call.exception()
+    assert call.result() == set(WHOLE)
+    assert sorted(asked) == [(0, PAGE - 1)] * 2 + [(1, PAGE - 1)] * 2  # two attempts each
+
+
+def test_an_own_store_with_nothing_past_the_failed_point_stands_in_for_nothing() -> None:
+    call, _ = _search([WHOLE, WHOLE], lambda holder, after: True, own=WHOLE[:PAGE // 2])
+    error = call.exception()
+    assert isinstance(error, IncompleteSearch), error
+    assert error.values == set(WHOLE[:PAGE])
+    assert f"values after {PAGE - 1} could be read from none" in str(error)
 
 
 def test_a_holder_read_to_its_end_with_nothing_past_the_failed_point_covers_nothing() -> None:

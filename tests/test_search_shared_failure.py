@@ -11,9 +11,11 @@ from qadom.sim import SimNetwork
 def test_each_caller_of_a_shared_search_that_fails_owns_the_values_read() -> None:
     net = SimNetwork(seed=9, latency=(0.01, 0.02), config=Config(k=3, search_page_size=3))
     nodes = net.build(8)
-    writer, reader = nodes[0], nodes[1]
+    writer = nodes[0]
     for value in range(12):
         net.run_call(net.call(writer, writer.append, 555, value))
+    # A reader that holds none of the set: its own store would stand in for a failed page.
+    reader = next(node for node in nodes[1:] if not node.store.entries_after(555, None, 1)[0])
     calls = [net.call(reader, reader.search, 555) for _ in range(2)]
     net.run_for(0.05)  # the first pages read; then every other node is gone
     for node in nodes:
