@@ -147,7 +147,7 @@ class InfoService:
             try:
                 summary = json.loads(message.document.decode("utf-8"),
                                      parse_constant=_not_json, parse_float=_finite)
-            except (UnicodeDecodeError, ValueError):
+            except (UnicodeDecodeError, ValueError, RecursionError):  # nested too deep
                 call.fail(ProtocolError("INFO reply is not UTF-8 JSON"))
                 return
             if not isinstance(summary, dict):

@@ -104,7 +104,9 @@ def test_query_of_a_silent_address_times_out() -> None:
                                    Error(ErrorCode.INTERNAL, "broken"),
                                    # Not JSON, though Python's parser takes them (as NaN, inf):
                                    InfoReply(b'{"uptime": NaN}'), InfoReply(b'{"k": Infinity}'),
-                                   InfoReply(b'{"k": -Infinity}'), InfoReply(b'{"k": 1e400}')])
+                                   InfoReply(b'{"k": -Infinity}'), InfoReply(b'{"k": 1e400}'),
+                                   # Nested deeper than Python's parser recurses:
+                                   InfoReply(b"[" * 8000)])
 def test_query_fails_on_a_bad_answer(reply: InfoReply | Error) -> None:
     client = make_node(2, ("127.0.0.1", 9100))
     call = client.info.query(SERVER, 0.0)
@@ -115,6 +117,7 @@ def test_query_fails_on_a_bad_answer(reply: InfoReply | Error) -> None:
     client.datagram_received(answer, SERVER, 0.1)
     error = call.exception()
     assert isinstance(error, RemoteError if isinstance(reply, Error) else ProtocolError)
+    assert client.stats["internal_errors"] == 0
 
 
 def test_query_takes_json_numbers_of_every_kind() -> None:
