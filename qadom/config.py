@@ -23,10 +23,11 @@ _POSITIVE = ("expire_time", "republish_interval", "publisher_republish_interval"
 
 _AT_LEAST_ONE = ("request_burst", "host_request_burst", "rate_limit_senders",
                  "amplification_factor", "max_search_pages", "republish_batch",
-                 "http_max_bootstrap_addresses", "dht_verify_burst")
+                 "http_max_bootstrap_addresses", "dht_verify_burst", "max_hand_over_recipients")
 """Counts that must be at least 1: with none, a node answers nobody (no burst, no sender tracked,
-no bytes allowed to an unproven address) or never does its job (no page fetched, no item
-republished, no bootstrap address taken)."""
+no bytes allowed to an unproven address), never does its job (no page fetched, no item
+republished, no bootstrap address taken) or has no room for what it must note (the hand-over it
+just made)."""
 
 _NOT_NEGATIVE = ("dead_backoff", "liar_backoff", "verify_interval", "cache_min_lifetime",
                  "ping_before_evict_interval",
@@ -43,6 +44,37 @@ MAX_CONTACTS = 64
 """The most contacts one reply may name on the wire (docs/PROTOCOL.md): receivers refuse a reply
 naming more, so ``k`` can be no larger."""
 
+# The most bytes the parts of a first SEARCH reply take as qadom.codec writes them (the codec
+# cannot be imported here: it imports this module). tests/test_config_fits.py encodes the worst
+# case of every reply naming up to k contacts with the codec at the largest k and page size
+# validate() accepts, so these figures cannot drift from what the codec writes.
+_WIRE_ID = 34
+"""One value of an ENTRIES page: a 32-byte id and its 2-byte head."""
+_WIRE_CONTACT = 85
+"""One contact, ``[id, host, port]``: the array's head (1), the id (34), a host of 45 characters,
+the longest textual IPv6 address (47 with its head), a port (3 from 256 up)."""
+_WIRE_REPLY_OVERHEAD = 71
+"""What an ENTRIES reply takes besides its values and contacts: the envelope's array head (1),
+version (1), code (2), request id (9), sender id (34) and fields head (1); the heads of the
+values (3 for 256 values or more) and contacts (2) arrays; ``more`` (1); and the token the reply
+grants (17: the node mints 16 bytes). NODES and NODES_STORED take less: no values."""
+
+
+def _head_size(n: int) -> int:
+    """Bytes of the head of a CBOR item whose argument is ``n`` (RFC 8949's shortest form)."""
+    return 1 if n < 24 else 2 if n < 256 else 3 if n < 65536 else 5 if n < 2**32 else 9
+
+
+_JSON_ESCAPE = 6
+"""The most bytes of JSON one byte of a /dht write's text takes: a control character is written
+``\\u00XX`` (six bytes for one; a non-ASCII character's escape, ``\\u0416`` or a surrogate pair,
+takes three per UTF-8 byte)."""
+_BODY_MEMBERS = 1024
+"""Bytes of a JSON write body besides its text or value, with room to spare: a /dht write's
+member names, mode, uncompressed public key (130 hex digits), signature (128) and ``exp_time``
+take about 330 bytes as ``json.dumps`` writes them (docs/HTTP.md's ``dht_body``), a namespace
+write's signature and seq about 200."""
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -50,9 +82,11 @@ class Config:
     k: int = 20
     """Bucket size and replication factor. The paper's choice: with k = 20 it is very unlikely that
     all k contacts of a bucket fail within an hour of each other. At most ``MAX_CONTACTS`` (64),
-    the most contacts one reply may name; a search reply holds a page of values and k contacts,
-    so a k above 39 needs a ``search_page_size`` below the default 160 to fit
-    ``max_datagram_size``."""
+    the most contacts one reply may name. The first reply to a SEARCH holds a page of values and k
+    contacts, and must fit ``max_datagram_size`` with every contact's host 45 characters long
+    (the longest IPv6 address): at the default ``search_page_size`` (160) and
+    ``max_datagram_size`` k is at most 37, and k = 64 needs a page of at most 93 values.
+    :meth:`validate` refuses a k and page that do not fit."""
 
     alpha: int = 3
     """Parallel requests in flight per lookup. The paper's choice: three hides one slow or dead peer
@@ -207,7 +241,10 @@ class Config:
     max_failure_counts: int = 10_000
     """How many addresses with fewer than ``dead_after_failures`` failures are remembered (each
     for ``dead_backoff`` after its last failure); past that the counts start afresh (a bound on
-    memory, not a rule: it only delays a backoff)."""
+    memory, not a rule: it only delays a backoff). It bounds too the addresses whose silence is
+    excused for a while after they answered RATE_LIMITED (``Node._note_limited``), the oldest
+    forgotten first: a forgotten one's next unanswered requests count against its contact as
+    any others do."""
 
     max_given_up: int = 256
     """Contacts the routing table gave up with no replacement waiting that a node remembers, to
@@ -293,13 +330,16 @@ class Config:
     min_request_size: int = 600
     """A request that may draw a large answer (FIND_NODE, FIND_VALUE, SEARCH...) to a peer that
     has given us no token yet is padded to this size, so that a full NODES answer (at most 1.7 KB
-    with 20 IPv6 contacts) fits 3 x 600 bytes and the first contact costs no extra round trip."""
+    with 20 IPv6 contacts) fits 3 x 600 bytes and the first contact costs no extra round trip.
+    At most ``max_datagram_size - 4``, as ``min_small_request_size``."""
 
     min_small_request_size: int = 48
-    """Every other request without a token is padded to this size (a PING with our id already
-    is): three times it covers the largest small answer (a PONG, STORED or CHALLENGE with our id
-    and a token, under 70 bytes). Unproven requests too small for even a CHALLENGE within the
-    bound get no answer."""
+    """Every other request without a token is padded to this size (a PING with our id is 47
+    bytes, 50 padded): three times it covers the largest small answer (a PONG, STORED or
+    CHALLENGE with our id and a token, under 70 bytes). Unproven requests too small for even a
+    CHALLENGE within the bound get no answer. Padding makes a request up to 4 bytes longer than
+    this (docs/PROTOCOL.md, "Padding"), so it is at most ``max_datagram_size - 4`` (less for a
+    limit of 65 536 or more, whose padding takes a longer head), as is ``min_request_size``."""
 
     token_lifetime: float = 300.0
     """How often the secret that tokens are minted from changes; a token stays valid for one to
@@ -308,7 +348,11 @@ class Config:
     stale token costs no CHALLENGE round trip for answers that fit the amplification bound."""
 
     max_tokens: int = 10_000
-    """Tokens granted to us that we keep (per peer address, least recently used dropped)."""
+    """Tokens granted to us that we keep, one per peer address, the one that came longest ago
+    dropped first (a token is placed by when it came; sending it does not move it). It bounds
+    the tokens we mint for others too, those of the current secret and those of the previous
+    one apart (each emptied when full: a token forgotten is only minted again). A bound on
+    memory, not a rule: far above the peers a node exchanges with within a token's lifetime."""
 
     # --- sizes ---
     max_value_size: int = 8192
@@ -328,8 +372,10 @@ class Config:
     kernel caps the request at ``net.core.rmem_max``."""
 
     search_page_size: int = 160
-    """Multimap values per search reply page: 160 x 34 bytes of values plus k contacts (about
-    1.7 KB) stays well inside ``max_datagram_size``."""
+    """Multimap values per search reply page: 160 x 34 bytes of values plus k contacts (at most
+    85 bytes each, 1.7 KB at k = 20) stays well inside ``max_datagram_size`` (7.2 KB of 8.5 at
+    the defaults). :meth:`validate` refuses a page that, with k contacts of 45-character hosts,
+    does not fit."""
 
     max_search_pages: int = 1000
     """Pages fetched from one peer for one search: bounds a search of a hostile peer's endless
@@ -370,6 +416,14 @@ class Config:
     address; loopback is exempt) per ``republish_interval``, so that one network cycling ports
     and free ids buys one newcomer's share an hour, as an honest newcomer gets, not one a join
     (see ``Node._hand_over``)."""
+
+    max_hand_over_recipients: int = 1024
+    """Neighbours (by id), addresses, and hosts whose last hand-over a node remembers, each
+    apart (``Node._hand_over``); at least 1. Past it the ids are all forgotten at once, and the
+    oldest address or host first: at worst one more hand-over to a neighbour or an address, or
+    a fresh budget to a host, that ``republish_interval`` would have refused. A hand-over goes
+    only to a newcomer among our k closest, a few an hour under ordinary churn, so this is a
+    bound on memory, far above the recipients one interval sees."""
 
     publisher_renew_window: float = 3600.0
     """How long before the copies of its last renewal expire (less ``operation_timeout``) the
@@ -421,10 +475,13 @@ class Config:
     interval it serves, coarse enough to cost nothing."""
 
     # --- HTTP helper (qadom.http) and its signed /dht records (qadom.dhtrecords) ---
-    http_max_body_size: int = 16384
-    """Largest HTTP request body accepted (413 above it): a full 8 KiB value, or a /dht write whose
-    text fills a record, even when JSON escaping inflates it; small enough that a client cannot make
-    the helper buffer much memory per request."""
+    http_max_body_size: int = 6 * 8192 + 1024
+    """Largest HTTP request body accepted (413 above it): a full 8 KiB value (10.7 KiB as a
+    namespace write's base64), or a /dht write whose text fills a record of
+    ``dht_max_record_size`` even as JSON escapes it (up to 6 bytes a byte: ``\\u0001`` for a
+    control character), plus 1 KiB for the write's other members; :meth:`validate` refuses a
+    limit below that (or below a full value's base64 plus 1 KiB). Small enough that a client
+    cannot make the helper buffer much memory per request (49 KiB)."""
 
     http_sse_keepalive: float = 15.0
     """Seconds between comment lines on an idle Server-Sent Events stream, so that proxies and
@@ -509,7 +566,12 @@ class Config:
 
     pubsub_max_topics: int = 10_000
     """Topics one relay keeps subscribers for; bounds its memory against subscriptions to many
-    random keys."""
+    random keys. It bounds too the subscriptions whose unanswered DELIVERs a relay counts
+    (``pubsub_silent_deliveries``; the oldest count forgotten first), and the topics a publisher
+    keeps a stream and outbox for: publishing to another topic forgets the one published to least
+    recently among those with no message waiting for the lookup of their relays, and fails at
+    once with RateLimited, nothing sent, when every one of them has one (see
+    ``PubSubService.publish``, which says when an idle topic is forgotten)."""
 
     pubsub_rate: float = 100.0
     """Messages per second one sender may publish through one relay (a token bucket)."""
@@ -687,10 +749,29 @@ class Config:
             raise InvalidArgument("max_value_size must be at least 512 (an INFO summary fits)")
         if self.max_datagram_size < self.max_value_size + 256:
             raise InvalidArgument("max_datagram_size must exceed max_value_size by 256 bytes")
-        if self.search_page_size < 1 or self.search_page_size * 34 + self.k * 80 + 128 > (
-            self.max_datagram_size
-        ):
-            raise InvalidArgument("search_page_size does not fit in max_datagram_size")
+        if self.search_page_size < 1:
+            raise InvalidArgument(f"Config.search_page_size must be at least 1, not "
+                                  f"{self.search_page_size}")
+        # The first page of a search is the largest reply that names contacts (NODES and
+        # NODES_STORED are that page without its values), so it fitting covers them all; the
+        # replies carrying a record (NAMESPACE_FOUND, DHT_RECORD) name as many as fit.
+        reply = (_WIRE_REPLY_OVERHEAD + self.search_page_size * _WIRE_ID
+                 + self.k * _WIRE_CONTACT)
+        if reply > self.max_datagram_size:
+            raise InvalidArgument(
+                f"Config.search_page_size ({self.search_page_size}) and k ({self.k}) do not fit "
+                f"max_datagram_size ({self.max_datagram_size}): a first SEARCH reply may take "
+                f"{reply} bytes (values of {_WIRE_ID} bytes, contacts of up to {_WIRE_CONTACT}, "
+                f"{_WIRE_REPLY_OVERHEAD} more); lower either")
+        # A padded request is up to this much longer than its minimum: the null token before
+        # the padding (1 byte) and the padding's head (qadom.codec.Codec.encode_parts).
+        framing = 1 + _head_size(self.max_datagram_size)
+        for name in ("min_request_size", "min_small_request_size"):
+            if getattr(self, name) > self.max_datagram_size - framing:
+                raise InvalidArgument(
+                    f"Config.{name} must be at most {self.max_datagram_size - framing} "
+                    f"(max_datagram_size less the {framing} bytes padding adds past it), not "
+                    f"{getattr(self, name)}")
         if min(self.operation_timeout, self.refresh_interval, self.maintenance_interval) <= 0:
             raise InvalidArgument("operation_timeout and the intervals must be positive")
         if self.sqlite_wal_limit < 0:
@@ -700,10 +781,21 @@ class Config:
         if not 0 < self.dht_max_record_size <= self.max_value_size or self.dht_max_key_size < 1:
             raise InvalidArgument("need 0 < dht_max_record_size <= max_value_size, dht_max_key_size"
                                   " >= 1")
-        if self.http_max_body_size < self.max_value_size or self.http_max_subscriptions < 0 or min(
+        # A namespace write carries its value as base64, 4 bytes per 3 (a raw value is less).
+        body = max(4 * -(-self.max_value_size // 3),
+                   _JSON_ESCAPE * self.dht_max_record_size) + _BODY_MEMBERS
+        if self.http_max_body_size < body:
+            raise InvalidArgument(
+                f"Config.http_max_body_size must be at least {body}, not "
+                f"{self.http_max_body_size}: a /dht write whose text fills a record "
+                f"(dht_max_record_size) takes up to {_JSON_ESCAPE} bytes of JSON a byte, a "
+                f"value (max_value_size) 4 a 3 as base64, plus {_BODY_MEMBERS} for the other "
+                f"members")
+        if self.http_max_subscriptions < 0 or min(
                 self.http_sse_keepalive, self.http_shutdown_timeout,
                 self.http_sse_write_timeout, self.http_body_timeout) <= 0:
-            raise InvalidArgument("http_max_body_size must hold a value; http intervals positive")
+            raise InvalidArgument("http_max_subscriptions must be 0 or more; http intervals "
+                                  "positive")
         if min(self.pubsub_lease, self.pubsub_max_lease, self.pubsub_rate,
                self.pubsub_reorder_timeout, self.pubsub_stream_lifetime) <= 0 or min(
                 self.pubsub_renewals, self.pubsub_max_subscribers, self.pubsub_max_topics,

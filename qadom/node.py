@@ -113,7 +113,6 @@ log = logging.getLogger("qadom")
 
 T = TypeVar("T")
 TOKEN_BYTES = 16
-_MAX_HANDED = 1024  # neighbours whose last hand-over is remembered (see Node._hand_over)
 _SELF_LOOKUP_TRIES = 3  # lookups of our own id a join makes before it gives up (Node.bootstrap)
 # Refresh lookups started at once at most, one per id range: by a join
 # (Node._to_refresh_after_join) and by an upkeep (Node._to_refresh), the farthest or oldest
@@ -2175,7 +2174,8 @@ class Node:
         if len(copies) > room:
             self.stats["hand_overs_refused"] += 1
             del copies[room:]
-        if len(handed) >= _MAX_HANDED:
+        remembered = cfg.max_hand_over_recipients
+        if len(handed) >= remembered:
             handed.clear()  # a bound on memory: at worst one more hand-over to a neighbour
         handed[newcomer.id] = now
         handed.move_to_end(newcomer.id)  # oldest first, for _forget_old_bookkeeping
@@ -2183,7 +2183,7 @@ class Node:
         # hand-over to an address, or a fresh budget to a host, that an hour would have given.
         addresses, hosts = self._handed_addresses, self._handed_hosts
         addresses.pop(address, None)
-        if len(addresses) >= _MAX_HANDED:
+        if len(addresses) >= remembered:
             addresses.popitem(last=False)
         addresses[address] = now
         if host is not None:
@@ -2192,7 +2192,7 @@ class Node:
                 hosts[host] = (began, spent + len(copies))  # in its place: ordered by began
             else:  # its budget's interval begins now
                 hosts.pop(host, None)
-                if len(hosts) >= _MAX_HANDED:
+                if len(hosts) >= remembered:
                     hosts.popitem(last=False)
                 hosts[host] = (now, len(copies))
         for copy in copies:

@@ -35,7 +35,7 @@ from qadom.dhtrecords import storage_key as dht_storage_key
 from qadom.identity import Identity
 from qadom.ids import key_for
 from qadom.namespace import storage_key as namespace_storage_key
-from qadom.node import _MAX_HANDED, Node
+from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import MemoryStore
 
@@ -370,7 +370,7 @@ CAPPED = {"failures": CONFIG.max_failure_counts, "tokens": CONFIG.max_tokens,
           "proven_host_rate": CONFIG.rate_limit_senders,
           "peer_rtt": CONFIG.max_peer_rtts, "failed_rpcs": CONFIG.max_failed_rpcs,
           "refusals": CONFIG.rate_limit_senders, "pubsub_limiter": CONFIG.pubsub_max_senders,
-          "handed": _MAX_HANDED, "inbox": CONFIG.pubsub_max_publishers,
+          "handed": CONFIG.max_hand_over_recipients, "inbox": CONFIG.pubsub_max_publishers,
           "given_up": CONFIG.max_given_up}
 
 
