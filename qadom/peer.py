@@ -563,8 +563,13 @@ class Peer:
         """Stop republishing the /dht record of ``key`` that this peer wrote (the HTTP helper's
         ``POST /dht/{key}``); it then expires everywhere ``expire_time`` after our last
         republish. True if it was ours, or a put of it is on its way: that record is then
-        neither kept here as ours nor renewed (a put asked for after the forget is, as usual)."""
-        return self._running().node.dht_records.forget(key)
+        neither kept here as ours nor renewed (a put asked for after the forget is, as usual).
+        InvalidType unless ``key`` is a str; InvalidField when it is empty, longer than
+        ``dht_max_key_size`` bytes or not valid text."""
+        records = self._running().node.dht_records
+        if not isinstance(key, str):
+            raise InvalidType(f"key must be a str, not {type(key).__name__}")
+        return records.forget(key)
 
     async def publish(self, key: int, value: bytes) -> int:
         """Send ``value`` (bytes, at most 8192) to the subscribers of topic ``key``; returns how
@@ -576,7 +581,9 @@ class Peer:
         got it: a relay may have delivered it and its answer been lost or late, so a publisher
         that sends it again may deliver it twice. Nor does a RateLimited when this peer is
         itself among the topic's relays: it passes its own message on to the subscribers
-        registered with it at once."""
+        registered with it at once. RateLimited too, at once and nothing sent, when publishes to
+        ``pubsub_max_topics`` other topics are all still waiting for the lookups of their relays
+        (see :meth:`PubSubService.publish <qadom.pubsub.PubSubService.publish>`)."""
         protocol = self._running()
         return await self._run(protocol.node.pubsub.publish(key, value, protocol.now()))
 

@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING
 from .call import Call
 from .contact import Address, Contact, host_key
 from .errors import (
+    InvalidArgument,
     NoPeersError,
     OperationTimeout,
     QadomError,
@@ -126,8 +127,8 @@ class Subscribe(Message):
     lease_ms: int
 
     def __post_init__(self) -> None:
-        if self.lease_ms < 1:
-            raise ValueError("a lease is at least 1 ms")
+        if self.lease_ms < 1:  # the codec turns this into a ProtocolError for a datagram
+            raise InvalidArgument("a lease is at least 1 ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -788,8 +789,10 @@ class PubSubService:
             max_per_host=max(cfg.pubsub_streams_per_publisher,
                              cfg.pubsub_max_streams // HOST_SHARE))
         self._topics: dict[int, _Topic] = {}
-        # Publisher side, per topic; bounded, and a forgotten topic gets a new stream id (so
-        # subscribers never mistake its restarted numbers for duplicates).
+        # Publisher side, per topic, the topic published to last at the end; at most
+        # pubsub_max_topics, and one silent for _stream_idle is forgotten (forget_old). A
+        # forgotten topic gets a new stream id (so subscribers never mistake its restarted
+        # numbers for duplicates).
         self._outboxes: OrderedDict[int, _Outbox] = OrderedDict()
         # A stream silent this long may be forgotten by relays before our next message reaches
         # them: they keep it pubsub_stream_lifetime after the last message they accepted, which
@@ -1177,6 +1180,15 @@ class PubSubService:
         answered that it keeps ours for another address (at most once per
         ``pubsub_stream_lifetime`` unless every relay answered so, so one relay answering that
         falsely costs us that relay only; docs/PROTOCOL.md, "New streams").
+
+        This node keeps what it needs to publish to a topic (its stream) for at most
+        ``pubsub_max_topics`` topics: a publish to another topic forgets the one published to
+        least recently among those with no message waiting for a lookup of their relays. When
+        every one of them has one (publishes to ``pubsub_max_topics`` other topics are all still
+        waiting for their lookups), it raises RateLimited at once, nothing sent: wait for some
+        to be done. A topic silent for ``pubsub_stream_lifetime`` less one hop's longest time
+        (56 s at the defaults) is forgotten too (:meth:`forget_old`): its next message would
+        open a new stream anyway.
         """
         check_id(key)
         self.node.check_value(value)
@@ -1440,12 +1452,38 @@ class PubSubService:
         (``_stream_idle``), and every copy of a message arrives within the copy window of its
         publish: a stream heard last ``pubsub_stream_lifetime + pubsub_copy_window`` ago will
         get neither a copy of what it had nor the message it expects next (see
-        :meth:`Inbox.forget_idle`)."""
+        :meth:`Inbox.forget_idle`).
+
+        It forgets too, as a relay, the streams silent for ``pubsub_stream_lifetime``
+        (:meth:`StreamTable.expire`, which a PUBLISH would do first anyway), so a relay keeps a
+        stream that long after its last message even when no PUBLISH comes after it. As a
+        publisher, the topics whose stream its next message would leave (no message waiting for
+        a lookup, none sent for ``_stream_idle``, see :meth:`publish`) and that no STREAM_TAKEN
+        moved to a new stream within ``pubsub_stream_lifetime`` (which :meth:`publish`'s
+        once-per-lifetime rule remembers): publishing to one again opens a new stream, as it
+        would have. Streams and topics are each kept least recently used first and swept from
+        the front, at a cost in proportion to what is forgotten."""
         self.limiter.sweep(now)
         cfg = self.node.config
         idle = cfg.pubsub_stream_lifetime + cfg.pubsub_copy_window
         for topic in self._topics.values():
             topic.inbox.forget_idle(now, idle)
+        self.streams.expire(now)
+        self._forget_idle_outboxes(now)
+
+    def _forget_idle_outboxes(self, now: float) -> None:
+        """Forget the outboxes :meth:`forget_old` says, from the least recently published to.
+        Stops at the first still of use: those after it were published to later, so one is
+        forgotten late by at most about a lookup's time (a stream lifetime after a
+        STREAM_TAKEN)."""
+        outboxes = self._outboxes
+        lifetime = self.node.config.pubsub_stream_lifetime
+        while outboxes:
+            key, outbox = next(iter(outboxes.items()))
+            if outbox.batches or now - outbox.sent < self._stream_idle or (
+                    outbox.switched is not None and now - outbox.switched < lifetime):
+                break
+            del outboxes[key]
 
     def _arm_sweep(self, now: float) -> None:
         if not self._sweep_armed:
