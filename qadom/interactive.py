@@ -22,6 +22,9 @@ that loop, and :func:`blocking` wraps a peer so that ``sync.get(key)`` returns t
 Both work at the terminal prompt and in scripts. Where the loop is already running in the calling
 thread (a Jupyter cell, inside a coroutine) a blocking call cannot work without freezing that
 loop: it raises :class:`~qadom.errors.LoopRunningError` and nothing is started; write ``await``.
+Called from another thread while that loop runs in its own (a script's main thread in
+:func:`serve_forever`, the terminal prompt waiting for input), a blocking call runs the operation
+on that loop, in that loop's thread, as a peer requires, and waits for it (see :func:`wait`).
 
 Ctrl-C stops what a blocking call or an ``await`` cell at the terminal prompt is waiting for: the
 operation is cancelled where it waits and KeyboardInterrupt is shown, as for any other cell; it
@@ -52,6 +55,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import errno
 import inspect
@@ -60,6 +64,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import (
     Awaitable,
@@ -88,6 +93,7 @@ from .errors import (
     NoPeersError,
     NotFoundError,
     QadomError,
+    WrongLoopError,
 )
 from .peer import Peer
 
@@ -95,10 +101,14 @@ T = TypeVar("T")
 
 _script_loop: asyncio.AbstractEventLoop | None = None
 _started: list[Peer] = []
-_closing_at_exit: asyncio.AbstractEventLoop | None = None  # the loop _close_at_exit runs on
+_exit_hook_registered = False  # _close_at_exit is registered with atexit
 EXIT_TIMEOUT = 5.0
 """Seconds the peers still open when the interpreter exits may take to close (see
 :func:`serve_at_prompt`)."""
+THREAD_POLL = 0.1
+"""Seconds between two looks, by a blocking call that waits in another thread for the loop
+running its operation, at whether that loop was closed meanwhile: the operation would then never
+complete, and the call would wait forever (see :func:`wait`)."""
 
 
 # ---------------------------------------------------------------------- where we run
@@ -153,9 +163,11 @@ def serve_at_prompt(peer: Peer | None = None) -> bool:
 
     When it returns True, ``peer`` counts among the peers started here (:func:`started`), and
     those still open when the interpreter exits (``exit`` at the prompt, a kernel shut down) are
-    closed then, on the loop they run on if it is not running, within :data:`EXIT_TIMEOUT`
-    seconds: their subscriptions are ended at their relays (UNSUBSCRIBE), the contacts of a peer
-    with a data directory are saved, and their sockets are closed."""
+    closed then, each on the loop it runs on (whichever loops earlier peers ran on, a cell's
+    ``asyncio.run()`` included) unless that loop is running or closed, within
+    :data:`EXIT_TIMEOUT` seconds in all: their subscriptions are ended at their relays
+    (UNSUBSCRIBE), the contacts of a peer with a data directory are saved, and their sockets are
+    closed."""
     where = front_end()
     if where != "ipython":
         if where == "jupyter":
@@ -180,32 +192,52 @@ def serve_at_prompt(peer: Peer | None = None) -> bool:
 
 
 def _close_peers_at_exit(peer: Peer | None) -> None:
-    """Register :func:`_close_at_exit` once, for the loop the peers run on; ``peer`` is closed
-    then too."""
-    global _closing_at_exit
+    """Register :func:`_close_at_exit` once; ``peer`` is closed then too."""
+    global _exit_hook_registered
     if peer is not None and peer not in _started:
         started()  # forgets the closed ones: none is kept alive here
         _started.append(peer)
-    if _closing_at_exit is None:
-        _closing_at_exit = event_loop()
+    if not _exit_hook_registered:
+        _exit_hook_registered = True
         atexit.register(_close_at_exit)
 
 
 def _close_at_exit() -> None:
     """Close the peers started here that are still open (the atexit hook of
-    :func:`serve_at_prompt`), bounded by :data:`EXIT_TIMEOUT`. Nothing runs on a loop that is
-    running or closed; a failure is one line on stderr, not a traceback."""
-    loop = _closing_at_exit
-    if not started() or loop is None or loop.is_running() or loop.is_closed():
-        return
-    task = loop.create_task(asyncio.wait_for(close(), EXIT_TIMEOUT))
-    try:
-        loop.run_until_complete(task)
-    except BaseException as exc:  # Ctrl-C or a failure while exiting: say so and go on exiting
-        task.cancel()
-        with contextlib.suppress(BaseException):  # let the cancelled task end, quietly
-            loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
-        print(f"qadom: could not close the peers at exit: {exc!r}", file=sys.stderr)
+    :func:`serve_at_prompt`), each on the loop it runs on, bounded by :data:`EXIT_TIMEOUT` in
+    all. The loop is the peer's own, not one recorded earlier: a first peer may have run on a
+    cell's ``asyncio.run()``, whose loop has ended since. Nothing runs on a loop that is running
+    (in another thread) or closed: its peers are left as they are. A failure is one line on
+    stderr, not a traceback; after a Ctrl-C no other loop is run."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Peer]] = {}
+    for peer in started():
+        loop = _loop_of(peer)
+        if loop is not None and not loop.is_running() and not loop.is_closed():
+            by_loop.setdefault(loop, []).append(peer)
+    deadline = time.monotonic() + EXIT_TIMEOUT
+    for loop, peers in by_loop.items():
+        task = loop.create_task(asyncio.wait_for(_close_each(peers),
+                                                 max(0.0, deadline - time.monotonic())))
+        try:
+            loop.run_until_complete(task)
+        except BaseException as exc:  # Ctrl-C or a failure while exiting: say so and go on exiting
+            task.cancel()
+            with contextlib.suppress(BaseException):  # let the cancelled task end, quietly
+                loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+            print(f"qadom: could not close the peers at exit: {exc!r}", file=sys.stderr)
+            if isinstance(exc, KeyboardInterrupt):
+                return
+
+
+def _loop_of(peer: Peer) -> asyncio.AbstractEventLoop | None:
+    """The loop ``peer`` was started on, None if it has no socket (never started, or closed)."""
+    protocol = peer._protocol
+    return None if protocol is None else protocol.loop
+
+
+async def _close_each(peers: list[Peer]) -> None:
+    for peer in peers:
+        await close(peer)
 
 
 def _interrupt_cells(shell: Any) -> None:
@@ -349,15 +381,24 @@ def wait(awaitable: Awaitable[T], timeout: float | None = None) -> T:
     """Run ``awaitable`` to completion on :func:`event_loop` and return its result (blocking).
 
     Raises :class:`~qadom.errors.LoopRunningError` where that loop is already running in this
-    thread (a Jupyter cell, a coroutine): write ``await`` there. ``timeout`` (seconds) bounds the
-    wait with :class:`TimeoutError`."""
+    thread (a Jupyter cell, a coroutine), and nothing is started: write ``await`` there.
+    ``timeout`` (seconds) bounds the wait with :class:`TimeoutError`.
+
+    Where that loop is running in another thread (the main thread of a script in
+    :func:`serve_forever`, the terminal prompt waiting for input, while this runs in a thread of
+    its own), ``awaitable`` runs on that loop, in that loop's thread (as
+    :func:`asyncio.run_coroutine_threadsafe` runs it), and this thread waits for its outcome. An
+    operation started there that the loop cannot finish now (it stopped running) completes once
+    the loop runs again, unless ``timeout`` passes first (then it is cancelled there and
+    TimeoutError raised here); if the loop is closed first, the operation can never complete:
+    :class:`~qadom.errors.WrongLoopError`, within :data:`THREAD_POLL` seconds. An exception
+    raised here (Ctrl-C in the main thread, a timeout) cancels the operation on its loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         pass
     else:
-        if inspect.iscoroutine(awaitable):
-            awaitable.close()  # it will never run; closing it avoids a "never awaited" warning
+        _discard(awaitable)
         raise LoopRunningError("the event loop is running in this thread (Jupyter or a "
                                "coroutine): write `await ...` instead of a blocking call")
     if not inspect.isawaitable(awaitable):
@@ -366,6 +407,8 @@ def wait(awaitable: Awaitable[T], timeout: float | None = None) -> T:
     coroutine: Coroutine[Any, Any, T] = _await(awaitable)
     if timeout is not None:
         coroutine = asyncio.wait_for(coroutine, timeout)
+    if loop.is_running():  # in another thread: none runs in this one
+        return _wait_from_another_thread(loop, coroutine, timeout)
     task = loop.create_task(coroutine)
     with _CtrlC(loop, task) as ctrl_c:
         try:
@@ -383,6 +426,42 @@ def wait(awaitable: Awaitable[T], timeout: float | None = None) -> T:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 loop.run_until_complete(task)
     raise KeyboardInterrupt
+
+
+def _discard(awaitable: object) -> None:
+    """Close ``awaitable`` if it is a coroutine not started yet: it will never run, and closing
+    it avoids a "never awaited" warning."""
+    if inspect.iscoroutine(awaitable) and (
+            inspect.getcoroutinestate(awaitable) == inspect.CORO_CREATED):
+        awaitable.close()
+
+
+def _wait_from_another_thread(loop: asyncio.AbstractEventLoop,
+                              coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
+    """:func:`wait` for a ``loop`` that runs in another thread: run ``coroutine`` there, in
+    that thread (a loop, and a peer's node, are driven by their own thread alone), and wait
+    here for its outcome, as :func:`wait` documents."""
+    try:
+        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+    except RuntimeError:  # closed since it was seen running
+        _discard(coroutine)
+        raise WrongLoopError("the event loop ended before the operation could start") from None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        # Waited for in slices: nothing tells this thread that the loop was closed with the
+        # operation pending, and then the future would never be done.
+        while not concurrent.futures.wait([future], THREAD_POLL).done:
+            if loop.is_closed():
+                _discard(coroutine)  # never started: the loop was closed before it ran it
+                raise WrongLoopError("the event loop ended before the operation completed (a "
+                                     "peer serves only while its loop runs)")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"the operation did not complete within {timeout} s")
+    except BaseException:
+        if not future.done() and not loop.is_closed():
+            future.cancel()  # which cancels the operation on its loop
+        raise
+    return future.result()
 
 
 class Blocking:
@@ -576,7 +655,8 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
     each defaulting to ``QADOM_HOST``, ``QADOM_PORT`` and ``QADOM_BOOTSTRAP`` (comma-separated)
     from the environment, then to the script's own defaults. A bad value, given as an argument
     or in the environment, is a usage error naming it (SystemExit, status 2), as argparse's own
-    are."""
+    are; a default that does not fit the rest (the default bootstrap, IPv4, with an IPv6
+    ``--host``) is named as the default, not as an environment variable that is not set."""
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default=None,
@@ -588,16 +668,20 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
                         help="peer to join through (env QADOM_BOOTSTRAP; default "
                              f"{','.join(bootstrap) or 'none'})")
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    # A message names where a bad value came from: an option, an environment variable that is
+    # set, or else the default (naming a variable that is not set would send the user looking
+    # for it).
     host, host_name = args.host, "--host"
     if host is None:
-        host, host_name = env.get("QADOM_HOST", "127.0.0.1"), "QADOM_HOST"
+        host, host_name = env.get("QADOM_HOST", "127.0.0.1"), _from_env("QADOM_HOST", env, "host")
     try:
         check_bind_host(host)
     except InvalidArgument as exc:
         parser.error(f"{host_name}: {exc}")
     port_text, port_name = args.port, "--port"
     if port_text is None:
-        port_text, port_name = env.get("QADOM_PORT", str(port)), "QADOM_PORT"
+        port_text, port_name = env.get("QADOM_PORT", str(port)), _from_env("QADOM_PORT", env,
+                                                                           "port")
     # ASCII digits only: int() also takes other scripts' digits ('٣' is 3) and underscores, and
     # str.isdigit() takes '²', which int() refuses. Ten digits are more than any port needs, and
     # keep int() below its limit on the length of what it converts.
@@ -607,7 +691,7 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
     joined = args.bootstrap
     bootstrap_name = "--bootstrap"
     if joined is None:
-        bootstrap_name = "QADOM_BOOTSTRAP"
+        bootstrap_name = _from_env("QADOM_BOOTSTRAP", env, "bootstrap")
         raw = env.get("QADOM_BOOTSTRAP")
         joined = [a for a in raw.split(",") if a.strip()] if raw is not None else list(bootstrap)
     try:
@@ -622,10 +706,18 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
     if mismatch is not None:
         (other_host, other_port), other, version = mismatch
         where = format_address((other_host, other_port))
-        parser.error(f"{bootstrap_name}: {where} is an IPv{other} address and {host_name} "
+        # "QADOM_BOOTSTRAP: 127.0.0.1:9 is...", but "the default bootstrap 127.0.0.1:9 is..."
+        named = bootstrap_name if bootstrap_name.startswith("the ") else f"{bootstrap_name}:"
+        parser.error(f"{named} {where} is an IPv{other} address and {host_name} "
                      f"{host} is IPv{version}: a peer cannot reach it; give addresses of one IP "
                      "family")
     return ScriptOptions(host, checked_port, addresses)
+
+
+def _from_env(variable: str, env: Any, what: str) -> str:
+    """How a usage error names a value :func:`script_options` did not get as an option:
+    ``variable`` when it is set in ``env``, else "the default ``what``"."""
+    return variable if variable in env else f"the default {what}"
 
 
 @contextlib.contextmanager

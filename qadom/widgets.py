@@ -26,7 +26,7 @@ import asyncio
 import html
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -34,7 +34,7 @@ import ipywidgets as widgets
 
 from .call import Call
 from .contact import Contact
-from .errors import InvalidArgument, InvalidType
+from .errors import InvalidArgument, InvalidType, PeerClosedError
 from .events import (
     LookupEvent,
     LookupFinished,
@@ -43,8 +43,9 @@ from .events import (
     LookupStarted,
     LookupTimeout,
 )
-from .ids import ID_BITS, ID_SPACE
+from .ids import ID_BITS, ID_SPACE, check_id
 from .node import Node
+from .peer import Peer
 from .sim import _count
 
 T = TypeVar("T")
@@ -64,6 +65,9 @@ STALLED = "stalled"  # first attempt timed out; a retry is on its way
 FAILED = "failed"  # no answer at all
 COLOURS = {ASKED: "#f0ad4e", ANSWERED: "#5cb85c", VALUE: "#0275d8", STALLED: "#c9a227",
            FAILED: "#d9534f"}
+# The kinds of lookup the core runs (LookupStarted.kind), which a LookupView can be told to show.
+LOOKUP_KINDS = ("node", "value", "search", "namespace", "dht")
+_KINDS = ", ".join(map(repr, LOOKUP_KINDS))
 LEGEND = " ".join(
     f"<span style='background:{colour};color:white;border-radius:4px;padding:0 5px;"
     f"font:11px sans-serif'>{state}</span>" for state, colour in COLOURS.items()
@@ -103,10 +107,43 @@ class AskedPeer:
 
 
 def _node_of(source: Any) -> Node:
-    node = getattr(source, "node", source)
-    if not isinstance(node, Node):
-        raise TypeError(f"expected a Peer or a Node, not {type(source).__name__}")
-    return node
+    """The node of ``source``, a running Peer or a Node: PeerClosedError for a Peer that is not
+    running, InvalidType for anything else."""
+    if isinstance(source, Peer):
+        _check_running(source)
+        return source.node
+    if not isinstance(source, Node):
+        raise InvalidType(f"expected a Peer or a Node, not {type(source).__name__}")
+    return source
+
+
+def _check_source(source: object) -> None:
+    """Nothing if a view can follow the lookups of ``source``: a running Peer, a Node, or
+    anything else with a callable ``add_listener``. PeerClosedError for a Peer that is not
+    running (its lookups are over, or have not begun), InvalidType otherwise."""
+    if isinstance(source, Peer):
+        _check_running(source)
+    elif not isinstance(source, Node) and not callable(getattr(source, "add_listener", None)):
+        raise InvalidType(f"a view follows a Peer or a Node, not {type(source).__name__}")
+
+
+def _check_running(peer: Peer) -> None:
+    if peer.closed:
+        raise PeerClosedError("the peer is closed: a view follows a running peer")
+    if not peer.running:
+        raise PeerClosedError("the peer is not running (not started yet, or its socket or its "
+                              "event loop is gone)")
+
+
+def _check_kind(kind: object) -> str:
+    """``kind`` if it is one of :data:`LOOKUP_KINDS`: InvalidType unless a str,
+    InvalidArgument for another one."""
+    if not isinstance(kind, str):
+        raise InvalidType(f"kind must be a str, one of {_KINDS}; not {type(kind).__name__}")
+    if kind not in LOOKUP_KINDS:
+        raise InvalidArgument(f"kind must be one of {_KINDS} (a get's lookup is 'value'), "
+                              f"not {kind!r}")
+    return kind
 
 
 def _seconds(name: str, value: Any) -> float:
@@ -142,6 +179,7 @@ class _View:
         """Listen to ``source`` with ``fn`` (guarded) instead of any earlier source."""
         if self.closed:
             raise RuntimeError(f"this {type(self).__name__} is closed; make a new one")
+        _check_source(source)  # before the source followed until now is let go
         self.detach()
         self._unsubscribe = source.add_listener(self._guard(fn))
 
@@ -215,20 +253,27 @@ class LookupView(_View):
     """One lookup, round by round, live.
 
     It shows the first lookup that starts on ``source`` after it is attached and matches
-    ``target`` and ``kind`` when given (``"node"``, ``"value"``, ``"search"``...); with
-    ``once=False`` each new matching lookup replaces the one shown. :meth:`attach` follows another
-    source; :meth:`detach` stops following; :meth:`close` (or closing ``view.widget``) stops
-    following for good.
+    ``target`` and ``kind`` when given (one of :data:`LOOKUP_KINDS`: ``"node"``, ``"value"``
+    for a get, ``"search"``...); with ``once=False`` each new matching lookup replaces the one
+    shown. :meth:`attach` follows another source; :meth:`detach` stops following; :meth:`close`
+    (or closing ``view.widget``) stops following for good.
 
-    ``chart_size`` is the chart's width in pixels, an integer of at least
-    :data:`MIN_CHART_SIZE` (InvalidType, InvalidArgument otherwise, before anything is made).
+    Refused before anything is made, so that a view never waits for a lookup that cannot come:
+    a ``source`` that is neither a Peer nor a Node (InvalidType) or a Peer that is not running
+    (PeerClosedError: not started, or closed); a ``target`` that is not an id, an int in
+    [0, 2**256) (InvalidType, InvalidArgument); a ``kind`` that is not one of
+    :data:`LOOKUP_KINDS` (InvalidType, InvalidArgument); a ``chart_size`` (the chart's width in
+    pixels) that is not an integer of at least :data:`MIN_CHART_SIZE` (InvalidType,
+    InvalidArgument).
     """
 
     def __init__(self, source: EventSource | None = None, *, target: int | None = None,
                  kind: str | None = None, once: bool = True, chart_size: int = 320) -> None:
         self.chart_size = _count("chart_size", chart_size, MIN_CHART_SIZE)
-        self.want_target = target
-        self.want_kind = kind
+        if source is not None:
+            _check_source(source)
+        self.want_target = None if target is None else check_id(target, "target")
+        self.want_kind = None if kind is None else _check_kind(kind)
         self.once = once
         self._reset()
         self._header = widgets.HTML()
@@ -256,8 +301,9 @@ class LookupView(_View):
     # ------------------------------------------------------------------ following
 
     def attach(self, source: EventSource) -> LookupView:
-        """Follow the lookups of ``source`` (a Peer or a Node) instead of any earlier one.
-        RuntimeError once the view is closed."""
+        """Follow the lookups of ``source`` (a running Peer or a Node) instead of any earlier
+        one. RuntimeError once the view is closed; InvalidType or PeerClosedError for a source
+        it cannot follow, as in the constructor (the earlier one is then still followed)."""
         self._follow(source, self.on_event)
         return self
 
@@ -313,6 +359,14 @@ class LookupView(_View):
         self.kind = event.kind
         self.initial = event.initial
         self.started_at = self.now = event.now
+        self._clear_rows()
+
+    def _clear(self) -> None:
+        """Show no lookup, and wait for the next one that matches."""
+        self._reset()
+        self._clear_rows()
+
+    def _clear_rows(self) -> None:
         self.row_widgets = {}
         _replace_children(self._rows, ())
         self._render_all()
@@ -335,6 +389,8 @@ class LookupView(_View):
             return "running"
         if self.finished.given_up:
             return "given up"
+        if self.finished.requests == 0:  # it knew no peer to ask (NoPeersError): nothing converged
+            return "no peer asked"
         return "found the value" if self.finished.found_value else "converged"
 
     # ------------------------------------------------------------------ rendering
@@ -439,7 +495,9 @@ class RoutingTableView(_View):
     ``view.widget``); :meth:`refresh` re-reads it at any time.
 
     A bucket's prefix is shown up to ``max_prefix_bits`` bits (then "…"), an integer of at
-    least 1 (InvalidType, InvalidArgument otherwise, before anything is made).
+    least 1 (InvalidType, InvalidArgument otherwise, before anything is made). ``source`` is a
+    running Peer or a Node: InvalidType for anything else, PeerClosedError for a Peer that is
+    not running (not started, or closed), before anything is made.
     """
 
     def __init__(self, source: Any, *, live: bool = True, max_prefix_bits: int = 24) -> None:
@@ -506,23 +564,27 @@ class Member:
 class NetworkView(_View):
     """Every node of ``network`` on the id ring (angle = id / 2**256), with one lookup drawn.
 
-    ``network`` is a :class:`~qadom.sim.SimNetwork` or an iterable of started Peers. After
-    :meth:`watch` (a Peer or Node of that network) the lookups it runs are drawn as they go: the
-    target (red mark), the peers asked (coloured as in :class:`LookupView`) and an edge from each
-    peer to the peers it named that were then asked. :meth:`refresh` re-reads who is up (the
-    dots and the counts of nodes up and down); the summary line's virtual time and datagram
-    counts (of a SimNetwork) are re-read whenever the ring is redrawn, so they stay in step with
-    the lookup drawn. :meth:`detach` stops drawing, :meth:`close` (or closing ``view.widget``)
-    for good.
+    ``network`` is a :class:`~qadom.sim.SimNetwork` or an iterable of Peers (those not running
+    are drawn as down). After :meth:`watch` (a Peer or Node of that network) the lookups it runs
+    are drawn as they go: the target (red mark), the peers asked (coloured as in
+    :class:`LookupView`) and an edge from each peer to the peers it named that were then asked.
+    :meth:`refresh` re-reads who is up (the dots and the counts of nodes up and down); the
+    summary line's virtual time and datagram counts (of a SimNetwork) are re-read whenever the
+    ring is redrawn, so they stay in step with the lookup drawn. :meth:`detach` stops drawing,
+    :meth:`close` (or closing ``view.widget``) for good.
 
     ``size`` is the ring's width and height in pixels, an integer of at least
-    :data:`MIN_RING_SIZE` (InvalidType, InvalidArgument otherwise, before anything is made).
+    :data:`MIN_RING_SIZE` (InvalidType, InvalidArgument otherwise). These are refused too,
+    before anything is made: a ``network`` that is neither (InvalidType), a ``watch`` or a
+    ``target`` that :class:`LookupView` would refuse as ``source`` or ``target``.
     """
 
     def __init__(self, network: Any, *, watch: EventSource | None = None, target: int | None = None,
                  size: int = 420) -> None:
         self.size = _count("size", size, MIN_RING_SIZE)
-        self.network = network
+        self.network = _check_network(network)
+        if watch is not None:
+            _check_source(watch)
         self.members: list[Member] = []
         self.lookup = LookupView(target=target, once=False)
         self.named_by: dict[int, int] = {}  # asked peer id -> id of the peer that named it
@@ -542,10 +604,16 @@ class NetworkView(_View):
     # ------------------------------------------------------------------ following
 
     def watch(self, source: EventSource) -> NetworkView:
-        """Draw the lookups ``source`` runs (each new one replaces the last). RuntimeError once
-        the view is closed."""
+        """Draw the lookups ``source`` runs (each new one replaces the last), from the next one
+        it starts: the lookup drawn until then, an earlier source's, is cleared (lookup ids are
+        counted per node, so one of its lookups could not be told from one of ``source``'s).
+        RuntimeError once the view is closed; InvalidType or PeerClosedError for a source it
+        cannot follow, as :meth:`LookupView.attach` (the earlier one is then still followed)."""
         self._follow(source, self._on_event)
         self.origin = getattr(source, "id", None)
+        self.lookup._clear()
+        self.named_by = {}
+        self._render_ring()
         return self
 
     def close(self) -> None:
@@ -650,6 +718,24 @@ class NetworkView(_View):
         parts.append("</svg>")
         self._ring.value = "".join(parts)
         self._render_summary()
+
+
+def _check_network(network: Any) -> Any:
+    """``network`` if a NetworkView can draw it: a SimNetwork (anything with a ``nodes`` dict),
+    or an iterable of Peers (a one-shot iterator is read into a tuple, to be read again at each
+    :meth:`NetworkView.refresh`). InvalidType otherwise."""
+    if isinstance(getattr(network, "nodes", None), dict):
+        return network
+    if isinstance(network, (str, bytes)) or not isinstance(network, Iterable):
+        raise InvalidType(f"a NetworkView draws a SimNetwork or an iterable of Peers, not "
+                          f"{type(network).__name__}")
+    if isinstance(network, Iterator):
+        network = tuple(network)
+    for member in network:
+        if not isinstance(member, Peer):
+            raise InvalidType(f"a NetworkView draws a SimNetwork or an iterable of Peers, not "
+                              f"an iterable holding {type(member).__name__}")
+    return network
 
 
 def _members(network: Any) -> Iterable[Member]:

@@ -8,6 +8,7 @@ bounded by a pexpect timeout, and every process is killed in a finally block.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import re
 import socket
@@ -41,7 +42,7 @@ from qadom.interactive import (
 )
 from qadom.messages import Error, ErrorCode, FindNode
 
-from helpers import FAST, wait_until
+from helpers import FAST, on, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "peers"
@@ -557,13 +558,13 @@ def test_a_ctrl_c_while_closing_at_exit_ends_the_close_quietly(
 
     loop = asyncio.new_event_loop()
     try:
-        async def slow_close() -> None:
+        async def slow_close(peer: object = None) -> None:
             await asyncio.sleep(3600)
 
         def interrupt() -> None:
             raise KeyboardInterrupt
 
-        monkeypatch.setattr(interactive, "_closing_at_exit", loop)
+        monkeypatch.setattr(interactive, "_loop_of", lambda peer: loop)
         monkeypatch.setattr(interactive, "started", lambda: [object()])
         monkeypatch.setattr(interactive, "close", slow_close)
         loop.call_later(0.01, interrupt)
@@ -572,3 +573,67 @@ def test_a_ctrl_c_while_closing_at_exit_ends_the_close_quietly(
         assert capsys.readouterr().err.startswith("qadom: could not close the peers at exit: ")
     finally:
         loop.close()
+
+
+def test_peers_still_open_at_exit_are_closed_each_on_its_own_loop(
+        monkeypatch: pytest.MonkeyPatch, other_loop: asyncio.AbstractEventLoop) -> None:
+    """As at the IPython prompt after a cell ran ``asyncio.run()`` with a peer in it: that first
+    peer's loop has ended by the time the interpreter exits, and the peers started later, on
+    other loops, are closed all the same, each on its own loop. A peer whose loop is running
+    (in another thread) at exit is left alone: nothing runs on it from here."""
+    registered: list[object] = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(interactive, "_started", [])
+    monkeypatch.setattr(interactive, "_exit_hook_registered", False)  # not registered yet
+
+    async def start_here() -> Peer:  # as Peer.start does at the prompt (serve_at_prompt)
+        peer = Peer("127.0.0.1", 0, config=FAST)
+        await peer.start()
+        interactive._close_peers_at_exit(peer)
+        return peer
+
+    async def first_cell() -> None:
+        async with await start_here():
+            pass
+
+    asyncio.run(first_cell())
+    loops = [asyncio.new_event_loop(), asyncio.new_event_loop()]
+    peers: list[Peer] = []
+    try:
+        peers = [loop.run_until_complete(start_here()) for loop in loops]
+        busy = on(other_loop, start_here())  # its loop runs in another thread
+        assert registered == [interactive._close_at_exit]  # registered once
+        assert started() == [*peers, busy]
+        interactive._close_at_exit()
+        assert [peer.closed for peer in peers] == [True, True]
+        assert not busy.closed and started() == [busy]
+        assert all(asyncio.all_tasks(loop) == set() for loop in loops)
+        on(other_loop, busy.close())
+    finally:
+        for peer, loop in zip(peers, loops, strict=False):
+            if not peer.closed:
+                loop.run_until_complete(peer.close())
+        for loop in loops:
+            loop.close()
+
+
+@pytest.mark.parametrize(("argv", "environ", "named"), [
+    (["--host", "::1"], {}, "the default bootstrap 127.0.0.1:9999 is an IPv4 address and "
+     "--host ::1 is IPv6"),
+    ([], {"QADOM_HOST": "::1"}, "the default bootstrap 127.0.0.1:9999 is an IPv4 address and "
+     "QADOM_HOST ::1 is IPv6"),
+    (["--bootstrap", "[::1]:9999"], {}, "--bootstrap: [::1]:9999 is an IPv6 address and the "
+     "default host 127.0.0.1 is IPv4"),
+])
+def test_a_default_that_does_not_fit_is_named_as_the_default(
+        argv: list[str], environ: dict[str, str], named: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """peers/peer2.py --host ::1: the bootstrap that does not fit is the script's default, not
+    QADOM_BOOTSTRAP, which is not set; the user would look for it in vain."""
+    with pytest.raises(SystemExit) as info:
+        script_options("t", port=9996, bootstrap=["127.0.0.1:9999"], argv=argv, environ=environ)
+    assert info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert f"error: {named}: a peer cannot reach it" in error
+    assert all(name not in error for name in ("QADOM_HOST", "QADOM_PORT", "QADOM_BOOTSTRAP")
+               if name not in environ)
