@@ -27,7 +27,7 @@ class LookupEvent:
 @dataclass(frozen=True, slots=True)
 class LookupStarted(LookupEvent):
     target: int
-    kind: str  # "node", "value" or "search"
+    kind: str  # "node", "value", "search", "namespace" or "dht" (qadom.widgets.LOOKUP_KINDS)
     initial: tuple[Contact, ...]
 
 

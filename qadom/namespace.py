@@ -272,11 +272,12 @@ def newest(records: Iterable[NamespaceRecord]) -> NamespaceRecord | None:
 
 
 def _check_shape(public_key: bytes, signature: bytes, seq: int) -> None:
-    # Called from __post_init__: the codec turns the ValueError into a ProtocolError.
+    # Called from __post_init__: the codec turns the InvalidArgument (a ValueError) into a
+    # ProtocolError.
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
-        raise ValueError("a public key is 32 bytes and a signature 64")
+        raise InvalidArgument("a public key is 32 bytes and a signature 64")
     if seq >= SEQ_LIMIT:
-        raise ValueError("seq must be below 2**63")
+        raise InvalidArgument("seq must be below 2**63")
 
 
 _RECORD_FIELDS = (("public_key", Kind.SHORT_BYTES), ("key", Kind.ID), ("seq", Kind.UINT64),

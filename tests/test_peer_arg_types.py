@@ -5,6 +5,8 @@ as a caller builds them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cbor2
 import pytest
 
@@ -13,6 +15,7 @@ from qadom.codec import Codec
 from qadom.config import Config
 from qadom.errors import InvalidField
 from qadom.messages import Envelope
+from qadom.namespace import NamespaceFound, NamespaceStore
 from qadom.pubsub import Subscribe
 
 from helpers import FAST
@@ -50,3 +53,16 @@ def test_a_datagram_subscribing_for_no_lease_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="a lease is at least 1 ms"):
         codec.decode(cbor2.dumps(items))
 
+
+
+@pytest.mark.parametrize("build", [
+    lambda: NamespaceStore(bytes(31), 5, 0, b"v", bytes(64), 60),
+    lambda: NamespaceStore(bytes(32), 5, 0, b"v", bytes(63), 60),
+    lambda: NamespaceStore(bytes(32), 5, 2**63, b"v", bytes(64), 60),
+    lambda: NamespaceFound(bytes(33), 5, 0, b"v", bytes(64), (), 60),
+])
+def test_a_namespace_message_of_the_wrong_shape_is_a_bad_value(
+        build: Callable[[], object]) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        build()
+    assert isinstance(refused.value, ValueError) and isinstance(refused.value, QadomError)
