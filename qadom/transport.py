@@ -5,7 +5,10 @@ node queues, keeps one timer armed at the node's next deadline, and turns the no
 :class:`~qadom.call.Call` objects into asyncio futures. It holds no protocol rule of its own.
 
 The node's clock is the loop's monotonic clock shifted to Unix time at start, so intervals are
-immune to wall-clock jumps while stored timestamps stay meaningful across restarts.
+immune to the wall clock being set back while stored timestamps stay meaningful across restarts.
+When Unix time runs ahead of it by more than :data:`CLOCK_STEP` (the machine was suspended, which
+stops the monotonic clock, or the wall clock was set forward), the node's clock catches up at the
+next input: one step forward, never back.
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
     except RuntimeError:
         return None
 
+
+CLOCK_STEP = 1.0
+"""How far Unix time may run ahead of a node's clock before that clock catches up (seconds). The
+loop's monotonic clock stands still while the machine is suspended: without catching up, a node
+that slept for hours would stamp and judge every expiry, renewal and token that many hours
+behind, for as long as it runs (its own items renewed after their copies expired elsewhere,
+expired records served, a storer's republish granting hours too many). A second is far above the
+drift of the two clocks (the same rate corrections apply to both) and far below every interval of
+the protocol."""
 
 _POLL = 0.02
 """How often :func:`run_in_loop` looks whether the loop it waits on still runs (seconds)."""
@@ -124,7 +136,9 @@ async def run_in_loop(loop: asyncio.AbstractEventLoop,
 class NodeProtocol(asyncio.DatagramProtocol):
     """Runs one :class:`Node` on one UDP socket. ``make_node(now)`` builds the node on this
     adapter's clock; ``on_lost()`` runs once the socket is closed, by whoever closed it (the
-    node's timers go with it, so nothing it runs can end after that)."""
+    node's timers go with it, so nothing it runs can end after that). It counts in the node's
+    ``stats``: ``socket_errors`` (sends the socket refused, errors it reported), ``socket_lost``
+    and ``clock_steps`` (the node's clock caught up with Unix time, see :data:`CLOCK_STEP`)."""
 
     def __init__(self, make_node: Callable[[float], Node],
                  loop: asyncio.AbstractEventLoop,
@@ -133,9 +147,9 @@ class NodeProtocol(asyncio.DatagramProtocol):
         self._on_lost = on_lost
         self.transport: asyncio.DatagramTransport | None = None
         self._offset = time.time() - loop.time()
-        self.node = make_node(self.now())
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self.node = make_node(self.now())
         # The socket under asyncio's selector transport, to read what is waiting after each
         # datagram the transport hands over (see _READ_BATCH), and that transport; None on
         # loops that read in batches themselves (uvloop) or expose no socket.
@@ -145,8 +159,27 @@ class NodeProtocol(asyncio.DatagramProtocol):
         self._last_input = -math.inf  # loop time of the last datagram the transport handed over
 
     def now(self) -> float:
-        """The node's clock: monotonic, in Unix seconds."""
-        return self.loop.time() + self._offset
+        """The node's clock, in Unix seconds: monotonic, and caught up with Unix time when that
+        runs ahead by more than :data:`CLOCK_STEP`."""
+        loop_time = self.loop.time()
+        now = loop_time + self._offset
+        if time.time() - now > CLOCK_STEP:
+            return self._catch_up(loop_time)
+        return now
+
+    def _catch_up(self, loop_time: float) -> float:
+        """Move the node's clock forward to Unix time (see :data:`CLOCK_STEP`); the node's time
+        at ``loop_time``. The armed timer is moved to the node's deadline on the new clock, which
+        comes sooner by the step."""
+        step = time.time() - loop_time - self._offset
+        self._offset += step
+        self.node.stats["clock_steps"] += 1
+        log.info("the node's clock caught up with Unix time by %.1f s (the machine was "
+                 "suspended, or its clock set forward)", step)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = self.loop.call_at(self._timer_at - self._offset, self._on_timer)
+        return loop_time + self._offset
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -164,8 +197,11 @@ class NodeProtocol(asyncio.DatagramProtocol):
         if len(addr) != 2:
             addr = (str(addr[0]), int(addr[1]))
         now = self.loop.time()
+        node_now = now + self._offset
+        if time.time() - node_now > CLOCK_STEP:
+            node_now = self._catch_up(now)
         self.node.datagram_received(data, addr,  # type: ignore[arg-type]  # (host, port) now
-                                    now + self._offset)
+                                    node_now)
         if self._batching:
             return  # one of a batch: the batch's first datagram flushes once it is over
         if self._reader is not None:
