@@ -33,6 +33,13 @@ signature verifies with it).
 High-S signatures are accepted (normalised to low S before libsecp256k1, which only accepts low S):
 clients sign with libraries that produce either.
 
+The signed text covers neither the spelling of the public key nor whether S is low or high, so
+one write has several valid spellings (compressed, uncompressed or hybrid key; (r, s) or
+(r, N - s)), which anyone who read it can make. They are one write (:func:`same_write`): a
+spelling of an entry held never replaces it (the entry stays as it was first written), and it
+changes nothing an identical replay of that entry would not (who renews the record, how long
+holders keep it).
+
 The signed text puts ``str(exp_time)`` right after ``data`` with nothing between them, so one
 signature covers every other split of that text into the two fields: a write of ``"price=25"``
 until 1800000000 is also a valid signature of ``"price="`` until 251800000000. A numeric
@@ -241,6 +248,23 @@ def owner_of(pub_key: bytes) -> bytes:
     raise ValueError("not a SEC1 public key")
 
 
+def canonical(entry: Entry) -> tuple[bytes, str, str, bytes]:
+    """What ``entry`` writes, whatever its spelling: its owner (the compressed public key),
+    ``data``, ``exp_time`` as signed (its text) and the signature with S low. The spellings of
+    one write (see the module docstring) have one canonical form; two different writes never
+    share one."""
+    sign = entry.sign
+    s = int.from_bytes(sign[32:], "big")
+    if len(sign) == 64 and _N // 2 < s < _N:
+        sign = sign[:32] + (_N - s).to_bytes(32, "big")
+    return entry.owner, entry.data, str(entry.exp_time), bytes(sign)
+
+
+def same_write(one: Entry, other: Entry) -> bool:
+    """Whether two entries are one write, spelled alike or not (:func:`canonical`)."""
+    return one == other or canonical(one) == canonical(other)
+
+
 def verify(entry: Entry, key: str, mode: str) -> bool:
     """Whether ``entry``'s signature is valid for ``key`` and ``mode``. Never for an
     ``exp_time`` at or past :data:`EXP_TIME_LIMIT`, whose signature may be another write's."""
@@ -430,7 +454,9 @@ def apply_write(existing: Record | None, write: Record, now: float, config: Conf
     record would exceed its size limit); see the module docstring. ``existing`` is a record whose
     signatures were verified (a record we hold, or one a peer showed that
     :meth:`DhtRecordService._verified` took): a write that repeats a live entry of it byte for
-    byte (:func:`signed_fields`) is checked for its expiry, not verified again.
+    byte (:func:`signed_fields`) is checked for its expiry, not verified again. A write that
+    is a live entry of it spelled otherwise (:func:`same_write`) gives ``existing``'s live
+    record back as it is: a re-spelling never replaces what the owner wrote.
     """
     if len(write.entries) != 1:
         raise Unauthorized("a write carries exactly one entry")
@@ -444,9 +470,13 @@ def apply_write(existing: Record | None, write: Record, now: float, config: Conf
         raise Unauthorized("the stored record has another key")  # a storage-key collision
     if current.mode != write.mode:
         raise Unauthorized(f"the key is held in {current.mode} mode")
-    if write.mode == SECURED:
-        if current.entries[0].owner != entry.owner:
-            raise Unauthorized("the key is held by another public key")
+    if write.mode == SECURED and current.entries[0].owner != entry.owner:
+        raise Unauthorized("the key is held by another public key")
+    if any(same_write(held, entry) for held in current.entries):
+        # The entry held, written again (perhaps spelled otherwise: anyone who read it can
+        # re-spell it): what the owner wrote stays as it was written.
+        result = current
+    elif write.mode == SECURED:
         result = write
     else:
         others = tuple(e for e in current.entries if e.owner != entry.owner)
@@ -797,29 +827,37 @@ class DhtRecordService:
     def put(self, write: Record, now: float) -> Call[PutResult]:
         """Store ``write`` (from :func:`parse_write`) at the k closest peers to its key.
 
-        The write is checked here first, against our copy and against every record the lookup
-        meets on the way (so a forged overwrite fails even through a node that never held the
-        record), then sent to the k closest, which check it again. Fails with Unauthorized or
-        ValueTooLarge when refused by us, or by a holder while none of them stored it. When
+        The write is checked here first on its own (signature, expiry, size), then, once the
+        lookup has found the k closest, against the records they hold and against our copy when
+        we are one of the k closest to the key (so a forged overwrite fails even through a node
+        that never held the record), then sent to the k closest, which check it again. Only the
+        k closest decide, as they do for a get: a copy held further out (a stale one, or one
+        planted there by anyone, since a peer that holds nothing takes any valid write) refuses
+        nothing, and when our own copy is such a one and the write cannot land on it, the write
+        lands here as it does at the closest of them that holds the key. Fails with Unauthorized
+        or ValueTooLarge when refused so, or by a holder while none of them stored it. When
         there were peers to ask and none stored it nor refused it by the rules, it fails as a
         value's set does (:meth:`Node.unstored <qadom.node.Node.unstored>`: RateLimited,
         StorageFull, RemoteError, or OperationTimeout when none answered), and when no peer
         answered the lookup, as :meth:`Node.unreached <qadom.node.Node.unreached>` says; a
         failed put stores nothing here. A node that knows no other peer (or whose contacts all
-        failed of late and were given up) keeps it alone, resolving to ``stored`` 0, until
-        peers come. Once one of the k closest stored it, it is stored here too, as
-        the record's original publisher (renewed every 24 hours until :meth:`forget`, or until
-        a client's write through another node replaces here the entry of an owner we put, by
-        this put or an earlier one: that node renews it then, see :meth:`_handle_put`; a
-        CONTROLLED write that adds or replaces the entry of any other owner leaves it ours, and
-        we renew that entry with ours).
+        failed of late and were given up) keeps it alone, resolving to ``stored`` 0, until peers
+        come. Once one of the k closest stored it, it is stored here too, as the record's
+        original publisher (renewed every 24 hours until :meth:`forget`, or until a client's
+        write through another node replaces here the entry of an owner we put, by this put or an
+        earlier one, with another write (that entry sent again, however spelled, replaces
+        nothing): that node renews it then, see :meth:`_handle_put`; a CONTROLLED write that
+        adds or replaces the entry of any other owner leaves it ours, and we renew that entry
+        with ours).
 
-        Raises StorageFull at once, with nothing sent, when our own store has no room for the
-        record the write makes of our copy (:meth:`_landing`); an overwrite of a record we hold
-        needs room only for what it adds. Checked again when the lookup ends: if our copy or
-        our store changed meanwhile so that the write no longer lands or fits here, the put
-        fails so, still with nothing sent. A store that fills up (or a disk that fails) while
-        the write is on its way to the k closest fails it with StorageFull after they stored it.
+        Raises Unauthorized at once for a write that is refused on its own, and StorageFull at
+        once, with nothing sent, when our own store has no room for the record the write makes
+        of our copy (:meth:`_landing`; of nothing when it cannot land on our copy); an overwrite
+        of a record we hold needs room only for what it adds. Checked again when the lookup
+        ends: if our copy or our store changed meanwhile so that the write no longer lands or
+        fits here, the put fails so, still with nothing sent. A store that fills up (or a disk
+        that fails) while the write is on its way to the k closest fails it with StorageFull
+        after they stored it.
 
         A :meth:`forget` of the key while the put is on its way holds as for a value's set
         (:meth:`Node.forget <qadom.node.Node.forget>`): the put resolves as it would have, but
@@ -827,12 +865,14 @@ class DhtRecordService:
         """
         node = self.node
         key = storage_key(check_key(write.key, self.config))
-        self._landing(key, write, now)
+        # Whether our copy decides is known once the lookup has found the k closest: until then,
+        # the write itself and our room.
+        self._landing(key, write, now, decides=False)
         call: Call[PutResult] = node.new_call("dht_put", now)
         # A Node.forget of the key while the put is on its way means it must not become ours
         # at the end, else it would be renewed past the forget.
         forgotten = node._register_write(key, call)
-        seen: list[Record] = []
+        seen: dict[int, Record] = {}  # the records met, by their holder's id
 
         def on_message(contact: Contact, message: Message, lookup: Lookup,
                        now: float) -> Iterable[Contact] | None:
@@ -840,21 +880,32 @@ class DhtRecordService:
                 record = self._verified(contact, message, write.key, now)
                 if record is None:
                     return None
-                seen.append(record)
+                seen[contact.id] = record
                 return message.nodes
             return message.nodes if isinstance(message, Nodes) else None
 
         def on_finish(lookup: Lookup, now: float) -> None:
             if call.done:
                 return
+            # Only the k closest decide (each checks the write again), as they answer a get:
+            # a copy further out is stale, or planted by anyone where nothing was held, and
+            # must not veto the owner's write.
+            closest = lookup.closest()
+            decides = len(closest) < lookup.k or node.id ^ key < closest[-1].id ^ key
+            if decides:  # we are one of the k closest: the farthest peer found is not
+                closest = closest[:lookup.k - 1]
+            held = [(contact.id ^ key, seen[contact.id]) for contact in closest
+                    if contact.id in seen]
+            base = min(held, key=lambda found: found[0])[1] if held else None
             try:
-                for record in seen:
+                for _, record in held:
                     apply_write(record, write, now, self.config)
-                self._landing(key, write, now)  # our copy, and our room, as they are now
+                # Our copy, and our room, as they are now.
+                self._landing(key, write, now, decides=decides, base=base)
             except QadomError as exc:
                 call.fail(exc)
                 return
-            self._send_to(lookup, key, write, now, call, forgotten)
+            self._send_to(lookup, key, write, now, call, forgotten, decides, base)
 
         node.run_lookup(key, "dht", DhtFind(key), now, on_message, on_finish, call)
         return call
@@ -926,29 +977,37 @@ class DhtRecordService:
             return None  # a copy a holder took before EXP_TIME_LIMIT: not used, no lie either
         return record
 
-    def _landing(self, key: int, write: Record, now: float) -> Record:
+    def _landing(self, key: int, write: Record, now: float, *, decides: bool = True,
+                 base: Record | None = None) -> Record:
         """The record ``write`` makes of our copy of ``key``, which our store has room for:
         Unauthorized or ValueTooLarge as :func:`apply_write` says, StorageFull past our quotas
         (counted as :meth:`Store.put_record` counts them, with cached copies, which it evicts
         for us, as room). A record held under ``key``, expired or not, is replaced in place:
         it costs no new item, and its bytes count as free; a new one is one more item of ours.
         A write refused here is never sent: the k closest would keep a record we report as
-        not written (and a SECURED key would be claimed for a day)."""
+        not written (and a SECURED key would be claimed for a day).
+
+        Unless our copy ``decides`` (we are one of the k closest to the key), a write it
+        refuses is landed on ``base`` instead (the record of the closest of the k closest that
+        holds one, None for none): what we then store in place of our stale copy."""
         store = self.node.store
-        record = apply_write(load(store, key, self.config, now), write, now, self.config)
+        record, _ = _landed(load(store, key, self.config, now), write, now, self.config,
+                            decides, base)
         size = len(encode_record(record))
         held = store.get_record(RECORD_KIND, key)  # without now: what put_record would replace
         store.quotas.check_own(size, None if held is None else len(held))
         return record
 
     def _send_to(self, lookup: Lookup, key: int, write: Record, now: float,
-                 call: Call[PutResult], forgotten: Callable[[], bool]) -> None:
+                 call: Call[PutResult], forgotten: Callable[[], bool], decides: bool,
+                 base: Record | None) -> None:
         """Send ``write`` to the k closest ``lookup`` found; once they answered, store it here
         too if one of them stored it, or if there was nobody to ask (a lone node keeps it
         alone until peers come, as a set does). Else fail ``call`` with nothing stored here: a
         rule refusal (DHT_REFUSED) speaks for the write, and otherwise as :meth:`Node.unstored
         <qadom.node.Node.unstored>` says, as for a value's set (RateLimited, StorageFull,
-        RemoteError, or OperationTimeout when none of them answered)."""
+        RemoteError, or OperationTimeout when none of them answered). ``decides`` and ``base``
+        say how it lands here (:meth:`_landing`)."""
         encoded = encode_record(write)
         message = DhtPut(encoded, int(self.config.expire_time))
         silenced: set[int] = set()
@@ -974,18 +1033,20 @@ class DhtRecordService:
             if forgotten():  # forgotten since this put started: not ours to keep
                 call.resolve(result)
             else:
-                self._store_local(key, write, now, call, result)
+                self._store_local(key, write, now, call, result, decides, base)
 
         self.node.ask_each(lookup.closest(), message, now, done, silenced=silenced)
 
     def _store_local(self, key: int, write: Record, now: float, call: Call[PutResult],
-                     result: PutResult) -> None:
+                     result: PutResult, decides: bool, base: Record | None) -> None:
         if call.done:
             return
         store = self.node.store
         try:
             existing = load(store, key, self.config, now)
-            record = apply_write(existing, write, now, self.config)
+            record, on_ours = _landed(existing, write, now, self.config, decides, base)
+            if not on_ours:
+                existing = None  # our stale copy is replaced: none of its owners stays ours
             held = store.record_meta(RECORD_KIND, key)
         except QadomError as exc:  # expired meanwhile, or a concurrent write took the key
             call.fail(exc)
@@ -1015,7 +1076,8 @@ class DhtRecordService:
         way is left out) and stored only if we hold no live record for the key; holding one, we
         keep it and its lifecycle, add to a CONTROLLED one the entries of owners it has none of
         (:func:`fill_owners`), and otherwise merely count the republish as this hour's when our
-        record holds every entry sent (the same record, whose lifetime the TTL may then extend).
+        record holds every entry sent, however spelled (:func:`same_write`: the same record,
+        whose lifetime the TTL may then extend, kept as we hold it).
         The format has no version, so this is what keeps a lagging storer's older copy from
         replacing a newer one. A client's write that replaces, in a record we put ourselves,
         the entry of an owner we put (:attr:`Meta.owners`: a SECURED overwrite, a CONTROLLED
@@ -1092,8 +1154,10 @@ class DhtRecordService:
                     except StorageFull as exc:
                         return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
                     return Stored()
-            if record is not current and not set(record.entries) <= set(current.entries):
-                return Stored()  # fill-only: our record stays as it is
+            if record is not current and not _writes(record) <= _writes(current):
+                # fill-only: our record stays as it is. The entries sent, however spelled, are
+                # ours (the same record): counted below as this hour's republish.
+                return Stored()
             record, same = current, True
         # A client's write that replaces the entry of an owner we put, in a record we put, ends
         # our publishing of it, as a newer namespace record does: the node that ran this write
@@ -1138,13 +1202,32 @@ class DhtRecordService:
         return DhtRecord(encoded, tuple(nodes[:max(0, room)]))
 
 
+def _landed(own: Record | None, write: Record, now: float, config: Config, decides: bool,
+            base: Record | None) -> tuple[Record, bool]:
+    """The record ``write`` makes of ``own`` (our copy) and True; unless ``own`` ``decides``,
+    when it refuses the write, the record ``write`` makes of ``base`` and False (see
+    :meth:`DhtRecordService._landing`). Raises as :func:`apply_write` does."""
+    try:
+        return apply_write(own, write, now, config), True
+    except (Unauthorized, ValueTooLarge):
+        if decides:
+            raise
+    return apply_write(base, write, now, config), False
+
+
 def _replaces_entry(current: Record, write: Record, ours: frozenset[bytes]) -> bool:
     """Whether ``write`` (a one-entry record) changes the entry its owner has in ``current``,
     that owner being one of ``ours``: a SECURED overwrite, or a CONTROLLED owner's newer write;
     False for an owner not in ``ours`` or that ``current`` has no entry of, and for an entry
-    written again byte for byte."""
-    return any(held.owner == entry.owner and held != entry and held.owner in ours
+    written again, however spelled (:func:`same_write`: a re-spelling is no newer write, and
+    anyone can make one)."""
+    return any(held.owner == entry.owner and not same_write(held, entry) and held.owner in ours
                for entry in write.entries for held in current.entries)
+
+
+def _writes(record: Record) -> set[tuple[bytes, str, str, bytes]]:
+    """The :func:`canonical` forms of ``record``'s entries."""
+    return {canonical(entry) for entry in record.entries}
 
 
 def _our_owners(meta: Meta | None, current: Record | None) -> frozenset[bytes]:
