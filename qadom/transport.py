@@ -178,7 +178,9 @@ class NodeProtocol(asyncio.DatagramProtocol):
                  "suspended, or its clock set forward)", step)
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = self.loop.call_at(self._timer_at - self._offset, self._on_timer)
+            self._timer = None
+            if not self.loop.is_closed():  # a closed loop runs no timer: the node runs no more
+                self._timer = self.loop.call_at(self._timer_at - self._offset, self._on_timer)
         return loop_time + self._offset
 
     # ------------------------------------------------------------------ asyncio callbacks
@@ -327,6 +329,9 @@ class NodeProtocol(asyncio.DatagramProtocol):
             if self._timer_at <= deadline:
                 return
             self._timer.cancel()
+            self._timer = None
+        if self.loop.is_closed():  # it runs no timer: the node runs no more
+            return
         self._timer_at = deadline
         self._timer = self.loop.call_at(deadline - self._offset, self._on_timer)
 

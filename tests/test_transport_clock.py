@@ -80,3 +80,24 @@ async def test_an_item_past_its_lifetime_after_a_suspend_is_not_served(wall: Wal
         wall.ahead = FAST.expire_time + HOURS  # slept past the item's lifetime
         with pytest.raises(NoPeersError):  # expired here, and no peer to ask
             await asyncio.wait_for(peer.get(key), 10)
+
+
+def test_a_clock_step_after_the_peers_loop_ended_raises_nothing(wall: WallClock) -> None:
+    # A peer left open when its loop ended (a script's asyncio.run returned): reading its clock
+    # after a suspend (Subscription.close does, say) catches up without arming a timer there.
+    held: list[Peer] = []
+
+    async def start() -> None:
+        peer = Peer("127.0.0.1", 0, config=FAST)
+        await peer.start()
+        held.append(peer)
+
+    asyncio.run(start())
+    protocol = _protocol(held[0])
+    assert protocol.loop.is_closed() and protocol._timer is not None
+    wall.ahead = 2 * HOURS
+    assert abs(protocol.now() - wall()) < 0.5
+    assert held[0].stats["clock_steps"] == 1 and protocol._timer is None
+    protocol.flush()  # as after any input: no timer is armed on the closed loop either
+    assert protocol._timer is None
+    asyncio.run(held[0].close())
