@@ -36,6 +36,7 @@ import bisect
 import contextlib
 import heapq
 import math
+import numbers
 import operator
 import random
 import statistics
@@ -81,7 +82,10 @@ def lognormal_latency(median: float, sigma: float = 0.5,
                       cap: float = 1.0) -> Callable[[random.Random], float]:
     """A long-tailed delay distribution (as measured on wide-area paths): log-normal with the
     given median, capped at ``cap`` seconds. All three must be finite numbers (NaN is refused:
-    it would make every delay NaN)."""
+    it would make every delay NaN): InvalidType for anything else than a number (a bool is not
+    one)."""
+    median, sigma, cap = (_number("median", median), _number("sigma", sigma),
+                          _number("cap", cap))
     if not (0 < median < math.inf and 0 <= sigma < math.inf and median <= cap < math.inf):
         raise InvalidArgument("need finite median > 0, sigma >= 0 and cap >= median")
 
@@ -158,7 +162,7 @@ class TableFill:
     expected: int
 
 
-def summarize(reports: Sequence[LookupReport]) -> dict[str, float]:
+def summarize(reports: Iterable[LookupReport]) -> dict[str, float]:
     """Aggregate lookup reports: success rates, and median / 95th percentile / max of rounds,
     requests, messages and latency.
 
@@ -166,7 +170,15 @@ def summarize(reports: Sequence[LookupReport]) -> dict[str, float]:
     lookup was cut off by its deadline, and the few rounds it ran until then would pull the
     figures of lookups that converged down (NaN when no lookup completed). ``messages`` and
     ``latency`` are taken over every lookup: what a failed one cost and how long its caller
-    waited are real. ``failed`` counts the lookups that did not complete."""
+    waited are real. ``failed`` counts the lookups that did not complete.
+
+    ``reports`` is any iterable of :class:`LookupReport` (InvalidType for anything else)."""
+    if isinstance(reports, (str, bytes, bytearray)) or not isinstance(reports, Iterable):
+        raise InvalidType(f"summarize needs lookup reports, not {type(reports).__name__}")
+    reports = list(reports)
+    for report in reports:
+        if not isinstance(report, LookupReport):
+            raise InvalidType(f"summarize needs lookup reports, not {type(report).__name__}")
     if not reports:
         return {"lookups": 0}
     n = len(reports)
@@ -194,7 +206,15 @@ def summarize(reports: Sequence[LookupReport]) -> dict[str, float]:
 
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """The ``pct`` percentile of already sorted values (nearest rank)."""
+    """The ``pct`` percentile of already sorted values (nearest rank). ``sorted_values`` must be
+    a sequence (InvalidType otherwise; InvalidArgument when empty) and ``pct`` a number in
+    [0, 100] (InvalidType / InvalidArgument otherwise)."""
+    if isinstance(sorted_values, (str, bytes, bytearray)) or not isinstance(sorted_values,
+                                                                              Sequence):
+        raise InvalidType(f"percentile needs a sequence of sorted values, not "
+                          f"{type(sorted_values).__name__}")
+    if not 0.0 <= _number("pct", pct) <= 100.0:
+        raise InvalidArgument(f"pct must be a percentage in [0, 100], not {pct!r}")
     if not sorted_values:
         raise InvalidArgument("percentile of nothing")
     rank = max(1, -(-len(sorted_values) * pct // 100))
@@ -207,25 +227,31 @@ class SimNetwork:
     ``latency`` is the one-way delay (see :data:`Latency`); ``loss`` the probability that a
     datagram is dropped; ``duplicate`` the probability that it is delivered twice (the copy with
     its own delay); ``reorder`` the probability that it is held back by an extra uniform delay of
-    up to ``reorder_delay`` seconds. All can be changed between steps. With ``trace``, every
-    network and churn event is appended to :attr:`trace` (for determinism checks and replay).
+    up to ``reorder_delay`` seconds. All can be changed between steps, and each is checked
+    whenever it is set, in the constructor or later: a probability must be a number in [0, 1], a
+    delay a finite number of seconds >= 0 (InvalidType for what is not a number, a bool
+    included; InvalidArgument out of range, NaN included), and a refused value leaves the one in
+    force. With ``trace``, every network and churn event is appended to :attr:`trace` (for
+    determinism checks and replay).
+
+    ``seed`` must be an int (InvalidType otherwise: None would seed from the operating system,
+    and the run could not be repeated), ``config`` a :class:`~qadom.config.Config` or None.
     """
 
     def __init__(self, seed: int = 0, *, config: Config | None = None,
                  latency: Latency = (0.01, 0.05), loss: float = 0.0, duplicate: float = 0.0,
                  reorder: float = 0.0, reorder_delay: float = 0.1, trace: bool = False) -> None:
-        for name, p in (("loss", loss), ("duplicate", duplicate), ("reorder", reorder)):
-            if not 0.0 <= p <= 1.0:
-                raise InvalidArgument(f"{name} must be a probability in [0, 1]")
-        if not 0.0 <= reorder_delay < math.inf:
-            raise InvalidArgument("reorder_delay must be a finite number of seconds >= 0")
-        self.rng = random.Random(seed)
-        self.config = config or Config()
-        self.latency = latency  # checked by the property
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidType(f"seed must be an int, not {type(seed).__name__}")
+        _check_config(config)
+        # Checked by the properties, before anything else is set up.
+        self.latency = latency
         self.loss = loss
         self.duplicate = duplicate
         self.reorder = reorder
         self.reorder_delay = reorder_delay
+        self.rng = random.Random(seed)
+        self.config = config or Config()
         self.now = 0.0
         self.nodes: dict[Address, Node] = {}
         self.down: set[Address] = set()
@@ -261,16 +287,68 @@ class SimNetwork:
         _check_latency(latency)
         self._latency = latency
 
+    # The wire parameters are read once per datagram: the setters check a value once, and the
+    # sending path reads the attribute they store.
+
+    @property
+    def loss(self) -> float:
+        """The probability that a datagram is dropped, checked whenever it is set."""
+        return self._loss
+
+    @loss.setter
+    def loss(self, loss: float) -> None:
+        self._loss = _probability("loss", loss)
+
+    @property
+    def duplicate(self) -> float:
+        """The probability that a datagram is delivered twice, checked whenever it is set."""
+        return self._duplicate
+
+    @duplicate.setter
+    def duplicate(self, duplicate: float) -> None:
+        self._duplicate = _probability("duplicate", duplicate)
+
+    @property
+    def reorder(self) -> float:
+        """The probability that a datagram is held back by up to :attr:`reorder_delay`, checked
+        whenever it is set."""
+        return self._reorder
+
+    @reorder.setter
+    def reorder(self, reorder: float) -> None:
+        self._reorder = _probability("reorder", reorder)
+
+    @property
+    def reorder_delay(self) -> float:
+        """The longest extra delay of a reordered datagram, in seconds, checked whenever it is
+        set."""
+        return self._reorder_delay
+
+    @reorder_delay.setter
+    def reorder_delay(self, reorder_delay: float) -> None:
+        self._reorder_delay = _seconds("reorder_delay", reorder_delay)
+
     # ------------------------------------------------------------------ building
 
     def add_node(self, *, config: Config | None = None, node_id: int | None = None) -> Node:
-        """A new node on the next free simulated address (not yet joined to anyone)."""
+        """A new node on the next free simulated address (not yet joined to anyone), with
+        ``config`` (a :class:`~qadom.config.Config`; the network's by default) and ``node_id``
+        (a random id by default).
+
+        ``node_id`` may be the id of a node that has left: a peer restarted with the data
+        directory it keeps its id in comes back under that id. The new node is another node on
+        a new address; from then on the id names it (:meth:`live_nodes`, :meth:`true_closest`,
+        the churn schedule), and the node that left stays in :attr:`nodes` under its own
+        address, still gone. The id of a live node is refused (InvalidArgument), before any
+        node is made."""
+        _check_config(config)
+        if node_id is not None:
+            self._check_id_free(check_id(node_id, "node_id"))
         index = len(self.nodes) + 1
         address = (f"127.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}", 4000)
         node = Node(config=config or self.config, rng=random.Random(self.rng.getrandbits(64)),
                     node_id=node_id, now=self.now)
-        if node.id in self._by_id:
-            raise InvalidArgument(f"node id {node.id:x} is already on the network")
+        self._check_id_free(node.id)  # a random id that a live node drew too
         node.address = address
         self.nodes[address] = node
         self._by_id[node.id] = node
@@ -279,8 +357,18 @@ class SimNetwork:
         return node
 
     def address_of(self, node: Node) -> Address:
+        """The simulated address of ``node``, one of this network's nodes (live or gone):
+        InvalidArgument otherwise."""
+        self._check_member(node)
         assert node.address is not None
         return node.address
+
+    def _check_id_free(self, node_id: int) -> None:
+        """InvalidArgument if a live node has the id ``node_id`` (two live nodes with one id
+        would be one contact to every table, and :meth:`true_closest` would count it once)."""
+        holder = self._by_id.get(node_id)
+        if holder is not None and holder.address not in self.down:
+            raise InvalidArgument(f"node id {node_id:x} is already on the network")
 
     def add_nodes(self, count: int, *, bootstrap: bool = True, tries: int = 5) -> list[Node]:
         """Add ``count`` nodes; with ``bootstrap`` each joins for real (ping, lookup of its own
@@ -295,6 +383,8 @@ class SimNetwork:
         A node that the churn schedule takes off the network while it joins has left, as any
         node may: it is not tried again, and add_nodes goes on."""
         count, tries = _count("count", count), _count("tries", tries, 1)
+        if not isinstance(bootstrap, bool):
+            raise InvalidType(f"bootstrap must be a bool, not {type(bootstrap).__name__}")
         added = []
         for _ in range(count):
             via = self._random_live_address()
@@ -369,10 +459,9 @@ class SimNetwork:
         The network must be empty.
         """
         count, joins = _count("count", count, 1), _count("joins", joins)
+        spread = _seconds("spread", spread)
         if self.nodes:
             raise InvalidArgument("build() needs an empty network; use add_nodes() to grow one")
-        if not 0.0 <= spread < math.inf:
-            raise InvalidArgument("need a finite spread >= 0")
         built = []
         for _ in range(count):
             built.append(self.add_node())
@@ -402,10 +491,12 @@ class SimNetwork:
         self._log("leave", address)
 
     def leave(self, count: int, *, keep: Iterable[Node] = ()) -> list[Node]:
-        """Take ``count`` random live nodes off the network now (never those in ``keep``)."""
+        """Take ``count`` random live nodes off the network now (never those in ``keep``, an
+        iterable of this network's nodes: InvalidType / InvalidArgument otherwise)."""
         count = _count("the number of nodes to leave", count)
-        kept = {n.id for n in keep}
-        pool = [i for i in self._live_ids if i not in kept]
+        kept = {self.address_of(n) for n in self._members("keep", keep)}
+        by_id = self._by_id
+        pool = [i for i in self._live_ids if by_id[i].address not in kept]
         if count > len(pool):
             raise InvalidArgument(f"only {len(pool)} nodes may leave, not {count}")
         gone = [self._by_id[i] for i in self.rng.sample(pool, count)]
@@ -424,18 +515,22 @@ class SimNetwork:
         bootstrap fails (its datagrams lost, or that node gone meanwhile) leaves again, once the
         lookup being measured is over if it is that lookup's origin. They happen as
         :meth:`run_for` or :meth:`run_call` reach their times. ``start`` and ``duration`` must
-        be finite (an event at an infinite or NaN time would never happen)."""
+        be finite numbers (an event at an infinite or NaN time would never happen), ``keep`` an
+        iterable of this network's nodes; nothing is scheduled unless all are valid."""
         leave, join = _count("leave", leave), _count("join", join)
+        duration = _number("duration", duration)
         if not 0 <= duration < math.inf:
             raise InvalidArgument("duration must be finite and not negative")
-        begin = self.now if start is None else start
+        begin = self.now if start is None else _number("start", start)
         if not math.isfinite(begin):
             raise InvalidArgument(f"churn needs a finite start time, not {begin!r}")
         if begin < self.now:
             raise InvalidArgument("churn cannot be scheduled in the past")
-        kept = frozenset(n.id for n in keep)
+        # By address, not id: a node that left may come back under its id (add_node), as
+        # another node that ``keep`` did not name.
+        kept = frozenset(self.address_of(n) for n in self._members("keep", keep))
         for kind, count in (("leave", leave), ("join", join)):
-            payload: str | tuple[str, frozenset[int]] = (
+            payload: str | tuple[str, frozenset[Address]] = (
                 (kind, kept) if kind == "leave" and kept else kind)
             for _ in range(count):
                 self._push(begin + self.rng.random() * duration, _CHURN, payload)
@@ -445,12 +540,15 @@ class SimNetwork:
     def call(self, node: Node, operation: Callable[..., R], *args: Any) -> R:
         """Start ``operation(*args, now)`` on ``node`` (e.g. ``net.call(n, n.get, key)``).
         ``node`` must be live on this network: InvalidArgument otherwise (a node that left would
-        only wait out the operation's deadline, one of another network would never hear back).
+        only wait out the operation's deadline, one of another network would never hear back);
+        ``operation`` must be callable (InvalidType otherwise).
         An operation bound to a node, or to a service of a node (``n.namespace.set``), must be
         bound to ``node``: InvalidArgument otherwise, before it runs (another node's operation
         would run there while only ``node``'s datagrams went out). The calls it returns (alone
         or in a tuple) are marked as this network's, for :meth:`run_call`."""
         self._check_live(node)
+        if not callable(operation):
+            raise InvalidType(f"the operation must be callable, not {type(operation).__name__}")
         bound = _bound_node(operation)
         if bound is not None and bound is not node:
             raise InvalidArgument("the operation belongs to another node than the one given: "
@@ -509,14 +607,18 @@ class SimNetwork:
 
         ``call`` must be a :class:`~qadom.call.Call` (InvalidType otherwise) that another
         network did not start (InvalidArgument, before any virtual time is spent: events here
-        would never complete it). The calls :meth:`call` returns are known; a call made directly
-        on a node (``n.get(key, net.now)``) carries no mark and is run as given: the caller
-        must make it on one of this network's nodes."""
+        would never complete it); ``timeout`` None or a finite number of seconds >= 0
+        (InvalidType / InvalidArgument otherwise, before any virtual time is spent). The calls
+        :meth:`call` returns are known; a call made directly on a node (``n.get(key,
+        net.now)``) carries no mark and is run as given: the caller must make it on one of this
+        network's nodes."""
         if not isinstance(call, Call):
             raise InvalidType(f"run_call needs a Call (as net.call() returns), not "
                               f"{type(call).__name__}")
+        bound = (self.config.operation_timeout * 2 if timeout is None
+                 else _seconds("timeout", timeout))
         self.check_ours(call)
-        limit = self.now + (timeout if timeout is not None else self.config.operation_timeout * 2)
+        limit = self.now + bound
         events, process, pop = self._events, self._process, heapq.heappop
         while not call.done:
             if not events or events[0][0] > limit:
@@ -526,13 +628,17 @@ class SimNetwork:
 
     def check_ours(self, call: Call[Any]) -> None:
         """InvalidArgument if another network started ``call`` (:meth:`call` marks the calls it
-        starts): events here would never complete it. A call without a mark passes."""
+        starts): events here would never complete it. A call without a mark passes; what is not
+        a :class:`~qadom.call.Call` is InvalidType."""
+        if not isinstance(call, Call):
+            raise InvalidType(f"check_ours needs a Call, not {type(call).__name__}")
         if call.started_by is not None and call.started_by is not self._mark:
             raise InvalidArgument(f"{call!r} was started on another network: run it there")
 
     def run_for(self, duration: float) -> None:
         """Run every event up to ``now + duration``; the clock then stands at that time.
-        ``duration`` must be finite (the periodic timers would otherwise run forever)."""
+        ``duration`` must be a finite number (the periodic timers would otherwise run forever)."""
+        duration = _number("duration", duration)
         if not duration >= 0:
             raise InvalidArgument("the virtual clock does not run backwards")
         if duration == math.inf:
@@ -553,7 +659,12 @@ class SimNetwork:
         return [self.address_of(self._by_id[i]) for i in self._live_ids]
 
     def true_closest(self, target: int, count: int, *, exclude: int | None = None) -> list[int]:
-        """The ids of the ``count`` live nodes closest to ``target`` by XOR, closest first."""
+        """The ids of the ``count`` live nodes closest to ``target`` by XOR, closest first
+        (``exclude``, if given, left out). ``target`` and ``exclude`` must be ids (see
+        :func:`~qadom.ids.check_id`: InvalidType / InvalidArgument otherwise)."""
+        check_id(target, "target")
+        if exclude is not None:
+            check_id(exclude, "exclude")
         count = _count("count", count)
         ids = self._live_ids
         need = count + (1 if exclude is not None else 0)
@@ -622,9 +733,12 @@ class SimNetwork:
 
     def lookups(self, count: int, *, gap: float = 0.0) -> list[LookupReport]:
         """``count`` lookups of random ids from random live nodes, one after the other, with
-        ``gap`` virtual seconds of network time between them (churn events happen there)."""
+        ``gap`` virtual seconds of network time between them (churn events happen there).
+        ``gap`` must be a finite number of seconds >= 0 (InvalidType / InvalidArgument
+        otherwise, before any lookup runs)."""
+        count, gap = _count("count", count), _seconds("gap", gap)
         reports = []
-        for _ in range(_count("count", count)):
+        for _ in range(count):
             if not self._live_ids:
                 break
             origin = self._by_id[self.rng.choice(self._live_ids)]
@@ -687,9 +801,16 @@ class SimNetwork:
     def partition(self, *groups: Iterable[Node]) -> None:
         """Cut the network into ``groups``: from now until :meth:`heal`, a datagram reaches its
         destination only if both ends are in the same group (datagrams already on their way
-        included). A node in no group is cut off from everyone."""
-        self._sides = {self.address_of(node): side
-                       for side, group in enumerate(groups) for node in group}
+        included). A node in no group is cut off from everyone. Each group is an iterable of
+        this network's nodes, and no node is in two groups (InvalidType / InvalidArgument
+        otherwise, and the network stays as it was)."""
+        sides: dict[Address, int] = {}
+        for side, group in enumerate(groups):
+            for node in self._members("each group", group):
+                address = self.address_of(node)
+                if sides.setdefault(address, side) != side:
+                    raise InvalidArgument(f"node {address} is in two groups")
+        self._sides = sides
         self._log("partition", ("", len(self._sides)))
 
     def heal(self) -> None:
@@ -701,6 +822,18 @@ class SimNetwork:
         """InvalidArgument unless ``node`` is one of this network's nodes and has not left."""
         if not self._is_member(node) or node.address in self.down:
             raise InvalidArgument("node is not live on this network")
+
+    def _members(self, name: str, nodes: Any) -> list[Node]:
+        """``nodes`` as a list of this network's nodes (live or gone): InvalidType unless it is
+        an iterable of nodes, InvalidArgument for a node of another network."""
+        if isinstance(nodes, (str, bytes, bytearray)) or not isinstance(nodes, Iterable):
+            raise InvalidType(f"{name} must be an iterable of nodes, not {type(nodes).__name__}")
+        members = list(nodes)
+        for node in members:
+            if not isinstance(node, Node):
+                raise InvalidType(f"{name} must hold nodes, not {type(node).__name__}")
+            self._check_member(node)
+        return members
 
     def _check_member(self, node: Node) -> None:
         """InvalidArgument unless ``node`` is one of this network's nodes (live or gone)."""
@@ -727,8 +860,9 @@ class SimNetwork:
             # rng.uniform(lo, hi) without its call: it is lo + (hi - lo) * random(), the same
             # float
             delay = latency[0] + (latency[1] - latency[0]) * rng.random()
-        if self.reorder and rng.random() < self.reorder:
-            delay += rng.random() * self.reorder_delay
+        reorder = self._reorder
+        if reorder and rng.random() < reorder:
+            delay += rng.random() * self._reorder_delay
         return delay
 
     def _after_input(self, address: Address, node: Node) -> None:
@@ -740,7 +874,7 @@ class SimNetwork:
             now = self.now
             down = address in self.down
             random_ = self.rng.random
-            loss, duplicate = self.loss, self.duplicate
+            loss, duplicate = self._loss, self._duplicate
             delay, events, push = self._delay, self._events, heapq.heappush
             self.sent += len(out)
             for data, destination in out:
@@ -767,10 +901,12 @@ class SimNetwork:
             self._armed[address] = deadline
             self._push(deadline, _TIMER, address)
 
-    def _churn_event(self, payload: str | tuple[str, frozenset[int]]) -> None:
+    def _churn_event(self, payload: str | tuple[str, frozenset[Address]]) -> None:
         if isinstance(payload, tuple):  # a departure that spares the nodes of ``kept``
             _, kept = payload
-            candidates = [i for i in self._live_ids if i not in kept and i != self._measured]
+            by_id = self._by_id
+            candidates = [i for i in self._live_ids
+                          if i != self._measured and by_id[i].address not in kept]
             if candidates:
                 self.remove(self._by_id[candidates[self.rng.randrange(len(candidates))]])
             return
@@ -847,6 +983,41 @@ def _count(name: str, value: Any, least: int = 0) -> int:
     if count < least:
         raise InvalidArgument(f"{name} must be at least {least}, not {count}")
     return count
+
+
+def _number(name: str, value: Any) -> float:
+    """``value`` as a float: InvalidType unless it is a real number (a bool is not one: True is
+    no probability or time), InvalidArgument when it is an int too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InvalidType(f"{name} must be a number, not {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidArgument(f"{name} is too large: {value!r}") from None
+
+
+def _seconds(name: str, value: Any) -> float:
+    """``value`` as a finite number of seconds >= 0 (see :func:`_number`; NaN and infinity are
+    InvalidArgument: a time at either would never come, or break the order of the events)."""
+    seconds = _number(name, value)
+    if not 0.0 <= seconds < _INF:
+        raise InvalidArgument(f"{name} must be a finite number of seconds >= 0, not {value!r}")
+    return seconds
+
+
+def _probability(name: str, value: Any) -> float:
+    """``value`` as a probability in [0, 1] (see :func:`_number`; NaN is InvalidArgument: it
+    compares false with every draw, and would read as 0)."""
+    p = _number(name, value)
+    if not 0.0 <= p <= 1.0:
+        raise InvalidArgument(f"{name} must be a probability in [0, 1], not {value!r}")
+    return p
+
+
+def _check_config(config: Any) -> None:
+    """InvalidType unless ``config`` is a :class:`~qadom.config.Config` or None."""
+    if config is not None and not isinstance(config, Config):
+        raise InvalidType(f"config must be a Config, not {type(config).__name__}")
 
 
 def _check_latency(latency: Any) -> None:
