@@ -23,8 +23,14 @@ Both work at the terminal prompt and in scripts. Where the loop is already runni
 thread (a Jupyter cell, inside a coroutine) a blocking call cannot work without freezing that
 loop: it raises :class:`~qadom.errors.LoopRunningError` and nothing is started; write ``await``.
 Called from another thread while that loop runs in its own (a script's main thread in
-:func:`serve_forever`, the terminal prompt waiting for input), a blocking call runs the operation
-on that loop, in that loop's thread, as a peer requires, and waits for it (see :func:`wait`).
+:func:`serve_forever`, the terminal prompt waiting for input, another thread's blocking call), a
+blocking call runs the operation on that loop, in that loop's thread, as a peer requires, and
+waits for it; should the loop stop meanwhile (the other thread's blocking call ended), the
+waiting thread runs it until the operation completes, except at the terminal prompt, which runs
+it again once its cell ends (see :func:`wait`). :func:`blocking` waits on the peer's own loop,
+its plain methods (``forget``...) included, so it also works from a worker thread of a notebook;
+:func:`wait` runs a bare awaitable on :func:`event_loop` as the calling thread sees it, which in
+such a thread is not the kernel's loop.
 
 Ctrl-C stops what a blocking call or an ``await`` cell at the terminal prompt is waiting for: the
 operation is cancelled where it waits and KeyboardInterrupt is shown, as for any other cell; it
@@ -55,7 +61,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import concurrent.futures
 import contextlib
 import errno
 import inspect
@@ -76,7 +81,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .config import Config
 from .contact import (
@@ -96,6 +101,7 @@ from .errors import (
     WrongLoopError,
 )
 from .peer import Peer
+from .transport import running_loop
 
 T = TypeVar("T")
 
@@ -107,8 +113,9 @@ EXIT_TIMEOUT = 5.0
 :func:`serve_at_prompt`)."""
 THREAD_POLL = 0.1
 """Seconds between two looks, by a blocking call that waits in another thread for the loop
-running its operation, at whether that loop was closed meanwhile: the operation would then never
-complete, and the call would wait forever (see :func:`wait`)."""
+running its operation, at whether that loop was stopped or closed meanwhile: the operation would
+then not complete (the call runs a stopped loop itself; a closed one is an error), and the call
+would wait forever (see :func:`wait`)."""
 
 
 # ---------------------------------------------------------------------- where we run
@@ -380,19 +387,38 @@ class _Interruptible(Coroutine[Any, Any, T]):
 def wait(awaitable: Awaitable[T], timeout: float | None = None) -> T:
     """Run ``awaitable`` to completion on :func:`event_loop` and return its result (blocking).
 
-    Raises :class:`~qadom.errors.LoopRunningError` where that loop is already running in this
+    Raises :class:`~qadom.errors.LoopRunningError` where a loop is already running in this
     thread (a Jupyter cell, a coroutine), and nothing is started: write ``await`` there.
-    ``timeout`` (seconds) bounds the wait with :class:`TimeoutError`.
+    ``timeout`` (seconds) bounds the wait with :class:`TimeoutError`. Where that loop is idle,
+    this thread runs it until ``awaitable`` completes.
 
     Where that loop is running in another thread (the main thread of a script in
-    :func:`serve_forever`, the terminal prompt waiting for input, while this runs in a thread of
-    its own), ``awaitable`` runs on that loop, in that loop's thread (as
-    :func:`asyncio.run_coroutine_threadsafe` runs it), and this thread waits for its outcome. An
-    operation started there that the loop cannot finish now (it stopped running) completes once
-    the loop runs again, unless ``timeout`` passes first (then it is cancelled there and
-    TimeoutError raised here); if the loop is closed first, the operation can never complete:
-    :class:`~qadom.errors.WrongLoopError`, within :data:`THREAD_POLL` seconds. An exception
-    raised here (Ctrl-C in the main thread, a timeout) cancels the operation on its loop."""
+    :func:`serve_forever`, the terminal prompt waiting for input, another thread's blocking
+    call, while this runs in a thread of its own), ``awaitable`` runs on that loop, in that
+    loop's thread (as :func:`asyncio.run_coroutine_threadsafe` runs it), and this thread waits
+    for its outcome. Should that loop stop with the operation pending (the other thread's
+    blocking call has ended), this thread runs the loop itself until the operation completes,
+    as it runs an idle loop (a thread that starts the loop again first completes it instead),
+    except at the terminal IPython prompt: its loop stops while a synchronous cell runs, and the
+    prompt runs it again once the cell ends (it could not, were the loop running here), so the
+    operation completes then, unless ``timeout`` passes first. If the loop is closed first, the
+    operation can never complete: :class:`~qadom.errors.WrongLoopError`, within
+    :data:`THREAD_POLL` seconds. An exception raised here (Ctrl-C in the main thread, a
+    timeout) cancels the operation on its loop.
+
+    From another thread the awaitable runs on :func:`event_loop` as that thread sees it, not on
+    a peer's loop: in a script the module's own loop, at the terminal prompt IPython's autoawait
+    loop, and in Jupyter IPython's autoawait loop too (a worker thread has no running loop),
+    which is *not* the kernel's loop that runs the cells and the peers started in them; a
+    peer's operation handed to ``wait`` from a worker thread of a notebook then raises
+    WrongLoopError. :func:`blocking` waits on the peer's own loop instead: use
+    ``blocking(peer).get(key)`` there."""
+    return _wait(awaitable, timeout, None)
+
+
+def _wait(awaitable: Awaitable[T], timeout: float | None,
+          loop: asyncio.AbstractEventLoop | None) -> T:
+    """:func:`wait` on ``loop``, or on :func:`event_loop` when ``loop`` is None."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -403,7 +429,8 @@ def wait(awaitable: Awaitable[T], timeout: float | None = None) -> T:
                                "coroutine): write `await ...` instead of a blocking call")
     if not inspect.isawaitable(awaitable):
         raise InvalidType(f"wait() needs an awaitable, not {type(awaitable).__name__}")
-    loop = event_loop()
+    if loop is None:
+        loop = event_loop()
     coroutine: Coroutine[Any, Any, T] = _await(awaitable)
     if timeout is not None:
         coroutine = asyncio.wait_for(coroutine, timeout)
@@ -436,37 +463,157 @@ def _discard(awaitable: object) -> None:
         awaitable.close()
 
 
+class _Submitted(Generic[T]):
+    """``coroutine`` handed to ``loop`` by a thread that does not run it: the loop makes it a
+    task when it runs next, in whichever thread runs it. :class:`asyncio.Future` and
+    :func:`asyncio.run_coroutine_threadsafe` keep that task to themselves; here the waiting
+    thread needs it, to run the loop itself until that task is done (see :func:`_run_here`).
+    RuntimeError if ``loop`` is closed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 coroutine: Coroutine[Any, Any, T]) -> None:
+        self.loop = loop
+        self._coroutine = coroutine
+        self._task: asyncio.Task[T] | None = None
+        self._lock = threading.Lock()  # the loop's thread and the waiting one may both start it
+        self._finished = threading.Event()
+        loop.call_soon_threadsafe(self.start)
+
+    def start(self) -> asyncio.Task[T]:
+        """The operation's task, made now if it was not yet. Called on the loop's thread, or by
+        the waiting thread while the loop runs in none."""
+        with self._lock:
+            if self._task is None:
+                self._task = self.loop.create_task(self._coroutine)
+                self._task.add_done_callback(lambda _: self._finished.set())
+            return self._task
+
+    def wait_done(self, timeout: float) -> bool:
+        """True once the operation is done, waiting at most ``timeout`` seconds for that."""
+        task = self._task
+        return self._finished.wait(timeout) or (task is not None and task.done())
+
+    def result(self) -> T:
+        """The operation's outcome: its result, or its exception raised. Once it is done."""
+        assert self._task is not None
+        return self._task.result()
+
+    def discard(self) -> None:
+        """The loop was closed: close the coroutine if it never started."""
+        if self._task is None:
+            _discard(self._coroutine)
+
+    def cancel(self) -> None:
+        """Cancel the operation on its loop, in the thread running it, unless it is done or the
+        loop closed."""
+        if self._finished.is_set():
+            return
+        with contextlib.suppress(RuntimeError):  # closed since: nothing will run it
+            self.loop.call_soon_threadsafe(lambda: self.start().cancel())
+
+
 def _wait_from_another_thread(loop: asyncio.AbstractEventLoop,
                               coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
     """:func:`wait` for a ``loop`` that runs in another thread: run ``coroutine`` there, in
     that thread (a loop, and a peer's node, are driven by their own thread alone), and wait
-    here for its outcome, as :func:`wait` documents."""
+    here for its outcome, running the loop here should it stop meanwhile, as :func:`wait`
+    documents."""
     try:
-        future = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        submitted = _Submitted(loop, coroutine)
     except RuntimeError:  # closed since it was seen running
         _discard(coroutine)
         raise WrongLoopError("the event loop ended before the operation could start") from None
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        # Waited for in slices: nothing tells this thread that the loop was closed with the
-        # operation pending, and then the future would never be done.
-        while not concurrent.futures.wait([future], THREAD_POLL).done:
+        # Waited for in slices: nothing tells this thread that the loop was stopped or closed
+        # with the operation pending, and then it would never complete.
+        while not submitted.wait_done(THREAD_POLL):
             if loop.is_closed():
-                _discard(coroutine)  # never started: the loop was closed before it ran it
+                submitted.discard()  # never started: the loop was closed before it ran it
                 raise WrongLoopError("the event loop ended before the operation completed (a "
                                      "peer serves only while its loop runs)")
+            if not loop.is_running() and not _prompt_runs(loop):
+                # The thread that ran the loop stopped it (its own blocking call ended), and
+                # may never run it again: run it here, as wait() runs an idle loop.
+                _run_here(submitted)
+                continue
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"the operation did not complete within {timeout} s")
     except BaseException:
-        if not future.done() and not loop.is_closed():
-            future.cancel()  # which cancels the operation on its loop
+        submitted.cancel()
         raise
-    return future.result()
+    return submitted.result()
+
+
+def _run_here(submitted: _Submitted[Any]) -> None:
+    """Run ``submitted``'s loop, idle, in this thread until its operation is done, with Ctrl-C
+    handled as :func:`wait` handles it on an idle loop (the operation cancelled and ended, then
+    KeyboardInterrupt). Returns at once, having run nothing, when another thread started the
+    loop, or closed it, since it was seen idle: the caller looks again."""
+    loop = submitted.loop
+    try:
+        task = submitted.start()
+    except RuntimeError:  # closed since it was seen idle
+        return
+    with _CtrlC(loop, task) as ctrl_c:
+        try:
+            loop.run_until_complete(task)
+            return
+        except KeyboardInterrupt as interrupt:  # raised in the loop all the same (see _CtrlC)
+            if task.done():
+                _read_outcome(task, interrupt)
+                raise
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                loop.run_until_complete(task)
+        except BaseException:
+            # The operation's own outcome, which the caller reads from the task, or the
+            # RuntimeError of a loop started or closed elsewhere meanwhile (the task not done).
+            if not (ctrl_c.interrupted and task.cancelled()):
+                return
+    raise KeyboardInterrupt
+
+
+def _prompt_runs(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when ``loop`` is the terminal IPython prompt's, with the prompt still to come: the
+    prompt runs it again once the synchronous cell now running ends, and could not if another
+    thread were running it then."""
+    if front_end() != "ipython" or not will_prompt():
+        return False
+    from IPython.core.async_helpers import get_asyncio_loop
+
+    prompt_loop: asyncio.AbstractEventLoop = get_asyncio_loop()  # type: ignore[no-untyped-call]
+    return loop is prompt_loop
+
+
+async def _called(function: Callable[..., Any], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+    """``function(*args, **kwargs)``, awaited if it returns an awaitable, as a coroutine that a
+    peer's loop runs in its own thread (see :class:`Blocking`)."""
+    result = function(*args, **kwargs)
+    return await result if inspect.isawaitable(result) else result
+
+
+def _own_loop(target: Any) -> asyncio.AbstractEventLoop | None:
+    """The loop ``target`` runs on if it is a started peer and that loop is not closed."""
+    if not isinstance(target, Peer):
+        return None
+    loop = _loop_of(target)
+    return None if loop is None or loop.is_closed() else loop
 
 
 class Blocking:
     """A peer whose coroutine methods block and return their result: ``blocking(peer).get(key)``
-    is ``await peer.get(key)`` for code without ``await``. Other attributes pass through."""
+    is ``await peer.get(key)`` for code without ``await``. Other attributes pass through.
+
+    A started peer's operations wait on that peer's own loop (as :func:`wait` does on
+    :func:`event_loop`), whichever loop :func:`event_loop` is in the calling thread: from a
+    worker thread of a notebook, ``blocking(peer).get(key)`` runs on the kernel's loop where the
+    peer runs. Where that loop is running in another thread (and none in this one), every
+    method called here runs there, in that loop's thread, plain ones (``forget``,
+    ``dht_forget``...) included, and returns its result or raises its exception here, with the
+    waiting rules of :func:`wait` (a loop that stops meanwhile is run here, a closed one is
+    WrongLoopError). Otherwise a plain method runs in the calling thread."""
 
     __slots__ = ("_target",)
 
@@ -479,8 +626,12 @@ class Blocking:
             return attribute
 
         def call(*args: Any, **kwargs: Any) -> Any:
+            loop = _own_loop(self._target)
+            if loop is not None and loop.is_running() and running_loop() is None:
+                # In another thread: the peer's node is driven by that thread alone.
+                return _wait_from_another_thread(loop, _called(attribute, args, kwargs), None)
             result = attribute(*args, **kwargs)
-            return wait(result) if inspect.isawaitable(result) else result
+            return _wait(result, None, loop) if inspect.isawaitable(result) else result
 
         call.__name__ = name
         call.__doc__ = getattr(attribute, "__doc__", None)
