@@ -436,7 +436,13 @@ def _wait(awaitable: Awaitable[T], timeout: float | None,
         coroutine = asyncio.wait_for(coroutine, timeout)
     if loop.is_running():  # in another thread: none runs in this one
         return _wait_from_another_thread(loop, coroutine, timeout)
-    task = loop.create_task(coroutine)
+    return _run_task(loop, loop.create_task(coroutine))
+
+
+def _run_task(loop: asyncio.AbstractEventLoop, task: asyncio.Task[T]) -> T:
+    """Run the idle ``loop`` in this thread until ``task`` is done; its outcome. Ctrl-C cancels
+    the operation (a peer being started is closed again) rather than leave it pending, to run on
+    whenever the loop runs next, lets it end, then raises KeyboardInterrupt."""
     with _CtrlC(loop, task) as ctrl_c:
         try:
             return loop.run_until_complete(task)
@@ -447,8 +453,6 @@ def _wait(awaitable: Awaitable[T], timeout: float | None,
             if task.done():
                 _read_outcome(task, interrupt)
                 raise
-            # Cancel the operation (a peer being started is closed again) rather than leave it
-            # pending, to run on whenever the loop runs next.
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 loop.run_until_complete(task)
@@ -555,23 +559,14 @@ def _run_here(submitted: _Submitted[Any]) -> None:
         task = submitted.start()
     except RuntimeError:  # closed since it was seen idle
         return
-    with _CtrlC(loop, task) as ctrl_c:
-        try:
-            loop.run_until_complete(task)
-            return
-        except KeyboardInterrupt as interrupt:  # raised in the loop all the same (see _CtrlC)
-            if task.done():
-                _read_outcome(task, interrupt)
-                raise
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                loop.run_until_complete(task)
-        except BaseException:
-            # The operation's own outcome, which the caller reads from the task, or the
-            # RuntimeError of a loop started or closed elsewhere meanwhile (the task not done).
-            if not (ctrl_c.interrupted and task.cancelled()):
-                return
-    raise KeyboardInterrupt
+    try:
+        _run_task(loop, task)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        # The operation's own outcome, which the caller reads from the task, or the
+        # RuntimeError of a loop started or closed elsewhere meanwhile (the task not done).
+        return
 
 
 def _prompt_runs(loop: asyncio.AbstractEventLoop) -> bool:

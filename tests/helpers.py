@@ -5,6 +5,7 @@ Import them with `from helpers import ...` (pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import sys
@@ -193,3 +194,18 @@ def read_seq(net: SimNetwork, reader: Node, public: bytes, key: int) -> int | No
         return net.run_call(net.call(reader, reader.namespace.get, public, key)).seq
     except NotFoundError:
         return None
+
+
+def bounded_sim(net: SimNetwork, events: int = 20_000) -> SimNetwork:
+    """``net``, failing the test once it has processed ``events`` events: a call that would run
+    the simulator without end fails instead of hanging."""
+    process = net._process
+    count = itertools.count()
+
+    def counted(event: tuple[float, int, int, Any]) -> None:
+        if next(count) >= events:
+            raise AssertionError(f"the simulator ran on past {events} events")
+        process(event)
+
+    net._process = counted  # type: ignore[method-assign]
+    return net

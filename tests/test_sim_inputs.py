@@ -5,7 +5,6 @@ old id."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,20 +17,7 @@ from qadom.events import LookupEvent, LookupFinished
 from qadom.node import Node
 from qadom.sim import LookupReport, SimNetwork, lognormal_latency, percentile, summarize
 
-
-def _bounded(net: SimNetwork, events: int = 20_000) -> SimNetwork:
-    """``net``, failing the test once it has processed ``events`` events: a call that would run
-    the simulator without end fails instead of hanging."""
-    process = net._process
-    count = itertools.count()
-
-    def counted(event: tuple[float, int, int, Any]) -> None:
-        if next(count) >= events:
-            raise AssertionError(f"the simulator ran on past {events} events")
-        process(event)
-
-    net._process = counted  # type: ignore[method-assign]
-    return net
+from helpers import bounded_sim
 
 
 def _state(net: SimNetwork) -> tuple[Any, ...]:
@@ -77,7 +63,7 @@ def test_a_wire_parameter_is_checked_whenever_it_is_set(name: str, value: object
 
 
 def test_wire_parameters_set_after_building_are_the_ones_the_wire_uses() -> None:
-    net = _bounded(SimNetwork(2, trace=True, latency=(0.01, 0.02)))
+    net = bounded_sim(SimNetwork(2, trace=True, latency=(0.01, 0.02)))
     net.build(20)
     net.reorder, net.reorder_delay = 1, 0.5  # an int probability is a number too
     assert (net.reorder, net.reorder_delay) == (1.0, 0.5)
@@ -179,7 +165,7 @@ def test_a_bad_argument_is_refused_with_a_qadom_error_before_anything_happens(ca
     # These raised a bare TypeError or AttributeError from deep inside, ran a lookup before
     # refusing the gap after it, or waited out a negative timeout as an OperationTimeout.
     error, prepare = CASES[case]
-    net = _bounded(SimNetwork(5))
+    net = bounded_sim(SimNetwork(5))
     net.build(12)
     node = net.live_nodes()[0]
     run = prepare(net, node)
@@ -190,7 +176,7 @@ def test_a_bad_argument_is_refused_with_a_qadom_error_before_anything_happens(ca
 
 
 def test_good_arguments_of_the_new_checks_still_work() -> None:
-    net = _bounded(SimNetwork(6))
+    net = bounded_sim(SimNetwork(6))
     nodes = net.build(12, spread=2)
     kept = nodes[:3]
     assert all(net.address_of(n) not in net.down for n in kept)
@@ -217,7 +203,7 @@ def test_good_arguments_of_the_new_checks_still_work() -> None:
 def _rejoin(seed: int) -> tuple[SimNetwork, Node, Node, list[LookupReport], list[tuple[Any, ...]]]:
     """A node leaves and comes back under its id on a new address; after a refresh interval,
     lookups of that id from every other live node."""
-    net = _bounded(SimNetwork(seed, trace=True), events=2_000_000)
+    net = bounded_sim(SimNetwork(seed, trace=True), events=2_000_000)
     nodes = net.build(40)
     old = nodes[5]
     net.remove(old)
@@ -263,14 +249,14 @@ def test_a_node_that_left_rejoins_under_its_old_id_and_lookups_find_it() -> None
 
 
 def test_a_rejoined_node_is_not_spared_by_a_keep_that_named_the_node_gone() -> None:
-    net = _bounded(SimNetwork(4))
+    net = bounded_sim(SimNetwork(4))
     nodes = net.build(10)
     old = nodes[2]
     net.remove(old)
     new = net.add_node(node_id=old.id)
     gone = net.leave(len(net.live_nodes()), keep=[old])  # every live node: ``new`` too
     assert new in gone and not net.live_nodes()
-    net2 = _bounded(SimNetwork(4))
+    net2 = bounded_sim(SimNetwork(4))
     nodes2 = net2.build(10)
     net2.remove(nodes2[2])
     new2 = net2.add_node(node_id=nodes2[2].id)

@@ -4,18 +4,18 @@ what the virtual clock allows."""
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import random
 import re
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from qadom.errors import InvalidArgument, InvalidType
 from qadom.node import Node
 from qadom.sim import SimNetwork, lognormal_latency
+
+from helpers import bounded_sim
 
 
 def test_churn_never_takes_away_the_origin_of_a_measured_lookup() -> None:
@@ -81,21 +81,6 @@ def test_churn_spares_the_nodes_kept() -> None:
     assert len(net.live_nodes()) == 4
 
 
-def _bounded(net: SimNetwork, events: int = 20_000) -> SimNetwork:
-    """``net``, failing the test once it has processed ``events`` events: a call that would run
-    the simulator without end fails instead of hanging."""
-    process = net._process
-    count = itertools.count()
-
-    def counted(event: tuple[float, int, int, Any]) -> None:
-        if next(count) >= events:
-            raise AssertionError(f"the simulator ran on past {events} events")
-        process(event)
-
-    net._process = counted  # type: ignore[method-assign]
-    return net
-
-
 @pytest.mark.parametrize(("built", "run"), [
     (True, lambda net: net.run_for(math.inf)),
     (False, lambda net: net.build(3, spread=math.inf)),
@@ -110,7 +95,7 @@ def test_times_and_counts_that_would_hang_or_never_fire_are_refused(
         built: bool, run: Callable[[SimNetwork], object]) -> None:
     # run_for(inf) and build(spread=inf) would run the periodic timers forever; a churn event at
     # a NaN or infinite time never fires (NaN also breaks the order of the event heap).
-    net = _bounded(SimNetwork(7))
+    net = bounded_sim(SimNetwork(7))
     if built:
         net.build(5)
     events = list(net._events)
@@ -140,7 +125,7 @@ def test_counts_must_be_whole_numbers_and_nothing_happens_otherwise(
         built: bool, error: type[Exception], run: Callable[[SimNetwork], object]) -> None:
     # A count of nodes or lookups is never rounded for the caller; a negative one was a silent
     # no-op for add_nodes() and lookups(), and a float a bare TypeError from deep inside.
-    net = _bounded(SimNetwork(7))
+    net = bounded_sim(SimNetwork(7))
     if built:
         net.build(5)
     events, stats = list(net._events), net.delivered
@@ -173,7 +158,7 @@ def test_a_latency_neither_a_function_nor_a_pair_of_finite_seconds_is_refused(
 def test_a_latency_function_drawing_a_bad_delay_is_named(drawn: object) -> None:
     # A negative delay would deliver in the past, NaN or inf never: the send that drew it fails
     # at once, naming the delay, instead of a lookup reporting nonsense or a bare TypeError.
-    net = _bounded(SimNetwork(9, latency=lambda rng: drawn))  # type: ignore[arg-type, return-value]
+    net = bounded_sim(SimNetwork(9, latency=lambda rng: drawn))  # type: ignore[arg-type, return-value]
     net.build(10)
     origin = net.live_nodes()[0]
     with pytest.raises(InvalidArgument, match=re.escape(repr(drawn))):
@@ -218,7 +203,7 @@ def test_a_node_that_left_or_of_another_network_cannot_run_operations_here() -> 
 def test_a_call_of_another_network_or_no_call_at_all_is_refused_at_once() -> None:
     # Events here would never complete another network's call: running them until its deadline
     # and then reporting a timeout would blame the wrong thing, after a minute of virtual time.
-    net = _bounded(SimNetwork(13))
+    net = bounded_sim(SimNetwork(13))
     net.build(30)
     other = SimNetwork(14)
     stranger = other.build(30)[0]
@@ -245,7 +230,7 @@ def test_a_call_of_another_network_or_no_call_at_all_is_refused_at_once() -> Non
 def test_an_operation_of_another_node_is_refused_before_it_runs() -> None:
     # net.call(a, b.find_nodes, ...) ran b's lookup but sent only a's datagrams: b's requests
     # sat in its queue and the call waited out its deadline.
-    net = _bounded(SimNetwork(15))
+    net = bounded_sim(SimNetwork(15))
     net.build(20)
     a, b = net.live_nodes()[:2]
     for operation in (b.find_nodes, b.namespace.get, functools.partial(b.find_nodes)):
