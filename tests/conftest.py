@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -26,3 +27,13 @@ def other_loop() -> Iterator[asyncio.AbstractEventLoop]:
         for _ in range(3):
             loop.run_until_complete(asyncio.sleep(0))
         loop.close()
+
+
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """SIGINT handled by Python's default handler (KeyboardInterrupt), as at a prompt."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

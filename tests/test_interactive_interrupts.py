@@ -46,16 +46,6 @@ from helpers import FAST
 
 
 @pytest.fixture
-def default_sigint() -> Iterator[None]:
-    """SIGINT handled by Python's default handler (KeyboardInterrupt), as at a prompt."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@pytest.fixture
 def ipython_shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """An IPython shell in this process, not IPython's global one (``get_ipython()`` stays
     None), its cells run on IPython's asyncio loop; what making it changes outside it is put

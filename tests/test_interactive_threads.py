@@ -235,16 +235,6 @@ def test_a_timeout_while_the_loop_is_stopped_ends_the_operation_there(
     idle_loop.run_until_complete(asyncio.sleep(0))
 
 
-@pytest.fixture
-def default_sigint() -> Iterator[None]:
-    """SIGINT handled by Python's default handler (KeyboardInterrupt), as at a prompt."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def test_ctrl_c_while_this_thread_runs_the_stopped_loop_ends_the_operation(
         idle_loop: asyncio.AbstractEventLoop, default_sigint: None) -> None:
     """As where a blocking call finds the loop idle: Ctrl-C cancels the operation and lets it
