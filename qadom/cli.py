@@ -1460,7 +1460,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class = (logging.Formatter if args.command == "serve" or level == "debug"
                            else _QuietFormatter)
         handler.setFormatter(formatter_class("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logging.basicConfig(level=level.upper(), handlers=[handler])
+        # The handler on the root logger, so that the warnings of the libraries qadom uses
+        # (asyncio, aiohttp) reach stderr too; the level on 'qadom' only, as --log-level says:
+        # the others keep their own (--log-level debug would have asyncio's and aiohttp's debug
+        # records written). A program that set up logging before it calls main() keeps it.
+        if not logging.getLogger().handlers:
+            logging.basicConfig(handlers=[handler])
+            log.setLevel(level.upper())
         stop_signals = None
         if args.command in _STOPPABLE:
             stop_signals = args.stop_signals = _StopSignals(before)

@@ -34,7 +34,12 @@ sent when it announces too many bytes). Every limit is in :class:`~qadom.config.
 A request aiohttp's parser refuses (a bad request line, a URL or header over 8190 bytes, a bad
 Content-Length or chunk) is answered by aiohttp itself before any application code runs: a
 plain-text 400 that no middleware or signal can change. The helper only keeps its traceback out of
-the ERROR log (one DEBUG line on ``qadom.http.server`` instead).
+the log (one DEBUG line on ``qadom.http.server`` instead, on one line and printable).
+
+Logging: the helper writes no access log (aiohttp's writes header text each client chose, such as
+its User-Agent, unescaped). A request that fails for the network (a 5xx) is one INFO line on
+``qadom.http``; whatever of the client's request it quotes (method, path) is printable, on that
+line (:func:`~qadom.errors.printable`).
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ from .errors import (
     UsageError,
     ValueTooLarge,
     WrongLoopError,
+    printable,
 )
 from .peer import Peer, check_port
 from .subscription import Subscription
@@ -397,17 +403,26 @@ def _client_fault(exc: BaseException | None) -> bool:
     return isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500
 
 
+_FAULT_TEXT_LIMIT = 400
+"""Characters kept of the DEBUG line that stands for a request aiohttp's parser refused: the
+parser's message may quote a whole 8190-byte header line, and its start says what was wrong."""
+
+
 class _ClientFaultsAreNotErrors(logging.Filter):
     """On the helper's server logger: aiohttp logs a request its parser refused (and answered
-    with a 400) as an ERROR with a traceback. Such a record becomes one DEBUG line, without
-    traceback; every other record, a real failure included, passes unchanged."""
+    with a 400) with a traceback, as an ERROR (or as a DEBUG record, for a bad method in a
+    connection's first request line). Such a record becomes one DEBUG line without traceback,
+    its text on that one line (runs of white space, the parser's newlines among them, made one
+    space) and printable (see :func:`~qadom.errors.printable`): the parser's message quotes the
+    client's bytes. Every other record, a real failure included, passes unchanged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if record.levelno < logging.WARNING or not _client_fault(exc):
+        if not _client_fault(exc):
             return True
-        _SERVER_LOG.debug("%s: %s: %s", record.getMessage(), type(exc).__name__,
-                          getattr(exc, "message", None) or exc)
+        reason = getattr(exc, "message", None) or exc
+        text = " ".join(f"{record.getMessage()}: {type(exc).__name__}: {reason}".split())
+        _SERVER_LOG.debug("%s", printable(text, _FAULT_TEXT_LIMIT))
         return False
 
 
@@ -429,7 +444,10 @@ async def _errors_as_json(request: web.Request,
         name = exc.field if isinstance(exc, InvalidField) else None
         status = _status(exc)
         if status >= 500:
-            log.info("%s %s: %s", request.method, request.path, exc)
+            # The path is the client's, percent-decoded: a newline or an ESC in it would forge
+            # a line of the operator's log or drive the terminal.
+            log.info("%s %s: %s", printable(request.method), printable(request.path),
+                     printable(str(exc), None))
         response = error_response(status, str(exc), name)
         if status == 408:
             response.force_close()  # the rest of the body may still come: no next request
@@ -1116,7 +1134,9 @@ class HttpHelper:
             # handler_cancellation: a client that hangs up cancels its handler, so an event
             # stream ends (and unsubscribes) as soon as its client is gone, not at the next
             # keepalive.
-            runner = web.AppRunner(app, handler_cancellation=True,
+            # access_log=None: aiohttp's access log writes, for every request, header text the
+            # client chose (User-Agent, Referer) unescaped into the operator's log.
+            runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                                    shutdown_timeout=self.peer.config.http_shutdown_timeout)
             try:
                 await runner.setup()

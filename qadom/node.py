@@ -32,6 +32,7 @@ import hmac
 import logging
 import math
 import random
+import sys
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from copy import copy
@@ -124,6 +125,10 @@ _SELF_LOOKUP_TRIES = 3  # lookups of our own id a join makes before it gives up 
 _REFRESH_RANGES = 32
 BUG_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
+BUG_LOG_KINDS = 64
+"""Kinds of error ``Node._log_bug`` remembers at most, the one logged longest ago forgotten first.
+A kind is a place in the code and an exception type, so a node meets a handful; the bound keeps
+the memory fixed whatever happens."""
 ReplyCallback = Callable[[Envelope | None, float], None]
 Handler = Callable[[Any, int | None, Address, float], Message]
 # A lookup's per-reply rule: the contacts the reply names, or None when the reply is unusable.
@@ -1002,15 +1007,34 @@ class Node:
                 self._log_bug(now, "internal error in a timer")
 
     def _log_bug(self, now: float, message: str, *args: object) -> None:
-        """Log the exception being handled, with its traceback, as ERROR: the first of each kind
-        (``message``), then at most one every ``BUG_LOG_INTERVAL`` seconds, saying how many were
-        left out since (each is counted in ``stats`` all the same). A bug that a remote peer can
-        trigger at will must not let it flood the operator's log."""
-        logged_at, left_out = self._bugs_logged.get(message, (-math.inf, 0))
+        """Log the exception being handled, with its traceback, as ERROR: the first of each kind,
+        then at most one of that kind every ``BUG_LOG_INTERVAL`` seconds, saying how many of it
+        were left out since (each is counted in ``stats`` all the same). A bug that a remote
+        peer can trigger at will must not let it flood the operator's log, nor hide another
+        bug's traceback.
+
+        A kind is ``message`` with those of ``args`` that are text (a message or event type's
+        name), the exception's type and where it was raised (the file and line of its
+        traceback's last frame). The other ``args`` (an address) are left out of it: a peer
+        chooses its address, and each new one would be logged. At most ``BUG_LOG_KINDS`` kinds
+        are remembered, the one logged longest ago forgotten first (logged again at its next
+        occurrence, its count of those left out lost)."""
+        exc = sys.exc_info()[1]
+        tb = exc.__traceback__ if exc is not None else None
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        site = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+        kind = "\0".join([message, *(a for a in args if isinstance(a, str)),
+                          f"{type(exc).__module__}.{type(exc).__qualname__}", site])
+        logged_at, left_out = self._bugs_logged.get(kind, (-math.inf, 0))
         if now < logged_at + BUG_LOG_INTERVAL:
-            self._bugs_logged[message] = (logged_at, left_out + 1)
+            self._bugs_logged[kind] = (logged_at, left_out + 1)
             return
-        self._bugs_logged[message] = (now, 0)
+        # Moved to the end: the dict's order is then the order kinds were last logged in.
+        self._bugs_logged.pop(kind, None)
+        while len(self._bugs_logged) >= BUG_LOG_KINDS:
+            del self._bugs_logged[next(iter(self._bugs_logged))]
+        self._bugs_logged[kind] = (now, 0)
         if left_out:
             message += f" ({left_out} more like it not logged since the last one)"
         log.exception(message, *args)
@@ -3320,8 +3344,10 @@ class Node:
             try:
                 fn(event)
             except Exception:
+                # Called for every reply a lookup gets: a listener that fails on each would
+                # write a traceback per datagram a peer sends, so it is logged as bugs are.
                 self.stats["listener_errors"] += 1
-                log.exception("a lookup listener raised on %s", type(event).__name__)
+                self._log_bug(event.now, "a lookup listener raised on %s", type(event).__name__)
 
     def check_value(self, value: object) -> bytes:
         """``value`` if it is bytes within ``max_value_size``; InvalidType / ValueTooLarge."""
