@@ -101,6 +101,7 @@ from .errors import (
 from .info import is_loopback
 from .lookup import Lookup
 from .messages import Error, ErrorCode, Kind, Message, Nodes, Stored, register
+from .namespace import CheckedRecords
 from .ratelimit import RateLimiter
 from .storage import (
     NEVER,
@@ -636,7 +637,9 @@ def decode_record(data: bytes, config: Config) -> Record:
 
 def load(store: Store, key: int, config: Config, now: float | None = None) -> Record | None:
     """The record stored under ``key`` (with ``now``: unless its lifetime has ended), or None
-    (also for a corrupt one, which is unusable)."""
+    (also for a corrupt one, which is unusable). Its signatures are not verified: a node reads
+    its own records through :class:`~qadom.namespace.CheckedRecords`
+    (:meth:`DhtRecordService.local`)."""
     return _decoded(store.get_record(RECORD_KIND, key, now), config)
 
 
@@ -648,6 +651,14 @@ def _decoded(data: bytes | None, config: Config) -> Record | None:
         return decode_record(data, config)
     except ProtocolError:
         return None
+
+
+def _held(key: int, record: Record) -> bool:
+    """Whether ``record``, read from our store under the storage key ``key``, is a record of that
+    key whose every entry's signature verifies (:func:`_signed`: one stored before
+    :data:`EXP_TIME_LIMIT` counts too)."""
+    return storage_key(record.key) == key and all(
+        _signed(entry, record.key, record.mode) for entry in record.entries)
 
 
 def node_signing_key(store: Store, now: float, new_secret: Callable[[], bytes]) -> bytes:
@@ -760,7 +771,12 @@ class PutResult:
 
 class DhtRecordService:
     """Stores signed records at the k closest peers; attached to a :class:`~qadom.node.Node` as
-    ``node.dht_records``. Every holder applies :func:`apply_write` itself."""
+    ``node.dht_records``. Every holder applies :func:`apply_write` itself.
+
+    A record read from our own store is used only once its every entry's signature verifies for
+    its key, and that key is the one its storage key names: one damaged on the disk is deleted,
+    counted in ``node.stats["dht_corrupt"]`` and taken as none (never served, republished,
+    handed over or held against a write: see :class:`~qadom.namespace.CheckedRecords`)."""
 
     KIND = RECORD_KIND
     """The kind of the records this service keeps (and republishes) in the node's store."""
@@ -776,13 +792,24 @@ class DhtRecordService:
         self._verify_budget: RateLimiter[str] = RateLimiter(
             self.config.dht_verify_rate, self.config.dht_verify_burst,
             self.config.rate_limit_senders)
+        self._held: CheckedRecords[Record] = CheckedRecords(
+            node, RECORD_KIND, "dht_corrupt", partial(_decoded, config=self.config), _held)
+
+    def _load(self, key: int, now: float | None = None) -> Record | None:
+        """The record we hold under the storage key ``key`` (see :func:`load`), checked."""
+        return self._held.read(key, now)
+
+    def _put(self, key: int, data: bytes, now: float, meta: Meta | None) -> None:
+        """Store the record ``data`` encodes, checked (or made of checked entries) already."""
+        self.node.store.put_record(RECORD_KIND, key, data, now, meta=meta)
+        self._held.remember(key, data)
 
     # ------------------------------------------------------------------ operations
 
     def local(self, key: str, now: float) -> Record | None:
-        """The live record this node holds for ``key``."""
-        record = load(self.node.store, storage_key(check_key(key, self.config)), self.config,
-                      now)
+        """The live record this node holds for ``key`` (damaged on the disk: none, see the
+        class docstring)."""
+        record = self._load(storage_key(check_key(key, self.config)), now)
         return record.live(now) if record is not None else None
 
     def forget(self, key: str) -> bool:
@@ -799,29 +826,27 @@ class DhtRecordService:
         what is left of it from a storer (``missed(now)`` if that reached nobody). A record none of
         whose entries is live is dropped."""
         node = self.node
-        try:
-            live = decode_record(due.data, self.config).live(now)
-        except ProtocolError:  # unusable (load() treats it as absent): free its room
-            node.store.delete_record(due.kind, due.key)
+        held = self._held.checked(due.key, due.data)
+        if held is None:  # damaged on the disk: deleted, never republished
             return
+        live = held.live(now)
         if live is None:
             node.store.delete_record(due.kind, due.key)
             node.stats["expired"] += 1
             return
         meta, ttl = republish_schedule(due.meta, now, self.config)
         data = encode_record(live)
-        node.store.put_record(due.kind, due.key, data, now, meta=bounded(meta, live))
+        self._put(due.key, data, now, bounded(meta, live))
         if ttl >= 1:
             node.stats["republished"] += 1
             node.replicate(due.key, DhtPut(data, ttl, republish=True), now, missed=missed)
 
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None:
         """The fill-only DHT_PUT that gives a new neighbour the live entries of our copy of a
-        record with ``ttl`` to live (None when nothing of it is live)."""
-        try:
-            live = decode_record(due.data, self.config).live(now)
-        except ProtocolError:
-            return None
+        record with ``ttl`` to live (None when nothing of it is live, or it was damaged on the
+        disk)."""
+        held = self._held.checked(due.key, due.data)
+        live = None if held is None else held.live(now)
         return None if live is None else DhtPut(encode_record(live), ttl, republish=True)
 
     def put(self, write: Record, now: float) -> Call[PutResult]:
@@ -991,8 +1016,7 @@ class DhtRecordService:
         refuses is landed on ``base`` instead (the record of the closest of the k closest that
         holds one, None for none): what we then store in place of our stale copy."""
         store = self.node.store
-        record, _ = _landed(load(store, key, self.config, now), write, now, self.config,
-                            decides, base)
+        record, _ = _landed(self._load(key, now), write, now, self.config, decides, base)
         size = len(encode_record(record))
         held = store.get_record(RECORD_KIND, key)  # without now: what put_record would replace
         store.quotas.check_own(size, None if held is None else len(held))
@@ -1043,7 +1067,7 @@ class DhtRecordService:
             return
         store = self.node.store
         try:
-            existing = load(store, key, self.config, now)
+            existing = self._load(key, now)
             record, on_ours = _landed(existing, write, now, self.config, decides, base)
             if not on_ours:
                 existing = None  # our stale copy is replaced: none of its owners stays ours
@@ -1060,7 +1084,7 @@ class DhtRecordService:
                                       owners=owners | {entry.owner for entry in write.entries}),
                        record)
         try:
-            store.put_record(RECORD_KIND, key, encode_record(record), now, meta=meta)
+            self._put(key, encode_record(record), now, meta)
         except StorageFull as exc:
             call.fail(exc)
             return
@@ -1106,8 +1130,9 @@ class DhtRecordService:
         key = storage_key(write.key)
         store = self.node.store
         data = store.get_record(RECORD_KIND, key, now)
-        # The record we hold sent again (a republish, a replay) is decoded once, not twice.
-        existing = write if data == message.write else _decoded(data, self.config)
+        existing = self._held.checked(key, data)
+        if existing is not None and data == message.write:
+            existing = write  # the record we hold sent again (a republish, a replay)
         current = existing.live(now) if existing is not None else None
         old = store.record_meta(RECORD_KIND, key) if current is not None else None
         try:
@@ -1149,8 +1174,7 @@ class DhtRecordService:
                     grown = None if old is None else (
                         old if old.original else replace(old, source=source))
                     try:
-                        store.put_record(RECORD_KIND, key, encode_record(merged), now,
-                                         meta=grown)
+                        self._put(key, encode_record(merged), now, grown)
                     except StorageFull as exc:
                         return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
                     return Stored()
@@ -1185,14 +1209,14 @@ class DhtRecordService:
         try:
             # What we hold, unchanged, is stored as it is (not encoded again).
             encoded = data if data is not None and record is existing else encode_record(record)
-            store.put_record(RECORD_KIND, key, encoded, now, meta=meta)
+            self._put(key, encoded, now, meta)
         except StorageFull as exc:
             return Error(ErrorCode.STORAGE_FULL, str(exc)[:200])
         return Stored()
 
     def _handle_find(self, message: DhtFind, sender: int | None, address: Address,
                      now: float) -> Message:
-        record = load(self.node.store, message.target, self.config, now)
+        record = self._load(message.target, now)
         live = record.live(now) if record is not None else None
         nodes = self.node.table.closest(message.target, self.config.k, exclude=sender)
         if live is None:

@@ -56,9 +56,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import cbor2
 from nacl.exceptions import CryptoError
@@ -92,6 +93,10 @@ from .storage import (
 
 if TYPE_CHECKING:
     from .node import Node
+
+log = logging.getLogger("qadom")
+
+_T = TypeVar("_T")
 
 NAMESPACE_TAG = "qadom/namespace/v1"
 """The domain-separation tag that starts every signed namespace message."""
@@ -268,6 +273,115 @@ def newest(records: Iterable[NamespaceRecord]) -> NamespaceRecord | None:
     return max(records, key=lambda r: (r.seq, r.signature), default=None)
 
 
+# ----------------------------------------------------------------------------- records held
+
+
+class CheckedRecords(Generic[_T]):
+    """The records of one kind a node holds, checked as they are read from its store.
+
+    A store keeps no signature of its own: bytes changed on the disk would decode to a record
+    whose signature no longer verifies (or to none), and a record served so would make every
+    peer take this node for a liar, while a damaged owner's key would refuse its owner's
+    writes. So a record read is used only once it decodes (``decode(data)``) and
+    ``valid(key, record)`` accepted it: it is the one its storage key names, and its signatures
+    verify. One that fails is damaged: it is counted in ``node.stats[counter]``, logged once,
+    deleted (its replicas hold good copies) and never served, republished, handed over or held
+    against a write. A store that cannot delete it now keeps it, still never used, and is asked
+    again at its next read.
+
+    Bytes are checked once per key they are read under, not at every read (a request for a
+    record costs a datagram; its signatures cost far more: one per entry of a /dht record):
+    what was found of them is remembered by a SHA-256 of the key and the bytes, and
+    :meth:`remember` tells it of the records the node itself stores, checked already. What it
+    remembers is forgotten at once when it exceeds twice the items the store holds: its memory
+    follows the store's, and the records read again are checked again."""
+
+    def __init__(self, node: Node, kind: str, counter: str,
+                 decode: Callable[[bytes], _T | None],
+                 valid: Callable[[int, _T], bool]) -> None:
+        self._node = node
+        self._kind = kind
+        self._counter = counter
+        self._decode = decode
+        self._valid = valid
+        self._good: set[bytes] = set()  # fingerprints of the bytes found valid under their key
+        # Fingerprints of damaged bytes met (counted and logged), and whether the store still
+        # holds them (its deletion failed).
+        self._damaged: dict[bytes, bool] = {}
+
+    def read(self, key: int, now: float | None = None) -> _T | None:
+        """The checked record the node's store holds under ``key`` (with ``now``: unless it has
+        expired); None for none or a damaged one."""
+        return self.checked(key, self._node.store.get_record(self._kind, key, now))
+
+    def checked(self, key: int, data: bytes | None) -> _T | None:
+        """The record ``data`` (read under ``key``) holds, checked; None for None or damaged
+        bytes (counted, logged and deleted the first time they are met)."""
+        if data is None:
+            return None
+        mark = _fingerprint(key, data)
+        if mark in self._good:
+            return self._decode(data)
+        kept = self._damaged.get(mark)
+        if kept is not None:
+            if kept and self._delete(key):  # kept by a store that could not delete it
+                self._damaged[mark] = False
+            return None
+        record = self._decode(data)
+        if record is not None and self._valid(key, record):
+            self._know(mark, good=True)
+            return record
+        self._node.stats[self._counter] += 1
+        deleted = self._delete(key)
+        self._know(mark, good=False, kept=not deleted)
+        log.warning("this node's store held a damaged %s record under %064x (changed on the "
+                    "disk, it is no longer a validly signed record of that key); %s", self._kind,
+                    key, "it was deleted" if deleted else "it is never used, and is deleted "
+                    "once the store can be written")
+        return None
+
+    def remember(self, key: int, data: bytes) -> None:
+        """A record checked already is now stored under ``key`` as ``data``."""
+        self._know(_fingerprint(key, data), good=True)
+
+    def _know(self, mark: bytes, *, good: bool, kept: bool = False) -> None:
+        if len(self._good) + len(self._damaged) >= 2 * self._node.store.quotas.total_items:
+            self._good.clear()  # most are of records no longer held: see the class docstring
+            self._damaged.clear()
+        if good:
+            self._good.add(mark)
+        else:
+            self._damaged[mark] = kept
+
+    def _delete(self, key: int) -> bool:
+        try:
+            self._node.store.delete_record(self._kind, key)
+        except StorageFull:  # the store's own trouble (a full disk, a failing one), logged there
+            return False
+        return True
+
+
+def _fingerprint(key: int, data: bytes) -> bytes:
+    """What :class:`CheckedRecords` remembers of ``data`` read under ``key``."""
+    digest = hashlib.sha256(key.to_bytes(ID_BYTES, "big"))
+    digest.update(data)
+    return digest.digest()
+
+
+def _decode_held(data: bytes) -> NamespaceRecord | None:
+    """The record ``data``, read from the store, holds (None for bytes that are not one)."""
+    try:
+        return NamespaceRecord.from_bytes(data)
+    except ProtocolError:
+        return None
+
+
+def _valid_held(skey: int, record: NamespaceRecord) -> bool:
+    """Whether ``record``, read under the storage key ``skey``, is a record of that key whose
+    signature verifies."""
+    return record.storage_key == skey and record.is_valid()
+
+
 # ----------------------------------------------------------------------------- wire messages
 
 
@@ -374,8 +488,9 @@ class NamespaceService:
     to the peers that took an older one we republished), ``namespace_unproven_refusals``
     (replicas that refused a set or our republish as stale but showed no record that justifies
     it), ``namespace_superseded`` (records we stopped renewing or republishing because a replica
-    showed a newer ``seq``) and ``namespace_corrupt`` (stored records that no longer decode,
-    treated as absent).
+    showed a newer ``seq``) and ``namespace_corrupt`` (stored records damaged on the disk: they
+    no longer decode, or are not the record of their storage key, or their signature no longer
+    verifies; each is deleted, and treated as absent, see :class:`CheckedRecords`).
     """
 
     KIND = RECORD_KIND
@@ -386,20 +501,16 @@ class NamespaceService:
         node.register_handler(NamespaceStore, self._handle_store)
         node.require_proof(NamespaceStore)  # a write, charged to its source's host quota
         node.register_handler(NamespaceFind, self._handle_find)
+        self._held: CheckedRecords[NamespaceRecord] = CheckedRecords(
+            node, RECORD_KIND, "namespace_corrupt", _decode_held, _valid_held)
 
     # ------------------------------------------------------------------ local store
 
     def local(self, skey: int, now: float | None = None) -> NamespaceRecord | None:
         """The record this node stores under the storage key ``skey``, if any (with ``now``:
-        unless it has expired)."""
-        data = self.node.store.get_record(RECORD_KIND, skey, now)
-        if data is None:
-            return None
-        try:
-            return NamespaceRecord.from_bytes(data)
-        except ProtocolError:
-            self.node.stats["namespace_corrupt"] += 1
-            return None
+        unless it has expired), its signature verified: one damaged on the disk is deleted and
+        taken as none (:class:`CheckedRecords`)."""
+        return self._held.read(skey, now)
 
     def accept(self, record: NamespaceRecord, now: float, source: str = "",
                ttl: int | None = None) -> bool:
@@ -430,7 +541,9 @@ class NamespaceService:
             meta = received_meta(None if newer else old, ttl, now, self.node.config, source,
                                  same=not newer)
         if newer or meta != old:
-            store.put_record(RECORD_KIND, skey, record.to_bytes(), now, meta=meta)
+            data = record.to_bytes()
+            store.put_record(RECORD_KIND, skey, data, now, meta=meta)
+            self._held.remember(skey, data)
         if newer:
             self.node.stats["namespace_stored"] += 1
         return newer
@@ -453,11 +566,8 @@ class NamespaceService:
         what is left of it from a storer; ``missed(now)`` if that reached nobody. A replica
         that refuses it as stale is asked for the record it holds (see :meth:`_send`)."""
         node = self.node
-        try:
-            record = NamespaceRecord.from_bytes(due.data)
-        except ProtocolError:  # unusable (local() treats it as absent): free its room
-            node.stats["namespace_corrupt"] += 1
-            node.store.delete_record(due.kind, due.key)
+        record = self._held.checked(due.key, due.data)
+        if record is None:  # damaged on the disk: deleted, never republished
             return
         meta, ttl = republish_schedule(due.meta, now, node.config)
         node.store.put_record(due.kind, due.key, due.data, now, meta=meta)
@@ -563,11 +673,9 @@ class NamespaceService:
 
     def copy_message(self, due: DueRecord, ttl: int, now: float) -> Message | None:
         """The NAMESPACE_STORE that gives a new neighbour our copy of a record with ``ttl`` to
-        live (None for a record that no longer decodes)."""
-        try:
-            return NamespaceStore.of(NamespaceRecord.from_bytes(due.data), ttl)
-        except ProtocolError:
-            return None
+        live (None for a record damaged on the disk, which is deleted)."""
+        record = self._held.checked(due.key, due.data)
+        return None if record is None else NamespaceStore.of(record, ttl)
 
     # ------------------------------------------------------------------ operations
 

@@ -46,7 +46,7 @@ from .errors import (
     StoreUnusable,
     WrongLoopError,
 )
-from .ids import check_id, id_from_bytes, id_to_bytes, random_id
+from .ids import ID_BYTES, check_id, id_from_bytes, id_to_bytes, random_id
 from .messages import Envelope, Kind, Message
 from .namespace import NamespaceRecord, check_public_key
 from .node import Node
@@ -600,12 +600,18 @@ class Peer:
         """Open the SQLite store in ``data_dir`` and adopt the node id saved there (or save
         ours): a peer restarted with the same data dir is the same node. What expired while the
         node was down is dropped before it serves anything (the node's clock is Unix time), not
-        a maintenance interval later. StoreUnusable (an OSError naming the file, which is left
-        as it was) when the file there cannot be a qadom store; StorageUnavailable when its disk
-        is too full to open it."""
-        store = SqliteStore(data_dir / "qadom.sqlite3", self.config)
+        a maintenance interval later. The node stores every value under its SHA-256, so the
+        store serves none read under another key (``content_addressed``: its row or index was
+        damaged). StoreUnusable (an OSError naming the file, which is left as it was) when the
+        file there cannot be a qadom store, or when the node id saved in it is damaged (not 32
+        bytes: adopting it would make another node); StorageUnavailable when its disk is too
+        full to open it."""
+        store = SqliteStore(data_dir / "qadom.sqlite3", self.config, content_addressed=True)
         try:
             saved = store.get_meta("node_id")
+            if saved is not None and len(saved) != ID_BYTES:
+                raise StoreUnusable(store.path, f"damaged node id ({len(saved)} bytes, not "
+                                    f"{ID_BYTES})")
             if saved is None:
                 store.set_meta("node_id", id_to_bytes(self._node_id))
             elif self._fixed_id and id_from_bytes(saved) != self._node_id:

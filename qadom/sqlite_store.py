@@ -28,7 +28,17 @@ link from another data dir: the second is refused with :class:`~qadom.errors.Dat
 Damaged values. SQLite keeps no checksum of what it stores, so each value is stored with its
 SHA-256 (``digest``; a row from before that column must hash to its key) and checked at every
 read: a value whose bytes changed on the disk is never served, republished or handed over, and
-its row is deleted (see :meth:`SqliteStore._drop_damaged`).
+its row is deleted (see :meth:`SqliteStore._drop_damaged`). A store whose values are all
+content-addressed, as a node's are (``content_addressed``, as a :class:`~qadom.peer.Peer` opens
+its data dir), checks each value against the key it is read under instead (the key asked for,
+or the key read from its row), its SHA-256: a row reached through a damaged index, or whose key
+changed, is damaged too, though its value and digest agree. Other damage SQLite does not see (a
+column of another type than it was written with, text that is not UTF-8, a row charged to a host
+the counts never saw) refuses the file when it is opened (:class:`StoreUnusable`) and, met
+later, the read or write that meets it, as a damaged page does
+(:class:`~qadom.errors.StorageUnavailable`). Saved contacts that cannot be sent to (an id that is
+not 32 bytes, a host that is not an IP literal, a port out of 1..65535) are left out when the
+contacts are loaded.
 
 Migration. A database written before service records had a lifecycle has a ``records`` table
 without the ``expires``, ``republish_at`` and ``original`` columns (and, from the first durable
@@ -85,9 +95,17 @@ import cbor2
 
 from .cbor import loads as cbor_loads
 from .config import Config
-from .contact import Contact, host_key
-from .errors import DataDirInUse, InvalidArgument, StorageFull, StorageUnavailable, StoreUnusable
-from .ids import ID_SPACE, id_from_bytes, id_to_bytes, key_for
+from .contact import Contact, host_key, is_ip_literal
+from .errors import (
+    DataDirInUse,
+    InvalidArgument,
+    QadomError,
+    StorageFull,
+    StorageUnavailable,
+    StoreUnusable,
+    printable,
+)
+from .ids import ID_BYTES, ID_SPACE, id_from_bytes, id_to_bytes, key_for
 from .storage import (
     ENTRY_SIZE,
     EXPIRE_BATCH,
@@ -113,6 +131,9 @@ _UNAVAILABLE = frozenset({
 # (extended codes): what caused them does not mend while the file is open.
 _DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _DAMAGED_READS = frozenset({sqlite3.SQLITE_IOERR_READ, sqlite3.SQLITE_IOERR_SHORT_READ})
+# What Python's sqlite3 raises (with no SQLite code) for a TEXT column whose bytes are not UTF-8:
+# qadom writes only valid text, so the bytes changed on the disk.
+_NOT_UTF8 = "Could not decode to UTF-8"
 
 _EXPIRED_CHUNK = 64
 """Expired entries :meth:`SqliteStore.entries_after` reads in one query beyond its page."""
@@ -271,10 +292,16 @@ class SqliteStore:
 
     :class:`StoreUnusable` (the file left as it was) when the file cannot be a qadom store,
     :class:`~qadom.errors.StorageUnavailable` when its disk is too full to open it; see the
-    module docstring."""
+    module docstring. With ``content_addressed``, a value read back is intact only under its
+    SHA-256 (see the module docstring): what a node's store holds, and a peer opens its data dir
+    so."""
 
-    def __init__(self, path: str | Path, config: Config | None = None) -> None:
+    def __init__(self, path: str | Path, config: Config | None = None, *,
+                 content_addressed: bool = False) -> None:
         self.config = config or Config()
+        self.content_addressed = content_addressed
+        """Whether every value is stored under its SHA-256 (as a node stores them): a value read
+        under any other key is then damaged (:meth:`_intact`)."""
         if self.config.sqlite_synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise InvalidArgument("sqlite_synchronous must be OFF, NORMAL, FULL or EXTRA")
         self.path = Path(path)
@@ -291,6 +318,7 @@ class SqliteStore:
         the damaged pages commits all the same: such an outage lasts as long as the store is
         open, and is logged once."""
         self._damaged = False
+        self._kept_damaged = False  # damaged values kept, logged (_drop_damaged)
         self.expire_batch = EXPIRE_BATCH
         """The most items one :meth:`expire` call drops."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,10 +346,15 @@ class SqliteStore:
             if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
                 raise StoreUnusable(self.path, f"this process cannot write it: {exc}") from None
             raise StoreUnusable(self.path, f"cannot use it as a qadom store: {exc}") from None
-        except BaseException:
+        except BaseException as exc:
             self._db.close()
             self._lock.close()
-            raise
+            if isinstance(exc, QadomError) or not isinstance(exc, Exception):
+                raise
+            # Damage SQLite does not report: a column of another type than qadom writes (a
+            # source that is no text), a name in the schema that is not UTF-8.
+            raise StoreUnusable(self.path, f"damaged, cannot use it as a qadom store: "
+                                f"{type(exc).__name__}: {printable(str(exc))}") from None
 
     def _lock_file(self) -> IO[bytes]:
         """Hold an exclusive ``flock`` on a lock file beside the database file (the file a
@@ -506,8 +539,9 @@ class SqliteStore:
         restored with it, so they never drift from what was committed, and a refusal costs no
         recount of the file (a node on a full disk refuses every write). A full disk is
         StorageFull; a database that cannot be written now is StorageUnavailable (see
-        :meth:`_refusal`). Only a transaction that changed a row ends an outage: one that found
-        nothing to write (a sweep with nothing expired) never wrote to the disk."""
+        :meth:`_refusal`), and so is a row charged to a host the quotas do not count (see
+        below). Only a transaction that changed a row ends an outage: one that found nothing to
+        write (a sweep with nothing expired) never wrote to the disk."""
         changes = self._db.total_changes
         try:
             with self.quotas.transaction(), self._counts.transaction(), self._db:
@@ -518,6 +552,11 @@ class SqliteStore:
             if refusal is None:
                 raise
             raise refusal from None
+        except KeyError as exc:
+            # The quotas count every source the file held when it opened, and every write keeps
+            # them so: a row charged to one they never counted was read from damaged pages.
+            raise self._damage(f"a row is charged to a host never counted ({exc})",
+                               writing=True) from None
         if (self.unavailable is not None and not self._damaged
                 and self._db.total_changes != changes):
             log.warning("the store %s accepts writes again", self.path)
@@ -533,18 +572,30 @@ class SqliteStore:
         doing = "written" if writing else "read"
         if primary == sqlite3.SQLITE_FULL and writing:
             return StorageFull(f"the disk holding this node's store is full ({exc})")
+        if code is None and isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(
+                _NOT_UTF8):
+            return self._damage(printable(str(exc)), writing=writing)
         if primary not in _UNAVAILABLE and primary != sqlite3.SQLITE_FULL:
             return None
-        if not self._damaged and (primary in _DAMAGED or code in _DAMAGED_READS):
-            self._damaged = True
-            log.warning("the store %s is damaged: %s; what touches the damage is refused while "
-                        "it is open (stop the node, then restore or remove the file)",
-                        self.path, exc)
-        elif self.unavailable is None:  # said once, not at every refusal
+        if primary in _DAMAGED or code in _DAMAGED_READS:
+            return self._damage(str(exc), writing=writing)
+        if self.unavailable is None:  # said once, not at every refusal
             log.warning("the store %s cannot be %s: %s; what needs it is refused until a "
                         "write works again", self.path, doing, exc)
         self.unavailable = str(exc)
         return StorageUnavailable(f"this node's store cannot be {doing} ({exc})")
+
+    def _damage(self, reason: str, *, writing: bool) -> StorageUnavailable:
+        """What a read or write that met damage in the file (``reason``) raises: the store is
+        damaged from then on, which is logged once (see :attr:`unavailable`)."""
+        if not self._damaged:
+            self._damaged = True
+            log.warning("the store %s is damaged: %s; what touches the damage is refused while "
+                        "it is open (stop the node, then restore or remove the file)",
+                        self.path, reason)
+        self.unavailable = reason
+        doing = "written" if writing else "read"
+        return StorageUnavailable(f"this node's store cannot be {doing} ({reason})")
 
     # ------------------------------------------------------------------ values
 
@@ -564,28 +615,37 @@ class SqliteStore:
             return None
         return bytes(value)
 
-    def _intact(self, key: int, value: bytes, digest: bytes | None) -> bool:
-        """Whether a value row read back is what was stored: its SHA-256 is the digest written
-        with it (a row from before values carried one: its key, the SHA-256 every value a node
-        stores is kept under). SQLite keeps no checksum of what it stores, so bytes changed on
-        the disk would otherwise be served as good, and every peer served them would take this
-        node for a liar."""
-        if digest is None:
-            return key_for(bytes(value)) == key
-        return hashlib.sha256(value).digest() == bytes(digest)
+    def _intact(self, key: int, value: object, digest: object) -> bool:
+        """Whether a value row read back is what was stored under ``key`` (the key asked for,
+        or read from the row): its SHA-256 is the digest written with it (a row from before
+        values carried one: its key); with :attr:`content_addressed`, its SHA-256 is ``key``,
+        so that a row reached through a damaged index, or whose key changed, is damaged too.
+        SQLite keeps no checksum of what it stores, so bytes changed on the disk would otherwise
+        be served as good, and every peer served them would take this node for a liar."""
+        if not isinstance(value, bytes):  # a column damaged into another type
+            return False
+        if self.content_addressed or digest is None:
+            return key_for(value) == key
+        return isinstance(digest, bytes) and hashlib.sha256(value).digest() == digest
 
     def _drop_damaged(self, keys: list[int]) -> None:
-        """Delete the value rows under ``keys``, found damaged (:meth:`_intact`), and log each.
+        """Delete the value rows under ``keys``, found damaged (:meth:`_intact`), and log each
+        once the deletion is committed.
 
         A damaged copy is never served, republished or handed over, and it is deleted rather
         than kept: nothing can mend it here, while the k closest peers hold good copies (a
         replica comes back with their next republish; a value we published ourselves is no
         longer republished by us, as the warning says, and must be set again). Deleting it
         frees its quota and takes it off the schedule, where it would stay due forever. A store
-        that cannot be written now keeps the row, still never returned."""
+        that cannot be written now keeps the row, still never returned, and says so once until
+        a deletion commits again (not at every read of such a row, which any peer can ask
+        for); each row is logged when it is deleted."""
+        deleted: list[tuple[int, bool]] = []
         try:
             with self._writing():
                 for key in keys:
+                    if not 0 <= key < ID_SPACE:  # a key column damaged to another length
+                        continue
                     row = self._db.execute(
                         f"SELECT length(value), {_META_COLUMNS} FROM vals WHERE key = ?",
                         (id_to_bytes(key),)).fetchone()
@@ -596,12 +656,20 @@ class SqliteStore:
                     self._counts.values -= 1
                     self._counts.value_bytes -= int(row[0])
                     self._db.execute("DELETE FROM vals WHERE key = ?", (id_to_bytes(key),))
-                    log.warning("the store %s held a damaged copy of the value %064x (its bytes "
-                                "changed on the disk); it was deleted%s", self.path, key,
-                                ", and is no longer republished by this node: set it again"
-                                if meta.original else "")
-        except StorageFull:
-            pass  # logged by _refusal; the damaged rows are skipped at every read until then
+                    deleted.append((key, meta.original))
+        except StorageFull as exc:  # the store's own trouble is logged by _refusal
+            if not self._kept_damaged:
+                self._kept_damaged = True
+                log.warning("the store %s holds damaged values (their bytes changed on the "
+                            "disk) that it cannot delete now (%s); they are never served, and "
+                            "are deleted once the store can be written", self.path, exc)
+            return
+        self._kept_damaged = False
+        for key, original in deleted:
+            log.warning("the store %s held a damaged copy of the value %064x (its bytes "
+                        "changed on the disk); it was deleted%s", self.path, key,
+                        ", and is no longer republished by this node: set it again"
+                        if original else "")
 
     @_reading
     def value_meta(self, key: int) -> Meta | None:
@@ -773,8 +841,8 @@ class SqliteStore:
     def _intact_values(self, sql: str, params: tuple[object, ...],
                        ) -> list[tuple[int, bytes, Meta]]:
         """``(key, value, Meta)`` of each row of ``sql`` (which selects a key, the value,
-        :data:`_META_COLUMNS` and the digest) whose value is intact; the damaged ones are left
-        out and deleted (:meth:`_drop_damaged`)."""
+        :data:`_META_COLUMNS` and the digest) whose value is intact under the key read with it;
+        the damaged ones are left out and deleted (:meth:`_drop_damaged`)."""
         found: list[tuple[int, bytes, Meta]] = []
         damaged: list[int] = []
         for raw, value, *rest, digest in self._db.execute(sql, params).fetchall():
@@ -992,13 +1060,37 @@ class SqliteStore:
 
     @_reading
     def load_contacts(self) -> list[Contact]:
-        return [Contact(id_from_bytes(bytes(node_id)), (host, port))
-                for node_id, host, port in self._db.execute("SELECT id, host, port FROM contacts")]
+        """The contacts :meth:`save_contacts` saved, without those whose row was damaged on the
+        disk (logged with their count): an id that is not 32 bytes, a host that is not an IP
+        literal (text that is not UTF-8 included), a port out of 1..65535. Such a contact would
+        be sent to, and an address a socket cannot send to closes it."""
+        contacts: list[Contact] = []
+        damaged = 0
+        # The host as its bytes: SQLite's text that is not UTF-8 would fail the whole read.
+        for node_id, raw_host, port in self._db.execute(
+                "SELECT id, CAST(host AS BLOB), port FROM contacts"):
+            try:
+                host = raw_host.decode() if isinstance(raw_host, bytes) else None
+            except UnicodeDecodeError:
+                host = None
+            if (host is None or not is_ip_literal(host) or not isinstance(node_id, bytes)
+                    or len(node_id) != ID_BYTES or type(port) is not int
+                    or not 0 < port < 65536):
+                damaged += 1
+                continue
+            contacts.append(Contact(id_from_bytes(node_id), (host, port)))
+        if damaged:
+            log.warning("the store %s held %d damaged saved contacts (changed on the disk); "
+                        "they were left out", self.path, damaged)
+        return contacts
 
     @_reading
     def get_meta(self, name: str) -> bytes | None:
-        row = self._db.execute("SELECT data FROM meta WHERE name = ?", (name,)).fetchone()
-        return None if row is None else bytes(row[0])
+        """The blob saved as ``name``; a column damaged into a number or text comes back as the
+        bytes of its text, for the caller to refuse as any other damaged blob."""
+        row = self._db.execute("SELECT CAST(data AS BLOB) FROM meta WHERE name = ?",
+                               (name,)).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
 
     def set_meta(self, name: str, data: bytes) -> None:
         self._write("INSERT OR REPLACE INTO meta (name, data) VALUES (?, ?)", (name, data))

@@ -43,7 +43,7 @@ from qadom.errors import (
     Unauthorized,
     ValueTooLarge,
 )
-from qadom.messages import Envelope, Error, ErrorCode, Stored
+from qadom.messages import Envelope, Error, ErrorCode, Message, Stored
 from qadom.node import Node
 from qadom.sim import SimNetwork
 from qadom.storage import NEVER, MemoryStore, Meta
@@ -251,7 +251,7 @@ def test_a_record_signed_past_the_year_2286_is_still_checked_for_lies(
     unsigned = replace(unsigned, entries=(replace(unsigned.entries[0], sign=bytes(64)),))
     for name, record in (("wanted", wrong_key), ("lie", unsigned)):
         liar = min(nodes, key=lambda n: n.id ^ storage_key(name))
-        liar.store.put_record(RECORD_KIND, storage_key(name), encode_record(record), 0)
+        lie_with(liar, record)
         reader = max(nodes, key=lambda n: n.id ^ storage_key(name))
         before = reader.stats["liars"]
         with pytest.raises(NotFoundError):
@@ -306,6 +306,16 @@ def net() -> tuple[SimNetwork, list[Node]]:
 
 def holders(nodes: list[Node], key: str) -> list[Node]:
     return [n for n in nodes if n.store.get_record(RECORD_KIND, storage_key(key)) is not None]
+
+
+def lie_with(liar: Node, record: Record) -> None:
+    """``liar`` answers every DHT_FIND with ``record``. (A store tampered with would not do: a
+    node serves only records of its store whose signatures verify.)"""
+
+    def lie(message: Message, sender: int | None, address: object, now: float) -> Message:
+        return DhtRecord(encode_record(record), ())
+
+    liar.register_handler(DhtFind, lie)
 
 
 def test_put_then_get_through_another_node(net: tuple[SimNetwork, list[Node]]) -> None:
@@ -373,7 +383,7 @@ def test_a_holder_serving_a_tampered_record_is_punished(
     tampered = replace(tampered, entries=(replace(tampered.entries[0], data="lie"),))
     liars = holders(nodes, "name")
     for liar in liars[:-1]:  # every holder but one lies
-        liar.store.put_record(RECORD_KIND, storage_key("name"), encode_record(tampered), 0)
+        lie_with(liar, tampered)
     readers = [n for n in nodes if n not in liars]
     for reader in readers[:5]:
         got = network.run_call(network.call(reader, reader.dht_records.get, "name"))

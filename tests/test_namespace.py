@@ -291,9 +291,15 @@ def test_sim_forged_record_in_a_reply_punishes_the_liar() -> None:
     skey = good.storage_key
     liar = closest_to(nodes, skey, 1)[0]
     reader = neighbour(nodes, liar)
-    # The liar's store is tampered with: a higher seq that its owner never signed.
+    # The liar answers with a higher seq that its owner never signed. (A store tampered with
+    # would not do: a node serves only records of its store that verify.)
     forged = dataclasses.replace(good, seq=9, value=b"forged")
-    liar.store.put_record(RECORD_KIND, skey, forged.to_bytes(), net.now)
+
+    def lie(message: Message, sender: int | None, address: object, now: float) -> Message:
+        return NamespaceFound(forged.public_key, forged.key, forged.seq, forged.value,
+                              forged.signature, (), 3600)
+
+    liar.register_handler(NamespaceFind, lie)
     assert liar.id in reader.table
     assert net.run_call(net.call(reader, reader.namespace.get, PUBLIC, 77)) == good
     assert liar.id not in reader.table
