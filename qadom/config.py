@@ -103,6 +103,16 @@ class Config:
     attempts, so both attempts of a request go unanswered about 4 times in 100, and three
     requests in a row about once in 20 000."""
 
+    split_bits: int = 2
+    """The paper's b (section 4.2, accelerated lookups): a full bucket whose range does not hold
+    our id still splits while its depth (the leading bits its ids share) is not a multiple of
+    b, so a lookup gains about b bits a round where it would gain one. 1 is the table of
+    section 2.4 alone (the relaxed rule for our neighbourhood applies either way). With 2 the
+    table holds about 1.5 times the contacts (every other level off our id's path keeps k in
+    each half instead of k in all), and a reader far more often knows one of a key's holders:
+    in 100 peers on loopback, 2 of 1 000 gets from non-holders needed more than one request,
+    against 105 with 1 (docs/BENCHMARKS.md). At most 5: the table grows about 2**b / b times."""
+
     max_bucket_contacts_per_prefix: int = 2
     """Contacts from one public /24 (IPv4) or /64 (IPv6) network allowed in one bucket, 0 for no
     limit. Ids are free to choose, so an attacker with many ids but few networks could otherwise
@@ -727,6 +737,8 @@ class Config:
                                   f"{self.sqlite_synchronous!r}")
         if self.k < 1 or self.alpha < 1:
             raise InvalidArgument("k and alpha must be at least 1")
+        if not 1 <= self.split_bits <= 5:
+            raise InvalidArgument(f"split_bits must be in [1, 5], not {self.split_bits}")
         if self.k > MAX_CONTACTS:
             raise InvalidArgument(f"k must be at most {MAX_CONTACTS}, the most contacts a reply "
                                   f"may name, not {self.k}")

@@ -115,13 +115,13 @@ log = logging.getLogger("qadom")
 T = TypeVar("T")
 TOKEN_BYTES = 16
 _SELF_LOOKUP_TRIES = 3  # lookups of our own id a join makes before it gives up (Node.bootstrap)
-# Refresh lookups started at once at most, one per id range: by a join
-# (Node._to_refresh_after_join) and by an upkeep (Node._to_refresh), the farthest or oldest
-# first. With N random ids a table has about log2(N / k) + 1 buckets, so this binds only past
-# 2^32 k nodes, or when ids cluster around ours (chosen ids, or an attacker's) and the table has
-# split along our id's path: up to 255 buckets, which come stale together every hour, and a
-# lookup for each would ask the same neighbours again. An upkeep's leftovers go first at the
-# next ones: a bucket is refreshed at most ceil(256 / 32) = 8 upkeeps after it came stale.
+# Refresh lookups started at once at most, one per id range: by a join (Node._to_refresh_after_join)
+# and by an upkeep (Node._to_refresh), the farthest or oldest first. With N random ids a table has
+# about log2(N / k) + 1 buckets (about 1.5 log2(N / k) + 1 with Config.split_bits 2), so this binds
+# only past 2^21 k nodes, or when ids cluster around ours (chosen ids, or an attacker's) and the
+# table has split along our id's path: up to 255 buckets and more, which come stale together every
+# hour, and a lookup for each would ask the same neighbours again. An upkeep's leftovers go first at
+# the next ones: a bucket is refreshed at most ceil(256 / 32) = 8 upkeeps after it came stale.
 _REFRESH_RANGES = 32
 BUG_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
@@ -744,7 +744,8 @@ class Node:
             self.id, self.config.k, self.config.replacement_cache_size,
             self.config.stale_failures, now,
             max_bucket_per_prefix=self.config.max_bucket_contacts_per_prefix,
-            max_table_per_prefix=self.config.max_table_contacts_per_prefix)
+            max_table_per_prefix=self.config.max_table_contacts_per_prefix,
+            split_bits=self.config.split_bits)
         self.stats: Counter[str] = _Stats()
         self.client_only = client_only
         self.address: Address | None = None  # where we are reachable, set by the adapter
@@ -2859,9 +2860,11 @@ class Node:
         single bucket with nothing farther to refresh, and the node would know nothing outside
         its neighbourhood until the hourly refresh. So: the subtrees that branch off our id's
         path above the k-th closest peer found (what lies below it is known: a node there would
-        be among the k closest), which are the farther buckets of a table that has split, and
-        every bucket of our table that does not cover our id (a relaxed split), but for those
-        that lie wholly closer than that peer.
+        be among the k closest), which are the farther buckets of a table that has split (with
+        ``Config.split_bits`` b, each such subtree split down to the next depth that is a
+        multiple of b, as its buckets split), and every bucket of our table that does not cover
+        our id (a relaxed split), but for those that lie wholly closer than that peer and those
+        not split yet into subtrees above (refreshed through them).
 
         At most ``_REFRESH_RANGES`` of them in all, the farthest first: a table that has
         split along our id's path (a node bootstrapping again, its table full) holds a bucket
@@ -2875,15 +2878,21 @@ class Node:
         k = self.config.k
         kth = distances[k - 1] if len(distances) >= k else 0
         above = 256 - kth.bit_length() if kth else 0  # fewer than k found: no subtree
-        ranges = []
+        bits = self.config.split_bits
+        ranges: list[tuple[int, int]] = []
         for depth in range(min(above, _REFRESH_RANGES)):
             shift = 255 - depth
             lo = ((own >> shift) ^ 1) << shift
-            ranges.append((lo, lo + (1 << shift)))
+            # This subtree's ids share depth + 1 leading bits with ours; its buckets split until
+            # their depth is a multiple of split_bits: a range for each.
+            width = 1 << (shift - min(shift, -(depth + 1) % bits))
+            ranges.extend((start, start + width) for start in range(lo, lo + (1 << shift), width))
         known = set(ranges)
+        # A bucket not split yet into the ranges above is refreshed through them.
         ranges += [(b.lo, b.hi) for b in self.table.buckets
                    if not b.covers(own) and (b.lo, b.hi) not in known
-                   and range_distance(own, b.lo, b.hi) + (b.hi - b.lo) > kth]
+                   and range_distance(own, b.lo, b.hi) + (b.hi - b.lo) > kth
+                   and not any(b.lo <= lo and hi <= b.hi for lo, hi in known)]
         ranges.sort(key=lambda r: range_distance(own, *r), reverse=True)
         return ranges[:_REFRESH_RANGES]
 

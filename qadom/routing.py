@@ -18,13 +18,14 @@ Invariants (checked by :meth:`RoutingTable.check_invariants` in the tests):
 
 Only contacts that have *answered us from their address* may be passed to :meth:`seen`; the table
 does not check that, the caller (:mod:`qadom.node`) does. When a bucket is full, :meth:`seen` splits
-it if it may (it covers our own id, or the paper's relaxed rule: the newcomer would be among our k
-closest contacts) and otherwise parks the newcomer in the replacement cache and names the bucket's
-least-recently-seen contact, which the caller pings and evicts only if it does not answer
-(ping-before-evict: old contacts that stay up are preferred, section 2.2); a bucket has one such
-ping under way at a time, and asks for another once the caller reports how the last one ended. With
-``replacement_cache_size`` 0 the newcomer still waits for that one ping, as in the paper, and is
-dropped if the pinged contact answers.
+it if it may (it covers our own id; or its depth, the leading bits its ids share, is not a multiple
+of ``split_bits``, the paper's b of section 4.2; or the paper's relaxed rule of section 2.4: the
+newcomer would be among our k closest contacts) and otherwise parks the newcomer in the replacement
+cache and names the bucket's least-recently-seen contact, which the caller pings and evicts only if
+it does not answer (ping-before-evict: old contacts that stay up are preferred, section 2.2); a
+bucket has one such ping under way at a time, and asks for another once the caller reports how the
+last one ended. With ``replacement_cache_size`` 0 the newcomer still waits for that one ping, as in
+the paper, and is dropped if the pinged contact answers.
 
 Network diversity (not in the paper; discv5 and mainline DHT implementations do the same): a
 contact from a public address is refused when its /24 (IPv4) or /64 (IPv6) network already has
@@ -128,9 +129,10 @@ class RoutingTable:
 
     def __init__(self, own_id: int, k: int = 20, replacement_cache_size: int = 20,
                  stale_failures: int = 3, now: float = 0.0, *, max_bucket_per_prefix: int = 0,
-                 max_table_per_prefix: int = 0) -> None:
+                 max_table_per_prefix: int = 0, split_bits: int = 1) -> None:
         self.own_id = own_id
         self.k = k
+        self.split_bits = split_bits  # see Config.split_bits
         self.replacement_cache_size = replacement_cache_size
         self.stale_failures = stale_failures
         self.max_bucket_per_prefix = max_bucket_per_prefix  # 0: no limit
@@ -431,6 +433,11 @@ class RoutingTable:
             return False
         if bucket.covers(self.own_id):
             return True
+        if bucket.depth % self.split_bits:
+            # Accelerated lookups (section 4.2): a bucket off our id's path splits until its
+            # depth is a multiple of b, so that the table keeps k contacts in each subtree at
+            # such a depth, and the first peers a lookup asks are up to b bits nearer the target.
+            return True
         # Relaxed splitting (section 2.4): keep every contact of the subtree that holds our k
         # closest neighbours, so the table knows our own neighbourhood exactly. Split only if
         # fewer than k contacts are closer to us than the newcomer. As in closest(), each
@@ -509,7 +516,9 @@ class RoutingTable:
                 return host is None or self._allows(host, contacts, counts)
             if hi - lo < 2:
                 return False
-            if not lo <= own < hi:  # the relaxed rule, as in _may_split
+            if not lo <= own < hi and not (257 - (hi - lo).bit_length()) % self.split_bits:
+                # Neither our id's path nor a depth that is not a multiple of split_bits: the
+                # relaxed rule, as in _may_split.
                 distance = node_id ^ own
                 if closer + sum(1 for c in contacts if c.id ^ own < distance) >= k:
                     return False

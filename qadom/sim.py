@@ -1162,7 +1162,7 @@ class _TableFiller:
                 break  # nobody else shares depth + 1 bits with us
         closer = 0
         age = self.age
-        for lo, hi, depth in reversed(spans):
+        for lo, hi, depth in reversed(self._pieces(spans, own, table.split_bits)):
             size = hi - lo
             if closer < k or size <= shown:
                 members = sorted(range(lo, hi), key=age.__getitem__)
@@ -1176,6 +1176,31 @@ class _TableFiller:
                 if to_ping is not None:
                     table.seen(to_ping)  # it answered the ping: it stays, the newcomer waits
             closer += size
+
+    def _pieces(self, spans: list[tuple[int, int, int]], own: int,
+                bits: int) -> list[tuple[int, int, int]]:
+        """``spans`` (positions of the nodes sharing exactly ``depth - 1`` leading bits with
+        ``own``, farthest first), each cut into the subtrees a table with ``split_bits`` =
+        ``bits`` keeps apart (those at the next depth that is a multiple of ``bits``), as
+        ``(lo, hi, depth)`` positions: farthest first, so that reversed they come nearest first."""
+        ids = self.ids
+        pieces: list[tuple[int, int, int]] = []
+        for lo, hi, depth in spans:
+            extra = min(-depth % bits, ID_BITS - depth)
+            if not extra or hi - lo <= 1:
+                pieces.append((lo, hi, depth))
+                continue
+            shift = ID_BITS - depth - extra  # each piece: ids sharing depth + extra bits
+            start = (ids[lo] >> (ID_BITS - depth)) << (ID_BITS - depth)
+            cuts = []
+            for n in range(1 << extra):
+                piece_lo = start + (n << shift)
+                cuts.append((piece_lo ^ own,
+                             bisect.bisect_left(ids, piece_lo, lo, hi),
+                             bisect.bisect_left(ids, piece_lo + (1 << shift), lo, hi)))
+            cuts.sort(reverse=True)  # farthest first
+            pieces += [(a, b, depth + extra) for _, a, b in cuts if b > a]
+        return pieces
 
     def oldest(self, lo: int, hi: int, depth: int) -> list[int]:
         """Positions of the oldest members of the subtree at ``depth`` spanning [lo, hi),

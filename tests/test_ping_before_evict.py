@@ -52,7 +52,8 @@ def test_however_a_ping_before_evict_ends_the_bucket_may_ask_for_another(
     bucket's least recently seen contact: newcomers do not all end in the replacement cache
     (with no interval between pings: ping_before_evict_interval, tested below, puts off the
     next one after an answered ping)."""
-    config = Config(k=2, replacement_cache_size=cache, ping_before_evict_interval=0)
+    # split_bits=1: the far half is one bucket that may not split (section 2.2 alone).
+    config = Config(k=2, replacement_cache_size=cache, ping_before_evict_interval=0, split_bits=1)
     node = Node(node_id=0, now=0.0, config=config)
     codec = Codec(config)
     for i in (1, 2):  # our neighbourhood: the far bucket may not split
@@ -152,7 +153,7 @@ def test_a_replacement_a_split_promotes_among_our_k_closest_is_handed_only_its_i
     key: A and the neighbour left are closer to it. So A sends it nothing, nor to E, which did
     not enter (a newcomer that is one of the k closest is handed its items:
     tests/test_hand_over_range.py)."""
-    config = Config(k=2)
+    config = Config(k=2, split_bits=1)  # splits by the relaxed rule only
     value = b"handed over on a split"
     key = key_for(value)
     node = Node(node_id=key ^ 1, now=0.0, config=config)
@@ -205,7 +206,8 @@ def test_after_an_answered_ping_before_evict_newcomers_wait_without_one_for_a_wh
     replacements without a ping; the first after it pings the bucket's least recently seen
     contact again. If B stays silent, it is evicted as before, and the next newcomer is not put
     off."""
-    config = Config(k=2, replacement_cache_size=20, ping_before_evict_interval=60.0)
+    config = Config(k=2, replacement_cache_size=20, ping_before_evict_interval=60.0,
+                    split_bits=1)  # the far half: one bucket that may not split
     node = Node(node_id=0, now=0.0, config=config)
     codec = Codec(config)
     for i in (1, 2):  # our neighbourhood: the far bucket may not split

@@ -14,7 +14,10 @@ from qadom.routing import RoutingTable
 
 
 def plain_may_split(table: RoutingTable, new_id: int) -> bool:
-    """Section 4.2 as written: split while fewer than k known contacts are closer to us."""
+    """Sections 2.4 and 4.2 as written, for a full bucket off our id's path: split while its
+    depth is not a multiple of b, or while fewer than k known contacts are closer to us."""
+    if table.bucket_for(new_id).depth % table.split_bits:
+        return True
     closer = sum(1 for c in table if c.id ^ table.own_id < new_id ^ table.own_id)
     return closer < table.k
 
@@ -22,12 +25,12 @@ def plain_may_split(table: RoutingTable, new_id: int) -> bool:
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32), bits=st.sampled_from([6, 12, 256]),
        k=st.sampled_from([1, 2, 3, 8, 20]), cache=st.sampled_from([0, 2, 20]),
-       size=st.sampled_from([5, 60, 400]))
+       size=st.sampled_from([5, 60, 400]), split=st.sampled_from([1, 2, 3]))
 def test_shortcuts_match_the_plain_rules(seed: int, bits: int, k: int, cache: int,
-                                         size: int) -> None:
+                                         size: int, split: int) -> None:
     rng = random.Random(seed)
     own = rng.getrandbits(bits)
-    table = RoutingTable(own, k, cache, 3, 0.0)
+    table = RoutingTable(own, k, cache, 3, 0.0, split_bits=split)
     for _ in range(size):
         new_id = rng.getrandbits(bits)
         if new_id == own:

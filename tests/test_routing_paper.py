@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qadom import Config
 from qadom.codec import Codec
 from qadom.contact import Address, Contact
+from qadom.errors import InvalidArgument, InvalidType
 from qadom.ids import ID_SPACE
 from qadom.messages import Envelope, Message, Ping, Pong
 from qadom.node import Node
@@ -97,14 +99,16 @@ def test_replacements_promoted_after_a_split_keep_the_order_they_were_seen_in() 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32), bits=st.sampled_from([8, 12, 256]),
        k=st.sampled_from([1, 2, 3, 4, 8]), cache=st.sampled_from([0, 1, 3]),
-       limits=st.sampled_from([(0, 0), (2, 10), (1, 3), (0, 2)]))
+       limits=st.sampled_from([(0, 0), (2, 10), (1, 3), (0, 2)]),
+       split=st.sampled_from([1, 2, 3]))
 def test_has_room_for_says_exactly_whether_seen_would_add(seed: int, bits: int, k: int,
                                                            cache: int,
-                                                           limits: tuple[int, int]) -> None:
+                                                           limits: tuple[int, int],
+                                                           split: int) -> None:
     rng = random.Random(seed)
     own = rng.getrandbits(bits)
     table = RoutingTable(own, k, cache, 2, 0.0, max_bucket_per_prefix=limits[0],
-                         max_table_per_prefix=limits[1])
+                         max_table_per_prefix=limits[1], split_bits=split)
     hosts = ["127.0.0.1"] + [f"8.8.{i}.{j}" for i in range(3) for j in range(3)]
     for _ in range(150):
         node_id, host = rng.getrandbits(bits), rng.choice(hosts)
@@ -157,3 +161,53 @@ def test_without_a_replacement_cache_ping_before_evict_still_swaps_a_dead_contac
     bucket = table.bucket_for(H)
     assert list(bucket.contacts) == [H + 3, H + 2] and not bucket.replacements
     table.check_invariants()
+
+
+# ------------------------------------------------------------------ accelerated lookups (4.2)
+
+def table_with_far_quarter_full(split_bits: int) -> RoutingTable:
+    """Own id 0, k = 2: two contacts next to us (so the relaxed rule of section 2.4 does not
+    apply farther out), and two in the far half's upper quarter."""
+    table = RoutingTable(0, k=2, replacement_cache_size=2, split_bits=split_bits)
+    for node_id in (1, 2, H + Q + 1, H + Q + 2):
+        assert table.seen(Contact(node_id, ("127.0.0.1", node_id % 60000 + 1))) is None
+    return table
+
+
+def test_a_full_far_bucket_splits_until_its_depth_is_a_multiple_of_split_bits() -> None:
+    """With b = 2 the far half (depth 1) splits when full, so a newcomer in its other quarter
+    is added; with b = 1 (section 2.4 alone) it waits as a replacement and the least recently
+    seen contact is to be pinged."""
+    accelerated = table_with_far_quarter_full(2)
+    newcomer = Contact(H + 5, ("127.0.0.1", 9))
+    assert accelerated.has_room_for(newcomer.id)
+    assert accelerated.seen(newcomer) is None and newcomer.id in accelerated
+    assert [(b.lo, b.hi) for b in accelerated.buckets][-2:] == [(H, H + Q), (H + Q, ID_SPACE)]
+    accelerated.check_invariants()
+
+    plain = table_with_far_quarter_full(1)
+    assert not plain.has_room_for(newcomer.id)
+    assert plain.seen(newcomer) == plain.get(H + Q + 1)
+    assert newcomer.id not in plain and newcomer.id in plain.bucket_for(newcomer.id).replacements
+    plain.check_invariants()
+
+
+def test_a_bucket_at_a_depth_that_is_a_multiple_of_split_bits_does_not_split() -> None:
+    """With b = 2 the quarter next to ours (depth 2) keeps k contacts, as in section 2.4: a
+    newcomer there waits as a replacement."""
+    table = RoutingTable(0, k=2, replacement_cache_size=2, split_bits=2)
+    for node_id in (1, 2, Q + Q // 2 + 1, Q + Q // 2 + 2):  # the quarter [Q, H), its upper half
+        assert table.seen(Contact(node_id, ("127.0.0.1", node_id % 60000 + 1))) is None
+    newcomer = Contact(Q + 7, ("127.0.0.1", 9))
+    assert table.bucket_for(newcomer.id).depth == 2
+    assert not table.has_room_for(newcomer.id)
+    assert table.seen(newcomer) is not None and newcomer.id not in table
+    table.check_invariants()
+
+
+def test_split_bits_is_checked() -> None:
+    for bad in (0, 6, -1):
+        with pytest.raises(InvalidArgument):
+            Config(split_bits=bad).validate()
+    with pytest.raises(InvalidType):
+        Config(split_bits=2.0).validate()  # type: ignore[arg-type]

@@ -142,7 +142,10 @@ def test_a_node_bootstrapping_again_among_clustered_ids_refreshes_a_bounded_numb
     lookups = again._lookup_seq - before
     assert lookups <= 1 + 32, lookups  # its own id, then the farthest ranges
     ranges = again._to_refresh_after_join(list(again.table))
-    top = 1 << 255
-    assert len(ranges) == 32 and ranges[0] == (~again.id & top, (~again.id & top) + top)
+    # The farthest: the half of the id space across from ours, cut into the subtrees its buckets
+    # split into (down to depth split_bits), the one whose leading bits all differ from ours.
+    shift = 256 - again.config.split_bits
+    farthest = ((again.id >> shift) ^ ((1 << again.config.split_bits) - 1)) << shift
+    assert len(ranges) == 32 and ranges[0] == (farthest, farthest + (1 << shift))
     nearest = [(lo ^ again.id) & -(hi - lo) for lo, hi in ranges]
     assert nearest == sorted(nearest, reverse=True)  # the farthest first

@@ -39,7 +39,8 @@ SMALL = Config(k=4, alpha=2, replacement_cache_size=4)
 
 
 def small_network(seed: int = 2, size: int = 120) -> tuple[SimNetwork, list[Node], int]:
-    """A seeded network, its nodes, and a target whose lookup from nodes[0] takes 3 rounds."""
+    """A seeded network, its nodes, and a target (whose lookup from nodes[0] takes 3 rounds
+    with seed 7)."""
     net = SimNetwork(seed, config=SMALL)
     nodes = net.build(size)
     return net, nodes, random.Random(seed).getrandbits(256)
@@ -55,7 +56,7 @@ def by_round(events: list[LookupEvent], lookup_id: int) -> dict[int, list[int]]:
 
 
 def test_lookup_view_shows_each_round_as_it_happens() -> None:
-    net, nodes, target = small_network()
+    net, nodes, target = small_network(7)
     origin = nodes[0]
     events: list[LookupEvent] = []
     origin.add_listener(events.append)
