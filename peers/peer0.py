@@ -8,12 +8,20 @@ QADOM_HOST, QADOM_PORT and QADOM_BOOTSTRAP. The peer answers other peers all the
 the IPython prompt waits for input (see qadom.interactive).
 """
 
-from qadom.interactive import blocking, keep_serving, script_options, start_script_peer
+from qadom.interactive import (
+    blocking,
+    keep_serving,
+    script_errors,
+    script_options,
+    script_print,
+    start_script_peer,
+)
 
 KEY = 44523492095186523269265158000087001266127815262863473237438729878159874507476
 
-options = script_options("a qadom peer that waits for others", port=9999)
-peer = start_script_peer("peer0", options)
-sync = blocking(peer)  # sync.get(KEY): the blocking form of `await peer.get(KEY)`
-print(f"peer0 listening on {peer.address[0]}:{peer.address[1]}", flush=True)
-keep_serving()
+with script_errors("peer0"):  # a failure ends it in one line, Ctrl-C quietly
+    options = script_options("a qadom peer that waits for others", port=9999)
+    peer = start_script_peer("peer0", options)
+    sync = blocking(peer)  # sync.get(KEY): the blocking form of `await peer.get(KEY)`
+    script_print(f"peer0 listening on {peer.address[0]}:{peer.address[1]}")
+    keep_serving()

@@ -13,15 +13,16 @@ from qadom.interactive import (
     keep_serving,
     script_errors,
     script_options,
+    script_print,
     start_script_peer,
 )
 
-options = script_options("store b'sudo python' in qadom and print its key", port=9997,
-                         bootstrap=["127.0.0.1:9999"])
-peer = start_script_peer("peer1", options)
-sync = blocking(peer)
-print(f"peer1 listening on {peer.address[0]}:{peer.address[1]}", flush=True)
-with script_errors("peer1"):
+with script_errors("peer1"):  # a failure ends it in one line, Ctrl-C quietly
+    options = script_options("store b'sudo python' in qadom and print its key", port=9997,
+                             bootstrap=["127.0.0.1:9999"])
+    peer = start_script_peer("peer1", options)
+    sync = blocking(peer)
+    script_print(f"peer1 listening on {peer.address[0]}:{peer.address[1]}")
     key = sync.set(b"sudo python")
-print(key, flush=True)
-keep_serving()
+    script_print(key)
+    keep_serving()

@@ -12,17 +12,19 @@ from qadom.interactive import (
     keep_serving,
     script_errors,
     script_options,
+    script_print,
     start_script_peer,
 )
 
 KEY = 44523492095186523269265158000087001266127815262863473237438729878159874507476
 
-options = script_options("get b'sudo python' back from qadom", port=9996,
-                         bootstrap=["127.0.0.1:9999"])
-peer = start_script_peer("peer2", options)
-sync = blocking(peer)
-print(f"peer2 listening on {peer.address[0]}:{peer.address[1]}", flush=True)
+# A failure ends it in one line, Ctrl-C quietly.
 with script_errors("peer2", not_found="peers/peer1.py stores it: run it first"):
+    options = script_options("get b'sudo python' back from qadom", port=9996,
+                             bootstrap=["127.0.0.1:9999"])
+    peer = start_script_peer("peer2", options)
+    sync = blocking(peer)
+    script_print(f"peer2 listening on {peer.address[0]}:{peer.address[1]}")
     value = sync.get(KEY)
-print(value, flush=True)
-keep_serving()
+    script_print(value)
+    keep_serving()

@@ -14,7 +14,8 @@ from __future__ import annotations
 import importlib
 
 # typing.TYPE_CHECKING, which type checkers take for true, without importing typing: importing
-# this package imports nothing (importlib is loaded with Python itself).
+# this package imports none of qadom's own modules, and of the standard library only __future__
+# and importlib (with the modules importlib imports itself), where not loaded already.
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:  # the names below, for type checkers; imported lazily at run time

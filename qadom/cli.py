@@ -345,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     storage.add_argument("--memory", action="store_true",
                          help="keep everything in memory: the node forgets all when it stops")
     serve.add_argument("--http-port", type=parse_port, default=None, metavar="N",
-                       help="also serve the HTTP helper (docs/HTTP.md) on TCP port N "
-                            "(0 picks a free one); off by default")
+                       help="also serve the HTTP helper on TCP port N (0 picks a free "
+                            "one); off by default. Its routes: GET /openapi.json, or "
+                            "docs/HTTP.md in qadom's source distribution")
     serve.add_argument("--http-host", type=parse_host, default=None, metavar="HOST",
                        help="address the HTTP helper binds (default: the --host value); "
                             "only with --http-port")

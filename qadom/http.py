@@ -1019,7 +1019,8 @@ def openapi_document(config: Config | None = None) -> dict[str, Any]:
                                 "JSON is base64. Every GET route also answers HEAD (the same "
                                 "status and headers, no body). A method not listed for a path "
                                 "answers 405 (components/responses/MethodNotAllowed), a path not "
-                                "listed 404, both with an Error body. See docs/HTTP.md."},
+                                "listed 404, both with an Error body. docs/HTTP.md in qadom's "
+                                "source distribution has every route with curl examples."},
         "paths": paths,
         "components": {"schemas": _schemas(config), "responses": _RESPONSES},
     }

@@ -705,9 +705,11 @@ def _address_list(bootstrap: Any) -> list[Any]:
 def serve_forever(announce: str | None = "serving until Ctrl-C") -> None:
     """Serve every peer started here until Ctrl-C or SIGTERM, then close them (blocking).
 
-    ``announce`` is printed to stderr once Ctrl-C is handled (None: nothing printed). In Jupyter
-    there is nothing to do: the kernel's loop serves already, so this raises
-    :class:`~qadom.errors.LoopRunningError` like any blocking call there."""
+    ``announce`` is printed to stderr once Ctrl-C is handled (None: nothing printed). A Ctrl-C
+    that comes before then, while the handlers are being put in place, stops it as well: it
+    returns once the peers are closed, without KeyboardInterrupt. In Jupyter there is nothing to
+    do: the kernel's loop serves already, so this raises :class:`~qadom.errors.LoopRunningError`
+    like any blocking call there."""
     loop = event_loop()
     if loop.is_running():
         raise LoopRunningError("the loop is running already and serves the peers; nothing to do")
@@ -717,21 +719,26 @@ def serve_forever(announce: str | None = "serving until Ctrl-C") -> None:
         if not stop.done():
             stop.set_result(None)
 
-    installed: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, on_signal)
-            installed.append(signum)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # not the main thread, or no signal support on this loop: Ctrl-C still raises
+    signums = (signal.SIGINT, signal.SIGTERM)
+    # Not the main thread, or no signal support on this loop: adding (and so removing) a
+    # handler fails, and Ctrl-C stays a KeyboardInterrupt, which stops serving all the same.
+    unsupported = (NotImplementedError, RuntimeError, ValueError)
     try:
-        if announce:
-            print(announce, file=sys.stderr, flush=True)
+        # Until SIGINT's handler is in place, a Ctrl-C is a KeyboardInterrupt: it stops serving
+        # as the handler would, rather than escaping with the peers left open.
         with contextlib.suppress(KeyboardInterrupt):
+            for signum in signums:
+                with contextlib.suppress(*unsupported):
+                    loop.add_signal_handler(signum, on_signal)
+            if announce:
+                print(announce, file=sys.stderr, flush=True)
             loop.run_until_complete(stop)
     finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        # Each one, also one added just as a Ctrl-C landed; removing one never added does
+        # nothing.
+        for signum in signums:
+            with contextlib.suppress(*unsupported):
+                loop.remove_signal_handler(signum)
         shutdown()
 
 
@@ -749,7 +756,8 @@ def shutdown() -> None:
 
 def keep_serving() -> None:
     """End of a peer script: hand over to the prompt when one follows (``ipython -i``, Jupyter),
-    else :func:`serve_forever` (``python peers/peer0.py`` serves until Ctrl-C)."""
+    else :func:`serve_forever` (``python peers/peer0.py`` serves until Ctrl-C, then exits with
+    status 0)."""
     if not will_prompt():
         serve_forever()
 
@@ -802,7 +810,12 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
     from the environment, then to the script's own defaults. A bad value, given as an argument
     or in the environment, is a usage error naming it (SystemExit, status 2), as argparse's own
     are; a default that does not fit the rest (the default bootstrap, IPv4, with an IPv6
-    ``--host``) is named as the default, not as an environment variable that is not set."""
+    ``--host``) is named as the default, not as an environment variable that is not set.
+
+    ``QADOM_BOOTSTRAP`` set but naming no peer (empty, or only commas: what
+    ``QADOM_BOOTSTRAP=$ADDR`` gives with ``ADDR`` unset) means no bootstrap peer for a script
+    whose default is none, and is a usage error for one whose default is a peer to join through:
+    that script would run alone, its set stored in itself only."""
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default=None,
@@ -840,6 +853,9 @@ def script_options(description: str, *, port: int, bootstrap: Sequence[str] = ()
         bootstrap_name = _from_env("QADOM_BOOTSTRAP", env, "bootstrap")
         raw = env.get("QADOM_BOOTSTRAP")
         joined = [a for a in raw.split(",") if a.strip()] if raw is not None else list(bootstrap)
+        if not joined and bootstrap:
+            parser.error(f"QADOM_BOOTSTRAP is set but names no peer ({raw!r}): give HOST:PORT, "
+                         f"or unset it to join through {','.join(bootstrap)}")
     try:
         checked_port = parse_port(chosen_port)
     except InvalidArgument as exc:
@@ -868,11 +884,13 @@ def _from_env(variable: str, env: Any, what: str) -> str:
 
 @contextlib.contextmanager
 def script_errors(name: str, not_found: str = "") -> Iterator[None]:
-    """Around what a peer script does once its peer has joined: a failure qadom reports on
-    purpose (:class:`~qadom.errors.QadomError`) ends the script with one line, ``name: reason``
+    """Around a peer script's body: a failure qadom reports on purpose
+    (:class:`~qadom.errors.QadomError`) ends the script with one line, ``name: reason``
     (SystemExit, status 1), ``not_found`` added to the reason of a NotFoundError; in a plain
     script, Ctrl-C ends it quietly with status 130, as it ends the ``qadom`` command's one-shot
-    operations. At an IPython prompt a Ctrl-C stays a KeyboardInterrupt, which the prompt shows."""
+    operations, wherever it lands before the script serves (once :func:`keep_serving` serves,
+    Ctrl-C stops it with status 0). At an IPython prompt a Ctrl-C stays a KeyboardInterrupt,
+    which the prompt shows."""
     try:
         yield
     except QadomError as exc:
@@ -882,6 +900,32 @@ def script_errors(name: str, not_found: str = "") -> Iterator[None]:
         if front_end() != "script":
             raise
         raise SystemExit(130) from None
+
+
+_stdout_gone = False  # script_print found the reader of stdout gone; stdout is os.devnull now
+
+
+def script_print(line: object) -> None:
+    """Print ``line`` and a newline on stdout, flushed, for a peer script.
+
+    A reader of stdout that went away (``python peers/peer1.py | head -n 1``) does not stop the
+    script, as it does not stop ``qadom serve``: the script's work is its peer, which goes on
+    serving. stdout is dropped from then on (onto os.devnull, so no later write fails, at exit
+    neither), and each line not written goes to stderr instead, saying so. Any other failure
+    to write stdout raises."""
+    global _stdout_gone
+    if not _stdout_gone:
+        try:
+            print(line, flush=True)
+            return
+        except BrokenPipeError:
+            _stdout_gone = True
+            # What is left in sys.stdout's buffer goes to os.devnull when flushed again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+    print(f"{os.path.basename(sys.argv[0])}: the reader of stdout went away; serving on "
+          f"without it: {line}", file=sys.stderr, flush=True)
 
 
 def start_script_peer(name: str, options: ScriptOptions, **kwargs: Any) -> Peer:
