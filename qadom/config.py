@@ -108,10 +108,11 @@ class Config:
     our id still splits while its depth (the leading bits its ids share) is not a multiple of
     b, so a lookup gains about b bits a round where it would gain one. 1 is the table of
     section 2.4 alone (the relaxed rule for our neighbourhood applies either way). With 2 the
-    table holds about 1.5 times the contacts (every other level off our id's path keeps k in
-    each half instead of k in all), and a reader far more often knows one of a key's holders:
-    in 100 peers on loopback, 2 of 1 000 gets from non-holders needed more than one request,
-    against 105 with 1 (docs/BENCHMARKS.md). At most 5: the table grows about 2**b / b times."""
+    table holds about 1.4 times the contacts (every other level off our id's path keeps k in
+    each half instead of k in all), a young network's sets verify more newcomers, and a reader
+    far more often knows one of a key's holders: in 100 peers on loopback, 4 and 0 of 1 000
+    gets from non-holders needed more than one request (two seeds), against 105 and 92 with 1
+    (docs/BENCHMARKS.md). At most 5: the table grows about 2**b / b times."""
 
     max_bucket_contacts_per_prefix: int = 2
     """Contacts from one public /24 (IPv4) or /64 (IPv6) network allowed in one bucket, 0 for no
