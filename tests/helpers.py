@@ -25,6 +25,11 @@ from qadom.namespace import NamespaceRecord
 from qadom.node import Node
 from qadom.sim import SimNetwork
 
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "peers"  # the example peer scripts
+SUDO_PYTHON_KEY = 44523492095186523269265158000087001266127815262863473237438729878159874507476
+"""The key peers/peer1.py stores b"sudo python" under, and peers/peer2.py reads."""
+
 # Loopback is fast; these keep a dead peer's cost small without mistaking a busy loop for a
 # dead peer (the machine running the suite may be loaded).
 FAST = Config(rpc_timeout=0.5, rpc_timeout_min=0.25, rpc_timeout_max=1.0, operation_timeout=20.0)

@@ -42,11 +42,8 @@ from qadom.interactive import (
 )
 from qadom.messages import Error, ErrorCode, FindNode
 
-from helpers import FAST, on, wait_until
+from helpers import FAST, PEERS, ROOT, SUDO_PYTHON_KEY, on, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT / "peers"
-KEY = 44523492095186523269265158000087001266127815262863473237438729878159874507476
 ADDRESS = re.compile(r"listening on (127\.0\.0\.1):(\d+)")
 SERVING = "serving until Ctrl-C"  # printed once Ctrl-C is handled: the scripts are serving
 WAIT = 30  # seconds: the bound on any one expected output
@@ -55,7 +52,7 @@ WAIT = 30  # seconds: the bound on any one expected output
 # ---------------------------------------------------------------------- in process
 
 def test_the_key_of_sudo_python() -> None:
-    assert key_for(b"sudo python") == KEY
+    assert key_for(b"sudo python") == SUDO_PYTHON_KEY
 
 
 def test_parse_address() -> None:
@@ -131,8 +128,8 @@ def test_blocking_form_from_plain_code(script_loop: None) -> None:
     second = start_peer(port=0, bootstrap=[f"127.0.0.1:{first.address[1]}"], config=FAST)
     assert started() == [first, second]
     sync = blocking(second)
-    assert sync.set(b"sudo python") == KEY
-    assert blocking(first).get(KEY) == b"sudo python"
+    assert sync.set(b"sudo python") == SUDO_PYTHON_KEY
+    assert blocking(first).get(SUDO_PYTHON_KEY) == b"sudo python"
     assert sync.address == second.address and sync.id == second.id  # attributes pass through
     assert "get" in dir(sync) and "blocking(" in repr(sync)
     assert wait(first.find_nodes(second.id), timeout=WAIT)[0].id == second.id
@@ -268,7 +265,7 @@ async def test_blocking_calls_refuse_a_running_loop() -> None:
     assert started() == before
     async with Peer("127.0.0.1", 0, config=FAST) as peer:
         with pytest.raises(LoopRunningError):
-            blocking(peer).get(KEY)
+            blocking(peer).get(SUDO_PYTHON_KEY)
 
 
 async def test_awaited_form_on_the_running_loop() -> None:
@@ -319,7 +316,7 @@ def _run_peer1_and_peer2(env: dict[str, str], children: list[pexpect.spawn],
     children.append(peer1)
     peer1.expect(ADDRESS)
     peer1.expect(r"(\d+)\r?\n")
-    assert int(peer1.match.group(1)) == KEY
+    assert int(peer1.match.group(1)) == SUDO_PYTHON_KEY
     peer1.expect(SERVING)
     peer2 = _spawn([str(PEERS / "peer2.py")], env)
     children.append(peer2)
@@ -537,8 +534,8 @@ def test_a_script_whose_operation_fails_says_so_in_one_line() -> None:
         address = _start_peer0(children)
         for env, reason in [
             (_env(QADOM_PORT="0", QADOM_BOOTSTRAP=address),
-             f"peer2: no peer reached holds key 0x{KEY:064x}; peers/peer1.py stores it: "
-             "run it first"),
+             f"peer2: no peer reached holds key 0x{SUDO_PYTHON_KEY:064x}; peers/peer1.py "
+             "stores it: run it first"),
         ]:
             done = subprocess.run([sys.executable, str(PEERS / "peer2.py")], env=env,
                                   cwd=str(ROOT), capture_output=True, text=True, timeout=WAIT)

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -31,11 +30,8 @@ from qadom.interactive import (
     started,
 )
 
-from helpers import FAST
+from helpers import FAST, PEERS, ROOT, SUDO_PYTHON_KEY
 
-ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT / "peers"
-KEY = 44523492095186523269265158000087001266127815262863473237438729878159874507476
 WAIT = 30  # seconds: the bound on any one expected output, and on a script's exit
 SERVING = b"serving until Ctrl-C"  # on stderr once the script serves with Ctrl-C handled
 
@@ -114,7 +110,7 @@ def test_ctrl_c_just_after_a_script_prints_ends_it_quietly_with_status_130(peer0
     """Each script, Ctrl-C'd between printing its last line and serving: no traceback, status
     130, its lines printed in full (peer1 first, which stores what peer2 gets)."""
     cases = [
-        ("peer1.py", str(KEY), ["--bootstrap", peer0], str(KEY)),
+        ("peer1.py", str(SUDO_PYTHON_KEY), ["--bootstrap", peer0], str(SUDO_PYTHON_KEY)),
         ("peer2.py", "b'sudo python'", ["--bootstrap", peer0], "b'sudo python'"),
         ("peer0.py", "listening on", [], "listening on 127.0.0.1:"),
     ]
@@ -174,7 +170,7 @@ def test_a_script_whose_stdout_reader_went_away_serves_on(peer0: str) -> None:
     serves on, and Ctrl-C stops it with status 0."""
     for script, args, line in [
         ("peer0.py", [], "peer0 listening on 127.0.0.1:"),
-        ("peer1.py", ["--bootstrap", peer0], str(KEY)),
+        ("peer1.py", ["--bootstrap", peer0], str(SUDO_PYTHON_KEY)),
     ]:
         read_end, write_end = os.pipe()
         os.close(read_end)  # the reader has gone before the first line
