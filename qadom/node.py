@@ -115,13 +115,14 @@ log = logging.getLogger("qadom")
 T = TypeVar("T")
 TOKEN_BYTES = 16
 _SELF_LOOKUP_TRIES = 3  # lookups of our own id a join makes before it gives up (Node.bootstrap)
-# Refresh lookups started at once at most, one per id range: by a join (Node._to_refresh_after_join)
-# and by an upkeep (Node._to_refresh), the farthest or oldest first. With N random ids a table has
-# about log2(N / k) + 1 buckets (about 1.5 log2(N / k) + 1 with Config.split_bits 2), so this binds
-# only past 2^21 k nodes, or when ids cluster around ours (chosen ids, or an attacker's) and the
-# table has split along our id's path: up to 255 buckets and more, which come stale together every
-# hour, and a lookup for each would ask the same neighbours again. An upkeep's leftovers go first at
-# the next ones: a bucket is refreshed at most ceil(256 / 32) = 8 upkeeps after it came stale.
+# Refresh lookups started at once at most, one per id range, by an upkeep (Node._to_refresh), the
+# oldest first; a join (Node._to_refresh_after_join) refreshes the subtrees of this many levels off
+# our id's path, the farthest first, up to 2^(b - 1) ranges a level with Config.split_bits b. With
+# N random ids a table has about log2(N / k) + 1 levels, so this binds only past 2^32 k nodes, or
+# when ids cluster around ours (chosen ids, or an attacker's) and the table has split along our id's
+# path: up to 255 levels, whose buckets come stale together every hour, and a lookup for each would
+# ask the same neighbours again. An upkeep's leftovers go first at the next ones: a bucket is
+# refreshed at most ceil(len(buckets) / 32) upkeeps after it came stale.
 _REFRESH_RANGES = 32
 BUG_LOG_INTERVAL = 60.0
 """Seconds between two tracebacks of the same kind of internal error (see ``Node._log_bug``)."""
@@ -2866,11 +2867,13 @@ class Node:
         our id (a relaxed split), but for those that lie wholly closer than that peer and those
         not split yet into subtrees above (refreshed through them).
 
-        At most ``_REFRESH_RANGES`` of them in all, the farthest first: a table that has
-        split along our id's path (a node bootstrapping again, its table full) holds a bucket
-        per level, up to 255 when ids cluster around ours, and a lookup for each would ask the
-        same neighbours again and again. With random ids, ranges farther than the k-th closest
-        number about log2(N / k) for N nodes, so the bound binds only with clustered ids or
+        The subtrees of at most ``_REFRESH_RANGES`` levels, and ``_REFRESH_RANGES * 2 ** (b -
+        1)`` ranges in all (one level's subtree splits into at most ``2 ** (b - 1)``), the
+        farthest first: a table that has split along our id's path (a node bootstrapping again,
+        its table full) holds a bucket per level, up to 255 when ids cluster around ours, and a
+        lookup for each would ask the same neighbours again and again. With random ids, the
+        levels farther than the k-th closest number about log2(N / k) for N nodes, so the bound
+        binds only with clustered ids or
         past 2^32 k nodes; the nearest ranges it leaves out are then the ones the lookup of our
         own id came closest to, and the hourly refresh of stale buckets reaches them."""
         own = self.id
@@ -2894,7 +2897,7 @@ class Node:
                    and range_distance(own, b.lo, b.hi) + (b.hi - b.lo) > kth
                    and not any(b.lo <= lo and hi <= b.hi for lo, hi in known)]
         ranges.sort(key=lambda r: range_distance(own, *r), reverse=True)
-        return ranges[:_REFRESH_RANGES]
+        return ranges[:_REFRESH_RANGES << (bits - 1)]
 
     def _to_refresh(self, now: float) -> list[tuple[int, int]]:
         """The id ranges of the buckets an upkeep refreshes: those with no lookup into their

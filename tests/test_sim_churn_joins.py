@@ -10,8 +10,9 @@ import pytest
 
 from qadom import Config, OperationTimeout
 from qadom.call import Call
+from qadom.contact import Contact
 from qadom.events import LookupFinished
-from qadom.node import Node
+from qadom.node import _REFRESH_RANGES, Node
 from qadom.sim import SimNetwork
 
 from helpers import clustered_network
@@ -125,7 +126,8 @@ def test_a_join_among_ids_that_share_a_long_prefix_refreshes_a_bounded_number_of
     net.run_call(net.call(newcomer, newcomer.bootstrap, [net.address_of(nodes[0])]),
                  timeout=600)
     lookups = newcomer._lookup_seq - before
-    assert lookups <= 40, (lookups, len(newcomer.table.buckets))
+    bound = _REFRESH_RANGES << (newcomer.config.split_bits - 1)  # its join's ranges at most
+    assert lookups <= bound + 8, (lookups, len(newcomer.table.buckets))
 
 
 def test_a_node_bootstrapping_again_among_clustered_ids_refreshes_a_bounded_number_of_ranges(
@@ -140,12 +142,32 @@ def test_a_node_bootstrapping_again_among_clustered_ids_refreshes_a_bounded_numb
     before = again._lookup_seq
     net.run_call(net.call(again, again.bootstrap, [net.address_of(nodes[0])]), timeout=600)
     lookups = again._lookup_seq - before
-    assert lookups <= 1 + 32, lookups  # its own id, then the farthest ranges
+    bound = _REFRESH_RANGES << (again.config.split_bits - 1)
+    assert lookups <= 1 + bound, lookups  # its own id, then the farthest ranges
     ranges = again._to_refresh_after_join(list(again.table))
     # The farthest: the half of the id space across from ours, cut into the subtrees its buckets
     # split into (down to depth split_bits), the one whose leading bits all differ from ours.
     shift = 256 - again.config.split_bits
     farthest = ((again.id >> shift) ^ ((1 << again.config.split_bits) - 1)) << shift
-    assert len(ranges) == 32 and ranges[0] == (farthest, farthest + (1 << shift))
+    assert len(ranges) == bound and ranges[0] == (farthest, farthest + (1 << shift))
     nearest = [(lo ^ again.id) & -(hi - lo) for lo, hi in ranges]
     assert nearest == sorted(nearest, reverse=True)  # the farthest first
+
+
+@pytest.mark.parametrize("bits", [1, 2, 5])
+def test_a_join_refreshes_every_piece_of_the_subtrees_it_refreshes(bits: int) -> None:
+    """With split_bits b a subtree off our id's path is kept in up to 2 ** (b - 1) buckets: a
+    join refreshes each of them, for each of the ``_REFRESH_RANGES`` levels it refreshes,
+    and the ranges of each level tile its subtree."""
+    node = Node(config=Config(split_bits=bits), node_id=0, now=0.0)
+    found = [Contact(i, ("127.0.0.1", 4000 + i)) for i in range(1, 21)]  # our neighbourhood
+    ranges = node._to_refresh_after_join(found)
+    expected = 0
+    for depth in range(1, _REFRESH_RANGES + 1):
+        lo, hi = 1 << (256 - depth), 1 << (257 - depth)  # the subtree at this depth
+        pieces = sorted(r for r in ranges if lo <= r[0] < hi)
+        assert len(pieces) == 1 << (-depth % bits)
+        assert pieces[0][0] == lo and pieces[-1][1] == hi
+        assert all(a[1] == b[0] for a, b in pairwise(pieces))
+        expected += len(pieces)
+    assert len(ranges) == expected
