@@ -98,10 +98,10 @@ from .errors import (
     ValueTooLarge,
     printable,
 )
+from .held import CheckedRecords
 from .info import is_loopback
 from .lookup import Lookup
 from .messages import Error, ErrorCode, Kind, Message, Nodes, Stored, register
-from .namespace import CheckedRecords
 from .ratelimit import RateLimiter
 from .storage import (
     NEVER,
@@ -638,7 +638,7 @@ def decode_record(data: bytes, config: Config) -> Record:
 def load(store: Store, key: int, config: Config, now: float | None = None) -> Record | None:
     """The record stored under ``key`` (with ``now``: unless its lifetime has ended), or None
     (also for a corrupt one, which is unusable). Its signatures are not verified: a node reads
-    its own records through :class:`~qadom.namespace.CheckedRecords`
+    its own records through :class:`~qadom.held.CheckedRecords`
     (:meth:`DhtRecordService.local`)."""
     return _decoded(store.get_record(RECORD_KIND, key, now), config)
 
@@ -776,7 +776,7 @@ class DhtRecordService:
     A record read from our own store is used only once its every entry's signature verifies for
     its key, and that key is the one its storage key names: one damaged on the disk is deleted,
     counted in ``node.stats["dht_corrupt"]`` and taken as none (never served, republished,
-    handed over or held against a write: see :class:`~qadom.namespace.CheckedRecords`)."""
+    handed over or held against a write: see :class:`~qadom.held.CheckedRecords`)."""
 
     KIND = RECORD_KIND
     """The kind of the records this service keeps (and republishes) in the node's store."""

@@ -106,7 +106,7 @@ from .messages import (
 from .namespace import NamespaceService, check_record_value
 from .pubsub import PubSubService
 from .ratelimit import RateLimiter
-from .routing import RoutingTable, network_prefix, range_distance
+from .routing import RoutingTable, network_prefix, range_distance, subtree_pieces
 from .storage import ENTRY_SIZE, NEVER, Due, DueRecord, MemoryStore, Meta, remaining_ttl
 from .storage import Store as StoreBackend
 
@@ -2886,10 +2886,7 @@ class Node:
         for depth in range(min(above, _REFRESH_RANGES)):
             shift = 255 - depth
             lo = ((own >> shift) ^ 1) << shift
-            # This subtree's ids share depth + 1 leading bits with ours; its buckets split until
-            # their depth is a multiple of split_bits: a range for each.
-            width = 1 << (shift - min(shift, -(depth + 1) % bits))
-            ranges.extend((start, start + width) for start in range(lo, lo + (1 << shift), width))
+            ranges.extend(subtree_pieces(lo, depth + 1, bits))  # a range for each bucket
         known = set(ranges)
         # A bucket not split yet into the ranges above is refreshed through them.
         ranges += [(b.lo, b.hi) for b in self.table.buckets

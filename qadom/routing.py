@@ -48,10 +48,27 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 
 from .contact import GLOBAL, Address, Contact, address_scope, embedded_ipv4, ip_of
-from .ids import ID_SPACE
+from .ids import ID_BITS, ID_SPACE
 
 _PREFIXES: dict[str, str | None] = {}  # host -> network prefix (a bounded memo)
 _PREFIXES_MAX = 65536
+
+
+def range_depth(lo: int, hi: int) -> int:
+    """How many leading bits all ids of ``[lo, hi)``, an aligned block (a bucket's range),
+    share."""
+    return 257 - (hi - lo).bit_length()
+
+
+def subtree_pieces(lo: int, depth: int, split_bits: int) -> list[tuple[int, int]]:
+    """The ranges in which a table with ``split_bits`` b keeps the subtree of the ids that
+    share ``depth`` leading bits with ``lo``, when it lies off our id's path: its buckets split
+    until their depth is a multiple of b (section 4.2), so 2 ** (-depth % b) ranges, lowest
+    first."""
+    extra = min(-depth % split_bits, ID_BITS - depth)
+    width = 1 << (ID_BITS - depth - extra)
+    start = lo >> (ID_BITS - depth) << (ID_BITS - depth)
+    return [(a, a + width) for a in range(start, start + (width << extra), width)]
 
 
 def range_distance(target: int, lo: int, hi: int) -> int:
@@ -112,7 +129,7 @@ class Bucket:
     @property
     def depth(self) -> int:
         """How many leading bits all ids of this bucket share."""
-        return 256 - (self.hi - self.lo).bit_length() + 1
+        return range_depth(self.lo, self.hi)
 
     def least_recently_seen(self) -> Contact:
         return next(iter(self.contacts.values()))
@@ -516,7 +533,7 @@ class RoutingTable:
                 return host is None or self._allows(host, contacts, counts)
             if hi - lo < 2:
                 return False
-            if not lo <= own < hi and not (257 - (hi - lo).bit_length()) % self.split_bits:
+            if not lo <= own < hi and not range_depth(lo, hi) % self.split_bits:
                 # Neither our id's path nor a depth that is not a multiple of split_bits: the
                 # relaxed rule, as in _may_split.
                 distance = node_id ^ own

@@ -61,6 +61,7 @@ from .events import (
 from .ids import ID_BITS, check_id
 from .messages import MESSAGE_TYPES, PROTOCOL_VERSION, FindNode, Ping
 from .node import Node
+from .routing import range_depth, subtree_pieces
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -1186,20 +1187,13 @@ class _TableFiller:
         ids = self.ids
         pieces: list[tuple[int, int, int]] = []
         for lo, hi, depth in spans:
-            extra = min(-depth % bits, ID_BITS - depth)
-            if not extra or hi - lo <= 1:
+            if hi - lo <= 1 or not -depth % bits:
                 pieces.append((lo, hi, depth))
                 continue
-            shift = ID_BITS - depth - extra  # each piece: ids sharing depth + extra bits
-            start = (ids[lo] >> (ID_BITS - depth)) << (ID_BITS - depth)
-            cuts = []
-            for n in range(1 << extra):
-                piece_lo = start + (n << shift)
-                cuts.append((piece_lo ^ own,
-                             bisect.bisect_left(ids, piece_lo, lo, hi),
-                             bisect.bisect_left(ids, piece_lo + (1 << shift), lo, hi)))
-            cuts.sort(reverse=True)  # farthest first
-            pieces += [(a, b, depth + extra) for _, a, b in cuts if b > a]
+            cuts = sorted(((a ^ own, bisect.bisect_left(ids, a, lo, hi),
+                            bisect.bisect_left(ids, b, lo, hi), range_depth(a, b))
+                           for a, b in subtree_pieces(ids[lo], depth, bits)), reverse=True)
+            pieces += [(a, b, d) for _, a, b, d in cuts if b > a]  # farthest first
         return pieces
 
     def oldest(self, lo: int, hi: int, depth: int) -> list[int]:
